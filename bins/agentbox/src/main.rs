@@ -1,0 +1,2 @@
+//! `agentbox`: the command line.
+fn main() {}

@@ -1,0 +1,86 @@
+//! Serde support for durations written as plain seconds (`90`, `1.5`) or as
+//! human-readable strings (`"90s"`, `"5m"`, `"1h 30m"`).
+//!
+//! Whole seconds serialize as an integer; anything finer serializes as a
+//! humantime string, so a round trip is lossless.
+
+use std::time::Duration;
+
+use serde::de::{self, Visitor};
+use serde::{Deserializer, Serializer};
+
+/// Parses a duration from its textual form: plain seconds or humantime.
+///
+/// # Errors
+/// Returns a message naming the accepted forms when `s` is neither.
+pub fn parse(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("invalid duration {s:?}: must be a non-negative number of seconds"));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use seconds like 90, or units like \"90s\", \"5m\", \"1h\")"))
+}
+
+/// Serializes a duration as integer seconds, or a humantime string if it has a fraction.
+///
+/// # Errors
+/// Propagates the serializer's error.
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    if d.subsec_nanos() == 0 {
+        s.serialize_u64(d.as_secs())
+    } else {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// Deserializes a duration from seconds (integer or float) or a humantime string.
+///
+/// # Errors
+/// Fails on negative numbers and unparseable strings.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("seconds as a number, or a duration string like \"90s\" or \"5m\"")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("duration must not be negative, got {v}")))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| E::custom(format!("duration must be a non-negative number of seconds, got {v}")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+    use std::time::Duration;
+
+    #[test]
+    fn parses_every_accepted_form() {
+        assert_eq!(parse("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse("soon").unwrap_err().contains("\"5m\""));
+        assert!(parse("-3").is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! Sandbox configuration for agentbox.
+//!
+//! A [`SandboxConfig`] says how big a sandbox is (CPU, memory, disk), what it may
+//! reach on the network, how its storage and security are set up, its timeouts,
+//! the packages to pre-install and its environment. Start from a [`Preset`],
+//! layer a TOML file, `AGENTBOX_*` environment variables and explicit overrides
+//! on top with [`ConfigLoader`], then [`SandboxConfig::validate`] it.
+//!
+//! ```
+//! use agentbox_config::{Preset, SandboxConfig};
+//!
+//! let mut config = SandboxConfig::preset(Preset::Lightweight);
+//! assert_eq!((config.cpu_count, config.memory_mb, config.disk_gb), (1, 256, 5));
+//! config.memory_mb = 0;
+//! let err = config.validate().unwrap_err();
+//! assert_eq!(err.to_string(), "memory_mb: must be at least 16, got 0");
+//! ```
+
+mod duration;
+mod load;
+mod package;
+mod preset;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::parse as parse_duration;
+pub use load::{ConfigLoader, LoadError};
+pub use package::{PackageManager, PackageSpec};
+pub use preset::Preset;
+pub use validate::{ValidationError, ValidationErrors};
+
+/// Everything that defines one sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// CPUs the sandbox may use, enforced as a CPU quota.
+    pub cpu_count: u32,
+    /// Memory limit in MiB, enforced by the memory cgroup.
+    pub memory_mb: u64,
+    /// Writable storage cap in GiB (home and /tmp together).
+    pub disk_gb: u64,
+    /// Network access and egress policy.
+    pub network: NetworkConfig,
+    /// Writable storage layout, quotas and cleanup.
+    pub storage: StorageConfig,
+    /// Process hardening.
+    pub security: SecurityConfig,
+    /// How long creating a sandbox may take.
+    #[serde(with = "duration")]
+    pub startup_timeout: Duration,
+    /// Default time limit of one execution.
+    #[serde(with = "duration")]
+    pub execution_timeout: Duration,
+    /// A sandbox unused for this long is destroyed by the manager.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Packages installed at creation: `pip:NAME[==V]`, `npm:NAME[@V]`, `apt:NAME`; a bare name means pip.
+    pub pre_install_packages: Vec<String>,
+    /// Environment variables every process in the sandbox sees.
+    pub environment_variables: BTreeMap<String, String>,
+    /// Cap on the captured stdout and stderr of one execution, each, in bytes.
+    pub max_output_bytes: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_gb: 10,
+            network: NetworkConfig::default(),
+            storage: StorageConfig::default(),
+            security: SecurityConfig::default(),
+            startup_timeout: Duration::from_secs(30),
+            execution_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(3600),
+            pre_install_packages: Vec::new(),
+            environment_variables: BTreeMap::new(),
+            max_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The configuration of a named preset.
+    #[must_use]
+    pub fn preset(preset: Preset) -> Self {
+        preset.config()
+    }
+
+    /// Parses `pre_install_packages` into typed specs.
+    ///
+    /// # Errors
+    /// Returns every malformed entry at once, as [`validate`](Self::validate) does.
+    pub fn packages(&self) -> Result<Vec<PackageSpec>, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let mut out = Vec::with_capacity(self.pre_install_packages.len());
+        for (i, p) in self.pre_install_packages.iter().enumerate() {
+            match p.parse() {
+                Ok(spec) => out.push(spec),
+                Err(e) => errors.push(format!("pre_install_packages[{i}]"), e),
+            }
+        }
+        errors.into_result().map(|()| out)
+    }
+}
+
+/// Network access for a sandbox. Off by default: loopback only.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Whether the sandbox may reach anything beyond its own loopback.
+    pub enabled: bool,
+    /// Names the sandbox may reach: exact (`pypi.org`) or wildcard (`*.example.com`). Empty means all public names.
+    pub allowed_domains: Vec<String>,
+    /// Names the sandbox may never reach; deny wins over allow.
+    pub denied_domains: Vec<String>,
+    /// Resolvers used for the sandbox's lookups (IP addresses). Empty means the host's.
+    pub dns_servers: Vec<String>,
+    /// Address ranges (CIDR) allowed even though they are private, loopback or link-local.
+    pub allowed_cidrs: Vec<String>,
+    /// Download limit in bytes per second.
+    pub bandwidth_in_bytes_per_sec: Option<u64>,
+    /// Upload limit in bytes per second.
+    pub bandwidth_out_bytes_per_sec: Option<u64>,
+}
+
+/// What happens to a sandbox's storage when it is destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupPolicy {
+    /// Remove everything the sandbox wrote.
+    #[default]
+    Delete,
+    /// Keep the sandbox's files on the host for inspection (the caller removes them).
+    Keep,
+}
+
+/// A size cap on one directory inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryQuota {
+    /// Absolute path inside the sandbox, under /home/user or /tmp.
+    pub path: String,
+    /// Cap in MiB.
+    pub size_mb: u64,
+}
+
+/// Writable storage of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Extra caps on directories inside the sandbox, each smaller than disk_gb.
+    pub quotas: Vec<DirectoryQuota>,
+    /// Cap on the number of files and directories.
+    pub max_inodes: u64,
+    /// Size of /dev/shm in MiB (browsers need a large one).
+    pub shm_size_mb: u64,
+    /// What destroy does with the sandbox's files.
+    pub cleanup: CleanupPolicy,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { quotas: Vec::new(), max_inodes: 262_144, shm_size_mb: 64, cleanup: CleanupPolicy::Delete }
+    }
+}
+
+/// Which seccomp filter confines sandboxed code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompProfile {
+    /// Docker's default denials plus io_uring and namespace syscalls.
+    #[default]
+    Default,
+    /// The default, also denying ptrace and personality changes entirely.
+    Strict,
+}
+
+/// Process hardening inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// The seccomp filter to apply.
+    pub seccomp_profile: SeccompProfile,
+    /// Mount the sandbox's root read-only (home, /tmp and /dev/shm stay writable).
+    pub read_only_root: bool,
+    /// Drop every capability before running user code.
+    pub drop_capabilities: bool,
+    /// Set no_new_privs so setuid binaries can't gain privileges.
+    pub no_new_privileges: bool,
+    /// Maximum number of processes and threads in the sandbox.
+    pub max_processes: u32,
+    /// Maximum open files per process.
+    pub max_open_files: u64,
+    /// Largest file a process may write, in MiB.
+    pub max_file_size_mb: u64,
+    /// Unprivileged user that runs sandboxed code.
+    pub run_as: RunAs,
+    /// Confine file access with landlock where the kernel supports it.
+    pub landlock: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            seccomp_profile: SeccompProfile::Default,
+            read_only_root: true,
+            drop_capabilities: true,
+            no_new_privileges: true,
+            max_processes: 256,
+            max_open_files: 1024,
+            max_file_size_mb: 10 * 1024,
+            run_as: RunAs::default(),
+            landlock: true,
+        }
+    }
+}
+
+/// The identity sandboxed code runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunAs {
+    /// User name (in the sandbox's /etc/passwd).
+    pub name: String,
+    /// User id inside the sandbox.
+    pub uid: u32,
+    /// Group id inside the sandbox.
+    pub gid: u32,
+}
+
+impl Default for RunAs {
+    fn default() -> Self {
+        Self { name: "user".to_owned(), uid: 1000, gid: 1000 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_round_trips_losslessly() {
+        let mut c = SandboxConfig::preset(Preset::Browser);
+        c.execution_timeout = Duration::from_millis(1500);
+        c.pre_install_packages = vec!["pip:pandas".into(), "npm:lodash".into()];
+        c.environment_variables.insert("A".into(), "b".into());
+        c.network.allowed_domains.push("*.example.com".into());
+        c.storage.quotas.push(DirectoryQuota { path: "/tmp".into(), size_mb: 100 });
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<SandboxConfig>(&json).unwrap(), c);
+        let toml = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<SandboxConfig>(&toml).unwrap(), c);
+    }
+
+    #[test]
+    fn durations_accept_strings_and_seconds() {
+        let c: SandboxConfig =
+            serde_json::from_str(r#"{"execution_timeout":"5m","idle_timeout":90,"startup_timeout":"90s"}"#).unwrap();
+        assert_eq!(c.execution_timeout, Duration::from_secs(300));
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.startup_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<SandboxConfig>(r#"{"memroy_mb":1}"#).unwrap_err();
+        assert!(err.to_string().contains("memroy_mb"));
+    }
+}

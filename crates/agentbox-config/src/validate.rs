@@ -1,0 +1,224 @@
+//! Validation that reports every problem at once, each with its field path.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::SandboxConfig;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ValidationError {
+    /// Path of the field, e.g. `network.dns_servers[1]`.
+    pub path: String,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[serde(transparent)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl ValidationErrors {
+    /// Records a problem.
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ValidationError { path: path.into(), message: message.into() });
+    }
+
+    /// `Ok` when no problem was recorded.
+    ///
+    /// # Errors
+    /// Returns `self` when it holds problems.
+    pub fn into_result(self) -> Result<(), Self> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+
+    /// Whether no problem was recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+fn range(errors: &mut ValidationErrors, path: &str, got: u64, min: u64, max: u64) {
+    if got < min {
+        errors.push(path, format!("must be at least {min}, got {got}"));
+    } else if got > max {
+        errors.push(path, format!("must be at most {max}, got {got}"));
+    }
+}
+
+fn duration(errors: &mut ValidationErrors, path: &str, got: Duration, min: Duration, max: Duration) {
+    if got < min || got > max {
+        errors.push(
+            path,
+            format!(
+                "must be between {} and {}, got {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+                humantime::format_duration(got)
+            ),
+        );
+    }
+}
+
+fn valid_domain_pattern(d: &str) -> bool {
+    let name = d.strip_prefix("*.").unwrap_or(d);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let Some((ip, bits)) = s.split_once('/') else { return s.parse::<IpAddr>().is_ok() };
+    match (ip.parse::<IpAddr>(), bits.parse::<u8>()) {
+        (Ok(IpAddr::V4(_)), Ok(b)) => b <= 32,
+        (Ok(IpAddr::V6(_)), Ok(b)) => b <= 128,
+        _ => false,
+    }
+}
+
+fn valid_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl SandboxConfig {
+    /// Checks every field and reports all problems at once.
+    ///
+    /// # Errors
+    /// Returns each invalid field with its path and the accepted values.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = ValidationErrors::default();
+        range(&mut e, "cpu_count", u64::from(self.cpu_count), 1, 256);
+        range(&mut e, "memory_mb", self.memory_mb, 16, 1024 * 1024);
+        range(&mut e, "disk_gb", self.disk_gb, 1, 16 * 1024);
+        range(&mut e, "max_output_bytes", self.max_output_bytes, 1024, 1024 * 1024 * 1024);
+        duration(&mut e, "startup_timeout", self.startup_timeout, Duration::from_secs(1), Duration::from_secs(3600));
+        duration(&mut e, "execution_timeout", self.execution_timeout, Duration::from_millis(100), Duration::from_secs(86_400));
+        duration(&mut e, "idle_timeout", self.idle_timeout, Duration::from_secs(1), Duration::from_secs(30 * 86_400));
+
+        let net = &self.network;
+        for (field, list) in [("allowed_domains", &net.allowed_domains), ("denied_domains", &net.denied_domains)] {
+            for (i, d) in list.iter().enumerate() {
+                if !valid_domain_pattern(d) {
+                    e.push(
+                        format!("network.{field}[{i}]"),
+                        format!("invalid domain {d:?} (expected a name like \"pypi.org\" or a wildcard like \"*.example.com\")"),
+                    );
+                }
+            }
+        }
+        for (i, s) in net.dns_servers.iter().enumerate() {
+            if s.parse::<IpAddr>().is_err() {
+                e.push(format!("network.dns_servers[{i}]"), format!("invalid IP address {s:?} (expected e.g. \"1.1.1.1\")"));
+            }
+        }
+        for (i, s) in net.allowed_cidrs.iter().enumerate() {
+            if !valid_cidr(s) {
+                e.push(format!("network.allowed_cidrs[{i}]"), format!("invalid CIDR {s:?} (expected e.g. \"127.0.0.0/8\")"));
+            }
+        }
+        for (field, v) in
+            [("bandwidth_in_bytes_per_sec", net.bandwidth_in_bytes_per_sec), ("bandwidth_out_bytes_per_sec", net.bandwidth_out_bytes_per_sec)]
+        {
+            if v == Some(0) {
+                e.push(format!("network.{field}"), "must be at least 1 byte/s, or absent for no limit");
+            }
+        }
+
+        let disk_mb = self.disk_gb.saturating_mul(1024);
+        for (i, q) in self.storage.quotas.iter().enumerate() {
+            let p = &q.path;
+            let inside = ["/home/user", "/tmp"].iter().any(|root| p == root || p.starts_with(&format!("{root}/")));
+            if !inside || p.split('/').any(|c| c == ".." || c == ".") || p.contains("//") || p.ends_with('/') {
+                e.push(
+                    format!("storage.quotas[{i}].path"),
+                    format!("must be a normalized absolute path under /home/user or /tmp, got {p:?}"),
+                );
+            }
+            if q.size_mb == 0 || q.size_mb > disk_mb {
+                e.push(format!("storage.quotas[{i}].size_mb"), format!("must be between 1 and disk_gb*1024 ({disk_mb}), got {}", q.size_mb));
+            }
+        }
+        range(&mut e, "storage.max_inodes", self.storage.max_inodes, 1024, 1 << 32);
+        range(&mut e, "storage.shm_size_mb", self.storage.shm_size_mb, 1, 64 * 1024);
+
+        let sec = &self.security;
+        range(&mut e, "security.max_processes", u64::from(sec.max_processes), 8, 1 << 22);
+        range(&mut e, "security.max_open_files", sec.max_open_files, 64, 1 << 20);
+        range(&mut e, "security.max_file_size_mb", sec.max_file_size_mb, 1, 1 << 24);
+        if sec.run_as.uid == 0 || sec.run_as.gid == 0 {
+            e.push("security.run_as", "must be an unprivileged user: uid and gid must not be 0");
+        }
+        if sec.run_as.uid > 65_000 || sec.run_as.gid > 65_000 {
+            e.push("security.run_as", format!("uid and gid must be at most 65000, got {}:{}", sec.run_as.uid, sec.run_as.gid));
+        }
+        if sec.run_as.name.is_empty() || !sec.run_as.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+            e.push("security.run_as.name", format!("must be a lower-case user name, got {:?}", sec.run_as.name));
+        }
+
+        for (i, p) in self.pre_install_packages.iter().enumerate() {
+            if let Err(msg) = p.parse::<crate::PackageSpec>() {
+                e.push(format!("pre_install_packages[{i}]"), msg);
+            }
+        }
+        for (k, v) in &self.environment_variables {
+            if !valid_env_name(k) {
+                e.push(format!("environment_variables.{k}"), "names must be letters, digits and '_', not starting with a digit");
+            }
+            if v.contains('\0') {
+                e.push(format!("environment_variables.{k}"), "values must not contain NUL bytes");
+            }
+        }
+        e.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DirectoryQuota, SandboxConfig};
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let mut c = SandboxConfig::default();
+        c.memory_mb = 0;
+        c.cpu_count = 0;
+        c.pre_install_packages = vec!["pandas".into(), "npm:lodash".into(), "brew:wget".into()];
+        c.network.dns_servers = vec!["1.1.1.1".into(), "dns.google".into()];
+        c.storage.quotas = vec![DirectoryQuota { path: "/etc".into(), size_mb: 5 }];
+        c.environment_variables.insert("1BAD".into(), "x".into());
+        let err = c.validate().unwrap_err();
+        let lines: Vec<String> = err.0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        assert!(lines.contains(&"memory_mb: must be at least 16, got 0".to_owned()), "{lines:?}");
+        assert!(lines.contains(&"cpu_count: must be at least 1, got 0".to_owned()), "{lines:?}");
+        assert!(
+            lines.contains(&r#"pre_install_packages[2]: unknown package manager "brew" (expected pip, npm or apt)"#.to_owned()),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.starts_with("network.dns_servers[1]: invalid IP address")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("storage.quotas[0].path")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("environment_variables.1BAD")), "{lines:?}");
+        assert_eq!(err.0.len(), 6, "{lines:?}");
+    }
+}

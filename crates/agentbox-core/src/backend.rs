@@ -1,0 +1,105 @@
+//! The provider-agnostic backend trait.
+
+use agentbox_config::{NetworkConfig, PackageSpec};
+use agentbox_metrics::SandboxMetrics;
+use async_trait::async_trait;
+
+use crate::types::{
+    CodeRequest, CreateRequest, ExecRequest, ExecStream, FileEntry, HealthStatus, ProcessInfo, SandboxId, SandboxInfo,
+};
+use crate::{Error, Result};
+
+/// A place that can host sandboxes: the local Linux host, E2B, ...
+///
+/// Every method but [`create`](Self::create) and [`list`](Self::list) takes the
+/// id a previous `create` returned; an unknown id gives [`Error::NotFound`].
+/// Paths are absolute paths inside the sandbox (relative ones are taken from
+/// the user's home) and must never resolve outside it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait SandboxBackend: Send + Sync + 'static {
+    /// Short backend name (`local`, `e2b`).
+    fn name(&self) -> &'static str;
+
+    /// Creates and starts a sandbox. The config must already be valid.
+    async fn create(&self, request: CreateRequest) -> Result<SandboxInfo>;
+
+    /// Starts an execution and streams its output; the stream ends with an exit event.
+    async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream>;
+
+    /// Runs code in a language's interpreter and streams its output.
+    async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream>;
+
+    /// Starts a process in the background; its output goes to a file in the sandbox.
+    async fn spawn_background(&self, id: &SandboxId, request: ExecRequest) -> Result<ProcessInfo>;
+
+    /// Lists background processes started with [`spawn_background`](Self::spawn_background).
+    async fn list_processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>>;
+
+    /// Sends `signal` to a background process and all of its descendants.
+    async fn kill_process(&self, id: &SandboxId, pid: u32, signal: i32) -> Result<()>;
+
+    /// Reads a whole file.
+    async fn read_file(&self, id: &SandboxId, path: &str) -> Result<Vec<u8>>;
+
+    /// Writes a whole file, creating missing parent directories.
+    async fn write_file(&self, id: &SandboxId, path: &str, data: Vec<u8>) -> Result<()>;
+
+    /// Lists a directory.
+    async fn list_dir(&self, id: &SandboxId, path: &str) -> Result<Vec<FileEntry>>;
+
+    /// Describes one path without following a final symlink.
+    async fn stat(&self, id: &SandboxId, path: &str) -> Result<FileEntry>;
+
+    /// Creates a directory and its missing parents.
+    async fn mkdir(&self, id: &SandboxId, path: &str) -> Result<()>;
+
+    /// Removes a file, or a directory with everything in it.
+    async fn remove(&self, id: &SandboxId, path: &str) -> Result<()>;
+
+    /// Renames a file or directory.
+    async fn rename(&self, id: &SandboxId, from: &str, to: &str) -> Result<()>;
+
+    /// Samples resource use.
+    async fn metrics(&self, id: &SandboxId) -> Result<SandboxMetrics>;
+
+    /// Probes whether the sandbox answers.
+    async fn health(&self, id: &SandboxId) -> Result<HealthStatus>;
+
+    /// Replaces a running sandbox's network policy.
+    async fn update_network(&self, id: &SandboxId, network: NetworkConfig) -> Result<()> {
+        let _ = (id, network);
+        Err(Error::Unsupported(format!("the {} backend cannot change network policy of a running sandbox", self.name())))
+    }
+
+    /// Installs packages in the sandbox, one installer run per package manager.
+    ///
+    /// The default runs pip (into the user's site) and npm (into the home's
+    /// `node_modules`) through [`exec`](Self::exec), and refuses apt.
+    async fn install_packages(&self, id: &SandboxId, packages: Vec<PackageSpec>) -> Result<()> {
+        for request in crate::install::install_requests(&packages)? {
+            let label = request.to_argv()?.join(" ");
+            let out = self.exec(id, request).await?.collect(16 * 1024).await;
+            if out.exit_code != 0 {
+                return Err(Error::Backend(format!(
+                    "package install failed (exit {}): {label}\n{}",
+                    out.exit_code,
+                    out.stderr.trim_end()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Extends the sandbox's lifetime on backends that expire sandboxes themselves.
+    async fn keep_alive(&self, id: &SandboxId, for_secs: u64) -> Result<()> {
+        let _ = (id, for_secs);
+        Ok(())
+    }
+
+    /// Destroys the sandbox and releases everything it held. Destroying a destroyed sandbox is not an error.
+    async fn destroy(&self, id: &SandboxId) -> Result<()>;
+
+    /// Every live sandbox this backend knows, including ones created by an earlier process.
+    async fn list(&self) -> Result<Vec<SandboxInfo>>;
+}

@@ -1,0 +1,60 @@
+//! The one error type every backend returns.
+
+use agentbox_config::ValidationErrors;
+
+/// What went wrong, in variants a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sandbox, run, file or process does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The configuration is invalid; every problem is listed.
+    #[error("invalid sandbox configuration: {0}")]
+    InvalidConfig(#[from] ValidationErrors),
+    /// A request is malformed (bad path, empty command, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The request conflicts with existing state (same run id, different config).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A limit was hit (too many sandboxes, quota, rate).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// An operation did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The backend or host can't do this; the message says why and what to do instead.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The sandboxed operation was refused (permission, policy).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The backend failed; the message says where.
+    #[error("backend failure: {0}")]
+    Backend(String),
+    /// An I/O error on the host side.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A short machine-readable code for this error (`not_found`, `invalid_config`, ...).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::InvalidConfig(_) => "invalid_config",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Conflict(_) => "conflict",
+            Self::LimitExceeded(_) => "limit_exceeded",
+            Self::Timeout(_) => "timeout",
+            Self::Unsupported(_) => "unsupported",
+            Self::PermissionDenied(_) => "permission_denied",
+            Self::Backend(_) => "backend_failure",
+            Self::Io(_) => "io",
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,28 @@
+//! The core of agentbox: the provider-agnostic [`SandboxBackend`] trait, the
+//! types it speaks, one [`Error`] type, and the [`SandboxManager`] that keeps
+//! one sandbox per run with pooling, idle expiry and health checks.
+//!
+//! This crate does no I/O of its own: everything goes through a backend and
+//! tokio's clock, so every lifecycle rule is testable with a mock backend and
+//! a paused clock.
+
+mod backend;
+mod error;
+pub mod install;
+mod manager;
+mod types;
+
+#[cfg(any(test, feature = "mock"))]
+pub use backend::MockSandboxBackend;
+pub use backend::SandboxBackend;
+pub use error::{Error, Result};
+#[cfg(feature = "mock")]
+pub use manager::doc_backend;
+pub use manager::{CreateOptions, ManagedSandbox, ManagerConfig, ManagerStats, SandboxManager};
+pub use types::{
+    CappedBuffer, CodeRequest, Command, CreateRequest, ExecEvent, ExecOutput, ExecRequest, ExecStream, ExitStatus,
+    FileEntry, FileKind, HealthStatus, Language, ProcessInfo, RunId, SandboxId, SandboxInfo, SandboxState,
+};
+
+pub use agentbox_config as config;
+pub use agentbox_metrics as metrics;

@@ -1,0 +1,898 @@
+//! The sandbox manager: one sandbox per run id, a warm pool per preset, idle
+//! expiry, health checks with recreation, execution counters and shutdown.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentbox_config::{NetworkConfig, Preset, SandboxConfig};
+use agentbox_metrics::SandboxMetrics;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::SandboxBackend;
+use crate::types::{
+    CodeRequest, CreateRequest, ExecOutput, ExecRequest, ExecStream, FileEntry, ProcessInfo, RunId, SandboxId,
+    SandboxInfo, SandboxState,
+};
+use crate::{Error, Result};
+
+/// How the manager pools, expires and checks sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// Pre-created sandboxes kept ready per preset.
+    pub pool_sizes: BTreeMap<Preset, usize>,
+    /// How often idle sandboxes are looked for.
+    pub cleanup_interval: Duration,
+    /// How often every sandbox is probed.
+    pub health_check_interval: Duration,
+    /// Deadline of one probe.
+    pub health_check_timeout: Duration,
+    /// Consecutive failed probes after which a sandbox is recreated.
+    pub max_health_failures: u32,
+    /// Cap on sandboxes held for runs (the pool not included).
+    pub max_sandboxes: Option<usize>,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            pool_sizes: BTreeMap::new(),
+            cleanup_interval: Duration::from_secs(300),
+            health_check_interval: Duration::from_secs(30),
+            health_check_timeout: Duration::from_secs(5),
+            max_health_failures: 3,
+            max_sandboxes: None,
+        }
+    }
+}
+
+/// How to create a run's sandbox.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreateOptions {
+    /// The preset to start from (default when absent).
+    pub preset: Option<Preset>,
+    /// The full configuration; the preset's when absent.
+    pub config: Option<SandboxConfig>,
+}
+
+impl CreateOptions {
+    /// The configuration these options ask for.
+    #[must_use]
+    pub fn effective_config(&self) -> SandboxConfig {
+        self.config.clone().unwrap_or_else(|| self.preset.unwrap_or_default().config())
+    }
+
+    fn asks_for_a_config(&self) -> bool {
+        self.preset.is_some() || self.config.is_some()
+    }
+}
+
+/// A run's sandbox as the manager sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ManagedSandbox {
+    /// The run.
+    pub run_id: RunId,
+    /// The backend's view.
+    pub sandbox: SandboxInfo,
+    /// State, as the manager tracks it.
+    pub state: SandboxState,
+    /// The effective configuration.
+    pub config: SandboxConfig,
+    /// The preset it started from.
+    pub preset: Option<Preset>,
+    /// Executions run.
+    pub execution_count: u64,
+    /// Exit code of the last execution.
+    pub last_exit_code: Option<i32>,
+    /// Whether the last probe passed (true before the first).
+    pub healthy: bool,
+    /// Consecutive failed probes.
+    pub health_check_failures: u32,
+    /// Time of the last probe, milliseconds since the Unix epoch.
+    pub last_check_ms: Option<u64>,
+    /// Executions and file operations in flight.
+    pub in_flight: usize,
+}
+
+/// Counters over the manager's lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ManagerStats {
+    /// Sandboxes created by the backend (pool included).
+    pub created: u64,
+    /// Runs served from the warm pool.
+    pub pool_hits: u64,
+    /// Sandboxes destroyed.
+    pub destroyed: u64,
+    /// Sandboxes destroyed for being idle.
+    pub expired: u64,
+    /// Sandboxes recreated after failing health checks.
+    pub recreated: u64,
+    /// Executions started.
+    pub executions: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    sandbox: SandboxInfo,
+    config: SandboxConfig,
+    preset: Option<Preset>,
+    state: SandboxState,
+    last_used: Instant,
+    busy: usize,
+    execution_count: u64,
+    last_exit_code: Option<i32>,
+    health_failures: u32,
+    healthy: bool,
+    last_check_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Creating(Arc<Notify>),
+    Ready(Box<Entry>),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    runs: HashMap<RunId, Slot>,
+    pool: HashMap<Preset, VecDeque<SandboxInfo>>,
+    pool_filling: HashMap<Preset, usize>,
+    shut_down: bool,
+}
+
+struct Inner {
+    backend: Arc<dyn SandboxBackend>,
+    config: ManagerConfig,
+    state: Mutex<State>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    stats: [AtomicU64; 6],
+}
+
+const CREATED: usize = 0;
+const POOL_HITS: usize = 1;
+const DESTROYED: usize = 2;
+const EXPIRED: usize = 3;
+const RECREATED: usize = 4;
+const EXECUTIONS: usize = 5;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Drives any [`SandboxBackend`] for many runs.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> agentbox_core::Result<()> {
+/// use std::sync::Arc;
+/// use agentbox_core::{CreateOptions, ManagerConfig, RunId, SandboxManager, SandboxBackend};
+/// # let backend: Arc<dyn SandboxBackend> = agentbox_core::doc_backend();
+/// let manager = SandboxManager::new(backend, ManagerConfig::default());
+/// let run = RunId::parse("task-123")?;
+/// let (sandbox, created) = manager.get_or_create(&run, CreateOptions::default()).await?;
+/// assert!(created);
+/// let out = manager.exec_collect(&run, agentbox_core::ExecRequest::shell("echo hi")).await?;
+/// println!("{} -> {}", sandbox.sandbox.id, out.stdout);
+/// manager.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SandboxManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SandboxManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxManager").field("backend", &self.inner.backend.name()).finish_non_exhaustive()
+    }
+}
+
+/// Marks a run busy while an operation is in flight, so cleanup never destroys it mid-use.
+struct BusyGuard {
+    inner: Weak<Inner>,
+    run_id: RunId,
+    sandbox_id: SandboxId,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut st = inner.lock();
+            if let Some(Slot::Ready(e)) = st.runs.get_mut(&self.run_id) {
+                if e.sandbox.id == self.sandbox_id {
+                    e.busy = e.busy.saturating_sub(1);
+                    e.last_used = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn bump(&self, counter: usize) {
+        self.stats[counter].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(run_id: &RunId, e: &Entry) -> ManagedSandbox {
+        ManagedSandbox {
+            run_id: run_id.clone(),
+            sandbox: SandboxInfo { state: e.state, ..e.sandbox.clone() },
+            state: e.state,
+            config: e.config.clone(),
+            preset: e.preset,
+            execution_count: e.execution_count,
+            last_exit_code: e.last_exit_code,
+            healthy: e.healthy,
+            health_check_failures: e.health_failures,
+            last_check_ms: e.last_check_ms,
+            in_flight: e.busy,
+        }
+    }
+
+    async fn create_sandbox(&self, run_id: Option<&RunId>, preset: Option<Preset>, config: &SandboxConfig) -> Result<SandboxInfo> {
+        let mut metadata = BTreeMap::new();
+        if let Some(r) = run_id {
+            metadata.insert("run_id".to_owned(), r.to_string());
+        }
+        if let Some(p) = preset {
+            metadata.insert("preset".to_owned(), p.name().to_owned());
+        }
+        let request = CreateRequest { config: config.clone(), metadata };
+        let info = tokio::time::timeout(config.startup_timeout, self.backend.create(request))
+            .await
+            .map_err(|_| Error::Timeout(format!("creating a sandbox took longer than startup_timeout ({:?})", config.startup_timeout)))??;
+        self.bump(CREATED);
+        let packages = config.packages()?;
+        if !packages.is_empty() {
+            if let Err(e) = self.backend.install_packages(&info.id, packages).await {
+                self.destroy_quietly(&info.id).await;
+                return Err(e);
+            }
+        }
+        Ok(info)
+    }
+
+    async fn destroy_quietly(&self, id: &SandboxId) {
+        match self.backend.destroy(id).await {
+            Ok(()) => self.bump(DESTROYED),
+            Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "destroying a sandbox failed"),
+        }
+    }
+
+    fn take_from_pool(&self, preset: Option<Preset>, config: &SandboxConfig) -> Option<SandboxInfo> {
+        let preset = preset?;
+        if *config != preset.config() {
+            return None;
+        }
+        self.lock().pool.get_mut(&preset)?.pop_front()
+    }
+
+    async fn fill_pool(self: &Arc<Self>) {
+        for (&preset, &target) in &self.config.pool_sizes {
+            loop {
+                {
+                    let mut st = self.lock();
+                    if st.shut_down {
+                        return;
+                    }
+                    let have = st.pool.get(&preset).map_or(0, VecDeque::len) + st.pool_filling.get(&preset).copied().unwrap_or(0);
+                    if have >= target {
+                        break;
+                    }
+                    *st.pool_filling.entry(preset).or_default() += 1;
+                }
+                let made = self.create_sandbox(None, Some(preset), &preset.config()).await;
+                let orphan = {
+                    let mut st = self.lock();
+                    *st.pool_filling.entry(preset).or_default() -= 1;
+                    match made {
+                        Ok(info) if !st.shut_down => {
+                            st.pool.entry(preset).or_default().push_back(info);
+                            None
+                        }
+                        Ok(info) => Some(info),
+                        Err(e) => {
+                            tracing::warn!(preset = %preset, error = %e, "refilling the warm pool failed");
+                            break;
+                        }
+                    }
+                };
+                if let Some(info) = orphan {
+                    self.destroy_quietly(&info.id).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, run_id: &RunId) -> Result<(SandboxId, BusyGuard)> {
+        let mut st = self.lock();
+        match st.runs.get_mut(run_id) {
+            Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => {
+                e.busy += 1;
+                e.last_used = Instant::now();
+                let id = e.sandbox.id.clone();
+                Ok((id.clone(), BusyGuard { inner: Arc::downgrade(self), run_id: run_id.clone(), sandbox_id: id }))
+            }
+            Some(Slot::Creating(_)) => Err(Error::Conflict(format!("run {run_id} is still being created; retry shortly"))),
+            _ => Err(Error::NotFound(format!("run {run_id}"))),
+        }
+    }
+
+    async fn cleanup(self: &Arc<Self>) -> Vec<RunId> {
+        let now = Instant::now();
+        let victims: Vec<(RunId, SandboxId)> = {
+            let mut st = self.lock();
+            st.runs
+                .iter_mut()
+                .filter_map(|(run, slot)| match slot {
+                    Slot::Ready(e)
+                        if e.busy == 0 && e.state != SandboxState::Destroying && now.duration_since(e.last_used) >= e.config.idle_timeout =>
+                    {
+                        e.state = SandboxState::Destroying;
+                        Some((run.clone(), e.sandbox.id.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for (run, id) in &victims {
+            tracing::info!(run_id = %run, sandbox_id = %id, "destroying idle sandbox");
+            self.destroy_quietly(id).await;
+            self.bump(EXPIRED);
+            let mut st = self.lock();
+            if matches!(st.runs.get(run), Some(Slot::Ready(e)) if e.sandbox.id == *id) {
+                st.runs.remove(run);
+            }
+        }
+        victims.into_iter().map(|(r, _)| r).collect()
+    }
+
+    async fn check_one(self: &Arc<Self>, run_id: &RunId) -> Result<ManagedSandbox> {
+        let id = {
+            let st = self.lock();
+            match st.runs.get(run_id) {
+                Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => e.sandbox.id.clone(),
+                _ => return Err(Error::NotFound(format!("run {run_id}"))),
+            }
+        };
+        let result = tokio::time::timeout(self.config.health_check_timeout, self.backend.health(&id)).await;
+        let healthy = matches!(result, Ok(Ok(ref h)) if h.healthy);
+        let recreate = {
+            let mut st = self.lock();
+            let Some(Slot::Ready(e)) = st.runs.get_mut(run_id) else { return Err(Error::NotFound(format!("run {run_id}"))) };
+            if e.sandbox.id != id {
+                return Ok(Self::snapshot(run_id, e));
+            }
+            e.last_check_ms = Some(now_ms());
+            e.healthy = healthy;
+            if healthy {
+                e.health_failures = 0;
+                e.state = SandboxState::Running;
+            } else {
+                e.health_failures += 1;
+                e.state = SandboxState::Unhealthy;
+                tracing::warn!(run_id = %run_id, sandbox_id = %id, failures = e.health_failures, "health check failed");
+            }
+            (e.health_failures >= self.config.max_health_failures).then(|| (e.config.clone(), e.preset))
+        };
+        if let Some((config, preset)) = recreate {
+            self.recreate(run_id, &id, &config, preset).await?;
+        }
+        let st = self.lock();
+        match st.runs.get(run_id) {
+            Some(Slot::Ready(e)) => Ok(Self::snapshot(run_id, e)),
+            _ => Err(Error::NotFound(format!("run {run_id}"))),
+        }
+    }
+
+    async fn recreate(self: &Arc<Self>, run_id: &RunId, old: &SandboxId, config: &SandboxConfig, preset: Option<Preset>) -> Result<()> {
+        tracing::warn!(run_id = %run_id, sandbox_id = %old, "recreating unhealthy sandbox");
+        let fresh = self.create_sandbox(Some(run_id), preset, config).await?;
+        let swapped = {
+            let mut st = self.lock();
+            match st.runs.get_mut(run_id) {
+                Some(Slot::Ready(e)) if e.sandbox.id == *old => {
+                    e.sandbox = fresh.clone();
+                    e.state = SandboxState::Running;
+                    e.healthy = true;
+                    e.health_failures = 0;
+                    e.last_used = Instant::now();
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.bump(RECREATED);
+        // Whichever sandbox lost (the old one, or the fresh one if the run vanished meanwhile) goes.
+        self.destroy_quietly(if swapped { old } else { &fresh.id }).await;
+        Ok(())
+    }
+
+    async fn check_health(self: &Arc<Self>) {
+        let runs: Vec<RunId> = self.lock().runs.keys().cloned().collect();
+        for run in runs {
+            if let Err(e) = self.check_one(&run).await {
+                tracing::debug!(run_id = %run, error = %e, "health check skipped");
+            }
+        }
+    }
+}
+
+impl SandboxManager {
+    /// A manager over `backend`. Call [`start`](Self::start) to run pooling, expiry and health checks in the background.
+    #[must_use]
+    pub fn new(backend: Arc<dyn SandboxBackend>, config: ManagerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                state: Mutex::new(State::default()),
+                maintenance: Mutex::new(None),
+                stats: Default::default(),
+            }),
+        }
+    }
+
+    /// The backend this manager drives.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn SandboxBackend> {
+        &self.inner.backend
+    }
+
+    /// The manager's configuration.
+    #[must_use]
+    pub fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+
+    /// Fills the warm pool and starts the periodic cleanup and health tasks.
+    /// Must be called inside a tokio runtime.
+    pub fn start(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let cleanup_every = self.inner.config.cleanup_interval;
+        let health_every = self.inner.config.health_check_interval;
+        let task = tokio::spawn(async move {
+            if let Some(inner) = weak.upgrade() {
+                inner.fill_pool().await;
+            }
+            let mut cleanup = tokio::time::interval_at(Instant::now() + cleanup_every, cleanup_every);
+            let mut health = tokio::time::interval_at(Instant::now() + health_every, health_every);
+            loop {
+                tokio::select! {
+                    _ = cleanup.tick() => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.cleanup().await;
+                        inner.fill_pool().await;
+                    }
+                    _ = health.tick() => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.check_health().await;
+                    }
+                }
+            }
+        });
+        if let Some(old) = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Creates the warm pool's missing sandboxes now.
+    pub async fn fill_pool(&self) {
+        self.inner.fill_pool().await;
+    }
+
+    /// Sandboxes ready in the warm pool, per preset.
+    #[must_use]
+    pub fn pool_len(&self, preset: Preset) -> usize {
+        self.inner.lock().pool.get(&preset).map_or(0, VecDeque::len)
+    }
+
+    /// Returns the run's sandbox, creating it if needed; `true` when created now.
+    ///
+    /// A run that exists is reused when `options` ask for no config or the same one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] listing every problem, [`Error::Conflict`] when the run exists with
+    /// another config, [`Error::LimitExceeded`] at `max_sandboxes`, or the backend's error.
+    pub async fn get_or_create(&self, run_id: &RunId, options: CreateOptions) -> Result<(ManagedSandbox, bool)> {
+        let config = options.effective_config();
+        config.validate()?;
+        loop {
+            let wait = {
+                let mut st = self.inner.lock();
+                if st.shut_down {
+                    return Err(Error::Unsupported("the sandbox manager is shutting down; no new sandboxes".into()));
+                }
+                match st.runs.get_mut(run_id) {
+                    Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => {
+                        if options.asks_for_a_config() && e.config != config {
+                            return Err(Error::Conflict(format!(
+                                "run {run_id} already has a sandbox with a different configuration; destroy it first or use another run_id"
+                            )));
+                        }
+                        e.last_used = Instant::now();
+                        return Ok((Inner::snapshot(run_id, e), false));
+                    }
+                    Some(Slot::Ready(_)) => {
+                        return Err(Error::Conflict(format!("run {run_id} is being destroyed; retry shortly")));
+                    }
+                    Some(Slot::Creating(n)) => n.clone(),
+                    None => {
+                        let live = st.runs.len();
+                        if let Some(max) = self.inner.config.max_sandboxes.filter(|m| live >= *m) {
+                            return Err(Error::LimitExceeded(format!(
+                                "{live} sandboxes are live, the maximum is {max}; destroy one or raise max_sandboxes"
+                            )));
+                        }
+                        st.runs.insert(run_id.clone(), Slot::Creating(Arc::new(Notify::new())));
+                        break;
+                    }
+                }
+            };
+            let notified = wait.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check after registering so a wake-up between the lock and here is not lost.
+            if matches!(self.inner.lock().runs.get(run_id), Some(Slot::Creating(n)) if Arc::ptr_eq(n, &wait)) {
+                notified.await;
+            }
+        }
+
+        // The creation runs in its own task so a dropped caller can't leave a half-made run behind.
+        let inner = self.inner.clone();
+        let run = run_id.clone();
+        let preset = options.preset;
+        let task = tokio::spawn(async move {
+            let pooled = inner.take_from_pool(preset, &config);
+            let from_pool = pooled.is_some();
+            let made = match pooled {
+                Some(info) => Ok(info),
+                None => inner.create_sandbox(Some(&run), preset, &config).await,
+            };
+            if from_pool {
+                inner.bump(POOL_HITS);
+                let refill = inner.clone();
+                tokio::spawn(async move { refill.fill_pool().await });
+            }
+            let mut st = inner.lock();
+            let notify = match st.runs.remove(&run) {
+                Some(Slot::Creating(n)) => n,
+                _ => Arc::new(Notify::new()),
+            };
+            let result = match made {
+                Ok(mut info) => {
+                    info.state = SandboxState::Running;
+                    info.metadata.insert("run_id".into(), run.to_string());
+                    let entry = Entry {
+                        sandbox: info,
+                        config,
+                        preset,
+                        state: SandboxState::Running,
+                        last_used: Instant::now(),
+                        busy: 0,
+                        execution_count: 0,
+                        last_exit_code: None,
+                        health_failures: 0,
+                        healthy: true,
+                        last_check_ms: None,
+                    };
+                    let snap = Inner::snapshot(&run, &entry);
+                    st.runs.insert(run.clone(), Slot::Ready(Box::new(entry)));
+                    Ok(snap)
+                }
+                Err(e) => Err(e),
+            };
+            notify.notify_waiters();
+            result
+        });
+        let snap = task.await.map_err(|e| Error::Backend(format!("sandbox creation task failed: {e}")))??;
+        Ok((snap, true))
+    }
+
+    /// Registers a sandbox that already exists (e.g. found alive after a restart).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the run already has a sandbox.
+    pub fn adopt(&self, run_id: &RunId, sandbox: SandboxInfo, config: SandboxConfig, preset: Option<Preset>) -> Result<ManagedSandbox> {
+        let mut st = self.inner.lock();
+        if st.runs.contains_key(run_id) {
+            return Err(Error::Conflict(format!("run {run_id} already has a sandbox")));
+        }
+        let entry = Entry {
+            sandbox,
+            config,
+            preset,
+            state: SandboxState::Running,
+            last_used: Instant::now(),
+            busy: 0,
+            execution_count: 0,
+            last_exit_code: None,
+            health_failures: 0,
+            healthy: true,
+            last_check_ms: None,
+        };
+        let snap = Inner::snapshot(run_id, &entry);
+        st.runs.insert(run_id.clone(), Slot::Ready(Box::new(entry)));
+        Ok(snap)
+    }
+
+    /// The run's sandbox.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run.
+    pub fn get(&self, run_id: &RunId) -> Result<ManagedSandbox> {
+        match self.inner.lock().runs.get(run_id) {
+            Some(Slot::Ready(e)) => Ok(Inner::snapshot(run_id, e)),
+            _ => Err(Error::NotFound(format!("run {run_id}"))),
+        }
+    }
+
+    /// Every run's sandbox, sorted by run id.
+    #[must_use]
+    pub fn list(&self) -> Vec<ManagedSandbox> {
+        let st = self.inner.lock();
+        let mut out: Vec<_> = st
+            .runs
+            .iter()
+            .filter_map(|(r, s)| match s {
+                Slot::Ready(e) => Some(Inner::snapshot(r, e)),
+                Slot::Creating(_) => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        out
+    }
+
+    /// Lifetime counters.
+    #[must_use]
+    pub fn stats(&self) -> ManagerStats {
+        let s = |i: usize| self.inner.stats[i].load(Ordering::Relaxed);
+        ManagerStats {
+            created: s(CREATED),
+            pool_hits: s(POOL_HITS),
+            destroyed: s(DESTROYED),
+            expired: s(EXPIRED),
+            recreated: s(RECREATED),
+            executions: s(EXECUTIONS),
+        }
+    }
+
+    fn counted(&self, run_id: &RunId, stream: ExecStream) -> ExecStream {
+        let weak = Arc::downgrade(&self.inner);
+        let run = run_id.clone();
+        stream.on_exit(move |status| {
+            if let Some(inner) = weak.upgrade() {
+                if let Some(Slot::Ready(e)) = inner.lock().runs.get_mut(&run) {
+                    e.last_exit_code = Some(status.exit_code);
+                }
+            }
+        })
+    }
+
+    fn start_exec(&self, run_id: &RunId) -> Result<(SandboxId, BusyGuard)> {
+        let acquired = self.inner.acquire(run_id)?;
+        if let Some(Slot::Ready(e)) = self.inner.lock().runs.get_mut(run_id) {
+            e.execution_count += 1;
+        }
+        self.inner.bump(EXECUTIONS);
+        Ok(acquired)
+    }
+
+    /// Starts a command in the run's sandbox and streams its events.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, or the backend's error.
+    pub async fn exec(&self, run_id: &RunId, request: ExecRequest) -> Result<ExecStream> {
+        let (id, guard) = self.start_exec(run_id)?;
+        let stream = self.inner.backend.exec(&id, request).await?;
+        Ok(self.counted(run_id, stream).with_guard(guard))
+    }
+
+    /// Runs a command and collects its output, capped at the sandbox's max_output_bytes.
+    ///
+    /// # Errors
+    /// As [`exec`](Self::exec).
+    pub async fn exec_collect(&self, run_id: &RunId, request: ExecRequest) -> Result<ExecOutput> {
+        let cap = self.output_cap(run_id)?;
+        Ok(self.exec(run_id, request).await?.collect(cap).await)
+    }
+
+    /// Runs code in the run's sandbox and streams its events.
+    ///
+    /// # Errors
+    /// As [`exec`](Self::exec).
+    pub async fn run_code(&self, run_id: &RunId, request: CodeRequest) -> Result<ExecStream> {
+        let (id, guard) = self.start_exec(run_id)?;
+        let stream = self.inner.backend.run_code(&id, request).await?;
+        Ok(self.counted(run_id, stream).with_guard(guard))
+    }
+
+    /// Runs code and collects its output.
+    ///
+    /// # Errors
+    /// As [`exec`](Self::exec).
+    pub async fn run_code_collect(&self, run_id: &RunId, request: CodeRequest) -> Result<ExecOutput> {
+        let cap = self.output_cap(run_id)?;
+        Ok(self.run_code(run_id, request).await?.collect(cap).await)
+    }
+
+    fn output_cap(&self, run_id: &RunId) -> Result<usize> {
+        let cap = self.get(run_id)?.config.max_output_bytes;
+        Ok(usize::try_from(cap).unwrap_or(usize::MAX))
+    }
+
+    /// Runs `f` against the run's sandbox id while marking it busy.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, or `f`'s error.
+    pub async fn with_sandbox<T, F, Fut>(&self, run_id: &RunId, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<dyn SandboxBackend>, SandboxId) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let (id, _guard) = self.inner.acquire(run_id)?;
+        f(self.inner.backend.clone(), id).await
+    }
+
+    /// Reads a file from the run's sandbox.
+    ///
+    /// # Errors
+    /// As the backend's `read_file`.
+    pub async fn read_file(&self, run_id: &RunId, path: &str) -> Result<Vec<u8>> {
+        self.with_sandbox(run_id, |b, id| async move { b.read_file(&id, path).await }).await
+    }
+
+    /// Writes a file in the run's sandbox.
+    ///
+    /// # Errors
+    /// As the backend's `write_file`.
+    pub async fn write_file(&self, run_id: &RunId, path: &str, data: Vec<u8>) -> Result<()> {
+        self.with_sandbox(run_id, |b, id| async move { b.write_file(&id, path, data).await }).await
+    }
+
+    /// Lists a directory in the run's sandbox.
+    ///
+    /// # Errors
+    /// As the backend's `list_dir`.
+    pub async fn list_dir(&self, run_id: &RunId, path: &str) -> Result<Vec<FileEntry>> {
+        self.with_sandbox(run_id, |b, id| async move { b.list_dir(&id, path).await }).await
+    }
+
+    /// Starts a background process in the run's sandbox.
+    ///
+    /// # Errors
+    /// As the backend's `spawn_background`.
+    pub async fn spawn_background(&self, run_id: &RunId, request: ExecRequest) -> Result<ProcessInfo> {
+        self.with_sandbox(run_id, |b, id| async move { b.spawn_background(&id, request).await }).await
+    }
+
+    /// Replaces the run's network policy, live.
+    ///
+    /// # Errors
+    /// As the backend's `update_network`.
+    pub async fn update_network(&self, run_id: &RunId, network: NetworkConfig) -> Result<()> {
+        let mut config = self.get(run_id)?.config;
+        config.network = network.clone();
+        config.validate()?;
+        self.with_sandbox(run_id, |b, id| async move { b.update_network(&id, network).await }).await?;
+        if let Some(Slot::Ready(e)) = self.inner.lock().runs.get_mut(run_id) {
+            e.config = config;
+        }
+        Ok(())
+    }
+
+    /// The backend's metrics, with the manager's counters and health filled in.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, or the backend's error.
+    pub async fn metrics(&self, run_id: &RunId) -> Result<SandboxMetrics> {
+        let mut m = self.with_sandbox(run_id, |b, id| async move { b.metrics(&id).await }).await?;
+        let snap = self.get(run_id)?;
+        m.execution_count = snap.execution_count;
+        m.last_exit_code = snap.last_exit_code;
+        m.is_healthy = snap.healthy;
+        m.health_check_failures = snap.health_check_failures;
+        Ok(m)
+    }
+
+    /// Probes the run's sandbox now, counting a failure (and recreating after too many).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run.
+    pub async fn check_health(&self, run_id: &RunId) -> Result<ManagedSandbox> {
+        self.inner.check_one(run_id).await
+    }
+
+    /// Probes every sandbox once.
+    pub async fn check_all_health(&self) {
+        self.inner.check_health().await;
+    }
+
+    /// Destroys sandboxes idle for longer than their idle_timeout; returns their runs.
+    pub async fn cleanup_idle(&self) -> Vec<RunId> {
+        self.inner.cleanup().await
+    }
+
+    /// Destroys the run's sandbox.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, or the backend's error (the run is forgotten either way).
+    pub async fn destroy(&self, run_id: &RunId) -> Result<()> {
+        let id = {
+            let mut st = self.inner.lock();
+            match st.runs.get_mut(run_id) {
+                Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => {
+                    e.state = SandboxState::Destroying;
+                    e.sandbox.id.clone()
+                }
+                _ => return Err(Error::NotFound(format!("run {run_id}"))),
+            }
+        };
+        let result = self.inner.backend.destroy(&id).await;
+        self.inner.lock().runs.remove(run_id);
+        if result.is_ok() {
+            self.inner.bump(DESTROYED);
+        }
+        result
+    }
+
+    /// Stops the background tasks and destroys every sandbox this manager owns, the pool included.
+    pub async fn shutdown(&self) {
+        if let Some(task) = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            task.abort();
+        }
+        let ids: Vec<SandboxId> = {
+            let mut st = self.inner.lock();
+            st.shut_down = true;
+            let mut ids: Vec<SandboxId> = st
+                .runs
+                .drain()
+                .filter_map(|(_, s)| match s {
+                    Slot::Ready(e) => Some(e.sandbox.id),
+                    Slot::Creating(_) => None,
+                })
+                .collect();
+            ids.extend(st.pool.drain().flat_map(|(_, q)| q.into_iter().map(|i| i.id)));
+            ids
+        };
+        for id in ids {
+            self.inner.destroy_quietly(&id).await;
+        }
+    }
+}
+
+/// A backend for documentation examples: the mock, answering every call successfully.
+#[cfg(feature = "mock")]
+#[doc(hidden)]
+#[must_use]
+pub fn doc_backend() -> Arc<dyn SandboxBackend> {
+    use crate::backend::MockSandboxBackend;
+    use crate::types::{ExecEvent, ExitStatus};
+    let mut b = MockSandboxBackend::new();
+    b.expect_name().return_const("mock");
+    b.expect_create().returning(|req| {
+        Ok(SandboxInfo {
+            id: SandboxId::new_unchecked("sb-doc"),
+            backend: "mock".into(),
+            state: SandboxState::Running,
+            created_at_ms: 0,
+            metadata: req.metadata,
+        })
+    });
+    b.expect_exec().returning(|_, _| {
+        Ok(ExecStream::from_events(vec![
+            ExecEvent::Stdout(b"hi\n".to_vec()),
+            ExecEvent::Exit(ExitStatus { exit_code: 0, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO }),
+        ]))
+    });
+    b.expect_destroy().returning(|_| Ok(()));
+    Arc::new(b)
+}
