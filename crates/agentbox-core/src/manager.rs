@@ -141,7 +141,18 @@ struct State {
     runs: HashMap<RunId, Slot>,
     pool: HashMap<Preset, VecDeque<SandboxInfo>>,
     pool_filling: HashMap<Preset, usize>,
+    /// Recreations of unhealthy sandboxes in flight.
+    recreating: usize,
     shut_down: bool,
+}
+
+impl State {
+    /// Whether a creation is in flight that shutdown must wait for.
+    fn creating(&self) -> bool {
+        self.recreating > 0
+            || self.pool_filling.values().any(|n| *n > 0)
+            || self.runs.values().any(|s| matches!(s, Slot::Creating(_)))
+    }
 }
 
 struct Inner {
@@ -149,6 +160,10 @@ struct Inner {
     config: ManagerConfig,
     state: Mutex<State>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// Asks the maintenance task to stop (a stored permit, so it is not lost while the task is busy).
+    stop: Arc<Notify>,
+    /// Signalled whenever a creation in flight ends, so shutdown can wait for it.
+    settled: Notify,
     stats: [AtomicU64; 6],
 }
 
@@ -165,17 +180,41 @@ fn now_ms() -> u64 {
 
 /// Drives any [`SandboxBackend`] for many runs.
 ///
-/// ```
+/// Each run id gets one sandbox, created on first use (from the warm pool when
+/// one is ready) and reused until it is destroyed, idles out, or is replaced
+/// after failing health checks. [`start`](Self::start) runs the pool refill,
+/// idle cleanup and health checks in the background; [`shutdown`](Self::shutdown)
+/// destroys everything the manager owns.
+///
+/// With the local backend, `backend` would be
+/// `Arc::new(agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default())?)`.
+/// (This example runs with the crate's `mock` feature, against a mock backend.)
+///
+#[cfg_attr(feature = "mock", doc = "```")]
+#[cfg_attr(not(feature = "mock"), doc = "```ignore")]
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> agentbox_core::Result<()> {
 /// use std::sync::Arc;
-/// use agentbox_core::{CreateOptions, ManagerConfig, RunId, SandboxManager, SandboxBackend};
+/// use agentbox_core::{CreateOptions, ExecRequest, ManagerConfig, RunId, SandboxBackend, SandboxManager};
+/// use agentbox_core::config::Preset;
+///
 /// # let backend: Arc<dyn SandboxBackend> = agentbox_core::doc_backend();
 /// let manager = SandboxManager::new(backend, ManagerConfig::default());
+/// manager.start();
+///
 /// let run = RunId::parse("task-123")?;
-/// let (sandbox, created) = manager.get_or_create(&run, CreateOptions::default()).await?;
+/// let options = CreateOptions { preset: Some(Preset::Lightweight), config: None };
+/// let (sandbox, created) = manager.get_or_create(&run, options).await?;
 /// assert!(created);
-/// let out = manager.exec_collect(&run, agentbox_core::ExecRequest::shell("echo hi")).await?;
-/// println!("{} -> {}", sandbox.sandbox.id, out.stdout);
+///
+/// // The same run id gets the same sandbox back.
+/// let (again, created) = manager.get_or_create(&run, CreateOptions::default()).await?;
+/// assert!(!created);
+/// assert_eq!(again.sandbox.id, sandbox.sandbox.id);
+///
+/// let out = manager.exec_collect(&run, ExecRequest::shell("echo hi")).await?;
+/// assert_eq!(out.stdout, "hi\n");
+/// assert_eq!(manager.get(&run)?.execution_count, 1);
+///
 /// manager.shutdown().await;
 /// # Ok(()) }
 /// ```
@@ -236,7 +275,12 @@ impl Inner {
         }
     }
 
-    async fn create_sandbox(&self, run_id: Option<&RunId>, preset: Option<Preset>, config: &SandboxConfig) -> Result<SandboxInfo> {
+    async fn create_sandbox(
+        &self,
+        run_id: Option<&RunId>,
+        preset: Option<Preset>,
+        config: &SandboxConfig,
+    ) -> Result<SandboxInfo> {
         let mut metadata = BTreeMap::new();
         if let Some(r) = run_id {
             metadata.insert("run_id".to_owned(), r.to_string());
@@ -245,9 +289,13 @@ impl Inner {
             metadata.insert("preset".to_owned(), p.name().to_owned());
         }
         let request = CreateRequest { config: config.clone(), metadata };
-        let info = tokio::time::timeout(config.startup_timeout, self.backend.create(request))
-            .await
-            .map_err(|_| Error::Timeout(format!("creating a sandbox took longer than startup_timeout ({:?})", config.startup_timeout)))??;
+        let info =
+            tokio::time::timeout(config.startup_timeout, self.backend.create(request)).await.map_err(|_| {
+                Error::Timeout(format!(
+                    "creating a sandbox took longer than startup_timeout ({:?})",
+                    config.startup_timeout
+                ))
+            })??;
         self.bump(CREATED);
         let packages = config.packages()?;
         if !packages.is_empty() {
@@ -266,8 +314,9 @@ impl Inner {
         }
     }
 
+    /// A warm sandbox for `config`, if the pool of its preset (default when absent) has one.
     fn take_from_pool(&self, preset: Option<Preset>, config: &SandboxConfig) -> Option<SandboxInfo> {
-        let preset = preset?;
+        let preset = preset.unwrap_or_default();
         if *config != preset.config() {
             return None;
         }
@@ -282,7 +331,8 @@ impl Inner {
                     if st.shut_down {
                         return;
                     }
-                    let have = st.pool.get(&preset).map_or(0, VecDeque::len) + st.pool_filling.get(&preset).copied().unwrap_or(0);
+                    let have = st.pool.get(&preset).map_or(0, VecDeque::len)
+                        + st.pool_filling.get(&preset).copied().unwrap_or(0);
                     if have >= target {
                         break;
                     }
@@ -291,14 +341,18 @@ impl Inner {
                 let made = self.create_sandbox(None, Some(preset), &preset.config()).await;
                 let orphan = {
                     let mut st = self.lock();
-                    *st.pool_filling.entry(preset).or_default() -= 1;
                     match made {
                         Ok(info) if !st.shut_down => {
+                            *st.pool_filling.entry(preset).or_default() -= 1;
                             st.pool.entry(preset).or_default().push_back(info);
                             None
                         }
+                        // Still counted as filling, so shutdown waits until it is destroyed.
                         Ok(info) => Some(info),
                         Err(e) => {
+                            *st.pool_filling.entry(preset).or_default() -= 1;
+                            drop(st);
+                            self.settled.notify_waiters();
                             tracing::warn!(preset = %preset, error = %e, "refilling the warm pool failed");
                             break;
                         }
@@ -306,6 +360,8 @@ impl Inner {
                 };
                 if let Some(info) = orphan {
                     self.destroy_quietly(&info.id).await;
+                    *self.lock().pool_filling.entry(preset).or_default() -= 1;
+                    self.settled.notify_waiters();
                     return;
                 }
             }
@@ -321,7 +377,9 @@ impl Inner {
                 let id = e.sandbox.id.clone();
                 Ok((id.clone(), BusyGuard { inner: Arc::downgrade(self), run_id: run_id.clone(), sandbox_id: id }))
             }
-            Some(Slot::Creating(_)) => Err(Error::Conflict(format!("run {run_id} is still being created; retry shortly"))),
+            Some(Slot::Creating(_)) => {
+                Err(Error::Conflict(format!("run {run_id} is still being created; retry shortly")))
+            }
             _ => Err(Error::NotFound(format!("run {run_id}"))),
         }
     }
@@ -334,7 +392,9 @@ impl Inner {
                 .iter_mut()
                 .filter_map(|(run, slot)| match slot {
                     Slot::Ready(e)
-                        if e.busy == 0 && e.state != SandboxState::Destroying && now.duration_since(e.last_used) >= e.config.idle_timeout =>
+                        if e.busy == 0
+                            && e.state != SandboxState::Destroying
+                            && now.duration_since(e.last_used) >= e.config.idle_timeout =>
                     {
                         e.state = SandboxState::Destroying;
                         Some((run.clone(), e.sandbox.id.clone()))
@@ -367,7 +427,9 @@ impl Inner {
         let healthy = matches!(result, Ok(Ok(ref h)) if h.healthy);
         let recreate = {
             let mut st = self.lock();
-            let Some(Slot::Ready(e)) = st.runs.get_mut(run_id) else { return Err(Error::NotFound(format!("run {run_id}"))) };
+            let Some(Slot::Ready(e)) = st.runs.get_mut(run_id) else {
+                return Err(Error::NotFound(format!("run {run_id}")));
+            };
             if e.sandbox.id != id {
                 return Ok(Self::snapshot(run_id, e));
             }
@@ -393,27 +455,52 @@ impl Inner {
         }
     }
 
-    async fn recreate(self: &Arc<Self>, run_id: &RunId, old: &SandboxId, config: &SandboxConfig, preset: Option<Preset>) -> Result<()> {
+    async fn recreate(
+        self: &Arc<Self>,
+        run_id: &RunId,
+        old: &SandboxId,
+        config: &SandboxConfig,
+        preset: Option<Preset>,
+    ) -> Result<()> {
         tracing::warn!(run_id = %run_id, sandbox_id = %old, "recreating unhealthy sandbox");
-        let fresh = self.create_sandbox(Some(run_id), preset, config).await?;
-        let swapped = {
+        {
             let mut st = self.lock();
-            match st.runs.get_mut(run_id) {
-                Some(Slot::Ready(e)) if e.sandbox.id == *old => {
-                    e.sandbox = fresh.clone();
-                    e.state = SandboxState::Running;
-                    e.healthy = true;
-                    e.health_failures = 0;
-                    e.last_used = Instant::now();
-                    true
-                }
-                _ => false,
+            if st.shut_down {
+                return Err(Error::Unsupported("the sandbox manager is shutting down; not recreating".into()));
             }
+            st.recreating += 1;
+        }
+        let made = self.create_sandbox(Some(run_id), preset, config).await;
+        let result = match made {
+            Ok(fresh) => {
+                let swapped = {
+                    let mut st = self.lock();
+                    match st.runs.get_mut(run_id) {
+                        Some(Slot::Ready(e)) if e.sandbox.id == *old && e.state != SandboxState::Destroying => {
+                            e.sandbox = fresh.clone();
+                            e.state = SandboxState::Running;
+                            e.healthy = true;
+                            e.health_failures = 0;
+                            e.last_used = Instant::now();
+                            // Operations in flight were on the old sandbox; their guards no longer match.
+                            e.busy = 0;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if swapped {
+                    self.bump(RECREATED);
+                }
+                // Whichever sandbox lost (the old one, or the fresh one if the run vanished meanwhile) goes.
+                self.destroy_quietly(if swapped { old } else { &fresh.id }).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
         };
-        self.bump(RECREATED);
-        // Whichever sandbox lost (the old one, or the fresh one if the run vanished meanwhile) goes.
-        self.destroy_quietly(if swapped { old } else { &fresh.id }).await;
-        Ok(())
+        self.lock().recreating -= 1;
+        self.settled.notify_waiters();
+        result
     }
 
     async fn check_health(self: &Arc<Self>) {
@@ -436,6 +523,8 @@ impl SandboxManager {
                 config,
                 state: Mutex::new(State::default()),
                 maintenance: Mutex::new(None),
+                stop: Arc::new(Notify::new()),
+                settled: Notify::new(),
                 stats: Default::default(),
             }),
         }
@@ -454,9 +543,14 @@ impl SandboxManager {
     }
 
     /// Fills the warm pool and starts the periodic cleanup and health tasks.
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime. Calling it again while they run does nothing.
     pub fn start(&self) {
+        let mut maintenance = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if maintenance.as_ref().is_some_and(|t| !t.is_finished()) || self.inner.lock().shut_down {
+            return;
+        }
         let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.stop.clone();
         let cleanup_every = self.inner.config.cleanup_interval;
         let health_every = self.inner.config.health_check_interval;
         let task = tokio::spawn(async move {
@@ -465,8 +559,13 @@ impl SandboxManager {
             }
             let mut cleanup = tokio::time::interval_at(Instant::now() + cleanup_every, cleanup_every);
             let mut health = tokio::time::interval_at(Instant::now() + health_every, health_every);
+            // A pass that overran its period runs once, not in a burst.
+            cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    biased;
+                    () = stop.notified() => return,
                     _ = cleanup.tick() => {
                         let Some(inner) = weak.upgrade() else { return };
                         inner.cleanup().await;
@@ -479,9 +578,7 @@ impl SandboxManager {
                 }
             }
         });
-        if let Some(old) = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(task) {
-            old.abort();
-        }
+        *maintenance = Some(task);
     }
 
     /// Creates the warm pool's missing sandboxes now.
@@ -562,6 +659,19 @@ impl SandboxManager {
                 let refill = inner.clone();
                 tokio::spawn(async move { refill.fill_pool().await });
             }
+            // A shutdown that started meanwhile will not see this sandbox: destroy it while the
+            // slot still says "creating", so shutdown waits for it.
+            let orphan = match &made {
+                Ok(info) if inner.lock().shut_down => Some(info.id.clone()),
+                _ => None,
+            };
+            let made = match orphan {
+                Some(id) => {
+                    inner.destroy_quietly(&id).await;
+                    Err(Error::Unsupported("the sandbox manager is shutting down; no new sandboxes".into()))
+                }
+                None => made,
+            };
             let mut st = inner.lock();
             let notify = match st.runs.remove(&run) {
                 Some(Slot::Creating(n)) => n,
@@ -590,7 +700,9 @@ impl SandboxManager {
                 }
                 Err(e) => Err(e),
             };
+            drop(st);
             notify.notify_waiters();
+            inner.settled.notify_waiters();
             result
         });
         let snap = task.await.map_err(|e| Error::Backend(format!("sandbox creation task failed: {e}")))??;
@@ -601,7 +713,13 @@ impl SandboxManager {
     ///
     /// # Errors
     /// [`Error::Conflict`] if the run already has a sandbox.
-    pub fn adopt(&self, run_id: &RunId, sandbox: SandboxInfo, config: SandboxConfig, preset: Option<Preset>) -> Result<ManagedSandbox> {
+    pub fn adopt(
+        &self,
+        run_id: &RunId,
+        sandbox: SandboxInfo,
+        config: SandboxConfig,
+        preset: Option<Preset>,
+    ) -> Result<ManagedSandbox> {
         let mut st = self.inner.lock();
         if st.runs.contains_key(run_id) {
             return Err(Error::Conflict(format!("run {run_id} already has a sandbox")));
@@ -845,26 +963,45 @@ impl SandboxManager {
     }
 
     /// Stops the background tasks and destroys every sandbox this manager owns, the pool included.
+    ///
+    /// Creations in flight are waited for and their sandboxes destroyed too; callers waiting for
+    /// them get [`Error::Unsupported`], as does every later [`get_or_create`](Self::get_or_create).
     pub async fn shutdown(&self) {
-        if let Some(task) = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-            task.abort();
+        self.inner.lock().shut_down = true;
+        let task = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(task) = task {
+            // Let a pass in progress finish rather than dropping it half-way (a half-made sandbox would leak).
+            self.inner.stop.notify_one();
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "the sandbox maintenance task failed");
+            }
         }
-        let ids: Vec<SandboxId> = {
-            let mut st = self.inner.lock();
-            st.shut_down = true;
-            let mut ids: Vec<SandboxId> = st
-                .runs
-                .drain()
-                .filter_map(|(_, s)| match s {
-                    Slot::Ready(e) => Some(e.sandbox.id),
-                    Slot::Creating(_) => None,
-                })
-                .collect();
-            ids.extend(st.pool.drain().flat_map(|(_, q)| q.into_iter().map(|i| i.id)));
-            ids
-        };
-        for id in ids {
-            self.inner.destroy_quietly(&id).await;
+        loop {
+            let settled = self.inner.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let (ids, pending) = {
+                let mut st = self.inner.lock();
+                let ready: Vec<RunId> =
+                    st.runs.iter().filter(|(_, s)| matches!(s, Slot::Ready(_))).map(|(r, _)| r.clone()).collect();
+                // A sandbox already being destroyed is left to whoever is destroying it.
+                let mut ids: Vec<SandboxId> = ready
+                    .iter()
+                    .filter_map(|r| match st.runs.remove(r) {
+                        Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => Some(e.sandbox.id),
+                        _ => None,
+                    })
+                    .collect();
+                ids.extend(st.pool.drain().flat_map(|(_, q)| q.into_iter().map(|i| i.id)));
+                (ids, st.creating())
+            };
+            for id in ids {
+                self.inner.destroy_quietly(&id).await;
+            }
+            if !pending {
+                break;
+            }
+            settled.await;
         }
     }
 }
@@ -890,7 +1027,13 @@ pub fn doc_backend() -> Arc<dyn SandboxBackend> {
     b.expect_exec().returning(|_, _| {
         Ok(ExecStream::from_events(vec![
             ExecEvent::Stdout(b"hi\n".to_vec()),
-            ExecEvent::Exit(ExitStatus { exit_code: 0, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO }),
+            ExecEvent::Exit(ExitStatus {
+                exit_code: 0,
+                signal: None,
+                timed_out: false,
+                oom_killed: false,
+                duration: Duration::ZERO,
+            }),
         ]))
     });
     b.expect_destroy().returning(|_| Ok(()));
