@@ -1,2 +1,32 @@
 //! `agentbox`: the command line.
-fn main() {}
+//!
+//! This file only parses the command line and dispatches; each subcommand
+//! lives in its own module under `cmd/`.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Isolated Linux sandboxes for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "agentbox", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the sandbox presets and their full configuration.
+    Presets(cmd::presets::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Presets(args) => cmd::presets::run(&args),
+    };
+    cmd::report(result)
+}

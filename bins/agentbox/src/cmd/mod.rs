@@ -1,0 +1,39 @@
+//! The subcommands, one module each, and the error they share.
+
+pub mod presets;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+/// What a subcommand can fail with. Each message is one line saying what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A sandbox operation failed.
+    #[error(transparent)]
+    Core(#[from] agentbox_core::Error),
+    /// The command line asked for something that does not exist.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing to stdout failed.
+    #[error("writing output failed: {0}")]
+    Output(#[from] io::Error),
+    /// Encoding JSON output failed.
+    #[error("encoding JSON output failed: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Turns a subcommand's result into the exit status, printing an error as one line on stderr.
+///
+/// A closed stdout (`agentbox presets | head -1`) is not an error.
+pub fn report(result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = e.to_string().replace('\n', " ");
+            // Nothing more can be done if stderr is gone too.
+            let _ = writeln!(io::stderr().lock(), "agentbox: error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
