@@ -22,8 +22,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(secs)
             .map_err(|_| format!("invalid duration {s:?}: must be a non-negative number of seconds"));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (use seconds like 90, or units like \"90s\", \"5m\", \"1h\")"))
+    humantime::parse_duration(t).map_err(|e| {
+        format!("invalid duration {s:?}: {e} (use seconds like 90, or units like \"90s\", \"5m\", \"1h\")")
+    })
 }
 
 /// Serializes a duration as integer seconds, or a humantime string if it has a fraction.

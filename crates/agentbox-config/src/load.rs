@@ -189,7 +189,8 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_error() {
-        let err = ConfigLoader::new(Preset::Default).file("/nonexistent/agentbox.toml").env_vars([]).load().unwrap_err();
+        let err =
+            ConfigLoader::new(Preset::Default).file("/nonexistent/agentbox.toml").env_vars([]).load().unwrap_err();
         assert!(matches!(err, LoadError::Source(_)), "{err}");
     }
 }

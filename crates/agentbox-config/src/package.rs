@@ -106,7 +106,9 @@ impl FromStr for PackageSpec {
             ));
         }
         if let Some(v) = version {
-            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~' | '*' | '^' | ':')) {
+            if v.is_empty()
+                || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~' | '*' | '^' | ':'))
+            {
                 return Err(format!("invalid version {v:?} for package {name:?}"));
             }
         }

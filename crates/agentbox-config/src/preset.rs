@@ -88,11 +88,18 @@ mod tests {
 
     #[test]
     fn presets_have_the_original_numbers() {
-        let got: Vec<_> =
-            Preset::ALL.iter().map(|p| (p.name(), p.config().cpu_count, p.config().memory_mb, p.config().disk_gb)).collect();
+        let got: Vec<_> = Preset::ALL
+            .iter()
+            .map(|p| (p.name(), p.config().cpu_count, p.config().memory_mb, p.config().disk_gb))
+            .collect();
         assert_eq!(
             got,
-            [("default", 2, 512, 10), ("lightweight", 1, 256, 5), ("heavy_compute", 4, 2048, 20), ("browser", 2, 1024, 10)]
+            [
+                ("default", 2, 512, 10),
+                ("lightweight", 1, 256, 5),
+                ("heavy_compute", 4, 2048, 20),
+                ("browser", 2, 1024, 10)
+            ]
         );
         for p in Preset::ALL {
             p.config().validate().unwrap();

@@ -89,7 +89,9 @@ fn valid_domain_pattern(d: &str) -> bool {
 }
 
 fn valid_cidr(s: &str) -> bool {
-    let Some((ip, bits)) = s.split_once('/') else { return s.parse::<IpAddr>().is_ok() };
+    let Some((ip, bits)) = s.split_once('/') else {
+        return s.parse::<IpAddr>().is_ok();
+    };
     match (ip.parse::<IpAddr>(), bits.parse::<u8>()) {
         (Ok(IpAddr::V4(_)), Ok(b)) => b <= 32,
         (Ok(IpAddr::V6(_)), Ok(b)) => b <= 128,
@@ -115,7 +117,13 @@ impl SandboxConfig {
         range(&mut e, "disk_gb", self.disk_gb, 1, 16 * 1024);
         range(&mut e, "max_output_bytes", self.max_output_bytes, 1024, 1024 * 1024 * 1024);
         duration(&mut e, "startup_timeout", self.startup_timeout, Duration::from_secs(1), Duration::from_secs(3600));
-        duration(&mut e, "execution_timeout", self.execution_timeout, Duration::from_millis(100), Duration::from_secs(86_400));
+        duration(
+            &mut e,
+            "execution_timeout",
+            self.execution_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(86_400),
+        );
         duration(&mut e, "idle_timeout", self.idle_timeout, Duration::from_secs(1), Duration::from_secs(30 * 86_400));
 
         let net = &self.network;
@@ -131,17 +139,24 @@ impl SandboxConfig {
         }
         for (i, s) in net.dns_servers.iter().enumerate() {
             if s.parse::<IpAddr>().is_err() {
-                e.push(format!("network.dns_servers[{i}]"), format!("invalid IP address {s:?} (expected e.g. \"1.1.1.1\")"));
+                e.push(
+                    format!("network.dns_servers[{i}]"),
+                    format!("invalid IP address {s:?} (expected e.g. \"1.1.1.1\")"),
+                );
             }
         }
         for (i, s) in net.allowed_cidrs.iter().enumerate() {
             if !valid_cidr(s) {
-                e.push(format!("network.allowed_cidrs[{i}]"), format!("invalid CIDR {s:?} (expected e.g. \"127.0.0.0/8\")"));
+                e.push(
+                    format!("network.allowed_cidrs[{i}]"),
+                    format!("invalid CIDR {s:?} (expected e.g. \"127.0.0.0/8\")"),
+                );
             }
         }
-        for (field, v) in
-            [("bandwidth_in_bytes_per_sec", net.bandwidth_in_bytes_per_sec), ("bandwidth_out_bytes_per_sec", net.bandwidth_out_bytes_per_sec)]
-        {
+        for (field, v) in [
+            ("bandwidth_in_bytes_per_sec", net.bandwidth_in_bytes_per_sec),
+            ("bandwidth_out_bytes_per_sec", net.bandwidth_out_bytes_per_sec),
+        ] {
             if v == Some(0) {
                 e.push(format!("network.{field}"), "must be at least 1 byte/s, or absent for no limit");
             }
@@ -158,7 +173,10 @@ impl SandboxConfig {
                 );
             }
             if q.size_mb == 0 || q.size_mb > disk_mb {
-                e.push(format!("storage.quotas[{i}].size_mb"), format!("must be between 1 and disk_gb*1024 ({disk_mb}), got {}", q.size_mb));
+                e.push(
+                    format!("storage.quotas[{i}].size_mb"),
+                    format!("must be between 1 and disk_gb*1024 ({disk_mb}), got {}", q.size_mb),
+                );
             }
         }
         range(&mut e, "storage.max_inodes", self.storage.max_inodes, 1024, 1 << 32);
@@ -172,9 +190,14 @@ impl SandboxConfig {
             e.push("security.run_as", "must be an unprivileged user: uid and gid must not be 0");
         }
         if sec.run_as.uid > 65_000 || sec.run_as.gid > 65_000 {
-            e.push("security.run_as", format!("uid and gid must be at most 65000, got {}:{}", sec.run_as.uid, sec.run_as.gid));
+            e.push(
+                "security.run_as",
+                format!("uid and gid must be at most 65000, got {}:{}", sec.run_as.uid, sec.run_as.gid),
+            );
         }
-        if sec.run_as.name.is_empty() || !sec.run_as.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+        if sec.run_as.name.is_empty()
+            || !sec.run_as.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        {
             e.push("security.run_as.name", format!("must be a lower-case user name, got {:?}", sec.run_as.name));
         }
 
@@ -185,7 +208,10 @@ impl SandboxConfig {
         }
         for (k, v) in &self.environment_variables {
             if !valid_env_name(k) {
-                e.push(format!("environment_variables.{k}"), "names must be letters, digits and '_', not starting with a digit");
+                e.push(
+                    format!("environment_variables.{k}"),
+                    "names must be letters, digits and '_', not starting with a digit",
+                );
             }
             if v.contains('\0') {
                 e.push(format!("environment_variables.{k}"), "values must not contain NUL bytes");
@@ -201,9 +227,7 @@ mod tests {
 
     #[test]
     fn reports_every_problem_with_its_path() {
-        let mut c = SandboxConfig::default();
-        c.memory_mb = 0;
-        c.cpu_count = 0;
+        let mut c = SandboxConfig { memory_mb: 0, cpu_count: 0, ..SandboxConfig::default() };
         c.pre_install_packages = vec!["pandas".into(), "npm:lodash".into(), "brew:wget".into()];
         c.network.dns_servers = vec!["1.1.1.1".into(), "dns.google".into()];
         c.storage.quotas = vec![DirectoryQuota { path: "/etc".into(), size_mb: 5 }];
@@ -213,7 +237,9 @@ mod tests {
         assert!(lines.contains(&"memory_mb: must be at least 16, got 0".to_owned()), "{lines:?}");
         assert!(lines.contains(&"cpu_count: must be at least 1, got 0".to_owned()), "{lines:?}");
         assert!(
-            lines.contains(&r#"pre_install_packages[2]: unknown package manager "brew" (expected pip, npm or apt)"#.to_owned()),
+            lines.contains(
+                &r#"pre_install_packages[2]: unknown package manager "brew" (expected pip, npm or apt)"#.to_owned()
+            ),
             "{lines:?}"
         );
         assert!(lines.iter().any(|l| l.starts_with("network.dns_servers[1]: invalid IP address")), "{lines:?}");

@@ -69,7 +69,10 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Replaces a running sandbox's network policy.
     async fn update_network(&self, id: &SandboxId, network: NetworkConfig) -> Result<()> {
         let _ = (id, network);
-        Err(Error::Unsupported(format!("the {} backend cannot change network policy of a running sandbox", self.name())))
+        Err(Error::Unsupported(format!(
+            "the {} backend cannot change network policy of a running sandbox",
+            self.name()
+        )))
     }
 
     /// Installs packages in the sandbox, one installer run per package manager.

@@ -3,6 +3,10 @@
 use agentbox_config::ValidationErrors;
 
 /// What went wrong, in variants a caller can act on.
+#[allow(
+    clippy::error_impl_error,
+    reason = "the crate's one error type, used as `agentbox_core::Error` like `std::io::Error`"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The sandbox, run, file or process does not exist.

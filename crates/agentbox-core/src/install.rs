@@ -25,9 +25,19 @@ pub fn install_requests(packages: &[PackageSpec]) -> Result<Vec<ExecRequest>> {
     let mut out = Vec::new();
     let pip = args(PackageManager::Pip);
     if !pip.is_empty() {
-        let mut argv: Vec<String> = ["python3", "-m", "pip", "install", "--user", "--no-input", "--disable-pip-version-check", "--no-warn-script-location", "--"]
-            .map(str::to_owned)
-            .into();
+        let mut argv: Vec<String> = [
+            "python3",
+            "-m",
+            "pip",
+            "install",
+            "--user",
+            "--no-input",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--",
+        ]
+        .map(str::to_owned)
+        .into();
         argv.extend(pip);
         out.push(ExecRequest { timeout: Some(Duration::from_secs(600)), ..ExecRequest::argv(argv) });
     }
@@ -47,7 +57,8 @@ mod tests {
 
     #[test]
     fn groups_by_manager_and_refuses_apt() {
-        let specs: Vec<PackageSpec> = ["pandas==2.2", "npm:lodash", "pip:six"].iter().map(|s| s.parse().unwrap()).collect();
+        let specs: Vec<PackageSpec> =
+            ["pandas==2.2", "npm:lodash", "pip:six"].iter().map(|s| s.parse().unwrap()).collect();
         let reqs = install_requests(&specs).unwrap();
         assert_eq!(reqs.len(), 2);
         let pip = reqs[0].to_argv().unwrap();

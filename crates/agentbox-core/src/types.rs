@@ -197,8 +197,12 @@ impl ExecRequest {
         if argv.first().is_none_or(String::is_empty) {
             return Err(Error::InvalidRequest("the command is empty: give a program to run".into()));
         }
-        if argv.iter().any(|a| a.contains('\0')) || self.env.iter().any(|(k, v)| k.contains(['\0', '=']) || k.is_empty() || v.contains('\0')) {
-            return Err(Error::InvalidRequest("arguments and environment must not contain NUL bytes, and names not '='".into()));
+        if argv.iter().any(|a| a.contains('\0'))
+            || self.env.iter().any(|(k, v)| k.contains(['\0', '=']) || k.is_empty() || v.contains('\0'))
+        {
+            return Err(Error::InvalidRequest(
+                "arguments and environment must not contain NUL bytes, and names not '='".into(),
+            ));
         }
         Ok(argv)
     }
@@ -253,7 +257,9 @@ impl std::str::FromStr for Language {
             "javascript" | "js" | "node" => Ok(Self::Javascript),
             "typescript" | "ts" => Ok(Self::Typescript),
             "bash" | "sh" | "shell" => Ok(Self::Bash),
-            _ => Err(Error::InvalidRequest(format!("unknown language {s:?} (expected python, javascript, typescript or bash)"))),
+            _ => Err(Error::InvalidRequest(format!(
+                "unknown language {s:?} (expected python, javascript, typescript or bash)"
+            ))),
         }
     }
 }
@@ -477,7 +483,13 @@ impl ExecStream {
                 ExecEvent::Exit(s) => status = Some(s),
             }
         }
-        let s = status.unwrap_or(ExitStatus { exit_code: 255, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO });
+        let s = status.unwrap_or(ExitStatus {
+            exit_code: 255,
+            signal: None,
+            timed_out: false,
+            oom_killed: false,
+            duration: Duration::ZERO,
+        });
         let truncated = out.truncated() || err.truncated();
         ExecOutput {
             exit_code: s.exit_code,

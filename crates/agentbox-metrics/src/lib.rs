@@ -122,7 +122,12 @@ mod tests {
         let l = MetricsLabels { run_id: "a\"b\\c\nd".into(), sandbox_id: "s".into(), backend: "local".into() };
         let m = SandboxMetrics { network_in_bytes: 42, is_healthy: true, ..SandboxMetrics::default() };
         let text = render_prometheus(&[(l, m)]);
-        assert!(text.contains(r#"agentbox_sandbox_network_in_bytes{run_id="a\"b\\c\nd",sandbox_id="s",backend="local"} 42"#), "{text}");
+        assert!(
+            text.contains(
+                r#"agentbox_sandbox_network_in_bytes{run_id="a\"b\\c\nd",sandbox_id="s",backend="local"} 42"#
+            ),
+            "{text}"
+        );
         assert!(text.contains("# TYPE agentbox_sandbox_execution_count counter"));
         assert!(text.contains("agentbox_sandbox_is_healthy{") && text.contains("} 1\n"));
         assert!(!text.contains("agentbox_sandbox_last_exit_code{"), "no exit code before the first exec");
@@ -132,8 +137,16 @@ mod tests {
     fn serde_uses_the_original_field_names() {
         let v = serde_json::to_value(SandboxMetrics::default()).unwrap();
         for f in [
-            "cpu_usage_percent", "cpu_time_seconds", "memory_used_mb", "memory_peak_mb", "disk_used_gb",
-            "network_in_bytes", "network_out_bytes", "execution_count", "last_exit_code", "is_healthy",
+            "cpu_usage_percent",
+            "cpu_time_seconds",
+            "memory_used_mb",
+            "memory_peak_mb",
+            "disk_used_gb",
+            "network_in_bytes",
+            "network_out_bytes",
+            "execution_count",
+            "last_exit_code",
+            "is_healthy",
             "health_check_failures",
         ] {
             assert!(v.get(f).is_some(), "{f}");
