@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The whole test suite of agentbox: the command CI runs (.ci/run) and the one to run before pushing.
+#
+#   scripts/test-all.sh
+#
+# 1. installs the Debian packages the tests need, if missing;
+# 2. checks formatting, lints, runs every test and builds the docs without warnings.
+# Debug builds in the workspace's target directory, so a second run only rebuilds what changed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Debian packages the test suite needs:
+#   chromium   headless browser behind the browser tool
+#   e2fsprogs  mke2fs, for the local backend's size-capped sandbox filesystems
+#   iproute2   ip, for sandbox network namespaces
+REQUIRED_PACKAGES=(chromium e2fsprogs iproute2)
+
+step() {
+    printf '\n==> %s\n' "$*"
+}
+
+install_missing_packages() {
+    local missing=() pkg
+    for pkg in "${REQUIRED_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        echo "all present: ${REQUIRED_PACKAGES[*]}"
+        return
+    fi
+    local sudo=()
+    if ((EUID != 0)); then
+        if ! command -v sudo >/dev/null; then
+            echo "error: missing Debian packages ${missing[*]}; install them as root: apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+        sudo=(sudo)
+    fi
+    echo "installing: ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+step "Debian packages"
+if command -v dpkg-query >/dev/null; then
+    install_missing_packages
+else
+    echo "not a Debian system: make sure these are installed: ${REQUIRED_PACKAGES[*]}"
+fi
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# The core's mockall mock (feature `mock`) has tests and a doc example of its own.
+step "cargo clippy -p agentbox-core --all-targets --features mock -- -D warnings"
+cargo clippy -p agentbox-core --all-targets --features mock -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "cargo test -p agentbox-core --features mock"
+cargo test -p agentbox-core --features mock
+
+step "cargo doc --workspace --no-deps (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# ---------------------------------------------------------------------------------------------
+# Later steps go here (each as: step "what"; command), e.g. schemathesis against a running agentboxd.
+# ---------------------------------------------------------------------------------------------
+
+step "all checks passed"
