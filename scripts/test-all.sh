@@ -44,6 +44,11 @@ install_missing_packages() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# A fresh checkout (CI) builds everything once: incremental state would only cost time and disk there.
+if [[ "${CI:-}" == "true" ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 step "Debian packages"
 if command -v dpkg-query >/dev/null; then
     install_missing_packages
@@ -69,6 +74,14 @@ cargo test -p agentbox-core --features mock
 
 step "cargo doc --workspace --no-deps (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+step "cargo deny: licenses, duplicate crates, sources (deny.toml)"
+if command -v cargo-deny >/dev/null; then
+    # Offline: the advisory database lives on GitHub; `cargo deny check advisories` needs that network.
+    cargo deny --offline check licenses bans sources
+else
+    echo "skipped: cargo-deny is not installed (cargo install --locked cargo-deny)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Later steps go here (each as: step "what"; command), e.g. schemathesis against a running agentboxd.
