@@ -1,0 +1,280 @@
+//! Execution routes: collected JSON results, or Server-Sent Events as output happens.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use agentbox_core::{ExecEvent, ExecStream, RunId};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+
+use super::ErrorResponses;
+use super::extract::{ApiJson, RunIdPath};
+use super::types::{ExecResult, ExecuteCodeRequest, ExecuteCommandRequest, RunIdParam};
+use crate::AppState;
+use crate::error::ApiError;
+
+fn wants_events(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| m.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream")))
+}
+
+/// How long a collected execution may hold the request: its own limit plus the grace.
+fn deadline(state: &AppState, run: &RunId, requested: Option<Duration>) -> Result<Duration, ApiError> {
+    let own = match requested {
+        Some(t) => t,
+        None => state.manager.get(run)?.config.execution_timeout,
+    };
+    Ok(own + state.limits.exec_grace)
+}
+
+fn output_cap(state: &AppState, run: &RunId) -> Result<u64, ApiError> {
+    Ok(state.manager.get(run)?.config.max_output_bytes)
+}
+
+/// Runs a command.
+///
+/// With `Accept: text/event-stream` the answer is a stream of `stdout` and `stderr` events
+/// (`{"data": "..."}`) as output happens, then one `exit` event with the exit status.
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/execute/command",
+    operation_id = "executeCommand",
+    tag = "execution",
+    params(RunIdParam),
+    request_body = ExecuteCommandRequest,
+    responses(
+        (status = 200, description = "The execution's outcome, or its events", content(
+            (ExecResult = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        ErrorResponses,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn execute_command(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ExecuteCommandRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.into_exec()?;
+    if wants_events(&headers) {
+        let cap = output_cap(&state, &run)?;
+        let stream = state.manager.exec(&run, request).await?;
+        return Ok(events(stream, cap).into_response());
+    }
+    let limit = deadline(&state, &run, request.timeout)?;
+    let out = tokio::time::timeout(limit, state.manager.exec_collect(&run, request))
+        .await
+        .map_err(|_| ApiError::timeout("the execution", limit))??;
+    Ok(Json(ExecResult::from(out)).into_response())
+}
+
+/// Runs code in python, javascript, typescript or bash.
+///
+/// Streams events like `executeCommand` with `Accept: text/event-stream`.
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/execute/code",
+    operation_id = "executeCode",
+    tag = "execution",
+    params(RunIdParam),
+    request_body = ExecuteCodeRequest,
+    responses(
+        (status = 200, description = "The execution's outcome, or its events", content(
+            (ExecResult = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        ErrorResponses,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn execute_code(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ExecuteCodeRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.into_code()?;
+    if wants_events(&headers) {
+        let cap = output_cap(&state, &run)?;
+        let stream = state.manager.run_code(&run, request).await?;
+        return Ok(events(stream, cap).into_response());
+    }
+    let limit = deadline(&state, &run, request.timeout)?;
+    let out = tokio::time::timeout(limit, state.manager.run_code_collect(&run, request))
+        .await
+        .map_err(|_| ApiError::timeout("the execution", limit))??;
+    Ok(Json(ExecResult::from(out)).into_response())
+}
+
+/// Length of an incomplete UTF-8 sequence at the end of `bytes` (0 to 3).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for i in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - i];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        let need = match b {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if need > i { i } else { 0 };
+    }
+    0
+}
+
+/// Decodes a byte stream to text chunk by chunk, never splitting a character across events.
+#[derive(Debug, Default)]
+struct Utf8Decoder {
+    carry: Vec<u8>,
+}
+
+impl Utf8Decoder {
+    fn push(&mut self, chunk: &[u8]) -> String {
+        self.carry.extend_from_slice(chunk);
+        let keep = incomplete_tail(&self.carry);
+        let ready: Vec<u8> = self.carry.drain(..self.carry.len() - keep).collect();
+        String::from_utf8_lossy(&ready).into_owned()
+    }
+
+    fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.carry);
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+}
+
+/// One output stream's share of the cap.
+#[derive(Debug, Default)]
+struct Channel {
+    decoder: Utf8Decoder,
+    sent: u64,
+}
+
+impl Channel {
+    /// Text to send for `chunk`, and whether bytes were dropped at the cap.
+    fn take(&mut self, chunk: &[u8], cap: u64) -> (String, bool) {
+        let room = usize::try_from(cap.saturating_sub(self.sent)).unwrap_or(usize::MAX);
+        let kept = &chunk[..chunk.len().min(room)];
+        self.sent += kept.len() as u64;
+        (self.decoder.push(kept), kept.len() < chunk.len())
+    }
+}
+
+struct EventState {
+    stream: ExecStream,
+    cap: u64,
+    stdout: Channel,
+    stderr: Channel,
+    truncated: bool,
+    pending: VecDeque<Event>,
+    done: bool,
+}
+
+fn data_event(name: &'static str, text: &str) -> Event {
+    Event::default().event(name).data(serde_json::json!({ "data": text }).to_string())
+}
+
+fn events(stream: ExecStream, cap: u64) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let state = EventState {
+        stream,
+        cap,
+        stdout: Channel::default(),
+        stderr: Channel::default(),
+        truncated: false,
+        pending: VecDeque::new(),
+        done: false,
+    };
+    let s = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(e) = st.pending.pop_front() {
+                return Some((Ok(e), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.stream.next().await {
+                Some(ExecEvent::Stdout(b)) => {
+                    let (text, cut) = st.stdout.take(&b, st.cap);
+                    st.truncated |= cut;
+                    if !text.is_empty() {
+                        st.pending.push_back(data_event("stdout", &text));
+                    }
+                }
+                Some(ExecEvent::Stderr(b)) => {
+                    let (text, cut) = st.stderr.take(&b, st.cap);
+                    st.truncated |= cut;
+                    if !text.is_empty() {
+                        st.pending.push_back(data_event("stderr", &text));
+                    }
+                }
+                Some(ExecEvent::Exit(status)) => {
+                    for (name, text) in [("stdout", st.stdout.decoder.finish()), ("stderr", st.stderr.decoder.finish())] {
+                        if !text.is_empty() {
+                            st.pending.push_back(data_event(name, &text));
+                        }
+                    }
+                    let exit = serde_json::json!({
+                        "exit_code": status.exit_code,
+                        "signal": status.signal,
+                        "timed_out": status.timed_out,
+                        "oom_killed": status.oom_killed,
+                        "truncated": st.truncated,
+                        "duration_ms": u64::try_from(status.duration.as_millis()).unwrap_or(u64::MAX),
+                    });
+                    st.pending.push_back(Event::default().event("exit").data(exit.to_string()));
+                    st.done = true;
+                }
+                None => st.done = true,
+            }
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_split_across_chunks_stay_whole() {
+        let text = "héllo €𝄞";
+        let bytes = text.as_bytes();
+        let mut d = Utf8Decoder::default();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&d.push(std::slice::from_ref(b)));
+        }
+        out.push_str(&d.finish());
+        assert_eq!(out, text);
+        let mut d = Utf8Decoder::default();
+        assert_eq!(d.push(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn channels_stop_at_the_cap() {
+        let mut c = Channel::default();
+        assert_eq!(c.take(b"abcd", 6), ("abcd".to_owned(), false));
+        assert_eq!(c.take(b"efgh", 6), ("ef".to_owned(), true));
+        assert_eq!(c.take(b"ij", 6), (String::new(), true));
+    }
+
+    #[test]
+    fn accept_header_selects_events() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_events(&h));
+        h.insert(header::ACCEPT, "application/json, text/event-stream;q=0.9".parse().unwrap());
+        assert!(wants_events(&h));
+    }
+}

@@ -1,0 +1,274 @@
+//! The REST API: routes, middleware and the OpenAPI document.
+
+pub mod exec;
+pub mod extract;
+pub mod files;
+pub mod sandboxes;
+pub mod system;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{IntoResponses, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+use crate::auth::bearer;
+use crate::error::{ApiError, ErrorBody, ErrorDetail, FieldProblem};
+
+/// Paths answered without a token.
+pub const OPEN_PATHS: &[&str] = &["/health", "/openapi.json", "/docs"];
+
+/// The error responses every authenticated operation may give.
+pub struct ErrorResponses;
+
+impl IntoResponses for ErrorResponses {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+        let cases: [(u16, &str); 12] = [
+            (400, "The request is malformed or the configuration invalid (`details` lists every problem)"),
+            (401, "Missing or wrong bearer token"),
+            (403, "The sandbox refused the operation"),
+            (404, "Unknown run id, file or route"),
+            (408, "The request body arrived too slowly"),
+            (409, "Conflicts with the run's existing sandbox or its state"),
+            (413, "The body is larger than the server accepts"),
+            (415, "The body is not in a supported content type"),
+            (422, "Well-formed, but this backend can't do it (unsupported feature, package install failed)"),
+            (429, "Rate limited, or too many live sandboxes; see Retry-After"),
+            (500, "The backend failed; the server log has details"),
+            (504, "The operation did not finish in time"),
+        ];
+        cases
+            .into_iter()
+            .map(|(status, description)| {
+                let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+                let mut response = ResponseBuilder::new().description(description).content("application/json", content);
+                if status == 429 {
+                    response = response.header(
+                        "Retry-After",
+                        HeaderBuilder::new()
+                            .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::Integer)))
+                            .description(Some("Seconds to wait before retrying"))
+                            .build(),
+                    );
+                }
+                (status.to_string(), RefOr::T(response.build()))
+            })
+            .collect()
+    }
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "agentbox",
+        description = "Isolated sandboxes for AI agents: create one per run, execute commands and code, move files, \
+                       watch resources. Every route but /health and the docs needs `Authorization: Bearer TOKEN`. \
+                       Errors are `{\"error\": {\"code\", \"message\"}}`.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(ErrorBody, ErrorDetail, FieldProblem)),
+    modifiers(&Security),
+    tags(
+        (name = "sandboxes", description = "Sandbox lifecycle"),
+        (name = "execution", description = "Commands and code"),
+        (name = "files", description = "Files inside a sandbox"),
+        (name = "server", description = "Liveness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+const NO_NUL: &str = r"^[^\x00]*$";
+const IPV4: &str = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}";
+const PKG_VERSION: &str = r"[A-Za-z0-9.\-+~*^:]+";
+
+fn package_pattern() -> String {
+    let pip_name = r"[A-Za-z0-9_.\[\],][A-Za-z0-9_.\-\[\],]{0,213}";
+    let npm_plain = r"[A-Za-z0-9_.@/][A-Za-z0-9_.\-/]{0,213}";
+    let npm_versioned = r"[A-Za-z0-9_.@/][A-Za-z0-9_.\-@/]{0,213}";
+    format!(r"^((pip:)?{pip_name}(=={PKG_VERSION})?|npm:{npm_plain}|npm:{npm_versioned}@{PKG_VERSION})$")
+}
+
+fn domain_pattern() -> &'static str {
+    r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)*$"
+}
+
+fn string_map(key_pattern: &str) -> Value {
+    json!({
+        "type": "object",
+        "propertyNames": {"pattern": key_pattern},
+        "additionalProperties": {"type": "string", "pattern": NO_NUL},
+    })
+}
+
+/// Tightens the generated document where derive attributes can't express the rules the server enforces.
+fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(openapi).unwrap_or_else(|_| json!({}));
+    let schemas = &mut doc["components"]["schemas"];
+
+    let cmd = &mut schemas["ExecuteCommandRequest"];
+    cmd["oneOf"] = json!([{"required": ["command"]}, {"required": ["argv"]}]);
+    cmd["properties"]["argv"] = json!({
+        "type": "array",
+        "description": "A program and its arguments, run directly.",
+        "minItems": 1,
+        "prefixItems": [{"type": "string", "minLength": 1, "pattern": NO_NUL}],
+        "items": {"type": "string", "pattern": NO_NUL},
+    });
+    cmd["properties"]["env"] = string_map(r"^[^=\x00]+$");
+    schemas["ExecuteCodeRequest"]["properties"]["env"] = string_map(r"^[^=\x00]+$");
+
+    let create = &mut schemas["CreateSandboxRequest"]["properties"];
+    create["environment_vars"] = string_map(r"^[A-Za-z_][A-Za-z0-9_]*$");
+    create["pre_install_packages"]["items"] = json!({"type": "string", "pattern": package_pattern()});
+    create["run_id"]["pattern"] = json!(types::RUN_ID_PATTERN);
+
+    let net = &mut schemas["NetworkSpec"];
+    net["additionalProperties"] = json!(false);
+    let domains = json!({"type": "array", "items": {"type": "string", "maxLength": 255, "pattern": domain_pattern()}});
+    net["properties"]["allowed_domains"] = domains.clone();
+    net["properties"]["denied_domains"] = domains;
+    net["properties"]["dns_servers"] = json!({"type": "array", "items": {"type": "string", "anyOf": [
+        {"format": "ipv4", "pattern": format!("^{IPV4}$")}, {"format": "ipv6", "pattern": ":"},
+    ]}});
+    net["properties"]["allowed_cidrs"] = json!({"type": "array", "items": {"type": "string", "anyOf": [
+        {"pattern": format!(r"^{IPV4}(/(3[0-2]|[12]?[0-9]))?$")}, {"format": "ipv6", "pattern": ":"},
+    ]}});
+    for key in ["ExecuteCommandRequest", "ExecuteCodeRequest", "CreateSandboxRequest", "TimeoutsSpec"] {
+        schemas[key]["additionalProperties"] = json!(false);
+    }
+
+    // Stateful testing and clients: a created sandbox's run id feeds every per-run operation.
+    let mut links = serde_json::Map::new();
+    for op in [
+        "getSandbox", "deleteSandbox", "executeCommand", "executeCode", "getSandboxMetrics", "getSandboxHealth", "readFile",
+        "writeFile", "listFiles",
+    ] {
+        links.insert(op.to_owned(), json!({"operationId": op, "parameters": {"run_id": "$response.body#/run_id"}}));
+    }
+    if let Some(responses) = doc["paths"]["/api/sandboxes/create"]["post"]["responses"].as_object_mut() {
+        for status in ["200", "201"] {
+            if let Some(r) = responses.get_mut(status) {
+                r["links"] = Value::Object(links.clone());
+            }
+        }
+    }
+    doc
+}
+
+/// Checks the bearer token, then the token's rate limit.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| bearer(v.as_bytes()));
+    if !presented.is_some_and(|t| state.token.matches(t)) {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if let Err(wait) = state.limiter.check_auth_failure(peer.unwrap_or(IpAddr::from([0, 0, 0, 0]))) {
+            return ApiError::rate_limited(wait).into_response();
+        }
+        return ApiError::unauthorized(
+            "missing or wrong bearer token: send `Authorization: Bearer <token>` with the server's API token",
+        )
+        .into_response();
+    }
+    if let Err(wait) = state.limiter.check_token() {
+        return ApiError::rate_limited(wait).into_response();
+    }
+    next.run(request).await
+}
+
+/// Bounds ordinary requests in time.
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::timeout("the request", limit).into_response(),
+    }
+}
+
+/// Refuses overlong request targets.
+async fn limit_uri(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > state.limits.max_uri_bytes {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {len} bytes, more than the limit of {}", state.limits.max_uri_bytes),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Gives the router's bodiless 405 answers the API's JSON error body, keeping `Allow`.
+async fn json_method_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED || response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; allowed: {allow}"),
+    )
+    .into_response();
+    let (body_parts, body) = body.into_parts();
+    parts.headers.extend(body_parts.headers);
+    Response::from_parts(parts, body)
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::not_found(format!("no route {} {}; the API is described at /openapi.json", request.method(), request.uri().path()))
+}
+
+/// Builds the router and the OpenAPI document.
+pub(crate) fn build(state: AppState) -> (Router, Value) {
+    let long = OpenApiRouter::new()
+        .routes(routes!(sandboxes::create_sandbox))
+        .routes(routes!(exec::execute_command))
+        .routes(routes!(exec::execute_code));
+    let short = OpenApiRouter::new()
+        .routes(routes!(sandboxes::list_sandboxes))
+        .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
+        .routes(routes!(sandboxes::sandbox_metrics))
+        .routes(routes!(sandboxes::sandbox_health))
+        .routes(routes!(files::read_file, files::write_file))
+        .routes(routes!(files::list_files))
+        .routes(routes!(system::prometheus))
+        .route_layer(from_fn_with_state(state.clone(), request_timeout));
+    let protected = long.merge(short).route_layer(from_fn_with_state(state.clone(), require_token));
+    let open = OpenApiRouter::new().routes(routes!(system::health));
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(open).split_for_parts();
+    let doc = finish_openapi(&openapi);
+    let router = router
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc.clone()))
+        .fallback(no_route)
+        .layer(from_fn(json_method_errors))
+        .layer(from_fn_with_state(state.clone(), limit_uri))
+        .layer(from_fn_with_state(state.clone(), crate::telemetry::track))
+        .with_state(state);
+    (router, doc)
+}

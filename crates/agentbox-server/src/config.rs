@@ -1,0 +1,319 @@
+//! The server's configuration: a TOML file, overridden by flags and the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentbox_core::ManagerConfig;
+use serde::{Deserialize, Deserializer};
+
+use crate::ServerError;
+
+/// Which backend hosts the sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Sandboxes on this Linux host.
+    #[default]
+    Local,
+    /// Sandboxes on E2B.
+    E2b,
+}
+
+impl BackendKind {
+    /// The name used in flags and files.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::E2b => "e2b",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "e2b" => Ok(Self::E2b),
+            _ => Err(format!("unknown backend {s:?} (expected local or e2b)")),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => agentbox_config::parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Request limits and protections.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Cap on live sandboxes; creating one more answers 429.
+    pub max_sandboxes: usize,
+    /// Largest JSON request body, in bytes.
+    pub max_json_body_bytes: usize,
+    /// Largest file upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Longest request target (path and query), in bytes.
+    pub max_uri_bytes: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Most open connections; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Time limit of ordinary requests.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Time limit of a sandbox creation, package installs included.
+    #[serde(deserialize_with = "duration")]
+    pub create_timeout: Duration,
+    /// Time allowed beyond an execution's own time limit before the request is abandoned.
+    #[serde(deserialize_with = "duration")]
+    pub exec_grace: Duration,
+    /// Time a client has to send a request's head (slow clients are disconnected).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Sustained requests per second per token.
+    pub rate_limit_per_second: u32,
+    /// Burst of requests per token above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Requests with a missing or wrong token allowed per minute per client address.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sandboxes: 64,
+            max_json_body_bytes: 4 << 20,
+            max_upload_bytes: 128 << 20,
+            max_uri_bytes: 8 << 10,
+            max_header_bytes: 16 << 10,
+            max_headers: 64,
+            max_connections: 1024,
+            request_timeout: Duration::from_secs(60),
+            create_timeout: Duration::from_secs(15 * 60),
+            exec_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
+            auth_failures_per_minute: 60,
+        }
+    }
+}
+
+/// The sandbox manager's background work.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerSettings {
+    /// How often idle sandboxes are looked for.
+    #[serde(deserialize_with = "duration")]
+    pub cleanup_interval: Duration,
+    /// How often every sandbox is probed.
+    #[serde(deserialize_with = "duration")]
+    pub health_check_interval: Duration,
+    /// Deadline of one probe.
+    #[serde(deserialize_with = "duration")]
+    pub health_check_timeout: Duration,
+    /// Consecutive failed probes after which a sandbox is recreated.
+    pub max_health_failures: u32,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        let m = ManagerConfig::default();
+        Self {
+            cleanup_interval: Duration::from_secs(60),
+            health_check_interval: m.health_check_interval,
+            health_check_timeout: m.health_check_timeout,
+            max_health_failures: m.max_health_failures,
+        }
+    }
+}
+
+/// What a graceful shutdown does with live sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownPolicy {
+    /// Leave them running; the next start re-adopts them.
+    #[default]
+    Keep,
+    /// Destroy every sandbox.
+    Destroy,
+}
+
+/// Everything the server needs besides its backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the registry database and the generated token.
+    pub data_dir: Option<PathBuf>,
+    /// The backend.
+    pub backend: BackendKind,
+    /// The API token (`AGENTBOX_API_TOKEN` takes precedence).
+    pub api_token: Option<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Manager background tasks.
+    pub manager: ManagerSettings,
+    /// What a graceful shutdown does with live sandboxes.
+    pub on_shutdown: ShutdownPolicy,
+    /// How long a graceful shutdown waits for requests in flight.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: None,
+            backend: BackendKind::Local,
+            api_token: None,
+            limits: Limits::default(),
+            manager: ManagerSettings::default(),
+            on_shutdown: ShutdownPolicy::Keep,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// [`ServerError::DataDir`] if it can't be read, [`ServerError::Config`] naming the bad key otherwise.
+    pub fn from_file(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::DataDir { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// A message naming the bad key.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks the limits make sense.
+    ///
+    /// # Errors
+    /// A message naming every bad setting.
+    pub fn check(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let mut problems = Vec::new();
+        for (name, v) in [
+            ("limits.max_sandboxes", l.max_sandboxes),
+            ("limits.max_json_body_bytes", l.max_json_body_bytes),
+            ("limits.max_upload_bytes", l.max_upload_bytes),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_headers", l.max_headers),
+            ("limits.rate_limit_per_second", l.rate_limit_per_second as usize),
+            ("limits.rate_limit_burst", l.rate_limit_burst as usize),
+            ("limits.auth_failures_per_minute", l.auth_failures_per_minute as usize),
+        ] {
+            if v == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if l.max_uri_bytes < 256 {
+            problems.push("limits.max_uri_bytes must be at least 256".to_owned());
+        }
+        if l.max_header_bytes < 8192 {
+            problems.push("limits.max_header_bytes must be at least 8192".to_owned());
+        }
+        for (name, d) in [
+            ("limits.request_timeout", l.request_timeout),
+            ("limits.create_timeout", l.create_timeout),
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.body_read_timeout", l.body_read_timeout),
+            ("manager.cleanup_interval", self.manager.cleanup_interval),
+            ("manager.health_check_interval", self.manager.health_check_interval),
+            ("manager.health_check_timeout", self.manager.health_check_timeout),
+        ] {
+            if d.is_zero() {
+                problems.push(format!("{name} must be longer than zero"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    }
+
+    /// The manager configuration these settings describe.
+    #[must_use]
+    pub fn manager_config(&self) -> ManagerConfig {
+        ManagerConfig {
+            cleanup_interval: self.manager.cleanup_interval,
+            health_check_interval: self.manager.health_check_interval,
+            health_check_timeout: self.manager.health_check_timeout,
+            max_health_failures: self.manager.max_health_failures,
+            max_sandboxes: Some(self.limits.max_sandboxes),
+            ..ManagerConfig::default()
+        }
+    }
+}
+
+/// The default data directory: `/var/lib/agentbox` for root, else `$XDG_DATA_HOME/agentbox`
+/// or `~/.local/share/agentbox`.
+#[must_use]
+pub fn default_data_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/agentbox");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("agentbox");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/agentbox"),
+        None => PathBuf::from("/var/lib/agentbox"),
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of /proc/self is the process's effective uid.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_override_defaults_and_bad_keys_are_named() {
+        let c = ServerConfig::from_toml(
+            "listen = \"0.0.0.0:9000\"\nbackend = \"e2b\"\n[limits]\nmax_sandboxes = 3\nrequest_timeout = \"2m\"\n[manager]\nhealth_check_interval = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.backend, BackendKind::E2b);
+        assert_eq!(c.limits.max_sandboxes, 3);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(120));
+        assert_eq!(c.manager.health_check_interval, Duration::from_secs(10));
+        assert_eq!(c.manager_config().max_sandboxes, Some(3));
+        let err = ServerConfig::from_toml("[limits]\nmax_sandbox = 3\n").unwrap_err();
+        assert!(err.contains("max_sandbox"), "{err}");
+        let err = ServerConfig::from_toml("[limits]\nmax_sandboxes = 0\nrate_limit_burst = 0\n").unwrap_err();
+        assert!(err.contains("limits.max_sandboxes") && err.contains("limits.rate_limit_burst"), "{err}");
+    }
+}

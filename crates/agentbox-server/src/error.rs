@@ -1,0 +1,254 @@
+//! Errors: the JSON error body every route returns, and the crate's setup errors.
+
+use std::path::PathBuf;
+
+use agentbox_config::ValidationError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An error answered to an API client as `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Vec<ValidationError>,
+    retry_after_secs: Option<u64>,
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// One error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code: `invalid_request`, `invalid_config`, `unauthorized`, `not_found`,
+    /// `conflict`, `payload_too_large`, `rate_limited`, `limit_exceeded`, `timeout`, ...
+    pub code: String,
+    /// A human-readable explanation saying what to do.
+    pub message: String,
+    /// For `invalid_config`: every invalid field with its path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<FieldProblem>)]
+    pub details: Vec<ValidationError>,
+}
+
+/// One invalid field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// The field's path, such as `network.dns_servers[1]`.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a status, a code and a message.
+    #[must_use]
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), details: Vec::new(), retry_after_secs: None }
+    }
+
+    /// 400 `invalid_request`.
+    #[must_use]
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    #[must_use]
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 404 `not_found`.
+    #[must_use]
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 413 `payload_too_large`.
+    #[must_use]
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the limit of {limit} bytes; send less or raise the server's limit"),
+        )
+    }
+
+    /// 429 `rate_limited` with a Retry-After hint.
+    #[must_use]
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests for this token; retry after {retry_after_secs} s"),
+        );
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
+    /// 504 `timeout`.
+    #[must_use]
+    pub fn timeout(what: &str, after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("{what} did not finish within {}; retry, or raise the limit", humantime::format_duration(after)),
+        )
+    }
+
+    /// Attaches a Retry-After hint.
+    #[must_use]
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Replaces absolute host paths in a server-side failure message so 500s never reveal the host's layout.
+fn redact_paths(message: &str) -> String {
+    message
+        .split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_start_matches(['"', '\'', '(', '[', '`']);
+            if trimmed.starts_with('/') && trimmed.trim_end().len() > 1 {
+                let lead = &word[..word.len() - trimmed.len()];
+                let tail: String = word.chars().rev().take_while(|c| c.is_whitespace()).collect();
+                format!("{lead}<path>{tail}")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
+}
+
+impl From<agentbox_core::Error> for ApiError {
+    fn from(e: agentbox_core::Error) -> Self {
+        use agentbox_core::Error as E;
+        match e {
+            E::NotFound(what) => Self::not_found(format!("{what} not found")),
+            E::InvalidConfig(errors) => {
+                let mut out = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_config",
+                    format!("invalid sandbox configuration: {errors}"),
+                );
+                out.details = errors.0;
+                out
+            }
+            E::InvalidRequest(m) => Self::bad_request(m),
+            E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            E::LimitExceeded(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", m).with_retry_after(5),
+            E::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
+            E::Unsupported(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m),
+            E::PermissionDenied(m) => Self::new(StatusCode::FORBIDDEN, "permission_denied", m),
+            e @ (E::Backend(_) | E::Io(_)) => {
+                tracing::error!(error = %e, "request failed in the backend");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    if matches!(e, E::Io(_)) { "io" } else { "backend_failure" },
+                    format!("{}; the server log has the details", redact_paths(&e.to_string())),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_owned(), message: self.message, details: self.details },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Why the server could not be set up or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration file or a flag is invalid.
+    #[error("invalid server configuration: {0}")]
+    Config(String),
+    /// The data directory or a file in it could not be used.
+    #[error("cannot use {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The sandbox registry failed.
+    #[error("sandbox registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    /// The backend failed while recovering sandboxes.
+    #[error("recovering sandboxes: {0}")]
+    Recovery(#[from] agentbox_core::Error),
+    /// Listening or serving failed.
+    #[error("cannot serve on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_never_show_host_paths() {
+        let e: ApiError = agentbox_core::Error::Backend("cannot open /var/lib/agentbox/sb-1/rootfs: denied".into()).into();
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message().contains("/var/lib"), "{}", e.message());
+        assert!(e.message().contains("<path>"), "{}", e.message());
+    }
+
+    #[test]
+    fn statuses_follow_the_error_kind() {
+        let check = |e: agentbox_core::Error, status: u16, code: &str| {
+            let api = ApiError::from(e);
+            assert_eq!((api.status().as_u16(), api.code()), (status, code));
+        };
+        check(agentbox_core::Error::NotFound("run x".into()), 404, "not_found");
+        check(agentbox_core::Error::InvalidRequest("x".into()), 400, "invalid_request");
+        check(agentbox_core::Error::Conflict("x".into()), 409, "conflict");
+        check(agentbox_core::Error::LimitExceeded("x".into()), 429, "limit_exceeded");
+        check(agentbox_core::Error::PermissionDenied("x".into()), 403, "permission_denied");
+        check(agentbox_core::Error::Timeout("x".into()), 504, "timeout");
+    }
+}

@@ -1,0 +1,162 @@
+//! The agentbox REST API: an embeddable [axum] router over a [`SandboxManager`], for any
+//! [`SandboxBackend`].
+//!
+//! [`Server::start`] recovers the sandboxes a previous process left (from the SQLite [`Registry`]),
+//! starts the manager's cleanup, idle-timeout and health tasks, and builds the router with bearer
+//! authentication, limits, Prometheus metrics and the OpenAPI document. Embed [`Server::router`] in
+//! your own axum application, or let [`Server::serve`] run it.
+//!
+//! ```no_run
+//! # async fn demo(backend: std::sync::Arc<dyn agentbox_core::SandboxBackend>) -> Result<(), agentbox_server::ServerError> {
+//! use agentbox_server::{ApiToken, Registry, Server, ServerConfig};
+//!
+//! let server = Server::start(backend, ServerConfig::default(), ApiToken::new("a-long-secret-token")?, Registry::in_memory()?).await?;
+//! let listener = agentbox_server::bind("127.0.0.1:8080".parse().unwrap()).await?;
+//! server.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod auth;
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod lifecycle;
+pub mod limits;
+pub mod registry;
+mod serve;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentbox_core::{SandboxBackend, SandboxManager};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use auth::{ApiToken, TokenOrigin, resolve_token};
+pub use config::{BackendKind, Limits, ServerConfig, ShutdownPolicy};
+pub use error::{ApiError, ServerError};
+pub use lifecycle::RecoveryReport;
+pub use registry::Registry;
+pub use serve::{bind, serve};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) manager: SandboxManager,
+    pub(crate) lifecycle: lifecycle::Lifecycle,
+    pub(crate) token: Arc<ApiToken>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) limiter: Arc<limits::RateLimits>,
+    pub(crate) metrics: Arc<telemetry::ServerMetrics>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// How often the registry is reconciled with the manager (idle expiry and health recreation happen inside it).
+const SYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A running API: manager, registry, router.
+#[derive(Debug)]
+pub struct Server {
+    state: AppState,
+    router: Router,
+    openapi: serde_json::Value,
+    config: ServerConfig,
+    recovery: RecoveryReport,
+    maintenance: JoinHandle<()>,
+}
+
+impl Server {
+    /// Recovers the registry's sandboxes, starts the manager's background tasks and builds the router.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] for invalid limits, [`ServerError::Recovery`] if the backend can't list its
+    /// sandboxes, [`ServerError::Registry`] if the registry fails.
+    pub async fn start(
+        backend: Arc<dyn SandboxBackend>,
+        config: ServerConfig,
+        token: ApiToken,
+        registry: Registry,
+    ) -> Result<Self, ServerError> {
+        config.check().map_err(ServerError::Config)?;
+        let manager = SandboxManager::new(backend, config.manager_config());
+        let lifecycle = lifecycle::Lifecycle::new(manager.clone(), registry);
+        let recovery = lifecycle.recover().await?;
+        if !recovery.adopted.is_empty() || !recovery.forgotten.is_empty() {
+            tracing::info!(adopted = ?recovery.adopted, forgotten = ?recovery.forgotten, "recovered sandboxes from the registry");
+        }
+        manager.start();
+        let state = AppState {
+            manager,
+            lifecycle: lifecycle.clone(),
+            token: Arc::new(token),
+            limits: Arc::new(config.limits.clone()),
+            limiter: Arc::new(limits::RateLimits::new(&config.limits)),
+            metrics: Arc::new(telemetry::ServerMetrics::default()),
+        };
+        let (router, openapi) = api::build(state.clone());
+        let limiter = state.limiter.clone();
+        let maintenance = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYNC_INTERVAL);
+            loop {
+                tick.tick().await;
+                lifecycle.sync().await;
+                limiter.prune();
+            }
+        });
+        Ok(Self { state, router, openapi, config, recovery, maintenance })
+    }
+
+    /// The router, ready to serve or to nest in another axum application.
+    ///
+    /// Handlers read the client address from [`axum::extract::ConnectInfo`] when present (for
+    /// per-address limits on failed authentication); serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` or [`Server::serve`].
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The OpenAPI document served at `/openapi.json`.
+    #[must_use]
+    pub fn openapi(&self) -> &serde_json::Value {
+        &self.openapi
+    }
+
+    /// The sandbox manager.
+    #[must_use]
+    pub fn manager(&self) -> &SandboxManager {
+        &self.state.manager
+    }
+
+    /// What the start-up recovery did.
+    #[must_use]
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then lets requests in flight finish (up to the
+    /// configured grace period).
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        serve::serve(listener, self.router(), &self.config.limits, shutdown, self.config.shutdown_grace).await;
+    }
+
+    /// Stops the background work and records the final state; destroys every sandbox if the
+    /// configuration says so, else leaves them for the next start to re-adopt.
+    pub async fn shutdown(self) {
+        self.maintenance.abort();
+        if self.config.on_shutdown == ShutdownPolicy::Destroy {
+            self.state.manager.shutdown().await;
+        }
+        self.state.lifecycle.sync().await;
+    }
+}
