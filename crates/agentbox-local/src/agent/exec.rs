@@ -1,0 +1,184 @@
+//! Starting one execution: the child side, from fork to execve.
+
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+use crate::proto::{Exec, Setup};
+use crate::sys;
+
+/// Everything prepared before fork, so the child only makes syscalls (and landlock setup).
+pub struct Prepared {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub cwd: CString,
+    pub output_path: Option<CString>,
+}
+
+fn lookup(cmd: &str, path_var: &str) -> Option<String> {
+    if cmd.contains('/') {
+        return Some(cmd.to_owned());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    path_var.split(':').filter(|d| !d.is_empty()).map(|d| format!("{d}/{cmd}")).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Resolves the program and builds the C strings.
+///
+/// # Errors
+/// A message for the user when the command can't be found or has NUL bytes.
+pub fn prepare(setup: &Setup, exec: &Exec) -> Result<Prepared, String> {
+    let mut env = setup.env.clone();
+    env.extend(exec.env.clone());
+    let path_var = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let cmd = exec.argv.first().ok_or("empty command")?;
+    let path = lookup(cmd, &path_var).ok_or_else(|| format!("{cmd}: command not found"))?;
+    let c = |s: &str| CString::new(s).map_err(|_| "arguments must not contain NUL bytes".to_owned());
+    Ok(Prepared {
+        path: c(&path)?,
+        argv: exec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?,
+        cwd: c(&exec.cwd)?,
+        output_path: exec.output_path.as_deref().map(c).transpose()?,
+    })
+}
+
+/// Fds the child wires to 0, 1 and 2 (or -1 for /dev/null / the output file).
+pub struct Stdio {
+    pub stdin: libc::c_int,
+    pub stdout: libc::c_int,
+    pub stderr: libc::c_int,
+    /// cgroup.procs of the execution's own cgroup, or -1.
+    pub cgroup_procs: libc::c_int,
+}
+
+fn fail(step: &str, err: &io::Error) -> ! {
+    let msg = format!("agentbox: cannot start the command: {step}: {err}\n");
+    let _ = sys::write_all(2, msg.as_bytes());
+    // SAFETY: _exit is always safe; 127 is the conventional "could not execute" code.
+    unsafe { libc::_exit(127) }
+}
+
+fn ok(step: &str, rc: libc::c_int) {
+    if rc == -1 {
+        fail(step, &io::Error::last_os_error());
+    }
+}
+
+fn apply_landlock(home: &str) -> io::Result<()> {
+    use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules};
+    let abi = ABI::V3;
+    let err = |e: landlock::RulesetError| io::Error::other(e.to_string());
+    Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
+        .map_err(err)?
+        .add_rules(path_beneath_rules([home, "/tmp", "/dev", "/proc"], AccessFs::from_all(abi)))
+        .map_err(err)?
+        .restrict_self()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The child after fork: isolates itself further and execs. Never returns.
+pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
+    // SAFETY (whole function): we are the only thread of a freshly forked child of the
+    // single-threaded init; every call is a plain syscall on valid arguments.
+    unsafe {
+        ok("setsid", libc::setsid());
+        if io.cgroup_procs >= 0 {
+            ok("joining the execution cgroup", i32::try_from(libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1)).unwrap_or(-1));
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        let stdin = if io.stdin >= 0 { io.stdin } else { null };
+        let (stdout, stderr) = match &p.output_path {
+            Some(path) => {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW, 0o644);
+                ok("opening the output file", fd);
+                ok("owning the output file", libc::fchown(fd, setup.uid, setup.gid));
+                (fd, fd)
+            }
+            None => (io.stdout, io.stderr),
+        };
+        ok("stdin", libc::dup2(stdin, 0));
+        ok("stdout", libc::dup2(stdout, 1));
+        ok("stderr", libc::dup2(stderr, 2));
+        // No inherited descriptors: everything above 2 goes.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
+
+        let lim = |res, v: u64| {
+            let r = libc::rlimit { rlim_cur: v, rlim_max: v };
+            libc::setrlimit(res, &raw const r)
+        };
+        ok("rlimit nofile", lim(libc::RLIMIT_NOFILE, setup.nofile));
+        ok("rlimit core", lim(libc::RLIMIT_CORE, 0));
+        ok("rlimit fsize", lim(libc::RLIMIT_FSIZE, setup.fsize));
+
+        if setup.drop_caps {
+            for cap in 0..=63 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                    break;
+                }
+            }
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        }
+        if setup.no_new_privs {
+            ok("no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+        }
+        if setup.landlock {
+            // Best effort: kernels without landlock report it at sandbox start.
+            let _ = apply_landlock(&setup.home);
+        }
+        for filter in &setup.seccomp {
+            if let Err(e) = crate::seccomp::install(filter) {
+                fail("installing the seccomp filter", &e);
+            }
+        }
+        let gid = setup.gid;
+        ok("setgroups", libc::setgroups(1, &raw const gid));
+        ok("setresgid", libc::setresgid(gid, gid, gid));
+        ok("setresuid", libc::setresuid(setup.uid, setup.uid, setup.uid));
+        if setup.drop_caps {
+            let header = libc_cap_header();
+            let data = [CapData::default(); 2];
+            libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr());
+        }
+        if libc::chdir(p.cwd.as_ptr()) == -1 {
+            let e = io::Error::last_os_error();
+            fail(&format!("changing to {}", Path::new(&*p.cwd.to_string_lossy()).display()), &e);
+        }
+        let argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp: Vec<*const libc::c_char> = p.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        let e = io::Error::last_os_error();
+        fail(&format!("executing {}", p.path.to_string_lossy()), &e)
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn libc_cap_header() -> CapHeader {
+    CapHeader { version: 0x2008_0522, pid: 0 }
+}

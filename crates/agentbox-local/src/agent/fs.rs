@@ -1,0 +1,299 @@
+//! Builds the sandbox's filesystem inside its fresh mount namespace.
+//!
+//! All syscalls go through [`Mounter`], so the sequence is unit-tested with a
+//! recording implementation and run for real with [`LinuxMounter`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::proto::Setup;
+use crate::sys;
+
+/// The filesystem syscalls setup needs: the seam between the mount logic and the kernel.
+pub trait Mounter {
+    /// mount(2).
+    fn mount(&mut self, source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()>;
+    /// umount2(2) with MNT_DETACH.
+    fn detach(&mut self, target: &Path) -> io::Result<()>;
+    /// mkdir -p with a final mode and owner.
+    fn mkdir(&mut self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()>;
+    /// Creates an empty file (a bind-mount target).
+    fn touch(&mut self, path: &Path) -> io::Result<()>;
+    /// symlink(2).
+    fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
+    /// Writes a small file.
+    fn write(&mut self, path: &Path, content: &str) -> io::Result<()>;
+    /// Makes `new_root` the root and detaches the old one.
+    fn pivot_root(&mut self, new_root: &Path) -> io::Result<()>;
+}
+
+/// Real syscalls.
+pub struct LinuxMounter;
+
+impl Mounter for LinuxMounter {
+    fn mount(&mut self, source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+        sys::mount(source, target, fstype, flags, data)
+    }
+    fn detach(&mut self, target: &Path) -> io::Result<()> {
+        sys::umount(target, libc::MNT_DETACH)
+    }
+    fn mkdir(&mut self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        if let Some((u, g)) = owner {
+            std::os::unix::fs::chown(path, Some(u), Some(g))?;
+        }
+        Ok(())
+    }
+    fn touch(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map(drop)
+    }
+    fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+    fn write(&mut self, path: &Path, content: &str) -> io::Result<()> {
+        std::fs::write(path, content)
+    }
+    fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
+        std::env::set_current_dir(new_root)?;
+        let dot = sys::cstr(".")?;
+        // SAFETY: pivot_root(".", ".") stacks the old root on top of the new one; both args are valid C strings.
+        sys::check(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as libc::c_int)?;
+        sys::umount(Path::new("."), libc::MNT_DETACH)?;
+        std::env::set_current_dir("/")
+    }
+}
+
+const RO_BIND: libc::c_ulong = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+
+/// Files in /proc hidden behind /dev/null, as runc does.
+const PROC_MASKED_FILES: &[&str] = &["kcore", "keys", "timer_list", "sched_debug", "latency_stats", "kallsyms", "kmsg"];
+/// Directories in /proc hidden behind an empty read-only tmpfs.
+const PROC_MASKED_DIRS: &[&str] = &["acpi", "scsi", "firmware", "driver"];
+/// Paths in /proc made read-only.
+const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// Device nodes bound from the host.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn under(root: &Path, inside: &str) -> PathBuf {
+    root.join(inside.trim_start_matches('/'))
+}
+
+/// Builds the sandbox filesystem at `root` and pivots into it. Must run as root in a new mount namespace.
+///
+/// # Errors
+/// The first failing step, with the path involved.
+pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
+    let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    m.mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(ctx("making mounts private"))?;
+    m.mount(Some("agentbox-root"), root, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("size=4m,nr_inodes=4096,mode=0755"))
+        .map_err(ctx("mounting the root tmpfs"))?;
+
+    for b in &s.binds {
+        let target = under(root, &b.target);
+        if b.dir {
+            m.mkdir(&target, 0o755, None)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                m.mkdir(parent, 0o755, None)?;
+            }
+            m.touch(&target)?;
+        }
+        m.mount(Some(&b.source), &target, None, libc::MS_BIND | libc::MS_REC, None).map_err(ctx("binding a system path"))?;
+        m.mount(None, &target, None, RO_BIND, None).map_err(ctx("making a system path read-only"))?;
+    }
+    for (link, target) in &s.symlinks {
+        m.symlink(target, &under(root, link))?;
+    }
+
+    // Writable storage: one capped tmpfs holding home and /tmp, then the per-directory quotas.
+    let owner = Some((s.uid, s.gid));
+    let storage = root.join(".storage");
+    m.mkdir(&storage, 0o700, None)?;
+    let opts = format!("size={},nr_inodes={},mode=0755", s.storage_bytes, s.storage_inodes);
+    m.mount(Some("agentbox-storage"), &storage, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
+        .map_err(ctx("mounting the sandbox storage"))?;
+    m.mkdir(&storage.join("home"), 0o750, owner)?;
+    m.mkdir(&storage.join("tmp"), 0o1777, None)?;
+    let home = under(root, &s.home);
+    m.mkdir(&home, 0o755, None)?;
+    m.mkdir(&root.join("tmp"), 0o1777, None)?;
+    m.mount(Some(&storage.join("home").to_string_lossy()), &home, None, libc::MS_BIND, None)?;
+    m.mount(Some(&storage.join("tmp").to_string_lossy()), &root.join("tmp"), None, libc::MS_BIND, None)?;
+    m.detach(&storage)?;
+    for q in &s.quotas {
+        let target = under(root, &q.path);
+        m.mkdir(&target, 0o755, owner)?;
+        let opts = format!("size={},nr_inodes={},mode=0755,uid={},gid={}", q.bytes, s.storage_inodes, s.uid, s.gid);
+        m.mount(Some("agentbox-quota"), &target, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
+            .map_err(ctx("mounting a directory quota"))?;
+    }
+
+    // /dev: a small tmpfs with the safe device nodes, a private devpts and /dev/shm.
+    let dev = root.join("dev");
+    m.mkdir(&dev, 0o755, None)?;
+    m.mount(Some("agentbox-dev"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("size=64k,nr_inodes=64,mode=0755"))?;
+    for d in DEVICES {
+        let target = dev.join(d);
+        m.touch(&target)?;
+        m.mount(Some(&format!("/dev/{d}")), &target, None, libc::MS_BIND, None).map_err(ctx("binding a device node"))?;
+    }
+    m.mkdir(&dev.join("pts"), 0o755, None)?;
+    m.mount(Some("devpts"), &dev.join("pts"), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
+        .map_err(ctx("mounting devpts"))?;
+    m.symlink("pts/ptmx", &dev.join("ptmx"))?;
+    m.mkdir(&dev.join("shm"), 0o1777, None)?;
+    let shm = format!("size={},mode=1777", s.shm_bytes);
+    m.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm))?;
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        m.symlink(target, &dev.join(name))?;
+    }
+
+    // /proc of the sandbox's own pid namespace, with the sensitive paths masked.
+    let proc_dir = root.join("proc");
+    m.mkdir(&proc_dir, 0o555, None)?;
+    m.mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None).map_err(ctx("mounting /proc"))?;
+    for f in PROC_MASKED_FILES {
+        let p = proc_dir.join(f);
+        if p.exists() {
+            m.mount(Some(&dev.join("null").to_string_lossy()), &p, None, libc::MS_BIND, None)?;
+        }
+    }
+    for d in PROC_MASKED_DIRS {
+        let p = proc_dir.join(d);
+        if p.is_dir() {
+            m.mount(Some("agentbox-mask"), &p, Some("tmpfs"), libc::MS_RDONLY, Some("size=4k"))?;
+        }
+    }
+    for p in PROC_READ_ONLY {
+        let p = proc_dir.join(p);
+        if p.exists() {
+            m.mount(Some(&p.to_string_lossy()), &p, None, libc::MS_BIND | libc::MS_REC, None)?;
+            m.mount(None, &p, None, RO_BIND | libc::MS_NOEXEC, None)?;
+        }
+    }
+
+    for (path, content) in &s.files {
+        let p = under(root, path);
+        if let Some(parent) = p.parent() {
+            m.mkdir(parent, 0o755, None)?;
+        }
+        m.write(&p, content)?;
+    }
+
+    // A private cgroup view for per-execution process tracking, readable by root only.
+    m.mkdir(&root.join(".agentbox/cg"), 0o700, None)?;
+    match s.exec_cgroups.as_str() {
+        "v2" => m.mount(Some("cgroup2"), &root.join(".agentbox/cg"), Some("cgroup2"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
+        "v1:pids" => m.mount(Some("cgroup"), &root.join(".agentbox/cg"), Some("cgroup"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("pids"))?,
+        _ => {}
+    }
+
+    m.pivot_root(root).map_err(ctx("pivoting into the sandbox root"))?;
+    if s.read_only_root {
+        m.mount(None, Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)
+            .map_err(ctx("making the root read-only"))?;
+        m.mount(None, Path::new("/dev"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC, None)
+            .map_err(ctx("making /dev read-only"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{BindMount, Quota};
+
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl Mounter for Recorder {
+        fn mount(&mut self, source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+            self.0.push(format!("mount {} {} {} {flags:#x} {}", source.unwrap_or("-"), target.display(), fstype.unwrap_or("-"), data.unwrap_or("-")));
+            Ok(())
+        }
+        fn detach(&mut self, target: &Path) -> io::Result<()> {
+            self.0.push(format!("detach {}", target.display()));
+            Ok(())
+        }
+        fn mkdir(&mut self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+            self.0.push(format!("mkdir {} {mode:o} {owner:?}", path.display()));
+            Ok(())
+        }
+        fn touch(&mut self, path: &Path) -> io::Result<()> {
+            self.0.push(format!("touch {}", path.display()));
+            Ok(())
+        }
+        fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
+            self.0.push(format!("symlink {} -> {target}", link.display()));
+            Ok(())
+        }
+        fn write(&mut self, path: &Path, _content: &str) -> io::Result<()> {
+            self.0.push(format!("write {}", path.display()));
+            Ok(())
+        }
+        fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
+            self.0.push(format!("pivot {}", new_root.display()));
+            Ok(())
+        }
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            hostname: "sandbox".into(),
+            binds: vec![BindMount { source: "/usr".into(), target: "/usr".into(), dir: true }],
+            symlinks: vec![("/bin".into(), "usr/bin".into())],
+            files: vec![("/etc/passwd".into(), "user:x:1000:1000::/home/user:/bin/bash\n".into())],
+            storage_bytes: 1 << 30,
+            storage_inodes: 1000,
+            quotas: vec![Quota { path: "/tmp/small".into(), bytes: 1 << 20 }],
+            shm_bytes: 1 << 26,
+            read_only_root: true,
+            uid: 1000,
+            gid: 1000,
+            home: "/home/user".into(),
+            env: Default::default(),
+            nofile: 1024,
+            fsize: 1 << 30,
+            drop_caps: true,
+            no_new_privs: true,
+            seccomp: vec![],
+            landlock: true,
+            exec_cgroups: "v2".into(),
+        }
+    }
+
+    fn check(s: &Setup) -> Vec<String> {
+        let mut r = Recorder::default();
+        build(&mut r, Path::new("/r"), s).unwrap();
+        r.0
+    }
+
+    fn index(log: &[String], prefix: &str) -> usize {
+        log.iter().position(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no step {prefix:?} in {log:#?}"))
+    }
+
+    #[test]
+    fn system_paths_are_bound_read_only_and_storage_is_capped() {
+        let log = check(&setup());
+        let bind = index(&log, "mount /usr /r/usr");
+        assert!(log[bind + 1].starts_with("mount - /r/usr - 0x") && log[bind + 1].contains(&format!("{:#x}", RO_BIND)), "{log:#?}");
+        assert!(log.iter().any(|l| l.contains("agentbox-storage /r/.storage tmpfs") && l.contains("size=1073741824,nr_inodes=1000")));
+        assert!(index(&log, "detach /r/.storage") > index(&log, "mount /r/.storage/tmp /r/tmp"));
+        assert!(log.iter().any(|l| l.starts_with("mount agentbox-quota /r/tmp/small tmpfs") && l.contains("size=1048576")));
+    }
+
+    #[test]
+    fn proc_is_masked_and_root_is_read_only_after_pivot() {
+        let log = check(&setup());
+        let pivot = index(&log, "pivot /r");
+        assert!(index(&log, "mount proc /r/proc proc") < pivot);
+        let ro_root = log.iter().rposition(|l| l.starts_with("mount - / -")).unwrap();
+        assert!(ro_root > pivot, "{log:#?}");
+        assert!(log.iter().any(|l| l.starts_with("mount cgroup2 /r/.agentbox/cg cgroup2")));
+        let mut s = setup();
+        s.read_only_root = false;
+        assert!(!check(&s).iter().any(|l| l.starts_with("mount - / -")));
+    }
+}

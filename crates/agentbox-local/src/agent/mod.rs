@@ -1,0 +1,617 @@
+//! The in-sandbox agent: PID 1 of the sandbox's pid namespace.
+//!
+//! The host re-executes a sealed copy of its own binary with
+//! [`AGENT_ENV`] set; a constructor that runs before `main` diverts that
+//! process here, so any program linking this crate can host sandboxes with no
+//! extra binary to install (the `runc init` pattern).
+//!
+//! Stage 1 (the re-executed process) is already in fresh namespaces; it forks
+//! the init (PID 1), tells the host its pid and waits for it. The init builds
+//! the filesystem, then serves execution requests over the control socket
+//! until the host closes it, at which point the init exits and the kernel
+//! kills everything left in the namespace.
+
+mod exec;
+pub mod fs;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::proto::{self, Exec, Exited, Failure, Kind, Kill, Proc, ProcList, Ready, Setup, Started};
+use crate::sys;
+
+/// Environment variable that turns a process into a sandbox agent.
+pub const AGENT_ENV: &str = "AGENTBOX_LOCAL_AGENT";
+/// The control socket's fd in the agent.
+pub const CONTROL_FD: libc::c_int = 3;
+
+#[ctor::ctor]
+fn agent_entry() {
+    if std::env::var_os(AGENT_ENV).is_some_and(|v| v == "1") {
+        let code = stage1();
+        // SAFETY: leaving without running the host program's main or destructors is the point.
+        unsafe { libc::_exit(code) }
+    }
+}
+
+/// Referenced by the backend so the constructor above is always linked in.
+pub fn entry_point() -> extern "C" fn() {
+    agent_entry
+}
+
+fn stage1() -> i32 {
+    let Ok((sync_r, sync_w)) = sys::pipe() else { return 120 };
+    // SAFETY: this process is single-threaded (we run before main); fork is safe.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => 121,
+        0 => {
+            sys::close(sync_w);
+            let mut b = [0u8; 1];
+            let _ = sys::read_exact(sync_r, &mut b);
+            sys::close(sync_r);
+            init_main()
+        }
+        child => {
+            sys::close(sync_r);
+            let frame = proto::encode(Kind::Started, 0, &child.to_be_bytes());
+            let _ = sys::write_all(CONTROL_FD, &frame);
+            sys::close(CONTROL_FD);
+            let _ = sys::write_all(sync_w, b"g");
+            sys::close(sync_w);
+            let mut status = 0;
+            loop {
+                // SAFETY: waiting for our own child.
+                let r = unsafe { libc::waitpid(child, &raw mut status, 0) };
+                if r == child || (r == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+                    break;
+                }
+            }
+            if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) }
+        }
+    }
+}
+
+fn send_failure(message: String) {
+    let f = proto::encode_json(Kind::Failure, 0, &Failure { message, errno: None });
+    let _ = sys::write_all(CONTROL_FD, &f);
+}
+
+fn read_frame_blocking() -> io::Result<Option<(u8, u32, Vec<u8>)>> {
+    let mut h = [0u8; proto::HEADER];
+    if !sys::read_exact(CONTROL_FD, &mut h)? {
+        return Ok(None);
+    }
+    let (k, id, len) = proto::parse_header(&h);
+    if len > proto::MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+    }
+    let mut payload = vec![0u8; len];
+    sys::read_exact(CONTROL_FD, &mut payload)?;
+    Ok(Some((k, id, payload)))
+}
+
+fn bring_loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket + ioctl on a zeroed ifreq naming "lo".
+    unsafe {
+        let fd = sys::check(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?;
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = libc::c_char::try_from(*b).unwrap_or(0);
+        }
+        let r = sys::check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut req)).and_then(|_| {
+            req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP | libc::IFF_RUNNING).unwrap_or(0);
+            sys::check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw const req))
+        });
+        sys::close(fd);
+        r.map(drop)
+    }
+}
+
+fn init_main() -> i32 {
+    // SAFETY: setting our own name, death signal and signal mask.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"agentbox-init".as_ptr());
+    }
+    let setup: Setup = match read_frame_blocking() {
+        Ok(Some((k, _, payload))) if k == Kind::Setup as u8 => match serde_json::from_slice(&payload) {
+            Ok(s) => s,
+            Err(e) => {
+                send_failure(format!("invalid setup message: {e}"));
+                return 1;
+            }
+        },
+        _ => return 1,
+    };
+    let root = match std::env::var("AGENTBOX_LOCAL_ROOT") {
+        Ok(r) => r,
+        Err(_) => {
+            send_failure("the sandbox root directory was not given".into());
+            return 1;
+        }
+    };
+    if let Err(e) = fs::build(&mut fs::LinuxMounter, Path::new(&root), &setup) {
+        send_failure(format!("building the sandbox filesystem failed: {e}"));
+        return 1;
+    }
+    if let Ok(h) = CString::new(setup.hostname.clone()) {
+        // SAFETY: valid buffer and length.
+        unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) };
+    }
+    if let Err(e) = bring_loopback_up() {
+        send_failure(format!("bringing up loopback failed: {e}"));
+        return 1;
+    }
+    // The init must survive the sandbox's own out-of-memory kills.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    let landlock = landlock_status();
+    let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
+    let ready = Ready { init_pid: 0, landlock, exec_cgroups };
+    if sys::write_all(CONTROL_FD, &proto::encode_json(Kind::Ready, 0, &ready)).is_err() {
+        return 1;
+    }
+    match Agent::new(setup, exec_cgroups).and_then(|mut a| a.run()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn landlock_status() -> String {
+    use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr};
+    match Ruleset::default().handle_access(AccessFs::from_all(ABI::V3)).and_then(Ruleset::create) {
+        Ok(_) => "enforced".into(),
+        Err(e) => format!("unavailable: {e}"),
+    }
+}
+
+struct Running {
+    pid: i32,
+    argv: Vec<String>,
+    stdout: libc::c_int,
+    stderr: libc::c_int,
+    stdin: libc::c_int,
+    stdin_buf: Vec<u8>,
+    stdin_eof: bool,
+    deadline: Option<Instant>,
+    started: Instant,
+    timed_out: bool,
+    status: Option<i32>,
+    cgroup: Option<String>,
+    background: Option<String>,
+}
+
+struct Agent {
+    setup: Setup,
+    exec_cgroups: bool,
+    sigfd: libc::c_int,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    execs: HashMap<u32, Running>,
+    finished_bg: Vec<Proc>,
+}
+
+const OUTBUF_HIGH: usize = 4 * 1024 * 1024;
+
+impl Agent {
+    fn new(setup: Setup, exec_cgroups: bool) -> io::Result<Self> {
+        // SAFETY: blocking SIGCHLD and creating a signalfd for it; plain syscalls.
+        let sigfd = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, libc::SIGCHLD);
+            libc::sigaddset(&raw mut set, libc::SIGPIPE);
+            libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+            libc::sigdelset(&raw mut set, libc::SIGPIPE);
+            sys::check(libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?
+        };
+        sys::set_nonblocking(CONTROL_FD)?;
+        Ok(Self { setup, exec_cgroups, sigfd, inbuf: Vec::new(), outbuf: Vec::new(), execs: HashMap::new(), finished_bg: Vec::new() })
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        self.outbuf.extend_from_slice(frame);
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            let mut fds = vec![
+                libc::pollfd { fd: CONTROL_FD, events: libc::POLLIN | if self.outbuf.is_empty() { 0 } else { libc::POLLOUT }, revents: 0 },
+                libc::pollfd { fd: self.sigfd, events: libc::POLLIN, revents: 0 },
+            ];
+            let throttled = self.outbuf.len() > OUTBUF_HIGH;
+            let mut owners = Vec::new();
+            for (id, r) in &self.execs {
+                if !throttled {
+                    for fd in [r.stdout, r.stderr] {
+                        if fd >= 0 {
+                            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+                            owners.push(*id);
+                        }
+                    }
+                }
+                if r.stdin >= 0 && !r.stdin_buf.is_empty() {
+                    fds.push(libc::pollfd { fd: r.stdin, events: libc::POLLOUT, revents: 0 });
+                    owners.push(*id);
+                }
+            }
+            let now = Instant::now();
+            let timeout = self
+                .execs
+                .values()
+                .filter(|r| r.status.is_none() && !r.timed_out)
+                .filter_map(|r| r.deadline)
+                .map(|d| d.saturating_duration_since(now))
+                .min()
+                .map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).saturating_add(1));
+            // SAFETY: fds is a valid array of pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if fds[0].revents & libc::POLLOUT != 0 {
+                self.flush()?;
+            }
+            if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !self.read_control()? {
+                return Ok(()); // host went away: exiting kills the whole namespace
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                let mut info = [0u8; 128];
+                // SAFETY: draining the signalfd into a buffer of the right size.
+                while unsafe { libc::read(self.sigfd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
+                self.reap();
+            }
+            for (pfd, id) in fds[2..].iter().zip(owners) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                self.service(id, pfd.fd, pfd.revents);
+            }
+            self.check_deadlines();
+            self.finish_exited();
+            if !self.outbuf.is_empty() {
+                self.flush()?;
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while !self.outbuf.is_empty() {
+            // SAFETY: writing from our buffer to the control socket.
+            let n = unsafe { libc::write(CONTROL_FD, self.outbuf.as_ptr().cast(), self.outbuf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(()),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            self.outbuf.drain(..n.unsigned_abs());
+        }
+        Ok(())
+    }
+
+    /// Reads what the host sent; `false` when the host closed the socket.
+    fn read_control(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; 65536];
+        loop {
+            // SAFETY: reading into a local buffer.
+            let n = unsafe { libc::read(CONTROL_FD, buf.as_mut_ptr().cast(), buf.len()) };
+            if n == 0 {
+                return Ok(false);
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Ok(false),
+                }
+            }
+            self.inbuf.extend_from_slice(&buf[..n.unsigned_abs()]);
+        }
+        while self.inbuf.len() >= proto::HEADER {
+            let mut h = [0u8; proto::HEADER];
+            h.copy_from_slice(&self.inbuf[..proto::HEADER]);
+            let (kind, id, len) = proto::parse_header(&h);
+            if len > proto::MAX_FRAME {
+                return Ok(false);
+            }
+            if self.inbuf.len() < proto::HEADER + len {
+                break;
+            }
+            let payload: Vec<u8> = self.inbuf[proto::HEADER..proto::HEADER + len].to_vec();
+            self.inbuf.drain(..proto::HEADER + len);
+            self.handle(kind, id, &payload);
+        }
+        Ok(true)
+    }
+
+    fn fail(&mut self, id: u32, message: String, errno: Option<i32>) {
+        self.send(&proto::encode_json(Kind::Failure, id, &Failure { message, errno }));
+    }
+
+    fn handle(&mut self, kind: u8, id: u32, payload: &[u8]) {
+        match Kind::from_u8(kind) {
+            Some(Kind::Ping) => self.send(&proto::encode(Kind::Ping, id, payload)),
+            Some(Kind::Exec) => match serde_json::from_slice::<Exec>(payload) {
+                Ok(e) => self.start(id, &e),
+                Err(e) => self.fail(id, format!("invalid exec request: {e}"), None),
+            },
+            Some(Kind::Stdin) => {
+                if let Some(r) = self.execs.get_mut(&id) {
+                    if payload.is_empty() {
+                        r.stdin_eof = true;
+                        if r.stdin_buf.is_empty() {
+                            sys::close(r.stdin);
+                            r.stdin = -1;
+                        }
+                    } else if r.stdin >= 0 {
+                        r.stdin_buf.extend_from_slice(payload);
+                    }
+                }
+            }
+            Some(Kind::Kill) => match serde_json::from_slice::<Kill>(payload) {
+                Ok(k) => {
+                    if self.execs.contains_key(&id) {
+                        self.kill_tree(id, k.signal);
+                    } else {
+                        self.fail(id, format!("process {id} is not running"), Some(libc::ESRCH));
+                    }
+                }
+                Err(e) => self.fail(id, format!("invalid kill request: {e}"), None),
+            },
+            Some(Kind::ListProcs) => {
+                let mut procs: Vec<Proc> = self
+                    .execs
+                    .iter()
+                    .filter(|(_, r)| r.background.is_some())
+                    .map(|(i, r)| Proc { id: *i, pid: r.pid, argv: r.argv.clone(), exit_code: None, output_path: r.background.clone() })
+                    .collect();
+                procs.extend(self.finished_bg.iter().cloned());
+                procs.sort_by_key(|p| p.id);
+                self.send(&proto::encode_json(Kind::ListProcs, id, &ProcList { procs }));
+            }
+            _ => self.fail(id, format!("unexpected frame kind {kind}"), None),
+        }
+    }
+
+    fn start(&mut self, id: u32, e: &Exec) {
+        let prepared = match exec::prepare(&self.setup, e) {
+            Ok(p) => p,
+            Err(msg) => {
+                // Report like a shell would: message on stderr, exit 127.
+                self.send(&proto::encode(Kind::Started, id, &[]));
+                self.send(&proto::encode(Kind::Stderr, id, format!("{msg}\n").as_bytes()));
+                self.send(&proto::encode_json(Kind::Exited, id, &Exited { code: 127, signal: None, timed_out: false, micros: 0 }));
+                return;
+            }
+        };
+        let cgroup = if self.exec_cgroups {
+            let dir = format!("/.agentbox/cg/e{id}");
+            std::fs::create_dir(&dir).ok().map(|()| dir)
+        } else {
+            None
+        };
+        let cg_fd = cgroup.as_ref().map_or(-1, |d| {
+            let p = CString::new(format!("{d}/cgroup.procs")).unwrap_or_default();
+            // SAFETY: opening a path we just created.
+            unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) }
+        });
+        let pipes = (|| -> io::Result<_> {
+            let out = if e.output_path.is_none() { Some(sys::pipe()?) } else { None };
+            let err = if e.output_path.is_none() { Some(sys::pipe()?) } else { None };
+            let inp = if e.stdin { Some(sys::pipe()?) } else { None };
+            Ok((out, err, inp))
+        })();
+        let (out, errp, inp) = match pipes {
+            Ok(p) => p,
+            Err(err) => {
+                sys::close(cg_fd);
+                return self.fail(id, format!("creating pipes failed: {err}"), err.raw_os_error());
+            }
+        };
+        let stdio = exec::Stdio {
+            stdin: inp.map_or(-1, |p| p.0),
+            stdout: out.map_or(-1, |p| p.1),
+            stderr: errp.map_or(-1, |p| p.1),
+            cgroup_procs: cg_fd,
+        };
+        // SAFETY: the init is single-threaded, so the child may run ordinary code.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            exec::child(&self.setup, &prepared, &stdio);
+        }
+        sys::close(cg_fd);
+        for fd in [stdio.stdin, stdio.stdout, stdio.stderr] {
+            sys::close(fd);
+        }
+        if pid < 0 {
+            let err = io::Error::last_os_error();
+            for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
+                sys::close(fd);
+            }
+            return self.fail(id, format!("fork failed: {err}"), err.raw_os_error());
+        }
+        let fds = [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)];
+        for fd in fds.into_iter().filter(|fd| *fd >= 0) {
+            let _ = sys::set_nonblocking(fd);
+        }
+        let now = Instant::now();
+        self.execs.insert(
+            id,
+            Running {
+                pid,
+                argv: e.argv.clone(),
+                stdout: fds[0],
+                stderr: fds[1],
+                stdin: fds[2],
+                stdin_buf: Vec::new(),
+                stdin_eof: false,
+                deadline: (e.timeout_ms > 0).then(|| now + Duration::from_millis(e.timeout_ms)),
+                started: now,
+                timed_out: false,
+                status: None,
+                cgroup,
+                background: e.output_path.clone(),
+            },
+        );
+        self.send(&proto::encode_json(Kind::Started, id, &Started { pid }));
+    }
+
+    fn service(&mut self, id: u32, fd: libc::c_int, revents: libc::c_short) {
+        let Some(r) = self.execs.get_mut(&id) else { return };
+        if fd == r.stdin {
+            if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                sys::close(r.stdin);
+                r.stdin = -1;
+                r.stdin_buf.clear();
+                return;
+            }
+            // SAFETY: writing from our buffer into the child's stdin pipe.
+            let n = unsafe { libc::write(fd, r.stdin_buf.as_ptr().cast(), r.stdin_buf.len()) };
+            if n > 0 {
+                r.stdin_buf.drain(..n.unsigned_abs());
+            }
+            if r.stdin_buf.is_empty() && r.stdin_eof {
+                sys::close(r.stdin);
+                r.stdin = -1;
+            }
+            return;
+        }
+        let kind = if fd == r.stdout { Kind::Stdout } else { Kind::Stderr };
+        let mut buf = [0u8; 65536];
+        // SAFETY: reading into a local buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            let frame = proto::encode(kind, id, &buf[..n.unsigned_abs()]);
+            self.send(&frame);
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+            sys::close(fd);
+            if let Some(r) = self.execs.get_mut(&id) {
+                if kind == Kind::Stdout {
+                    r.stdout = -1;
+                } else {
+                    r.stderr = -1;
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: reaping any child; as PID 1 we also adopt orphans.
+            let pid = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if let Some(r) = self.execs.values_mut().find(|r| r.pid == pid && r.status.is_none()) {
+                r.status = Some(status);
+            }
+        }
+    }
+
+    fn kill_tree(&mut self, id: u32, signal: i32) {
+        let Some(r) = self.execs.get(&id) else { return };
+        if let Some(cg) = &r.cgroup {
+            if signal == libc::SIGKILL && std::fs::write(format!("{cg}/cgroup.kill"), "1").is_ok() {
+                return;
+            }
+            for _ in 0..64 {
+                let procs = std::fs::read_to_string(format!("{cg}/cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for p in &pids {
+                    let _ = sys::kill(*p, signal);
+                }
+                if signal != libc::SIGKILL {
+                    break;
+                }
+            }
+        } else {
+            let _ = sys::kill(-r.pid, signal);
+            let _ = sys::kill(r.pid, signal);
+        }
+    }
+
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .execs
+            .iter()
+            .filter(|(_, r)| r.status.is_none() && !r.timed_out && r.deadline.is_some_and(|d| d <= now))
+            .map(|(i, _)| *i)
+            .collect();
+        for id in due {
+            if let Some(r) = self.execs.get_mut(&id) {
+                r.timed_out = true;
+            }
+            self.kill_tree(id, libc::SIGKILL);
+        }
+    }
+
+    fn finish_exited(&mut self) {
+        let done: Vec<u32> = self.execs.iter().filter(|(_, r)| r.status.is_some()).map(|(i, _)| *i).collect();
+        for id in done {
+            // Drain what the process wrote before it exited.
+            for _ in 0..64 {
+                let Some(r) = self.execs.get(&id) else { break };
+                let (o, e) = (r.stdout, r.stderr);
+                let before = self.outbuf.len();
+                for fd in [o, e].into_iter().filter(|fd| *fd >= 0) {
+                    self.service(id, fd, libc::POLLIN);
+                }
+                if self.outbuf.len() == before {
+                    break;
+                }
+            }
+            let Some(r) = self.execs.remove(&id) else { continue };
+            let timed_out = r.timed_out;
+            if timed_out {
+                // Also take down whatever the timed-out command left behind.
+                self.execs.insert(id, r);
+                self.kill_tree(id, libc::SIGKILL);
+                let Some(r) = self.execs.remove(&id) else { continue };
+                self.finish(id, r);
+            } else {
+                self.finish(id, r);
+            }
+        }
+    }
+
+    fn finish(&mut self, id: u32, r: Running) {
+        for fd in [r.stdout, r.stderr, r.stdin] {
+            sys::close(fd);
+        }
+        if let Some(cg) = &r.cgroup {
+            let _ = std::fs::remove_dir(cg);
+        }
+        let status = r.status.unwrap_or(0);
+        let (mut code, signal) = if libc::WIFSIGNALED(status) {
+            (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
+        } else {
+            (libc::WEXITSTATUS(status), None)
+        };
+        if r.timed_out {
+            code = 124;
+        }
+        let micros = u64::try_from(r.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(path) = r.background {
+            self.finished_bg.push(Proc { id, pid: r.pid, argv: r.argv, exit_code: Some(code), output_path: Some(path) });
+            if self.finished_bg.len() > 256 {
+                self.finished_bg.remove(0);
+            }
+        }
+        self.send(&proto::encode_json(Kind::Exited, id, &Exited { code, signal, timed_out: r.timed_out, micros }));
+    }
+}

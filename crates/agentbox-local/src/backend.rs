@@ -1,0 +1,921 @@
+//! The host side: creating, driving and destroying sandboxes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agentbox_config::{CleanupPolicy, NetworkConfig, SandboxConfig, SeccompProfile};
+use agentbox_core::{
+    CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, HealthStatus, Language,
+    ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
+};
+use agentbox_metrics::SandboxMetrics;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
+use crate::files::Root;
+use crate::proto::{self, BindMount, Exec, Exited, Failure, Kind, ProcList, Quota, Ready, Setup};
+use crate::{agent, sealed, seccomp, sys};
+
+/// Host-level settings of the local backend (per-sandbox settings live in `SandboxConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// Where per-sandbox state lives (one directory per sandbox, removed on destroy).
+    pub state_dir: PathBuf,
+    /// Name of the cgroup under which sandbox cgroups are made.
+    pub cgroup_parent: String,
+    /// Host system directories bound read-only into every sandbox.
+    pub system_dirs: Vec<String>,
+    /// Host /etc entries bound read-only (the sandbox writes its own passwd, group, hosts, resolv.conf).
+    pub etc_entries: Vec<String>,
+    /// Host name inside sandboxes.
+    pub hostname: String,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let state_dir = if uid == 0 {
+            PathBuf::from("/run/agentbox")
+        } else {
+            std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from(format!("/tmp/agentbox-{uid}")), |d| PathBuf::from(d).join("agentbox"))
+        };
+        Self {
+            state_dir,
+            cgroup_parent: "agentbox".into(),
+            system_dirs: ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt"].map(str::to_owned).into(),
+            etc_entries: [
+                "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates", "ca-certificates.conf",
+                "localtime", "timezone", "mime.types", "fonts", "python3", "python3.11", "chromium", "chromium.d", "bash.bashrc",
+                "profile", "inputrc", "terminfo", "magic", "protocols", "services", "debian_version", "os-release", "nanorc",
+                "vim", "gitconfig", "npmrc", "pip.conf", "xdg",
+            ]
+            .map(str::to_owned)
+            .into(),
+            hostname: "sandbox".into(),
+        }
+    }
+}
+
+enum Route {
+    Exec { tx: mpsc::Sender<ExecEvent>, oom_before: u64 },
+    Reply(oneshot::Sender<(Kind, Vec<u8>)>),
+}
+
+struct Sandbox {
+    info: SandboxInfo,
+    config: SandboxConfig,
+    child: Mutex<Option<std::process::Child>>,
+    init_pid: i32,
+    cgroup: SandboxCgroup,
+    writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    routes: Arc<Mutex<HashMap<u32, Route>>>,
+    alive: Arc<AtomicBool>,
+    next_id: AtomicU32,
+    root: Root,
+    dir: PathBuf,
+    last_cpu: Mutex<Option<(Instant, u64)>>,
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    id: String,
+    owner_pid: u32,
+    owner_start: u64,
+    created_at_ms: u64,
+    metadata: BTreeMap<String, String>,
+}
+
+struct Inner {
+    config: LocalConfig,
+    cgroups: Cgroups,
+    limitations: Vec<String>,
+    seccomp_default: Vec<Vec<(u16, u8, u8, u32)>>,
+    seccomp_strict: Vec<Vec<(u16, u8, u8, u32)>>,
+    sandboxes: Mutex<HashMap<SandboxId, Arc<Sandbox>>>,
+    typescript: tokio::sync::OnceCell<std::result::Result<(), String>>,
+}
+
+/// The local Linux backend. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend").field("state_dir", &self.inner.config.state_dir).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom into a local buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        let t = now_ms().to_le_bytes();
+        b.copy_from_slice(&t);
+    }
+    format!("sb-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+fn backend_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Backend(format!("{what}: {e}"))
+}
+
+impl LocalBackend {
+    /// Detects what the host allows, reaps what an earlier crashed process left behind, and returns the backend.
+    ///
+    /// # Errors
+    /// When the state directory can't be created, or the host can't create namespaces at all.
+    pub fn new(config: LocalConfig) -> Result<Self> {
+        let _ = agent::entry_point();
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            Error::Backend(format!("cannot create the state directory {}: {e}; set LocalConfig::state_dir to a writable place", config.state_dir.display()))
+        })?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Unsupported(
+                "the local backend needs root (it creates namespaces, cgroups and mounts); run as root, or use the e2b backend".into(),
+            ));
+        }
+        let cgroups = Cgroups::detect(&config.cgroup_parent);
+        let mut limitations = cgroups.problems.clone();
+        if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
+            limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
+        }
+        let policy = seccomp::policy();
+        let inner = Inner {
+            seccomp_default: vec![seccomp::compile(&policy, SeccompProfile::Default)],
+            seccomp_strict: vec![seccomp::compile(&policy, SeccompProfile::Strict)],
+            config,
+            cgroups,
+            limitations,
+            sandboxes: Mutex::new(HashMap::new()),
+            typescript: tokio::sync::OnceCell::new(),
+        };
+        let backend = Self { inner: Arc::new(inner) };
+        for l in &backend.inner.limitations {
+            tracing::warn!(limitation = %l, "local backend runs degraded");
+        }
+        backend.reap_orphans();
+        Ok(backend)
+    }
+
+    /// Limits this host can't enforce, each with the reason. Empty when everything is enforced.
+    #[must_use]
+    pub fn limitations(&self) -> &[String] {
+        &self.inner.limitations
+    }
+
+    /// The cgroup layout in use.
+    #[must_use]
+    pub fn cgroup_layout(&self) -> &crate::CgroupLayout {
+        self.inner.cgroups.layout()
+    }
+
+    /// Host pids of every process in a sandbox (for tests and diagnostics).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown sandbox.
+    pub fn host_pids(&self, id: &SandboxId) -> Result<Vec<i32>> {
+        Ok(self.get(id)?.cgroup.pids())
+    }
+
+    /// The sandbox's state directory on the host (for tests and diagnostics).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown sandbox.
+    pub fn state_dir_of(&self, id: &SandboxId) -> Result<PathBuf> {
+        Ok(self.get(id)?.dir.clone())
+    }
+
+    /// Host pid of the sandbox's init (for tests and diagnostics).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown sandbox.
+    pub fn init_pid(&self, id: &SandboxId) -> Result<i32> {
+        Ok(self.get(id)?.init_pid)
+    }
+
+    /// Removes state directories and cgroups left by processes that died without destroying their sandboxes.
+    /// Only entries whose owner process is gone are touched. Returns the ids reaped.
+    pub fn reap_orphans(&self) -> Vec<String> {
+        let mut reaped = Vec::new();
+        let live_owner = |m: &Meta| process_start(m.owner_pid).is_some_and(|s| s == m.owner_start);
+        let mut owned_elsewhere = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with("sb-") {
+                    continue;
+                }
+                let meta: Option<Meta> = std::fs::read(e.path().join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                if let Some(m) = &meta {
+                    if live_owner(m) {
+                        owned_elsewhere.push(name);
+                        continue;
+                    }
+                }
+                let cg = self.inner.cgroups.open(&name);
+                cg.kill_all();
+                cg.remove();
+                let _ = std::fs::remove_dir_all(e.path());
+                reaped.push(name);
+            }
+        }
+        for id in self.inner.cgroups.leftovers() {
+            if owned_elsewhere.contains(&id) || reaped.contains(&id) {
+                continue;
+            }
+            // A cgroup of ours with no state directory: its creator crashed between the two steps.
+            let cg = self.inner.cgroups.open(&id);
+            cg.kill_all();
+            cg.remove();
+            reaped.push(id);
+        }
+        if !reaped.is_empty() {
+            tracing::info!(count = reaped.len(), "reaped sandboxes left by an earlier crash");
+        }
+        reaped
+    }
+
+    fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
+        self.inner
+            .sandboxes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("sandbox {id}")))
+    }
+
+    fn setup_for(&self, config: &SandboxConfig) -> Setup {
+        let run_as = &config.security.run_as;
+        let home = format!("/home/{}", run_as.name);
+        let mut binds = Vec::new();
+        let mut symlinks = Vec::new();
+        for d in &self.inner.config.system_dirs {
+            let p = Path::new(d);
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(t) = std::fs::read_link(p) {
+                        symlinks.push((d.clone(), t.to_string_lossy().into_owned()));
+                    }
+                }
+                Ok(m) if m.is_dir() => binds.push(BindMount { source: d.clone(), target: d.clone(), dir: true }),
+                _ => {}
+            }
+        }
+        for e in &self.inner.config.etc_entries {
+            let src = format!("/etc/{e}");
+            if let Ok(m) = std::fs::metadata(&src) {
+                binds.push(BindMount { source: src.clone(), target: src, dir: m.is_dir() });
+            }
+        }
+        let (u, g, name) = (run_as.uid, run_as.gid, &run_as.name);
+        let files = vec![
+            ("/etc/passwd".into(), format!("root:x:0:0:root:/root:/usr/sbin/nologin\n{name}:x:{u}:{g}::{home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")),
+            ("/etc/group".into(), format!("root:x:0:\ntty:x:5:\n{name}:x:{g}:\nnogroup:x:65534:\n")),
+            ("/etc/hostname".into(), format!("{}\n", self.inner.config.hostname)),
+            ("/etc/hosts".into(), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", self.inner.config.hostname)),
+            ("/etc/resolv.conf".into(), "# networking is disabled in this sandbox: only loopback is reachable\nnameserver 127.0.0.1\n".into()),
+            ("/etc/nsswitch.conf".into(), "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into()),
+        ];
+        let mut env = BTreeMap::new();
+        env.insert("PATH".into(), format!("{home}/.local/bin:{home}/node_modules/.bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+        env.insert("HOME".into(), home.clone());
+        env.insert("USER".into(), name.clone());
+        env.insert("LOGNAME".into(), name.clone());
+        env.insert("SHELL".into(), "/bin/bash".into());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        env.insert("TERM".into(), "xterm-256color".into());
+        env.insert("TMPDIR".into(), "/tmp".into());
+        env.insert("NODE_PATH".into(), format!("{home}/node_modules"));
+        env.insert("PYTHONUNBUFFERED".into(), "1".into());
+        env.insert("MPLBACKEND".into(), "Agg".into());
+        env.extend(config.environment_variables.clone());
+        let mb = 1024 * 1024;
+        Setup {
+            hostname: self.inner.config.hostname.clone(),
+            binds,
+            symlinks,
+            files,
+            storage_bytes: config.disk_gb.saturating_mul(1024 * mb),
+            storage_inodes: config.storage.max_inodes,
+            quotas: config.storage.quotas.iter().map(|q| Quota { path: q.path.clone(), bytes: q.size_mb.saturating_mul(mb) }).collect(),
+            shm_bytes: config.storage.shm_size_mb.saturating_mul(mb),
+            read_only_root: config.security.read_only_root,
+            uid: u,
+            gid: g,
+            home,
+            env,
+            nofile: config.security.max_open_files,
+            fsize: config.security.max_file_size_mb.saturating_mul(mb),
+            drop_caps: config.security.drop_capabilities,
+            no_new_privs: config.security.no_new_privileges,
+            seccomp: match config.security.seccomp_profile {
+                SeccompProfile::Default => self.inner.seccomp_default.clone(),
+                SeccompProfile::Strict => self.inner.seccomp_strict.clone(),
+            },
+            landlock: config.security.landlock,
+            exec_cgroups: self.inner.cgroups.exec_tracking().into(),
+        }
+    }
+
+    async fn spawn_sandbox(&self, request: &CreateRequest) -> Result<Arc<Sandbox>> {
+        let config = &request.config;
+        let id = random_id();
+        let dir = self.inner.config.state_dir.join(&id);
+        let root_dir = dir.join("root");
+        std::fs::create_dir_all(&root_dir).map_err(|e| backend_err("creating the sandbox directory", e))?;
+        let meta = Meta {
+            id: id.clone(),
+            owner_pid: std::process::id(),
+            owner_start: process_start(std::process::id()).unwrap_or(0),
+            created_at_ms: now_ms(),
+            metadata: request.metadata.clone(),
+        };
+        let cleanup_dir = |e: Error| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap_or_default())
+            .map_err(|e| cleanup_dir(backend_err("writing sandbox metadata", e)))?;
+        let limits = Limits {
+            memory_bytes: config.memory_mb.saturating_mul(1024 * 1024),
+            cpus: config.cpu_count,
+            pids: u64::from(config.security.max_processes) + 2,
+        };
+        let cgroup = match self.inner.cgroups.layout() {
+            crate::CgroupLayout::None => SandboxCgroup::default(),
+            _ => self.inner.cgroups.create(&id, limits).map_err(|e| cleanup_dir(backend_err("creating the sandbox cgroup", e)))?,
+        };
+        let fail = |e: Error, child: Option<&mut std::process::Child>| {
+            if let Some(c) = child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            cgroup.kill_all();
+            cgroup.remove();
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+
+        let exe = sealed::agent_path().map_err(|e| fail(Error::Backend(e), None))?;
+        let mut fds = [0; 2];
+        // SAFETY: socketpair into a local array.
+        sys::check(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })
+            .map_err(|e| fail(backend_err("creating the control socket", e), None))?;
+        // SAFETY: both fds are fresh and owned here.
+        let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let procs: Vec<OwnedFd> = cgroup
+            .procs_files()
+            .iter()
+            .filter_map(|p| std::fs::OpenOptions::new().write(true).open(p).ok().map(OwnedFd::from))
+            .collect();
+        let procs_raw: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
+        let agent_raw = agent_end.as_raw_fd();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.env_clear()
+            .env(agent::AGENT_ENV, "1")
+            .env("AGENTBOX_LOCAL_ROOT", &root_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP;
+        // SAFETY: the closure only makes async-signal-safe syscalls on fds that stay open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &procs_raw {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                libc::setsid();
+                if agent_raw == agent::CONTROL_FD {
+                    let fl = libc::fcntl(agent_raw, libc::F_GETFD);
+                    libc::fcntl(agent_raw, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+                } else if libc::dup2(agent_raw, agent::CONTROL_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::unshare(flags) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = tokio::task::spawn_blocking(move || {
+            let r = cmd.spawn();
+            drop(agent_end);
+            drop(procs);
+            r
+        })
+        .await
+        .map_err(|e| fail(backend_err("spawning the sandbox agent", e), None))?;
+        let mut child = spawned.map_err(|e| fail(backend_err("starting the sandbox agent (namespaces may be unavailable on this host)", e), None))?;
+
+        // SAFETY: host_end is a valid socket we own; switch it to non-blocking for tokio.
+        let std_stream = std::os::unix::net::UnixStream::from(host_end);
+        let stream = std_stream
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(std_stream))
+            .map_err(|e| fail(backend_err("registering the control socket", e), Some(&mut child)))?;
+        let (mut rd, mut wr) = stream.into_split();
+        let setup = self.setup_for(config);
+        let handshake = async {
+            let (k, _, p) = read_frame(&mut rd).await?.ok_or("the agent exited before starting")?;
+            if k != Kind::Started as u8 || p.len() != 4 {
+                return Err("unexpected first message from the agent".to_owned());
+            }
+            let init_pid = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+            wr.write_all(&proto::encode_json(Kind::Setup, 0, &setup)).await.map_err(|e| e.to_string())?;
+            let (k, _, p) = read_frame(&mut rd).await?.ok_or("the agent exited during setup")?;
+            if k == Kind::Failure as u8 {
+                let f: Failure = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
+                return Err(f.message);
+            }
+            let ready: Ready = serde_json::from_slice(&p).map_err(|e| format!("bad ready message: {e}"))?;
+            Ok((init_pid, ready))
+        };
+        let (init_pid, ready) = match tokio::time::timeout(config.startup_timeout, handshake).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(msg)) => return Err(fail(Error::Backend(format!("sandbox setup failed: {msg}")), Some(&mut child))),
+            Err(_) => return Err(fail(Error::Timeout(format!("sandbox setup took longer than startup_timeout ({:?})", config.startup_timeout)), Some(&mut child))),
+        };
+        if ready.landlock != "enforced" && config.security.landlock {
+            tracing::debug!(status = %ready.landlock, "landlock not enforced");
+        }
+        let root = Root::open(init_pid, &setup.home, setup.uid, setup.gid)
+            .map_err(|e| fail(backend_err("opening the sandbox root", e), Some(&mut child)))?;
+
+        let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let info = SandboxInfo {
+            id: SandboxId::new_unchecked(id),
+            backend: "local".into(),
+            state: SandboxState::Running,
+            created_at_ms: meta.created_at_ms,
+            metadata: request.metadata.clone(),
+        };
+        let sandbox = Arc::new(Sandbox {
+            info,
+            config: config.clone(),
+            child: Mutex::new(Some(child)),
+            init_pid,
+            cgroup,
+            writer: tokio::sync::Mutex::new(Some(wr)),
+            routes: routes.clone(),
+            alive: alive.clone(),
+            next_id: AtomicU32::new(1),
+            root,
+            dir,
+            last_cpu: Mutex::new(None),
+            reader: Mutex::new(None),
+        });
+        let cg = sandbox.cgroup.clone();
+        let task = tokio::spawn(reader_loop(rd, routes, alive, cg));
+        *sandbox.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        Ok(sandbox)
+    }
+
+    async fn send(&self, sb: &Sandbox, frame: &[u8]) -> Result<()> {
+        let mut w = sb.writer.lock().await;
+        let Some(w) = w.as_mut() else { return Err(Error::NotFound(format!("sandbox {}", sb.info.id))) };
+        w.write_all(frame).await.map_err(|e| Error::Backend(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox")))
+    }
+
+    async fn request(&self, sb: &Sandbox, kind: Kind, payload: &[u8], deadline: Duration) -> Result<(Kind, Vec<u8>)> {
+        let id = sb.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        sb.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, Route::Reply(tx));
+        let sent = self.send(sb, &proto::encode(kind, id, payload)).await;
+        let result = match sent {
+            Ok(()) => match tokio::time::timeout(deadline, rx).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(_)) => Err(Error::Backend("the sandbox agent exited; destroy and recreate the sandbox".into())),
+                Err(_) => Err(Error::Timeout(format!("the sandbox agent did not answer within {deadline:?}"))),
+            },
+            Err(e) => Err(e),
+        };
+        sb.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+        result
+    }
+
+    fn exec_message(sb: &Sandbox, request: &ExecRequest, output_path: Option<String>) -> Result<Exec> {
+        let argv = request.to_argv()?;
+        let home = format!("/home/{}", sb.config.security.run_as.name);
+        let cwd = match &request.cwd {
+            None => home,
+            Some(c) if c.starts_with('/') => c.clone(),
+            Some(c) => format!("{home}/{c}"),
+        };
+        if cwd.contains('\0') {
+            return Err(Error::InvalidRequest("cwd contains a NUL byte".into()));
+        }
+        let timeout = request.timeout.unwrap_or(sb.config.execution_timeout);
+        Ok(Exec {
+            argv,
+            cwd,
+            env: request.env.clone(),
+            timeout_ms: if output_path.is_some() && request.timeout.is_none() { 0 } else { u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1) },
+            stdin: request.stdin.is_some(),
+            output_path,
+        })
+    }
+
+    async fn typescript_support(&self, id: &SandboxId) -> Result<()> {
+        let this = self.clone();
+        let id = id.clone();
+        let r = self
+            .inner
+            .typescript
+            .get_or_init(|| async move {
+                let probe = ExecRequest::argv(["node", "--experimental-strip-types", "-e", ""]);
+                let Ok(stream) = this.exec(&id, probe).await else { return Err("node could not be started".to_owned()) };
+                let out = stream.collect(4096).await;
+                let version = match this.exec(&id, ExecRequest::argv(["node", "--version"])).await {
+                    Ok(s) => s.collect(256).await.stdout.trim().to_owned(),
+                    Err(_) => "unknown".into(),
+                };
+                if out.exit_code == 0 { Ok(()) } else { Err(version) }
+            })
+            .await;
+        r.clone().map_err(|version| {
+            Error::Unsupported(format!(
+                "TypeScript runs through Node.js type stripping, which needs Node.js 22.6 or newer; this host has node {version}. \
+                 Install a newer nodejs on the host, or compile to JavaScript and run it as javascript"
+            ))
+        })
+    }
+}
+
+fn landlock_available() -> bool {
+    use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr};
+    Ruleset::default().handle_access(AccessFs::from_all(ABI::V1)).and_then(Ruleset::create).is_ok()
+}
+
+async fn read_frame(rd: &mut tokio::net::unix::OwnedReadHalf) -> std::result::Result<Option<(u8, u32, Vec<u8>)>, String> {
+    let mut h = [0u8; proto::HEADER];
+    match rd.read_exact(&mut h).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let (k, id, len) = proto::parse_header(&h);
+    if len > proto::MAX_FRAME {
+        return Err(format!("frame of {len} bytes is too large"));
+    }
+    let mut p = vec![0u8; len];
+    rd.read_exact(&mut p).await.map_err(|e| e.to_string())?;
+    Ok(Some((k, id, p)))
+}
+
+async fn reader_loop(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    routes: Arc<Mutex<HashMap<u32, Route>>>,
+    alive: Arc<AtomicBool>,
+    cgroup: SandboxCgroup,
+) {
+    while let Ok(Some((k, id, payload))) = read_frame(&mut rd).await {
+        let Some(kind) = Kind::from_u8(k) else { continue };
+        enum Action {
+            Send(mpsc::Sender<ExecEvent>, ExecEvent),
+            None,
+        }
+        let action = {
+            let mut r = routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match (kind, r.get(&id)) {
+                (Kind::Stdout, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stdout(payload)),
+                (Kind::Stderr, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stderr(payload)),
+                (Kind::Exited, Some(Route::Exec { .. })) => {
+                    let Some(Route::Exec { tx, oom_before }) = r.remove(&id) else { continue };
+                    let e: Exited = serde_json::from_slice(&payload).unwrap_or(Exited { code: 255, signal: None, timed_out: false, micros: 0 });
+                    let oom = e.signal == Some(libc::SIGKILL) && !e.timed_out && cgroup.oom_kills() > oom_before;
+                    Action::Send(
+                        tx,
+                        ExecEvent::Exit(ExitStatus {
+                            exit_code: e.code,
+                            signal: e.signal,
+                            timed_out: e.timed_out,
+                            oom_killed: oom,
+                            duration: Duration::from_micros(e.micros),
+                        }),
+                    )
+                }
+                (Kind::Failure, Some(Route::Exec { .. })) => {
+                    let Some(Route::Exec { tx, .. }) = r.remove(&id) else { continue };
+                    let f: Failure = serde_json::from_slice(&payload).unwrap_or(Failure { message: "unknown failure".into(), errno: None });
+                    let _ = tx.try_send(ExecEvent::Stderr(format!("agentbox: {}\n", f.message).into_bytes()));
+                    Action::Send(tx, ExecEvent::Exit(ExitStatus { exit_code: 126, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO }))
+                }
+                (Kind::Started, Some(Route::Exec { .. })) => Action::None,
+                (_, Some(Route::Reply(_))) => {
+                    if let Some(Route::Reply(tx)) = r.remove(&id) {
+                        let _ = tx.send((kind, payload));
+                    }
+                    Action::None
+                }
+                _ => Action::None,
+            }
+        };
+        if let Action::Send(tx, ev) = action {
+            let _ = tx.send(ev).await;
+        }
+    }
+    alive.store(false, Ordering::SeqCst);
+    let pending: Vec<Route> = routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, r)| r).collect();
+    for r in pending {
+        if let Route::Exec { tx, .. } = r {
+            let _ = tx.send(ExecEvent::Stderr(b"agentbox: the sandbox agent exited\n".to_vec())).await;
+            let _ = tx
+                .send(ExecEvent::Exit(ExitStatus { exit_code: 255, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO }))
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create(&self, request: CreateRequest) -> Result<SandboxInfo> {
+        request.config.validate()?;
+        if request.config.network.enabled {
+            return Err(Error::Unsupported(
+                "network.enabled = true is not supported by the local backend yet: sandboxes get loopback only; \
+                 set network.enabled = false, or use the e2b backend for internet access"
+                    .into(),
+            ));
+        }
+        if request.config.storage.cleanup == CleanupPolicy::Keep {
+            return Err(Error::Unsupported(
+                "storage.cleanup = \"keep\" is not supported by the local backend: sandbox storage is memory-backed and \
+                 released on destroy; copy files out with read_file before destroying"
+                    .into(),
+            ));
+        }
+        let sb = self.spawn_sandbox(&request).await?;
+        let info = sb.info.clone();
+        self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(info.id.clone(), sb);
+        Ok(info)
+    }
+
+    async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream> {
+        let sb = self.get(id)?;
+        let msg = Self::exec_message(&sb, &request, None)?;
+        let rid = sb.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(64);
+        sb.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
+        let mut frames = proto::encode_json(Kind::Exec, rid, &msg);
+        if let Some(stdin) = &request.stdin {
+            for chunk in stdin.chunks(64 * 1024) {
+                frames.extend(proto::encode(Kind::Stdin, rid, chunk));
+            }
+            frames.extend(proto::encode(Kind::Stdin, rid, &[]));
+        }
+        if let Err(e) = self.send(&sb, &frames).await {
+            sb.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&rid);
+            return Err(e);
+        }
+        Ok(ExecStream::new(rx))
+    }
+
+    async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream> {
+        let sb = self.get(id)?;
+        let inline = request.code.len() <= 96 * 1024;
+        let file = format!("/tmp/.agentbox-code-{}.{}", sb.next_id.fetch_add(1, Ordering::Relaxed), request.language.extension());
+        if !inline || request.language == Language::Typescript {
+            sb.root.write(&file, request.code.as_bytes())?;
+        }
+        let code = request.code.clone();
+        let argv: Vec<String> = match (request.language, inline) {
+            (Language::Python, true) => vec!["python3".into(), "-c".into(), code],
+            (Language::Python, false) => vec!["python3".into(), file],
+            (Language::Javascript, true) => vec!["node".into(), "-e".into(), code],
+            (Language::Javascript, false) => vec!["node".into(), file],
+            (Language::Typescript, _) => {
+                self.typescript_support(id).await?;
+                vec!["node".into(), "--experimental-strip-types".into(), "--no-warnings".into(), file]
+            }
+            (Language::Bash, true) => vec!["bash".into(), "-c".into(), code],
+            (Language::Bash, false) => vec!["bash".into(), file],
+        };
+        let exec = ExecRequest { command: agentbox_core::Command::Argv(argv), cwd: request.cwd, env: request.env, stdin: None, timeout: request.timeout };
+        self.exec(id, exec).await
+    }
+
+    async fn spawn_background(&self, id: &SandboxId, request: ExecRequest) -> Result<ProcessInfo> {
+        let sb = self.get(id)?;
+        let n = sb.next_id.load(Ordering::Relaxed);
+        let output = format!("/tmp/agentbox-bg-{n}.log");
+        let msg = Self::exec_message(&sb, &request, Some(output.clone()))?;
+        let (kind, payload) = self.request(&sb, Kind::Exec, &serde_json::to_vec(&msg).unwrap_or_default(), Duration::from_secs(10)).await?;
+        match kind {
+            Kind::Started => {
+                let s: proto::Started = serde_json::from_slice(&payload).map_err(|e| backend_err("bad reply", e))?;
+                Ok(ProcessInfo { pid: u32::try_from(s.pid).unwrap_or(0), argv: msg.argv, running: true, exit_code: None, output_path: Some(output) })
+            }
+            _ => {
+                let f: Failure = serde_json::from_slice(&payload).unwrap_or(Failure { message: "unknown failure".into(), errno: None });
+                Err(Error::Backend(format!("starting the background process failed: {}", f.message)))
+            }
+        }
+    }
+
+    async fn list_processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>> {
+        let sb = self.get(id)?;
+        let (_, payload) = self.request(&sb, Kind::ListProcs, &[], Duration::from_secs(5)).await?;
+        let list: ProcList = serde_json::from_slice(&payload).map_err(|e| backend_err("bad process list", e))?;
+        Ok(list
+            .procs
+            .into_iter()
+            .map(|p| ProcessInfo {
+                pid: u32::try_from(p.pid).unwrap_or(0),
+                argv: p.argv,
+                running: p.exit_code.is_none(),
+                exit_code: p.exit_code,
+                output_path: p.output_path,
+            })
+            .collect())
+    }
+
+    async fn kill_process(&self, id: &SandboxId, pid: u32, signal: i32) -> Result<()> {
+        let sb = self.get(id)?;
+        let (_, payload) = self.request(&sb, Kind::ListProcs, &[], Duration::from_secs(5)).await?;
+        let list: ProcList = serde_json::from_slice(&payload).map_err(|e| backend_err("bad process list", e))?;
+        let Some(p) = list.procs.iter().find(|p| u32::try_from(p.pid).ok() == Some(pid) && p.exit_code.is_none()) else {
+            return Err(Error::NotFound(format!("background process {pid}")));
+        };
+        if !(1..=64).contains(&signal) {
+            return Err(Error::InvalidRequest(format!("signal {signal} is not valid (1 to 64)")));
+        }
+        let frame = proto::encode_json(Kind::Kill, p.id, &proto::Kill { signal });
+        self.send(&sb, &frame).await
+    }
+
+    async fn read_file(&self, id: &SandboxId, path: &str) -> Result<Vec<u8>> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sb.root.read(&path)).await.map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn write_file(&self, id: &SandboxId, path: &str, data: Vec<u8>) -> Result<()> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sb.root.write(&path, &data)).await.map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn list_dir(&self, id: &SandboxId, path: &str) -> Result<Vec<FileEntry>> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sb.root.list(&path)).await.map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn stat(&self, id: &SandboxId, path: &str) -> Result<FileEntry> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sb.root.stat(&path)).await.map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn mkdir(&self, id: &SandboxId, path: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sb.root.mkdir_all(&path)).await.map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn remove(&self, id: &SandboxId, path: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sb.root.remove(&path)).await.map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn rename(&self, id: &SandboxId, from: &str, to: &str) -> Result<()> {
+        let sb = self.get(id)?;
+        let (from, to) = (from.to_owned(), to.to_owned());
+        tokio::task::spawn_blocking(move || sb.root.rename(&from, &to)).await.map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn metrics(&self, id: &SandboxId) -> Result<SandboxMetrics> {
+        let sb = self.get(id)?;
+        let mb = 1024.0 * 1024.0;
+        let cpu_ns = sb.cgroup.cpu_nanos();
+        let now = Instant::now();
+        let usage = {
+            let mut last = sb.last_cpu.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pct = match (*last, cpu_ns) {
+                (Some((t, prev)), Some(cur)) if now > t => {
+                    #[allow(clippy::cast_precision_loss)]
+                    let p = (cur.saturating_sub(prev)) as f64 / now.duration_since(t).as_nanos() as f64 * 100.0;
+                    p
+                }
+                _ => 0.0,
+            };
+            if let Some(c) = cpu_ns {
+                *last = Some((now, c));
+            }
+            pct
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let f = |v: Option<u64>| v.map_or(0.0, |v| v as f64);
+        let home = format!("/home/{}", sb.config.security.run_as.name);
+        let disk = sb.root.usage(&home).map_or(0, |(_, used)| used);
+        Ok(SandboxMetrics {
+            cpu_usage_percent: usage,
+            cpu_time_seconds: f(cpu_ns) / 1e9,
+            memory_used_mb: f(sb.cgroup.memory_current()) / mb,
+            memory_peak_mb: f(sb.cgroup.memory_peak()) / mb,
+            disk_used_gb: f(Some(disk)) / (mb * 1024.0),
+            network_in_bytes: 0,
+            network_out_bytes: 0,
+            execution_count: 0,
+            last_exit_code: None,
+            is_healthy: sb.alive.load(Ordering::SeqCst),
+            health_check_failures: 0,
+            sampled_at_ms: now_ms(),
+        })
+    }
+
+    async fn health(&self, id: &SandboxId) -> Result<HealthStatus> {
+        let sb = self.get(id)?;
+        if !sb.alive.load(Ordering::SeqCst) {
+            return Ok(HealthStatus { healthy: false, latency_us: 0, message: Some("the sandbox agent has exited".into()) });
+        }
+        let start = Instant::now();
+        let r = self.request(&sb, Kind::Ping, b"ping", Duration::from_secs(2)).await;
+        let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Ok(match r {
+            Ok((Kind::Ping, p)) if p == b"ping" => HealthStatus { healthy: true, latency_us, message: None },
+            Ok(_) => HealthStatus { healthy: false, latency_us, message: Some("the agent answered with something else than a pong".into()) },
+            Err(e) => HealthStatus { healthy: false, latency_us, message: Some(e.to_string()) },
+        })
+    }
+
+    async fn update_network(&self, id: &SandboxId, network: NetworkConfig) -> Result<()> {
+        self.get(id)?;
+        if network.enabled {
+            return Err(Error::Unsupported("the local backend does not support network access yet: sandboxes get loopback only".into()));
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &SandboxId) -> Result<()> {
+        let Some(sb) = self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id) else {
+            return Ok(());
+        };
+        // Closing the control socket makes the init exit, which takes down the whole pid namespace.
+        *sb.writer.lock().await = None;
+        let sb2 = sb.clone();
+        tokio::task::spawn_blocking(move || {
+            sb2.cgroup.kill_all();
+            if let Some(mut c) = sb2.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            sb2.cgroup.remove();
+            let _ = std::fs::remove_dir_all(&sb2.dir);
+        })
+        .await
+        .map_err(|e| backend_err("destroy task", e))?;
+        if let Some(t) = sb.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let map = self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<SandboxInfo> = map
+            .values()
+            .map(|s| SandboxInfo { state: if s.alive.load(Ordering::SeqCst) { SandboxState::Running } else { SandboxState::Unhealthy }, ..s.info.clone() })
+            .collect();
+        v.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
+        Ok(v)
+    }
+}

@@ -1,0 +1,387 @@
+//! Host-side cgroups: detection of v1/v2, per-sandbox groups with limits,
+//! accounting, kill-all and removal.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Unified hierarchy at this mount point.
+    V2(PathBuf),
+    /// Legacy hierarchies: controller name -> mount point.
+    V1(BTreeMap<String, PathBuf>),
+    /// No usable cgroup filesystem.
+    None,
+}
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// CPUs.
+    pub cpus: u32,
+    /// Max processes/threads.
+    pub pids: u64,
+}
+
+/// Host cgroup support, detected once.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Layout,
+    parent: String,
+    /// Controllers we can use for limits (memory, cpu, pids).
+    pub controllers: Vec<&'static str>,
+    /// Why some controllers are unavailable.
+    pub problems: Vec<String>,
+}
+
+fn parse_mountinfo(text: &str) -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
+    let mut v2 = None;
+    let mut v1 = BTreeMap::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let rfields: Vec<&str> = right.split(' ').collect();
+        let (Some(mnt), Some(fstype)) = (fields.get(4), rfields.first()) else { continue };
+        match *fstype {
+            "cgroup2" => {
+                v2.get_or_insert_with(|| PathBuf::from(mnt));
+            }
+            "cgroup" => {
+                let opts = rfields.get(2).copied().unwrap_or_default();
+                for c in opts.split(',') {
+                    if matches!(c, "memory" | "cpu" | "cpuacct" | "pids" | "freezer") {
+                        v1.entry(c.to_owned()).or_insert_with(|| PathBuf::from(mnt));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (v2, v1)
+}
+
+impl Cgroups {
+    /// Detects the host's cgroups and prepares `parent` (e.g. `agentbox`) under each root.
+    #[must_use]
+    pub fn detect(parent: &str) -> Self {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (v2, v1) = parse_mountinfo(&mountinfo);
+        let mut problems = Vec::new();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            problems.push("not running as root: cgroup limits (memory, cpu, pids) are not enforced".to_owned());
+            return Self { layout: Layout::None, parent: parent.to_owned(), controllers: Vec::new(), problems };
+        }
+        // A v2 mount with controllers means a unified host; a v2 mount without them next to v1 is hybrid.
+        if let Some(v2root) = v2 {
+            let available = fs::read_to_string(v2root.join("cgroup.controllers")).unwrap_or_default();
+            let wanted = ["memory", "cpu", "pids"];
+            if wanted.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty() {
+                let dir = v2root.join(parent);
+                let _ = fs::create_dir_all(&dir);
+                let enable: Vec<String> =
+                    wanted.iter().filter(|c| available.split_whitespace().any(|a| a == **c)).map(|c| format!("+{c}")).collect();
+                let _ = fs::write(v2root.join("cgroup.subtree_control"), enable.join(" "));
+                let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
+                let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+                let mut controllers = Vec::new();
+                for c in wanted {
+                    if enabled.split_whitespace().any(|a| a == c) {
+                        controllers.push(c);
+                    } else {
+                        problems.push(format!("cgroup v2 controller {c} is not available under {}: its limit is not enforced", dir.display()));
+                    }
+                }
+                return Self { layout: Layout::V2(v2root), parent: parent.to_owned(), controllers, problems };
+            }
+        }
+        if v1.is_empty() {
+            problems.push("no cgroup filesystem is mounted: memory, cpu and pids limits are not enforced".into());
+            return Self { layout: Layout::None, parent: parent.to_owned(), controllers: Vec::new(), problems };
+        }
+        let mut controllers = Vec::new();
+        for c in ["memory", "cpu", "pids"] {
+            match v1.get(c) {
+                Some(m) if fs::create_dir_all(m.join(parent)).is_ok() => controllers.push(c),
+                _ => problems.push(format!("cgroup v1 controller {c} is not mounted: its limit is not enforced")),
+            }
+        }
+        let mut v1 = v1;
+        for extra in ["cpuacct", "freezer"] {
+            if v1.get(extra).is_some_and(|m| fs::create_dir_all(m.join(parent)).is_err()) {
+                v1.remove(extra);
+            }
+        }
+        Self { layout: Layout::V1(v1), parent: parent.to_owned(), controllers, problems }
+    }
+
+    /// The layout.
+    #[must_use]
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// How the agent should mount a private cgroup view for per-exec tracking.
+    #[must_use]
+    pub fn exec_tracking(&self) -> &'static str {
+        match &self.layout {
+            Layout::V2(_) => "v2",
+            Layout::V1(_) if self.controllers.contains(&"pids") => "v1:pids",
+            _ => "none",
+        }
+    }
+
+    fn dirs(&self, id: &str) -> Vec<(String, PathBuf)> {
+        match &self.layout {
+            Layout::V2(root) => vec![("unified".into(), root.join(&self.parent).join(id))],
+            Layout::V1(m) => m
+                .iter()
+                .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids" | "freezer"))
+                .map(|(c, p)| (c.clone(), p.join(&self.parent).join(id)))
+                .collect(),
+            Layout::None => Vec::new(),
+        }
+    }
+
+    /// Creates the sandbox's cgroup(s) and applies the limits.
+    ///
+    /// # Errors
+    /// When a directory can't be created or a limit can't be written.
+    pub fn create(&self, id: &str, limits: Limits) -> io::Result<SandboxCgroup> {
+        let mut cg = SandboxCgroup { dirs: BTreeMap::new(), v2: matches!(self.layout, Layout::V2(_)) };
+        for (c, dir) in self.dirs(id) {
+            if cg.dirs.values().any(|d| d == &dir) {
+                cg.dirs.insert(c, dir);
+                continue;
+            }
+            fs::create_dir(&dir).map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display())))?;
+            cg.dirs.insert(c, dir);
+        }
+        let w = |dir: &Path, file: &str, v: String| {
+            fs::write(dir.join(file), &v).map_err(|e| io::Error::new(e.kind(), format!("writing {v} to {}: {e}", dir.join(file).display())))
+        };
+        let quota = u64::from(limits.cpus) * 100_000;
+        let result = (|| -> io::Result<()> {
+            if cg.v2 {
+                let d = cg.dirs.get("unified").cloned().unwrap_or_default();
+                if self.controllers.contains(&"memory") {
+                    w(&d, "memory.max", limits.memory_bytes.to_string())?;
+                    let _ = fs::write(d.join("memory.swap.max"), "0");
+                }
+                if self.controllers.contains(&"cpu") {
+                    w(&d, "cpu.max", format!("{quota} 100000"))?;
+                }
+                if self.controllers.contains(&"pids") {
+                    w(&d, "pids.max", limits.pids.to_string())?;
+                }
+            } else {
+                if let Some(d) = cg.dirs.get("memory") {
+                    w(d, "memory.limit_in_bytes", limits.memory_bytes.to_string())?;
+                    if d.join("memory.memsw.limit_in_bytes").exists() {
+                        w(d, "memory.memsw.limit_in_bytes", limits.memory_bytes.to_string())?;
+                    }
+                    let _ = fs::write(d.join("memory.swappiness"), "0");
+                }
+                if let Some(d) = cg.dirs.get("cpu") {
+                    w(d, "cpu.cfs_period_us", "100000".into())?;
+                    w(d, "cpu.cfs_quota_us", quota.to_string())?;
+                }
+                if let Some(d) = cg.dirs.get("pids") {
+                    w(d, "pids.max", limits.pids.to_string())?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Ids of sandbox cgroups left under our parent (for crash recovery).
+    #[must_use]
+    pub fn leftovers(&self) -> Vec<String> {
+        let roots: Vec<PathBuf> = match &self.layout {
+            Layout::V2(r) => vec![r.join(&self.parent)],
+            Layout::V1(m) => m.values().map(|p| p.join(&self.parent)).collect(),
+            Layout::None => Vec::new(),
+        };
+        let mut ids: Vec<String> = roots
+            .iter()
+            .filter_map(|r| fs::read_dir(r).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("sb-"))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// A handle on an existing sandbox cgroup (for cleanup after a crash).
+    #[must_use]
+    pub fn open(&self, id: &str) -> SandboxCgroup {
+        SandboxCgroup {
+            dirs: self.dirs(id).into_iter().filter(|(_, d)| d.exists()).collect(),
+            v2: matches!(self.layout, Layout::V2(_)),
+        }
+    }
+}
+
+/// One sandbox's cgroup directories.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxCgroup {
+    dirs: BTreeMap<String, PathBuf>,
+    v2: bool,
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn keyed(p: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(p).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn subtree(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                subtree(&e.path(), out);
+            }
+        }
+    }
+    out.push(dir.to_path_buf());
+}
+
+impl SandboxCgroup {
+    /// The `cgroup.procs` files a new process must join (one per hierarchy).
+    #[must_use]
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.dirs.values().map(|d| d.join("cgroup.procs")).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn dir(&self, v1: &str) -> Option<&PathBuf> {
+        if self.v2 { self.dirs.get("unified") } else { self.dirs.get(v1) }
+    }
+
+    /// Memory in use, bytes.
+    #[must_use]
+    pub fn memory_current(&self) -> Option<u64> {
+        let d = self.dir("memory")?;
+        if self.v2 { read_u64(&d.join("memory.current")) } else { read_u64(&d.join("memory.usage_in_bytes")) }
+    }
+
+    /// Peak memory, bytes.
+    #[must_use]
+    pub fn memory_peak(&self) -> Option<u64> {
+        let d = self.dir("memory")?;
+        if self.v2 { read_u64(&d.join("memory.peak")) } else { read_u64(&d.join("memory.max_usage_in_bytes")) }
+    }
+
+    /// OOM kills so far.
+    #[must_use]
+    pub fn oom_kills(&self) -> u64 {
+        let Some(d) = self.dir("memory") else { return 0 };
+        if self.v2 { keyed(&d.join("memory.events"), "oom_kill") } else { keyed(&d.join("memory.oom_control"), "oom_kill") }.unwrap_or(0)
+    }
+
+    /// CPU time consumed, nanoseconds.
+    #[must_use]
+    pub fn cpu_nanos(&self) -> Option<u64> {
+        if self.v2 {
+            keyed(&self.dirs.get("unified")?.join("cpu.stat"), "usage_usec").map(|u| u * 1000)
+        } else {
+            read_u64(&self.dirs.get("cpuacct")?.join("cpuacct.usage"))
+        }
+    }
+
+    /// Every pid in the sandbox's cgroups.
+    #[must_use]
+    pub fn pids(&self) -> Vec<i32> {
+        let mut dirs = Vec::new();
+        for d in self.dirs.values() {
+            subtree(d, &mut dirs);
+        }
+        let mut pids: Vec<i32> = dirs
+            .iter()
+            .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// SIGKILLs every process in the sandbox's cgroups until none is left.
+    pub fn kill_all(&self) {
+        if self.v2 {
+            if let Some(d) = self.dirs.get("unified") {
+                let _ = fs::write(d.join("cgroup.kill"), "1");
+            }
+        }
+        for _ in 0..200 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for p in pids {
+                let _ = crate::sys::kill(p, libc::SIGKILL);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Removes the cgroup directories (children first), retrying while processes exit.
+    pub fn remove(&self) {
+        for d in self.dirs.values() {
+            let mut all = Vec::new();
+            subtree(d, &mut all);
+            for dir in all {
+                for _ in 0..100 {
+                    match fs::remove_dir(&dir) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                    }
+                }
+            }
+        }
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hybrid_and_unified_mountinfo() {
+        let hybrid = "30 25 0:26 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory\n\
+                      31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                      35 25 0:31 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        let (v2, v1) = parse_mountinfo(hybrid);
+        assert_eq!(v2, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(v1.get("memory"), Some(&PathBuf::from("/sys/fs/cgroup/memory")));
+        assert_eq!(v1.get("cpuacct"), Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let (v2, v1) = parse_mountinfo(unified);
+        assert_eq!(v2, Some(PathBuf::from("/sys/fs/cgroup")));
+        assert!(v1.is_empty());
+    }
+}

@@ -1,0 +1,34 @@
+//! The local Linux backend for agentbox.
+//!
+//! Each sandbox is a tree of processes in its own PID, mount, network, UTS,
+//! IPC and cgroup namespaces, under a cgroup with memory, CPU and pids limits.
+//! PID 1 inside is an agent (a sealed re-execution of the host binary, see
+//! [`agent`]) that builds the filesystem (read-only system directories, its
+//! own /etc, capped writable home and /tmp, a minimal /dev, a masked /proc)
+//! and runs each execution as an unprivileged user with no capabilities,
+//! no_new_privs, landlock and a seccomp filter.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> agentbox_core::Result<()> {
+//! use agentbox_core::{CreateRequest, ExecRequest, SandboxBackend};
+//! use agentbox_local::{LocalBackend, LocalConfig};
+//!
+//! let backend = LocalBackend::new(LocalConfig::default())?;
+//! let sandbox = backend.create(CreateRequest::default()).await?;
+//! let out = backend.exec(&sandbox.id, ExecRequest::shell("echo hello from $(hostname)")).await?.collect(1 << 20).await;
+//! assert_eq!(out.stdout, "hello from sandbox\n");
+//! backend.destroy(&sandbox.id).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod agent;
+mod backend;
+mod cgroup;
+mod files;
+pub mod proto;
+mod sealed;
+pub mod seccomp;
+mod sys;
+
+pub use backend::{LocalBackend, LocalConfig};
+pub use cgroup::Layout as CgroupLayout;
