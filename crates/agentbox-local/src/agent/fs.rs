@@ -183,6 +183,7 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     }
 
     // A private cgroup view for per-execution process tracking, readable by root only.
+    m.mkdir(&root.join(".agentbox"), 0o700, None)?;
     m.mkdir(&root.join(".agentbox/cg"), 0o700, None)?;
     match s.exec_cgroups.as_str() {
         "v2" => m.mount(Some("cgroup2"), &root.join(".agentbox/cg"), Some("cgroup2"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,

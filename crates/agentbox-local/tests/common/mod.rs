@@ -1,0 +1,50 @@
+//! One helper for every local-backend test: a real sandbox that is destroyed when dropped.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentbox_config::SandboxConfig;
+use agentbox_core::{CreateRequest, ExecOutput, ExecRequest, SandboxBackend, SandboxId};
+use agentbox_local::{LocalBackend, LocalConfig};
+
+pub struct Sandbox {
+    pub backend: Arc<LocalBackend>,
+    pub id: SandboxId,
+}
+
+pub fn backend() -> Arc<LocalBackend> {
+    Arc::new(LocalBackend::new(LocalConfig::default()).expect("the local backend needs root; tests run as root"))
+}
+
+impl Sandbox {
+    pub async fn new() -> Self {
+        Self::with(SandboxConfig::default()).await
+    }
+
+    pub async fn with(config: SandboxConfig) -> Self {
+        let backend = backend();
+        let info = backend.create(CreateRequest::new(config)).await.expect("create sandbox");
+        Self { backend, id: info.id }
+    }
+
+    /// Runs a bash command line with a 60 s cap.
+    pub async fn sh(&self, line: &str) -> ExecOutput {
+        self.run(ExecRequest { timeout: Some(Duration::from_secs(60)), ..ExecRequest::shell(line) }).await
+    }
+
+    pub async fn run(&self, req: ExecRequest) -> ExecOutput {
+        self.backend.exec(&self.id, req).await.expect("exec").collect(1 << 20).await
+    }
+
+    /// Runs Python code, returning stdout trimmed; panics with stderr when it fails.
+    pub async fn py(&self, code: &str) -> String {
+        let out = self.run(ExecRequest { timeout: Some(Duration::from_secs(60)), ..ExecRequest::argv(["python3", "-c", code]) }).await;
+        assert_eq!(out.exit_code, 0, "python failed: {}\n{}", out.stdout, out.stderr);
+        out.stdout.trim().to_owned()
+    }
+
+    pub async fn destroy(self) {
+        self.backend.destroy(&self.id).await.expect("destroy");
+    }
+}
