@@ -202,7 +202,8 @@ impl ServerConfig {
     /// # Errors
     /// [`ServerError::DataDir`] if it can't be read, [`ServerError::Config`] naming the bad key otherwise.
     pub fn from_file(path: &Path) -> Result<Self, ServerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServerError::DataDir { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ServerError::DataDir { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
     }
 

@@ -79,7 +79,9 @@ impl ApiError {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the request body is larger than the limit of {limit} bytes; send less or raise the server's limit"),
+            format!(
+                "the request body is larger than the limit of {limit} bytes; send less or raise the server's limit"
+            ),
         )
     }
 
@@ -232,7 +234,8 @@ mod tests {
 
     #[test]
     fn internal_errors_never_show_host_paths() {
-        let e: ApiError = agentbox_core::Error::Backend("cannot open /var/lib/agentbox/sb-1/rootfs: denied".into()).into();
+        let e: ApiError =
+            agentbox_core::Error::Backend("cannot open /var/lib/agentbox/sb-1/rootfs: denied".into()).into();
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.message().contains("/var/lib"), "{}", e.message());
         assert!(e.message().contains("<path>"), "{}", e.message());

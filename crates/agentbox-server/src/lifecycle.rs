@@ -223,7 +223,8 @@ impl Lifecycle {
                 }
             }
         }
-        let recorded: HashSet<&str> = rows.iter().filter(|r| r.backend == backend.name()).map(|r| r.run_id.as_str()).collect();
+        let recorded: HashSet<&str> =
+            rows.iter().filter(|r| r.backend == backend.name()).map(|r| r.run_id.as_str()).collect();
         for s in live.iter().filter(|s| alive(s) && !claimed.contains(s.id.as_str())) {
             match s.metadata.get("run_id") {
                 Some(run) if recorded.contains(run.as_str()) => {

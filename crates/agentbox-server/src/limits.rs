@@ -26,7 +26,11 @@ impl RateLimits {
     pub fn new(limits: &Limits) -> Self {
         let token = Quota::per_second(nz(limits.rate_limit_per_second)).allow_burst(nz(limits.rate_limit_burst));
         let failures = Quota::per_minute(nz(limits.auth_failures_per_minute));
-        Self { token: RateLimiter::direct(token), auth_failures: RateLimiter::keyed(failures), clock: DefaultClock::default() }
+        Self {
+            token: RateLimiter::direct(token),
+            auth_failures: RateLimiter::keyed(failures),
+            clock: DefaultClock::default(),
+        }
     }
 
     fn wait_secs(&self, not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
@@ -62,7 +66,8 @@ mod tests {
 
     #[test]
     fn bursts_beyond_the_quota_are_refused_with_a_wait() {
-        let limits = Limits { rate_limit_per_second: 1, rate_limit_burst: 2, auth_failures_per_minute: 1, ..Limits::default() };
+        let limits =
+            Limits { rate_limit_per_second: 1, rate_limit_burst: 2, auth_failures_per_minute: 1, ..Limits::default() };
         let r = RateLimits::new(&limits);
         assert!(r.check_token().is_ok());
         assert!(r.check_token().is_ok());

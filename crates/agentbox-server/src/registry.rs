@@ -241,8 +241,9 @@ impl Registry {
     pub async fn status_of(&self, run_id: &str) -> Result<Option<RecordStatus>, RegistryError> {
         let run_id = run_id.to_owned();
         self.with(move |conn| {
-            let s: Option<String> =
-                conn.query_row("SELECT status FROM sandboxes WHERE run_id = ?1", params![run_id], |r| r.get(0)).optional()?;
+            let s: Option<String> = conn
+                .query_row("SELECT status FROM sandboxes WHERE run_id = ?1", params![run_id], |r| r.get(0))
+                .optional()?;
             Ok(s.map(|s| if s == "creating" { RecordStatus::Creating } else { RecordStatus::Ready }))
         })
         .await
@@ -280,7 +281,10 @@ mod tests {
         }
         let reg = Registry::open(&path).unwrap();
         let rows = reg.load().await.unwrap();
-        assert_eq!(rows, vec![record("a", RecordStatus::Ready, Some("sb-1")), record("c", RecordStatus::Ready, Some("sb-3"))]);
+        assert_eq!(
+            rows,
+            vec![record("a", RecordStatus::Ready, Some("sb-1")), record("c", RecordStatus::Ready, Some("sb-3"))]
+        );
         assert_eq!(reg.status_of("a").await.unwrap(), Some(RecordStatus::Ready));
         assert_eq!(reg.status_of("zz").await.unwrap(), None);
     }

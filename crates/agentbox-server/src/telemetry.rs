@@ -66,7 +66,8 @@ impl ServerMetrics {
     pub fn render(&self, by_state: &BTreeMap<&'static str, usize>, stats: &ManagerStats) -> String {
         let mut out = String::new();
         let s = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = writeln!(out, "# HELP agentbox_http_requests_total HTTP requests answered, by method, route and status.");
+        let _ =
+            writeln!(out, "# HELP agentbox_http_requests_total HTTP requests answered, by method, route and status.");
         let _ = writeln!(out, "# TYPE agentbox_http_requests_total counter");
         for ((method, route, status), n) in &s.requests {
             let _ = writeln!(
@@ -76,7 +77,10 @@ impl ServerMetrics {
                 escape(route)
             );
         }
-        let _ = writeln!(out, "# HELP agentbox_http_request_duration_seconds Time to answer a request (to the first byte of a stream).");
+        let _ = writeln!(
+            out,
+            "# HELP agentbox_http_request_duration_seconds Time to answer a request (to the first byte of a stream)."
+        );
         let _ = writeln!(out, "# TYPE agentbox_http_request_duration_seconds histogram");
         for ((method, route), h) in &s.latency {
             let labels = format!("method=\"{}\",route=\"{}\"", escape(method), escape(route));
@@ -100,7 +104,12 @@ impl ServerMetrics {
             SandboxState::Unhealthy,
             SandboxState::Destroying,
         ] {
-            let _ = writeln!(out, "agentbox_sandboxes{{state=\"{}\"}} {}", state.as_str(), by_state.get(state.as_str()).copied().unwrap_or(0));
+            let _ = writeln!(
+                out,
+                "agentbox_sandboxes{{state=\"{}\"}} {}",
+                state.as_str(),
+                by_state.get(state.as_str()).copied().unwrap_or(0)
+            );
         }
         for (name, help, v) in [
             ("created", "Sandboxes created by the backend.", stats.created),
@@ -141,9 +150,16 @@ mod tests {
         m.record("POST", "/api/sandboxes/create", 400, Duration::from_millis(1));
         let by_state = BTreeMap::from([("running", 2)]);
         let text = m.render(&by_state, &ManagerStats { created: 4, ..ManagerStats::default() });
-        assert!(text.contains("agentbox_http_requests_total{method=\"GET\",route=\"/api/sandboxes\",status=\"200\"} 2\n"), "{text}");
-        assert!(text.contains("agentbox_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/sandboxes\",le=\"0.005\"} 1\n"));
-        assert!(text.contains("agentbox_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/sandboxes\",le=\"+Inf\"} 2\n"));
+        assert!(
+            text.contains("agentbox_http_requests_total{method=\"GET\",route=\"/api/sandboxes\",status=\"200\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "agentbox_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/sandboxes\",le=\"0.005\"} 1\n"
+        ));
+        assert!(text.contains(
+            "agentbox_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/sandboxes\",le=\"+Inf\"} 2\n"
+        ));
         assert!(text.contains("agentbox_sandboxes{state=\"running\"} 2\n"));
         assert!(text.contains("agentbox_sandboxes{state=\"unhealthy\"} 0\n"));
         assert!(text.contains("agentbox_manager_created_total 4\n"));

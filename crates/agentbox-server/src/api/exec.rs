@@ -220,7 +220,8 @@ fn events(stream: ExecStream, cap: u64) -> Sse<impl Stream<Item = Result<Event, 
                     }
                 }
                 Some(ExecEvent::Exit(status)) => {
-                    for (name, text) in [("stdout", st.stdout.decoder.finish()), ("stderr", st.stderr.decoder.finish())] {
+                    for (name, text) in [("stdout", st.stdout.decoder.finish()), ("stderr", st.stderr.decoder.finish())]
+                    {
                         if !text.is_empty() {
                             st.pending.push_back(data_event(name, &text));
                         }

@@ -74,7 +74,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         let limit = state.limits.max_json_body_bytes;
         check_declared_length(&parts, limit)?;
         let bytes = read_body(state, body, limit).await?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
 }
 

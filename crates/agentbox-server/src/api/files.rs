@@ -9,7 +9,9 @@ use http_body_util::Limited;
 
 use super::ErrorResponses;
 use super::extract::{ApiQuery, RunIdPath, check_declared_length, read_body};
-use super::types::{FileEntryView, FileList, FileQuery, MultipartUpload, RunIdParam, WrittenFile, WrittenFiles, check_path};
+use super::types::{
+    FileEntryView, FileList, FileQuery, MultipartUpload, RunIdParam, WrittenFile, WrittenFiles, check_path,
+};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -108,9 +110,9 @@ pub async fn write_file(
         }
         for (name, data) in uploads {
             let path = if into_dir {
-                let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
-                    ApiError::bad_request("a `file` part sent to a directory needs a file name")
-                })?;
+                let name = name
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| ApiError::bad_request("a `file` part sent to a directory needs a file name"))?;
                 if name.contains('/') || name == "." || name == ".." {
                     return Err(ApiError::bad_request(format!("file name {name:?} must be a single path component")));
                 }
@@ -137,7 +139,11 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     let status = e.status();
     let text = e.body_text();
     if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE || text.contains("limit") {
-        ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the upload is too large: {text}"))
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the upload is too large: {text}"),
+        )
     } else {
         ApiError::bad_request(format!("invalid multipart form: {text}"))
     }

@@ -60,7 +60,9 @@ impl IntoResponses for ErrorResponses {
                     response = response.header(
                         "Retry-After",
                         HeaderBuilder::new()
-                            .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::Integer)))
+                            .schema(Some(
+                                utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::Integer),
+                            ))
                             .description(Some("Seconds to wait before retrying"))
                             .build(),
                     );
@@ -76,7 +78,10 @@ struct Security;
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -163,8 +168,15 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     // Stateful testing and clients: a created sandbox's run id feeds every per-run operation.
     let mut links = serde_json::Map::new();
     for op in [
-        "getSandbox", "deleteSandbox", "executeCommand", "executeCode", "getSandboxMetrics", "getSandboxHealth", "readFile",
-        "writeFile", "listFiles",
+        "getSandbox",
+        "deleteSandbox",
+        "executeCommand",
+        "executeCode",
+        "getSandboxMetrics",
+        "getSandboxHealth",
+        "readFile",
+        "writeFile",
+        "listFiles",
     ] {
         links.insert(op.to_owned(), json!({"operationId": op, "parameters": {"run_id": "$response.body#/run_id"}}));
     }
@@ -241,7 +253,11 @@ async fn json_method_errors(request: Request, next: Next) -> Response {
 }
 
 async fn no_route(request: Request) -> ApiError {
-    ApiError::not_found(format!("no route {} {}; the API is described at /openapi.json", request.method(), request.uri().path()))
+    ApiError::not_found(format!(
+        "no route {} {}; the API is described at /openapi.json",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// Builds the router and the OpenAPI document.
@@ -261,7 +277,8 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .route_layer(from_fn_with_state(state.clone(), request_timeout));
     let protected = long.merge(short).route_layer(from_fn_with_state(state.clone(), require_token));
     let open = OpenApiRouter::new().routes(routes!(system::health));
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(open).split_for_parts();
+    let (router, openapi) =
+        OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(open).split_for_parts();
     let doc = finish_openapi(&openapi);
     let router = router
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc.clone()))

@@ -7,9 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::ErrorResponses;
 use super::extract::{ApiJson, ApiQuery, RunIdPath};
-use super::types::{
-    CreateSandboxRequest, ListQuery, MetricsView, RunIdParam, SandboxHealth, SandboxList, SandboxView,
-};
+use super::types::{CreateSandboxRequest, ListQuery, MetricsView, RunIdParam, SandboxHealth, SandboxList, SandboxView};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -77,7 +75,10 @@ pub async fn list_sandboxes(State(state): State<AppState>, ApiQuery(q): ApiQuery
     responses((status = 200, description = "The sandbox", body = SandboxView), ErrorResponses),
     security(("bearer" = []))
 )]
-pub async fn get_sandbox(State(state): State<AppState>, RunIdPath(run): RunIdPath) -> Result<Json<SandboxView>, ApiError> {
+pub async fn get_sandbox(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<SandboxView>, ApiError> {
     Ok(Json(state.manager.get(&run)?.into()))
 }
 
@@ -106,7 +107,10 @@ pub async fn delete_sandbox(State(state): State<AppState>, RunIdPath(run): RunId
     responses((status = 200, description = "Resource use and counters", body = MetricsView), ErrorResponses),
     security(("bearer" = []))
 )]
-pub async fn sandbox_metrics(State(state): State<AppState>, RunIdPath(run): RunIdPath) -> Result<Json<MetricsView>, ApiError> {
+pub async fn sandbox_metrics(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<MetricsView>, ApiError> {
     Ok(Json(state.manager.metrics(&run).await?.into()))
 }
 
@@ -120,7 +124,10 @@ pub async fn sandbox_metrics(State(state): State<AppState>, RunIdPath(run): RunI
     responses((status = 200, description = "The probe's outcome", body = SandboxHealth), ErrorResponses),
     security(("bearer" = []))
 )]
-pub async fn sandbox_health(State(state): State<AppState>, RunIdPath(run): RunIdPath) -> Result<Json<SandboxHealth>, ApiError> {
+pub async fn sandbox_health(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<SandboxHealth>, ApiError> {
     let checked = state.lifecycle.check_health(&run).await?;
     Ok(Json(SandboxHealth::from(&checked)))
 }
@@ -131,7 +138,9 @@ fn create_error(e: agentbox_core::Error) -> ApiError {
         agentbox_core::Error::Backend(m) if m.starts_with("package install failed") => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "package_install_failed",
-            format!("{m}\ncheck the package names, and that the sandbox's network policy lets the installer reach its index"),
+            format!(
+                "{m}\ncheck the package names, and that the sandbox's network policy lets the installer reach its index"
+            ),
         ),
         e => e.into(),
     }

@@ -43,12 +43,15 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
     for s in &sandboxes {
         *by_state.entry(s.state.as_str()).or_default() += 1;
     }
-    let samples = futures_util::future::join_all(sandboxes.iter().map(|s| {
-        let manager = state.manager.clone();
-        let run = s.run_id.clone();
-        async move { tokio::time::timeout(Duration::from_secs(5), manager.metrics(&run)).await.ok().and_then(Result::ok) }
-    }))
-    .await;
+    let samples =
+        futures_util::future::join_all(sandboxes.iter().map(|s| {
+            let manager = state.manager.clone();
+            let run = s.run_id.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), manager.metrics(&run)).await.ok().and_then(Result::ok)
+            }
+        }))
+        .await;
     let labelled: Vec<_> = sandboxes
         .iter()
         .zip(samples)

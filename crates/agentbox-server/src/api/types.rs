@@ -75,7 +75,12 @@ enum PresetDoc {
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
     /// The caller's id of the task; one sandbox per run id.
-    #[schema(pattern = r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}$", min_length = 1, max_length = 128, example = "task-123")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}$",
+        min_length = 1,
+        max_length = 128,
+        example = "task-123"
+    )]
     pub run_id: String,
     /// Preset to start from (`default` when absent).
     #[serde(default, deserialize_with = "present")]
@@ -400,15 +405,16 @@ impl ExecuteCommandRequest {
             (None, Some(a)) => Command::Argv(a),
             (Some(_), Some(_)) => return Err(ApiError::bad_request("give either `command` or `argv`, not both")),
             (None, None) => {
-                return Err(ApiError::bad_request("give `command` (a shell command line) or `argv` (a program and its arguments)"));
+                return Err(ApiError::bad_request(
+                    "give `command` (a shell command line) or `argv` (a program and its arguments)",
+                ));
             }
         };
         check_cwd(self.cwd.as_ref())?;
         let env = self.env.unwrap_or_default();
         check_env(&env)?;
         let timeout = self.timeout.map(|t| seconds("timeout", t, 0.1, 86_400.0)).transpose()?;
-        let request =
-            ExecRequest { command, cwd: self.cwd, env, stdin: self.stdin.map(String::into_bytes), timeout };
+        let request = ExecRequest { command, cwd: self.cwd, env, stdin: self.stdin.map(String::into_bytes), timeout };
         request.to_argv().map_err(ApiError::from)?;
         Ok(request)
     }
@@ -620,7 +626,9 @@ pub fn check_path(p: &str) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("path contains a NUL byte"));
     }
     if p.split('/').any(|c| c == "..") {
-        return Err(ApiError::bad_request("path must not contain `..` components; give the path inside the sandbox directly"));
+        return Err(ApiError::bad_request(
+            "path must not contain `..` components; give the path inside the sandbox directly",
+        ));
     }
     Ok(())
 }
@@ -745,7 +753,10 @@ mod tests {
         assert_eq!((c.cpu_count, c.memory_mb, c.execution_timeout), (1, 300, Duration::from_millis(1500)));
         let bare: CreateSandboxRequest = serde_json::from_value(serde_json::json!({"run_id": "t"})).unwrap();
         assert_eq!(bare.to_options().unwrap(), CreateOptions::default());
-        assert!(serde_json::from_value::<CreateSandboxRequest>(serde_json::json!({"run_id": "t", "memory_mb": null})).is_err());
+        assert!(
+            serde_json::from_value::<CreateSandboxRequest>(serde_json::json!({"run_id": "t", "memory_mb": null}))
+                .is_err()
+        );
         assert!(serde_json::from_value::<CreateSandboxRequest>(serde_json::json!({"run_id": "t", "mem": 1})).is_err());
     }
 
