@@ -24,7 +24,9 @@ fn backend(kind: BackendKind) -> Result<Arc<dyn SandboxBackend>, String> {
         BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default())
             .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
             .map_err(|e| format!("cannot start the local backend: {e}")),
-        BackendKind::E2b => Err("the e2b backend is not available in this build; use --backend local".into()),
+        BackendKind::E2b => agentbox_e2b::E2bBackend::from_env()
+            .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
+            .map_err(|e| format!("cannot start the e2b backend: {e} (set E2B_API_KEY, or use --backend local)")),
     }
 }
 
