@@ -103,6 +103,11 @@ pub fn http_error(call: Call<'_>, status: u16, body: &[u8], retry_after: Option<
     let msg = message_of(body);
     let action = call.action;
     match (call.plane, status) {
+        (Plane::Sandbox, 502) if msg.contains("port") && msg.contains("not open") => Error::Unsupported(format!(
+            "cannot {action}: E2B's proxy says \"{msg}\": nothing listens on that port in sandbox {}; for run_code this \
+             means the template has no code interpreter, so leave it out of E2B_CODE_INTERPRETER_TEMPLATES",
+            call.sandbox.unwrap_or("?")
+        )),
         (Plane::Sandbox, 502) => gone(call, &msg),
         (_, 400 | 422) => Error::InvalidRequest(format!("E2B refused to {action}: {msg}")),
         (Plane::Control, 401) => Error::PermissionDenied(format!(
@@ -192,6 +197,8 @@ mod tests {
     fn sandbox_plane_statuses_and_connect_codes() {
         let e = http_error(ENVD, 502, br#"{"code":502,"message":"The sandbox was not found","sandboxId":"i1"}"#, None);
         assert!(matches!(&e, Error::NotFound(m) if m.contains("sandbox i1") && m.contains("gone")), "{e}");
+        let e = http_error(ENVD, 502, br#"{"code":502,"message":"The sandbox is running but port is not open","sandboxId":"i1"}"#, None);
+        assert!(matches!(&e, Error::Unsupported(m) if m.contains("E2B_CODE_INTERPRETER_TEMPLATES")), "{e}");
         assert!(matches!(http_error(ENVD, 404, br#"{"code":404,"message":"path not found"}"#, None), Error::NotFound(s) if s == "/home/user/a"));
         assert!(matches!(http_error(ENVD, 401, b"{}", None), Error::PermissionDenied(m) if m.contains("access token")));
         assert!(matches!(http_error(ENVD, 507, b"{}", None), Error::LimitExceeded(m) if m.contains("disk is full")));

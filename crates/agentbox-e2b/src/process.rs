@@ -255,7 +255,12 @@ impl Inner {
                 signal: Some(if signal == 9 { "SIGNAL_SIGKILL" } else { "SIGNAL_SIGTERM" }.into()),
             };
             let call = Call { plane: Plane::Sandbox, action: "signal the process", subject: &subject, sandbox: Some(h.id.as_str()) };
-            let _: serde_json::Value = self.envd_unary(h, "process.Process/SendSignal", &body, ONCE, call).await?;
+            let sent: Result<serde_json::Value> = self.envd_unary(h, "process.Process/SendSignal", &body, ONCE, call).await;
+            match sent {
+                // It ended between the tree walk and the signal (often because its children were just killed).
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
