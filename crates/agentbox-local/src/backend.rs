@@ -31,7 +31,7 @@ use crate::{agent, sealed, seccomp, sys};
 pub struct LocalConfig {
     /// Where per-sandbox state lives (one directory per sandbox, removed on destroy).
     pub state_dir: PathBuf,
-    /// Name of the cgroup under which sandbox cgroups are made.
+    /// Prefix of the cgroup under which sandbox cgroups are made (a hash of the state directory is appended).
     pub cgroup_parent: String,
     /// Host system directories bound read-only into every sandbox.
     pub system_dirs: Vec<String>,
@@ -140,6 +140,10 @@ fn random_id() -> String {
     format!("sb-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
 }
 
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
 fn backend_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("{what}: {e}"))
 }
@@ -160,7 +164,10 @@ impl LocalBackend {
                 "the local backend needs root (it creates namespaces, cgroups and mounts); run as root, or use the e2b backend".into(),
             ));
         }
-        let cgroups = Cgroups::detect(&config.cgroup_parent);
+        // Sandboxes of different state directories live under different cgroup parents, so
+        // reaping after a crash only ever touches what this state directory owns.
+        let state_key = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+        let cgroups = Cgroups::detect(&format!("{}-{:08x}", config.cgroup_parent, fnv1a(state_key.as_os_str().as_encoded_bytes())));
         let mut limitations = cgroups.problems.clone();
         if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
             limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
@@ -893,11 +900,13 @@ impl SandboxBackend for LocalBackend {
         *sb.writer.lock().await = None;
         let sb2 = sb.clone();
         tokio::task::spawn_blocking(move || {
-            sb2.cgroup.kill_all();
+            // Killing the init tears down its pid namespace; the init reaps everything in it
+            // before it exits, then stage 1 reaps the init and exits itself.
+            let _ = sys::kill(sb2.init_pid, libc::SIGKILL);
             if let Some(mut c) = sb2.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                let _ = c.kill();
                 let _ = c.wait();
             }
+            sb2.cgroup.kill_all();
             sb2.cgroup.remove();
             let _ = std::fs::remove_dir_all(&sb2.dir);
         })

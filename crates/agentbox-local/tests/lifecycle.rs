@@ -1,0 +1,221 @@
+//! Lifecycle: state between execs, background processes, stdin, code, health,
+//! metrics, destroy leaving nothing behind, and reaping after a crash.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use agentbox_config::SandboxConfig;
+use agentbox_core::{CodeRequest, CreateRequest, ExecEvent, ExecRequest, Language, SandboxBackend};
+use agentbox_local::{LocalBackend, LocalConfig};
+use common::Sandbox;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_persists_between_execs_and_background_processes_run() {
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    sb.sh("echo 1 > ~/counter").await;
+    assert_eq!(sb.sh("cat ~/counter").await.stdout, "1\n");
+    let p = b.spawn_background(id, ExecRequest::shell("echo started; sleep 300")).await.unwrap();
+    assert!(p.running && p.pid > 1);
+    let list = b.list_processes(id).await.unwrap();
+    assert!(list.iter().any(|q| q.pid == p.pid && q.running));
+    let log = p.output_path.clone().unwrap();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = String::from_utf8_lossy(&b.read_file(id, &log).await.unwrap_or_default()).into_owned();
+        if seen.contains("started") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, "started\n");
+    b.kill_process(id, p.pid, 15).await.unwrap();
+    let mut ended = None;
+    for _ in 0..100 {
+        ended = b.list_processes(id).await.unwrap().into_iter().find(|q| q.pid == p.pid && !q.running);
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ended.and_then(|q| q.exit_code), Some(128 + 15));
+    assert!(b.kill_process(id, 99_999, 9).await.is_err());
+    sb.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_cwd_env_and_streaming() {
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + u8::try_from(i % 26).unwrap()).collect();
+    let out = sb.run(ExecRequest { stdin: Some(big.clone()), ..ExecRequest::argv(["sha256sum"]) }).await;
+    let mut host = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut host.stdin.take().unwrap(), &big).unwrap();
+    let want = String::from_utf8(host.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(out.stdout, want, "all 300 kB of stdin arrive intact");
+    sb.sh("mkdir -p /tmp/w").await;
+    let out = sb.run(ExecRequest { cwd: Some("/tmp/w".into()), ..ExecRequest::argv(["pwd"]) }).await;
+    assert_eq!(out.stdout, "/tmp/w\n");
+    let out = sb.run(ExecRequest { cwd: Some("/nonexistent".into()), ..ExecRequest::argv(["pwd"]) }).await;
+    assert_eq!(out.exit_code, 127);
+    assert!(out.stderr.contains("/nonexistent"), "{}", out.stderr);
+    let out = sb.run(ExecRequest::argv(["no-such-program"])).await;
+    assert_eq!(out.exit_code, 127);
+    assert!(out.stderr.contains("command not found"));
+    let mut stream = b.exec(id, ExecRequest::shell("echo one; sleep 0.3; echo two >&2; exit 7")).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(e) = stream.next().await {
+        events.push(e);
+    }
+    assert_eq!(events[0], ExecEvent::Stdout(b"one\n".to_vec()), "output streams before the exit");
+    assert_eq!(events[1], ExecEvent::Stderr(b"two\n".to_vec()));
+    assert!(matches!(events[2], ExecEvent::Exit(s) if s.exit_code == 7));
+    sb.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_code_in_each_language() {
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    for (lang, code, want) in [
+        (Language::Python, "import sys; print(sum(range(10)), sys.version_info.major)", "45 3\n"),
+        (Language::Javascript, "console.log([1,2,3].map(x => x * 2).join(','))", "2,4,6\n"),
+        (Language::Bash, "x=4; echo $((x * x))", "16\n"),
+    ] {
+        let out = b.run_code(id, CodeRequest::new(lang, code)).await.unwrap().collect(1 << 16).await;
+        assert_eq!((out.exit_code, out.stdout.as_str()), (0, want), "{lang:?}: {}", out.stderr);
+    }
+    let big = format!("x = 0\n{}print(x)\n", "x += 1\n".repeat(20_000));
+    let out = b.run_code(id, CodeRequest::new(Language::Python, big)).await.unwrap().collect(1 << 16).await;
+    assert_eq!(out.stdout, "20000\n");
+    let out = b.run_code(id, CodeRequest::new(Language::Python, "raise ValueError('boom')")).await.unwrap().collect(1 << 16).await;
+    assert_eq!(out.exit_code, 1);
+    assert!(out.stderr.contains("ValueError: boom"));
+    match b.run_code(id, CodeRequest::new(Language::Typescript, "const n: number = 2; console.log(n * 21)")).await {
+        Ok(s) => assert_eq!(s.collect(1 << 16).await.stdout, "42\n"),
+        Err(e) => assert!(e.to_string().contains("Node.js 22.6"), "{e}"),
+    }
+    sb.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_come_from_the_kernel() {
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    assert!(b.health(id).await.unwrap().healthy);
+    b.metrics(id).await.unwrap();
+    let out = sb.sh("python3 -c 'x = bytearray(40 << 20); import time; t = time.time()\nwhile time.time() - t < 0.3: pass'; head -c 3000000 /dev/urandom > ~/blob; echo done").await;
+    assert_eq!(out.stdout, "done\n", "{out:?}");
+    assert!(b.health(id).await.unwrap().healthy);
+    let m = b.metrics(id).await.unwrap();
+    assert!(m.cpu_time_seconds > 0.1, "{m:?}");
+    assert!(m.memory_peak_mb >= 40.0, "{m:?}");
+    assert!(m.memory_used_mb > 0.0, "{m:?}");
+    assert!(m.disk_used_gb > 0.002 && m.disk_used_gb < 0.01, "{m:?}");
+    assert!(m.cpu_usage_percent > 0.0, "{m:?}");
+    sb.destroy().await;
+}
+
+fn mounts_mentioning(id: &str) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(id)).count()
+}
+
+fn open_fds() -> BTreeSet<String> {
+    std::fs::read_dir("/proc/self/fd").unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_leaves_nothing_behind_and_is_idempotent() {
+    let state = tempdir("destroy");
+    let b = LocalBackend::new(LocalConfig { state_dir: state.clone(), ..LocalConfig::default() }).unwrap();
+    // Warm up once so lazily made process-wide resources (the sealed agent copy) are in the baseline.
+    let warm = b.create(CreateRequest::default()).await.unwrap();
+    b.destroy(&warm.id).await.unwrap();
+    let fds_before = open_fds();
+    let info = b.create(CreateRequest::new(SandboxConfig::default())).await.unwrap();
+    let id = info.id.as_str().to_owned();
+    b.spawn_background(&info.id, ExecRequest::shell("sleep 1000 & sleep 1000")).await.unwrap();
+    let pids = b.host_pids(&info.id).unwrap();
+    assert!(pids.len() >= 3);
+    let cgroups: Vec<String> = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap().lines().map(str::to_owned).collect();
+    b.destroy(&info.id).await.unwrap();
+    b.destroy(&info.id).await.unwrap();
+    for p in &pids {
+        assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "process {p} survived destroy");
+    }
+    assert!(!state.join(&id).exists(), "state directory left behind");
+    assert_eq!(mounts_mentioning(&id), 0);
+    for line in cgroups.iter().filter(|l| l.contains(&id)) {
+        let (ctrl, path) = line.split_once(':').unwrap().1.split_once(':').unwrap();
+        let ctrl = ctrl.split(',').next().unwrap_or_default();
+        let dir = if ctrl.is_empty() { format!("/sys/fs/cgroup{path}") } else { format!("/sys/fs/cgroup/{ctrl}{path}") };
+        assert!(!std::path::Path::new(&dir).exists(), "cgroup {dir} left behind");
+    }
+    assert_eq!(open_fds(), fds_before, "file descriptors leaked");
+    assert!(b.list().await.unwrap().is_empty());
+    assert!(b.exec(&info.id, ExecRequest::shell("true")).await.is_err());
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("agentbox-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Helper process for the crash test: creates a sandbox, prints its id, then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_helper() {
+    let Ok(state) = std::env::var("AGENTBOX_TEST_CRASH_STATE") else { return };
+    let b = LocalBackend::new(LocalConfig { state_dir: state.into(), ..LocalConfig::default() }).unwrap();
+    let info = b.create(CreateRequest::default()).await.unwrap();
+    b.spawn_background(&info.id, ExecRequest::shell("sleep 1000")).await.unwrap();
+    println!("SANDBOX {} {}", info.id, b.host_pids(&info.id).unwrap().iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
+    use std::io::BufRead;
+    let state = tempdir("crash");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_helper", "--nocapture", "--test-threads", "1"])
+        .env("AGENTBOX_TEST_CRASH_STATE", &state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    // The harness may print "test crash_helper ... " on the same line first.
+    while !line.contains("SANDBOX ") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the helper exited before creating a sandbox");
+    }
+    let mut parts = line[line.find("SANDBOX ").unwrap_or(0)..].split_whitespace().skip(1);
+    let id = parts.next().unwrap().to_owned();
+    let pids: Vec<i32> = parts.next().unwrap().split(',').map(|p| p.parse().unwrap()).collect();
+    assert!(state.join(&id).exists());
+    // Simulate a crash of the host process.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut alive = pids.len();
+    for _ in 0..200 {
+        alive = pids.iter().filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "))).count();
+        if alive == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(alive, 0, "sandbox processes outlived their host");
+    // The next start reaps what is left: the state directory and the cgroups, and only ours.
+    let b = LocalBackend::new(LocalConfig { state_dir: state.clone(), ..LocalConfig::default() }).unwrap();
+    assert!(!state.join(&id).exists(), "orphan state directory not reaped");
+    assert!(b.reap_orphans().is_empty(), "reaping is complete on the first pass");
+    let _ = std::fs::remove_dir_all(&state);
+}
