@@ -23,6 +23,12 @@ import warnings
 DIR = sys.argv[1]
 DRIVER = os.path.abspath(__file__)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Debian's matplotlib reads its defaults from /etc/matplotlibrc, which a sandbox may not expose;
+# the same file ships under /usr/share.
+if "MATPLOTLIBRC" not in os.environ and not os.path.exists("/etc/matplotlibrc"):
+    for _rc in ("/usr/share/matplotlib/mpl-data/matplotlibrc",):
+        if os.path.isfile(_rc):
+            os.environ["MATPLOTLIBRC"] = _rc
 warnings.filterwarnings("ignore", message=".*non-interactive.*")
 warnings.filterwarnings("ignore", message=".*cannot be shown.*")
 
