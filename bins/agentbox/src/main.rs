@@ -21,12 +21,18 @@ struct Cli {
 enum Command {
     /// Show the sandbox presets and their full configuration.
     Presets(cmd::presets::Args),
+    /// Run a command or code in a throwaway sandbox and exit with its exit code.
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Presets(args) => cmd::presets::run(&args),
+        Command::Run(args) => match cmd::run::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     cmd::report(result)
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentbox_config::{CleanupPolicy, NetworkConfig, SandboxConfig, SeccompProfile};
 use agentbox_core::{
-    CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, HealthStatus, Language,
-    ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
+    CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, HealthStatus,
+    Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
 };
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
@@ -48,17 +48,46 @@ impl Default for LocalConfig {
         let state_dir = if uid == 0 {
             PathBuf::from("/run/agentbox")
         } else {
-            std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from(format!("/tmp/agentbox-{uid}")), |d| PathBuf::from(d).join("agentbox"))
+            std::env::var_os("XDG_RUNTIME_DIR")
+                .map_or_else(|| PathBuf::from(format!("/tmp/agentbox-{uid}")), |d| PathBuf::from(d).join("agentbox"))
         };
         Self {
             state_dir,
             cgroup_parent: "agentbox".into(),
-            system_dirs: ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt"].map(str::to_owned).into(),
+            system_dirs: ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt"]
+                .map(str::to_owned)
+                .into(),
             etc_entries: [
-                "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates", "ca-certificates.conf",
-                "localtime", "timezone", "mime.types", "fonts", "python3", "python3.11", "chromium", "chromium.d", "bash.bashrc",
-                "profile", "inputrc", "terminfo", "magic", "protocols", "services", "debian_version", "os-release", "nanorc",
-                "vim", "gitconfig", "npmrc", "pip.conf", "xdg",
+                "alternatives",
+                "ld.so.cache",
+                "ld.so.conf",
+                "ld.so.conf.d",
+                "ssl",
+                "ca-certificates",
+                "ca-certificates.conf",
+                "localtime",
+                "timezone",
+                "mime.types",
+                "fonts",
+                "python3",
+                "python3.11",
+                "chromium",
+                "chromium.d",
+                "bash.bashrc",
+                "profile",
+                "inputrc",
+                "terminfo",
+                "magic",
+                "protocols",
+                "services",
+                "debian_version",
+                "os-release",
+                "nanorc",
+                "vim",
+                "gitconfig",
+                "npmrc",
+                "pip.conf",
+                "xdg",
             ]
             .map(str::to_owned)
             .into(),
@@ -156,7 +185,10 @@ impl LocalBackend {
     pub fn new(config: LocalConfig) -> Result<Self> {
         let _ = agent::entry_point();
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            Error::Backend(format!("cannot create the state directory {}: {e}; set LocalConfig::state_dir to a writable place", config.state_dir.display()))
+            Error::Backend(format!(
+                "cannot create the state directory {}: {e}; set LocalConfig::state_dir to a writable place",
+                config.state_dir.display()
+            ))
         })?;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -167,7 +199,11 @@ impl LocalBackend {
         // Sandboxes of different state directories live under different cgroup parents, so
         // reaping after a crash only ever touches what this state directory owns.
         let state_key = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
-        let cgroups = Cgroups::detect(&format!("{}-{:08x}", config.cgroup_parent, fnv1a(state_key.as_os_str().as_encoded_bytes())));
+        let cgroups = Cgroups::detect(&format!(
+            "{}-{:08x}",
+            config.cgroup_parent,
+            fnv1a(state_key.as_os_str().as_encoded_bytes())
+        ));
         let mut limitations = cgroups.problems.clone();
         if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
             limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
@@ -238,7 +274,8 @@ impl LocalBackend {
                 if !name.starts_with("sb-") {
                     continue;
                 }
-                let meta: Option<Meta> = std::fs::read(e.path().join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                let meta: Option<Meta> =
+                    std::fs::read(e.path().join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
                 if let Some(m) = &meta {
                     if live_owner(m) {
                         owned_elsewhere.push(name);
@@ -331,7 +368,12 @@ impl LocalBackend {
             files,
             storage_bytes: config.disk_gb.saturating_mul(1024 * mb),
             storage_inodes: config.storage.max_inodes,
-            quotas: config.storage.quotas.iter().map(|q| Quota { path: q.path.clone(), bytes: q.size_mb.saturating_mul(mb) }).collect(),
+            quotas: config
+                .storage
+                .quotas
+                .iter()
+                .map(|q| Quota { path: q.path.clone(), bytes: q.size_mb.saturating_mul(mb) })
+                .collect(),
             shm_bytes: config.storage.shm_size_mb.saturating_mul(mb),
             read_only_root: config.security.read_only_root,
             uid: u,
@@ -377,7 +419,11 @@ impl LocalBackend {
         };
         let cgroup = match self.inner.cgroups.layout() {
             crate::CgroupLayout::None => SandboxCgroup::default(),
-            _ => self.inner.cgroups.create(&id, limits).map_err(|e| cleanup_dir(backend_err("creating the sandbox cgroup", e)))?,
+            _ => self
+                .inner
+                .cgroups
+                .create(&id, limits)
+                .map_err(|e| cleanup_dir(backend_err("creating the sandbox cgroup", e)))?,
         };
         let fail = |e: Error, child: Option<&mut std::process::Child>| {
             if let Some(c) = child {
@@ -393,8 +439,10 @@ impl LocalBackend {
         let exe = sealed::agent_path().map_err(|e| fail(Error::Backend(e), None))?;
         let mut fds = [0; 2];
         // SAFETY: socketpair into a local array.
-        sys::check(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })
-            .map_err(|e| fail(backend_err("creating the control socket", e), None))?;
+        sys::check(unsafe {
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        })
+        .map_err(|e| fail(backend_err("creating the control socket", e), None))?;
         // SAFETY: both fds are fresh and owned here.
         let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let procs: Vec<OwnedFd> = cgroup
@@ -411,7 +459,12 @@ impl LocalBackend {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWCGROUP;
+        let flags = libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWCGROUP;
         // SAFETY: the closure only makes async-signal-safe syscalls on fds that stay open until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
@@ -441,7 +494,9 @@ impl LocalBackend {
         })
         .await
         .map_err(|e| fail(backend_err("spawning the sandbox agent", e), None))?;
-        let mut child = spawned.map_err(|e| fail(backend_err("starting the sandbox agent (namespaces may be unavailable on this host)", e), None))?;
+        let mut child = spawned.map_err(|e| {
+            fail(backend_err("starting the sandbox agent (namespaces may be unavailable on this host)", e), None)
+        })?;
 
         // SAFETY: host_end is a valid socket we own; switch it to non-blocking for tokio.
         let std_stream = std::os::unix::net::UnixStream::from(host_end);
@@ -469,7 +524,15 @@ impl LocalBackend {
         let (init_pid, ready) = match tokio::time::timeout(config.startup_timeout, handshake).await {
             Ok(Ok(r)) => r,
             Ok(Err(msg)) => return Err(fail(Error::Backend(format!("sandbox setup failed: {msg}")), Some(&mut child))),
-            Err(_) => return Err(fail(Error::Timeout(format!("sandbox setup took longer than startup_timeout ({:?})", config.startup_timeout)), Some(&mut child))),
+            Err(_) => {
+                return Err(fail(
+                    Error::Timeout(format!(
+                        "sandbox setup took longer than startup_timeout ({:?})",
+                        config.startup_timeout
+                    )),
+                    Some(&mut child),
+                ));
+            }
         };
         if ready.landlock != "enforced" && config.security.landlock {
             tracing::debug!(status = %ready.landlock, "landlock not enforced");
@@ -510,7 +573,9 @@ impl LocalBackend {
     async fn send(&self, sb: &Sandbox, frame: &[u8]) -> Result<()> {
         let mut w = sb.writer.lock().await;
         let Some(w) = w.as_mut() else { return Err(Error::NotFound(format!("sandbox {}", sb.info.id))) };
-        w.write_all(frame).await.map_err(|e| Error::Backend(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox")))
+        w.write_all(frame)
+            .await
+            .map_err(|e| Error::Backend(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox")))
     }
 
     async fn request(&self, sb: &Sandbox, kind: Kind, payload: &[u8], deadline: Duration) -> Result<(Kind, Vec<u8>)> {
@@ -546,7 +611,11 @@ impl LocalBackend {
             argv,
             cwd,
             env: request.env.clone(),
-            timeout_ms: if output_path.is_some() && request.timeout.is_none() { 0 } else { u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1) },
+            timeout_ms: if output_path.is_some() && request.timeout.is_none() {
+                0
+            } else {
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1)
+            },
             stdin: request.stdin.is_some(),
             output_path,
         })
@@ -560,7 +629,9 @@ impl LocalBackend {
             .typescript
             .get_or_init(|| async move {
                 let probe = ExecRequest::argv(["node", "--experimental-strip-types", "-e", ""]);
-                let Ok(stream) = this.exec(&id, probe).await else { return Err("node could not be started".to_owned()) };
+                let Ok(stream) = this.exec(&id, probe).await else {
+                    return Err("node could not be started".to_owned());
+                };
                 let out = stream.collect(4096).await;
                 let version = match this.exec(&id, ExecRequest::argv(["node", "--version"])).await {
                     Ok(s) => s.collect(256).await.stdout.trim().to_owned(),
@@ -583,7 +654,9 @@ fn landlock_available() -> bool {
     Ruleset::default().handle_access(AccessFs::from_all(ABI::V1)).and_then(Ruleset::create).is_ok()
 }
 
-async fn read_frame(rd: &mut tokio::net::unix::OwnedReadHalf) -> std::result::Result<Option<(u8, u32, Vec<u8>)>, String> {
+async fn read_frame(
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+) -> std::result::Result<Option<(u8, u32, Vec<u8>)>, String> {
     let mut h = [0u8; proto::HEADER];
     match rd.read_exact(&mut h).await {
         Ok(_) => {}
@@ -618,7 +691,12 @@ async fn reader_loop(
                 (Kind::Stderr, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stderr(payload)),
                 (Kind::Exited, Some(Route::Exec { .. })) => {
                     let Some(Route::Exec { tx, oom_before }) = r.remove(&id) else { continue };
-                    let e: Exited = serde_json::from_slice(&payload).unwrap_or(Exited { code: 255, signal: None, timed_out: false, micros: 0 });
+                    let e: Exited = serde_json::from_slice(&payload).unwrap_or(Exited {
+                        code: 255,
+                        signal: None,
+                        timed_out: false,
+                        micros: 0,
+                    });
                     let oom = e.signal == Some(libc::SIGKILL) && !e.timed_out && cgroup.oom_kills() > oom_before;
                     Action::Send(
                         tx,
@@ -633,9 +711,19 @@ async fn reader_loop(
                 }
                 (Kind::Failure, Some(Route::Exec { .. })) => {
                     let Some(Route::Exec { tx, .. }) = r.remove(&id) else { continue };
-                    let f: Failure = serde_json::from_slice(&payload).unwrap_or(Failure { message: "unknown failure".into(), errno: None });
+                    let f: Failure = serde_json::from_slice(&payload)
+                        .unwrap_or(Failure { message: "unknown failure".into(), errno: None });
                     let _ = tx.try_send(ExecEvent::Stderr(format!("agentbox: {}\n", f.message).into_bytes()));
-                    Action::Send(tx, ExecEvent::Exit(ExitStatus { exit_code: 126, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO }))
+                    Action::Send(
+                        tx,
+                        ExecEvent::Exit(ExitStatus {
+                            exit_code: 126,
+                            signal: None,
+                            timed_out: false,
+                            oom_killed: false,
+                            duration: Duration::ZERO,
+                        }),
+                    )
                 }
                 (Kind::Started, Some(Route::Exec { .. })) => Action::None,
                 (_, Some(Route::Reply(_))) => {
@@ -652,12 +740,19 @@ async fn reader_loop(
         }
     }
     alive.store(false, Ordering::SeqCst);
-    let pending: Vec<Route> = routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, r)| r).collect();
+    let pending: Vec<Route> =
+        routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, r)| r).collect();
     for r in pending {
         if let Route::Exec { tx, .. } = r {
             let _ = tx.send(ExecEvent::Stderr(b"agentbox: the sandbox agent exited\n".to_vec())).await;
             let _ = tx
-                .send(ExecEvent::Exit(ExitStatus { exit_code: 255, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO }))
+                .send(ExecEvent::Exit(ExitStatus {
+                    exit_code: 255,
+                    signal: None,
+                    timed_out: false,
+                    oom_killed: false,
+                    duration: Duration::ZERO,
+                }))
                 .await;
         }
     }
@@ -717,7 +812,11 @@ impl SandboxBackend for LocalBackend {
     async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream> {
         let sb = self.get(id)?;
         let inline = request.code.len() <= 96 * 1024;
-        let file = format!("/tmp/.agentbox-code-{}.{}", sb.next_id.fetch_add(1, Ordering::Relaxed), request.language.extension());
+        let file = format!(
+            "/tmp/.agentbox-code-{}.{}",
+            sb.next_id.fetch_add(1, Ordering::Relaxed),
+            request.language.extension()
+        );
         if !inline || request.language == Language::Typescript {
             sb.root.write(&file, request.code.as_bytes())?;
         }
@@ -734,7 +833,13 @@ impl SandboxBackend for LocalBackend {
             (Language::Bash, true) => vec!["bash".into(), "-c".into(), code],
             (Language::Bash, false) => vec!["bash".into(), file],
         };
-        let exec = ExecRequest { command: agentbox_core::Command::Argv(argv), cwd: request.cwd, env: request.env, stdin: None, timeout: request.timeout };
+        let exec = ExecRequest {
+            command: agentbox_core::Command::Argv(argv),
+            cwd: request.cwd,
+            env: request.env,
+            stdin: None,
+            timeout: request.timeout,
+        };
         self.exec(id, exec).await
     }
 
@@ -743,14 +848,23 @@ impl SandboxBackend for LocalBackend {
         let n = sb.next_id.load(Ordering::Relaxed);
         let output = format!("/tmp/agentbox-bg-{n}.log");
         let msg = Self::exec_message(&sb, &request, Some(output.clone()))?;
-        let (kind, payload) = self.request(&sb, Kind::Exec, &serde_json::to_vec(&msg).unwrap_or_default(), Duration::from_secs(10)).await?;
+        let (kind, payload) = self
+            .request(&sb, Kind::Exec, &serde_json::to_vec(&msg).unwrap_or_default(), Duration::from_secs(10))
+            .await?;
         match kind {
             Kind::Started => {
                 let s: proto::Started = serde_json::from_slice(&payload).map_err(|e| backend_err("bad reply", e))?;
-                Ok(ProcessInfo { pid: u32::try_from(s.pid).unwrap_or(0), argv: msg.argv, running: true, exit_code: None, output_path: Some(output) })
+                Ok(ProcessInfo {
+                    pid: u32::try_from(s.pid).unwrap_or(0),
+                    argv: msg.argv,
+                    running: true,
+                    exit_code: None,
+                    output_path: Some(output),
+                })
             }
             _ => {
-                let f: Failure = serde_json::from_slice(&payload).unwrap_or(Failure { message: "unknown failure".into(), errno: None });
+                let f: Failure = serde_json::from_slice(&payload)
+                    .unwrap_or(Failure { message: "unknown failure".into(), errno: None });
                 Err(Error::Backend(format!("starting the background process failed: {}", f.message)))
             }
         }
@@ -777,7 +891,8 @@ impl SandboxBackend for LocalBackend {
         let sb = self.get(id)?;
         let (_, payload) = self.request(&sb, Kind::ListProcs, &[], Duration::from_secs(5)).await?;
         let list: ProcList = serde_json::from_slice(&payload).map_err(|e| backend_err("bad process list", e))?;
-        let Some(p) = list.procs.iter().find(|p| u32::try_from(p.pid).ok() == Some(pid) && p.exit_code.is_none()) else {
+        let Some(p) = list.procs.iter().find(|p| u32::try_from(p.pid).ok() == Some(pid) && p.exit_code.is_none())
+        else {
             return Err(Error::NotFound(format!("background process {pid}")));
         };
         if !(1..=64).contains(&signal) {
@@ -796,7 +911,9 @@ impl SandboxBackend for LocalBackend {
     async fn write_file(&self, id: &SandboxId, path: &str, data: Vec<u8>) -> Result<()> {
         let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.write(&path, &data)).await.map_err(|e| backend_err("file task", e))?
+        tokio::task::spawn_blocking(move || sb.root.write(&path, &data))
+            .await
+            .map_err(|e| backend_err("file task", e))?
     }
 
     async fn list_dir(&self, id: &SandboxId, path: &str) -> Result<Vec<FileEntry>> {
@@ -826,7 +943,9 @@ impl SandboxBackend for LocalBackend {
     async fn rename(&self, id: &SandboxId, from: &str, to: &str) -> Result<()> {
         let sb = self.get(id)?;
         let (from, to) = (from.to_owned(), to.to_owned());
-        tokio::task::spawn_blocking(move || sb.root.rename(&from, &to)).await.map_err(|e| backend_err("file task", e))?
+        tokio::task::spawn_blocking(move || sb.root.rename(&from, &to))
+            .await
+            .map_err(|e| backend_err("file task", e))?
     }
 
     async fn metrics(&self, id: &SandboxId) -> Result<SandboxMetrics> {
@@ -872,14 +991,22 @@ impl SandboxBackend for LocalBackend {
     async fn health(&self, id: &SandboxId) -> Result<HealthStatus> {
         let sb = self.get(id)?;
         if !sb.alive.load(Ordering::SeqCst) {
-            return Ok(HealthStatus { healthy: false, latency_us: 0, message: Some("the sandbox agent has exited".into()) });
+            return Ok(HealthStatus {
+                healthy: false,
+                latency_us: 0,
+                message: Some("the sandbox agent has exited".into()),
+            });
         }
         let start = Instant::now();
         let r = self.request(&sb, Kind::Ping, b"ping", Duration::from_secs(2)).await;
         let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         Ok(match r {
             Ok((Kind::Ping, p)) if p == b"ping" => HealthStatus { healthy: true, latency_us, message: None },
-            Ok(_) => HealthStatus { healthy: false, latency_us, message: Some("the agent answered with something else than a pong".into()) },
+            Ok(_) => HealthStatus {
+                healthy: false,
+                latency_us,
+                message: Some("the agent answered with something else than a pong".into()),
+            },
             Err(e) => HealthStatus { healthy: false, latency_us, message: Some(e.to_string()) },
         })
     }
@@ -887,7 +1014,9 @@ impl SandboxBackend for LocalBackend {
     async fn update_network(&self, id: &SandboxId, network: NetworkConfig) -> Result<()> {
         self.get(id)?;
         if network.enabled {
-            return Err(Error::Unsupported("the local backend does not support network access yet: sandboxes get loopback only".into()));
+            return Err(Error::Unsupported(
+                "the local backend does not support network access yet: sandboxes get loopback only".into(),
+            ));
         }
         Ok(())
     }
@@ -922,7 +1051,10 @@ impl SandboxBackend for LocalBackend {
         let map = self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v: Vec<SandboxInfo> = map
             .values()
-            .map(|s| SandboxInfo { state: if s.alive.load(Ordering::SeqCst) { SandboxState::Running } else { SandboxState::Unhealthy }, ..s.info.clone() })
+            .map(|s| SandboxInfo {
+                state: if s.alive.load(Ordering::SeqCst) { SandboxState::Running } else { SandboxState::Unhealthy },
+                ..s.info.clone()
+            })
             .collect();
         v.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
         Ok(v)

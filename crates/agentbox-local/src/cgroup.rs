@@ -85,8 +85,11 @@ impl Cgroups {
             if wanted.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty() {
                 let dir = v2root.join(parent);
                 let _ = fs::create_dir_all(&dir);
-                let enable: Vec<String> =
-                    wanted.iter().filter(|c| available.split_whitespace().any(|a| a == **c)).map(|c| format!("+{c}")).collect();
+                let enable: Vec<String> = wanted
+                    .iter()
+                    .filter(|c| available.split_whitespace().any(|a| a == **c))
+                    .map(|c| format!("+{c}"))
+                    .collect();
                 let _ = fs::write(v2root.join("cgroup.subtree_control"), enable.join(" "));
                 let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
                 let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
@@ -95,7 +98,10 @@ impl Cgroups {
                     if enabled.split_whitespace().any(|a| a == c) {
                         controllers.push(c);
                     } else {
-                        problems.push(format!("cgroup v2 controller {c} is not available under {}: its limit is not enforced", dir.display()));
+                        problems.push(format!(
+                            "cgroup v2 controller {c} is not available under {}: its limit is not enforced",
+                            dir.display()
+                        ));
                     }
                 }
                 return Self { layout: Layout::V2(v2root), parent: parent.to_owned(), controllers, problems };
@@ -160,11 +166,13 @@ impl Cgroups {
                 cg.dirs.insert(c, dir);
                 continue;
             }
-            fs::create_dir(&dir).map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display())))?;
+            fs::create_dir(&dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display())))?;
             cg.dirs.insert(c, dir);
         }
         let w = |dir: &Path, file: &str, v: String| {
-            fs::write(dir.join(file), &v).map_err(|e| io::Error::new(e.kind(), format!("writing {v} to {}: {e}", dir.join(file).display())))
+            fs::write(dir.join(file), &v)
+                .map_err(|e| io::Error::new(e.kind(), format!("writing {v} to {}: {e}", dir.join(file).display())))
         };
         let quota = u64::from(limits.cpus) * 100_000;
         let result = (|| -> io::Result<()> {
@@ -298,7 +306,12 @@ impl SandboxCgroup {
     #[must_use]
     pub fn oom_kills(&self) -> u64 {
         let Some(d) = self.dir("memory") else { return 0 };
-        if self.v2 { keyed(&d.join("memory.events"), "oom_kill") } else { keyed(&d.join("memory.oom_control"), "oom_kill") }.unwrap_or(0)
+        if self.v2 {
+            keyed(&d.join("memory.events"), "oom_kill")
+        } else {
+            keyed(&d.join("memory.oom_control"), "oom_kill")
+        }
+        .unwrap_or(0)
     }
 
     /// CPU time consumed, nanoseconds.
@@ -363,7 +376,6 @@ impl SandboxCgroup {
             }
         }
     }
-
 }
 
 #[cfg(test)]

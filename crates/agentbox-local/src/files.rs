@@ -43,9 +43,13 @@ fn map_io(path: &str, e: io::Error) -> Error {
         Some(libc::EISDIR) => Error::InvalidRequest(format!("{path} is a directory")),
         Some(libc::EEXIST) => Error::Conflict(format!("{path} already exists")),
         Some(libc::ENOTEMPTY) => Error::Conflict(format!("{path} is not empty")),
-        Some(libc::EROFS) => Error::PermissionDenied(format!("{path} is on a read-only part of the sandbox; write under the home directory or /tmp")),
+        Some(libc::EROFS) => Error::PermissionDenied(format!(
+            "{path} is on a read-only part of the sandbox; write under the home directory or /tmp"
+        )),
         Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied(format!("{path}: access denied")),
-        Some(libc::ENOSPC | libc::EDQUOT) => Error::LimitExceeded(format!("no space left in the sandbox storage while writing {path}")),
+        Some(libc::ENOSPC | libc::EDQUOT) => {
+            Error::LimitExceeded(format!("no space left in the sandbox storage while writing {path}"))
+        }
         Some(libc::ELOOP) => Error::InvalidRequest(format!("{path}: too many levels of symbolic links")),
         Some(libc::EXDEV) => Error::InvalidRequest(format!("{path}: cannot move across storage areas of the sandbox")),
         Some(libc::EBUSY) => Error::Conflict(format!("{path} is a mount point of the sandbox and can't be changed")),
@@ -72,7 +76,9 @@ impl Root {
     /// [`Error::InvalidRequest`] for empty paths, NUL bytes or overlong paths.
     pub fn normalize(&self, path: &str) -> Result<String> {
         if path.is_empty() {
-            return Err(Error::InvalidRequest("the path is empty: give a file path such as /home/user/notes.txt".into()));
+            return Err(Error::InvalidRequest(
+                "the path is empty: give a file path such as /home/user/notes.txt".into(),
+            ));
         }
         if path.contains('\0') {
             return Err(Error::InvalidRequest("the path contains a NUL byte".into()));
@@ -105,7 +111,13 @@ impl Root {
         };
         // SAFETY: openat2 with a valid dirfd, C string and open_how of the right size.
         let fd = unsafe {
-            libc::syscall(libc::SYS_openat2, self.fd.as_raw_fd(), c.as_ptr(), &raw const how, std::mem::size_of::<OpenHow>())
+            libc::syscall(
+                libc::SYS_openat2,
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &raw const how,
+                std::mem::size_of::<OpenHow>(),
+            )
         };
         let fd = sys::check(i32::try_from(fd).unwrap_or(-1))?;
         // SAFETY: the kernel returned a fresh fd.
@@ -115,7 +127,10 @@ impl Root {
         sys::check(unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) })?;
         #[allow(clippy::unnecessary_cast, clippy::cast_lossless)]
         let magic = st.f_type as i64;
-        if matches!(magic, PROC_SUPER_MAGIC | SYSFS_MAGIC | CGROUP_SUPER_MAGIC | CGROUP2_SUPER_MAGIC | DEVPTS_SUPER_MAGIC) {
+        if matches!(
+            magic,
+            PROC_SUPER_MAGIC | SYSFS_MAGIC | CGROUP_SUPER_MAGIC | CGROUP2_SUPER_MAGIC | DEVPTS_SUPER_MAGIC
+        ) {
             return Err(io::Error::from_raw_os_error(libc::EACCES));
         }
         if flags & (libc::O_WRONLY | libc::O_RDWR) != 0 && magic != TMPFS_MAGIC {
@@ -130,7 +145,9 @@ impl Root {
         if name.is_empty() {
             return Err(Error::InvalidRequest("the sandbox root itself can't be changed".into()));
         }
-        let pfd = self.open_at(if parent.is_empty() { "/" } else { parent }, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| map_io(&norm, e))?;
+        let pfd = self
+            .open_at(if parent.is_empty() { "/" } else { parent }, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| map_io(&norm, e))?;
         let cname = sys::cstr(name).map_err(|e| map_io(&norm, e))?;
         Ok((pfd, cname, norm))
     }
@@ -227,7 +244,8 @@ impl Root {
             buf.truncate(usize::try_from(n).unwrap_or(0));
             String::from_utf8_lossy(&buf).into_owned()
         });
-        let modified_ms = u64::try_from(st.st_mtime).unwrap_or(0) * 1000 + u64::try_from(st.st_mtime_nsec / 1_000_000).unwrap_or(0);
+        let modified_ms =
+            u64::try_from(st.st_mtime).unwrap_or(0) * 1000 + u64::try_from(st.st_mtime_nsec / 1_000_000).unwrap_or(0);
         Ok(FileEntry {
             name: path.rsplit('/').next().unwrap_or_default().to_owned(),
             path,
@@ -247,7 +265,9 @@ impl Root {
         let norm = self.normalize(path)?;
         if norm == "/" {
             let fd = self.open_at("/", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| map_io(&norm, e))?;
-            return self.entry(fd.as_raw_fd(), &sys::cstr(".").map_err(|e| map_io(&norm, e))?, "/".into()).map_err(|e| map_io(&norm, e));
+            return self
+                .entry(fd.as_raw_fd(), &sys::cstr(".").map_err(|e| map_io(&norm, e))?, "/".into())
+                .map_err(|e| map_io(&norm, e));
         }
         let (pfd, name, norm) = self.parent_and_name(&norm)?;
         self.entry(pfd.as_raw_fd(), &name, norm.clone()).map_err(|e| map_io(&norm, e))
@@ -290,8 +310,12 @@ impl Root {
         let (pf, nf, from_n) = self.parent_and_name(from)?;
         let (pt, nt, to_n) = self.parent_and_name(to)?;
         // The destination parent must be writable storage.
-        self.open_at(&to_n.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }).to_owned(), libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .map_err(|e| map_io(&to_n, e))?;
+        self.open_at(
+            &to_n.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }).to_owned(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| map_io(&to_n, e))?;
         // SAFETY: renameat between two dirfds we hold, with plain names.
         let rc = unsafe { libc::renameat(pf.as_raw_fd(), nf.as_ptr(), pt.as_raw_fd(), nt.as_ptr()) };
         sys::check(rc).map(drop).map_err(|e| map_io(&format!("{from_n} -> {to_n}"), e))
@@ -339,7 +363,9 @@ fn remove_at(dirfd: RawFd, name: &CString, depth: u32) -> io::Result<()> {
         return Err(e);
     }
     // SAFETY: opening the child directory without following symlinks.
-    let sub = sys::check(unsafe { libc::openat(dirfd, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) })?;
+    let sub = sys::check(unsafe {
+        libc::openat(dirfd, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    })?;
     // SAFETY: fresh fd owned here.
     let sub = unsafe { OwnedFd::from_raw_fd(sub) };
     for n in read_names(&sub)? {

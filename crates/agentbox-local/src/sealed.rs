@@ -14,13 +14,22 @@ fn seal() -> io::Result<OwnedFd> {
     let src = std::fs::File::open("/proc/self/exe")?;
     let len = src.metadata()?.len();
     // SAFETY: memfd_create with a static name.
-    let fd = sys::check(unsafe { libc::memfd_create(c"agentbox-agent".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+    let fd = sys::check(unsafe {
+        libc::memfd_create(c"agentbox-agent".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
     // SAFETY: fresh fd owned here.
     let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut copied = 0u64;
     while copied < len {
         // SAFETY: sendfile between two fds we hold.
-        let n = unsafe { libc::sendfile(memfd.as_raw_fd(), src.as_raw_fd(), std::ptr::null_mut(), usize::try_from(len - copied).unwrap_or(usize::MAX)) };
+        let n = unsafe {
+            libc::sendfile(
+                memfd.as_raw_fd(),
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                usize::try_from(len - copied).unwrap_or(usize::MAX),
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -40,7 +49,9 @@ fn seal() -> io::Result<OwnedFd> {
 /// # Errors
 /// When the executable can't be copied.
 pub fn agent_path() -> Result<String, String> {
-    match EXE.get_or_init(|| seal().map_err(|e| format!("cannot make a sealed copy of the executable for the sandbox agent: {e}"))) {
+    match EXE.get_or_init(|| {
+        seal().map_err(|e| format!("cannot make a sealed copy of the executable for the sandbox agent: {e}"))
+    }) {
         Ok(fd) => Ok(format!("/proc/self/fd/{}", fd.as_raw_fd())),
         Err(e) => Err(e.clone()),
     }

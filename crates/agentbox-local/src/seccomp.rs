@@ -73,22 +73,67 @@ pub fn syscall_nr(name: &str) -> Option<i64> {
         };
     }
     table!(
-        SYS_unshare, SYS_setns, SYS_mount, SYS_umount2, SYS_pivot_root, SYS_chroot, SYS_fsopen, SYS_fsconfig,
-        SYS_fsmount, SYS_fspick, SYS_move_mount, SYS_open_tree, SYS_mount_setattr, SYS_kexec_load,
-        SYS_kexec_file_load, SYS_init_module, SYS_finit_module, SYS_delete_module, SYS_reboot, SYS_swapon,
-        SYS_swapoff, SYS_bpf, SYS_perf_event_open, SYS_lookup_dcookie, SYS_syslog, SYS_kcmp, SYS_pidfd_getfd,
-        SYS_process_vm_readv, SYS_process_vm_writev, SYS_keyctl, SYS_add_key, SYS_request_key,
-        SYS_settimeofday, SYS_clock_settime, SYS_clock_adjtime, SYS_adjtimex, SYS_open_by_handle_at,
-        SYS_name_to_handle_at, SYS_userfaultfd, SYS_quotactl, SYS_quotactl_fd, SYS_acct, SYS_vhangup,
-        SYS_fanotify_init, SYS_sethostname, SYS_setdomainname, SYS_mbind, SYS_move_pages, SYS_set_mempolicy,
-        SYS_io_uring_setup, SYS_io_uring_enter, SYS_io_uring_register, SYS_clone3, SYS_clone, SYS_socket,
-        SYS_ioctl, SYS_personality, SYS_ptrace,
+        SYS_unshare,
+        SYS_setns,
+        SYS_mount,
+        SYS_umount2,
+        SYS_pivot_root,
+        SYS_chroot,
+        SYS_fsopen,
+        SYS_fsconfig,
+        SYS_fsmount,
+        SYS_fspick,
+        SYS_move_mount,
+        SYS_open_tree,
+        SYS_mount_setattr,
+        SYS_kexec_load,
+        SYS_kexec_file_load,
+        SYS_init_module,
+        SYS_finit_module,
+        SYS_delete_module,
+        SYS_reboot,
+        SYS_swapon,
+        SYS_swapoff,
+        SYS_bpf,
+        SYS_perf_event_open,
+        SYS_lookup_dcookie,
+        SYS_syslog,
+        SYS_kcmp,
+        SYS_pidfd_getfd,
+        SYS_process_vm_readv,
+        SYS_process_vm_writev,
+        SYS_keyctl,
+        SYS_add_key,
+        SYS_request_key,
+        SYS_settimeofday,
+        SYS_clock_settime,
+        SYS_clock_adjtime,
+        SYS_adjtimex,
+        SYS_open_by_handle_at,
+        SYS_name_to_handle_at,
+        SYS_userfaultfd,
+        SYS_quotactl,
+        SYS_quotactl_fd,
+        SYS_acct,
+        SYS_vhangup,
+        SYS_fanotify_init,
+        SYS_sethostname,
+        SYS_setdomainname,
+        SYS_mbind,
+        SYS_move_pages,
+        SYS_set_mempolicy,
+        SYS_io_uring_setup,
+        SYS_io_uring_enter,
+        SYS_io_uring_register,
+        SYS_clone3,
+        SYS_clone,
+        SYS_socket,
+        SYS_ioctl,
+        SYS_personality,
+        SYS_ptrace,
     );
     #[cfg(target_arch = "x86_64")]
-    table!(
-        SYS__sysctl, SYS_iopl, SYS_ioperm, SYS_uselib, SYS_nfsservctl, SYS_ustat, SYS_sysfs,
-
-    );
+    table!(SYS__sysctl, SYS_iopl, SYS_ioperm, SYS_uselib, SYS_nfsservctl, SYS_ustat, SYS_sysfs,);
     None
 }
 
@@ -163,7 +208,8 @@ pub fn compile(policy: &Policy, profile: SeccompProfile) -> Vec<Insn> {
 pub unsafe fn install(program: &[Insn]) -> std::io::Result<()> {
     let filters: Vec<libc::sock_filter> =
         program.iter().map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k }).collect();
-    let prog = libc::sock_fprog { len: u16::try_from(filters.len()).unwrap_or(u16::MAX), filter: filters.as_ptr().cast_mut() };
+    let prog =
+        libc::sock_fprog { len: u16::try_from(filters.len()).unwrap_or(u16::MAX), filter: filters.as_ptr().cast_mut() };
     // SAFETY: prog points to a valid filter array that outlives the call.
     let rc = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &raw const prog) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }

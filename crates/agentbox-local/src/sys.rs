@@ -7,7 +7,8 @@ use std::path::Path;
 
 /// Converts a path to a C string.
 pub fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 /// Converts a string to a C string.
@@ -21,7 +22,13 @@ pub fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// mount(2).
-pub fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+pub fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
     let source = source.map(cstr).transpose()?;
     let fstype = fstype.map(cstr).transpose()?;
     let data = data.map(cstr).transpose()?;
@@ -29,7 +36,16 @@ pub fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: l
     let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: all pointers are valid NUL-terminated strings or null, as mount(2) accepts.
     let rc = unsafe { libc::mount(ptr(&source), target.as_ptr(), ptr(&fstype), flags, ptr(&data).cast()) };
-    check(rc).map(drop).map_err(|e| io::Error::new(e.kind(), format!("mount {} on {}: {e}", source.as_deref().map_or("none".into(), CStr::to_string_lossy), target.to_string_lossy())))
+    check(rc).map(drop).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "mount {} on {}: {e}",
+                source.as_deref().map_or("none".into(), CStr::to_string_lossy),
+                target.to_string_lossy()
+            ),
+        )
+    })
 }
 
 /// umount2(2).

@@ -24,7 +24,9 @@ async fn read_write_list_stat_mkdir_rename_remove() {
     assert!(matches!(b.stat(id, "/home/user/notes").await, Err(Error::NotFound(_))));
     assert!(matches!(b.read_file(id, "/nope").await, Err(Error::NotFound(m)) if m.contains("/nope")));
     assert!(matches!(b.read_file(id, "/home/user").await, Err(Error::InvalidRequest(m)) if m.contains("directory")));
-    assert!(matches!(b.write_file(id, "/usr/bin/evil", vec![1]).await, Err(Error::PermissionDenied(m)) if m.contains("read-only")));
+    assert!(
+        matches!(b.write_file(id, "/usr/bin/evil", vec![1]).await, Err(Error::PermissionDenied(m)) if m.contains("read-only"))
+    );
     assert!(matches!(b.read_file(id, "a\0b").await, Err(Error::InvalidRequest(_))));
     assert!(matches!(b.read_file(id, "").await, Err(Error::InvalidRequest(_))));
     sb.destroy().await;
@@ -36,10 +38,18 @@ async fn traversal_and_planted_symlinks_never_reach_the_host() {
     let (b, id) = (&sb.backend, &sb.id);
     let marker = format!("/tmp/agentbox-host-marker-{}", std::process::id());
     std::fs::write(&marker, "HOST SECRET").unwrap();
-    let out = sb.sh("ln -s / ~/root && ln -s /etc ~/etc && ln -s ../../../../../.. ~/up && ln -s /tmp ~/t && echo planted").await;
+    let out = sb
+        .sh("ln -s / ~/root && ln -s /etc ~/etc && ln -s ../../../../../.. ~/up && ln -s /tmp ~/t && echo planted")
+        .await;
     assert_eq!(out.stdout, "planted\n");
     let host_hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    for path in ["../../../../etc/hostname", "/home/user/root/etc/hostname", "/home/user/etc/hostname", "/home/user/up/etc/hostname", "%2e%2e/%2e%2e/etc/hostname"] {
+    for path in [
+        "../../../../etc/hostname",
+        "/home/user/root/etc/hostname",
+        "/home/user/etc/hostname",
+        "/home/user/up/etc/hostname",
+        "%2e%2e/%2e%2e/etc/hostname",
+    ] {
         match b.read_file(id, path).await {
             Ok(data) => {
                 let s = String::from_utf8_lossy(&data);
@@ -51,7 +61,11 @@ async fn traversal_and_planted_symlinks_never_reach_the_host() {
             Err(e) => assert!(matches!(e, Error::NotFound(_)), "{path}: {e}"),
         }
     }
-    for path in [marker.as_str(), &format!("/home/user/t/{}", marker.trim_start_matches("/tmp/")), &format!("/home/user/root{marker}")] {
+    for path in [
+        marker.as_str(),
+        &format!("/home/user/t/{}", marker.trim_start_matches("/tmp/")),
+        &format!("/home/user/root{marker}"),
+    ] {
         assert!(matches!(b.read_file(id, path).await, Err(Error::NotFound(_))), "{path} reached a host file");
     }
     // Writing through a planted link to a system path is refused; the host file is untouched.

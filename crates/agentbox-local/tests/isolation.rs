@@ -11,11 +11,19 @@ use common::Sandbox;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_unprivileged_with_seccomp_and_no_new_privs() {
     let sb = Sandbox::new().await;
-    let out = sb.sh("id -u; id -g; grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status").await;
+    let out =
+        sb.sh("id -u; id -g; grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status").await;
     assert_eq!(out.exit_code, 0, "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[..2], ["1000", "1000"]);
-    for want in ["CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", "CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2"] {
+    for want in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
         assert!(lines.contains(&want), "missing {want:?} in {lines:?}");
     }
     sb.destroy().await;
@@ -44,7 +52,8 @@ async fn host_files_are_invisible_or_read_only() {
     }
     assert!(out.stdout.matches("Read-only file system").count() >= 2, "{}", out.stdout);
     assert!(!std::path::Path::new("/usr/agentbox-probe").exists());
-    let out = sb.sh("cat /etc/passwd; cat /etc/hostname; echo ok > ~/x && cat ~/x && echo ok > /tmp/y && cat /tmp/y").await;
+    let out =
+        sb.sh("cat /etc/passwd; cat /etc/hostname; echo ok > ~/x && cat ~/x && echo ok > /tmp/y && cat /tmp/y").await;
     assert!(out.stdout.contains("user:x:1000:1000::/home/user:/bin/bash"), "{}", out.stdout);
     assert!(out.stdout.contains("sandbox\nok\nok\n"), "{}", out.stdout);
     sb.destroy().await;
@@ -85,7 +94,25 @@ async fn no_host_environment_leaks_in() {
     assert_eq!(vars.get("MY_SETTING"), Some(&"42"));
     assert_eq!(vars.get("PER_EXEC"), Some(&"yes"));
     for (k, _) in std::env::vars() {
-        if !["HOME", "PATH", "LANG", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "PWD", "SHLVL", "_", "OLDPWD", "PYTHONUNBUFFERED", "MPLBACKEND", "NODE_PATH"].contains(&k.as_str()) {
+        if ![
+            "HOME",
+            "PATH",
+            "LANG",
+            "USER",
+            "LOGNAME",
+            "SHELL",
+            "TERM",
+            "TMPDIR",
+            "PWD",
+            "SHLVL",
+            "_",
+            "OLDPWD",
+            "PYTHONUNBUFFERED",
+            "MPLBACKEND",
+            "NODE_PATH",
+        ]
+        .contains(&k.as_str())
+        {
             assert!(!vars.contains_key(k.as_str()), "host variable {k} leaked into the sandbox");
         }
     }
@@ -186,10 +213,34 @@ except OSError as e:
         assert!(allowed.contains(&got), "{name}: got {got}, want one of {allowed:?}\n{}", out.stdout);
     };
     for name in [
-        "unshare_user", "unshare_ns", "setns", "clone_newuser", "mount", "fsopen", "pivot_root", "chroot", "bpf",
-        "perf_event_open", "keyctl", "add_key", "userfaultfd", "open_by_handle_at", "io_uring_setup", "kexec_load",
-        "finit_module", "init_module", "reboot", "swapon", "settimeofday", "process_vm_readv", "personality",
-        "ptrace_attach_init", "tiocsti", "af_alg", "af_vsock", "af_packet",
+        "unshare_user",
+        "unshare_ns",
+        "setns",
+        "clone_newuser",
+        "mount",
+        "fsopen",
+        "pivot_root",
+        "chroot",
+        "bpf",
+        "perf_event_open",
+        "keyctl",
+        "add_key",
+        "userfaultfd",
+        "open_by_handle_at",
+        "io_uring_setup",
+        "kexec_load",
+        "finit_module",
+        "init_module",
+        "reboot",
+        "swapon",
+        "settimeofday",
+        "process_vm_readv",
+        "personality",
+        "ptrace_attach_init",
+        "tiocsti",
+        "af_alg",
+        "af_vsock",
+        "af_packet",
     ] {
         expect(name, &["EPERM", "EACCES", "EAFNOSUPPORT"]);
     }

@@ -94,7 +94,12 @@ async fn runs_code_in_each_language() {
     let big = format!("x = 0\n{}print(x)\n", "x += 1\n".repeat(20_000));
     let out = b.run_code(id, CodeRequest::new(Language::Python, big)).await.unwrap().collect(1 << 16).await;
     assert_eq!(out.stdout, "20000\n");
-    let out = b.run_code(id, CodeRequest::new(Language::Python, "raise ValueError('boom')")).await.unwrap().collect(1 << 16).await;
+    let out = b
+        .run_code(id, CodeRequest::new(Language::Python, "raise ValueError('boom')"))
+        .await
+        .unwrap()
+        .collect(1 << 16)
+        .await;
     assert_eq!(out.exit_code, 1);
     assert!(out.stderr.contains("ValueError: boom"));
     match b.run_code(id, CodeRequest::new(Language::Typescript, "const n: number = 2; console.log(n * 21)")).await {
@@ -127,7 +132,11 @@ fn mounts_mentioning(id: &str) -> usize {
 }
 
 fn open_fds() -> BTreeSet<String> {
-    std::fs::read_dir("/proc/self/fd").unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +152,8 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     b.spawn_background(&info.id, ExecRequest::shell("sleep 1000 & sleep 1000")).await.unwrap();
     let pids = b.host_pids(&info.id).unwrap();
     assert!(pids.len() >= 3);
-    let cgroups: Vec<String> = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap().lines().map(str::to_owned).collect();
+    let cgroups: Vec<String> =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap().lines().map(str::to_owned).collect();
     b.destroy(&info.id).await.unwrap();
     b.destroy(&info.id).await.unwrap();
     for p in &pids {
@@ -154,7 +164,8 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     for line in cgroups.iter().filter(|l| l.contains(&id)) {
         let (ctrl, path) = line.split_once(':').unwrap().1.split_once(':').unwrap();
         let ctrl = ctrl.split(',').next().unwrap_or_default();
-        let dir = if ctrl.is_empty() { format!("/sys/fs/cgroup{path}") } else { format!("/sys/fs/cgroup/{ctrl}{path}") };
+        let dir =
+            if ctrl.is_empty() { format!("/sys/fs/cgroup{path}") } else { format!("/sys/fs/cgroup/{ctrl}{path}") };
         assert!(!std::path::Path::new(&dir).exists(), "cgroup {dir} left behind");
     }
     assert_eq!(open_fds(), fds_before, "file descriptors leaked");
@@ -176,7 +187,11 @@ async fn crash_helper() {
     let b = LocalBackend::new(LocalConfig { state_dir: state.into(), ..LocalConfig::default() }).unwrap();
     let info = b.create(CreateRequest::default()).await.unwrap();
     b.spawn_background(&info.id, ExecRequest::shell("sleep 1000")).await.unwrap();
-    println!("SANDBOX {} {}", info.id, b.host_pids(&info.id).unwrap().iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+    println!(
+        "SANDBOX {} {}",
+        info.id,
+        b.host_pids(&info.id).unwrap().iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    );
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
@@ -206,7 +221,10 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     child.wait().unwrap();
     let mut alive = pids.len();
     for _ in 0..200 {
-        alive = pids.iter().filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "))).count();
+        alive = pids
+            .iter()
+            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z ")))
+            .count();
         if alive == 0 {
             break;
         }

@@ -32,7 +32,9 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
     config.security.max_processes = 32;
     let sb = Sandbox::with(config).await;
     let code = "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)";
-    let out = sb.run(ExecRequest { timeout: Some(Duration::from_secs(20)), ..ExecRequest::argv(["python3", "-c", code]) }).await;
+    let out = sb
+        .run(ExecRequest { timeout: Some(Duration::from_secs(20)), ..ExecRequest::argv(["python3", "-c", code]) })
+        .await;
     let mut it = out.stdout.split_whitespace();
     let forks: u32 = it.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{out:?}"));
     assert!(forks < 32, "forked {forks} times past a limit of 32");

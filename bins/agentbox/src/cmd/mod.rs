@@ -1,6 +1,7 @@
 //! The subcommands, one module each, and the error they share.
 
 pub mod presets;
+pub mod run;
 
 use std::io::{self, Write};
 use std::process::ExitCode;

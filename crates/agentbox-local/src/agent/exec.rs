@@ -21,9 +21,11 @@ fn lookup(cmd: &str, path_var: &str) -> Option<String> {
         return Some(cmd.to_owned());
     }
     use std::os::unix::fs::PermissionsExt;
-    path_var.split(':').filter(|d| !d.is_empty()).map(|d| format!("{d}/{cmd}")).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{cmd}"))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Resolves the program and builds the C strings.
@@ -93,13 +95,20 @@ pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
     unsafe {
         ok("setsid", libc::setsid());
         if io.cgroup_procs >= 0 {
-            ok("joining the execution cgroup", i32::try_from(libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1)).unwrap_or(-1));
+            ok(
+                "joining the execution cgroup",
+                i32::try_from(libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1)).unwrap_or(-1),
+            );
         }
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         let stdin = if io.stdin >= 0 { io.stdin } else { null };
         let (stdout, stderr) = match &p.output_path {
             Some(path) => {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW, 0o644);
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW,
+                    0o644,
+                );
                 ok("opening the output file", fd);
                 ok("owning the output file", libc::fchown(fd, setup.uid, setup.gid));
                 (fd, fd)
@@ -126,7 +135,9 @@ pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
 
         if setup.drop_caps {
             for cap in 0..=63 {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1
+                    && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+                {
                     break;
                 }
             }
@@ -157,8 +168,10 @@ pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
             let e = io::Error::last_os_error();
             fail(&format!("changing to {}", Path::new(&*p.cwd.to_string_lossy()).display()), &e);
         }
-        let argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp: Vec<*const libc::c_char> = p.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let argv: Vec<*const libc::c_char> =
+            p.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp: Vec<*const libc::c_char> =
+            p.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
         libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         let e = io::Error::last_os_error();
         fail(&format!("executing {}", p.path.to_string_lossy()), &e)

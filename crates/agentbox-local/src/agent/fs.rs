@@ -12,7 +12,14 @@ use crate::sys;
 /// The filesystem syscalls setup needs: the seam between the mount logic and the kernel.
 pub trait Mounter {
     /// mount(2).
-    fn mount(&mut self, source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()>;
+    fn mount(
+        &mut self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: libc::c_ulong,
+        data: Option<&str>,
+    ) -> io::Result<()>;
     /// umount2(2) with MNT_DETACH.
     fn detach(&mut self, target: &Path) -> io::Result<()>;
     /// mkdir -p with a final mode and owner.
@@ -23,6 +30,8 @@ pub trait Mounter {
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
     /// Writes a small file.
     fn write(&mut self, path: &Path, content: &str) -> io::Result<()>;
+    /// rmdir(2).
+    fn rmdir(&mut self, path: &Path) -> io::Result<()>;
     /// Makes `new_root` the root and detaches the old one.
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()>;
 }
@@ -31,7 +40,14 @@ pub trait Mounter {
 pub struct LinuxMounter;
 
 impl Mounter for LinuxMounter {
-    fn mount(&mut self, source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+    fn mount(
+        &mut self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: libc::c_ulong,
+        data: Option<&str>,
+    ) -> io::Result<()> {
         sys::mount(source, target, fstype, flags, data)
     }
     fn detach(&mut self, target: &Path) -> io::Result<()> {
@@ -54,6 +70,9 @@ impl Mounter for LinuxMounter {
     }
     fn write(&mut self, path: &Path, content: &str) -> io::Result<()> {
         std::fs::write(path, content)
+    }
+    fn rmdir(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
     }
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
         std::env::set_current_dir(new_root)?;
@@ -87,8 +106,14 @@ fn under(root: &Path, inside: &str) -> PathBuf {
 pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     m.mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(ctx("making mounts private"))?;
-    m.mount(Some("agentbox-root"), root, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("size=4m,nr_inodes=4096,mode=0755"))
-        .map_err(ctx("mounting the root tmpfs"))?;
+    m.mount(
+        Some("agentbox-root"),
+        root,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("size=4m,nr_inodes=4096,mode=0755"),
+    )
+    .map_err(ctx("mounting the root tmpfs"))?;
 
     for b in &s.binds {
         let target = under(root, &b.target);
@@ -100,7 +125,8 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
             }
             m.touch(&target)?;
         }
-        m.mount(Some(&b.source), &target, None, libc::MS_BIND | libc::MS_REC, None).map_err(ctx("binding a system path"))?;
+        m.mount(Some(&b.source), &target, None, libc::MS_BIND | libc::MS_REC, None)
+            .map_err(ctx("binding a system path"))?;
         m.mount(None, &target, None, RO_BIND, None).map_err(ctx("making a system path read-only"))?;
     }
     for (link, target) in &s.symlinks {
@@ -122,6 +148,7 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     m.mount(Some(&storage.join("home").to_string_lossy()), &home, None, libc::MS_BIND, None)?;
     m.mount(Some(&storage.join("tmp").to_string_lossy()), &root.join("tmp"), None, libc::MS_BIND, None)?;
     m.detach(&storage)?;
+    m.rmdir(&storage)?;
     for q in &s.quotas {
         let target = under(root, &q.path);
         m.mkdir(&target, 0o755, owner)?;
@@ -133,27 +160,46 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     // /dev: a small tmpfs with the safe device nodes, a private devpts and /dev/shm.
     let dev = root.join("dev");
     m.mkdir(&dev, 0o755, None)?;
-    m.mount(Some("agentbox-dev"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("size=64k,nr_inodes=64,mode=0755"))?;
+    m.mount(
+        Some("agentbox-dev"),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("size=64k,nr_inodes=64,mode=0755"),
+    )?;
     for d in DEVICES {
         let target = dev.join(d);
         m.touch(&target)?;
-        m.mount(Some(&format!("/dev/{d}")), &target, None, libc::MS_BIND, None).map_err(ctx("binding a device node"))?;
+        m.mount(Some(&format!("/dev/{d}")), &target, None, libc::MS_BIND, None)
+            .map_err(ctx("binding a device node"))?;
     }
     m.mkdir(&dev.join("pts"), 0o755, None)?;
-    m.mount(Some("devpts"), &dev.join("pts"), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
-        .map_err(ctx("mounting devpts"))?;
+    m.mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(ctx("mounting devpts"))?;
     m.symlink("pts/ptmx", &dev.join("ptmx"))?;
     m.mkdir(&dev.join("shm"), 0o1777, None)?;
     let shm = format!("size={},mode=1777", s.shm_bytes);
     m.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm))?;
-    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         m.symlink(target, &dev.join(name))?;
     }
 
     // /proc of the sandbox's own pid namespace, with the sensitive paths masked.
     let proc_dir = root.join("proc");
     m.mkdir(&proc_dir, 0o555, None)?;
-    m.mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None).map_err(ctx("mounting /proc"))?;
+    m.mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
+        .map_err(ctx("mounting /proc"))?;
     for f in PROC_MASKED_FILES {
         let p = proc_dir.join(f);
         if p.exists() {
@@ -186,17 +232,41 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     m.mkdir(&root.join(".agentbox"), 0o700, None)?;
     m.mkdir(&root.join(".agentbox/cg"), 0o700, None)?;
     match s.exec_cgroups.as_str() {
-        "v2" => m.mount(Some("cgroup2"), &root.join(".agentbox/cg"), Some("cgroup2"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?,
-        "v1:pids" => m.mount(Some("cgroup"), &root.join(".agentbox/cg"), Some("cgroup"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("pids"))?,
+        "v2" => m.mount(
+            Some("cgroup2"),
+            &root.join(".agentbox/cg"),
+            Some("cgroup2"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        )?,
+        "v1:pids" => m.mount(
+            Some("cgroup"),
+            &root.join(".agentbox/cg"),
+            Some("cgroup"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("pids"),
+        )?,
         _ => {}
     }
 
     m.pivot_root(root).map_err(ctx("pivoting into the sandbox root"))?;
     if s.read_only_root {
-        m.mount(None, Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)
-            .map_err(ctx("making the root read-only"))?;
-        m.mount(None, Path::new("/dev"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC, None)
-            .map_err(ctx("making /dev read-only"))?;
+        m.mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )
+        .map_err(ctx("making the root read-only"))?;
+        m.mount(
+            None,
+            Path::new("/dev"),
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+            None,
+        )
+        .map_err(ctx("making /dev read-only"))?;
     }
     Ok(())
 }
@@ -210,8 +280,21 @@ mod tests {
     struct Recorder(Vec<String>);
 
     impl Mounter for Recorder {
-        fn mount(&mut self, source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
-            self.0.push(format!("mount {} {} {} {flags:#x} {}", source.unwrap_or("-"), target.display(), fstype.unwrap_or("-"), data.unwrap_or("-")));
+        fn mount(
+            &mut self,
+            source: Option<&str>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: libc::c_ulong,
+            data: Option<&str>,
+        ) -> io::Result<()> {
+            self.0.push(format!(
+                "mount {} {} {} {flags:#x} {}",
+                source.unwrap_or("-"),
+                target.display(),
+                fstype.unwrap_or("-"),
+                data.unwrap_or("-")
+            ));
             Ok(())
         }
         fn detach(&mut self, target: &Path) -> io::Result<()> {
@@ -232,6 +315,10 @@ mod tests {
         }
         fn write(&mut self, path: &Path, _content: &str) -> io::Result<()> {
             self.0.push(format!("write {}", path.display()));
+            Ok(())
+        }
+        fn rmdir(&mut self, path: &Path) -> io::Result<()> {
+            self.0.push(format!("rmdir {}", path.display()));
             Ok(())
         }
         fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
@@ -279,10 +366,19 @@ mod tests {
     fn system_paths_are_bound_read_only_and_storage_is_capped() {
         let log = check(&setup());
         let bind = index(&log, "mount /usr /r/usr");
-        assert!(log[bind + 1].starts_with("mount - /r/usr - 0x") && log[bind + 1].contains(&format!("{:#x}", RO_BIND)), "{log:#?}");
-        assert!(log.iter().any(|l| l.contains("agentbox-storage /r/.storage tmpfs") && l.contains("size=1073741824,nr_inodes=1000")));
+        assert!(
+            log[bind + 1].starts_with("mount - /r/usr - 0x") && log[bind + 1].contains(&format!("{:#x}", RO_BIND)),
+            "{log:#?}"
+        );
+        assert!(
+            log.iter()
+                .any(|l| l.contains("agentbox-storage /r/.storage tmpfs")
+                    && l.contains("size=1073741824,nr_inodes=1000"))
+        );
         assert!(index(&log, "detach /r/.storage") > index(&log, "mount /r/.storage/tmp /r/tmp"));
-        assert!(log.iter().any(|l| l.starts_with("mount agentbox-quota /r/tmp/small tmpfs") && l.contains("size=1048576")));
+        assert!(
+            log.iter().any(|l| l.starts_with("mount agentbox-quota /r/tmp/small tmpfs") && l.contains("size=1048576"))
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::proto::{self, Exec, Exited, Failure, Kind, Kill, Proc, ProcList, Ready, Setup, Started};
+use crate::proto::{self, Exec, Exited, Failure, Kill, Kind, Proc, ProcList, Ready, Setup, Started};
 use crate::sys;
 
 /// Environment variable that turns a process into a sandbox agent.
@@ -208,7 +208,15 @@ impl Agent {
             sys::check(libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?
         };
         sys::set_nonblocking(CONTROL_FD)?;
-        Ok(Self { setup, exec_cgroups, sigfd, inbuf: Vec::new(), outbuf: Vec::new(), execs: HashMap::new(), finished_bg: Vec::new() })
+        Ok(Self {
+            setup,
+            exec_cgroups,
+            sigfd,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            execs: HashMap::new(),
+            finished_bg: Vec::new(),
+        })
     }
 
     fn send(&mut self, frame: &[u8]) {
@@ -218,7 +226,11 @@ impl Agent {
     fn run(&mut self) -> io::Result<()> {
         loop {
             let mut fds = vec![
-                libc::pollfd { fd: CONTROL_FD, events: libc::POLLIN | if self.outbuf.is_empty() { 0 } else { libc::POLLOUT }, revents: 0 },
+                libc::pollfd {
+                    fd: CONTROL_FD,
+                    events: libc::POLLIN | if self.outbuf.is_empty() { 0 } else { libc::POLLOUT },
+                    revents: 0,
+                },
                 libc::pollfd { fd: self.sigfd, events: libc::POLLIN, revents: 0 },
             ];
             let throttled = self.outbuf.len() > OUTBUF_HIGH;
@@ -373,7 +385,13 @@ impl Agent {
                     .execs
                     .iter()
                     .filter(|(_, r)| r.background.is_some())
-                    .map(|(i, r)| Proc { id: *i, pid: r.pid, argv: r.argv.clone(), exit_code: None, output_path: r.background.clone() })
+                    .map(|(i, r)| Proc {
+                        id: *i,
+                        pid: r.pid,
+                        argv: r.argv.clone(),
+                        exit_code: None,
+                        output_path: r.background.clone(),
+                    })
                     .collect();
                 procs.extend(self.finished_bg.iter().cloned());
                 procs.sort_by_key(|p| p.id);
@@ -390,7 +408,11 @@ impl Agent {
                 // Report like a shell would: message on stderr, exit 127.
                 self.send(&proto::encode(Kind::Started, id, &[]));
                 self.send(&proto::encode(Kind::Stderr, id, format!("{msg}\n").as_bytes()));
-                self.send(&proto::encode_json(Kind::Exited, id, &Exited { code: 127, signal: None, timed_out: false, micros: 0 }));
+                self.send(&proto::encode_json(
+                    Kind::Exited,
+                    id,
+                    &Exited { code: 127, signal: None, timed_out: false, micros: 0 },
+                ));
                 return;
             }
         };
@@ -607,7 +629,13 @@ impl Agent {
         }
         let micros = u64::try_from(r.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(path) = r.background {
-            self.finished_bg.push(Proc { id, pid: r.pid, argv: r.argv, exit_code: Some(code), output_path: Some(path) });
+            self.finished_bg.push(Proc {
+                id,
+                pid: r.pid,
+                argv: r.argv,
+                exit_code: Some(code),
+                output_path: Some(path),
+            });
             if self.finished_bg.len() > 256 {
                 self.finished_bg.remove(0);
             }

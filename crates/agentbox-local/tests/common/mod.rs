@@ -39,7 +39,9 @@ impl Sandbox {
 
     /// Runs Python code, returning stdout trimmed; panics with stderr when it fails.
     pub async fn py(&self, code: &str) -> String {
-        let out = self.run(ExecRequest { timeout: Some(Duration::from_secs(60)), ..ExecRequest::argv(["python3", "-c", code]) }).await;
+        let out = self
+            .run(ExecRequest { timeout: Some(Duration::from_secs(60)), ..ExecRequest::argv(["python3", "-c", code]) })
+            .await;
         assert_eq!(out.exit_code, 0, "python failed: {}\n{}", out.stdout, out.stderr);
         out.stdout.trim().to_owned()
     }

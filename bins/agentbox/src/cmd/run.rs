@@ -1,0 +1,167 @@
+//! `agentbox run`: a command or code in a throwaway sandbox, streamed, with the command's exit code.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentbox_config::{ConfigLoader, Preset};
+use agentbox_core::{CodeRequest, CreateRequest, ExecEvent, ExecRequest, ExecStream, Language, SandboxBackend};
+use agentbox_local::{LocalBackend, LocalConfig};
+
+use super::CliError;
+
+/// Arguments of `agentbox run`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  agentbox run -- python3 -c 'print(6 * 7)'\n  agentbox run --memory-mb 256 --timeout 10s -- bash -c 'ulimit -a'\n  agentbox run --lang python -c 'import sys; print(sys.version)'\n  agentbox run --lang javascript script.js"
+)]
+pub struct Args {
+    /// Preset to start from: default, lightweight, heavy_compute or browser.
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// CPUs (CPU quota).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory limit in MiB.
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// Storage cap in GiB.
+    #[arg(long)]
+    pub disk_gb: Option<u64>,
+    /// Maximum number of processes.
+    #[arg(long)]
+    pub pids: Option<u32>,
+    /// Time limit, in seconds or with a unit ("90s", "5m"); exits 124 when hit.
+    #[arg(long, value_parser = agentbox_config::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox (default: /home/user).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Run code in this language instead of a command: python, javascript, typescript or bash.
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// The code to run (with --lang).
+    #[arg(short = 'c', requires = "lang")]
+    pub code: Option<String>,
+    /// The command and its arguments, or with --lang a source file on the host.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| CliError::Usage(format!("--env {p:?} must look like NAME=VALUE")))
+        })
+        .collect()
+}
+
+/// Runs the command; returns its exit code (128+signal when killed, 124 on timeout).
+///
+/// # Errors
+/// Bad arguments, or a sandbox that could not be created.
+pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    let preset: Preset = args.preset.parse().map_err(CliError::Usage)?;
+    let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
+    if let Some(v) = args.cpus {
+        loader = loader.set("cpu_count", u64::from(v));
+    }
+    if let Some(v) = args.memory_mb {
+        loader = loader.set("memory_mb", v);
+    }
+    if let Some(v) = args.disk_gb {
+        loader = loader.set("disk_gb", v);
+    }
+    if let Some(v) = args.pids {
+        loader = loader.set("security.max_processes", u64::from(v));
+    }
+    let config = loader.load().map_err(|e| CliError::Usage(e.to_string()))?;
+    let env = parse_env(&args.env)?;
+    let job = match &args.lang {
+        Some(lang) => {
+            let language: Language = lang.parse()?;
+            let code = match (&args.code, args.command.as_slice()) {
+                (Some(code), []) => code.clone(),
+                (None, [file]) => std::fs::read_to_string(PathBuf::from(file))
+                    .map_err(|e| CliError::Usage(format!("cannot read {file}: {e}")))?,
+                _ => return Err(CliError::Usage("with --lang, give either -c CODE or one source FILE".into())),
+            };
+            Job::Code(CodeRequest { language, code, cwd: args.workdir.clone(), env, timeout: args.timeout })
+        }
+        None => {
+            if args.command.is_empty() {
+                return Err(CliError::Usage("nothing to run: give a command after --, or --lang with -c CODE".into()));
+            }
+            Job::Exec(ExecRequest {
+                cwd: args.workdir.clone(),
+                env,
+                timeout: args.timeout,
+                ..ExecRequest::argv(args.command.clone())
+            })
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let backend = LocalBackend::new(LocalConfig::default())?;
+        let sandbox = backend.create(CreateRequest::new(config)).await?;
+        let result = tokio::select! {
+            r = drive(&backend, &sandbox.id, job) => r,
+            _ = tokio::signal::ctrl_c() => Ok(130),
+        };
+        let destroyed = backend.destroy(&sandbox.id).await;
+        let code = result?;
+        destroyed?;
+        Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+    })
+}
+
+enum Job {
+    Exec(ExecRequest),
+    Code(CodeRequest),
+}
+
+async fn drive(backend: &LocalBackend, id: &agentbox_core::SandboxId, job: Job) -> Result<i32, CliError> {
+    let mut stream: ExecStream = match job {
+        Job::Exec(r) => backend.exec(id, r).await?,
+        Job::Code(r) => backend.run_code(id, r).await?,
+    };
+    let mut code = 1;
+    while let Some(event) = stream.next().await {
+        match event {
+            ExecEvent::Stdout(b) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&b)?;
+                out.flush()?;
+            }
+            ExecEvent::Stderr(b) => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(&b)?;
+                err.flush()?;
+            }
+            ExecEvent::Exit(status) => {
+                if status.oom_killed {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "agentbox: the command was killed: out of memory (raise --memory-mb)"
+                    );
+                } else if status.timed_out {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "agentbox: the command timed out and was killed with its whole process tree"
+                    );
+                }
+                code = status.exit_code;
+            }
+        }
+    }
+    Ok(code)
+}
