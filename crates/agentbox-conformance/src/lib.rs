@@ -33,8 +33,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentbox_core::config::SandboxConfig;
 use agentbox_core::{
-    CodeRequest, CreateRequest, Error, ExecEvent, ExecOutput, ExecRequest, FileKind, Language, SandboxBackend, SandboxId,
-    SandboxInfo, SandboxState,
+    CodeRequest, CreateRequest, Error, ExecEvent, ExecOutput, ExecRequest, FileKind, Language, SandboxBackend,
+    SandboxId, SandboxInfo, SandboxState,
 };
 
 /// What a check found when the contract held.
@@ -118,7 +118,10 @@ impl Target {
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Target").field("backend", &self.backend.name()).field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("Target")
+            .field("backend", &self.backend.name())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -431,7 +434,9 @@ pub async fn create_and_list(backend: Arc<dyn SandboxBackend>, options: Options)
         ctx.ensure(info.backend == ctx.backend.name(), || {
             format!("created sandbox reports backend {:?}, expected {:?}", info.backend, ctx.backend.name())
         })?;
-        ctx.ensure(info.state == SandboxState::Running, || format!("a created sandbox should be running, got {:?}", info.state))?;
+        ctx.ensure(info.state == SandboxState::Running, || {
+            format!("a created sandbox should be running, got {:?}", info.state)
+        })?;
         ctx.ensure(info.metadata.get("conformance") == Some(&label), || {
             format!("create should return the metadata it was given, got {:?}", info.metadata)
         })?;
@@ -442,7 +447,9 @@ pub async fn create_and_list(backend: Arc<dyn SandboxBackend>, options: Options)
         ctx.ensure(found.metadata.get("conformance") == Some(&label), || {
             format!("list should show the metadata given at creation, got {:?}", found.metadata)
         })?;
-        ctx.ensure(found.backend == ctx.backend.name(), || format!("listed sandbox reports backend {:?}", found.backend))?;
+        ctx.ensure(found.backend == ctx.backend.name(), || {
+            format!("listed sandbox reports backend {:?}", found.backend)
+        })?;
         Ok(Outcome::Passed)
     }
     .await;
@@ -594,11 +601,15 @@ pub async fn exec_env_and_cwd(backend: Arc<dyn SandboxBackend>, options: Options
         })?;
         let home = ctx.home(id).await?;
         let pwd = ctx.sh_ok(id, "pwd").await?;
-        ctx.ensure(pwd.trim_end() == home, || format!("the default working directory should be the home {home:?}, got {pwd:?}"))?;
+        ctx.ensure(pwd.trim_end() == home, || {
+            format!("the default working directory should be the home {home:?}, got {pwd:?}")
+        })?;
         let dir = format!("{home}/conformance-cwd-{}", nonce());
         ctx.call("mkdir", ctx.backend.mkdir(id, &dir)).await?;
         let out = ctx.run(id, ExecRequest { cwd: Some(dir.clone()), ..ExecRequest::argv(["pwd"]) }).await?;
-        ctx.ensure(out.stdout.trim_end() == dir, || format!("cwd {dir:?} should be the working directory, pwd said {:?}", out.stdout))?;
+        ctx.ensure(out.stdout.trim_end() == dir, || {
+            format!("cwd {dir:?} should be the working directory, pwd said {:?}", out.stdout)
+        })?;
         Ok(Outcome::Passed)
     }
     .await;
@@ -617,17 +628,29 @@ pub async fn exec_timeout(backend: Arc<dyn SandboxBackend>, options: Options) ->
     let info = ctx.create(CreateRequest::new(config)).await?;
     let result: CheckResult = async {
         let id = &info.id;
-        let out = ctx.run(id, ExecRequest { timeout: Some(Duration::from_secs(1)), ..ExecRequest::shell("echo started; sleep 60") }).await?;
+        let out = ctx
+            .run(
+                id,
+                ExecRequest { timeout: Some(Duration::from_secs(1)), ..ExecRequest::shell("echo started; sleep 60") },
+            )
+            .await?;
         ctx.ensure(out.timed_out && out.exit_code == 124, || {
-            format!("`sleep 60` with a 1 s limit should time out with exit 124, got exit {} timed_out {}", out.exit_code, out.timed_out)
+            format!(
+                "`sleep 60` with a 1 s limit should time out with exit 124, got exit {} timed_out {}",
+                out.exit_code, out.timed_out
+            )
         })?;
-        ctx.ensure(out.stdout == "started\n", || format!("output before the timeout should be kept, got {:?}", out.stdout))?;
+        ctx.ensure(out.stdout == "started\n", || {
+            format!("output before the timeout should be kept, got {:?}", out.stdout)
+        })?;
         let out = ctx.sh(id, "sleep 60").await?;
         ctx.ensure(out.timed_out && out.exit_code == 124, || {
             format!("`sleep 60` should time out at the sandbox's execution_timeout (2 s), got {out:?}")
         })?;
         let after = ctx.sh_ok(id, "echo still-usable").await?;
-        ctx.ensure(after == "still-usable\n", || format!("the sandbox should be usable after a timeout, got {after:?}"))?;
+        ctx.ensure(after == "still-usable\n", || {
+            format!("the sandbox should be usable after a timeout, got {after:?}")
+        })?;
         Ok(Outcome::Passed)
     }
     .await;
@@ -688,17 +711,23 @@ async fn run_code_case(ctx: &Ctx, id: &SandboxId, case: &LanguageCase) -> CheckR
     })?;
     let out = ctx.code(id, CodeRequest::new(case.language, case.failing)).await?;
     let out = out.map_err(|e| ctx.fail(format!("failing {lang} code should give output, not an error: {e}")))?;
-    ctx.ensure(!case.failure_exits_non_zero || out.exit_code != 0, || format!("failing {lang} code should not exit 0, got {out:?}"))?;
+    ctx.ensure(!case.failure_exits_non_zero || out.exit_code != 0, || {
+        format!("failing {lang} code should not exit 0, got {out:?}")
+    })?;
     ctx.ensure(out.stderr.contains("conformance-boom") || out.stdout.contains("conformance-boom"), || {
         format!("the error of failing {lang} code should be reported, got {out:?}")
     })?;
     if let Some(endless) = case.endless {
         let request = CodeRequest { timeout: Some(Duration::from_secs(1)), ..CodeRequest::new(case.language, endless) };
         let out = ctx.code(id, request).await?.map_err(|e| ctx.fail(format!("endless {lang} code: {e}")))?;
-        ctx.ensure(out.timed_out && out.exit_code == 124, || format!("endless {lang} code with a 1 s limit should time out with 124, got {out:?}"))?;
+        ctx.ensure(out.timed_out && out.exit_code == 124, || {
+            format!("endless {lang} code with a 1 s limit should time out with 124, got {out:?}")
+        })?;
         let again = ctx.code(id, CodeRequest::new(case.language, case.answer)).await?;
         let again = again.map_err(|e| ctx.fail(format!("{lang} code after a timeout: {e}")))?;
-        ctx.ensure(again.exit_code == 0 && again.stdout.contains("42"), || format!("{lang} code should run again after a timeout, got {again:?}"))?;
+        ctx.ensure(again.exit_code == 0 && again.stdout.contains("42"), || {
+            format!("{lang} code should run again after a timeout, got {again:?}")
+        })?;
     }
     Ok(Outcome::Passed)
 }

@@ -42,7 +42,10 @@ async fn run(config: E2bConfig) -> agentbox_core::Result<()> {
         let back = backend.read_file(&sandbox.id, "/home/user/hello.txt").await?;
         println!("file round trip: {:?}", String::from_utf8_lossy(&back));
         let m = backend.metrics(&sandbox.id).await?;
-        println!("metrics: cpu {:.1}% memory {:.0} MiB disk {:.2} GiB", m.cpu_usage_percent, m.memory_used_mb, m.disk_used_gb);
+        println!(
+            "metrics: cpu {:.1}% memory {:.0} MiB disk {:.2} GiB",
+            m.cpu_usage_percent, m.memory_used_mb, m.disk_used_gb
+        );
         Ok::<(), agentbox_core::Error>(())
     }
     .await;

@@ -18,8 +18,8 @@ use crate::config::{E2bConfig, ENVD_PORT};
 use crate::error::{Call, Plane, http_error, retry_after};
 use crate::mapping::{self, network_plan, now_ms};
 use crate::transport::{
-    CONTROL_CREATE, CONTROL_IDEMPOTENT, HttpRequest, HttpResponse, ReqwestTransport, RetryOn, SANDBOX_IDEMPOTENT, Transport,
-    send_with_retry,
+    CONTROL_CREATE, CONTROL_IDEMPOTENT, HttpRequest, HttpResponse, ReqwestTransport, RetryOn, SANDBOX_IDEMPOTENT,
+    Transport, send_with_retry,
 };
 use crate::wire::{self, EnvdMetrics, ListedSandbox, NewSandbox, SandboxMetric};
 
@@ -128,7 +128,9 @@ impl E2bBackend {
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("agentbox-e2b/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::Backend(format!("cannot build the HTTP client: {}", crate::transport::describe_reqwest(&e))))?;
+            .map_err(|e| {
+                Error::Backend(format!("cannot build the HTTP client: {}", crate::transport::describe_reqwest(&e)))
+            })?;
         let transport = Arc::new(ReqwestTransport::new(http.clone()));
         Self::assemble(config, transport, http)
     }
@@ -176,7 +178,13 @@ impl E2bBackend {
     pub async fn pause(&self, id: &SandboxId) -> Result<()> {
         let request = self.inner.control(Method::POST, &["sandboxes", id.as_str(), "pause"]);
         let subject = format!("sandbox {id}");
-        self.inner.control_send(request, CONTROL_IDEMPOTENT, Call { plane: Plane::Control, action: "pause the sandbox", subject: &subject, sandbox: None }).await?;
+        self.inner
+            .control_send(
+                request,
+                CONTROL_IDEMPOTENT,
+                Call { plane: Plane::Control, action: "pause the sandbox", subject: &subject, sandbox: None },
+            )
+            .await?;
         self.inner.forget(id);
         Ok(())
     }
@@ -266,7 +274,9 @@ impl Inner {
         }
         let detail = self.detail(id).await?;
         if detail.state.as_deref() == Some("paused") {
-            return Err(Error::Conflict(format!("sandbox {id} is paused: resume it (E2bBackend::resume) before using it")));
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is paused: resume it (E2bBackend::resume) before using it"
+            )));
         }
         Ok(self.adopt(id, &detail))
     }
@@ -282,7 +292,9 @@ impl Inner {
     /// Caches a handle for a sandbox described by `GET /sandboxes/{id}`.
     fn adopt(&self, id: &SandboxId, detail: &ListedSandbox) -> Arc<Handle> {
         let meta = detail.metadata.clone().unwrap_or_default();
-        let ms = |key: &str, default: Duration| meta.get(key).and_then(|v| v.parse::<u64>().ok()).map_or(default, Duration::from_millis);
+        let ms = |key: &str, default: Duration| {
+            meta.get(key).and_then(|v| v.parse::<u64>().ok()).map_or(default, Duration::from_millis)
+        };
         let defaults = agentbox_config::SandboxConfig::default();
         let handle = Arc::new(Handle {
             id: id.clone(),
@@ -330,9 +342,12 @@ impl Inner {
     }
 
     pub(crate) async fn set_timeout(&self, id: &SandboxId, secs: u64) -> Result<()> {
-        let request = self.control(Method::POST, &["sandboxes", id.as_str(), "timeout"]).json(&serde_json::json!({ "timeout": secs }));
+        let request = self
+            .control(Method::POST, &["sandboxes", id.as_str(), "timeout"])
+            .json(&serde_json::json!({ "timeout": secs }));
         let subject = format!("sandbox {id}");
-        let call = Call { plane: Plane::Control, action: "extend the sandbox's timeout", subject: &subject, sandbox: None };
+        let call =
+            Call { plane: Plane::Control, action: "extend the sandbox's timeout", subject: &subject, sandbox: None };
         self.control_send(request, CONTROL_IDEMPOTENT, call).await.map(|_| ())
     }
 
@@ -348,7 +363,9 @@ impl Inner {
         let plan = network_plan(&config.network)?;
         let template = self.config.templates.for_preset(request.metadata.get("preset").map(String::as_str)).to_owned();
         if let Some(key) = request.metadata.keys().find(|k| k.starts_with(INTERNAL_PREFIX)) {
-            return Err(Error::InvalidRequest(format!("metadata key {key:?} is reserved: keys starting with {INTERNAL_PREFIX:?} are the backend's own")));
+            return Err(Error::InvalidRequest(format!(
+                "metadata key {key:?} is reserved: keys starting with {INTERNAL_PREFIX:?} are the backend's own"
+            )));
         }
         let mut metadata = request.metadata.clone();
         metadata.insert(MANAGED_KEY.into(), "true".into());
@@ -392,7 +409,11 @@ impl Inner {
             domain: created.domain,
             execution_timeout: config.execution_timeout,
             lease: config.idle_timeout,
-            state: Mutex::new(HandleState { expires_at_ms: created_at_ms + timeout * 1000, healthy: true, ..HandleState::default() }),
+            state: Mutex::new(HandleState {
+                expires_at_ms: created_at_ms + timeout * 1000,
+                healthy: true,
+                ..HandleState::default()
+            }),
         }));
         Ok(SandboxInfo {
             id,
@@ -406,7 +427,9 @@ impl Inner {
     async fn destroy(&self, id: &SandboxId) -> Result<()> {
         let subject = format!("sandbox {id}");
         let call = Call { plane: Plane::Control, action: "kill the sandbox", subject: &subject, sandbox: None };
-        let result = self.control_send(self.control(Method::DELETE, &["sandboxes", id.as_str()]), CONTROL_IDEMPOTENT, call).await;
+        let result = self
+            .control_send(self.control(Method::DELETE, &["sandboxes", id.as_str()]), CONTROL_IDEMPOTENT, call)
+            .await;
         self.forget(id);
         match result {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
@@ -436,7 +459,11 @@ impl Inner {
                 out.push(SandboxInfo {
                     id,
                     backend: BACKEND_NAME.to_owned(),
-                    state: if s.state.as_deref() == Some("paused") { SandboxState::Paused } else { SandboxState::Running },
+                    state: if s.state.as_deref() == Some("paused") {
+                        SandboxState::Paused
+                    } else {
+                        SandboxState::Running
+                    },
                     created_at_ms: mapping::rfc3339_ms(&s.started_at),
                     metadata: strip_internal(s.metadata),
                 });
@@ -452,15 +479,23 @@ impl Inner {
     async fn metrics(&self, id: &SandboxId) -> Result<SandboxMetrics> {
         let h = self.handle(id).await?;
         let subject = format!("sandbox {id}");
-        let call = Call { plane: Plane::Control, action: "read the sandbox's metrics", subject: &subject, sandbox: None };
-        let response = self.control_send(self.control(Method::GET, &["sandboxes", id.as_str(), "metrics"]), CONTROL_IDEMPOTENT, call).await?;
+        let call =
+            Call { plane: Plane::Control, action: "read the sandbox's metrics", subject: &subject, sandbox: None };
+        let response = self
+            .control_send(self.control(Method::GET, &["sandboxes", id.as_str(), "metrics"]), CONTROL_IDEMPOTENT, call)
+            .await?;
         let samples: Vec<SandboxMetric> = parse_json(&response.body, "SandboxMetric list")?;
         let mut m = match mapping::metrics(&samples) {
             Some(m) => m,
             None => {
                 // E2B samples every few seconds; a sandbox younger than that has none yet, so ask envd.
                 let request = self.sandbox_request(&h, ENVD_PORT, Method::GET, "/metrics")?;
-                let call = Call { plane: Plane::Sandbox, action: "read envd's metrics", subject: &subject, sandbox: Some(id.as_str()) };
+                let call = Call {
+                    plane: Plane::Sandbox,
+                    action: "read envd's metrics",
+                    subject: &subject,
+                    sandbox: Some(id.as_str()),
+                };
                 let response = self.sandbox_send(&h, request, SANDBOX_IDEMPOTENT, call).await?;
                 let e: EnvdMetrics = parse_json(&response.body, "envd metrics")?;
                 let sample = SandboxMetric {
@@ -487,7 +522,12 @@ impl Inner {
         let h = self.handle(id).await?;
         let request = self.sandbox_request(&h, ENVD_PORT, Method::GET, "/health")?;
         let subject = format!("sandbox {id}");
-        let call = Call { plane: Plane::Sandbox, action: "probe envd's health", subject: &subject, sandbox: Some(id.as_str()) };
+        let call = Call {
+            plane: Plane::Sandbox,
+            action: "probe envd's health",
+            subject: &subject,
+            sandbox: Some(id.as_str()),
+        };
         let started = Instant::now();
         let result = self.sandbox_send(&h, request, RetryOn { statuses: &[], idempotent: false }, call).await;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -572,7 +612,8 @@ impl SandboxBackend for E2bBackend {
     async fn update_network(&self, id: &SandboxId, network: NetworkConfig) -> Result<()> {
         let _ = (id, network_plan(&network)?);
         Err(Error::Unsupported(
-            "E2B fixes a sandbox's egress rules when it is created; create a new sandbox with the new network policy".into(),
+            "E2B fixes a sandbox's egress rules when it is created; create a new sandbox with the new network policy"
+                .into(),
         ))
     }
 
@@ -667,7 +708,8 @@ mod tests {
 
     #[tokio::test]
     async fn create_retries_transient_failures_within_the_bound() {
-        let (b, seen) = backend(vec![(503, vec![], "{}".into()), (502, vec![], "{}".into()), (201, vec![], created("isb2"))]);
+        let (b, seen) =
+            backend(vec![(503, vec![], "{}".into()), (502, vec![], "{}".into()), (201, vec![], created("isb2"))]);
         assert_eq!(b.create(CreateRequest::default()).await.unwrap().id.as_str(), "isb2");
         assert_eq!(seen.lock().unwrap().len(), 3);
 
@@ -679,17 +721,31 @@ mod tests {
 
     #[tokio::test]
     async fn create_errors_say_what_to_check() {
-        let (b, _) = backend(vec![(401, vec![], r#"{"code":401,"message":"Invalid API key, it must start with 'e2b_'"}"#.into())]);
+        let (b, _) = backend(vec![(
+            401,
+            vec![],
+            r#"{"code":401,"message":"Invalid API key, it must start with 'e2b_'"}"#.into(),
+        )]);
         let e = b.create(CreateRequest::default()).await.unwrap_err();
-        assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("E2B_API_KEY") && m.contains("Invalid API key")), "{e}");
+        assert!(
+            matches!(&e, Error::PermissionDenied(m) if m.contains("E2B_API_KEY") && m.contains("Invalid API key")),
+            "{e}"
+        );
 
         let (b, _) = backend(vec![(404, vec![], r#"{"code":404,"message":"template not found"}"#.into())]);
         let e = b.create(CreateRequest::default()).await.unwrap_err();
         assert!(matches!(&e, Error::NotFound(m) if m.contains("code-interpreter-v1")), "{e}");
 
-        let (b, seen) = backend(vec![(429, vec![("Retry-After", "3600".into())], r#"{"code":429,"message":"concurrency limit"}"#.into())]);
+        let (b, seen) = backend(vec![(
+            429,
+            vec![("Retry-After", "3600".into())],
+            r#"{"code":429,"message":"concurrency limit"}"#.into(),
+        )]);
         let e = b.create(CreateRequest::default()).await.unwrap_err();
-        assert!(matches!(&e, Error::LimitExceeded(m) if m.contains("3600 s") && m.contains("concurrency limit")), "{e}");
+        assert!(
+            matches!(&e, Error::LimitExceeded(m) if m.contains("3600 s") && m.contains("concurrency limit")),
+            "{e}"
+        );
         assert_eq!(seen.lock().unwrap().len(), 1, "a Retry-After beyond the bound is reported, not waited out");
 
         let mut config = SandboxConfig::default();
@@ -718,7 +774,10 @@ mod tests {
             (200, vec![], page("ib", "paused")),
         ]);
         let list = b.list().await.unwrap();
-        assert_eq!(list.iter().map(|s| (s.id.as_str(), s.state)).collect::<Vec<_>>(), [("ia", SandboxState::Running), ("ib", SandboxState::Paused)]);
+        assert_eq!(
+            list.iter().map(|s| (s.id.as_str(), s.state)).collect::<Vec<_>>(),
+            [("ia", SandboxState::Running), ("ib", SandboxState::Paused)]
+        );
         assert_eq!(list[0].created_at_ms, 1_714_557_600_000);
         assert_eq!(list[0].metadata, BTreeMap::from([("run_id".to_owned(), "ia".to_owned())]));
         let seen = seen.lock().unwrap();
@@ -731,7 +790,8 @@ mod tests {
 
     #[tokio::test]
     async fn destroy_is_idempotent_and_keep_alive_sets_the_timeout() {
-        let (b, seen) = backend(vec![(204, vec![], String::new()), (404, vec![], r#"{"code":404,"message":"not found"}"#.into())]);
+        let (b, seen) =
+            backend(vec![(204, vec![], String::new()), (404, vec![], r#"{"code":404,"message":"not found"}"#.into())]);
         let id = SandboxId::new_unchecked("isb3");
         b.destroy(&id).await.unwrap();
         b.destroy(&id).await.unwrap();
@@ -772,6 +832,9 @@ mod tests {
         let (b, _) = backend(vec![(201, vec![], created("isb6")), (200, vec![], sample.to_string())]);
         let info = b.create(CreateRequest::default()).await.unwrap();
         let m = b.metrics(&info.id).await.unwrap();
-        assert_eq!((m.cpu_usage_percent, m.memory_used_mb, m.disk_used_gb, m.sampled_at_ms), (20.0, 256.0, 0.5, 1_714_557_600_000));
+        assert_eq!(
+            (m.cpu_usage_percent, m.memory_used_mb, m.disk_used_gb, m.sampled_at_ms),
+            (20.0, 256.0, 0.5, 1_714_557_600_000)
+        );
     }
 }

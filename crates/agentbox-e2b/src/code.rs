@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use agentbox_core::{CodeRequest, Command, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, Language, Result, SandboxId};
+use agentbox_core::{
+    CodeRequest, Command, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, Language, Result, SandboxId,
+};
 use reqwest::Method;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -75,7 +77,10 @@ impl NdjsonState {
                 continue;
             }
             let parsed: OutputLine = serde_json::from_slice(&line).map_err(|e| {
-                Error::from(crate::connect::ProtocolError::BadMessage { what: "code interpreter output line", detail: e.to_string() })
+                Error::from(crate::connect::ProtocolError::BadMessage {
+                    what: "code interpreter output line",
+                    detail: e.to_string(),
+                })
             })?;
             match parsed.kind.as_str() {
                 "stdout" => events.push(ExecEvent::Stdout(parsed.text.unwrap_or_default().into_bytes())),
@@ -127,16 +132,29 @@ impl Inner {
     }
 
     /// Writes the code to a file and runs its interpreter through the process API.
-    async fn run_code_as_process(self: &Arc<Self>, id: &SandboxId, h: &Handle, request: CodeRequest) -> Result<ExecStream> {
+    async fn run_code_as_process(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        h: &Handle,
+        request: CodeRequest,
+    ) -> Result<ExecStream> {
         let path = format!("{CODE_DIR}/{}-{}.{}", mapping::now_ms(), self.next_seq(), request.language.extension());
         self.write_file_on(h, &path, request.code.into_bytes()).await?;
         let argv: Vec<String> = match request.language {
             Language::Python => vec!["python3".into(), path.clone()],
             Language::Javascript => vec!["node".into(), path.clone()],
-            Language::Typescript => vec!["node".into(), "--experimental-strip-types".into(), "--no-warnings".into(), path.clone()],
+            Language::Typescript => {
+                vec!["node".into(), "--experimental-strip-types".into(), "--no-warnings".into(), path.clone()]
+            }
             Language::Bash => vec!["/bin/bash".into(), path.clone()],
         };
-        let exec = ExecRequest { command: Command::Argv(argv), cwd: request.cwd, env: request.env, stdin: None, timeout: request.timeout };
+        let exec = ExecRequest {
+            command: Command::Argv(argv),
+            cwd: request.cwd,
+            env: request.env,
+            stdin: None,
+            timeout: request.timeout,
+        };
         self.exec_with_cleanup(id, exec, Some(path)).await
     }
 
@@ -170,7 +188,12 @@ impl Inner {
         Ok(context.id)
     }
 
-    async fn interpret(self: &Arc<Self>, h: Arc<Handle>, request: CodeRequest, limit: std::time::Duration) -> Result<ExecStream> {
+    async fn interpret(
+        self: &Arc<Self>,
+        h: Arc<Handle>,
+        request: CodeRequest,
+        limit: std::time::Duration,
+    ) -> Result<ExecStream> {
         let cwd = match &request.cwd {
             Some(c) => sandbox_path(&self.home(), c)?,
             None => self.home(),
@@ -195,14 +218,20 @@ impl Inner {
             let response = match tokio::time::timeout(timeout, builder.send()).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => return Err(crate::transport::classify(&e, "POST /execute", &url, timeout).into()),
-                Err(_) => return Err(Error::Timeout(format!("the code interpreter of sandbox {} did not answer within {timeout:?}", h.id))),
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "the code interpreter of sandbox {} did not answer within {timeout:?}",
+                        h.id
+                    )));
+                }
             };
             let status = response.status().as_u16();
             if status == 200 {
                 break (context_id, response);
             }
             let retry = retry_after(response.headers().get("retry-after").and_then(|v| v.to_str().ok()));
-            let body = tokio::time::timeout(timeout, response.bytes()).await.ok().and_then(Result::ok).unwrap_or_default();
+            let body =
+                tokio::time::timeout(timeout, response.bytes()).await.ok().and_then(Result::ok).unwrap_or_default();
             if status == 404 && !fresh {
                 // The context went away (its kernel was removed); make a new one once.
                 h.lock().contexts.remove(&(request.language, cwd.clone()));
@@ -266,7 +295,13 @@ impl Inner {
         drop(response);
         let duration = started.elapsed();
         let status = match outcome {
-            Ok(()) => Some(ExitStatus { exit_code: i32::from(state.failed()), signal: None, timed_out: false, oom_killed: false, duration }),
+            Ok(()) => Some(ExitStatus {
+                exit_code: i32::from(state.failed()),
+                signal: None,
+                timed_out: false,
+                oom_killed: false,
+                duration,
+            }),
             Err(None) => {
                 self.interrupt(&h, &context_id).await;
                 Some(mapping::timed_out(duration))
@@ -277,7 +312,9 @@ impl Inner {
             }
             Err(Some(why)) => {
                 self.interrupt(&h, &context_id).await;
-                let note = format!("\n[agentbox: the code interpreter's output broke before the end of the execution: {why}]\n");
+                let note = format!(
+                    "\n[agentbox: the code interpreter's output broke before the end of the execution: {why}]\n"
+                );
                 let _ = tx.send(ExecEvent::Stderr(note.into_bytes())).await;
                 Some(ExitStatus { exit_code: 255, signal: None, timed_out: false, oom_killed: false, duration })
             }
@@ -290,14 +327,24 @@ impl Inner {
 
     /// Stops what runs in a context by restarting its kernel (its state is lost).
     async fn interrupt(&self, h: &Handle, context_id: &str) {
-        let request = match self.sandbox_request(h, CODE_INTERPRETER_PORT, Method::POST, &format!("/contexts/{context_id}/restart")) {
+        let request = match self.sandbox_request(
+            h,
+            CODE_INTERPRETER_PORT,
+            Method::POST,
+            &format!("/contexts/{context_id}/restart"),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(sandbox_id = %h.id, error = %e, "cannot address the code interpreter");
                 return;
             }
         };
-        let call = Call { plane: Plane::Sandbox, action: "restart an interpreter context", subject: context_id, sandbox: Some(h.id.as_str()) };
+        let call = Call {
+            plane: Plane::Sandbox,
+            action: "restart an interpreter context",
+            subject: context_id,
+            sandbox: Some(h.id.as_str()),
+        };
         if let Err(e) = self.sandbox_send(h, request, RetryOn { statuses: &[503], idempotent: true }, call).await {
             tracing::warn!(sandbox_id = %h.id, context_id, error = %e, "restarting an interpreter context failed; dropping it");
             h.lock().contexts.retain(|_, v| v != context_id);
@@ -312,14 +359,16 @@ mod tests {
     #[test]
     fn ndjson_lines_become_events() {
         let mut s = NdjsonState::default();
-        let (events, done) = s.push(b"{\"type\":\"stdout\",\"text\":\"hi\\n\",\"timestamp\":1}\n{\"type\":\"res").unwrap();
+        let (events, done) =
+            s.push(b"{\"type\":\"stdout\",\"text\":\"hi\\n\",\"timestamp\":1}\n{\"type\":\"res").unwrap();
         assert_eq!(events, [ExecEvent::Stdout(b"hi\n".to_vec())]);
         assert!(!done);
         let (events, done) = s.push(b"ult\",\"text\":\"42\",\"is_main_result\":true}\n{\"type\":\"number_of_executions\",\"execution_count\":1}\n").unwrap();
         assert_eq!(events, [ExecEvent::Stdout(b"42\n".to_vec())]);
         assert!(!done);
         let tb = "\u{1b}[0;31mValueError\u{1b}[0m: boom";
-        let line = serde_json::json!({"type": "error", "name": "ValueError", "value": "boom", "traceback": tb}).to_string();
+        let line =
+            serde_json::json!({"type": "error", "name": "ValueError", "value": "boom", "traceback": tb}).to_string();
         let (events, done) = s.push(format!("{line}\n{{\"type\":\"end_of_execution\"}}\n").as_bytes()).unwrap();
         assert_eq!(events, [ExecEvent::Stderr(b"ValueError: boom\n".to_vec())]);
         assert!(done && s.failed());

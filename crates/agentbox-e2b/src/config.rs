@@ -82,7 +82,9 @@ impl Default for TemplateMap {
         Self {
             default: DEFAULT_TEMPLATE.to_owned(),
             presets: BTreeMap::new(),
-            code_interpreter: ["code-interpreter-v1", "code-interpreter", "code-interpreter-beta"].map(str::to_owned).into(),
+            code_interpreter: ["code-interpreter-v1", "code-interpreter", "code-interpreter-beta"]
+                .map(str::to_owned)
+                .into(),
         }
     }
 }
@@ -91,7 +93,10 @@ impl TemplateMap {
     /// The template for a preset name (as stored in a create request's `preset` metadata).
     #[must_use]
     pub fn for_preset(&self, preset: Option<&str>) -> &str {
-        preset.and_then(|p| p.parse::<Preset>().ok()).and_then(|p| self.presets.get(&p)).map_or(&self.default, String::as_str)
+        preset
+            .and_then(|p| p.parse::<Preset>().ok())
+            .and_then(|p| self.presets.get(&p))
+            .map_or(&self.default, String::as_str)
     }
 
     /// Whether a template serves the code interpreter.
@@ -260,7 +265,8 @@ impl E2bConfig {
             }
         }
         if let Some(list) = get("E2B_CODE_INTERPRETER_TEMPLATES") {
-            c.templates.code_interpreter = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+            c.templates.code_interpreter =
+                list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         }
         if let Some(u) = get("E2B_USER") {
             c.user = u;
@@ -283,11 +289,12 @@ impl E2bConfig {
         duration("E2B_CREATE_TIMEOUT", &mut c.timeouts.create)?;
         duration("E2B_STREAM_IDLE_TIMEOUT", &mut c.timeouts.stream_idle)?;
         if let Some(v) = get("E2B_MAX_ATTEMPTS") {
-            c.retry.max_attempts = v.parse().ok().filter(|n| (1..=20).contains(n)).ok_or_else(|| ConfigError::InvalidValue {
-                name: "E2B_MAX_ATTEMPTS".into(),
-                value: v.clone(),
-                expected: "a whole number from 1 to 20".into(),
-            })?;
+            c.retry.max_attempts =
+                v.parse().ok().filter(|n| (1..=20).contains(n)).ok_or_else(|| ConfigError::InvalidValue {
+                    name: "E2B_MAX_ATTEMPTS".into(),
+                    value: v.clone(),
+                    expected: "a whole number from 1 to 20".into(),
+                })?;
         }
         c.validate()?;
         Ok(c)
@@ -310,31 +317,48 @@ impl E2bConfig {
             return Err(invalid("E2B_API_KEY", "<redacted>", "a key without spaces or control characters"));
         }
         let domain_ok = !self.domain.is_empty()
-            && self.domain.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            && self
+                .domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
             || self.domain.parse::<std::net::IpAddr>().is_ok()
             || split_host_port(&self.domain).is_some();
         if !domain_ok {
             return Err(invalid("E2B_DOMAIN", &self.domain, "a domain name such as e2b.app (optionally with :port)"));
         }
-        self.api_base().map_err(|reason| invalid("E2B_API_URL", self.api_url.as_deref().unwrap_or_default(), &reason))?;
-        self.sandbox_base("probe", ENVD_PORT, None)
-            .map_err(|reason| invalid("E2B_SANDBOX_URL", self.sandbox_url.as_deref().unwrap_or(DEFAULT_SANDBOX_URL), &reason))?;
+        self.api_base()
+            .map_err(|reason| invalid("E2B_API_URL", self.api_url.as_deref().unwrap_or_default(), &reason))?;
+        self.sandbox_base("probe", ENVD_PORT, None).map_err(|reason| {
+            invalid("E2B_SANDBOX_URL", self.sandbox_url.as_deref().unwrap_or(DEFAULT_SANDBOX_URL), &reason)
+        })?;
         if let Some(t) = self.sandbox_url.as_deref() {
             if !t.contains("{port}") && t.contains("{sandbox_id}") {
                 return Err(invalid("E2B_SANDBOX_URL", t, "a template with {port} wherever it has {sandbox_id}"));
             }
         }
-        let template_ok = |t: &str| !t.is_empty() && t.len() <= 128 && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
+        let template_ok = |t: &str| {
+            !t.is_empty() && t.len() <= 128 && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c))
+        };
         for t in std::iter::once(&self.templates.default).chain(self.templates.presets.values()) {
             if !template_ok(t) {
-                return Err(invalid("E2B_TEMPLATE", t, "a template id or name of letters, digits, '-', '_', '.', '/' or ':'"));
+                return Err(invalid(
+                    "E2B_TEMPLATE",
+                    t,
+                    "a template id or name of letters, digits, '-', '_', '.', '/' or ':'",
+                ));
             }
         }
         if self.user.is_empty() || !self.user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(invalid("E2B_USER", &self.user, "a user name such as user or root"));
         }
-        if self.max_sandbox_timeout < Duration::from_secs(60) || self.max_sandbox_timeout > Duration::from_secs(30 * 86_400) {
-            return Err(invalid("E2B_MAX_SANDBOX_TIMEOUT", &format!("{:?}", self.max_sandbox_timeout), "between 1 minute and 30 days"));
+        if self.max_sandbox_timeout < Duration::from_secs(60)
+            || self.max_sandbox_timeout > Duration::from_secs(30 * 86_400)
+        {
+            return Err(invalid(
+                "E2B_MAX_SANDBOX_TIMEOUT",
+                &format!("{:?}", self.max_sandbox_timeout),
+                "between 1 minute and 30 days",
+            ));
         }
         for (name, d) in [
             ("E2B_CONNECT_TIMEOUT", self.timeouts.connect),
@@ -441,7 +465,10 @@ mod tests {
         let c = load(&[("E2B_API_KEY", "e2b_123")]).unwrap();
         assert_eq!(c.api_base().unwrap().as_str(), "https://api.e2b.app/");
         assert_eq!(c.sandbox_base("iabc", ENVD_PORT, None).unwrap().as_str(), "https://49983-iabc.e2b.app/");
-        assert_eq!(c.sandbox_base("iabc", ENVD_PORT, Some("eu.e2b.dev")).unwrap().as_str(), "https://49983-iabc.eu.e2b.dev/");
+        assert_eq!(
+            c.sandbox_base("iabc", ENVD_PORT, Some("eu.e2b.dev")).unwrap().as_str(),
+            "https://49983-iabc.eu.e2b.dev/"
+        );
         assert!(!c.routes_by_header());
         assert_eq!(c.templates.for_preset(Some("heavy_compute")), "code-interpreter-v1");
         assert!(c.templates.has_code_interpreter("code-interpreter-v1"));

@@ -131,7 +131,11 @@ impl FrameDecoder {
     /// [`ProtocolError::Truncated`] for leftover bytes, [`ProtocolError::MissingEnd`] without an end-of-stream message.
     pub fn finish(&self) -> Result<(), ProtocolError> {
         if !self.buf.is_empty() {
-            return Err(if self.ended { ProtocolError::DataAfterEnd } else { ProtocolError::Truncated(self.buf.len()) });
+            return Err(if self.ended {
+                ProtocolError::DataAfterEnd
+            } else {
+                ProtocolError::Truncated(self.buf.len())
+            });
         }
         if !self.ended {
             return Err(ProtocolError::MissingEnd);
@@ -243,10 +247,16 @@ mod tests {
     fn end_stream_and_error_bodies() {
         assert_eq!(EndStream::parse(b"").unwrap(), EndStream::default());
         assert_eq!(EndStream::parse(b"{}").unwrap(), EndStream::default());
-        let e = EndStream::parse(br#"{"error":{"code":"not_found","message":"process with pid 9 not found"},"metadata":{}}"#).unwrap();
+        let e = EndStream::parse(
+            br#"{"error":{"code":"not_found","message":"process with pid 9 not found"},"metadata":{}}"#,
+        )
+        .unwrap();
         assert_eq!(e.error.unwrap().code, "not_found");
         assert!(EndStream::parse(b"nope").is_err());
-        assert_eq!(parse_error_body(br#"{"code":"unauthenticated","message":"bad token"}"#).unwrap().message, "bad token");
+        assert_eq!(
+            parse_error_body(br#"{"code":"unauthenticated","message":"bad token"}"#).unwrap().message,
+            "bad token"
+        );
         assert_eq!(parse_error_body(br#"{"code":502,"message":"sandbox not found"}"#), None);
         assert_eq!(parse_error_body(b"<html>"), None);
     }

@@ -33,7 +33,8 @@ impl Inner {
             .config
             .sandbox_base(h.id.as_str(), port, h.domain.as_deref())
             .map_err(|e| Error::Backend(format!("cannot build the URL of sandbox {}: {e}", h.id)))?;
-        base.join(path.trim_start_matches('/')).map_err(|e| Error::Backend(format!("cannot build a sandbox URL for {path}: {e}")))
+        base.join(path.trim_start_matches('/'))
+            .map_err(|e| Error::Backend(format!("cannot build a sandbox URL for {path}: {e}")))
     }
 
     /// The headers every call to a sandbox port carries: user, access tokens and routing.
@@ -63,7 +64,13 @@ impl Inner {
     }
 
     /// Sends a request to a sandbox port; a non-2xx answer becomes an error described by `call`.
-    pub(crate) async fn sandbox_send(&self, h: &Handle, request: HttpRequest, on: RetryOn, call: Call<'_>) -> Result<HttpResponse> {
+    pub(crate) async fn sandbox_send(
+        &self,
+        h: &Handle,
+        request: HttpRequest,
+        on: RetryOn,
+        call: Call<'_>,
+    ) -> Result<HttpResponse> {
         let response = send_with_retry(self.transport.as_ref(), &self.config.retry, request, on).await?;
         if response.ok() {
             return Ok(response);
@@ -108,7 +115,8 @@ impl Inner {
     ) -> Result<(u32, ProcessStream)> {
         let url = self.sandbox_url(h, ENVD_PORT, "/process.Process/Start")?;
         let timeouts = self.config.timeouts;
-        let json = serde_json::to_vec(start).map_err(|e| Error::Backend(format!("cannot encode a start request: {e}")))?;
+        let json =
+            serde_json::to_vec(start).map_err(|e| Error::Backend(format!("cannot encode a start request: {e}")))?;
         let mut builder = self
             .http
             .post(url.clone())
@@ -127,19 +135,32 @@ impl Inner {
         let response = match tokio::time::timeout(timeouts.request, builder.send()).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(classify(&e, what, &url, timeouts.request).into()),
-            Err(_) => return Err(Error::Timeout(format!("{what} to sandbox {} got no answer within {:?}", h.id, timeouts.request))),
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "{what} to sandbox {} got no answer within {:?}",
+                    h.id, timeouts.request
+                )));
+            }
         };
         let status = response.status().as_u16();
         if status != 200 {
             let retry = retry_after(response.headers().get("retry-after").and_then(|v| v.to_str().ok()));
-            let body = tokio::time::timeout(timeouts.request, response.bytes()).await.ok().and_then(Result::ok).unwrap_or_default();
+            let body = tokio::time::timeout(timeouts.request, response.bytes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             if status == 502 {
                 self.forget(&h.id);
             }
             return Err(http_error(call, status, &body, retry));
         }
-        let content_type =
-            response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         if !content_type.starts_with("application/connect+json") {
             return Err(ProtocolError::NotAStream(content_type).into());
         }
@@ -151,9 +172,9 @@ impl Inner {
             action: call.action.to_owned(),
             subject: call.subject.to_owned(),
         };
-        let first = tokio::time::timeout(timeouts.request, stream.next())
-            .await
-            .map_err(|_| Error::Timeout(format!("sandbox {} did not start the process within {:?}", h.id, timeouts.request)))??;
+        let first = tokio::time::timeout(timeouts.request, stream.next()).await.map_err(|_| {
+            Error::Timeout(format!("sandbox {} did not start the process within {:?}", h.id, timeouts.request))
+        })??;
         match first {
             Some(ProcessEvent { start: Some(s), .. }) => Ok((s.pid, stream)),
             Some(other) => Err(Error::Backend(format!("envd sent {other:?} before the process's start event"))),

@@ -79,7 +79,11 @@ pub struct Call<'a> {
 fn short(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
-    if text.chars().count() > 300 { format!("{}...", text.chars().take(300).collect::<String>()) } else { text.to_owned() }
+    if text.chars().count() > 300 {
+        format!("{}...", text.chars().take(300).collect::<String>())
+    } else {
+        text.to_owned()
+    }
 }
 
 fn message_of(body: &[u8]) -> String {
@@ -175,7 +179,8 @@ pub fn retry_after(value: Option<&str>) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    const CONTROL: Call<'static> = Call { plane: Plane::Control, action: "create a sandbox", subject: "E2B template base", sandbox: None };
+    const CONTROL: Call<'static> =
+        Call { plane: Plane::Control, action: "create a sandbox", subject: "E2B template base", sandbox: None };
     const ENVD: Call<'static> =
         Call { plane: Plane::Sandbox, action: "read /home/user/a", subject: "/home/user/a", sandbox: Some("i1") };
 
@@ -183,23 +188,37 @@ mod tests {
     fn control_plane_statuses() {
         let body = br#"{"code":401,"message":"Invalid API key"}"#;
         let e = http_error(CONTROL, 401, body, None);
-        assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("E2B_API_KEY") && m.contains("Invalid API key")), "{e}");
+        assert!(
+            matches!(&e, Error::PermissionDenied(m) if m.contains("E2B_API_KEY") && m.contains("Invalid API key")),
+            "{e}"
+        );
         assert!(matches!(http_error(CONTROL, 403, b"{}", None), Error::PermissionDenied(_)));
         assert!(matches!(http_error(CONTROL, 404, b"{}", None), Error::NotFound(s) if s == "E2B template base"));
         let e = http_error(CONTROL, 429, br#"{"code":429,"message":"rate limit"}"#, Some(Duration::from_secs(7)));
         assert!(matches!(&e, Error::LimitExceeded(m) if m.contains("7 s") && m.contains("rate limit")), "{e}");
         assert!(matches!(http_error(CONTROL, 409, b"{}", None), Error::Conflict(_)));
-        assert!(matches!(http_error(CONTROL, 400, br#"{"message":"bad timeout"}"#, None), Error::InvalidRequest(m) if m.contains("bad timeout")));
-        assert!(matches!(http_error(CONTROL, 503, b"upstream down", None), Error::Backend(m) if m.contains("503") && m.contains("upstream down")));
+        assert!(
+            matches!(http_error(CONTROL, 400, br#"{"message":"bad timeout"}"#, None), Error::InvalidRequest(m) if m.contains("bad timeout"))
+        );
+        assert!(
+            matches!(http_error(CONTROL, 503, b"upstream down", None), Error::Backend(m) if m.contains("503") && m.contains("upstream down"))
+        );
     }
 
     #[test]
     fn sandbox_plane_statuses_and_connect_codes() {
         let e = http_error(ENVD, 502, br#"{"code":502,"message":"The sandbox was not found","sandboxId":"i1"}"#, None);
         assert!(matches!(&e, Error::NotFound(m) if m.contains("sandbox i1") && m.contains("gone")), "{e}");
-        let e = http_error(ENVD, 502, br#"{"code":502,"message":"The sandbox is running but port is not open","sandboxId":"i1"}"#, None);
+        let e = http_error(
+            ENVD,
+            502,
+            br#"{"code":502,"message":"The sandbox is running but port is not open","sandboxId":"i1"}"#,
+            None,
+        );
         assert!(matches!(&e, Error::Unsupported(m) if m.contains("E2B_CODE_INTERPRETER_TEMPLATES")), "{e}");
-        assert!(matches!(http_error(ENVD, 404, br#"{"code":404,"message":"path not found"}"#, None), Error::NotFound(s) if s == "/home/user/a"));
+        assert!(
+            matches!(http_error(ENVD, 404, br#"{"code":404,"message":"path not found"}"#, None), Error::NotFound(s) if s == "/home/user/a")
+        );
         assert!(matches!(http_error(ENVD, 401, b"{}", None), Error::PermissionDenied(m) if m.contains("access token")));
         assert!(matches!(http_error(ENVD, 507, b"{}", None), Error::LimitExceeded(m) if m.contains("disk is full")));
         let e = http_error(ENVD, 400, br#"{"code":"invalid_argument","message":"path is a directory"}"#, None);

@@ -23,7 +23,9 @@ pub(crate) fn multipart(filename: &str, data: &[u8], seed: u64) -> (String, Vec<
     let name: String = filename.chars().map(|c| if c == '"' || c.is_control() { '_' } else { c }).collect();
     let mut body = Vec::with_capacity(data.len() + 256);
     body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-    body.extend_from_slice(format!("Content-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n").as_bytes());
+    body.extend_from_slice(
+        format!("Content-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n").as_bytes(),
+    );
     body.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
     body.extend_from_slice(data);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -68,8 +70,15 @@ impl Inner {
     async fn stat_on(&self, h: &Handle, path: &str) -> Result<FileEntry> {
         let action = format!("stat {path}");
         let call = Call { plane: Plane::Sandbox, action: &action, subject: path, sandbox: Some(h.id.as_str()) };
-        let response: EntryResponse =
-            self.envd_unary(h, "filesystem.Filesystem/Stat", &PathRequest { path: path.to_owned() }, SANDBOX_IDEMPOTENT, call).await?;
+        let response: EntryResponse = self
+            .envd_unary(
+                h,
+                "filesystem.Filesystem/Stat",
+                &PathRequest { path: path.to_owned() },
+                SANDBOX_IDEMPOTENT,
+                call,
+            )
+            .await?;
         let entry = response.entry.ok_or_else(|| Error::Backend(format!("envd's Stat of {path} returned no entry")))?;
         Ok(file_entry(&entry))
     }
@@ -86,7 +95,8 @@ impl Inner {
         let action = format!("list {path}");
         let call = Call { plane: Plane::Sandbox, action: &action, subject: &path, sandbox: Some(id.as_str()) };
         let body = ListDirRequest { path: path.clone(), depth: 1 };
-        let response: ListDirResponse = self.envd_unary(&h, "filesystem.Filesystem/ListDir", &body, SANDBOX_IDEMPOTENT, call).await?;
+        let response: ListDirResponse =
+            self.envd_unary(&h, "filesystem.Filesystem/ListDir", &body, SANDBOX_IDEMPOTENT, call).await?;
         let mut entries: Vec<FileEntry> = response.entries.iter().map(file_entry).collect();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
@@ -120,8 +130,9 @@ impl Inner {
         self.stat_on(&h, &path).await?;
         let action = format!("remove {path}");
         let call = Call { plane: Plane::Sandbox, action: &action, subject: &path, sandbox: Some(id.as_str()) };
-        let _: serde_json::Value =
-            self.envd_unary(&h, "filesystem.Filesystem/Remove", &PathRequest { path: path.clone() }, ONCE, call).await?;
+        let _: serde_json::Value = self
+            .envd_unary(&h, "filesystem.Filesystem/Remove", &PathRequest { path: path.clone() }, ONCE, call)
+            .await?;
         Ok(())
     }
 

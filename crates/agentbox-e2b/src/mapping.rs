@@ -69,7 +69,10 @@ pub fn network_plan(n: &NetworkConfig) -> Result<NetworkPlan> {
         ));
     }
     if n.bandwidth_in_bytes_per_sec.is_some() || n.bandwidth_out_bytes_per_sec.is_some() {
-        unsupported.push("network.bandwidth_in/out_bytes_per_sec: E2B has no per-sandbox bandwidth limit; leave them unset".to_owned());
+        unsupported.push(
+            "network.bandwidth_in/out_bytes_per_sec: E2B has no per-sandbox bandwidth limit; leave them unset"
+                .to_owned(),
+        );
     }
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(format!("the E2B backend cannot enforce {}", unsupported.join("; and "))));
@@ -158,7 +161,8 @@ pub fn file_entry(e: &EntryInfo) -> FileEntry {
             _ => FileKind::Other,
         }
     };
-    let name = if e.name.is_empty() { e.path.rsplit('/').next().unwrap_or_default().to_owned() } else { e.name.clone() };
+    let name =
+        if e.name.is_empty() { e.path.rsplit('/').next().unwrap_or_default().to_owned() } else { e.name.clone() };
     FileEntry {
         path: e.path.clone(),
         name,
@@ -198,7 +202,9 @@ pub fn metrics(samples: &[SandboxMetric]) -> Option<SandboxMetrics> {
 /// [`Error::InvalidRequest`] for an empty path or one with a NUL byte.
 pub fn sandbox_path(home: &str, path: &str) -> Result<String> {
     if path.is_empty() {
-        return Err(Error::InvalidRequest("the path is empty: give an absolute path or one relative to the home".into()));
+        return Err(Error::InvalidRequest(
+            "the path is empty: give an absolute path or one relative to the home".into(),
+        ));
     }
     if path.contains('\0') {
         return Err(Error::InvalidRequest(format!("the path {path:?} contains a NUL byte")));
@@ -250,10 +256,13 @@ mod tests {
     fn network_rules_e2b_cannot_express_say_why() {
         let cases: [(&str, NetworkConfig); 4] = [
             ("allow list", net(|n| n.denied_domains = vec!["evil.com".into()])),
-            ("falls under", net(|n| {
-                n.allowed_domains = vec!["*.example.com".into()];
-                n.denied_domains = vec!["bad.example.com".into()];
-            })),
+            (
+                "falls under",
+                net(|n| {
+                    n.allowed_domains = vec!["*.example.com".into()];
+                    n.denied_domains = vec!["bad.example.com".into()];
+                }),
+            ),
             ("dns_servers", net(|n| n.dns_servers = vec!["1.1.1.1".into()])),
             ("bandwidth", net(|n| n.bandwidth_out_bytes_per_sec = Some(1000))),
         ];
@@ -267,7 +276,8 @@ mod tests {
 
     #[test]
     fn exit_statuses() {
-        let end = |code, status: &str| EndEvent { exit_code: code, exited: code >= 0, status: status.into(), error: None };
+        let end =
+            |code, status: &str| EndEvent { exit_code: code, exited: code >= 0, status: status.into(), error: None };
         let s = exit_status(&end(0, "exit status 0"), Duration::ZERO);
         assert_eq!((s.exit_code, s.signal), (0, None));
         assert_eq!(exit_status(&end(3, "exit status 3"), Duration::ZERO).exit_code, 3);
@@ -314,7 +324,10 @@ mod tests {
             disk_total: 10 << 30,
         };
         let m = metrics(&[sample(10, 300 << 20), sample(20, 100 << 20)]).unwrap();
-        assert_eq!((m.cpu_usage_percent, m.memory_used_mb, m.memory_peak_mb, m.disk_used_gb), (50.0, 100.0, 300.0, 1.0));
+        assert_eq!(
+            (m.cpu_usage_percent, m.memory_used_mb, m.memory_peak_mb, m.disk_used_gb),
+            (50.0, 100.0, 300.0, 1.0)
+        );
         assert_eq!(m.sampled_at_ms, 20_000);
         assert!(metrics(&[]).is_none());
     }

@@ -15,7 +15,9 @@ use crate::envd::ProcessStream;
 use crate::error::{Call, Plane};
 use crate::mapping::{self, sandbox_path};
 use crate::transport::{ONCE, SANDBOX_IDEMPOTENT};
-use crate::wire::{ListResponse, PidSelector, ProcessConfig, ProcessInput, ProcessRequest, StartRequest, encode_base64};
+use crate::wire::{
+    ListResponse, PidSelector, ProcessConfig, ProcessInput, ProcessRequest, StartRequest, encode_base64,
+};
 
 /// Tag prefix of background processes, so `List` finds them again.
 pub const BACKGROUND_TAG: &str = "agentbox-bg-";
@@ -114,11 +116,21 @@ impl Inner {
                 input: Some(ProcessInput { stdin: encode_base64(chunk) }),
                 signal: None,
             };
-            let call = Call { plane: Plane::Sandbox, action: "write the process's stdin", subject: &subject, sandbox: Some(h.id.as_str()) };
+            let call = Call {
+                plane: Plane::Sandbox,
+                action: "write the process's stdin",
+                subject: &subject,
+                sandbox: Some(h.id.as_str()),
+            };
             let _: serde_json::Value = self.envd_unary(h, "process.Process/SendInput", &body, ONCE, call).await?;
         }
         let body = ProcessRequest { process: PidSelector { pid }, input: None, signal: None };
-        let call = Call { plane: Plane::Sandbox, action: "close the process's stdin", subject: &subject, sandbox: Some(h.id.as_str()) };
+        let call = Call {
+            plane: Plane::Sandbox,
+            action: "close the process's stdin",
+            subject: &subject,
+            sandbox: Some(h.id.as_str()),
+        };
         let _: serde_json::Value = self.envd_unary(h, "process.Process/CloseStdin", &body, ONCE, call).await?;
         Ok(())
     }
@@ -235,7 +247,12 @@ impl Inner {
             stdin: Some(false),
         };
         let subject = format!("process {pid}");
-        let call = Call { plane: Plane::Sandbox, action: "signal a process tree", subject: &subject, sandbox: Some(h.id.as_str()) };
+        let call = Call {
+            plane: Plane::Sandbox,
+            action: "signal a process tree",
+            subject: &subject,
+            sandbox: Some(h.id.as_str()),
+        };
         let timeout = self.config.timeouts.request;
         let (_, mut stream) = self.start_process(h, &start, Some(timeout), call).await?;
         tokio::time::timeout(timeout, async {
@@ -247,15 +264,23 @@ impl Inner {
             Ok::<(), Error>(())
         })
         .await
-        .map_err(|_| Error::Timeout(format!("signalling the descendants of process {pid} took longer than {timeout:?}")))??;
+        .map_err(|_| {
+            Error::Timeout(format!("signalling the descendants of process {pid} took longer than {timeout:?}"))
+        })??;
         if via_envd {
             let body = ProcessRequest {
                 process: PidSelector { pid },
                 input: None,
                 signal: Some(if signal == 9 { "SIGNAL_SIGKILL" } else { "SIGNAL_SIGTERM" }.into()),
             };
-            let call = Call { plane: Plane::Sandbox, action: "signal the process", subject: &subject, sandbox: Some(h.id.as_str()) };
-            let sent: Result<serde_json::Value> = self.envd_unary(h, "process.Process/SendSignal", &body, ONCE, call).await;
+            let call = Call {
+                plane: Plane::Sandbox,
+                action: "signal the process",
+                subject: &subject,
+                sandbox: Some(h.id.as_str()),
+            };
+            let sent: Result<serde_json::Value> =
+                self.envd_unary(h, "process.Process/SendSignal", &body, ONCE, call).await;
             match sent {
                 // It ended between the tree walk and the signal (often because its children were just killed).
                 Ok(_) | Err(Error::NotFound(_)) => {}
@@ -265,7 +290,11 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) async fn spawn_background(self: &Arc<Self>, id: &SandboxId, request: ExecRequest) -> Result<ProcessInfo> {
+    pub(crate) async fn spawn_background(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        request: ExecRequest,
+    ) -> Result<ProcessInfo> {
         let argv = request.to_argv()?;
         let h = self.ready(id, self.config.timeouts.request).await?;
         let tag = format!("{BACKGROUND_TAG}{}-{}", mapping::now_ms(), self.next_seq());
@@ -276,8 +305,13 @@ impl Inner {
         } else {
             "</dev/null"
         };
-        let mut config = self.process_config(&ExecRequest { command: Command::Argv(argv.clone()), ..request.clone() }, argv.clone())?;
-        let mut args = vec!["-c".to_owned(), format!("mkdir -p -- \"${{0%/*}}\" && exec \"$@\" >\"$0\" 2>&1 {redirect}"), output_path.clone()];
+        let mut config = self
+            .process_config(&ExecRequest { command: Command::Argv(argv.clone()), ..request.clone() }, argv.clone())?;
+        let mut args = vec![
+            "-c".to_owned(),
+            format!("mkdir -p -- \"${{0%/*}}\" && exec \"$@\" >\"$0\" 2>&1 {redirect}"),
+            output_path.clone(),
+        ];
         args.push(std::mem::take(&mut config.cmd));
         args.append(&mut config.args);
         config.cmd = "/bin/bash".into();
@@ -287,7 +321,9 @@ impl Inner {
         let subject = format!("the program or working directory of `{}`", argv.join(" "));
         let call = Call { plane: Plane::Sandbox, action: &action, subject: &subject, sandbox: Some(id.as_str()) };
         let (pid, stream) = self.start_process(&h, &start, request.timeout, call).await?;
-        h.lock().processes.insert(pid, Tracked { argv: argv.clone(), output_path: output_path.clone(), exit: None, watching: true });
+        h.lock()
+            .processes
+            .insert(pid, Tracked { argv: argv.clone(), output_path: output_path.clone(), exit: None, watching: true });
         let inner = self.clone();
         let deadline = request.timeout.map(|t| Instant::now() + t);
         tokio::spawn(async move { inner.watch(h, pid, stream, deadline).await });
@@ -329,7 +365,8 @@ impl Inner {
 
     async fn listed(&self, h: &Handle) -> Result<ListResponse> {
         let subject = format!("sandbox {}", h.id);
-        let call = Call { plane: Plane::Sandbox, action: "list processes", subject: &subject, sandbox: Some(h.id.as_str()) };
+        let call =
+            Call { plane: Plane::Sandbox, action: "list processes", subject: &subject, sandbox: Some(h.id.as_str()) };
         self.envd_unary(h, "process.Process/List", &serde_json::json!({}), SANDBOX_IDEMPOTENT, call).await
     }
 
@@ -385,8 +422,14 @@ impl Inner {
     /// Removes a temporary file after a run, logging instead of failing.
     async fn remove_quietly(&self, h: &Handle, path: &str) {
         let body = crate::wire::PathRequest { path: path.to_owned() };
-        let call = Call { plane: Plane::Sandbox, action: "remove a temporary file", subject: path, sandbox: Some(h.id.as_str()) };
-        let result: Result<serde_json::Value> = self.envd_unary(h, "filesystem.Filesystem/Remove", &body, ONCE, call).await;
+        let call = Call {
+            plane: Plane::Sandbox,
+            action: "remove a temporary file",
+            subject: path,
+            sandbox: Some(h.id.as_str()),
+        };
+        let result: Result<serde_json::Value> =
+            self.envd_unary(h, "filesystem.Filesystem/Remove", &body, ONCE, call).await;
         if let Err(e) = result {
             tracing::debug!(sandbox_id = %h.id, path, error = %e, "removing a temporary file failed");
         }

@@ -507,10 +507,12 @@ mod tests {
 
     #[test]
     fn proto3_json_defaults_and_encodings() {
-        let m: EventMessage = serde_json::from_str(r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#).unwrap();
+        let m: EventMessage =
+            serde_json::from_str(r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#).unwrap();
         let end = m.event.unwrap().end.unwrap();
         assert_eq!(end.exit_code, 0, "an absent exitCode is 0");
-        let m: EventMessage = serde_json::from_str(r#"{"event":{"end":{"exitCode":-1,"status":"signal: killed"}}}"#).unwrap();
+        let m: EventMessage =
+            serde_json::from_str(r#"{"event":{"end":{"exitCode":-1,"status":"signal: killed"}}}"#).unwrap();
         assert_eq!(m.event.unwrap().end.unwrap().exit_code, -1);
         let m: EventMessage = serde_json::from_str(r#"{"event":{"data":{"stdout":"aGVsbG8K"}}}"#).unwrap();
         assert_eq!(m.event.unwrap().data.unwrap().stdout.unwrap(), b"hello\n");
@@ -521,9 +523,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!((e.size, e.kind.as_str(), e.mode), (12, "FILE_TYPE_FILE", 420));
-        let e: EntryInfo = serde_json::from_str(r#"{"name":"d","type":2,"path":"/d","size":4096,"symlink_target":"x"}"#).unwrap();
+        let e: EntryInfo =
+            serde_json::from_str(r#"{"name":"d","type":2,"path":"/d","size":4096,"symlink_target":"x"}"#).unwrap();
         assert_eq!((e.size, e.kind.as_str(), e.symlink_target.as_deref()), (4096, "FILE_TYPE_DIRECTORY", Some("x")));
-        let line: OutputLine = serde_json::from_str(r#"{"type":"error","name":"E","value":"v","traceback":["a","b"]}"#).unwrap();
+        let line: OutputLine =
+            serde_json::from_str(r#"{"type":"error","name":"E","value":"v","traceback":["a","b"]}"#).unwrap();
         assert_eq!(line.traceback.as_deref(), Some("a\nb"));
     }
 

@@ -1,4 +1,5 @@
 //! The backend conformance suite against the E2B backend talking to a local fake of E2B's published API.
+#![allow(clippy::unwrap_used)]
 
 mod fake;
 
@@ -27,7 +28,7 @@ mod with_code_interpreter {
 }
 
 /// A template without the code interpreter: code runs through the process API.
-async fn check_without_interpreter(check: fn(Arc<dyn agentbox_core::SandboxBackend>, agentbox_conformance::Options) -> std::pin::Pin<Box<dyn std::future::Future<Output = agentbox_conformance::CheckResult> + Send>>) {
+async fn check_without_interpreter(check: agentbox_conformance::CheckFn) {
     let target = target_with(FakeOptions { interpreter_templates: Vec::new() }).await;
     match check(target.backend.clone(), target.options.clone()).await {
         Ok(Outcome::Passed) => {}

@@ -36,7 +36,11 @@ pub fn record(state: &State, request: &Request) {
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
         .collect();
-    state.seen.lock().unwrap().push(Seen { method: request.method().to_string(), path: request.uri().path().to_owned(), headers });
+    state.seen.lock().unwrap().push(Seen {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+        headers,
+    });
 }
 
 async fn authenticate(Extract(state): S, request: Request, next: Next) -> Response {
@@ -49,7 +53,9 @@ async fn authenticate(Extract(state): S, request: Request, next: Next) -> Respon
 }
 
 fn string_map(v: &Value) -> BTreeMap<String, String> {
-    v.as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect()).unwrap_or_default()
+    v.as_object()
+        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default()
 }
 
 async fn create(Extract(state): S, body: String) -> Response {
@@ -60,7 +66,9 @@ async fn create(Extract(state): S, body: String) -> Response {
         }
         return response;
     }
-    let Ok(body) = serde_json::from_str::<Value>(&body) else { return api_error(StatusCode::BAD_REQUEST, "malformed body") };
+    let Ok(body) = serde_json::from_str::<Value>(&body) else {
+        return api_error(StatusCode::BAD_REQUEST, "malformed body");
+    };
     let Some(template) = body.get("templateID").and_then(Value::as_str) else {
         return api_error(StatusCode::BAD_REQUEST, "templateID is required");
     };
@@ -112,10 +120,7 @@ fn listed(sb: &Sandbox) -> Value {
 }
 
 async fn list(Extract(state): S, Query(q): Query<HashMap<String, String>>) -> Response {
-    let wanted: Vec<(String, String)> = q
-        .get("metadata")
-        .map(|m| url_pairs(m))
-        .unwrap_or_default();
+    let wanted: Vec<(String, String)> = q.get("metadata").map(|m| url_pairs(m)).unwrap_or_default();
     let states: Vec<&str> = q.get("state").map_or(vec!["running", "paused"], |s| s.split(',').collect());
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100).clamp(1, 100);
     let start: usize = q.get("nextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -208,7 +213,11 @@ async fn connect(Extract(state): S, Path(id): Path<String>, body: String) -> Res
 pub fn sample(state: &State, sb: &Sandbox) -> (i64, u32, f64, u64, u64, u64, u64) {
     let (busy, total) = host::cpu_jiffies();
     let (last_busy, last_total) = std::mem::replace(&mut *state.cpu.lock().unwrap(), (busy, total));
-    let pct = if total > last_total { (busy - last_busy.min(busy)) as f64 * 100.0 / (total - last_total) as f64 } else { 0.0 };
+    let pct = if total > last_total {
+        (busy - last_busy.min(busy)) as f64 * 100.0 / (total - last_total) as f64
+    } else {
+        0.0
+    };
     let (mem_used, mem_total) = host::memory();
     let cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();

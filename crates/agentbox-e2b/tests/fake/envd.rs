@@ -57,7 +57,9 @@ pub fn router(state: Arc<State>) -> Router {
 }
 
 fn is_envd_path(path: &str) -> bool {
-    matches!(path, "/health" | "/metrics" | "/files") || path.starts_with("/process.Process/") || path.starts_with("/filesystem.Filesystem/")
+    matches!(path, "/health" | "/metrics" | "/files")
+        || path.starts_with("/process.Process/")
+        || path.starts_with("/filesystem.Filesystem/")
 }
 
 /// E2B's proxy: find the sandbox and port, then envd's own checks of the access token and user.
@@ -65,7 +67,8 @@ async fn route(Extract(state): S, mut request: Request, next: Next) -> Response 
     super::control::record(&state, &request);
     let headers = request.headers();
     let id = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let port: u16 = headers.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let port: u16 =
+        headers.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()).and_then(|p| p.parse().ok()).unwrap_or(0);
     let gone = |message: &str| {
         (StatusCode::BAD_GATEWAY, axum::Json(json!({"code": 502, "message": message, "sandboxId": id}))).into_response()
     };
@@ -76,7 +79,9 @@ async fn route(Extract(state): S, mut request: Request, next: Next) -> Response 
     let path = request.uri().path().to_owned();
     let open = match port {
         ENVD_PORT => is_envd_path(&path),
-        INTERPRETER_PORT => state.interpreter_templates.contains(&sandbox.template) && (path == "/health" || !is_envd_path(&path)),
+        INTERPRETER_PORT => {
+            state.interpreter_templates.contains(&sandbox.template) && (path == "/health" || !is_envd_path(&path))
+        }
         _ => false,
     };
     if !open {
@@ -99,7 +104,10 @@ async fn route(Extract(state): S, mut request: Request, next: Next) -> Response 
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         if user.as_deref() != Some("user:") {
-            return api_error(StatusCode::UNAUTHORIZED, &format!("error looking up user '{}': unknown user", user.unwrap_or_default()));
+            return api_error(
+                StatusCode::UNAUTHORIZED,
+                &format!("error looking up user '{}': unknown user", user.unwrap_or_default()),
+            );
         }
     }
     request.extensions_mut().insert(Routed { sandbox, port });
@@ -153,7 +161,12 @@ async fn download(axum::Extension(r): R, Query(q): Query<BTreeMap<String, String
     }
 }
 
-async fn upload(axum::Extension(r): R, Query(q): Query<BTreeMap<String, String>>, headers: HeaderMap, request: Request) -> Response {
+async fn upload(
+    axum::Extension(r): R,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let (name, data) = if content_type.starts_with("multipart/form-data") {
         let Ok(mut multipart) = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &()).await else {
@@ -163,7 +176,9 @@ async fn upload(axum::Extension(r): R, Query(q): Query<BTreeMap<String, String>>
         while let Ok(Some(field)) = multipart.next_field().await {
             if field.name() == Some("file") {
                 let filename = field.file_name().map(str::to_owned);
-                let Ok(bytes) = field.bytes().await else { return api_error(StatusCode::BAD_REQUEST, "unreadable file part") };
+                let Ok(bytes) = field.bytes().await else {
+                    return api_error(StatusCode::BAD_REQUEST, "unreadable file part");
+                };
                 found = Some((filename, bytes.to_vec()));
             }
         }
@@ -180,7 +195,10 @@ async fn upload(axum::Extension(r): R, Query(q): Query<BTreeMap<String, String>>
     let Some(raw) = q.get("path").cloned().or(name) else { return api_error(StatusCode::BAD_REQUEST, "no path given") };
     let path = normalize(&raw);
     if !writable(&path) {
-        return api_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("error opening file '{path}': permission denied"));
+        return api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("error opening file '{path}': permission denied"),
+        );
     }
     let host = r.sandbox.fs.host_path(&path);
     if host.is_dir() {
@@ -268,12 +286,16 @@ async fn list_dir(axum::Extension(r): R, headers: HeaderMap, body: Bytes) -> Res
     let host = r.sandbox.fs.host_path(&path);
     let dir = match std::fs::read_dir(&host) {
         Ok(d) => d,
-        Err(e) if e.kind() == ErrorKind::NotFound => return connect_error("not_found", &format!("directory not found: {path}")),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return connect_error("not_found", &format!("directory not found: {path}"));
+        }
         Err(_) => return connect_error("invalid_argument", &format!("path is not a directory: {path}")),
     };
     let entries: Vec<Value> = dir
         .flatten()
-        .filter_map(|e| entry(&r.sandbox, &format!("{}/{}", path.trim_end_matches('/'), e.file_name().to_string_lossy())))
+        .filter_map(|e| {
+            entry(&r.sandbox, &format!("{}/{}", path.trim_end_matches('/'), e.file_name().to_string_lossy()))
+        })
         .collect();
     axum::Json(json!({"entries": entries})).into_response()
 }
@@ -383,15 +405,22 @@ async fn start(Extract(state): S, axum::Extension(r): R, headers: HeaderMap, bod
     let Ok(req) = serde_json::from_slice::<Value>(&body[5..5 + len.min(body.len() - 5)]) else {
         return (StatusCode::BAD_REQUEST, "malformed envelope").into_response();
     };
-    let keepalive = headers.get("keepalive-ping-interval").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let keepalive =
+        headers.get("keepalive-ping-interval").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let (tx, rx) = mpsc::channel(256);
     let response = stream_response(rx);
     let process = req.get("process").cloned().unwrap_or(Value::Null);
     let cmd = process.get("cmd").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let args: Vec<String> =
-        process.get("args").and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-    let envs: BTreeMap<String, String> =
-        process.get("envs").and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect()).unwrap_or_default();
+    let args: Vec<String> = process
+        .get("args")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let envs: BTreeMap<String, String> = process
+        .get("envs")
+        .and_then(Value::as_object)
+        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default();
     let cwd = normalize(process.get("cwd").and_then(Value::as_str).unwrap_or("/home/user"));
     let tag = req.get("tag").and_then(Value::as_str).map(str::to_owned);
     let stdin = req.get("stdin").and_then(Value::as_bool).unwrap_or(true);
@@ -418,7 +447,14 @@ async fn start(Extract(state): S, axum::Extension(r): R, headers: HeaderMap, bod
 
 /// Streams a process's events: start, output as it comes, keep-alives, end, end-of-stream. The process outlives a
 /// client that goes away, as with envd.
-async fn drive(sb: Arc<Sandbox>, pid: u32, mut child: tokio::process::Child, tx: Tx, keepalive: Option<u64>, break_after: Option<usize>) {
+async fn drive(
+    sb: Arc<Sandbox>,
+    pid: u32,
+    mut child: tokio::process::Child,
+    tx: Tx,
+    keepalive: Option<u64>,
+    break_after: Option<usize>,
+) {
     let mut connected = tx.send(Ok(frame(0, &json!({"event": {"start": {"pid": pid}}})))).await.is_ok();
     let (out_tx, mut out_rx) = mpsc::channel::<(&'static str, Vec<u8>)>(64);
     for (name, pipe) in [
@@ -526,10 +562,14 @@ async fn send_input(axum::Extension(r): R, headers: HeaderMap, body: Bytes) -> R
     let Some(data) = v.get("input").and_then(|i| i.get("stdin")).and_then(Value::as_str) else {
         return connect_error("invalid_argument", "stdin input required");
     };
-    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else { return connect_error("invalid_argument", "bad base64") };
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
+        return connect_error("invalid_argument", "bad base64");
+    };
     let stdin = r.sandbox.processes.lock().unwrap().get_mut(&pid).map(|p| p.stdin.take());
     let Some(stdin) = stdin else { return connect_error("not_found", &format!("process with pid {pid} not found")) };
-    let Some(mut stdin) = stdin else { return connect_error("failed_precondition", "stdin is not enabled or already closed") };
+    let Some(mut stdin) = stdin else {
+        return connect_error("failed_precondition", "stdin is not enabled or already closed");
+    };
     let result = stdin.write_all(&bytes).await;
     if let Some(p) = r.sandbox.processes.lock().unwrap().get_mut(&pid) {
         p.stdin = Some(stdin);

@@ -53,7 +53,14 @@ pub fn base_env(extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 }
 
 /// Spawns `cmd args` in a fresh user+mount namespace with the sandbox's directories bound, in `cwd`.
-pub fn spawn(fs: &SandboxFs, cmd: &str, args: &[String], env: &BTreeMap<String, String>, cwd: &str, stdin: bool) -> std::io::Result<Child> {
+pub fn spawn(
+    fs: &SandboxFs,
+    cmd: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: &str,
+    stdin: bool,
+) -> std::io::Result<Child> {
     let script = r#"R=$1; C=$2; shift 2
 mount --bind "$R/home" /home && mount --bind "$R/tmp" /tmp || exit 125
 cd "$C" || exit 126
@@ -154,7 +161,8 @@ pub fn memory() -> (u64, u64) {
 /// Busy and total jiffies of all CPUs, from `/proc/stat`.
 pub fn cpu_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let nums: Vec<u64> = text.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let nums: Vec<u64> =
+        text.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     let total: u64 = nums.iter().sum();
     let idle = nums.get(3).copied().unwrap_or(0) + nums.get(4).copied().unwrap_or(0);
     (total.saturating_sub(idle), total)

@@ -85,10 +85,16 @@ fn supported(state: &State, language: &str) -> bool {
 
 fn new_context(state: &State, sb: &Sandbox, language: &str, cwd: &str) -> Result<Value, Response> {
     if !supported(state, language) {
-        return Err(text(StatusCode::INTERNAL_SERVER_ERROR, &format!("Failed to create context: No such kernel named {language}")));
+        return Err(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("Failed to create context: No such kernel named {language}"),
+        ));
     }
     let id = format!("ctx-{:08x}", state.next());
-    sb.contexts.lock().unwrap().insert(id.clone(), CodeContext { language: language.to_owned(), cwd: cwd.to_owned(), running: None });
+    sb.contexts
+        .lock()
+        .unwrap()
+        .insert(id.clone(), CodeContext { language: language.to_owned(), cwd: cwd.to_owned(), running: None });
     Ok(json!({"id": id, "language": language, "cwd": cwd}))
 }
 
@@ -103,8 +109,14 @@ async fn create_context(Extract(state): S, axum::Extension(r): R, body: Bytes) -
 }
 
 async fn list_contexts(axum::Extension(r): R) -> Response {
-    let all: Vec<Value> =
-        r.sandbox.contexts.lock().unwrap().iter().map(|(id, c)| json!({"id": id, "language": c.language, "cwd": c.cwd})).collect();
+    let all: Vec<Value> = r
+        .sandbox
+        .contexts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, c)| json!({"id": id, "language": c.language, "cwd": c.cwd}))
+        .collect();
     axum::Json(all).into_response()
 }
 
@@ -140,7 +152,9 @@ fn line(v: &Value) -> Bytes {
 }
 
 async fn execute(Extract(state): S, axum::Extension(r): R, body: Bytes) -> Response {
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else { return text(StatusCode::UNPROCESSABLE_ENTITY, "malformed body") };
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return text(StatusCode::UNPROCESSABLE_ENTITY, "malformed body");
+    };
     let Some(code) = v.get("code").and_then(Value::as_str).map(str::to_owned) else {
         return text(StatusCode::UNPROCESSABLE_ENTITY, "code is required");
     };
@@ -163,8 +177,11 @@ async fn execute(Extract(state): S, axum::Extension(r): R, body: Bytes) -> Respo
         },
     };
     let context = sb.contexts.lock().unwrap().get(&context_id).cloned().unwrap();
-    let env_vars: BTreeMap<String, String> =
-        v.get("env_vars").and_then(Value::as_object).map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect()).unwrap_or_default();
+    let env_vars: BTreeMap<String, String> = v
+        .get("env_vars")
+        .and_then(Value::as_object)
+        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default();
 
     let n = state.next();
     let dir = "/tmp/.fake-kernel";
@@ -174,7 +191,8 @@ async fn execute(Extract(state): S, axum::Extension(r): R, body: Bytes) -> Respo
         "typescript" => "ts",
         _ => "sh",
     };
-    let (src, events, driver) = (format!("{dir}/cell-{n}.{ext}"), format!("{dir}/events-{n}.jsonl"), format!("{dir}/driver-{n}"));
+    let (src, events, driver) =
+        (format!("{dir}/cell-{n}.{ext}"), format!("{dir}/events-{n}.jsonl"), format!("{dir}/driver-{n}"));
     std::fs::create_dir_all(sb.fs.host_path(dir)).unwrap();
     std::fs::write(sb.fs.host_path(&src), &code).unwrap();
     let (cmd, args): (&str, Vec<String>) = match context.language.as_str() {

@@ -3,7 +3,7 @@
 //! streams in `[flags][len u32 BE][json]` envelopes with an end-of-stream message, proto3 JSON with defaults
 //! omitted; `/files`), and the code interpreter (`/contexts`, `/execute` as NDJSON ending in `end_of_execution`).
 //! Sandboxes are directories of a temporary directory, and commands are real processes (see `host`).
-#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc, clippy::result_large_err)]
 
 pub mod control;
 pub mod envd;
@@ -224,6 +224,5 @@ impl Drop for FakeE2b {
 
 /// RFC 3339 in UTC with milliseconds, as Go's JSON writes times.
 pub fn rfc3339(t: SystemTime) -> String {
-    let s = humantime::format_rfc3339_millis(t).to_string();
-    s
+    humantime::format_rfc3339_millis(t).to_string()
 }
