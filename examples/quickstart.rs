@@ -2,6 +2,7 @@
 //! command in it, print their output and the sandbox's metrics, destroy it.
 //!
 //! Run it with `cargo run --example quickstart` (as root: sandboxes use namespaces and cgroups).
+#![allow(clippy::print_stdout)] // an example prints its results
 
 use std::time::Instant;
 

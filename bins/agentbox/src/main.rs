@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Presets(args) => cmd::presets::run(&args),
-        Command::Run(args) => match cmd::run::run(args) {
+        Command::Run(args) => match cmd::run::run(&args) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

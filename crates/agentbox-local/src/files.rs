@@ -22,7 +22,7 @@ const RESOLVE_IN_ROOT: u64 = 0x10;
 
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 const SYSFS_MAGIC: i64 = 0x6265_6572;
-const CGROUP_SUPER_MAGIC: i64 = 0x27e0_eb;
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
@@ -36,6 +36,7 @@ pub struct Root {
     gid: u32,
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as a `map_err` adaptor
 fn map_io(path: &str, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::ENOENT) => Error::NotFound(format!("file {path}")),
@@ -311,7 +312,7 @@ impl Root {
         let (pt, nt, to_n) = self.parent_and_name(to)?;
         // The destination parent must be writable storage.
         self.open_at(
-            &to_n.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }).to_owned(),
+            to_n.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }),
             libc::O_RDONLY | libc::O_DIRECTORY,
             0,
         )

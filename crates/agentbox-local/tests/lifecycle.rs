@@ -1,5 +1,6 @@
 //! Lifecycle: state between execs, background processes, stdin, code, health,
 //! metrics, destroy leaving nothing behind, and reaping after a crash.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // test helpers outside #[test] functions
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Resource limits hold against hostile programs.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 
@@ -10,8 +11,7 @@ use common::Sandbox;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_oom_killed_and_reported() {
-    let mut config = SandboxConfig::default();
-    config.memory_mb = 64;
+    let config = SandboxConfig { memory_mb: 64, ..SandboxConfig::default() };
     let sb = Sandbox::with(config).await;
     let out = sb
         .run(ExecRequest {
@@ -63,9 +63,7 @@ async fn filling_storage_hits_enospc_at_the_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filling_the_disk_cap_hits_enospc() {
-    let mut config = SandboxConfig::default();
-    config.disk_gb = 1;
-    config.memory_mb = 2048;
+    let config = SandboxConfig { disk_gb: 1, memory_mb: 2048, ..SandboxConfig::default() };
     let sb = Sandbox::with(config).await;
     let out = sb.sh("dd if=/dev/zero of=/tmp/fill bs=4M count=300 2>&1; echo rc=$?; df -k /tmp | tail -1").await;
     assert!(out.stdout.contains("No space left on device"), "{}", out.stdout);

@@ -69,7 +69,7 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 ///
 /// # Errors
 /// Bad arguments, or a sandbox that could not be created.
-pub fn run(args: Args) -> Result<ExitCode, CliError> {
+pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let preset: Preset = args.preset.parse().map_err(CliError::Usage)?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
     if let Some(v) = args.cpus {

@@ -90,7 +90,7 @@ fn apply_landlock(home: &str) -> io::Result<()> {
 
 /// The child after fork: isolates itself further and execs. Never returns.
 pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
-    // SAFETY (whole function): we are the only thread of a freshly forked child of the
+    // SAFETY: (whole function) we are the only thread of a freshly forked child of the
     // single-threaded init; every call is a plain syscall on valid arguments.
     unsafe {
         ok("setsid", libc::setsid());

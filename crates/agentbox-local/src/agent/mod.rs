@@ -126,12 +126,9 @@ fn init_main() -> i32 {
         },
         _ => return 1,
     };
-    let root = match std::env::var("AGENTBOX_LOCAL_ROOT") {
-        Ok(r) => r,
-        Err(_) => {
-            send_failure("the sandbox root directory was not given".into());
-            return 1;
-        }
+    let Ok(root) = std::env::var("AGENTBOX_LOCAL_ROOT") else {
+        send_failure("the sandbox root directory was not given".into());
+        return 1;
     };
     if let Err(e) = fs::build(&mut fs::LinuxMounter, Path::new(&root), &setup) {
         send_failure(format!("building the sandbox filesystem failed: {e}"));
@@ -270,7 +267,7 @@ impl Agent {
             if fds[0].revents & libc::POLLOUT != 0 {
                 self.flush()?;
             }
-            if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !self.read_control()? {
+            if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !self.read_control() {
                 return Ok(()); // host went away: exiting kills the whole namespace
             }
             if fds[1].revents & libc::POLLIN != 0 {
@@ -311,20 +308,20 @@ impl Agent {
     }
 
     /// Reads what the host sent; `false` when the host closed the socket.
-    fn read_control(&mut self) -> io::Result<bool> {
+    fn read_control(&mut self) -> bool {
         let mut buf = [0u8; 65536];
         loop {
             // SAFETY: reading into a local buffer.
             let n = unsafe { libc::read(CONTROL_FD, buf.as_mut_ptr().cast(), buf.len()) };
             if n == 0 {
-                return Ok(false);
+                return false;
             }
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
                     io::ErrorKind::WouldBlock => break,
                     io::ErrorKind::Interrupted => continue,
-                    _ => return Ok(false),
+                    _ => return false,
                 }
             }
             self.inbuf.extend_from_slice(&buf[..n.unsigned_abs()]);
@@ -334,7 +331,7 @@ impl Agent {
             h.copy_from_slice(&self.inbuf[..proto::HEADER]);
             let (kind, id, len) = proto::parse_header(&h);
             if len > proto::MAX_FRAME {
-                return Ok(false);
+                return false;
             }
             if self.inbuf.len() < proto::HEADER + len {
                 break;
@@ -343,7 +340,7 @@ impl Agent {
             self.inbuf.drain(..proto::HEADER + len);
             self.handle(kind, id, &payload);
         }
-        Ok(true)
+        true
     }
 
     fn fail(&mut self, id: u32, message: String, errno: Option<i32>) {
