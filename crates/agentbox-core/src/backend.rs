@@ -94,6 +94,13 @@ pub trait SandboxBackend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// A base URL on the host (such as `http://127.0.0.1:41234`) that reaches TCP `port`
+    /// inside the sandbox, e.g. a browser's DevTools endpoint or a dev server.
+    async fn open_port(&self, id: &SandboxId, port: u16) -> Result<String> {
+        let _ = (id, port);
+        Err(Error::Unsupported(format!("the {} backend cannot expose sandbox ports", self.name())))
+    }
+
     /// Extends the sandbox's lifetime on backends that expire sandboxes themselves.
     async fn keep_alive(&self, id: &SandboxId, for_secs: u64) -> Result<()> {
         let _ = (id, for_secs);

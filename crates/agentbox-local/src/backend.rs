@@ -115,6 +115,7 @@ struct Sandbox {
     dir: PathBuf,
     last_cpu: Mutex<Option<(Instant, u64)>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -563,6 +564,7 @@ impl LocalBackend {
             dir,
             last_cpu: Mutex::new(None),
             reader: Mutex::new(None),
+            forwards: Mutex::new(HashMap::new()),
         });
         let cg = sandbox.cgroup.clone();
         let task = tokio::spawn(reader_loop(rd, routes, alive, cg));
@@ -1011,6 +1013,41 @@ impl SandboxBackend for LocalBackend {
         })
     }
 
+    async fn open_port(&self, id: &SandboxId, port: u16) -> Result<String> {
+        let sb = self.get(id)?;
+        if let Some((url, _)) = sb.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&port) {
+            return Ok(url.clone());
+        }
+        // A loopback listener on the host; each connection is joined to a fresh
+        // connection made inside the sandbox's network namespace.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let pid = sb.init_pid;
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    let Ok(Ok(inner)) = tokio::task::spawn_blocking(move || crate::netns::connect(pid, target)).await
+                    else {
+                        return;
+                    };
+                    if inner.set_nonblocking(true).is_err() {
+                        return;
+                    }
+                    let Ok(mut inner) = tokio::net::TcpStream::from_std(inner) else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut inner).await;
+                });
+            }
+        });
+        let mut forwards = sb.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((existing, _)) = forwards.get(&port) {
+            task.abort();
+            return Ok(existing.clone());
+        }
+        forwards.insert(port, (url.clone(), task));
+        Ok(url)
+    }
+
     async fn update_network(&self, id: &SandboxId, network: NetworkConfig) -> Result<()> {
         self.get(id)?;
         if network.enabled {
@@ -1043,6 +1080,9 @@ impl SandboxBackend for LocalBackend {
         .map_err(|e| backend_err("destroy task", e))?;
         if let Some(t) = sb.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             t.abort();
+        }
+        for (_, (_, task)) in sb.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
+            task.abort();
         }
         Ok(())
     }

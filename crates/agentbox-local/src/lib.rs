@@ -25,6 +25,7 @@ pub mod agent;
 mod backend;
 mod cgroup;
 mod files;
+pub mod netns;
 pub mod proto;
 mod sealed;
 pub mod seccomp;

@@ -238,3 +238,40 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     assert!(b.reap_orphans().is_empty(), "reaping is complete on the first pass");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_inside_the_sandbox_is_reachable_through_open_port() {
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    b.spawn_background(
+        id,
+        ExecRequest::shell("cd /tmp && echo served > index.html && exec python3 -m http.server 8000 --bind 127.0.0.1"),
+    )
+    .await
+    .unwrap();
+    let url = b.open_port(id, 8000).await.unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert_eq!(b.open_port(id, 8000).await.unwrap(), url, "one forward per port");
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut body = String::new();
+    for _ in 0..100 {
+        let a = addr.clone();
+        body = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(&a) else { return String::new() };
+            let _ = s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+        .await
+        .unwrap();
+        if body.contains("served") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.starts_with("HTTP/1.0 200") && body.ends_with("served\n"), "{body}");
+    sb.destroy().await;
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "the forward closes with the sandbox");
+}
