@@ -272,6 +272,14 @@ impl LocalBackend {
         if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(rest) = name.strip_prefix(".creating-") {
+                    // A creation interrupted before its cgroup existed: only the directory is left.
+                    let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+                    if owner.is_some_and(|p| p != std::process::id() && process_start(p).is_none()) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                    continue;
+                }
                 if !name.starts_with("sb-") {
                     continue;
                 }
@@ -398,8 +406,6 @@ impl LocalBackend {
         let config = &request.config;
         let id = random_id();
         let dir = self.inner.config.state_dir.join(&id);
-        let root_dir = dir.join("root");
-        std::fs::create_dir_all(&root_dir).map_err(|e| backend_err("creating the sandbox directory", e))?;
         let meta = Meta {
             id: id.clone(),
             owner_pid: std::process::id(),
@@ -407,12 +413,21 @@ impl LocalBackend {
             created_at_ms: now_ms(),
             metadata: request.metadata.clone(),
         };
+        // The directory appears under its final name only with its metadata inside, so a
+        // concurrent reaper never mistakes a sandbox being created for an orphan.
+        let staging = self.inner.config.state_dir.join(format!(".creating-{}-{id}", meta.owner_pid));
+        let staged = std::fs::create_dir_all(staging.join("root"))
+            .and_then(|()| std::fs::write(staging.join("meta.json"), serde_json::to_vec(&meta).unwrap_or_default()))
+            .and_then(|()| std::fs::rename(&staging, &dir));
+        if let Err(e) = staged {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(backend_err("creating the sandbox directory", e));
+        }
+        let root_dir = dir.join("root");
         let cleanup_dir = |e: Error| {
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
-        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap_or_default())
-            .map_err(|e| cleanup_dir(backend_err("writing sandbox metadata", e)))?;
         let limits = Limits {
             memory_bytes: config.memory_mb.saturating_mul(1024 * 1024),
             cpus: config.cpu_count,
