@@ -95,7 +95,15 @@ impl Inner {
         let subject = format!("the program or working directory of `{}`", argv.join(" "));
         let call = Call { plane: Plane::Sandbox, action: &action, subject: &subject, sandbox: Some(id.as_str()) };
         let started = Instant::now();
-        let (pid, stream) = self.start_process(&h, &start, Some(limit), call).await?;
+        let (pid, stream) = match self.start_process(&h, &start, Some(limit), call).await {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some(path) = &cleanup {
+                    self.remove_quietly(&h, path).await;
+                }
+                return Err(e);
+            }
+        };
         let feeder: Option<Feeder> = request.stdin.map(|data| {
             let inner = self.clone();
             let h = h.clone();
