@@ -98,9 +98,13 @@ impl ToolError {
         use agentbox_core::Error as E;
         match err {
             E::NotFound(_) => Self::not_found(format!("{what} not found: {path}")),
-            E::PermissionDenied(m) => Self::new(ToolErrorKind::PermissionDenied, format!("permission denied: {path}: {m}")),
+            E::PermissionDenied(m) => {
+                Self::new(ToolErrorKind::PermissionDenied, format!("permission denied: {path}: {m}"))
+            }
             E::InvalidRequest(m) => Self::invalid_input(format!("{path}: {m}")),
-            E::Io(e) if e.kind() == std::io::ErrorKind::NotFound => Self::not_found(format!("{what} not found: {path}")),
+            E::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Self::not_found(format!("{what} not found: {path}"))
+            }
             other => {
                 let mut e = Self::from(other);
                 e.message = format!("{path}: {}", e.message);

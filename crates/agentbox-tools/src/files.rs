@@ -109,10 +109,19 @@ impl TypedTool for ReadFileTool {
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
         let total = lines.len();
         if total == 0 {
-            return Ok(ReadFileOutput { path, content: String::new(), start_line: 1, end_line: 0, total_lines: 0, next_start_line: None });
+            return Ok(ReadFileOutput {
+                path,
+                content: String::new(),
+                start_line: 1,
+                end_line: 0,
+                total_lines: 0,
+                next_start_line: None,
+            });
         }
         if start > total {
-            return Err(ToolError::invalid_input(format!("start_line {start} is past the end of {path}, which has {total} lines")));
+            return Err(ToolError::invalid_input(format!(
+                "start_line {start} is past the end of {path}, which has {total} lines"
+            )));
         }
         let end = input.end_line.unwrap_or(total).min(total);
         let cap = ctx.config().max_read_bytes;
@@ -246,7 +255,9 @@ impl TypedTool for ListFilesTool {
                 Err(e) if dir == root => {
                     if let Ok(entry) = sandbox.stat(&root).await {
                         if entry.kind != FileKind::Dir {
-                            return Err(ToolError::invalid_input(format!("{root} is a file, not a directory: use read_file")));
+                            return Err(ToolError::invalid_input(format!(
+                                "{root} is a file, not a directory: use read_file"
+                            )));
                         }
                     }
                     return Err(e);
@@ -319,7 +330,9 @@ impl TypedTool for EditFileTool {
     async fn run(&self, ctx: &ToolContext, input: EditFileInput) -> ToolResult<EditFileOutput> {
         let path = ctx.config().resolve(&input.path)?;
         if input.old_text.is_empty() {
-            return Err(ToolError::invalid_input("old_text is empty: give the exact text to replace (use write_file to create a file)"));
+            return Err(ToolError::invalid_input(
+                "old_text is empty: give the exact text to replace (use write_file to create a file)",
+            ));
         }
         let text = read_text(ctx, &path).await?;
         let count = text.matches(&input.old_text).count();
@@ -331,12 +344,18 @@ impl TypedTool for EditFileTool {
         if count > 1 && !input.replace_all {
             return Err(ToolError::new(
                 ToolErrorKind::Conflict,
-                format!("old_text occurs {count} times in {path}; add surrounding lines to make it unique, or set replace_all"),
+                format!(
+                    "old_text occurs {count} times in {path}; add surrounding lines to make it unique, or set replace_all"
+                ),
             ));
         }
         let first = text.find(&input.old_text).unwrap_or(0);
         let first_line = text[..first].matches('\n').count() + 1;
-        let new = if input.replace_all { text.replace(&input.old_text, &input.new_text) } else { text.replacen(&input.old_text, &input.new_text, 1) };
+        let new = if input.replace_all {
+            text.replace(&input.old_text, &input.new_text)
+        } else {
+            text.replacen(&input.old_text, &input.new_text, 1)
+        };
         ctx.sandbox()?.write_file(&path, new.into_bytes()).await?;
         Ok(EditFileOutput { path, replacements: if input.replace_all { count } else { 1 }, first_line })
     }
@@ -377,7 +396,9 @@ impl TypedTool for DeleteFileTool {
         let path = ctx.config().resolve(&input.path)?;
         let trimmed = path.trim_end_matches('/');
         if trimmed.is_empty() || trimmed == ctx.config().home_dir.trim_end_matches('/') {
-            return Err(ToolError::invalid_input(format!("refusing to delete {path}: name a file or directory inside it")));
+            return Err(ToolError::invalid_input(format!(
+                "refusing to delete {path}: name a file or directory inside it"
+            )));
         }
         let sandbox = ctx.sandbox()?;
         let entry = sandbox.stat(&path).await?;
@@ -472,7 +493,10 @@ impl TypedTool for DownloadFileTool {
         if entry.size > max as u64 {
             return Err(ToolError::new(
                 ToolErrorKind::LimitExceeded,
-                format!("{path} is {} bytes, over the {max}-byte download limit; compress or split it first", entry.size),
+                format!(
+                    "{path} is {} bytes, over the {max}-byte download limit; compress or split it first",
+                    entry.size
+                ),
             ));
         }
         let data = sandbox.read_file(&path).await.map_err(|e| directory_hint(e, &path))?;

@@ -13,6 +13,7 @@
 //! | `read_file`, `write_file`, `list_files`, `edit_file`, `delete_file` | text files |
 //! | `upload_file`, `download_file` | bytes as base64 |
 //! | `web_search` | Tavily, Serper, SearXNG with fallback, cache and rate limits |
+//! | `browser` | a headless Chromium inside the sandbox: navigate, snapshot with refs, click, type, screenshot, ... (feature `browser`) |
 //!
 //! Output is sized for a model's context: long streams keep their head and tail with a
 //! mark saying how many bytes were cut, and the full text is saved to a file inside the
@@ -32,6 +33,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod code;
 mod error;
 pub mod files;

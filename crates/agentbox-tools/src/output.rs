@@ -47,7 +47,13 @@ struct Captured {
 
 impl Captured {
     fn new(shown_cap: usize, spill_cap: usize) -> Self {
-        Self { full: Vec::new(), tail: VecDeque::new(), total: 0, spill_cap: spill_cap.max(shown_cap), tail_cap: shown_cap / 2 }
+        Self {
+            full: Vec::new(),
+            tail: VecDeque::new(),
+            total: 0,
+            spill_cap: spill_cap.max(shown_cap),
+            tail_cap: shown_cap / 2,
+        }
     }
 
     fn push(&mut self, chunk: &[u8]) {

@@ -87,7 +87,6 @@ impl TypedTool for ShellTool {
     }
 
     async fn run(&self, ctx: &ToolContext, input: ShellInput) -> ToolResult<ShellOutput> {
-        let sandbox = ctx.sandbox()?;
         if input.command.trim().is_empty() {
             return Err(ToolError::invalid_input("command is empty: give a bash command line such as `ls -la`"));
         }
@@ -95,6 +94,7 @@ impl TypedTool for ShellTool {
             return Err(ToolError::invalid_input("timeout_secs must be at least 1"));
         }
         let cwd = input.cwd.as_deref().map(|c| ctx.config().resolve(c)).transpose()?;
+        let sandbox = ctx.sandbox()?;
         let request = ExecRequest {
             cwd,
             env: input.env,

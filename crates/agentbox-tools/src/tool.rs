@@ -183,7 +183,10 @@ impl Sandbox<'_> {
     /// # Errors
     /// The backend's error.
     pub async fn kill_process(&self, pid: u32, signal: i32) -> ToolResult<()> {
-        Ok(self.manager.with_sandbox(self.run_id, |b, id| async move { b.kill_process(&id, pid, signal).await }).await?)
+        Ok(self
+            .manager
+            .with_sandbox(self.run_id, |b, id| async move { b.kill_process(&id, pid, signal).await })
+            .await?)
     }
 
     /// Reads a whole file; a missing file gives "file not found: PATH".
@@ -199,7 +202,10 @@ impl Sandbox<'_> {
     /// # Errors
     /// The backend's error, naming the path.
     pub async fn write_file(&self, path: &str, data: Vec<u8>) -> ToolResult<()> {
-        self.manager.write_file(self.run_id, path, data).await.map_err(|e| ToolError::from_path_error(e, "directory", path))
+        self.manager
+            .write_file(self.run_id, path, data)
+            .await
+            .map_err(|e| ToolError::from_path_error(e, "directory", path))
     }
 
     /// Lists a directory.
@@ -277,7 +283,11 @@ pub trait Tool: Send + Sync + 'static {
 
     /// The spec a model sees.
     fn spec(&self) -> ToolSpec {
-        ToolSpec { name: self.name().to_owned(), description: self.description().to_owned(), input_schema: self.input_schema() }
+        ToolSpec {
+            name: self.name().to_owned(),
+            description: self.description().to_owned(),
+            input_schema: self.input_schema(),
+        }
     }
 }
 
@@ -333,10 +343,12 @@ impl<T: TypedTool> Tool for T {
     }
 
     async fn call(&self, ctx: &ToolContext, input: Value) -> ToolResult<Value> {
-        let input: T::Input = serde_json::from_value(input)
-            .map_err(|e| ToolError::invalid_input(format!("invalid input for {}: {e}; see the tool's input schema", T::NAME)))?;
+        let input: T::Input = serde_json::from_value(input).map_err(|e| {
+            ToolError::invalid_input(format!("invalid input for {}: {e}; see the tool's input schema", T::NAME))
+        })?;
         let output = self.run(ctx, input).await?;
-        serde_json::to_value(output).map_err(|e| ToolError::failed(format!("{} produced output that is not JSON: {e}", T::NAME)))
+        serde_json::to_value(output)
+            .map_err(|e| ToolError::failed(format!("{} produced output that is not JSON: {e}", T::NAME)))
     }
 }
 
@@ -364,8 +376,8 @@ impl ToolRegistry {
     pub fn standard(search: crate::search::WebSearch) -> Self {
         let mut r = Self::new();
         r.register(crate::shell::ShellTool);
-        r.register(crate::code::RunCodeTool::default());
-        r.register(crate::code::CodeContextTool::default());
+        r.register(crate::code::RunCodeTool);
+        r.register(crate::code::CodeContextTool);
         crate::files::register_all(&mut r);
         r.register(crate::search::WebSearchTool::new(search));
         r

@@ -30,7 +30,12 @@ async fn call_err(sb: &TestSandbox, tool: &str, input: Value) -> agentbox_tools:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_runs_with_cwd_env_exit_code_and_timeout() {
     let sb = TestSandbox::new().await;
-    let out = call(&sb, "shell", json!({"command": "mkdir -p sub && cd sub && pwd && echo $GREETING >&2; exit 3", "env": {"GREETING": "hello"}})).await;
+    let out = call(
+        &sb,
+        "shell",
+        json!({"command": "mkdir -p sub && cd sub && pwd && echo $GREETING >&2; exit 3", "env": {"GREETING": "hello"}}),
+    )
+    .await;
     assert_eq!(out["exit_code"], 3);
     assert_eq!(out["stdout"].as_str().unwrap().trim(), format!("{}/sub", sb.home));
     assert_eq!(out["stderr"].as_str().unwrap().trim(), "hello");
@@ -52,7 +57,8 @@ async fn shell_runs_with_cwd_env_exit_code_and_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_background_returns_pid_and_output_file() {
     let sb = TestSandbox::new().await;
-    let out = call(&sb, "shell", json!({"command": "echo from-background; sleep 0.2; echo done", "background": true})).await;
+    let out =
+        call(&sb, "shell", json!({"command": "echo from-background; sleep 0.2; echo done", "background": true})).await;
     assert!(out["pid"].as_u64().unwrap() > 0);
     let file = out["output_file"].as_str().unwrap().to_owned();
     let mut content = String::new();
@@ -81,7 +87,10 @@ async fn long_output_is_cut_with_a_mark_and_saved_in_full() {
     assert!(shown.ends_with("19999\n20000\n"), "{shown}");
     let file = out["stdout_file"].as_str().unwrap();
     let total: usize = (1..=20000).map(|i: u32| i.to_string().len() + 1).sum();
-    assert!(shown.contains(&format!("[... {} bytes truncated; full output saved to {file} ...]", total - 1000)), "{shown}");
+    assert!(
+        shown.contains(&format!("[... {} bytes truncated; full output saved to {file} ...]", total - 1000)),
+        "{shown}"
+    );
     let saved = call(&sb, "download_file", json!({"path": file})).await;
     assert_eq!(saved["size"], total);
     assert!(out.get("stderr_file").is_none());
@@ -98,9 +107,14 @@ async fn files_read_write_edit_list_delete_and_transfer_bytes() {
 
     let r = call(&sb, "read_file", json!({"path": "proj/notes.txt", "start_line": 3, "end_line": 4})).await;
     assert_eq!(r["content"], "line 3\nline 4\n");
-    assert_eq!((r["start_line"].as_u64(), r["end_line"].as_u64(), r["total_lines"].as_u64()), (Some(3), Some(4), Some(10)));
+    assert_eq!(
+        (r["start_line"].as_u64(), r["end_line"].as_u64(), r["total_lines"].as_u64()),
+        (Some(3), Some(4), Some(10))
+    );
 
-    let e = call(&sb, "edit_file", json!({"path": "proj/notes.txt", "old_text": "line 5\n", "new_text": "line five\n"})).await;
+    let e =
+        call(&sb, "edit_file", json!({"path": "proj/notes.txt", "old_text": "line 5\n", "new_text": "line five\n"}))
+            .await;
     assert_eq!((e["replacements"].as_u64(), e["first_line"].as_u64()), (Some(1), Some(5)));
     let r = call(&sb, "read_file", json!({"path": "proj/notes.txt", "start_line": 5, "end_line": 5})).await;
     assert_eq!(r["content"], "line five\n");
@@ -108,9 +122,15 @@ async fn files_read_write_edit_list_delete_and_transfer_bytes() {
     let err = call_err(&sb, "edit_file", json!({"path": "proj/notes.txt", "old_text": "line", "new_text": "x"})).await;
     assert_eq!(err.kind, ToolErrorKind::Conflict);
     assert!(err.message.contains("occurs 10 times"), "{err}");
-    let err = call_err(&sb, "edit_file", json!({"path": "proj/notes.txt", "old_text": "absent", "new_text": "x"})).await;
+    let err =
+        call_err(&sb, "edit_file", json!({"path": "proj/notes.txt", "old_text": "absent", "new_text": "x"})).await;
     assert_eq!(err.kind, ToolErrorKind::NotFound);
-    let all = call(&sb, "edit_file", json!({"path": "proj/notes.txt", "old_text": "line", "new_text": "row", "replace_all": true})).await;
+    let all = call(
+        &sb,
+        "edit_file",
+        json!({"path": "proj/notes.txt", "old_text": "line", "new_text": "row", "replace_all": true}),
+    )
+    .await;
     assert_eq!(all["replacements"], 10);
 
     let png = [0x89u8, b'P', b'N', b'G', 0, 1, 2, 255];
@@ -175,7 +195,12 @@ async fn python_context_keeps_state_and_reports_errors_and_timeouts() {
     let out = call(&sb, "run_code", json!({"code": "x"})).await;
     assert_eq!(out["results"][0]["text"], "40", "the context survives a timeout with its state");
 
-    let out = call(&sb, "run_code", json!({"code": "import sys\nsys.stderr.write('warn\\n')\nimport os\nos.system('echo from-child')"})).await;
+    let out = call(
+        &sb,
+        "run_code",
+        json!({"code": "import sys\nsys.stderr.write('warn\\n')\nimport os\nos.system('echo from-child')"}),
+    )
+    .await;
     assert_eq!(out["stderr"], "warn\n");
     assert_eq!(out["stdout"], "from-child\n", "output of child processes is captured too");
 
@@ -210,7 +235,12 @@ Img()
     }
     assert_eq!(results[1]["is_main_result"], true);
 
-    let probe = call(&sb, "run_code", json!({"code": "import importlib.util\nimportlib.util.find_spec('matplotlib') is not None"})).await;
+    let probe = call(
+        &sb,
+        "run_code",
+        json!({"code": "import importlib.util\nimportlib.util.find_spec('matplotlib') is not None"}),
+    )
+    .await;
     if probe["results"][0]["text"] == "True" {
         let out = call(
             &sb,
@@ -231,18 +261,28 @@ Img()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_context_keeps_state() {
     let sb = TestSandbox::new().await;
-    let out = call(&sb, "run_code", json!({"language": "javascript", "code": "let a = 5; var b = 2; console.log('log', a)"})).await;
+    let out =
+        call(&sb, "run_code", json!({"language": "javascript", "code": "let a = 5; var b = 2; console.log('log', a)"}))
+            .await;
     assert_eq!(out["stdout"], "log 5\n");
     assert_eq!(out["context_id"], "default-javascript");
     let out = call(&sb, "run_code", json!({"language": "javascript", "code": "a * b + [1, 2].length"})).await;
     assert_eq!(out["results"][0]["text"], "12");
-    let out = call(&sb, "run_code", json!({"language": "javascript", "code": "const os = require('os'); typeof os.cpus"})).await;
+    let out =
+        call(&sb, "run_code", json!({"language": "javascript", "code": "const os = require('os'); typeof os.cpus"}))
+            .await;
     assert_eq!(out["results"][0]["text"], "'function'");
-    let out = call(&sb, "run_code", json!({"language": "javascript", "code": "await new Promise(r => setTimeout(() => r(7), 10))"})).await;
+    let out = call(
+        &sb,
+        "run_code",
+        json!({"language": "javascript", "code": "await new Promise(r => setTimeout(() => r(7), 10))"}),
+    )
+    .await;
     assert!(out["error"].is_null(), "{out}");
     let out = call(&sb, "run_code", json!({"language": "javascript", "code": "null.x"})).await;
     assert_eq!(out["error"]["name"], "TypeError");
-    let out = call(&sb, "run_code", json!({"language": "javascript", "code": "while (true) {}", "timeout_secs": 1})).await;
+    let out =
+        call(&sb, "run_code", json!({"language": "javascript", "code": "while (true) {}", "timeout_secs": 1})).await;
     assert_eq!(out["timed_out"], true);
     let out = call(&sb, "run_code", json!({"language": "javascript", "code": "a"})).await;
     assert_eq!(out["results"][0]["text"], "5");
@@ -252,7 +292,8 @@ async fn javascript_context_keeps_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contexts_are_created_listed_restarted_and_deleted() {
     let sb = TestSandbox::new().await;
-    let made = call(&sb, "code_context", json!({"action": "create", "language": "python", "context_id": "analysis"})).await;
+    let made =
+        call(&sb, "code_context", json!({"action": "create", "language": "python", "context_id": "analysis"})).await;
     assert_eq!(made["contexts"][0]["id"], "analysis");
     let err = call_err(&sb, "code_context", json!({"action": "create", "context_id": "analysis"})).await;
     assert_eq!(err.kind, ToolErrorKind::Conflict);
@@ -273,7 +314,13 @@ async fn contexts_are_created_listed_restarted_and_deleted() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["id"].as_str().unwrap().into(), c["language"].as_str().unwrap().into(), c["status"].as_str().unwrap().into()))
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().into(),
+                c["language"].as_str().unwrap().into(),
+                c["status"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     seen.sort();
     let mut want = vec![

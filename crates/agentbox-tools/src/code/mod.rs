@@ -233,7 +233,9 @@ fn quote(s: &str) -> String {
 }
 
 fn no_context(id: &str) -> ToolError {
-    ToolError::not_found(format!("no code context {id:?}; create it with code_context action=create, or list them with action=list"))
+    ToolError::not_found(format!(
+        "no code context {id:?}; create it with code_context action=create, or list them with action=list"
+    ))
 }
 
 /// Runs the client script and returns (exit code, stderr).
@@ -273,7 +275,10 @@ async fn create_context(sb: &Sandbox<'_>, language: CodeLanguage, id: Option<Str
     if !language.has_contexts() {
         return Err(ToolError::new(
             ToolErrorKind::Unsupported,
-            format!("stateful contexts exist for python and javascript; run {} code without a context_id", language.as_str()),
+            format!(
+                "stateful contexts exist for python and javascript; run {} code without a context_id",
+                language.as_str()
+            ),
         ));
     }
     let id = id.unwrap_or_else(|| format!("ctx-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
@@ -289,7 +294,9 @@ async fn create_context(sb: &Sandbox<'_>, language: CodeLanguage, id: Option<Str
     sb.write_file(&format!("{dir}/language"), language.as_str().as_bytes().to_vec()).await?;
     let drivers = drivers_dir(sb);
     let launch = match language {
-        CodeLanguage::Python => format!("exec python3 -u {} {}", quote(&format!("{drivers}/python_driver.py")), quote(&dir)),
+        CodeLanguage::Python => {
+            format!("exec python3 -u {} {}", quote(&format!("{drivers}/python_driver.py")), quote(&dir))
+        }
         _ => format!("exec node {} {}", quote(&format!("{drivers}/node_driver.js")), quote(&dir)),
     };
     let line = format!("cd {d} && {{ [ -p requests ] || mkfifo -m 600 requests; }} && {launch}", d = quote(&dir));
@@ -322,16 +329,28 @@ async fn list_contexts(sb: &Sandbox<'_>) -> ToolResult<Vec<ContextInfo>> {
     }
     install_drivers(sb).await?;
     let argv = vec!["/bin/bash".to_owned(), format!("{}/client.sh", drivers_dir(sb)), "status".into(), base];
-    let out = sb.exec(ExecRequest { timeout: Some(Duration::from_secs(30)), ..ExecRequest::argv(argv) }).await?.collect(1 << 20).await;
+    let out = sb
+        .exec(ExecRequest { timeout: Some(Duration::from_secs(30)), ..ExecRequest::argv(argv) })
+        .await?
+        .collect(1 << 20)
+        .await;
     if out.exit_code != 0 {
-        return Err(ToolError::failed(format!("listing code contexts failed (exit {}): {}", out.exit_code, out.stderr.trim())));
+        return Err(ToolError::failed(format!(
+            "listing code contexts failed (exit {}): {}",
+            out.exit_code,
+            out.stderr.trim()
+        )));
     }
     Ok(out
         .stdout
         .lines()
         .filter_map(|l| {
             let mut it = l.split('\t');
-            Some(ContextInfo { id: it.next()?.to_owned(), language: it.next()?.to_owned(), status: it.next()?.to_owned() })
+            Some(ContextInfo {
+                id: it.next()?.to_owned(),
+                language: it.next()?.to_owned(),
+                status: it.next()?.to_owned(),
+            })
         })
         .collect())
 }
@@ -391,7 +410,12 @@ async fn why_dead(sb: &Sandbox<'_>, id: &str) -> String {
     }
 }
 
-async fn run_in_context(sb: &Sandbox<'_>, id: &str, code: &str, timeout: Duration) -> Result<DriverResponse, RunFailure> {
+async fn run_in_context(
+    sb: &Sandbox<'_>,
+    id: &str,
+    code: &str,
+    timeout: Duration,
+) -> Result<DriverResponse, RunFailure> {
     let dir = context_dir(sb, id);
     let rid = uuid::Uuid::new_v4().simple().to_string();
     let request = serde_json::json!({
@@ -399,7 +423,9 @@ async fn run_in_context(sb: &Sandbox<'_>, id: &str, code: &str, timeout: Duratio
         "timeout": timeout.as_secs_f64(),
         "cap": sb.config().max_output_bytes,
     });
-    sb.write_file(&format!("{dir}/req-{rid}.json"), request.to_string().into_bytes()).await.map_err(RunFailure::Tool)?;
+    sb.write_file(&format!("{dir}/req-{rid}.json"), request.to_string().into_bytes())
+        .await
+        .map_err(RunFailure::Tool)?;
     let wait = timeout + sb.config().code_grace;
     let (exit, msg, timed_out) = client(sb, &["run", &dir, &rid], wait).await.map_err(RunFailure::Tool)?;
     let resp_path = format!("{dir}/resp-{rid}.json");
@@ -426,15 +452,23 @@ async fn run_in_context(sb: &Sandbox<'_>, id: &str, code: &str, timeout: Duratio
             return Err(RunFailure::Died(format!("{msg}{}", why_dead(sb, id).await)));
         }
         other => {
-            return Err(RunFailure::Tool(ToolError::failed(format!("talking to code context {id:?} failed (exit {other}): {msg}"))));
+            return Err(RunFailure::Tool(ToolError::failed(format!(
+                "talking to code context {id:?} failed (exit {other}): {msg}"
+            ))));
         }
     }
     let raw = sb.read_file(&resp_path).await.map_err(RunFailure::Tool)?;
     let _ = sb.remove(&resp_path).await;
-    serde_json::from_slice(&raw).map_err(|e| RunFailure::Tool(ToolError::failed(format!("code context {id:?} sent a malformed answer: {e}"))))
+    serde_json::from_slice(&raw)
+        .map_err(|e| RunFailure::Tool(ToolError::failed(format!("code context {id:?} sent a malformed answer: {e}"))))
 }
 
-fn from_response(language: CodeLanguage, context_id: String, r: DriverResponse, notice: Option<String>) -> RunCodeOutput {
+fn from_response(
+    language: CodeLanguage,
+    context_id: String,
+    r: DriverResponse,
+    notice: Option<String>,
+) -> RunCodeOutput {
     RunCodeOutput {
         language,
         context_id: Some(context_id),
@@ -451,7 +485,12 @@ fn from_response(language: CodeLanguage, context_id: String, r: DriverResponse, 
     }
 }
 
-async fn run_stateless(sb: &Sandbox<'_>, language: CodeLanguage, code: String, timeout: Option<Duration>) -> ToolResult<RunCodeOutput> {
+async fn run_stateless(
+    sb: &Sandbox<'_>,
+    language: CodeLanguage,
+    code: String,
+    timeout: Option<Duration>,
+) -> ToolResult<RunCodeOutput> {
     let request = CodeRequest { timeout, ..CodeRequest::new(language.core(), code) };
     let stream = sb.manager().run_code(sb.run_id(), request).await?;
     let label = format!("code-{}", uuid::Uuid::new_v4().simple());
@@ -490,10 +529,13 @@ impl TypedTool for RunCodeTool {
     }
 
     async fn run(&self, ctx: &ToolContext, input: RunCodeInput) -> ToolResult<RunCodeOutput> {
-        let sb = ctx.sandbox()?;
         if input.timeout_secs == Some(0) {
             return Err(ToolError::invalid_input("timeout_secs must be at least 1"));
         }
+        if let Some(id) = &input.context_id {
+            check_context_id(id)?;
+        }
+        let sb = ctx.sandbox()?;
         let timeout = match input.timeout_secs {
             Some(s) => Duration::from_secs(s),
             None => sb.execution_timeout()?,
@@ -622,11 +664,17 @@ impl TypedTool for CodeContextTool {
     async fn run(&self, ctx: &ToolContext, input: CodeContextInput) -> ToolResult<CodeContextOutput> {
         let sb = ctx.sandbox()?;
         let need_id = || {
-            input.context_id.clone().ok_or_else(|| ToolError::invalid_input("context_id is required for restart and delete"))
+            input
+                .context_id
+                .clone()
+                .ok_or_else(|| ToolError::invalid_input("context_id is required for restart and delete"))
         };
         let contexts = match input.action {
             ContextAction::Create => {
-                vec![create_context(&sb, input.language.unwrap_or(CodeLanguage::Python), input.context_id.clone()).await?]
+                vec![
+                    create_context(&sb, input.language.unwrap_or(CodeLanguage::Python), input.context_id.clone())
+                        .await?,
+                ]
             }
             ContextAction::List => list_contexts(&sb).await?,
             ContextAction::Restart => vec![restart_context(&sb, &need_id()?).await?],

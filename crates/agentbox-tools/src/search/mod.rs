@@ -77,7 +77,9 @@ impl std::str::FromStr for ProviderKind {
             "tavily" => Ok(Self::Tavily),
             "serper" => Ok(Self::Serper),
             "searxng" | "searx" => Ok(Self::Searxng),
-            _ => Err(SearchError::InvalidRequest(format!("unknown search provider {s:?} (expected tavily, serper or searxng)"))),
+            _ => Err(SearchError::InvalidRequest(format!(
+                "unknown search provider {s:?} (expected tavily, serper or searxng)"
+            ))),
         }
     }
 }
@@ -110,13 +112,23 @@ impl ProviderConfig {
     /// Tavily with `api_key` at its public URL.
     #[must_use]
     pub fn tavily(api_key: impl Into<String>) -> Self {
-        Self { kind: ProviderKind::Tavily, base_url: "https://api.tavily.com".into(), api_key: Some(api_key.into()), requests_per_minute: 60 }
+        Self {
+            kind: ProviderKind::Tavily,
+            base_url: "https://api.tavily.com".into(),
+            api_key: Some(api_key.into()),
+            requests_per_minute: 60,
+        }
     }
 
     /// Serper with `api_key` at its public URL.
     #[must_use]
     pub fn serper(api_key: impl Into<String>) -> Self {
-        Self { kind: ProviderKind::Serper, base_url: "https://google.serper.dev".into(), api_key: Some(api_key.into()), requests_per_minute: 60 }
+        Self {
+            kind: ProviderKind::Serper,
+            base_url: "https://google.serper.dev".into(),
+            api_key: Some(api_key.into()),
+            requests_per_minute: 60,
+        }
     }
 
     /// A SearXNG instance at `base_url`.
@@ -155,7 +167,12 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        Self { providers: Vec::new(), timeout: Duration::from_secs(15), cache_ttl: Duration::from_secs(600), cache_capacity: 1000 }
+        Self {
+            providers: Vec::new(),
+            timeout: Duration::from_secs(15),
+            cache_ttl: Duration::from_secs(600),
+            cache_capacity: 1000,
+        }
     }
 }
 
@@ -315,13 +332,18 @@ impl SearchRequest {
             return Err(SearchError::InvalidRequest("the query is empty".into()));
         }
         if self.query.len() > 2000 {
-            return Err(SearchError::InvalidRequest(format!("the query is {} bytes; keep it under 2000", self.query.len())));
+            return Err(SearchError::InvalidRequest(format!(
+                "the query is {} bytes; keep it under 2000",
+                self.query.len()
+            )));
         }
         if let Some(n) = self.max_results.filter(|n| !(1..=20).contains(n)) {
             return Err(SearchError::InvalidRequest(format!("max_results must be 1 to 20, got {n}")));
         }
         for d in self.include_domains.iter().chain(&self.exclude_domains) {
-            let ok = !d.is_empty() && d.len() <= 253 && d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
             if !ok {
                 return Err(SearchError::InvalidRequest(format!("{d:?} is not a domain name (write it like docs.rs)")));
             }
@@ -415,16 +437,25 @@ impl WebSearch {
     pub fn new(config: SearchConfig) -> Result<Self, SearchError> {
         let mut providers = Vec::new();
         for p in config.providers {
-            let url = reqwest::Url::parse(&p.base_url)
-                .map_err(|e| SearchError::InvalidRequest(format!("{} base URL {:?} is invalid: {e}", p.kind, p.base_url)))?;
+            let url = reqwest::Url::parse(&p.base_url).map_err(|e| {
+                SearchError::InvalidRequest(format!("{} base URL {:?} is invalid: {e}", p.kind, p.base_url))
+            })?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(SearchError::InvalidRequest(format!("{} base URL {:?} must be http or https", p.kind, p.base_url)));
+                return Err(SearchError::InvalidRequest(format!(
+                    "{} base URL {:?} must be http or https",
+                    p.kind, p.base_url
+                )));
             }
             if p.kind != ProviderKind::Searxng && p.api_key.as_deref().is_none_or(str::is_empty) {
-                return Err(SearchError::InvalidRequest(format!("{} needs an API key: set {}", p.kind, p.kind.settings())));
+                return Err(SearchError::InvalidRequest(format!(
+                    "{} needs an API key: set {}",
+                    p.kind,
+                    p.kind.settings()
+                )));
             }
-            let per_minute = NonZeroU32::new(p.requests_per_minute)
-                .ok_or_else(|| SearchError::InvalidRequest(format!("{} rate limit must be at least 1 request per minute", p.kind)))?;
+            let per_minute = NonZeroU32::new(p.requests_per_minute).ok_or_else(|| {
+                SearchError::InvalidRequest(format!("{} rate limit must be at least 1 request per minute", p.kind))
+            })?;
             let limiter = RateLimiter::direct(Quota::per_minute(per_minute));
             providers.push(Provider { config: p, limiter });
         }
@@ -433,7 +464,8 @@ impl WebSearch {
             .user_agent(concat!("agentbox/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SearchError::InvalidRequest(format!("cannot build the HTTP client: {e}")))?;
-        let cache = moka::future::Cache::builder().max_capacity(config.cache_capacity).time_to_live(config.cache_ttl).build();
+        let cache =
+            moka::future::Cache::builder().max_capacity(config.cache_capacity).time_to_live(config.cache_ttl).build();
         Ok(Self { inner: Arc::new(Inner { providers, http, cache, timeout: config.timeout }) })
     }
 
@@ -482,15 +514,23 @@ impl WebSearch {
                 let w = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
                 wait = Some(wait.map_or(w, |x: Duration| x.min(w)));
                 tracing::debug!(provider = %p.config.kind, "search provider at its rate limit; trying the next");
-                failures.push((p.config.kind, format!("at its rate limit of {} requests per minute", p.config.requests_per_minute)));
+                failures.push((
+                    p.config.kind,
+                    format!("at its rate limit of {} requests per minute", p.config.requests_per_minute),
+                ));
                 continue;
             }
             match providers::search(&self.inner.http, &p.config, request, self.inner.timeout).await {
                 Ok((answer, mut results)) => {
                     providers::filter_domains(&mut results, request);
                     results.truncate(request.max_results() as usize);
-                    let response =
-                        SearchResponse { query: request.query.clone(), provider: p.config.kind, answer, results, cached: false };
+                    let response = SearchResponse {
+                        query: request.query.clone(),
+                        provider: p.config.kind,
+                        answer,
+                        results,
+                        cached: false,
+                    };
                     self.inner.cache.insert(key, response.clone()).await;
                     return Ok(response);
                 }

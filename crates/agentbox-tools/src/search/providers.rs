@@ -19,9 +19,7 @@ pub(super) async fn search(
     let key = p.api_key.as_deref().unwrap_or_default();
     let builder = match p.kind {
         ProviderKind::Tavily => http.post(format!("{base}/search")).bearer_auth(key).json(&tavily_body(req)),
-        ProviderKind::Serper => {
-            http.post(format!("{base}/search")).header("X-API-KEY", key).json(&serper_body(req))
-        }
+        ProviderKind::Serper => http.post(format!("{base}/search")).header("X-API-KEY", key).json(&serper_body(req)),
         ProviderKind::Searxng => http.get(format!("{base}/search")).query(&searxng_query(req)),
     };
     let response = builder.send().await.map_err(|e| describe_send_error(&e, timeout))?;
@@ -127,7 +125,7 @@ fn parse_tavily(body: &[u8]) -> Result<Found, String> {
     let results = r
         .results
         .into_iter()
-        .filter_map(|x| normalized(x.title, x.url?, x.content, x.score, x.published_date))
+        .filter_map(|x| normalized(x.title, &x.url?, x.content, x.score, x.published_date))
         .collect();
     Ok((r.answer.filter(|a| !a.trim().is_empty()), results))
 }
@@ -203,7 +201,8 @@ fn parse_serper(body: &[u8]) -> Result<Found, String> {
         .and_then(|b| b.answer.or(b.snippet))
         .or_else(|| r.knowledge_graph.and_then(|k| k.description))
         .filter(|a| !a.trim().is_empty());
-    let results = r.organic.into_iter().filter_map(|x| normalized(x.title, x.link?, x.snippet, None, x.date)).collect();
+    let results =
+        r.organic.into_iter().filter_map(|x| normalized(x.title, &x.link?, x.snippet, None, x.date)).collect();
     Ok((answer, results))
 }
 
@@ -250,19 +249,21 @@ fn parse_searxng(body: &[u8]) -> Result<Found, String> {
     let answer = r
         .answers
         .iter()
-        .find_map(|a| a.as_str().map(str::to_owned).or_else(|| a.get("answer").and_then(Value::as_str).map(str::to_owned)))
+        .find_map(|a| {
+            a.as_str().map(str::to_owned).or_else(|| a.get("answer").and_then(Value::as_str).map(str::to_owned))
+        })
         .filter(|a| !a.trim().is_empty());
     let results = r
         .results
         .into_iter()
-        .filter_map(|x| normalized(x.title, x.url?, x.content, x.score, x.published_date))
+        .filter_map(|x| normalized(x.title, &x.url?, x.content, x.score, x.published_date))
         .collect();
     Ok((answer, results))
 }
 
 fn normalized(
     title: Option<String>,
-    url: String,
+    url: &str,
     snippet: Option<String>,
     score: Option<f64>,
     published: Option<String>,

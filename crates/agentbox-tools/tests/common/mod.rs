@@ -22,7 +22,9 @@ impl TestSandbox {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut ToolsConfig)) -> Self {
-        let backend = Arc::new(LocalBackend::new(LocalConfig::default()).expect("the local backend needs root; tests run as root"));
+        let backend = Arc::new(
+            LocalBackend::new(LocalConfig::default()).expect("the local backend needs root; tests run as root"),
+        );
         let manager = SandboxManager::new(backend, ManagerConfig::default());
         let run = RunId::parse("tools-test").unwrap();
         let config = SandboxConfig { execution_timeout: Duration::from_secs(60), ..SandboxConfig::default() };
