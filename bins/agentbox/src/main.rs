@@ -23,6 +23,10 @@ enum Command {
     Presets(cmd::presets::Args),
     /// Run a command or code in a throwaway sandbox and exit with its exit code.
     Run(cmd::run::Args),
+    /// List the agent tools, or call one on a sandbox.
+    Tool(cmd::tool::Args),
+    /// Search the web with the configured providers.
+    Search(cmd::search::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,11 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
+        Command::Tool(args) => match cmd::tool::run(&args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Search(args) => cmd::search::run(&args),
     };
     cmd::report(result)
 }

@@ -2,6 +2,8 @@
 
 pub mod presets;
 pub mod run;
+pub mod search;
+pub mod tool;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -21,6 +23,9 @@ pub enum CliError {
     /// Encoding JSON output failed.
     #[error("encoding JSON output failed: {0}")]
     Json(#[from] serde_json::Error),
+    /// Web search failed.
+    #[error(transparent)]
+    Search(#[from] agentbox_tools::search::SearchError),
 }
 
 /// Turns a subcommand's result into the exit status, printing an error as one line on stderr.
