@@ -150,9 +150,9 @@ fn limit(ms: Option<u64>, default: Duration) -> BrowserResult<Duration> {
     match ms {
         None => Ok(default),
         Some(0) => Err(BrowserError::InvalidInput("timeout_ms must be at least 1".into())),
-        Some(ms) if ms > MAX_TIMEOUT_MS => {
-            Err(BrowserError::InvalidInput(format!("timeout_ms must be at most {MAX_TIMEOUT_MS} (5 minutes), got {ms}")))
-        }
+        Some(ms) if ms > MAX_TIMEOUT_MS => Err(BrowserError::InvalidInput(format!(
+            "timeout_ms must be at most {MAX_TIMEOUT_MS} (5 minutes), got {ms}"
+        ))),
         Some(ms) => Ok(Duration::from_millis(ms)),
     }
 }
@@ -172,7 +172,9 @@ fn bytes(v: Option<usize>, default: usize, (min, max): (usize, usize), name: &st
 pub(crate) fn normalize_url(raw: &str) -> BrowserResult<String> {
     let url = raw.trim();
     if url.is_empty() {
-        return Err(BrowserError::InvalidInput("the url is empty: give an address such as http://127.0.0.1:8000/".into()));
+        return Err(BrowserError::InvalidInput(
+            "the url is empty: give an address such as http://127.0.0.1:8000/".into(),
+        ));
     }
     let lower = url.to_ascii_lowercase();
     if ["http://", "https://", "file://", "data:", "about:"].iter().any(|p| lower.starts_with(p)) {
@@ -316,9 +318,8 @@ async fn raw_navigate(ws_base: &str, target: &TargetId, url: &str, limit: Durati
     let what = "starting the navigation";
     let endpoint = format!("{ws_base}/devtools/page/{}", target.as_ref());
     let work = async {
-        let mut conn = Connection::<CdpJsonEventMessage>::connect(&endpoint)
-            .await
-            .map_err(|e| super::cdp::map_error(what, e))?;
+        let mut conn =
+            Connection::<CdpJsonEventMessage>::connect(&endpoint).await.map_err(|e| super::cdp::map_error(what, e))?;
         let id = conn
             .submit_command("Page.navigate".into(), None, json!({"url": url}))
             .map_err(|e| BrowserError::Protocol { what: what.into(), message: e.to_string() })?;
@@ -358,7 +359,11 @@ fn is_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = if host.starts_with('[') { host.split(']').next().unwrap_or(host) } else { host.split(':').next().unwrap_or(host) };
+    let host = if host.starts_with('[') {
+        host.split(']').next().unwrap_or(host)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
     matches!(host, "127.0.0.1" | "localhost" | "[::1" | "0.0.0.0") || host.starts_with("127.")
 }
 
@@ -412,50 +417,52 @@ async fn navigate(
     let mut responses: EventStream<EventResponseReceived> =
         within(cdp, "watching the page load", page.event_listener::<EventResponseReceived>()).await?;
 
-    let (label, start_fut): (String, std::pin::Pin<Box<dyn std::future::Future<Output = BrowserResult<Started>> + Send + '_>>) =
-        match start {
-            Start::Url(url) => {
-                let ws_base = s.ws_base.clone();
-                let target = page.target_id().clone();
-                let shown = url.clone();
-                (shown, Box::pin(async move { raw_navigate(&ws_base, &target, &url, limit).await }))
-            }
-            Start::History(step) => {
-                let history = tab.exec("reading the tab's history", GetNavigationHistoryParams::default()).await?;
-                let index = history.current_index + step;
-                let entry = usize::try_from(index).ok().and_then(|i| history.entries.get(i)).ok_or_else(|| {
-                    BrowserError::NotFound(format!(
-                        "there is no {} page in this tab's history",
-                        if step < 0 { "previous" } else { "next" }
-                    ))
-                })?;
-                let current = usize::try_from(history.current_index)
-                    .ok()
-                    .and_then(|i| history.entries.get(i))
-                    .map(|e| e.url.clone())
-                    .unwrap_or_default();
-                let same_document = strip_fragment(&current) == strip_fragment(&entry.url);
-                let entry_id = entry.id;
-                let url = entry.url.clone();
-                (
-                    url,
-                    Box::pin(async move {
-                        tab.exec("moving through the history", NavigateToHistoryEntryParams::new(entry_id)).await?;
-                        Ok(Started { loader: None, same_document })
-                    }),
-                )
-            }
-            Start::Reload => {
-                let (url, _) = tab.location().await?;
-                (
-                    url,
-                    Box::pin(async move {
-                        tab.exec("reloading", ReloadParams::default()).await?;
-                        Ok(Started { loader: None, same_document: false })
-                    }),
-                )
-            }
-        };
+    let (label, start_fut): (
+        String,
+        std::pin::Pin<Box<dyn std::future::Future<Output = BrowserResult<Started>> + Send + '_>>,
+    ) = match start {
+        Start::Url(url) => {
+            let ws_base = s.ws_base.clone();
+            let target = page.target_id().clone();
+            let shown = url.clone();
+            (shown, Box::pin(async move { raw_navigate(&ws_base, &target, &url, limit).await }))
+        }
+        Start::History(step) => {
+            let history = tab.exec("reading the tab's history", GetNavigationHistoryParams::default()).await?;
+            let index = history.current_index + step;
+            let entry = usize::try_from(index).ok().and_then(|i| history.entries.get(i)).ok_or_else(|| {
+                BrowserError::NotFound(format!(
+                    "there is no {} page in this tab's history",
+                    if step < 0 { "previous" } else { "next" }
+                ))
+            })?;
+            let current = usize::try_from(history.current_index)
+                .ok()
+                .and_then(|i| history.entries.get(i))
+                .map(|e| e.url.clone())
+                .unwrap_or_default();
+            let same_document = strip_fragment(&current) == strip_fragment(&entry.url);
+            let entry_id = entry.id;
+            let url = entry.url.clone();
+            (
+                url,
+                Box::pin(async move {
+                    tab.exec("moving through the history", NavigateToHistoryEntryParams::new(entry_id)).await?;
+                    Ok(Started { loader: None, same_document })
+                }),
+            )
+        }
+        Start::Reload => {
+            let (url, _) = tab.location().await?;
+            (
+                url,
+                Box::pin(async move {
+                    tab.exec("reloading", ReloadParams::default()).await?;
+                    Ok(Started { loader: None, same_document: false })
+                }),
+            )
+        }
+    };
 
     let want = wait.lifecycle_event();
     let mut start_fut = start_fut;
@@ -555,8 +562,10 @@ enum Settled {
 impl NavWatch {
     async fn start(page: &Page, limit: Duration) -> BrowserResult<Self> {
         let main = main_frame(page, limit).await?;
-        let started = within(limit, "watching for navigation", page.event_listener::<EventFrameStartedLoading>()).await?;
-        let stopped = within(limit, "watching for navigation", page.event_listener::<EventFrameStoppedLoading>()).await?;
+        let started =
+            within(limit, "watching for navigation", page.event_listener::<EventFrameStartedLoading>()).await?;
+        let stopped =
+            within(limit, "watching for navigation", page.event_listener::<EventFrameStoppedLoading>()).await?;
         Ok(Self { started, stopped, main })
     }
 
@@ -633,8 +642,12 @@ async fn actionable(
         if !retry || Instant::now() + POLL > deadline {
             let err = check_status(&r, Some(target)).err().unwrap_or_else(|| target.missing());
             return Err(match err {
-                BrowserError::Page(m) if retry => BrowserError::Timeout(format!("{m} (waited {} ms)", limit.as_millis())),
-                BrowserError::NotFound(m) if retry => BrowserError::NotFound(format!("{m} (waited {} ms)", limit.as_millis())),
+                BrowserError::Page(m) if retry => {
+                    BrowserError::Timeout(format!("{m} (waited {} ms)", limit.as_millis()))
+                }
+                BrowserError::NotFound(m) if retry => {
+                    BrowserError::NotFound(format!("{m} (waited {} ms)", limit.as_millis()))
+                }
                 other => other,
             });
         }
@@ -642,7 +655,13 @@ async fn actionable(
     }
 }
 
-fn mouse(kind: DispatchMouseEventType, x: f64, y: f64, button: CdpMouseButton, clicks: i64) -> DispatchMouseEventParams {
+fn mouse(
+    kind: DispatchMouseEventType,
+    x: f64,
+    y: f64,
+    button: CdpMouseButton,
+    clicks: i64,
+) -> DispatchMouseEventParams {
     DispatchMouseEventParams {
         r#type: kind,
         x,
@@ -696,10 +715,16 @@ async fn click(
         tab.exec("moving the mouse", mouse(DispatchMouseEventType::MouseMoved, x, y, CdpMouseButton::None, 0)).await?;
         let rounds = if double { 2 } else { 1 };
         for n in 1..=rounds {
-            tab.exec("pressing the mouse button", mouse(DispatchMouseEventType::MousePressed, x, y, cdp_button.clone(), n))
-                .await?;
-            tab.exec("releasing the mouse button", mouse(DispatchMouseEventType::MouseReleased, x, y, cdp_button.clone(), n))
-                .await?;
+            tab.exec(
+                "pressing the mouse button",
+                mouse(DispatchMouseEventType::MousePressed, x, y, cdp_button.clone(), n),
+            )
+            .await?;
+            tab.exec(
+                "releasing the mouse button",
+                mouse(DispatchMouseEventType::MouseReleased, x, y, cdp_button.clone(), n),
+            )
+            .await?;
         }
     }
     let settled = watch.settle(deadline).await?;
@@ -732,7 +757,12 @@ struct TypeOptions {
     slowly: bool,
 }
 
-fn key_event(kind: DispatchKeyEventType, key: &chromiumoxide::keys::KeyDefinition, modifiers: i64, text: Option<&str>) -> DispatchKeyEventParams {
+fn key_event(
+    kind: DispatchKeyEventType,
+    key: &chromiumoxide::keys::KeyDefinition,
+    modifiers: i64,
+    text: Option<&str>,
+) -> DispatchKeyEventParams {
     DispatchKeyEventParams {
         r#type: kind,
         modifiers: (modifiers != 0).then_some(modifiers),
@@ -765,11 +795,8 @@ async fn press_key(tab: Tab<'_>, name: &str, modifiers: i64) -> BrowserResult<()
         return Err(unknown_key(name));
     };
     // Keys that produce text send it with the key down, unless a modifier other than Shift is held.
-    let text = if modifiers & !8 != 0 {
-        None
-    } else {
-        def.text.or_else(|| (def.key.chars().count() == 1).then_some(def.key))
-    };
+    let text =
+        if modifiers & !8 != 0 { None } else { def.text.or_else(|| (def.key.chars().count() == 1).then_some(def.key)) };
     let down = if text.is_some() { DispatchKeyEventType::KeyDown } else { DispatchKeyEventType::RawKeyDown };
     let mut event = key_event(down, def, modifiers, text);
     if modifiers == 2 || modifiers == 4 {
@@ -868,7 +895,13 @@ async fn type_text(
     Ok(out)
 }
 
-async fn press(s: &mut Session, cx: &Ctx<'_>, target: Option<&Target>, key: &str, limit: Duration) -> BrowserResult<Out> {
+async fn press(
+    s: &mut Session,
+    cx: &Ctx<'_>,
+    target: Option<&Target>,
+    key: &str,
+    limit: Duration,
+) -> BrowserResult<Out> {
     let deadline = Instant::now() + limit;
     let cdp = cx.cfg.cdp_timeout;
     let (name, modifiers) = parse_key(key)?;
@@ -890,7 +923,13 @@ async fn press(s: &mut Session, cx: &Ctx<'_>, target: Option<&Target>, key: &str
     Ok(out)
 }
 
-async fn select(s: &mut Session, cx: &Ctx<'_>, target: &Target, values: &[String], limit: Duration) -> BrowserResult<Out> {
+async fn select(
+    s: &mut Session,
+    cx: &Ctx<'_>,
+    target: &Target,
+    values: &[String],
+    limit: Duration,
+) -> BrowserResult<Out> {
     if values.is_empty() {
         return Err(BrowserError::InvalidInput("give at least one value to select".into()));
     }
@@ -918,10 +957,17 @@ pub(crate) fn png_size(png: &[u8]) -> Option<(u32, u32)> {
     Some((w, h))
 }
 
-async fn screenshot(s: &mut Session, cx: &Ctx<'_>, full_page: bool, path: Option<&str>, return_data: bool) -> BrowserResult<Out> {
+async fn screenshot(
+    s: &mut Session,
+    cx: &Ctx<'_>,
+    full_page: bool,
+    path: Option<&str>,
+    return_data: bool,
+) -> BrowserResult<Out> {
     let tab = s.tab(cx.cfg.cdp_timeout);
     let path = path.map(|p| cx.sb.config().resolve(p)).transpose()?;
-    let mut params = CaptureScreenshotParams { format: Some(CaptureScreenshotFormat::Png), ..CaptureScreenshotParams::default() };
+    let mut params =
+        CaptureScreenshotParams { format: Some(CaptureScreenshotFormat::Png), ..CaptureScreenshotParams::default() };
     let mut cut = false;
     if full_page {
         let m = tab.exec("measuring the page", GetLayoutMetricsParams::default()).await?;
@@ -936,9 +982,10 @@ async fn screenshot(s: &mut Session, cx: &Ctx<'_>, full_page: bool, path: Option
     }
     let shot = tab.exec("taking a screenshot", params).await?;
     let data: &str = shot.data.as_ref();
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| BrowserError::Protocol { what: "taking a screenshot".into(), message: format!("bad image data: {e}") })?;
+    let png = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| BrowserError::Protocol {
+        what: "taking a screenshot".into(),
+        message: format!("bad image data: {e}"),
+    })?;
     let (width, height) = png_size(&png).unwrap_or((0, 0));
     let mut out = Out::new();
     out.insert("format".into(), json!("png"));
@@ -946,7 +993,10 @@ async fn screenshot(s: &mut Session, cx: &Ctx<'_>, full_page: bool, path: Option
     out.insert("height".into(), json!(height));
     out.insert("bytes".into(), json!(png.len()));
     if cut {
-        out.insert("note".into(), json!(format!("the page is taller than {MAX_FULL_PAGE_HEIGHT} px; the image shows its top")));
+        out.insert(
+            "note".into(),
+            json!(format!("the page is taller than {MAX_FULL_PAGE_HEIGHT} px; the image shows its top")),
+        );
     }
     if let Some(p) = &path {
         cx.sb.write_file(p, png).await?;
@@ -1085,7 +1135,8 @@ async fn evaluate(s: &mut Session, cx: &Ctx<'_>, expression: &str, max: usize, l
                 (None, Some(u)) => Value::String(u.as_ref().to_owned()).to_string(),
                 (None, None) => "null".to_owned(),
             };
-            let kind = serde_json::to_value(&obj.r#type).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let kind =
+                serde_json::to_value(&obj.r#type).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             return Ok((kind, text));
         };
         let call = CallFunctionOnParams {
@@ -1147,10 +1198,19 @@ async fn snapshot(
                 r.get("message").and_then(Value::as_str).unwrap_or_default()
             )));
         }
-        Some(_) => return Err(BrowserError::NotFound(format!("no element matches selector {:?}", selector.unwrap_or_default()))),
+        Some(_) => {
+            return Err(BrowserError::NotFound(format!(
+                "no element matches selector {:?}",
+                selector.unwrap_or_default()
+            )));
+        }
         None => {}
     }
-    let lines: Vec<&str> = r.get("lines").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let lines: Vec<&str> = r
+        .get("lines")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     let total = r.get("total").and_then(Value::as_u64).unwrap_or(0);
     let start = r.get("offset").and_then(Value::as_u64).unwrap_or(0);
     let next = r.get("next_offset").and_then(Value::as_u64);
@@ -1243,7 +1303,9 @@ async fn wait_for(
     limit: Duration,
 ) -> BrowserResult<Out> {
     if target.is_none() && text.is_none() && text_gone.is_none() {
-        return Err(BrowserError::InvalidInput("give something to wait for: selector or ref, text, or text_gone".into()));
+        return Err(BrowserError::InvalidInput(
+            "give something to wait for: selector or ref, text, or text_gone".into(),
+        ));
     }
     if target.is_none() && state.is_some() {
         return Err(BrowserError::InvalidInput("`state` goes with a selector or a ref".into()));
@@ -1256,9 +1318,18 @@ async fn wait_for(
     Ok(out)
 }
 
-async fn set_viewport(s: &mut Session, cx: &Ctx<'_>, width: u32, height: u32, scale: f64, mobile: bool) -> BrowserResult<Out> {
+async fn set_viewport(
+    s: &mut Session,
+    cx: &Ctx<'_>,
+    width: u32,
+    height: u32,
+    scale: f64,
+    mobile: bool,
+) -> BrowserResult<Out> {
     if !(64..=8192).contains(&width) || !(64..=8192).contains(&height) {
-        return Err(BrowserError::InvalidInput(format!("width and height must be between 64 and 8192, got {width}x{height}")));
+        return Err(BrowserError::InvalidInput(format!(
+            "width and height must be between 64 and 8192, got {width}x{height}"
+        )));
     }
     if !(0.25..=4.0).contains(&scale) {
         return Err(BrowserError::InvalidInput(format!("device_scale_factor must be between 0.25 and 4, got {scale}")));
@@ -1294,18 +1365,23 @@ fn pick_tab(s: &Session, index: Option<usize>, id: Option<&str>) -> BrowserResul
         (Some(i), None) => s.tabs.get(i).cloned().map(Some).ok_or_else(|| {
             BrowserError::NotFound(format!("there is no tab {i}; there are {} (list them with op=list)", s.tabs.len()))
         }),
-        (None, Some(id)) => s
-            .tabs
-            .iter()
-            .find(|t| t.as_ref() == id)
-            .cloned()
-            .map(Some)
-            .ok_or_else(|| BrowserError::NotFound(format!("there is no tab with id {id:?} (list them with op=list)"))),
+        (None, Some(id)) => {
+            s.tabs.iter().find(|t| t.as_ref() == id).cloned().map(Some).ok_or_else(|| {
+                BrowserError::NotFound(format!("there is no tab with id {id:?} (list them with op=list)"))
+            })
+        }
         (None, None) => Ok(None),
     }
 }
 
-async fn tabs(s: &mut Session, cx: &Ctx<'_>, op: TabOp, url: Option<String>, index: Option<usize>, id: Option<String>) -> BrowserResult<Out> {
+async fn tabs(
+    s: &mut Session,
+    cx: &Ctx<'_>,
+    op: TabOp,
+    url: Option<String>,
+    index: Option<usize>,
+    id: Option<String>,
+) -> BrowserResult<Out> {
     let cdp = cx.cfg.cdp_timeout;
     if op != TabOp::New && url.is_some() {
         return Err(BrowserError::InvalidInput("`url` goes with op=new".into()));
@@ -1405,7 +1481,10 @@ mod tests {
 
     #[test]
     fn refs_are_stripped_from_html_and_text_is_tidied() {
-        assert_eq!(strip_refs(r#"<a data-agentbox-ref="e1" href="/">x</a><b data-agentbox-ref="e22">"#), r#"<a href="/">x</a><b>"#);
+        assert_eq!(
+            strip_refs(r#"<a data-agentbox-ref="e1" href="/">x</a><b data-agentbox-ref="e22">"#),
+            r#"<a href="/">x</a><b>"#
+        );
         assert_eq!(tidy_text("a  \n\n\n\nb\n"), "a\n\nb");
     }
 

@@ -48,7 +48,9 @@ pub(crate) fn map_error(what: &str, err: CdpError) -> BrowserError {
         }
         CdpError::Timeout => BrowserError::Timeout(format!("the browser did not answer in time while {what}")),
         CdpError::Chrome(e) => BrowserError::Protocol { what: what.to_owned(), message: e.message },
-        CdpError::JavascriptException(d) => BrowserError::Page(format!("a script failed while {what}: {}", describe_exception(&d))),
+        CdpError::JavascriptException(d) => {
+            BrowserError::Page(format!("a script failed while {what}: {}", describe_exception(&d)))
+        }
         other => BrowserError::Protocol { what: what.to_owned(), message: other.to_string() },
     }
 }

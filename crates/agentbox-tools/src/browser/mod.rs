@@ -114,6 +114,9 @@ struct Slot {
     lost: Option<String>,
 }
 
+/// How long the check that a running browser still answers may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(3);
+
 /// How long a call waits for another call on the same sandbox's browser to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(input::MAX_TIMEOUT_MS / 1000 + 60);
 
@@ -190,11 +193,13 @@ impl BrowserTool {
     }
 
     async fn run(&self, sb: &Sandbox<'_>, action: BrowserAction) -> BrowserResult<Value> {
-        let managed = sb.manager().get(sb.run_id())?;
         self.prune(sb.manager());
+        let managed = sb.manager().get(sb.run_id())?;
         let slot = self.slot(&managed.sandbox.id);
         let mut slot = tokio::time::timeout(LOCK_WAIT, slot.lock()).await.map_err(|_| {
-            BrowserError::Busy("another browser call on this sandbox is still running; retry when it has finished".into())
+            BrowserError::Busy(
+                "another browser call on this sandbox is still running; retry when it has finished".into(),
+            )
         })?;
         if matches!(action, BrowserAction::Close {}) {
             return Ok(self.close(sb, &mut slot).await);
@@ -217,7 +222,12 @@ impl BrowserTool {
     }
 
     /// Starts the browser if there is none, or a new one if the old one died.
-    async fn ensure(&self, sb: &Sandbox<'_>, config: &SandboxConfig, slot: &mut Slot) -> BrowserResult<Option<Started>> {
+    async fn ensure(
+        &self,
+        sb: &Sandbox<'_>,
+        config: &SandboxConfig,
+        slot: &mut Slot,
+    ) -> BrowserResult<Option<Started>> {
         if let Some(s) = slot.session.as_mut() {
             let reason = if !s.connected() {
                 Some("its DevTools connection had closed (it crashed or was killed)")
@@ -225,10 +235,9 @@ impl BrowserTool {
                 Some("its process had exited (it crashed or was killed)")
             } else if s.network_enabled != config.network.enabled {
                 Some("the sandbox's network policy changed")
-            } else if s.suspect && !s.answers(Duration::from_secs(3)).await {
+            } else if !s.answers(PROBE_LIMIT).await {
                 Some("it had stopped answering")
             } else {
-                s.suspect = false;
                 None
             };
             if let Some(reason) = reason {
@@ -248,11 +257,18 @@ impl BrowserTool {
     }
 
     /// Turns a failed action into the error returned, dropping a browser that went away.
-    async fn after_failure(&self, sb: &Sandbox<'_>, config: &SandboxConfig, slot: &mut Slot, e: BrowserError) -> BrowserError {
-        let Some(s) = slot.session.as_mut() else { return e };
+    async fn after_failure(
+        &self,
+        sb: &Sandbox<'_>,
+        config: &SandboxConfig,
+        slot: &mut Slot,
+        e: BrowserError,
+    ) -> BrowserError {
+        let Some(s) = slot.session.as_ref() else { return e };
         if e.is_gone() || !s.connected() {
             let pid = s.pid;
             let exited = session::process_running(sb, pid).await == Some(false);
+            let tail = if exited { session::log_tail(sb, s.log_path.as_deref()).await } else { String::new() };
             slot.session = None;
             session::kill(sb, pid).await;
             slot.lost = Some(if exited {
@@ -260,11 +276,8 @@ impl BrowserTool {
             } else {
                 "its DevTools connection failed during the previous call".into()
             });
-            let msg = e.to_string();
-            return BrowserError::Gone(format!("{msg}{}", session::resources_hint(config)));
-        }
-        if matches!(e, BrowserError::Timeout(_)) {
-            s.suspect = true;
+            let output = if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") };
+            return BrowserError::Gone(format!("{e}.{output}{}", session::resources_hint(config)));
         }
         e
     }
@@ -387,8 +400,12 @@ mod tests {
         let s = browser_schema();
         assert_eq!(s["type"], "object");
         assert_eq!(s["additionalProperties"], false);
-        let names: Vec<&str> =
-            s["properties"]["action"]["enum"].as_array().unwrap_or(&Vec::new()).iter().filter_map(Value::as_str).collect();
+        let names: Vec<&str> = s["properties"]["action"]["enum"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         assert!(names.contains(&"navigate") && names.contains(&"wait_for") && names.contains(&"close"), "{names:?}");
         assert_eq!(s["allOf"].as_array().map(Vec::len), Some(names.len()));
         assert!(s["properties"]["ref"].is_object());
@@ -396,7 +413,8 @@ mod tests {
 
     #[test]
     fn actions_parse_strictly() {
-        let ok: BrowserAction = serde_json::from_value(json!({"action": "click", "ref": "e3"})).unwrap_or(BrowserAction::Close {});
+        let ok: BrowserAction =
+            serde_json::from_value(json!({"action": "click", "ref": "e3"})).unwrap_or(BrowserAction::Close {});
         assert_eq!(ok.name(), "click");
         assert!(serde_json::from_value::<BrowserAction>(json!({"action": "click", "ref": "e3", "text": "x"})).is_err());
         assert!(serde_json::from_value::<BrowserAction>(json!({"action": "fly"})).is_err());

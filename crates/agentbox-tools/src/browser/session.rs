@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use agentbox_core::config::{Preset, SandboxConfig};
 use agentbox_core::{Error as CoreError, ExecRequest};
 use chromiumoxide::cdp::browser_protocol::browser::{
-    DownloadProgressState, EventDownloadProgress, EventDownloadWillBegin, GetVersionParams, SetDownloadBehaviorBehavior,
-    SetDownloadBehaviorParams,
+    DownloadProgressState, EventDownloadProgress, EventDownloadWillBegin, GetVersionParams,
+    SetDownloadBehaviorBehavior, SetDownloadBehaviorParams,
 };
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
 use chromiumoxide::cdp::browser_protocol::page::{EventJavascriptDialogOpening, HandleJavaScriptDialogParams};
@@ -94,8 +94,6 @@ pub(crate) struct Session {
     pub inbox: Arc<Mutex<Inbox>>,
     /// Whether the sandbox had network access when the browser started.
     pub network_enabled: bool,
-    /// Set when a call timed out: the next call checks that the browser still answers.
-    pub suspect: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -183,11 +181,7 @@ exec "$@""#;
 
 /// Whether the process is still running in the sandbox (`None` when the backend cannot tell).
 pub(crate) async fn process_running(sb: &Sandbox<'_>, pid: u32) -> Option<bool> {
-    let list = sb
-        .manager()
-        .with_sandbox(sb.run_id(), |b, id| async move { b.list_processes(&id).await })
-        .await
-        .ok()?;
+    let list = sb.manager().with_sandbox(sb.run_id(), |b, id| async move { b.list_processes(&id).await }).await.ok()?;
     Some(list.iter().any(|p| p.pid == pid && p.running))
 }
 
@@ -205,7 +199,7 @@ const fn libc_sigkill() -> i32 {
 }
 
 /// The last lines of Chromium's output, for error messages.
-async fn log_tail(sb: &Sandbox<'_>, path: Option<&str>) -> String {
+pub(crate) async fn log_tail(sb: &Sandbox<'_>, path: Option<&str>) -> String {
     let Some(path) = path else { return String::new() };
     let Ok(bytes) = sb.read_file(path).await else { return String::new() };
     let text = String::from_utf8_lossy(&bytes);
@@ -216,7 +210,11 @@ async fn log_tail(sb: &Sandbox<'_>, path: Option<&str>) -> String {
 }
 
 /// Starts Chromium in the sandbox and connects to it.
-pub(crate) async fn launch(cfg: &BrowserConfig, sb: &Sandbox<'_>, sandbox_config: &SandboxConfig) -> BrowserResult<Session> {
+pub(crate) async fn launch(
+    cfg: &BrowserConfig,
+    sb: &Sandbox<'_>,
+    sandbox_config: &SandboxConfig,
+) -> BrowserResult<Session> {
     match sb.stat(&cfg.executable).await {
         Ok(_) => {}
         Err(e) if e.kind == crate::ToolErrorKind::NotFound => {
@@ -224,7 +222,11 @@ pub(crate) async fn launch(cfg: &BrowserConfig, sb: &Sandbox<'_>, sandbox_config
         }
         Err(e) => return Err(e.into()),
     }
-    let base = match sb.manager().with_sandbox(sb.run_id(), |b, id| async move { b.open_port(&id, cfg.debugging_port).await }).await {
+    let base = match sb
+        .manager()
+        .with_sandbox(sb.run_id(), |b, id| async move { b.open_port(&id, cfg.debugging_port).await })
+        .await
+    {
         Ok(url) => url,
         Err(CoreError::Unsupported(m)) => {
             return Err(BrowserError::Unsupported(format!(
@@ -234,7 +236,8 @@ pub(crate) async fn launch(cfg: &BrowserConfig, sb: &Sandbox<'_>, sandbox_config
         Err(e) => return Err(e.into()),
     };
     let network_enabled = sandbox_config.network.enabled;
-    let mut argv = vec!["/bin/bash".to_owned(), "-c".into(), LAUNCH_SCRIPT.into(), "chromium".into(), cfg.executable.clone()];
+    let mut argv =
+        vec!["/bin/bash".to_owned(), "-c".into(), LAUNCH_SCRIPT.into(), "chromium".into(), cfg.executable.clone()];
     argv.extend(chromium_args(cfg, network_enabled));
     let mut request = ExecRequest::argv(argv);
     request.env.insert("AGENTBOX_PROFILE".into(), cfg.user_data_dir.clone());
@@ -264,7 +267,8 @@ async fn connect(
     let ws = wait_for_devtools(cfg, sb, sandbox_config, base, pid, log_path).await?;
     let handler_config = HandlerConfig {
         viewport: None,
-        request_timeout: cfg.navigation_timeout.max(Duration::from_millis(super::input::MAX_TIMEOUT_MS)) + Duration::from_secs(30),
+        request_timeout: cfg.navigation_timeout.max(Duration::from_millis(super::input::MAX_TIMEOUT_MS))
+            + Duration::from_secs(30),
         ..HandlerConfig::default()
     };
     let (browser, mut handler) =
@@ -316,7 +320,6 @@ async fn connect(
         viewport,
         inbox,
         network_enabled: false,
-        suspect: false,
     };
     // Close the tab Chromium opened by itself, so the tool's tab is the only one.
     let ours = session.active.target_id().clone();
@@ -393,9 +396,15 @@ pub(crate) fn rewrite_ws_url(ws: &str, base: &str) -> BrowserResult<String> {
     Ok(format!("ws://{authority}{path}"))
 }
 
-async fn watch_downloads(browser: &Browser, cfg: &BrowserConfig, inbox: &Arc<Mutex<Inbox>>) -> BrowserResult<JoinHandle<()>> {
-    let mut begins = within(cfg.cdp_timeout, "watching downloads", browser.event_listener::<EventDownloadWillBegin>()).await?;
-    let mut progress = within(cfg.cdp_timeout, "watching downloads", browser.event_listener::<EventDownloadProgress>()).await?;
+async fn watch_downloads(
+    browser: &Browser,
+    cfg: &BrowserConfig,
+    inbox: &Arc<Mutex<Inbox>>,
+) -> BrowserResult<JoinHandle<()>> {
+    let mut begins =
+        within(cfg.cdp_timeout, "watching downloads", browser.event_listener::<EventDownloadWillBegin>()).await?;
+    let mut progress =
+        within(cfg.cdp_timeout, "watching downloads", browser.event_listener::<EventDownloadProgress>()).await?;
     let inbox = inbox.clone();
     let dir = cfg.downloads_dir.trim_end_matches('/').to_owned();
     Ok(tokio::spawn(async move {
@@ -433,7 +442,11 @@ async fn watch_downloads(browser: &Browser, cfg: &BrowserConfig, inbox: &Arc<Mut
     }))
 }
 
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "byte counts are non-negative integers sent as JSON numbers")]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "byte counts are non-negative integers sent as JSON numbers"
+)]
 fn as_bytes(v: f64) -> u64 {
     if v.is_finite() && v > 0.0 { v as u64 } else { 0 }
 }
@@ -483,8 +496,12 @@ impl Session {
                 self.tabs.push(t.target_id.clone());
             }
         }
-        let gone: Vec<String> =
-            self.dialog_watchers.keys().filter(|k| !self.tabs.iter().any(|t| t.as_ref() == k.as_str())).cloned().collect();
+        let gone: Vec<String> = self
+            .dialog_watchers
+            .keys()
+            .filter(|k| !self.tabs.iter().any(|t| t.as_ref() == k.as_str()))
+            .cloned()
+            .collect();
         for k in gone {
             if let Some(w) = self.dialog_watchers.remove(&k) {
                 w.abort();
