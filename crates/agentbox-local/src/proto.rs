@@ -164,6 +164,8 @@ pub struct Ready {
     pub landlock: String,
     /// Whether each exec gets its own cgroup for tree kills.
     pub exec_cgroups: bool,
+    /// Time the agent spent building the sandbox, in microseconds.
+    pub setup_micros: u64,
 }
 
 /// One execution.

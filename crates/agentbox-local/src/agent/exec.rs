@@ -70,7 +70,12 @@ fn ok(step: &str, rc: libc::c_int) {
     }
 }
 
-fn apply_landlock(home: &str) -> io::Result<()> {
+/// The landlock ruleset every execution runs under: read and execute everywhere,
+/// write only in home, /tmp, /dev and /proc. Built once by the init, applied in each child.
+///
+/// # Errors
+/// When the kernel has no landlock.
+pub fn landlock_ruleset(home: &str) -> io::Result<landlock::RulesetCreated> {
     use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules};
     let abi = ABI::V3;
     let err = |e: landlock::RulesetError| io::Error::other(e.to_string());
@@ -82,14 +87,11 @@ fn apply_landlock(home: &str) -> io::Result<()> {
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
         .map_err(err)?
         .add_rules(path_beneath_rules([home, "/tmp", "/dev", "/proc"], AccessFs::from_all(abi)))
-        .map_err(err)?
-        .restrict_self()
-        .map_err(err)?;
-    Ok(())
+        .map_err(err)
 }
 
 /// The child after fork: isolates itself further and execs. Never returns.
-pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
+pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Prepared, io: &Stdio) -> ! {
     // SAFETY: (whole function) we are the only thread of a freshly forked child of the
     // single-threaded init; every call is a plain syscall on valid arguments.
     unsafe {
@@ -118,6 +120,15 @@ pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
         ok("stdin", libc::dup2(stdin, 0));
         ok("stdout", libc::dup2(stdout, 1));
         ok("stderr", libc::dup2(stderr, 2));
+        // Landlock first: its ruleset is one of the descriptors closed next.
+        if let Some(ruleset) = landlock {
+            // Kernels without landlock have no ruleset; that is reported at sandbox start.
+            if let Err(e) =
+                ruleset.try_clone().map_err(io::Error::other).and_then(|r| r.restrict_self().map_err(io::Error::other))
+            {
+                fail("applying landlock", &e);
+            }
+        }
         // No inherited descriptors: everything above 2 goes.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -145,10 +156,6 @@ pub fn child(setup: &Setup, p: &Prepared, io: &Stdio) -> ! {
         }
         if setup.no_new_privs {
             ok("no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-        }
-        if setup.landlock {
-            // Best effort: kernels without landlock report it at sandbox start.
-            let _ = apply_landlock(&setup.home);
         }
         for filter in &setup.seccomp {
             if let Err(e) = crate::seccomp::install(filter) {

@@ -42,7 +42,46 @@ pub fn entry_point() -> extern "C" fn() {
     agent_entry
 }
 
+/// Environment variable listing the `cgroup.procs` files stage 1 joins (`:`-separated).
+pub const CGROUPS_ENV: &str = "AGENTBOX_LOCAL_CGROUPS";
+
+/// The namespaces every sandbox gets.
+const NAMESPACES: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWCGROUP;
+
+/// Stage 1 gets the control socket as stdin, so the host can start it with a plain
+/// `posix_spawn` (no code between fork and exec in the multi-threaded host).
+fn enter_sandbox() -> Result<(), i32> {
+    // SAFETY: single-threaded (before main); plain syscalls on our own fds.
+    unsafe {
+        if libc::dup2(0, CONTROL_FD) == -1 {
+            return Err(110);
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 || libc::dup2(null, 0) == -1 {
+            return Err(111);
+        }
+        libc::close(null);
+        libc::setsid();
+    }
+    for procs in std::env::var(CGROUPS_ENV).unwrap_or_default().split(':').filter(|p| !p.is_empty()) {
+        std::fs::write(procs, "0").map_err(|_| 112)?;
+    }
+    // SAFETY: unshare has no memory-safety preconditions.
+    if unsafe { libc::unshare(NAMESPACES) } == -1 {
+        return Err(113);
+    }
+    Ok(())
+}
+
 fn stage1() -> i32 {
+    if let Err(code) = enter_sandbox() {
+        return code;
+    }
     let Ok((sync_r, sync_w)) = sys::pipe() else { return 120 };
     // SAFETY: this process is single-threaded (we run before main); fork is safe.
     let pid = unsafe { libc::fork() };
@@ -130,6 +169,7 @@ fn init_main() -> i32 {
         send_failure("the sandbox root directory was not given".into());
         return 1;
     };
+    let started = Instant::now();
     if let Err(e) = fs::build(&mut fs::LinuxMounter, Path::new(&root), &setup) {
         send_failure(format!("building the sandbox filesystem failed: {e}"));
         return 1;
@@ -146,7 +186,8 @@ fn init_main() -> i32 {
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let landlock = landlock_status();
     let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
-    let ready = Ready { init_pid: 0, landlock, exec_cgroups };
+    let setup_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let ready = Ready { init_pid: 0, landlock, exec_cgroups, setup_micros };
     if sys::write_all(CONTROL_FD, &proto::encode_json(Kind::Ready, 0, &ready)).is_err() {
         return 1;
     }
@@ -182,6 +223,8 @@ struct Running {
 
 struct Agent {
     setup: Setup,
+    landlock: Option<landlock::RulesetCreated>,
+    free_cgroups: Vec<String>,
     exec_cgroups: bool,
     sigfd: libc::c_int,
     inbuf: Vec<u8>,
@@ -205,8 +248,11 @@ impl Agent {
             sys::check(libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?
         };
         sys::set_nonblocking(CONTROL_FD)?;
+        let landlock = if setup.landlock { exec::landlock_ruleset(&setup.home).ok() } else { None };
         Ok(Self {
             setup,
+            landlock,
+            free_cgroups: Vec::new(),
             exec_cgroups,
             sigfd,
             inbuf: Vec::new(),
@@ -414,8 +460,10 @@ impl Agent {
             }
         };
         let cgroup = if self.exec_cgroups {
-            let dir = format!("/.agentbox/cg/e{id}");
-            std::fs::create_dir(&dir).ok().map(|()| dir)
+            self.free_cgroups.pop().or_else(|| {
+                let dir = format!("/.agentbox/cg/e{id}");
+                std::fs::create_dir(&dir).ok().map(|()| dir)
+            })
         } else {
             None
         };
@@ -446,7 +494,7 @@ impl Agent {
         // SAFETY: the init is single-threaded, so the child may run ordinary code.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            exec::child(&self.setup, &prepared, &stdio);
+            exec::child(&self.setup, self.landlock.as_ref(), &prepared, &stdio);
         }
         sys::close(cg_fd);
         for fd in [stdio.stdin, stdio.stdout, stdio.stderr] {
@@ -612,8 +660,15 @@ impl Agent {
         for fd in [r.stdout, r.stderr, r.stdin] {
             sys::close(fd);
         }
-        if let Some(cg) = &r.cgroup {
-            let _ = std::fs::remove_dir(cg);
+        if let Some(cg) = r.cgroup.clone() {
+            // An empty execution cgroup is kept for the next execution; one with processes
+            // left running in the background stays theirs.
+            let empty = std::fs::read_to_string(format!("{cg}/cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+            if empty && self.free_cgroups.len() < 16 {
+                self.free_cgroups.push(cg);
+            } else if empty {
+                let _ = std::fs::remove_dir(cg);
+            }
         }
         let status = r.status.unwrap_or(0);
         let (mut code, signal) = if libc::WIFSIGNALED(status) {
