@@ -371,7 +371,8 @@ impl ToolRegistry {
         Self::default()
     }
 
-    /// Every built-in tool: shell, code, files and web search (searching with `search`).
+    /// Every built-in tool: shell, code, files, web search (searching with `search`) and, with the
+    /// `browser` feature, the browser (with its default configuration).
     #[must_use]
     pub fn standard(search: crate::search::WebSearch) -> Self {
         let mut r = Self::new();
@@ -380,6 +381,8 @@ impl ToolRegistry {
         r.register(crate::code::CodeContextTool);
         crate::files::register_all(&mut r);
         r.register(crate::search::WebSearchTool::new(search));
+        #[cfg(feature = "browser")]
+        r.register(crate::browser::BrowserTool::default());
         r
     }
 

@@ -59,6 +59,38 @@ fn samples() -> Vec<(&'static str, Value, bool)> {
         ("web_search", json!({"query": "q", "time_range": "decade"}), false),
         ("web_search", json!({"query": "q", "provider": "bing"}), false),
         ("web_search", json!({"q": "q"}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "navigate", "url": "http://127.0.0.1:8000/"}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "navigate", "url": "x", "wait": "networkidle", "timeout_ms": 5000}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "click", "ref": "e3", "double_click": true}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "type", "selector": "#q", "text": "hi", "submit": true}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "snapshot", "offset": 40, "limit": 4096, "interactive_only": true}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "tabs", "op": "switch", "index": 1}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "set_viewport", "width": 800, "height": 600, "device_scale_factor": 2}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "close"}), true),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "navigate"}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "navigate", "url": "x", "timeout_ms": 0}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "click", "ref": "e3", "text": "x"}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "snapshot", "limit": 100}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "set_viewport", "width": 10, "height": 600}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "tabs", "op": "rename"}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"action": "fly"}), false),
+        #[cfg(feature = "browser")]
+        ("browser", json!({"url": "x"}), false),
     ]
 }
 
@@ -66,21 +98,26 @@ fn samples() -> Vec<(&'static str, Value, bool)> {
 fn every_schema_is_valid_json_schema_describing_an_object() {
     let specs = registry().specs();
     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let browser: &[&str] = if cfg!(feature = "browser") { &["browser"] } else { &[] };
     assert_eq!(
         names,
         [
-            "code_context",
-            "delete_file",
-            "download_file",
-            "edit_file",
-            "list_files",
-            "read_file",
-            "run_code",
-            "shell",
-            "upload_file",
-            "web_search",
-            "write_file"
+            browser,
+            &[
+                "code_context",
+                "delete_file",
+                "download_file",
+                "edit_file",
+                "list_files",
+                "read_file",
+                "run_code",
+                "shell",
+                "upload_file",
+                "web_search",
+                "write_file",
+            ],
         ]
+        .concat()
     );
     for spec in &specs {
         assert!(
@@ -123,6 +160,7 @@ async fn schemas_accept_exactly_what_the_tools_accept() {
 async fn an_unknown_tool_names_the_ones_there_are() {
     let err = registry().call("sudo", &ToolContext::without_sandbox(), json!({})).await.unwrap_err();
     assert_eq!(err.kind, ToolErrorKind::UnknownTool);
-    assert!(err.message.starts_with("no tool named \"sudo\"; available: code_context, delete_file"), "{err}");
+    assert!(err.message.starts_with("no tool named \"sudo\"; available: "), "{err}");
+    assert!(err.message.contains("code_context, delete_file"), "{err}");
     assert_eq!(err.to_json(), json!({"kind": "unknown_tool", "message": err.message}));
 }

@@ -243,6 +243,54 @@ pub enum BrowserAction {
 }
 
 impl BrowserAction {
+    /// Checks the numeric ranges the input schema states, so that bad input is refused before any work.
+    ///
+    /// # Errors
+    /// A sentence naming the field and its range.
+    pub fn validate(&self) -> Result<(), String> {
+        let timeout = match self {
+            Self::Navigate { timeout_ms, .. }
+            | Self::Back { timeout_ms, .. }
+            | Self::Forward { timeout_ms, .. }
+            | Self::Reload { timeout_ms, .. }
+            | Self::Click { timeout_ms, .. }
+            | Self::Type { timeout_ms, .. }
+            | Self::Press { timeout_ms, .. }
+            | Self::Select { timeout_ms, .. }
+            | Self::Evaluate { timeout_ms, .. }
+            | Self::WaitFor { timeout_ms, .. }
+            | Self::Downloads { timeout_ms, .. } => *timeout_ms,
+            _ => None,
+        };
+        if let Some(ms) = timeout {
+            if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
+                return Err(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, got {ms}"));
+            }
+        }
+        let in_range = |name: &str, v: Option<usize>, (min, max): (usize, usize)| match v {
+            Some(n) if n < min || n > max => Err(format!("{name} must be between {min} and {max}, got {n}")),
+            _ => Ok(()),
+        };
+        match self {
+            Self::Snapshot { limit, .. } => in_range("limit", *limit, SNAPSHOT_LIMIT_RANGE),
+            Self::Extract { max_bytes, .. } | Self::Evaluate { max_bytes, .. } => {
+                in_range("max_bytes", *max_bytes, MAX_BYTES_RANGE)
+            }
+            Self::SetViewport { width, height, device_scale_factor, .. } => {
+                if !(64..=8192).contains(width) || !(64..=8192).contains(height) {
+                    return Err(format!("width and height must be between 64 and 8192, got {width}x{height}"));
+                }
+                match device_scale_factor {
+                    Some(f) if !(0.25..=4.0).contains(f) => {
+                        Err(format!("device_scale_factor must be between 0.25 and 4, got {f}"))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The action's name as written in `action`.
     #[must_use]
     pub fn name(&self) -> &'static str {

@@ -324,31 +324,47 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The input schema: one object whose `action` picks the fields that apply (an `if`/`then` per action),
-/// so that models which require a top-level object schema can use it.
+/// The input schema: one object listing every field, whose `action` picks the fields that apply (an
+/// `if`/`then` per action forbids the other actions' fields), so that models which require a top-level
+/// object schema can use it, and wrappers can add properties of their own (such as a run id).
 fn browser_schema() -> Value {
     let raw = schema_of::<BrowserAction>();
-    let variants = raw.get("oneOf").and_then(Value::as_array).cloned().unwrap_or_default();
+    let variants: Vec<(String, Map<String, Value>)> = raw
+        .get("oneOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let name = v.pointer("/properties/action/const").and_then(Value::as_str)?.to_owned();
+            Some((name, v.as_object()?.clone()))
+        })
+        .collect();
     let mut properties = Map::new();
-    let mut names = Vec::new();
+    for (_, variant) in &variants {
+        for (k, v) in variant.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            if k != "action" && !properties.contains_key(k) {
+                properties.insert(k.clone(), v.clone());
+            }
+        }
+    }
     let mut rules = Vec::new();
-    for variant in variants {
-        let Some(name) = variant.pointer("/properties/action/const").and_then(Value::as_str).map(str::to_owned) else {
-            continue;
-        };
-        if let Some(props) = variant.get("properties").and_then(Value::as_object) {
-            for (k, v) in props {
-                if k != "action" && !properties.contains_key(k) {
-                    properties.insert(k.clone(), v.clone());
+    for (name, variant) in &variants {
+        let mut then = variant.clone();
+        then.remove("additionalProperties");
+        let own = then.entry("properties").or_insert_with(|| json!({}));
+        if let Some(own) = own.as_object_mut() {
+            for field in properties.keys() {
+                if !own.contains_key(field) {
+                    own.insert(field.clone(), Value::Bool(false));
                 }
             }
         }
         rules.push(json!({
             "if": {"properties": {"action": {"const": name}}, "required": ["action"]},
-            "then": variant,
+            "then": then,
         }));
-        names.push(name);
     }
+    let names: Vec<&str> = variants.iter().map(|(n, _)| n.as_str()).collect();
     let mut props = Map::new();
     props.insert(
         "action".into(),
@@ -386,6 +402,7 @@ impl Tool for BrowserTool {
         let action: BrowserAction = serde_json::from_value(input).map_err(|e| {
             ToolError::invalid_input(format!("invalid input for browser: {e}; see the tool's input schema"))
         })?;
+        action.validate().map_err(|e| ToolError::invalid_input(format!("invalid input for browser: {e}")))?;
         let sb = ctx.sandbox()?;
         Ok(self.run(&sb, action).await?)
     }
@@ -400,15 +417,18 @@ mod tests {
         let s = browser_schema();
         assert_eq!(s["type"], "object");
         assert_eq!(s["additionalProperties"], false);
-        let names: Vec<&str> = s["properties"]["action"]["enum"]
-            .as_array()
-            .unwrap_or(&Vec::new())
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let names: Vec<&str> =
+            s["properties"]["action"]["enum"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         assert!(names.contains(&"navigate") && names.contains(&"wait_for") && names.contains(&"close"), "{names:?}");
         assert_eq!(s["allOf"].as_array().map(Vec::len), Some(names.len()));
         assert!(s["properties"]["ref"].is_object());
+        // Another action's field is forbidden; a property added by a wrapper is not mentioned per action.
+        let click =
+            s["allOf"].as_array().and_then(|r| r.iter().find(|r| r["if"]["properties"]["action"]["const"] == "click"));
+        let then = &click.unwrap_or(&Value::Null)["then"];
+        assert_eq!(then["properties"]["url"], false);
+        assert!(then["properties"]["ref"].is_object());
+        assert!(then.get("additionalProperties").is_none());
     }
 
     #[test]
