@@ -53,7 +53,7 @@ pub struct Stdio {
     pub stdin: libc::c_int,
     pub stdout: libc::c_int,
     pub stderr: libc::c_int,
-    /// cgroup.procs of the execution's own cgroup, or -1.
+    /// The join file (`tasks` or `cgroup.procs`) of the execution's own cgroup, or -1.
     pub cgroup_procs: libc::c_int,
 }
 

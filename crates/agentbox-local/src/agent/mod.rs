@@ -42,7 +42,7 @@ pub fn entry_point() -> extern "C" fn() {
     agent_entry
 }
 
-/// Environment variable listing the `cgroup.procs` files stage 1 joins (`:`-separated).
+/// Environment variable listing the cgroup files stage 1 joins by writing `0` (`:`-separated).
 pub const CGROUPS_ENV: &str = "AGENTBOX_LOCAL_CGROUPS";
 
 /// The namespaces every sandbox gets.
@@ -468,7 +468,9 @@ impl Agent {
             None
         };
         let cg_fd = cgroup.as_ref().map_or(-1, |d| {
-            let p = CString::new(format!("{d}/cgroup.procs")).unwrap_or_default();
+            // The child is single-threaded: joining through `tasks` (v1) skips the global threadgroup lock.
+            let file = if self.setup.exec_cgroups == "v1:pids" { "tasks" } else { "cgroup.procs" };
+            let p = CString::new(format!("{d}/{file}")).unwrap_or_default();
             // SAFETY: opening a path we just created.
             unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) }
         });
