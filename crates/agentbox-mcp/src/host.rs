@@ -1,0 +1,37 @@
+//! Where sandboxes come from: the [`SandboxHost`] seam between the MCP server and whoever owns the manager.
+
+use agentbox_core::{CreateOptions, ManagedSandbox, RunId, SandboxManager};
+use async_trait::async_trait;
+
+/// Creates and destroys run sandboxes for the MCP server.
+///
+/// A [`SandboxManager`] is a host by itself. A server that journals its sandboxes (such as
+/// `agentboxd`, which records them for restart recovery) implements it over its own
+/// bookkeeping so sandboxes made over MCP are journaled like any other.
+#[async_trait]
+pub trait SandboxHost: Send + Sync + 'static {
+    /// The manager holding the sandboxes; tools run through it.
+    fn manager(&self) -> &SandboxManager;
+
+    /// Returns the run's sandbox, creating it if needed; `true` when created now.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::get_or_create`].
+    async fn create(&self, run_id: &RunId, options: CreateOptions) -> agentbox_core::Result<(ManagedSandbox, bool)> {
+        self.manager().get_or_create(run_id, options).await
+    }
+
+    /// Destroys the run's sandbox.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::destroy`].
+    async fn destroy(&self, run_id: &RunId) -> agentbox_core::Result<()> {
+        self.manager().destroy(run_id).await
+    }
+}
+
+impl SandboxHost for SandboxManager {
+    fn manager(&self) -> &SandboxManager {
+        self
+    }
+}

@@ -1,0 +1,262 @@
+//! The sandbox lifecycle tools: `sandbox_create`, `sandbox_list`, `sandbox_destroy`, `sandbox_metrics`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agentbox_config::{Preset, SandboxConfig};
+use agentbox_core::{CreateOptions, ManagedSandbox, RunId};
+use agentbox_tools::{ToolError, ToolErrorKind, ToolResult};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Names of the lifecycle tools.
+pub const SANDBOX_CREATE: &str = "sandbox_create";
+/// See [`SANDBOX_CREATE`].
+pub const SANDBOX_LIST: &str = "sandbox_list";
+/// See [`SANDBOX_CREATE`].
+pub const SANDBOX_DESTROY: &str = "sandbox_destroy";
+/// See [`SANDBOX_CREATE`].
+pub const SANDBOX_METRICS: &str = "sandbox_metrics";
+
+pub(crate) const CREATE_DESCRIPTION: &str = "Create an isolated Linux sandbox (bash, python3, node; files under /home/user) \
+    and name it with run_id. Pass the same run_id to shell, run_code and the file tools to work in it; a sandbox keeps its \
+    files, processes and code contexts until destroyed or idle for idle_timeout_secs. You rarely need this tool: calls \
+    without run_id use this session's default sandbox, created on first use. Use it for a separate sandbox, or to size \
+    one: preset (default: 2 CPUs/512 MiB/10 GiB, lightweight: 1/256 MiB/5 GiB, heavy_compute: 4/2048 MiB/20 GiB, \
+    browser: 2/1024 MiB with a large /dev/shm) plus overrides (network is off unless overrides.network.enabled). \
+    Without run_id it configures this session's default sandbox, which must not exist yet. Calling it again with the \
+    same run_id and settings returns the existing sandbox.";
+pub(crate) const LIST_DESCRIPTION: &str = "List the live sandboxes: run_id, state, limits, executions run, health, and \
+    which one is this session's default.";
+pub(crate) const DESTROY_DESCRIPTION: &str = "Destroy a sandbox and everything in it (files, processes, code contexts). \
+    Without run_id, destroys this session's default sandbox; the next call without run_id starts a fresh one.";
+pub(crate) const METRICS_DESCRIPTION: &str = "Resource use of a sandbox now: CPU percent and time, memory used and \
+    peak in MiB, disk used in GiB, network bytes, executions run, last exit code and health, with its limits. Without \
+    run_id, this session's default sandbox.";
+
+/// The presets, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PresetName {
+    /// 2 CPUs, 512 MiB memory, 10 GiB disk.
+    Default,
+    /// 1 CPU, 256 MiB memory, 5 GiB disk.
+    Lightweight,
+    /// 4 CPUs, 2048 MiB memory, 20 GiB disk.
+    HeavyCompute,
+    /// 2 CPUs, 1024 MiB memory, 512 MiB /dev/shm and more processes, for a headless browser.
+    Browser,
+}
+
+impl From<PresetName> for Preset {
+    fn from(p: PresetName) -> Self {
+        match p {
+            PresetName::Default => Self::Default,
+            PresetName::Lightweight => Self::Lightweight,
+            PresetName::HeavyCompute => Self::HeavyCompute,
+            PresetName::Browser => Self::Browser,
+        }
+    }
+}
+
+/// Network settings over the preset's.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetworkOverrides {
+    /// Allow traffic beyond the sandbox's own loopback (off by default).
+    pub enabled: Option<bool>,
+    /// Only these names may be reached: exact (`pypi.org`) or wildcard (`*.github.com`). Empty: all public names.
+    pub allowed_domains: Option<Vec<String>>,
+    /// Names never reached; wins over allowed_domains.
+    pub denied_domains: Option<Vec<String>>,
+}
+
+/// Settings over the preset's. Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Overrides {
+    /// CPUs (a CPU quota), 1 or more.
+    #[schemars(range(min = 1))]
+    pub cpu_count: Option<u32>,
+    /// Memory limit in MiB, at least 16.
+    #[schemars(range(min = 16))]
+    pub memory_mb: Option<u64>,
+    /// Writable storage in GiB (home and /tmp together).
+    #[schemars(range(min = 1))]
+    pub disk_gb: Option<u64>,
+    /// Network access.
+    pub network: Option<NetworkOverrides>,
+    /// Default time limit of one command or code run, in seconds.
+    #[schemars(range(min = 1))]
+    pub execution_timeout_secs: Option<u64>,
+    /// The sandbox is destroyed after this many seconds without use.
+    #[schemars(range(min = 1))]
+    pub idle_timeout_secs: Option<u64>,
+    /// Environment variables every process in the sandbox sees.
+    pub environment_variables: Option<BTreeMap<String, String>>,
+    /// Packages installed at creation: `pip:NAME[==VERSION]`, `npm:NAME[@VERSION]`; a bare name means pip. Needs network.
+    pub pre_install_packages: Option<Vec<String>>,
+    /// Cap on the captured stdout and stderr of one execution, each, in bytes.
+    #[schemars(range(min = 1))]
+    pub max_output_bytes: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(self, mut c: SandboxConfig) -> SandboxConfig {
+        if let Some(v) = self.cpu_count {
+            c.cpu_count = v;
+        }
+        if let Some(v) = self.memory_mb {
+            c.memory_mb = v;
+        }
+        if let Some(v) = self.disk_gb {
+            c.disk_gb = v;
+        }
+        if let Some(n) = self.network {
+            if let Some(v) = n.enabled {
+                c.network.enabled = v;
+            }
+            if let Some(v) = n.allowed_domains {
+                c.network.allowed_domains = v;
+            }
+            if let Some(v) = n.denied_domains {
+                c.network.denied_domains = v;
+            }
+        }
+        if let Some(v) = self.execution_timeout_secs {
+            c.execution_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.idle_timeout_secs {
+            c.idle_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.environment_variables {
+            c.environment_variables = v;
+        }
+        if let Some(v) = self.pre_install_packages {
+            c.pre_install_packages = v;
+        }
+        if let Some(v) = self.max_output_bytes {
+            c.max_output_bytes = v;
+        }
+        c
+    }
+}
+
+/// Input of `sandbox_create`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateInput {
+    /// Name of the sandbox, used as run_id by every other tool: 1-128 letters, digits, '-', '_' or '.'.
+    /// Leave it out to configure this session's default sandbox.
+    pub run_id: Option<String>,
+    /// Starting configuration; `default` when absent.
+    pub preset: Option<PresetName>,
+    /// Settings over the preset's.
+    pub overrides: Option<Overrides>,
+}
+
+impl CreateInput {
+    /// The manager's options for this input.
+    pub(crate) fn options(self) -> CreateOptions {
+        if self.preset.is_none() && self.overrides.is_none() {
+            // Reuses an existing sandbox whatever its settings; a new one gets the default preset.
+            return CreateOptions::default();
+        }
+        let preset = self.preset.map(Preset::from);
+        let config = self.overrides.map(|o| o.apply(preset.unwrap_or_default().config()));
+        CreateOptions { preset: Some(preset.unwrap_or_default()), config }
+    }
+}
+
+/// Input of the tools that take only a run id.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunInput {
+    /// The sandbox's run_id; this session's default sandbox when absent.
+    pub run_id: Option<String>,
+}
+
+/// Input of `sandbox_list`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListInput {}
+
+/// A sandbox's limits, as a model needs them.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Limits {
+    cpu_count: u32,
+    memory_mb: u64,
+    disk_gb: u64,
+    network_enabled: bool,
+    execution_timeout_secs: u64,
+    idle_timeout_secs: u64,
+}
+
+impl Limits {
+    fn of(c: &SandboxConfig) -> Self {
+        Self {
+            cpu_count: c.cpu_count,
+            memory_mb: c.memory_mb,
+            disk_gb: c.disk_gb,
+            network_enabled: c.network.enabled,
+            execution_timeout_secs: c.execution_timeout.as_secs(),
+            idle_timeout_secs: c.idle_timeout.as_secs(),
+        }
+    }
+}
+
+/// One sandbox in a tool's output.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Summary {
+    run_id: String,
+    sandbox_id: String,
+    backend: String,
+    state: &'static str,
+    preset: Option<&'static str>,
+    session_default: bool,
+    created_at_ms: u64,
+    execution_count: u64,
+    healthy: bool,
+    limits: Limits,
+}
+
+impl Summary {
+    pub(crate) fn of(s: &ManagedSandbox, session_default: &RunId) -> Self {
+        Self {
+            run_id: s.run_id.to_string(),
+            sandbox_id: s.sandbox.id.to_string(),
+            backend: s.sandbox.backend.clone(),
+            state: s.state.as_str(),
+            preset: s.preset.map(Preset::name),
+            session_default: s.run_id == *session_default,
+            created_at_ms: s.sandbox.created_at_ms,
+            execution_count: s.execution_count,
+            healthy: s.healthy,
+            limits: Limits::of(&s.config),
+        }
+    }
+}
+
+/// Output of `sandbox_create`.
+pub(crate) fn created(s: &ManagedSandbox, created: bool, session_default: &RunId) -> Value {
+    let mut v = serde_json::to_value(Summary::of(s, session_default)).unwrap_or_default();
+    v["created"] = Value::Bool(created);
+    v["next"] = Value::String(if s.run_id == *session_default {
+        "calls without run_id now work in this sandbox".to_owned()
+    } else {
+        format!("pass run_id {:?} to shell, run_code and the file tools to work in this sandbox", s.run_id.as_str())
+    });
+    v
+}
+
+/// Parses a tool's JSON input.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(tool: &str, input: Value) -> ToolResult<T> {
+    serde_json::from_value(input)
+        .map_err(|e| ToolError::invalid_input(format!("invalid input for {tool}: {e}; see the tool's input schema")))
+}
+
+/// Parses a run id given by the model.
+pub(crate) fn run_id(s: &str) -> ToolResult<RunId> {
+    RunId::parse(s).map_err(|e| ToolError::new(ToolErrorKind::InvalidInput, format!("run_id: {e}")))
+}
