@@ -54,6 +54,9 @@ pub struct AppState {
     pub(crate) limits: Arc<Limits>,
     pub(crate) limiter: Arc<limits::RateLimits>,
     pub(crate) metrics: Arc<telemetry::ServerMetrics>,
+    /// The browsers of the sandboxes, started on their first browser call.
+    #[cfg(feature = "browser")]
+    pub(crate) browser: agentbox_tools::browser::BrowserTool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,6 +106,8 @@ impl Server {
             limits: Arc::new(config.limits.clone()),
             limiter: Arc::new(limits::RateLimits::new(&config.limits)),
             metrics: Arc::new(telemetry::ServerMetrics::default()),
+            #[cfg(feature = "browser")]
+            browser: agentbox_tools::browser::BrowserTool::default(),
         };
         let (router, openapi) = api::build(state.clone());
         let limiter = state.limiter.clone();

@@ -1,5 +1,7 @@
 //! The REST API: routes, middleware and the OpenAPI document.
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod exec;
 pub mod extract;
 pub mod files;
@@ -266,6 +268,8 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::create_sandbox))
         .routes(routes!(exec::execute_command))
         .routes(routes!(exec::execute_code));
+    #[cfg(feature = "browser")]
+    let long = long.routes(routes!(browser::browser_action));
     let short = OpenApiRouter::new()
         .routes(routes!(sandboxes::list_sandboxes))
         .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
