@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agentbox_config::{CleanupPolicy, NetworkConfig, SandboxConfig, SeccompProfile};
+use agentbox_config::{CleanupPolicy, NetworkConfig, PackageSpec, SandboxConfig, SeccompProfile};
 use agentbox_core::{
     CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, HealthStatus,
     Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
@@ -116,6 +116,7 @@ struct Sandbox {
     last_cpu: Mutex<Option<(Instant, u64)>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
+    net: crate::net::Egress,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -255,6 +256,14 @@ impl LocalBackend {
         Ok(self.get(id)?.dir.clone())
     }
 
+    /// Bytes exchanged with destinations, connections made and refused, since the sandbox was created.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown sandbox.
+    pub fn network_stats(&self, id: &SandboxId) -> Result<crate::NetworkStats> {
+        Ok(self.get(id)?.net.stats())
+    }
+
     /// Host pid of the sandbox's init (for tests and diagnostics).
     ///
     /// # Errors
@@ -353,7 +362,7 @@ impl LocalBackend {
             ("/etc/group".into(), format!("root:x:0:\ntty:x:5:\n{name}:x:{g}:\nnogroup:x:65534:\n")),
             ("/etc/hostname".into(), format!("{}\n", self.inner.config.hostname)),
             ("/etc/hosts".into(), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", self.inner.config.hostname)),
-            ("/etc/resolv.conf".into(), "# networking is disabled in this sandbox: only loopback is reachable\nnameserver 127.0.0.1\n".into()),
+            ("/etc/resolv.conf".into(), crate::net::RESOLV_CONF.into()),
             ("/etc/nsswitch.conf".into(), "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into()),
         ];
         let mut env = BTreeMap::new();
@@ -555,6 +564,8 @@ impl LocalBackend {
         }
         let root = Root::open(init_pid, &setup.home, setup.uid, setup.gid)
             .map_err(|e| fail(backend_err("opening the sandbox root", e), Some(&mut child)))?;
+        let net =
+            crate::net::Egress::start(&id, init_pid, &config.network).await.map_err(|e| fail(e, Some(&mut child)))?;
 
         let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
@@ -580,6 +591,7 @@ impl LocalBackend {
             last_cpu: Mutex::new(None),
             reader: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
+            net,
         });
         let cg = sandbox.cgroup.clone();
         let task = tokio::spawn(reader_loop(rd, routes, alive, cg));
@@ -627,7 +639,7 @@ impl LocalBackend {
         Ok(Exec {
             argv,
             cwd,
-            env: request.env.clone(),
+            env: sb.net.exec_env(&sb.config.environment_variables, &request.env),
             timeout_ms: if output_path.is_some() && request.timeout.is_none() {
                 0
             } else {
@@ -783,13 +795,6 @@ impl SandboxBackend for LocalBackend {
 
     async fn create(&self, request: CreateRequest) -> Result<SandboxInfo> {
         request.config.validate()?;
-        if request.config.network.enabled {
-            return Err(Error::Unsupported(
-                "network.enabled = true is not supported by the local backend yet: sandboxes get loopback only; \
-                 set network.enabled = false, or use the e2b backend for internet access"
-                    .into(),
-            ));
-        }
         if request.config.storage.cleanup == CleanupPolicy::Keep {
             return Err(Error::Unsupported(
                 "storage.cleanup = \"keep\" is not supported by the local backend: sandbox storage is memory-backed and \
@@ -989,14 +994,15 @@ impl SandboxBackend for LocalBackend {
         let f = |v: Option<u64>| v.map_or(0.0, |v| v as f64);
         let home = format!("/home/{}", sb.config.security.run_as.name);
         let disk = sb.root.usage(&home).map_or(0, |(_, used)| used);
+        let net = sb.net.stats();
         Ok(SandboxMetrics {
             cpu_usage_percent: usage,
             cpu_time_seconds: f(cpu_ns) / 1e9,
             memory_used_mb: f(sb.cgroup.memory_current()) / mb,
             memory_peak_mb: f(sb.cgroup.memory_peak()) / mb,
             disk_used_gb: f(Some(disk)) / (mb * 1024.0),
-            network_in_bytes: 0,
-            network_out_bytes: 0,
+            network_in_bytes: net.bytes_in,
+            network_out_bytes: net.bytes_out,
             execution_count: 0,
             last_exit_code: None,
             is_healthy: sb.alive.load(Ordering::SeqCst),
@@ -1064,19 +1070,24 @@ impl SandboxBackend for LocalBackend {
     }
 
     async fn update_network(&self, id: &SandboxId, network: NetworkConfig) -> Result<()> {
-        self.get(id)?;
-        if network.enabled {
-            return Err(Error::Unsupported(
-                "the local backend does not support network access yet: sandboxes get loopback only".into(),
-            ));
-        }
-        Ok(())
+        let sb = self.get(id)?;
+        let mut config = sb.config.clone();
+        config.network = network;
+        config.validate()?;
+        sb.net.update(config.network).await
+    }
+
+    async fn install_packages(&self, id: &SandboxId, packages: Vec<PackageSpec>) -> Result<()> {
+        let sb = self.get(id)?;
+        crate::net::install::install(self, id, &sb.net, &sb.config.environment_variables, &packages).await
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<()> {
         let Some(sb) = self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id) else {
             return Ok(());
         };
+        // The proxy's sockets live in the sandbox's network namespace: close them first.
+        sb.net.shutdown().await;
         // Closing the control socket makes the init exit, which takes down the whole pid namespace.
         *sb.writer.lock().await = None;
         let sb2 = sb.clone();

@@ -25,6 +25,7 @@ pub mod agent;
 mod backend;
 mod cgroup;
 mod files;
+mod net;
 pub mod netns;
 pub mod proto;
 mod sealed;
@@ -33,3 +34,4 @@ mod sys;
 
 pub use backend::{LocalBackend, LocalConfig};
 pub use cgroup::Layout as CgroupLayout;
+pub use net::{HTTP_PROXY_PORT, NetworkStats, SOCKS_PROXY_PORT};

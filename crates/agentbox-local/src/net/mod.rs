@@ -1,0 +1,557 @@
+//! Network egress for local sandboxes: a filtering proxy the sandbox can only reach through its loopback.
+//!
+//! A sandbox's network namespace has nothing but loopback: no interface leads
+//! out, so direct connections to IP addresses, UDP, raw DNS and IPv6 fail with
+//! "network unreachable" whatever a program does. When networking is enabled,
+//! the host binds two listening sockets *inside* that namespace (see
+//! [`crate::netns::listen`]) and serves them from host tasks:
+//!
+//! - `127.0.0.1:3128`: an HTTP proxy (CONNECT tunnels, and plain HTTP requests in absolute form);
+//! - `127.0.0.1:1080`: a SOCKS5 proxy (CONNECT only, names resolved on the proxy side).
+//!
+//! The proxy checks each destination against the sandbox's [`Policy`],
+//! resolves names itself (`network.dns_servers`, else the host's resolver),
+//! checks every address, and connects from the host to an address that passed
+//! (never re-resolving). Bytes to and from destinations are counted and
+//! rate-limited per sandbox ([`meter`]). Programs find the proxy through the
+//! environment ([`proxy_env`]). Policy changes apply at once, also to open
+//! connections, which are cut when the new rules refuse them.
+
+mod http;
+pub mod install;
+pub mod meter;
+pub mod policy;
+pub mod resolve;
+mod socks;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentbox_config::NetworkConfig;
+use agentbox_core::Error;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use self::meter::{Meter, Metered};
+use self::policy::{Host, Policy, Rule};
+use self::resolve::Resolver;
+
+/// Port of the HTTP proxy inside every sandbox with networking.
+pub const HTTP_PROXY_PORT: u16 = 3128;
+/// Port of the SOCKS5 proxy inside every sandbox with networking.
+pub const SOCKS_PROXY_PORT: u16 = 1080;
+/// Connections a sandbox may have open to the proxy at once.
+const MAX_CLIENT_CONNECTIONS: usize = 512;
+/// Connections the proxy may have open to destinations for one sandbox at once.
+const MAX_UPSTREAM_CONNECTIONS: usize = 512;
+/// Time limit of one connection attempt to a destination address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sandbox's /etc/resolv.conf, the same whether networking is on or off.
+pub const RESOLV_CONF: &str = "\
+# No DNS server is reachable from this sandbox, and no route leads out of it: lookups here fail at once.
+# With networking enabled, programs reach the network through the egress proxy (HTTP_PROXY and
+# HTTPS_PROXY: http://127.0.0.1:3128, ALL_PROXY: socks5h://127.0.0.1:1080), which resolves names
+# itself (network.dns_servers, else the host's resolver) and checks every name and address.
+nameserver 127.0.0.1
+";
+
+/// Traffic and refusals of one sandbox since it was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStats {
+    /// Bytes received from destinations.
+    pub bytes_in: u64,
+    /// Bytes sent to destinations.
+    pub bytes_out: u64,
+    /// Connections made to destinations.
+    pub connections: u64,
+    /// Connections refused.
+    pub refused: u64,
+    /// Refused connections by rule (`denied-domain`, `loopback`, ...).
+    pub refused_by_rule: BTreeMap<String, u64>,
+}
+
+/// The environment that points programs at the proxy listening on `http_port` (and `socks_port`).
+#[must_use]
+pub fn proxy_env(http_port: u16, socks_port: Option<u16>) -> BTreeMap<String, String> {
+    let http = format!("http://127.0.0.1:{http_port}");
+    let mut env = BTreeMap::new();
+    for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.insert(k.to_owned(), http.clone());
+    }
+    let all = socks_port.map_or_else(|| http.clone(), |p| format!("socks5h://127.0.0.1:{p}"));
+    env.insert("ALL_PROXY".into(), all.clone());
+    env.insert("all_proxy".into(), all);
+    let none = "localhost,127.0.0.1,::1".to_owned();
+    env.insert("NO_PROXY".into(), none.clone());
+    env.insert("no_proxy".into(), none);
+    env.insert("npm_config_proxy".into(), http.clone());
+    env.insert("npm_config_https_proxy".into(), http);
+    // Node.js 24 and newer route fetch() and http(s) through HTTP(S)_PROXY with this.
+    env.insert("NODE_USE_ENV_PROXY".into(), "1".into());
+    env
+}
+
+/// Why a destination could not be reached.
+#[derive(Debug)]
+enum OpenError {
+    /// The policy refused it (already logged and counted).
+    Refused(Rule),
+    /// Every address failed to connect.
+    Failed(String),
+}
+
+/// What one proxy listener enforces: a policy and where names are looked up.
+#[derive(Debug)]
+struct Rules {
+    policy: Policy,
+    resolver: Resolver,
+}
+
+/// State shared by a sandbox's listeners and connections.
+struct Shared {
+    sandbox: String,
+    meter: Arc<Meter>,
+    connections: AtomicU64,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    clients: Arc<Semaphore>,
+    upstreams: Arc<Semaphore>,
+    host_addrs: Mutex<(Option<Instant>, Arc<Vec<IpAddr>>)>,
+}
+
+impl Shared {
+    fn refuse(&self, via: &str, host: &str, port: u16, rule: &Rule) {
+        *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(rule.name()).or_insert(0) += 1;
+        tracing::info!(sandbox = %self.sandbox, host, port, via, rule = rule.name(), reason = %rule, "egress refused");
+    }
+
+    fn host_addrs(&self) -> Arc<Vec<IpAddr>> {
+        let mut cache = self.host_addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.0.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            *cache = (Some(Instant::now()), Arc::new(host_addresses()));
+        }
+        cache.1.clone()
+    }
+}
+
+/// The addresses of the host's interfaces.
+fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: the family is AF_INET, so this is a sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: the family is AF_INET6, so this is a sockaddr_in6.
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+/// A destination connection that passed the policy.
+struct Upstream {
+    stream: Metered<TcpStream>,
+    target: Target,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Where a connection goes, for re-checks when the policy changes.
+#[derive(Debug, Clone)]
+struct Target {
+    host: Host,
+    ip: IpAddr,
+    port: u16,
+    via: &'static str,
+}
+
+/// One listener's view: the shared state and the rules it enforces.
+#[derive(Clone)]
+struct Proxy {
+    shared: Arc<Shared>,
+    rules: watch::Receiver<Arc<Rules>>,
+}
+
+impl Proxy {
+    fn current(&self) -> Arc<Rules> {
+        self.rules.borrow().clone()
+    }
+
+    /// Checks and connects to `host:port`; refusals are logged and counted here.
+    async fn open(&self, host: &str, port: u16, via: &'static str) -> Result<Upstream, OpenError> {
+        let refuse = |rule: Rule| {
+            self.shared.refuse(via, host, port, &rule);
+            OpenError::Refused(rule)
+        };
+        let rules = self.current();
+        let parsed = Host::parse(host).map_err(refuse)?;
+        rules.policy.check_host(&parsed).map_err(refuse)?;
+        let ips = match &parsed {
+            Host::Ip(ip) => vec![*ip],
+            Host::Name(name) => rules.resolver.lookup(name).await.map_err(|e| refuse(Rule::Unresolved(e)))?,
+        };
+        let host_addrs = self.shared.host_addrs();
+        for ip in &ips {
+            rules.policy.check_ip(*ip, &host_addrs).map_err(|rule| {
+                self.shared.refuse(via, &format!("{host} ({ip})"), port, &rule);
+                OpenError::Refused(rule)
+            })?;
+        }
+        let Ok(permit) = self.shared.upstreams.clone().try_acquire_owned() else {
+            return Err(refuse(Rule::ConnectionLimit));
+        };
+        let mut last = String::new();
+        for ip in ips {
+            let addr = SocketAddr::new(policy::canonical(ip), port);
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.shared.connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(sandbox = %self.shared.sandbox, host, port, %ip, via, "egress connected");
+                    return Ok(Upstream {
+                        stream: Metered::new(stream, self.shared.meter.clone()),
+                        target: Target { host: parsed, ip, port, via },
+                        permit,
+                    });
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"),
+            }
+        }
+        Err(OpenError::Failed(format!("cannot connect to {host}:{port}: {last}")))
+    }
+
+    /// Runs `work` (a connection to `target`) until it ends, or until the rules change to refuse it.
+    async fn guard<F: Future>(&self, target: &Target, work: F) -> Option<F::Output> {
+        let mut rules = self.rules.clone();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                changed = rules.changed() => {
+                    let Ok(()) = changed else { return None };
+                    let now = rules.borrow_and_update().clone();
+                    let verdict = now
+                        .policy
+                        .check_host(&target.host)
+                        .and_then(|()| now.policy.check_ip(target.ip, &self.shared.host_addrs()));
+                    if let Err(rule) = verdict {
+                        let shown = format!("{} ({})", target.host, target.ip);
+                        self.shared.refuse(target.via, &shown, target.port, &rule);
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a client session until it ends, or until networking is switched off.
+    async fn session<F: Future>(&self, work: F) {
+        let mut rules = self.rules.clone();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                _ = &mut work => return,
+                changed = rules.changed() => {
+                    if changed.is_err() || !rules.borrow_and_update().policy.enabled {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http,
+    Socks,
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, proxy: Proxy, protocol: Protocol) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let Ok(permit) = proxy.shared.clients.clone().try_acquire_owned() else {
+                        proxy.shared.refuse("accept", "-", 0, &Rule::ConnectionLimit);
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let p = proxy.clone();
+                    sessions.spawn(async move {
+                        let _permit = permit;
+                        match protocol {
+                            Protocol::Http => p.session(http::serve(stream, p.clone())).await,
+                            Protocol::Socks => p.session(socks::serve(stream, p.clone())).await,
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %proxy.shared.sandbox, error = %e, "egress proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+}
+
+/// Binds `port` on the sandbox's loopback and serves it; the task owns the socket.
+async fn listen(init_pid: i32, port: u16, proxy: Proxy, protocol: Protocol) -> Result<(u16, JoinHandle<()>), Error> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let std_listener = tokio::task::spawn_blocking(move || crate::netns::listen(init_pid, addr))
+        .await
+        .map_err(|e| Error::Backend(format!("binding the egress proxy: {e}")))?
+        .map_err(|e| {
+            Error::Backend(format!(
+                "cannot listen on {addr} inside the sandbox for the egress proxy: {e}; \
+                 a process in the sandbox may hold the port"
+            ))
+        })?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let bound = listener.local_addr()?.port();
+    Ok((bound, tokio::spawn(accept_loop(listener, proxy, protocol))))
+}
+
+fn build_rules(config: &NetworkConfig) -> Result<Arc<Rules>, Error> {
+    let resolver = Resolver::new(&config.dns_servers).map_err(Error::Backend)?;
+    Ok(Arc::new(Rules { policy: Policy::new(config), resolver }))
+}
+
+struct Running {
+    config: NetworkConfig,
+    rules: watch::Sender<Arc<Rules>>,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+/// A sandbox's egress: its proxy listeners, counters and current policy.
+pub struct Egress {
+    init_pid: i32,
+    shared: Arc<Shared>,
+    enabled: AtomicBool,
+    running: tokio::sync::Mutex<Running>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress").field("sandbox", &self.shared.sandbox).finish_non_exhaustive()
+    }
+}
+
+impl Egress {
+    /// Sets up egress for a sandbox whose init is `init_pid`; starts the proxy when `config.enabled`.
+    ///
+    /// # Errors
+    /// When the proxy can't listen inside the sandbox or the resolver can't be built.
+    pub async fn start(sandbox: &str, init_pid: i32, config: &NetworkConfig) -> Result<Self, Error> {
+        let shared = Arc::new(Shared {
+            sandbox: sandbox.to_owned(),
+            meter: Arc::new(Meter::new(config.bandwidth_in_bytes_per_sec, config.bandwidth_out_bytes_per_sec)),
+            connections: AtomicU64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
+            clients: Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS)),
+            upstreams: Arc::new(Semaphore::new(MAX_UPSTREAM_CONNECTIONS)),
+            host_addrs: Mutex::new((None, Arc::new(Vec::new()))),
+        });
+        let (tx, _) = watch::channel(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));
+        let egress = Self {
+            init_pid,
+            shared,
+            enabled: AtomicBool::new(false),
+            running: tokio::sync::Mutex::new(Running {
+                config: NetworkConfig::default(),
+                rules: tx,
+                listeners: Vec::new(),
+            }),
+        };
+        egress.update(config.clone()).await?;
+        Ok(egress)
+    }
+
+    /// Replaces the policy, live: new connections follow it at once, and open ones it refuses are cut.
+    /// Turning networking on starts the proxy; turning it off stops it and cuts every connection.
+    ///
+    /// # Errors
+    /// When the proxy can't be started or the resolver built; the old policy then stays.
+    pub async fn update(&self, config: NetworkConfig) -> Result<(), Error> {
+        let mut running = self.running.lock().await;
+        let rules = if config.enabled {
+            build_rules(&config)?
+        } else {
+            Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host })
+        };
+        if config.enabled && running.listeners.is_empty() {
+            let proxy = Proxy { shared: self.shared.clone(), rules: running.rules.subscribe() };
+            let (_, http) = listen(self.init_pid, HTTP_PROXY_PORT, proxy.clone(), Protocol::Http).await?;
+            let socks = match listen(self.init_pid, SOCKS_PROXY_PORT, proxy, Protocol::Socks).await {
+                Ok((_, t)) => t,
+                Err(e) => {
+                    http.abort();
+                    return Err(e);
+                }
+            };
+            running.listeners = vec![http, socks];
+        }
+        self.shared.meter.down.set_rate(config.bandwidth_in_bytes_per_sec);
+        self.shared.meter.up.set_rate(config.bandwidth_out_bytes_per_sec);
+        running.rules.send_replace(rules);
+        if !config.enabled {
+            for t in running.listeners.drain(..) {
+                t.abort();
+            }
+        }
+        self.enabled.store(config.enabled, Ordering::SeqCst);
+        tracing::info!(
+            sandbox = %self.shared.sandbox,
+            enabled = config.enabled,
+            allowed = config.allowed_domains.len(),
+            denied = config.denied_domains.len(),
+            "network policy set"
+        );
+        running.config = config;
+        Ok(())
+    }
+
+    /// Environment for one execution: the proxy variables when networking is on, below
+    /// the sandbox's configured variables and the execution's own.
+    #[must_use]
+    pub fn exec_env(
+        &self,
+        configured: &BTreeMap<String, String>,
+        requested: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        if self.enabled.load(Ordering::SeqCst) {
+            for (k, v) in proxy_env(HTTP_PROXY_PORT, Some(SOCKS_PROXY_PORT)) {
+                if !configured.contains_key(&k) {
+                    env.insert(k, v);
+                }
+            }
+        }
+        env.extend(requested.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Counters since creation.
+    #[must_use]
+    pub fn stats(&self) -> NetworkStats {
+        let refused_by_rule: BTreeMap<String, u64> = self
+            .shared
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        NetworkStats {
+            bytes_in: self.shared.meter.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.shared.meter.bytes_out.load(Ordering::Relaxed),
+            connections: self.shared.connections.load(Ordering::Relaxed),
+            refused: refused_by_rule.values().sum(),
+            refused_by_rule,
+        }
+    }
+
+    /// Starts a second HTTP proxy for an installer: the sandbox's rules plus `extra_hosts`, even
+    /// when the sandbox's own policy refuses them or networking is off. It stops when the guard drops.
+    ///
+    /// # Errors
+    /// When it can't listen inside the sandbox.
+    pub async fn installer_proxy(&self, extra_hosts: &[String]) -> Result<InstallerProxy, Error> {
+        let mut config = self.running.lock().await.config.clone();
+        let extra: Vec<String> = extra_hosts.iter().map(|h| policy::normalize_name(h)).collect();
+        if !config.enabled || !config.allowed_domains.is_empty() {
+            if !config.enabled {
+                config.allowed_domains.clear();
+            }
+            config.allowed_domains.extend(extra.iter().cloned());
+        }
+        config.denied_domains.retain(|d| {
+            let p = policy::DomainPattern::new(d);
+            !extra.iter().any(|h| p.matches(h))
+        });
+        config.enabled = true;
+        let (tx, rx) = watch::channel(build_rules(&config)?);
+        let proxy = Proxy { shared: self.shared.clone(), rules: rx };
+        let (port, task) = listen(self.init_pid, 0, proxy, Protocol::Http).await?;
+        tracing::info!(sandbox = %self.shared.sandbox, port, hosts = ?extra, "installer proxy started");
+        Ok(InstallerProxy { port, task, _rules: tx })
+    }
+
+    /// Stops the proxy, closes its sockets and cuts every connection.
+    pub async fn shutdown(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        let mut running = self.running.lock().await;
+        running.rules.send_replace(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));
+        for t in running.listeners.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        let running = self.running.get_mut();
+        running.rules.send_replace(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));
+        for t in running.listeners.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// A temporary proxy for package installers; stops (and cuts its connections) when dropped.
+pub struct InstallerProxy {
+    port: u16,
+    task: JoinHandle<()>,
+    _rules: watch::Sender<Arc<Rules>>,
+}
+
+impl InstallerProxy {
+    /// Environment that sends an installer through this proxy.
+    #[must_use]
+    pub fn env(&self) -> BTreeMap<String, String> {
+        proxy_env(self.port, None)
+    }
+}
+
+impl Drop for InstallerProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Refused(rule) => rule.to_string(),
+            OpenError::Failed(msg) => msg,
+        }
+    }
+}
