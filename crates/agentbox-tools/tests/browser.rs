@@ -182,6 +182,8 @@ async fn pages_are_read_and_driven_through_snapshot_refs_and_selectors() {
     assert_eq!(nav["browser_started"], true, "{nav}");
     assert_eq!(text(&nav, "title"), "Agentbox test page");
     assert_eq!(nav["status"], 200);
+    // Let the page's timer finish changing it, so that it is unchanged between the snapshots below.
+    site.call(json!({"action": "wait_for", "text": "Arrived late"})).await;
 
     // The snapshot names elements by role with refs, and hides what is hidden.
     let snap = site.call(json!({"action": "snapshot"})).await;
@@ -537,5 +539,42 @@ async fn a_missing_executable_names_the_install_command() {
     assert_eq!(err.kind, ToolErrorKind::Unsupported, "{err:?}");
     assert!(err.message.contains("apt-get install -y chromium"), "{err:?}");
     assert!(err.message.contains("/usr/bin/no-such-chromium"), "{err:?}");
+    site.close().await;
+}
+
+/// Figures for docs/BENCHMARKS.md: the browser's launch time, and navigate + screenshot of a page served
+/// inside the sandbox once the browser runs. Prints them; asserts nothing about time.
+///
+/// `cargo test -p agentbox-tools --test browser -- --ignored --nocapture measure`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement that prints figures"]
+async fn measure_launch_and_navigate_screenshot() {
+    let site = Site::new("browser-bench").await;
+    let mut launches = Vec::new();
+    for _ in 0..5 {
+        let r = site.call(json!({"action": "navigate", "url": "about:blank"})).await;
+        launches.push(r["browser_launch_ms"].as_u64().unwrap());
+        site.call(json!({"action": "close"})).await;
+    }
+    site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/index.html"})).await;
+    let mut rounds = Vec::new();
+    for _ in 0..30 {
+        let t = std::time::Instant::now();
+        site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/index.html"})).await;
+        let shot = site.call(json!({"action": "screenshot"})).await;
+        rounds.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(shot["width"], 1280);
+    }
+    launches.sort_unstable();
+    rounds.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    println!("launch ms (5 runs, sorted): {launches:?}; median {}", launches[2]);
+    println!(
+        "navigate + screenshot ms (30 runs): min {:.1}, p50 {:.1}, p90 {:.1}, max {:.1}",
+        rounds[0],
+        pct(&rounds, 0.5),
+        pct(&rounds, 0.9),
+        rounds[rounds.len() - 1]
+    );
     site.close().await;
 }

@@ -110,6 +110,20 @@
       return t ? t.innerText || t.textContent : '';
     }).join(' '));
 
+  // A label's text without the text of the controls inside it (a <select>'s options, say).
+  const CONTROLS = new Set(['SELECT', 'INPUT', 'TEXTAREA', 'BUTTON']);
+  const labelText = (label) => {
+    const parts = [];
+    const collect = (n) => {
+      if (n.nodeType === Node.TEXT_NODE) parts.push(n.nodeValue);
+      else if (n.nodeType === Node.ELEMENT_NODE && !CONTROLS.has(n.tagName) && !SKIP.has(n.tagName)) {
+        for (const c of n.childNodes) collect(c);
+      }
+    };
+    collect(label);
+    return parts.join('');
+  };
+
   const nameOf = (el, role) => {
     const labelledby = el.getAttribute('aria-labelledby');
     if (labelledby) {
@@ -125,7 +139,7 @@
         return { name: norm(el.value) || (t === 'submit' ? 'Submit' : t === 'reset' ? 'Reset' : ''), fromContent: false };
       }
       if (tag === 'INPUT' && t === 'image') return { name: norm(el.getAttribute('alt')) || 'Submit', fromContent: false };
-      const labels = el.labels ? Array.from(el.labels).map((l) => l.innerText || l.textContent).join(' ') : '';
+      const labels = el.labels ? Array.from(el.labels).map(labelText).join(' ') : '';
       const n = norm(labels) || norm(el.getAttribute('title')) || norm(el.getAttribute('placeholder'));
       return { name: n, fromContent: false };
     }
@@ -203,7 +217,8 @@
   // Items: { text } or { role, name, attrs, ref, children, inline }.
   const walk = (node, out) => {
     if (node.nodeType === Node.TEXT_NODE) {
-      const t = norm(node.nodeValue);
+      // Whitespace is kept (collapsed) so that text split across inline elements joins up as shown.
+      const t = (node.nodeValue || '').replace(/\s+/g, ' ');
       if (t) out.push({ text: t });
       return;
     }
@@ -225,6 +240,9 @@
       if (el.tagName === 'DETAILS' && !el.open) {
         const summary = el.querySelector(':scope > summary');
         if (summary) walk(summary, children);
+      } else if (el.tagName === 'LABEL' && el.control && el.control !== el) {
+        // The label's text names its control: keep only what else it holds (the control, links).
+        for (const c of el.childNodes) if (c.nodeType !== Node.TEXT_NODE) walk(c, children);
       } else {
         for (const c of el.childNodes) walk(c, children);
       }
@@ -234,7 +252,7 @@
       return;
     }
     const { name, fromContent } = nameOf(el, role);
-    const kept = fromContent ? children.filter((c) => !c.text) : children;
+    const kept = fromContent ? children.filter((c) => c.text === undefined) : children;
     out.push({ role, name, attrs: attrsOf(el, role), ref: refOf(el), children: kept });
   };
 
@@ -242,10 +260,11 @@
     const out = [];
     for (const it of items) {
       const last = out[out.length - 1];
-      if (it.text && last && last.text) last.text += ' ' + it.text;
-      else out.push(it.text ? { text: it.text } : it);
+      if (it.text !== undefined && last && last.text !== undefined) last.text += it.text;
+      else out.push(it.text !== undefined ? { text: it.text } : it);
     }
-    return out;
+    for (const it of out) if (it.text !== undefined) it.text = norm(it.text);
+    return out.filter((it) => it.text === undefined || it.text);
   };
 
   const lines = [];
