@@ -87,4 +87,7 @@ fi
 # Later steps go here (each as: step "what"; command), e.g. schemathesis against a running agentboxd.
 # ---------------------------------------------------------------------------------------------
 
+step "schemathesis against agentboxd: --checks all, seed 42, two-minute budget"
+crates/agentbox-server/tests/schemathesis/run.sh 120
+
 step "all checks passed"

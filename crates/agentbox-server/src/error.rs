@@ -107,6 +107,17 @@ impl ApiError {
         )
     }
 
+    /// Maps a backend's error about an operation on a well-formed request: what the backend calls an invalid
+    /// request (a path that is a directory, a component that is not one, a symlink loop...) depends on the
+    /// sandbox's state, not on the request's form, so it is 422 rather than 400.
+    #[must_use]
+    pub fn from_operation(e: agentbox_core::Error) -> Self {
+        match e {
+            agentbox_core::Error::InvalidRequest(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", m),
+            e => e.into(),
+        }
+    }
+
     /// Attaches a Retry-After hint.
     #[must_use]
     pub fn with_retry_after(mut self, secs: u64) -> Self {
@@ -150,6 +161,27 @@ fn redact_paths(message: &str) -> String {
         .collect()
 }
 
+/// Host I/O failures that are about the request (a name too long, a full disk, a missing file), with their answer.
+fn io_status(e: &std::io::Error) -> Option<(StatusCode, &'static str, &'static str)> {
+    use std::io::ErrorKind as K;
+    Some(match e.kind() {
+        K::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such file or directory"),
+        K::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied", "the sandbox refused access"),
+        K::AlreadyExists => (StatusCode::CONFLICT, "conflict", "it already exists"),
+        K::InvalidFilename => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "name_too_long", "a name is too long for the sandbox's filesystem")
+        }
+        K::IsADirectory | K::NotADirectory | K::DirectoryNotEmpty => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "wrong_file_type", "the path is not of the expected kind")
+        }
+        K::StorageFull | K::QuotaExceeded | K::FileTooLarge => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "storage_full", "the sandbox's storage quota is exhausted")
+        }
+        K::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_request", "the request is invalid"),
+        _ => return None,
+    })
+}
+
 impl From<agentbox_core::Error> for ApiError {
     fn from(e: agentbox_core::Error) -> Self {
         use agentbox_core::Error as E;
@@ -170,6 +202,10 @@ impl From<agentbox_core::Error> for ApiError {
             E::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
             E::Unsupported(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m),
             E::PermissionDenied(m) => Self::new(StatusCode::FORBIDDEN, "permission_denied", m),
+            E::Io(io) if io_status(&io).is_some() => {
+                let (status, code, what) = io_status(&io).unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, "io", ""));
+                Self::new(status, code, format!("{what}: {}", redact_paths(&io.to_string())))
+            }
             e @ (E::Backend(_) | E::Io(_)) => {
                 tracing::error!(error = %e, "request failed in the backend");
                 Self::new(

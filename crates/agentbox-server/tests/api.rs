@@ -252,24 +252,26 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         }
     }
     walked.sort();
-    assert_eq!(
-        walked,
-        [
-            "DELETE /api/sandboxes/{run_id}",
-            "GET /api/sandboxes",
-            "GET /api/sandboxes/{run_id}",
-            "GET /api/sandboxes/{run_id}/files",
-            "GET /api/sandboxes/{run_id}/files/list",
-            "GET /api/sandboxes/{run_id}/health",
-            "GET /api/sandboxes/{run_id}/metrics",
-            "GET /health",
-            "GET /metrics",
-            "POST /api/sandboxes/create",
-            "POST /api/sandboxes/{run_id}/execute/code",
-            "POST /api/sandboxes/{run_id}/execute/command",
-            "PUT /api/sandboxes/{run_id}/files",
-        ]
-    );
+    let mut expected = vec![
+        "DELETE /api/sandboxes/{run_id}",
+        "GET /api/sandboxes",
+        "GET /api/sandboxes/{run_id}",
+        "GET /api/sandboxes/{run_id}/files",
+        "GET /api/sandboxes/{run_id}/files/list",
+        "GET /api/sandboxes/{run_id}/health",
+        "GET /api/sandboxes/{run_id}/metrics",
+        "GET /health",
+        "GET /metrics",
+        "POST /api/sandboxes/create",
+        "POST /api/sandboxes/{run_id}/execute/code",
+        "POST /api/sandboxes/{run_id}/execute/command",
+        "PUT /api/sandboxes/{run_id}/files",
+    ];
+    if cfg!(feature = "browser") {
+        expected.push("POST /api/sandboxes/{run_id}/browser");
+        expected.sort_unstable();
+    }
+    assert_eq!(walked, expected);
     // The docs are open.
     let ui = t.client.get(t.url("/docs/")).send().await.unwrap();
     assert_eq!(ui.status(), 200);

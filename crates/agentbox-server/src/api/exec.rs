@@ -69,13 +69,14 @@ pub async fn execute_command(
     let request = body.into_exec()?;
     if wants_events(&headers) {
         let cap = output_cap(&state, &run)?;
-        let stream = state.manager.exec(&run, request).await?;
+        let stream = state.manager.exec(&run, request).await.map_err(ApiError::from_operation)?;
         return Ok(events(stream, cap).into_response());
     }
     let limit = deadline(&state, &run, request.timeout)?;
     let out = tokio::time::timeout(limit, state.manager.exec_collect(&run, request))
         .await
-        .map_err(|_| ApiError::timeout("the execution", limit))??;
+        .map_err(|_| ApiError::timeout("the execution", limit))?
+        .map_err(ApiError::from_operation)?;
     Ok(Json(ExecResult::from(out)).into_response())
 }
 
@@ -107,13 +108,14 @@ pub async fn execute_code(
     let request = body.into_code()?;
     if wants_events(&headers) {
         let cap = output_cap(&state, &run)?;
-        let stream = state.manager.run_code(&run, request).await?;
+        let stream = state.manager.run_code(&run, request).await.map_err(ApiError::from_operation)?;
         return Ok(events(stream, cap).into_response());
     }
     let limit = deadline(&state, &run, request.timeout)?;
     let out = tokio::time::timeout(limit, state.manager.run_code_collect(&run, request))
         .await
-        .map_err(|_| ApiError::timeout("the execution", limit))??;
+        .map_err(|_| ApiError::timeout("the execution", limit))?
+        .map_err(ApiError::from_operation)?;
     Ok(Json(ExecResult::from(out)).into_response())
 }
 

@@ -34,7 +34,7 @@ pub async fn read_file(
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
     let path = q.checked()?;
-    let data = state.manager.read_file(&run, path).await?;
+    let data = state.manager.read_file(&run, path).await.map_err(ApiError::from_operation)?;
     let mut response = Body::from(data).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     Ok(response)
@@ -122,13 +122,13 @@ pub async fn write_file(
             };
             check_path(&path)?;
             let size = data.len() as u64;
-            state.manager.write_file(&run, &path, data.to_vec()).await?;
+            state.manager.write_file(&run, &path, data.to_vec()).await.map_err(ApiError::from_operation)?;
             files.push(WrittenFile { path, size });
         }
     } else {
         let data = read_body(&state, request.into_body(), limit).await?;
         let size = data.len() as u64;
-        state.manager.write_file(&run, &target, data.to_vec()).await?;
+        state.manager.write_file(&run, &target, data.to_vec()).await.map_err(ApiError::from_operation)?;
         files.push(WrittenFile { path: target, size });
     }
     Ok(Json(WrittenFiles { files }))
@@ -165,6 +165,13 @@ pub async fn list_files(
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> Result<Json<FileList>, ApiError> {
     let path = q.checked()?.to_owned();
-    let entries = state.manager.list_dir(&run, &path).await?.into_iter().map(FileEntryView::from).collect();
+    let entries = state
+        .manager
+        .list_dir(&run, &path)
+        .await
+        .map_err(ApiError::from_operation)?
+        .into_iter()
+        .map(FileEntryView::from)
+        .collect();
     Ok(Json(FileList { path, entries }))
 }

@@ -48,7 +48,10 @@ impl IntoResponses for ErrorResponses {
             (409, "Conflicts with the run's existing sandbox or its state"),
             (413, "The body is larger than the server accepts"),
             (415, "The body is not in a supported content type"),
-            (422, "Well-formed, but this backend can't do it (unsupported feature, package install failed)"),
+            (
+                422,
+                "Well-formed, but not possible in this sandbox's state or on this backend (a path that is a directory, a package that can't be installed, an unsupported feature)",
+            ),
             (429, "Rate limited, or too many live sandboxes; see Retry-After"),
             (500, "The backend failed; the server log has details"),
             (504, "The operation did not finish in time"),
@@ -115,11 +118,15 @@ fn package_pattern() -> String {
     let pip_name = r"[A-Za-z0-9_.\[\],][A-Za-z0-9_.\-\[\],]{0,213}";
     let npm_plain = r"[A-Za-z0-9_.@/][A-Za-z0-9_.\-/]{0,213}";
     let npm_versioned = r"[A-Za-z0-9_.@/][A-Za-z0-9_.\-@/]{0,213}";
-    format!(r"^((pip:)?{pip_name}(=={PKG_VERSION})?|npm:{npm_plain}|npm:{npm_versioned}@{PKG_VERSION})$")
+    // Without a manager prefix, a ':' anywhere would be read as one, so a bare version has none.
+    let bare_version = r"[A-Za-z0-9.\-+~*^]+";
+    format!(
+        r"^(pip:{pip_name}(=={PKG_VERSION})?|{pip_name}(=={bare_version})?|npm:{npm_plain}|npm:{npm_versioned}@{PKG_VERSION})$"
+    )
 }
 
 fn domain_pattern() -> &'static str {
-    r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)*$"
+    r"^(\*\.)?(?=[^*]{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)*$"
 }
 
 fn string_map(key_pattern: &str) -> Value {
@@ -136,7 +143,8 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     let schemas = &mut doc["components"]["schemas"];
 
     let cmd = &mut schemas["ExecuteCommandRequest"];
-    cmd["oneOf"] = json!([{"required": ["command"]}, {"required": ["argv"]}]);
+    cmd["anyOf"] = json!([{"required": ["command"]}, {"required": ["argv"]}]);
+    cmd["not"] = json!({"required": ["command", "argv"]});
     cmd["properties"]["argv"] = json!({
         "type": "array",
         "description": "A program and its arguments, run directly.",
@@ -153,17 +161,27 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     create["run_id"]["pattern"] = json!(types::RUN_ID_PATTERN);
 
     let net = &mut schemas["NetworkSpec"];
-    net["additionalProperties"] = json!(false);
-    let domains = json!({"type": "array", "items": {"type": "string", "maxLength": 255, "pattern": domain_pattern()}});
+    let domains = json!({"type": "array", "items": {"type": "string", "pattern": domain_pattern()}});
     net["properties"]["allowed_domains"] = domains.clone();
     net["properties"]["denied_domains"] = domains;
     net["properties"]["dns_servers"] = json!({"type": "array", "items": {"type": "string", "anyOf": [
         {"format": "ipv4", "pattern": format!("^{IPV4}$")}, {"format": "ipv6", "pattern": ":"},
     ]}});
+    for field in ["bandwidth_in_bytes_per_sec", "bandwidth_out_bytes_per_sec"] {
+        net["properties"][field]["maximum"] = json!(u64::MAX);
+    }
     net["properties"]["allowed_cidrs"] = json!({"type": "array", "items": {"type": "string", "anyOf": [
         {"pattern": format!(r"^{IPV4}(/(3[0-2]|[12]?[0-9]))?$")}, {"format": "ipv6", "pattern": ":"},
     ]}});
-    for key in ["ExecuteCommandRequest", "ExecuteCodeRequest", "CreateSandboxRequest", "TimeoutsSpec"] {
+    schemas["MultipartUpload"]["required"] = json!(["file"]);
+    for key in [
+        "ExecuteCommandRequest",
+        "ExecuteCodeRequest",
+        "CreateSandboxRequest",
+        "TimeoutsSpec",
+        "MultipartUpload",
+        "NetworkSpec",
+    ] {
         schemas[key]["additionalProperties"] = json!(false);
     }
 

@@ -17,9 +17,39 @@ use crate::error::ApiError;
 /// Pattern of run ids (see [`agentbox_core::RunId::parse`]).
 pub const RUN_ID_PATTERN: &str = r"^(?!create$)[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}$";
 /// Pattern of file paths accepted by the file routes: no NUL, no `..` component.
-pub const FILE_PATH_PATTERN: &str = r"^(?!(.*/)?\.\.(/.*)?$)[^\x00]+$";
-/// Longest file path accepted.
+pub const FILE_PATH_PATTERN: &str = r"^(?!([\s\S]*/)?\.\.(/[\s\S]*)?(?![\s\S]))[^\x00]+$";
+/// Longest file path accepted, in characters.
 pub const MAX_PATH_LEN: usize = 4096;
+
+/// A JSON number that is a whole number, written as an integer or as a float like `16.0` (JSON Schema's integer).
+fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(v) = n.as_u64() {
+        return Ok(v);
+    }
+    match n.as_f64() {
+        // 2^64 as f64; every whole float below it converts exactly.
+        #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)] // whole, non-negative and below 2^64
+        Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!("expected a non-negative whole number, got {n}"))),
+    }
+}
+
+fn present_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole(d).map(Some)
+}
+
+fn present_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = whole(d)?;
+    u32::try_from(v).map(Some).map_err(|_| serde::de::Error::custom(format!("{v} is too large")))
+}
+
+fn nullable_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => whole(serde_json::Value::Number(n)).map(Some).map_err(serde::de::Error::custom),
+    }
+}
 
 /// Deserializes a field that may be absent but, when present, must not be `null`.
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -87,21 +117,21 @@ pub struct CreateSandboxRequest {
     #[schema(nullable = false, value_type = PresetDoc)]
     pub preset: Option<Preset>,
     /// CPUs.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_u32")]
     #[schema(nullable = false, minimum = 1, maximum = 256)]
     pub cpu_count: Option<u32>,
     /// Memory limit in MiB.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_u64")]
     #[schema(nullable = false, minimum = 16, maximum = 1048576)]
     pub memory_mb: Option<u64>,
     /// Writable storage in GiB.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_u64")]
     #[schema(nullable = false, minimum = 1, maximum = 16384)]
     pub disk_gb: Option<u64>,
     /// Network access and egress policy (off when absent).
     #[serde(default, deserialize_with = "present")]
-    #[schema(nullable = false, value_type = NetworkSpec)]
-    pub network: Option<NetworkConfig>,
+    #[schema(nullable = false)]
+    pub network: Option<NetworkSpec>,
     /// Packages to install at creation: `pip:NAME[==V]`, `npm:NAME[@V]`; a bare name means pip.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, example = json!(["pip:pandas"]))]
@@ -115,7 +145,7 @@ pub struct CreateSandboxRequest {
     #[schema(nullable = false)]
     pub timeouts: Option<TimeoutsSpec>,
     /// Cap on the captured stdout and stderr of one execution, each, in bytes.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_u64")]
     #[schema(nullable = false, minimum = 1024, maximum = 1073741824)]
     pub max_output_bytes: Option<u64>,
 }
@@ -151,7 +181,7 @@ impl CreateSandboxRequest {
             c.disk_gb = v;
         }
         if let Some(v) = &self.network {
-            c.network = v.clone();
+            c.network = v.clone().into_config();
         }
         if let Some(v) = &self.pre_install_packages {
             c.pre_install_packages = v.clone();
@@ -178,30 +208,52 @@ impl CreateSandboxRequest {
 }
 
 /// A network policy. Off by default: loopback only.
-#[derive(Debug, Clone, ToSchema)]
-#[allow(dead_code)] // documentation only: requests deserialize into agentbox_config::NetworkConfig
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Whether the sandbox may reach anything beyond its own loopback.
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
     /// Names the sandbox may reach: exact (`pypi.org`) or wildcard (`*.example.com`); empty means all.
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     allowed_domains: Option<Vec<String>>,
     /// Names the sandbox may never reach; deny wins over allow.
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     denied_domains: Option<Vec<String>>,
     /// Resolvers (IP addresses); empty means the host's.
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     dns_servers: Option<Vec<String>>,
     /// Private, loopback or link-local ranges (CIDR) allowed anyway.
+    #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     allowed_cidrs: Option<Vec<String>>,
     /// Download limit in bytes per second; null for none.
+    #[serde(default, deserialize_with = "nullable_u64")]
     #[schema(minimum = 1)]
     bandwidth_in_bytes_per_sec: Option<u64>,
     /// Upload limit in bytes per second; null for none.
+    #[serde(default, deserialize_with = "nullable_u64")]
     #[schema(minimum = 1)]
     bandwidth_out_bytes_per_sec: Option<u64>,
+}
+
+impl NetworkSpec {
+    fn into_config(self) -> NetworkConfig {
+        let d = NetworkConfig::default();
+        NetworkConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            allowed_domains: self.allowed_domains.unwrap_or(d.allowed_domains),
+            denied_domains: self.denied_domains.unwrap_or(d.denied_domains),
+            dns_servers: self.dns_servers.unwrap_or(d.dns_servers),
+            allowed_cidrs: self.allowed_cidrs.unwrap_or(d.allowed_cidrs),
+            bandwidth_in_bytes_per_sec: self.bandwidth_in_bytes_per_sec,
+            bandwidth_out_bytes_per_sec: self.bandwidth_out_bytes_per_sec,
+        }
+    }
 }
 
 /// The effective configuration of a sandbox (durations in seconds, or as text like `"1m 30s"` when fractional).
@@ -447,7 +499,7 @@ pub struct ExecuteCodeRequest {
     #[schema(value_type = LanguageDoc)]
     pub language: Language,
     /// The source.
-    #[schema(example = "print(6 * 7)")]
+    #[schema(example = "print(6 * 7)", pattern = r"^[^\x00]*$")]
     pub code: String,
     /// Working directory inside the sandbox.
     #[serde(default, deserialize_with = "present")]
@@ -469,6 +521,9 @@ impl ExecuteCodeRequest {
     /// # Errors
     /// 400 for NUL bytes and bad limits.
     pub fn into_code(self) -> Result<CodeRequest, ApiError> {
+        if self.code.contains('\0') {
+            return Err(ApiError::bad_request("code must not contain NUL bytes"));
+        }
         check_cwd(self.cwd.as_ref())?;
         let env = self.env.unwrap_or_default();
         check_env(&env)?;
@@ -596,7 +651,7 @@ impl From<SandboxMetrics> for MetricsView {
 #[serde(deny_unknown_fields)]
 pub struct FileQuery {
     /// A path inside the sandbox; relative paths start at the home directory. No `..` components.
-    #[param(min_length = 1, max_length = 4096, pattern = r"^(?!(.*/)?\.\.(/.*)?$)[^\x00]+$")]
+    #[param(min_length = 1, max_length = 4096, pattern = r"^(?!([\s\S]*/)?\.\.(/[\s\S]*)?(?![\s\S]))[^\x00]+$")]
     pub path: String,
 }
 
@@ -619,8 +674,8 @@ pub fn check_path(p: &str) -> Result<(), ApiError> {
     if p.is_empty() {
         return Err(ApiError::bad_request("path is empty: give a path inside the sandbox"));
     }
-    if p.len() > MAX_PATH_LEN {
-        return Err(ApiError::bad_request(format!("path is longer than {MAX_PATH_LEN} bytes")));
+    if p.chars().count() > MAX_PATH_LEN {
+        return Err(ApiError::bad_request(format!("path is longer than {MAX_PATH_LEN} characters")));
     }
     if p.contains('\0') {
         return Err(ApiError::bad_request("path contains a NUL byte"));
@@ -741,6 +796,7 @@ mod tests {
             check_path(good).unwrap();
         }
         assert!(check_path(&"a".repeat(MAX_PATH_LEN + 1)).is_err());
+        check_path(&"é".repeat(MAX_PATH_LEN)).unwrap();
     }
 
     #[test]
