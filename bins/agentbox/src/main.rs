@@ -27,6 +27,8 @@ enum Command {
     Tool(cmd::tool::Args),
     /// Search the web with the configured providers.
     Search(cmd::search::Args),
+    /// Serve the sandboxes and agent tools to an MCP client over stdio.
+    Mcp(cmd::mcp::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Search(args) => cmd::search::run(&args),
+        Command::Mcp(args) => cmd::mcp::run(&args),
     };
     cmd::report(result)
 }

@@ -71,6 +71,15 @@ impl McpServer {
         session.close().await;
         result
     }
+
+    /// Serves one client on this process's stdin and stdout, as [`serve`](Self::serve) does.
+    ///
+    /// # Errors
+    /// As [`serve`](Self::serve).
+    pub async fn serve_stdio(&self, shutdown: impl Future<Output = ()>) -> Result<(), TransportError> {
+        let (stdin, stdout) = rmcp::transport::io::stdio_pipes();
+        self.serve(stdin, stdout, shutdown).await
+    }
 }
 
 /// The streamable HTTP transport of `server`, with `server`'s allowed hosts and origins and session
