@@ -27,8 +27,8 @@ enum Command {
     Tool(cmd::tool::Args),
     /// Search the web with the configured providers.
     Search(cmd::search::Args),
-    /// Serve the sandboxes and agent tools to an MCP client over stdio.
-    Mcp(cmd::mcp::Args),
+    /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Search(args) => cmd::search::run(&args),
-        Command::Mcp(args) => cmd::mcp::run(&args),
+        Command::Serve(args) => return cmd::serve::run(args),
     };
     cmd::report(result)
 }

@@ -1,9 +1,9 @@
 //! The subcommands, one module each, and the error they share.
 
-pub mod mcp;
 pub mod presets;
 pub mod run;
 pub mod search;
+pub mod serve;
 pub mod tool;
 
 use std::io::{self, Write};
@@ -27,9 +27,6 @@ pub enum CliError {
     /// Web search failed.
     #[error(transparent)]
     Search(#[from] agentbox_tools::search::SearchError),
-    /// Serving MCP failed.
-    #[error(transparent)]
-    Mcp(#[from] agentbox_mcp::TransportError),
 }
 
 /// Turns a subcommand's result into the exit status, printing an error as one line on stderr.
