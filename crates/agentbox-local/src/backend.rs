@@ -1,8 +1,7 @@
 //! The host side: creating, driving and destroying sandboxes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,6 +87,7 @@ impl Default for LocalConfig {
                 "npmrc",
                 "pip.conf",
                 "xdg",
+                "matplotlibrc",
             ]
             .map(str::to_owned)
             .into(),
@@ -308,7 +308,9 @@ impl LocalBackend {
             }
         }
         for id in self.inner.cgroups.leftovers() {
-            if owned_elsewhere.contains(&id) || reaped.contains(&id) {
+            // A sandbox's directory exists before its cgroup and outlives it, so a cgroup
+            // whose directory is missing now is an orphan, not a creation in progress.
+            if owned_elsewhere.contains(&id) || reaped.contains(&id) || self.inner.config.state_dir.join(&id).exists() {
                 continue;
             }
             // A cgroup of ours with no state directory: its creator crashed between the two steps.
@@ -470,55 +472,20 @@ impl LocalBackend {
         .map_err(|e| fail(backend_err("creating the control socket", e), None))?;
         // SAFETY: both fds are fresh and owned here.
         let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let procs: Vec<OwnedFd> = cgroup
-            .procs_files()
-            .iter()
-            .filter_map(|p| std::fs::OpenOptions::new().write(true).open(p).ok().map(OwnedFd::from))
-            .collect();
-        let procs_raw: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
-        let agent_raw = agent_end.as_raw_fd();
+        let procs: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        // No code runs between fork and exec: the agent gets its socket as stdin and joins its
+        // cgroups and namespaces itself, so std can use posix_spawn (vfork) from this threaded process.
         let mut cmd = std::process::Command::new(&exe);
         cmd.env_clear()
             .env(agent::AGENT_ENV, "1")
             .env("AGENTBOX_LOCAL_ROOT", &root_dir)
-            .stdin(std::process::Stdio::null())
+            .env(agent::CGROUPS_ENV, procs.join(":"))
+            .stdin(std::process::Stdio::from(agent_end))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let flags = libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWCGROUP;
-        // SAFETY: the closure only makes async-signal-safe syscalls on fds that stay open until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in &procs_raw {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                libc::setsid();
-                if agent_raw == agent::CONTROL_FD {
-                    let fl = libc::fcntl(agent_raw, libc::F_GETFD);
-                    libc::fcntl(agent_raw, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
-                } else if libc::dup2(agent_raw, agent::CONTROL_FD) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::unshare(flags) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let spawned = tokio::task::spawn_blocking(move || {
-            let r = cmd.spawn();
-            drop(agent_end);
-            drop(procs);
-            r
-        })
-        .await
-        .map_err(|e| fail(backend_err("spawning the sandbox agent", e), None))?;
+        let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
+            .await
+            .map_err(|e| fail(backend_err("spawning the sandbox agent", e), None))?;
         let mut child = spawned.map_err(|e| {
             fail(backend_err("starting the sandbox agent (namespaces may be unavailable on this host)", e), None)
         })?;
@@ -548,7 +515,18 @@ impl LocalBackend {
         };
         let (init_pid, ready) = match tokio::time::timeout(config.startup_timeout, handshake).await {
             Ok(Ok(r)) => r,
-            Ok(Err(msg)) => return Err(fail(Error::Backend(format!("sandbox setup failed: {msg}")), Some(&mut child))),
+            Ok(Err(msg)) => {
+                let why = match child.try_wait() {
+                    Ok(Some(status)) => match status.code() {
+                        Some(112) => ": it could not join its cgroup".to_owned(),
+                        Some(113) => ": the host refused to create namespaces (unshare); run as root outside a restricted container".to_owned(),
+                        Some(c @ 110..=111) => format!(": it could not set up its file descriptors (code {c})"),
+                        _ => String::new(),
+                    },
+                    _ => String::new(),
+                };
+                return Err(fail(Error::Backend(format!("sandbox setup failed: {msg}{why}")), Some(&mut child)));
+            }
             Err(_) => {
                 return Err(fail(
                     Error::Timeout(format!(
@@ -1107,8 +1085,17 @@ impl SandboxBackend for LocalBackend {
         if let Some(t) = sb.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             t.abort();
         }
-        for (_, (_, task)) in sb.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
+        let forwards: Vec<_> = sb
+            .forwards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, (_, t))| t)
+            .collect();
+        for task in forwards {
+            // Waiting for the cancelled task means its listener is closed when destroy returns.
             task.abort();
+            let _ = task.await;
         }
         Ok(())
     }
