@@ -29,6 +29,8 @@ enum Command {
     Search(cmd::search::Args),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
     Serve(cmd::serve::Args),
+    /// Serve the sandboxes and agent tools to an MCP client over stdio.
+    Mcp(cmd::mcp::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         },
         Command::Search(args) => cmd::search::run(&args),
         Command::Serve(args) => return cmd::serve::run(args),
+        Command::Mcp(args) => cmd::mcp::run(&args),
     };
     cmd::report(result)
 }

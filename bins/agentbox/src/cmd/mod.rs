@@ -1,5 +1,6 @@
 //! The subcommands, one module each, and the error they share.
 
+pub mod mcp;
 pub mod presets;
 pub mod run;
 pub mod search;
@@ -27,6 +28,9 @@ pub enum CliError {
     /// Web search failed.
     #[error(transparent)]
     Search(#[from] agentbox_tools::search::SearchError),
+    /// Serving MCP failed.
+    #[error(transparent)]
+    Mcp(#[from] agentbox_mcp::TransportError),
 }
 
 /// Turns a subcommand's result into the exit status, printing an error as one line on stderr.
