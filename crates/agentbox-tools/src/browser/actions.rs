@@ -966,8 +966,11 @@ async fn screenshot(
 ) -> BrowserResult<Out> {
     let tab = s.tab(cx.cfg.cdp_timeout);
     let path = path.map(|p| cx.sb.config().resolve(p)).transpose()?;
-    let mut params =
-        CaptureScreenshotParams { format: Some(CaptureScreenshotFormat::Png), ..CaptureScreenshotParams::default() };
+    let mut params = CaptureScreenshotParams {
+        format: Some(CaptureScreenshotFormat::Png),
+        optimize_for_speed: Some(true),
+        ..CaptureScreenshotParams::default()
+    };
     let mut cut = false;
     if full_page {
         let m = tab.exec("measuring the page", GetLayoutMetricsParams::default()).await?;
