@@ -60,6 +60,7 @@ fn annotations(name: &str) -> Option<ToolAnnotations> {
         "upload_file" => ("Upload a file", false, true, false),
         "download_file" => ("Download a file", true, false, false),
         "web_search" => ("Search the web", true, false, true),
+        "browser" => ("Use a web browser", false, true, true),
         _ => return None,
     };
     let mut a = ToolAnnotations::with_title(title).read_only(read_only).open_world(open_world);

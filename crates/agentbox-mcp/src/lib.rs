@@ -39,6 +39,7 @@ pub mod sandboxes;
 mod server;
 mod transport;
 
+pub use agentbox_tools as tools;
 pub use config::McpConfig;
 pub use host::SandboxHost;
 pub use server::{McpServer, McpSession, SESSION_RUN_PREFIX};

@@ -179,6 +179,8 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for requests in flight.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// The MCP endpoint at `/mcp` (`[mcp]`: enabled, default_preset, allowed_hosts, allowed_origins, session_idle_timeout).
+    pub mcp: agentbox_mcp::McpConfig,
 }
 
 impl Default for ServerConfig {
@@ -192,6 +194,7 @@ impl Default for ServerConfig {
             manager: ManagerSettings::default(),
             on_shutdown: ShutdownPolicy::Keep,
             shutdown_grace: Duration::from_secs(30),
+            mcp: agentbox_mcp::McpConfig::default(),
         }
     }
 }
@@ -256,6 +259,9 @@ impl ServerConfig {
             if d.is_zero() {
                 problems.push(format!("{name} must be longer than zero"));
             }
+        }
+        if let Err(e) = self.mcp.check() {
+            problems.push(e);
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
     }

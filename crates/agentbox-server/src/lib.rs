@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod lifecycle;
 pub mod limits;
+mod mcp;
 pub mod registry;
 mod serve;
 pub mod telemetry;
@@ -57,6 +58,8 @@ pub struct AppState {
     /// The browsers of the sandboxes, started on their first browser call.
     #[cfg(feature = "browser")]
     pub(crate) browser: agentbox_tools::browser::BrowserTool,
+    /// The MCP endpoint, when enabled.
+    pub(crate) mcp: Option<agentbox_mcp::HttpService>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -77,6 +80,7 @@ pub struct Server {
     config: ServerConfig,
     recovery: RecoveryReport,
     maintenance: JoinHandle<()>,
+    mcp: mcp::Mcp,
 }
 
 impl Server {
@@ -99,6 +103,14 @@ impl Server {
             tracing::info!(adopted = ?recovery.adopted, forgotten = ?recovery.forgotten, "recovered sandboxes from the registry");
         }
         manager.start();
+        #[cfg(feature = "browser")]
+        let browser = agentbox_tools::browser::BrowserTool::default();
+        let mcp = mcp::Mcp::new(
+            &lifecycle,
+            &config.mcp,
+            #[cfg(feature = "browser")]
+            &browser,
+        )?;
         let state = AppState {
             manager,
             lifecycle: lifecycle.clone(),
@@ -107,7 +119,8 @@ impl Server {
             limiter: Arc::new(limits::RateLimits::new(&config.limits)),
             metrics: Arc::new(telemetry::ServerMetrics::default()),
             #[cfg(feature = "browser")]
-            browser: agentbox_tools::browser::BrowserTool::default(),
+            browser,
+            mcp: mcp.http.clone(),
         };
         let (router, openapi) = api::build(state.clone());
         let limiter = state.limiter.clone();
@@ -119,7 +132,7 @@ impl Server {
                 limiter.prune();
             }
         });
-        Ok(Self { state, router, openapi, config, recovery, maintenance })
+        Ok(Self { state, router, openapi, config, recovery, maintenance, mcp })
     }
 
     /// The router, ready to serve or to nest in another axum application.
@@ -159,6 +172,7 @@ impl Server {
     /// configuration says so, else leaves them for the next start to re-adopt.
     pub async fn shutdown(self) {
         self.maintenance.abort();
+        self.mcp.shutdown().await;
         if self.config.on_shutdown == ShutdownPolicy::Destroy {
             self.state.manager.shutdown().await;
         }

@@ -302,6 +302,13 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
     let (router, openapi) =
         OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(open).split_for_parts();
     let doc = finish_openapi(&openapi);
+    let mut router = router;
+    if let Some(mcp) = state.mcp.clone() {
+        // MCP over streamable HTTP: long-lived streams, so no request timeout; the same bearer token.
+        let mcp =
+            Router::new().route_service("/mcp", mcp).route_layer(from_fn_with_state(state.clone(), require_token));
+        router = router.merge(mcp);
+    }
     let router = router
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc.clone()))
         .fallback(no_route)
