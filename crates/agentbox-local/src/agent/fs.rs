@@ -29,6 +29,8 @@ pub trait Mounter {
     /// symlink(2).
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
     /// Writes a small file.
+    /// Copies a host file's content (following symlinks) to a new file.
+    fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     fn write(&mut self, path: &Path, content: &str) -> io::Result<()>;
     /// rmdir(2).
     fn rmdir(&mut self, path: &Path) -> io::Result<()>;
@@ -74,6 +76,9 @@ impl Mounter for LinuxMounter {
     fn rmdir(&mut self, path: &Path) -> io::Result<()> {
         std::fs::remove_dir(path)
     }
+    fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::copy(from, to).map(drop)
+    }
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
         std::env::set_current_dir(new_root)?;
         let dot = sys::cstr(".")?;
@@ -117,14 +122,15 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
 
     for b in &s.binds {
         let target = under(root, &b.target);
-        if b.dir {
-            m.mkdir(&target, 0o755, None)?;
-        } else {
+        if !b.dir {
+            // Single files are copied into the root (made read-only below): two mounts saved per file.
             if let Some(parent) = target.parent() {
                 m.mkdir(parent, 0o755, None)?;
             }
-            m.touch(&target)?;
+            m.copy(Path::new(&b.source), &target).map_err(ctx("copying a system file"))?;
+            continue;
         }
+        m.mkdir(&target, 0o755, None)?;
         m.mount(Some(&b.source), &target, None, libc::MS_BIND | libc::MS_REC, None)
             .map_err(ctx("binding a system path"))?;
         m.mount(None, &target, None, RO_BIND, None).map_err(ctx("making a system path read-only"))?;
@@ -321,6 +327,10 @@ mod tests {
             self.0.push(format!("rmdir {}", path.display()));
             Ok(())
         }
+        fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+            self.0.push(format!("copy {} {}", from.display(), to.display()));
+            Ok(())
+        }
         fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
             self.0.push(format!("pivot {}", new_root.display()));
             Ok(())
@@ -330,7 +340,10 @@ mod tests {
     fn setup() -> Setup {
         Setup {
             hostname: "sandbox".into(),
-            binds: vec![BindMount { source: "/usr".into(), target: "/usr".into(), dir: true }],
+            binds: vec![
+                BindMount { source: "/usr".into(), target: "/usr".into(), dir: true },
+                BindMount { source: "/etc/ld.so.cache".into(), target: "/etc/ld.so.cache".into(), dir: false },
+            ],
             symlinks: vec![("/bin".into(), "usr/bin".into())],
             files: vec![("/etc/passwd".into(), "user:x:1000:1000::/home/user:/bin/bash\n".into())],
             storage_bytes: 1 << 30,
@@ -365,6 +378,10 @@ mod tests {
     #[test]
     fn system_paths_are_bound_read_only_and_storage_is_capped() {
         let log = check(&setup());
+        assert!(
+            log.contains(&"copy /etc/ld.so.cache /r/etc/ld.so.cache".to_owned()),
+            "single files are copied, not bound"
+        );
         let bind = index(&log, "mount /usr /r/usr");
         assert!(
             log[bind + 1].starts_with("mount - /r/usr - 0x") && log[bind + 1].contains(&format!("{:#x}", RO_BIND)),
@@ -386,11 +403,15 @@ mod tests {
         let log = check(&setup());
         let pivot = index(&log, "pivot /r");
         assert!(index(&log, "mount proc /r/proc proc") < pivot);
-        let ro_root = log.iter().rposition(|l| l.starts_with("mount - / -")).unwrap();
+        let ro = format!(
+            "mount - / - {:#x} -",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV
+        );
+        let ro_root = index(&log, &ro);
         assert!(ro_root > pivot, "{log:#?}");
         assert!(log.iter().any(|l| l.starts_with("mount cgroup2 /r/.agentbox/cg cgroup2")));
         let mut s = setup();
         s.read_only_root = false;
-        assert!(!check(&s).iter().any(|l| l.starts_with("mount - / -")));
+        assert!(!check(&s).contains(&ro));
     }
 }
