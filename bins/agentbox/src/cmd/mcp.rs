@@ -27,7 +27,7 @@ pub struct Args {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,agentbox_mcp=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,agentbox=info,agentbox_mcp=info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
 }
 
