@@ -548,6 +548,7 @@ async fn a_missing_executable_names_the_install_command() {
 /// `cargo test -p agentbox-tools --test browser -- --ignored --nocapture measure`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement that prints figures"]
+#[allow(clippy::print_stdout)]
 async fn measure_launch_and_navigate_screenshot() {
     let site = Site::new("browser-bench").await;
     let mut launches = Vec::new();
@@ -573,19 +574,19 @@ async fn measure_launch_and_navigate_screenshot() {
         evals.push(ms(t3));
     }
     launches.sort_unstable();
-    let pct = |v: &mut Vec<f64>, p: f64| {
+    let pct = |v: &mut Vec<f64>, percent: usize| {
         v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * p).round() as usize]
+        v[(v.len() - 1) * percent / 100]
     };
     println!("launch ms (5 runs, sorted): {launches:?}; median {}", launches[2]);
     println!(
         "navigate + screenshot ms (30 runs): p50 {:.1}, p90 {:.1}; navigate p50 {:.1}, screenshot p50 {:.1}; \
          a trivial call (evaluate 1) p50 {:.1}",
-        pct(&mut rounds, 0.5),
-        pct(&mut rounds, 0.9),
-        pct(&mut navs, 0.5),
-        pct(&mut shots, 0.5),
-        pct(&mut evals, 0.5)
+        pct(&mut rounds, 50),
+        pct(&mut rounds, 90),
+        pct(&mut navs, 50),
+        pct(&mut shots, 50),
+        pct(&mut evals, 50)
     );
     site.close().await;
 }
