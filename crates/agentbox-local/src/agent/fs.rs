@@ -29,9 +29,9 @@ pub trait Mounter {
     /// symlink(2).
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
     /// Writes a small file.
+    fn write(&mut self, path: &Path, content: &str) -> io::Result<()>;
     /// Copies a host file's content (following symlinks) to a new file.
     fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()>;
-    fn write(&mut self, path: &Path, content: &str) -> io::Result<()>;
     /// rmdir(2).
     fn rmdir(&mut self, path: &Path) -> io::Result<()>;
     /// Makes `new_root` the root and detaches the old one.

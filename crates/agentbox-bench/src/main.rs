@@ -1,0 +1,350 @@
+//! `agentbox-bench`: measures agentbox against baselines taken in the same run
+//! and prints each figure as p50/p90 with its ratio to the baseline.
+//!
+//! Run with `cargo run --release -p agentbox-bench` (as root). See docs/BENCHMARKS.md.
+#![allow(clippy::print_stdout, clippy::cast_precision_loss)] // a benchmark prints figures
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentbox_config::Preset;
+use agentbox_core::{CreateOptions, CreateRequest, ExecRequest, ManagerConfig, RunId, SandboxBackend, SandboxManager};
+use agentbox_local::{LocalBackend, LocalConfig};
+use clap::Parser;
+
+/// Benchmarks of the local backend against baselines measured in the same run.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Iterations of the latency benchmarks (P1, P3); P2 runs ten times as many.
+    #[arg(long, default_value_t = 40)]
+    iterations: usize,
+    /// Idle sandboxes to hold at once for P4.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Sandboxes created in total for P6.
+    #[arg(long, default_value_t = 96)]
+    creates: usize,
+    /// Run only these benchmarks (p1..p6); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+struct Stats {
+    p50: Duration,
+    p90: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    // Nearest-rank percentile: index = round((n - 1) * q / 100).
+    let at = |q: usize| v[((v.len() - 1) * q + 50) / 100];
+    Stats { p50: at(50), p90: at(90) }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn row(name: &str, ours: &Stats, base_name: &str, base: &Stats) {
+    println!(
+        "{name:<44} p50 {:>11}  p90 {:>11} | {base_name:<28} p50 {:>11}  p90 {:>11} | ratio p50 {:.2}x",
+        ms(ours.p50),
+        ms(ours.p90),
+        ms(base.p50),
+        ms(base.p90),
+        ours.p50.as_secs_f64() / base.p50.as_secs_f64()
+    );
+}
+
+fn spawn_wait(cmd: &mut Command) {
+    let status = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    assert!(status.is_ok_and(|s| s.success()), "baseline command failed: {cmd:?}");
+}
+
+fn bwrap() -> Command {
+    let mut c = Command::new("bwrap");
+    c.args(["--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "true"]);
+    c
+}
+
+fn mem_available_kb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemAvailable:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn pss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn p1(backend: &LocalBackend, n: usize) {
+    let mut base = Vec::with_capacity(n);
+    let mut ours = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        spawn_wait(&mut bwrap());
+        base.push(t.elapsed());
+        let t = Instant::now();
+        let sb = backend.create(CreateRequest::default()).await.expect("create");
+        let out = backend.exec(&sb.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+        backend.destroy(&sb.id).await.expect("destroy");
+        ours.push(t.elapsed());
+        assert_eq!(out.exit_code, 0);
+    }
+    row("P1 cold create + exec true + destroy", &stats(ours), "bwrap --unshare-all true", &stats(base));
+}
+
+async fn p2(backend: &LocalBackend, n: usize) {
+    let sb = backend.create(CreateRequest::default()).await.expect("create");
+    let mut base = Vec::with_capacity(n);
+    let mut ours = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        spawn_wait(&mut Command::new("/bin/true"));
+        base.push(t.elapsed());
+        let t = Instant::now();
+        let out = backend.exec(&sb.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+        ours.push(t.elapsed());
+        assert_eq!(out.exit_code, 0);
+    }
+    backend.destroy(&sb.id).await.expect("destroy");
+    row("P2 warm exec true (round trip)", &stats(ours), "spawn /bin/true directly", &stats(base));
+}
+
+async fn p3(backend: Arc<LocalBackend>, n: usize) {
+    let mut pool = BTreeMap::new();
+    pool.insert(Preset::Default, 2);
+    let manager = SandboxManager::new(backend.clone(), ManagerConfig { pool_sizes: pool, ..ManagerConfig::default() });
+    let mut ours = Vec::with_capacity(n);
+    let mut cold = Vec::with_capacity(n);
+    for i in 0..n {
+        manager.fill_pool().await;
+        let run = RunId::parse(&format!("bench-{i}")).expect("run id");
+        let t = Instant::now();
+        manager
+            .get_or_create(&run, CreateOptions { preset: Some(Preset::Default), config: None })
+            .await
+            .expect("acquire");
+        ours.push(t.elapsed());
+        manager.destroy(&run).await.expect("destroy");
+        let t = Instant::now();
+        let sb = backend.create(CreateRequest::default()).await.expect("create");
+        cold.push(t.elapsed());
+        backend.destroy(&sb.id).await.expect("destroy");
+    }
+    manager.shutdown().await;
+    row("P3 acquire for a new run_id (warm pool)", &stats(ours), "cold create", &stats(cold));
+}
+
+async fn p4(backend: &LocalBackend, count: usize) {
+    let before = mem_available_kb();
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(count);
+    let mut failure = None;
+    for _ in 0..count {
+        match backend.create(CreateRequest::preset(Preset::Lightweight)).await {
+            Ok(sb) => ids.push(sb.id),
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let took = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = mem_available_kb();
+    let mut pss = 0;
+    let mut procs = 0;
+    for id in &ids {
+        for pid in backend.host_pids(id).unwrap_or_default() {
+            pss += pss_kb(pid);
+            procs += 1;
+        }
+    }
+    let mut healthy = 0;
+    for id in &ids {
+        if backend.health(id).await.is_ok_and(|h| h.healthy) {
+            healthy += 1;
+        }
+    }
+    let held = ids.len().max(1) as f64;
+    println!(
+        "P4 idle sandboxes held: {} of {count} ({healthy} answering health checks), created in {:.1} s{}",
+        ids.len(),
+        took.as_secs_f64(),
+        failure.map(|f| format!(", stopped by: {f}")).unwrap_or_default()
+    );
+    println!(
+        "P4 host memory per idle sandbox: {:.2} MiB (MemAvailable drop), {:.2} MiB PSS of its {} processes",
+        before.saturating_sub(after) as f64 / 1024.0 / held,
+        pss as f64 / 1024.0 / held,
+        f64::from(procs) / held
+    );
+    for id in &ids {
+        let _ = backend.destroy(id).await;
+    }
+}
+
+async fn p6(backend: Arc<LocalBackend>, total: usize) {
+    let creators = 8;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..creators {
+        let b = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..total / creators {
+                ids.push(b.create(CreateRequest::default()).await.expect("create").id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.expect("creator"));
+    }
+    let ours = ids.len() as f64 / t.elapsed().as_secs_f64();
+    for id in &ids {
+        let _ = backend.destroy(id).await;
+    }
+    let t = Instant::now();
+    let handles: Vec<_> = (0..creators)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..total / creators {
+                    spawn_wait(&mut bwrap());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let base = (total / creators * creators) as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "P6 create throughput, {creators} concurrent creators: {ours:.1} sandboxes/s | bwrap sandboxes run to completion: {base:.1}/s | ratio {:.2}x",
+        ours / base
+    );
+}
+
+async fn p5(backend: Arc<LocalBackend>, n: usize) {
+    use agentbox_server::config::ServerConfig;
+    use agentbox_server::registry::Registry;
+    use agentbox_server::{ApiToken, Server};
+
+    let mut config = ServerConfig::default();
+    config.limits.rate_limit_per_second = 1_000_000;
+    config.limits.rate_limit_burst = 1_000_000;
+    let token = "bench-token-0123456789abcdef";
+    let server =
+        Server::start(backend, config, ApiToken::new(token).expect("token"), Registry::in_memory().expect("registry"))
+            .await
+            .expect("server");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let manager = server.manager().clone();
+    let server = Arc::new(server);
+    let serving = {
+        let s = server.clone();
+        tokio::spawn(async move { s.serve(listener, std::future::pending()).await })
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let base = format!("http://{addr}/api/sandboxes");
+    let create = client
+        .post(format!("{base}/create"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"run_id": "bench"}))
+        .send()
+        .await
+        .expect("create");
+    assert!(create.status().is_success(), "create: {}", create.status());
+    let run = RunId::parse("bench").expect("run id");
+    let exec_url = format!("{base}/bench/execute/command");
+    let body = serde_json::json!({"argv": ["true"]});
+    let mut rest = Vec::with_capacity(n);
+    let mut lib = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = client.post(&exec_url).bearer_auth(token).json(&body).send().await.expect("exec");
+        assert!(r.status().is_success(), "exec: {}", r.status());
+        let _ = r.bytes().await;
+        rest.push(t.elapsed());
+        let t = Instant::now();
+        manager.exec_collect(&run, ExecRequest::argv(["true"])).await.expect("exec");
+        lib.push(t.elapsed());
+    }
+    let (rest, lib) = (stats(rest), stats(lib));
+    row("P5 REST exec true round trip", &rest, "same exec through the library", &lib);
+    println!("P5 REST overhead at p50: {:+.3} ms", (rest.p50.as_secs_f64() - lib.p50.as_secs_f64()) * 1000.0);
+    let clients = 32;
+    let per_client = (n * 4 / clients).max(10);
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), exec_url.clone(), body.clone());
+            tokio::spawn(async move {
+                for _ in 0..per_client {
+                    let r = client.post(&url).bearer_auth(token).json(&body).send().await.expect("exec");
+                    assert!(r.status().is_success(), "exec: {}", r.status());
+                    let _ = r.bytes().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client");
+    }
+    let rate = (clients * per_client) as f64 / t.elapsed().as_secs_f64();
+    println!("P5 REST throughput, {clients} concurrent clients: {rate:.0} exec/s");
+    serving.abort();
+    manager.shutdown().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let want = |p: &str| args.only.is_empty() || args.only.iter().any(|o| o == p);
+    let backend = Arc::new(LocalBackend::new(LocalConfig::default()).expect("the local backend needs root"));
+    for l in backend.limitations() {
+        println!("note: {l}");
+    }
+    println!(
+        "machine: {} CPUs, kernel {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    // Warm-up: the first create makes the sealed agent copy; page caches fill.
+    for _ in 0..3 {
+        let sb = backend.create(CreateRequest::default()).await.expect("create");
+        backend.destroy(&sb.id).await.expect("destroy");
+        spawn_wait(&mut bwrap());
+    }
+    if want("p1") {
+        p1(&backend, args.iterations).await;
+    }
+    if want("p2") {
+        p2(&backend, args.iterations * 10).await;
+    }
+    if want("p3") {
+        p3(backend.clone(), args.iterations).await;
+    }
+    if want("p5") {
+        p5(backend.clone(), args.iterations * 5).await;
+    }
+    if want("p6") {
+        p6(backend.clone(), args.creates).await;
+    }
+    if want("p4") {
+        p4(&backend, args.idle).await;
+    }
+}
