@@ -11,10 +11,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages the test suite needs:
-#   chromium   headless browser behind the browser tool
-#   e2fsprogs  mke2fs, for the local backend's size-capped sandbox filesystems
-#   iproute2   ip, for sandbox network namespaces
-REQUIRED_PACKAGES=(chromium e2fsprogs iproute2)
+#   chromium            headless browser behind the browser tool
+#   python3             the interpreter sandboxes run Python code with (the system one, under /usr)
+#   python3-matplotlib  rich results of the code tool (figures as PNG)
+#   curl                downloads inside sandboxes in the network tests
+#   nodejs              JavaScript in sandboxes (only when no node is installed under /usr)
+REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl)
+if [[ ! -x /usr/bin/node && ! -x /usr/local/bin/node ]]; then
+    REQUIRED_PACKAGES+=(nodejs)
+fi
 
 step() {
     printf '\n==> %s\n' "$*"
