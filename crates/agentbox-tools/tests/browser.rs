@@ -590,3 +590,28 @@ async fn measure_launch_and_navigate_screenshot() {
     );
     site.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_too_small_for_a_browser_names_the_browser_preset() {
+    let backend = Arc::new(LocalBackend::new(LocalConfig::default()).expect("the local backend needs root"));
+    let manager = SandboxManager::new(backend, ManagerConfig::default());
+    let run = RunId::parse("browser-small").unwrap();
+    // Chromium's threads count against the process limit: 64 is far too few.
+    let mut config = Preset::Lightweight.config();
+    config.security.max_processes = 64;
+    manager.get_or_create(&run, CreateOptions { preset: None, config: Some(config) }).await.unwrap();
+    let ctx = ToolContext::new(manager.clone(), run);
+    let tool = BrowserTool::new(BrowserConfig {
+        cdp_timeout: Duration::from_secs(5),
+        launch_timeout: Duration::from_secs(20),
+        user_data_dir: "/home/user/.config/chromium-browser-small".into(),
+        ..BrowserConfig::default()
+    });
+    let err = tokio::time::timeout(CALL_LIMIT, tool.call(&ctx, json!({"action": "navigate", "url": "about:blank"})))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.message.contains("create the sandbox with the `browser` preset"), "{err:?}");
+    assert!(err.message.contains("room for 64 processes"), "{err:?}");
+    manager.shutdown().await;
+}

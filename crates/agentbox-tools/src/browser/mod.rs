@@ -279,7 +279,13 @@ impl BrowserTool {
             let output = if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") };
             return BrowserError::Gone(format!("{e}.{output}{}", session::resources_hint(config)));
         }
-        e
+        match e {
+            // A browser short of memory or processes shows up as calls that never answer.
+            BrowserError::Timeout(m) if m.contains("did not answer") => {
+                BrowserError::Timeout(format!("{m}.{}", session::resources_hint(config)))
+            }
+            other => other,
+        }
     }
 
     async fn close(&self, sb: &Sandbox<'_>, slot: &mut Slot) -> Value {

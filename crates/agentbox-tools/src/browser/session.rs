@@ -250,6 +250,17 @@ pub(crate) async fn launch(
             Ok(session)
         }
         Err(e) => {
+            let e = match e {
+                e @ (BrowserError::Launch(_) | BrowserError::Sandbox(_)) => e,
+                other => {
+                    let tail = log_tail(sb, process.output_path.as_deref()).await;
+                    let output = if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") };
+                    BrowserError::Launch(format!(
+                        "Chromium started, but setting it up failed: {other}.{output}{}",
+                        resources_hint(sandbox_config)
+                    ))
+                }
+            };
             kill(sb, pid).await;
             Err(e)
         }
