@@ -60,6 +60,8 @@ pub struct AppState {
     pub(crate) browser: agentbox_tools::browser::BrowserTool,
     /// The MCP endpoint, when enabled.
     pub(crate) mcp: Option<agentbox_mcp::HttpService>,
+    /// The agent tools of `/api/tools` and `/api/sandboxes/{run_id}/tools/{name}`.
+    pub(crate) tools: agentbox_tools::ToolRegistry,
 }
 
 impl std::fmt::Debug for AppState {
@@ -87,7 +89,7 @@ impl Server {
     /// Recovers the registry's sandboxes, starts the manager's background tasks and builds the router.
     ///
     /// # Errors
-    /// [`ServerError::Config`] for invalid limits, [`ServerError::Recovery`] if the backend can't list its
+    /// [`ServerError::Config`] for invalid limits or web search settings in the environment, [`ServerError::Recovery`] if the backend can't list its
     /// sandboxes, [`ServerError::Registry`] if the registry fails.
     pub async fn start(
         backend: Arc<dyn SandboxBackend>,
@@ -105,6 +107,10 @@ impl Server {
         manager.start();
         #[cfg(feature = "browser")]
         let browser = agentbox_tools::browser::BrowserTool::default();
+        let tools = api::tools::registry(
+            #[cfg(feature = "browser")]
+            &browser,
+        )?;
         let mcp = mcp::Mcp::new(
             &lifecycle,
             &config.mcp,
@@ -121,6 +127,7 @@ impl Server {
             #[cfg(feature = "browser")]
             browser,
             mcp: mcp.http.clone(),
+            tools,
         };
         let (router, openapi) = api::build(state.clone());
         let limiter = state.limiter.clone();

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use agentbox_config::Preset;
+use agentbox_config::{NetworkConfig, Preset};
 use agentbox_core::{CreateOptions, ManagedSandbox, RunId, SandboxBackend, SandboxInfo, SandboxManager, SandboxState};
 use tokio::sync::Mutex;
 
@@ -125,6 +125,23 @@ impl Lifecycle {
             }
         }
         result
+    }
+
+    /// Replaces the run's network policy live, and records the new configuration in the registry.
+    ///
+    /// A registry write that fails after the backend applied the policy is logged rather than returned
+    /// (the policy is in effect); the periodic [`sync`](Self::sync) records it later.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::update_network`].
+    pub async fn update_network(&self, run: &RunId, network: NetworkConfig) -> agentbox_core::Result<ManagedSandbox> {
+        self.manager.update_network(run, network).await?;
+        let _j = self.journal.lock().await;
+        let sandbox = self.manager.get(run)?;
+        if let Err(e) = self.registry.upsert(ready_record(&sandbox)).await {
+            tracing::error!(run_id = %run, error = %e, "recording a network policy change in the registry failed");
+        }
+        Ok(sandbox)
     }
 
     /// Probes the run's sandbox, journaling a replacement if the probe recreated it.

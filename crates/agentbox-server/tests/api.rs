@@ -227,7 +227,7 @@ async fn every_route_but_health_and_docs_requires_the_token() {
     let mut walked = Vec::new();
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
-            let url = t.url(&path.replace("{run_id}", "r"));
+            let url = t.url(&path.replace("{run_id}", "r").replace("{name}", "shell"));
             let method: reqwest::Method = method.to_uppercase().parse().unwrap();
             walked.push(format!("{method} {path}"));
             let open = path == "/health";
@@ -260,12 +260,15 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "GET /api/sandboxes/{run_id}/files/list",
         "GET /api/sandboxes/{run_id}/health",
         "GET /api/sandboxes/{run_id}/metrics",
+        "GET /api/tools",
         "GET /health",
         "GET /metrics",
         "POST /api/sandboxes/create",
         "POST /api/sandboxes/{run_id}/execute/code",
         "POST /api/sandboxes/{run_id}/execute/command",
+        "POST /api/sandboxes/{run_id}/tools/{name}",
         "PUT /api/sandboxes/{run_id}/files",
+        "PUT /api/sandboxes/{run_id}/network",
     ];
     if cfg!(feature = "browser") {
         expected.push("POST /api/sandboxes/{run_id}/browser");
@@ -637,4 +640,25 @@ async fn shutdown_lets_requests_in_flight_finish() {
     assert_eq!(r.json::<Value>().await.unwrap()["stdout"], "done\n");
     stopping.await.unwrap();
     assert!(client.get(url).bearer_auth(TOKEN).send().await.is_err(), "no new connections after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_changes_on_a_backend_without_live_updates_are_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestServer::host(dir.path(), ServerConfig::default()).await;
+    t.create("net").await;
+    let put = |run: &str, body: Value| t.put(&format!("/api/sandboxes/{run}/network")).json(&body).send();
+    let msg = expect_error(put("net", json!({"enabled": true})).await.unwrap(), 422, "unsupported").await;
+    assert!(msg.contains("cannot change network policy of a running sandbox"), "{msg}");
+    let view: Value = t.get("/api/sandboxes/net").send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["config"]["network"]["enabled"], false, "the policy is unchanged");
+    // The body is checked before the run: every problem is listed.
+    let r =
+        put("nobody", json!({"allowed_domains": ["not a domain"], "bandwidth_out_bytes_per_sec": 0})).await.unwrap();
+    let text = r.text().await.unwrap();
+    let err: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(err["error"]["code"], "invalid_config", "{text}");
+    assert_eq!(err["error"]["details"].as_array().unwrap().len(), 2, "{text}");
+    expect_error(put("nobody", json!({"enabled": true})).await.unwrap(), 404, "not_found").await;
+    t.stop().await;
 }

@@ -1,13 +1,13 @@
 //! The browser route: one action of the sandbox's headless Chromium (the `browser` tool; see docs/BROWSER.md).
 
-use agentbox_tools::{Tool, ToolContext, ToolError, ToolErrorKind};
+use agentbox_tools::{Tool, ToolContext};
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::ErrorResponses;
 use super::extract::{ApiJson, RunIdPath};
+use super::tools::tool_error;
 use super::types::RunIdParam;
 use crate::AppState;
 use crate::error::ApiError;
@@ -38,19 +38,4 @@ pub async fn browser_action(
     state.manager.get(&run)?;
     let ctx = ToolContext::new(state.manager.clone(), run);
     state.browser.call(&ctx, input).await.map(Json).map_err(tool_error)
-}
-
-/// A failed browser action as an API error.
-fn tool_error(e: ToolError) -> ApiError {
-    let (status, code) = match e.kind {
-        ToolErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_request"),
-        ToolErrorKind::NotFound | ToolErrorKind::UnknownTool => (StatusCode::NOT_FOUND, "not_found"),
-        ToolErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        ToolErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
-        ToolErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-        ToolErrorKind::LimitExceeded => (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
-        ToolErrorKind::Unsupported | ToolErrorKind::NotConfigured => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
-        ToolErrorKind::Failed => (StatusCode::UNPROCESSABLE_ENTITY, "action_failed"),
-    };
-    ApiError::new(status, code, e.message)
 }

@@ -5,8 +5,10 @@ pub mod browser;
 pub mod exec;
 pub mod extract;
 pub mod files;
+pub mod network;
 pub mod sandboxes;
 pub mod system;
+pub mod tools;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -105,6 +107,7 @@ impl Modify for Security {
         (name = "sandboxes", description = "Sandbox lifecycle"),
         (name = "execution", description = "Commands and code"),
         (name = "files", description = "Files inside a sandbox"),
+        (name = "tools", description = "Agent tools: shell, code, files, web search, browser"),
         (name = "server", description = "Liveness and metrics"),
     )
 )]
@@ -197,6 +200,7 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
         "readFile",
         "writeFile",
         "listFiles",
+        "setSandboxNetwork",
     ] {
         links.insert(op.to_owned(), json!({"operationId": op, "parameters": {"run_id": "$response.body#/run_id"}}));
     }
@@ -285,7 +289,8 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
     let long = OpenApiRouter::new()
         .routes(routes!(sandboxes::create_sandbox))
         .routes(routes!(exec::execute_command))
-        .routes(routes!(exec::execute_code));
+        .routes(routes!(exec::execute_code))
+        .routes(routes!(tools::call_tool));
     #[cfg(feature = "browser")]
     let long = long.routes(routes!(browser::browser_action));
     let short = OpenApiRouter::new()
@@ -295,6 +300,8 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::sandbox_health))
         .routes(routes!(files::read_file, files::write_file))
         .routes(routes!(files::list_files))
+        .routes(routes!(network::set_network))
+        .routes(routes!(tools::list_tools))
         .routes(routes!(system::prometheus))
         .route_layer(from_fn_with_state(state.clone(), request_timeout));
     let protected = long.merge(short).route_layer(from_fn_with_state(state.clone(), require_token));

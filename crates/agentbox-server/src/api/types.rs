@@ -242,7 +242,8 @@ pub struct NetworkSpec {
 }
 
 impl NetworkSpec {
-    fn into_config(self) -> NetworkConfig {
+    /// The policy, with defaults for the fields left out.
+    pub(crate) fn into_config(self) -> NetworkConfig {
         let d = NetworkConfig::default();
         NetworkConfig {
             enabled: self.enabled.unwrap_or(d.enabled),

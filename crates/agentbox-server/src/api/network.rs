@@ -1,0 +1,78 @@
+//! The network policy route: replaces a running sandbox's egress rules, live (see docs/NETWORK.md).
+
+use agentbox_config::{NetworkConfig, SandboxConfig};
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ErrorResponses;
+use super::extract::{ApiJson, RunIdPath};
+use super::types::{NetworkSpec, RunIdParam};
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A sandbox's effective network policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct NetworkPolicy {
+    /// Whether the sandbox may reach anything beyond its own loopback.
+    pub enabled: bool,
+    /// Names the sandbox may reach (exact or `*.example.com`); empty means all public names.
+    pub allowed_domains: Vec<String>,
+    /// Names the sandbox may never reach; deny wins over allow.
+    pub denied_domains: Vec<String>,
+    /// Resolvers used for the sandbox's lookups; empty means the host's.
+    pub dns_servers: Vec<String>,
+    /// Private, loopback or link-local ranges (CIDR) allowed anyway.
+    pub allowed_cidrs: Vec<String>,
+    /// Download limit in bytes per second; null for none.
+    pub bandwidth_in_bytes_per_sec: Option<u64>,
+    /// Upload limit in bytes per second; null for none.
+    pub bandwidth_out_bytes_per_sec: Option<u64>,
+}
+
+impl From<NetworkConfig> for NetworkPolicy {
+    fn from(n: NetworkConfig) -> Self {
+        Self {
+            enabled: n.enabled,
+            allowed_domains: n.allowed_domains,
+            denied_domains: n.denied_domains,
+            dns_servers: n.dns_servers,
+            allowed_cidrs: n.allowed_cidrs,
+            bandwidth_in_bytes_per_sec: n.bandwidth_in_bytes_per_sec,
+            bandwidth_out_bytes_per_sec: n.bandwidth_out_bytes_per_sec,
+        }
+    }
+}
+
+/// Replaces the run's network policy while the sandbox runs.
+///
+/// The body is the whole policy, as in `network` of a create request: fields left out take their
+/// defaults (networking off, no lists, no bandwidth limits), so `{}` cuts the sandbox off. New
+/// connections follow the new rules at once, and open connections the new rules refuse are closed;
+/// turning networking off closes them all. Every invalid field is listed in the 400 answer (paths
+/// such as `network.allowed_cidrs[0]`). Backends that can't change a running sandbox's policy answer
+/// 422 `unsupported`, and the old policy stays.
+#[utoipa::path(
+    put,
+    path = "/api/sandboxes/{run_id}/network",
+    operation_id = "setSandboxNetwork",
+    tag = "sandboxes",
+    params(RunIdParam),
+    request_body = NetworkSpec,
+    responses((status = 200, description = "The sandbox's effective network policy", body = NetworkPolicy), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn set_network(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+    ApiJson(body): ApiJson<NetworkSpec>,
+) -> Result<Json<NetworkPolicy>, ApiError> {
+    let network = body.into_config();
+    // The body alone first, so a malformed policy is a 400 whatever the run.
+    SandboxConfig { network: network.clone(), ..SandboxConfig::default() }
+        .validate()
+        .map_err(agentbox_core::Error::InvalidConfig)?;
+    let sandbox = state.lifecycle.update_network(&run, network).await?;
+    Ok(Json(sandbox.config.network.into()))
+}
