@@ -67,17 +67,8 @@ pub async fn execute_command(
     ApiJson(body): ApiJson<ExecuteCommandRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.into_exec()?;
-    if wants_events(&headers) {
-        let cap = output_cap(&state, &run)?;
-        let stream = state.manager.exec(&run, request).await.map_err(ApiError::from_operation)?;
-        return Ok(events(stream, cap).into_response());
-    }
-    let limit = deadline(&state, &run, request.timeout)?;
-    let out = tokio::time::timeout(limit, state.manager.exec_collect(&run, request))
-        .await
-        .map_err(|_| ApiError::timeout("the execution", limit))?
-        .map_err(ApiError::from_operation)?;
-    Ok(Json(ExecResult::from(out)).into_response())
+    let timeout = request.timeout;
+    respond(&state, &run, &headers, timeout, state.manager.exec(&run, request)).await
 }
 
 /// Runs code in python, javascript, typescript or bash.
@@ -106,13 +97,28 @@ pub async fn execute_code(
     ApiJson(body): ApiJson<ExecuteCodeRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.into_code()?;
-    if wants_events(&headers) {
-        let cap = output_cap(&state, &run)?;
-        let stream = state.manager.run_code(&run, request).await.map_err(ApiError::from_operation)?;
+    let timeout = request.timeout;
+    respond(&state, &run, &headers, timeout, state.manager.run_code(&run, request)).await
+}
+
+/// Answers an execution: its events as they happen when the client asked for them, otherwise the collected
+/// result, bounded by the execution's limit plus the grace.
+async fn respond(
+    state: &AppState,
+    run: &RunId,
+    headers: &HeaderMap,
+    timeout: Option<Duration>,
+    start: impl std::future::Future<Output = agentbox_core::Result<ExecStream>>,
+) -> Result<Response, ApiError> {
+    let cap = output_cap(state, run)?;
+    if wants_events(headers) {
+        let stream = start.await.map_err(ApiError::from_operation)?;
         return Ok(events(stream, cap).into_response());
     }
-    let limit = deadline(&state, &run, request.timeout)?;
-    let out = tokio::time::timeout(limit, state.manager.run_code_collect(&run, request))
+    let limit = deadline(state, run, timeout)?;
+    let collected =
+        async { Ok::<_, agentbox_core::Error>(start.await?.collect(usize::try_from(cap).unwrap_or(usize::MAX)).await) };
+    let out = tokio::time::timeout(limit, collected)
         .await
         .map_err(|_| ApiError::timeout("the execution", limit))?
         .map_err(ApiError::from_operation)?;
