@@ -40,7 +40,7 @@ mod input;
 mod session;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use agentbox_core::config::SandboxConfig;
@@ -120,7 +120,10 @@ const PROBE_LIMIT: Duration = Duration::from_secs(3);
 /// How long a call waits for another call on the same sandbox's browser to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(input::MAX_TIMEOUT_MS / 1000 + 60);
 
-/// The `browser` tool. Cloning it shares the browsers it runs.
+/// The `browser` tool. It keeps one browser per sandbox; clones share them.
+///
+/// Use one tool (or its clones) per process for a given set of sandboxes: two independent tools on the
+/// same sandbox would each start a browser there. [`BrowserTool::default`] is shared process-wide.
 #[derive(Clone)]
 pub struct BrowserTool {
     config: Arc<BrowserConfig>,
@@ -134,8 +137,12 @@ impl std::fmt::Debug for BrowserTool {
 }
 
 impl Default for BrowserTool {
+    /// The process's shared tool with the default configuration: every `BrowserTool::default()`, and so
+    /// every [`ToolRegistry::standard`](crate::ToolRegistry::standard), drives the same browsers, so that a
+    /// sandbox never gets two (they would compete for its DevTools port and profile).
     fn default() -> Self {
-        Self::new(BrowserConfig::default())
+        static SHARED: LazyLock<BrowserTool> = LazyLock::new(|| BrowserTool::new(BrowserConfig::default()));
+        SHARED.clone()
     }
 }
 
