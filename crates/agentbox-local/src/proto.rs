@@ -171,7 +171,7 @@ pub struct Ready {
 /// One execution.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Exec {
-    /// argv; argv[0] is looked up in PATH if it has no slash.
+    /// argv; `argv[0]` is looked up in PATH if it has no slash.
     pub argv: Vec<String>,
     /// Working directory.
     pub cwd: String,

@@ -20,7 +20,7 @@ pub struct ServeArgs {
     /// [default: /var/lib/agentbox for root, else ~/.local/share/agentbox].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Server configuration file (TOML): listen, data_dir, backend, api_token, [limits], [manager], on_shutdown.
+    /// Server configuration file (TOML): listen, data_dir, backend, api_token, `[limits]`, `[manager]`, on_shutdown.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where sandboxes run [default: local].

@@ -107,12 +107,12 @@ pub enum BrowserAction {
         #[schemars(range(min = 1, max = 300_000))]
         timeout_ms: Option<u64>,
     },
-    /// Choose options of a <select> element, by value or visible label.
+    /// Choose options of a `<select>` element, by value or visible label.
     Select {
         /// A ref from the latest snapshot, such as `e12`.
         #[serde(rename = "ref")]
         reference: Option<String>,
-        /// CSS selector of the <select> element.
+        /// CSS selector of the `<select>` element.
         selector: Option<String>,
         /// Values or labels of the options to select (several only for a multiple select).
         values: Vec<String>,

@@ -299,7 +299,12 @@ async fn create_context(sb: &Sandbox<'_>, language: CodeLanguage, id: Option<Str
         }
         _ => format!("exec node {} {}", quote(&format!("{drivers}/node_driver.js")), quote(&dir)),
     };
-    let line = format!("cd {d} && {{ [ -p requests ] || mkfifo -m 600 requests; }} && {launch}", d = quote(&dir));
+    // The interpreter itself runs in the user's home, so relative paths in user code mean what the file tools mean.
+    let line = format!(
+        "cd {d} && {{ [ -p requests ] || mkfifo -m 600 requests; }} && cd {home} && {launch}",
+        d = quote(&dir),
+        home = quote(&sb.config().home_dir)
+    );
     let mut env = BTreeMap::new();
     env.insert("MPLBACKEND".to_owned(), "Agg".to_owned());
     env.insert("PYTHONUNBUFFERED".to_owned(), "1".to_owned());
