@@ -196,7 +196,8 @@ async fn python_context_keeps_state_and_reports_errors_and_timeouts() {
     assert_eq!(out["results"][0]["text"], "40", "the context survives a timeout with its state");
 
     // Relative paths in code mean the same place as for the file tools: the user's home.
-    let out = call(&sb, "run_code", json!({"code": "import os\nopen('rel.txt', 'w').write('from code')\nos.getcwd()"})).await;
+    let out =
+        call(&sb, "run_code", json!({"code": "import os\nopen('rel.txt', 'w').write('from code')\nos.getcwd()"})).await;
     assert_eq!(out["results"][0]["text"], "'/home/user'", "{out}");
     let read = call(&sb, "read_file", json!({"path": "rel.txt"})).await;
     assert!(read.to_string().contains("from code"), "{read}");
