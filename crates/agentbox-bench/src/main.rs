@@ -90,18 +90,27 @@ fn pss_kb(pid: i32) -> u64 {
 async fn p1(backend: &LocalBackend, n: usize) {
     let mut base = Vec::with_capacity(n);
     let mut ours = Vec::with_capacity(n);
+    let mut phases: [Vec<Duration>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..n {
         let t = Instant::now();
         spawn_wait(&mut bwrap());
         base.push(t.elapsed());
         let t = Instant::now();
         let sb = backend.create(CreateRequest::default()).await.expect("create");
+        let created = t.elapsed();
         let out = backend.exec(&sb.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+        let executed = t.elapsed();
         backend.destroy(&sb.id).await.expect("destroy");
-        ours.push(t.elapsed());
+        let total = t.elapsed();
+        ours.push(total);
+        phases[0].push(created);
+        phases[1].push(executed - created);
+        phases[2].push(total - executed);
         assert_eq!(out.exit_code, 0);
     }
     row("P1 cold create + exec true + destroy", &stats(ours), "bwrap --unshare-all true", &stats(base));
+    let [c, e, d] = phases.map(|v| ms(stats(v).p50));
+    println!("   of which (p50 of each phase): create {c}, exec {e}, destroy {d}");
 }
 
 async fn p2(backend: &LocalBackend, n: usize) {
