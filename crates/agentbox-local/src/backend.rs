@@ -1,7 +1,7 @@
 //! The host side: creating, driving and destroying sandboxes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
 use crate::files::Root;
 use crate::proto::{self, BindMount, Exec, Exited, Failure, Kind, ProcList, Quota, Ready, Setup};
-use crate::{agent, sealed, seccomp, sys};
+use crate::{agent, seccomp, sys, zygote};
 
 /// Host-level settings of the local backend (per-sandbox settings live in `SandboxConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +104,8 @@ enum Route {
 struct Sandbox {
     info: SandboxInfo,
     config: SandboxConfig,
-    child: Mutex<Option<std::process::Child>>,
+    /// The init's pidfd: kill and wait through it, never by a pid that could be reused.
+    pidfd: OwnedFd,
     init_pid: i32,
     cgroup: SandboxCgroup,
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
@@ -442,7 +443,7 @@ impl LocalBackend {
         let limits = Limits {
             memory_bytes: config.memory_mb.saturating_mul(1024 * 1024),
             cpus: config.cpu_count,
-            pids: u64::from(config.security.max_processes) + 2,
+            pids: u64::from(config.security.max_processes) + 1, // and the init
         };
         let cgroup = match self.inner.cgroups.layout() {
             crate::CgroupLayout::None => SandboxCgroup::default(),
@@ -452,10 +453,10 @@ impl LocalBackend {
                 .create(&id, limits)
                 .map_err(|e| cleanup_dir(backend_err("creating the sandbox cgroup", e)))?,
         };
-        let fail = |e: Error, child: Option<&mut std::process::Child>| {
-            if let Some(c) = child {
-                let _ = c.kill();
-                let _ = c.wait();
+        let fail = |e: Error, init: Option<&zygote::Init>| {
+            if let Some(init) = init {
+                let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
+                sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
             }
             cgroup.kill_all();
             cgroup.remove();
@@ -463,7 +464,6 @@ impl LocalBackend {
             e
         };
 
-        let exe = sealed::agent_path().map_err(|e| fail(Error::Backend(e), None))?;
         let mut fds = [0; 2];
         // SAFETY: socketpair into a local array.
         sys::check(unsafe {
@@ -472,60 +472,43 @@ impl LocalBackend {
         .map_err(|e| fail(backend_err("creating the control socket", e), None))?;
         // SAFETY: both fds are fresh and owned here.
         let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // The setup waits in the socket for the init to read it: no round trip before it starts.
+        let setup = self.setup_for(config);
+        sys::write_all(host_end.as_raw_fd(), &proto::encode_json(Kind::Setup, 0, &setup))
+            .map_err(|e| fail(backend_err("sending the sandbox setup", e), None))?;
         let procs: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        // No code runs between fork and exec: the agent gets its socket as stdin and joins its
-        // cgroups and namespaces itself, so std can use posix_spawn (vfork) from this threaded process.
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.env_clear()
-            .env(agent::AGENT_ENV, "1")
-            .env("AGENTBOX_LOCAL_ROOT", &root_dir)
-            .env(agent::CGROUPS_ENV, procs.join(":"))
-            .stdin(std::process::Stdio::from(agent_end))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
+        let root_path = root_dir.to_string_lossy().into_owned();
+        let spawned = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, procs, &agent_end))
             .await
-            .map_err(|e| fail(backend_err("spawning the sandbox agent", e), None))?;
-        let mut child = spawned.map_err(|e| {
-            fail(backend_err("starting the sandbox agent (namespaces may be unavailable on this host)", e), None)
+            .map_err(|e| fail(backend_err("spawning the sandbox init", e), None))?;
+        let init = spawned.map_err(|e| {
+            let hint = if matches!(e.errno, Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) {
+                "; the host refused to create namespaces: run as root outside a restricted container"
+            } else {
+                ""
+            };
+            fail(Error::Backend(format!("starting the sandbox failed: {}{hint}", e.message)), None)
         })?;
+        let init_pid = init.pid;
 
-        // SAFETY: host_end is a valid socket we own; switch it to non-blocking for tokio.
         let std_stream = std::os::unix::net::UnixStream::from(host_end);
         let stream = std_stream
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(std_stream))
-            .map_err(|e| fail(backend_err("registering the control socket", e), Some(&mut child)))?;
-        let (mut rd, mut wr) = stream.into_split();
-        let setup = self.setup_for(config);
+            .map_err(|e| fail(backend_err("registering the control socket", e), Some(&init)))?;
+        let (mut rd, wr) = stream.into_split();
         let handshake = async {
-            let (k, _, p) = read_frame(&mut rd).await?.ok_or("the agent exited before starting")?;
-            if k != Kind::Started as u8 || p.len() != 4 {
-                return Err("unexpected first message from the agent".to_owned());
-            }
-            let init_pid = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-            wr.write_all(&proto::encode_json(Kind::Setup, 0, &setup)).await.map_err(|e| e.to_string())?;
-            let (k, _, p) = read_frame(&mut rd).await?.ok_or("the agent exited during setup")?;
+            let (k, _, p) = read_frame(&mut rd).await?.ok_or("the sandbox init exited during setup")?;
             if k == Kind::Failure as u8 {
                 let f: Failure = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
                 return Err(f.message);
             }
-            let ready: Ready = serde_json::from_slice(&p).map_err(|e| format!("bad ready message: {e}"))?;
-            Ok((init_pid, ready))
+            serde_json::from_slice::<Ready>(&p).map_err(|e| format!("bad ready message: {e}"))
         };
-        let (init_pid, ready) = match tokio::time::timeout(config.startup_timeout, handshake).await {
+        let ready = match tokio::time::timeout(config.startup_timeout, handshake).await {
             Ok(Ok(r)) => r,
             Ok(Err(msg)) => {
-                let why = match child.try_wait() {
-                    Ok(Some(status)) => match status.code() {
-                        Some(112) => ": it could not join its cgroup".to_owned(),
-                        Some(113) => ": the host refused to create namespaces (unshare); run as root outside a restricted container".to_owned(),
-                        Some(c @ 110..=111) => format!(": it could not set up its file descriptors (code {c})"),
-                        _ => String::new(),
-                    },
-                    _ => String::new(),
-                };
-                return Err(fail(Error::Backend(format!("sandbox setup failed: {msg}{why}")), Some(&mut child)));
+                return Err(fail(Error::Backend(format!("sandbox setup failed: {msg}")), Some(&init)));
             }
             Err(_) => {
                 return Err(fail(
@@ -533,7 +516,7 @@ impl LocalBackend {
                         "sandbox setup took longer than startup_timeout ({:?})",
                         config.startup_timeout
                     )),
-                    Some(&mut child),
+                    Some(&init),
                 ));
             }
         };
@@ -541,9 +524,8 @@ impl LocalBackend {
             tracing::debug!(status = %ready.landlock, "landlock not enforced");
         }
         let root = Root::open(init_pid, &setup.home, setup.uid, setup.gid)
-            .map_err(|e| fail(backend_err("opening the sandbox root", e), Some(&mut child)))?;
-        let net =
-            crate::net::Egress::start(&id, init_pid, &config.network).await.map_err(|e| fail(e, Some(&mut child)))?;
+            .map_err(|e| fail(backend_err("opening the sandbox root", e), Some(&init)))?;
+        let net = crate::net::Egress::start(&id, init_pid, &config.network).await.map_err(|e| fail(e, Some(&init)))?;
 
         let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
@@ -557,7 +539,7 @@ impl LocalBackend {
         let sandbox = Arc::new(Sandbox {
             info,
             config: config.clone(),
-            child: Mutex::new(Some(child)),
+            pidfd: init.pidfd,
             init_pid,
             cgroup,
             writer: tokio::sync::Mutex::new(Some(wr)),
@@ -1070,12 +1052,10 @@ impl SandboxBackend for LocalBackend {
         *sb.writer.lock().await = None;
         let sb2 = sb.clone();
         tokio::task::spawn_blocking(move || {
-            // Killing the init tears down its pid namespace; the init reaps everything in it
-            // before it exits, then stage 1 reaps the init and exits itself.
-            let _ = sys::kill(sb2.init_pid, libc::SIGKILL);
-            if let Some(mut c) = sb2.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                let _ = c.wait();
-            }
+            // Killing the init tears down its pid namespace: the kernel kills and reaps everything
+            // in it before the init's pidfd turns readable (the zygote reaps the init itself).
+            let _ = sys::pidfd_kill(sb2.pidfd.as_raw_fd(), libc::SIGKILL);
+            sys::pidfd_wait(sb2.pidfd.as_raw_fd(), -1);
             sb2.cgroup.kill_all();
             sb2.cgroup.remove();
             let _ = std::fs::remove_dir_all(&sb2.dir);

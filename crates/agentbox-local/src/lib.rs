@@ -2,8 +2,8 @@
 //!
 //! Each sandbox is a tree of processes in its own PID, mount, network, UTS,
 //! IPC and cgroup namespaces, under a cgroup with memory, CPU and pids limits.
-//! PID 1 inside is an agent (a sealed re-execution of the host binary, see
-//! [`agent`]) that builds the filesystem (read-only system directories, its
+//! PID 1 inside is an agent (cloned from a zygote that is a sealed re-execution
+//! of the host binary, see [`agent`]) that builds the filesystem (read-only system directories, its
 //! own /etc, capped writable home and /tmp, a minimal /dev, a masked /proc)
 //! and runs each execution as an unprivileged user with no capabilities,
 //! no_new_privs, landlock and a seccomp filter.
@@ -31,6 +31,7 @@ pub mod proto;
 mod sealed;
 pub mod seccomp;
 mod sys;
+mod zygote;
 
 pub use backend::{LocalBackend, LocalConfig};
 pub use cgroup::Layout as CgroupLayout;

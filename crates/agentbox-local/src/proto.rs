@@ -155,11 +155,29 @@ pub struct Setup {
     pub exec_cgroups: String,
 }
 
+/// host -> zygote: start a sandbox init (the control socket rides along as `SCM_RIGHTS`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpawnInit {
+    /// The host directory the init mounts its root on.
+    pub root: String,
+    /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`).
+    pub cgroups: Vec<String>,
+}
+
+/// zygote -> host: the init's host pid (its pidfd rides along), or why it could not start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitSpawned {
+    /// Host pid of the init; 0 on failure.
+    pub pid: i32,
+    /// What failed, when it failed.
+    pub error: Option<String>,
+    /// The errno of the failure.
+    pub errno: Option<i32>,
+}
+
 /// Sent when the sandbox is ready.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Ready {
-    /// Host pid of the init process.
-    pub init_pid: i32,
     /// Landlock status: "enforced", "partial", or why not.
     pub landlock: String,
     /// Whether each exec gets its own cgroup for tree kills.

@@ -151,8 +151,16 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     let info = b.create(CreateRequest::new(SandboxConfig::default())).await.unwrap();
     let id = info.id.as_str().to_owned();
     b.spawn_background(&info.id, ExecRequest::shell("sleep 1000 & sleep 1000")).await.unwrap();
-    let pids = b.host_pids(&info.id).unwrap();
-    assert!(pids.len() >= 3);
+    // The init and both sleeps (the shell may still be forking them).
+    let mut pids = b.host_pids(&info.id).unwrap();
+    for _ in 0..200 {
+        if pids.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        pids = b.host_pids(&info.id).unwrap();
+    }
+    assert!(pids.len() >= 3, "{pids:?}");
     let cgroups: Vec<String> =
         std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap().lines().map(str::to_owned).collect();
     b.destroy(&info.id).await.unwrap();
@@ -274,4 +282,36 @@ async fn a_port_inside_the_sandbox_is_reachable_through_open_port() {
     assert!(body.starts_with("HTTP/1.0 200") && body.ends_with("served\n"), "{body}");
     sb.destroy().await;
     assert!(std::net::TcpStream::connect(&addr).is_err(), "the forward closes with the sandbox");
+}
+
+/// Host pids of this process's children named `comm`.
+fn children_named(comm: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains(&format!("({comm}) ")) && !stat.contains(") Z ") {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_zygote_is_replaced_and_running_sandboxes_are_unaffected() {
+    let sb = Sandbox::new().await;
+    let zygotes = children_named("agentbox-zygote");
+    assert_eq!(zygotes.len(), 1, "one zygote per process: {zygotes:?}");
+    // SAFETY: signalling the zygote this test process started, by its pid.
+    assert_eq!(unsafe { libc::kill(zygotes[0], libc::SIGKILL) }, 0);
+    assert_eq!(sb.sh("echo still here").await.stdout, "still here\n");
+    let other = Sandbox::new().await;
+    assert_eq!(other.sh("echo fresh").await.stdout, "fresh\n");
+    let now = children_named("agentbox-zygote");
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], zygotes[0]);
+    other.destroy().await;
+    sb.destroy().await;
 }

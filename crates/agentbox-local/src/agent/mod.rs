@@ -5,14 +5,15 @@
 //! process here, so any program linking this crate can host sandboxes with no
 //! extra binary to install (the `runc init` pattern).
 //!
-//! Stage 1 (the re-executed process) is already in fresh namespaces; it forks
-//! the init (PID 1), tells the host its pid and waits for it. The init builds
-//! the filesystem, then serves execution requests over the control socket
-//! until the host closes it, at which point the init exits and the kernel
-//! kills everything left in the namespace.
+//! That process is the zygote ([`zygote`]): it clones each sandbox's init (PID 1
+//! of fresh namespaces) on request. The init builds the filesystem, then serves
+//! execution requests over the control socket until the host closes it, at
+//! which point the init exits and the kernel kills everything left in the
+//! namespace.
 
 mod exec;
 pub mod fs;
+mod zygote;
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -30,8 +31,8 @@ pub const CONTROL_FD: libc::c_int = 3;
 
 #[ctor::ctor]
 fn agent_entry() {
-    if std::env::var_os(AGENT_ENV).is_some_and(|v| v == "1") {
-        let code = stage1();
+    if std::env::var_os(AGENT_ENV).is_some_and(|v| v == ZYGOTE) {
+        let code = zygote::main();
         // SAFETY: leaving without running the host program's main or destructors is the point.
         unsafe { libc::_exit(code) }
     }
@@ -42,77 +43,8 @@ pub fn entry_point() -> extern "C" fn() {
     agent_entry
 }
 
-/// Environment variable listing the cgroup files stage 1 joins by writing `0` (`:`-separated).
-pub const CGROUPS_ENV: &str = "AGENTBOX_LOCAL_CGROUPS";
-
-/// The namespaces every sandbox gets.
-const NAMESPACES: libc::c_int = libc::CLONE_NEWNS
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWCGROUP;
-
-/// Stage 1 gets the control socket as stdin, so the host can start it with a plain
-/// `posix_spawn` (no code between fork and exec in the multi-threaded host).
-fn enter_sandbox() -> Result<(), i32> {
-    // SAFETY: single-threaded (before main); plain syscalls on our own fds.
-    unsafe {
-        if libc::dup2(0, CONTROL_FD) == -1 {
-            return Err(110);
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        if null < 0 || libc::dup2(null, 0) == -1 {
-            return Err(111);
-        }
-        libc::close(null);
-        libc::setsid();
-    }
-    for procs in std::env::var(CGROUPS_ENV).unwrap_or_default().split(':').filter(|p| !p.is_empty()) {
-        std::fs::write(procs, "0").map_err(|_| 112)?;
-    }
-    // SAFETY: unshare has no memory-safety preconditions.
-    if unsafe { libc::unshare(NAMESPACES) } == -1 {
-        return Err(113);
-    }
-    Ok(())
-}
-
-fn stage1() -> i32 {
-    if let Err(code) = enter_sandbox() {
-        return code;
-    }
-    let Ok((sync_r, sync_w)) = sys::pipe() else { return 120 };
-    // SAFETY: this process is single-threaded (we run before main); fork is safe.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => 121,
-        0 => {
-            sys::close(sync_w);
-            let mut b = [0u8; 1];
-            let _ = sys::read_exact(sync_r, &mut b);
-            sys::close(sync_r);
-            init_main()
-        }
-        child => {
-            sys::close(sync_r);
-            let frame = proto::encode(Kind::Started, 0, &child.to_be_bytes());
-            let _ = sys::write_all(CONTROL_FD, &frame);
-            sys::close(CONTROL_FD);
-            let _ = sys::write_all(sync_w, b"g");
-            sys::close(sync_w);
-            let mut status = 0;
-            loop {
-                // SAFETY: waiting for our own child.
-                let r = unsafe { libc::waitpid(child, &raw mut status, 0) };
-                if r == child || (r == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
-                    break;
-                }
-            }
-            if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) }
-        }
-    }
-}
+/// The value of [`AGENT_ENV`] that makes a process the zygote.
+pub const ZYGOTE: &str = "zygote";
 
 fn send_failure(message: String) {
     let f = proto::encode_json(Kind::Failure, 0, &Failure { message, errno: None });
@@ -150,7 +82,7 @@ fn bring_loopback_up() -> io::Result<()> {
     }
 }
 
-fn init_main() -> i32 {
+fn init_main(root: &str) -> i32 {
     // SAFETY: setting our own name, death signal and signal mask.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"agentbox-init".as_ptr());
@@ -164,10 +96,6 @@ fn init_main() -> i32 {
             }
         },
         _ => return 1,
-    };
-    let Ok(root) = std::env::var("AGENTBOX_LOCAL_ROOT") else {
-        send_failure("the sandbox root directory was not given".into());
-        return 1;
     };
     let started = Instant::now();
     if let Err(e) = fs::build(&mut fs::LinuxMounter, Path::new(&root), &setup) {
@@ -187,7 +115,7 @@ fn init_main() -> i32 {
     let landlock = landlock_status();
     let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
     let setup_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let ready = Ready { init_pid: 0, landlock, exec_cgroups, setup_micros };
+    let ready = Ready { landlock, exec_cgroups, setup_micros };
     if sys::write_all(CONTROL_FD, &proto::encode_json(Kind::Ready, 0, &ready)).is_err() {
         return 1;
     }

@@ -1,0 +1,176 @@
+//! The zygote: a single-threaded process, started once per host process from the
+//! sealed executable, that clones each sandbox's init on request.
+//!
+//! Starting a sandbox this way costs one `clone` of a small process instead of
+//! an `execve` of the host binary (loader, relocations, runtime start) and a
+//! second fork: the clone creates the namespaces and its child is PID 1 of the
+//! new pid namespace. The zygote reaps the inits; the host watches each through
+//! a pidfd the zygote sends back. When the host goes away its end of the request
+//! socket closes and the zygote exits; each init exits on its own when its
+//! control socket closes.
+
+use std::io;
+
+use super::{CONTROL_FD, init_main};
+use crate::proto::{InitSpawned, SpawnInit};
+use crate::sys;
+
+/// Where the zygote keeps its request socket (a `SOCK_SEQPACKET` it got as stdin).
+const REQUEST_FD: libc::c_int = 4;
+
+/// The namespaces the clone creates. The cgroup namespace comes later, from the
+/// child itself, once it sits in the sandbox's cgroups (that cgroup is its root).
+const CLONE_NAMESPACES: libc::c_int =
+    libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+
+/// The largest request (a root path and a few cgroup paths, as JSON).
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Runs the zygote until the host closes the request socket. Returns the exit code.
+pub fn main() -> i32 {
+    // SAFETY: single-threaded (we run before main); plain syscalls on our own fds.
+    let sigfd = unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"agentbox-zygote".as_ptr());
+        if libc::dup3(0, REQUEST_FD, libc::O_CLOEXEC) == -1 {
+            return 110;
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 || libc::dup2(null, 0) == -1 {
+            return 111;
+        }
+        libc::close(null);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+    };
+    if sigfd < 0 {
+        return 112;
+    }
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: REQUEST_FD, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: sigfd, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            reap(sigfd);
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        let (n, control) = match sys::recv_with_fd(REQUEST_FD, &mut buf) {
+            Ok((0, _)) | Err(_) => return 0,
+            Ok(r) => r,
+        };
+        let reply = match (serde_json::from_slice::<SpawnInit>(&buf[..n]), control) {
+            (Ok(req), Some(control)) => spawn(&req, &control, sigfd),
+            (Err(e), _) => Err((format!("invalid request to the zygote: {e}"), None)),
+            (Ok(_), None) => Err(("the request carried no control socket".to_owned(), None)),
+        };
+        let sent = match reply {
+            Ok((pid, pidfd)) => {
+                let msg = InitSpawned { pid, error: None, errno: None };
+                sys::send_with_fd(REQUEST_FD, &serde_json::to_vec(&msg).unwrap_or_default(), Some(pidfd.0))
+                    .inspect(|()| sys::close(pidfd.0))
+            }
+            Err((error, errno)) => {
+                let msg = InitSpawned { pid: 0, error: Some(error), errno };
+                sys::send_with_fd(REQUEST_FD, &serde_json::to_vec(&msg).unwrap_or_default(), None)
+            }
+        };
+        if sent.is_err() {
+            return 0;
+        }
+    }
+}
+
+/// A pidfd the zygote hands to the host, then closes.
+struct PidFd(libc::c_int);
+
+/// Reaps every exited init.
+fn reap(sigfd: libc::c_int) {
+    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    // SAFETY: draining the signalfd into a buffer of its record size.
+    while unsafe { libc::read(sigfd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
+    loop {
+        let mut status = 0;
+        // SAFETY: reaping our own children without blocking.
+        if unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) } <= 0 {
+            break;
+        }
+    }
+}
+
+/// Clones a sandbox init; returns its host pid and a pidfd for it.
+fn spawn(
+    req: &SpawnInit,
+    control: &std::os::fd::OwnedFd,
+    sigfd: libc::c_int,
+) -> Result<(i32, PidFd), (String, Option<i32>)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fork-like clone (no new stack, no shared memory) of this single-threaded
+    // process; the child only continues into code that is safe after fork.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(CLONE_NAMESPACES | libc::SIGCHLD),
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return Err((format!("creating the sandbox namespaces failed: {e}"), e.raw_os_error()));
+    }
+    if pid == 0 {
+        let code = child(req, control.as_raw_fd(), sigfd);
+        // SAFETY: leaving the clone without running the zygote's destructors.
+        unsafe { libc::_exit(code) }
+    }
+    let pid = i32::try_from(pid).unwrap_or(-1);
+    match sys::pidfd_open(pid) {
+        Ok(fd) => Ok((pid, PidFd(std::os::fd::IntoRawFd::into_raw_fd(fd)))),
+        Err(e) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            Err((format!("pidfd_open of the sandbox init failed: {e}"), e.raw_os_error()))
+        }
+    }
+}
+
+/// In the clone: take the control socket as fd 3, leave the zygote's fds, join the
+/// sandbox's cgroups and cgroup namespace, then become the init.
+fn child(req: &SpawnInit, control: libc::c_int, sigfd: libc::c_int) -> i32 {
+    // SAFETY: plain syscalls on fds this process owns.
+    unsafe {
+        libc::close(sigfd);
+        if libc::dup2(control, CONTROL_FD) == -1 {
+            return 110;
+        }
+        libc::syscall(libc::SYS_close_range, CONTROL_FD + 1, libc::c_uint::MAX, 0);
+        libc::setsid();
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
+    }
+    for procs in &req.cgroups {
+        if let Err(e) = std::fs::write(procs, "0") {
+            super::send_failure(format!("joining the sandbox cgroup {procs} failed: {e}"));
+            return 112;
+        }
+    }
+    // SAFETY: unshare has no memory-safety preconditions.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } == -1 {
+        let e = io::Error::last_os_error();
+        super::send_failure(format!("creating the sandbox's cgroup namespace failed: {e}"));
+        return 113;
+    }
+    init_main(&req.root)
+}
