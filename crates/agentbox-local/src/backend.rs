@@ -137,6 +137,7 @@ struct Inner {
     seccomp_strict: Vec<Vec<(u16, u8, u8, u32)>>,
     sandboxes: Mutex<HashMap<SandboxId, Arc<Sandbox>>>,
     typescript: tokio::sync::OnceCell<std::result::Result<(), String>>,
+    etc: Arc<crate::etc::Templates>,
 }
 
 /// The local Linux backend. Cheap to clone.
@@ -215,6 +216,7 @@ impl LocalBackend {
         let inner = Inner {
             seccomp_default: vec![seccomp::compile(&policy, SeccompProfile::Default)],
             seccomp_strict: vec![seccomp::compile(&policy, SeccompProfile::Strict)],
+            etc: Arc::new(crate::etc::Templates::new(&config.state_dir, &config.etc_entries)),
             config,
             cgroups,
             limitations,
@@ -284,6 +286,14 @@ impl LocalBackend {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(rest) = name.strip_prefix(".creating-") {
                     // A creation interrupted before its cgroup existed: only the directory is left.
+                    let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+                    if owner.is_some_and(|p| p != std::process::id() && process_start(p).is_none()) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                    continue;
+                }
+                if let Some(rest) = name.strip_prefix(crate::etc::PREFIX) {
+                    // An /etc template of a process that is gone.
                     let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
                     if owner.is_some_and(|p| p != std::process::id() && process_start(p).is_none()) {
                         let _ = std::fs::remove_dir_all(e.path());
@@ -387,6 +397,7 @@ impl LocalBackend {
             binds,
             symlinks,
             files,
+            etc: None,
             storage_bytes: config.disk_gb.saturating_mul(1024 * mb),
             storage_inodes: config.storage.max_inodes,
             quotas: config
@@ -473,7 +484,28 @@ impl LocalBackend {
         // SAFETY: both fds are fresh and owned here.
         let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // The setup waits in the socket for the init to read it: no round trip before it starts.
-        let setup = self.setup_for(config);
+        let mut setup = self.setup_for(config);
+        if config.security.read_only_root {
+            // One bind of a shared template instead of a mount or copy per /etc entry. A writable
+            // root keeps per-sandbox copies (the template is shared, so it is always read-only).
+            let template = match self.inner.etc.cached(&setup.files) {
+                Some(t) => Ok(t),
+                None => {
+                    let (etc, files) = (self.inner.etc.clone(), setup.files.clone());
+                    tokio::task::spawn_blocking(move || etc.get(&files))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                }
+            };
+            match template {
+                Ok(t) => {
+                    setup.etc = Some(t.to_string_lossy().into_owned());
+                    setup.files.clear();
+                    setup.binds.retain(|b| !b.target.starts_with("/etc/"));
+                }
+                Err(e) => tracing::warn!(error = %e, "no shared /etc template; copying /etc entries per sandbox"),
+            }
+        }
         sys::write_all(host_end.as_raw_fd(), &proto::encode_json(Kind::Setup, 0, &setup))
             .map_err(|e| fail(backend_err("sending the sandbox setup", e), None))?;
         let procs: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();

@@ -24,6 +24,7 @@
 pub mod agent;
 mod backend;
 mod cgroup;
+mod etc;
 mod files;
 mod net;
 pub mod netns;

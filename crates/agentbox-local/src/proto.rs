@@ -121,6 +121,9 @@ pub struct Setup {
     pub symlinks: Vec<(String, String)>,
     /// Files to write into the new /etc: (path, content).
     pub files: Vec<(String, String)>,
+    /// A host directory bound read-only as the whole /etc (a template holding the /etc
+    /// entries and files above, built once on the host); `binds` and `files` then hold none.
+    pub etc: Option<String>,
     /// Size of the writable storage (home and /tmp) in bytes.
     pub storage_bytes: u64,
     /// Inode cap of the writable storage.

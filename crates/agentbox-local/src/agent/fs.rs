@@ -120,6 +120,12 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     )
     .map_err(ctx("mounting the root tmpfs"))?;
 
+    if let Some(etc) = &s.etc {
+        let target = root.join("etc");
+        m.mkdir(&target, 0o755, None)?;
+        m.mount(Some(etc), &target, None, libc::MS_BIND, None).map_err(ctx("binding /etc"))?;
+        m.mount(None, &target, None, RO_BIND, None).map_err(ctx("making /etc read-only"))?;
+    }
     for b in &s.binds {
         let target = under(root, &b.target);
         if !b.dir {
@@ -346,6 +352,7 @@ mod tests {
             ],
             symlinks: vec![("/bin".into(), "usr/bin".into())],
             files: vec![("/etc/passwd".into(), "user:x:1000:1000::/home/user:/bin/bash\n".into())],
+            etc: None,
             storage_bytes: 1 << 30,
             storage_inodes: 1000,
             quotas: vec![Quota { path: "/tmp/small".into(), bytes: 1 << 20 }],
@@ -396,6 +403,18 @@ mod tests {
         assert!(
             log.iter().any(|l| l.starts_with("mount agentbox-quota /r/tmp/small tmpfs") && l.contains("size=1048576"))
         );
+    }
+
+    #[test]
+    fn an_etc_template_is_one_read_only_bind() {
+        let mut s = setup();
+        s.binds.retain(|b| b.dir);
+        s.files.clear();
+        s.etc = Some("/state/.etc-1-0".into());
+        let log = check(&s);
+        let bind = index(&log, "mount /state/.etc-1-0 /r/etc");
+        assert!(log[bind + 1].starts_with("mount - /r/etc - ") && log[bind + 1].contains(&format!("{RO_BIND:#x}")));
+        assert!(!log.iter().any(|l| l.contains("/r/etc/")), "nothing else touches /etc: {log:#?}");
     }
 
     #[test]
