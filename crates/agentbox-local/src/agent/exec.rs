@@ -90,6 +90,50 @@ pub fn landlock_ruleset(home: &str) -> io::Result<landlock::RulesetCreated> {
         .map_err(err)
 }
 
+/// Confinement every execution shares, applied once to the init after it has built the
+/// sandbox and inherited by every child it forks: an empty capability bounding set (the init
+/// keeps its own effective capabilities; it never executes anything itself), no ambient
+/// capabilities, no_new_privs and the seccomp filter (the init needs none of what it denies,
+/// and compiling the filter once saves the kernel's conversion and JIT per execution).
+///
+/// # Errors
+/// The step that failed.
+pub fn confine(setup: &Setup) -> io::Result<()> {
+    let step = |what: &str, rc: libc::c_int| {
+        if rc == -1 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+        }
+        Ok(())
+    };
+    // SAFETY: plain prctl calls on this process.
+    unsafe {
+        if setup.drop_caps {
+            for cap in 0..=63 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::EINVAL) {
+                        break;
+                    }
+                    return Err(io::Error::new(e.kind(), format!("dropping capability {cap}: {e}")));
+                }
+            }
+            step(
+                "clearing ambient capabilities",
+                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+            )?;
+        }
+        if setup.no_new_privs {
+            step("setting no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        }
+        for filter in &setup.seccomp {
+            crate::seccomp::install(filter)
+                .map_err(|e| io::Error::new(e.kind(), format!("installing the seccomp filter: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// The child after fork: isolates itself further and execs. Never returns.
 pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Prepared, io: &Stdio) -> ! {
     // SAFETY: (whole function) we are the only thread of a freshly forked child of the
@@ -144,24 +188,8 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
         ok("rlimit core", lim(libc::RLIMIT_CORE, 0));
         ok("rlimit fsize", lim(libc::RLIMIT_FSIZE, setup.fsize));
 
-        if setup.drop_caps {
-            for cap in 0..=63 {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1
-                    && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
-                {
-                    break;
-                }
-            }
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-        }
-        if setup.no_new_privs {
-            ok("no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-        }
-        for filter in &setup.seccomp {
-            if let Err(e) = crate::seccomp::install(filter) {
-                fail("installing the seccomp filter", &e);
-            }
-        }
+        // The capability bounding set, no_new_privs and the seccomp filter are already the
+        // init's (see `confine`), inherited over fork.
         let gid = setup.gid;
         ok("setgroups", libc::setgroups(1, &raw const gid));
         ok("setresgid", libc::setresgid(gid, gid, gid));

@@ -114,6 +114,10 @@ fn init_main(root: &str) -> i32 {
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let landlock = landlock_status();
     let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
+    if let Err(e) = exec::confine(&setup) {
+        send_failure(format!("confining the sandbox init failed: {e}"));
+        return 1;
+    }
     let setup_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let ready = Ready { landlock, exec_cgroups, setup_micros };
     if sys::write_all(CONTROL_FD, &proto::encode_json(Kind::Ready, 0, &ready)).is_err() {

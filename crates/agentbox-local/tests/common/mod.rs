@@ -50,3 +50,9 @@ impl Sandbox {
         self.backend.destroy(&self.id).await.expect("destroy");
     }
 }
+
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("agentbox-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("creating a temporary directory");
+    d
+}

@@ -1,0 +1,69 @@
+//! Nothing of a destroyed sandbox is left, in a test binary of its own: the descriptor check
+//! compares this process's open files before and after, which other tests running in
+//! parallel would change.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use agentbox_config::SandboxConfig;
+use agentbox_core::{CreateRequest, ExecRequest, SandboxBackend};
+use agentbox_local::{LocalBackend, LocalConfig};
+use common::tempdir;
+
+fn mounts_mentioning(id: &str) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(id)).count()
+}
+
+fn open_fds() -> BTreeSet<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_leaves_nothing_behind_and_is_idempotent() {
+    let state = tempdir("destroy");
+    let b = LocalBackend::new(LocalConfig { state_dir: state.clone(), ..LocalConfig::default() }).unwrap();
+    // Warm up once so lazily made process-wide resources (the sealed agent copy) are in the baseline.
+    let warm = b.create(CreateRequest::default()).await.unwrap();
+    b.destroy(&warm.id).await.unwrap();
+    let fds_before = open_fds();
+    let info = b.create(CreateRequest::new(SandboxConfig::default())).await.unwrap();
+    let id = info.id.as_str().to_owned();
+    b.spawn_background(&info.id, ExecRequest::shell("sleep 1000 & sleep 1000")).await.unwrap();
+    // The init and both sleeps (the shell may still be forking them).
+    let mut pids = b.host_pids(&info.id).unwrap();
+    for _ in 0..200 {
+        if pids.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        pids = b.host_pids(&info.id).unwrap();
+    }
+    assert!(pids.len() >= 3, "{pids:?}");
+    let cgroups: Vec<String> =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap().lines().map(str::to_owned).collect();
+    b.destroy(&info.id).await.unwrap();
+    b.destroy(&info.id).await.unwrap();
+    for p in &pids {
+        assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "process {p} survived destroy");
+    }
+    assert!(!state.join(&id).exists(), "state directory left behind");
+    assert_eq!(mounts_mentioning(&id), 0);
+    for line in cgroups.iter().filter(|l| l.contains(&id)) {
+        let (ctrl, path) = line.split_once(':').unwrap().1.split_once(':').unwrap();
+        let ctrl = ctrl.split(',').next().unwrap_or_default();
+        let dir =
+            if ctrl.is_empty() { format!("/sys/fs/cgroup{path}") } else { format!("/sys/fs/cgroup/{ctrl}{path}") };
+        assert!(!std::path::Path::new(&dir).exists(), "cgroup {dir} left behind");
+    }
+    assert_eq!(open_fds(), fds_before, "file descriptors leaked");
+    assert!(b.list().await.unwrap().is_empty());
+    assert!(b.exec(&info.id, ExecRequest::shell("true")).await.is_err());
+    let _ = std::fs::remove_dir_all(&state);
+}
