@@ -220,3 +220,18 @@ async fn a_port_inside_the_sandbox_is_reachable_through_open_port() {
     sb.destroy().await;
     assert!(std::net::TcpStream::connect(&addr).is_err(), "the forward closes with the sandbox");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_planted_at_a_background_log_path_does_not_hang_the_sandbox() {
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    // Every log path the next requests could use is a FIFO with no reader.
+    let out = sb.sh("for i in $(seq 1 64); do mkfifo /tmp/agentbox-bg-$i.log; done; echo planted").await;
+    assert_eq!(out.stdout, "planted\n", "{out:?}");
+    let started =
+        tokio::time::timeout(Duration::from_secs(10), b.spawn_background(id, ExecRequest::shell("echo hi"))).await;
+    assert!(started.is_ok(), "starting a background process hung on the FIFO");
+    let answer = tokio::time::timeout(Duration::from_secs(10), sb.sh("echo still answering")).await;
+    assert_eq!(answer.expect("the sandbox stopped answering").stdout, "still answering\n");
+    sb.destroy().await;
+}

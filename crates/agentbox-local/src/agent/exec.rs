@@ -10,10 +10,16 @@ use crate::sys;
 /// Everything prepared before fork, so the child only makes syscalls (and landlock setup).
 pub struct Prepared {
     pub path: CString,
-    pub argv: Vec<CString>,
-    pub env: Vec<CString>,
+    /// Owns the strings `argv_ptrs` points into.
+    _argv: Vec<CString>,
+    /// Owns the strings `env_ptrs` points into.
+    _env: Vec<CString>,
     pub cwd: CString,
     pub output_path: Option<CString>,
+    /// `argv` and `env` as the null-terminated pointer arrays `execve` takes, made before the
+    /// child starts (it allocates nothing).
+    argv_ptrs: Vec<*const libc::c_char>,
+    env_ptrs: Vec<*const libc::c_char>,
 }
 
 fn lookup(cmd: &str, path_var: &str) -> Option<String> {
@@ -39,10 +45,16 @@ pub fn prepare(setup: &Setup, exec: &Exec) -> Result<Prepared, String> {
     let cmd = exec.argv.first().ok_or("empty command")?;
     let path = lookup(cmd, &path_var).ok_or_else(|| format!("{cmd}: command not found"))?;
     let c = |s: &str| CString::new(s).map_err(|_| "arguments must not contain NUL bytes".to_owned());
+    let argv: Vec<CString> = exec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let env: Vec<CString> = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    // The pointers stay valid when `Prepared` moves: they point into each CString's own buffer.
+    let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     Ok(Prepared {
         path: c(&path)?,
-        argv: exec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
-        env: env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?,
+        argv_ptrs: ptrs(&argv),
+        env_ptrs: ptrs(&env),
+        _argv: argv,
+        _env: env,
         cwd: c(&exec.cwd)?,
         output_path: exec.output_path.as_deref().map(c).transpose()?,
     })
@@ -134,10 +146,110 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
     Ok(())
 }
 
-/// The child after fork: isolates itself further and execs. Never returns.
+/// A stack for the children [`spawn`] starts, with a guard page below it.
+pub struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    const SIZE: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> io::Result<Self> {
+        let len = Self::SIZE + Self::GUARD;
+        // SAFETY: a fresh private anonymous mapping; only its pages are touched below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the lowest page of our own mapping becomes the guard.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } == -1 {
+            let e = io::Error::last_os_error();
+            // SAFETY: unmapping what we just mapped.
+            unsafe { libc::munmap(base, len) };
+            return Err(e);
+        }
+        Ok(Self { base, len })
+    }
+
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of our mapping, 16-byte aligned (mmap returns page-aligned memory).
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+struct Args<'a> {
+    setup: &'a Setup,
+    landlock: Option<&'a landlock::RulesetCreated>,
+    prepared: &'a Prepared,
+    stdio: &'a Stdio,
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn` passes a pointer to an `Args` that outlives the child's use of it (the
+    // parent is suspended until the child execs or exits).
+    let a = unsafe { &*arg.cast::<Args<'_>>() };
+    child(a.setup, a.landlock, a.prepared, a.stdio)
+}
+
+/// Starts an execution the way `posix_spawn` does: a child that shares the init's memory
+/// (`CLONE_VM`) on its own stack while the init waits (`CLONE_VFORK`) until it has called
+/// `execve` or exited. Nothing is copied (no page tables, no copy-on-write faults after), which
+/// a fork of the init would cost on every execution. The child makes only system calls, raw
+/// where glibc would consult process-wide state, so sharing memory is sound; the init is
+/// single-threaded. Returns the child's pid, or -1 with errno set.
+pub fn spawn(
+    stack: &mut Option<Stack>,
+    setup: &Setup,
+    landlock: Option<&landlock::RulesetCreated>,
+    prepared: &Prepared,
+    stdio: &Stdio,
+) -> libc::pid_t {
+    if stack.is_none() {
+        match Stack::new() {
+            Ok(s) => *stack = Some(s),
+            Err(e) => {
+                // SAFETY: setting errno for the caller, as the -1 return promises.
+                unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::ENOMEM) };
+                return -1;
+            }
+        }
+    }
+    let Some(stack) = stack.as_ref() else { return -1 };
+    let mut args = Args { setup, landlock, prepared, stdio };
+    // SAFETY: the child runs `child_entry` on its own stack; `args` lives on ours until clone
+    // returns, which with CLONE_VFORK is after the child has exec'd or exited.
+    unsafe {
+        libc::clone(
+            child_entry,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw mut args).cast(),
+        )
+    }
+}
+
+/// The child: isolates itself further and execs. Never returns.
 pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Prepared, io: &Stdio) -> ! {
-    // SAFETY: (whole function) we are the only thread of a freshly forked child of the
-    // single-threaded init; every call is a plain syscall on valid arguments.
+    // SAFETY: (whole function) we are a `spawn` child of the single-threaded init, which is
+    // suspended until we exec or exit; every call is a plain syscall on valid arguments.
     unsafe {
         ok("setsid", libc::setsid());
         if io.cgroup_procs >= 0 {
@@ -150,12 +262,15 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
         let stdin = if io.stdin >= 0 { io.stdin } else { null };
         let (stdout, stderr) = match &p.output_path {
             Some(path) => {
+                // O_NONBLOCK: a FIFO planted at the path fails here instead of blocking (the
+                // init waits for this child to exec).
                 let fd = libc::open(
                     path.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW | libc::O_NONBLOCK,
                     0o644,
                 );
                 ok("opening the output file", fd);
+                ok("opening the output file", libc::fcntl(fd, libc::F_SETFL, libc::O_APPEND));
                 ok("owning the output file", libc::fchown(fd, setup.uid, setup.gid));
                 (fd, fd)
             }
@@ -190,10 +305,13 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
 
         // The capability bounding set, no_new_privs and the seccomp filter are already the
         // init's (see `confine`), inherited over fork.
+        // Raw system calls: glibc's wrappers would try to apply the change to every thread of
+        // the process they believe they are in, whose memory this child shares.
         let gid = setup.gid;
-        ok("setgroups", libc::setgroups(1, &raw const gid));
-        ok("setresgid", libc::setresgid(gid, gid, gid));
-        ok("setresuid", libc::setresuid(setup.uid, setup.uid, setup.uid));
+        let raw = |rc: libc::c_long| libc::c_int::try_from(rc).unwrap_or(-1);
+        ok("setgroups", raw(libc::syscall(libc::SYS_setgroups, 1, &raw const gid)));
+        ok("setresgid", raw(libc::syscall(libc::SYS_setresgid, gid, gid, gid)));
+        ok("setresuid", raw(libc::syscall(libc::SYS_setresuid, setup.uid, setup.uid, setup.uid)));
         if setup.drop_caps {
             let header = libc_cap_header();
             let data = [CapData::default(); 2];
@@ -203,11 +321,7 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
             let e = io::Error::last_os_error();
             fail(&format!("changing to {}", Path::new(&*p.cwd.to_string_lossy()).display()), &e);
         }
-        let argv: Vec<*const libc::c_char> =
-            p.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp: Vec<*const libc::c_char> =
-            p.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr());
         let e = io::Error::last_os_error();
         fail(&format!("executing {}", p.path.to_string_lossy()), &e)
     }

@@ -155,6 +155,8 @@ struct Running {
 
 struct Agent {
     setup: Setup,
+    /// The stack executions start on (see `exec::spawn`), made on first use.
+    stack: Option<exec::Stack>,
     landlock: Option<landlock::RulesetCreated>,
     free_cgroups: Vec<String>,
     exec_cgroups: bool,
@@ -183,6 +185,7 @@ impl Agent {
         let landlock = if setup.landlock { exec::landlock_ruleset(&setup.home).ok() } else { None };
         Ok(Self {
             setup,
+            stack: None,
             landlock,
             free_cgroups: Vec::new(),
             exec_cgroups,
@@ -425,11 +428,7 @@ impl Agent {
             stderr: errp.map_or(-1, |p| p.1),
             cgroup_procs: cg_fd,
         };
-        // SAFETY: the init is single-threaded, so the child may run ordinary code.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            exec::child(&self.setup, self.landlock.as_ref(), &prepared, &stdio);
-        }
+        let pid = exec::spawn(&mut self.stack, &self.setup, self.landlock.as_ref(), &prepared, &stdio);
         sys::close(cg_fd);
         for fd in [stdio.stdin, stdio.stdout, stdio.stderr] {
             sys::close(fd);
