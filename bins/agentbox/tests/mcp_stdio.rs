@@ -69,9 +69,9 @@ async fn launch(args: &[&str]) -> Launched {
     Launched { child, client, relay, stderr }
 }
 
-/// The state directory of a local sandbox, present while it lives.
-fn state_dir(sandbox: &str) -> std::path::PathBuf {
-    LocalConfig::default().state_dir.join(sandbox)
+/// Whether a local sandbox exists on the host (its cgroups are there from creation to destroy).
+fn on_host(sandbox: &str) -> bool {
+    !agentbox_local::LocalBackend::host_cgroups(&LocalConfig::default(), sandbox).is_empty()
 }
 
 /// The session's default sandbox id, from sandbox_list.
@@ -117,15 +117,14 @@ async fn agentbox_mcp_serves_stdio_and_destroys_its_sandbox_at_eof() {
 
     let (sandbox, mine) = session_sandbox(&client).await;
     assert_eq!(mine["limits"]["memory_mb"], 256, "the --preset applies: {mine}");
-    let state = state_dir(&sandbox);
-    assert!(state.is_dir(), "{} missing while the session lives", state.display());
+    assert!(on_host(&sandbox), "{sandbox} missing while the session lives");
 
     // The client goes away: stdin reaches EOF, the server destroys the sandbox and exits cleanly.
     client.cancel().await.unwrap();
     let status = child.wait().await.unwrap();
     assert!(status.success(), "{status}");
     assert!(relay.await.unwrap() >= 7, "one line per response");
-    assert!(!state.exists(), "the sandbox outlived the session: {} remains", state.display());
+    assert!(!on_host(&sandbox), "the sandbox {sandbox} outlived the session");
     let mut logs = String::new();
     stderr.read_to_string(&mut logs).await.unwrap();
     assert!(logs.contains("serving MCP on stdio"), "{logs}");
@@ -141,16 +140,15 @@ async fn agentbox_mcp_destroys_every_sandbox_on_sigterm() {
         call(&client, "sandbox_create", json!({"run_id": "sigterm-named", "preset": "lightweight"})).await;
     assert!(!err, "{text}");
     let (sandbox, _) = session_sandbox(&client).await;
-    let named = state_dir(named["sandbox_id"].as_str().unwrap());
-    let state = state_dir(&sandbox);
-    assert!(state.is_dir() && named.is_dir());
+    let named = named["sandbox_id"].as_str().unwrap().to_owned();
+    assert!(on_host(&sandbox) && on_host(&named));
 
     let pid = i32::try_from(child.id().unwrap()).unwrap();
     // SAFETY: kill has no memory-safety preconditions; pid is our live child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = child.wait().await.unwrap();
     assert!(status.success(), "{status}");
-    assert!(!state.exists() && !named.exists(), "sandboxes outlived the server");
+    assert!(!on_host(&sandbox) && !on_host(&named), "sandboxes outlived the server");
     drop(client);
     relay.await.unwrap();
 }

@@ -14,7 +14,6 @@ use agentbox_core::{
 };
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
@@ -28,7 +27,8 @@ use crate::{agent, seccomp, sys, zygote};
 /// Host-level settings of the local backend (per-sandbox settings live in `SandboxConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalConfig {
-    /// Where per-sandbox state lives (one directory per sandbox, removed on destroy).
+    /// Where the backend keeps what its sandboxes share: the empty directory each init mounts its
+    /// root on, and the `/etc` templates. Sandboxes themselves leave nothing here.
     pub state_dir: PathBuf,
     /// Prefix of the cgroup under which sandbox cgroups are made (a hash of the state directory is appended).
     pub cgroup_parent: String,
@@ -113,20 +113,10 @@ struct Sandbox {
     alive: Arc<AtomicBool>,
     next_id: AtomicU32,
     root: Root,
-    dir: PathBuf,
     last_cpu: Mutex<Option<(Instant, u64)>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
     net: crate::net::Egress,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Meta {
-    id: String,
-    owner_pid: u32,
-    owner_start: u64,
-    created_at_ms: u64,
-    metadata: BTreeMap<String, String>,
 }
 
 struct Inner {
@@ -138,6 +128,10 @@ struct Inner {
     sandboxes: Mutex<HashMap<SandboxId, Arc<Sandbox>>>,
     typescript: tokio::sync::OnceCell<std::result::Result<(), String>>,
     etc: Arc<crate::etc::Templates>,
+    /// This process as owner of sandbox cgroups: `o<pid>-<start time>` (see `cgroup_name`).
+    owner: String,
+    /// An empty directory each init mounts its root on, inside its own mount namespace.
+    root_mountpoint: PathBuf,
 }
 
 /// The local Linux backend. Cheap to clone.
@@ -160,6 +154,21 @@ fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the owner `o<pid>-<start time>` of a cgroup is still running.
+fn owner_alive(owner: &str) -> bool {
+    let Some((pid, start)) = owner.strip_prefix('o').and_then(|o| o.split_once('-')) else { return false };
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => process_start(pid) == Some(start),
+        _ => false,
+    }
+}
+
+/// The cgroup under which a backend with this config makes its sandboxes' cgroups.
+fn cgroup_parent(config: &LocalConfig) -> String {
+    let state_key = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+    format!("{}-{:08x}", config.cgroup_parent, fnv1a(state_key.as_os_str().as_encoded_bytes()))
 }
 
 fn random_id() -> String {
@@ -202,21 +211,27 @@ impl LocalBackend {
         }
         // Sandboxes of different state directories live under different cgroup parents, so
         // reaping after a crash only ever touches what this state directory owns.
-        let state_key = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
-        let cgroups = Cgroups::detect(&format!(
-            "{}-{:08x}",
-            config.cgroup_parent,
-            fnv1a(state_key.as_os_str().as_encoded_bytes())
-        ));
+        let cgroups = Cgroups::detect(&cgroup_parent(&config));
         let mut limitations = cgroups.problems.clone();
         if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
             limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
         }
+        let root_mountpoint = config.state_dir.join(".root");
+        std::fs::create_dir_all(&root_mountpoint).map_err(|e| {
+            Error::Backend(format!(
+                "cannot create {}: {e}; set LocalConfig::state_dir to a writable place",
+                root_mountpoint.display()
+            ))
+        })?;
+        let me = std::process::id();
+        let owner = format!("o{me}-{}", process_start(me).unwrap_or(0));
         let policy = seccomp::policy();
         let inner = Inner {
             seccomp_default: vec![seccomp::compile(&policy, SeccompProfile::Default)],
             seccomp_strict: vec![seccomp::compile(&policy, SeccompProfile::Strict)],
             etc: Arc::new(crate::etc::Templates::new(&config.state_dir, &config.etc_entries)),
+            owner,
+            root_mountpoint,
             config,
             cgroups,
             limitations,
@@ -243,20 +258,20 @@ impl LocalBackend {
         self.inner.cgroups.layout()
     }
 
+    /// The host cgroup directories of the sandbox `id` made by any process using `config`'s state
+    /// directory: they exist from the start of its creation until its destroy or reaping (for tests
+    /// and diagnostics, also from another process).
+    #[must_use]
+    pub fn host_cgroups(config: &LocalConfig, id: &str) -> Vec<PathBuf> {
+        Cgroups::detect(&cgroup_parent(config)).find(&format!("{id}."))
+    }
+
     /// Host pids of every process in a sandbox (for tests and diagnostics).
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown sandbox.
     pub fn host_pids(&self, id: &SandboxId) -> Result<Vec<i32>> {
         Ok(self.get(id)?.cgroup.pids())
-    }
-
-    /// The sandbox's state directory on the host (for tests and diagnostics).
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown sandbox.
-    pub fn state_dir_of(&self, id: &SandboxId) -> Result<PathBuf> {
-        Ok(self.get(id)?.dir.clone())
     }
 
     /// Bytes exchanged with destinations, connections made and refused, since the sandbox was created.
@@ -275,65 +290,42 @@ impl LocalBackend {
         Ok(self.get(id)?.init_pid)
     }
 
-    /// Removes state directories and cgroups left by processes that died without destroying their sandboxes.
-    /// Only entries whose owner process is gone are touched. Returns the ids reaped.
+    /// Removes what processes that died without destroying their sandboxes left: their sandboxes'
+    /// cgroups (killing anything still in them) and their `/etc` templates. Only entries whose owner
+    /// process is gone are touched: the owner is part of each cgroup's name. Returns the ids reaped.
     pub fn reap_orphans(&self) -> Vec<String> {
         let mut reaped = Vec::new();
-        let live_owner = |m: &Meta| process_start(m.owner_pid).is_some_and(|s| s == m.owner_start);
-        let mut owned_elsewhere = Vec::new();
+        for name in self.inner.cgroups.leftovers() {
+            let (id, owner) = name.split_once('.').unwrap_or((name.as_str(), ""));
+            if owner == self.inner.owner || owner_alive(owner) {
+                continue;
+            }
+            let cg = self.inner.cgroups.open(&name);
+            cg.kill_all();
+            cg.remove();
+            reaped.push(id.to_owned());
+        }
         if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(rest) = name.strip_prefix(".creating-") {
-                    // A creation interrupted before its cgroup existed: only the directory is left.
-                    let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-                    if owner.is_some_and(|p| p != std::process::id() && process_start(p).is_none()) {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
-                    continue;
-                }
                 if let Some(rest) = name.strip_prefix(crate::etc::PREFIX) {
-                    // An /etc template of a process that is gone.
                     let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
                     if owner.is_some_and(|p| p != std::process::id() && process_start(p).is_none()) {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
-                    continue;
                 }
-                if !name.starts_with("sb-") {
-                    continue;
-                }
-                let meta: Option<Meta> =
-                    std::fs::read(e.path().join("meta.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                if let Some(m) = &meta {
-                    if live_owner(m) {
-                        owned_elsewhere.push(name);
-                        continue;
-                    }
-                }
-                let cg = self.inner.cgroups.open(&name);
-                cg.kill_all();
-                cg.remove();
-                let _ = std::fs::remove_dir_all(e.path());
-                reaped.push(name);
             }
-        }
-        for id in self.inner.cgroups.leftovers() {
-            // A sandbox's directory exists before its cgroup and outlives it, so a cgroup
-            // whose directory is missing now is an orphan, not a creation in progress.
-            if owned_elsewhere.contains(&id) || reaped.contains(&id) || self.inner.config.state_dir.join(&id).exists() {
-                continue;
-            }
-            // A cgroup of ours with no state directory: its creator crashed between the two steps.
-            let cg = self.inner.cgroups.open(&id);
-            cg.kill_all();
-            cg.remove();
-            reaped.push(id);
         }
         if !reaped.is_empty() {
             tracing::info!(count = reaped.len(), "reaped sandboxes left by an earlier crash");
         }
         reaped
+    }
+
+    /// The name of a sandbox's cgroup: its id and its owner, so a later process can tell orphans
+    /// (owner gone) from sandboxes of another live process sharing the state directory.
+    fn cgroup_name(&self, id: &str) -> String {
+        format!("{id}.{}", self.inner.owner)
     }
 
     fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
@@ -428,29 +420,7 @@ impl LocalBackend {
     async fn spawn_sandbox(&self, request: &CreateRequest) -> Result<Arc<Sandbox>> {
         let config = &request.config;
         let id = random_id();
-        let dir = self.inner.config.state_dir.join(&id);
-        let meta = Meta {
-            id: id.clone(),
-            owner_pid: std::process::id(),
-            owner_start: process_start(std::process::id()).unwrap_or(0),
-            created_at_ms: now_ms(),
-            metadata: request.metadata.clone(),
-        };
-        // The directory appears under its final name only with its metadata inside, so a
-        // concurrent reaper never mistakes a sandbox being created for an orphan.
-        let staging = self.inner.config.state_dir.join(format!(".creating-{}-{id}", meta.owner_pid));
-        let staged = std::fs::create_dir_all(staging.join("root"))
-            .and_then(|()| std::fs::write(staging.join("meta.json"), serde_json::to_vec(&meta).unwrap_or_default()))
-            .and_then(|()| std::fs::rename(&staging, &dir));
-        if let Err(e) = staged {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(backend_err("creating the sandbox directory", e));
-        }
-        let root_dir = dir.join("root");
-        let cleanup_dir = |e: Error| {
-            let _ = std::fs::remove_dir_all(&dir);
-            e
-        };
+        let created_at_ms = now_ms();
         let limits = Limits {
             memory_bytes: config.memory_mb.saturating_mul(1024 * 1024),
             cpus: config.cpu_count,
@@ -461,8 +431,8 @@ impl LocalBackend {
             _ => self
                 .inner
                 .cgroups
-                .create(&id, limits)
-                .map_err(|e| cleanup_dir(backend_err("creating the sandbox cgroup", e)))?,
+                .create(&self.cgroup_name(&id), limits)
+                .map_err(|e| backend_err("creating the sandbox cgroup", e))?,
         };
         let fail = |e: Error, init: Option<&zygote::Init>| {
             if let Some(init) = init {
@@ -471,7 +441,6 @@ impl LocalBackend {
             }
             cgroup.kill_all();
             cgroup.remove();
-            let _ = std::fs::remove_dir_all(&dir);
             e
         };
 
@@ -509,7 +478,7 @@ impl LocalBackend {
         sys::write_all(host_end.as_raw_fd(), &proto::encode_json(Kind::Setup, 0, &setup))
             .map_err(|e| fail(backend_err("sending the sandbox setup", e), None))?;
         let procs: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        let root_path = root_dir.to_string_lossy().into_owned();
+        let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
         let spawned = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, procs, &agent_end))
             .await
             .map_err(|e| fail(backend_err("spawning the sandbox init", e), None))?;
@@ -565,7 +534,7 @@ impl LocalBackend {
             id: SandboxId::new_unchecked(id),
             backend: "local".into(),
             state: SandboxState::Running,
-            created_at_ms: meta.created_at_ms,
+            created_at_ms,
             metadata: request.metadata.clone(),
         };
         let sandbox = Arc::new(Sandbox {
@@ -579,7 +548,6 @@ impl LocalBackend {
             alive: alive.clone(),
             next_id: AtomicU32::new(1),
             root,
-            dir,
             last_cpu: Mutex::new(None),
             reader: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
@@ -1090,7 +1058,6 @@ impl SandboxBackend for LocalBackend {
             sys::pidfd_wait(sb2.pidfd.as_raw_fd(), -1);
             sb2.cgroup.kill_all();
             sb2.cgroup.remove();
-            let _ = std::fs::remove_dir_all(&sb2.dir);
         })
         .await
         .map_err(|e| backend_err("destroy task", e))?;
@@ -1123,5 +1090,22 @@ impl SandboxBackend for LocalBackend {
             .collect();
         v.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_owner_is_alive_only_while_that_exact_process_runs() {
+        let me = std::process::id();
+        let start = process_start(me).unwrap();
+        assert!(owner_alive(&format!("o{me}-{start}")));
+        assert!(!owner_alive(&format!("o{me}-{}", start + 1)), "a reused pid is not the owner");
+        assert!(!owner_alive("o4194304-1"), "no such pid");
+        for garbage in ["", "o", "o12", "x1-2", "o1-x", "oabc-1"] {
+            assert!(!owner_alive(garbage), "{garbage:?}");
+        }
     }
 }

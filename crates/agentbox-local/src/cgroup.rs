@@ -235,6 +235,27 @@ impl Cgroups {
         ids
     }
 
+    /// Directories of the sandbox cgroups whose names start with `prefix`, in every hierarchy.
+    #[must_use]
+    pub fn find(&self, prefix: &str) -> Vec<PathBuf> {
+        let roots: Vec<PathBuf> = match &self.layout {
+            Layout::V2(r) => vec![r.join(&self.parent)],
+            Layout::V1(m) => m.values().map(|p| p.join(&self.parent)).collect(),
+            Layout::None => Vec::new(),
+        };
+        let mut found: Vec<PathBuf> = roots
+            .iter()
+            .filter_map(|r| fs::read_dir(r).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+
     /// A handle on an existing sandbox cgroup (for cleanup after a crash).
     #[must_use]
     pub fn open(&self, id: &str) -> SandboxCgroup {

@@ -53,7 +53,14 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     for p in &pids {
         assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "process {p} survived destroy");
     }
-    assert!(!state.join(&id).exists(), "state directory left behind");
+    let config = LocalConfig { state_dir: state.clone(), ..LocalConfig::default() };
+    assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "cgroups left behind");
+    // Only what the backend shares between sandboxes stays: the empty root mount point and /etc templates.
+    for entry in std::fs::read_dir(&state).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(name == ".root" || name.starts_with(".etc-"), "{name} left in the state directory");
+    }
+    assert_eq!(std::fs::read_dir(state.join(".root")).unwrap().count(), 0);
     assert_eq!(mounts_mentioning(&id), 0);
     for line in cgroups.iter().filter(|l| l.contains(&id)) {
         let (ctrl, path) = line.split_once(':').unwrap().1.split_once(':').unwrap();

@@ -161,7 +161,8 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     let mut parts = line[line.find("SANDBOX ").unwrap_or(0)..].split_whitespace().skip(1);
     let id = parts.next().unwrap().to_owned();
     let pids: Vec<i32> = parts.next().unwrap().split(',').map(|p| p.parse().unwrap()).collect();
-    assert!(state.join(&id).exists());
+    let config = LocalConfig { state_dir: state.clone(), ..LocalConfig::default() };
+    assert!(!LocalBackend::host_cgroups(&config, &id).is_empty(), "the helper's sandbox has cgroups");
     // Simulate a crash of the host process.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -178,8 +179,8 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     }
     assert_eq!(alive, 0, "sandbox processes outlived their host");
     // The next start reaps what is left: the state directory and the cgroups, and only ours.
-    let b = LocalBackend::new(LocalConfig { state_dir: state.clone(), ..LocalConfig::default() }).unwrap();
-    assert!(!state.join(&id).exists(), "orphan state directory not reaped");
+    let b = LocalBackend::new(config.clone()).unwrap();
+    assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "orphan cgroups not reaped");
     assert!(b.reap_orphans().is_empty(), "reaping is complete on the first pass");
     let _ = std::fs::remove_dir_all(&state);
 }
