@@ -1056,8 +1056,7 @@ impl SandboxBackend for LocalBackend {
             // in it before the init's pidfd turns readable (the zygote reaps the init itself).
             let _ = sys::pidfd_kill(sb2.pidfd.as_raw_fd(), libc::SIGKILL);
             sys::pidfd_wait(sb2.pidfd.as_raw_fd(), -1);
-            sb2.cgroup.kill_all();
-            sb2.cgroup.remove();
+            sb2.cgroup.remove_after_exit();
         })
         .await
         .map_err(|e| backend_err("destroy task", e))?;

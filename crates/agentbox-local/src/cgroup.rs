@@ -54,7 +54,7 @@ fn parse_mountinfo(text: &str) -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
             "cgroup" => {
                 let opts = rfields.get(2).copied().unwrap_or_default();
                 for c in opts.split(',') {
-                    if matches!(c, "memory" | "cpu" | "cpuacct" | "pids" | "freezer") {
+                    if matches!(c, "memory" | "cpu" | "cpuacct" | "pids") {
                         v1.entry(c.to_owned()).or_insert_with(|| PathBuf::from(mnt));
                     }
                 }
@@ -119,7 +119,7 @@ impl Cgroups {
             }
         }
         let mut v1 = v1;
-        for extra in ["cpuacct", "freezer"] {
+        for extra in ["cpuacct"] {
             if v1.get(extra).is_some_and(|m| fs::create_dir_all(m.join(parent)).is_err()) {
                 v1.remove(extra);
             }
@@ -148,7 +148,7 @@ impl Cgroups {
             Layout::V2(root) => vec![("unified".into(), root.join(&self.parent).join(id))],
             Layout::V1(m) => m
                 .iter()
-                .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids" | "freezer"))
+                .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids"))
                 .map(|(c, p)| (c.clone(), p.join(&self.parent).join(id)))
                 .collect(),
             Layout::None => Vec::new(),
@@ -197,7 +197,7 @@ impl Cgroups {
                     let _ = fs::write(d.join("memory.swappiness"), "0");
                 }
                 if let Some(d) = cg.dirs.get("cpu") {
-                    w(d, "cpu.cfs_period_us", "100000".into())?;
+                    // The period is the kernel's default, 100 ms, as the quota assumes.
                     w(d, "cpu.cfs_quota_us", quota.to_string())?;
                 }
                 if let Some(d) = cg.dirs.get("pids") {
@@ -382,6 +382,29 @@ impl SandboxCgroup {
                 let _ = crate::sys::kill(p, libc::SIGKILL);
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Removes the cgroup directories of a sandbox whose processes should all be gone; when some
+    /// directory is still in use, kills what is in it and removes it the slow way.
+    pub fn remove_after_exit(&self) {
+        let gone = |dir: &Path| match fs::remove_dir(dir) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
+        let mut busy = false;
+        for d in self.dirs.values() {
+            // Most hierarchies have no child cgroups: one rmdir. Execution cgroups go first.
+            if gone(d) {
+                continue;
+            }
+            let mut all = Vec::new();
+            subtree(d, &mut all);
+            busy |= !all.iter().all(|dir| gone(dir));
+        }
+        if busy {
+            self.kill_all();
+            self.remove();
         }
     }
 

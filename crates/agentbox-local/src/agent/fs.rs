@@ -26,6 +26,8 @@ pub trait Mounter {
     fn mkdir(&mut self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()>;
     /// Creates an empty file (a bind-mount target).
     fn touch(&mut self, path: &Path) -> io::Result<()>;
+    /// Makes a character device node with mode 0666.
+    fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
     /// Writes a small file.
@@ -67,6 +69,15 @@ impl Mounter for LinuxMounter {
     fn touch(&mut self, path: &Path) -> io::Result<()> {
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map(drop)
     }
+    fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> io::Result<()> {
+        let p = sys::cpath(path)?;
+        // SAFETY: a valid path; mknod and chmod have no other preconditions.
+        unsafe {
+            sys::check(libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)))?;
+            // The mode without the umask.
+            sys::check(libc::chmod(p.as_ptr(), 0o666)).map(drop)
+        }
+    }
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
     }
@@ -97,8 +108,10 @@ const PROC_MASKED_FILES: &[&str] = &["kcore", "keys", "timer_list", "sched_debug
 const PROC_MASKED_DIRS: &[&str] = &["acpi", "scsi", "firmware", "driver"];
 /// Paths in /proc made read-only.
 const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
-/// Device nodes bound from the host.
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The device nodes of /dev: name, major, minor. Made with mknod (bound from the host's /dev where
+/// that is refused).
+const DEVICES: &[(&str, u32, u32)] =
+    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
 fn under(root: &Path, inside: &str) -> PathBuf {
     root.join(inside.trim_start_matches('/'))
@@ -179,11 +192,13 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("size=64k,nr_inodes=64,mode=0755"),
     )?;
-    for d in DEVICES {
+    for (d, major, minor) in DEVICES {
         let target = dev.join(d);
-        m.touch(&target)?;
-        m.mount(Some(&format!("/dev/{d}")), &target, None, libc::MS_BIND, None)
-            .map_err(ctx("binding a device node"))?;
+        if m.mknod(&target, *major, *minor).is_err() {
+            m.touch(&target)?;
+            m.mount(Some(&format!("/dev/{d}")), &target, None, libc::MS_BIND, None)
+                .map_err(ctx("binding a device node"))?;
+        }
     }
     m.mkdir(&dev.join("pts"), 0o755, None)?;
     m.mount(
@@ -317,6 +332,10 @@ mod tests {
             self.0.push(format!("mkdir {} {mode:o} {owner:?}", path.display()));
             Ok(())
         }
+        fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> io::Result<()> {
+            self.0.push(format!("mknod {} {major}:{minor}", path.display()));
+            Ok(())
+        }
         fn touch(&mut self, path: &Path) -> io::Result<()> {
             self.0.push(format!("touch {}", path.display()));
             Ok(())
@@ -400,6 +419,8 @@ mod tests {
                     && l.contains("size=1073741824,nr_inodes=1000"))
         );
         assert!(index(&log, "detach /r/.storage") > index(&log, "mount /r/.storage/tmp /r/tmp"));
+        assert!(log.contains(&"mknod /r/dev/null 1:3".to_owned()), "device nodes are made, not bound: {log:#?}");
+        assert!(!log.iter().any(|l| l.starts_with("mount /dev/")), "{log:#?}");
         assert!(
             log.iter().any(|l| l.starts_with("mount agentbox-quota /r/tmp/small tmpfs") && l.contains("size=1048576"))
         );
