@@ -390,6 +390,7 @@ impl LocalBackend {
             symlinks,
             files,
             etc: None,
+            cgroups: Vec::new(),
             storage_bytes: config.disk_gb.saturating_mul(1024 * mb),
             storage_inodes: config.storage.max_inodes,
             quotas: config
@@ -426,34 +427,68 @@ impl LocalBackend {
             cpus: config.cpu_count,
             pids: u64::from(config.security.max_processes) + 1, // and the init
         };
-        let cgroup = match self.inner.cgroups.layout() {
-            crate::CgroupLayout::None => SandboxCgroup::default(),
-            _ => self
-                .inner
-                .cgroups
-                .create(&self.cgroup_name(&id), limits)
-                .map_err(|e| backend_err("creating the sandbox cgroup", e))?,
+        let mut fds = [0; 2];
+        // SAFETY: socketpair into a local array.
+        sys::check(unsafe {
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        })
+        .map_err(|e| backend_err("creating the control socket", e))?;
+        // SAFETY: both fds are fresh and owned here.
+        let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+        // The zygote clones the init (creating its namespaces) while this side makes the cgroups:
+        // the init waits for its setup message, which names them, before it does anything else.
+        let inner = self.inner.clone();
+        let name = self.cgroup_name(&id);
+        let make_cgroup = tokio::task::spawn_blocking(move || match inner.cgroups.layout() {
+            crate::CgroupLayout::None => Ok(SandboxCgroup::default()),
+            _ => inner.cgroups.create(&name, limits),
+        });
+        let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
+        let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end));
+        let (cgroup, init) = tokio::join!(make_cgroup, start_init);
+        let kill = |init: &zygote::Init| {
+            let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
+            sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
+        };
+        let (cgroup, init) = match (cgroup, init) {
+            (Ok(Ok(cgroup)), Ok(Ok(init))) => (cgroup, init),
+            (cgroup, init) => {
+                if let Ok(Ok(init)) = &init {
+                    kill(init);
+                }
+                if let Ok(Ok(cgroup)) = &cgroup {
+                    cgroup.kill_all();
+                    cgroup.remove();
+                }
+                return Err(match (cgroup, init) {
+                    (Err(e), _) => backend_err("creating the sandbox cgroup", e),
+                    (Ok(Err(e)), _) => backend_err("creating the sandbox cgroup", e),
+                    (_, Err(e)) => backend_err("spawning the sandbox init", e),
+                    (_, Ok(Err(e))) => {
+                        let hint = if matches!(e.errno, Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS))
+                        {
+                            "; the host refused to create namespaces: run as root outside a restricted container"
+                        } else {
+                            ""
+                        };
+                        Error::Backend(format!("starting the sandbox failed: {}{hint}", e.message))
+                    }
+                    (Ok(Ok(_)), Ok(Ok(_))) => Error::Backend("unreachable".into()),
+                });
+            }
         };
         let fail = |e: Error, init: Option<&zygote::Init>| {
             if let Some(init) = init {
-                let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
-                sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
+                kill(init);
             }
             cgroup.kill_all();
             cgroup.remove();
             e
         };
 
-        let mut fds = [0; 2];
-        // SAFETY: socketpair into a local array.
-        sys::check(unsafe {
-            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
-        })
-        .map_err(|e| fail(backend_err("creating the control socket", e), None))?;
-        // SAFETY: both fds are fresh and owned here.
-        let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // The setup waits in the socket for the init to read it: no round trip before it starts.
         let mut setup = self.setup_for(config);
+        setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
         if config.security.read_only_root {
             // One bind of a shared template instead of a mount or copy per /etc entry. A writable
             // root keeps per-sandbox copies (the template is shared, so it is always read-only).
@@ -476,20 +511,7 @@ impl LocalBackend {
             }
         }
         sys::write_all(host_end.as_raw_fd(), &proto::encode_json(Kind::Setup, 0, &setup))
-            .map_err(|e| fail(backend_err("sending the sandbox setup", e), None))?;
-        let procs: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
-        let spawned = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, procs, &agent_end))
-            .await
-            .map_err(|e| fail(backend_err("spawning the sandbox init", e), None))?;
-        let init = spawned.map_err(|e| {
-            let hint = if matches!(e.errno, Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) {
-                "; the host refused to create namespaces: run as root outside a restricted container"
-            } else {
-                ""
-            };
-            fail(Error::Backend(format!("starting the sandbox failed: {}{hint}", e.message)), None)
-        })?;
+            .map_err(|e| fail(backend_err("sending the sandbox setup", e), Some(&init)))?;
         let init_pid = init.pid;
 
         let std_stream = std::os::unix::net::UnixStream::from(host_end);

@@ -124,6 +124,8 @@ pub struct Setup {
     /// A host directory bound read-only as the whole /etc (a template holding the /etc
     /// entries and files above, built once on the host); `binds` and `files` then hold none.
     pub etc: Option<String>,
+    /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`) before anything else.
+    pub cgroups: Vec<String>,
     /// Size of the writable storage (home and /tmp) in bytes.
     pub storage_bytes: u64,
     /// Inode cap of the writable storage.
@@ -163,8 +165,6 @@ pub struct Setup {
 pub struct SpawnInit {
     /// The host directory the init mounts its root on.
     pub root: String,
-    /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`).
-    pub cgroups: Vec<String>,
 }
 
 /// zygote -> host: the init's host pid (its pidfd rides along), or why it could not start.

@@ -79,14 +79,14 @@ fn ask(z: &Zygote, request: &[u8], control: &OwnedFd) -> Result<(InitSpawned, Op
     Ok((reply, pidfd))
 }
 
-/// Starts a sandbox init whose root goes on `root`, in the cgroups whose join files are
-/// `cgroups`, serving `control`. Blocks briefly (one clone in the zygote); call it off
+/// Starts a sandbox init whose root goes on `root`, serving `control` (it joins its cgroups
+/// when the setup message that names them arrives). Blocks briefly (one clone in the zygote); call it off
 /// the async runtime.
 ///
 /// # Errors
 /// When the zygote can't be started, or the clone failed (namespaces not permitted).
-pub fn spawn_init(root: &str, cgroups: Vec<String>, control: &OwnedFd) -> Result<Init, SpawnError> {
-    let request = serde_json::to_vec(&SpawnInit { root: root.to_owned(), cgroups })
+pub fn spawn_init(root: &str, control: &OwnedFd) -> Result<Init, SpawnError> {
+    let request = serde_json::to_vec(&SpawnInit { root: root.to_owned() })
         .map_err(|e| SpawnError { message: format!("encoding the request: {e}"), errno: None })?;
     let mut guard = ZYGOTE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // A zygote that died before taking the request (killed from outside) is replaced once. One

@@ -388,6 +388,7 @@ mod tests {
             seccomp: vec![],
             landlock: true,
             exec_cgroups: "v2".into(),
+            cgroups: vec![],
         }
     }
 

@@ -98,6 +98,18 @@ fn init_main(root: &str) -> i32 {
         _ => return 1,
     };
     let started = Instant::now();
+    // Into the sandbox's cgroups first, then a cgroup namespace rooted there.
+    for procs in &setup.cgroups {
+        if let Err(e) = std::fs::write(procs, "0") {
+            send_failure(format!("joining the sandbox cgroup {procs} failed: {e}"));
+            return 1;
+        }
+    }
+    // SAFETY: unshare has no memory-safety preconditions.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } == -1 {
+        send_failure(format!("creating the sandbox's cgroup namespace failed: {}", io::Error::last_os_error()));
+        return 1;
+    }
     if let Err(e) = fs::build(&mut fs::LinuxMounter, Path::new(&root), &setup) {
         send_failure(format!("building the sandbox filesystem failed: {e}"));
         return 1;

@@ -160,17 +160,5 @@ fn child(req: &SpawnInit, control: libc::c_int, sigfd: libc::c_int) -> i32 {
         libc::sigemptyset(&raw mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
     }
-    for procs in &req.cgroups {
-        if let Err(e) = std::fs::write(procs, "0") {
-            super::send_failure(format!("joining the sandbox cgroup {procs} failed: {e}"));
-            return 112;
-        }
-    }
-    // SAFETY: unshare has no memory-safety preconditions.
-    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } == -1 {
-        let e = io::Error::last_os_error();
-        super::send_failure(format!("creating the sandbox's cgroup namespace failed: {e}"));
-        return 113;
-    }
     init_main(&req.root)
 }
