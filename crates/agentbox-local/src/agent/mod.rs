@@ -5,7 +5,7 @@
 //! process here, so any program linking this crate can host sandboxes with no
 //! extra binary to install (the `runc init` pattern).
 //!
-//! That process is the zygote ([`zygote`]): it clones each sandbox's init (PID 1
+//! That process is the zygote (`agent/zygote.rs`): it clones each sandbox's init (PID 1
 //! of fresh namespaces) on request. The init builds the filesystem, then serves
 //! execution requests over the control socket until the host closes it, at
 //! which point the init exits and the kernel kills everything left in the
