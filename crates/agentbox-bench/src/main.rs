@@ -332,7 +332,8 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, usize::from),
         std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
-    // Warm-up: the first create makes the sealed agent copy; page caches fill.
+    // Warm-up: the first create makes the sealed agent copy, starts the zygote and builds the /etc template;
+    // page caches fill.
     for _ in 0..3 {
         let sb = backend.create(CreateRequest::default()).await.expect("create");
         backend.destroy(&sb.id).await.expect("destroy");
