@@ -451,31 +451,31 @@ impl LocalBackend {
             let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
             sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
         };
+        let cgroup = cgroup
+            .map_err(|e| backend_err("creating the sandbox cgroup", e))
+            .and_then(|r| r.map_err(|e| backend_err("creating the sandbox cgroup", e)));
+        let init = init.map_err(|e| backend_err("spawning the sandbox init", e)).and_then(|r| {
+            r.map_err(|e| {
+                let hint = if matches!(e.errno, Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) {
+                    "; the host refused to create namespaces: run as root outside a restricted container"
+                } else {
+                    ""
+                };
+                Error::Backend(format!("starting the sandbox failed: {}{hint}", e.message))
+            })
+        });
         let (cgroup, init) = match (cgroup, init) {
-            (Ok(Ok(cgroup)), Ok(Ok(init))) => (cgroup, init),
-            (cgroup, init) => {
-                if let Ok(Ok(init)) = &init {
-                    kill(init);
+            (Ok(cgroup), Ok(init)) => (cgroup, init),
+            (Err(e), init) => {
+                if let Ok(init) = init {
+                    kill(&init);
                 }
-                if let Ok(Ok(cgroup)) = &cgroup {
-                    cgroup.kill_all();
-                    cgroup.remove();
-                }
-                return Err(match (cgroup, init) {
-                    (Err(e), _) => backend_err("creating the sandbox cgroup", e),
-                    (Ok(Err(e)), _) => backend_err("creating the sandbox cgroup", e),
-                    (_, Err(e)) => backend_err("spawning the sandbox init", e),
-                    (_, Ok(Err(e))) => {
-                        let hint = if matches!(e.errno, Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS))
-                        {
-                            "; the host refused to create namespaces: run as root outside a restricted container"
-                        } else {
-                            ""
-                        };
-                        Error::Backend(format!("starting the sandbox failed: {}{hint}", e.message))
-                    }
-                    (Ok(Ok(_)), Ok(Ok(_))) => Error::Backend("unreachable".into()),
-                });
+                return Err(e);
+            }
+            (Ok(cgroup), Err(e)) => {
+                cgroup.kill_all();
+                cgroup.remove();
+                return Err(e);
             }
         };
         let fail = |e: Error, init: Option<&zygote::Init>| {
