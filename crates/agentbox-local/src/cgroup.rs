@@ -213,26 +213,18 @@ impl Cgroups {
         Ok(cg)
     }
 
-    /// Ids of sandbox cgroups left under our parent (for crash recovery).
+    /// Names of the sandbox cgroups under our parent, in any hierarchy (for crash recovery).
     #[must_use]
     pub fn leftovers(&self) -> Vec<String> {
-        let roots: Vec<PathBuf> = match &self.layout {
-            Layout::V2(r) => vec![r.join(&self.parent)],
-            Layout::V1(m) => m.values().map(|p| p.join(&self.parent)).collect(),
-            Layout::None => Vec::new(),
-        };
-        let mut ids: Vec<String> = roots
+        let mut names: Vec<String> = self
+            .find("sb-")
             .iter()
-            .filter_map(|r| fs::read_dir(r).ok())
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("sb-"))
+            .filter(|p| p.is_dir())
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
             .collect();
-        ids.sort();
-        ids.dedup();
-        ids
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Directories of the sandbox cgroups whose names start with `prefix`, in every hierarchy.
