@@ -146,6 +146,10 @@ impl std::fmt::Debug for LocalBackend {
     }
 }
 
+/// The most argument and environment bytes an execution may have: `execve`'s limit with the
+/// default 8 MiB stack (a quarter of it).
+const MAX_ARGS_BYTES: usize = 2 * 1024 * 1024;
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
@@ -618,10 +622,20 @@ impl LocalBackend {
             return Err(Error::InvalidRequest("cwd contains a NUL byte".into()));
         }
         let timeout = request.timeout.unwrap_or(sb.config.execution_timeout);
+        let env = sb.net.exec_env(&sb.config.environment_variables, &request.env);
+        // What execve(2) can take at most; larger requests could never start (and must not reach the agent).
+        let size: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>()
+            + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        if size > MAX_ARGS_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "the command's arguments and environment take {size} bytes; a command can take at most {MAX_ARGS_BYTES} \
+                 (the kernel's limit): pass large data through stdin or a file"
+            )));
+        }
         Ok(Exec {
             argv,
             cwd,
-            env: sb.net.exec_env(&sb.config.environment_variables, &request.env),
+            env,
             timeout_ms: if output_path.is_some() && request.timeout.is_none() {
                 0
             } else {
@@ -1082,8 +1096,11 @@ impl SandboxBackend for LocalBackend {
         })
         .await
         .map_err(|e| backend_err("destroy task", e))?;
-        if let Some(t) = sb.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        let reader = sb.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(t) = reader {
+            // Waiting for the cancelled reader means the control socket is closed when destroy returns.
             t.abort();
+            let _ = t.await;
         }
         let forwards: Vec<_> = sb
             .forwards

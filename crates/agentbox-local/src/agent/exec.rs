@@ -2,7 +2,6 @@
 
 use std::ffi::CString;
 use std::io;
-use std::path::Path;
 
 use crate::proto::{Exec, Setup};
 use crate::sys;
@@ -69,16 +68,40 @@ pub struct Stdio {
     pub cgroup_procs: libc::c_int,
 }
 
-fn fail(step: &str, err: &io::Error) -> ! {
-    let msg = format!("agentbox: cannot start the command: {step}: {err}\n");
-    let _ = sys::write_all(2, msg.as_bytes());
+/// Reports why the command could not start on its stderr and exits 127, allocating nothing: the
+/// child shares the init's memory (see [`Spawner`]).
+fn fail(parts: &[&[u8]], errno: Option<i32>) -> ! {
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    let mut push = |b: &[u8]| {
+        let take = b.len().min(buf.len() - n);
+        buf[n..n + take].copy_from_slice(&b[..take]);
+        n += take;
+    };
+    push(b"agentbox: cannot start the command: ");
+    for p in parts {
+        push(p);
+    }
+    if let Some(errno) = errno {
+        let mut msg = [0u8; 256];
+        // SAFETY: the XSI strerror_r writes a NUL-terminated message into our buffer.
+        let known = unsafe { libc::strerror_r(errno, msg.as_mut_ptr().cast(), msg.len()) } == 0;
+        push(b": ");
+        if known {
+            push(&msg[..msg.iter().position(|b| *b == 0).unwrap_or(msg.len())]);
+        } else {
+            push(b"error");
+        }
+    }
+    push(b"\n");
+    let _ = sys::write_all(2, &buf[..n]);
     // SAFETY: _exit is always safe; 127 is the conventional "could not execute" code.
     unsafe { libc::_exit(127) }
 }
 
 fn ok(step: &str, rc: libc::c_int) {
     if rc == -1 {
-        fail(step, &io::Error::last_os_error());
+        fail(&[step.as_bytes()], io::Error::last_os_error().raw_os_error());
     }
 }
 
@@ -146,8 +169,8 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
     Ok(())
 }
 
-/// A stack for the children [`spawn`] starts, with a guard page below it.
-pub struct Stack {
+/// A stack for the children the [`Spawner`] starts, with a guard page below it.
+struct Stack {
     base: *mut libc::c_void,
     len: usize,
 }
@@ -195,61 +218,170 @@ impl Drop for Stack {
     }
 }
 
-struct Args<'a> {
-    setup: &'a Setup,
-    landlock: Option<&'a landlock::RulesetCreated>,
-    prepared: &'a Prepared,
-    stdio: &'a Stdio,
+/// What a child reads until it execs; all of it lives until the start is over.
+struct Job {
+    setup: *const Setup,
+    landlock: Option<*const landlock::RulesetCreated>,
+    prepared: *const Prepared,
+    stdio: *const Stdio,
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `spawn` passes a pointer to an `Args` that outlives the child's use of it (the
-    // parent is suspended until the child execs or exits).
-    let a = unsafe { &*arg.cast::<Args<'_>>() };
-    child(a.setup, a.landlock, a.prepared, a.stdio)
+    // SAFETY: `arg` is the `Job` `Spawner::spawn` passed to clone; its targets outlive the child's
+    // use of them.
+    unsafe {
+        let job = &*arg.cast::<Job>();
+        child(&*job.setup, job.landlock.map(|l| &*l), &*job.prepared, &*job.stdio)
+    }
 }
 
-/// Starts an execution the way `posix_spawn` does: a child that shares the init's memory
-/// (`CLONE_VM`) on its own stack while the init waits (`CLONE_VFORK`) until it has called
-/// `execve` or exited. Nothing is copied (no page tables, no copy-on-write faults after), which
-/// a fork of the init would cost on every execution. The child makes only system calls, raw
-/// where glibc would consult process-wide state, so sharing memory is sound; the init is
-/// single-threaded. Returns the child's pid, or -1 with errno set.
-pub fn spawn(
-    stack: &mut Option<Stack>,
-    setup: &Setup,
-    landlock: Option<&landlock::RulesetCreated>,
-    prepared: &Prepared,
-    stdio: &Stdio,
-) -> libc::pid_t {
-    if stack.is_none() {
-        match Stack::new() {
-            Ok(s) => *stack = Some(s),
-            Err(e) => {
-                // SAFETY: setting errno for the caller, as the -1 return promises.
-                unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::ENOMEM) };
-                return -1;
-            }
+/// How long a child may take from clone to `execve` before it is killed. Starting takes well under
+/// a millisecond; only a child stopped on purpose (sandboxed code can send SIGSTOP to every process
+/// of its user, and the child has that user's uid just before it execs) takes this long.
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the init's main thread and the watchdog share about the start in progress.
+#[derive(Default)]
+struct Watch {
+    /// Counts starts; the watchdog acts only on the one it saw begin.
+    seq: u64,
+    /// A start is in progress (the main thread waits in clone).
+    starting: bool,
+    /// The watchdog killed start number `seq`.
+    killed: bool,
+}
+
+struct Shared {
+    watch: std::sync::Mutex<Watch>,
+    wake: std::sync::Condvar,
+    /// The tid of the child being started (the kernel writes it before the child runs), or 0.
+    child: std::sync::atomic::AtomicI32,
+}
+
+/// Starts executions the way `posix_spawn` does: a child that shares the init's memory
+/// (`CLONE_VM`) on a stack of its own, while the init waits (`CLONE_VFORK`) until it has called
+/// `execve` or exited. Nothing is copied (no page tables, no copy-on-write faults after), which a
+/// fork of the init would cost on every execution.
+///
+/// A watchdog thread kills a child that does not reach `execve` within [`START_LIMIT`], so a child
+/// stopped by sandboxed code can't hang the init in that wait. The child allocates nothing (so
+/// killing it can't leave a lock held) and makes raw system calls where glibc would consult
+/// process-wide state.
+pub struct Spawner {
+    stack: Stack,
+    shared: std::sync::Arc<Shared>,
+}
+
+/// How a start ended.
+pub enum Spawned {
+    /// The child exec'd (or failed and exited 127 with the reason on its stderr).
+    Started(libc::pid_t),
+    /// The child did not reach `execve` in time and was killed; it will be reaped as killed.
+    Killed(libc::pid_t),
+    /// The clone itself failed.
+    Failed(io::Error),
+}
+
+impl Spawner {
+    /// Makes the stack and starts the watchdog thread.
+    ///
+    /// # Errors
+    /// When the stack or the thread can't be made.
+    pub fn new() -> io::Result<Self> {
+        let stack = Stack::new()?;
+        let shared = std::sync::Arc::new(Shared {
+            watch: std::sync::Mutex::new(Watch::default()),
+            wake: std::sync::Condvar::new(),
+            child: std::sync::atomic::AtomicI32::new(0),
+        });
+        let watched = shared.clone();
+        std::thread::Builder::new()
+            .name("agentbox-watch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || watchdog(&watched))?;
+        Ok(Self { stack, shared })
+    }
+
+    /// Starts one execution; returns once it has exec'd, died, or been killed for not getting there.
+    pub fn spawn(
+        &self,
+        setup: &Setup,
+        landlock: Option<&landlock::RulesetCreated>,
+        prepared: &Prepared,
+        stdio: &Stdio,
+    ) -> Spawned {
+        use std::sync::atomic::Ordering;
+        let lock = || self.shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let mut w = lock();
+            w.seq += 1;
+            w.starting = true;
+            w.killed = false;
+        }
+        self.shared.child.store(0, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        let job = Job { setup, landlock: landlock.map(std::ptr::from_ref), prepared, stdio };
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+        // SAFETY: the child runs `child_entry` on its own stack; `job` and what it points at live on
+        // until clone returns, which with CLONE_VFORK is after the child exec'd or died. The kernel
+        // writes the child's tid into `child` (an AtomicI32, laid out as a pid_t).
+        let pid = unsafe {
+            libc::clone(
+                child_entry,
+                self.stack.top(),
+                flags,
+                std::ptr::from_ref(&job).cast_mut().cast(),
+                self.shared.child.as_ptr(),
+            )
+        };
+        let err = io::Error::last_os_error();
+        let killed = {
+            let mut w = lock();
+            w.starting = false;
+            w.killed
+        };
+        self.shared.wake.notify_one();
+        self.shared.child.store(0, Ordering::SeqCst);
+        match (pid, killed) {
+            (p, _) if p < 0 => Spawned::Failed(err),
+            (p, true) => Spawned::Killed(p),
+            (p, false) => Spawned::Started(p),
         }
     }
-    let Some(stack) = stack.as_ref() else { return -1 };
-    let mut args = Args { setup, landlock, prepared, stdio };
-    // SAFETY: the child runs `child_entry` on its own stack; `args` lives on ours until clone
-    // returns, which with CLONE_VFORK is after the child has exec'd or exited.
-    unsafe {
-        libc::clone(
-            child_entry,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw mut args).cast(),
-        )
+}
+
+/// Waits for each start and kills its child if the start takes longer than [`START_LIMIT`].
+fn watchdog(shared: &Shared) {
+    let mut w = shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        while !w.starting {
+            w = shared.wake.wait(w).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let seq = w.seq;
+        let (guard, timeout) = shared
+            .wake
+            .wait_timeout_while(w, START_LIMIT, |w| w.starting && w.seq == seq)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w = guard;
+        if timeout.timed_out() && w.starting && w.seq == seq {
+            let tid = shared.child.load(std::sync::atomic::Ordering::SeqCst);
+            if tid > 0 {
+                w.killed = true;
+                let _ = sys::kill(tid, libc::SIGKILL);
+            }
+            // Wait for this start to end before watching the next one.
+            while w.starting && w.seq == seq {
+                w = shared.wake.wait(w).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
     }
 }
 
 /// The child: isolates itself further and execs. Never returns.
 pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Prepared, io: &Stdio) -> ! {
-    // SAFETY: (whole function) we are a `spawn` child of the single-threaded init, which is
-    // suspended until we exec or exit; every call is a plain syscall on valid arguments.
+    // SAFETY: (whole function) we are a `Spawner` child sharing the init's memory; everything we
+    // read stays alive and unchanged until we exec or exit; every call is a plain syscall on valid
+    // arguments, and nothing here allocates.
     unsafe {
         ok("setsid", libc::setsid());
         if io.cgroup_procs >= 0 {
@@ -282,10 +414,8 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
         // Landlock first: its ruleset is one of the descriptors closed next.
         if let Some(ruleset) = landlock {
             // Kernels without landlock have no ruleset; that is reported at sandbox start.
-            if let Err(e) =
-                ruleset.try_clone().map_err(io::Error::other).and_then(|r| r.restrict_self().map_err(io::Error::other))
-            {
-                fail("applying landlock", &e);
+            if ruleset.try_clone().ok().and_then(|r| r.restrict_self().ok()).is_none() {
+                fail(&[b"applying landlock"], None);
             }
         }
         // No inherited descriptors: everything above 2 goes.
@@ -318,12 +448,10 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
             libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr());
         }
         if libc::chdir(p.cwd.as_ptr()) == -1 {
-            let e = io::Error::last_os_error();
-            fail(&format!("changing to {}", Path::new(&*p.cwd.to_string_lossy()).display()), &e);
+            fail(&[b"changing to ", p.cwd.as_bytes()], io::Error::last_os_error().raw_os_error());
         }
         libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr());
-        let e = io::Error::last_os_error();
-        fail(&format!("executing {}", p.path.to_string_lossy()), &e)
+        fail(&[b"executing ", p.path.as_bytes()], io::Error::last_os_error().raw_os_error())
     }
 }
 

@@ -167,8 +167,8 @@ struct Running {
 
 struct Agent {
     setup: Setup,
-    /// The stack executions start on (see `exec::spawn`), made on first use.
-    stack: Option<exec::Stack>,
+    /// Starts executions (see `exec::Spawner`); made on first use.
+    spawner: Option<exec::Spawner>,
     landlock: Option<landlock::RulesetCreated>,
     free_cgroups: Vec<String>,
     exec_cgroups: bool,
@@ -197,7 +197,7 @@ impl Agent {
         let landlock = if setup.landlock { exec::landlock_ruleset(&setup.home).ok() } else { None };
         Ok(Self {
             setup,
-            stack: None,
+            spawner: None,
             landlock,
             free_cgroups: Vec::new(),
             exec_cgroups,
@@ -440,18 +440,45 @@ impl Agent {
             stderr: errp.map_or(-1, |p| p.1),
             cgroup_procs: cg_fd,
         };
-        let pid = exec::spawn(&mut self.stack, &self.setup, self.landlock.as_ref(), &prepared, &stdio);
+        if self.spawner.is_none() {
+            match exec::Spawner::new() {
+                Ok(sp) => self.spawner = Some(sp),
+                Err(err) => {
+                    for fd in [cg_fd, stdio.stdin, stdio.stdout, stdio.stderr] {
+                        sys::close(fd);
+                    }
+                    for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
+                        sys::close(fd);
+                    }
+                    return self.fail(id, format!("starting the spawner failed: {err}"), err.raw_os_error());
+                }
+            }
+        }
+        let spawned = match &self.spawner {
+            Some(sp) => sp.spawn(&self.setup, self.landlock.as_ref(), &prepared, &stdio),
+            None => exec::Spawned::Failed(io::Error::other("no spawner")),
+        };
         sys::close(cg_fd);
         for fd in [stdio.stdin, stdio.stdout, stdio.stderr] {
             sys::close(fd);
         }
-        if pid < 0 {
-            let err = io::Error::last_os_error();
-            for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
-                sys::close(fd);
+        let pid = match spawned {
+            exec::Spawned::Started(pid) => pid,
+            exec::Spawned::Killed(pid) => {
+                self.send(&proto::encode(
+                    Kind::Stderr,
+                    id,
+                    b"agentbox: the command was stopped before it could start, and was killed\n",
+                ));
+                pid
             }
-            return self.fail(id, format!("fork failed: {err}"), err.raw_os_error());
-        }
+            exec::Spawned::Failed(err) => {
+                for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
+                    sys::close(fd);
+                }
+                return self.fail(id, format!("starting the command failed: {err}"), err.raw_os_error());
+            }
+        };
         let fds = [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)];
         for fd in fds.into_iter().filter(|fd| *fd >= 0) {
             let _ = sys::set_nonblocking(fd);
