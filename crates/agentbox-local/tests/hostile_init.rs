@@ -417,3 +417,12 @@ async fn host_cgroups_vanish_after_destroy_with_busy_background_and_exec_cgroups
         assert!(!stat.contains("sleep") && !stat.contains("bash"), "process {p} survived destroy: {stat}");
     }
 }
+
+/// The start limit ends at `execve`: a command may run far longer than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_limit_does_not_outlive_execve() {
+    let sb = Sandbox::with(small()).await;
+    let out = sh(&sb, "sleep 3; echo slept").await;
+    destroy_bounded(sb).await;
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "slept\n"), "{out:?}");
+}

@@ -235,41 +235,22 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// How long a child may take from clone to `execve` before it is killed. Starting takes well under
+/// How long a child may take from clone to `execve` before it kills itself. Starting takes well under
 /// a millisecond; only a child stopped on purpose (sandboxed code can send SIGSTOP to every process
 /// of its user, and the child has that user's uid just before it execs) takes this long.
 const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// What the init's main thread and the watchdog share about the start in progress.
-#[derive(Default)]
-struct Watch {
-    /// Counts starts; the watchdog acts only on the one it saw begin.
-    seq: u64,
-    /// A start is in progress (the main thread waits in clone).
-    starting: bool,
-    /// The watchdog killed start number `seq`.
-    killed: bool,
-}
-
-struct Shared {
-    watch: std::sync::Mutex<Watch>,
-    wake: std::sync::Condvar,
-    /// The tid of the child being started (the kernel writes it before the child runs), or 0.
-    child: std::sync::atomic::AtomicI32,
-}
 
 /// Starts executions the way `posix_spawn` does: a child that shares the init's memory
 /// (`CLONE_VM`) on a stack of its own, while the init waits (`CLONE_VFORK`) until it has called
 /// `execve` or exited. Nothing is copied (no page tables, no copy-on-write faults after), which a
 /// fork of the init would cost on every execution.
 ///
-/// A watchdog thread kills a child that does not reach `execve` within [`START_LIMIT`], so a child
-/// stopped by sandboxed code can't hang the init in that wait. The child allocates nothing (so
-/// killing it can't leave a lock held) and makes raw system calls where glibc would consult
-/// process-wide state.
+/// The child first arms a timer that sends it SIGKILL after [`START_LIMIT`]; `execve` deletes the
+/// timer. So a child that sandboxed code stops before it execs can't hang the init in that wait.
+/// The child allocates nothing (so killing it can't leave a lock held) and makes raw system calls
+/// where glibc would consult process-wide state.
 pub struct Spawner {
     stack: Stack,
-    shared: std::sync::Arc<Shared>,
 }
 
 /// How a start ended.
@@ -283,23 +264,12 @@ pub enum Spawned {
 }
 
 impl Spawner {
-    /// Makes the stack and starts the watchdog thread.
+    /// Makes the children's stack.
     ///
     /// # Errors
-    /// When the stack or the thread can't be made.
+    /// When it can't be mapped.
     pub fn new() -> io::Result<Self> {
-        let stack = Stack::new()?;
-        let shared = std::sync::Arc::new(Shared {
-            watch: std::sync::Mutex::new(Watch::default()),
-            wake: std::sync::Condvar::new(),
-            child: std::sync::atomic::AtomicI32::new(0),
-        });
-        let watched = shared.clone();
-        std::thread::Builder::new()
-            .name("agentbox-watch".into())
-            .stack_size(64 * 1024)
-            .spawn(move || watchdog(&watched))?;
-        Ok(Self { stack, shared })
+        Ok(Self { stack: Stack::new()? })
     }
 
     /// Starts one execution; returns once it has exec'd, died, or been killed for not getting there.
@@ -310,77 +280,55 @@ impl Spawner {
         prepared: &Prepared,
         stdio: &Stdio,
     ) -> Spawned {
-        use std::sync::atomic::Ordering;
-        let lock = || self.shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        {
-            let mut w = lock();
-            w.seq += 1;
-            w.starting = true;
-            w.killed = false;
-        }
-        self.shared.child.store(0, Ordering::SeqCst);
-        self.shared.wake.notify_one();
         let job = Job { setup, landlock: landlock.map(std::ptr::from_ref), prepared, stdio };
-        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+        let began = std::time::Instant::now();
         // SAFETY: the child runs `child_entry` on its own stack; `job` and what it points at live on
-        // until clone returns, which with CLONE_VFORK is after the child exec'd or died. The kernel
-        // writes the child's tid into `child` (an AtomicI32, laid out as a pid_t).
+        // until clone returns, which with CLONE_VFORK is after the child exec'd or died.
         let pid = unsafe {
             libc::clone(
                 child_entry,
                 self.stack.top(),
-                flags,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 std::ptr::from_ref(&job).cast_mut().cast(),
-                self.shared.child.as_ptr(),
             )
         };
-        let err = io::Error::last_os_error();
-        let killed = {
-            let mut w = lock();
-            w.starting = false;
-            w.killed
-        };
-        self.shared.wake.notify_one();
-        self.shared.child.store(0, Ordering::SeqCst);
-        match (pid, killed) {
-            (p, _) if p < 0 => Spawned::Failed(err),
-            (p, true) => Spawned::Killed(p),
-            (p, false) => Spawned::Started(p),
+        if pid < 0 {
+            Spawned::Failed(io::Error::last_os_error())
+        } else if began.elapsed() >= START_LIMIT {
+            Spawned::Killed(pid)
+        } else {
+            Spawned::Started(pid)
         }
     }
 }
 
-/// Waits for each start and kills its child if the start takes longer than [`START_LIMIT`].
-fn watchdog(shared: &Shared) {
-    let mut w = shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        while !w.starting {
-            w = shared.wake.wait(w).unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Arms a timer that sends this process SIGKILL after [`START_LIMIT`]. `execve` deletes it.
+fn arm_start_limit() {
+    // SAFETY: plain timer syscalls with valid, zero-initialized kernel structures.
+    unsafe {
+        let mut sev: libc::sigevent = std::mem::zeroed();
+        sev.sigev_notify = libc::SIGEV_SIGNAL;
+        sev.sigev_signo = libc::SIGKILL;
+        let mut timer: libc::c_int = 0;
+        if libc::syscall(libc::SYS_timer_create, libc::CLOCK_MONOTONIC, &raw mut sev, &raw mut timer) != 0 {
+            fail(&[b"arming the start limit"], io::Error::last_os_error().raw_os_error());
         }
-        let seq = w.seq;
-        let (guard, timeout) = shared
-            .wake
-            .wait_timeout_while(w, START_LIMIT, |w| w.starting && w.seq == seq)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        w = guard;
-        if timeout.timed_out() && w.starting && w.seq == seq {
-            let tid = shared.child.load(std::sync::atomic::Ordering::SeqCst);
-            if tid > 0 {
-                w.killed = true;
-                let _ = sys::kill(tid, libc::SIGKILL);
-            }
-            // Wait for this start to end before watching the next one.
-            while w.starting && w.seq == seq {
-                w = shared.wake.wait(w).unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
+        let mut spec: libc::itimerspec = std::mem::zeroed();
+        spec.it_value.tv_sec = libc::time_t::try_from(START_LIMIT.as_secs()).unwrap_or(2);
+        if libc::syscall(libc::SYS_timer_settime, timer, 0, &raw const spec, std::ptr::null_mut::<libc::itimerspec>())
+            != 0
+        {
+            fail(&[b"arming the start limit"], io::Error::last_os_error().raw_os_error());
         }
     }
 }
 
 /// The child: isolates itself further and execs. Never returns.
 pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Prepared, io: &Stdio) -> ! {
-    // SAFETY: (whole function) we are a `Spawner` child sharing the init's memory; everything we
-    // read stays alive and unchanged until we exec or exit; every call is a plain syscall on valid
+    // First of all: whatever stops this child below, it dies within the start limit.
+    arm_start_limit();
+    // SAFETY: (whole block) we are a `Spawner` child sharing the init's memory; everything we read
+    // stays alive and unchanged until we exec or exit; every call is a plain syscall on valid
     // arguments, and nothing here allocates.
     unsafe {
         ok("setsid", libc::setsid());
