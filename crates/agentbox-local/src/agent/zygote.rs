@@ -10,6 +10,7 @@
 //! control socket closes.
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use super::{CONTROL_FD, init_main};
 use crate::proto::{InitSpawned, SpawnInit};
@@ -75,9 +76,9 @@ pub fn main() -> i32 {
         };
         let sent = match reply {
             Ok((pid, pidfd)) => {
+                // Our copy of the pidfd closes when `pidfd` drops; the host keeps its own.
                 let msg = InitSpawned { pid, error: None, errno: None };
-                sys::send_with_fd(REQUEST_FD, &serde_json::to_vec(&msg).unwrap_or_default(), Some(pidfd.0))
-                    .inspect(|()| sys::close(pidfd.0))
+                sys::send_with_fd(REQUEST_FD, &serde_json::to_vec(&msg).unwrap_or_default(), Some(pidfd.as_raw_fd()))
             }
             Err((error, errno)) => {
                 let msg = InitSpawned { pid: 0, error: Some(error), errno };
@@ -89,9 +90,6 @@ pub fn main() -> i32 {
         }
     }
 }
-
-/// A pidfd the zygote hands to the host, then closes.
-struct PidFd(libc::c_int);
 
 /// Reaps every exited init.
 fn reap(sigfd: libc::c_int) {
@@ -112,8 +110,7 @@ fn spawn(
     req: &SpawnInit,
     control: &std::os::fd::OwnedFd,
     sigfd: libc::c_int,
-) -> Result<(i32, PidFd), (String, Option<i32>)> {
-    use std::os::fd::AsRawFd;
+) -> Result<(i32, std::os::fd::OwnedFd), (String, Option<i32>)> {
     // SAFETY: a fork-like clone (no new stack, no shared memory) of this single-threaded
     // process; the child only continues into code that is safe after fork.
     let pid = unsafe {
@@ -137,7 +134,7 @@ fn spawn(
     }
     let pid = i32::try_from(pid).unwrap_or(-1);
     match sys::pidfd_open(pid) {
-        Ok(fd) => Ok((pid, PidFd(std::os::fd::IntoRawFd::into_raw_fd(fd)))),
+        Ok(fd) => Ok((pid, fd)),
         Err(e) => {
             let _ = sys::kill(pid, libc::SIGKILL);
             Err((format!("pidfd_open of the sandbox init failed: {e}"), e.raw_os_error()))
@@ -145,8 +142,8 @@ fn spawn(
     }
 }
 
-/// In the clone: take the control socket as fd 3, leave the zygote's fds, join the
-/// sandbox's cgroups and cgroup namespace, then become the init.
+/// In the clone: take the control socket as fd 3, leave the zygote's descriptors and signal
+/// mask, then become the init (which joins its cgroups once its setup message names them).
 fn child(req: &SpawnInit, control: libc::c_int, sigfd: libc::c_int) -> i32 {
     // SAFETY: plain syscalls on fds this process owns.
     unsafe {
