@@ -219,20 +219,18 @@ impl Drop for Stack {
 }
 
 /// What a child reads until it execs; all of it lives until the start is over.
-struct Job {
-    setup: *const Setup,
-    landlock: Option<*const landlock::RulesetCreated>,
-    prepared: *const Prepared,
-    stdio: *const Stdio,
+struct Job<'a> {
+    setup: &'a Setup,
+    landlock: Option<&'a landlock::RulesetCreated>,
+    prepared: &'a Prepared,
+    stdio: &'a Stdio,
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `Job` `Spawner::spawn` passed to clone; its targets outlive the child's
-    // use of them.
-    unsafe {
-        let job = &*arg.cast::<Job>();
-        child(&*job.setup, job.landlock.map(|l| &*l), &*job.prepared, &*job.stdio)
-    }
+    // SAFETY: `arg` is the `Job` `Spawner::spawn` passed to clone, alive until clone returns there,
+    // which is after this child exec'd or died.
+    let job = unsafe { &*arg.cast::<Job<'_>>() };
+    child(job.setup, job.landlock, job.prepared, job.stdio)
 }
 
 /// How long a child may take from clone to `execve` before it kills itself. Starting takes well under
@@ -280,7 +278,7 @@ impl Spawner {
         prepared: &Prepared,
         stdio: &Stdio,
     ) -> Spawned {
-        let job = Job { setup, landlock: landlock.map(std::ptr::from_ref), prepared, stdio };
+        let job = Job { setup, landlock, prepared, stdio };
         let began = std::time::Instant::now();
         // SAFETY: the child runs `child_entry` on its own stack; `job` and what it points at live on
         // until clone returns, which with CLONE_VFORK is after the child exec'd or died.
