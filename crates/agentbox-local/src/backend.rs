@@ -175,6 +175,22 @@ fn cgroup_parent(config: &LocalConfig) -> String {
     format!("{}-{:08x}", config.cgroup_parent, fnv1a(state_key.as_os_str().as_encoded_bytes()))
 }
 
+/// Cleans up after a create that failed half-way, off the async runtime: kills the init (and with
+/// it its namespaces) and removes the cgroups, waiting for both.
+async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(init) = init {
+            let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
+            sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
+        }
+        if let Some(cgroup) = cgroup {
+            cgroup.kill_all();
+            cgroup.remove();
+        }
+    })
+    .await;
+}
+
 fn random_id() -> String {
     let mut b = [0u8; 8];
     // SAFETY: getrandom into a local buffer.
@@ -262,12 +278,13 @@ impl LocalBackend {
         self.inner.cgroups.layout()
     }
 
-    /// The host cgroup directories of the sandbox `id` made by any process using `config`'s state
-    /// directory: they exist from the start of its creation until its destroy or reaping (for tests
-    /// and diagnostics, also from another process).
+    /// The host cgroup directories of the sandbox `id` (of every sandbox when `id` is empty) made by
+    /// any process using `config`'s state directory: they exist from the start of a creation until
+    /// its destroy or reaping (for tests and diagnostics, also from another process).
     #[must_use]
     pub fn host_cgroups(config: &LocalConfig, id: &str) -> Vec<PathBuf> {
-        Cgroups::detect(&cgroup_parent(config)).find(&format!("{id}."))
+        let prefix = if id.is_empty() { "sb-".to_owned() } else { format!("{id}.") };
+        Cgroups::detect(&cgroup_parent(config)).find(&prefix)
     }
 
     /// Host pids of every process in a sandbox (for tests and diagnostics).
@@ -451,10 +468,6 @@ impl LocalBackend {
         let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
         let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end));
         let (cgroup, init) = tokio::join!(make_cgroup, start_init);
-        let kill = |init: &zygote::Init| {
-            let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
-            sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
-        };
         let cgroup = cgroup
             .map_err(|e| backend_err("creating the sandbox cgroup", e))
             .and_then(|r| r.map_err(|e| backend_err("creating the sandbox cgroup", e)));
@@ -471,88 +484,80 @@ impl LocalBackend {
         let (cgroup, init) = match (cgroup, init) {
             (Ok(cgroup), Ok(init)) => (cgroup, init),
             (Err(e), init) => {
-                if let Ok(init) = init {
-                    kill(&init);
-                }
+                abandon(init.ok(), None).await;
                 return Err(e);
             }
             (Ok(cgroup), Err(e)) => {
-                cgroup.kill_all();
-                cgroup.remove();
+                abandon(None, Some(cgroup)).await;
                 return Err(e);
             }
         };
-        let fail = |e: Error, init: Option<&zygote::Init>| {
-            if let Some(init) = init {
-                kill(init);
-            }
-            cgroup.kill_all();
-            cgroup.remove();
-            e
-        };
-
-        let mut setup = self.setup_for(config);
-        setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        if config.security.read_only_root {
-            // One bind of a shared template instead of a mount or copy per /etc entry. A writable
-            // root keeps per-sandbox copies (the template is shared, so it is always read-only).
-            let template = match self.inner.etc.cached(&setup.files) {
-                Some(t) => Ok(t),
-                None => {
-                    let (etc, files) = (self.inner.etc.clone(), setup.files.clone());
-                    tokio::task::spawn_blocking(move || etc.get(&files))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                }
-            };
-            match template {
-                Ok(t) => {
-                    setup.etc = Some(t.to_string_lossy().into_owned());
-                    setup.files.clear();
-                    setup.binds.retain(|b| !b.target.starts_with("/etc/"));
-                }
-                Err(e) => tracing::warn!(error = %e, "no shared /etc template; copying /etc entries per sandbox"),
-            }
-        }
-        sys::write_all(host_end.as_raw_fd(), &proto::encode_json(Kind::Setup, 0, &setup))
-            .map_err(|e| fail(backend_err("sending the sandbox setup", e), Some(&init)))?;
         let init_pid = init.pid;
-
-        let std_stream = std::os::unix::net::UnixStream::from(host_end);
-        let stream = std_stream
-            .set_nonblocking(true)
-            .and_then(|()| UnixStream::from_std(std_stream))
-            .map_err(|e| fail(backend_err("registering the control socket", e), Some(&init)))?;
-        let (mut rd, wr) = stream.into_split();
-        let handshake = async {
-            let (k, _, p) = read_frame(&mut rd).await?.ok_or("the sandbox init exited during setup")?;
-            if k == Kind::Failure as u8 {
-                let f: Failure = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
-                return Err(f.message);
+        let setup = async {
+            let mut setup = self.setup_for(config);
+            setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            if config.security.read_only_root {
+                // One bind of a shared template instead of a mount or copy per /etc entry. A writable
+                // root keeps per-sandbox copies (the template is shared, so it is always read-only).
+                let template = match self.inner.etc.cached(&setup.files) {
+                    Some(t) => Ok(t),
+                    None => {
+                        let (etc, files) = (self.inner.etc.clone(), setup.files.clone());
+                        tokio::task::spawn_blocking(move || etc.get(&files))
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                    }
+                };
+                match template {
+                    Ok(t) => {
+                        setup.etc = Some(t.to_string_lossy().into_owned());
+                        setup.files.clear();
+                        setup.binds.retain(|b| !b.target.starts_with("/etc/"));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "no shared /etc template; copying /etc entries per sandbox"),
+                }
             }
-            serde_json::from_slice::<Ready>(&p).map_err(|e| format!("bad ready message: {e}"))
-        };
-        let ready = match tokio::time::timeout(config.startup_timeout, handshake).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(msg)) => {
-                return Err(fail(Error::Backend(format!("sandbox setup failed: {msg}")), Some(&init)));
-            }
-            Err(_) => {
-                return Err(fail(
-                    Error::Timeout(format!(
+            sys::write_all(host_end.as_raw_fd(), &proto::encode_json(Kind::Setup, 0, &setup))
+                .map_err(|e| backend_err("sending the sandbox setup", e))?;
+            let std_stream = std::os::unix::net::UnixStream::from(host_end);
+            let stream = std_stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(std_stream))
+                .map_err(|e| backend_err("registering the control socket", e))?;
+            let (mut rd, wr) = stream.into_split();
+            let handshake = async {
+                let (k, _, p) = read_frame(&mut rd).await?.ok_or("the sandbox init exited during setup")?;
+                if k == Kind::Failure as u8 {
+                    let f: Failure = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
+                    return Err(f.message);
+                }
+                serde_json::from_slice::<Ready>(&p).map_err(|e| format!("bad ready message: {e}"))
+            };
+            let ready = match tokio::time::timeout(config.startup_timeout, handshake).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(msg)) => return Err(Error::Backend(format!("sandbox setup failed: {msg}"))),
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
                         "sandbox setup took longer than startup_timeout ({:?})",
                         config.startup_timeout
-                    )),
-                    Some(&init),
-                ));
+                    )));
+                }
+            };
+            if ready.landlock != "enforced" && config.security.landlock {
+                tracing::debug!(status = %ready.landlock, "landlock not enforced");
+            }
+            let root = Root::open(init_pid, &setup.home, setup.uid, setup.gid)
+                .map_err(|e| backend_err("opening the sandbox root", e))?;
+            let net = crate::net::Egress::start(&id, init_pid, &config.network).await?;
+            Ok((rd, wr, root, net))
+        };
+        let (rd, wr, root, net) = match setup.await {
+            Ok(parts) => parts,
+            Err(e) => {
+                abandon(Some(init), Some(cgroup)).await;
+                return Err(e);
             }
         };
-        if ready.landlock != "enforced" && config.security.landlock {
-            tracing::debug!(status = %ready.landlock, "landlock not enforced");
-        }
-        let root = Root::open(init_pid, &setup.home, setup.uid, setup.gid)
-            .map_err(|e| fail(backend_err("opening the sandbox root", e), Some(&init)))?;
-        let net = crate::net::Egress::start(&id, init_pid, &config.network).await.map_err(|e| fail(e, Some(&init)))?;
 
         let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));

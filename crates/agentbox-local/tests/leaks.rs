@@ -72,5 +72,17 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     assert_eq!(open_fds(), fds_before, "file descriptors leaked");
     assert!(b.list().await.unwrap().is_empty());
     assert!(b.exec(&info.id, ExecRequest::shell("true")).await.is_err());
+
+    // A create that fails half-way leaves nothing either: here the init can't mount its root because
+    // the shared mount point was replaced by a file.
+    std::fs::remove_dir(state.join(".root")).unwrap();
+    std::fs::write(state.join(".root"), "not a directory").unwrap();
+    let err = b.create(CreateRequest::default()).await.unwrap_err();
+    std::fs::remove_file(state.join(".root")).unwrap();
+    std::fs::create_dir(state.join(".root")).unwrap();
+    assert!(err.to_string().contains("building the sandbox filesystem failed"), "{err}");
+    assert_eq!(LocalBackend::host_cgroups(&config, ""), Vec::<std::path::PathBuf>::new(), "cgroups left behind");
+    assert_eq!(open_fds(), fds_before, "file descriptors leaked by a failed create");
+    assert!(b.list().await.unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&state);
 }
