@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use duration::parse as parse_duration;
+pub use duration::{deserialize as deserialize_duration, parse as parse_duration};
 pub use load::{ConfigLoader, LoadError};
 pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;

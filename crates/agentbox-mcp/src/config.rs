@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use agentbox_config::Preset;
 use agentbox_tools::ToolsConfig;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// Settings of the MCP server.
 ///
@@ -32,7 +32,7 @@ pub struct McpConfig {
     /// Empty accepts requests with any `Origin`; requests without one are always accepted.
     pub allowed_origins: Vec<String>,
     /// An HTTP session with no request for this long is closed, and its default sandbox destroyed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub session_idle_timeout: Duration,
     /// How tools size their output (not read from files).
     #[serde(skip)]
@@ -75,19 +75,6 @@ impl McpConfig {
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
-    }
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => agentbox_config::parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
 

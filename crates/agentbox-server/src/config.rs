@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentbox_core::ManagerConfig;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::ServerError;
 
@@ -42,19 +42,6 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => agentbox_config::parse_duration(&t).map_err(serde::de::Error::custom),
-    }
-}
-
 /// Request limits and protections.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,19 +61,19 @@ pub struct Limits {
     /// Most open connections; further ones wait to be accepted.
     pub max_connections: usize,
     /// Time limit of ordinary requests.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub request_timeout: Duration,
     /// Time limit of a sandbox creation, package installs included.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub create_timeout: Duration,
     /// Time allowed beyond an execution's own time limit before the request is abandoned.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub exec_grace: Duration,
     /// Time a client has to send a request's head (slow clients are disconnected).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub header_read_timeout: Duration,
     /// Time a client has to send a request's body.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub body_read_timeout: Duration,
     /// Sustained requests per second per token.
     pub rate_limit_per_second: u32,
@@ -123,13 +110,13 @@ impl Default for Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerSettings {
     /// How often idle sandboxes are looked for.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub cleanup_interval: Duration,
     /// How often every sandbox is probed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub health_check_interval: Duration,
     /// Deadline of one probe.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub health_check_timeout: Duration,
     /// Consecutive failed probes after which a sandbox is recreated.
     pub max_health_failures: u32,
@@ -177,7 +164,7 @@ pub struct ServerConfig {
     /// What a graceful shutdown does with live sandboxes.
     pub on_shutdown: ShutdownPolicy,
     /// How long a graceful shutdown waits for requests in flight.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub shutdown_grace: Duration,
     /// The MCP endpoint at `/mcp` (`[mcp]`: enabled, default_preset, allowed_hosts, allowed_origins, session_idle_timeout).
     pub mcp: agentbox_mcp::McpConfig,
