@@ -7,6 +7,7 @@
 //! a paused clock.
 
 mod backend;
+pub mod budget;
 mod error;
 pub mod install;
 mod manager;

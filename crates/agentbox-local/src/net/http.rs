@@ -6,8 +6,9 @@
 //! the Host header set from the request's URI.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Arc;
 
+use agentbox_core::budget::{self, Slot};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -33,17 +34,29 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Serves one client connection until it closes.
-pub(super) async fn serve(stream: TcpStream, proxy: Proxy) {
+/// Most headers in one request head.
+const MAX_HEADERS: usize = 64;
+
+/// Serves one client connection until it closes; `slot` is the connection's place in the budget,
+/// which a CONNECT tunnel keeps until it closes.
+///
+/// The read buffer, and so the largest request head, is bounded by the budget's
+/// `max_head_bytes` (a larger head is answered 431 and the connection closed), and a head must
+/// arrive within `header_timeout`, which is also the idle limit between requests.
+pub(super) async fn serve(stream: TcpStream, proxy: Proxy, slot: Arc<Slot>) {
+    let limits = budget::proxy_pool().limits();
     let service = hyper::service::service_fn(move |req| {
         let p = proxy.clone();
-        async move { Ok::<_, Infallible>(handle(req, p).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, Infallible>(handle(req, p, slot).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .preserve_header_case(true)
         .title_case_headers(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(60))
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .max_headers(MAX_HEADERS)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -80,11 +93,11 @@ fn failed(error: OpenError, host: &str, port: u16) -> Response<Body> {
     }
 }
 
-async fn handle(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
-    if req.method() == Method::CONNECT { connect(req, proxy).await } else { forward(req, proxy).await }
+async fn handle(req: Request<Incoming>, proxy: Proxy, slot: Arc<Slot>) -> Response<Body> {
+    if req.method() == Method::CONNECT { connect(req, proxy, slot).await } else { forward(req, proxy).await }
 }
 
-async fn connect(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
+async fn connect(req: Request<Incoming>, proxy: Proxy, client_slot: Arc<Slot>) -> Response<Body> {
     let Some((host, port)) = req.uri().authority().and_then(|a| Some((a.host().to_owned(), a.port_u16()?))) else {
         return text(StatusCode::BAD_REQUEST, None, "CONNECT needs a host:port target\n".into());
     };
@@ -92,17 +105,19 @@ async fn connect(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
         Ok(up) => up,
         Err(e) => return failed(e, &host, port),
     };
+    let buffer = budget::proxy_pool().limits().copy_buffer_bytes;
     tokio::spawn(async move {
-        let super::Upstream { mut stream, target, permit } = up;
+        let super::Upstream { mut stream, target, slot } = up;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
-                let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, 64 * 1024, 64 * 1024);
+                let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, buffer, buffer);
                 proxy.guard(&target, copy).await;
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
-        drop(permit);
+        drop(slot);
+        drop(client_slot);
     });
     Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed())
 }
@@ -155,7 +170,7 @@ async fn forward(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
         Ok(up) => up,
         Err(e) => return failed(e, &host, port),
     };
-    let super::Upstream { stream, target, permit } = up;
+    let super::Upstream { stream, target, slot } = up;
     let handshake = hyper::client::conn::http1::Builder::new()
         .preserve_header_case(true)
         .title_case_headers(true)
@@ -168,7 +183,7 @@ async fn forward(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
     let driver = proxy.clone();
     tokio::spawn(async move {
         driver.guard(&target, conn).await;
-        drop(permit);
+        drop(slot);
     });
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -33,9 +33,10 @@ use std::time::{Duration, Instant};
 
 use agentbox_config::NetworkConfig;
 use agentbox_core::Error;
+use agentbox_core::budget::{self, Exhausted, Slot, Tenant};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use self::meter::{Meter, Metered};
@@ -46,10 +47,6 @@ use self::resolve::Resolver;
 pub const HTTP_PROXY_PORT: u16 = 3128;
 /// Port of the SOCKS5 proxy inside every sandbox with networking.
 pub const SOCKS_PROXY_PORT: u16 = 1080;
-/// Connections a sandbox may have open to the proxy at once.
-const MAX_CLIENT_CONNECTIONS: usize = 512;
-/// Connections the proxy may have open to destinations for one sandbox at once.
-const MAX_UPSTREAM_CONNECTIONS: usize = 512;
 /// Time limit of one connection attempt to a destination address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -120,15 +117,26 @@ struct Shared {
     meter: Arc<Meter>,
     connections: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
-    clients: Arc<Semaphore>,
-    upstreams: Arc<Semaphore>,
+    /// The sandbox's share of the server's connection budget: one slot per connection from the
+    /// sandbox and one per connection to a destination, held until it closes.
+    slots: Arc<Tenant>,
     host_addrs: Mutex<(Option<Instant>, Arc<Vec<IpAddr>>)>,
 }
 
 impl Shared {
     fn refuse(&self, via: &str, host: &str, port: u16, rule: &Rule) {
         *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(rule.name()).or_insert(0) += 1;
-        tracing::info!(sandbox = %self.sandbox, host, port, via, rule = rule.name(), reason = %rule, "egress refused");
+        if budget::log_limiter().allow("egress refused", &format!("sandbox {}", self.sandbox)) {
+            tracing::info!(sandbox = %self.sandbox, host, port, via, rule = rule.name(), reason = %rule, "egress refused");
+        }
+    }
+
+    /// Takes a connection slot from the sandbox's share of the budget.
+    fn slot(&self) -> Result<Slot, Rule> {
+        self.slots.try_acquire().map_err(|e| match e {
+            Exhausted::Sandbox => Rule::ConnectionLimit,
+            Exhausted::Server => Rule::ServerConnectionLimit,
+        })
     }
 
     fn host_addrs(&self) -> Arc<Vec<IpAddr>> {
@@ -176,7 +184,7 @@ fn host_addresses() -> Vec<IpAddr> {
 struct Upstream {
     stream: Metered<TcpStream>,
     target: Target,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
 }
 
 /// Where a connection goes, for re-checks when the policy changes.
@@ -220,9 +228,7 @@ impl Proxy {
                 OpenError::Refused(rule)
             })?;
         }
-        let Ok(permit) = self.shared.upstreams.clone().try_acquire_owned() else {
-            return Err(refuse(Rule::ConnectionLimit));
-        };
+        let slot = self.shared.slot().map_err(refuse)?;
         let mut last = String::new();
         for ip in ips {
             let addr = SocketAddr::new(policy::canonical(ip), port);
@@ -234,7 +240,7 @@ impl Proxy {
                     return Ok(Upstream {
                         stream: Metered::new(stream, self.shared.meter.clone()),
                         target: Target { host: parsed, ip, port, via },
-                        permit,
+                        slot,
                     });
                 }
                 Ok(Err(e)) => last = format!("{addr}: {e}"),
@@ -297,22 +303,29 @@ async fn accept_loop(listener: tokio::net::TcpListener, proxy: Proxy, protocol: 
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let Ok(permit) = proxy.shared.clients.clone().try_acquire_owned() else {
-                        proxy.shared.refuse("accept", "-", 0, &Rule::ConnectionLimit);
-                        continue;
+                    let slot = match proxy.shared.slot() {
+                        Ok(slot) => Arc::new(slot),
+                        Err(rule) => {
+                            proxy.shared.refuse("accept", "-", 0, &rule);
+                            continue;
+                        }
                     };
                     let _ = stream.set_nodelay(true);
                     let p = proxy.clone();
+                    // The client's slot stays taken while its session runs and, for a CONNECT
+                    // tunnel, until the tunnel closes (the tunnel holds a clone).
                     sessions.spawn(async move {
-                        let _permit = permit;
                         match protocol {
-                            Protocol::Http => p.session(http::serve(stream, p.clone())).await,
-                            Protocol::Socks => p.session(socks::serve(stream, p.clone())).await,
+                            Protocol::Http => p.session(http::serve(stream, p.clone(), slot)).await,
+                            Protocol::Socks => p.session(socks::serve(stream, p.clone(), slot)).await,
                         }
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(sandbox = %proxy.shared.sandbox, error = %e, "egress proxy accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    if budget::log_limiter().allow("egress proxy accept failed", &format!("sandbox {}", proxy.shared.sandbox)) {
+                        tracing::warn!(sandbox = %proxy.shared.sandbox, error = %e, "egress proxy accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -375,8 +388,7 @@ impl Egress {
             meter: Arc::new(Meter::new(config.bandwidth_in_bytes_per_sec, config.bandwidth_out_bytes_per_sec)),
             connections: AtomicU64::new(0),
             refused: Mutex::new(BTreeMap::new()),
-            clients: Arc::new(Semaphore::new(MAX_CLIENT_CONNECTIONS)),
-            upstreams: Arc::new(Semaphore::new(MAX_UPSTREAM_CONNECTIONS)),
+            slots: budget::proxy_pool().tenant(),
             host_addrs: Mutex::new((None, Arc::new(Vec::new()))),
         });
         let (tx, _) = watch::channel(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));

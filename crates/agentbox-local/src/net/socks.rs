@@ -1,8 +1,9 @@
 //! The SOCKS5 proxy (RFC 1928): no authentication, CONNECT only, names resolved on the proxy side.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
+use std::sync::Arc;
 
+use agentbox_core::budget::{self, Slot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,10 +77,11 @@ async fn handshake(stream: &mut TcpStream, proxy: &Proxy) -> std::io::Result<Opt
     Ok(Some((host, port)))
 }
 
-/// Serves one client connection: handshake, checks, then a tunnel.
-pub(super) async fn serve(mut stream: TcpStream, proxy: Proxy) {
-    let Ok(Ok(Some((host, port)))) =
-        tokio::time::timeout(Duration::from_secs(30), handshake(&mut stream, &proxy)).await
+/// Serves one client connection: handshake (within the budget's `header_timeout`), checks, then a
+/// tunnel; `slot`, the connection's place in the budget, is held until it ends.
+pub(super) async fn serve(mut stream: TcpStream, proxy: Proxy, slot: Arc<Slot>) {
+    let limits = budget::proxy_pool().limits();
+    let Ok(Ok(Some((host, port)))) = tokio::time::timeout(limits.header_timeout, handshake(&mut stream, &proxy)).await
     else {
         return;
     };
@@ -98,8 +100,10 @@ pub(super) async fn serve(mut stream: TcpStream, proxy: Proxy) {
     if reply(&mut stream, SUCCEEDED).await.is_err() {
         return;
     }
-    let super::Upstream { stream: mut upstream, target, permit } = up;
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, 64 * 1024, 64 * 1024);
+    let super::Upstream { stream: mut upstream, target, slot: upstream_slot } = up;
+    let buffer = limits.copy_buffer_bytes;
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, buffer, buffer);
     proxy.guard(&target, copy).await;
-    drop(permit);
+    drop(upstream_slot);
+    drop(slot);
 }
