@@ -64,6 +64,9 @@ pub struct SandboxConfig {
     pub environment_variables: BTreeMap<String, String>,
     /// Cap on the captured stdout and stderr of one execution, each, in bytes.
     pub max_output_bytes: u64,
+    /// The largest file the host reads whole into memory (the file API's whole-file read, the tools); larger
+    /// files are refused with the limit named, and are read in ranges or downloaded as a stream instead.
+    pub max_read_bytes: u64,
 }
 
 impl Default for SandboxConfig {
@@ -81,6 +84,7 @@ impl Default for SandboxConfig {
             pre_install_packages: Vec::new(),
             environment_variables: BTreeMap::new(),
             max_output_bytes: 1024 * 1024,
+            max_read_bytes: 64 * 1024 * 1024,
         }
     }
 }

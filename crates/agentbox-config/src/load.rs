@@ -34,6 +34,7 @@ const FIELDS: &[&str] = &[
     "pre_install_packages",
     "environment_variables",
     "max_output_bytes",
+    "max_read_bytes",
 ];
 
 /// Keys whose environment values are comma-separated lists.

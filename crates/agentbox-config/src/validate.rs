@@ -116,6 +116,7 @@ impl SandboxConfig {
         range(&mut e, "memory_mb", self.memory_mb, 16, 1024 * 1024);
         range(&mut e, "disk_gb", self.disk_gb, 1, 16 * 1024);
         range(&mut e, "max_output_bytes", self.max_output_bytes, 1024, 1024 * 1024 * 1024);
+        range(&mut e, "max_read_bytes", self.max_read_bytes, 1024, 4 * 1024 * 1024 * 1024);
         duration(&mut e, "startup_timeout", self.startup_timeout, Duration::from_secs(1), Duration::from_secs(3600));
         duration(
             &mut e,

@@ -4,6 +4,7 @@ use agentbox_config::{NetworkConfig, PackageSpec};
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
 
+use crate::transfer::{FileStream, FileUpload};
 use crate::types::{
     CodeRequest, CreateRequest, ExecRequest, ExecStream, FileEntry, HealthStatus, ProcessInfo, SandboxId, SandboxInfo,
 };
@@ -44,6 +45,24 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
     /// Writes a whole file, creating missing parent directories.
     async fn write_file(&self, id: &SandboxId, path: &str, data: Vec<u8>) -> Result<()>;
+
+    /// Opens a regular file to read in bounded chunks: memory stays at a few chunks whatever its size.
+    ///
+    /// The default reads the whole file with [`read_file`](Self::read_file); backends that can stream override it.
+    async fn read_file_stream(&self, id: &SandboxId, path: &str) -> Result<FileStream> {
+        Ok(FileStream::from_bytes(self.read_file(id, path).await?))
+    }
+
+    /// Writes a file from chunks, creating missing parent directories. The file appears whole when the upload
+    /// ends; an upload abandoned with an error leaves the old file (if any) as it was. Returns the bytes written.
+    ///
+    /// The default collects at most `max` bytes in memory and calls [`write_file`](Self::write_file).
+    async fn write_file_stream(&self, id: &SandboxId, path: &str, upload: FileUpload, max: u64) -> Result<u64> {
+        let data = upload.collect(max).await?;
+        let n = data.len() as u64;
+        self.write_file(id, path, data).await?;
+        Ok(n)
+    }
 
     /// Lists a directory.
     async fn list_dir(&self, id: &SandboxId, path: &str) -> Result<Vec<FileEntry>>;

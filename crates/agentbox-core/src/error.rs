@@ -24,6 +24,9 @@ pub enum Error {
     /// A limit was hit (too many sandboxes, quota, rate).
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+    /// A file or payload is larger than a limit allows; the message names the limit and what to do instead.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// An operation did not finish in time.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -51,6 +54,7 @@ impl Error {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Conflict(_) => "conflict",
             Self::LimitExceeded(_) => "limit_exceeded",
+            Self::TooLarge(_) => "too_large",
             Self::Timeout(_) => "timeout",
             Self::Unsupported(_) => "unsupported",
             Self::PermissionDenied(_) => "permission_denied",

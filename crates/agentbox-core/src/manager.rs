@@ -868,6 +868,40 @@ impl SandboxManager {
         self.with_sandbox(run_id, |b, id| async move { b.read_file(&id, path).await }).await
     }
 
+    /// Opens a file in the run's sandbox to read in bounded chunks.
+    ///
+    /// # Errors
+    /// As the backend's `read_file_stream`.
+    pub async fn read_file_stream(&self, run_id: &RunId, path: &str) -> Result<crate::FileStream> {
+        self.with_sandbox(run_id, |b, id| async move { b.read_file_stream(&id, path).await }).await
+    }
+
+    /// Reads a file whole, refusing one over `max` bytes with [`Error::TooLarge`] before reading it.
+    ///
+    /// # Errors
+    /// Too large, or as the backend's `read_file_stream`.
+    pub async fn read_file_limited(&self, run_id: &RunId, path: &str, max: u64) -> Result<Vec<u8>> {
+        let stream = self.read_file_stream(run_id, path).await?;
+        stream.collect(max).await.map_err(|e| match e {
+            Error::TooLarge(m) => Error::TooLarge(format!("{path}: {m}")),
+            e => e,
+        })
+    }
+
+    /// Writes a file in the run's sandbox from chunks (see the backend's `write_file_stream`).
+    ///
+    /// # Errors
+    /// As the backend's `write_file_stream`.
+    pub async fn write_file_stream(
+        &self,
+        run_id: &RunId,
+        path: &str,
+        upload: crate::FileUpload,
+        max: u64,
+    ) -> Result<u64> {
+        self.with_sandbox(run_id, |b, id| async move { b.write_file_stream(&id, path, upload, max).await }).await
+    }
+
     /// Writes a file in the run's sandbox.
     ///
     /// # Errors

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentbox_config::{CleanupPolicy, NetworkConfig, PackageSpec, SandboxConfig, SeccompProfile};
 use agentbox_core::{
-    CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, HealthStatus,
+    CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, FileStream,
+    FileUpload, HealthStatus,
     Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
 };
+use agentbox_hostfs::{Owner, Root};
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,9 +22,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
-use crate::files::Root;
 use crate::proto::{self, BindMount, Exec, Exited, Failure, Kind, ProcList, Quota, Ready, Setup};
-use crate::{agent, seccomp, sys, zygote};
+use crate::{agent, seccomp, sys, transfer, zygote};
 
 /// Host-level settings of the local backend (per-sandbox settings live in `SandboxConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,7 +547,7 @@ impl LocalBackend {
             if ready.landlock != "enforced" && config.security.landlock {
                 tracing::debug!(status = %ready.landlock, "landlock not enforced");
             }
-            let root = Root::open(init_pid, &setup.home, setup.uid, setup.gid)
+            let root = Root::open(init_pid, &setup.home, Owner { uid: setup.uid, gid: setup.gid })
                 .map_err(|e| backend_err("opening the sandbox root", e))?;
             let net = crate::net::Egress::start(&id, init_pid, &config.network).await?;
             Ok((rd, wr, root, net))
@@ -928,7 +929,26 @@ impl SandboxBackend for LocalBackend {
     async fn read_file(&self, id: &SandboxId, path: &str) -> Result<Vec<u8>> {
         let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.read(&path)).await.map_err(|e| backend_err("file task", e))?
+        tokio::task::spawn_blocking(move || sb.root.read(&path, sb.config.max_read_bytes))
+            .await
+            .map_err(|e| backend_err("file task", e))?
+    }
+
+    async fn read_file_stream(&self, id: &SandboxId, path: &str) -> Result<FileStream> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        let reader =
+            tokio::task::spawn_blocking(move || sb.root.open_read(&path)).await.map_err(|e| backend_err("file task", e))??;
+        Ok(transfer::stream_file(reader))
+    }
+
+    async fn write_file_stream(&self, id: &SandboxId, path: &str, upload: FileUpload, max: u64) -> Result<u64> {
+        let sb = self.get(id)?;
+        let path = path.to_owned();
+        let up = tokio::task::spawn_blocking(move || sb.root.create_upload(&path))
+            .await
+            .map_err(|e| backend_err("file task", e))??;
+        transfer::drain_upload(up, upload, max).await
     }
 
     async fn write_file(&self, id: &SandboxId, path: &str, data: Vec<u8>) -> Result<()> {

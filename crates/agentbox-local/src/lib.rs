@@ -25,13 +25,13 @@ pub mod agent;
 mod backend;
 mod cgroup;
 mod etc;
-mod files;
 mod net;
 pub mod netns;
 pub mod proto;
 mod sealed;
 pub mod seccomp;
 mod sys;
+mod transfer;
 mod zygote;
 
 pub use backend::{LocalBackend, LocalConfig};

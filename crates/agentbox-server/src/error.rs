@@ -199,6 +199,7 @@ impl From<agentbox_core::Error> for ApiError {
             E::InvalidRequest(m) => Self::bad_request(m),
             E::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             E::LimitExceeded(m) => Self::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", m).with_retry_after(5),
+            E::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             E::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
             E::Unsupported(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m),
             E::PermissionDenied(m) => Self::new(StatusCode::FORBIDDEN, "permission_denied", m),

@@ -121,7 +121,7 @@ impl From<agentbox_core::Error> for ToolError {
             E::NotFound(_) => ToolErrorKind::NotFound,
             E::InvalidConfig(_) | E::InvalidRequest(_) => ToolErrorKind::InvalidInput,
             E::Conflict(_) => ToolErrorKind::Conflict,
-            E::LimitExceeded(_) => ToolErrorKind::LimitExceeded,
+            E::LimitExceeded(_) | E::TooLarge(_) => ToolErrorKind::LimitExceeded,
             E::Timeout(_) => ToolErrorKind::Timeout,
             E::Unsupported(_) => ToolErrorKind::Unsupported,
             E::PermissionDenied(_) => ToolErrorKind::PermissionDenied,
