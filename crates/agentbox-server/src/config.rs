@@ -52,14 +52,45 @@ pub struct Limits {
     pub max_json_body_bytes: usize,
     /// Largest file upload, in bytes.
     pub max_upload_bytes: usize,
+    /// File downloads and uploads in progress at once, over all clients (each holds a few 256 KiB chunks);
+    /// one more answers 429 with Retry-After.
+    pub max_concurrent_transfers: usize,
     /// Longest request target (path and query), in bytes.
     pub max_uri_bytes: usize,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
     /// Most request headers.
     pub max_headers: usize,
-    /// Most open connections; further ones wait to be accepted.
+    /// Most open connections; further ones wait to be accepted. The server lowers it to its share
+    /// of the file-descriptor budget when that is smaller (see `fd_reserve`, `proxy_fd_percent`).
     pub max_connections: usize,
+    /// Most open connections from one client address; further ones are closed at once.
+    pub max_connections_per_client: usize,
+    /// File descriptors kept out of every connection budget, for the registry, sandbox control
+    /// (pipes, pidfds, cgroup and namespace files), logs and name lookups.
+    pub fd_reserve: usize,
+    /// Percentage of the file descriptors beyond `fd_reserve` that the egress proxies of all
+    /// sandboxes may hold together; the rest is for REST connections.
+    pub proxy_fd_percent: u32,
+    /// File descriptors the egress proxy of one sandbox may hold (one per connection from the
+    /// sandbox, one per connection to a destination; a tunnel holds both until it closes).
+    pub max_proxy_fds_per_sandbox: usize,
+    /// Largest request head the egress proxy reads; it is also the size of its read buffer.
+    pub proxy_max_head_bytes: usize,
+    /// Time a sandbox's client has to send the proxy a request head or a SOCKS5 handshake, and the
+    /// idle limit between requests.
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
+    pub proxy_header_timeout: Duration,
+    /// Size of each of the two copy buffers of a proxy tunnel.
+    pub proxy_copy_buffer_bytes: usize,
+    /// Log lines allowed per event kind and source (a sandbox, a client address) in each
+    /// `log_window`; further ones are counted and summed up in one line.
+    pub log_lines_per_window: u32,
+    /// The window of `log_lines_per_window`.
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
+    pub log_window: Duration,
+    /// Most label sets per HTTP metric; requests beyond it are counted under `route="other"`.
+    pub max_metric_series: usize,
     /// Time limit of ordinary requests.
     #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub request_timeout: Duration,
@@ -89,10 +120,21 @@ impl Default for Limits {
             max_sandboxes: 64,
             max_json_body_bytes: 4 << 20,
             max_upload_bytes: 128 << 20,
+            max_concurrent_transfers: 32,
             max_uri_bytes: 8 << 10,
             max_header_bytes: 16 << 10,
             max_headers: 64,
             max_connections: 1024,
+            max_connections_per_client: 64,
+            fd_reserve: 256,
+            proxy_fd_percent: 50,
+            max_proxy_fds_per_sandbox: 1024,
+            proxy_max_head_bytes: 16 << 10,
+            proxy_header_timeout: Duration::from_secs(10),
+            proxy_copy_buffer_bytes: 16 << 10,
+            log_lines_per_window: 20,
+            log_window: Duration::from_secs(10),
+            max_metric_series: 1024,
             request_timeout: Duration::from_secs(60),
             create_timeout: Duration::from_secs(15 * 60),
             exec_grace: Duration::from_secs(30),
@@ -218,7 +260,12 @@ impl ServerConfig {
             ("limits.max_sandboxes", l.max_sandboxes),
             ("limits.max_json_body_bytes", l.max_json_body_bytes),
             ("limits.max_upload_bytes", l.max_upload_bytes),
+            ("limits.max_concurrent_transfers", l.max_concurrent_transfers),
             ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_client", l.max_connections_per_client),
+            ("limits.max_proxy_fds_per_sandbox", l.max_proxy_fds_per_sandbox),
+            ("limits.log_lines_per_window", l.log_lines_per_window as usize),
+            ("limits.max_metric_series", l.max_metric_series),
             ("limits.max_headers", l.max_headers),
             ("limits.rate_limit_per_second", l.rate_limit_per_second as usize),
             ("limits.rate_limit_burst", l.rate_limit_burst as usize),
@@ -234,11 +281,22 @@ impl ServerConfig {
         if l.max_header_bytes < 8192 {
             problems.push("limits.max_header_bytes must be at least 8192".to_owned());
         }
+        if l.proxy_max_head_bytes < 8192 {
+            problems.push("limits.proxy_max_head_bytes must be at least 8192".to_owned());
+        }
+        if l.proxy_copy_buffer_bytes < 1024 {
+            problems.push("limits.proxy_copy_buffer_bytes must be at least 1024".to_owned());
+        }
+        if l.proxy_fd_percent == 0 || l.proxy_fd_percent > 90 {
+            problems.push("limits.proxy_fd_percent must be between 1 and 90".to_owned());
+        }
         for (name, d) in [
             ("limits.request_timeout", l.request_timeout),
             ("limits.create_timeout", l.create_timeout),
             ("limits.header_read_timeout", l.header_read_timeout),
             ("limits.body_read_timeout", l.body_read_timeout),
+            ("limits.proxy_header_timeout", l.proxy_header_timeout),
+            ("limits.log_window", l.log_window),
             ("manager.cleanup_interval", self.manager.cleanup_interval),
             ("manager.health_check_interval", self.manager.health_check_interval),
             ("manager.health_check_timeout", self.manager.health_check_timeout),

@@ -1,7 +1,7 @@
 //! The agentbox REST API: an embeddable [axum] router over a [`SandboxManager`], for any
 //! [`SandboxBackend`].
 //!
-//! [`Server::start`] recovers the sandboxes a previous process left (from the SQLite [`Registry`]),
+//! [`Server::start`] raises the file descriptor limit and splits it into budgets ([`budget`]), recovers the sandboxes a previous process left (from the SQLite [`Registry`]),
 //! starts the manager's cleanup, idle-timeout and health tasks, and builds the router with bearer
 //! authentication, limits, Prometheus metrics and the OpenAPI document. Embed [`Server::router`] in
 //! your own axum application, or let [`Server::serve`] run it.
@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod budget;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub(crate) limits: Arc<Limits>,
     pub(crate) limiter: Arc<limits::RateLimits>,
     pub(crate) metrics: Arc<telemetry::ServerMetrics>,
+    /// File transfers in progress (`limits.max_concurrent_transfers` permits).
+    pub(crate) transfers: Arc<tokio::sync::Semaphore>,
     /// The browsers of the sandboxes, started on their first browser call.
     #[cfg(feature = "browser")]
     pub(crate) browser: agentbox_tools::browser::BrowserTool,
@@ -83,13 +86,15 @@ pub struct Server {
     recovery: RecoveryReport,
     maintenance: JoinHandle<()>,
     mcp: mcp::Mcp,
+    connections: Arc<budget::Connections>,
 }
 
 impl Server {
     /// Recovers the registry's sandboxes, starts the manager's background tasks and builds the router.
     ///
     /// # Errors
-    /// [`ServerError::Config`] for invalid limits or web search settings in the environment, [`ServerError::Recovery`] if the backend can't list its
+    /// [`ServerError::Config`] for invalid limits or web search settings in the environment, or a
+    /// file descriptor limit too low for `limits.fd_reserve`; [`ServerError::Recovery`] if the backend can't list its
     /// sandboxes, [`ServerError::Registry`] if the registry fails.
     pub async fn start(
         backend: Arc<dyn SandboxBackend>,
@@ -98,6 +103,11 @@ impl Server {
         registry: Registry,
     ) -> Result<Self, ServerError> {
         config.check().map_err(ServerError::Config)?;
+        // Before anything opens descriptors or starts a proxy: raise the limit and hand out the budgets.
+        let fds = budget::FdBudget::establish(&config.limits).map_err(|e| ServerError::Config(e.to_string()))?;
+        fds.apply(&config.limits);
+        let connections =
+            Arc::new(budget::Connections::new(fds.rest_connections, config.limits.max_connections_per_client));
         let manager = SandboxManager::new(backend, config.manager_config());
         let lifecycle = lifecycle::Lifecycle::new(manager.clone(), registry);
         let recovery = lifecycle.recover().await?;
@@ -123,7 +133,12 @@ impl Server {
             token: Arc::new(token),
             limits: Arc::new(config.limits.clone()),
             limiter: Arc::new(limits::RateLimits::new(&config.limits)),
-            metrics: Arc::new(telemetry::ServerMetrics::default()),
+            metrics: Arc::new(telemetry::ServerMetrics::new(
+                config.limits.max_metric_series,
+                Some(fds),
+                Some(connections.clone()),
+            )),
+            transfers: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_transfers)),
             #[cfg(feature = "browser")]
             browser,
             mcp: mcp.http.clone(),
@@ -137,9 +152,10 @@ impl Server {
                 tick.tick().await;
                 lifecycle.sync().await;
                 limiter.prune();
+                agentbox_core::budget::log_limiter().flush();
             }
         });
-        Ok(Self { state, router, openapi, config, recovery, maintenance, mcp })
+        Ok(Self { state, router, openapi, config, recovery, maintenance, mcp, connections })
     }
 
     /// The router, ready to serve or to nest in another axum application.
@@ -170,9 +186,17 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes, then lets requests in flight finish (up to the
-    /// configured grace period).
+    /// configured grace period). Connections are capped by the descriptor budget and per client address.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        serve::serve(listener, self.router(), &self.config.limits, shutdown, self.config.shutdown_grace).await;
+        serve::serve_counted(
+            listener,
+            self.router(),
+            &self.config.limits,
+            self.connections.clone(),
+            shutdown,
+            self.config.shutdown_grace,
+        )
+        .await;
     }
 
     /// Stops the background work and records the final state; destroys every sandbox if the

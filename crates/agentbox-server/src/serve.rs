@@ -1,4 +1,5 @@
-//! The HTTP/1.1 listener: connection cap, header limits, slow-client timeouts and graceful shutdown.
+//! The HTTP/1.1 listener: connection caps (in all and per client address), header limits, slow-client
+//! and idle timeouts, and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,11 +15,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
+use crate::budget::Connections;
 use crate::config::Limits;
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits up to `grace` for requests in flight.
 ///
-/// Each request carries the client's address as [`ConnectInfo<SocketAddr>`].
+/// Each request carries the client's address as [`ConnectInfo<SocketAddr>`]. At most
+/// `limits.max_connections` connections are open at once (further ones wait to be accepted), at most
+/// `limits.max_connections_per_client` from one address (further ones are closed at once), and a
+/// connection that sends no request head within `limits.header_read_timeout`, first or between
+/// requests, is closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -26,8 +32,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    let connections = Arc::new(Connections::new(limits.max_connections, limits.max_connections_per_client));
+    serve_counted(listener, router, limits, connections, shutdown, grace).await;
+}
+
+/// [`serve`], counting connections in `connections` (whose caps apply instead of the limits').
+pub(crate) async fn serve_counted(
+    listener: TcpListener,
+    router: Router,
+    limits: &Limits,
+    connections: Arc<Connections>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(connections.limit));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -44,12 +63,18 @@ pub async fn serve(
                 Ok(conn) => conn,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    if agentbox_core::budget::log_limiter().allow("accepting a connection failed", "the listener") {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Some(admitted) = connections.admit(peer.ip()) else {
+            drop(stream);
+            continue;
         };
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -61,6 +86,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
+            drop(admitted);
             drop(permit);
         });
     }
