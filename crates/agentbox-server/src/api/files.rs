@@ -5,10 +5,15 @@ use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::Limited;
+use agentbox_core::{CHUNK_BYTES, FileUpload, RunId};
+use axum::http::StatusCode;
+use axum::body::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyStream, Limited};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::ErrorResponses;
-use super::extract::{ApiQuery, RunIdPath, check_declared_length, read_body};
+use super::extract::{ApiQuery, RunIdPath, check_declared_length};
 use super::types::{
     FileEntryView, FileList, FileQuery, MultipartUpload, RunIdParam, WrittenFile, WrittenFiles, check_path,
 };
@@ -34,10 +39,82 @@ pub async fn read_file(
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
     let path = q.checked()?;
-    let data = state.manager.read_file(&run, path).await.map_err(ApiError::from_operation)?;
-    let mut response = Body::from(data).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    let permit = transfer_permit(&state)?;
+    let stream = state.manager.read_file_stream(&run, path).await.map_err(ApiError::from_operation)?;
+    let size = stream.size;
+    // The body pulls one chunk at a time: a slow client slows the sandbox read, and memory stays at a few chunks
+    // whatever the file's size. The permit is held until the body is done.
+    let chunks = futures_util::stream::unfold((stream.into_receiver(), permit), |(mut rx, permit)| async move {
+        let chunk = rx.recv().await?;
+        Some((chunk.map(Bytes::from).map_err(|e| std::io::Error::other(e.to_string())), (rx, permit)))
+    });
+    let mut response = Body::from_stream(chunks).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     Ok(response)
+}
+
+/// A slot among `limits.max_concurrent_transfers`, or 429.
+fn transfer_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state.transfers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_transfers",
+            format!(
+                "{} file transfers are in progress, the server's limit; retry when one has finished",
+                state.limits.max_concurrent_transfers
+            ),
+        )
+        .with_retry_after(1)
+    })
+}
+
+/// Streams a body's bytes into a sandbox file, in chunks of up to [`CHUNK_BYTES`], within the body read timeout.
+/// Returns the bytes written. Nothing is left in the sandbox when the body fails, times out or is too large.
+async fn stream_into<S, E>(state: &AppState, run: &RunId, path: &str, body: S, limit: usize) -> Result<u64, ApiError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let (tx, upload) = FileUpload::channel();
+    let write = state.manager.write_file_stream(run, path, upload, limit as u64);
+    let timeout = state.limits.body_read_timeout;
+    let feed = async move {
+        let read = async {
+            futures_util::pin_mut!(body);
+            let mut pending = Vec::new();
+            while let Some(frame) = body.next().await {
+                let bytes = frame.map_err(|e| {
+                    if e.to_string().contains("length limit") {
+                        ApiError::too_large(limit)
+                    } else {
+                        ApiError::bad_request(format!("cannot read the upload: {e}"))
+                    }
+                })?;
+                pending.extend_from_slice(&bytes);
+                if pending.len() >= CHUNK_BYTES && tx.send(Ok(std::mem::take(&mut pending))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if !pending.is_empty() {
+                let _ = tx.send(Ok(pending)).await;
+            }
+            Ok(())
+        };
+        let outcome = match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::timeout("receiving the upload", timeout)),
+        };
+        if outcome.is_err() {
+            // Abandons the upload: the backend removes what it wrote.
+            let _ = tx.send(Err(agentbox_core::Error::InvalidRequest("the upload was not received whole".into()))).await;
+        }
+        outcome
+    };
+    let (written, fed) = tokio::join!(write, feed);
+    fed?;
+    written.map_err(ApiError::from_operation)
 }
 
 fn is_multipart(req: &Request) -> bool {
@@ -75,6 +152,7 @@ pub async fn write_file(
     let limit = state.limits.max_upload_bytes;
     let (parts, body) = request.into_parts();
     check_declared_length(&parts, limit)?;
+    let _permit = transfer_permit(&state)?;
     let request = Request::from_parts(parts, body);
     let mut files = Vec::new();
     if is_multipart(&request) {
@@ -84,33 +162,25 @@ pub async fn write_file(
             .await
             .map_err(|e| ApiError::bad_request(format!("invalid multipart form: {}", e.body_text())))?;
         let into_dir = target.ends_with('/');
-        let mut uploads = Vec::new();
-        let read = async {
-            while let Some(field) = form.next_field().await.map_err(multipart_error)? {
-                if field.name() != Some("file") {
-                    return Err(ApiError::bad_request(format!(
-                        "unexpected form field {:?}: send the content in parts named `file`",
-                        field.name().unwrap_or("")
-                    )));
-                }
-                let name = field.file_name().map(str::to_owned);
-                let data = field.bytes().await.map_err(multipart_error)?;
-                uploads.push((name, data));
+        // Each part is streamed into its file as it arrives; the body read timeout covers the whole form.
+        let deadline = tokio::time::Instant::now() + state.limits.body_read_timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, form.next_field())
+                .await
+                .map_err(|_| ApiError::timeout("receiving the upload", state.limits.body_read_timeout))?;
+            let Some(field) = next.map_err(multipart_error)? else { break };
+            if field.name() != Some("file") {
+                return Err(ApiError::bad_request(format!(
+                    "unexpected form field {:?}: send the content in parts named `file`",
+                    field.name().unwrap_or("")
+                )));
             }
-            Ok(())
-        };
-        tokio::time::timeout(state.limits.body_read_timeout, read)
-            .await
-            .map_err(|_| ApiError::timeout("receiving the upload", state.limits.body_read_timeout))??;
-        if uploads.is_empty() {
-            return Err(ApiError::bad_request("the form has no `file` part"));
-        }
-        if !into_dir && uploads.len() > 1 {
-            return Err(ApiError::bad_request("several `file` parts need a directory `path` ending in `/`"));
-        }
-        for (name, data) in uploads {
+            if !into_dir && !files.is_empty() {
+                return Err(ApiError::bad_request("several `file` parts need a directory `path` ending in `/`"));
+            }
             let path = if into_dir {
-                let name = name
+                let name = field
+                    .file_name()
                     .filter(|n| !n.is_empty())
                     .ok_or_else(|| ApiError::bad_request("a `file` part sent to a directory needs a file name"))?;
                 if name.contains('/') || name == "." || name == ".." {
@@ -121,14 +191,28 @@ pub async fn write_file(
                 target.clone()
             };
             check_path(&path)?;
-            let size = data.len() as u64;
-            state.manager.write_file(&run, &path, data.to_vec()).await.map_err(ApiError::from_operation)?;
+            let chunks = futures_util::stream::unfold(field, |mut field| async move {
+                match field.chunk().await {
+                    Ok(Some(bytes)) => Some((Ok(bytes), field)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e.body_text()), field)),
+                }
+            });
+            let size = stream_into(&state, &run, &path, chunks, limit).await?;
             files.push(WrittenFile { path, size });
         }
+        if files.is_empty() {
+            return Err(ApiError::bad_request("the form has no `file` part"));
+        }
     } else {
-        let data = read_body(&state, request.into_body(), limit).await?;
-        let size = data.len() as u64;
-        state.manager.write_file(&run, &target, data.to_vec()).await.map_err(ApiError::from_operation)?;
+        let body = Limited::new(request.into_body(), limit);
+        let size = stream_into(&state, &run, &target, BodyStream::new(body).filter_map(|frame| async move {
+            match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        }), limit)
+        .await?;
         files.push(WrittenFile { path: target, size });
     }
     Ok(Json(WrittenFiles { files }))
