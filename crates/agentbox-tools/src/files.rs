@@ -29,7 +29,20 @@ fn is_binary(data: &[u8]) -> bool {
 
 async fn read_text(ctx: &ToolContext, path: &str) -> ToolResult<String> {
     let sandbox = ctx.sandbox()?;
-    let data = sandbox.read_file(path).await.map_err(|e| directory_hint(e, path))?;
+    let max = ctx.config().max_transfer_bytes as u64;
+    let data = sandbox.read_file_limited(path, max).await.map_err(|e| directory_hint(e, path)).map_err(|e| {
+        if e.kind == ToolErrorKind::LimitExceeded {
+            ToolError::new(
+                ToolErrorKind::LimitExceeded,
+                format!(
+                    "{path} is over the {max}-byte limit of the file tools; look at parts of it with a command \
+                     (head, tail, sed -n 'A,Bp', grep)"
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     if is_binary(&data) {
         return Err(ToolError::new(
             ToolErrorKind::Unsupported,
@@ -499,7 +512,7 @@ impl TypedTool for DownloadFileTool {
                 ),
             ));
         }
-        let data = sandbox.read_file(&path).await.map_err(|e| directory_hint(e, &path))?;
+        let data = sandbox.read_file_limited(&path, max as u64).await.map_err(|e| directory_hint(e, &path))?;
         Ok(DownloadFileOutput { path, size: data.len(), content_base64: BASE64.encode(&data) })
     }
 }

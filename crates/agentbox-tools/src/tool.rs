@@ -189,12 +189,24 @@ impl Sandbox<'_> {
             .await?)
     }
 
-    /// Reads a whole file; a missing file gives "file not found: PATH".
+    /// Reads a whole file, up to the sandbox's `max_read_bytes`; a missing file gives "file not found: PATH".
     ///
     /// # Errors
-    /// As described.
+    /// As described; a larger file is refused with the limit named.
     pub async fn read_file(&self, path: &str) -> ToolResult<Vec<u8>> {
         self.manager.read_file(self.run_id, path).await.map_err(|e| ToolError::from_path_error(e, "file", path))
+    }
+
+    /// Reads a whole file of at most `max` bytes, streamed in bounded chunks: a larger file (a sparse one
+    /// included) is refused with [`ToolErrorKind::LimitExceeded`](crate::ToolErrorKind) before it is read.
+    ///
+    /// # Errors
+    /// Not found, not a regular file, or over `max`.
+    pub async fn read_file_limited(&self, path: &str, max: u64) -> ToolResult<Vec<u8>> {
+        self.manager
+            .read_file_limited(self.run_id, path, max)
+            .await
+            .map_err(|e| ToolError::from_path_error(e, "file", path))
     }
 
     /// Writes a whole file, creating parent directories.
