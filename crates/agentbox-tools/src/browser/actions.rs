@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use agentbox_core::config::SandboxConfig;
 use base64::Engine as _;
 use chromiumoxide::Page;
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
@@ -40,16 +39,13 @@ use super::input::{
 };
 use super::session::{Session, ViewportSpec};
 use crate::output::truncation_mark;
-use crate::tool::Sandbox;
 
 /// What an action runs with besides the session.
 pub(crate) struct Ctx<'a> {
     /// The tool's configuration.
     pub cfg: &'a BrowserConfig,
-    /// The sandbox.
-    pub sb: &'a Sandbox<'a>,
-    /// The sandbox's configuration.
-    pub sandbox_config: &'a SandboxConfig,
+    /// Whether the sandbox has network access.
+    pub network_enabled: bool,
 }
 
 type Out = Map<String, Value>;
@@ -370,7 +366,7 @@ fn is_loopback(url: &str) -> bool {
 fn navigation_error(url: &str, text: &str, cx: &Ctx<'_>) -> BrowserError {
     let mut msg = format!("navigating to {url} failed: {text}");
     let web = url.starts_with("http://") || url.starts_with("https://");
-    if web && !is_loopback(url) && !cx.sandbox_config.network.enabled {
+    if web && !is_loopback(url) && !cx.network_enabled {
         msg.push_str(
             ". The sandbox has no network access (network.enabled is false): only pages served inside the sandbox \
              (http://127.0.0.1:PORT), file:// and data: URLs load. Enable the sandbox's network to reach other hosts",
@@ -965,7 +961,6 @@ async fn screenshot(
     return_data: bool,
 ) -> BrowserResult<Out> {
     let tab = s.tab(cx.cfg.cdp_timeout);
-    let path = path.map(|p| cx.sb.config().resolve(p)).transpose()?;
     let mut params = CaptureScreenshotParams {
         format: Some(CaptureScreenshotFormat::Png),
         optimize_for_speed: Some(true),
@@ -1001,14 +996,31 @@ async fn screenshot(
             json!(format!("the page is taller than {MAX_FULL_PAGE_HEIGHT} px; the image shows its top")),
         );
     }
-    if let Some(p) = &path {
-        cx.sb.write_file(p, png).await?;
+    if let Some(p) = path {
+        save(p, &png).await?;
         out.insert("saved_to".into(), json!(p));
     }
     if return_data {
+        if data.len() > cx.cfg.max_screenshot_bytes {
+            return Err(BrowserError::InvalidInput(format!(
+                "the screenshot is {} bytes of base64, over the limit of {} (max_screenshot_bytes): save it to a \
+                 file with `path` and `return_data: false`, or take a smaller one (full_page: false)",
+                data.len(),
+                cx.cfg.max_screenshot_bytes
+            )));
+        }
         out.insert("data_base64".into(), json!(data));
     }
     Ok(out)
+}
+
+/// Writes a screenshot inside the sandbox, making its directory. The host resolved `path` (absolute).
+async fn save(path: &str, png: &[u8]) -> BrowserResult<()> {
+    let fail = |e: std::io::Error| BrowserError::Page(format!("saving the screenshot to {path} failed: {e}"));
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(fail)?;
+    }
+    tokio::fs::write(path, png).await.map_err(fail)
 }
 
 /// Removes the snapshot's ref attributes from HTML.

@@ -50,6 +50,9 @@ pub enum BrowserError {
         /// The browser's message.
         message: String,
     },
+    /// The driver inside the sandbox reported a failure of this kind.
+    #[error("{1}")]
+    Reported(ToolErrorKind, String),
     /// A sandbox operation (files, processes, ports) failed.
     #[error(transparent)]
     Sandbox(#[from] ToolError),
@@ -77,6 +80,7 @@ impl From<BrowserError> for ToolError {
             BrowserError::InvalidInput(_) => ToolErrorKind::InvalidInput,
             BrowserError::Busy(_) => ToolErrorKind::Conflict,
             BrowserError::Sandbox(e) => return e.clone(),
+            BrowserError::Reported(kind, _) => *kind,
             BrowserError::Launch(_)
             | BrowserError::Gone(_)
             | BrowserError::Navigation(_)

@@ -1,9 +1,14 @@
-//! The `browser` tool: a headless Chromium inside each sandbox, driven over the DevTools protocol.
+//! The `browser` tool: a headless Chromium inside each sandbox, driven over the DevTools protocol
+//! by a driver that runs inside the sandbox too.
 //!
-//! Chromium runs as a background process *inside* the sandbox, under its namespaces, cgroup and
-//! network policy, with its profile, cache and downloads in the sandbox. The tool reaches its
-//! DevTools endpoint through [`SandboxBackend::open_port`](agentbox_core::SandboxBackend::open_port),
-//! a host port forwarded into the sandbox, and drives it with `chromiumoxide`.
+//! Chromium runs *inside* the sandbox, under its namespaces, cgroup and network policy, with its
+//! profile, cache and downloads in the sandbox. So does everything that speaks DevTools to it: the
+//! driver (`driver.rs`), this program re-executed in the sandbox as an ordinary execution, starts
+//! Chromium and drives it with `chromiumoxide`. The host never connects to the sandbox's DevTools
+//! port; it sends each action to the driver and reads the result back as execution output, capped
+//! and checked (`wire.rs`). A hostile page, or a program in the sandbox impersonating Chromium, can
+//! crash the driver and nothing else: the call fails and the next call starts a new driver. The
+//! driver needs the sandbox's own agent program, which the local backend provides.
 //!
 //! One tool, `browser`, takes an `action` and that action's fields ([`BrowserAction`]):
 //! navigate, back, forward, reload, click, type, press, select, screenshot, extract, evaluate,
@@ -35,17 +40,19 @@
 
 mod actions;
 mod cdp;
+mod driver;
 mod error;
 mod input;
 mod session;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agentbox_core::config::SandboxConfig;
-use agentbox_core::{SandboxId, SandboxManager};
+use agentbox_core::{ExecEvent, ExecRequest, SandboxId, SandboxManager};
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 pub use error::BrowserError;
@@ -54,10 +61,10 @@ pub use input::{BrowserAction, ElementState, ExtractFormat, MouseButton, ScrollT
 use crate::error::{ToolError, ToolResult};
 use crate::tool::{Sandbox, Tool, ToolContext, schema_of};
 use error::BrowserResult;
-use session::Session;
+use wire::{DecodeError, Limits, Request};
 
 /// How the browser is started and how long its calls may take.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrowserConfig {
     /// Chromium's executable inside the sandbox.
     pub executable: String,
@@ -85,6 +92,12 @@ pub struct BrowserConfig {
     pub snapshot_bytes: usize,
     /// Default size of extracted text and evaluation results, in bytes.
     pub extract_bytes: usize,
+    /// Largest screenshot returned inline, in bytes of base64; a larger one must be saved with `path`.
+    /// The host reads no more than this (and the result's text) back from the sandbox per call.
+    pub max_screenshot_bytes: usize,
+    /// Most dialogs and downloads kept between two calls; older ones are dropped and the next result
+    /// says how many (`dialogs_dropped`, `downloads_dropped`).
+    pub max_events: usize,
 }
 
 impl Default for BrowserConfig {
@@ -103,19 +116,28 @@ impl Default for BrowserConfig {
             action_timeout: Duration::from_secs(10),
             snapshot_bytes: 8 * 1024,
             extract_bytes: 16 * 1024,
+            max_screenshot_bytes: 32 * 1024 * 1024,
+            max_events: 100,
         }
     }
 }
 
-/// One sandbox's browser, and why the previous one went away.
+/// One sandbox's browser driver, and why the previous one went away.
 #[derive(Debug, Default)]
 struct Slot {
-    session: Option<Session>,
+    /// The driver's pid inside the sandbox.
+    driver: Option<u32>,
     lost: Option<String>,
 }
 
+/// How long a client waits for a driver just started to open its socket.
+const DRIVER_START: Duration = Duration::from_secs(10);
+
+/// Largest part of the client's stderr kept for an error message.
+const CLIENT_STDERR_BYTES: usize = 4096;
+
 /// How long the check that a running browser still answers may take.
-const PROBE_LIMIT: Duration = Duration::from_secs(3);
+pub(crate) const PROBE_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long a call waits for another call on the same sandbox's browser to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(input::MAX_TIMEOUT_MS / 1000 + 60);
@@ -164,6 +186,8 @@ impl BrowserTool {
     /// A tool starting browsers with `config`.
     #[must_use]
     pub fn new(config: BrowserConfig) -> Self {
+        // The driver is this program, entered from a constructor: keep that constructor linked in.
+        std::hint::black_box(driver::entry_point());
         Self { config: Arc::new(config), slots: Arc::new(Mutex::new(HashMap::new())) }
     }
 
@@ -173,165 +197,207 @@ impl BrowserTool {
         &self.config
     }
 
-    /// Number of sandboxes with a browser connection held by this tool.
+    /// Number of sandboxes with a browser driver started by this tool.
     #[must_use]
     pub fn open_browsers(&self) -> usize {
-        self.lock_slots().values().filter(|s| s.try_lock().map_or(true, |s| s.session.is_some())).count()
+        self.lock_slots().values().filter(|s| s.try_lock().map_or(true, |s| s.driver.is_some())).count()
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Arc<tokio::sync::Mutex<Slot>>>> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Forgets browsers of sandboxes the manager no longer has whose connection has closed.
+    /// Forgets the drivers of sandboxes the manager no longer has (their drivers died with them).
     fn prune(&self, manager: &SandboxManager) {
         let live: std::collections::HashSet<SandboxId> = manager.list().into_iter().map(|m| m.sandbox.id).collect();
-        self.lock_slots().retain(|id, slot| {
-            live.contains(id)
-                || match slot.try_lock() {
-                    Ok(s) => s.session.as_ref().is_some_and(Session::connected),
-                    Err(_) => true,
-                }
-        });
+        self.lock_slots().retain(|id, slot| live.contains(id) || slot.try_lock().is_err());
     }
 
     fn slot(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<Slot>> {
         self.lock_slots().entry(id.clone()).or_default().clone()
     }
 
-    async fn run(&self, sb: &Sandbox<'_>, action: BrowserAction) -> BrowserResult<Value> {
+    async fn run(&self, sb: &Sandbox<'_>, mut input: Value, action: &BrowserAction) -> BrowserResult<Value> {
         self.prune(sb.manager());
         let managed = sb.manager().get(sb.run_id())?;
+        if sb.manager().backend().name() != "local" {
+            return Err(BrowserError::Unsupported(format!(
+                "the browser runs its driver inside the sandbox as the sandbox's own agent program, which the {} \
+                 backend does not provide: use the local backend",
+                sb.manager().backend().name()
+            )));
+        }
+        if let BrowserAction::Screenshot { path: Some(p), .. } = action {
+            input["path"] = Value::String(sb.config().resolve(p)?);
+        }
         let slot = self.slot(&managed.sandbox.id);
         let mut slot = tokio::time::timeout(LOCK_WAIT, slot.lock()).await.map_err(|_| {
             BrowserError::Busy(
                 "another browser call on this sandbox is still running; retry when it has finished".into(),
             )
         })?;
-        if matches!(action, BrowserAction::Close {}) {
-            return Ok(self.close(sb, &mut slot).await);
+        if matches!(action, BrowserAction::Close {}) && slot.driver.is_none() {
+            slot.lost = None;
+            return Ok(json!({"closed": false, "message": "no browser was running"}));
         }
-        let started = self.ensure(sb, &managed.config, &mut slot).await?;
-        let Some(session) = slot.session.as_mut() else {
-            return Err(BrowserError::Gone("the browser is not running".into()));
+        let request = Request {
+            config: (*self.config).clone(),
+            network_enabled: managed.config.network.enabled,
+            resources_hint: session::resources_hint(&managed.config),
+            action: input,
         };
-        let cx = actions::Ctx { cfg: &self.config, sb, sandbox_config: &managed.config };
-        match actions::run(session, &cx, action).await {
-            Ok(mut out) => {
-                if let Some(s) = started {
-                    s.describe(&mut out);
+        let request = serde_json::to_vec(&request)
+            .map_err(|e| BrowserError::InvalidInput(format!("cannot encode the browser request: {e}")))?;
+        let mut restarted = None;
+        let fresh = slot.driver.is_none();
+        if fresh {
+            slot.driver = Some(self.start_driver(sb).await?);
+            restarted = slot.lost.take();
+        }
+        let mut reply = self.call_driver(sb, &request, fresh).await;
+        if matches!(reply, Err(CallError::NoDriver(_))) {
+            // The driver stopped between calls (nothing was sent): start a new one and send the call to it.
+            if let Some(pid) = slot.driver.take() {
+                kill(sb, pid).await;
+            }
+            slot.driver = Some(self.start_driver(sb).await?);
+            restarted = Some("its driver inside the sandbox had stopped".into());
+            reply = self.call_driver(sb, &request, true).await;
+        }
+        match reply {
+            Ok(Ok(mut out)) => {
+                if let Some(reason) = restarted {
+                    if out.remove("browser_started").is_some() {
+                        out.insert("browser_restarted".into(), json!(true));
+                        out.insert(
+                            "notice".into(),
+                            json!(format!(
+                                "the browser was restarted because {reason}; tabs, history and page state from before \
+                                 are gone"
+                            )),
+                        );
+                    }
                 }
-                session.report_events(&mut out);
                 Ok(Value::Object(out))
             }
-            Err(e) => Err(self.after_failure(sb, &managed.config, &mut slot, e).await),
+            Ok(Err(e)) => Err(BrowserError::Reported(e.kind, e.message)),
+            Err(e) => {
+                if let Some(pid) = slot.driver.take() {
+                    kill(sb, pid).await;
+                }
+                slot.lost = Some("its driver inside the sandbox failed during the previous call".into());
+                Err(BrowserError::Gone(format!(
+                    "the browser driver inside the sandbox failed during this call: {e}. It was stopped; the next \
+                     browser call starts a new one"
+                )))
+            }
         }
     }
 
-    /// Starts the browser if there is none, or a new one if the old one died.
-    async fn ensure(
+    /// Starts the driver in the sandbox; returns its pid there.
+    async fn start_driver(&self, sb: &Sandbox<'_>) -> BrowserResult<u32> {
+        let mut request = ExecRequest::argv([SELF_PROGRAM, "agentbox-browser-driver"]);
+        request.env.insert(driver::HELPER_ENV.into(), driver::DRIVER.into());
+        request.env.insert(driver::SOCKET_ENV.into(), driver::socket_name(&self.config));
+        Ok(sb.spawn_background(request).await?.pid)
+    }
+
+    /// Sends one request through a client execution and reads the reply, at most [`Limits::reply_bytes`].
+    async fn call_driver(
         &self,
         sb: &Sandbox<'_>,
-        config: &SandboxConfig,
-        slot: &mut Slot,
-    ) -> BrowserResult<Option<Started>> {
-        if let Some(s) = slot.session.as_mut() {
-            let reason = if !s.connected() {
-                Some("its DevTools connection had closed (it crashed or was killed)")
-            } else if session::process_running(sb, s.pid).await == Some(false) {
-                Some("its process had exited (it crashed or was killed)")
-            } else if s.network_enabled != config.network.enabled {
-                Some("the sandbox's network policy changed")
-            } else if !s.answers(PROBE_LIMIT).await {
-                Some("it had stopped answering")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                let pid = s.pid;
-                slot.session = None;
-                session::kill(sb, pid).await;
-                slot.lost = Some(reason.to_owned());
+        request: &[u8],
+        wait_for_driver: bool,
+    ) -> Result<Result<Map<String, Value>, wire::WireError>, CallError> {
+        let limits = Limits::of(&self.config);
+        let mut exec = ExecRequest::argv([SELF_PROGRAM, "agentbox-browser-client"]);
+        exec.env.insert(driver::HELPER_ENV.into(), driver::CLIENT.into());
+        exec.env.insert(driver::SOCKET_ENV.into(), driver::socket_name(&self.config));
+        let wait = if wait_for_driver { DRIVER_START } else { Duration::ZERO };
+        exec.env.insert(driver::WAIT_ENV.into(), millis(wait).to_string());
+        exec.stdin = Some(request.to_vec());
+        exec.timeout = Some(self.call_limit());
+        let mut stream = sb.exec(exec).await.map_err(|e| CallError::Transport(e.message))?;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut code = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                ExecEvent::Stdout(chunk) => {
+                    if stdout.len() + chunk.len() > limits.reply_bytes {
+                        return Err(CallError::TooLarge(limits.reply_bytes));
+                    }
+                    stdout.extend_from_slice(&chunk);
+                }
+                ExecEvent::Stderr(chunk) => {
+                    let room = CLIENT_STDERR_BYTES.saturating_sub(stderr.len());
+                    stderr.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                ExecEvent::Exit(status) => {
+                    if status.timed_out {
+                        return Err(CallError::Transport(format!(
+                            "it did not answer within {} s",
+                            self.call_limit().as_secs()
+                        )));
+                    }
+                    code = Some(status.exit_code);
+                }
             }
         }
-        if slot.session.is_some() {
-            return Ok(None);
+        let stderr = String::from_utf8_lossy(&stderr).trim().to_owned();
+        if code == Some(driver::NO_DRIVER) {
+            return Err(CallError::NoDriver(stderr));
         }
-        let t0 = Instant::now();
-        let session = session::launch(&self.config, sb, config).await?;
-        slot.session = Some(session);
-        Ok(Some(Started { launch_ms: millis(t0.elapsed()), restarted_because: slot.lost.take() }))
-    }
-
-    /// Turns a failed action into the error returned, dropping a browser that went away.
-    async fn after_failure(
-        &self,
-        sb: &Sandbox<'_>,
-        config: &SandboxConfig,
-        slot: &mut Slot,
-        e: BrowserError,
-    ) -> BrowserError {
-        let Some(s) = slot.session.as_ref() else { return e };
-        if e.is_gone() || !s.connected() {
-            let pid = s.pid;
-            let exited = session::process_running(sb, pid).await == Some(false);
-            let tail = if exited { session::log_tail(sb, s.log_path.as_deref()).await } else { String::new() };
-            slot.session = None;
-            session::kill(sb, pid).await;
-            slot.lost = Some(if exited {
-                "it stopped during the previous call (crashed, was killed or ran out of memory)".into()
-            } else {
-                "its DevTools connection failed during the previous call".into()
-            });
-            let output = if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") };
-            return BrowserError::Gone(format!("{e}.{output}{}", session::resources_hint(config)));
-        }
-        match e {
-            // A browser short of memory or processes shows up as calls that never answer.
-            BrowserError::Timeout(m) if m.contains("did not answer") => {
-                BrowserError::Timeout(format!("{m}.{}", session::resources_hint(config)))
-            }
-            other => other,
+        match wire::decode_reply(&stdout, limits) {
+            Err(DecodeError::Empty) if !stderr.is_empty() => Err(CallError::Transport(stderr)),
+            Err(DecodeError::Empty) => Err(CallError::Transport(
+                "it closed the connection without a reply (it \
+                                                                   crashed, was killed or ran out of memory)"
+                    .into(),
+            )),
+            Err(e) => Err(CallError::Invalid(e)),
+            Ok(r) => Ok(r),
         }
     }
 
-    async fn close(&self, sb: &Sandbox<'_>, slot: &mut Slot) -> Value {
-        slot.lost = None;
-        let Some(s) = slot.session.take() else {
-            return json!({"closed": false, "message": "no browser was running"});
-        };
-        let pid = s.pid;
-        drop(s);
-        session::kill(sb, pid).await;
-        json!({"closed": true})
+    /// The longest one call may take: the longest action, plus a browser launch, plus slack.
+    fn call_limit(&self) -> Duration {
+        Duration::from_millis(input::MAX_TIMEOUT_MS) + self.config.launch_timeout + Duration::from_secs(60)
     }
 }
 
-/// A browser started for this call.
-struct Started {
-    launch_ms: u64,
-    restarted_because: Option<String>,
+/// The sandbox's own agent program, as an execution sees it: in a local sandbox every execution is
+/// started by the agent, so `/proc/self/exe` in the new process, before its `execve`, is the agent's
+/// sealed binary, which is this program.
+const SELF_PROGRAM: &str = "/proc/self/exe";
+
+/// Why a call to the driver brought no reply.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    /// No driver listens; the request was not sent.
+    #[error("no browser driver is running: {0}")]
+    NoDriver(String),
+    /// The reply is larger than the cap.
+    #[error("its reply was larger than {0} bytes")]
+    TooLarge(usize),
+    /// The reply is malformed.
+    #[error(transparent)]
+    Invalid(DecodeError),
+    /// The client or the driver failed.
+    #[error("{0}")]
+    Transport(String),
 }
 
-impl Started {
-    fn describe(self, out: &mut Map<String, Value>) {
-        out.insert("browser_launch_ms".into(), json!(self.launch_ms));
-        match self.restarted_because {
-            Some(reason) => {
-                out.insert("browser_restarted".into(), json!(true));
-                out.insert(
-                    "notice".into(),
-                    json!(format!(
-                        "the browser was restarted because {reason}; tabs, history and page state from before are gone"
-                    )),
-                );
-            }
-            None => {
-                out.insert("browser_started".into(), json!(true));
-            }
-        }
+/// Kills the driver's process tree (Chromium with it); a process already gone is not an error.
+async fn kill(sb: &Sandbox<'_>, pid: u32) {
+    match sb.kill_process(pid, SIGKILL).await {
+        Ok(()) => {}
+        Err(e) if e.kind == crate::ToolErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(pid, error = %e, "killing the browser driver failed"),
     }
 }
+
+const SIGKILL: i32 = 9;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -412,12 +478,12 @@ impl Tool for BrowserTool {
     }
 
     async fn call(&self, ctx: &ToolContext, input: Value) -> ToolResult<Value> {
-        let action: BrowserAction = serde_json::from_value(input).map_err(|e| {
+        let action: BrowserAction = serde_json::from_value(input.clone()).map_err(|e| {
             ToolError::invalid_input(format!("invalid input for browser: {e}; see the tool's input schema"))
         })?;
         action.validate().map_err(|e| ToolError::invalid_input(format!("invalid input for browser: {e}")))?;
         let sb = ctx.sandbox()?;
-        Ok(self.run(&sb, action).await?)
+        Ok(self.run(&sb, input, &action).await?)
     }
 }
 

@@ -1,12 +1,12 @@
-//! One sandbox's browser: launching Chromium inside the sandbox, connecting to its DevTools
-//! endpoint through a forwarded port, watching it, and its tabs.
+//! One sandbox's browser, seen from the driver inside the sandbox: launching Chromium as the
+//! driver's child, connecting to its DevTools endpoint on the sandbox's loopback, watching it, and
+//! its tabs. Everything here runs inside the sandbox, under its limits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentbox_core::config::{Preset, SandboxConfig};
-use agentbox_core::{Error as CoreError, ExecRequest};
 use chromiumoxide::cdp::browser_protocol::browser::{
     DownloadProgressState, EventDownloadProgress, EventDownloadWillBegin, GetVersionParams,
     SetDownloadBehaviorBehavior, SetDownloadBehaviorParams,
@@ -19,12 +19,13 @@ use chromiumoxide::{Browser, Page};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 
 use super::BrowserConfig;
 use super::cdp::{Tab, within};
 use super::error::{BrowserError, BrowserResult};
-use crate::tool::Sandbox;
 
 /// A viewport applied to tabs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,15 +58,72 @@ pub(crate) struct Download {
     pub total_bytes: u64,
 }
 
-/// Events the browser raised between calls, reported with the next result.
-#[derive(Debug, Default)]
+/// Longest text kept of a dialog's message or a download's address, in bytes.
+const EVENT_TEXT_BYTES: usize = 2048;
+
+/// Events the browser raised between calls, reported with the next result. Pages raise them as fast
+/// as they like, so each list keeps at most `cap` entries: the oldest are dropped and counted.
+#[derive(Debug)]
 pub(crate) struct Inbox {
-    /// Every download of this browser.
+    /// Most entries kept in each list.
+    cap: usize,
+    /// The most recent downloads of this browser.
     pub downloads: Vec<Download>,
     /// Downloads already reported in a result.
     pub reported: usize,
+    /// Downloads dropped from the list because it was full, not yet reported.
+    pub downloads_dropped: u64,
     /// JavaScript dialogs (alert, confirm, prompt) the tool accepted, not yet reported.
     pub dialogs: Vec<Value>,
+    /// Dialogs dropped because the list was full, not yet reported.
+    pub dialogs_dropped: u64,
+}
+
+impl Inbox {
+    /// An empty inbox keeping at most `cap` entries per list (at least 1).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            downloads: Vec::new(),
+            reported: 0,
+            downloads_dropped: 0,
+            dialogs: Vec::new(),
+            dialogs_dropped: 0,
+        }
+    }
+
+    /// Adds a download, dropping the oldest when the list is full.
+    pub fn push_download(&mut self, d: Download) {
+        if self.downloads.len() >= self.cap {
+            let excess = self.downloads.len() + 1 - self.cap;
+            self.downloads.drain(..excess);
+            self.reported = self.reported.saturating_sub(excess);
+            self.downloads_dropped += excess as u64;
+        }
+        self.downloads.push(d);
+    }
+
+    /// Adds a dialog, dropping the oldest unreported one when the list is full.
+    pub fn push_dialog(&mut self, dialog: Value) {
+        if self.dialogs.len() >= self.cap {
+            let excess = self.dialogs.len() + 1 - self.cap;
+            self.dialogs.drain(..excess);
+            self.dialogs_dropped += excess as u64;
+        }
+        self.dialogs.push(dialog);
+    }
+}
+
+/// `text` cut to [`EVENT_TEXT_BYTES`] on a character boundary, with a mark when cut.
+pub(crate) fn cap_event_text(text: &str) -> String {
+    if text.len() <= EVENT_TEXT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = EVENT_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}[... {} bytes truncated ...]", &text[..end], text.len() - end)
 }
 
 /// A running browser inside one sandbox.
@@ -78,11 +136,11 @@ pub(crate) struct Session {
     watchers: Vec<JoinHandle<()>>,
     /// Dialog handlers by tab.
     dialog_watchers: HashMap<String, JoinHandle<()>>,
-    /// Chromium's process id inside the sandbox.
-    pub pid: u32,
-    /// The file inside the sandbox receiving Chromium's output.
-    pub log_path: Option<String>,
-    /// The forwarded DevTools address on the host (`ws://127.0.0.1:41234`).
+    /// Chromium's process, the leader of its own process group.
+    pub child: Child,
+    /// The file receiving Chromium's output.
+    pub log_path: String,
+    /// The DevTools address on the sandbox's loopback (`ws://127.0.0.1:9222`).
     pub ws_base: String,
     /// The tab actions work on.
     pub active: Page,
@@ -98,7 +156,7 @@ pub(crate) struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("pid", &self.pid).field("tabs", &self.tabs.len()).finish_non_exhaustive()
+        f.debug_struct("Session").field("pid", &self.child.id()).field("tabs", &self.tabs.len()).finish_non_exhaustive()
     }
 }
 
@@ -174,34 +232,49 @@ fn chromium_args(cfg: &BrowserConfig, network_enabled: bool) -> Vec<String> {
     args
 }
 
-/// Removes a stale profile lock (left by a killed browser), makes the download directory, and execs Chromium.
-const LAUNCH_SCRIPT: &str = r#"rm -f -- "$AGENTBOX_PROFILE/SingletonLock" "$AGENTBOX_PROFILE/SingletonSocket" "$AGENTBOX_PROFILE/SingletonCookie"
-mkdir -p -- "$AGENTBOX_PROFILE" "$AGENTBOX_DOWNLOADS" || exit 1
-exec "$@""#;
+/// Profile files a killed browser leaves behind, which stop the next one from starting.
+const STALE_LOCKS: [&str; 3] = ["SingletonLock", "SingletonSocket", "SingletonCookie"];
 
-/// Whether the process is still running in the sandbox (`None` when the backend cannot tell).
-pub(crate) async fn process_running(sb: &Sandbox<'_>, pid: u32) -> Option<bool> {
-    let list = sb.manager().with_sandbox(sb.run_id(), |b, id| async move { b.list_processes(&id).await }).await.ok()?;
-    Some(list.iter().any(|p| p.pid == pid && p.running))
+/// Largest `/json/version` answer read; Chromium's is well under 1 KiB.
+const VERSION_BYTES: usize = 64 * 1024;
+
+/// Largest part of Chromium's log read for an error message.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// Where Chromium's output goes inside the sandbox.
+pub(crate) fn log_path(cfg: &BrowserConfig) -> String {
+    format!("/tmp/agentbox-browser-{}.log", cfg.debugging_port)
 }
 
-/// Kills the browser's process tree in the sandbox; a process already gone is not an error.
-pub(crate) async fn kill(sb: &Sandbox<'_>, pid: u32) {
-    match sb.kill_process(pid, libc_sigkill()).await {
-        Ok(()) => {}
-        Err(e) if e.kind == crate::ToolErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(pid, error = %e, "killing the browser failed"),
+/// Kills Chromium's whole process group (it runs in its own) and reaps it.
+pub(crate) async fn kill(child: &mut Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: killpg takes plain integers; Chromium leads its own process group (`process_group(0)`).
+        unsafe { libc::killpg(pid, libc::SIGKILL) };
     }
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
 }
 
-const fn libc_sigkill() -> i32 {
-    9
+/// Whether Chromium is still running.
+pub(crate) fn process_running(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(None))
 }
 
 /// The last lines of Chromium's output, for error messages.
-pub(crate) async fn log_tail(sb: &Sandbox<'_>, path: Option<&str>) -> String {
-    let Some(path) = path else { return String::new() };
-    let Ok(bytes) = sb.read_file(path).await else { return String::new() };
+pub(crate) async fn log_tail(path: &str) -> String {
+    let Ok(mut file) = tokio::fs::File::open(path).await else { return String::new() };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    if len > LOG_TAIL_BYTES {
+        use tokio::io::AsyncSeekExt as _;
+        if file.seek(std::io::SeekFrom::Start(len - LOG_TAIL_BYTES)).await.is_err() {
+            return String::new();
+        }
+    }
+    let mut bytes = Vec::new();
+    if file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes).await.is_err() {
+        return String::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
     // D-Bus complaints are noise in a sandbox without a session bus.
     let lines: Vec<&str> = text.lines().filter(|l| !l.contains("dbus") && !l.trim().is_empty()).collect();
@@ -209,81 +282,103 @@ pub(crate) async fn log_tail(sb: &Sandbox<'_>, path: Option<&str>) -> String {
     lines[start..].join("\n")
 }
 
-/// Starts Chromium in the sandbox and connects to it.
-pub(crate) async fn launch(
-    cfg: &BrowserConfig,
-    sb: &Sandbox<'_>,
-    sandbox_config: &SandboxConfig,
-) -> BrowserResult<Session> {
-    match sb.stat(&cfg.executable).await {
+fn tail_sentence(tail: &str) -> String {
+    if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") }
+}
+
+/// Starts Chromium in the sandbox (as the driver's child, in a process group of its own) and connects to it.
+pub(crate) async fn launch(cfg: &BrowserConfig, network_enabled: bool, hint: &str) -> BrowserResult<Session> {
+    match tokio::fs::metadata(&cfg.executable).await {
         Ok(_) => {}
-        Err(e) if e.kind == crate::ToolErrorKind::NotFound => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(BrowserError::NotInstalled { path: cfg.executable.clone() });
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(BrowserError::Launch(format!("cannot read {}: {e}", cfg.executable))),
     }
-    let base = match sb
-        .manager()
-        .with_sandbox(sb.run_id(), |b, id| async move { b.open_port(&id, cfg.debugging_port).await })
-        .await
-    {
-        Ok(url) => url,
-        Err(CoreError::Unsupported(m)) => {
-            return Err(BrowserError::Unsupported(format!(
-                "the browser needs to reach its DevTools port inside the sandbox, and {m}: use the local backend"
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let network_enabled = sandbox_config.network.enabled;
-    let mut argv =
-        vec!["/bin/bash".to_owned(), "-c".into(), LAUNCH_SCRIPT.into(), "chromium".into(), cfg.executable.clone()];
-    argv.extend(chromium_args(cfg, network_enabled));
-    let mut request = ExecRequest::argv(argv);
-    request.env.insert("AGENTBOX_PROFILE".into(), cfg.user_data_dir.clone());
-    request.env.insert("AGENTBOX_DOWNLOADS".into(), cfg.downloads_dir.clone());
-    let process = sb.spawn_background(request).await?;
-    let pid = process.pid;
-    match connect(cfg, sb, sandbox_config, &base, pid, process.output_path.as_deref()).await {
-        Ok(mut session) => {
+    for lock in STALE_LOCKS {
+        let _ = tokio::fs::remove_file(format!("{}/{lock}", cfg.user_data_dir.trim_end_matches('/'))).await;
+    }
+    for dir in [&cfg.user_data_dir, &cfg.downloads_dir] {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| BrowserError::Launch(format!("cannot make the directory {dir}: {e}")))?;
+    }
+    let log_path = log_path(cfg);
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| BrowserError::Launch(format!("cannot make the browser's log file {log_path}: {e}")))?;
+    let log2 = log.try_clone().map_err(|e| BrowserError::Launch(format!("cannot share the log file: {e}")))?;
+    let mut command = tokio::process::Command::new(&cfg.executable);
+    command
+        .args(chromium_args(cfg, network_enabled))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec and makes one async-signal-safe
+    // system call: Chromium gets SIGKILL when the driver dies, so it never outlives it.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child =
+        command.spawn().map_err(|e| BrowserError::Launch(format!("cannot start {}: {e}", cfg.executable)))?;
+    match connect(cfg, &mut child, &log_path, hint).await {
+        Ok((browser, handler)) => setup(cfg, browser, handler, child, log_path, hint).await.map(|mut session| {
             session.network_enabled = network_enabled;
-            Ok(session)
-        }
+            session
+        }),
         Err(e) => {
-            let e = match e {
-                e @ (BrowserError::Launch(_) | BrowserError::Sandbox(_)) => e,
-                other => {
-                    let tail = log_tail(sb, process.output_path.as_deref()).await;
-                    let output = if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") };
-                    BrowserError::Launch(format!(
-                        "Chromium started, but setting it up failed: {other}.{output}{}",
-                        resources_hint(sandbox_config)
-                    ))
-                }
-            };
-            kill(sb, pid).await;
+            kill(&mut child).await;
             Err(e)
         }
     }
 }
 
+/// The error of a browser that started but could not be set up, after killing it.
+async fn setup_failed(e: &BrowserError, child: &mut Child, log_path: &str, hint: &str) -> BrowserError {
+    let tail = log_tail(log_path).await;
+    kill(child).await;
+    BrowserError::Launch(format!("Chromium started, but setting it up failed: {e}.{}{hint}", tail_sentence(&tail)))
+}
+
+/// Waits for Chromium's DevTools endpoint and opens the connection.
 async fn connect(
     cfg: &BrowserConfig,
-    sb: &Sandbox<'_>,
-    sandbox_config: &SandboxConfig,
-    base: &str,
-    pid: u32,
-    log_path: Option<&str>,
-) -> BrowserResult<Session> {
-    let ws = wait_for_devtools(cfg, sb, sandbox_config, base, pid, log_path).await?;
+    child: &mut Child,
+    log_path: &str,
+    hint: &str,
+) -> BrowserResult<(Browser, chromiumoxide::Handler)> {
+    let ws = wait_for_devtools(cfg, child, log_path, hint).await?;
     let handler_config = HandlerConfig {
         viewport: None,
         request_timeout: cfg.navigation_timeout.max(Duration::from_millis(super::input::MAX_TIMEOUT_MS))
             + Duration::from_secs(30),
         ..HandlerConfig::default()
     };
-    let (browser, mut handler) =
-        within(cfg.cdp_timeout, "connecting to the browser", Browser::connect_with_config(ws, handler_config)).await?;
+    within(cfg.cdp_timeout, "connecting to the browser", Browser::connect_with_config(ws, handler_config))
+        .await
+        .map_err(|e| {
+            BrowserError::Launch(format!(
+                "its DevTools endpoint did not accept a connection: {e}. Something else may hold the DevTools port \
+                 {} inside the sandbox",
+                cfg.debugging_port
+            ))
+        })
+}
+
+/// Sets up a connected browser: downloads, a tab of our own, the viewport and dialog handling.
+async fn setup(
+    cfg: &BrowserConfig,
+    browser: Browser,
+    mut handler: chromiumoxide::Handler,
+    mut child: Child,
+    log_path: String,
+    hint: &str,
+) -> BrowserResult<Session> {
     let handler = tokio::spawn(async move {
         // Invalid messages are skipped by the handler; any error it returns means the connection failed.
         while let Some(event) = handler.next().await {
@@ -293,9 +388,9 @@ async fn connect(
             }
         }
     });
-    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let inbox = Arc::new(Mutex::new(Inbox::new(cfg.max_events)));
     let mut watchers = Vec::new();
-    let setup = async {
+    let first = async {
         let behavior = SetDownloadBehaviorParams {
             behavior: SetDownloadBehaviorBehavior::Allow,
             browser_context_id: None,
@@ -307,14 +402,14 @@ async fn connect(
         let page = within(cfg.cdp_timeout, "opening a tab", browser.new_page("about:blank")).await?;
         Ok::<_, BrowserError>(page)
     };
-    let page = match setup.await {
+    let page = match first.await {
         Ok(p) => p,
         Err(e) => {
             handler.abort();
             for w in &watchers {
                 w.abort();
             }
-            return Err(e);
+            return Err(setup_failed(&e, &mut child, &log_path, hint).await);
         }
     };
     let viewport = ViewportSpec { width: cfg.viewport.0, height: cfg.viewport.1, scale: 1.0, mobile: false };
@@ -323,78 +418,89 @@ async fn connect(
         handler,
         watchers,
         dialog_watchers: HashMap::new(),
-        pid,
-        log_path: log_path.map(str::to_owned),
-        ws_base: base.replacen("http://", "ws://", 1).trim_end_matches('/').to_owned(),
+        child,
+        log_path,
+        ws_base: format!("ws://127.0.0.1:{}", cfg.debugging_port),
         tabs: vec![page.target_id().clone()],
         active: page,
         viewport,
         inbox,
         network_enabled: false,
     };
-    // Close the tab Chromium opened by itself, so the tool's tab is the only one.
-    let ours = session.active.target_id().clone();
-    for t in session.page_targets(cfg.cdp_timeout).await? {
-        if t.target_id != ours {
-            let close = chromiumoxide::cdp::browser_protocol::target::CloseTargetParams::new(t.target_id.clone());
-            let _ = within(cfg.cdp_timeout, "closing the initial tab", session.browser.execute(close)).await;
+    let rest = async {
+        // Close the tab Chromium opened by itself, so the tool's tab is the only one.
+        let ours = session.active.target_id().clone();
+        for t in session.page_targets(cfg.cdp_timeout).await? {
+            if t.target_id != ours {
+                let close = chromiumoxide::cdp::browser_protocol::target::CloseTargetParams::new(t.target_id.clone());
+                let _ = within(cfg.cdp_timeout, "closing the initial tab", session.browser.execute(close)).await;
+            }
+        }
+        session.prepare_tab(cfg.cdp_timeout).await
+    };
+    match rest.await {
+        Ok(()) => Ok(session),
+        Err(e) => {
+            let log_path = session.log_path.clone();
+            Err(setup_failed(&e, &mut session.child, &log_path, hint).await)
         }
     }
-    session.prepare_tab(cfg.cdp_timeout).await?;
-    Ok(session)
 }
 
-/// Polls `/json/version` through the forwarded port until Chromium answers; returns the WebSocket URL
-/// rewritten to the forwarded address.
+/// Reads `/json/version` on the sandbox's loopback until Chromium answers (at most [`VERSION_BYTES`] of
+/// it); returns the browser's WebSocket address on that loopback.
 async fn wait_for_devtools(
     cfg: &BrowserConfig,
-    sb: &Sandbox<'_>,
-    sandbox_config: &SandboxConfig,
-    base: &str,
-    pid: u32,
-    log_path: Option<&str>,
+    child: &mut Child,
+    log_path: &str,
+    hint: &str,
 ) -> BrowserResult<String> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| BrowserError::Launch(format!("cannot make an HTTP client: {e}")))?;
-    let url = format!("{}/json/version", base.trim_end_matches('/'));
+    let base = format!("http://127.0.0.1:{}", cfg.debugging_port);
+    let url = format!("{base}/json/version");
     let start = Instant::now();
-    let mut last_check = Instant::now();
     loop {
-        if let Ok(resp) = client.get(&url).send().await {
-            if let Ok(v) = resp.json::<Value>().await {
-                if let Some(ws) = v.get("webSocketDebuggerUrl").and_then(Value::as_str) {
-                    return rewrite_ws_url(ws, base);
-                }
-            }
+        if let Some(ws) = read_version(&client, &url).await {
+            return rewrite_ws_url(&ws, &base);
         }
-        if last_check.elapsed() >= Duration::from_millis(500) {
-            last_check = Instant::now();
-            if process_running(sb, pid).await == Some(false) {
-                let tail = log_tail(sb, log_path).await;
-                return Err(BrowserError::Launch(format!(
-                    "Chromium exited right after starting.{}{}",
-                    if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") },
-                    super::session::resources_hint(sandbox_config)
-                )));
-            }
+        if !process_running(child) {
+            let tail = log_tail(log_path).await;
+            return Err(BrowserError::Launch(format!(
+                "Chromium exited right after starting.{}{hint}",
+                tail_sentence(&tail)
+            )));
         }
         if start.elapsed() >= cfg.launch_timeout {
-            let tail = log_tail(sb, log_path).await;
+            let tail = log_tail(log_path).await;
             return Err(BrowserError::Launch(format!(
-                "its DevTools endpoint did not answer within {} s.{}{}",
+                "its DevTools endpoint did not answer within {} s.{}{hint}",
                 cfg.launch_timeout.as_secs(),
-                if tail.is_empty() { String::new() } else { format!(" Its last output:\n{tail}\n") },
-                resources_hint(sandbox_config)
+                tail_sentence(&tail)
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// `ws://127.0.0.1:9222/devtools/browser/ID` with the host and port of `base` (`http://127.0.0.1:41234`).
+/// The `webSocketDebuggerUrl` of a `/json/version` answer of at most [`VERSION_BYTES`].
+async fn read_version(client: &reqwest::Client, url: &str) -> Option<String> {
+    let mut resp = client.get(url).send().await.ok()?;
+    let mut body = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(2), resp.chunk()).await.ok()?.ok()? {
+        if body.len() + chunk.len() > VERSION_BYTES {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let v: Value = serde_json::from_slice(&body).ok()?;
+    v.get("webSocketDebuggerUrl").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// `ws://127.0.0.1:9222/devtools/browser/ID` with the host and port of `base` (`http://127.0.0.1:9222`).
 pub(crate) fn rewrite_ws_url(ws: &str, base: &str) -> BrowserResult<String> {
     let path = ws
         .strip_prefix("ws://")
@@ -423,10 +529,10 @@ async fn watch_downloads(
             tokio::select! {
                 Some(ev) = begins.next() => {
                     let mut inbox = inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    inbox.downloads.push(Download {
+                    inbox.push_download(Download {
                         guid: ev.guid.clone(),
-                        url: ev.url.clone(),
-                        path: format!("{dir}/{}", ev.suggested_filename),
+                        url: cap_event_text(&ev.url),
+                        path: format!("{dir}/{}", cap_event_text(&ev.suggested_filename)),
                         state: "in_progress",
                         received_bytes: 0,
                         total_bytes: 0,
@@ -443,7 +549,7 @@ async fn watch_downloads(
                         d.received_bytes = as_bytes(ev.received_bytes);
                         d.total_bytes = as_bytes(ev.total_bytes);
                         if let Some(p) = &ev.file_path {
-                            d.path.clone_from(p);
+                            d.path = cap_event_text(p);
                         }
                     }
                 }
@@ -474,6 +580,12 @@ impl Session {
         if !inbox.dialogs.is_empty() {
             out.insert("dialogs".into(), Value::Array(std::mem::take(&mut inbox.dialogs)));
         }
+        if inbox.dialogs_dropped > 0 {
+            out.insert("dialogs_dropped".into(), json!(std::mem::take(&mut inbox.dialogs_dropped)));
+        }
+        if inbox.downloads_dropped > 0 {
+            out.insert("downloads_dropped".into(), json!(std::mem::take(&mut inbox.downloads_dropped)));
+        }
         let start = inbox.reported.min(inbox.downloads.len());
         if start < inbox.downloads.len() {
             out.insert("downloads_started".into(), json!(inbox.downloads[start..]));
@@ -484,6 +596,11 @@ impl Session {
     /// Whether the DevTools connection is still being served.
     pub fn connected(&self) -> bool {
         !self.handler.is_finished()
+    }
+
+    /// Kills Chromium and waits for it.
+    pub async fn kill(&mut self) {
+        kill(&mut self.child).await;
     }
 
     /// Whether the browser answers a trivial call within `limit`.
@@ -569,8 +686,7 @@ impl Session {
                     inbox
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .dialogs
-                        .push(json!({"type": kind, "message": ev.message, "accepted": true}));
+                        .push_dialog(json!({"type": kind, "message": cap_event_text(&ev.message), "accepted": true}));
                 }
             });
             self.dialog_watchers.insert(key, task);
