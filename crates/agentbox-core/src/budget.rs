@@ -127,9 +127,10 @@ impl Tenant {
     /// Takes one file descriptor's slot, held until the [`Slot`] drops.
     ///
     /// # Errors
-    /// Which budget is used up. When the server's budget is more than three quarters used, a
-    /// sandbox holding more than its fair share (the budget divided among the sandboxes holding
-    /// connections) is refused, so that the heaviest user is refused first.
+    /// Which budget is used up. When the server's budget is three quarters used, a sandbox holding
+    /// its fair share or more is refused, so that the heaviest users are refused first and room is
+    /// left for the others: the fair share is the budget divided among the sandboxes holding
+    /// connections plus one, the next to come.
     pub fn try_acquire(self: &Arc<Self>) -> Result<Slot, Exhausted> {
         let limits = self.pool.limits();
         let mine = self.used.fetch_add(1, Ordering::AcqRel);
@@ -145,7 +146,7 @@ impl Tenant {
             return Err(Exhausted::Sandbox);
         }
         let tight = total >= limits.max_fds - limits.max_fds / 4;
-        let fair = limits.max_fds / self.pool.active.load(Ordering::Acquire).max(1);
+        let fair = limits.max_fds / (self.pool.active.load(Ordering::Acquire) + 1);
         if total >= limits.max_fds || (tight && mine >= fair) {
             drop(slot);
             self.pool.refused_server.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +303,7 @@ mod tests {
         let (a, b) = (pool.tenant(), pool.tenant());
         let mut held: Vec<Slot> = (0..6).map(|_| a.try_acquire().unwrap()).collect();
         assert_eq!(a.try_acquire().unwrap_err(), Exhausted::Sandbox);
-        // The pool is tight (6 of 8) and `a` holds more than its fair share: `b` still gets in.
+        // The pool is tight (6 of 8) and `a` holds more than its fair share (8 / 3): `b` still gets in.
         held.push(b.try_acquire().unwrap());
         held.push(b.try_acquire().unwrap());
         assert_eq!(b.try_acquire().unwrap_err(), Exhausted::Server);
