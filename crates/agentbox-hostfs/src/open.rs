@@ -191,7 +191,8 @@ pub fn proc_root(pid: i32) -> io::Result<OwnedFd> {
 /// The lookup's errno; `EACCES` on proc, sysfs, cgroup and devpts file systems.
 pub fn resolve(dir: BorrowedFd<'_>, path: &str, link: FinalLink) -> io::Result<Node> {
     let rel = path.trim_start_matches('/');
-    let c = CString::new(if rel.is_empty() { "." } else { rel }).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c =
+        CString::new(if rel.is_empty() { "." } else { rel }).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     resolve_c(dir, &c, link)
 }
 
@@ -204,11 +205,8 @@ pub fn resolve_c(dir: BorrowedFd<'_>, c: &CStr, link: FinalLink) -> io::Result<N
     if link == FinalLink::Hold {
         flags |= libc::O_NOFOLLOW;
     }
-    let how = OpenHow {
-        flags: u64::try_from(flags).unwrap_or(0),
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
+    let how =
+        OpenHow { flags: u64::try_from(flags).unwrap_or(0), mode: 0, resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
     // SAFETY: openat2 with a valid dirfd, a C string and an open_how of the size passed.
     let fd = unsafe {
         libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), c.as_ptr(), &raw const how, std::mem::size_of::<OpenHow>())

@@ -107,7 +107,8 @@ impl Root {
     /// As [`Root::open_read`].
     pub fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)> {
         let r = self.open_read(path)?;
-        let mut out = Vec::with_capacity(usize::try_from(len.min(r.size.saturating_sub(offset)).min(1 << 20)).unwrap_or(0));
+        let mut out =
+            Vec::with_capacity(usize::try_from(len.min(r.size.saturating_sub(offset)).min(1 << 20)).unwrap_or(0));
         let mut f = &r.file;
         io::Seek::seek(&mut f, io::SeekFrom::Start(offset)).map_err(|e| map_io(&r.path, e))?;
         f.take(len).read_to_end(&mut out).map_err(|e| map_io(&r.path, e))?;

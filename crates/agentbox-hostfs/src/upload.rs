@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use agentbox_core::{Error, Result};
 
+use crate::Root;
 use crate::error::{map_io, wrong_type};
 use crate::open::{self, FinalLink, Node, NodeType, check};
-use crate::Root;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 

@@ -85,6 +85,9 @@ where
     F: FnOnce(BackendKind) -> Result<Arc<dyn SandboxBackend>, String>,
 {
     let (config, data_dir) = args.resolve()?;
+    if let Err(e) = crate::signals::watch_terminal_signals() {
+        tracing::warn!(error = %e, "cannot install handlers for SIGHUP, SIGTSTP, SIGTTIN and SIGTTOU; they keep their defaults");
+    }
     std::fs::create_dir_all(&data_dir)
         .and_then(|()| std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|source| ServerError::DataDir { path: data_dir.clone(), source })?;

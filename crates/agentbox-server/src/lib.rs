@@ -29,6 +29,7 @@ pub mod limits;
 mod mcp;
 pub mod registry;
 mod serve;
+pub mod signals;
 pub mod telemetry;
 
 use std::future::Future;
