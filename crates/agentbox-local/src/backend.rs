@@ -10,8 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agentbox_config::{CleanupPolicy, NetworkConfig, PackageSpec, SandboxConfig, SeccompProfile};
 use agentbox_core::{
     CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, FileStream,
-    FileUpload, HealthStatus,
-    Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
+    FileUpload, HealthStatus, Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
 };
 use agentbox_hostfs::{Owner, Root};
 use agentbox_metrics::SandboxMetrics;
@@ -937,8 +936,9 @@ impl SandboxBackend for LocalBackend {
     async fn read_file_stream(&self, id: &SandboxId, path: &str) -> Result<FileStream> {
         let sb = self.get(id)?;
         let path = path.to_owned();
-        let reader =
-            tokio::task::spawn_blocking(move || sb.root.open_read(&path)).await.map_err(|e| backend_err("file task", e))??;
+        let reader = tokio::task::spawn_blocking(move || sb.root.open_read(&path))
+            .await
+            .map_err(|e| backend_err("file task", e))??;
         Ok(transfer::stream_file(reader))
     }
 

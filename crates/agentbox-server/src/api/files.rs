@@ -1,13 +1,13 @@
 //! File routes: raw download, raw or multipart upload, directory listing.
 
+use agentbox_core::{CHUNK_BYTES, FileUpload, RunId};
 use axum::Json;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::StatusCode;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use agentbox_core::{CHUNK_BYTES, FileUpload, RunId};
-use axum::http::StatusCode;
-use axum::body::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyStream, Limited};
 use tokio::sync::OwnedSemaphorePermit;
@@ -108,7 +108,8 @@ where
         };
         if outcome.is_err() {
             // Abandons the upload: the backend removes what it wrote.
-            let _ = tx.send(Err(agentbox_core::Error::InvalidRequest("the upload was not received whole".into()))).await;
+            let _ =
+                tx.send(Err(agentbox_core::Error::InvalidRequest("the upload was not received whole".into()))).await;
         }
         outcome
     };
@@ -206,12 +207,18 @@ pub async fn write_file(
         }
     } else {
         let body = Limited::new(request.into_body(), limit);
-        let size = stream_into(&state, &run, &target, BodyStream::new(body).filter_map(|frame| async move {
-            match frame {
-                Ok(frame) => frame.into_data().ok().map(Ok),
-                Err(e) => Some(Err(e)),
-            }
-        }), limit)
+        let size = stream_into(
+            &state,
+            &run,
+            &target,
+            BodyStream::new(body).filter_map(|frame| async move {
+                match frame {
+                    Ok(frame) => frame.into_data().ok().map(Ok),
+                    Err(e) => Some(Err(e)),
+                }
+            }),
+            limit,
+        )
         .await?;
         files.push(WrittenFile { path: target, size });
     }
