@@ -109,6 +109,13 @@ pub struct RichResult {
     /// Whether this is the value of the code's last expression.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub is_main_result: bool,
+    /// Whether a format was cut or left out because it was over the size limits ([`CodeLimits`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub truncated: bool,
+    /// Formats cut or left out, each saved whole to a file inside the sandbox (format -> path), which
+    /// the file tools can read or download.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// An error raised by the code.
@@ -120,6 +127,39 @@ pub struct CodeError {
     pub value: String,
     /// The traceback, user frames only.
     pub traceback: String,
+}
+
+/// The size limits of a code context's answer. They are applied inside the sandbox by the context's
+/// driver, so the host reads an answer of bounded size (and refuses a larger one unread): each format
+/// of each rich result is at most `result_bytes` (longer text is cut with a mark; longer images and
+/// JSON are left out), the whole answer at most `response_bytes` (results that do not fit are left
+/// out), with at most `max_results` results. Whatever is cut is saved to a file in the sandbox, named
+/// in the result's `files`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeLimits {
+    /// Largest format of one result, in bytes.
+    pub result_bytes: usize,
+    /// Largest whole answer, in bytes.
+    pub response_bytes: usize,
+    /// Most results in one answer.
+    pub max_results: usize,
+}
+
+impl CodeLimits {
+    /// The limits for a tool configuration: they scale with its `max_output_bytes` (64 and 256 times
+    /// it, 1 MiB and 4 MiB by default), and never go below 64 KiB and 256 KiB.
+    #[must_use]
+    pub fn for_config(config: &crate::ToolsConfig) -> Self {
+        let result_bytes = config.max_output_bytes.saturating_mul(64).max(64 * 1024);
+        Self { result_bytes, response_bytes: result_bytes.saturating_mul(4), max_results: 100 }
+    }
+
+    /// The most the host reads of an answer: the answer's limit, and room for the two output streams
+    /// (each capped at `max_output_bytes` by the driver, and escaped in JSON at up to 6 bytes a byte).
+    fn read_limit(self, config: &crate::ToolsConfig) -> u64 {
+        let streams = config.max_output_bytes.saturating_mul(12).saturating_add(64 * 1024);
+        u64::try_from(self.response_bytes.saturating_add(streams)).unwrap_or(u64::MAX)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,10 +463,14 @@ async fn run_in_context(
 ) -> Result<DriverResponse, RunFailure> {
     let dir = context_dir(sb, id);
     let rid = uuid::Uuid::new_v4().simple().to_string();
+    let limits = CodeLimits::for_config(sb.config());
     let request = serde_json::json!({
         "code": code,
         "timeout": timeout.as_secs_f64(),
         "cap": sb.config().max_output_bytes,
+        "result_cap": limits.result_bytes,
+        "response_cap": limits.response_bytes,
+        "max_results": limits.max_results,
     });
     sb.write_file(&format!("{dir}/req-{rid}.json"), request.to_string().into_bytes())
         .await
@@ -462,8 +506,22 @@ async fn run_in_context(
             ))));
         }
     }
-    let raw = sb.read_file(&resp_path).await.map_err(RunFailure::Tool)?;
+    let read = sb.read_file_limited(&resp_path, limits.read_limit(sb.config())).await;
     let _ = sb.remove(&resp_path).await;
+    let raw = match read {
+        Ok(raw) => raw,
+        Err(e) if e.kind == ToolErrorKind::LimitExceeded => {
+            return Err(RunFailure::Tool(ToolError::new(
+                ToolErrorKind::LimitExceeded,
+                format!(
+                    "code context {id:?} sent an answer over {} bytes, which its driver should have capped; it was \
+                     not read. Restart the context with code_context action=restart",
+                    limits.read_limit(sb.config())
+                ),
+            )));
+        }
+        Err(e) => return Err(RunFailure::Tool(e)),
+    };
     serde_json::from_slice(&raw)
         .map_err(|e| RunFailure::Tool(ToolError::failed(format!("code context {id:?} sent a malformed answer: {e}"))))
 }

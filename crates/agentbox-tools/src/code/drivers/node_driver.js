@@ -133,7 +133,95 @@ async function handle(rid) {
   if (!resp.error && value !== undefined) resp.results.push(rich(value, true));
   [resp.stdout, resp.stdout_file, resp.stdout_bytes] = readCapped(outPath, cap);
   [resp.stderr, resp.stderr_file, resp.stderr_bytes] = readCapped(errPath, cap);
+  try {
+    capResponse(rid, resp, req);
+  } catch (e) { // never answer uncapped
+    resp.results = [{ text: `<results could not be sized: ${e && e.message}>`, truncated: true }];
+  }
   finish(rid, resp);
+}
+
+// The response is capped here, inside the sandbox, as in the python driver: each format of each result
+// at most req.result_cap bytes, the whole response at most req.response_cap, at most req.max_results
+// results; what is left out is saved to result-ID-N.EXT files named in the result's "files".
+const TEXT_FORMATS = ['text', 'html'];
+const EXTENSIONS = { text: 'txt', html: 'html', png: 'png' };
+
+function encoded(key, data) {
+  return key === 'png' ? Buffer.from(String(data), 'base64') : Buffer.from(String(data), 'utf8');
+}
+
+function spill(rid, n, key, blob) {
+  const file = path.join(DIR, `result-${rid}-${n}.${EXTENSIONS[key] || 'bin'}`);
+  fs.writeFileSync(file, blob);
+  return file;
+}
+
+function headText(blob, keep) {
+  return blob.subarray(0, keep).toString('utf8').replace(/\uFFFD+$/, '');
+}
+
+function capResult(rid, n, res, cap) {
+  for (const key of Object.keys(res).filter((k) => k in EXTENSIONS)) {
+    const size = Buffer.byteLength(String(res[key]), 'utf8');
+    if (size <= cap) continue;
+    const blob = encoded(key, res[key]);
+    const file = spill(rid, n, key, blob);
+    res.files = Object.assign(res.files || {}, { [key]: file });
+    res.truncated = true;
+    if (TEXT_FORMATS.includes(key)) {
+      const kept = headText(blob, Math.max(0, cap - 200));
+      res[key] = `${kept}\n[... ${blob.length - Buffer.byteLength(kept, 'utf8')} bytes truncated; full result saved to ${file} ...]`;
+    } else {
+      delete res[key];
+    }
+  }
+  return res;
+}
+
+function leaveOut(rid, n, res) {
+  for (const key of Object.keys(res).filter((k) => k in EXTENSIONS)) {
+    const file = spill(rid, n, key, encoded(key, res[key]));
+    res.files = Object.assign(res.files || {}, { [key]: file });
+    delete res[key];
+  }
+  res.truncated = true;
+  res.text = `[... result left out: the response is over its size limit; saved to ${Object.values(res.files).sort().join(', ')} ...]`;
+  return res;
+}
+
+function capResponse(rid, resp, req) {
+  const resultCap = req.result_cap || 1048576;
+  const responseCap = req.response_cap || 4194304;
+  const maxResults = req.max_results || 100;
+  let results = resp.results;
+  if (results.length > maxResults) {
+    const dropped = results.length - maxResults + 1;
+    results = results.slice(0, maxResults - 1);
+    results.push({ text: `[... ${dropped} more results left out ...]`, truncated: true });
+  }
+  results = results.map((r, n) => capResult(rid, n, r, resultCap));
+  if (resp.error) {
+    for (const key of ['value', 'traceback']) {
+      const blob = Buffer.from(String(resp.error[key] || ''), 'utf8');
+      if (blob.length > resultCap) {
+        const kept = headText(blob, Math.max(0, resultCap - 100));
+        resp.error[key] = `${kept}\n[... ${blob.length - Buffer.byteLength(kept, 'utf8')} bytes truncated ...]`;
+      }
+    }
+  }
+  resp.results = [];
+  let budget = responseCap - Buffer.byteLength(JSON.stringify(resp), 'utf8') - 1024;
+  results.forEach((r, n) => {
+    let size = Buffer.byteLength(JSON.stringify(r), 'utf8') + 2;
+    if (size > budget) {
+      r = leaveOut(rid, n, r);
+      size = Buffer.byteLength(JSON.stringify(r), 'utf8') + 2;
+    }
+    budget -= size;
+    resp.results.push(r);
+  });
+  return resp;
 }
 
 function finish(rid, resp) {

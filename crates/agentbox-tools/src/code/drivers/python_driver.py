@@ -2,10 +2,17 @@
 #
 # Protocol (all inside the context directory given as argv[1]):
 #   requests      FIFO; each line is a request id
-#   req-ID.json   {"code": str, "timeout": float|null, "cap": int}; removed once read
+#   req-ID.json   {"code": str, "timeout": float|null, "cap": int, "result_cap": int, "response_cap": int,
+#                  "max_results": int}; removed once read
 #   resp-ID.json  written atomically when the request is done
 #   resp-ID.fifo  opened by the waiting client; "done" is written to it when the response is ready
 #   out-ID.txt / err-ID.txt  captured output, kept only when longer than "cap"
+#   result-ID-N.EXT  a result's format longer than "result_cap" (or that did not fit in "response_cap")
+#
+# The response is capped here, inside the sandbox, so the host reads a bounded file: each format of
+# each result is at most "result_cap" bytes (longer text is cut with a mark, longer images and JSON are
+# left out), the response at most "response_cap" bytes (results that do not fit are left out), with at
+# most "max_results" results; whatever is left out is saved to a file named in the result's "files".
 #   pid           written once the driver listens
 import ast
 import base64
@@ -241,7 +248,114 @@ def handle(rid):
     resp["results"] = results
     resp["stdout"], resp["stdout_file"], resp["stdout_bytes"] = read_capped(out_path, cap)
     resp["stderr"], resp["stderr_file"], resp["stderr_bytes"] = read_capped(err_path, cap)
+    try:
+        resp = cap_response(rid, resp, req)
+    except Exception as e:  # never answer uncapped
+        resp["results"] = [{"text": "<results could not be sized: %s>" % e, "truncated": True}]
     finish(rid, resp)
+
+
+TEXT_FORMATS = ("text", "html", "markdown", "latex", "svg")
+EXTENSIONS = {"text": "txt", "html": "html", "markdown": "md", "latex": "tex", "svg": "svg",
+              "png": "png", "jpeg": "jpg", "json": "json"}
+
+
+def encoded(key, data):
+    """A format's value as the bytes saved to a file."""
+    if key == "json":
+        return json.dumps(data, default=repr).encode("utf-8")
+    if key in ("png", "jpeg"):
+        try:
+            return base64.b64decode(data)
+        except Exception:
+            return str(data).encode("utf-8", "replace")
+    return str(data).encode("utf-8", "replace")
+
+
+def spill(rid, n, key, blob):
+    path = os.path.join(DIR, "result-%s-%d.%s" % (rid, n, EXTENSIONS.get(key, "bin")))
+    with open(path, "wb") as f:
+        f.write(blob)
+    return path
+
+
+def head_text(blob, keep):
+    return blob[:keep].decode("utf-8", "ignore")
+
+
+def cap_result(rid, n, res, cap):
+    """Cuts each format of one result to `cap` bytes; what is cut is saved to a file."""
+    for key in [k for k in res if k in EXTENSIONS]:
+        data = res[key]
+        if key == "json":
+            # One serialization, written as is: a large value costs the sandbox its size once more.
+            text = json.dumps(data, default=repr)
+            if len(text) <= cap:
+                continue
+            path = os.path.join(DIR, "result-%s-%d.json" % (rid, n))
+            with open(path, "w") as f:
+                f.write(text)
+            res.setdefault("files", {})[key] = path
+            res["truncated"] = True
+            del res[key]
+            del text
+            continue
+        size = len(str(data).encode("utf-8", "replace"))
+        if size <= cap:
+            continue
+        blob = encoded(key, data)
+        path = spill(rid, n, key, blob)
+        res.setdefault("files", {})[key] = path
+        res["truncated"] = True
+        if key in TEXT_FORMATS:
+            kept = head_text(blob, max(0, cap - 200))
+            res[key] = kept + "\n[... %d bytes truncated; full result saved to %s ...]" % (
+                len(blob) - len(kept.encode("utf-8")), path)
+        else:
+            del res[key]
+    return res
+
+
+def leave_out(rid, n, res):
+    """Saves every format of a result that does not fit in the response to files, keeping a mark."""
+    for key in [k for k in res if k in EXTENSIONS]:
+        path = spill(rid, n, key, encoded(key, res[key]))
+        res.setdefault("files", {})[key] = path
+        del res[key]
+    res["truncated"] = True
+    res["text"] = "[... result left out: the response is over its size limit; saved to %s ...]" % (
+        ", ".join(sorted(res["files"].values())))
+    return res
+
+
+def cap_response(rid, resp, req):
+    result_cap = int(req.get("result_cap") or 1048576)
+    response_cap = int(req.get("response_cap") or 4194304)
+    max_results = int(req.get("max_results") or 100)
+    results = resp["results"]
+    if len(results) > max_results:
+        dropped = len(results) - max_results + 1
+        results = results[: max_results - 1]
+        results.append({"text": "[... %d more results left out ...]" % dropped, "truncated": True})
+    results = [cap_result(rid, n, r, result_cap) for n, r in enumerate(results)]
+    err = resp.get("error")
+    if err:
+        for key in ("value", "traceback"):
+            text = str(err.get(key) or "")
+            if len(text.encode("utf-8", "replace")) > result_cap:
+                blob = text.encode("utf-8", "replace")
+                kept = head_text(blob, max(0, result_cap - 100))
+                err[key] = kept + "\n[... %d bytes truncated ...]" % (len(blob) - len(kept.encode("utf-8")))
+    resp["results"] = []
+    budget = response_cap - len(json.dumps(resp, default=repr)) - 1024
+    for n, r in enumerate(results):
+        size = len(json.dumps(r, default=repr)) + 2
+        if size > budget:
+            r = leave_out(rid, n, r)
+            size = len(json.dumps(r, default=repr)) + 2
+        budget -= size
+        resp["results"].append(r)
+    return resp
 
 
 def finish(rid, resp):
