@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use http_body_util::{BodyStream, Limited};
+use http_body_util::{BodyStream, LengthLimitError, Limited};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::ErrorResponses;
@@ -72,10 +72,9 @@ fn transfer_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 
 /// Streams a body's bytes into a sandbox file, in chunks of up to [`CHUNK_BYTES`], within the body read timeout.
 /// Returns the bytes written. Nothing is left in the sandbox when the body fails, times out or is too large.
-async fn stream_into<S, E>(state: &AppState, run: &RunId, path: &str, body: S, limit: usize) -> Result<u64, ApiError>
+async fn stream_into<S>(state: &AppState, run: &RunId, path: &str, body: S, limit: usize) -> Result<u64, ApiError>
 where
-    S: futures_util::Stream<Item = Result<Bytes, E>> + Send,
-    E: std::fmt::Display,
+    S: futures_util::Stream<Item = Result<Bytes, ApiError>> + Send,
 {
     let (tx, upload) = FileUpload::channel();
     let write = state.manager.write_file_stream(run, path, upload, limit as u64);
@@ -85,13 +84,7 @@ where
             futures_util::pin_mut!(body);
             let mut pending = Vec::new();
             while let Some(frame) = body.next().await {
-                let bytes = frame.map_err(|e| {
-                    if e.to_string().contains("length limit") {
-                        ApiError::too_large(limit)
-                    } else {
-                        ApiError::bad_request(format!("cannot read the upload: {e}"))
-                    }
-                })?;
+                let bytes = frame?;
                 pending.extend_from_slice(&bytes);
                 if pending.len() >= CHUNK_BYTES && tx.send(Ok(std::mem::take(&mut pending))).await.is_err() {
                     return Ok(());
@@ -196,7 +189,7 @@ pub async fn write_file(
                 match field.chunk().await {
                     Ok(Some(bytes)) => Some((Ok(bytes), field)),
                     Ok(None) => None,
-                    Err(e) => Some((Err(e.body_text()), field)),
+                    Err(e) => Some((Err(multipart_error(e)), field)),
                 }
             });
             let size = stream_into(&state, &run, &path, chunks, limit).await?;
@@ -214,7 +207,8 @@ pub async fn write_file(
             BodyStream::new(body).filter_map(|frame| async move {
                 match frame {
                     Ok(frame) => frame.into_data().ok().map(Ok),
-                    Err(e) => Some(Err(e)),
+                    Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Some(Err(ApiError::too_large(limit))),
+                    Err(e) => Some(Err(ApiError::bad_request(format!("cannot read the upload: {e}")))),
                 }
             }),
             limit,

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
@@ -293,12 +294,16 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(tools::call_tool));
     #[cfg(feature = "browser")]
     let long = long.routes(routes!(browser::browser_action));
+    // File bodies are streamed under `limits.max_upload_bytes` by the handlers themselves (multipart included),
+    // so axum's default 2 MB cap on extracted bodies is off here.
+    let transfers =
+        OpenApiRouter::new().routes(routes!(files::read_file, files::write_file)).layer(DefaultBodyLimit::disable());
     let short = OpenApiRouter::new()
+        .merge(transfers)
         .routes(routes!(sandboxes::list_sandboxes))
         .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
         .routes(routes!(sandboxes::sandbox_metrics))
         .routes(routes!(sandboxes::sandbox_health))
-        .routes(routes!(files::read_file, files::write_file))
         .routes(routes!(files::list_files))
         .routes(routes!(network::set_network))
         .routes(routes!(tools::list_tools))
