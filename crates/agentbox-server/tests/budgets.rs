@@ -342,18 +342,20 @@ elif mode == "heads":
         if not progress:
             time.sleep(0.05)
     # Whoever the server cut off sees an answer or the end of the stream.
-    cut = 0
+    cut, answered = 0, 0
     for s, _, _ in socks:
         s.setblocking(True)
         s.settimeout(30)
         try:
             answer = s.recv(64)
+            if answer.startswith(b"HTTP/1.1 431"):
+                answered += 1
             if answer == b"" or answer.startswith(b"HTTP/1.1 431") or answer.startswith(b"HTTP/1.1 400"):
                 cut += 1
         except OSError:
             cut += 1
         s.close()
-    print(json.dumps({"sent": n, "cut": cut}))
+    print(json.dumps({"sent": n, "cut": cut, "answered_431": answered}))
 elif mode == "refused":
     n = int(sys.argv[2])
     refused, other, conn = 0, 0, None
@@ -565,7 +567,12 @@ async fn budgets_hold_under_attack() {
     assert!(grew < 24 << 20, "peak resident memory grew by {} MiB", grew >> 20);
     figures.insert(
         "2 slow heads",
-        format!("{heads} x 390 KB heads, all cut; peak RSS +{} MiB (to {} MiB)", grew >> 20, hwm_after >> 20),
+        format!(
+            "{heads} x 390 KB heads, all cut ({} answered 431, the rest reset); peak RSS +{} MiB (to {} MiB)",
+            heads_result["answered_431"],
+            grew >> 20,
+            hwm_after >> 20
+        ),
     );
 
     // 3. Metric labels: random methods and paths, unauthenticated.

@@ -171,9 +171,12 @@ async fn forward(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
         Err(e) => return failed(e, &host, port),
     };
     let super::Upstream { stream, target, slot } = up;
+    // A destination's response head is bounded too (more generously than a request's: cookies).
+    let head_limit = (budget::proxy_pool().limits().max_head_bytes * 4).max(64 << 10);
     let handshake = hyper::client::conn::http1::Builder::new()
         .preserve_header_case(true)
         .title_case_headers(true)
+        .max_buf_size(head_limit)
         .handshake::<_, Incoming>(TokioIo::new(stream))
         .await;
     let (mut sender, conn) = match handshake {
