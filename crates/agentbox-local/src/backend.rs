@@ -15,13 +15,13 @@ use agentbox_core::{
 use agentbox_hostfs::{Owner, Root};
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
-use crate::proto::{self, BindMount, Exec, Exited, Failure, Kind, ProcList, Quota, Ready, Setup};
+use crate::proto::{self, BindMount, Exec, Kind, Quota, Setup};
 use crate::{agent, seccomp, sys, transfer, zygote};
 
 /// Host-level settings of the local backend (per-sandbox settings live in `SandboxConfig`).
@@ -526,12 +526,14 @@ impl LocalBackend {
                 .map_err(|e| backend_err("registering the control socket", e))?;
             let (mut rd, wr) = stream.into_split();
             let handshake = async {
-                let (k, _, p) = read_frame(&mut rd).await?.ok_or("the sandbox init exited during setup")?;
-                if k == Kind::Failure as u8 {
-                    let f: Failure = serde_json::from_slice(&p).map_err(|e| e.to_string())?;
-                    return Err(f.message);
+                let f = proto::read_agent_frame(&mut rd)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the sandbox init exited during setup")?;
+                if f.kind == Kind::Failure {
+                    return Err(proto::decode_failure(&f.payload).message);
                 }
-                serde_json::from_slice::<Ready>(&p).map_err(|e| format!("bad ready message: {e}"))
+                proto::decode_ready(&f.payload).map_err(|e| e.to_string())
             };
             let ready = match tokio::time::timeout(config.startup_timeout, handshake).await {
                 Ok(Ok(r)) => r,
@@ -684,32 +686,14 @@ fn landlock_available() -> bool {
     Ruleset::default().handle_access(AccessFs::from_all(ABI::V1)).and_then(Ruleset::create).is_ok()
 }
 
-async fn read_frame(
-    rd: &mut tokio::net::unix::OwnedReadHalf,
-) -> std::result::Result<Option<(u8, u32, Vec<u8>)>, String> {
-    let mut h = [0u8; proto::HEADER];
-    match rd.read_exact(&mut h).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let (k, id, len) = proto::parse_header(&h);
-    if len > proto::MAX_FRAME {
-        return Err(format!("frame of {len} bytes is too large"));
-    }
-    let mut p = vec![0u8; len];
-    rd.read_exact(&mut p).await.map_err(|e| e.to_string())?;
-    Ok(Some((k, id, p)))
-}
-
 async fn reader_loop(
     mut rd: tokio::net::unix::OwnedReadHalf,
     routes: Arc<Mutex<HashMap<u32, Route>>>,
     alive: Arc<AtomicBool>,
     cgroup: SandboxCgroup,
 ) {
-    while let Ok(Some((k, id, payload))) = read_frame(&mut rd).await {
-        let Some(kind) = Kind::from_u8(k) else { continue };
+    // Frames are size-checked by kind before anything is allocated; a refused frame ends the connection.
+    while let Ok(Some(proto::Frame { kind, id, payload })) = proto::read_agent_frame(&mut rd).await {
         enum Action {
             Send(mpsc::Sender<ExecEvent>, ExecEvent),
             None,
@@ -721,12 +705,7 @@ async fn reader_loop(
                 (Kind::Stderr, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stderr(payload)),
                 (Kind::Exited, Some(Route::Exec { .. })) => {
                     let Some(Route::Exec { tx, oom_before }) = r.remove(&id) else { continue };
-                    let e: Exited = serde_json::from_slice(&payload).unwrap_or(Exited {
-                        code: 255,
-                        signal: None,
-                        timed_out: false,
-                        micros: 0,
-                    });
+                    let e = proto::decode_exited(&payload);
                     let oom = e.signal == Some(libc::SIGKILL) && !e.timed_out && cgroup.oom_kills() > oom_before;
                     Action::Send(
                         tx,
@@ -741,8 +720,7 @@ async fn reader_loop(
                 }
                 (Kind::Failure, Some(Route::Exec { .. })) => {
                     let Some(Route::Exec { tx, .. }) = r.remove(&id) else { continue };
-                    let f: Failure = serde_json::from_slice(&payload)
-                        .unwrap_or(Failure { message: "unknown failure".into(), errno: None });
+                    let f = proto::decode_failure(&payload);
                     let _ = tx.try_send(ExecEvent::Stderr(format!("agentbox: {}\n", f.message).into_bytes()));
                     Action::Send(
                         tx,
@@ -876,7 +854,7 @@ impl SandboxBackend for LocalBackend {
             .await?;
         match kind {
             Kind::Started => {
-                let s: proto::Started = serde_json::from_slice(&payload).map_err(|e| backend_err("bad reply", e))?;
+                let s = proto::decode_started(&payload).map_err(|e| backend_err("bad reply", e))?;
                 Ok(ProcessInfo {
                     pid: u32::try_from(s.pid).unwrap_or(0),
                     argv: msg.argv,
@@ -886,8 +864,7 @@ impl SandboxBackend for LocalBackend {
                 })
             }
             _ => {
-                let f: Failure = serde_json::from_slice(&payload)
-                    .unwrap_or(Failure { message: "unknown failure".into(), errno: None });
+                let f = proto::decode_failure(&payload);
                 Err(Error::Backend(format!("starting the background process failed: {}", f.message)))
             }
         }
@@ -896,7 +873,7 @@ impl SandboxBackend for LocalBackend {
     async fn list_processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>> {
         let sb = self.get(id)?;
         let (_, payload) = self.request(&sb, Kind::ListProcs, &[], Duration::from_secs(5)).await?;
-        let list: ProcList = serde_json::from_slice(&payload).map_err(|e| backend_err("bad process list", e))?;
+        let list = proto::decode_proc_list(&payload).map_err(|e| backend_err("bad process list", e))?;
         Ok(list
             .procs
             .into_iter()
@@ -913,7 +890,7 @@ impl SandboxBackend for LocalBackend {
     async fn kill_process(&self, id: &SandboxId, pid: u32, signal: i32) -> Result<()> {
         let sb = self.get(id)?;
         let (_, payload) = self.request(&sb, Kind::ListProcs, &[], Duration::from_secs(5)).await?;
-        let list: ProcList = serde_json::from_slice(&payload).map_err(|e| backend_err("bad process list", e))?;
+        let list = proto::decode_proc_list(&payload).map_err(|e| backend_err("bad process list", e))?;
         let Some(p) = list.procs.iter().find(|p| u32::try_from(p.pid).ok() == Some(pid) && p.exit_code.is_none())
         else {
             return Err(Error::NotFound(format!("background process {pid}")));

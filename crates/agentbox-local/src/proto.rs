@@ -2,13 +2,26 @@
 //!
 //! Frames on a unix stream socket: `[kind u8][id u32 BE][len u32 BE][payload]`.
 //! Control payloads are JSON; output chunks are raw bytes.
+//!
+//! The agent runs inside the sandbox, so everything it sends is untrusted input for the host. The
+//! host reads the agent only through [`read_agent_frame`], which checks a frame's kind and length
+//! against [`agent_frame_limit`] before allocating anything for its payload, and decodes payloads
+//! only through the `decode_*` functions here, which refuse (or replace) what does not parse.
+//! `tests/proto_fuzz.rs` feeds both arbitrary bytes.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Largest payload accepted in one frame.
+/// Largest payload accepted in one frame (host to agent, and the agent's process lists).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest output chunk the agent sends (it reads its pipes 64 KiB at a time).
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
+/// Largest payload of the agent's other messages (ready, started, exited, failure, pong).
+pub const MAX_CONTROL: usize = 64 * 1024;
+/// Longest message text the agent puts in a failure or a note on stderr.
+pub const MAX_MESSAGE: usize = 4096;
 /// Header size.
 pub const HEADER: usize = 9;
 
@@ -62,6 +75,161 @@ impl Kind {
             _ => return None,
         })
     }
+}
+
+/// The largest payload the host accepts in a frame of this kind from the agent; `None` for kinds the
+/// agent never sends.
+#[must_use]
+pub fn agent_frame_limit(kind: u8) -> Option<usize> {
+    Some(match Kind::from_u8(kind)? {
+        Kind::Stdout | Kind::Stderr => MAX_OUTPUT_CHUNK,
+        Kind::ListProcs => MAX_FRAME,
+        Kind::Ready | Kind::Started | Kind::Exited | Kind::Failure | Kind::Ping => MAX_CONTROL,
+        Kind::Setup | Kind::Exec | Kind::Stdin | Kind::Kill => return None,
+    })
+}
+
+/// One frame from the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Its kind.
+    pub kind: Kind,
+    /// The request it belongs to.
+    pub id: u32,
+    /// Its payload, within the kind's limit.
+    pub payload: Vec<u8>,
+}
+
+/// Why a frame from the agent was refused. The connection is unusable after any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// A kind the agent never sends.
+    #[error("the sandbox agent sent a frame of kind {0}, which it never sends")]
+    UnexpectedKind(u8),
+    /// A payload over its kind's limit (nothing was allocated for it).
+    #[error("the sandbox agent sent a {len}-byte frame of kind {kind}, over that kind's limit of {max} bytes")]
+    TooLarge {
+        /// The kind byte.
+        kind: u8,
+        /// The length the header claims.
+        len: usize,
+        /// The kind's limit.
+        max: usize,
+    },
+    /// The socket failed or closed inside a frame.
+    #[error("reading from the sandbox agent failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks a header from the agent: a kind it sends, and a length within that kind's limit.
+///
+/// # Errors
+/// [`FrameError::UnexpectedKind`] or [`FrameError::TooLarge`].
+pub fn check_agent_header(h: &[u8; HEADER]) -> Result<(Kind, u32, usize), FrameError> {
+    let (k, id, len) = parse_header(h);
+    let max = agent_frame_limit(k).ok_or(FrameError::UnexpectedKind(k))?;
+    if len > max {
+        return Err(FrameError::TooLarge { kind: k, len, max });
+    }
+    let kind = Kind::from_u8(k).ok_or(FrameError::UnexpectedKind(k))?;
+    Ok((kind, id, len))
+}
+
+/// Reads one frame from the agent; `None` at a clean end of stream (between frames). The header is
+/// checked ([`check_agent_header`]) before the payload's buffer is allocated.
+///
+/// # Errors
+/// A refused header, or an I/O failure (an end of stream inside a frame included).
+pub async fn read_agent_frame<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Frame>, FrameError> {
+    let mut h = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        let n = rd.read(&mut h[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        got += n;
+    }
+    let (kind, id, len) = check_agent_header(&h)?;
+    let mut payload = vec![0u8; len];
+    rd.read_exact(&mut payload).await?;
+    Ok(Some(Frame { kind, id, payload }))
+}
+
+/// A payload from the agent that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("the sandbox agent sent an invalid {what}: {source}")]
+pub struct DecodeError {
+    /// What was expected.
+    pub what: &'static str,
+    /// Why it did not parse.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(payload).map_err(|source| DecodeError { what, source })
+}
+
+/// `text` cut to [`MAX_MESSAGE`] bytes on a character boundary, with a mark when cut.
+#[must_use]
+pub fn clip_message(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let mut end = MAX_MESSAGE - 64;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!(" [... {cut} bytes cut]"));
+    text
+}
+
+/// Decodes the agent's ready message.
+///
+/// # Errors
+/// When it is not one.
+pub fn decode_ready(payload: &[u8]) -> Result<Ready, DecodeError> {
+    let mut r: Ready = decode("ready message", payload)?;
+    r.landlock = clip_message(r.landlock);
+    Ok(r)
+}
+
+/// Decodes the agent's report that an execution started.
+///
+/// # Errors
+/// When it is not one.
+pub fn decode_started(payload: &[u8]) -> Result<Started, DecodeError> {
+    decode("start report", payload)
+}
+
+/// Decodes the agent's report that an execution ended; one that does not parse reads as exit 255.
+#[must_use]
+pub fn decode_exited(payload: &[u8]) -> Exited {
+    decode("exit report", payload).unwrap_or(Exited { code: 255, signal: None, timed_out: false, micros: 0 })
+}
+
+/// Decodes a failure; one that does not parse reads as an unknown failure. The message is clipped to
+/// [`MAX_MESSAGE`].
+#[must_use]
+pub fn decode_failure(payload: &[u8]) -> Failure {
+    match decode::<Failure>("failure", payload) {
+        Ok(f) => Failure { message: clip_message(f.message), errno: f.errno },
+        Err(_) => Failure { message: "unknown failure (the sandbox agent's report did not parse)".into(), errno: None },
+    }
+}
+
+/// Decodes a process list.
+///
+/// # Errors
+/// When it is not one.
+pub fn decode_proc_list(payload: &[u8]) -> Result<ProcList, DecodeError> {
+    decode("process list", payload)
 }
 
 /// Encodes one frame.

@@ -337,6 +337,8 @@ impl Agent {
     }
 
     fn fail(&mut self, id: u32, message: String, errno: Option<i32>) {
+        // The host refuses control frames over proto::MAX_CONTROL; a message may quote a request.
+        let message = proto::clip_message(message);
         self.send(&proto::encode_json(Kind::Failure, id, &Failure { message, errno }));
     }
 
@@ -397,7 +399,7 @@ impl Agent {
             Err(msg) => {
                 // Report like a shell would: message on stderr, exit 127.
                 self.send(&proto::encode(Kind::Started, id, &[]));
-                self.send(&proto::encode(Kind::Stderr, id, format!("{msg}\n").as_bytes()));
+                self.send(&proto::encode(Kind::Stderr, id, format!("{}\n", proto::clip_message(msg)).as_bytes()));
                 self.send(&proto::encode_json(
                     Kind::Exited,
                     id,
