@@ -180,3 +180,40 @@ async fn a_dialog_flood_keeps_the_dialog_list_capped() {
     assert!(dropped > 0, "the result says dialogs were dropped: {r}");
     site.manager.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_driver_fails_at_most_one_call_and_is_restarted() {
+    let site = Site::new("browser-hostile-driver", |_| {}).await;
+    let kill_driver = "pkill -KILL -f '[a]gentbox-browser-driver'";
+    let sh = |line: &'static str| {
+        let manager = site.manager.clone();
+        let run = site.run.clone();
+        async move { manager.exec_collect(&run, ExecRequest::shell(line)).await.unwrap().exit_code }
+    };
+    let first = site.try_call(json!({"action": "navigate", "url": "data:text/html,<title>One</title>"})).await.unwrap();
+    assert_eq!(first["browser_started"], true, "{first}");
+
+    // Killed between calls: nothing was sent to it, so the next call restarts it and succeeds.
+    assert_eq!(sh(kill_driver).await, 0, "the driver was running");
+    let next = site.try_call(json!({"action": "navigate", "url": "data:text/html,<title>Two</title>"})).await.unwrap();
+    assert_eq!(next["browser_restarted"], true, "{next}");
+    assert!(next["notice"].as_str().unwrap().contains("driver"), "{next}");
+    assert_eq!(next["title"], "Two");
+
+    // Killed during a call: that call fails clearly, the next one restarts it.
+    let slow =
+        site.try_call(json!({"action": "evaluate", "expression": "new Promise(r => setTimeout(() => r(1), 8000))"}));
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sh(kill_driver).await
+    };
+    let (slow, killed) = tokio::join!(slow, killer);
+    assert_eq!(killed, 0, "the driver was running");
+    let err = slow.expect_err("the call whose driver was killed fails");
+    assert!(err.message.contains("the browser driver inside the sandbox failed during this call"), "{err:?}");
+    let after =
+        site.try_call(json!({"action": "navigate", "url": "data:text/html,<title>Three</title>"})).await.unwrap();
+    assert_eq!(after["browser_restarted"], true, "{after}");
+    assert_eq!(after["title"], "Three");
+    site.manager.shutdown().await;
+}
