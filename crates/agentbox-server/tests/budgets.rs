@@ -521,7 +521,7 @@ async fn budgets_hold_under_attack() {
     let probes = Probes::start(&base, "victim", hello, 5);
     let m = api.metrics().await;
     let in_use = metric(&m, "agentbox_proxy_fds_in_use");
-    let (fds_under_tunnels, _, _) = usage(pid);
+    let (fds_under_tunnels, rss_under_tunnels, _) = usage(pid);
     let report = probes.finish().await;
     for run in ["attacker", "attacker2"] {
         api.run(run, &["touch", "/tmp/stop"]).await;
@@ -544,8 +544,9 @@ async fn budgets_hold_under_attack() {
     figures.insert(
         "1 tunnels",
         format!(
-            "2 sandboxes x {tunnels} attempted, {held:?} held, proxy fds {in_use} of {proxy_limit}, server {fds_under_tunnels} fds; \
+            "2 sandboxes x {tunnels} attempted, {held:?} held, proxy fds {in_use} of {proxy_limit}, server {fds_under_tunnels} fds, RSS {} MiB; \
              probes {} /health + {} exec ok, p99 /health {:?}",
+            rss_under_tunnels >> 20,
             report.health_ok,
             report.exec_ok,
             report.p99()
@@ -590,7 +591,15 @@ async fn budgets_hold_under_attack() {
     assert!(series <= metric(&m, "agentbox_http_metric_series_limit") + 1.0);
     assert!(series < 100.0, "{series} label sets after 1200 random requests");
     assert!(!m.contains("ZZZZ") && !m.contains("/api/x1"), "a client-sent value became a label");
-    figures.insert("3 labels", format!("1200 random requests: {series} series, /metrics {} KiB", m.len() >> 10));
+    let (fds_now, rss_now, _) = usage(pid);
+    figures.insert(
+        "3 labels",
+        format!(
+            "1200 random requests: {series} series, /metrics {} KiB; {fds_now} fds, RSS {} MiB",
+            m.len() >> 10,
+            rss_now >> 20
+        ),
+    );
 
     // 4. Connection slots: one address opens far more idle connections than its cap.
     let probes = Probes::start(&base, "victim", hello, 3);
@@ -610,12 +619,16 @@ async fn budgets_hold_under_attack() {
     .await;
     let m = api.metrics().await;
     let open = metric(&m, "agentbox_http_connections_open");
+    let (fds_now, rss_now, _) = usage(pid);
     let report = probes.finish().await;
     report.assert_all_ok("connections");
     assert!(refused_enough, "{m}");
     assert!(open <= per_client + 16.0, "{open} connections open with a per-client cap of {per_client}");
     drop(idle);
-    figures.insert("4 idle connections", format!("300 from one address: {open} open, the rest closed"));
+    figures.insert(
+        "4 idle connections",
+        format!("300 from one address: {open} open, the rest closed; {fds_now} fds, RSS {} MiB", rss_now >> 20),
+    );
 
     // 5. The log: thousands of refused requests from one sandbox; a few lines and a summary.
     let refusal_lines =
@@ -650,9 +663,14 @@ async fn budgets_hold_under_attack() {
     let suppressed = metric(&api.metrics().await, "agentbox_log_lines_suppressed_total");
     assert!(suppressed >= f64::from(flood) - 20.0 * f64::from(u32::try_from(windows).unwrap()));
     let grew = log.len() - log_before.len();
+    let (fds_now, rss_now, _) = usage(pid);
     figures.insert(
         "5 log flood",
-        format!("{flood} refusals: {lines} lines, {suppressed} left out, log +{} KiB", grew >> 10),
+        format!(
+            "{flood} refusals: {lines} lines, {suppressed} left out, log +{} KiB; {fds_now} fds, RSS {} MiB",
+            grew >> 10,
+            rss_now >> 20
+        ),
     );
 
     // Everything is given back.
