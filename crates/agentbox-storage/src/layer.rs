@@ -1,0 +1,167 @@
+//! Layers: a sandbox's writable subvolume on the pool, under a quota group of its own.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use agentbox_hostfs::Owner;
+
+use crate::btrfs;
+use crate::{Pool, StorageError};
+
+/// A layer's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerLimits {
+    /// Bytes the layer may reference (file data and the metadata of its files and directories).
+    pub bytes: u64,
+}
+
+/// What a layer holds, as its quota group counts it (updated when btrfs commits, every few seconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes referenced (holes in sparse files are free).
+    pub bytes: u64,
+}
+
+/// A sandbox's writable subvolume on the pool. Its `home` directory is what the sandbox sees as its home.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    name: String,
+    dir: PathBuf,
+    id: u64,
+}
+
+impl Layer {
+    /// The layer's name (the sandbox's).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The directory bound as the sandbox's home.
+    #[must_use]
+    pub fn home(&self) -> PathBuf {
+        self.dir.join("home")
+    }
+
+    /// Its subvolume (and level-0 quota group) id.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+fn check_name(name: &str) -> Result<CString, StorageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(StorageError::InvalidName(name.to_owned()));
+    }
+    CString::new(name).map_err(|_| StorageError::InvalidName(name.to_owned()))
+}
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open(2) of a host path we built, as a directory, not following a final link.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Pool {
+    /// Makes the layer `name`: a subvolume limited to `limits.bytes`, with an empty `home` owned by `owner`. A
+    /// stale layer of the same name (left by a crash) is removed first.
+    ///
+    /// # Errors
+    /// An invalid name, or the filesystem or quota calls failing.
+    pub fn create_layer(&self, name: &str, limits: LayerLimits, owner: Owner) -> Result<Layer, StorageError> {
+        let cname = check_name(name)?;
+        let dir = self.layers.join(name);
+        if fs::symlink_metadata(&dir).is_ok() {
+            self.remove_layer(name)?;
+        }
+        btrfs::create_subvolume(self.layers_fd.as_fd(), &cname)
+            .map_err(StorageError::io("creating a layer's subvolume", &dir))?;
+        let made = (|| {
+            let fd = open_dir(&dir).map_err(StorageError::io("opening a layer", &dir))?;
+            let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
+            btrfs::limit(self.layers_fd.as_fd(), id, limits.bytes)
+                .map_err(StorageError::io("setting a layer's quota", &dir))?;
+            let home = dir.join("home");
+            fs::create_dir(&home).map_err(StorageError::io("creating a layer's home", &home))?;
+            std::os::unix::fs::chown(&home, Some(owner.uid), Some(owner.gid))
+                .map_err(StorageError::io("giving a layer's home to the sandbox user", &home))?;
+            fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+                .map_err(StorageError::io("setting a layer's home mode", &home))?;
+            Ok(Layer { name: name.to_owned(), dir: dir.clone(), id })
+        })();
+        if made.is_err() {
+            let _ = self.remove_layer(name);
+        }
+        made
+    }
+
+    /// Deletes a layer's subvolume with everything in it (one call: nothing inside is followed or even
+    /// looked at), and its quota group.
+    ///
+    /// # Errors
+    /// When the subvolume can't be deleted.
+    pub fn remove_layer(&self, name: &str) -> Result<(), StorageError> {
+        let cname = check_name(name)?;
+        let dir = self.layers.join(name);
+        let id = match open_dir(&dir) {
+            Ok(fd) => btrfs::subvolume_id(fd.as_fd()).ok(),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(StorageError::io("opening a layer", &dir)(e)),
+        };
+        match btrfs::delete_subvolume(self.layers_fd.as_fd(), &cname) {
+            Ok(()) => {}
+            // Not a subvolume (a directory left by something else): nothing of ours to delete.
+            Err(e) => return Err(StorageError::io("deleting a layer's subvolume", &dir)(e)),
+        }
+        if let Some(id) = id {
+            // The kernel may keep the group until the subvolume's blocks are freed; it is then stale and empty.
+            let _ = btrfs::remove_qgroup(self.layers_fd.as_fd(), id);
+        }
+        Ok(())
+    }
+
+    /// The layer `name`, when it exists.
+    #[must_use]
+    pub fn layer(&self, name: &str) -> Option<Layer> {
+        check_name(name).ok()?;
+        let dir = self.layers.join(name);
+        let fd = open_dir(&dir).ok()?;
+        let id = btrfs::subvolume_id(fd.as_fd()).ok()?;
+        Some(Layer { name: name.to_owned(), dir, id })
+    }
+
+    /// Names of every layer in the pool (for reaping what no sandbox owns).
+    #[must_use]
+    pub fn layer_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.layers)
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// What a layer holds.
+    ///
+    /// # Errors
+    /// When the quota group can't be read.
+    pub fn usage(&self, layer: &Layer) -> Result<Usage, StorageError> {
+        let path = self.qgroups.join(format!("0_{}", layer.id)).join("referenced");
+        let text = fs::read_to_string(&path).map_err(StorageError::io("reading a layer's usage", &path))?;
+        Ok(Usage { bytes: text.trim().parse().unwrap_or(0) })
+    }
+}

@@ -1,0 +1,106 @@
+//! A real pool: a sparse XFS image loop-mounted with project quotas, layers with quotas, and removal that leaves
+//! nothing behind (no layer, no quota, no mount, no loop device once unmounted). Needs root and xfsprogs.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use agentbox_hostfs::Owner;
+use agentbox_storage::{LayerLimits, Pool, PoolConfig, PoolKind, StorageError};
+
+/// A pool in a temporary directory on disk, unmounted when dropped.
+struct TestPool {
+    dir: tempfile::TempDir,
+    pool: std::mem::ManuallyDrop<Pool>,
+}
+
+impl TestPool {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("agentbox-storage-test").tempdir_in("/var/tmp").unwrap();
+        let pool = Pool::open(&PoolConfig { dir: dir.path().to_owned(), image_bytes: Some(2 << 30) }).unwrap();
+        Self { dir, pool: std::mem::ManuallyDrop::new(pool) }
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        // SAFETY: the pool is dropped once, here, so its descriptor no longer keeps the mount busy.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.pool) };
+        let mount = self.dir.path().join("pool");
+        let _ = std::process::Command::new("umount").arg(&mount).status();
+    }
+}
+
+/// Makes btrfs commit, so quota groups count what was written.
+fn commit() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+}
+
+fn write_as(uid: u32, path: &Path, bytes: usize) -> std::io::Result<()> {
+    // Writes as the sandbox user from a child process, as a sandbox would.
+    let status = std::process::Command::new("setpriv")
+        .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+        .arg("dd")
+        .args(["if=/dev/zero", &format!("of={}", path.display()), "bs=1M", &format!("count={}", bytes >> 20)])
+        .args(["status=none"])
+        .status()?;
+    if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("dd exited with {status}"))) }
+}
+
+#[test]
+fn layers_have_their_own_quota_and_leave_nothing() {
+    let t = TestPool::new();
+    assert!(matches!(t.pool.kind(), PoolKind::Image { .. }));
+    assert!(t.pool.layer_names().is_empty());
+    let owner = Owner { uid: 1000, gid: 1000 };
+    let a = t.pool.create_layer("sb-a", LayerLimits { bytes: 16 << 20 }, owner).unwrap();
+    let b = t.pool.create_layer("sb-b", LayerLimits { bytes: 64 << 20 }, owner).unwrap();
+    assert_ne!(a.id(), b.id());
+
+    // Past the quota: refused; the other layer is unaffected; freeing space lets writes succeed again.
+    assert!(write_as(1000, &a.home().join("big"), 32 << 20).is_err(), "a 32 MiB write fit a 16 MiB quota");
+    commit();
+    let used = t.pool.usage(&a).unwrap();
+    assert!(used.bytes <= 17 << 20 && used.bytes >= 8 << 20, "{used:?}");
+    write_as(1000, &b.home().join("big"), 32 << 20).unwrap();
+    std::fs::remove_file(a.home().join("big")).unwrap();
+    commit();
+    write_as(1000, &a.home().join("small"), 8 << 20).unwrap();
+    commit();
+    let used = t.pool.usage(&a).unwrap();
+    assert!(used.bytes >= 8 << 20 && used.bytes < 9 << 20, "{used:?}");
+
+    // Hard links across layers are refused: a sandbox can't charge its files to another's quota.
+    let err = std::fs::hard_link(b.home().join("big"), a.home().join("stolen")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
+
+    // Removal does not follow what a sandbox planted.
+    let outside = t.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::File::create(outside.join("keep")).unwrap().write_all(b"host").unwrap();
+    symlink(&outside, a.home().join("escape")).unwrap();
+    t.pool.remove_layer("sb-a").unwrap();
+    assert!(outside.join("keep").exists(), "removing a layer followed a planted link");
+    assert!(t.pool.layer("sb-a").is_none());
+    let names = t.pool.layer_names();
+    assert_eq!(names, vec!["sb-b".to_owned()]);
+    t.pool.remove_layer("sb-b").unwrap();
+    assert!(t.pool.layer_names().is_empty());
+
+    // A second open finds the same mounted pool.
+    let again = Pool::open(&PoolConfig { dir: t.dir.path().to_owned(), image_bytes: None }).unwrap();
+    assert_eq!(again.layers_dir(), t.pool.layers_dir());
+    drop(again);
+}
+
+#[test]
+fn names_are_single_safe_components() {
+    let t = TestPool::new();
+    for bad in ["", ".", "..", "a/b", "../x", "a b"] {
+        let r = t.pool.create_layer(bad, LayerLimits { bytes: 1 << 20 }, Owner { uid: 0, gid: 0 });
+        assert!(matches!(r, Err(StorageError::InvalidName(_))), "{bad:?}: {r:?}");
+    }
+}
