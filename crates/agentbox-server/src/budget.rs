@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use agentbox_core::budget::{ProxyLimits, log_limiter, proxy_pool};
+use tokio::sync::Notify;
 
 use crate::config::Limits;
 
@@ -163,16 +164,32 @@ pub fn resident_memory() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// One open connection, as the budget sees it.
+#[derive(Debug)]
+struct Open {
+    id: u64,
+    /// No request head has arrived on it yet: the cheapest connection to close.
+    silent: Arc<AtomicBool>,
+    close: Arc<Notify>,
+}
+
 /// The REST connections open now, per client address.
+///
+/// An address holding `per_client` connections has further ones closed at once. When `limit`
+/// connections are open, a new one gets in only if a silent connection (one that has sent no request
+/// yet) of an address holding more connections than the newcomer's can be closed to make room;
+/// otherwise it is closed at once.
 #[derive(Debug)]
 pub struct Connections {
-    /// Most connections at once (the listener stops accepting beyond it).
+    /// Most connections at once.
     pub limit: usize,
     /// Most connections from one address.
     pub per_client: usize,
-    by_client: Mutex<HashMap<IpAddr, usize>>,
+    by_client: Mutex<HashMap<IpAddr, Vec<Open>>>,
+    next_id: AtomicU64,
     open: AtomicUsize,
     refused: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl Connections {
@@ -183,26 +200,50 @@ impl Connections {
             limit,
             per_client,
             by_client: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         }
     }
 
-    /// Counts a connection from `client`, or refuses it when that address holds its share already.
+    fn refuse(&self, client: IpAddr, why: &'static str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if log_limiter().allow("connection closed at accept", &format!("client {client}")) {
+            tracing::info!(%client, why, "closed a connection at accept");
+        }
+    }
+
+    /// Counts a connection from `client`, or refuses it (see [`Connections`]).
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
         let mut by_client = self.by_client.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = by_client.entry(client).or_insert(0);
-        if *n >= self.per_client {
+        let mine = by_client.get(&client).map_or(0, Vec::len);
+        if mine >= self.per_client {
             drop(by_client);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            if log_limiter().allow("connection over the per-client cap closed", &format!("client {client}")) {
-                tracing::info!(%client, cap = self.per_client, "closed a connection: this address holds the most connections one client may");
-            }
+            self.refuse(client, "this address holds the most connections one client may");
             return None;
         }
-        *n += 1;
+        if self.open.load(Ordering::Relaxed) >= self.limit {
+            // The addresses holding more than the newcomer would, most first; close one's silent connection.
+            let mut heavier: Vec<&Vec<Open>> = by_client.values().filter(|c| c.len() > mine + 1).collect();
+            heavier.sort_by_key(|c| std::cmp::Reverse(c.len()));
+            let victim = heavier.iter().find_map(|c| c.iter().find(|o| o.silent.load(Ordering::Acquire)));
+            let Some(victim) = victim else {
+                drop(by_client);
+                self.refuse(client, "the server's connection budget is used up");
+                return None;
+            };
+            // Chosen once: it is no longer silent for the next newcomer.
+            victim.silent.store(false, Ordering::Release);
+            victim.close.notify_one();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let silent = Arc::new(AtomicBool::new(true));
+        let close = Arc::new(Notify::new());
+        by_client.entry(client).or_default().push(Open { id, silent: silent.clone(), close: close.clone() });
         self.open.fetch_add(1, Ordering::Relaxed);
-        Some(Admitted { connections: self.clone(), client })
+        Some(Admitted { connections: self.clone(), client, id, silent, close })
     }
 
     /// Connections open now.
@@ -211,10 +252,16 @@ impl Connections {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Connections closed at once for being over the per-client cap, since start.
+    /// Connections closed at accept (over the per-client cap, or with the budget used up), since start.
     #[must_use]
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Silent connections closed to make room for another address's, since start.
+    #[must_use]
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 }
 
@@ -223,14 +270,29 @@ impl Connections {
 pub struct Admitted {
     connections: Arc<Connections>,
     client: IpAddr,
+    id: u64,
+    silent: Arc<AtomicBool>,
+    close: Arc<Notify>,
+}
+
+impl Admitted {
+    /// Marks the connection as used: a request head arrived.
+    pub fn spoke(&self) -> Arc<AtomicBool> {
+        self.silent.clone()
+    }
+
+    /// Completes when the budget wants the connection closed to make room.
+    pub async fn closing(&self) {
+        self.close.notified().await;
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut by_client = self.connections.by_client.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = by_client.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(conns) = by_client.get_mut(&self.client) {
+            conns.retain(|o| o.id != self.id);
+            if conns.is_empty() {
                 by_client.remove(&self.client);
             }
         }
@@ -265,5 +327,24 @@ mod tests {
         drop(other);
         assert_eq!(c.open(), 0);
         assert!(c.by_client.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn when_full_a_silent_connection_of_the_heaviest_address_makes_room() {
+        let c = Arc::new(Connections::new(4, 3));
+        let (a, b, d) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]), IpAddr::from([10, 0, 0, 3]));
+        let mut held: Vec<_> = (0..3).map(|_| c.admit(a).unwrap()).collect();
+        // The first of `a`'s connections has sent a request: it is not silent.
+        held[0].spoke().store(false, Ordering::Release);
+        held.push(c.admit(b).unwrap());
+        // Full: `d` gets in by closing one of `a`'s silent connections, not the one in use.
+        let newcomer = c.admit(d).unwrap();
+        assert_eq!(c.evicted(), 1);
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(5), held[1].closing()).await.is_ok());
+        held.remove(1);
+        // `b` holds one and would hold two: `a` holds two, not more, so nothing is closed for it.
+        assert!(c.admit(b).is_none());
+        assert_eq!((c.open(), c.refused(), c.evicted()), (4, 1, 1));
+        drop(newcomer);
     }
 }

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,7 +13,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 use crate::budget::Connections;
@@ -21,10 +21,11 @@ use crate::config::Limits;
 /// Serves `router` on `listener` until `shutdown` completes, then waits up to `grace` for requests in flight.
 ///
 /// Each request carries the client's address as [`ConnectInfo<SocketAddr>`]. At most
-/// `limits.max_connections` connections are open at once (further ones wait to be accepted), at most
-/// `limits.max_connections_per_client` from one address (further ones are closed at once), and a
-/// connection that sends no request head within `limits.header_read_timeout`, first or between
-/// requests, is closed.
+/// `limits.max_connections_per_client` connections from one address are open at once, further ones
+/// are closed at once; when `limits.max_connections` are open, a silent connection (no request yet)
+/// of an address holding more is closed to make room, else the new one is closed (see
+/// [`Connections`]). A connection that sends no request head within `limits.header_read_timeout`,
+/// first or between requests, is closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -46,7 +47,6 @@ pub(crate) async fn serve_counted(
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(connections.limit));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -54,10 +54,6 @@ pub(crate) async fn serve_counted(
         .max_headers(limits.max_headers);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
@@ -77,17 +73,21 @@ pub(crate) async fn serve_counted(
             continue;
         };
         let router = router.clone();
+        let silent = admitted.spoke();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            silent.store(false, Ordering::Release);
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                },
+                () = admitted.closing() => tracing::debug!(peer = %peer, "closed a silent connection to make room"),
             }
             drop(admitted);
-            drop(permit);
         });
     }
     drop(listener);

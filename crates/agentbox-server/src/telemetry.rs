@@ -206,8 +206,14 @@ impl ServerMetrics {
             gauge(
                 "agentbox_http_connections_refused_total",
                 "counter",
-                "REST connections closed at once for being over the per-client cap.",
+                "REST connections closed at accept: over the per-client cap, or with the budget used up.",
                 c.refused() as f64,
+            );
+            gauge(
+                "agentbox_http_connections_evicted_total",
+                "counter",
+                "Silent REST connections closed to make room for another address's.",
+                c.evicted() as f64,
             );
         }
         let pool = agentbox_core::budget::proxy_pool();

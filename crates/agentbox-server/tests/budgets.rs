@@ -275,6 +275,12 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
+/// The value of a series that counts something (an integer).
+fn count(text: &str, series: &str) -> usize {
+    let v = metric(text, series);
+    format!("{v}").parse().unwrap_or_else(|_| panic!("{series} is {v}, not a count"))
+}
+
 /// What the attacking sandbox runs: `python3 -c ATTACK MODE ARGS...`; prints one JSON object.
 const ATTACK: &str = r#"
 import json, os, socket, sys, time, http.client
@@ -628,6 +634,46 @@ async fn budgets_hold_under_attack() {
     figures.insert(
         "4 idle connections",
         format!("300 from one address: {open} open, the rest closed; {fds_now} fds, RSS {} MiB", rss_now >> 20),
+    );
+
+    // 4b. The whole connection budget: more addresses than it takes, each at its cap, with silent
+    // connections. A new address still gets in, by closing a silent connection of a heavier one.
+    let probes = Probes::start(&base, "victim", hello, 3);
+    let limit = metric(&m, "agentbox_http_connections_limit");
+    let crowd = u8::try_from(
+        count(&m, "agentbox_http_connections_limit") / count(&m, "agentbox_http_connections_per_client_limit") + 1,
+    )
+    .unwrap();
+    let mut idle = Vec::new();
+    for a in 0..crowd {
+        for _ in 0..count(&m, "agentbox_http_connections_per_client_limit") {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, 10 + a], 0))).unwrap();
+            if let Ok(s) = socket.connect(server.addr).await {
+                idle.push(s);
+            }
+        }
+    }
+    let full =
+        eventually(60, || async { metric(&api.metrics().await, "agentbox_http_connections_open") >= limit }).await;
+    let (fds_full, rss_full, _) = usage(pid);
+    let newcomer = client_from([127, 0, 0, 5]).get(format!("{base}/health")).send().await.map(|r| r.status().as_u16());
+    let m = api.metrics().await;
+    let report = probes.finish().await;
+    drop(idle);
+    report.assert_all_ok("connection budget");
+    assert!(full, "{m}");
+    assert_eq!(newcomer.ok(), Some(200), "a new address gets in while the budget is full");
+    assert!(metric(&m, "agentbox_http_connections_evicted_total") > 0.0, "{m}");
+    figures.insert(
+        "4b connection budget",
+        format!(
+            "{crowd} addresses x {per_client} silent connections against {limit}: {} closed to make room, \
+             {} closed at accept; {fds_full} fds, RSS {} MiB",
+            metric(&m, "agentbox_http_connections_evicted_total"),
+            metric(&m, "agentbox_http_connections_refused_total"),
+            rss_full >> 20
+        ),
     );
 
     // 5. The log: thousands of refused requests from one sandbox; a few lines and a summary.
