@@ -15,9 +15,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   python3             the interpreter sandboxes run Python code with (the system one, under /usr)
 #   python3-matplotlib  rich results of the code tool (figures as PNG)
 #   curl                downloads inside sandboxes in the network tests
-#   xfsprogs            mkfs.xfs for the disk-backed storage pool (a sparse XFS image with project quotas)
+#   btrfs-progs         mkfs.btrfs and btrfs for the disk-backed storage pool (a sparse btrfs image with quota groups)
 #   nodejs              JavaScript in sandboxes (only when no node is installed under /usr)
-REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl xfsprogs)
+REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl btrfs-progs)
 if [[ ! -x /usr/bin/node && ! -x /usr/local/bin/node ]]; then
     REQUIRED_PACKAGES+=(nodejs)
 fi

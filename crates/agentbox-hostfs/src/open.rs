@@ -30,8 +30,9 @@ const REFUSED_FS: [i64; 5] = [
 
 /// File systems the host writes to: the sandbox's own storage. Everything else (read-only binds of the host's
 /// system directories) is refused before the kernel would.
-const WRITABLE_FS: [i64; 1] = [
+const WRITABLE_FS: [i64; 2] = [
     0x0102_1994, // tmpfs
+    0x9123_683e, // btrfs (the disk-backed storage pool's layers)
 ];
 
 /// What a resolved path is.

@@ -38,6 +38,10 @@ pub struct LocalConfig {
     pub etc_entries: Vec<String>,
     /// Host name inside sandboxes.
     pub hostname: String,
+    /// Disk-backed storage: each sandbox's home is a subvolume of this pool, under a quota of `disk_gb`
+    /// (see `agentbox-storage`). `None`, or a pool that can't be opened (reported in
+    /// [`LocalBackend::limitations`]), keeps homes on the memory-backed tmpfs.
+    pub storage: Option<agentbox_storage::PoolConfig>,
 }
 
 impl Default for LocalConfig {
@@ -92,6 +96,10 @@ impl Default for LocalConfig {
             .map(str::to_owned)
             .into(),
             hostname: "sandbox".into(),
+            storage: (uid == 0).then(|| agentbox_storage::PoolConfig {
+                dir: PathBuf::from("/var/lib/agentbox/storage"),
+                image_bytes: None,
+            }),
         }
     }
 }
@@ -113,6 +121,8 @@ struct Sandbox {
     alive: Arc<AtomicBool>,
     next_id: AtomicU32,
     root: Root,
+    /// The sandbox's layer of the storage pool (its home), when storage is disk-backed.
+    layer: Option<agentbox_storage::Layer>,
     last_cpu: Mutex<Option<(Instant, u64)>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
@@ -132,6 +142,8 @@ struct Inner {
     owner: String,
     /// An empty directory each init mounts its root on, inside its own mount namespace.
     root_mountpoint: PathBuf,
+    /// The disk-backed storage pool, when there is one.
+    pool: Option<Arc<agentbox_storage::Pool>>,
 }
 
 /// The local Linux backend. Cheap to clone.
@@ -177,7 +189,7 @@ fn cgroup_parent(config: &LocalConfig) -> String {
 
 /// Cleans up after a create that failed half-way, off the async runtime: kills the init (and with
 /// it its namespaces) and removes the cgroups, waiting for both.
-async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>) {
+async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>, layer: Option<LayerRef>) {
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(init) = init {
             let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
@@ -187,9 +199,17 @@ async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>) {
             cgroup.kill_all();
             cgroup.remove();
         }
+        if let Some((pool, name)) = layer {
+            if let Err(e) = pool.remove_layer(&name) {
+                tracing::warn!(error = %e, "removing the storage layer of a failed create");
+            }
+        }
     })
     .await;
 }
+
+/// A layer to remove: its pool and name.
+type LayerRef = (Arc<agentbox_storage::Pool>, String);
 
 fn random_id() -> String {
     let mut b = [0u8; 8];
@@ -233,6 +253,25 @@ impl LocalBackend {
         // reaping after a crash only ever touches what this state directory owns.
         let cgroups = Cgroups::detect(&cgroup_parent(&config));
         let mut limitations = cgroups.problems.clone();
+        let pool = match &config.storage {
+            None => {
+                limitations.push(
+                    "storage is memory-backed (no storage pool configured): files count against the sandbox's memory"
+                        .into(),
+                );
+                None
+            }
+            Some(pc) => match agentbox_storage::Pool::open(pc) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    limitations.push(format!(
+                        "storage is memory-backed, files count against the sandbox's memory: the disk pool in {} can't be used: {e}",
+                        pc.dir.display()
+                    ));
+                    None
+                }
+            },
+        };
         if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
             limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
         }
@@ -252,6 +291,7 @@ impl LocalBackend {
             etc: Arc::new(crate::etc::Templates::new(&config.state_dir, &config.etc_entries)),
             owner,
             root_mountpoint,
+            pool,
             config,
             cgroups,
             limitations,
@@ -325,6 +365,22 @@ impl LocalBackend {
             cg.kill_all();
             cg.remove();
             reaped.push(id.to_owned());
+        }
+        if let Some(pool) = &self.inner.pool {
+            for name in pool.layer_names() {
+                let (id, owner) = name.split_once('.').unwrap_or((name.as_str(), ""));
+                if owner == self.inner.owner || owner_alive(owner) {
+                    continue;
+                }
+                match pool.remove_layer(&name) {
+                    Ok(()) => {
+                        if !reaped.iter().any(|r| r == id) {
+                            reaped.push(id.to_owned());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, layer = %name, "cannot remove an orphaned storage layer"),
+                }
+            }
         }
         if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {
             for e in rd.flatten() {
@@ -412,7 +468,13 @@ impl LocalBackend {
             files,
             etc: None,
             cgroups: Vec::new(),
-            storage_bytes: config.disk_gb.saturating_mul(1024 * mb),
+            // With a disk pool the tmpfs holds /tmp alone, sized from the memory it is charged to.
+            storage_bytes: if self.inner.pool.is_some() {
+                (config.memory_mb / 2).max(16).saturating_mul(mb)
+            } else {
+                config.disk_gb.saturating_mul(1024 * mb)
+            },
+            home_source: None,
             storage_inodes: config.storage.max_inodes,
             quotas: config
                 .storage
@@ -467,7 +529,31 @@ impl LocalBackend {
         });
         let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
         let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end));
-        let (cgroup, init) = tokio::join!(make_cgroup, start_init);
+        let make_layer = {
+            let pool = self.inner.pool.clone();
+            let name = self.cgroup_name(&id);
+            let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
+            let run_as = config.security.run_as.clone();
+            async move {
+                let Some(pool) = pool else { return Ok(None) };
+                let owner = Owner { uid: run_as.uid, gid: run_as.gid };
+                tokio::task::spawn_blocking(move || pool.create_layer(&name, limits, owner).map(Some))
+                    .await
+                    .map_err(|e| backend_err("storage task", e))?
+                    .map_err(|e| backend_err("creating the sandbox's disk storage", e))
+            }
+        };
+        let (cgroup, init, layer) = tokio::join!(make_cgroup, start_init, make_layer);
+        let layer_ref = |l: &Option<agentbox_storage::Layer>| {
+            l.as_ref().and_then(|l| self.inner.pool.clone().map(|p| (p, l.name().to_owned())))
+        };
+        let layer = match layer {
+            Ok(l) => l,
+            Err(e) => {
+                abandon(init.ok().and_then(Result::ok), cgroup.ok().and_then(Result::ok), None).await;
+                return Err(e);
+            }
+        };
         let cgroup = cgroup
             .map_err(|e| backend_err("creating the sandbox cgroup", e))
             .and_then(|r| r.map_err(|e| backend_err("creating the sandbox cgroup", e)));
@@ -484,11 +570,11 @@ impl LocalBackend {
         let (cgroup, init) = match (cgroup, init) {
             (Ok(cgroup), Ok(init)) => (cgroup, init),
             (Err(e), init) => {
-                abandon(init.ok(), None).await;
+                abandon(init.ok(), None, layer_ref(&layer)).await;
                 return Err(e);
             }
             (Ok(cgroup), Err(e)) => {
-                abandon(None, Some(cgroup)).await;
+                abandon(None, Some(cgroup), layer_ref(&layer)).await;
                 return Err(e);
             }
         };
@@ -496,6 +582,7 @@ impl LocalBackend {
         let setup = async {
             let mut setup = self.setup_for(config);
             setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
             if config.security.read_only_root {
                 // One bind of a shared template instead of a mount or copy per /etc entry. A writable
                 // root keeps per-sandbox copies (the template is shared, so it is always read-only).
@@ -556,7 +643,7 @@ impl LocalBackend {
         let (rd, wr, root, net) = match setup.await {
             Ok(parts) => parts,
             Err(e) => {
-                abandon(Some(init), Some(cgroup)).await;
+                abandon(Some(init), Some(cgroup), layer_ref(&layer)).await;
                 return Err(e);
             }
         };
@@ -581,6 +668,7 @@ impl LocalBackend {
             alive: alive.clone(),
             next_id: AtomicU32::new(1),
             root,
+            layer,
             last_cpu: Mutex::new(None),
             reader: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
@@ -991,7 +1079,10 @@ impl SandboxBackend for LocalBackend {
         #[allow(clippy::cast_precision_loss)]
         let f = |v: Option<u64>| v.map_or(0.0, |v| v as f64);
         let home = format!("/home/{}", sb.config.security.run_as.name);
-        let disk = sb.root.usage(&home).map_or(0, |(_, used)| used);
+        let disk = match (&self.inner.pool, &sb.layer) {
+            (Some(pool), Some(layer)) => pool.usage(layer).map_or(0, |u| u.bytes),
+            _ => sb.root.usage(&home).map_or(0, |(_, used)| used),
+        };
         let net = sb.net.stats();
         Ok(SandboxMetrics {
             cpu_usage_percent: usage,
@@ -1089,12 +1180,18 @@ impl SandboxBackend for LocalBackend {
         // Closing the control socket makes the init exit, which takes down the whole pid namespace.
         *sb.writer.lock().await = None;
         let sb2 = sb.clone();
+        let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             // Killing the init tears down its pid namespace: the kernel kills and reaps everything
             // in it before the init's pidfd turns readable (the zygote reaps the init itself).
             let _ = sys::pidfd_kill(sb2.pidfd.as_raw_fd(), libc::SIGKILL);
             sys::pidfd_wait(sb2.pidfd.as_raw_fd(), -1);
             sb2.cgroup.remove_after_exit();
+            if let (Some(pool), Some(layer)) = (&inner.pool, &sb2.layer) {
+                if let Err(e) = pool.remove_layer(layer.name()) {
+                    tracing::warn!(error = %e, "removing a destroyed sandbox's storage layer");
+                }
+            }
         })
         .await
         .map_err(|e| backend_err("destroy task", e))?;

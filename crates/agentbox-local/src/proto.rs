@@ -294,8 +294,12 @@ pub struct Setup {
     pub etc: Option<String>,
     /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`) before anything else.
     pub cgroups: Vec<String>,
-    /// Size of the writable storage (home and /tmp) in bytes.
+    /// Size of the writable storage (home and /tmp, or /tmp alone with `home_source`) in bytes.
     pub storage_bytes: u64,
+    /// A host directory on disk (the sandbox's layer of the storage pool, under its quota) bound as the home
+    /// instead of a directory of the memory-backed storage.
+    #[serde(default)]
+    pub home_source: Option<String>,
     /// Inode cap of the writable storage.
     pub storage_inodes: u64,
     /// Extra per-directory quotas.

@@ -18,7 +18,9 @@ pub struct Policy {
     pub clone_namespace_flags: u32,
     /// socket() address families refused.
     pub socket_families_denied: Vec<u32>,
-    /// ioctl() requests refused (TIOCSTI, TIOCLINUX).
+    /// ioctl() requests refused: TIOCSTI and TIOCLINUX (typing into a terminal), and the btrfs subvolume and
+    /// snapshot creations (`BTRFS_IOC_SNAP_CREATE`, `SUBVOL_CREATE` and their `_V2`), which would make a
+    /// subvolume outside the quota group of the sandbox's storage layer.
     pub ioctl_requests_denied: Vec<u32>,
     /// personality() values allowed (all others refused).
     pub personality_allowed: Vec<u32>,

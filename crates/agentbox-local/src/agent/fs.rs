@@ -170,7 +170,8 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     let home = under(root, &s.home);
     m.mkdir(&home, 0o755, None)?;
     m.mkdir(&root.join("tmp"), 0o1777, None)?;
-    m.mount(Some(&storage.join("home").to_string_lossy()), &home, None, libc::MS_BIND, None)?;
+    let home_source = s.home_source.clone().unwrap_or_else(|| storage.join("home").to_string_lossy().into_owned());
+    m.mount(Some(&home_source), &home, None, libc::MS_BIND, None)?;
     m.mount(Some(&storage.join("tmp").to_string_lossy()), &root.join("tmp"), None, libc::MS_BIND, None)?;
     m.detach(&storage)?;
     m.rmdir(&storage)?;
@@ -374,6 +375,7 @@ mod tests {
             etc: None,
             storage_bytes: 1 << 30,
             storage_inodes: 1000,
+            home_source: None,
             quotas: vec![Quota { path: "/tmp/small".into(), bytes: 1 << 20 }],
             shm_bytes: 1 << 26,
             read_only_root: true,

@@ -1,0 +1,68 @@
+//! Disk-backed storage: a sandbox's home is a subvolume of the storage pool under a quota of `disk_gb`, so
+//! files cost disk, not memory; writes past the quota fail inside the sandbox, which lives on; destroy leaves
+//! no layer behind; a sandbox can't make a subvolume outside its quota.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use agentbox_config::SandboxConfig;
+use agentbox_core::SandboxBackend;
+use common::Sandbox;
+
+fn layers_dir() -> PathBuf {
+    PathBuf::from("/var/lib/agentbox/storage/pool/layers")
+}
+
+fn layers_of(id: &str) -> Vec<String> {
+    std::fs::read_dir(layers_dir())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("{id}.")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_cost_disk_not_memory_and_stop_at_the_quota() {
+    let sb = Sandbox::with(SandboxConfig { memory_mb: 256, disk_gb: 1, ..SandboxConfig::default() }).await;
+    assert!(
+        sb.backend.limitations().iter().all(|l| !l.contains("memory-backed")),
+        "the storage pool is not in use: {:?}",
+        sb.backend.limitations()
+    );
+    assert_eq!(layers_of(sb.id.as_str()).len(), 1, "no storage layer for {}", sb.id);
+    // 700 MiB in a 256 MiB sandbox: on disk, not in memory.
+    let out =
+        sb.sh("dd if=/dev/zero of=/home/user/f bs=1M count=700 status=none; echo rc=$?; stat -c %s /home/user/f").await;
+    assert!(out.stdout.starts_with("rc=0"), "{out:?}");
+    // Past the 1 GiB quota: refused, and the sandbox lives on.
+    let out = sb.sh("dd if=/dev/zero of=/home/user/g bs=1M count=700 2>&1; echo rc=$?").await;
+    assert!(out.stdout.contains("quota exceeded") || out.stdout.contains("No space left"), "{out:?}");
+    assert!(out.stdout.contains("rc=1"), "{out:?}");
+    assert_eq!(sb.sh("echo alive").await.stdout, "alive\n");
+    // Freeing space lets writes succeed again.
+    let out = sb.sh("rm /home/user/f /home/user/g && sync && dd if=/dev/zero of=/home/user/h bs=1M count=300 status=none; echo rc=$?").await;
+    assert_eq!(out.stdout, "rc=0\n", "{out:?}");
+    sb.sh("sync").await;
+    let m = sb.backend.metrics(&sb.id).await.unwrap();
+    assert!(m.disk_used_gb > 0.25 && m.disk_used_gb < 0.35, "disk_used_gb {}", m.disk_used_gb);
+    // The file API writes to the same disk-backed home.
+    sb.backend.write_file(&sb.id, "/home/user/api.txt", b"from the host".to_vec()).await.unwrap();
+    assert_eq!(sb.sh("cat /home/user/api.txt").await.stdout, "from the host");
+    let id = sb.id.clone();
+    sb.destroy().await;
+    assert!(layers_of(id.as_str()).is_empty(), "destroy left {:?}", layers_of(id.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_cannot_make_a_subvolume_outside_its_quota() {
+    let sb = Sandbox::new().await;
+    let code = "import fcntl, os\nfd = os.open('/home/user', os.O_RDONLY)\nargs = bytearray(4096)\nargs[8:11] = b'sub'\ntry:\n    fcntl.ioctl(fd, 0x5000940e, args, True)\n    print('created')\nexcept OSError as e:\n    print('refused', e.errno)";
+    assert_eq!(sb.py(code).await, "refused 1");
+    assert!(!sb.sh("ls /home/user").await.stdout.contains("sub"));
+    sb.destroy().await;
+}
