@@ -278,6 +278,12 @@ fn no_context(id: &str) -> ToolError {
     ))
 }
 
+/// Largest of the small files a context keeps (its language, its process id and log path).
+const SMALL_FILE_BYTES: u64 = 4096;
+
+/// Bytes of a dead interpreter's log shown in an error.
+const LOG_TAIL_BYTES: usize = 2000;
+
 /// Runs the client script and returns (exit code, stderr).
 async fn client(sb: &Sandbox<'_>, args: &[&str], timeout: Duration) -> ToolResult<(i32, String, bool)> {
     let mut argv = vec!["/bin/bash".to_owned(), format!("{}/client.sh", drivers_dir(sb))];
@@ -301,9 +307,12 @@ async fn install_drivers(sb: &Sandbox<'_>) -> ToolResult<()> {
 }
 
 async fn context_language(sb: &Sandbox<'_>, id: &str) -> ToolResult<CodeLanguage> {
-    let raw = match sb.read_file(&format!("{}/language", context_dir(sb, id))).await {
+    let raw = match sb.read_file_limited(&format!("{}/language", context_dir(sb, id)), SMALL_FILE_BYTES).await {
         Ok(raw) => raw,
         Err(e) if e.kind == ToolErrorKind::NotFound => return Err(no_context(id)),
+        Err(e) if e.kind == ToolErrorKind::LimitExceeded => {
+            return Err(ToolError::failed(format!("code context {id:?} is damaged (unknown language); delete it")));
+        }
         Err(e) => return Err(e),
     };
     CodeLanguage::parse(&String::from_utf8_lossy(&raw))
@@ -401,7 +410,8 @@ async fn list_contexts(sb: &Sandbox<'_>) -> ToolResult<Vec<ContextInfo>> {
 }
 
 async fn process_meta(sb: &Sandbox<'_>, id: &str) -> (Option<u32>, Option<String>) {
-    let Ok(raw) = sb.read_file(&format!("{}/process", context_dir(sb, id))).await else { return (None, None) };
+    let path = format!("{}/process", context_dir(sb, id));
+    let Ok(raw) = sb.read_file_limited(&path, SMALL_FILE_BYTES).await else { return (None, None) };
     let text = String::from_utf8_lossy(&raw).into_owned();
     let mut lines = text.lines();
     (lines.next().and_then(|p| p.trim().parse().ok()), lines.next().map(str::to_owned))
@@ -445,14 +455,15 @@ enum RunFailure {
 async fn why_dead(sb: &Sandbox<'_>, id: &str) -> String {
     let (_, log) = process_meta(sb, id).await;
     let Some(log) = log else { return String::new() };
-    match sb.read_file(&log).await {
-        Ok(raw) => {
-            let text = String::from_utf8_lossy(&raw);
-            let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-            if tail.trim().is_empty() { String::new() } else { format!("; its last output: {}", tail.trim()) }
-        }
-        Err(_) => String::new(),
-    }
+    // The log is the sandbox's to grow: read only its end, through `tail`, with the output capped.
+    let tail = ExecRequest {
+        timeout: Some(Duration::from_secs(10)),
+        ..ExecRequest::argv(["tail", "-c", &LOG_TAIL_BYTES.to_string(), &log])
+    };
+    let Ok(stream) = sb.exec(tail).await else { return String::new() };
+    let out = stream.collect(2 * LOG_TAIL_BYTES).await;
+    let tail = out.stdout.trim();
+    if out.exit_code != 0 || tail.is_empty() { String::new() } else { format!("; its last output: {tail}") }
 }
 
 async fn run_in_context(
