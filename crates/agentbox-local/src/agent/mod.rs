@@ -10,6 +10,16 @@
 //! execution requests over the control socket until the host closes it, at
 //! which point the init exits and the kernel kills everything left in the
 //! namespace.
+//!
+//! Helpers inside the sandbox: an execution whose program is `/proc/self/exe` runs this same
+//! program. The execution's child is a clone of the init (itself a clone of the zygote, which is
+//! the sealed copy), and `execve` resolves the link before the new image replaces the old one. The
+//! result is an ordinary execution (the sandbox user, no capabilities, no_new_privs, the seccomp
+//! filter, landlock, its own execution cgroup), so a program linking this crate can run a helper of
+//! its own inside the sandbox by entering it from a constructor, as the zygote is entered here.
+//! `agentbox-tools` runs its browser driver this way, so that DevTools is parsed inside the sandbox.
+//! What a helper sends back is execution output, which the host reads as size-checked frames
+//! (`tests/self_exe.rs` checks the confinement).
 
 mod exec;
 pub mod fs;
