@@ -114,7 +114,7 @@ async fn health_and_metrics_come_from_the_kernel() {
     let (b, id) = (&sb.backend, &sb.id);
     assert!(b.health(id).await.unwrap().healthy);
     b.metrics(id).await.unwrap();
-    let out = sb.sh("python3 -c 'x = bytearray(40 << 20); import time; t = time.time()\nwhile time.time() - t < 0.3: pass'; head -c 3000000 /dev/urandom > ~/blob; echo done").await;
+    let out = sb.sh("python3 -c 'x = bytearray(40 << 20); import time; t = time.time()\nwhile time.time() - t < 0.3: pass'; head -c 3000000 /dev/urandom > ~/blob; sync; echo done").await;
     assert_eq!(out.stdout, "done\n", "{out:?}");
     assert!(b.health(id).await.unwrap().healthy);
     let m = b.metrics(id).await.unwrap();

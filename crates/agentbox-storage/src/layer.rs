@@ -19,7 +19,8 @@ pub struct LayerLimits {
     pub bytes: u64,
 }
 
-/// What a layer holds, as its quota group counts it (updated when btrfs commits, every few seconds).
+/// What a layer holds, as its quota group counts it: updated when btrfs commits a transaction (at most every
+/// 5 s on a pool image this crate mounts, and at every `sync`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Bytes referenced (holes in sparse files are free).

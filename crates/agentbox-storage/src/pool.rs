@@ -89,7 +89,7 @@ impl Pool {
                     .map_err(StorageError::io("creating the pool mount point", &mount))?;
                 run(
                     Command::new("mount")
-                        .args(["-t", "btrfs", "-o", "loop,nosuid,nodev,noatime"])
+                        .args(["-t", "btrfs", "-o", "loop,nosuid,nodev,noatime,commit=5"])
                         .arg(&image)
                         .arg(&mount),
                     "mount",
