@@ -75,6 +75,10 @@ cargo clippy -p agentbox-core --all-targets --features mock -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
+# The host's decoders of sandbox-originated frames, fuzzed longer than `cargo test` does (about 15 s).
+step "bounded fuzz: PROPTEST_CASES=10000 cargo test -p agentbox-local --test proto_fuzz"
+PROPTEST_CASES=10000 cargo test -p agentbox-local --test proto_fuzz
+
 step "cargo test -p agentbox-core --features mock"
 cargo test -p agentbox-core --features mock
 
