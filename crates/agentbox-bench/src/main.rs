@@ -341,6 +341,12 @@ async fn main() {
     }
     if want("p1") {
         p1(&backend, args.iterations).await;
+        // The same with homes on a tmpfs (no disk pool), to show what the disk-backed storage costs.
+        let memory = LocalBackend::new(LocalConfig { storage: None, ..LocalConfig::default() }).expect("backend");
+        let sb = memory.create(CreateRequest::default()).await.expect("create");
+        memory.destroy(&sb.id).await.expect("destroy");
+        print!("   with memory-backed homes instead: ");
+        p1(&memory, args.iterations).await;
     }
     if want("p2") {
         p2(&backend, args.iterations * 10).await;
