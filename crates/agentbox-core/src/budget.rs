@@ -213,7 +213,8 @@ fn summary(what: &str, source: &str, n: u64, window: Duration) {
         event = what,
         source,
         suppressed = n,
-        "{n} more \"{what}\" lines from {source} were left out of the log in the last {window:?} (rate limit); counters include them"
+        "{n} more \"{what}\" lines from {source} were left out of the log in the last {window:?} (rate limit); \
+         counters include them"
     );
 }
 

@@ -28,8 +28,8 @@ pub enum BudgetError {
     /// The reserve leaves too few descriptors for connections.
     #[error(
         "limits.fd_reserve ({reserve}) leaves {left} of the {limit} file descriptors this process may open for \
-         connections, fewer than {MIN_CONNECTION_FDS}; raise the limit (ulimit -n, or LimitNOFILE= in the systemd unit) \
-         or lower limits.fd_reserve"
+         connections, fewer than {MIN_CONNECTION_FDS}; raise the limit (ulimit -n, or LimitNOFILE= in the \
+         systemd unit) or lower limits.fd_reserve"
     )]
     TooFewFds {
         /// The configured reserve.

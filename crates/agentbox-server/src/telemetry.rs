@@ -245,7 +245,8 @@ impl ServerMetrics {
         let (by_sandbox, by_server) = pool.refused();
         let _ = writeln!(
             out,
-            "# HELP agentbox_proxy_connections_refused_total Egress proxy connections refused for lack of descriptors, by the budget that refused them."
+            "# HELP agentbox_proxy_connections_refused_total Egress proxy connections refused for lack of \
+             descriptors, by the budget that refused them."
         );
         let _ = writeln!(out, "# TYPE agentbox_proxy_connections_refused_total counter");
         let _ = writeln!(out, "agentbox_proxy_connections_refused_total{{budget=\"sandbox\"}} {by_sandbox}");

@@ -1,12 +1,14 @@
 //! The server's budgets under attack: a server in its own process, started with a file descriptor
-//! limit of 1024 (`ulimit -Hn 1024 -Sn 512`: the server raises the soft limit to 1024), on the local backend, attacked on loopback by one sandbox and
-//! one client address at a time, each attack with counts small enough to stay quick but large
+//! limit of 1024 (`ulimit -Hn 1024 -Sn 512`: the server raises the soft limit to 1024), on the local
+//! backend, attacked on loopback, each attack with counts small enough to stay quick but large
 //! enough to cross the budget it aims at:
 //!
-//! 1. descriptors: one sandbox opens more CONNECT tunnels than its share of the proxy budget;
+//! 1. descriptors: two sandboxes open more CONNECT tunnels than a sandbox's share of the proxy
+//!    budget, the second while that budget is tight;
 //! 2. memory: one sandbox sends never-finished 390 KB request heads to its proxy;
 //! 3. metric labels: unauthenticated requests with random methods and paths;
-//! 4. connection slots: one address opens idle connections far beyond its cap;
+//! 4. connection slots: one address opens idle connections far beyond its cap, then seven
+//!    addresses at their cap fill the whole connection budget;
 //! 5. the log: one sandbox makes thousands of refused requests.
 //!
 //! While each attack runs, a second sandbox's exec and egress and another address's `/health`
@@ -555,7 +557,8 @@ async fn budgets_hold_under_attack() {
     figures.insert(
         "1 tunnels",
         format!(
-            "2 sandboxes x {tunnels} attempted, {held:?} held, proxy fds {in_use} of {proxy_limit}, server {fds_under_tunnels} fds, RSS {} MiB; \
+            "2 sandboxes x {tunnels} attempted, {held:?} held, proxy fds {in_use} of {proxy_limit}, \
+             server {fds_under_tunnels} fds, RSS {} MiB; \
              probes {} /health + {} exec ok, p99 /health {:?}",
             rss_under_tunnels >> 20,
             report.health_ok,

@@ -127,7 +127,8 @@ impl Shared {
     fn refuse(&self, via: &str, host: &str, port: u16, rule: &Rule) {
         *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(rule.name()).or_insert(0) += 1;
         if budget::log_limiter().allow("egress refused", &format!("sandbox {}", self.sandbox)) {
-            tracing::info!(sandbox = %self.sandbox, host, port, via, rule = rule.name(), reason = %rule, "egress refused");
+            let name = rule.name();
+            tracing::info!(sandbox = %self.sandbox, host, port, via, rule = name, reason = %rule, "egress refused");
         }
     }
 
@@ -323,7 +324,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, proxy: Proxy, protocol: 
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    if budget::log_limiter().allow("egress proxy accept failed", &format!("sandbox {}", proxy.shared.sandbox)) {
+                    let source = format!("sandbox {}", proxy.shared.sandbox);
+                    if budget::log_limiter().allow("egress proxy accept failed", &source) {
                         tracing::warn!(sandbox = %proxy.shared.sandbox, error = %e, "egress proxy accept failed");
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -35,7 +35,8 @@ pub enum Rule {
     Unresolved(String),
     /// Too many connections at once from this sandbox.
     ConnectionLimit,
-    /// The server's connection budget for all proxies is used up, or tight while this sandbox holds more than its share.
+    /// The server's connection budget for all proxies is used up, or tight while this sandbox holds
+    /// more than its share.
     ServerConnectionLimit,
     /// The client asked for something the proxy does not do (UDP, BIND, https absolute-form).
     Unsupported(&'static str),
@@ -79,9 +80,10 @@ impl fmt::Display for Rule {
             }
             Self::Unresolved(e) => write!(f, "the name could not be resolved: {e}"),
             Self::ConnectionLimit => f.write_str("too many connections from this sandbox at once"),
-            Self::ServerConnectionLimit => {
-                f.write_str("the server's connection budget for all sandboxes is used up, or tight while this sandbox holds more than its share; close idle connections and retry")
-            }
+            Self::ServerConnectionLimit => f.write_str(
+                "the server's connection budget for all sandboxes is used up, or tight while this sandbox \
+                     holds more than its share; close idle connections and retry",
+            ),
             Self::Unsupported(what) => write!(f, "{what} is not supported by the egress proxy"),
         }
     }
