@@ -42,6 +42,7 @@ pub mod output;
 pub mod search;
 pub mod shell;
 mod tool;
+mod untrusted;
 
 pub use error::{ToolError, ToolErrorKind, ToolResult};
 pub use tool::{Sandbox, Tool, ToolContext, ToolRegistry, ToolSpec, ToolsConfig, TypedTool, schema_of};

@@ -62,6 +62,15 @@ async fn a_huge_repr_json_is_left_out_of_the_answer_and_saved_to_a_file() {
     assert_eq!(size["results"][0]["text"], "60000000", "the whole value is saved: {size}");
     assert!(out.to_string().len() < limits.response_bytes);
 
+    // JSON under the byte limit but with more elements than the answer may carry is left out too.
+    let code = "class Many:\n    def _repr_json_(self):\n        return [0] * 300_000\nMany()";
+    let out = run(&ctx, json!({"code": code})).await;
+    assert!(out["results"][0].get("json").is_none(), "{}", out.to_string().len());
+    assert!(out["results"][0]["files"]["json"].is_string());
+    let out =
+        run(&ctx, json!({"code": "class Few:\n    def _repr_json_(self):\n        return [0] * 1000\nFew()"})).await;
+    assert_eq!(out["results"][0]["json"].as_array().map(Vec::len), Some(1000));
+
     // A long repr is cut with a mark naming the file holding all of it.
     let out = run(&ctx, json!({"code": "'x' * 5_000_000"})).await;
     let text = out["results"][0]["text"].as_str().unwrap();

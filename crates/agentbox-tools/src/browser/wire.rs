@@ -19,6 +19,10 @@ use crate::error::ToolErrorKind;
 /// snapshot page or extracted text (1 MiB each at most), escaped.
 pub(crate) const ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most JSON elements the host parses in an envelope (about 32 MiB once parsed). An honest envelope
+/// holds at most one evaluation result of 1 MiB, which has fewer.
+pub(crate) const ENVELOPE_ELEMENTS: usize = 1 << 20;
+
 /// Largest request the driver reads.
 pub(crate) const REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -141,7 +145,8 @@ pub(crate) fn decode_reply(bytes: &[u8], limits: Limits) -> Result<Result<Map<St
             DecodeError::Invalid("no end of the reply header".into())
         });
     };
-    let reply: Reply = serde_json::from_slice(&bytes[..nl]).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let reply: Reply =
+        crate::untrusted::parse(&bytes[..nl], ENVELOPE_ELEMENTS).map_err(|e| DecodeError::Invalid(e.to_string()))?;
     let blob = &bytes[nl + 1..];
     match (reply.result, reply.error) {
         (Some(mut result), None) => {
@@ -189,6 +194,11 @@ mod tests {
         assert_eq!(decode_reply(b"", LIMITS), Err(DecodeError::Empty));
         assert_eq!(decode_reply(&[b' '; 2000], LIMITS), Err(DecodeError::EnvelopeTooLarge(1024)));
         assert!(matches!(decode_reply(b"[0,0]\n", LIMITS), Err(DecodeError::Invalid(_))));
+        let dense = format!("{{\"result\":{{\"r\":[{}0]}}}}\n", "0,".repeat(ENVELOPE_ELEMENTS));
+        let roomy = Limits { envelope_bytes: dense.len(), reply_bytes: dense.len() };
+        assert!(
+            matches!(decode_reply(dense.as_bytes(), roomy), Err(DecodeError::Invalid(m)) if m.contains("elements"))
+        );
         assert!(matches!(decode_reply(b"{}\n", LIMITS), Err(DecodeError::Invalid(_))));
         assert_eq!(decode_reply(b"{\"result\":{}}\nxx", LIMITS), Err(DecodeError::BadBlob));
         assert_eq!(

@@ -133,8 +133,9 @@ pub struct CodeError {
 /// driver, so the host reads an answer of bounded size (and refuses a larger one unread): each format
 /// of each rich result is at most `result_bytes` (longer text is cut with a mark; longer images and
 /// JSON are left out), the whole answer at most `response_bytes` (results that do not fit are left
-/// out), with at most `max_results` results. Whatever is cut is saved to a file in the sandbox, named
-/// in the result's `files`.
+/// out), with at most `max_results` results and at most `json_elements` elements in its JSON results
+/// (a JSON element costs the host about 32 bytes once parsed, however short its text). Whatever is
+/// cut is saved to a file in the sandbox, named in the result's `files`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodeLimits {
     /// Largest format of one result, in bytes.
@@ -143,6 +144,8 @@ pub struct CodeLimits {
     pub response_bytes: usize,
     /// Most results in one answer.
     pub max_results: usize,
+    /// Most JSON elements (array items, object members) in one answer's JSON results.
+    pub json_elements: usize,
 }
 
 impl CodeLimits {
@@ -151,7 +154,12 @@ impl CodeLimits {
     #[must_use]
     pub fn for_config(config: &crate::ToolsConfig) -> Self {
         let result_bytes = config.max_output_bytes.saturating_mul(64).max(64 * 1024);
-        Self { result_bytes, response_bytes: result_bytes.saturating_mul(4), max_results: 100 }
+        Self {
+            result_bytes,
+            response_bytes: result_bytes.saturating_mul(4),
+            max_results: 100,
+            json_elements: 256 * 1024,
+        }
     }
 
     /// The most the host reads of an answer: the answer's limit, and room for the two output streams
@@ -159,6 +167,12 @@ impl CodeLimits {
     fn read_limit(self, config: &crate::ToolsConfig) -> u64 {
         let streams = config.max_output_bytes.saturating_mul(12).saturating_add(64 * 1024);
         u64::try_from(self.response_bytes.saturating_add(streams)).unwrap_or(u64::MAX)
+    }
+
+    /// Most JSON elements the host parses in an answer: the JSON results' budget, and room for the
+    /// answer's own structure (a few per result).
+    fn parse_elements(self) -> usize {
+        self.json_elements.saturating_add(self.max_results.saturating_mul(32)).saturating_add(1024)
     }
 }
 
@@ -482,6 +496,7 @@ async fn run_in_context(
         "result_cap": limits.result_bytes,
         "response_cap": limits.response_bytes,
         "max_results": limits.max_results,
+        "json_elements": limits.json_elements,
     });
     sb.write_file(&format!("{dir}/req-{rid}.json"), request.to_string().into_bytes())
         .await
@@ -533,7 +548,7 @@ async fn run_in_context(
         }
         Err(e) => return Err(RunFailure::Tool(e)),
     };
-    serde_json::from_slice(&raw)
+    crate::untrusted::parse(&raw, limits.parse_elements())
         .map_err(|e| RunFailure::Tool(ToolError::failed(format!("code context {id:?} sent a malformed answer: {e}"))))
 }
 

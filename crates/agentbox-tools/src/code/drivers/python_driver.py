@@ -3,7 +3,7 @@
 # Protocol (all inside the context directory given as argv[1]):
 #   requests      FIFO; each line is a request id
 #   req-ID.json   {"code": str, "timeout": float|null, "cap": int, "result_cap": int, "response_cap": int,
-#                  "max_results": int}; removed once read
+#                  "max_results": int, "json_elements": int}; removed once read
 #   resp-ID.json  written atomically when the request is done
 #   resp-ID.fifo  opened by the waiting client; "done" is written to it when the response is ready
 #   out-ID.txt / err-ID.txt  captured output, kept only when longer than "cap"
@@ -12,7 +12,8 @@
 # The response is capped here, inside the sandbox, so the host reads a bounded file: each format of
 # each result is at most "result_cap" bytes (longer text is cut with a mark, longer images and JSON are
 # left out), the response at most "response_cap" bytes (results that do not fit are left out), with at
-# most "max_results" results; whatever is left out is saved to a file named in the result's "files".
+# most "max_results" results and "json_elements" elements in all JSON results together; whatever is
+# left out is saved to a file named in the result's "files".
 #   pid           written once the driver listens
 import ast
 import base64
@@ -283,14 +284,22 @@ def head_text(blob, keep):
     return blob[:keep].decode("utf-8", "ignore")
 
 
-def cap_result(rid, n, res, cap):
-    """Cuts each format of one result to `cap` bytes; what is cut is saved to a file."""
+def json_elements(text):
+    """At least the number of elements in JSON text (separators and openings; in strings too)."""
+    return text.count(",") + text.count(":") + text.count("[") + text.count("{")
+
+
+def cap_result(rid, n, res, cap, elements_left):
+    """Cuts each format of one result to `cap` bytes, and leaves out its JSON when it has more elements
+    than are left (elements_left[0]); what is cut is saved to a file."""
     for key in [k for k in res if k in EXTENSIONS]:
         data = res[key]
         if key == "json":
             # One serialization, written as is: a large value costs the sandbox its size once more.
             text = json.dumps(data, default=repr)
-            if len(text) <= cap:
+            count = json_elements(text)
+            if len(text) <= cap and count <= elements_left[0]:
+                elements_left[0] -= count
                 continue
             path = os.path.join(DIR, "result-%s-%d.json" % (rid, n))
             with open(path, "w") as f:
@@ -337,7 +346,8 @@ def cap_response(rid, resp, req):
         dropped = len(results) - max_results + 1
         results = results[: max_results - 1]
         results.append({"text": "[... %d more results left out ...]" % dropped, "truncated": True})
-    results = [cap_result(rid, n, r, result_cap) for n, r in enumerate(results)]
+    elements_left = [int(req.get("json_elements") or 262144)]
+    results = [cap_result(rid, n, r, result_cap, elements_left) for n, r in enumerate(results)]
     err = resp.get("error")
     if err:
         for key in ("value", "traceback"):
