@@ -530,12 +530,18 @@ async fn budgets_hold_under_attack() {
         assert!(eventually(240, || async { status().await.contains("ok") }).await, "the tunnels were not opened");
         opened.push(serde_json::from_str::<Value>(&status().await).unwrap());
     }
-    // With the tunnels held: probes, descriptors, the budget's gauges.
+    // With the tunnels held: probes, a new sandbox, descriptors, the budget's gauges.
     let probes = Probes::start(&base, "victim", hello, 5);
     let m = api.metrics().await;
     let in_use = metric(&m, "agentbox_proxy_fds_in_use");
     let (fds_under_tunnels, rss_under_tunnels, _) = usage(pid);
+    api.sandbox_with_egress("late").await;
+    let late =
+        api.run("late", &["curl", "-s", "-m", "30", "--noproxy", "", &format!("http://127.0.0.1:{hello}/late")]).await;
+    let (status, body) = api.call(reqwest::Method::DELETE, "/api/sandboxes/late", None).await;
+    assert!(status == 200 || status == 204, "{status} {body}");
     let report = probes.finish().await;
+    assert_eq!(late, "hello", "a sandbox created while the tunnels are held reaches out");
     for run in ["attacker", "attacker2"] {
         api.run(run, &["touch", "/tmp/stop"]).await;
     }
