@@ -216,6 +216,7 @@ impl Connections {
 
     /// Counts a connection from `client`, or refuses it (see [`Connections`]).
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
+        let client = client_key(client);
         let mut by_client = self.by_client.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = by_client.get(&client).map_or(0, Vec::len);
         if mine >= self.per_client {
@@ -262,6 +263,19 @@ impl Connections {
     #[must_use]
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+/// The address a connection counts against: an IPv4 address (IPv4-mapped IPv6 ones included), or the
+/// /64 network of an IPv6 address, which one host usually holds whole.
+#[must_use]
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
     }
 }
 
@@ -327,6 +341,19 @@ mod tests {
         drop(other);
         assert_eq!(c.open(), 0);
         assert!(c.by_client.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(client_key("::ffff:10.0.0.1".parse().unwrap()), IpAddr::from([10, 0, 0, 1]));
+        let c = Arc::new(Connections::new(10, 1));
+        let held = c.admit(a).unwrap();
+        assert!(c.admit(b).is_none());
+        drop(held);
     }
 
     #[tokio::test]
