@@ -159,19 +159,58 @@ pub async fn read_agent_frame<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option
     Ok(Some(Frame { kind, id, payload }))
 }
 
+/// Most JSON elements (array items, object members) in a process list: parsed, an element costs
+/// tens of bytes however short its text, so the frame's byte limit alone would let a list cost the
+/// host several times its size.
+pub const MAX_LIST_ELEMENTS: usize = 256 * 1024;
+
 /// A payload from the agent that does not decode.
 #[derive(Debug, thiserror::Error)]
-#[error("the sandbox agent sent an invalid {what}: {source}")]
-pub struct DecodeError {
-    /// What was expected.
-    pub what: &'static str,
-    /// Why it did not parse.
-    #[source]
-    pub source: serde_json::Error,
+pub enum DecodeError {
+    /// Not a message of the expected shape.
+    #[error("the sandbox agent sent an invalid {what}: {source}")]
+    Invalid {
+        /// What was expected.
+        what: &'static str,
+        /// Why it did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// More elements than the message may hold (refused before parsing).
+    #[error("the sandbox agent sent a {what} of more than {max} elements")]
+    TooManyElements {
+        /// What was expected.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
 }
 
 fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u8]) -> Result<T, DecodeError> {
-    serde_json::from_slice(payload).map_err(|source| DecodeError { what, source })
+    serde_json::from_slice(payload).map_err(|source| DecodeError::Invalid { what, source })
+}
+
+/// How many elements JSON text holds at least: commas, colons and opening brackets outside strings.
+/// One pass, no allocation.
+#[must_use]
+pub fn json_elements(bytes: &[u8]) -> usize {
+    let (mut count, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b',' | b':' | b'[' | b'{') {
+            count += 1;
+        }
+    }
+    count
 }
 
 /// `text` cut to [`MAX_MESSAGE`] bytes on a character boundary, with a mark when cut.
@@ -224,11 +263,14 @@ pub fn decode_failure(payload: &[u8]) -> Failure {
     }
 }
 
-/// Decodes a process list.
+/// Decodes a process list of at most [`MAX_LIST_ELEMENTS`] elements.
 ///
 /// # Errors
-/// When it is not one.
+/// When it is not one, or too large (refused before parsing).
 pub fn decode_proc_list(payload: &[u8]) -> Result<ProcList, DecodeError> {
+    if json_elements(payload) > MAX_LIST_ELEMENTS {
+        return Err(DecodeError::TooManyElements { what: "process list", max: MAX_LIST_ELEMENTS });
+    }
     decode("process list", payload)
 }
 

@@ -150,6 +150,19 @@ proptest! {
 }
 
 #[test]
+fn a_dense_process_list_is_refused_before_parsing() {
+    let argv = vec![String::new(); proto::MAX_LIST_ELEMENTS + 1];
+    let list =
+        serde_json::json!({"procs": [{"id": 1, "pid": 2, "argv": argv, "exit_code": null, "output_path": null}]});
+    let bytes = serde_json::to_vec(&list).unwrap();
+    assert!(bytes.len() < MAX_FRAME, "it fits in a frame");
+    let (decoded, largest) = largest_allocation(|| proto::decode_proc_list(&bytes));
+    assert!(matches!(decoded, Err(proto::DecodeError::TooManyElements { .. })), "{decoded:?}");
+    assert!(largest < 64 * 1024, "refused without parsing: {largest}");
+    assert_eq!(proto::json_elements(br#"{"a,[":[1,2],"b":{}}"#), 7);
+}
+
+#[test]
 fn the_1_tib_header_and_a_stream_cut_inside_a_frame_are_refused() {
     let mut bytes = header(Kind::Stdout as u8, 1, u32::MAX);
     bytes.extend_from_slice(&[0; HEADER]);
