@@ -138,8 +138,11 @@ fn driver_main() -> i32 {
         };
         let mut driver = Driver::default();
         loop {
-            let Ok((conn, _)) = listener.accept().await else { continue };
-            driver.serve(conn).await;
+            match listener.accept().await {
+                Ok((conn, _)) => driver.serve(conn).await,
+                // Out of descriptors or memory: wait instead of spinning; calls fail meanwhile.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     })
 }
