@@ -54,6 +54,8 @@ pub struct FdBudget {
     pub reserve: usize,
     /// Most REST connections at once.
     pub rest_connections: usize,
+    /// Most REST connections from one client address: at most half of `rest_connections`.
+    pub rest_connections_per_client: usize,
     /// Descriptors the egress proxies of all sandboxes may hold together.
     pub proxy_fds: usize,
     /// Descriptors one sandbox's proxy may hold.
@@ -73,12 +75,14 @@ impl FdBudget {
         }
         let percent = usize::try_from(limits.proxy_fd_percent.min(100)).unwrap_or(100);
         let proxy_fds = left / 100 * percent + left % 100 * percent / 100;
+        let rest_connections = limits.max_connections.min(left - proxy_fds).max(1);
         Ok(Self {
             soft_before,
             limit,
             hard,
             reserve: limits.fd_reserve,
-            rest_connections: limits.max_connections.min(left - proxy_fds).max(1),
+            rest_connections,
+            rest_connections_per_client: limits.max_connections_per_client.min(rest_connections / 2).max(1),
             proxy_fds,
             // One sandbox never holds more than half of the proxies' budget, so that others still get in.
             proxy_fds_per_sandbox: limits.max_proxy_fds_per_sandbox.min(proxy_fds / 2).max(1),
@@ -98,6 +102,7 @@ impl FdBudget {
             hard,
             reserve = budget.reserve,
             rest_connections = budget.rest_connections,
+            rest_connections_per_client = budget.rest_connections_per_client,
             proxy_fds = budget.proxy_fds,
             proxy_fds_per_sandbox = budget.proxy_fds_per_sandbox,
             "file descriptor budget"
@@ -323,8 +328,12 @@ mod tests {
         let limits = Limits::default();
         let b = FdBudget::plan(1024, 1024, 1024, &limits).unwrap();
         assert_eq!((b.reserve, b.proxy_fds, b.rest_connections, b.proxy_fds_per_sandbox), (256, 384, 384, 192));
+        assert_eq!(b.rest_connections_per_client, 192);
         let big = FdBudget::plan(1024, 524_288, 524_288, &limits).unwrap();
-        assert_eq!((big.rest_connections, big.proxy_fds_per_sandbox), (1024, 1024));
+        assert_eq!(
+            (big.rest_connections, big.rest_connections_per_client, big.proxy_fds_per_sandbox),
+            (1024, 256, 1024)
+        );
         let err = FdBudget::plan(256, 256, 256, &limits).unwrap_err().to_string();
         assert!(err.contains("limits.fd_reserve") && err.contains("ulimit -n"), "{err}");
     }

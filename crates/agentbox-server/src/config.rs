@@ -64,7 +64,9 @@ pub struct Limits {
     /// Most open connections; further ones wait to be accepted. The server lowers it to its share
     /// of the file-descriptor budget when that is smaller (see `fd_reserve`, `proxy_fd_percent`).
     pub max_connections: usize,
-    /// Most open connections from one client address; further ones are closed at once.
+    /// Most open connections from one client address (at most half of the connection budget);
+    /// further ones are closed at once. One orchestrator driving every sandbox (streams included)
+    /// needs a few per sandbox.
     pub max_connections_per_client: usize,
     /// File descriptors kept out of every connection budget, for the registry, sandbox control
     /// (pipes, pidfds, cgroup and namespace files), logs and name lookups.
@@ -125,7 +127,7 @@ impl Default for Limits {
             max_header_bytes: 16 << 10,
             max_headers: 64,
             max_connections: 1024,
-            max_connections_per_client: 64,
+            max_connections_per_client: 256,
             fd_reserve: 256,
             proxy_fd_percent: 50,
             max_proxy_fds_per_sandbox: 1024,

@@ -108,7 +108,7 @@ impl Server {
         let fds = budget::FdBudget::establish(&config.limits).map_err(|e| ServerError::Config(e.to_string()))?;
         fds.apply(&config.limits);
         let connections =
-            Arc::new(budget::Connections::new(fds.rest_connections, config.limits.max_connections_per_client));
+            Arc::new(budget::Connections::new(fds.rest_connections, fds.rest_connections_per_client));
         let manager = SandboxManager::new(backend, config.manager_config());
         let lifecycle = lifecycle::Lifecycle::new(manager.clone(), registry);
         let recovery = lifecycle.recover().await?;
