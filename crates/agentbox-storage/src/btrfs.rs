@@ -10,6 +10,8 @@ const BTRFS_IOC_INO_LOOKUP: libc::c_ulong = 0xd000_9412;
 const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941f;
 const BTRFS_IOC_QGROUP_CREATE: libc::c_ulong = 0x4010_942a;
 const BTRFS_IOC_QGROUP_LIMIT: libc::c_ulong = 0x8030_942b;
+const BTRFS_IOC_SNAP_CREATE_V2: libc::c_ulong = 0x5000_9417;
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
 const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1;
 
@@ -18,6 +20,16 @@ const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1;
 struct VolArgs {
     fd: i64,
     name: [u8; 4088],
+}
+
+/// `struct btrfs_ioctl_vol_args_v2`.
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; 4040],
 }
 
 /// `struct btrfs_ioctl_ino_lookup_args`.
@@ -69,6 +81,33 @@ fn vol_args(name: &CStr) -> io::Result<Box<VolArgs>> {
 pub fn create_subvolume(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     let mut args = vol_args(name)?;
     ioctl(parent, BTRFS_IOC_SUBVOL_CREATE, &mut *args)
+}
+
+/// Whether a snapshot can be written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snap {
+    /// Read-only: a point-in-time copy nothing changes.
+    ReadOnly,
+    /// Writable: a new layer starting from the source's contents.
+    Writable,
+}
+
+/// Snapshots the subvolume `source` as `name` in the directory `parent`: atomic, and sharing every extent with
+/// the source until either side changes it.
+pub fn snapshot(source: BorrowedFd<'_>, parent: BorrowedFd<'_>, name: &CStr, kind: Snap) -> io::Result<()> {
+    let bytes = name.to_bytes();
+    if bytes.is_empty() || bytes.len() >= 4040 || bytes.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut args = Box::new(VolArgsV2 {
+        fd: i64::from(source.as_raw_fd()),
+        transid: 0,
+        flags: if kind == Snap::ReadOnly { BTRFS_SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; 4040],
+    });
+    args.name[..bytes.len()].copy_from_slice(bytes);
+    ioctl(parent, BTRFS_IOC_SNAP_CREATE_V2, &mut *args)
 }
 
 /// Deletes subvolume `name` in the directory `parent`, with everything in it.

@@ -35,6 +35,17 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    /// A snapshot of that name exists already.
+    #[error("a snapshot named {0:?} exists already; pick another name or delete it first")]
+    Exists(String),
+    /// No snapshot or layer of that name.
+    #[error("no {what} named {name:?}")]
+    NotFound {
+        /// "snapshot" or "layer".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
     /// A layer name is not a single safe path component.
     #[error("invalid layer name {0:?}")]
     InvalidName(String),

@@ -30,9 +30,9 @@ pub struct Usage {
 /// A sandbox's writable subvolume on the pool. Its `home` directory is what the sandbox sees as its home.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
-    name: String,
-    dir: PathBuf,
-    id: u64,
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) id: u64,
 }
 
 impl Layer {
@@ -55,7 +55,7 @@ impl Layer {
     }
 }
 
-fn check_name(name: &str) -> Result<CString, StorageError> {
+pub(crate) fn check_name(name: &str) -> Result<CString, StorageError> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name != "."
@@ -67,7 +67,7 @@ fn check_name(name: &str) -> Result<CString, StorageError> {
     CString::new(name).map_err(|_| StorageError::InvalidName(name.to_owned()))
 }
 
-fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open(2) of a host path we built, as a directory, not following a final link.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };

@@ -17,7 +17,9 @@ mod btrfs;
 mod error;
 mod layer;
 mod pool;
+mod snapshot;
 
 pub use error::StorageError;
 pub use layer::{Layer, LayerLimits, Usage};
 pub use pool::{Pool, PoolConfig, PoolKind};
+pub use snapshot::SnapshotRecord;

@@ -47,6 +47,9 @@ pub struct Pool {
     pub(crate) layers: PathBuf,
     /// The layers directory, held: subvolumes are made and deleted relative to it.
     pub(crate) layers_fd: std::os::fd::OwnedFd,
+    /// Where read-only snapshots live, and the directory held.
+    pub(crate) snapshots: PathBuf,
+    pub(crate) snapshots_fd: std::os::fd::OwnedFd,
     /// `/sys/fs/btrfs/<fsid>/qgroups`, where usage is read.
     pub(crate) qgroups: PathBuf,
     kind: PoolKind,
@@ -107,6 +110,15 @@ impl Pool {
             .map_err(StorageError::io("creating the layers directory", &layers))?;
         fs::set_permissions(&layers, fs::Permissions::from_mode(0o711))
             .map_err(StorageError::io("setting the layers directory's mode", &layers))?;
+        let snapshots = root.join("snapshots");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&snapshots)
+            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+            .map_err(StorageError::io("creating the snapshots directory", &snapshots))?;
+        let snapshots_fd = std::os::fd::OwnedFd::from(
+            fs::File::open(&snapshots).map_err(StorageError::io("opening the snapshots directory", &snapshots))?,
+        );
         let layers_fd = fs::File::open(&layers).map_err(StorageError::io("opening the layers directory", &layers))?;
         let layers_fd = std::os::fd::OwnedFd::from(layers_fd);
         let fsid = btrfs::fsid(std::os::fd::AsFd::as_fd(&layers_fd))
@@ -117,7 +129,7 @@ impl Pool {
             run(Command::new("btrfs").args(["quota", "enable"]).arg(&root), "btrfs", &root, "btrfs-progs")?;
         }
         drop(lock);
-        Ok(Self { layers, layers_fd, qgroups, kind })
+        Ok(Self { layers, layers_fd, snapshots, snapshots_fd, qgroups, kind })
     }
 
     /// What the pool is made of.

@@ -104,3 +104,44 @@ fn names_are_single_safe_components() {
         assert!(matches!(r, Err(StorageError::InvalidName(_))), "{bad:?}: {r:?}");
     }
 }
+
+#[test]
+fn snapshots_are_point_in_time_and_forks_are_independent() {
+    let t = TestPool::new();
+    let owner = Owner { uid: 1000, gid: 1000 };
+    let limits = LayerLimits { bytes: 64 << 20 };
+    let a = t.pool.create_layer("sb-a", limits, owner).unwrap();
+    std::fs::write(a.home().join("note"), "before").unwrap();
+    let snap = t.pool.snapshot_layer(&a, "snap-1").unwrap();
+    assert!(matches!(t.pool.snapshot_layer(&a, "snap-1"), Err(StorageError::Exists(_))));
+    std::fs::write(a.home().join("note"), "after").unwrap();
+
+    // The snapshot holds the moment it was taken, read-only.
+    let snap_note = t.dir.path().join("pool/snapshots/snap-1/home/note");
+    assert_eq!(std::fs::read_to_string(&snap_note).unwrap(), "before");
+    assert!(std::fs::write(&snap_note, "x").is_err(), "a snapshot is writable");
+
+    // A fork starts from the snapshot, under its own quota, and changes in one don't show in the other.
+    let b = t.pool.layer_from_snapshot("snap-1", "sb-b", limits).unwrap();
+    assert_ne!(b.id(), a.id());
+    assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "before");
+    std::fs::write(b.home().join("note"), "fork").unwrap();
+    assert_eq!(std::fs::read_to_string(a.home().join("note")).unwrap(), "after");
+    assert_eq!(std::fs::read_to_string(&snap_note).unwrap(), "before");
+    // The fork keeps the owner of the files it was made from.
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(b.home()).unwrap().uid(), 1000);
+    assert!(write_as(1000, &b.home().join("big"), 96 << 20).is_err(), "the fork has no quota");
+
+    assert_eq!(t.pool.snapshots(), vec![snap.clone()]);
+    commit();
+    assert!(t.pool.snapshot_usage(&snap).unwrap().bytes > 0);
+    // Deleting the snapshot leaves the fork whole.
+    t.pool.remove_snapshot("snap-1").unwrap();
+    assert!(t.pool.snapshots().is_empty());
+    assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "fork");
+    assert!(matches!(t.pool.layer_from_snapshot("snap-1", "sb-c", limits), Err(StorageError::NotFound { .. })));
+    t.pool.remove_layer("sb-a").unwrap();
+    t.pool.remove_layer("sb-b").unwrap();
+    assert!(t.pool.layer_names().is_empty());
+}

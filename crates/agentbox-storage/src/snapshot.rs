@@ -1,0 +1,128 @@
+//! Snapshots: read-only, point-in-time copies of a layer, and new layers made from them (forks).
+//!
+//! A snapshot is a read-only btrfs snapshot of a layer's subvolume: atomic, taken in one ioctl whatever the
+//! layer holds, and sharing every extent with it until either side changes. Taken while the sandbox runs, it
+//! holds what was on disk at that instant (crash-consistent, like pulling the plug): data a program still
+//! buffers in its own memory is not in it, and neither is any process state.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::AsFd;
+use std::time::UNIX_EPOCH;
+
+use crate::btrfs::{self, Snap};
+use crate::layer::{check_name, open_dir};
+use crate::{Layer, LayerLimits, Pool, StorageError, Usage};
+
+/// A snapshot in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// Its name.
+    pub name: String,
+    /// Its subvolume id.
+    pub id: u64,
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+impl Pool {
+    /// Takes a read-only snapshot of `layer` named `name`.
+    ///
+    /// # Errors
+    /// An invalid or taken name, or the snapshot ioctl failing.
+    pub fn snapshot_layer(&self, layer: &Layer, name: &str) -> Result<SnapshotRecord, StorageError> {
+        let cname = check_name(name)?;
+        let path = self.snapshots.join(name);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(StorageError::Exists(name.to_owned()));
+        }
+        let source = open_dir(&layer.dir).map_err(StorageError::io("opening a layer", &layer.dir))?;
+        btrfs::snapshot(source.as_fd(), self.snapshots_fd.as_fd(), &cname, Snap::ReadOnly).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                StorageError::Exists(name.to_owned())
+            } else {
+                StorageError::io("taking a snapshot", &path)(e)
+            }
+        })?;
+        self.snapshot(name).ok_or_else(|| StorageError::NotFound { what: "snapshot", name: name.to_owned() })
+    }
+
+    /// The snapshot `name`, when it exists.
+    #[must_use]
+    pub fn snapshot(&self, name: &str) -> Option<SnapshotRecord> {
+        check_name(name).ok()?;
+        let path = self.snapshots.join(name);
+        let fd = open_dir(&path).ok()?;
+        let id = btrfs::subvolume_id(fd.as_fd()).ok()?;
+        let created_at_ms = fs::metadata(&path)
+            .and_then(|m| m.created().or_else(|_| m.modified()))
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        Some(SnapshotRecord { name: name.to_owned(), id, created_at_ms })
+    }
+
+    /// Every snapshot, by name.
+    #[must_use]
+    pub fn snapshots(&self) -> Vec<SnapshotRecord> {
+        let mut names: Vec<String> = fs::read_dir(&self.snapshots)
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.iter().filter_map(|n| self.snapshot(n)).collect()
+    }
+
+    /// What a snapshot references (shared extents included).
+    ///
+    /// # Errors
+    /// When its quota group can't be read.
+    pub fn snapshot_usage(&self, snapshot: &SnapshotRecord) -> Result<Usage, StorageError> {
+        let path = self.qgroups.join(format!("0_{}", snapshot.id)).join("referenced");
+        let text = fs::read_to_string(&path).map_err(StorageError::io("reading a snapshot's usage", &path))?;
+        Ok(Usage { bytes: text.trim().parse().unwrap_or(0) })
+    }
+
+    /// Deletes a snapshot (layers made from it keep their contents).
+    ///
+    /// # Errors
+    /// No such snapshot, or the deletion failing.
+    pub fn remove_snapshot(&self, name: &str) -> Result<(), StorageError> {
+        let cname = check_name(name)?;
+        let record =
+            self.snapshot(name).ok_or_else(|| StorageError::NotFound { what: "snapshot", name: name.to_owned() })?;
+        btrfs::delete_subvolume(self.snapshots_fd.as_fd(), &cname)
+            .map_err(StorageError::io("deleting a snapshot", self.snapshots.join(name)))?;
+        let _ = btrfs::remove_qgroup(self.snapshots_fd.as_fd(), record.id);
+        Ok(())
+    }
+
+    /// Makes the layer `name` as a writable snapshot of the snapshot `from`, under its own quota: instant, and
+    /// sharing extents with the snapshot until the new layer changes them.
+    ///
+    /// # Errors
+    /// No such snapshot, an invalid name, or the ioctls failing.
+    pub fn layer_from_snapshot(&self, from: &str, name: &str, limits: LayerLimits) -> Result<Layer, StorageError> {
+        let cname: CString = check_name(name)?;
+        check_name(from)?;
+        let source_path = self.snapshots.join(from);
+        let source =
+            open_dir(&source_path).map_err(|_| StorageError::NotFound { what: "snapshot", name: from.to_owned() })?;
+        let dir = self.layers.join(name);
+        if fs::symlink_metadata(&dir).is_ok() {
+            self.remove_layer(name)?;
+        }
+        btrfs::snapshot(source.as_fd(), self.layers_fd.as_fd(), &cname, Snap::Writable)
+            .map_err(StorageError::io("making a layer from a snapshot", &dir))?;
+        let made = (|| {
+            let fd = open_dir(&dir).map_err(StorageError::io("opening a layer", &dir))?;
+            let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
+            btrfs::limit(self.layers_fd.as_fd(), id, limits.bytes)
+                .map_err(StorageError::io("setting a layer's quota", &dir))?;
+            Ok(Layer { name: name.to_owned(), dir: dir.clone(), id })
+        })();
+        if made.is_err() {
+            let _ = self.remove_layer(name);
+        }
+        made
+    }
+}
