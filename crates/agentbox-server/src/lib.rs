@@ -107,8 +107,7 @@ impl Server {
         // Before anything opens descriptors or starts a proxy: raise the limit and hand out the budgets.
         let fds = budget::FdBudget::establish(&config.limits).map_err(|e| ServerError::Config(e.to_string()))?;
         fds.apply(&config.limits);
-        let connections =
-            Arc::new(budget::Connections::new(fds.rest_connections, fds.rest_connections_per_client));
+        let connections = Arc::new(budget::Connections::new(fds.rest_connections, fds.rest_connections_per_client));
         let manager = SandboxManager::new(backend, config.manager_config());
         let lifecycle = lifecycle::Lifecycle::new(manager.clone(), registry);
         let recovery = lifecycle.recover().await?;
