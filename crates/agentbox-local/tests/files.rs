@@ -70,13 +70,18 @@ async fn traversal_and_planted_symlinks_never_reach_the_host() {
     }
     // Writing through a planted link to a system path is refused; the host file is untouched.
     sb.sh("ln -s /usr/bin ~/bin").await;
-    assert!(b.write_file(id, "/home/user/bin/x", b"x".to_vec()).await.is_err());
+    let e = b.write_file(id, "/home/user/bin/x", b"x".to_vec()).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(m) if m.contains("read-only")), "{e:?}");
     // The agent's own views are not reachable through the API.
     sb.sh("ln -s /proc/1/environ ~/env; ln -s /.agentbox ~/agent").await;
-    assert!(b.read_file(id, "/home/user/env").await.is_err());
-    assert!(b.read_file(id, "/proc/self/environ").await.is_err());
-    assert!(b.write_file(id, "/home/user/agent/cg/cgroup.procs", b"1".to_vec()).await.is_err());
-    assert!(b.list_dir(id, "/.agentbox/cg").await.is_err());
+    let e = b.read_file(id, "/home/user/env").await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(_)), "/proc/1/environ through a link: {e:?}");
+    let e = b.read_file(id, "/proc/self/environ").await.unwrap_err();
+    assert!(matches!(&e, Error::NotFound(_)), "/proc/self/environ: {e:?}");
+    let e = b.write_file(id, "/home/user/agent/cg/cgroup.procs", b"1".to_vec()).await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(_)), "the agent's cgroup through a link: {e:?}");
+    let e = b.list_dir(id, "/.agentbox/cg").await.unwrap_err();
+    assert!(matches!(&e, Error::PermissionDenied(_)), "the agent's cgroup: {e:?}");
     // A link swapped for a directory between calls still resolves inside.
     sb.sh("rm ~/t && mkdir ~/t && echo inner > ~/t/f").await;
     assert_eq!(b.read_file(id, "/home/user/t/f").await.unwrap(), b"inner\n");
