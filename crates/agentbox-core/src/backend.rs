@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use crate::transfer::{FileStream, FileUpload};
 use crate::types::{
     CodeRequest, CreateRequest, ExecRequest, ExecStream, FileEntry, HealthStatus, ProcessInfo, SandboxId, SandboxInfo,
+    SnapshotInfo,
 };
 use crate::{Error, Result};
 
@@ -62,6 +63,24 @@ pub trait SandboxBackend: Send + Sync + 'static {
         let n = data.len() as u64;
         self.write_file(id, path, data).await?;
         Ok(n)
+    }
+
+    /// Takes a read-only snapshot of the sandbox's files named `name`, while it runs.
+    ///
+    /// The default says the backend can't.
+    async fn snapshot(&self, id: &SandboxId, name: &str) -> Result<SnapshotInfo> {
+        let _ = (id, name);
+        Err(Error::Unsupported(format!("the {} backend can't take snapshots", self.name())))
+    }
+
+    /// Every snapshot the backend holds.
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes a snapshot; sandboxes made from it keep their files.
+    async fn delete_snapshot(&self, name: &str) -> Result<()> {
+        Err(Error::NotFound(format!("snapshot {name}")))
     }
 
     /// Lists a directory.

@@ -24,7 +24,7 @@ pub use manager::{CreateOptions, ManagedSandbox, ManagerConfig, ManagerStats, Sa
 pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};
 pub use types::{
     CappedBuffer, CodeRequest, Command, CreateRequest, ExecEvent, ExecOutput, ExecRequest, ExecStream, ExitStatus,
-    FileEntry, FileKind, HealthStatus, Language, ProcessInfo, RunId, SandboxId, SandboxInfo, SandboxState,
+    FileEntry, FileKind, HealthStatus, Language, ProcessInfo, RunId, SandboxId, SandboxInfo, SandboxState, SnapshotInfo,
 };
 
 pub use agentbox_config as config;

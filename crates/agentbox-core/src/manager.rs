@@ -280,6 +280,7 @@ impl Inner {
         run_id: Option<&RunId>,
         preset: Option<Preset>,
         config: &SandboxConfig,
+        from_snapshot: Option<&str>,
     ) -> Result<SandboxInfo> {
         let mut metadata = BTreeMap::new();
         if let Some(r) = run_id {
@@ -288,7 +289,7 @@ impl Inner {
         if let Some(p) = preset {
             metadata.insert("preset".to_owned(), p.name().to_owned());
         }
-        let request = CreateRequest { config: config.clone(), metadata };
+        let request = CreateRequest { config: config.clone(), metadata, from_snapshot: from_snapshot.map(str::to_owned) };
         let info =
             tokio::time::timeout(config.startup_timeout, self.backend.create(request)).await.map_err(|_| {
                 Error::Timeout(format!(
@@ -338,7 +339,7 @@ impl Inner {
                     }
                     *st.pool_filling.entry(preset).or_default() += 1;
                 }
-                let made = self.create_sandbox(None, Some(preset), &preset.config()).await;
+                let made = self.create_sandbox(None, Some(preset), &preset.config(), None).await;
                 let orphan = {
                     let mut st = self.lock();
                     match made {
@@ -470,7 +471,7 @@ impl Inner {
             }
             st.recreating += 1;
         }
-        let made = self.create_sandbox(Some(run_id), preset, config).await;
+        let made = self.create_sandbox(Some(run_id), preset, config, None).await;
         let result = match made {
             Ok(fresh) => {
                 let swapped = {
@@ -600,6 +601,61 @@ impl SandboxManager {
     /// [`Error::InvalidConfig`] listing every problem, [`Error::Conflict`] when the run exists with
     /// another config, [`Error::LimitExceeded`] at `max_sandboxes`, or the backend's error.
     pub async fn get_or_create(&self, run_id: &RunId, options: CreateOptions) -> Result<(ManagedSandbox, bool)> {
+        self.get_or_create_from(run_id, options, None).await
+    }
+
+    /// Creates the run's sandbox from a snapshot's files (a fork): its own sandbox, quota and storage, starting
+    /// with what the snapshot holds. The run must not exist yet.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the run exists, [`Error::NotFound`] for an unknown snapshot, as
+    /// [`get_or_create`](Self::get_or_create) otherwise, and [`Error::Unsupported`] on backends without snapshots.
+    pub async fn create_from_snapshot(
+        &self,
+        run_id: &RunId,
+        snapshot: &str,
+        options: CreateOptions,
+    ) -> Result<ManagedSandbox> {
+        let (sandbox, created) = self.get_or_create_from(run_id, options, Some(snapshot.to_owned())).await?;
+        if created {
+            Ok(sandbox)
+        } else {
+            Err(Error::Conflict(format!(
+                "run {run_id} already has a sandbox; fork into a new run_id, or destroy this one first"
+            )))
+        }
+    }
+
+    /// Takes a read-only snapshot of the run's files named `name`.
+    ///
+    /// # Errors
+    /// Unknown run, a taken name, or the backend's error.
+    pub async fn snapshot(&self, run_id: &RunId, name: &str) -> Result<crate::SnapshotInfo> {
+        self.with_sandbox(run_id, |b, id| async move { b.snapshot(&id, name).await }).await
+    }
+
+    /// Every snapshot the backend holds.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn list_snapshots(&self) -> Result<Vec<crate::SnapshotInfo>> {
+        self.inner.backend.list_snapshots().await
+    }
+
+    /// Deletes a snapshot.
+    ///
+    /// # Errors
+    /// Unknown snapshot, or the backend's error.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<()> {
+        self.inner.backend.delete_snapshot(name).await
+    }
+
+    async fn get_or_create_from(
+        &self,
+        run_id: &RunId,
+        options: CreateOptions,
+        from_snapshot: Option<String>,
+    ) -> Result<(ManagedSandbox, bool)> {
         let config = options.effective_config();
         config.validate()?;
         loop {
@@ -648,11 +704,12 @@ impl SandboxManager {
         let run = run_id.clone();
         let preset = options.preset;
         let task = tokio::spawn(async move {
-            let pooled = inner.take_from_pool(preset, &config);
+            // A fork starts from its snapshot: never a pooled sandbox.
+            let pooled = if from_snapshot.is_some() { None } else { inner.take_from_pool(preset, &config) };
             let from_pool = pooled.is_some();
             let made = match pooled {
                 Some(info) => Ok(info),
-                None => inner.create_sandbox(Some(&run), preset, &config).await,
+                None => inner.create_sandbox(Some(&run), preset, &config, from_snapshot.as_deref()).await,
             };
             if from_pool {
                 inner.bump(POOL_HITS);

@@ -106,13 +106,15 @@ pub struct CreateRequest {
     pub config: SandboxConfig,
     /// Labels stored with the sandbox (the manager stores `run_id` and `preset` here).
     pub metadata: BTreeMap<String, String>,
+    /// Start from this snapshot's files (a fork) instead of an empty home. Backends without snapshots refuse it.
+    pub from_snapshot: Option<String>,
 }
 
 impl CreateRequest {
     /// A request for `config` with no metadata.
     #[must_use]
     pub fn new(config: SandboxConfig) -> Self {
-        Self { config, metadata: BTreeMap::new() }
+        Self { config, metadata: BTreeMap::new(), from_snapshot: None }
     }
 
     /// A request for a preset's configuration.
@@ -120,6 +122,18 @@ impl CreateRequest {
     pub fn preset(preset: Preset) -> Self {
         Self::new(preset.config())
     }
+}
+
+/// A named, read-only, point-in-time copy of a sandbox's files (its home), taken while it runs. Process memory
+/// is not part of it. A new sandbox can start from it (a fork).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Its name, unique in the backend.
+    pub name: String,
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Bytes it references (shared with the sandbox it came from until either changes).
+    pub size_bytes: u64,
 }
 
 /// A sandbox as a backend reports it.

@@ -359,6 +359,11 @@ impl Inner {
     }
 
     async fn create(&self, request: CreateRequest) -> Result<SandboxInfo> {
+        if let Some(snapshot) = &request.from_snapshot {
+            return Err(Error::Unsupported(format!(
+                "the e2b backend can't start a sandbox from the snapshot {snapshot:?}: agentbox snapshots are local"
+            )));
+        }
         let config = &request.config;
         let plan = network_plan(&config.network)?;
         let template = self.config.templates.for_preset(request.metadata.get("preset").map(String::as_str)).to_owned();

@@ -11,6 +11,7 @@ use agentbox_config::{CleanupPolicy, NetworkConfig, PackageSpec, SandboxConfig, 
 use agentbox_core::{
     CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, FileStream,
     FileUpload, HealthStatus, Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
+    SnapshotInfo,
 };
 use agentbox_hostfs::{Owner, Root};
 use agentbox_metrics::SandboxMetrics;
@@ -224,6 +225,28 @@ fn random_id() -> String {
 
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+/// Maps a storage error to the core error a caller acts on.
+#[allow(clippy::needless_pass_by_value)] // used as a map_err adaptor
+fn storage_err(e: agentbox_storage::StorageError) -> Error {
+    use agentbox_storage::StorageError as S;
+    match e {
+        S::Exists(_) => Error::Conflict(e.to_string()),
+        S::NotFound { what, name } => Error::NotFound(format!("{what} {name}")),
+        S::InvalidName(name) => Error::InvalidRequest(format!(
+            "{name:?} is not a valid name: use letters, digits, '.', '_' and '-' (at most 200)"
+        )),
+        e => Error::Backend(format!("sandbox storage: {e}")),
+    }
+}
+
+fn snapshot_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRecord) -> SnapshotInfo {
+    SnapshotInfo {
+        name: r.name.clone(),
+        created_at_ms: r.created_at_ms,
+        size_bytes: pool.snapshot_usage(r).map_or(0, |u| u.bytes),
+    }
 }
 
 fn backend_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -534,13 +557,24 @@ impl LocalBackend {
             let name = self.cgroup_name(&id);
             let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
             let run_as = config.security.run_as.clone();
+            let from = request.from_snapshot.clone();
             async move {
-                let Some(pool) = pool else { return Ok(None) };
+                let Some(pool) = pool else {
+                    return match from {
+                        Some(_) => Err(Error::Unsupported(
+                            "sandboxes can start from a snapshot only with disk-backed storage (see the backend's limitations)".into(),
+                        )),
+                        None => Ok(None),
+                    };
+                };
                 let owner = Owner { uid: run_as.uid, gid: run_as.gid };
-                tokio::task::spawn_blocking(move || pool.create_layer(&name, limits, owner).map(Some))
-                    .await
-                    .map_err(|e| backend_err("storage task", e))?
-                    .map_err(|e| backend_err("creating the sandbox's disk storage", e))
+                tokio::task::spawn_blocking(move || match from {
+                    Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits).map(Some),
+                    None => pool.create_layer(&name, limits, owner).map(Some),
+                })
+                .await
+                .map_err(|e| backend_err("storage task", e))?
+                .map_err(storage_err)
             }
         };
         let (cgroup, init, layer) = tokio::join!(make_cgroup, start_init, make_layer);
@@ -1169,6 +1203,39 @@ impl SandboxBackend for LocalBackend {
     async fn install_packages(&self, id: &SandboxId, packages: Vec<PackageSpec>) -> Result<()> {
         let sb = self.get(id)?;
         crate::net::install::install(self, id, &sb.net, &sb.config.environment_variables, &packages).await
+    }
+
+    async fn snapshot(&self, id: &SandboxId, name: &str) -> Result<SnapshotInfo> {
+        let sb = self.get(id)?;
+        let (Some(pool), Some(layer)) = (self.inner.pool.clone(), sb.layer.clone()) else {
+            return Err(Error::Unsupported(
+                "snapshots need disk-backed storage, which this backend runs without (see its limitations)".into(),
+            ));
+        };
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let record = pool.snapshot_layer(&layer, &name).map_err(storage_err)?;
+            Ok(snapshot_info(&pool, &record))
+        })
+        .await
+        .map_err(|e| backend_err("storage task", e))?
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let Some(pool) = self.inner.pool.clone() else { return Ok(Vec::new()) };
+        tokio::task::spawn_blocking(move || pool.snapshots().iter().map(|r| snapshot_info(&pool, r)).collect())
+            .await
+            .map_err(|e| backend_err("storage task", e))
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> Result<()> {
+        let Some(pool) = self.inner.pool.clone() else {
+            return Err(Error::NotFound(format!("snapshot {name}")));
+        };
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || pool.remove_snapshot(&name).map_err(storage_err))
+            .await
+            .map_err(|e| backend_err("storage task", e))?
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<()> {

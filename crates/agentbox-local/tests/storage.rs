@@ -66,3 +66,55 @@ async fn a_sandbox_cannot_make_a_subvolume_outside_its_quota() {
     assert!(!sb.sh("ls /home/user").await.stdout.contains("sub"));
     sb.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_forks_of_a_running_sandbox() {
+    use agentbox_core::{CreateRequest, Error};
+    let sb = Sandbox::new().await;
+    let name = format!("snap-{}", sb.id);
+    sb.sh("echo before > /home/user/note && mkdir -p /home/user/proj && echo code > /home/user/proj/main.py").await;
+    let snap = sb.backend.snapshot(&sb.id, &name).await.unwrap();
+    assert_eq!(snap.name, name);
+    assert!(matches!(sb.backend.snapshot(&sb.id, &name).await, Err(Error::Conflict(_))));
+    assert!(matches!(sb.backend.snapshot(&sb.id, "../escape").await, Err(Error::InvalidRequest(_))));
+    sb.sh("echo after > /home/user/note").await;
+    assert!(sb.backend.list_snapshots().await.unwrap().iter().any(|s| s.name == name));
+
+    // A fork starts from the snapshot and is independent of the original.
+    let fork = sb
+        .backend
+        .create(CreateRequest { from_snapshot: Some(name.clone()), ..CreateRequest::default() })
+        .await
+        .unwrap();
+    let out = sb
+        .backend
+        .exec(
+            &fork.id,
+            agentbox_core::ExecRequest::shell(
+                "cat /home/user/note /home/user/proj/main.py; echo fork > /home/user/note; id -un",
+            ),
+        )
+        .await
+        .unwrap()
+        .collect(1 << 16)
+        .await;
+    assert_eq!(out.stdout, "before\ncode\nuser\n", "{out:?}");
+    assert_eq!(sb.sh("cat /home/user/note").await.stdout, "after\n");
+    // Deleting the snapshot leaves the fork whole; an unknown snapshot is not found.
+    sb.backend.delete_snapshot(&name).await.unwrap();
+    let out = sb
+        .backend
+        .exec(&fork.id, agentbox_core::ExecRequest::shell("cat /home/user/note"))
+        .await
+        .unwrap()
+        .collect(1 << 16)
+        .await;
+    assert_eq!(out.stdout, "fork\n");
+    assert!(matches!(sb.backend.delete_snapshot(&name).await, Err(Error::NotFound(_))));
+    let missing =
+        sb.backend.create(CreateRequest { from_snapshot: Some(name.clone()), ..CreateRequest::default() }).await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    sb.backend.destroy(&fork.id).await.unwrap();
+    assert!(layers_of(fork.id.as_str()).is_empty());
+    sb.destroy().await;
+}
