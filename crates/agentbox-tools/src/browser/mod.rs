@@ -125,10 +125,21 @@ impl Default for BrowserConfig {
 /// One sandbox's browser driver, and why the previous one went away.
 #[derive(Debug, Default)]
 struct Slot {
-    /// The driver's pid inside the sandbox.
-    driver: Option<u32>,
+    driver: Option<DriverProcess>,
     lost: Option<String>,
 }
+
+/// A driver running in a sandbox.
+#[derive(Debug, Clone)]
+struct DriverProcess {
+    /// Its pid inside the sandbox.
+    pid: u32,
+    /// The file inside the sandbox receiving its output.
+    log: Option<String>,
+}
+
+/// Bytes of a failed driver's output shown in an error.
+const DRIVER_LOG_TAIL: usize = 1024;
 
 /// How long a client waits for a driver just started to open its socket.
 const DRIVER_START: Duration = Duration::from_secs(10);
@@ -257,8 +268,8 @@ impl BrowserTool {
         let mut reply = self.call_driver(sb, &request, fresh).await;
         if matches!(reply, Err(CallError::NoDriver(_))) {
             // The driver stopped between calls (nothing was sent): start a new one and send the call to it.
-            if let Some(pid) = slot.driver.take() {
-                kill(sb, pid).await;
+            if let Some(d) = slot.driver.take() {
+                kill(sb, d.pid).await;
             }
             slot.driver = Some(self.start_driver(sb).await?);
             restarted = Some("its driver inside the sandbox had stopped".into());
@@ -282,24 +293,30 @@ impl BrowserTool {
             }
             Ok(Err(e)) => Err(BrowserError::Reported(e.kind, e.message)),
             Err(e) => {
-                if let Some(pid) = slot.driver.take() {
-                    kill(sb, pid).await;
+                let mut output = String::new();
+                if let Some(d) = slot.driver.take() {
+                    kill(sb, d.pid).await;
+                    if let Some(log) = &d.log {
+                        output = log_tail(sb, log).await;
+                    }
                 }
                 slot.lost = Some("its driver inside the sandbox failed during the previous call".into());
+                let output = if output.is_empty() { String::new() } else { format!(" Its last output: {output}.") };
                 Err(BrowserError::Gone(format!(
-                    "the browser driver inside the sandbox failed during this call: {e}. It was stopped; the next \
-                     browser call starts a new one"
+                    "the browser driver inside the sandbox failed during this call: {e}.{output} It was stopped; the \
+                     next browser call starts a new one"
                 )))
             }
         }
     }
 
-    /// Starts the driver in the sandbox; returns its pid there.
-    async fn start_driver(&self, sb: &Sandbox<'_>) -> BrowserResult<u32> {
+    /// Starts the driver in the sandbox.
+    async fn start_driver(&self, sb: &Sandbox<'_>) -> BrowserResult<DriverProcess> {
         let mut request = ExecRequest::argv([SELF_PROGRAM, "agentbox-browser-driver"]);
         request.env.insert(driver::HELPER_ENV.into(), driver::DRIVER.into());
         request.env.insert(driver::SOCKET_ENV.into(), driver::socket_name(&self.config));
-        Ok(sb.spawn_background(request).await?.pid)
+        let p = sb.spawn_background(request).await?;
+        Ok(DriverProcess { pid: p.pid, log: p.output_path })
     }
 
     /// Sends one request through a client execution and reads the reply, at most [`Limits::reply_bytes`].
@@ -386,6 +403,23 @@ enum CallError {
     /// The client or the driver failed.
     #[error("{0}")]
     Transport(String),
+}
+
+/// The end of a driver's output file, read through `tail` with its output capped (the file is the
+/// sandbox's to grow).
+async fn log_tail(sb: &Sandbox<'_>, log: &str) -> String {
+    let request = ExecRequest {
+        timeout: Some(Duration::from_secs(10)),
+        ..ExecRequest::argv(["tail", "-c", &DRIVER_LOG_TAIL.to_string(), log])
+    };
+    let Ok(stream) = sb.exec(request).await else { return String::new() };
+    let out = stream.collect(2 * DRIVER_LOG_TAIL).await;
+    if out.exit_code != 0 {
+        return String::new();
+    }
+    let lines: Vec<&str> =
+        out.stdout.lines().filter(|l| !l.contains("RUST_BACKTRACE") && !l.trim().is_empty()).collect();
+    lines.join("\n")
 }
 
 /// Kills the driver's process tree (Chromium with it); a process already gone is not an error.
