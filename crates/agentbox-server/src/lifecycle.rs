@@ -72,6 +72,20 @@ impl Lifecycle {
     /// # Errors
     /// As [`SandboxManager::get_or_create`], or a registry failure.
     pub async fn create(&self, run: &RunId, options: CreateOptions) -> agentbox_core::Result<(ManagedSandbox, bool)> {
+        self.create_from(run, options, None).await
+    }
+
+    /// Creates the run's sandbox, from a snapshot's files when `from_snapshot` names one (a fork, for a run
+    /// that must not exist yet), journaling it as [`create`](Self::create) does.
+    ///
+    /// # Errors
+    /// As the manager's `get_or_create` and `create_from_snapshot`, or a registry failure.
+    pub async fn create_from(
+        &self,
+        run: &RunId,
+        options: CreateOptions,
+        from_snapshot: Option<&str>,
+    ) -> agentbox_core::Result<(ManagedSandbox, bool)> {
         let journaled = {
             let _j = self.journal.lock().await;
             if self.manager.get(run).is_ok() {
@@ -92,7 +106,10 @@ impl Lifecycle {
                 true
             }
         };
-        let result = self.manager.get_or_create(run, options).await;
+        let result = match from_snapshot {
+            Some(snapshot) => self.manager.create_from_snapshot(run, snapshot, options).await.map(|s| (s, true)),
+            None => self.manager.get_or_create(run, options).await,
+        };
         let _j = self.journal.lock().await;
         match &result {
             Ok((sandbox, _)) => {

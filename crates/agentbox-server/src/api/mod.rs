@@ -7,6 +7,7 @@ pub mod extract;
 pub mod files;
 pub mod network;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod system;
 pub mod tools;
 pub mod types;
@@ -108,6 +109,7 @@ impl Modify for Security {
         (name = "sandboxes", description = "Sandbox lifecycle"),
         (name = "execution", description = "Commands and code"),
         (name = "files", description = "Files inside a sandbox"),
+        (name = "snapshots", description = "Point-in-time copies of a sandbox's files, and forks from them"),
         (name = "tools", description = "Agent tools: shell, code, files, web search, browser"),
         (name = "server", description = "Liveness and metrics"),
     )
@@ -306,6 +308,9 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::sandbox_health))
         .routes(routes!(files::list_files))
         .routes(routes!(network::set_network))
+        .routes(routes!(snapshots::create_snapshot))
+        .routes(routes!(snapshots::list_snapshots))
+        .routes(routes!(snapshots::delete_snapshot))
         .routes(routes!(tools::list_tools))
         .routes(routes!(system::prometheus))
         .route_layer(from_fn_with_state(state.clone(), request_timeout));

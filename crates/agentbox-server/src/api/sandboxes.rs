@@ -35,7 +35,11 @@ pub async fn create_sandbox(
     }
     let options = body.to_options()?;
     let limit = state.limits.create_timeout;
-    let (sandbox, created) = tokio::time::timeout(limit, state.lifecycle.create(&run, options))
+    if let Some(name) = &body.from_snapshot {
+        super::snapshots::check_name(name)?;
+    }
+    let create = state.lifecycle.create_from(&run, options, body.from_snapshot.as_deref());
+    let (sandbox, created) = tokio::time::timeout(limit, create)
         .await
         .map_err(|_| ApiError::timeout("creating the sandbox", limit))?
         .map_err(create_error)?;

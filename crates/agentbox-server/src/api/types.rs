@@ -100,6 +100,39 @@ enum PresetDoc {
     Browser,
 }
 
+/// `POST /api/sandboxes/{run_id}/snapshots`: the snapshot to take.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Its name, unique on the server.
+    #[schema(pattern = r"^[A-Za-z0-9._\-]{1,200}$", min_length = 1, max_length = 200, example = "before-refactor")]
+    pub name: String,
+}
+
+/// A named, read-only, point-in-time copy of a sandbox's files (its home), without process memory.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotView {
+    /// Its name.
+    pub name: String,
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Bytes it references (shared with the sandbox it came from until either changes them).
+    pub size_bytes: u64,
+}
+
+impl From<agentbox_core::SnapshotInfo> for SnapshotView {
+    fn from(s: agentbox_core::SnapshotInfo) -> Self {
+        Self { name: s.name, created_at_ms: s.created_at_ms, size_bytes: s.size_bytes }
+    }
+}
+
+/// `GET /api/snapshots`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotList {
+    /// Every snapshot, by name.
+    pub snapshots: Vec<SnapshotView>,
+}
+
 /// `POST /api/sandboxes/create`: a run's sandbox, from a preset with optional overrides.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +181,10 @@ pub struct CreateSandboxRequest {
     #[serde(default, deserialize_with = "present_u64")]
     #[schema(nullable = false, minimum = 1024, maximum = 1073741824)]
     pub max_output_bytes: Option<u64>,
+    /// Start from this snapshot's files (a fork of the sandbox it was taken from). The run must be new.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, pattern = r"^[A-Za-z0-9._\-]{1,200}$", example = "before-refactor")]
+    pub from_snapshot: Option<String>,
 }
 
 impl CreateSandboxRequest {

@@ -1,0 +1,93 @@
+//! Snapshot routes: take one of a run's sandbox, list them, delete one. A fork is a create with `from_snapshot`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::ErrorResponses;
+use super::extract::{ApiJson, RunIdPath};
+use super::types::{RunIdParam, SnapshotList, SnapshotRequest, SnapshotView};
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Refuses a snapshot name that is not 1 to 200 letters, digits, `.`, `_` or `-` (and not `.` or `..`).
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "snapshot name {name:?} is invalid: use 1 to 200 letters, digits, '.', '_' and '-'"
+        )))
+    }
+}
+
+/// Takes a read-only snapshot of the run's files (its home) while it runs. Process memory is not included.
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/snapshots",
+    operation_id = "createSnapshot",
+    tag = "snapshots",
+    params(RunIdParam),
+    request_body = SnapshotRequest,
+    responses((status = 201, description = "Taken", body = SnapshotView), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn create_snapshot(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+    ApiJson(body): ApiJson<SnapshotRequest>,
+) -> Result<Response, ApiError> {
+    check_name(&body.name)?;
+    let snapshot = state.manager.snapshot(&run, &body.name).await.map_err(ApiError::from_operation)?;
+    Ok((StatusCode::CREATED, Json(SnapshotView::from(snapshot))).into_response())
+}
+
+/// Lists every snapshot.
+#[utoipa::path(
+    get,
+    path = "/api/snapshots",
+    operation_id = "listSnapshots",
+    tag = "snapshots",
+    responses((status = 200, description = "The snapshots", body = SnapshotList), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn list_snapshots(State(state): State<AppState>) -> Result<Json<SnapshotList>, ApiError> {
+    let snapshots = state.manager.list_snapshots().await?.into_iter().map(SnapshotView::from).collect();
+    Ok(Json(SnapshotList { snapshots }))
+}
+
+/// A snapshot's name in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SnapshotName {
+    /// The snapshot's name.
+    #[param(pattern = r"^[A-Za-z0-9._\-]{1,200}$")]
+    pub name: String,
+}
+
+/// Deletes a snapshot; sandboxes forked from it keep their files.
+#[utoipa::path(
+    delete,
+    path = "/api/snapshots/{name}",
+    operation_id = "deleteSnapshot",
+    tag = "snapshots",
+    params(SnapshotName),
+    responses((status = 204, description = "Deleted"), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn delete_snapshot(
+    State(state): State<AppState>,
+    Path(p): Path<SnapshotName>,
+) -> Result<StatusCode, ApiError> {
+    check_name(&p.name)?;
+    state.manager.delete_snapshot(&p.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
