@@ -52,6 +52,13 @@ AGENTBOX_API_TOKEN="$token" RUST_LOG=warn "$root/target/debug/agentboxd" \
     --listen 127.0.0.1:0 --data-dir "$work/data" --config "$here/server.toml" 2>"$work/agentboxd.log" &
 pid=$!
 cleanup() {
+    # Snapshots outlive the server (they live in the storage pool): delete the ones the run took.
+    if [[ -n "${base:-}" ]]; then
+        curl -sf -H "Authorization: Bearer $token" "$base/api/snapshots" 2>/dev/null \
+            | grep -o '"name":"[^"]*"' | cut -d'"' -f4 | while read -r snap; do
+                curl -sf -X DELETE -H "Authorization: Bearer $token" "$base/api/snapshots/$snap" >/dev/null || true
+            done
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     rm -rf "$work"
