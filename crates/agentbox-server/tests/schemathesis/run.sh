@@ -52,12 +52,13 @@ AGENTBOX_API_TOKEN="$token" RUST_LOG=warn "$root/target/debug/agentboxd" \
     --listen 127.0.0.1:0 --data-dir "$work/data" --config "$here/server.toml" 2>"$work/agentboxd.log" &
 pid=$!
 cleanup() {
-    # Snapshots outlive the server (they live in the storage pool): delete the ones the run took.
+    # Snapshots outlive the server (they live in the shared storage pool): delete the ones this run took,
+    # and only those.
     if [[ -n "${base:-}" ]]; then
-        curl -sf -H "Authorization: Bearer $token" "$base/api/snapshots" 2>/dev/null \
-            | grep -o '"name":"[^"]*"' | cut -d'"' -f4 | while read -r snap; do
-                curl -sf -X DELETE -H "Authorization: Bearer $token" "$base/api/snapshots/$snap" >/dev/null || true
-            done
+        snapshots | sort >"$work/snapshots.after"
+        comm -13 "$work/snapshots.before" "$work/snapshots.after" | while read -r snap; do
+            curl -sf -X DELETE -H "Authorization: Bearer $token" "$base/api/snapshots/$snap" >/dev/null || true
+        done
     fi
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -76,6 +77,11 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 [[ -n "$base" ]] || { echo "error: agentboxd did not start" >&2; cat "$work/agentboxd.log" >&2; exit 1; }
+
+snapshots() {
+    curl -sf -H "Authorization: Bearer $token" "$base/api/snapshots" | grep -o '"name":"[^"]*"' | cut -d'"' -f4
+}
+snapshots | sort >"$work/snapshots.before"
 
 status=0
 "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
