@@ -55,7 +55,7 @@ cleanup() {
     # Snapshots outlive the server (they live in the shared storage pool): delete the ones this run took,
     # and only those.
     if [[ -n "${base:-}" ]]; then
-        snapshots | sort >"$work/snapshots.after"
+        snapshots | sort >"$work/snapshots.after" || true
         comm -13 "$work/snapshots.before" "$work/snapshots.after" | while read -r snap; do
             curl -sf -X DELETE -H "Authorization: Bearer $token" "$base/api/snapshots/$snap" >/dev/null || true
         done
@@ -79,7 +79,7 @@ done
 [[ -n "$base" ]] || { echo "error: agentboxd did not start" >&2; cat "$work/agentboxd.log" >&2; exit 1; }
 
 snapshots() {
-    curl -sf -H "Authorization: Bearer $token" "$base/api/snapshots" | grep -o '"name":"[^"]*"' | cut -d'"' -f4
+    { curl -sf -H "Authorization: Bearer $token" "$base/api/snapshots" | grep -o '"name":"[^"]*"' | cut -d'"' -f4; } || true
 }
 snapshots | sort >"$work/snapshots.before"
 
