@@ -26,7 +26,7 @@ struct Args {
     /// Sandboxes created in total for P6.
     #[arg(long, default_value_t = 96)]
     creates: usize,
-    /// Run only these benchmarks (p1..p6); all when absent.
+    /// Run only these benchmarks (p1..p8); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -111,6 +111,55 @@ async fn p1(backend: &LocalBackend, n: usize) {
     row("P1 cold create + exec true + destroy", &stats(ours), "bwrap --unshare-all true", &stats(base));
     let [c, e, d] = phases.map(|v| ms(stats(v).p50));
     println!("   of which (p50 of each phase): create {c}, exec {e}, destroy {d}");
+}
+
+/// P7: a snapshot of a sandbox holding 100 MiB of new files, against copying those files on the host.
+/// P8: a fork (create from that snapshot + exec + destroy), against a cold create + exec + destroy.
+async fn p7_p8(backend: &LocalBackend, n: usize) {
+    let sb = backend.create(CreateRequest::default()).await.expect("create");
+    let fill = ExecRequest::shell("head -c 100M /dev/urandom > ~/data && sync");
+    assert_eq!(backend.exec(&sb.id, fill).await.expect("exec").collect(1024).await.exit_code, 0);
+    let host = std::env::temp_dir().join(format!("agentbox-bench-{}", std::process::id()));
+    std::fs::write(&host, vec![7u8; 100 << 20]).expect("host file");
+    let mut base = Vec::with_capacity(n);
+    let mut ours = Vec::with_capacity(n);
+    for i in 0..n {
+        let copy = host.with_extension("copy");
+        let t = Instant::now();
+        spawn_wait(Command::new("cp").arg("--reflink=never").arg(&host).arg(&copy));
+        base.push(t.elapsed());
+        let _ = std::fs::remove_file(&copy);
+        let name = format!("bench-{}-{i}", std::process::id());
+        let t = Instant::now();
+        backend.snapshot(&sb.id, &name).await.expect("snapshot");
+        ours.push(t.elapsed());
+        backend.delete_snapshot(&name).await.expect("delete snapshot");
+    }
+    let _ = std::fs::remove_file(&host);
+    row("P7 snapshot of a sandbox with 100 MiB of new files", &stats(ours), "cp of 100 MiB on the host", &stats(base));
+
+    let name = format!("bench-fork-{}", std::process::id());
+    backend.snapshot(&sb.id, &name).await.expect("snapshot");
+    let mut base = Vec::with_capacity(n);
+    let mut ours = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let cold = backend.create(CreateRequest::default()).await.expect("create");
+        let out = backend.exec(&cold.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+        backend.destroy(&cold.id).await.expect("destroy");
+        base.push(t.elapsed());
+        assert_eq!(out.exit_code, 0);
+        let t = Instant::now();
+        let request = CreateRequest { from_snapshot: Some(name.clone()), ..CreateRequest::default() };
+        let fork = backend.create(request).await.expect("fork");
+        let out = backend.exec(&fork.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+        backend.destroy(&fork.id).await.expect("destroy");
+        ours.push(t.elapsed());
+        assert_eq!(out.exit_code, 0);
+    }
+    backend.delete_snapshot(&name).await.expect("delete snapshot");
+    backend.destroy(&sb.id).await.expect("destroy");
+    row("P8 fork from that snapshot + exec + destroy", &stats(ours), "cold create + exec + destroy", &stats(base));
 }
 
 async fn p2(backend: &LocalBackend, n: usize) {
@@ -347,6 +396,9 @@ async fn main() {
         memory.destroy(&sb.id).await.expect("destroy");
         print!("   with memory-backed homes instead: ");
         p1(&memory, args.iterations).await;
+    }
+    if want("p7") || want("p8") {
+        p7_p8(&backend, args.iterations).await;
     }
     if want("p2") {
         p2(&backend, args.iterations * 10).await;
