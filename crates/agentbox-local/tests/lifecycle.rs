@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use agentbox_core::{CodeRequest, CreateRequest, ExecEvent, ExecRequest, Language, SandboxBackend};
+use agentbox_core::{CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, Language, SandboxBackend};
 use agentbox_local::{LocalBackend, LocalConfig};
 use common::{Sandbox, tempdir};
 
@@ -101,10 +101,19 @@ async fn runs_code_in_each_language() {
         .await;
     assert_eq!(out.exit_code, 1);
     assert!(out.stderr.contains("ValueError: boom"));
-    match b.run_code(id, CodeRequest::new(Language::Typescript, "const n: number = 2; console.log(n * 21)")).await {
-        Ok(s) => assert_eq!(s.collect(1 << 16).await.stdout, "42\n"),
-        Err(e) => assert!(e.to_string().contains("Node.js 22.6"), "{e}"),
-    }
+    // TypeScript is compiled on the host, so it runs on any Node.js: types, an interface, an enum, a
+    // class with a parameter property, generics and `as`.
+    let ts = "interface Pair { a: number; b: number }\nenum Op { Mul = 'mul' }\n\
+              class Calc { constructor(private readonly op: Op) {}\n  run<T extends Pair>(p: T): number { return this.op === Op.Mul ? p.a * p.b : 0; } }\n\
+              console.log(new Calc(Op.Mul).run({ a: 2, b: 21 } as Pair));";
+    let out = b.run_code(id, CodeRequest::new(Language::Typescript, ts)).await.unwrap().collect(1 << 16).await;
+    assert_eq!((out.exit_code, out.stdout.as_str(), out.stderr.as_str()), (0, "42\n", ""), "{out:?}");
+    // An ES module (it imports) runs as one; a syntax error is refused with the compiler's reason.
+    let module = "import { platform } from 'node:os';\nconst p: string = platform();\nconsole.log(p);";
+    let out = b.run_code(id, CodeRequest::new(Language::Typescript, module)).await.unwrap().collect(1 << 16).await;
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "linux\n"), "{out:?}");
+    let e = b.run_code(id, CodeRequest::new(Language::Typescript, "const x: = 1;")).await.unwrap_err();
+    assert!(matches!(&e, Error::InvalidRequest(m) if m.contains("does not compile")), "{e:?}");
     sb.destroy().await;
 }
 
@@ -234,5 +243,36 @@ async fn a_fifo_planted_at_a_background_log_path_does_not_hang_the_sandbox() {
     assert!(started.is_ok(), "starting a background process hung on the FIFO");
     let answer = tokio::time::timeout(Duration::from_secs(10), sb.sh("echo still answering")).await;
     assert_eq!(answer.expect("the sandbox stopped answering").stdout, "still answering\n");
+    sb.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_background_starts_each_get_their_own_log() {
+    const N: usize = 32;
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    // Each start on its own task, so that they really run at the same time on both workers.
+    let starts = (0..N).map(|i| {
+        let (b, id) = (b.clone(), id.clone());
+        tokio::spawn(async move { b.spawn_background(&id, ExecRequest::shell(format!("echo token-{i}"))).await })
+    });
+    let started: Vec<_> =
+        futures_util::future::join_all(starts).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    let mut paths: Vec<String> = started.iter().map(|p| p.output_path.clone().unwrap()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), N, "two background processes share a log: {started:?}");
+    // Every one has exited before its log is read.
+    for _ in 0..500 {
+        let list = b.list_processes(id).await.unwrap();
+        if started.iter().all(|p| list.iter().any(|q| q.pid == p.pid && !q.running)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, p) in started.iter().enumerate() {
+        let log = b.read_file(id, p.output_path.as_deref().unwrap()).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&log), format!("token-{i}\n"));
+    }
     sb.destroy().await;
 }
