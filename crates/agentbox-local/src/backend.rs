@@ -137,7 +137,6 @@ struct Inner {
     seccomp_default: Vec<Vec<(u16, u8, u8, u32)>>,
     seccomp_strict: Vec<Vec<(u16, u8, u8, u32)>>,
     sandboxes: Mutex<HashMap<SandboxId, Arc<Sandbox>>>,
-    typescript: tokio::sync::OnceCell<std::result::Result<(), String>>,
     etc: Arc<crate::etc::Templates>,
     /// This process as owner of sandbox cgroups: `o<pid>-<start time>` (see `cgroup_name`).
     owner: String,
@@ -319,7 +318,6 @@ impl LocalBackend {
             cgroups,
             limitations,
             sandboxes: Mutex::new(HashMap::new()),
-            typescript: tokio::sync::OnceCell::new(),
         };
         let backend = Self { inner: Arc::new(inner) };
         for l in &backend.inner.limitations {
@@ -774,33 +772,6 @@ impl LocalBackend {
             output_path,
         })
     }
-
-    async fn typescript_support(&self, id: &SandboxId) -> Result<()> {
-        let this = self.clone();
-        let id = id.clone();
-        let r = self
-            .inner
-            .typescript
-            .get_or_init(|| async move {
-                let probe = ExecRequest::argv(["node", "--experimental-strip-types", "-e", ""]);
-                let Ok(stream) = this.exec(&id, probe).await else {
-                    return Err("node could not be started".to_owned());
-                };
-                let out = stream.collect(4096).await;
-                let version = match this.exec(&id, ExecRequest::argv(["node", "--version"])).await {
-                    Ok(s) => s.collect(256).await.stdout.trim().to_owned(),
-                    Err(_) => "unknown".into(),
-                };
-                if out.exit_code == 0 { Ok(()) } else { Err(version) }
-            })
-            .await;
-        r.clone().map_err(|version| {
-            Error::Unsupported(format!(
-                "TypeScript runs through Node.js type stripping, which needs Node.js 22.6 or newer; this host has node {version}. \
-                 Install a newer nodejs on the host, or compile to JavaScript and run it as javascript"
-            ))
-        })
-    }
 }
 
 fn landlock_available() -> bool {
@@ -935,24 +906,29 @@ impl SandboxBackend for LocalBackend {
     async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream> {
         let sb = self.get(id)?;
         let inline = request.code.len() <= 96 * 1024;
-        let file = format!(
-            "/tmp/.agentbox-code-{}.{}",
-            sb.next_id.fetch_add(1, Ordering::Relaxed),
-            request.language.extension()
-        );
+        let n = sb.next_id.fetch_add(1, Ordering::Relaxed);
+        let (code, extension) = if request.language == Language::Typescript {
+            // Compiled to JavaScript here, so it runs on whichever Node.js the sandbox has.
+            let source = request.code.clone();
+            let js = tokio::task::spawn_blocking(move || crate::typescript::to_javascript(&source))
+                .await
+                .map_err(|e| backend_err("compiling TypeScript", e))?
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+            let extension = js.extension();
+            (js.code, extension)
+        } else {
+            (request.code.clone(), request.language.extension())
+        };
+        let file = format!("/tmp/.agentbox-code-{n}.{extension}");
         if !inline || request.language == Language::Typescript {
-            sb.root.write(&file, request.code.as_bytes())?;
+            sb.root.write(&file, code.as_bytes())?;
         }
-        let code = request.code.clone();
         let argv: Vec<String> = match (request.language, inline) {
             (Language::Python, true) => vec!["python3".into(), "-c".into(), code],
             (Language::Python, false) => vec!["python3".into(), file],
             (Language::Javascript, true) => vec!["node".into(), "-e".into(), code],
             (Language::Javascript, false) => vec!["node".into(), file],
-            (Language::Typescript, _) => {
-                self.typescript_support(id).await?;
-                vec!["node".into(), "--experimental-strip-types".into(), "--no-warnings".into(), file]
-            }
+            (Language::Typescript, _) => vec!["node".into(), file],
             (Language::Bash, true) => vec!["bash".into(), "-c".into(), code],
             (Language::Bash, false) => vec!["bash".into(), file],
         };

@@ -32,6 +32,7 @@ mod sealed;
 pub mod seccomp;
 mod sys;
 mod transfer;
+pub mod typescript;
 mod zygote;
 
 pub use backend::{LocalBackend, LocalConfig};
