@@ -297,6 +297,13 @@ impl LocalBackend {
         if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
             limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
         }
+        if !has_capability(CAP_SYS_RESOURCE) {
+            limitations.push(
+                "the sandbox init can't be exempted from the OOM killer (this host lacks CAP_SYS_RESOURCE): \
+                 executions are its preferred victims, but sandboxed code can lower its own score to the init's"
+                    .into(),
+            );
+        }
         let root_mountpoint = config.state_dir.join(".root");
         std::fs::create_dir_all(&root_mountpoint).map_err(|e| {
             Error::Backend(format!(
@@ -772,6 +779,19 @@ impl LocalBackend {
             output_path,
         })
     }
+}
+
+/// The capability that lowers an `oom_score_adj` (linux/capability.h).
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has the capability `cap` in its effective set.
+fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
 fn landlock_available() -> bool {

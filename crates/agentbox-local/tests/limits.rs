@@ -111,3 +111,34 @@ impl Collect for Sandbox {
         self.backend.exec(&self.id, ExecRequest::shell(line)).await.unwrap().collect(cap).await
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_are_the_oom_killers_victims_before_the_init() {
+    let config = SandboxConfig { memory_mb: 64, ..SandboxConfig::default() };
+    let sb = Sandbox::with(config).await;
+    let init = sb.backend.init_pid(&sb.id).unwrap();
+    let init_adj = std::fs::read_to_string(format!("/proc/{init}/oom_score_adj")).unwrap();
+    let exempt = !sb.backend.limitations().iter().any(|l| l.contains("OOM killer"));
+    if exempt {
+        assert_eq!(init_adj.trim(), "-1000", "the init must never be the OOM killer's choice");
+    } else {
+        assert_eq!(init_adj.trim(), "0", "without CAP_SYS_RESOURCE the init keeps the default");
+    }
+    // Every execution is preferred over the init; with the capability it can't lower that.
+    let out = sb.sh("cat /proc/self/oom_score_adj; echo -1000 > /proc/self/oom_score_adj && echo lowered").await;
+    let (adj, lowered) = out.stdout.split_once('\n').unwrap();
+    assert_eq!(adj, "500", "{out:?}");
+    if exempt {
+        assert_eq!(lowered, "", "sandboxed code lowered its score: {out:?}");
+    }
+    // A hog whose memory no process maps (a memfd written to), so its size is not the OOM killer's guide.
+    let hog = "import os\nfd = os.memfd_create('hog')\nwhile True: os.write(fd, bytes(1 << 20))";
+    let out = sb
+        .run(ExecRequest { timeout: Some(Duration::from_secs(60)), ..ExecRequest::argv(["python3", "-c", hog]) })
+        .await;
+    assert!(out.oom_killed, "expected an OOM kill: {out:?}");
+    assert!(std::path::Path::new(&format!("/proc/{init}")).exists(), "the init died with the hog");
+    assert_eq!(sb.backend.init_pid(&sb.id).unwrap(), init);
+    assert_eq!(sb.sh("echo alive").await.stdout, "alive\n");
+    sb.destroy().await;
+}

@@ -321,6 +321,12 @@ fn arm_start_limit() {
     }
 }
 
+/// What every execution writes to its `oom_score_adj` before it drops its privileges: the OOM
+/// killer then takes an execution before the init (at -1000 when the host may grant that, else at the
+/// default 0). Written with the init's capabilities, it is also the floor sandboxed code can't lower
+/// its processes below.
+pub const OOM_SCORE_ADJ: &[u8] = b"500";
+
 /// The child: isolates itself further and execs. Never returns.
 pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Prepared, io: &Stdio) -> ! {
     // First of all: whatever stops this child below, it dies within the start limit.
@@ -336,6 +342,11 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
                 i32::try_from(libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1)).unwrap_or(-1),
             );
         }
+        let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        ok("opening oom_score_adj", adj);
+        let written = libc::write(adj, OOM_SCORE_ADJ.as_ptr().cast(), OOM_SCORE_ADJ.len());
+        ok("setting oom_score_adj", if written < 0 { -1 } else { 0 });
+        libc::close(adj);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         let stdin = if io.stdin >= 0 { io.stdin } else { null };
         let (stdout, stderr) = match &p.output_path {

@@ -132,7 +132,9 @@ fn init_main(root: &str) -> i32 {
         send_failure(format!("bringing up loopback failed: {e}"));
         return 1;
     }
-    // The init must survive the sandbox's own out-of-memory kills.
+    // The init must survive the sandbox's own out-of-memory kills. Lowering needs CAP_SYS_RESOURCE,
+    // which the host may lack (the backend reports that as a limitation); every execution raises
+    // its own score anyway (see `exec::OOM_SCORE_ADJ`).
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let landlock = landlock_status();
     let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
