@@ -27,6 +27,8 @@ enum Command {
     Tool(cmd::tool::Args),
     /// Search the web with the configured providers.
     Search(cmd::search::Args),
+    /// List or delete the local snapshots (take one with `run --save-snapshot`, start from one with `run --from-snapshot`).
+    Snapshots(cmd::snapshots::Args),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
     Serve(cmd::serve::Args),
     /// Serve the sandboxes and agent tools to an MCP client over stdio.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Search(args) => cmd::search::run(&args),
+        Command::Snapshots(args) => cmd::snapshots::run(&args),
         Command::Serve(args) => return cmd::serve::run(args),
         Command::Mcp(args) => cmd::mcp::run(&args),
     };

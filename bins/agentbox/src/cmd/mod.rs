@@ -5,6 +5,7 @@ pub mod presets;
 pub mod run;
 pub mod search;
 pub mod serve;
+pub mod snapshots;
 pub mod tool;
 
 use std::io::{self, Write};

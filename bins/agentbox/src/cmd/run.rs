@@ -48,6 +48,12 @@ pub struct Args {
     /// The code to run (with --lang).
     #[arg(short = 'c', requires = "lang")]
     pub code: Option<String>,
+    /// Start from this snapshot's files instead of an empty home (see `agentbox snapshots`).
+    #[arg(long, value_name = "NAME")]
+    pub from_snapshot: Option<String>,
+    /// Keep the sandbox's files as a snapshot of this name when the command ends (whatever its exit code).
+    #[arg(long, value_name = "NAME")]
+    pub save_snapshot: Option<String>,
     /// The command and its arguments, or with --lang a source file on the host.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -112,13 +118,19 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let backend = LocalBackend::new(LocalConfig::default())?;
-        let sandbox = backend.create(CreateRequest::new(config)).await?;
+        let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
+        let sandbox = backend.create(request).await?;
         let result = tokio::select! {
             r = drive(&backend, &sandbox.id, job) => r,
             _ = tokio::signal::ctrl_c() => Ok(130),
         };
+        let saved = match &args.save_snapshot {
+            Some(name) => backend.snapshot(&sandbox.id, name).await.map(drop),
+            None => Ok(()),
+        };
         let destroyed = backend.destroy(&sandbox.id).await;
         let code = result?;
+        saved?;
         destroyed?;
         Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
     })

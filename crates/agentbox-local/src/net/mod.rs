@@ -4,7 +4,7 @@
 //! out, so direct connections to IP addresses, UDP, raw DNS and IPv6 fail with
 //! "network unreachable" whatever a program does. When networking is enabled,
 //! the host binds two listening sockets *inside* that namespace (see
-//! [`crate::netns::listen`]) and serves them from host tasks:
+//! [`crate::netns::NetNs::listen`]) and serves them from host tasks:
 //!
 //! - `127.0.0.1:3128`: an HTTP proxy (CONNECT tunnels, and plain HTTP requests in absolute form);
 //! - `127.0.0.1:1080`: a SOCKS5 proxy (CONNECT only, names resolved on the proxy side).
@@ -337,9 +337,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, proxy: Proxy, protocol: 
 }
 
 /// Binds `port` on the sandbox's loopback and serves it; the task owns the socket.
-async fn listen(init_pid: i32, port: u16, proxy: Proxy, protocol: Protocol) -> Result<(u16, JoinHandle<()>), Error> {
+async fn listen(netns: &NetNs, port: u16, proxy: Proxy, protocol: Protocol) -> Result<(u16, JoinHandle<()>), Error> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let std_listener = tokio::task::spawn_blocking(move || crate::netns::listen(init_pid, addr))
+    let netns = netns.clone();
+    let std_listener = tokio::task::spawn_blocking(move || netns.listen(addr))
         .await
         .map_err(|e| Error::Backend(format!("binding the egress proxy: {e}")))?
         .map_err(|e| {
@@ -367,7 +368,7 @@ struct Running {
 
 /// A sandbox's egress: its proxy listeners, counters and current policy.
 pub struct Egress {
-    init_pid: i32,
+    netns: NetNs,
     shared: Arc<Shared>,
     enabled: AtomicBool,
     running: tokio::sync::Mutex<Running>,
@@ -380,11 +381,11 @@ impl std::fmt::Debug for Egress {
 }
 
 impl Egress {
-    /// Sets up egress for a sandbox whose init is `init_pid`; starts the proxy when `config.enabled`.
+    /// Sets up egress for a sandbox whose network namespace is `netns`; starts the proxy when `config.enabled`.
     ///
     /// # Errors
     /// When the proxy can't listen inside the sandbox or the resolver can't be built.
-    pub async fn start(sandbox: &str, init_pid: i32, config: &NetworkConfig) -> Result<Self, Error> {
+    pub async fn start(sandbox: &str, netns: NetNs, config: &NetworkConfig) -> Result<Self, Error> {
         let shared = Arc::new(Shared {
             sandbox: sandbox.to_owned(),
             meter: Arc::new(Meter::new(config.bandwidth_in_bytes_per_sec, config.bandwidth_out_bytes_per_sec)),
@@ -395,7 +396,7 @@ impl Egress {
         });
         let (tx, _) = watch::channel(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));
         let egress = Self {
-            init_pid,
+            netns,
             shared,
             enabled: AtomicBool::new(false),
             running: tokio::sync::Mutex::new(Running {
@@ -422,8 +423,8 @@ impl Egress {
         };
         if config.enabled && running.listeners.is_empty() {
             let proxy = Proxy { shared: self.shared.clone(), rules: running.rules.subscribe() };
-            let (_, http) = listen(self.init_pid, HTTP_PROXY_PORT, proxy.clone(), Protocol::Http).await?;
-            let socks = match listen(self.init_pid, SOCKS_PROXY_PORT, proxy, Protocol::Socks).await {
+            let (_, http) = listen(&self.netns, HTTP_PROXY_PORT, proxy.clone(), Protocol::Http).await?;
+            let socks = match listen(&self.netns, SOCKS_PROXY_PORT, proxy, Protocol::Socks).await {
                 Ok((_, t)) => t,
                 Err(e) => {
                     http.abort();
@@ -513,7 +514,7 @@ impl Egress {
         config.enabled = true;
         let (tx, rx) = watch::channel(build_rules(&config)?);
         let proxy = Proxy { shared: self.shared.clone(), rules: rx };
-        let (port, task) = listen(self.init_pid, 0, proxy, Protocol::Http).await?;
+        let (port, task) = listen(&self.netns, 0, proxy, Protocol::Http).await?;
         tracing::info!(sandbox = %self.shared.sandbox, port, hosts = ?extra, "installer proxy started");
         Ok(InstallerProxy { port, task, _rules: tx })
     }
