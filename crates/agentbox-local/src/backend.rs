@@ -1,7 +1,7 @@
 //! The host side: creating, driving and destroying sandboxes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
+use crate::netns::NetNs;
 use crate::proto::{self, BindMount, Exec, Kind, Quota, Setup};
 use crate::{agent, seccomp, sys, transfer, zygote};
 
@@ -116,6 +117,8 @@ struct Sandbox {
     /// The init's pidfd: kill and wait through it, never by a pid that could be reused.
     pidfd: OwnedFd,
     init_pid: i32,
+    /// The init's network namespace, opened once at create: forwards never look the pid up again.
+    netns: NetNs,
     cgroup: SandboxCgroup,
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     routes: Arc<Mutex<HashMap<u32, Route>>>,
@@ -676,10 +679,13 @@ impl LocalBackend {
             }
             let root = Root::open(init_pid, &setup.home, Owner { uid: setup.uid, gid: setup.gid })
                 .map_err(|e| backend_err("opening the sandbox root", e))?;
-            let net = crate::net::Egress::start(&id, init_pid, &config.network).await?;
-            Ok((rd, wr, root, net))
+            // Opened by pid once, and checked against the pidfd: the init was alive, so the pid was its own.
+            let netns = NetNs::of(init_pid, init.pidfd.as_fd())
+                .map_err(|e| backend_err("opening the sandbox's network namespace", e))?;
+            let net = crate::net::Egress::start(&id, netns.clone(), &config.network).await?;
+            Ok((rd, wr, root, netns, net))
         };
-        let (rd, wr, root, net) = match setup.await {
+        let (rd, wr, root, netns, net) = match setup.await {
             Ok(parts) => parts,
             Err(e) => {
                 abandon(Some(init), Some(cgroup), layer_ref(&layer)).await;
@@ -701,6 +707,7 @@ impl LocalBackend {
             config: config.clone(),
             pidfd: init.pidfd,
             init_pid,
+            netns,
             cgroup,
             writer: tokio::sync::Mutex::new(Some(wr)),
             routes: routes.clone(),
@@ -1162,13 +1169,13 @@ impl SandboxBackend for LocalBackend {
         // connection made inside the sandbox's network namespace.
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let pid = sb.init_pid;
+        let netns = sb.netns.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                let netns = netns.clone();
                 tokio::spawn(async move {
                     let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                    let Ok(Ok(inner)) = tokio::task::spawn_blocking(move || crate::netns::connect(pid, target)).await
-                    else {
+                    let Ok(Ok(inner)) = tokio::task::spawn_blocking(move || netns.connect(target)).await else {
                         return;
                     };
                     if inner.set_nonblocking(true).is_err() {

@@ -26,7 +26,7 @@ mod backend;
 mod cgroup;
 mod etc;
 mod net;
-pub mod netns;
+mod netns;
 pub mod proto;
 mod sealed;
 pub mod seccomp;

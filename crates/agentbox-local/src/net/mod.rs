@@ -42,6 +42,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use self::meter::{Meter, Metered};
 use self::policy::{Host, Policy, Rule};
 use self::resolve::Resolver;
+use crate::netns::NetNs;
 
 /// Port of the HTTP proxy inside every sandbox with networking.
 pub const HTTP_PROXY_PORT: u16 = 3128;

@@ -365,7 +365,7 @@ impl BrowserTool {
         if code == Some(driver::NO_DRIVER) {
             return Err(CallError::NoDriver(stderr));
         }
-        match wire::decode_reply(&stdout, limits) {
+        match wire::decode_reply(stdout, limits) {
             Err(DecodeError::Empty) if !stderr.is_empty() => Err(CallError::Transport(stderr)),
             Err(DecodeError::Empty) => Err(CallError::Transport(
                 "it closed the connection without a reply (it \

@@ -132,8 +132,11 @@ pub(crate) enum DecodeError {
 }
 
 /// Decodes a reply already capped at [`Limits::reply_bytes`]; the envelope is parsed only when it is
-/// within `limits.envelope_bytes`.
-pub(crate) fn decode_reply(bytes: &[u8], limits: Limits) -> Result<Result<Map<String, Value>, WireError>, DecodeError> {
+/// within `limits.envelope_bytes`. The blob stays in `bytes`' buffer (no copy of a screenshot).
+pub(crate) fn decode_reply(
+    mut bytes: Vec<u8>,
+    limits: Limits,
+) -> Result<Result<Map<String, Value>, WireError>, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -147,7 +150,8 @@ pub(crate) fn decode_reply(bytes: &[u8], limits: Limits) -> Result<Result<Map<St
     };
     let reply: Reply =
         crate::untrusted::parse(&bytes[..nl], ENVELOPE_ELEMENTS).map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    let blob = &bytes[nl + 1..];
+    bytes.drain(..=nl);
+    let blob = bytes;
     match (reply.result, reply.error) {
         (Some(mut result), None) => {
             match reply.blob_field {
@@ -156,7 +160,7 @@ pub(crate) fn decode_reply(bytes: &[u8], limits: Limits) -> Result<Result<Map<St
                     if !is_base64 {
                         return Err(DecodeError::BadBlob);
                     }
-                    let text = String::from_utf8(blob.to_vec()).map_err(|_| DecodeError::BadBlob)?;
+                    let text = String::from_utf8(blob).map_err(|_| DecodeError::BadBlob)?;
                     result.insert(field, Value::String(text));
                 }
                 Some(_) => return Err(DecodeError::BadBlob),
@@ -184,27 +188,30 @@ mod tests {
         result.insert("width".into(), json!(1280));
         result.insert("data_base64".into(), json!("iVBORw0KGgo="));
         let bytes = encode_reply(Ok(result.clone()));
-        assert_eq!(decode_reply(&bytes, LIMITS), Ok(Ok(result)));
+        assert_eq!(decode_reply(bytes, LIMITS), Ok(Ok(result)));
         let err = WireError { kind: ToolErrorKind::Timeout, message: "slow".into() };
-        assert_eq!(decode_reply(&encode_reply(Err(err.clone())), LIMITS), Ok(Err(err)));
+        assert_eq!(decode_reply(encode_reply(Err(err.clone())), LIMITS), Ok(Err(err)));
     }
 
     #[test]
     fn hostile_replies_are_refused() {
-        assert_eq!(decode_reply(b"", LIMITS), Err(DecodeError::Empty));
-        assert_eq!(decode_reply(&[b' '; 2000], LIMITS), Err(DecodeError::EnvelopeTooLarge(1024)));
-        assert!(matches!(decode_reply(b"[0,0]\n", LIMITS), Err(DecodeError::Invalid(_))));
+        assert_eq!(decode_reply(Vec::new(), LIMITS), Err(DecodeError::Empty));
+        assert_eq!(decode_reply(vec![b' '; 2000], LIMITS), Err(DecodeError::EnvelopeTooLarge(1024)));
+        assert!(matches!(decode_reply(b"[0,0]\n".to_vec(), LIMITS), Err(DecodeError::Invalid(_))));
         let dense = format!("{{\"result\":{{\"r\":[{}0]}}}}\n", "0,".repeat(ENVELOPE_ELEMENTS));
         let roomy = Limits { envelope_bytes: dense.len(), reply_bytes: dense.len() };
         assert!(
-            matches!(decode_reply(dense.as_bytes(), roomy), Err(DecodeError::Invalid(m)) if m.contains("elements"))
+            matches!(decode_reply(dense.clone().into_bytes(), roomy), Err(DecodeError::Invalid(m)) if m.contains("elements"))
         );
-        assert!(matches!(decode_reply(b"{}\n", LIMITS), Err(DecodeError::Invalid(_))));
-        assert_eq!(decode_reply(b"{\"result\":{}}\nxx", LIMITS), Err(DecodeError::BadBlob));
+        assert!(matches!(decode_reply(b"{}\n".to_vec(), LIMITS), Err(DecodeError::Invalid(_))));
+        assert_eq!(decode_reply(b"{\"result\":{}}\nxx".to_vec(), LIMITS), Err(DecodeError::BadBlob));
         assert_eq!(
-            decode_reply(b"{\"result\":{},\"blob_field\":\"data_base64\"}\n\"}", LIMITS),
+            decode_reply(b"{\"result\":{},\"blob_field\":\"data_base64\"}\n\"}".to_vec(), LIMITS),
             Err(DecodeError::BadBlob)
         );
-        assert_eq!(decode_reply(b"{\"result\":{},\"blob_field\":\"title\"}\nAA", LIMITS), Err(DecodeError::BadBlob));
+        assert_eq!(
+            decode_reply(b"{\"result\":{},\"blob_field\":\"title\"}\nAA".to_vec(), LIMITS),
+            Err(DecodeError::BadBlob)
+        );
     }
 }
