@@ -1,5 +1,7 @@
 //! The backend contract shared with every other backend, run against real local sandboxes.
 
+mod common;
+
 use std::sync::Arc;
 
 use agentbox_conformance::Target;
@@ -12,5 +14,5 @@ async fn target() -> Target {
 }
 
 mod conformance {
-    agentbox_conformance::conformance_tests!(super::target);
+    agentbox_conformance::conformance_tests!(super::target, skip_when = super::common::not_root);
 }

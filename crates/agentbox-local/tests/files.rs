@@ -7,6 +7,9 @@ use common::Sandbox;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_write_list_stat_mkdir_rename_remove() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     b.write_file(id, "notes/a.txt", b"hello".to_vec()).await.unwrap();
@@ -34,6 +37,9 @@ async fn read_write_list_stat_mkdir_rename_remove() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_and_planted_symlinks_never_reach_the_host() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     let marker = format!("/tmp/agentbox-host-marker-{}", std::process::id());

@@ -112,6 +112,9 @@ print("zygote-visible", "agentbox-zygote" in comms)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_code_is_unprivileged_and_cannot_reach_the_init_or_the_zygote() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(small()).await;
     let out = sh(&sb, "grep -E '^(Cap(Eff|Prm|Bnd|Amb|Inh)|NoNewPrivs|Seccomp):' /proc/self/status").await;
     for want in ["CapEff:\t0{16}", "CapPrm:\t0{16}", "CapBnd:\t0{16}", "CapAmb:\t0{16}", "CapInh:\t0{16}"] {
@@ -149,6 +152,9 @@ async fn user_code_is_unprivileged_and_cannot_reach_the_init_or_the_zygote() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_that_cannot_start_fail_cleanly_and_leave_the_init_responsive() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(small()).await;
     let plant = sh(
         &sb,
@@ -211,6 +217,9 @@ async fn commands_that_cannot_start_fail_cleanly_and_leave_the_init_responsive()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_fifos_at_background_output_paths_do_not_block_the_init() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(small()).await;
     let out =
         sh(&sb, "for i in $(seq 1 64); do mkfifo /tmp/agentbox-bg-$i.log; done; ls /tmp | grep -c agentbox-bg").await;
@@ -234,6 +243,9 @@ async fn planted_fifos_at_background_output_paths_do_not_block_the_init() {
 /// there must not leave the init stuck.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_every_user_process_does_not_hang_the_init() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(small()).await;
     // Stops every other user process for 4 s, then tries to reach any stopped execution child
     // (which still shares the init's memory) through /proc and ptrace.
@@ -280,6 +292,9 @@ for p in [p for p in os.listdir("/proc") if p.isdigit() and p != "1"]:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_execs_beside_a_fork_bomb_all_finish() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(small()).await;
     let bomb = {
         let (backend, id) = (sb.backend.clone(), sb.id.clone());
@@ -372,6 +387,9 @@ fn template_files(sb: &Sandbox, state: &std::path::Path) -> BTreeSet<(PathBuf, u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etc_is_a_read_only_template_without_host_secrets() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(small()).await;
     let state = LocalConfig::default().state_dir;
     let before = template_files(&sb, &state);
@@ -401,6 +419,9 @@ async fn etc_is_a_read_only_template_without_host_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_cgroups_vanish_after_destroy_with_busy_background_and_exec_cgroups() {
+    if common::not_root() {
+        return;
+    }
     let mut config = small();
     config.security.max_processes = 128;
     let sb = Sandbox::with(config).await;
@@ -439,6 +460,9 @@ async fn host_cgroups_vanish_after_destroy_with_busy_background_and_exec_cgroups
 /// The start limit ends at `execve`: a command may run far longer than it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_limit_does_not_outlive_execve() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(small()).await;
     let out = sh(&sb, "sleep 3; echo slept").await;
     destroy_bounded(sb).await;

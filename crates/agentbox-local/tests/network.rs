@@ -246,6 +246,9 @@ async fn curl(sb: &Sandbox, args: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allowed_names_pass_and_denied_names_and_ips_are_refused() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[]).await;
     let sb = w.sandbox(w.network(&["allowed.test", "*.wild.test"], &["blocked.wild.test"])).await;
     let p = w.http;
@@ -286,6 +289,9 @@ async fn allowed_names_pass_and_denied_names_and_ips_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn names_resolving_to_private_addresses_and_metadata_are_refused() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[
         ("rebind.test", &["10.0.0.7"]),
         ("mixed.test", &["127.0.0.1", "192.168.1.1"]),
@@ -325,6 +331,9 @@ async fn names_resolving_to_private_addresses_and_metadata_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn udp_and_dns_have_no_route_out() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[]).await;
     let sb = w.sandbox(w.network(&[], &[])).await;
     let out = sb
@@ -359,6 +368,9 @@ async fn udp_and_dns_have_no_route_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bandwidth_limits_hold_both_ways() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[]).await;
     let rate: u64 = 256 * 1024;
     let network = NetworkConfig {
@@ -389,6 +401,9 @@ async fn bandwidth_limits_hold_both_ways() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn byte_counters_are_exact() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[]).await;
     let (take, give) = (1000usize, 300_000usize);
     let port = exchange_server(take, give).await;
@@ -436,6 +451,9 @@ async fn byte_counters_are_exact() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn live_policy_changes_apply_to_new_and_open_connections() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[]).await;
     let echo = echo_server().await;
     let p = w.http;
@@ -492,6 +510,9 @@ async fn live_policy_changes_apply_to_new_and_open_connections() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn networking_can_be_turned_on_for_a_running_sandbox() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[]).await;
     let sb = Sandbox::new().await;
     let off = sb.sh(&format!("echo \"[$HTTPS_PROXY]\"; curl -s -m 10 http://allowed.test:{}/hello", w.http)).await;
@@ -540,6 +561,9 @@ with zipfile.ZipFile(out, "w") as z:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pip_installs_from_a_loopback_index_through_the_proxy() {
+    if common::not_root() {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("agentbox-wheels-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (good_file, good) = build_wheel(&dir, "agentbox_demo");
@@ -592,6 +616,9 @@ async fn pip_installs_from_a_loopback_index_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn packages_install_even_with_networking_off() {
+    if common::not_root() {
+        return;
+    }
     let (file, wheel) = {
         let dir = std::env::temp_dir().join(format!("agentbox-wheels-off-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -640,6 +667,9 @@ fn tcp_sockets_in(ns: &std::fs::File) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_closes_the_proxy_sockets() {
+    if common::not_root() {
+        return;
+    }
     let w = World::new(&[]).await;
     let sb = w.sandbox(w.network(&[], &[])).await;
     let pid = sb.backend.init_pid(&sb.id).unwrap();

@@ -12,6 +12,9 @@ use common::Sandbox;
 #[allow(clippy::print_stdout, reason = "the test below reads what it prints")]
 #[test]
 fn identity_helper() {
+    if common::not_root() {
+        return;
+    }
     if std::env::var_os("AGENTBOX_TEST_SELF_EXE").is_none() {
         return;
     }
@@ -24,6 +27,9 @@ fn identity_helper() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_program_runs_inside_as_an_ordinary_execution() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let user = sb.sh("id -u").await.stdout.trim().to_owned();
     let mut req =

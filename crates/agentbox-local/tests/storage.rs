@@ -28,6 +28,9 @@ fn layers_of(id: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_cost_disk_not_memory_and_stop_at_the_quota() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::with(SandboxConfig { memory_mb: 256, disk_gb: 1, ..SandboxConfig::default() }).await;
     assert!(
         sb.backend.limitations().iter().all(|l| !l.contains("memory-backed")),
@@ -60,6 +63,9 @@ async fn files_cost_disk_not_memory_and_stop_at_the_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_cannot_make_a_subvolume_outside_its_quota() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let code = "import fcntl, os\nfd = os.open('/home/user', os.O_RDONLY)\nargs = bytearray(4096)\nargs[8:11] = b'sub'\ntry:\n    fcntl.ioctl(fd, 0x5000940e, args, True)\n    print('created')\nexcept OSError as e:\n    print('refused', e.errno)";
     assert_eq!(sb.py(code).await, "refused 1");
@@ -69,6 +75,9 @@ async fn a_sandbox_cannot_make_a_subvolume_outside_its_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_and_forks_of_a_running_sandbox() {
+    if common::not_root() {
+        return;
+    }
     use agentbox_core::{CreateRequest, Error};
     let sb = Sandbox::new().await;
     let name = format!("snap-{}", sb.id);

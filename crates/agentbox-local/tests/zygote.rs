@@ -22,6 +22,9 @@ fn children_named(comm: &str) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_zygote_is_replaced_and_running_sandboxes_are_unaffected() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let zygotes = children_named("agentbox-zygote");
     assert_eq!(zygotes.len(), 1, "one zygote per process: {zygotes:?}");

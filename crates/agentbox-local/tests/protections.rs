@@ -1,0 +1,35 @@
+//! Which protections hold on this host, read from the backend: a protection lost silently (a cgroup
+//! controller gone, landlock missing, storage falling back to memory) fails here instead of only logging
+//! a warning.
+//!
+//! The expected list is this project's test host (CI's): Linux with cgroup v1 (cpu, cpuacct, cpuset, memory,
+//! devices, freezer, blkio, pids mounted separately), landlock, and the disk storage pool (a btrfs image under
+//! /var/lib/agentbox/storage), so nothing degrades. A host that differs fails with the list it has.
+
+mod common;
+
+use agentbox_local::CgroupLayout;
+
+#[test]
+fn limitations_on_this_host_are_exactly_the_known_ones() {
+    if common::not_root() {
+        return;
+    }
+    let backend = common::backend();
+    let expected: [&str; 0] = [];
+    assert_eq!(
+        backend.limitations(),
+        expected,
+        "the local backend's limitations on this host changed: a protection was lost, or one was gained (then update \
+         this list and docs/SECURITY.md)"
+    );
+    match backend.cgroup_layout() {
+        CgroupLayout::V1(controllers) => {
+            let names: Vec<&str> = controllers.keys().map(String::as_str).collect();
+            for needed in ["cpu", "memory", "pids"] {
+                assert!(names.contains(&needed), "cgroup v1 controller {needed} is missing: {names:?}");
+            }
+        }
+        other => panic!("this host mounts cgroup v1; the backend found {other:?}"),
+    }
+}
