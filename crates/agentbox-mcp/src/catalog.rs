@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use crate::sandboxes::{
     CREATE_DESCRIPTION, CreateInput, DESTROY_DESCRIPTION, LIST_DESCRIPTION, ListInput, METRICS_DESCRIPTION, RunInput,
-    SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS,
+    SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE,
+    SNAPSHOT_DELETE_DESCRIPTION, SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, SnapshotInput,
+    SnapshotNameInput,
 };
 
 /// The `run_id` property added to every tool that works in a sandbox.
@@ -49,6 +51,9 @@ fn annotations(name: &str) -> Option<ToolAnnotations> {
         SANDBOX_LIST => ("List sandboxes", true, false, false),
         SANDBOX_DESTROY => ("Destroy a sandbox", false, true, false),
         SANDBOX_METRICS => ("Sandbox resource use", true, false, false),
+        SANDBOX_SNAPSHOT => ("Snapshot a sandbox's files", false, false, false),
+        SNAPSHOT_LIST => ("List snapshots", true, false, false),
+        SNAPSHOT_DELETE => ("Delete a snapshot", false, true, false),
         "shell" => ("Run a shell command", false, true, true),
         "run_code" => ("Run code", false, true, true),
         "code_context" => ("Manage code contexts", false, true, false),
@@ -88,6 +93,9 @@ pub(crate) fn build(registry: &ToolRegistry) -> Vec<Tool> {
         tool(SANDBOX_LIST, LIST_DESCRIPTION, object(schema_of::<ListInput>())),
         tool(SANDBOX_DESTROY, DESTROY_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_METRICS, METRICS_DESCRIPTION, object(schema_of::<RunInput>())),
+        tool(SANDBOX_SNAPSHOT, SNAPSHOT_DESCRIPTION, object(schema_of::<SnapshotInput>())),
+        tool(SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, object(schema_of::<ListInput>())),
+        tool(SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION, object(schema_of::<SnapshotNameInput>())),
     ];
     for spec in registry.specs() {
         if out.iter().any(|t| t.name == spec.name) {

@@ -21,6 +21,19 @@ pub trait SandboxHost: Send + Sync + 'static {
         self.manager().get_or_create(run_id, options).await
     }
 
+    /// Creates the run's sandbox from a snapshot's files (a fork); the run must not exist.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::create_from_snapshot`].
+    async fn create_from_snapshot(
+        &self,
+        run_id: &RunId,
+        snapshot: &str,
+        options: CreateOptions,
+    ) -> agentbox_core::Result<ManagedSandbox> {
+        self.manager().create_from_snapshot(run_id, snapshot, options).await
+    }
+
     /// Destroys the run's sandbox.
     ///
     /// # Errors

@@ -1,4 +1,5 @@
-//! The sandbox lifecycle tools: `sandbox_create`, `sandbox_list`, `sandbox_destroy`, `sandbox_metrics`.
+//! The sandbox lifecycle tools: `sandbox_create`, `sandbox_list`, `sandbox_destroy`, `sandbox_metrics`, and the
+//! snapshot tools `sandbox_snapshot`, `snapshot_list`, `snapshot_delete`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +19,20 @@ pub const SANDBOX_LIST: &str = "sandbox_list";
 pub const SANDBOX_DESTROY: &str = "sandbox_destroy";
 /// See [`SANDBOX_CREATE`].
 pub const SANDBOX_METRICS: &str = "sandbox_metrics";
+/// See [`SANDBOX_CREATE`].
+pub const SANDBOX_SNAPSHOT: &str = "sandbox_snapshot";
+/// See [`SANDBOX_CREATE`].
+pub const SNAPSHOT_LIST: &str = "snapshot_list";
+/// See [`SANDBOX_CREATE`].
+pub const SNAPSHOT_DELETE: &str = "snapshot_delete";
+
+pub(crate) const SNAPSHOT_DESCRIPTION: &str = "Save a sandbox's files (its home) as a named, read-only snapshot, \
+    taken at once while it runs: before a risky step, or to try two approaches. Running processes and memory are \
+    not saved. Start a new sandbox from it with sandbox_create's from_snapshot (a fork: its own copy, changes don't \
+    show in the original). Without run_id, this session's default sandbox.";
+pub(crate) const SNAPSHOT_LIST_DESCRIPTION: &str = "List the saved snapshots: name, size in bytes, when taken.";
+pub(crate) const SNAPSHOT_DELETE_DESCRIPTION: &str =
+    "Delete a snapshot by name; sandboxes started from it keep their files.";
 
 pub(crate) const CREATE_DESCRIPTION: &str = "Create an isolated Linux sandbox (bash, python3, node; files under /home/user) \
     and name it with run_id. Pass the same run_id to shell, run_code and the file tools to work in it; a sandbox keeps its \
@@ -154,6 +169,8 @@ pub(crate) struct CreateInput {
     pub preset: Option<PresetName>,
     /// Settings over the preset's.
     pub overrides: Option<Overrides>,
+    /// Start with the files of this snapshot (see sandbox_snapshot); the sandbox must not exist yet.
+    pub from_snapshot: Option<String>,
 }
 
 impl CreateInput {
@@ -175,6 +192,24 @@ impl CreateInput {
 pub(crate) struct RunInput {
     /// The sandbox's run_id; this session's default sandbox when absent.
     pub run_id: Option<String>,
+}
+
+/// Input of `sandbox_snapshot`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotInput {
+    /// The sandbox's run_id; this session's default sandbox when absent.
+    pub run_id: Option<String>,
+    /// Name of the snapshot: 1-200 letters, digits, '.', '_' or '-', unique.
+    pub name: String,
+}
+
+/// Input of `snapshot_delete`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotNameInput {
+    /// The snapshot's name.
+    pub name: String,
 }
 
 /// Input of `sandbox_list`.

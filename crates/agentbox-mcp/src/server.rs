@@ -19,7 +19,8 @@ use crate::catalog::{self, RUN_ID};
 use crate::config::McpConfig;
 use crate::host::SandboxHost;
 use crate::sandboxes::{
-    self, CreateInput, ListInput, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS, Summary,
+    self, CreateInput, ListInput, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS,
+    SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST, SnapshotInput, SnapshotNameInput, Summary,
 };
 
 /// Prefix of the run id of each session's default sandbox.
@@ -306,8 +307,23 @@ impl McpSession {
     }
 
     async fn sandbox_create(&self, input: Value, stateless: bool) -> ToolResult<Value> {
-        let input: CreateInput = sandboxes::parse(SANDBOX_CREATE, input)?;
+        let mut input: CreateInput = sandboxes::parse(SANDBOX_CREATE, input)?;
         let default = &self.state.run_id;
+        if let Some(snapshot) = input.from_snapshot.take() {
+            let run = match input.run_id.as_deref() {
+                Some(r) => sandboxes::run_id(r)?,
+                None if stateless => return Err(Self::no_session_error()),
+                None => self.state.run_id.clone(),
+            };
+            if run != *default && run.as_str().starts_with(SESSION_RUN_PREFIX) {
+                return Err(ToolError::invalid_input(format!(
+                    "run_id {:?}: names starting with {SESSION_RUN_PREFIX:?} are reserved for session sandboxes; choose another",
+                    run.as_str()
+                )));
+            }
+            let s = self.shared().host.create_from_snapshot(&run, &snapshot, input.options()).await?;
+            return Ok(sandboxes::created(&s, true, default));
+        }
         match input.run_id.clone() {
             Some(r) => {
                 let run = sandboxes::run_id(&r)?;
@@ -411,6 +427,21 @@ impl McpSession {
             SANDBOX_LIST => self.sandbox_list(input),
             SANDBOX_DESTROY => self.sandbox_destroy(input, stateless).await,
             SANDBOX_METRICS => self.sandbox_metrics(input, stateless).await,
+            SANDBOX_SNAPSHOT => {
+                let input: SnapshotInput = sandboxes::parse(SANDBOX_SNAPSHOT, input)?;
+                let run = self.target(input.run_id.as_deref(), stateless).await?;
+                let snapshot = self.shared().manager().snapshot(&run, &input.name).await?;
+                Ok(json!({ "run_id": run.as_str(), "snapshot": snapshot }))
+            }
+            SNAPSHOT_LIST => {
+                let _: ListInput = sandboxes::parse(SNAPSHOT_LIST, input)?;
+                Ok(json!({ "snapshots": self.shared().manager().list_snapshots().await? }))
+            }
+            SNAPSHOT_DELETE => {
+                let input: SnapshotNameInput = sandboxes::parse(SNAPSHOT_DELETE, input)?;
+                self.shared().manager().delete_snapshot(&input.name).await?;
+                Ok(json!({ "name": input.name, "deleted": true }))
+            }
             other => self.registry_tool(other, input, stateless).await,
         }
     }

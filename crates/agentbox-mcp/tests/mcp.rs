@@ -83,6 +83,9 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
         "sandbox_list",
         "sandbox_destroy",
         "sandbox_metrics",
+        "sandbox_snapshot",
+        "snapshot_list",
+        "snapshot_delete",
         "shell",
         "run_code",
         "code_context",
@@ -114,6 +117,31 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
     let metrics = ok(&client, "sandbox_metrics", json!({})).await;
     assert!(metrics["execution_count"].as_u64().unwrap() >= 3, "{metrics}");
     assert_eq!(metrics["limits"]["memory_mb"], 512, "{metrics}");
+
+    // A snapshot of the session's sandbox, a fork from it that is independent, then the snapshot deleted.
+    let snap_name = format!("mcp-snap-{}", std::process::id());
+    let snap = ok(&client, "sandbox_snapshot", json!({"name": snap_name})).await;
+    assert_eq!(snap["snapshot"]["name"], snap_name.as_str(), "{snap}");
+    let again = call(&client, "sandbox_snapshot", json!({"name": snap_name})).await;
+    assert!(again.is_error && again.text.starts_with("conflict: "), "{again:?}");
+    let listed_snaps = ok(&client, "snapshot_list", json!({})).await;
+    assert!(listed_snaps["snapshots"].as_array().unwrap().iter().any(|s| s["name"] == snap_name.as_str()));
+    let fork = ok(&client, "sandbox_create", json!({"run_id": "mcp-fork", "from_snapshot": snap_name})).await;
+    assert_eq!(fork["created"], true, "{fork}");
+    let read = ok(
+        &client,
+        "shell",
+        json!({"run_id": "mcp-fork", "command": "cat notes/hello.txt; echo changed > notes/hello.txt"}),
+    )
+    .await;
+    assert_eq!(read["stdout"], "hello from mcp\n", "{read}");
+    let original = ok(&client, "shell", json!({"command": "cat notes/hello.txt"})).await;
+    assert_eq!(original["stdout"], "hello from mcp\n", "{original}");
+    let deleted = ok(&client, "snapshot_delete", json!({"name": snap_name})).await;
+    assert_eq!(deleted["deleted"], true);
+    let gone = call(&client, "snapshot_delete", json!({"name": snap_name})).await;
+    assert!(gone.is_error && gone.text.starts_with("not_found: "), "{gone:?}");
+    ok(&client, "sandbox_destroy", json!({"run_id": "mcp-fork"})).await;
 
     let search = call(&client, "web_search", json!({"query": "rust"})).await;
     assert!(search.is_error && search.text.starts_with("not_configured: "), "{search:?}");

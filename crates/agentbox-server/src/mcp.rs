@@ -26,6 +26,15 @@ impl SandboxHost for Lifecycle {
         Lifecycle::create(self, run_id, options).await
     }
 
+    async fn create_from_snapshot(
+        &self,
+        run_id: &RunId,
+        snapshot: &str,
+        options: CreateOptions,
+    ) -> agentbox_core::Result<ManagedSandbox> {
+        Lifecycle::create_from(self, run_id, options, Some(snapshot)).await.map(|(s, _)| s)
+    }
+
     async fn destroy(&self, run_id: &RunId) -> agentbox_core::Result<()> {
         Lifecycle::destroy(self, run_id).await
     }
