@@ -646,8 +646,9 @@ impl LocalBackend {
                     Err(e) => tracing::warn!(error = %e, "no shared /etc template; copying /etc entries per sandbox"),
                 }
             }
-            sys::write_all(host_end.as_raw_fd(), &proto::encode_json(Kind::Setup, 0, &setup))
-                .map_err(|e| backend_err("sending the sandbox setup", e))?;
+            let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
+                .map_err(|e| backend_err("encoding the sandbox setup", e))?;
+            sys::write_all(host_end.as_raw_fd(), &frame).map_err(|e| backend_err("sending the sandbox setup", e))?;
             let std_stream = std::os::unix::net::UnixStream::from(host_end);
             let stream = std_stream
                 .set_nonblocking(true)
@@ -812,8 +813,18 @@ async fn reader_loop(
     alive: Arc<AtomicBool>,
     cgroup: SandboxCgroup,
 ) {
-    // Frames are size-checked by kind before anything is allocated; a refused frame ends the connection.
-    while let Ok(Some(proto::Frame { kind, id, payload })) = proto::read_agent_frame(&mut rd).await {
+    // Frames are size-checked by kind before anything is allocated; a refused frame, or a report that
+    // does not parse, ends the connection: the agent broke the protocol.
+    let mut broken = None;
+    loop {
+        let proto::Frame { kind, id, payload } = match proto::read_agent_frame(&mut rd).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                broken = Some(e.to_string());
+                break;
+            }
+        };
         enum Action {
             Send(mpsc::Sender<ExecEvent>, ExecEvent),
             None,
@@ -824,8 +835,14 @@ async fn reader_loop(
                 (Kind::Stdout, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stdout(payload)),
                 (Kind::Stderr, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stderr(payload)),
                 (Kind::Exited, Some(Route::Exec { .. })) => {
+                    let e = match proto::decode_exited(&payload) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            broken = Some(e.to_string());
+                            break;
+                        }
+                    };
                     let Some(Route::Exec { tx, oom_before }) = r.remove(&id) else { continue };
-                    let e = proto::decode_exited(&payload);
                     let oom = e.signal == Some(libc::SIGKILL) && !e.timed_out && cgroup.oom_kills() > oom_before;
                     Action::Send(
                         tx,
@@ -868,11 +885,18 @@ async fn reader_loop(
         }
     }
     alive.store(false, Ordering::SeqCst);
+    let why = match &broken {
+        Some(reason) => {
+            tracing::warn!(%reason, "the sandbox agent broke the protocol; its connection is closed");
+            format!("agentbox: the sandbox agent broke the protocol ({reason}); destroy and recreate the sandbox\n")
+        }
+        None => "agentbox: the sandbox agent exited\n".to_owned(),
+    };
     let pending: Vec<Route> =
         routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, r)| r).collect();
     for r in pending {
         if let Route::Exec { tx, .. } = r {
-            let _ = tx.send(ExecEvent::Stderr(b"agentbox: the sandbox agent exited\n".to_vec())).await;
+            let _ = tx.send(ExecEvent::Stderr(why.clone().into_bytes())).await;
             let _ = tx
                 .send(ExecEvent::Exit(ExitStatus {
                     exit_code: 255,
@@ -911,12 +935,13 @@ impl SandboxBackend for LocalBackend {
         let sb = self.get(id)?;
         let msg = Self::exec_message(&sb, &request, None)?;
         let rid = sb.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frames =
+            proto::try_encode_json(Kind::Exec, rid, &msg).map_err(|e| backend_err("encoding the execution", e))?;
         let (tx, rx) = mpsc::channel(64);
         sb.routes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
-        let mut frames = proto::encode_json(Kind::Exec, rid, &msg);
         if let Some(stdin) = &request.stdin {
             for chunk in stdin.chunks(64 * 1024) {
                 frames.extend(proto::encode(Kind::Stdin, rid, chunk));
@@ -1023,7 +1048,8 @@ impl SandboxBackend for LocalBackend {
         if !(1..=64).contains(&signal) {
             return Err(Error::InvalidRequest(format!("signal {signal} is not valid (1 to 64)")));
         }
-        let frame = proto::encode_json(Kind::Kill, p.id, &proto::Kill { signal });
+        let frame = proto::try_encode_json(Kind::Kill, p.id, &proto::Kill { signal })
+            .map_err(|e| backend_err("encoding the kill", e))?;
         self.send(&sb, &frame).await
     }
 

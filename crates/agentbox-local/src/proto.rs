@@ -247,10 +247,12 @@ pub fn decode_started(payload: &[u8]) -> Result<Started, DecodeError> {
     decode("start report", payload)
 }
 
-/// Decodes the agent's report that an execution ended; one that does not parse reads as exit 255.
-#[must_use]
-pub fn decode_exited(payload: &[u8]) -> Exited {
-    decode("exit report", payload).unwrap_or(Exited { code: 255, signal: None, timed_out: false, micros: 0 })
+/// Decodes the agent's report that an execution ended.
+///
+/// # Errors
+/// When it is not one (the host then ends the connection: the agent broke the protocol).
+pub fn decode_exited(payload: &[u8]) -> Result<Exited, DecodeError> {
+    decode("exit report", payload)
 }
 
 /// Decodes a failure; one that does not parse reads as an unknown failure. The message is clipped to
@@ -287,9 +289,27 @@ pub fn encode(kind: Kind, id: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Encodes a frame with a JSON payload.
+///
+/// # Errors
+/// When `value` can't be encoded as JSON.
+pub fn try_encode_json<T: Serialize>(kind: Kind, id: u32, value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    Ok(encode(kind, id, &serde_json::to_vec(value)?))
+}
+
+/// Encodes a frame with a JSON payload; a value that can't be encoded (none of this protocol's
+/// messages can fail: their fields are strings, numbers and string-keyed maps) becomes a
+/// [`Kind::Failure`] frame for the same id that says so, never an empty payload the peer misreads.
 #[must_use]
 pub fn encode_json<T: Serialize>(kind: Kind, id: u32, value: &T) -> Vec<u8> {
-    encode(kind, id, &serde_json::to_vec(value).unwrap_or_default())
+    try_encode_json(kind, id, value).unwrap_or_else(|e| {
+        encode(Kind::Failure, id, failure_json(&format!("encoding a {kind:?} message failed: {e}")).as_bytes())
+    })
+}
+
+/// A [`Failure`] with `message` as JSON, built without a serializer that could fail.
+#[must_use]
+pub fn failure_json(message: &str) -> String {
+    serde_json::json!({ "message": message, "errno": null }).to_string()
 }
 
 /// Parses a header: kind byte, id and payload length.

@@ -78,17 +78,25 @@ pub fn main() -> i32 {
             Ok((pid, pidfd)) => {
                 // Our copy of the pidfd closes when `pidfd` drops; the host keeps its own.
                 let msg = InitSpawned { pid, error: None, errno: None };
-                sys::send_with_fd(REQUEST_FD, &serde_json::to_vec(&msg).unwrap_or_default(), Some(pidfd.as_raw_fd()))
+                sys::send_with_fd(REQUEST_FD, &encode_reply(&msg), Some(pidfd.as_raw_fd()))
             }
             Err((error, errno)) => {
                 let msg = InitSpawned { pid: 0, error: Some(error), errno };
-                sys::send_with_fd(REQUEST_FD, &serde_json::to_vec(&msg).unwrap_or_default(), None)
+                sys::send_with_fd(REQUEST_FD, &encode_reply(&msg), None)
             }
         };
         if sent.is_err() {
             return 0;
         }
     }
+}
+
+/// Encodes a reply; one that can't be encoded becomes a failure that says so (never an empty reply).
+fn encode_reply(msg: &InitSpawned) -> Vec<u8> {
+    serde_json::to_vec(msg).unwrap_or_else(|e| {
+        let error = format!("encoding the zygote's reply failed: {e}");
+        serde_json::json!({ "pid": 0, "error": error, "errno": null }).to_string().into_bytes()
+    })
 }
 
 /// Reaps every exited init.
