@@ -65,6 +65,21 @@ pub trait SandboxBackend: Send + Sync + 'static {
         Ok(n)
     }
 
+    /// Freezes every process of the sandbox: memory and files stay, no CPU is used, and executions are refused
+    /// until [`resume`](Self::resume). Files can still be read and written.
+    ///
+    /// The default says the backend can't.
+    async fn pause(&self, id: &SandboxId) -> Result<()> {
+        let _ = id;
+        Err(Error::Unsupported(format!("the {} backend can't pause sandboxes", self.name())))
+    }
+
+    /// Lets a paused sandbox's processes continue where they stopped.
+    async fn resume(&self, id: &SandboxId) -> Result<()> {
+        let _ = id;
+        Err(Error::Unsupported(format!("the {} backend can't pause sandboxes", self.name())))
+    }
+
     /// Takes a read-only snapshot of the sandbox's files named `name`, while it runs.
     ///
     /// The default says the backend can't.

@@ -420,6 +420,8 @@ impl Inner {
         let id = {
             let st = self.lock();
             match st.runs.get(run_id) {
+                // A paused sandbox can't answer probes: it is neither checked nor recreated.
+                Some(Slot::Ready(e)) if e.state == SandboxState::Paused => return Ok(Self::snapshot(run_id, e)),
                 Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => e.sandbox.id.clone(),
                 _ => return Err(Error::NotFound(format!("run {run_id}"))),
             }
@@ -624,6 +626,55 @@ impl SandboxManager {
                 "run {run_id} already has a sandbox; fork into a new run_id, or destroy this one first"
             )))
         }
+    }
+
+    /// Pauses the run's sandbox (see the backend's `pause`); health checks skip it until it is resumed.
+    ///
+    /// # Errors
+    /// Unknown run, a run that is not running, or the backend's error.
+    pub async fn pause(&self, run_id: &RunId) -> Result<ManagedSandbox> {
+        self.set_paused(run_id, true).await
+    }
+
+    /// Resumes the run's paused sandbox.
+    ///
+    /// # Errors
+    /// Unknown run, a run that is not paused, or the backend's error.
+    pub async fn resume(&self, run_id: &RunId) -> Result<ManagedSandbox> {
+        self.set_paused(run_id, false).await
+    }
+
+    async fn set_paused(&self, run_id: &RunId, pause: bool) -> Result<ManagedSandbox> {
+        let id = {
+            let st = self.inner.lock();
+            match st.runs.get(run_id) {
+                Some(Slot::Ready(e)) if pause && e.state == SandboxState::Paused => {
+                    return Ok(Inner::snapshot(run_id, e));
+                }
+                Some(Slot::Ready(e)) if !pause && e.state != SandboxState::Paused => {
+                    return Err(Error::Conflict(format!("run {run_id} is not paused")));
+                }
+                Some(Slot::Ready(e)) if e.state == SandboxState::Destroying => {
+                    return Err(Error::Conflict(format!("run {run_id} is being destroyed")));
+                }
+                Some(Slot::Ready(e)) => e.sandbox.id.clone(),
+                Some(Slot::Creating(_)) => return Err(Error::Conflict(format!("run {run_id} is still being created"))),
+                None => return Err(Error::NotFound(format!("run {run_id}"))),
+            }
+        };
+        if pause {
+            self.inner.backend.pause(&id).await?;
+        } else {
+            self.inner.backend.resume(&id).await?;
+        }
+        let mut st = self.inner.lock();
+        let Some(Slot::Ready(e)) = st.runs.get_mut(run_id) else {
+            return Err(Error::NotFound(format!("run {run_id}")));
+        };
+        e.state = if pause { SandboxState::Paused } else { SandboxState::Running };
+        e.sandbox.state = e.state;
+        e.last_used = Instant::now();
+        Ok(Inner::snapshot(run_id, e))
     }
 
     /// Takes a read-only snapshot of the run's files named `name`.

@@ -123,6 +123,8 @@ struct Sandbox {
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     routes: Arc<Mutex<HashMap<u32, Route>>>,
     alive: Arc<AtomicBool>,
+    /// Frozen by `pause`: frames to the init would wait until `resume`, so they are refused meanwhile.
+    paused: AtomicBool,
     next_id: AtomicU32,
     root: Root,
     /// The sandbox's layer of the storage pool (its home), when storage is disk-backed.
@@ -448,7 +450,7 @@ impl LocalBackend {
 
     fn setup_for(&self, config: &SandboxConfig) -> Setup {
         let run_as = &config.security.run_as;
-        let home = format!("/home/{}", run_as.name);
+        let home = run_as.home();
         let mut binds = Vec::new();
         let mut symlinks = Vec::new();
         for d in &self.inner.config.system_dirs {
@@ -713,6 +715,7 @@ impl LocalBackend {
             writer: tokio::sync::Mutex::new(Some(wr)),
             routes: routes.clone(),
             alive: alive.clone(),
+            paused: AtomicBool::new(false),
             next_id: AtomicU32::new(1),
             root,
             layer,
@@ -727,7 +730,46 @@ impl LocalBackend {
         Ok(sandbox)
     }
 
+    async fn set_frozen(&self, id: &SandboxId, frozen: bool) -> Result<()> {
+        let sb = self.get(id)?;
+        if !sb.cgroup.can_freeze() {
+            return Err(Error::Unsupported(
+                "this host gives sandboxes no freezer (no cgroup v2 and no v1 freezer hierarchy), so they can't be paused"
+                    .into(),
+            ));
+        }
+        if sb.paused.load(Ordering::SeqCst) == frozen {
+            return Ok(());
+        }
+        // Refuse new frames first, so nothing is queued to a frozen init.
+        if frozen {
+            sb.paused.store(true, Ordering::SeqCst);
+        }
+        let cg = sb.cgroup.clone();
+        let result = tokio::task::spawn_blocking(move || cg.set_frozen(frozen))
+            .await
+            .map_err(|e| backend_err("freezer task", e))?
+            .map_err(|e| backend_err(if frozen { "pausing the sandbox" } else { "resuming the sandbox" }, e));
+        match (&result, frozen) {
+            (Err(_), true) => {
+                // Leave it running rather than half frozen.
+                let cg = sb.cgroup.clone();
+                let _ = tokio::task::spawn_blocking(move || cg.set_frozen(false)).await;
+                sb.paused.store(false, Ordering::SeqCst);
+            }
+            (Ok(()), false) => sb.paused.store(false, Ordering::SeqCst),
+            _ => {}
+        }
+        result
+    }
+
     async fn send(&self, sb: &Sandbox, frame: &[u8]) -> Result<()> {
+        if sb.paused.load(Ordering::SeqCst) {
+            return Err(Error::Conflict(format!(
+                "sandbox {} is paused: resume it first (its files can be read and written while it is paused)",
+                sb.info.id
+            )));
+        }
         let mut w = sb.writer.lock().await;
         let Some(w) = w.as_mut() else { return Err(Error::NotFound(format!("sandbox {}", sb.info.id))) };
         w.write_all(frame)
@@ -754,7 +796,7 @@ impl LocalBackend {
 
     fn exec_message(sb: &Sandbox, request: &ExecRequest, output_path: Option<String>) -> Result<Exec> {
         let argv = request.to_argv()?;
-        let home = format!("/home/{}", sb.config.security.run_as.name);
+        let home = sb.config.security.run_as.home();
         let cwd = match &request.cwd {
             None => home,
             Some(c) if c.starts_with('/') => c.clone(),
@@ -1141,7 +1183,7 @@ impl SandboxBackend for LocalBackend {
         };
         #[allow(clippy::cast_precision_loss)]
         let f = |v: Option<u64>| v.map_or(0.0, |v| v as f64);
-        let home = format!("/home/{}", sb.config.security.run_as.name);
+        let home = sb.config.security.run_as.home();
         let disk = match (&self.inner.pool, &sb.layer) {
             (Some(pool), Some(layer)) => pool.usage(layer).map_or(0, |u| u.bytes),
             _ => sb.root.usage(&home).map_or(0, |(_, used)| used),
@@ -1234,6 +1276,14 @@ impl SandboxBackend for LocalBackend {
         crate::net::install::install(self, id, &sb.net, &sb.config.environment_variables, &packages).await
     }
 
+    async fn pause(&self, id: &SandboxId) -> Result<()> {
+        self.set_frozen(id, true).await
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<()> {
+        self.set_frozen(id, false).await
+    }
+
     async fn snapshot(&self, id: &SandboxId, name: &str) -> Result<SnapshotInfo> {
         let sb = self.get(id)?;
         let (Some(pool), Some(layer)) = (self.inner.pool.clone(), sb.layer.clone()) else {
@@ -1271,6 +1321,11 @@ impl SandboxBackend for LocalBackend {
         let Some(sb) = self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id) else {
             return Ok(());
         };
+        // A frozen sandbox's processes can't die (v1 freezer): thaw it first.
+        if sb.paused.swap(false, Ordering::SeqCst) {
+            let cg = sb.cgroup.clone();
+            let _ = tokio::task::spawn_blocking(move || cg.set_frozen(false)).await;
+        }
         // The proxy's sockets live in the sandbox's network namespace: close them first.
         sb.net.shutdown().await;
         // Closing the control socket makes the init exit, which takes down the whole pid namespace.
@@ -1317,7 +1372,13 @@ impl SandboxBackend for LocalBackend {
         let mut v: Vec<SandboxInfo> = map
             .values()
             .map(|s| SandboxInfo {
-                state: if s.alive.load(Ordering::SeqCst) { SandboxState::Running } else { SandboxState::Unhealthy },
+                state: if !s.alive.load(Ordering::SeqCst) {
+                    SandboxState::Unhealthy
+                } else if s.paused.load(Ordering::SeqCst) {
+                    SandboxState::Paused
+                } else {
+                    SandboxState::Running
+                },
                 ..s.info.clone()
             })
             .collect();

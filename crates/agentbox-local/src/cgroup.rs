@@ -54,7 +54,7 @@ fn parse_mountinfo(text: &str) -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
             "cgroup" => {
                 let opts = rfields.get(2).copied().unwrap_or_default();
                 for c in opts.split(',') {
-                    if matches!(c, "memory" | "cpu" | "cpuacct" | "pids") {
+                    if matches!(c, "memory" | "cpu" | "cpuacct" | "pids" | "freezer") {
                         v1.entry(c.to_owned()).or_insert_with(|| PathBuf::from(mnt));
                     }
                 }
@@ -119,7 +119,7 @@ impl Cgroups {
             }
         }
         let mut v1 = v1;
-        for extra in ["cpuacct"] {
+        for extra in ["cpuacct", "freezer"] {
             if v1.get(extra).is_some_and(|m| fs::create_dir_all(m.join(parent)).is_err()) {
                 v1.remove(extra);
             }
@@ -148,7 +148,7 @@ impl Cgroups {
             Layout::V2(root) => vec![("unified".into(), root.join(&self.parent).join(id))],
             Layout::V1(m) => m
                 .iter()
-                .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids"))
+                .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids" | "freezer"))
                 .map(|(c, p)| (c.clone(), p.join(&self.parent).join(id)))
                 .collect(),
             Layout::None => Vec::new(),
@@ -339,6 +339,46 @@ impl SandboxCgroup {
         } else {
             read_u64(&self.dirs.get("cpuacct")?.join("cpuacct.usage"))
         }
+    }
+
+    /// Whether the sandbox can be frozen: a v2 cgroup, or a v1 freezer hierarchy.
+    #[must_use]
+    pub fn can_freeze(&self) -> bool {
+        if self.v2 { self.dirs.contains_key("unified") } else { self.dirs.contains_key("freezer") }
+    }
+
+    /// Freezes (`true`) or thaws every process of the sandbox, waiting until the kernel says it is done: v2's
+    /// `cgroup.freeze` and `cgroup.events`, or v1's `freezer.state`.
+    ///
+    /// # Errors
+    /// No freezer, a write refused, or the state not reached within two seconds.
+    pub fn set_frozen(&self, frozen: bool) -> io::Result<()> {
+        let (file, value, status, want) = if self.v2 {
+            let d = self.dirs.get("unified").ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
+            (
+                d.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                d.join("cgroup.events"),
+                if frozen { "frozen 1" } else { "frozen 0" },
+            )
+        } else {
+            let d = self.dirs.get("freezer").ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
+            let state = d.join("freezer.state");
+            (state.clone(), if frozen { "FROZEN" } else { "THAWED" }, state, if frozen { "FROZEN" } else { "THAWED" })
+        };
+        fs::write(&file, value)?;
+        for i in 0..2000 {
+            let now = fs::read_to_string(&status)?;
+            if now.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            // v1 moves through FREEZING; writing again retries the tasks that were busy.
+            if !self.v2 && i % 10 == 9 {
+                let _ = fs::write(&file, value);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(if i < 50 { 100 } else { 1000 }));
+        }
+        Err(io::Error::new(io::ErrorKind::TimedOut, format!("the cgroup did not reach {want:?} within 2 s")))
     }
 
     /// Every pid in the sandbox's cgroups.
