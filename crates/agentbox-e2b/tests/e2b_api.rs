@@ -298,3 +298,58 @@ async fn stdin_larger_than_a_pipe_buffer_does_not_deadlock() {
     assert_eq!(out.stdout.as_bytes(), data.as_slice());
     backend.destroy(&sb.id).await.unwrap();
 }
+
+/// The fake is as strict as E2B where a lenient fake would hide a client bug: the code interpreter takes JSON
+/// bodies only (with that content type, each field of its type), and envd takes exactly one envelope.
+#[tokio::test]
+async fn the_fake_refuses_what_e2b_refuses() {
+    use base64::Engine as _;
+    let (fake, backend) = setup().await;
+    let sb = backend.create(CreateRequest::default()).await.unwrap();
+    let token = fake.sandbox(sb.id.as_str()).unwrap().token.clone().unwrap();
+    let client = reqwest::Client::new();
+    let to = |port: &str, path: &str| {
+        client
+            .post(format!("{}{path}", fake.sandbox_url))
+            .header("E2b-Sandbox-Id", sb.id.as_str())
+            .header("E2b-Sandbox-Port", port)
+            .header("X-Access-Token", &token)
+    };
+    let status_and_text = |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
+    for (what, content_type, body, status, says) in [
+        ("malformed JSON", "application/json", "{\"language\": ", 422, "malformed JSON"),
+        ("a language that is not a string", "application/json", "{\"language\": 3}", 422, "language must be a string"),
+        ("a body that is not an object", "application/json", "[]", 422, "expected a JSON object"),
+        ("another content type", "text/plain", "{\"language\": \"python\"}", 422, "expected application/json"),
+    ] {
+        let r = to("49999", "/contexts").header("Content-Type", content_type).body(body).send().await.unwrap();
+        let (got, text) = status_and_text(r).await;
+        assert_eq!(got, status, "{what}: {text}");
+        assert!(text.contains(says), "{what}: {text}");
+    }
+    let r =
+        to("49999", "/execute").header("Content-Type", "text/plain").body("{\"code\": \"1\"}").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 422, "/execute takes JSON only");
+    let r = to("49999", "/execute").json(&serde_json::json!({"code": 1})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 422, "code must be a string");
+
+    // A Connect envelope whose length disagrees with the body, either way, is refused rather than trimmed.
+    let user = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("user:"));
+    let payload = br#"{"process":{"cmd":"/bin/true"}}"#;
+    for claimed in [payload.len() - 3, payload.len() + 3] {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&u32::try_from(claimed).unwrap().to_be_bytes());
+        body.extend_from_slice(payload);
+        let r = to("49983", "/process.Process/Start")
+            .header("Content-Type", "application/connect+json")
+            .header("Authorization", &user)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (got, text) = status_and_text(r).await;
+        assert_eq!(got, 400, "an envelope claiming {claimed} of {} bytes: {text}", payload.len());
+        assert!(text.contains(&format!("the envelope says {claimed} bytes")), "{text}");
+    }
+    backend.destroy(&sb.id).await.unwrap();
+}

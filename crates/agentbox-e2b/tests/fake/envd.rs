@@ -256,11 +256,10 @@ pub fn entry(sb: &Sandbox, sandbox_path: &str) -> Option<Value> {
         "group": "user",
         "modifiedTime": rfc3339(mtime),
     });
+    // EntryInfo has no "is a symlink" field: a link is known by its target.
     if is_symlink {
-        v["isSymlink"] = json!(true);
-        if let Ok(t) = std::fs::read_link(&host) {
-            v["symlinkTarget"] = json!(t.display().to_string());
-        }
+        let t = std::fs::read_link(&host).map(|t| t.display().to_string()).unwrap_or_default();
+        v["symlinkTarget"] = json!(t);
     }
     Some(v)
 }
@@ -401,8 +400,16 @@ async fn start(Extract(state): S, axum::Extension(r): R, headers: HeaderMap, bod
     if body.len() < 5 || body[0] != 0 {
         return (StatusCode::BAD_REQUEST, "expected one uncompressed envelope").into_response();
     }
+    // One envelope, exactly: a length that disagrees with the body is a broken request, not one to trim.
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    let Ok(req) = serde_json::from_slice::<Value>(&body[5..5 + len.min(body.len() - 5)]) else {
+    if len != body.len() - 5 {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("the envelope says {len} bytes but {} follow its header", body.len() - 5),
+        )
+            .into_response();
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body[5..]) else {
         return (StatusCode::BAD_REQUEST, "malformed envelope").into_response();
     };
     let keepalive =

@@ -3,7 +3,11 @@
 //! `result`, `error`, `number_of_executions`, always ending with `end_of_execution`).
 //!
 //! Each execution runs a real interpreter process: Python through a driver that, like a Jupyter kernel, reports the
-//! value of a final expression as a result and an exception as an error event; JavaScript through `vm`; Bash plainly.
+//! value of a final expression as a result and an exception as an error event; JavaScript through `vm`; TypeScript
+//! compiled to JavaScript (with the transformer the local backend uses), then as JavaScript; Bash plainly.
+//!
+//! Request bodies are JSON with `Content-Type: application/json`, as the interpreter's FastAPI server parses
+//! them: anything else (another content type, malformed JSON, a field of the wrong type) is refused with 422.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State as Extract};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use serde_json::{Value, json};
@@ -79,12 +83,34 @@ fn text(status: StatusCode, message: &str) -> Response {
     (status, message.to_owned()).into_response()
 }
 
-fn supported(state: &State, language: &str) -> bool {
-    matches!(language, "python" | "javascript" | "bash") || (language == "typescript" && state.typescript)
+fn supported(language: &str) -> bool {
+    matches!(language, "python" | "javascript" | "typescript" | "bash")
+}
+
+/// The JSON object of a request body; 422 (FastAPI's validation error) for another content type or malformed JSON.
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if ct.split(';').next().map(str::trim) != Some("application/json") {
+        return Err(text(StatusCode::UNPROCESSABLE_ENTITY, &format!("expected application/json, got {ct:?}")));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(other) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, &format!("expected a JSON object, got {other}"))),
+        Err(e) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, &format!("malformed JSON: {e}"))),
+    }
+}
+
+/// An optional string field: absent or null is `None`; any other type is a 422.
+fn optional_str(v: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, Response> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(text(StatusCode::UNPROCESSABLE_ENTITY, &format!("{key} must be a string, got {other}"))),
+    }
 }
 
 fn new_context(state: &State, sb: &Sandbox, language: &str, cwd: &str) -> Result<Value, Response> {
-    if !supported(state, language) {
+    if !supported(language) {
         return Err(text(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("Failed to create context: No such kernel named {language}"),
@@ -98,10 +124,14 @@ fn new_context(state: &State, sb: &Sandbox, language: &str, cwd: &str) -> Result
     Ok(json!({"id": id, "language": language, "cwd": cwd}))
 }
 
-async fn create_context(Extract(state): S, axum::Extension(r): R, body: Bytes) -> Response {
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let language = normalize_language(v.get("language").and_then(Value::as_str));
-    let cwd = v.get("cwd").and_then(Value::as_str).unwrap_or("/home/user").to_owned();
+async fn create_context(Extract(state): S, axum::Extension(r): R, headers: HeaderMap, body: Bytes) -> Response {
+    let fields = json_body(&headers, &body).and_then(|v| Ok((optional_str(&v, "language")?, optional_str(&v, "cwd")?)));
+    let (language, cwd) = match fields {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
+    let language = normalize_language(language.as_deref());
+    let cwd = cwd.unwrap_or_else(|| "/home/user".to_owned());
     match new_context(&state, &r.sandbox, &language, &cwd) {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e,
@@ -151,15 +181,17 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(format!("{v}\n"))
 }
 
-async fn execute(Extract(state): S, axum::Extension(r): R, body: Bytes) -> Response {
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return text(StatusCode::UNPROCESSABLE_ENTITY, "malformed body");
+async fn execute(Extract(state): S, axum::Extension(r): R, headers: HeaderMap, body: Bytes) -> Response {
+    let fields = json_body(&headers, &body).and_then(|v| {
+        Ok((optional_str(&v, "code")?, optional_str(&v, "context_id")?, optional_str(&v, "language")?, v))
+    });
+    let (code, context_id, language, v) = match fields {
+        Ok(f) => f,
+        Err(e) => return e,
     };
-    let Some(code) = v.get("code").and_then(Value::as_str).map(str::to_owned) else {
+    let Some(code) = code else {
         return text(StatusCode::UNPROCESSABLE_ENTITY, "code is required");
     };
-    let context_id = v.get("context_id").and_then(Value::as_str).map(str::to_owned);
-    let language = v.get("language").and_then(Value::as_str).map(str::to_owned);
     if context_id.is_some() && language.is_some() {
         return text(StatusCode::BAD_REQUEST, "Only one of context_id or language can be provided");
     }
@@ -187,9 +219,17 @@ async fn execute(Extract(state): S, axum::Extension(r): R, body: Bytes) -> Respo
     let dir = "/tmp/.fake-kernel";
     let ext = match context.language.as_str() {
         "python" => "py",
-        "javascript" => "js",
-        "typescript" => "ts",
+        "javascript" | "typescript" => "js",
         _ => "sh",
+    };
+    let code = if context.language == "typescript" {
+        // Code that does not compile throws the compiler's message, as a kernel reports a syntax error.
+        match agentbox_local::typescript::to_javascript(&code) {
+            Ok(js) => js.code,
+            Err(e) => format!("throw new SyntaxError({});", json!(e.to_string())),
+        }
+    } else {
+        code
     };
     let (src, events, driver) =
         (format!("{dir}/cell-{n}.{ext}"), format!("{dir}/events-{n}.jsonl"), format!("{dir}/driver-{n}"));
@@ -200,11 +240,10 @@ async fn execute(Extract(state): S, axum::Extension(r): R, body: Bytes) -> Respo
             std::fs::write(sb.fs.host_path(&driver), PYTHON_DRIVER).unwrap();
             ("python3", vec![driver.clone(), src.clone(), events.clone()])
         }
-        "javascript" => {
+        "javascript" | "typescript" => {
             std::fs::write(sb.fs.host_path(&driver), JS_DRIVER).unwrap();
             ("node", vec![driver.clone(), src.clone(), events.clone()])
         }
-        "typescript" => ("node", vec!["--experimental-strip-types".into(), "--no-warnings".into(), src.clone()]),
         _ => ("/bin/bash", vec![src.clone()]),
     };
     let mut env = host::base_env(&sb.env_vars);

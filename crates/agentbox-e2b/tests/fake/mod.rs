@@ -84,7 +84,6 @@ pub struct State {
     pub api_key: String,
     pub root: std::path::PathBuf,
     pub interpreter_templates: Vec<String>,
-    pub typescript: bool,
     pub sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     pub faults: Mutex<Faults>,
     pub seen: Mutex<Vec<Seen>>,
@@ -155,15 +154,10 @@ impl Default for FakeOptions {
 impl FakeE2b {
     pub async fn start(options: FakeOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let typescript = std::process::Command::new("node")
-            .args(["--experimental-strip-types", "--no-warnings", "-e", "const n: number = 1"])
-            .output()
-            .is_ok_and(|o| o.status.success());
         let state = Arc::new(State {
             api_key: "e2b_fake_key".into(),
             root: dir.path().to_path_buf(),
             interpreter_templates: options.interpreter_templates,
-            typescript,
             sandboxes: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
             seen: Mutex::new(Vec::new()),
