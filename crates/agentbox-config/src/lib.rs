@@ -148,7 +148,7 @@ pub enum CleanupPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryQuota {
-    /// Absolute path inside the sandbox, under /home/user or /tmp.
+    /// Absolute path inside the sandbox, under the user's home ([`RunAs::home`]) or /tmp.
     pub path: String,
     /// Cap in MiB.
     pub size_mb: u64,
@@ -240,6 +240,15 @@ pub struct RunAs {
 impl Default for RunAs {
     fn default() -> Self {
         Self { name: "user".to_owned(), uid: 1000, gid: 1000 }
+    }
+}
+
+impl RunAs {
+    /// The user's home directory inside the sandbox, `/home/<name>`: the one place it is defined.
+    /// Executions start there, relative paths are taken from it, and it is the user's writable storage.
+    #[must_use]
+    pub fn home(&self) -> String {
+        format!("/home/{}", self.name)
     }
 }
 

@@ -164,13 +164,14 @@ impl SandboxConfig {
         }
 
         let disk_mb = self.disk_gb.saturating_mul(1024);
+        let home = self.security.run_as.home();
         for (i, q) in self.storage.quotas.iter().enumerate() {
             let p = &q.path;
-            let inside = ["/home/user", "/tmp"].iter().any(|root| p == root || p.starts_with(&format!("{root}/")));
+            let inside = [home.as_str(), "/tmp"].iter().any(|root| p == root || p.starts_with(&format!("{root}/")));
             if !inside || p.split('/').any(|c| c == ".." || c == ".") || p.contains("//") || p.ends_with('/') {
                 e.push(
                     format!("storage.quotas[{i}].path"),
-                    format!("must be a normalized absolute path under /home/user or /tmp, got {p:?}"),
+                    format!("must be a normalized absolute path under {home} or /tmp, got {p:?}"),
                 );
             }
             if q.size_mb == 0 || q.size_mb > disk_mb {
@@ -224,7 +225,19 @@ impl SandboxConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::{DirectoryQuota, SandboxConfig};
+    use crate::{DirectoryQuota, RunAs, SandboxConfig};
+
+    #[test]
+    fn quotas_follow_the_home_of_the_configured_user() {
+        let mut c = SandboxConfig::default();
+        c.security.run_as = RunAs { name: "alice".into(), uid: 1001, gid: 1001 };
+        assert_eq!(c.security.run_as.home(), "/home/alice");
+        c.storage.quotas = vec![DirectoryQuota { path: "/home/alice/data".into(), size_mb: 5 }];
+        assert!(c.validate().is_ok());
+        c.storage.quotas = vec![DirectoryQuota { path: "/home/user/data".into(), size_mb: 5 }];
+        let err = c.validate().unwrap_err();
+        assert!(err.0[0].message.contains("under /home/alice or /tmp"), "{err:?}");
+    }
 
     #[test]
     fn reports_every_problem_with_its_path() {

@@ -44,7 +44,8 @@ pub fn install_requests(packages: &[PackageSpec]) -> Result<Vec<ExecRequest>> {
     let npm = args(PackageManager::Npm);
     if !npm.is_empty() {
         let mut argv: Vec<String> =
-            ["npm", "install", "--no-audit", "--no-fund", "--prefix", "/home/user", "--"].map(str::to_owned).into();
+            // Into the home, whoever the user is: an execution without a cwd starts there.
+            ["npm", "install", "--no-audit", "--no-fund", "--prefix", ".", "--"].map(str::to_owned).into();
         argv.extend(npm);
         out.push(ExecRequest { timeout: Some(Duration::from_secs(600)), ..ExecRequest::argv(argv) });
     }
@@ -64,7 +65,10 @@ mod tests {
         let pip = reqs[0].to_argv().unwrap();
         assert_eq!(pip[..3], ["python3", "-m", "pip"]);
         assert_eq!(pip[pip.len() - 2..], ["pandas==2.2", "six"]);
-        assert_eq!(reqs[1].to_argv().unwrap().last().unwrap(), "lodash");
+        let npm = reqs[1].to_argv().unwrap();
+        assert_eq!(npm.last().unwrap(), "lodash");
+        // No user's home is written in: the run starts in the sandbox user's own.
+        assert!(npm.iter().all(|a| !a.starts_with("/home")) && reqs[1].cwd.is_none(), "{npm:?}");
         let apt: Vec<PackageSpec> = vec!["apt:jq".parse().unwrap()];
         assert!(matches!(install_requests(&apt), Err(Error::Unsupported(m)) if m.contains("apt:jq")));
     }

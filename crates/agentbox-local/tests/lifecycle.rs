@@ -303,3 +303,21 @@ async fn concurrent_background_starts_each_get_their_own_log() {
     }
     sb.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_not_named_user_gets_their_own_home_everywhere() {
+    let mut config = agentbox_config::SandboxConfig::default();
+    config.security.run_as = agentbox_config::RunAs { name: "alice".into(), uid: 1001, gid: 1001 };
+    config.storage.quotas.push(agentbox_config::DirectoryQuota { path: "/home/alice/small".into(), size_mb: 4 });
+    let sb = Sandbox::with(config).await;
+    let out = sb.sh("echo $HOME $USER $(id -un) $(pwd); echo hi > notes.txt; df --output=size -m small | tail -1").await;
+    let fields: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(fields[..4], ["/home/alice", "alice", "alice", "/home/alice"], "{out:?}");
+    assert_eq!(fields[4], "4", "the quota is mounted in alice's home: {out:?}");
+    // The host-side file API and a relative cwd resolve against the same home.
+    assert_eq!(sb.backend.read_file(&sb.id, "/home/alice/notes.txt").await.unwrap(), b"hi\n");
+    let out = sb.run(ExecRequest { cwd: Some("small".into()), ..ExecRequest::shell("pwd") }).await;
+    assert_eq!(out.stdout, "/home/alice/small\n");
+    assert!(sb.backend.metrics(&sb.id).await.is_ok());
+    sb.destroy().await;
+}

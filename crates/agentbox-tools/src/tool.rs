@@ -15,7 +15,8 @@ use crate::error::{ToolError, ToolErrorKind, ToolResult};
 /// How tools size their output and where they keep their state inside a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolsConfig {
-    /// The sandbox user's home: relative paths are taken from here.
+    /// The sandbox user's home: relative paths are taken from here. A [`ToolContext`] for a run sets
+    /// it from the run's sandbox ([`agentbox_core::config::RunAs::home`]); the default is the default user's.
     pub home_dir: String,
     /// Directory inside the sandbox for code contexts, drivers and saved outputs.
     pub state_dir: String,
@@ -36,7 +37,7 @@ pub struct ToolsConfig {
 impl Default for ToolsConfig {
     fn default() -> Self {
         Self {
-            home_dir: "/home/user".into(),
+            home_dir: agentbox_core::config::RunAs::default().home(),
             state_dir: "/tmp/agentbox".into(),
             max_output_bytes: 16 * 1024,
             max_read_bytes: 64 * 1024,
@@ -73,6 +74,14 @@ impl ToolsConfig {
     }
 }
 
+/// `config` with the home of the run's sandbox user, when the manager holds the run.
+fn run_home(manager: &SandboxManager, run_id: &RunId, mut config: ToolsConfig) -> ToolsConfig {
+    if let Ok(sandbox) = manager.get(run_id) {
+        config.home_dir = sandbox.config.security.run_as.home();
+    }
+    config
+}
+
 /// What a tool runs against: a run's sandbox (through the [`SandboxManager`], so any backend works) and the sizing rules.
 #[derive(Debug, Clone)]
 pub struct ToolContext {
@@ -84,7 +93,8 @@ impl ToolContext {
     /// A context for the run's sandbox, which the manager must already hold.
     #[must_use]
     pub fn new(manager: SandboxManager, run_id: RunId) -> Self {
-        Self { sandbox: Some((manager, run_id)), config: Arc::new(ToolsConfig::default()) }
+        let config = Arc::new(run_home(&manager, &run_id, ToolsConfig::default()));
+        Self { sandbox: Some((manager, run_id)), config }
     }
 
     /// A context with no sandbox, for tools that need none (web search).
@@ -93,10 +103,13 @@ impl ToolContext {
         Self { sandbox: None, config: Arc::new(ToolsConfig::default()) }
     }
 
-    /// Replaces the sizing rules.
+    /// Replaces the sizing rules; the home stays the run's sandbox user's, when there is a run.
     #[must_use]
     pub fn with_config(mut self, config: ToolsConfig) -> Self {
-        self.config = Arc::new(config);
+        self.config = Arc::new(match &self.sandbox {
+            Some((manager, run_id)) => run_home(manager, run_id, config),
+            None => config,
+        });
         self
     }
 

@@ -379,3 +379,14 @@ async fn bash_runs_statelessly() {
     assert!(out.get("context_id").is_none());
     sb.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_work_in_the_home_of_a_user_not_named_user() {
+    let alice = agentbox_core::config::RunAs { name: "alice".into(), uid: 1001, gid: 1001 };
+    let sb = TestSandbox::with_configs(|c| c.security.run_as = alice, |_| {}).await;
+    assert_eq!(sb.home, "/home/alice");
+    call(&sb, "write_file", json!({"path": "notes.txt", "content": "hi"})).await;
+    let out = call(&sb, "shell", json!({"command": "pwd; cat /home/alice/notes.txt"})).await;
+    assert_eq!(out["stdout"].as_str().unwrap(), "/home/alice\nhi");
+    sb.close().await;
+}

@@ -22,17 +22,23 @@ impl TestSandbox {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut ToolsConfig)) -> Self {
+        Self::with_configs(|_| {}, tweak).await
+    }
+
+    /// A sandbox of a tweaked config, with tweaked tools on it.
+    pub async fn with_configs(sandbox: impl FnOnce(&mut SandboxConfig), tweak: impl FnOnce(&mut ToolsConfig)) -> Self {
         let backend = Arc::new(
             LocalBackend::new(LocalConfig::default()).expect("the local backend needs root; tests run as root"),
         );
         let manager = SandboxManager::new(backend, ManagerConfig::default());
         let run = RunId::parse("tools-test").unwrap();
-        let config = SandboxConfig { execution_timeout: Duration::from_secs(60), ..SandboxConfig::default() };
+        let mut config = SandboxConfig { execution_timeout: Duration::from_secs(60), ..SandboxConfig::default() };
+        sandbox(&mut config);
         manager.get_or_create(&run, CreateOptions { preset: None, config: Some(config) }).await.unwrap();
         let mut tools = ToolsConfig::default();
         tweak(&mut tools);
-        let home = tools.home_dir.clone();
         let ctx = ToolContext::new(manager.clone(), run).with_config(tools);
+        let home = ctx.config().home_dir.clone();
         Self { manager, ctx, home }
     }
 
