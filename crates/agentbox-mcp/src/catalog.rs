@@ -7,10 +7,10 @@ use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotation
 use serde_json::{Value, json};
 
 use crate::sandboxes::{
-    CREATE_DESCRIPTION, CreateInput, DESTROY_DESCRIPTION, LIST_DESCRIPTION, ListInput, METRICS_DESCRIPTION, RunInput,
-    SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE,
-    SNAPSHOT_DELETE_DESCRIPTION, SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, SnapshotInput,
-    SnapshotNameInput,
+    CREATE_DESCRIPTION, CreateInput, DESTROY_DESCRIPTION, LIST_DESCRIPTION, ListInput, METRICS_DESCRIPTION,
+    PAUSE_DESCRIPTION, RESUME_DESCRIPTION, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS,
+    SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION,
+    SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, SnapshotInput, SnapshotNameInput,
 };
 
 /// The `run_id` property added to every tool that works in a sandbox.
@@ -51,6 +51,8 @@ fn annotations(name: &str) -> Option<ToolAnnotations> {
         SANDBOX_LIST => ("List sandboxes", true, false, false),
         SANDBOX_DESTROY => ("Destroy a sandbox", false, true, false),
         SANDBOX_METRICS => ("Sandbox resource use", true, false, false),
+        SANDBOX_PAUSE => ("Pause a sandbox", false, false, false),
+        SANDBOX_RESUME => ("Resume a sandbox", false, false, false),
         SANDBOX_SNAPSHOT => ("Snapshot a sandbox's files", false, false, false),
         SNAPSHOT_LIST => ("List snapshots", true, false, false),
         SNAPSHOT_DELETE => ("Delete a snapshot", false, true, false),
@@ -93,6 +95,8 @@ pub(crate) fn build(registry: &ToolRegistry) -> Vec<Tool> {
         tool(SANDBOX_LIST, LIST_DESCRIPTION, object(schema_of::<ListInput>())),
         tool(SANDBOX_DESTROY, DESTROY_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_METRICS, METRICS_DESCRIPTION, object(schema_of::<RunInput>())),
+        tool(SANDBOX_PAUSE, PAUSE_DESCRIPTION, object(schema_of::<RunInput>())),
+        tool(SANDBOX_RESUME, RESUME_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_SNAPSHOT, SNAPSHOT_DESCRIPTION, object(schema_of::<SnapshotInput>())),
         tool(SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, object(schema_of::<ListInput>())),
         tool(SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION, object(schema_of::<SnapshotNameInput>())),

@@ -20,6 +20,10 @@ pub const SANDBOX_DESTROY: &str = "sandbox_destroy";
 /// See [`SANDBOX_CREATE`].
 pub const SANDBOX_METRICS: &str = "sandbox_metrics";
 /// See [`SANDBOX_CREATE`].
+pub const SANDBOX_PAUSE: &str = "sandbox_pause";
+/// See [`SANDBOX_CREATE`].
+pub const SANDBOX_RESUME: &str = "sandbox_resume";
+/// See [`SANDBOX_CREATE`].
 pub const SANDBOX_SNAPSHOT: &str = "sandbox_snapshot";
 /// See [`SANDBOX_CREATE`].
 pub const SNAPSHOT_LIST: &str = "snapshot_list";
@@ -30,6 +34,10 @@ pub(crate) const SNAPSHOT_DESCRIPTION: &str = "Save a sandbox's files (its home)
     taken at once while it runs: before a risky step, or to try two approaches. Running processes and memory are \
     not saved. Start a new sandbox from it with sandbox_create's from_snapshot (a fork: its own copy, changes don't \
     show in the original). Without run_id, this session's default sandbox.";
+pub(crate) const PAUSE_DESCRIPTION: &str = "Pause a sandbox: every process is frozen where it is and uses no CPU; \
+    memory and files stay. Commands are refused until sandbox_resume; files can still be read and written. Without \
+    run_id, this session's default sandbox.";
+pub(crate) const RESUME_DESCRIPTION: &str = "Resume a paused sandbox: its processes continue where they stopped. Without run_id, this session's default sandbox.";
 pub(crate) const SNAPSHOT_LIST_DESCRIPTION: &str = "List the saved snapshots: name, size in bytes, when taken.";
 pub(crate) const SNAPSHOT_DELETE_DESCRIPTION: &str =
     "Delete a snapshot by name; sandboxes started from it keep their files.";

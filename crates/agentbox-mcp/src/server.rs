@@ -20,7 +20,8 @@ use crate::config::McpConfig;
 use crate::host::SandboxHost;
 use crate::sandboxes::{
     self, CreateInput, ListInput, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS,
-    SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST, SnapshotInput, SnapshotNameInput, Summary,
+    SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST, SnapshotInput, SnapshotNameInput,
+    Summary,
 };
 
 /// Prefix of the run id of each session's default sandbox.
@@ -427,6 +428,13 @@ impl McpSession {
             SANDBOX_LIST => self.sandbox_list(input),
             SANDBOX_DESTROY => self.sandbox_destroy(input, stateless).await,
             SANDBOX_METRICS => self.sandbox_metrics(input, stateless).await,
+            SANDBOX_PAUSE | SANDBOX_RESUME => {
+                let input: RunInput = sandboxes::parse(name, input)?;
+                let run = self.target(input.run_id.as_deref(), stateless).await?;
+                let manager = self.shared().manager();
+                let s = if name == SANDBOX_PAUSE { manager.pause(&run).await? } else { manager.resume(&run).await? };
+                Ok(json!({ "run_id": run.as_str(), "state": s.state.as_str() }))
+            }
             SANDBOX_SNAPSHOT => {
                 let input: SnapshotInput = sandboxes::parse(SANDBOX_SNAPSHOT, input)?;
                 let run = self.target(input.run_id.as_deref(), stateless).await?;

@@ -83,6 +83,8 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
         "sandbox_list",
         "sandbox_destroy",
         "sandbox_metrics",
+        "sandbox_pause",
+        "sandbox_resume",
         "sandbox_snapshot",
         "snapshot_list",
         "snapshot_delete",
@@ -141,6 +143,12 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
     assert_eq!(deleted["deleted"], true);
     let gone = call(&client, "snapshot_delete", json!({"name": snap_name})).await;
     assert!(gone.is_error && gone.text.starts_with("not_found: "), "{gone:?}");
+    let paused = ok(&client, "sandbox_pause", json!({"run_id": "mcp-fork"})).await;
+    assert_eq!(paused["state"], "paused", "{paused}");
+    let refused = call(&client, "shell", json!({"run_id": "mcp-fork", "command": "true"})).await;
+    assert!(refused.is_error && refused.text.contains("resume"), "{refused:?}");
+    let resumed = ok(&client, "sandbox_resume", json!({"run_id": "mcp-fork"})).await;
+    assert_eq!(resumed["state"], "running", "{resumed}");
     ok(&client, "sandbox_destroy", json!({"run_id": "mcp-fork"})).await;
 
     let search = call(&client, "web_search", json!({"query": "rust"})).await;

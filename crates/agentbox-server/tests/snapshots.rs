@@ -55,6 +55,22 @@ async fn snapshot_fork_list_delete() {
     assert_eq!(t.delete(&format!("/api/snapshots/{name}")).send().await.unwrap().status(), 204);
     expect_error(t.delete(&format!("/api/snapshots/{name}")).send().await.unwrap(), 404, "not_found").await;
     assert_eq!(t.sh("snap-fork", "cat ~/state.txt").await["stdout"], "fork\n");
+
+    // Pause and resume over REST: executions answer 409 while paused, files stay readable.
+    let r = t.post("/api/sandboxes/snap-src/pause", &json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "paused", "{v}");
+    let r = t.post("/api/sandboxes/snap-src/execute/command", &json!({ "command": "true" })).send().await.unwrap();
+    let m = expect_error(r, 409, "conflict").await;
+    assert!(m.contains("resume"), "{m}");
+    let r = t.get("/api/sandboxes/snap-src/files?path=state.txt").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v2\n");
+    let r = t.post("/api/sandboxes/snap-src/resume", &json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    expect_error(t.post("/api/sandboxes/snap-src/resume", &json!({})).send().await.unwrap(), 409, "conflict").await;
+    assert_eq!(t.sh("snap-src", "cat ~/state.txt").await["stdout"], "v2\n");
+
     for run in ["snap-src", "snap-fork"] {
         assert_eq!(t.delete(&format!("/api/sandboxes/{run}")).send().await.unwrap().status(), 204);
     }

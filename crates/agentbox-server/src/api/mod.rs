@@ -308,6 +308,8 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::sandbox_health))
         .routes(routes!(files::list_files))
         .routes(routes!(network::set_network))
+        .routes(routes!(sandboxes::pause_sandbox))
+        .routes(routes!(sandboxes::resume_sandbox))
         .routes(routes!(snapshots::create_snapshot))
         .routes(routes!(snapshots::list_snapshots))
         .routes(routes!(snapshots::delete_snapshot))

@@ -86,6 +86,41 @@ pub async fn get_sandbox(
     Ok(Json(state.manager.get(&run)?.into()))
 }
 
+/// Pauses the run's sandbox: every process is frozen where it is (no CPU; memory and files stay), executions
+/// answer 409 until it is resumed, and its files can still be read and written.
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/pause",
+    operation_id = "pauseSandbox",
+    tag = "sandboxes",
+    params(RunIdParam),
+    responses((status = 200, description = "Paused (or already paused)", body = SandboxView), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn pause_sandbox(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(state.manager.pause(&run).await?.into()))
+}
+
+/// Resumes the run's paused sandbox: its processes continue where they stopped.
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/resume",
+    operation_id = "resumeSandbox",
+    tag = "sandboxes",
+    params(RunIdParam),
+    responses((status = 200, description = "Running again", body = SandboxView), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn resume_sandbox(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(state.manager.resume(&run).await?.into()))
+}
+
 /// Destroys the run's sandbox.
 #[utoipa::path(
     delete,
