@@ -26,7 +26,7 @@ struct Args {
     /// Sandboxes created in total for P6.
     #[arg(long, default_value_t = 96)]
     creates: usize,
-    /// Run only these benchmarks (p1..p8); all when absent.
+    /// Run only these benchmarks (p1..p9); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -160,6 +160,31 @@ async fn p7_p8(backend: &LocalBackend, n: usize) {
     backend.delete_snapshot(&name).await.expect("delete snapshot");
     backend.destroy(&sb.id).await.expect("destroy");
     row("P8 fork from that snapshot + exec + destroy", &stats(ours), "cold create + exec + destroy", &stats(base));
+}
+
+/// P9: pause + resume round trip of a sandbox running a busy process, against a kill -STOP / -CONT of one
+/// host process.
+async fn p9(backend: &LocalBackend, n: usize) {
+    let sb = backend.create(CreateRequest::default()).await.expect("create");
+    backend.spawn_background(&sb.id, ExecRequest::shell("while true; do :; done")).await.expect("background");
+    let mut child = Command::new("sleep").arg("600").spawn().expect("sleep");
+    let pid = child.id().to_string();
+    let mut base = Vec::with_capacity(n);
+    let mut ours = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        spawn_wait(Command::new("kill").args(["-STOP", &pid]));
+        spawn_wait(Command::new("kill").args(["-CONT", &pid]));
+        base.push(t.elapsed());
+        let t = Instant::now();
+        backend.pause(&sb.id).await.expect("pause");
+        backend.resume(&sb.id).await.expect("resume");
+        ours.push(t.elapsed());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    backend.destroy(&sb.id).await.expect("destroy");
+    row("P9 pause + resume round trip (busy sandbox)", &stats(ours), "kill -STOP + -CONT of a process", &stats(base));
 }
 
 async fn p2(backend: &LocalBackend, n: usize) {
@@ -396,6 +421,9 @@ async fn main() {
         memory.destroy(&sb.id).await.expect("destroy");
         print!("   with memory-backed homes instead: ");
         p1(&memory, args.iterations).await;
+    }
+    if want("p9") {
+        p9(&backend, args.iterations).await;
     }
     if want("p7") || want("p8") {
         p7_p8(&backend, args.iterations).await;
