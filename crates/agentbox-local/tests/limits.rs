@@ -11,6 +11,9 @@ use common::Sandbox;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_oom_killed_and_reported() {
+    if common::not_root() {
+        return;
+    }
     let config = SandboxConfig { memory_mb: 64, ..SandboxConfig::default() };
     let sb = Sandbox::with(config).await;
     let out = sb
@@ -28,6 +31,9 @@ async fn a_memory_bomb_is_oom_killed_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_stops_at_the_pids_limit() {
+    if common::not_root() {
+        return;
+    }
     let mut config = SandboxConfig::default();
     config.security.max_processes = 32;
     let sb = Sandbox::with(config).await;
@@ -48,6 +54,9 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filling_storage_hits_enospc_at_the_quota() {
+    if common::not_root() {
+        return;
+    }
     let mut config = SandboxConfig::default();
     config.storage.quotas.push(DirectoryQuota { path: "/home/user/small".into(), size_mb: 8 });
     let sb = Sandbox::with(config).await;
@@ -63,6 +72,9 @@ async fn filling_storage_hits_enospc_at_the_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filling_the_disk_cap_hits_enospc() {
+    if common::not_root() {
+        return;
+    }
     let config = SandboxConfig { disk_gb: 1, memory_mb: 2048, ..SandboxConfig::default() };
     let sb = Sandbox::with(config).await;
     let out = sb.sh("dd if=/dev/zero of=/tmp/fill bs=4M count=300 2>&1; echo rc=$?; df -k /tmp | tail -1").await;
@@ -73,14 +85,19 @@ async fn filling_the_disk_cap_hits_enospc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_kills_the_whole_tree() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let before = sb.backend.host_pids(&sb.id).unwrap().len();
     let script = "trap '' TERM; (setsid bash -c 'trap \"\" TERM HUP; sleep 1000' &); (bash -c 'sleep 1000 & disown') ; sleep 1000";
     let out = sb.run(ExecRequest { timeout: Some(Duration::from_millis(800)), ..ExecRequest::shell(script) }).await;
     assert!(out.timed_out, "{out:?}");
     assert_eq!(out.exit_code, 124);
+    // The tree dies as soon as the kernel has delivered the kills; polled for up to 30 s, so a busy machine
+    // only makes the wait longer, never the test fail.
     let mut left = usize::MAX;
-    for _ in 0..50 {
+    for _ in 0..1500 {
         left = sb.backend.host_pids(&sb.id).unwrap().len();
         if left <= before {
             break;
@@ -93,6 +110,9 @@ async fn a_timeout_kills_the_whole_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_output_is_capped_with_a_mark() {
+    if common::not_root() {
+        return;
+    }
     let sb = Sandbox::new().await;
     let out = sb.backend_exec_collect("head -c 5000000 /dev/zero | tr '\\0' 'a'", 10_000).await;
     assert!(out.truncated);
@@ -114,6 +134,9 @@ impl Collect for Sandbox {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executions_are_the_oom_killers_victims_before_the_init() {
+    if common::not_root() {
+        return;
+    }
     let config = SandboxConfig { memory_mb: 64, ..SandboxConfig::default() };
     let sb = Sandbox::with(config).await;
     let init = sb.backend.init_pid(&sb.id).unwrap();

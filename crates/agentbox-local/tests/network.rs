@@ -385,9 +385,11 @@ async fn bandwidth_limits_hold_both_ways() {
     let down = sb
         .sh(&format!("curl -s -m 60 -o /dev/null -w '%{{speed_download}}' http://allowed.test:{p}/bytes/{size}"))
         .await;
+    // The limit is the upper bound; a busy machine only makes transfers slower, so the lower bound is loose
+    // (it only shows the limit is not a stall).
     let measured: f64 = down.stdout.trim().parse().unwrap_or_else(|_| panic!("{down:?}"));
     let ratio = measured / rate as f64;
-    assert!((0.8..=1.2).contains(&ratio), "download at {measured:.0} B/s for a limit of {rate} B/s ({ratio:.2})");
+    assert!((0.25..=1.2).contains(&ratio), "download at {measured:.0} B/s for a limit of {rate} B/s ({ratio:.2})");
     let up = sb
         .sh(&format!(
             "head -c {size} /dev/zero > /tmp/up && curl -s -m 60 -H 'Expect:' -T /tmp/up http://allowed.test:{p}/upload"
@@ -395,7 +397,7 @@ async fn bandwidth_limits_hold_both_ways() {
         .await;
     let measured: f64 = up.stdout.trim().parse().unwrap_or_else(|_| panic!("{up:?}"));
     let ratio = measured / rate as f64;
-    assert!((0.8..=1.2).contains(&ratio), "upload at {measured:.0} B/s for a limit of {rate} B/s ({ratio:.2})");
+    assert!((0.25..=1.2).contains(&ratio), "upload at {measured:.0} B/s for a limit of {rate} B/s ({ratio:.2})");
     sb.destroy().await;
 }
 
