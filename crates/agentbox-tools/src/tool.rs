@@ -22,6 +22,16 @@ pub struct ToolsConfig {
     pub state_dir: String,
     /// Bytes of each output stream shown to the model; the middle of longer output is cut with a mark.
     pub max_output_bytes: usize,
+    /// Largest format of one rich result of code (a repr, JSON, an image), cut inside the sandbox with a
+    /// mark and saved whole to a file there when longer.
+    pub max_result_bytes: usize,
+    /// Largest whole answer of one code run (results that don't fit are left out and saved to files).
+    pub max_response_bytes: usize,
+    /// Most rich results in one answer of code.
+    pub max_results: usize,
+    /// Most JSON elements (array items, object members) in one answer's JSON results: a parsed element costs
+    /// the host about 32 bytes however short its text.
+    pub max_result_json_elements: usize,
     /// Bytes of a file's text returned by one read; longer reads end early and say where to continue.
     pub max_read_bytes: usize,
     /// Largest output kept in full in the sandbox when the shown part is cut.
@@ -40,6 +50,10 @@ impl Default for ToolsConfig {
             home_dir: agentbox_core::config::RunAs::default().home(),
             state_dir: "/tmp/agentbox".into(),
             max_output_bytes: 16 * 1024,
+            max_result_bytes: 1024 * 1024,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_results: 100,
+            max_result_json_elements: 256 * 1024,
             max_read_bytes: 64 * 1024,
             max_spill_bytes: 64 * 1024 * 1024,
             max_transfer_bytes: 16 * 1024 * 1024,

@@ -149,16 +149,16 @@ pub struct CodeLimits {
 }
 
 impl CodeLimits {
-    /// The limits for a tool configuration: they scale with its `max_output_bytes` (64 and 256 times
-    /// it, 1 MiB and 4 MiB by default), and never go below 64 KiB and 256 KiB.
+    /// The limits a tool configuration sets (`max_result_bytes`, `max_response_bytes`, `max_results`,
+    /// `max_result_json_elements`, next to `max_output_bytes`); an answer is never smaller than one result.
     #[must_use]
     pub fn for_config(config: &crate::ToolsConfig) -> Self {
-        let result_bytes = config.max_output_bytes.saturating_mul(64).max(64 * 1024);
+        let result_bytes = config.max_result_bytes.max(1024);
         Self {
             result_bytes,
-            response_bytes: result_bytes.saturating_mul(4),
-            max_results: 100,
-            json_elements: 256 * 1024,
+            response_bytes: config.max_response_bytes.max(result_bytes),
+            max_results: config.max_results.max(1),
+            json_elements: config.max_result_json_elements.max(16),
         }
     }
 
