@@ -557,6 +557,8 @@ async fn prometheus_metrics_cover_sandboxes_and_the_server() {
     );
     assert!(text.contains("agentbox_sandboxes{state=\"running\"} 1"), "{text}");
     assert!(text.contains("agentbox_manager_executions_total 1"), "{text}");
+    assert!(text.contains("\nagentbox_file_transfers 0\n"), "{text}");
+    assert!(text.contains("\nagentbox_file_transfers_limit 32\n"), "{text}");
     assert!(!text.contains(TOKEN));
     t.stop().await;
 }

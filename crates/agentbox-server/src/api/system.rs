@@ -68,6 +68,15 @@ pub async fn prometheus(State(state): State<AppState>) -> Response {
         .collect();
     let mut text = render_prometheus(&labelled);
     text.push_str(&state.metrics.render(&by_state, &state.manager.stats()));
+    // File transfers hold a few 256 KiB chunks each (see api/files.rs).
+    let limit = state.limits.max_concurrent_transfers;
+    let active = limit.saturating_sub(state.transfers.available_permits());
+    let _ = std::fmt::Write::write_fmt(
+        &mut text,
+        format_args!(
+            "# HELP agentbox_file_transfers File downloads and uploads in progress.\n# TYPE agentbox_file_transfers gauge\nagentbox_file_transfers {active}\n# HELP agentbox_file_transfers_limit Most file transfers at once (limits.max_concurrent_transfers).\n# TYPE agentbox_file_transfers_limit gauge\nagentbox_file_transfers_limit {limit}\n"
+        ),
+    );
     let mut response = text.into_response();
     response
         .headers_mut()
