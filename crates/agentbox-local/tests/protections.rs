@@ -17,10 +17,9 @@ fn limitations_on_this_host_are_exactly_the_known_ones() {
         return;
     }
     let backend = common::backend();
-    let expected = [
-        "the sandbox init can't be exempted from the OOM killer (this host lacks CAP_SYS_RESOURCE): executions are \
-         its preferred victims, but sandboxed code can lower its own score to the init's",
-    ];
+    let expected =
+        ["the sandbox init can't be exempted from the OOM killer (this host lacks CAP_SYS_RESOURCE): executions are \
+         its preferred victims, but sandboxed code can lower its own score to the init's"];
     assert_eq!(
         backend.limitations(),
         expected,
