@@ -137,7 +137,7 @@ pub trait SandboxBackend: Send + Sync + 'static {
             let label = request.to_argv()?.join(" ");
             let out = self.exec(id, request).await?.collect(16 * 1024).await;
             if out.exit_code != 0 {
-                return Err(Error::Backend(format!(
+                return Err(Error::backend(format!(
                     "package install failed (exit {}): {label}\n{}",
                     out.exit_code,
                     out.stderr.trim_end()

@@ -36,9 +36,18 @@ pub enum Error {
     /// The sandboxed operation was refused (permission, policy).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// The backend failed; the message says where.
-    #[error("backend failure: {0}")]
-    Backend(String),
+    /// The backend failed; the message says where, and the source (when there is one) why.
+    #[error("backend failure: {message}")]
+    Backend {
+        /// Where it failed, for the user.
+        message: String,
+        /// The error underneath, kept for the chain.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The manager is shutting down and takes no new work.
+    #[error("shutting down: {0}")]
+    ShuttingDown(String),
     /// An I/O error on the host side.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -58,9 +67,41 @@ impl Error {
             Self::Timeout(_) => "timeout",
             Self::Unsupported(_) => "unsupported",
             Self::PermissionDenied(_) => "permission_denied",
-            Self::Backend(_) => "backend_failure",
+            Self::Backend { .. } => "backend_failure",
+            Self::ShuttingDown(_) => "shutting_down",
             Self::Io(_) => "io",
         }
+    }
+}
+
+impl Error {
+    /// A backend failure described by `message` alone.
+    #[must_use]
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::Backend { message: message.into(), source: None }
+    }
+
+    /// A backend failure at `message`, caused by `source` (kept as the error's source).
+    #[must_use]
+    pub fn backend_with(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend { message: message.into(), source: Some(Box::new(source)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::Error;
+
+    #[test]
+    fn a_backend_failure_keeps_its_source() {
+        let e = Error::backend_with("opening the sandbox root", std::io::Error::other("denied"));
+        assert_eq!(e.to_string(), "backend failure: opening the sandbox root");
+        assert_eq!(e.source().map(ToString::to_string).as_deref(), Some("denied"));
+        assert_eq!(e.code(), "backend_failure");
+        assert!(Error::backend("x").source().is_none());
+        assert_eq!(Error::ShuttingDown("the manager is stopping".into()).code(), "shutting_down");
     }
 }
 

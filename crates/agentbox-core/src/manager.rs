@@ -289,7 +289,8 @@ impl Inner {
         if let Some(p) = preset {
             metadata.insert("preset".to_owned(), p.name().to_owned());
         }
-        let request = CreateRequest { config: config.clone(), metadata, from_snapshot: from_snapshot.map(str::to_owned) };
+        let request =
+            CreateRequest { config: config.clone(), metadata, from_snapshot: from_snapshot.map(str::to_owned) };
         let info =
             tokio::time::timeout(config.startup_timeout, self.backend.create(request)).await.map_err(|_| {
                 Error::Timeout(format!(
@@ -469,7 +470,7 @@ impl Inner {
         {
             let mut st = self.lock();
             if st.shut_down {
-                return Err(Error::Unsupported("the sandbox manager is shutting down; not recreating".into()));
+                return Err(Error::ShuttingDown("the sandbox manager is shutting down; not recreating".into()));
             }
             st.recreating += 1;
         }
@@ -713,7 +714,7 @@ impl SandboxManager {
             let wait = {
                 let mut st = self.inner.lock();
                 if st.shut_down {
-                    return Err(Error::Unsupported("the sandbox manager is shutting down; no new sandboxes".into()));
+                    return Err(Error::ShuttingDown("the sandbox manager is shutting down; no new sandboxes".into()));
                 }
                 match st.runs.get_mut(run_id) {
                     Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => {
@@ -776,7 +777,7 @@ impl SandboxManager {
             let made = match orphan {
                 Some(id) => {
                     inner.destroy_quietly(&id).await;
-                    Err(Error::Unsupported("the sandbox manager is shutting down; no new sandboxes".into()))
+                    Err(Error::ShuttingDown("the sandbox manager is shutting down; no new sandboxes".into()))
                 }
                 None => made,
             };
@@ -813,7 +814,7 @@ impl SandboxManager {
             inner.settled.notify_waiters();
             result
         });
-        let snap = task.await.map_err(|e| Error::Backend(format!("sandbox creation task failed: {e}")))??;
+        let snap = task.await.map_err(|e| Error::backend(format!("sandbox creation task failed: {e}")))??;
         Ok((snap, true))
     }
 
@@ -1107,7 +1108,7 @@ impl SandboxManager {
     /// Stops the background tasks and destroys every sandbox this manager owns, the pool included.
     ///
     /// Creations in flight are waited for and their sandboxes destroyed too; callers waiting for
-    /// them get [`Error::Unsupported`], as does every later [`get_or_create`](Self::get_or_create).
+    /// them get [`Error::ShuttingDown`], as does every later [`get_or_create`](Self::get_or_create).
     pub async fn shutdown(&self) {
         self.inner.lock().shut_down = true;
         let task = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();

@@ -748,7 +748,7 @@ async fn shutdown_destroys_every_sandbox_the_manager_owns() {
 
     // Nothing new is created afterwards, not even by the stopped background task.
     let err = open(&m, "r3", CreateOptions::default()).await.unwrap_err();
-    assert!(matches!(err, Error::Unsupported(ref msg) if msg.contains("shutting down")), "{err}");
+    assert!(matches!(err, Error::ShuttingDown(ref msg) if msg.contains("shutting down")), "{err}");
     advance(Duration::from_secs(3600)).await;
     settle().await;
     assert!(fake.live().is_empty());
@@ -772,7 +772,7 @@ async fn shutdown_waits_for_creations_in_flight_and_destroys_them() {
     assert_eq!(fake.create_count(), 2);
     assert!(fake.live().is_empty(), "left alive: {:?}", fake.live());
     let err = pending.await.unwrap().unwrap_err();
-    assert!(matches!(err, Error::Unsupported(ref msg) if msg.contains("shutting down")), "{err}");
+    assert!(matches!(err, Error::ShuttingDown(ref msg) if msg.contains("shutting down")), "{err}");
     assert!(m.list().is_empty());
 }
 
@@ -828,14 +828,12 @@ mod mocked {
             .withf(|id, pkgs| {
                 id.as_str() == "sb-install" && pkgs.len() == 1 && pkgs[0].to_string() == "pip:no-such-package"
             })
-            .returning(|_, _| {
-                Err(Error::Backend("package install failed (exit 1): pip install no-such-package".into()))
-            });
+            .returning(|_, _| Err(Error::backend("package install failed (exit 1): pip install no-such-package")));
         mock.expect_destroy().times(1).withf(|id| id.as_str() == "sb-install").returning(|_| Ok(()));
         let m = SandboxManager::new(Arc::new(mock), ManagerConfig::default());
 
         let err = open(&m, "r1", with_packages(&["no-such-package"])).await.unwrap_err();
-        assert!(matches!(err, Error::Backend(ref msg) if msg.contains("no-such-package")), "{err}");
+        assert!(matches!(err, Error::Backend { message: ref msg, .. } if msg.contains("no-such-package")), "{err}");
         assert!(matches!(m.get(&run("r1")), Err(Error::NotFound(_))));
         assert_eq!((m.stats().created, m.stats().destroyed), (1, 1));
     }

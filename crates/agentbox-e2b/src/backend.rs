@@ -129,7 +129,7 @@ impl E2bBackend {
             .user_agent(concat!("agentbox-e2b/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
-                Error::Backend(format!("cannot build the HTTP client: {}", crate::transport::describe_reqwest(&e)))
+                Error::backend(format!("cannot build the HTTP client: {}", crate::transport::describe_reqwest(&e)))
             })?;
         let transport = Arc::new(ReqwestTransport::new(http.clone()));
         Self::assemble(config, transport, http)
@@ -401,7 +401,7 @@ impl Inner {
         let response = self.control_send(http, CONTROL_CREATE, call).await?;
         let created: wire::Sandbox = parse_json(&response.body, "Sandbox")?;
         let id = SandboxId::parse(&created.sandbox_id)
-            .map_err(|_| Error::Backend(format!("E2B returned an unusable sandbox id {:?}", created.sandbox_id)))?;
+            .map_err(|_| Error::backend(format!("E2B returned an unusable sandbox id {:?}", created.sandbox_id)))?;
         if self.config.secure && created.envd_access_token.is_none() {
             tracing::warn!(sandbox_id = %id, template, "E2B returned no envd access token for a secure sandbox; the template's envd may predate secure access");
         }
@@ -478,7 +478,7 @@ impl Inner {
                 return Ok(out);
             }
         }
-        Err(Error::Backend("E2B's sandbox list did not end after 1000 pages".into()))
+        Err(Error::backend("E2B's sandbox list did not end after 1000 pages"))
     }
 
     async fn metrics(&self, id: &SandboxId) -> Result<SandboxMetrics> {
@@ -720,7 +720,7 @@ mod tests {
 
         let (b, seen) = backend(vec![(500, vec![], "{}".into()); 4]);
         let e = b.create(CreateRequest::default()).await.unwrap_err();
-        assert!(matches!(&e, Error::Backend(m) if m.contains("500")), "{e}");
+        assert!(matches!(&e, Error::Backend { message: m, .. } if m.contains("500")), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 4, "max_attempts is 4");
     }
 

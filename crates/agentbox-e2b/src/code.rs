@@ -175,7 +175,7 @@ impl Inner {
         let call = Call { plane: Plane::Sandbox, action: &action, subject: &subject, sandbox: Some(h.id.as_str()) };
         let context: Context = match self.sandbox_send(h, request, ONCE, call).await {
             Ok(response) => crate::backend::parse_json(&response.body, "code interpreter context")?,
-            Err(Error::Backend(m) | Error::InvalidRequest(m)) if language != Language::Python => {
+            Err(Error::Backend { message: m, .. } | Error::InvalidRequest(m)) if language != Language::Python => {
                 return Err(Error::Unsupported(format!(
                     "the code interpreter of template {} cannot run {lang} ({m}); use a template with a {lang} kernel, or \
                      leave the template out of E2B_CODE_INTERPRETER_TEMPLATES to run code through the process API",

@@ -32,9 +32,9 @@ impl Inner {
         let base = self
             .config
             .sandbox_base(h.id.as_str(), port, h.domain.as_deref())
-            .map_err(|e| Error::Backend(format!("cannot build the URL of sandbox {}: {e}", h.id)))?;
+            .map_err(|e| Error::backend(format!("cannot build the URL of sandbox {}: {e}", h.id)))?;
         base.join(path.trim_start_matches('/'))
-            .map_err(|e| Error::Backend(format!("cannot build a sandbox URL for {path}: {e}")))
+            .map_err(|e| Error::backend(format!("cannot build a sandbox URL for {path}: {e}")))
     }
 
     /// The headers every call to a sandbox port carries: user, access tokens and routing.
@@ -116,7 +116,7 @@ impl Inner {
         let url = self.sandbox_url(h, ENVD_PORT, "/process.Process/Start")?;
         let timeouts = self.config.timeouts;
         let json =
-            serde_json::to_vec(start).map_err(|e| Error::Backend(format!("cannot encode a start request: {e}")))?;
+            serde_json::to_vec(start).map_err(|e| Error::backend(format!("cannot encode a start request: {e}")))?;
         let mut builder = self
             .http
             .post(url.clone())
@@ -177,8 +177,8 @@ impl Inner {
         })??;
         match first {
             Some(ProcessEvent { start: Some(s), .. }) => Ok((s.pid, stream)),
-            Some(other) => Err(Error::Backend(format!("envd sent {other:?} before the process's start event"))),
-            None => Err(Error::Backend("envd ended the stream before the process started".into())),
+            Some(other) => Err(Error::backend(format!("envd sent {other:?} before the process's start event"))),
+            None => Err(Error::backend("envd ended the stream before the process started")),
         }
     }
 }
@@ -230,14 +230,14 @@ impl ProcessStream {
                     return Ok(None);
                 }
                 Ok(Err(e)) => {
-                    return Err(Error::Backend(format!(
+                    return Err(Error::backend(format!(
                         "the output stream of sandbox {} broke: {}",
                         self.sandbox,
                         crate::transport::describe_reqwest(&e)
                     )));
                 }
                 Err(_) => {
-                    return Err(Error::Backend(format!(
+                    return Err(Error::backend(format!(
                         "the output stream of sandbox {} was silent for {:?} although envd sends keep-alives: the \
                          connection is broken",
                         self.sandbox, self.idle

@@ -27,7 +27,7 @@ impl From<E2bError> for Error {
     fn from(e: E2bError) -> Self {
         match e {
             E2bError::Config(c) => Error::InvalidRequest(format!("E2B backend configuration: {c}")),
-            E2bError::Protocol(p) => Error::Backend(format!("E2B protocol error: {p}")),
+            E2bError::Protocol(p) => Error::backend(format!("E2B protocol error: {p}")),
             E2bError::Transport(t) => t.into(),
         }
     }
@@ -49,7 +49,7 @@ impl From<TransportError> for Error {
     fn from(e: TransportError) -> Self {
         match e {
             TransportError::Timeout { .. } => Error::Timeout(e.to_string()),
-            TransportError::Connect { .. } | TransportError::Other { .. } => Error::Backend(e.to_string()),
+            TransportError::Connect { .. } | TransportError::Other { .. } => Error::backend(e.to_string()),
         }
     }
 }
@@ -134,7 +134,7 @@ pub fn http_error(call: Call<'_>, status: u16, body: &[u8], retry_after: Option<
             retry_after.map(|d| format!("; it asks to retry after {} s", d.as_secs())).unwrap_or_default()
         )),
         (_, 507) => Error::LimitExceeded(format!("cannot {action}: the sandbox's disk is full ({msg})")),
-        _ => Error::Backend(format!("E2B failed to {action}: HTTP {status}: {msg}")),
+        _ => Error::backend(format!("E2B failed to {action}: HTTP {status}: {msg}")),
     }
 }
 
@@ -165,7 +165,7 @@ pub fn connect_error(call: Call<'_>, code: &str, message: &str) -> Error {
         "unimplemented" => Error::Unsupported(format!(
             "the sandbox's envd cannot {action} ({message}); rebuild the template on a current E2B base image"
         )),
-        _ => Error::Backend(format!("the sandbox failed to {action}: {code}: {message}")),
+        _ => Error::backend(format!("the sandbox failed to {action}: {code}: {message}")),
     }
 }
 
@@ -201,7 +201,7 @@ mod tests {
             matches!(http_error(CONTROL, 400, br#"{"message":"bad timeout"}"#, None), Error::InvalidRequest(m) if m.contains("bad timeout"))
         );
         assert!(
-            matches!(http_error(CONTROL, 503, b"upstream down", None), Error::Backend(m) if m.contains("503") && m.contains("upstream down"))
+            matches!(http_error(CONTROL, 503, b"upstream down", None), Error::Backend { message: m, .. } if m.contains("503") && m.contains("upstream down"))
         );
     }
 
@@ -227,7 +227,9 @@ mod tests {
         assert!(matches!(connect_error(ENVD, "unimplemented", "x"), Error::Unsupported(m) if m.contains("rebuild")));
         assert!(matches!(connect_error(ENVD, "unauthenticated", "x"), Error::PermissionDenied(_)));
         assert!(matches!(connect_error(ENVD, "resource_exhausted", "x"), Error::LimitExceeded(_)));
-        assert!(matches!(connect_error(ENVD, "internal", "boom"), Error::Backend(m) if m.contains("boom")));
+        assert!(
+            matches!(connect_error(ENVD, "internal", "boom"), Error::Backend { message: m, .. } if m.contains("boom"))
+        );
         assert_eq!(retry_after(Some(" 12 ")), Some(Duration::from_secs(12)));
         assert_eq!(retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
     }

@@ -79,7 +79,7 @@ impl Inner {
                 call,
             )
             .await?;
-        let entry = response.entry.ok_or_else(|| Error::Backend(format!("envd's Stat of {path} returned no entry")))?;
+        let entry = response.entry.ok_or_else(|| Error::backend(format!("envd's Stat of {path} returned no entry")))?;
         Ok(file_entry(&entry))
     }
 

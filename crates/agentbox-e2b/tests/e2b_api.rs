@@ -83,7 +83,7 @@ async fn creation_is_retried_on_transient_failures_and_rate_limits() {
 
     fake.state.faults.lock().unwrap().create.extend([(500, None); 4]);
     match backend.create(CreateRequest::default()).await {
-        Err(Error::Backend(m)) => assert!(m.contains("500"), "{m}"),
+        Err(Error::Backend { message: m, .. }) => assert!(m.contains("500"), "{m}"),
         other => panic!("the retry bound should give up with the last error, got {other:?}"),
     }
     fake.state.faults.lock().unwrap().create.push_back((429, Some(3600)));

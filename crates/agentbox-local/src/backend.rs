@@ -22,6 +22,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
+use crate::error::LocalError;
 use crate::netns::NetNs;
 use crate::proto::{self, BindMount, Exec, Kind, Quota, Setup};
 use crate::{agent, seccomp, sys, transfer, zygote};
@@ -231,18 +232,9 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
-/// Maps a storage error to the core error a caller acts on.
-#[allow(clippy::needless_pass_by_value)] // used as a map_err adaptor
+/// Maps a storage error to the core error a caller acts on (see [`LocalError`]).
 fn storage_err(e: agentbox_storage::StorageError) -> Error {
-    use agentbox_storage::StorageError as S;
-    match e {
-        S::Exists(_) => Error::Conflict(e.to_string()),
-        S::NotFound { what, name } => Error::NotFound(format!("{what} {name}")),
-        S::InvalidName(name) => Error::InvalidRequest(format!(
-            "{name:?} is not a valid name: use letters, digits, '.', '_' and '-' (at most 200)"
-        )),
-        e => Error::Backend(format!("sandbox storage: {e}")),
-    }
+    LocalError::from(e).into()
 }
 
 fn snapshot_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRecord) -> SnapshotInfo {
@@ -253,8 +245,9 @@ fn snapshot_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRe
     }
 }
 
-fn backend_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Backend(format!("{what}: {e}"))
+/// The step `what` failed because of `e`, which stays the error's source.
+fn backend_err(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    LocalError::step(what, e).into()
 }
 
 impl LocalBackend {
@@ -265,10 +258,11 @@ impl LocalBackend {
     pub fn new(config: LocalConfig) -> Result<Self> {
         let _ = agent::entry_point();
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            Error::Backend(format!(
+            let what = format!(
                 "cannot create the state directory {}: {e}; set LocalConfig::state_dir to a writable place",
                 config.state_dir.display()
-            ))
+            );
+            Error::backend_with(what, e)
         })?;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -311,10 +305,11 @@ impl LocalBackend {
         }
         let root_mountpoint = config.state_dir.join(".root");
         std::fs::create_dir_all(&root_mountpoint).map_err(|e| {
-            Error::Backend(format!(
+            let what = format!(
                 "cannot create {}: {e}; set LocalConfig::state_dir to a writable place",
                 root_mountpoint.display()
-            ))
+            );
+            Error::backend_with(what, e)
         })?;
         let me = std::process::id();
         let owner = format!("o{me}-{}", process_start(me).unwrap_or(0));
@@ -608,7 +603,7 @@ impl LocalBackend {
                 } else {
                     ""
                 };
-                Error::Backend(format!("starting the sandbox failed: {}{hint}", e.message))
+                Error::backend(format!("starting the sandbox failed: {}{hint}", e.message))
             })
         });
         let (cgroup, init) = match (cgroup, init) {
@@ -669,7 +664,7 @@ impl LocalBackend {
             };
             let ready = match tokio::time::timeout(config.startup_timeout, handshake).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(msg)) => return Err(Error::Backend(format!("sandbox setup failed: {msg}"))),
+                Ok(Err(msg)) => return Err(Error::backend(format!("sandbox setup failed: {msg}"))),
                 Err(_) => {
                     return Err(Error::Timeout(format!(
                         "sandbox setup took longer than startup_timeout ({:?})",
@@ -772,9 +767,9 @@ impl LocalBackend {
         }
         let mut w = sb.writer.lock().await;
         let Some(w) = w.as_mut() else { return Err(Error::NotFound(format!("sandbox {}", sb.info.id))) };
-        w.write_all(frame)
-            .await
-            .map_err(|e| Error::Backend(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox")))
+        w.write_all(frame).await.map_err(|e| {
+            Error::backend_with(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox"), e)
+        })
     }
 
     async fn request(&self, sb: &Sandbox, kind: Kind, payload: &[u8], deadline: Duration) -> Result<(Kind, Vec<u8>)> {
@@ -785,7 +780,7 @@ impl LocalBackend {
         let result = match sent {
             Ok(()) => match tokio::time::timeout(deadline, rx).await {
                 Ok(Ok(r)) => Ok(r),
-                Ok(Err(_)) => Err(Error::Backend("the sandbox agent exited; destroy and recreate the sandbox".into())),
+                Ok(Err(_)) => Err(Error::backend("the sandbox agent exited; destroy and recreate the sandbox")),
                 Err(_) => Err(Error::Timeout(format!("the sandbox agent did not answer within {deadline:?}"))),
             },
             Err(e) => Err(e),
@@ -1057,7 +1052,7 @@ impl SandboxBackend for LocalBackend {
             }
             _ => {
                 let f = proto::decode_failure(&payload);
-                Err(Error::Backend(format!("starting the background process failed: {}", f.message)))
+                Err(Error::backend(format!("starting the background process failed: {}", f.message)))
             }
         }
     }

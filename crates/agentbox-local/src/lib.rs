@@ -24,6 +24,7 @@
 pub mod agent;
 mod backend;
 mod cgroup;
+mod error;
 mod etc;
 mod net;
 mod netns;

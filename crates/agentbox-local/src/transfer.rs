@@ -6,8 +6,8 @@ use std::sync::Arc;
 use agentbox_core::{CHUNK_BYTES, Error, FileStream, FileUpload, Result};
 use agentbox_hostfs::{FileReader, Upload};
 
-fn task_error(e: &tokio::task::JoinError) -> Error {
-    Error::Backend(format!("file transfer task failed: {e}"))
+fn task_error(e: tokio::task::JoinError) -> Error {
+    Error::backend_with(format!("file transfer task failed: {e}"), e)
 }
 
 /// Streams exactly the file's size when opened, in chunks of at most [`CHUNK_BYTES`]. A file that shrinks ends
@@ -34,7 +34,7 @@ pub fn stream_file(reader: FileReader) -> FileStream {
                 ))),
                 Ok(Ok(buf)) => Ok(buf),
                 Ok(Err(e)) => Err(agentbox_hostfs::map_io(&path, e)),
-                Err(e) => Err(task_error(&e)),
+                Err(e) => Err(task_error(e)),
             };
             let failed = chunk.is_err();
             if let Ok(buf) = &chunk {
@@ -63,11 +63,11 @@ pub async fn drain_upload(mut up: Upload, mut upload: FileUpload, max: u64) -> R
             (up, r)
         })
         .await
-        .map_err(|e| task_error(&e))?;
+        .map_err(task_error)?;
         up = back;
         result?;
     }
     let written = up.written();
-    tokio::task::spawn_blocking(move || up.commit()).await.map_err(|e| task_error(&e))??;
+    tokio::task::spawn_blocking(move || up.commit()).await.map_err(task_error)??;
     Ok(written)
 }

@@ -202,12 +202,13 @@ impl From<agentbox_core::Error> for ApiError {
             E::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             E::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
             E::Unsupported(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m),
+            E::ShuttingDown(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", m),
             E::PermissionDenied(m) => Self::new(StatusCode::FORBIDDEN, "permission_denied", m),
             E::Io(io) if io_status(&io).is_some() => {
                 let (status, code, what) = io_status(&io).unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, "io", ""));
                 Self::new(status, code, format!("{what}: {}", redact_paths(&io.to_string())))
             }
-            e @ (E::Backend(_) | E::Io(_)) => {
+            e @ (E::Backend { .. } | E::Io(_)) => {
                 tracing::error!(error = %e, "request failed in the backend");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -271,8 +272,7 @@ mod tests {
 
     #[test]
     fn internal_errors_never_show_host_paths() {
-        let e: ApiError =
-            agentbox_core::Error::Backend("cannot open /var/lib/agentbox/sb-1/rootfs: denied".into()).into();
+        let e: ApiError = agentbox_core::Error::backend("cannot open /var/lib/agentbox/sb-1/rootfs: denied").into();
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.message().contains("/var/lib"), "{}", e.message());
         assert!(e.message().contains("<path>"), "{}", e.message());

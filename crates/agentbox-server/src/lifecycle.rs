@@ -51,7 +51,7 @@ fn ready_record(s: &ManagedSandbox) -> Record {
 
 fn registry_failure(e: &RegistryError) -> agentbox_core::Error {
     tracing::error!(error = %e, "sandbox registry write failed");
-    agentbox_core::Error::Backend("the sandbox registry could not be written".into())
+    agentbox_core::Error::backend("the sandbox registry could not be written")
 }
 
 impl Lifecycle {

@@ -125,7 +125,7 @@ impl From<agentbox_core::Error> for ToolError {
             E::Timeout(_) => ToolErrorKind::Timeout,
             E::Unsupported(_) => ToolErrorKind::Unsupported,
             E::PermissionDenied(_) => ToolErrorKind::PermissionDenied,
-            E::Backend(_) | E::Io(_) => ToolErrorKind::Failed,
+            E::Backend { .. } | E::Io(_) | E::ShuttingDown(_) => ToolErrorKind::Failed,
         };
         Self::new(kind, err.to_string())
     }

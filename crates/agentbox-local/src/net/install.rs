@@ -93,7 +93,7 @@ pub async fn install<B: SandboxBackend + ?Sized>(
         drop(proxy);
         if out.exit_code != 0 {
             tracing::warn!(sandbox = %id, manager, exit_code = out.exit_code, "package install failed");
-            return Err(Error::Backend(format!(
+            return Err(Error::backend(format!(
                 "{manager} install failed (exit {}{}): {label}\n{}",
                 out.exit_code,
                 if out.timed_out { ", timed out" } else { "" },

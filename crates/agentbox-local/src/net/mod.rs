@@ -343,9 +343,9 @@ async fn listen(netns: &NetNs, port: u16, proxy: Proxy, protocol: Protocol) -> R
     let netns = netns.clone();
     let std_listener = tokio::task::spawn_blocking(move || netns.listen(addr))
         .await
-        .map_err(|e| Error::Backend(format!("binding the egress proxy: {e}")))?
+        .map_err(|e| Error::backend_with(format!("binding the egress proxy: {e}"), e))?
         .map_err(|e| {
-            Error::Backend(format!(
+            Error::backend(format!(
                 "cannot listen on {addr} inside the sandbox for the egress proxy: {e}; \
                  a process in the sandbox may hold the port"
             ))
@@ -357,7 +357,7 @@ async fn listen(netns: &NetNs, port: u16, proxy: Proxy, protocol: Protocol) -> R
 }
 
 fn build_rules(config: &NetworkConfig) -> Result<Arc<Rules>, Error> {
-    let resolver = Resolver::new(&config.dns_servers).map_err(Error::Backend)?;
+    let resolver = Resolver::new(&config.dns_servers).map_err(Error::backend)?;
     Ok(Arc::new(Rules { policy: Policy::new(config), resolver }))
 }
 

@@ -174,7 +174,7 @@ pub async fn sandbox_health(
 /// Package installs that fail (backends say "<manager> install failed (exit N)") are the request's problem (a missing package, or no network to fetch it), not the server's.
 fn create_error(e: agentbox_core::Error) -> ApiError {
     match e {
-        agentbox_core::Error::Backend(m) if m.contains("install failed (exit") => ApiError::new(
+        agentbox_core::Error::Backend { message: m, .. } if m.contains("install failed (exit") => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "package_install_failed",
             format!(
