@@ -474,7 +474,25 @@ impl Inner {
             }
             st.recreating += 1;
         }
-        let made = self.create_sandbox(Some(run_id), preset, config, None).await;
+        // The files survive: where the backend can, a snapshot of the old sandbox's files seeds the new one.
+        let keep = format!("recovery-{old}-{}", now_ms());
+        let kept = match self.backend.snapshot(old, &keep).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(run_id = %run_id, error = %e, "no snapshot to recover the files from; recreating empty");
+                false
+            }
+        };
+        let mut made = self.create_sandbox(Some(run_id), preset, config, kept.then_some(keep.as_str())).await;
+        if kept {
+            if made.is_err() {
+                tracing::warn!(run_id = %run_id, "recreating from the old sandbox's files failed; recreating empty");
+                made = self.create_sandbox(Some(run_id), preset, config, None).await;
+            }
+            if let Err(e) = self.backend.delete_snapshot(&keep).await {
+                tracing::warn!(run_id = %run_id, snapshot = %keep, error = %e, "dropping the recovery snapshot failed");
+            }
+        }
         let result = match made {
             Ok(fresh) => {
                 let swapped = {

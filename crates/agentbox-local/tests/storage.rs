@@ -127,3 +127,34 @@ async fn snapshots_and_forks_of_a_running_sandbox() {
     assert!(layers_of(fork.id.as_str()).is_empty());
     sb.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_sandbox_keeps_its_files() {
+    use agentbox_core::{CreateOptions, ManagerConfig, RunId, SandboxManager};
+    let backend = common::backend();
+    let manager =
+        SandboxManager::new(backend.clone(), ManagerConfig { max_health_failures: 1, ..ManagerConfig::default() });
+    let run = RunId::parse("recovery-keeps-files").unwrap();
+    let (first, _) = manager.get_or_create(&run, CreateOptions::default()).await.unwrap();
+    manager.write_file(&run, "/home/user/work.txt", b"precious".to_vec()).await.unwrap();
+    // The init dies (killed by its pid, which this test's backend started).
+    let pid = backend.init_pid(&first.sandbox.id).unwrap();
+    // SAFETY: kill sends a signal to a process this test's backend started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let mut recreated = None;
+    for _ in 0..50 {
+        let s = manager.check_health(&run).await.unwrap();
+        if s.sandbox.id != first.sandbox.id {
+            recreated = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let recreated = recreated.expect("the sandbox was not recreated");
+    assert_eq!(manager.read_file(&run, "/home/user/work.txt").await.unwrap(), b"precious");
+    // The recovery snapshot is gone, and so is the old sandbox's layer.
+    assert!(!backend.list_snapshots().await.unwrap().iter().any(|s| s.name.contains(first.sandbox.id.as_str())));
+    assert!(layers_of(first.sandbox.id.as_str()).is_empty());
+    manager.destroy(&run).await.unwrap();
+    assert!(layers_of(recreated.sandbox.id.as_str()).is_empty());
+}
