@@ -152,7 +152,7 @@ impl E2bBackend {
     }
 
     fn assemble(config: E2bConfig, transport: Arc<dyn Transport>, http: reqwest::Client) -> Result<Self> {
-        let api = config.api_base().map_err(|e| Error::InvalidRequest(format!("E2B_API_URL: {e}")))?;
+        let api = config.api_base().map_err(|e| Error::InvalidRequest(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

@@ -326,11 +326,8 @@ impl E2bConfig {
         if !domain_ok {
             return Err(invalid("E2B_DOMAIN", &self.domain, "a domain name such as e2b.app (optionally with :port)"));
         }
-        self.api_base()
-            .map_err(|reason| invalid("E2B_API_URL", self.api_url.as_deref().unwrap_or_default(), &reason))?;
-        self.sandbox_base("probe", ENVD_PORT, None).map_err(|reason| {
-            invalid("E2B_SANDBOX_URL", self.sandbox_url.as_deref().unwrap_or(DEFAULT_SANDBOX_URL), &reason)
-        })?;
+        self.api_base()?;
+        self.sandbox_base("probe", ENVD_PORT, None)?;
         if let Some(t) = self.sandbox_url.as_deref() {
             if !t.contains("{port}") && t.contains("{sandbox_id}") {
                 return Err(invalid("E2B_SANDBOX_URL", t, "a template with {port} wherever it has {sandbox_id}"));
@@ -386,24 +383,24 @@ impl E2bConfig {
     /// The control-plane base URL.
     ///
     /// # Errors
-    /// Why the URL is unusable.
-    pub fn api_base(&self) -> Result<Url, String> {
+    /// [`ConfigError::InvalidValue`] for `E2B_API_URL`, saying why the URL is unusable.
+    pub fn api_base(&self) -> Result<Url, ConfigError> {
         let raw = self.api_url.clone().unwrap_or_else(|| format!("https://api.{}", self.domain));
-        parse_http_url(&raw)
+        parse_http_url(&raw).map_err(|reason| invalid_value("E2B_API_URL", &raw, &reason))
     }
 
     /// The base URL of a port of a sandbox, for the sandbox's own domain (E2B may return one per sandbox) or the
     /// configured one.
     ///
     /// # Errors
-    /// Why the URL is unusable.
-    pub fn sandbox_base(&self, sandbox_id: &str, port: u16, domain: Option<&str>) -> Result<Url, String> {
+    /// [`ConfigError::InvalidValue`] for `E2B_SANDBOX_URL`, saying why the URL is unusable.
+    pub fn sandbox_base(&self, sandbox_id: &str, port: u16, domain: Option<&str>) -> Result<Url, ConfigError> {
         let template = self.sandbox_url.as_deref().unwrap_or(DEFAULT_SANDBOX_URL);
         let raw = template
             .replace("{port}", &port.to_string())
             .replace("{sandbox_id}", sandbox_id)
             .replace("{domain}", domain.unwrap_or(&self.domain));
-        parse_http_url(&raw)
+        parse_http_url(&raw).map_err(|reason| invalid_value("E2B_SANDBOX_URL", template, &reason))
     }
 
     /// Whether sandboxes are addressed with routing headers rather than by host name.
@@ -416,6 +413,10 @@ impl E2bConfig {
 fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     Some((host, port.parse().ok()?)).filter(|(h, _)| !h.is_empty())
+}
+
+fn invalid_value(name: &str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::InvalidValue { name: name.into(), value: value.into(), expected: expected.into() }
 }
 
 fn parse_http_url(raw: &str) -> Result<Url, String> {

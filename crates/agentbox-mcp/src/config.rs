@@ -52,12 +52,17 @@ impl Default for McpConfig {
     }
 }
 
+/// Settings that make no sense, each named with what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct InvalidSettings(pub Vec<String>);
+
 impl McpConfig {
     /// Checks the settings make sense.
     ///
     /// # Errors
-    /// A message naming each bad setting.
-    pub fn check(&self) -> Result<(), String> {
+    /// Every bad setting, named.
+    pub fn check(&self) -> Result<(), InvalidSettings> {
         let mut problems = Vec::new();
         if self.session_idle_timeout.is_zero() {
             problems.push("mcp.session_idle_timeout must be longer than zero".to_owned());
@@ -74,7 +79,7 @@ impl McpConfig {
                 ));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+        if problems.is_empty() { Ok(()) } else { Err(InvalidSettings(problems)) }
     }
 }
 
@@ -99,6 +104,8 @@ mod tests {
             ..McpConfig::default()
         };
         let err = bad.check().unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let err = err.to_string();
         assert!(err.contains("session_idle_timeout") && err.contains("needs a scheme"), "{err}");
         assert!(
             serde_json::from_str::<McpConfig>(r#"{"allowed_host": []}"#)

@@ -40,7 +40,7 @@ mod server;
 mod transport;
 
 pub use agentbox_tools as tools;
-pub use config::McpConfig;
+pub use config::{InvalidSettings, McpConfig};
 pub use host::SandboxHost;
 pub use server::{McpServer, McpSession, SESSION_RUN_PREFIX};
 pub use transport::{HttpService, TransportError, http_service};

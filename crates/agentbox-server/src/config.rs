@@ -9,6 +9,17 @@ use serde::Deserialize;
 
 use crate::ServerError;
 
+/// Why a server configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML does not parse, or names a key that does not exist.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// Settings out of range, each named with what is accepted.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
 /// Which backend hosts the sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -244,9 +255,9 @@ impl ServerConfig {
     /// Parses TOML text.
     ///
     /// # Errors
-    /// A message naming the bad key.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+    /// [`ConfigError::Parse`] naming the bad key, or [`ConfigError::Invalid`] naming every bad setting.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)?;
         config.check()?;
         Ok(config)
     }
@@ -254,8 +265,8 @@ impl ServerConfig {
     /// Checks the limits make sense.
     ///
     /// # Errors
-    /// A message naming every bad setting.
-    pub fn check(&self) -> Result<(), String> {
+    /// [`ConfigError::Invalid`] naming every bad setting.
+    pub fn check(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let mut problems = Vec::new();
         for (name, v) in [
@@ -308,9 +319,9 @@ impl ServerConfig {
             }
         }
         if let Err(e) = self.mcp.check() {
-            problems.push(e);
+            problems.extend(e.0);
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// The manager configuration these settings describe.
@@ -366,8 +377,10 @@ mod tests {
         assert_eq!(c.manager.health_check_interval, Duration::from_secs(10));
         assert_eq!(c.manager_config().max_sandboxes, Some(3));
         let err = ServerConfig::from_toml("[limits]\nmax_sandbox = 3\n").unwrap_err();
-        assert!(err.contains("max_sandbox"), "{err}");
+        assert!(matches!(err, ConfigError::Parse(_)) && err.to_string().contains("max_sandbox"), "{err}");
         let err = ServerConfig::from_toml("[limits]\nmax_sandboxes = 0\nrate_limit_burst = 0\n").unwrap_err();
-        assert!(err.contains("limits.max_sandboxes") && err.contains("limits.rate_limit_burst"), "{err}");
+        let ConfigError::Invalid(problems) = err else { panic!("{err}") };
+        assert!(problems.iter().any(|p| p.contains("limits.max_sandboxes")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("limits.rate_limit_burst")), "{problems:?}");
     }
 }

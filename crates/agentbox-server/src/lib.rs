@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use auth::{ApiToken, TokenOrigin, resolve_token};
-pub use config::{BackendKind, Limits, ServerConfig, ShutdownPolicy};
+pub use config::{BackendKind, ConfigError, Limits, ServerConfig, ShutdownPolicy};
 pub use error::{ApiError, ServerError};
 pub use lifecycle::RecoveryReport;
 pub use registry::Registry;
@@ -103,7 +103,7 @@ impl Server {
         token: ApiToken,
         registry: Registry,
     ) -> Result<Self, ServerError> {
-        config.check().map_err(ServerError::Config)?;
+        config.check().map_err(|e| ServerError::Config(e.to_string()))?;
         // Before anything opens descriptors or starts a proxy: raise the limit and hand out the budgets.
         let fds = budget::FdBudget::establish(&config.limits).map_err(|e| ServerError::Config(e.to_string()))?;
         fds.apply(&config.limits);

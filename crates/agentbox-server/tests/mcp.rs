@@ -121,7 +121,7 @@ async fn mcp_can_be_disabled_and_checks_the_host() {
     assert_eq!(r.status(), 403, "a Host outside mcp.allowed_hosts is refused");
     on.stop().await;
 
-    let err = ServerConfig::from_toml("[mcp]\nsession_idle_timeout = 0\n").unwrap_err();
+    let err = ServerConfig::from_toml("[mcp]\nsession_idle_timeout = 0\n").unwrap_err().to_string();
     assert!(err.contains("mcp.session_idle_timeout"), "{err}");
     let c =
         ServerConfig::from_toml("[mcp]\nallowed_hosts = [\"sandbox.example.com\"]\ndefault_preset = \"lightweight\"\n")
