@@ -1002,7 +1002,7 @@ impl SandboxBackend for LocalBackend {
             let js = tokio::task::spawn_blocking(move || crate::typescript::to_javascript(&source))
                 .await
                 .map_err(|e| backend_err("compiling TypeScript", e))?
-                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+                .unwrap_or_else(|e| e.to_script());
             let extension = js.extension();
             (js.code, extension)
         } else {

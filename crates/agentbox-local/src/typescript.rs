@@ -22,6 +22,17 @@ const MAX_NESTING: usize = 1000;
 /// The stack of the thread that compiles (a level of nesting costs a few KiB of it).
 const STACK: usize = 64 << 20;
 
+impl CompileError {
+    /// JavaScript that reports this error as Node.js reports a syntax error: the message on stderr, exit code 1.
+    /// So TypeScript that does not compile fails like Python or JavaScript that does not parse, as an
+    /// execution with its error, not as a refused request.
+    #[must_use]
+    pub fn to_script(&self) -> Compiled {
+        let message = serde_json::Value::String(format!("SyntaxError: {self}\n"));
+        Compiled { code: format!("process.stderr.write({message});\nprocess.exitCode = 1;\n"), module: false }
+    }
+}
+
 /// JavaScript compiled from TypeScript.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
@@ -133,6 +144,17 @@ mod tests {
     fn invalid_typescript_is_an_error_with_the_reason() {
         let e = to_javascript("const x: = 1;").unwrap_err();
         assert!(e.0.contains("Unexpected token"), "{e}");
+    }
+
+    #[test]
+    fn an_error_becomes_a_script_that_reports_it() {
+        let script = to_javascript("const x: = 1;").unwrap_err().to_script();
+        assert!(
+            !script.module && script.code.starts_with("process.stderr.write(\"SyntaxError: the TypeScript"),
+            "{}",
+            script.code
+        );
+        assert!(script.code.ends_with("process.exitCode = 1;\n"), "{}", script.code);
     }
 
     #[test]
