@@ -396,8 +396,9 @@ impl LocalBackend {
         }
         if let Some(pool) = &self.inner.pool {
             for name in pool.layer_names() {
-                let (id, owner) = name.split_once('.').unwrap_or((name.as_str(), ""));
-                if owner == self.inner.owner || owner_alive(owner) {
+                let id = name.split_once('.').map_or(name.as_str(), |(id, _)| id);
+                let owner = pool.owner_tag(&name).unwrap_or_default();
+                if owner == self.inner.owner || owner_alive(&owner) {
                     continue;
                 }
                 match pool.remove_layer(&name) {
@@ -559,7 +560,10 @@ impl LocalBackend {
         let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end));
         let make_layer = {
             let pool = self.inner.pool.clone();
-            let name = self.cgroup_name(&id);
+            // Named by the sandbox id alone (the sandbox sees the name in its mount table); the owner process
+            // is a tag on the layer, for the reaper.
+            let name = id.clone();
+            let tag = self.inner.owner.clone();
             let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
             let run_as = config.security.run_as.clone();
             let from = request.from_snapshot.clone();
@@ -573,9 +577,16 @@ impl LocalBackend {
                     };
                 };
                 let owner = Owner { uid: run_as.uid, gid: run_as.gid };
-                tokio::task::spawn_blocking(move || match from {
-                    Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits).map(Some),
-                    None => pool.create_layer(&name, limits, owner).map(Some),
+                tokio::task::spawn_blocking(move || {
+                    let layer = match from {
+                        Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits)?,
+                        None => pool.create_layer(&name, limits, owner)?,
+                    };
+                    if let Err(e) = pool.set_owner_tag(&layer, &tag) {
+                        let _ = pool.remove_layer(&name);
+                        return Err(e);
+                    }
+                    Ok(Some(layer))
                 })
                 .await
                 .map_err(|e| backend_err("storage task", e))?

@@ -192,6 +192,8 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     let pids: Vec<i32> = parts.next().unwrap().split(',').map(|p| p.parse().unwrap()).collect();
     let config = LocalConfig { state_dir: state.clone(), ..LocalConfig::default() };
     assert!(!LocalBackend::host_cgroups(&config, &id).is_empty(), "the helper's sandbox has cgroups");
+    let layer = std::path::Path::new("/var/lib/agentbox/storage/pool/layers").join(&id);
+    assert!(layer.exists(), "the helper's sandbox has a storage layer");
     // Simulate a crash of the host process.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -210,6 +212,7 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     // The next start reaps what is left: the state directory and the cgroups, and only ours.
     let b = LocalBackend::new(config.clone()).unwrap();
     assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "orphan cgroups not reaped");
+    assert!(!layer.exists(), "the orphan's storage layer was not reaped");
     assert!(b.reap_orphans().is_empty(), "reaping is complete on the first pass");
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -17,12 +17,7 @@ fn layers_dir() -> PathBuf {
 
 fn layers_of(id: &str) -> Vec<String> {
     std::fs::read_dir(layers_dir())
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&format!("{id}.")))
-                .collect()
-        })
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n == id).collect())
         .unwrap_or_default()
 }
 

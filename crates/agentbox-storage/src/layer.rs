@@ -12,6 +12,9 @@ use agentbox_hostfs::Owner;
 use crate::btrfs;
 use crate::{Pool, StorageError};
 
+/// The extended attribute naming a layer's owner process.
+const OWNER_XATTR: &std::ffi::CStr = c"user.agentbox.owner";
+
 /// A layer's quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerLimits {
@@ -154,6 +157,34 @@ impl Pool {
             .unwrap_or_default();
         names.sort();
         names
+    }
+
+    /// Records which process owns a layer (an extended attribute of the layer's directory, so the name inside
+    /// the sandbox's mount table reveals nothing of the host). Forks copy their source's tag: set it again.
+    ///
+    /// # Errors
+    /// When the attribute can't be written.
+    pub fn set_owner_tag(&self, layer: &Layer, tag: &str) -> Result<(), StorageError> {
+        let path = CString::new(layer.dir.as_os_str().as_bytes())
+            .map_err(|_| StorageError::InvalidName(layer.name.clone()))?;
+        // SAFETY: lsetxattr with valid C strings and a buffer of the length given.
+        let rc = unsafe { libc::lsetxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), tag.as_ptr().cast(), tag.len(), 0) };
+        if rc == -1 {
+            return Err(StorageError::io("tagging a layer with its owner", &layer.dir)(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// The owner tag of layer `name` (see [`set_owner_tag`](Self::set_owner_tag)), when it has one.
+    #[must_use]
+    pub fn owner_tag(&self, name: &str) -> Option<String> {
+        check_name(name).ok()?;
+        let path = CString::new(self.layers.join(name).as_os_str().as_bytes()).ok()?;
+        let mut buf = [0u8; 256];
+        // SAFETY: lgetxattr into a buffer of the length given.
+        let n = unsafe { libc::lgetxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = usize::try_from(n).ok()?;
+        String::from_utf8(buf[..n].to_vec()).ok()
     }
 
     /// What a layer holds.
