@@ -313,10 +313,14 @@ impl LocalBackend {
         })?;
         let me = std::process::id();
         let owner = format!("o{me}-{}", process_start(me).unwrap_or(0));
-        let policy = seccomp::policy();
+        let compiled = |profile| {
+            seccomp::policy()
+                .and_then(|policy| seccomp::compile(&policy, profile))
+                .map_err(|e| backend_err("compiling the seccomp policy", e))
+        };
         let inner = Inner {
-            seccomp_default: vec![seccomp::compile(&policy, SeccompProfile::Default)],
-            seccomp_strict: vec![seccomp::compile(&policy, SeccompProfile::Strict)],
+            seccomp_default: vec![compiled(SeccompProfile::Default)?],
+            seccomp_strict: vec![compiled(SeccompProfile::Strict)?],
             etc: Arc::new(crate::etc::Templates::new(&config.state_dir, &config.etc_entries)),
             owner,
             root_mountpoint,
