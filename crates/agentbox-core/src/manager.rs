@@ -164,15 +164,38 @@ struct Inner {
     stop: Arc<Notify>,
     /// Signalled whenever a creation in flight ends, so shutdown can wait for it.
     settled: Notify,
-    stats: [AtomicU64; 6],
+    stats: Counters,
 }
 
-const CREATED: usize = 0;
-const POOL_HITS: usize = 1;
-const DESTROYED: usize = 2;
-const EXPIRED: usize = 3;
-const RECREATED: usize = 4;
-const EXECUTIONS: usize = 5;
+/// The lifetime counters behind [`ManagerStats`], one named field each.
+#[derive(Debug, Default)]
+struct Counters {
+    created: AtomicU64,
+    pool_hits: AtomicU64,
+    destroyed: AtomicU64,
+    expired: AtomicU64,
+    recreated: AtomicU64,
+    executions: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ManagerStats {
+        let s = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ManagerStats {
+            created: s(&self.created),
+            pool_hits: s(&self.pool_hits),
+            destroyed: s(&self.destroyed),
+            expired: s(&self.expired),
+            recreated: s(&self.recreated),
+            executions: s(&self.executions),
+        }
+    }
+}
+
+/// Counts one more.
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -255,10 +278,6 @@ impl Inner {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn bump(&self, counter: usize) {
-        self.stats[counter].fetch_add(1, Ordering::Relaxed);
-    }
-
     fn snapshot(run_id: &RunId, e: &Entry) -> ManagedSandbox {
         ManagedSandbox {
             run_id: run_id.clone(),
@@ -298,7 +317,7 @@ impl Inner {
                     config.startup_timeout
                 ))
             })??;
-        self.bump(CREATED);
+        bump(&self.stats.created);
         let packages = config.packages()?;
         if !packages.is_empty() {
             if let Err(e) = self.backend.install_packages(&info.id, packages).await {
@@ -311,7 +330,7 @@ impl Inner {
 
     async fn destroy_quietly(&self, id: &SandboxId) {
         match self.backend.destroy(id).await {
-            Ok(()) => self.bump(DESTROYED),
+            Ok(()) => bump(&self.stats.destroyed),
             Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "destroying a sandbox failed"),
         }
     }
@@ -408,7 +427,7 @@ impl Inner {
         for (run, id) in &victims {
             tracing::info!(run_id = %run, sandbox_id = %id, "destroying idle sandbox");
             self.destroy_quietly(id).await;
-            self.bump(EXPIRED);
+            bump(&self.stats.expired);
             let mut st = self.lock();
             if matches!(st.runs.get(run), Some(Slot::Ready(e)) if e.sandbox.id == *id) {
                 st.runs.remove(run);
@@ -512,7 +531,7 @@ impl Inner {
                     }
                 };
                 if swapped {
-                    self.bump(RECREATED);
+                    bump(&self.stats.recreated);
                 }
                 // Whichever sandbox lost (the old one, or the fresh one if the run vanished meanwhile) goes.
                 self.destroy_quietly(if swapped { old } else { &fresh.id }).await;
@@ -782,7 +801,7 @@ impl SandboxManager {
                 None => inner.create_sandbox(Some(&run), preset, &config, from_snapshot.as_deref()).await,
             };
             if from_pool {
-                inner.bump(POOL_HITS);
+                bump(&inner.stats.pool_hits);
                 let refill = inner.clone();
                 tokio::spawn(async move { refill.fill_pool().await });
             }
@@ -899,15 +918,7 @@ impl SandboxManager {
     /// Lifetime counters.
     #[must_use]
     pub fn stats(&self) -> ManagerStats {
-        let s = |i: usize| self.inner.stats[i].load(Ordering::Relaxed);
-        ManagerStats {
-            created: s(CREATED),
-            pool_hits: s(POOL_HITS),
-            destroyed: s(DESTROYED),
-            expired: s(EXPIRED),
-            recreated: s(RECREATED),
-            executions: s(EXECUTIONS),
-        }
+        self.inner.stats.snapshot()
     }
 
     fn counted(&self, run_id: &RunId, stream: ExecStream) -> ExecStream {
@@ -927,7 +938,7 @@ impl SandboxManager {
         if let Some(Slot::Ready(e)) = self.inner.lock().runs.get_mut(run_id) {
             e.execution_count += 1;
         }
-        self.inner.bump(EXECUTIONS);
+        bump(&self.inner.stats.executions);
         Ok(acquired)
     }
 
@@ -1118,7 +1129,7 @@ impl SandboxManager {
         let result = self.inner.backend.destroy(&id).await;
         self.inner.lock().runs.remove(run_id);
         if result.is_ok() {
-            self.inner.bump(DESTROYED);
+            bump(&self.inner.stats.destroyed);
         }
         result
     }
