@@ -5,6 +5,7 @@
 //! A server sizes these from its file-descriptor limit at start ([`ProxyPool::configure`],
 //! [`LogLimiter::configure`]); a backend used on its own gets the defaults.
 
+use crate::LockExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -231,7 +232,7 @@ impl LogLimiter {
         let now = Instant::now();
         let mut ended = None;
         let allowed = {
-            let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut windows = self.windows.lock_unpoisoned();
             let key = if windows.len() >= MAX_LOG_SOURCES && !windows.contains_key(&(what, source.to_owned())) {
                 (what, "other sources".to_owned())
             } else {
@@ -267,7 +268,7 @@ impl LogLimiter {
         let window = self.settings.read().unwrap_or_else(PoisonError::into_inner).window;
         let now = Instant::now();
         let mut ended = Vec::new();
-        self.windows.lock().unwrap_or_else(PoisonError::into_inner).retain(|(what, source), w| {
+        self.windows.lock_unpoisoned().retain(|(what, source), w| {
             if now.duration_since(w.started) < window {
                 return true;
             }

@@ -88,6 +88,9 @@ impl Error {
     }
 }
 
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;
@@ -104,6 +107,3 @@ mod tests {
         assert_eq!(Error::ShuttingDown("the manager is stopping".into()).code(), "shutting_down");
     }
 }
-
-/// Result with [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,6 +11,7 @@ pub mod budget;
 mod error;
 pub mod install;
 mod manager;
+mod sync;
 mod transfer;
 mod types;
 
@@ -21,10 +22,12 @@ pub use error::{Error, Result};
 #[cfg(feature = "mock")]
 pub use manager::doc_backend;
 pub use manager::{CreateOptions, ManagedSandbox, ManagerConfig, ManagerStats, SandboxManager};
+pub use sync::LockExt;
 pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};
 pub use types::{
     CappedBuffer, CodeRequest, Command, CreateRequest, ExecEvent, ExecOutput, ExecRequest, ExecStream, ExitStatus,
-    FileEntry, FileKind, HealthStatus, Language, ProcessInfo, RunId, SandboxId, SandboxInfo, SandboxState, SnapshotInfo,
+    FileEntry, FileKind, HealthStatus, Language, ProcessInfo, RunId, SandboxId, SandboxInfo, SandboxState,
+    SnapshotInfo,
 };
 
 pub use agentbox_config as config;

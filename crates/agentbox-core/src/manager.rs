@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::LockExt;
 use crate::backend::SandboxBackend;
 use crate::types::{
     CodeRequest, CreateRequest, ExecOutput, ExecRequest, ExecStream, FileEntry, ProcessInfo, RunId, SandboxId,
@@ -275,7 +276,7 @@ impl Drop for BusyGuard {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock_unpoisoned()
     }
 
     fn snapshot(run_id: &RunId, e: &Entry) -> ManagedSandbox {
@@ -586,7 +587,7 @@ impl SandboxManager {
     /// Fills the warm pool and starts the periodic cleanup and health tasks.
     /// Must be called inside a tokio runtime. Calling it again while they run does nothing.
     pub fn start(&self) {
-        let mut maintenance = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut maintenance = self.inner.maintenance.lock_unpoisoned();
         if maintenance.as_ref().is_some_and(|t| !t.is_finished()) || self.inner.lock().shut_down {
             return;
         }
@@ -1140,7 +1141,7 @@ impl SandboxManager {
     /// them get [`Error::ShuttingDown`], as does every later [`get_or_create`](Self::get_or_create).
     pub async fn shutdown(&self) {
         self.inner.lock().shut_down = true;
-        let task = self.inner.maintenance.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let task = self.inner.maintenance.lock_unpoisoned().take();
         if let Some(task) = task {
             // Let a pass in progress finish rather than dropping it half-way (a half-made sandbox would leak).
             self.inner.stop.notify_one();

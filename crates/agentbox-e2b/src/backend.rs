@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use agentbox_config::NetworkConfig;
+use agentbox_core::LockExt;
 use agentbox_core::{
     CodeRequest, CreateRequest, Error, ExecRequest, ExecStream, FileEntry, HealthStatus, Language, ProcessInfo, Result,
     SandboxBackend, SandboxId, SandboxInfo, SandboxState,
@@ -72,7 +73,7 @@ pub(crate) struct HandleState {
 
 impl Handle {
     pub(crate) fn lock(&self) -> MutexGuard<'_, HandleState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock_unpoisoned()
     }
 
     pub(crate) fn record_exit(&self, code: i32) {
@@ -255,11 +256,11 @@ impl Inner {
     }
 
     pub(crate) fn forget(&self, id: &SandboxId) {
-        self.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        self.sandboxes.lock_unpoisoned().remove(id);
     }
 
     fn remember(&self, handle: Arc<Handle>) {
-        self.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(handle.id.clone(), handle);
+        self.sandboxes.lock_unpoisoned().insert(handle.id.clone(), handle);
     }
 
     pub(crate) fn clamp_timeout(&self, d: Duration) -> u64 {
@@ -269,7 +270,7 @@ impl Inner {
     /// The handle of a sandbox, from the cache or from `GET /sandboxes/{id}` (a sandbox created by an earlier
     /// process).
     pub(crate) async fn handle(&self, id: &SandboxId) -> Result<Arc<Handle>> {
-        if let Some(h) = self.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id) {
+        if let Some(h) = self.sandboxes.lock_unpoisoned().get(id) {
             return Ok(h.clone());
         }
         let detail = self.detail(id).await?;

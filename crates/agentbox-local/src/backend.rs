@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentbox_config::{CleanupPolicy, NetworkConfig, PackageSpec, SandboxConfig, SeccompProfile};
+use agentbox_core::LockExt;
 use agentbox_core::{
     CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, FileStream,
     FileUpload, HealthStatus, Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
@@ -439,13 +440,7 @@ impl LocalBackend {
     }
 
     fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
-        self.inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("sandbox {id}")))
+        self.inner.sandboxes.lock_unpoisoned().get(id).cloned().ok_or_else(|| Error::NotFound(format!("sandbox {id}")))
     }
 
     fn setup_for(&self, config: &SandboxConfig) -> Setup {
@@ -736,7 +731,7 @@ impl LocalBackend {
         });
         let cg = sandbox.cgroup.clone();
         let task = tokio::spawn(reader_loop(rd, routes, alive, cg));
-        *sandbox.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        *sandbox.reader.lock_unpoisoned() = Some(task);
         Ok(sandbox)
     }
 
@@ -790,7 +785,7 @@ impl LocalBackend {
     async fn request(&self, sb: &Sandbox, kind: Kind, payload: &[u8], deadline: Duration) -> Result<(Kind, Vec<u8>)> {
         let id = sb.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        sb.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, Route::Reply(tx));
+        sb.routes.lock_unpoisoned().insert(id, Route::Reply(tx));
         let sent = self.send(sb, &proto::encode(kind, id, payload)).await;
         let result = match sent {
             Ok(()) => match tokio::time::timeout(deadline, rx).await {
@@ -800,7 +795,7 @@ impl LocalBackend {
             },
             Err(e) => Err(e),
         };
-        sb.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+        sb.routes.lock_unpoisoned().remove(&id);
         result
     }
 
@@ -882,7 +877,7 @@ async fn reader_loop(
             None,
         }
         let action = {
-            let mut r = routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut r = routes.lock_unpoisoned();
             match (kind, r.get(&id)) {
                 (Kind::Stdout, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stdout(payload)),
                 (Kind::Stderr, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stderr(payload)),
@@ -944,8 +939,7 @@ async fn reader_loop(
         }
         None => "agentbox: the sandbox agent exited\n".to_owned(),
     };
-    let pending: Vec<Route> =
-        routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, r)| r).collect();
+    let pending: Vec<Route> = routes.lock_unpoisoned().drain().map(|(_, r)| r).collect();
     for r in pending {
         if let Route::Exec { tx, .. } = r {
             let _ = tx.send(ExecEvent::Stderr(why.clone().into_bytes())).await;
@@ -979,7 +973,7 @@ impl SandboxBackend for LocalBackend {
         }
         let sb = self.spawn_sandbox(&request).await?;
         let info = sb.info.clone();
-        self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(info.id.clone(), sb);
+        self.inner.sandboxes.lock_unpoisoned().insert(info.id.clone(), sb);
         Ok(info)
     }
 
@@ -990,10 +984,7 @@ impl SandboxBackend for LocalBackend {
         let mut frames =
             proto::try_encode_json(Kind::Exec, rid, &msg).map_err(|e| backend_err("encoding the execution", e))?;
         let (tx, rx) = mpsc::channel(64);
-        sb.routes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
+        sb.routes.lock_unpoisoned().insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
         if let Some(stdin) = &request.stdin {
             for chunk in stdin.chunks(64 * 1024) {
                 frames.extend(proto::encode(Kind::Stdin, rid, chunk));
@@ -1001,7 +992,7 @@ impl SandboxBackend for LocalBackend {
             frames.extend(proto::encode(Kind::Stdin, rid, &[]));
         }
         if let Err(e) = self.send(&sb, &frames).await {
-            sb.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&rid);
+            sb.routes.lock_unpoisoned().remove(&rid);
             return Err(e);
         }
         Ok(ExecStream::new(rx))
@@ -1177,7 +1168,7 @@ impl SandboxBackend for LocalBackend {
         let cpu_ns = sb.cgroup.cpu_nanos();
         let now = Instant::now();
         let usage = {
-            let mut last = sb.last_cpu.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut last = sb.last_cpu.lock_unpoisoned();
             let pct = match (*last, cpu_ns) {
                 (Some((t, prev)), Some(cur)) if now > t => {
                     #[allow(clippy::cast_precision_loss)]
@@ -1240,7 +1231,7 @@ impl SandboxBackend for LocalBackend {
 
     async fn open_port(&self, id: &SandboxId, port: u16) -> Result<String> {
         let sb = self.get(id)?;
-        if let Some((url, _)) = sb.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&port) {
+        if let Some((url, _)) = sb.forwards.lock_unpoisoned().get(&port) {
             return Ok(url.clone());
         }
         // A loopback listener on the host; each connection is joined to a fresh
@@ -1264,7 +1255,7 @@ impl SandboxBackend for LocalBackend {
                 });
             }
         });
-        let mut forwards = sb.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut forwards = sb.forwards.lock_unpoisoned();
         if let Some((existing, _)) = forwards.get(&port) {
             task.abort();
             return Ok(existing.clone());
@@ -1328,7 +1319,7 @@ impl SandboxBackend for LocalBackend {
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<()> {
-        let Some(sb) = self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id) else {
+        let Some(sb) = self.inner.sandboxes.lock_unpoisoned().remove(id) else {
             return Ok(());
         };
         // A frozen sandbox's processes can't die (v1 freezer): thaw it first.
@@ -1356,19 +1347,13 @@ impl SandboxBackend for LocalBackend {
         })
         .await
         .map_err(|e| backend_err("destroy task", e))?;
-        let reader = sb.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let reader = sb.reader.lock_unpoisoned().take();
         if let Some(t) = reader {
             // Waiting for the cancelled reader means the control socket is closed when destroy returns.
             t.abort();
             let _ = t.await;
         }
-        let forwards: Vec<_> = sb
-            .forwards
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain()
-            .map(|(_, (_, t))| t)
-            .collect();
+        let forwards: Vec<_> = sb.forwards.lock_unpoisoned().drain().map(|(_, (_, t))| t).collect();
         for task in forwards {
             // Waiting for the cancelled task means its listener is closed when destroy returns.
             task.abort();
@@ -1378,7 +1363,7 @@ impl SandboxBackend for LocalBackend {
     }
 
     async fn list(&self) -> Result<Vec<SandboxInfo>> {
-        let map = self.inner.sandboxes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.inner.sandboxes.lock_unpoisoned();
         let mut v: Vec<SandboxInfo> = map
             .values()
             .map(|s| SandboxInfo {

@@ -8,6 +8,7 @@
 //! change to the host's `/etc` reaches new sandboxes within that time. A replaced
 //! template is deleted at once: sandboxes that bound it keep their view of it.
 
+use agentbox_core::LockExt;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -53,7 +54,7 @@ impl Templates {
 
     /// A fresh template for these generated files, when one exists (no I/O).
     pub fn cached(&self, files: &[(String, String)]) -> Option<PathBuf> {
-        let built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let built = self.built.lock_unpoisoned();
         built.get(&key(files)).filter(|(at, _)| at.elapsed() < MAX_AGE).map(|(_, p)| p.clone())
     }
 
@@ -63,7 +64,7 @@ impl Templates {
     /// When the template directory can't be written.
     pub fn get(&self, files: &[(String, String)]) -> io::Result<PathBuf> {
         let k = key(files);
-        let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut built = self.built.lock_unpoisoned();
         if let Some((at, p)) = built.get(&k) {
             if at.elapsed() < MAX_AGE {
                 return Ok(p.clone());

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use crate::proto::{InitSpawned, SpawnInit};
 use crate::{agent, sealed, sys};
+use agentbox_core::LockExt;
 
 struct Zygote {
     socket: OwnedFd,
@@ -88,7 +89,7 @@ fn ask(z: &Zygote, request: &[u8], control: &OwnedFd) -> Result<(InitSpawned, Op
 pub fn spawn_init(root: &str, control: &OwnedFd) -> Result<Init, SpawnError> {
     let request = serde_json::to_vec(&SpawnInit { root: root.to_owned() })
         .map_err(|e| SpawnError { message: format!("encoding the request: {e}"), errno: None })?;
-    let mut guard = ZYGOTE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = ZYGOTE.lock_unpoisoned();
     // A zygote that died before taking the request (killed from outside) is replaced once. One
     // that died after taking it may have cloned an init already, so the request is not repeated:
     // the caller's cleanup kills whatever joined the sandbox's cgroups.

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use agentbox_core::LockExt;
 use agentbox_core::{CreateOptions, ManagedSandbox, RunId, SandboxManager, SandboxState};
 use agentbox_tools::{ToolContext, ToolError, ToolErrorKind, ToolRegistry, ToolResult};
 use rmcp::model::{
@@ -58,7 +59,7 @@ struct Shared {
 
 impl Shared {
     fn defaults(&self) -> MutexGuard<'_, HashSet<RunId>> {
-        self.defaults.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.defaults.lock_unpoisoned()
     }
 
     fn manager(&self) -> &SandboxManager {

@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use agentbox_core::LockExt;
 use agentbox_core::budget::{ProxyLimits, log_limiter, proxy_pool};
 use tokio::sync::Notify;
 
@@ -222,7 +223,7 @@ impl Connections {
     /// Counts a connection from `client`, or refuses it (see [`Connections`]).
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Option<Admitted> {
         let client = client_key(client);
-        let mut by_client = self.by_client.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_client = self.by_client.lock_unpoisoned();
         let mine = by_client.get(&client).map_or(0, Vec::len);
         if mine >= self.per_client {
             drop(by_client);
@@ -308,7 +309,7 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut by_client = self.connections.by_client.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_client = self.connections.by_client.lock_unpoisoned();
         if let Some(conns) = by_client.get_mut(&self.client) {
             conns.retain(|o| o.id != self.id);
             if conns.is_empty() {

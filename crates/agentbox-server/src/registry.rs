@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use agentbox_config::SandboxConfig;
+use agentbox_core::LockExt;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Why the registry failed.
@@ -128,7 +129,7 @@ impl Registry {
     ) -> Result<T, RegistryError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut guard = conn.lock_unpoisoned();
             f(&mut guard)
         })
         .await

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agentbox_core::LockExt;
 use agentbox_core::{ManagerStats, SandboxState};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -87,7 +88,7 @@ impl ServerMetrics {
     /// Records one finished request; `method` and `route` must come from fixed sets ([`method_label`],
     /// a matched route template), and past `max_series` label sets new ones count as `route="other"`.
     pub fn record(&self, method: &'static str, route: &str, status: u16, elapsed: Duration) {
-        let mut s = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.series.lock_unpoisoned();
         let mut route = route;
         if s.requests.len() >= self.max_series && !s.requests.contains_key(&(method, route.to_owned(), status)) {
             route = "other";
@@ -99,7 +100,7 @@ impl ServerMetrics {
     /// Label sets of the request counter (the histogram has at most as many).
     #[must_use]
     pub fn series(&self) -> usize {
-        self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).requests.len()
+        self.series.lock_unpoisoned().requests.len()
     }
 
     /// Renders the server's series as Prometheus text, with the sandboxes counted by state and the manager's counters.
@@ -107,7 +108,7 @@ impl ServerMetrics {
     #[allow(clippy::cast_precision_loss)] // counters beyond 2^53 lose precision in Prometheus anyway
     pub fn render(&self, by_state: &BTreeMap<&'static str, usize>, stats: &ManagerStats) -> String {
         let mut out = String::new();
-        let s = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = self.series.lock_unpoisoned();
         let _ =
             writeln!(out, "# HELP agentbox_http_requests_total HTTP requests answered, by method, route and status.");
         let _ = writeln!(out, "# TYPE agentbox_http_requests_total counter");

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use agentbox_core::LockExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest read or write through an unlimited bucket.
@@ -53,7 +54,7 @@ impl Bucket {
 
     /// Changes the rate, live; the bucket starts full.
     pub fn set_rate(&self, rate: Option<u64>) {
-        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.state.lock_unpoisoned();
         if s.rate != rate {
             s.rate = rate;
             s.tokens = rate.map_or(0.0, Self::capacity);
@@ -63,7 +64,7 @@ impl Bucket {
 
     /// How long to wait before the next transfer; `None` when it may go now.
     fn delay(&self) -> Option<Duration> {
-        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.state.lock_unpoisoned();
         let rate = s.rate?;
         let now = Instant::now();
         #[allow(clippy::cast_precision_loss)]
@@ -75,13 +76,13 @@ impl Bucket {
 
     /// The largest transfer to attempt now.
     fn chunk(&self) -> usize {
-        let s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = self.state.lock_unpoisoned();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         s.rate.map_or(MAX_CHUNK, |r| (Self::capacity(r) as usize).clamp(MIN_CHUNK, MAX_CHUNK))
     }
 
     fn consume(&self, n: usize) {
-        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.state.lock_unpoisoned();
         if s.rate.is_some() {
             #[allow(clippy::cast_precision_loss)]
             let n = n as f64;

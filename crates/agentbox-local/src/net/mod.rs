@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use agentbox_config::NetworkConfig;
 use agentbox_core::Error;
+use agentbox_core::LockExt;
 use agentbox_core::budget::{self, Exhausted, Slot, Tenant};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -126,7 +127,7 @@ struct Shared {
 
 impl Shared {
     fn refuse(&self, via: &str, host: &str, port: u16, rule: &Rule) {
-        *self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(rule.name()).or_insert(0) += 1;
+        *self.refused.lock_unpoisoned().entry(rule.name()).or_insert(0) += 1;
         if budget::log_limiter().allow("egress refused", &format!("sandbox {}", self.sandbox)) {
             let name = rule.name();
             tracing::info!(sandbox = %self.sandbox, host, port, via, rule = name, reason = %rule, "egress refused");
@@ -142,7 +143,7 @@ impl Shared {
     }
 
     fn host_addrs(&self) -> Arc<Vec<IpAddr>> {
-        let mut cache = self.host_addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.host_addrs.lock_unpoisoned();
         if cache.0.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
             *cache = (Some(Instant::now()), Arc::new(host_addresses()));
         }
@@ -477,14 +478,8 @@ impl Egress {
     /// Counters since creation.
     #[must_use]
     pub fn stats(&self) -> NetworkStats {
-        let refused_by_rule: BTreeMap<String, u64> = self
-            .shared
-            .refused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), *v))
-            .collect();
+        let refused_by_rule: BTreeMap<String, u64> =
+            self.shared.refused.lock_unpoisoned().iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
         NetworkStats {
             bytes_in: self.shared.meter.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.shared.meter.bytes_out.load(Ordering::Relaxed),
