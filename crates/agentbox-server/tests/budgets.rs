@@ -23,15 +23,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agentbox_server::{Limits, Registry, Server, ServerConfig, ShutdownPolicy};
+use common::child::ChildServer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -64,86 +63,20 @@ fn budget_server_process() {
         let registry = Registry::open(&dir.join("registry.db")).unwrap();
         let token = agentbox_server::ApiToken::new(TOKEN).unwrap();
         let server = Server::start(backend, config, token, registry).await.unwrap();
-        let listener = agentbox_server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::fs::write(dir.join("addr.tmp"), addr.to_string()).unwrap();
-        std::fs::rename(dir.join("addr.tmp"), dir.join("addr")).unwrap();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        server
-            .serve(listener, async move {
-                term.recv().await;
-            })
-            .await;
-        server.shutdown().await;
+        common::child::serve_until_term(server, &dir).await;
     });
 }
 
-/// The server process; SIGTERM and a wait when dropped.
-struct ServerProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(dir: &Path) -> Self {
-        let log = dir.join("server.log");
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args(["budget_server_process", "--exact", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, dir)
-            .env_remove("RUST_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+/// The server process, under a soft descriptor limit of half [`NOFILE`] and a hard one of [`NOFILE`].
+fn start_server(dir: &Path) -> ChildServer {
+    ChildServer::start("budget_server_process", CHILD_ENV, dir, || {
+        let lim = libc::rlimit { rlim_cur: NOFILE / 2, rlim_max: NOFILE };
         // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit { rlim_cur: NOFILE / 2, rlim_max: NOFILE };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(dir.join("addr")) {
-                break a.parse().unwrap();
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut text = String::new();
-                std::fs::File::open(&log).unwrap().read_to_string(&mut text).unwrap();
-                panic!("the server exited with {status} before listening:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "the server did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, addr, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: kill sends a signal to the process this test started, by its pid.
-            unsafe { libc::kill(libc::pid_t::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+        Ok(())
+    })
 }
 
 /// Descriptors, resident memory and peak resident memory of process `pid`.
@@ -485,7 +418,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_hold_under_attack() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
+    let server = start_server(dir.path());
     let pid = server.pid();
     let base = format!("http://{}", server.addr);
     let api = Api { base: base.clone(), client: client_from([127, 0, 0, 1]) };

@@ -14,14 +14,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read as _;
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use agentbox_server::{Registry, Server, ServerConfig, ShutdownPolicy};
+use common::child::ChildServer;
 use serde_json::{Value, json};
 
 const CHILD_ENV: &str = "AGENTBOX_HOSTILE_FILES_DIR";
@@ -46,85 +46,19 @@ fn hostile_files_server_process() {
         let registry = Registry::open(&dir.join("registry.db")).unwrap();
         let token = agentbox_server::ApiToken::new(TOKEN).unwrap();
         let server = Server::start(backend, config, token, registry).await.unwrap();
-        let listener = agentbox_server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
-        eprintln!("agentboxd listening on http://{}", listener.local_addr().unwrap());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).unwrap();
-        server
-            .serve(listener, async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => eprintln!("SIGINT received"),
-                }
-            })
-            .await;
-        server.shutdown().await;
+        common::child::serve_until_term(server, &dir).await;
     });
 }
 
-struct ServerProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(dir: &Path) -> Self {
-        let log = dir.join("server.log");
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args(["hostile_files_server_process", "--exact", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        // SAFETY: setsid is async-signal-safe; the child becomes a session leader without a terminal, as under
-        // systemd or a container init.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+/// The server process: a session leader without a controlling terminal, as under systemd or a container init.
+fn start_server(dir: &Path) -> ChildServer {
+    ChildServer::start("hostile_files_server_process", CHILD_ENV, dir, || {
+        // SAFETY: setsid is async-signal-safe.
+        if unsafe { libc::setsid() } == -1 {
+            return Err(std::io::Error::last_os_error());
         }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("agentboxd listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the server exited with {status} before listening:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "the server did not start listening:\n{text}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, addr, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: kill sends a signal to the process this test started, by its pid.
-            unsafe { libc::kill(libc::pid_t::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+        Ok(())
+    })
 }
 
 /// `tty_nr` of a process (field 7 of /proc/PID/stat): 0 when it has no controlling terminal.
@@ -255,7 +189,7 @@ with open(h + '/closed', 'w') as f:
 #[allow(clippy::too_many_lines)]
 async fn hostile_paths_cannot_reach_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(dir.path());
+    let mut server = start_server(dir.path());
     let pid = server.pid();
     let client = Client {
         http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
@@ -312,7 +246,7 @@ async fn hostile_paths_cannot_reach_the_server() {
     ];
     let (_, peak_before) = memory(pid);
     let mut outcomes = Vec::new();
-    let check = |what: String, status: u16, server: &mut ServerProcess| {
+    let check = |what: String, status: u16, server: &mut ChildServer| {
         assert!(server.alive(), "the server died after {what}");
         assert_eq!(tty_nr(pid), 0, "{what} gave the server a controlling terminal");
         assert!(status < 500, "{what} answered {status}");
@@ -458,8 +392,7 @@ async fn hostile_paths_cannot_reach_the_server() {
     assert!(client.health().await);
     let out = client.sh("hostile-b", "echo neighbour-ok").await;
     assert_eq!(out["stdout"].as_str().unwrap().trim(), "neighbour-ok");
-    let mut log = String::new();
-    std::fs::File::open(&server.log).unwrap().read_to_string(&mut log).unwrap();
+    let log = server.log_text();
     assert!(!log.contains("SIGINT received"), "the server saw a SIGINT:\n{log}");
     eprintln!("peak memory {peak_before} -> {peak_after} bytes\n{}", outcomes.join("\n"));
 }

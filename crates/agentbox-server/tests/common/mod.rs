@@ -19,6 +19,8 @@ use agentbox_server::{ApiToken, Registry, Server, ServerConfig};
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod child;
+
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 fn now_ms() -> u64 {
