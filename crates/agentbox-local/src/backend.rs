@@ -246,6 +246,11 @@ fn snapshot_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRe
     }
 }
 
+/// Runs `f` on the blocking pool; `what` names the task if it panics or is cancelled.
+async fn blocking<T: Send + 'static>(what: &'static str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| backend_err(what, e))?
+}
+
 /// The step `what` failed because of `e`, which stays the error's source.
 fn backend_err(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     LocalError::step(what, e).into()
@@ -441,6 +446,16 @@ impl LocalBackend {
 
     fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
         self.inner.sandboxes.lock_unpoisoned().get(id).cloned().ok_or_else(|| Error::NotFound(format!("sandbox {id}")))
+    }
+
+    /// Runs `op` on the sandbox `id` (its files, through its `hostfs::Root`) on the blocking pool.
+    async fn on_files<T: Send + 'static>(
+        &self,
+        id: &SandboxId,
+        op: impl FnOnce(&Sandbox) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let sb = self.get(id)?;
+        blocking("file task", move || op(&sb)).await
     }
 
     fn setup_for(&self, config: &SandboxConfig) -> Setup {
@@ -1097,69 +1112,50 @@ impl SandboxBackend for LocalBackend {
     }
 
     async fn read_file(&self, id: &SandboxId, path: &str) -> Result<Vec<u8>> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.read(&path, sb.config.max_read_bytes))
-            .await
-            .map_err(|e| backend_err("file task", e))?
+        self.on_files(id, move |sb| sb.root.read(&path, sb.config.max_read_bytes)).await
     }
 
     async fn read_file_stream(&self, id: &SandboxId, path: &str) -> Result<FileStream> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        let reader = tokio::task::spawn_blocking(move || sb.root.open_read(&path))
-            .await
-            .map_err(|e| backend_err("file task", e))??;
+        let reader = self.on_files(id, move |sb| sb.root.open_read(&path)).await?;
         Ok(transfer::stream_file(reader))
     }
 
     async fn write_file_stream(&self, id: &SandboxId, path: &str, upload: FileUpload, max: u64) -> Result<u64> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        let up = tokio::task::spawn_blocking(move || sb.root.create_upload(&path))
-            .await
-            .map_err(|e| backend_err("file task", e))??;
+        let up = self.on_files(id, move |sb| sb.root.create_upload(&path)).await?;
         transfer::drain_upload(up, upload, max).await
     }
 
     async fn write_file(&self, id: &SandboxId, path: &str, data: Vec<u8>) -> Result<()> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.write(&path, &data))
-            .await
-            .map_err(|e| backend_err("file task", e))?
+        self.on_files(id, move |sb| sb.root.write(&path, &data)).await
     }
 
     async fn list_dir(&self, id: &SandboxId, path: &str) -> Result<Vec<FileEntry>> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.list(&path)).await.map_err(|e| backend_err("file task", e))?
+        self.on_files(id, move |sb| sb.root.list(&path)).await
     }
 
     async fn stat(&self, id: &SandboxId, path: &str) -> Result<FileEntry> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.stat(&path)).await.map_err(|e| backend_err("file task", e))?
+        self.on_files(id, move |sb| sb.root.stat(&path)).await
     }
 
     async fn mkdir(&self, id: &SandboxId, path: &str) -> Result<()> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.mkdir_all(&path)).await.map_err(|e| backend_err("file task", e))?
+        self.on_files(id, move |sb| sb.root.mkdir_all(&path)).await
     }
 
     async fn remove(&self, id: &SandboxId, path: &str) -> Result<()> {
-        let sb = self.get(id)?;
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sb.root.remove(&path)).await.map_err(|e| backend_err("file task", e))?
+        self.on_files(id, move |sb| sb.root.remove(&path)).await
     }
 
     async fn rename(&self, id: &SandboxId, from: &str, to: &str) -> Result<()> {
-        let sb = self.get(id)?;
         let (from, to) = (from.to_owned(), to.to_owned());
-        tokio::task::spawn_blocking(move || sb.root.rename(&from, &to))
-            .await
-            .map_err(|e| backend_err("file task", e))?
+        self.on_files(id, move |sb| sb.root.rename(&from, &to)).await
     }
 
     async fn metrics(&self, id: &SandboxId) -> Result<SandboxMetrics> {
