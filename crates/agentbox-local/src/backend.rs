@@ -1,6 +1,6 @@
 //! The host side: creating, driving and destroying sandboxes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -25,88 +25,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
 use crate::error::LocalError;
 use crate::netns::NetNs;
-use crate::proto::{self, BindMount, Exec, Kind, Quota, Setup};
+use crate::proto::{self, Exec, Kind};
 use crate::{agent, seccomp, sys, transfer, zygote};
 
-/// Host-level settings of the local backend (per-sandbox settings live in `SandboxConfig`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalConfig {
-    /// Where the backend keeps what its sandboxes share: the empty directory each init mounts its
-    /// root on, and the `/etc` templates. Sandboxes themselves leave nothing here.
-    pub state_dir: PathBuf,
-    /// Prefix of the cgroup under which sandbox cgroups are made (a hash of the state directory is appended).
-    pub cgroup_parent: String,
-    /// Host system directories bound read-only into every sandbox.
-    pub system_dirs: Vec<String>,
-    /// Host /etc entries bound read-only (the sandbox writes its own passwd, group, hosts, resolv.conf).
-    pub etc_entries: Vec<String>,
-    /// Host name inside sandboxes.
-    pub hostname: String,
-    /// Disk-backed storage: each sandbox's home is a subvolume of this pool, under a quota of `disk_gb`
-    /// (see `agentbox-storage`). `None`, or a pool that can't be opened (reported in
-    /// [`LocalBackend::limitations`]), keeps homes on the memory-backed tmpfs.
-    pub storage: Option<agentbox_storage::PoolConfig>,
-}
+mod config;
+mod owners;
+mod setup;
 
-impl Default for LocalConfig {
-    fn default() -> Self {
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        let state_dir = if uid == 0 {
-            PathBuf::from("/run/agentbox")
-        } else {
-            std::env::var_os("XDG_RUNTIME_DIR")
-                .map_or_else(|| PathBuf::from(format!("/tmp/agentbox-{uid}")), |d| PathBuf::from(d).join("agentbox"))
-        };
-        Self {
-            state_dir,
-            cgroup_parent: "agentbox".into(),
-            system_dirs: ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt"]
-                .map(str::to_owned)
-                .into(),
-            etc_entries: [
-                "alternatives",
-                "ld.so.cache",
-                "ld.so.conf",
-                "ld.so.conf.d",
-                "ssl",
-                "ca-certificates",
-                "ca-certificates.conf",
-                "localtime",
-                "timezone",
-                "mime.types",
-                "fonts",
-                "python3",
-                "python3.11",
-                "chromium",
-                "chromium.d",
-                "bash.bashrc",
-                "profile",
-                "inputrc",
-                "terminfo",
-                "magic",
-                "protocols",
-                "services",
-                "debian_version",
-                "os-release",
-                "nanorc",
-                "vim",
-                "gitconfig",
-                "npmrc",
-                "pip.conf",
-                "xdg",
-                "matplotlibrc",
-            ]
-            .map(str::to_owned)
-            .into(),
-            hostname: "sandbox".into(),
-            storage: (uid == 0).then(|| agentbox_storage::PoolConfig {
-                dir: PathBuf::from("/var/lib/agentbox/storage"),
-                image_bytes: None,
-            }),
-        }
-    }
-}
+pub use config::LocalConfig;
+use owners::{cgroup_parent, process_start};
 
 enum Route {
     Exec { tx: mpsc::Sender<ExecEvent>, oom_before: u64 },
@@ -173,27 +100,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether the owner `o<pid>-<start time>` of a cgroup is still running.
-fn owner_alive(owner: &str) -> bool {
-    let Some((pid, start)) = owner.strip_prefix('o').and_then(|o| o.split_once('-')) else { return false };
-    match (pid.parse::<u32>(), start.parse::<u64>()) {
-        (Ok(pid), Ok(start)) => process_start(pid) == Some(start),
-        _ => false,
-    }
-}
-
-/// The cgroup under which a backend with this config makes its sandboxes' cgroups.
-fn cgroup_parent(config: &LocalConfig) -> String {
-    let state_key = std::fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
-    format!("{}-{:08x}", config.cgroup_parent, fnv1a(state_key.as_os_str().as_encoded_bytes()))
-}
-
 /// Cleans up after a create that failed half-way, off the async runtime: kills the init (and with
 /// it its namespaces) and removes the cgroups, waiting for both.
 async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>, layer: Option<LayerRef>) {
@@ -227,10 +133,6 @@ fn random_id() -> String {
         b.copy_from_slice(&t);
     }
     format!("sb-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
-}
-
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 /// Maps a storage error to the core error a caller acts on (see [`LocalError`]).
@@ -389,61 +291,6 @@ impl LocalBackend {
         Ok(self.get(id)?.init_pid)
     }
 
-    /// Removes what processes that died without destroying their sandboxes left: their sandboxes'
-    /// cgroups (killing anything still in them) and their `/etc` templates. Only entries whose owner
-    /// process is gone are touched: the owner is part of each cgroup's name. Returns the ids reaped.
-    pub fn reap_orphans(&self) -> Vec<String> {
-        let mut reaped = Vec::new();
-        for name in self.inner.cgroups.leftovers() {
-            let (id, owner) = name.split_once('.').unwrap_or((name.as_str(), ""));
-            if owner == self.inner.owner || owner_alive(owner) {
-                continue;
-            }
-            let cg = self.inner.cgroups.open(&name);
-            cg.kill_all();
-            cg.remove();
-            reaped.push(id.to_owned());
-        }
-        if let Some(pool) = &self.inner.pool {
-            for name in pool.layer_names() {
-                let id = name.split_once('.').map_or(name.as_str(), |(id, _)| id);
-                let owner = pool.owner_tag(&name).unwrap_or_default();
-                if owner == self.inner.owner || owner_alive(&owner) {
-                    continue;
-                }
-                match pool.remove_layer(&name) {
-                    Ok(()) => {
-                        if !reaped.iter().any(|r| r == id) {
-                            reaped.push(id.to_owned());
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, layer = %name, "cannot remove an orphaned storage layer"),
-                }
-            }
-        }
-        if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(rest) = name.strip_prefix(crate::etc::PREFIX) {
-                    let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-                    if owner.is_some_and(|p| p != std::process::id() && process_start(p).is_none()) {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
-                }
-            }
-        }
-        if !reaped.is_empty() {
-            tracing::info!(count = reaped.len(), "reaped sandboxes left by an earlier crash");
-        }
-        reaped
-    }
-
-    /// The name of a sandbox's cgroup: its id and its owner, so a later process can tell orphans
-    /// (owner gone) from sandboxes of another live process sharing the state directory.
-    fn cgroup_name(&self, id: &str) -> String {
-        format!("{id}.{}", self.inner.owner)
-    }
-
     fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
         self.inner.sandboxes.lock_unpoisoned().get(id).cloned().ok_or_else(|| Error::NotFound(format!("sandbox {id}")))
     }
@@ -456,92 +303,6 @@ impl LocalBackend {
     ) -> Result<T> {
         let sb = self.get(id)?;
         blocking("file task", move || op(&sb)).await
-    }
-
-    fn setup_for(&self, config: &SandboxConfig) -> Setup {
-        let run_as = &config.security.run_as;
-        let home = run_as.home();
-        let mut binds = Vec::new();
-        let mut symlinks = Vec::new();
-        for d in &self.inner.config.system_dirs {
-            let p = Path::new(d);
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    if let Ok(t) = std::fs::read_link(p) {
-                        symlinks.push((d.clone(), t.to_string_lossy().into_owned()));
-                    }
-                }
-                Ok(m) if m.is_dir() => binds.push(BindMount { source: d.clone(), target: d.clone(), dir: true }),
-                _ => {}
-            }
-        }
-        for e in &self.inner.config.etc_entries {
-            let src = format!("/etc/{e}");
-            if let Ok(m) = std::fs::metadata(&src) {
-                binds.push(BindMount { source: src.clone(), target: src, dir: m.is_dir() });
-            }
-        }
-        let (u, g, name) = (run_as.uid, run_as.gid, &run_as.name);
-        let files = vec![
-            ("/etc/passwd".into(), format!("root:x:0:0:root:/root:/usr/sbin/nologin\n{name}:x:{u}:{g}::{home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")),
-            ("/etc/group".into(), format!("root:x:0:\ntty:x:5:\n{name}:x:{g}:\nnogroup:x:65534:\n")),
-            ("/etc/hostname".into(), format!("{}\n", self.inner.config.hostname)),
-            ("/etc/hosts".into(), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", self.inner.config.hostname)),
-            ("/etc/resolv.conf".into(), crate::net::RESOLV_CONF.into()),
-            ("/etc/nsswitch.conf".into(), "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into()),
-        ];
-        let mut env = BTreeMap::new();
-        env.insert("PATH".into(), format!("{home}/.local/bin:{home}/node_modules/.bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
-        env.insert("HOME".into(), home.clone());
-        env.insert("USER".into(), name.clone());
-        env.insert("LOGNAME".into(), name.clone());
-        env.insert("SHELL".into(), "/bin/bash".into());
-        env.insert("LANG".into(), "C.UTF-8".into());
-        env.insert("TERM".into(), "xterm-256color".into());
-        env.insert("TMPDIR".into(), "/tmp".into());
-        env.insert("NODE_PATH".into(), format!("{home}/node_modules"));
-        env.insert("PYTHONUNBUFFERED".into(), "1".into());
-        env.insert("MPLBACKEND".into(), "Agg".into());
-        env.extend(config.environment_variables.clone());
-        let mb = 1024 * 1024;
-        Setup {
-            hostname: self.inner.config.hostname.clone(),
-            binds,
-            symlinks,
-            files,
-            etc: None,
-            cgroups: Vec::new(),
-            // With a disk pool the tmpfs holds /tmp alone, sized from the memory it is charged to.
-            storage_bytes: if self.inner.pool.is_some() {
-                (config.memory_mb / 2).max(16).saturating_mul(mb)
-            } else {
-                config.disk_gb.saturating_mul(1024 * mb)
-            },
-            home_source: None,
-            storage_inodes: config.storage.max_inodes,
-            quotas: config
-                .storage
-                .quotas
-                .iter()
-                .map(|q| Quota { path: q.path.clone(), bytes: q.size_mb.saturating_mul(mb) })
-                .collect(),
-            shm_bytes: config.storage.shm_size_mb.saturating_mul(mb),
-            read_only_root: config.security.read_only_root,
-            uid: u,
-            gid: g,
-            home,
-            env,
-            nofile: config.security.max_open_files,
-            fsize: config.security.max_file_size_mb.saturating_mul(mb),
-            drop_caps: config.security.drop_capabilities,
-            no_new_privs: config.security.no_new_privileges,
-            seccomp: match config.security.seccomp_profile {
-                SeccompProfile::Default => self.inner.seccomp_default.clone(),
-                SeccompProfile::Strict => self.inner.seccomp_strict.clone(),
-            },
-            landlock: config.security.landlock,
-            exec_cgroups: self.inner.cgroups.exec_tracking().into(),
-        }
     }
 
     async fn spawn_sandbox(&self, request: &CreateRequest) -> Result<Arc<Sandbox>> {
@@ -1375,22 +1136,5 @@ impl SandboxBackend for LocalBackend {
             .collect();
         v.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
         Ok(v)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cgroup_owner_is_alive_only_while_that_exact_process_runs() {
-        let me = std::process::id();
-        let start = process_start(me).unwrap();
-        assert!(owner_alive(&format!("o{me}-{start}")));
-        assert!(!owner_alive(&format!("o{me}-{}", start + 1)), "a reused pid is not the owner");
-        assert!(!owner_alive("o4194304-1"), "no such pid");
-        for garbage in ["", "o", "o12", "x1-2", "o1-x", "oabc-1"] {
-            assert!(!owner_alive(garbage), "{garbage:?}");
-        }
     }
 }

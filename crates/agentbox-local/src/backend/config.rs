@@ -1,0 +1,83 @@
+//! `LocalConfig`: the host-level settings of the local backend.
+
+use std::path::PathBuf;
+
+/// Host-level settings of the local backend (per-sandbox settings live in `SandboxConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// Where the backend keeps what its sandboxes share: the empty directory each init mounts its
+    /// root on, and the `/etc` templates. Sandboxes themselves leave nothing here.
+    pub state_dir: PathBuf,
+    /// Prefix of the cgroup under which sandbox cgroups are made (a hash of the state directory is appended).
+    pub cgroup_parent: String,
+    /// Host system directories bound read-only into every sandbox.
+    pub system_dirs: Vec<String>,
+    /// Host /etc entries bound read-only (the sandbox writes its own passwd, group, hosts, resolv.conf).
+    pub etc_entries: Vec<String>,
+    /// Host name inside sandboxes.
+    pub hostname: String,
+    /// Disk-backed storage: each sandbox's home is a subvolume of this pool, under a quota of `disk_gb`
+    /// (see `agentbox-storage`). `None`, or a pool that can't be opened (reported in
+    /// [`LocalBackend::limitations`]), keeps homes on the memory-backed tmpfs.
+    pub storage: Option<agentbox_storage::PoolConfig>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let state_dir = if uid == 0 {
+            PathBuf::from("/run/agentbox")
+        } else {
+            std::env::var_os("XDG_RUNTIME_DIR")
+                .map_or_else(|| PathBuf::from(format!("/tmp/agentbox-{uid}")), |d| PathBuf::from(d).join("agentbox"))
+        };
+        Self {
+            state_dir,
+            cgroup_parent: "agentbox".into(),
+            system_dirs: ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt"]
+                .map(str::to_owned)
+                .into(),
+            etc_entries: [
+                "alternatives",
+                "ld.so.cache",
+                "ld.so.conf",
+                "ld.so.conf.d",
+                "ssl",
+                "ca-certificates",
+                "ca-certificates.conf",
+                "localtime",
+                "timezone",
+                "mime.types",
+                "fonts",
+                "python3",
+                "python3.11",
+                "chromium",
+                "chromium.d",
+                "bash.bashrc",
+                "profile",
+                "inputrc",
+                "terminfo",
+                "magic",
+                "protocols",
+                "services",
+                "debian_version",
+                "os-release",
+                "nanorc",
+                "vim",
+                "gitconfig",
+                "npmrc",
+                "pip.conf",
+                "xdg",
+                "matplotlibrc",
+            ]
+            .map(str::to_owned)
+            .into(),
+            hostname: "sandbox".into(),
+            storage: (uid == 0).then(|| agentbox_storage::PoolConfig {
+                dir: PathBuf::from("/var/lib/agentbox/storage"),
+                image_bytes: None,
+            }),
+        }
+    }
+}
