@@ -17,7 +17,7 @@ use oxc::transformer::{TransformOptions, Transformer};
 pub struct CompileError(pub String);
 
 /// Deepest bracket nesting accepted: the compiler recurses once per level, and a thread's stack is finite.
-const MAX_NESTING: usize = 1000;
+pub const MAX_NESTING: usize = 1000;
 
 /// The stack of the thread that compiles (a level of nesting costs a few KiB of it).
 const STACK: usize = 64 << 20;
