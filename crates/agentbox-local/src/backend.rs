@@ -10,17 +10,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agentbox_config::{CleanupPolicy, NetworkConfig, PackageSpec, SandboxConfig, SeccompProfile};
 use agentbox_core::LockExt;
 use agentbox_core::{
-    CodeRequest, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus, FileEntry, FileStream,
-    FileUpload, HealthStatus, Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState,
-    SnapshotInfo,
+    CodeRequest, CreateRequest, Error, ExecRequest, ExecStream, FileEntry, FileStream, FileUpload, HealthStatus,
+    Language, ProcessInfo, Result, SandboxBackend, SandboxId, SandboxInfo, SandboxState, SnapshotInfo,
 };
 use agentbox_hostfs::{Owner, Root};
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
 use crate::error::LocalError;
@@ -28,17 +26,15 @@ use crate::netns::NetNs;
 use crate::proto::{self, Exec, Kind};
 use crate::{agent, seccomp, sys, transfer, zygote};
 
+mod channel;
 mod config;
 mod owners;
+mod ports;
 mod setup;
 
+use channel::{Route, reader_loop};
 pub use config::LocalConfig;
 use owners::{cgroup_parent, process_start};
-
-enum Route {
-    Exec { tx: mpsc::Sender<ExecEvent>, oom_before: u64 },
-    Reply(oneshot::Sender<(Kind, Vec<u8>)>),
-}
 
 struct Sandbox {
     info: SandboxInfo,
@@ -544,37 +540,6 @@ impl LocalBackend {
         result
     }
 
-    async fn send(&self, sb: &Sandbox, frame: &[u8]) -> Result<()> {
-        if sb.paused.load(Ordering::SeqCst) {
-            return Err(Error::Conflict(format!(
-                "sandbox {} is paused: resume it first (its files can be read and written while it is paused)",
-                sb.info.id
-            )));
-        }
-        let mut w = sb.writer.lock().await;
-        let Some(w) = w.as_mut() else { return Err(Error::NotFound(format!("sandbox {}", sb.info.id))) };
-        w.write_all(frame).await.map_err(|e| {
-            Error::backend_with(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox"), e)
-        })
-    }
-
-    async fn request(&self, sb: &Sandbox, kind: Kind, payload: &[u8], deadline: Duration) -> Result<(Kind, Vec<u8>)> {
-        let id = sb.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        sb.routes.lock_unpoisoned().insert(id, Route::Reply(tx));
-        let sent = self.send(sb, &proto::encode(kind, id, payload)).await;
-        let result = match sent {
-            Ok(()) => match tokio::time::timeout(deadline, rx).await {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(_)) => Err(Error::backend("the sandbox agent exited; destroy and recreate the sandbox")),
-                Err(_) => Err(Error::Timeout(format!("the sandbox agent did not answer within {deadline:?}"))),
-            },
-            Err(e) => Err(e),
-        };
-        sb.routes.lock_unpoisoned().remove(&id);
-        result
-    }
-
     fn exec_message(sb: &Sandbox, request: &ExecRequest, output_path: Option<String>) -> Result<Exec> {
         let argv = request.to_argv()?;
         let home = sb.config.security.run_as.home();
@@ -628,108 +593,6 @@ fn has_capability(cap: u32) -> bool {
 fn landlock_available() -> bool {
     use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr};
     Ruleset::default().handle_access(AccessFs::from_all(ABI::V1)).and_then(Ruleset::create).is_ok()
-}
-
-async fn reader_loop(
-    mut rd: tokio::net::unix::OwnedReadHalf,
-    routes: Arc<Mutex<HashMap<u32, Route>>>,
-    alive: Arc<AtomicBool>,
-    cgroup: SandboxCgroup,
-) {
-    // Frames are size-checked by kind before anything is allocated; a refused frame, or a report that
-    // does not parse, ends the connection: the agent broke the protocol.
-    let mut broken = None;
-    loop {
-        let proto::Frame { kind, id, payload } = match proto::read_agent_frame(&mut rd).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(e) => {
-                broken = Some(e.to_string());
-                break;
-            }
-        };
-        enum Action {
-            Send(mpsc::Sender<ExecEvent>, ExecEvent),
-            None,
-        }
-        let action = {
-            let mut r = routes.lock_unpoisoned();
-            match (kind, r.get(&id)) {
-                (Kind::Stdout, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stdout(payload)),
-                (Kind::Stderr, Some(Route::Exec { tx, .. })) => Action::Send(tx.clone(), ExecEvent::Stderr(payload)),
-                (Kind::Exited, Some(Route::Exec { .. })) => {
-                    let e = match proto::decode_exited(&payload) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            broken = Some(e.to_string());
-                            break;
-                        }
-                    };
-                    let Some(Route::Exec { tx, oom_before }) = r.remove(&id) else { continue };
-                    let oom = e.signal == Some(libc::SIGKILL) && !e.timed_out && cgroup.oom_kills() > oom_before;
-                    Action::Send(
-                        tx,
-                        ExecEvent::Exit(ExitStatus {
-                            exit_code: e.code,
-                            signal: e.signal,
-                            timed_out: e.timed_out,
-                            oom_killed: oom,
-                            duration: Duration::from_micros(e.micros),
-                        }),
-                    )
-                }
-                (Kind::Failure, Some(Route::Exec { .. })) => {
-                    let Some(Route::Exec { tx, .. }) = r.remove(&id) else { continue };
-                    let f = proto::decode_failure(&payload);
-                    let _ = tx.try_send(ExecEvent::Stderr(format!("agentbox: {}\n", f.message).into_bytes()));
-                    Action::Send(
-                        tx,
-                        ExecEvent::Exit(ExitStatus {
-                            exit_code: 126,
-                            signal: None,
-                            timed_out: false,
-                            oom_killed: false,
-                            duration: Duration::ZERO,
-                        }),
-                    )
-                }
-                (Kind::Started, Some(Route::Exec { .. })) => Action::None,
-                (_, Some(Route::Reply(_))) => {
-                    if let Some(Route::Reply(tx)) = r.remove(&id) {
-                        let _ = tx.send((kind, payload));
-                    }
-                    Action::None
-                }
-                _ => Action::None,
-            }
-        };
-        if let Action::Send(tx, ev) = action {
-            let _ = tx.send(ev).await;
-        }
-    }
-    alive.store(false, Ordering::SeqCst);
-    let why = match &broken {
-        Some(reason) => {
-            tracing::warn!(%reason, "the sandbox agent broke the protocol; its connection is closed");
-            format!("agentbox: the sandbox agent broke the protocol ({reason}); destroy and recreate the sandbox\n")
-        }
-        None => "agentbox: the sandbox agent exited\n".to_owned(),
-    };
-    let pending: Vec<Route> = routes.lock_unpoisoned().drain().map(|(_, r)| r).collect();
-    for r in pending {
-        if let Route::Exec { tx, .. } = r {
-            let _ = tx.send(ExecEvent::Stderr(why.clone().into_bytes())).await;
-            let _ = tx
-                .send(ExecEvent::Exit(ExitStatus {
-                    exit_code: 255,
-                    signal: None,
-                    timed_out: false,
-                    oom_killed: false,
-                    duration: Duration::ZERO,
-                }))
-                .await;
-        }
-    }
 }
 
 #[async_trait]
@@ -995,23 +858,7 @@ impl SandboxBackend for LocalBackend {
         // connection made inside the sandbox's network namespace.
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let netns = sb.netns.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let netns = netns.clone();
-                tokio::spawn(async move {
-                    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                    let Ok(Ok(inner)) = tokio::task::spawn_blocking(move || netns.connect(target)).await else {
-                        return;
-                    };
-                    if inner.set_nonblocking(true).is_err() {
-                        return;
-                    }
-                    let Ok(mut inner) = tokio::net::TcpStream::from_std(inner) else { return };
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut inner).await;
-                });
-            }
-        });
+        let task = ports::forward(listener, sb.netns.clone(), port);
         let mut forwards = sb.forwards.lock_unpoisoned();
         if let Some((existing, _)) = forwards.get(&port) {
             task.abort();
