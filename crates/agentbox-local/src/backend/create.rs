@@ -1,0 +1,248 @@
+//! Creating a sandbox: the zygote clones its init while the cgroup and the storage layer are made, then
+//! the setup message goes out and the init's ready answer comes back; a create that fails half-way
+//! is abandoned, leaving nothing behind.
+
+use super::*;
+
+impl LocalBackend {
+    pub(super) async fn spawn_sandbox(&self, request: &CreateRequest) -> Result<Arc<Sandbox>> {
+        let config = &request.config;
+        let id = random_id();
+        let created_at_ms = now_ms();
+        let limits = Limits {
+            memory_bytes: config.memory_mb.saturating_mul(1024 * 1024),
+            cpus: config.cpu_count,
+            pids: u64::from(config.security.max_processes) + 1, // and the init
+        };
+        let mut fds = [0; 2];
+        // SAFETY: socketpair into a local array.
+        sys::check(unsafe {
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        })
+        .map_err(|e| backend_err("creating the control socket", e))?;
+        // SAFETY: both fds are fresh and owned here.
+        let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+        // The zygote clones the init (creating its namespaces) while this side makes the cgroups:
+        // the init waits for its setup message, which names them, before it does anything else.
+        let inner = self.inner.clone();
+        let name = self.cgroup_name(&id);
+        let make_cgroup = tokio::task::spawn_blocking(move || match inner.cgroups.layout() {
+            crate::CgroupLayout::None => Ok(SandboxCgroup::default()),
+            _ => inner.cgroups.create(&name, limits),
+        });
+        let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
+        let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end));
+        let make_layer = {
+            let pool = self.inner.pool.clone();
+            // Named by the sandbox id alone (the sandbox sees the name in its mount table); the owner process
+            // is a tag on the layer, for the reaper.
+            let name = id.clone();
+            let tag = self.inner.owner.clone();
+            let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
+            let run_as = config.security.run_as.clone();
+            let from = request.from_snapshot.clone();
+            async move {
+                let Some(pool) = pool else {
+                    return match from {
+                        Some(_) => Err(Error::Unsupported(
+                            "sandboxes can start from a snapshot only with disk-backed storage (see the backend's limitations)".into(),
+                        )),
+                        None => Ok(None),
+                    };
+                };
+                let owner = Owner { uid: run_as.uid, gid: run_as.gid };
+                tokio::task::spawn_blocking(move || {
+                    let layer = match from {
+                        Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits)?,
+                        None => pool.create_layer(&name, limits, owner)?,
+                    };
+                    if let Err(e) = pool.set_owner_tag(&layer, &tag) {
+                        let _ = pool.remove_layer(&name);
+                        return Err(e);
+                    }
+                    Ok(Some(layer))
+                })
+                .await
+                .map_err(|e| backend_err("storage task", e))?
+                .map_err(storage_err)
+            }
+        };
+        let (cgroup, init, layer) = tokio::join!(make_cgroup, start_init, make_layer);
+        let layer_ref = |l: &Option<agentbox_storage::Layer>| {
+            l.as_ref().and_then(|l| self.inner.pool.clone().map(|p| (p, l.name().to_owned())))
+        };
+        let layer = match layer {
+            Ok(l) => l,
+            Err(e) => {
+                abandon(init.ok().and_then(Result::ok), cgroup.ok().and_then(Result::ok), None).await;
+                return Err(e);
+            }
+        };
+        let cgroup = cgroup
+            .map_err(|e| backend_err("creating the sandbox cgroup", e))
+            .and_then(|r| r.map_err(|e| backend_err("creating the sandbox cgroup", e)));
+        let init = init.map_err(|e| backend_err("spawning the sandbox init", e)).and_then(|r| {
+            r.map_err(|e| {
+                let hint = if matches!(e.errno, Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) {
+                    "; the host refused to create namespaces: run as root outside a restricted container"
+                } else {
+                    ""
+                };
+                Error::backend(format!("starting the sandbox failed: {}{hint}", e.message))
+            })
+        });
+        let (cgroup, init) = match (cgroup, init) {
+            (Ok(cgroup), Ok(init)) => (cgroup, init),
+            (Err(e), init) => {
+                abandon(init.ok(), None, layer_ref(&layer)).await;
+                return Err(e);
+            }
+            (Ok(cgroup), Err(e)) => {
+                abandon(None, Some(cgroup), layer_ref(&layer)).await;
+                return Err(e);
+            }
+        };
+        let init_pid = init.pid;
+        let setup = async {
+            let mut setup = self.setup_for(config);
+            setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
+            if config.security.read_only_root {
+                // One bind of a shared template instead of a mount or copy per /etc entry. A writable
+                // root keeps per-sandbox copies (the template is shared, so it is always read-only).
+                let template = match self.inner.etc.cached(&setup.files) {
+                    Some(t) => Ok(t),
+                    None => {
+                        let (etc, files) = (self.inner.etc.clone(), setup.files.clone());
+                        tokio::task::spawn_blocking(move || etc.get(&files))
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                    }
+                };
+                match template {
+                    Ok(t) => {
+                        setup.etc = Some(t.to_string_lossy().into_owned());
+                        setup.files.clear();
+                        setup.binds.retain(|b| !b.target.starts_with("/etc/"));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "no shared /etc template; copying /etc entries per sandbox"),
+                }
+            }
+            let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
+                .map_err(|e| backend_err("encoding the sandbox setup", e))?;
+            sys::write_all(host_end.as_raw_fd(), &frame).map_err(|e| backend_err("sending the sandbox setup", e))?;
+            let std_stream = std::os::unix::net::UnixStream::from(host_end);
+            let stream = std_stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(std_stream))
+                .map_err(|e| backend_err("registering the control socket", e))?;
+            let (mut rd, wr) = stream.into_split();
+            let handshake = async {
+                let f = proto::read_agent_frame(&mut rd)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the sandbox init exited during setup")?;
+                if f.kind == Kind::Failure {
+                    return Err(proto::decode_failure(&f.payload).message);
+                }
+                proto::decode_ready(&f.payload).map_err(|e| e.to_string())
+            };
+            let ready = match tokio::time::timeout(config.startup_timeout, handshake).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(msg)) => return Err(Error::backend(format!("sandbox setup failed: {msg}"))),
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "sandbox setup took longer than startup_timeout ({:?})",
+                        config.startup_timeout
+                    )));
+                }
+            };
+            if ready.landlock != "enforced" && config.security.landlock {
+                tracing::debug!(status = %ready.landlock, "landlock not enforced");
+            }
+            let root = Root::open(init_pid, &setup.home, Owner { uid: setup.uid, gid: setup.gid })
+                .map_err(|e| backend_err("opening the sandbox root", e))?;
+            // Opened by pid once, and checked against the pidfd: the init was alive, so the pid was its own.
+            let netns = NetNs::of(init_pid, init.pidfd.as_fd())
+                .map_err(|e| backend_err("opening the sandbox's network namespace", e))?;
+            let net = crate::net::Egress::start(&id, netns.clone(), &config.network).await?;
+            Ok((rd, wr, root, netns, net))
+        };
+        let (rd, wr, root, netns, net) = match setup.await {
+            Ok(parts) => parts,
+            Err(e) => {
+                abandon(Some(init), Some(cgroup), layer_ref(&layer)).await;
+                return Err(e);
+            }
+        };
+
+        let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let info = SandboxInfo {
+            id: SandboxId::new_unchecked(id),
+            backend: "local".into(),
+            state: SandboxState::Running,
+            created_at_ms,
+            metadata: request.metadata.clone(),
+        };
+        let sandbox = Arc::new(Sandbox {
+            info,
+            config: config.clone(),
+            pidfd: init.pidfd,
+            init_pid,
+            netns,
+            cgroup,
+            writer: tokio::sync::Mutex::new(Some(wr)),
+            routes: routes.clone(),
+            alive: alive.clone(),
+            paused: AtomicBool::new(false),
+            next_id: AtomicU32::new(1),
+            root,
+            layer,
+            last_cpu: Mutex::new(None),
+            reader: Mutex::new(None),
+            forwards: Mutex::new(HashMap::new()),
+            net,
+        });
+        let cg = sandbox.cgroup.clone();
+        let task = tokio::spawn(reader_loop(rd, routes, alive, cg));
+        *sandbox.reader.lock_unpoisoned() = Some(task);
+        Ok(sandbox)
+    }
+}
+
+/// Cleans up after a create that failed half-way, off the async runtime: kills the init (and with
+/// it its namespaces) and removes the cgroups, waiting for both.
+async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>, layer: Option<LayerRef>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(init) = init {
+            let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
+            sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
+        }
+        if let Some(cgroup) = cgroup {
+            cgroup.kill_all();
+            cgroup.remove();
+        }
+        if let Some((pool, name)) = layer {
+            if let Err(e) = pool.remove_layer(&name) {
+                tracing::warn!(error = %e, "removing the storage layer of a failed create");
+            }
+        }
+    })
+    .await;
+}
+
+/// A layer to remove: its pool and name.
+type LayerRef = (Arc<agentbox_storage::Pool>, String);
+
+fn random_id() -> String {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom into a local buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        let t = now_ms().to_le_bytes();
+        b.copy_from_slice(&t);
+    }
+    format!("sb-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
