@@ -66,6 +66,9 @@ async fn exercise<S: rmcp::service::Service<rmcp::service::RoleClient>>(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_eof() {
+    if common::not_root() {
+        return;
+    }
     let (server, backend) = server(McpConfig::default());
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
     let (r, w) = tokio::io::split(server_io);
@@ -164,6 +167,9 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn named_sandboxes_are_created_sized_and_destroyed_by_tools() {
+    if common::not_root() {
+        return;
+    }
     let (server, backend) = server(McpConfig::default());
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
     let (r, w) = tokio::io::split(server_io);
@@ -253,6 +259,9 @@ async fn serve_http(server: &agentbox_mcp::McpServer) -> (String, CancellationTo
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_sessions_get_their_own_sandbox_and_lose_it_when_closed() {
+    if common::not_root() {
+        return;
+    }
     let (server, backend) = server(McpConfig::default());
     let (url, stop) = serve_http(&server).await;
     let connect = || {
@@ -287,6 +296,9 @@ async fn http_sessions_get_their_own_sandbox_and_lose_it_when_closed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_sessions_expire_and_stateless_requests_need_a_run_id() {
+    if common::not_root() {
+        return;
+    }
     let config = McpConfig { session_idle_timeout: Duration::from_secs(2), ..McpConfig::default() };
     let (server, backend) = server(config);
     let (url, stop) = serve_http(&server).await;

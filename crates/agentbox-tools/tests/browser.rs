@@ -5,6 +5,8 @@
 #![cfg(feature = "browser")]
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,6 +179,9 @@ fn ref_of(snapshot: &str, needle: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_are_read_and_driven_through_snapshot_refs_and_selectors() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-drive").await;
     let nav = site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/index.html"})).await;
     assert_eq!(nav["browser_started"], true, "{nav}");
@@ -315,6 +320,9 @@ async fn pages_are_read_and_driven_through_snapshot_refs_and_selectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_capped_pageable_and_scoped() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-snapshot").await;
     site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/long.html"})).await;
     let first = site.call(json!({"action": "snapshot"})).await;
@@ -347,6 +355,9 @@ async fn snapshots_are_capped_pageable_and_scoped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_are_pngs_of_the_requested_size() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-shot").await;
     site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/index.html"})).await;
     let vp = site.call(json!({"action": "set_viewport", "width": 800, "height": 600})).await;
@@ -399,6 +410,9 @@ fn assert_png(png: &[u8], width: u32, height: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tabs_open_switch_and_close() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-tabs").await;
     site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/index.html"})).await;
     let list = site.call(json!({"action": "tabs", "op": "list"})).await;
@@ -433,6 +447,9 @@ async fn tabs_open_switch_and_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_land_in_the_sandbox() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-download").await;
     site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/index.html"})).await;
     site.call(json!({"action": "click", "selector": "#dl"})).await;
@@ -447,6 +464,9 @@ async fn downloads_land_in_the_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn navigation_failures_and_timeouts_are_clear_and_do_not_block_later_navigations() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-navfail").await;
     let err = site
         .try_call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/hang.html", "timeout_ms": 1500}))
@@ -490,6 +510,9 @@ async fn navigation_failures_and_timeouts_are_clear_and_do_not_block_later_navig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_browser_is_relaunched_and_destroy_leaves_no_chromium() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-crash").await;
     let first = site.call(json!({"action": "navigate", "url": "http://127.0.0.1:8000/second.html"})).await;
     assert_eq!(first["browser_started"], true);
@@ -534,6 +557,9 @@ async fn a_killed_browser_is_relaunched_and_destroy_leaves_no_chromium() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_executable_names_the_install_command() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::with("browser-missing", |c| c.executable = "/usr/bin/no-such-chromium".into()).await;
     let err = site.try_call(json!({"action": "navigate", "url": "about:blank"})).await.unwrap_err();
     assert_eq!(err.kind, ToolErrorKind::Unsupported, "{err:?}");
@@ -550,6 +576,9 @@ async fn a_missing_executable_names_the_install_command() {
 #[ignore = "a measurement that prints figures"]
 #[allow(clippy::print_stdout)]
 async fn measure_launch_and_navigate_screenshot() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-bench").await;
     let mut launches = Vec::new();
     for _ in 0..5 {
@@ -593,6 +622,9 @@ async fn measure_launch_and_navigate_screenshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_too_small_for_a_browser_names_the_browser_preset() {
+    if common::not_root() {
+        return;
+    }
     let backend = Arc::new(LocalBackend::new(LocalConfig::default()).expect("the local backend needs root"));
     let manager = SandboxManager::new(backend, ManagerConfig::default());
     let run = RunId::parse("browser-small").unwrap();

@@ -9,6 +9,8 @@
 #![cfg(feature = "browser")]
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,6 +140,9 @@ impl Site {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fake_devtools_endpoint_fails_the_call_and_leaves_the_host_in_budget() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-hostile-cdp", |_| {}).await;
     for mode in ["frame", "huge", "silent"] {
         let fake = site.fake(mode).await;
@@ -166,6 +171,9 @@ async fn a_fake_devtools_endpoint_fails_the_call_and_leaves_the_host_in_budget()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialog_flood_keeps_the_dialog_list_capped() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-hostile-alerts", |c| c.max_events = 20).await;
     // 300 alerts in a row, then the page says it is done.
     let page = "data:text/html,<title>Flood</title><p id=s>busy</p><script>let i = 0; function f() { if (i == 300) \
@@ -187,6 +195,9 @@ async fn a_dialog_flood_keeps_the_dialog_list_capped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_driver_fails_at_most_one_call_and_is_restarted() {
+    if common::not_root() {
+        return;
+    }
     let site = Site::new("browser-hostile-driver", |_| {}).await;
     let kill_driver = "pkill -KILL -f '[a]gentbox-browser-driver'";
     let sh = |line: &'static str| {

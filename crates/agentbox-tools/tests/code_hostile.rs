@@ -5,6 +5,8 @@
 //! Needs root for the local backend.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,9 @@ async fn run(ctx: &ToolContext, input: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_repr_json_is_left_out_of_the_answer_and_saved_to_a_file() {
+    if common::not_root() {
+        return;
+    }
     let (manager, ctx) = sandbox("code-hostile-json", 2048).await;
     let limits = CodeLimits::for_config(&ToolsConfig::default());
     let code = "class Big:\n    def _repr_json_(self):\n        return [0] * 20_000_000\n    def __repr__(self):\n        \
@@ -91,6 +96,9 @@ async fn a_huge_repr_json_is_left_out_of_the_answer_and_saved_to_a_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_results_are_capped_in_the_sandbox_too() {
+    if common::not_root() {
+        return;
+    }
     let (manager, ctx) = sandbox("code-hostile-js", 1024).await;
     let limits = CodeLimits::for_config(&ToolsConfig::default());
     let out = run(

@@ -29,6 +29,9 @@ async fn call_err(sb: &TestSandbox, tool: &str, input: Value) -> agentbox_tools:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_runs_with_cwd_env_exit_code_and_timeout() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     let out = call(
         &sb,
@@ -56,6 +59,9 @@ async fn shell_runs_with_cwd_env_exit_code_and_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_background_returns_pid_and_output_file() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     let out =
         call(&sb, "shell", json!({"command": "echo from-background; sleep 0.2; echo done", "background": true})).await;
@@ -78,6 +84,9 @@ async fn shell_background_returns_pid_and_output_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_output_is_cut_with_a_mark_and_saved_in_full() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::with(|c| c.max_output_bytes = 1000).await;
     // 20000 numbered lines, about 108 KB.
     let out = call(&sb, "shell", json!({"command": "seq 1 20000"})).await;
@@ -99,6 +108,9 @@ async fn long_output_is_cut_with_a_mark_and_saved_in_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_read_write_edit_list_delete_and_transfer_bytes() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     let body: String = (1..=10).map(|i| format!("line {i}\n")).collect();
     let w = call(&sb, "write_file", json!({"path": "proj/notes.txt", "content": body})).await;
@@ -161,6 +173,9 @@ async fn files_read_write_edit_list_delete_and_transfer_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_reads_stop_early_and_say_where_to_continue() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::with(|c| c.max_read_bytes = 100).await;
     let body: String = (1..=100).map(|i| format!("row {i:03}\n")).collect();
     call(&sb, "write_file", json!({"path": "big.txt", "content": body})).await;
@@ -174,6 +189,9 @@ async fn long_reads_stop_early_and_say_where_to_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_context_keeps_state_and_reports_errors_and_timeouts() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     let out = call(&sb, "run_code", json!({"code": "import math\nx = 40\nprint('hi')"})).await;
     assert_eq!(out["stdout"], "hi\n");
@@ -218,6 +236,9 @@ async fn python_context_keeps_state_and_reports_errors_and_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_rich_results_carry_png() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     // A PNG built with the standard library only, shown through the same rich-output path as figures.
     let code = r#"
@@ -267,6 +288,9 @@ Img()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_context_keeps_state() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     let out =
         call(&sb, "run_code", json!({"language": "javascript", "code": "let a = 5; var b = 2; console.log('log', a)"}))
@@ -298,6 +322,9 @@ async fn javascript_context_keeps_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contexts_are_created_listed_restarted_and_deleted() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     let made =
         call(&sb, "code_context", json!({"action": "create", "language": "python", "context_id": "analysis"})).await;
@@ -355,6 +382,9 @@ async fn contexts_are_created_listed_restarted_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_interpreter_is_reported_and_the_default_context_recovers() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     call(&sb, "run_code", json!({"code": "y = 1"})).await;
     let err = call_err(&sb, "run_code", json!({"code": "import os\nos._exit(3)"})).await;
@@ -372,6 +402,9 @@ async fn a_crashed_interpreter_is_reported_and_the_default_context_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bash_runs_statelessly() {
+    if common::not_root() {
+        return;
+    }
     let sb = TestSandbox::new().await;
     let out = call(&sb, "run_code", json!({"language": "bash", "code": "echo $((6 * 7)); exit 2"})).await;
     assert_eq!(out["stdout"], "42\n");
@@ -382,6 +415,9 @@ async fn bash_runs_statelessly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_work_in_the_home_of_a_user_not_named_user() {
+    if common::not_root() {
+        return;
+    }
     let alice = agentbox_core::config::RunAs { name: "alice".into(), uid: 1001, gid: 1001 };
     let sb = TestSandbox::with_configs(|c| c.security.run_as = alice, |_| {}).await;
     assert_eq!(sb.home, "/home/alice");
