@@ -3,7 +3,7 @@
 //! Each sandbox is a tree of processes in its own PID, mount, network, UTS,
 //! IPC and cgroup namespaces, under a cgroup with memory, CPU and pids limits.
 //! PID 1 inside is an agent (cloned from a zygote that is a sealed re-execution
-//! of the host binary, see [`agent`]) that builds the filesystem (read-only system directories, its
+//! of the host binary, see `agent/mod.rs`) that builds the filesystem (read-only system directories, its
 //! own /etc, capped writable home and /tmp, a minimal /dev, a masked /proc)
 //! and runs each execution as an unprivileged user with no capabilities,
 //! no_new_privs, landlock and a seccomp filter.
@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod agent;
+pub(crate) mod agent;
 mod backend;
 mod cgroup;
 mod error;
@@ -30,7 +30,7 @@ mod net;
 mod netns;
 pub mod proto;
 mod sealed;
-pub mod seccomp;
+pub(crate) mod seccomp;
 mod sys;
 mod transfer;
 pub mod typescript;

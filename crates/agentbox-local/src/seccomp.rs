@@ -38,6 +38,7 @@ pub enum PolicyError {
 pub struct Policy {
     /// What the policy is and why, for its readers.
     #[serde(rename = "_comment")]
+    #[allow(dead_code, reason = "read by people; parsed so that deny_unknown_fields accepts it")]
     pub comment: Vec<String>,
     /// Syscalls refused with EPERM, on every architecture.
     pub deny_eperm: Vec<String>,
@@ -116,6 +117,7 @@ fn constants(exprs: &[String]) -> Result<Vec<u32>, PolicyError> {
 
 /// An architecture the filter can be compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code, reason = "the other architecture is compiled for by the tests only")]
 pub enum Arch {
     /// x86_64 (its x32 numbers are refused).
     X86_64,

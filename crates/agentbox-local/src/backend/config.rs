@@ -18,7 +18,7 @@ pub struct LocalConfig {
     pub hostname: String,
     /// Disk-backed storage: each sandbox's home is a subvolume of this pool, under a quota of `disk_gb`
     /// (see `agentbox-storage`). `None`, or a pool that can't be opened (reported in
-    /// [`LocalBackend::limitations`]), keeps homes on the memory-backed tmpfs.
+    /// [`LocalBackend::limitations`](crate::LocalBackend::limitations)), keeps homes on the memory-backed tmpfs.
     pub storage: Option<agentbox_storage::PoolConfig>,
 }
 
