@@ -400,6 +400,14 @@ async fn files_round_trip_and_traversal_is_refused() {
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     assert_eq!(r.bytes().await.unwrap().to_vec(), binary);
     assert_eq!(t.sh("f", "wc -c < data/blob.bin").await["stdout"], "259\n", "the sandbox sees the upload");
+    // An empty body writes an empty file.
+    let w: Value = t.put("/api/sandboxes/f/files?path=empty.txt").send().await.unwrap().json().await.unwrap();
+    assert_eq!(w, json!({"files": [{"path": "empty.txt", "size": 0}]}));
+    let r = t.get("/api/sandboxes/f/files?path=empty.txt").send().await.unwrap();
+    assert_eq!(
+        (r.headers()["content-length"].to_str().unwrap().to_owned(), r.bytes().await.unwrap().len()),
+        ("0".to_owned(), 0)
+    );
 
     // Multipart: one part to a file path, several to a directory.
     let form = reqwest::multipart::Form::new()

@@ -161,6 +161,9 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     cmd["properties"]["env"] = string_map(r"^[^=\x00]+$");
     schemas["ExecuteCodeRequest"]["properties"]["env"] = string_map(r"^[^=\x00]+$");
 
+    // An empty raw body is a valid upload: it writes an empty file.
+    doc["paths"]["/api/sandboxes/{run_id}/files"]["put"]["requestBody"]["required"] = json!(false);
+    let schemas = &mut doc["components"]["schemas"];
     let create = &mut schemas["CreateSandboxRequest"]["properties"];
     create["environment_vars"] = string_map(r"^[A-Za-z_][A-Za-z0-9_]*$");
     create["pre_install_packages"]["items"] = json!({"type": "string", "pattern": package_pattern()});
