@@ -15,17 +15,17 @@ use crate::btrfs;
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 /// Smallest image the pool makes.
 const MIN_IMAGE_BYTES: u64 = 2 << 30;
-/// Largest image made by default.
-const MAX_DEFAULT_IMAGE_BYTES: u64 = 1 << 40;
+/// Size of the image made by default (at most a quarter of the free space).
+const DEFAULT_IMAGE_BYTES: u64 = 16 << 30;
 
 /// Where and how big the pool is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     /// The storage directory: on disk, never on a tmpfs (`/var/lib/agentbox/storage` for root).
     pub dir: PathBuf,
-    /// Size of the sparse image made when `dir` is not on btrfs. `None`: nine tenths of the
-    /// free space of `dir`'s filesystem when the image is made, between 2 GiB and 1 TiB. The image only takes
-    /// the space its files use.
+    /// Size of the image made when `dir` is not on btrfs, reserved on the host's disk when it is made
+    /// (`fallocate`), so that a host disk filling up later can never fail the pool's writes (btrfs would turn
+    /// read-only). `None`: 16 GiB, or a quarter of the free space when that is less, and at least 2 GiB.
     pub image_bytes: Option<u64>,
 }
 
@@ -79,6 +79,20 @@ impl Pool {
         } else {
             let mount = config.dir.join("pool");
             let image = config.dir.join("pool.img");
+            let mounts = fs::read_to_string("/proc/self/mountinfo")
+                .map_err(StorageError::io("reading the mount table", "/proc/self/mountinfo"))?;
+            if mounted_read_only(&mounts, &mount) {
+                // btrfs turns read-only after an I/O error (the host's disk was full when the image was still
+                // sparse, say): unmount it (sandboxes using it keep their view) and mount it again, which
+                // replays the last committed state.
+                tracing::warn!(mount = %mount.display(), "the storage pool is read-only after an error; mounting it again");
+                let c = std::ffi::CString::new(mount.as_os_str().as_bytes())
+                    .map_err(|_| StorageError::InvalidName(mount.display().to_string()))?;
+                // SAFETY: umount2 of a path we built, detaching lazily.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == -1 {
+                    return Err(StorageError::io("unmounting a read-only pool", &mount)(io::Error::last_os_error()));
+                }
+            }
             let mounts = fs::read_to_string("/proc/self/mountinfo")
                 .map_err(StorageError::io("reading the mount table", "/proc/self/mountinfo"))?;
             if !mounted_at(&mounts, &mount, "btrfs") {
@@ -154,11 +168,22 @@ fn make_image(image: &Path, config: &PoolConfig) -> Result<(), StorageError> {
     }
     let size = match config.image_bytes {
         Some(n) => n.max(MIN_IMAGE_BYTES),
-        None => (free_bytes(&config.dir)? / 10 * 9).clamp(MIN_IMAGE_BYTES, MAX_DEFAULT_IMAGE_BYTES),
+        None => (free_bytes(&config.dir)? / 4).clamp(MIN_IMAGE_BYTES, DEFAULT_IMAGE_BYTES.max(MIN_IMAGE_BYTES)),
     };
     let partial = image.with_extension("img.partial");
     let f = fs::File::create(&partial).map_err(StorageError::io("creating the pool image", &partial))?;
-    f.set_len(size).map_err(StorageError::io("sizing the pool image", &partial))?;
+    let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
+    // SAFETY: fallocate on a file we own, from 0 to its size.
+    if unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, len) } == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            let _ = fs::remove_file(&partial);
+            return Err(StorageError::io("reserving the pool image's space", &partial)(e));
+        }
+        // A filesystem without fallocate: a sparse image, which a full host disk can turn read-only.
+        tracing::warn!(image = %partial.display(), "cannot reserve the pool image's space; it is sparse");
+        f.set_len(size).map_err(StorageError::io("sizing the pool image", &partial))?;
+    }
     drop(f);
     if let Err(e) =
         run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&partial), "mkfs.btrfs", &partial, "btrfs-progs")
@@ -246,6 +271,18 @@ fn entries(mounts: &str) -> impl Iterator<Item = (String, &str, &str)> {
     })
 }
 
+/// Whether the btrfs mounted at `mount` is read-only (its mount options, field 6, start with `ro`).
+fn mounted_read_only(mounts: &str, mount: &Path) -> bool {
+    let want = mount.to_string_lossy();
+    mounts.lines().any(|l| {
+        let Some((left, right)) = l.split_once(" - ") else { return false };
+        let fields: Vec<&str> = left.split(' ').collect();
+        right.starts_with("btrfs ")
+            && fields.get(4).is_some_and(|mp| unescape(mp) == want)
+            && fields.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    })
+}
+
 /// Whether a filesystem of type `fstype` is mounted exactly at `mount`.
 fn mounted_at(mounts: &str, mount: &Path, fstype: &str) -> bool {
     let want = mount.to_string_lossy();
@@ -268,5 +305,8 @@ mod tests {
         assert!(!mounted_at(MOUNTINFO, Path::new("/var/lib/agentbox/storage"), "btrfs"));
         assert!(mounted_at(MOUNTINFO, Path::new("/srv/with space"), "btrfs"));
         assert!(!mounted_at(MOUNTINFO, Path::new("/srv/with space"), "xfs"));
+        assert!(!mounted_read_only(MOUNTINFO, Path::new("/var/lib/agentbox/storage/pool")));
+        let ro = MOUNTINFO.replace("/storage/pool rw,nosuid", "/storage/pool ro,nosuid");
+        assert!(mounted_read_only(&ro, Path::new("/var/lib/agentbox/storage/pool")));
     }
 }
