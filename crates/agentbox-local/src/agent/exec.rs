@@ -2,6 +2,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::proto::{Exec, Setup};
 use crate::sys;
@@ -68,6 +69,55 @@ pub struct Stdio {
     pub cgroup_procs: libc::c_int,
 }
 
+/// What the errors a start can fail with say (as strerror says it); others are reported by number.
+/// A table, because the child may call nothing that is not async-signal-safe, and strerror is not.
+const ERRNO_MESSAGES: &[(i32, &[u8])] = &[
+    (libc::EPERM, b"Operation not permitted"),
+    (libc::ENOENT, b"No such file or directory"),
+    (libc::ENXIO, b"No such device or address"),
+    (libc::E2BIG, b"Argument list too long"),
+    (libc::ENOEXEC, b"Exec format error"),
+    (libc::EAGAIN, b"Resource temporarily unavailable"),
+    (libc::ENOMEM, b"Cannot allocate memory"),
+    (libc::EACCES, b"Permission denied"),
+    (libc::EFAULT, b"Bad address"),
+    (libc::ENOTDIR, b"Not a directory"),
+    (libc::EISDIR, b"Is a directory"),
+    (libc::EINVAL, b"Invalid argument"),
+    (libc::ENFILE, b"Too many open files in system"),
+    (libc::EMFILE, b"Too many open files"),
+    (libc::ETXTBSY, b"Text file busy"),
+    (libc::EFBIG, b"File too large"),
+    (libc::ENOSPC, b"No space left on device"),
+    (libc::EROFS, b"Read-only file system"),
+    (libc::ENAMETOOLONG, b"File name too long"),
+    (libc::ELOOP, b"Too many levels of symbolic links"),
+    (libc::EDQUOT, b"Disk quota exceeded"),
+];
+
+/// Writes what `errno` means into `buf` without allocating; returns the bytes written.
+fn describe_errno(errno: i32, buf: &mut [u8; 32]) -> &[u8] {
+    if let Some((_, msg)) = ERRNO_MESSAGES.iter().find(|(e, _)| *e == errno) {
+        return msg;
+    }
+    let prefix = b"errno ";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let (mut v, mut n) = (errno.unsigned_abs(), 0);
+    loop {
+        digits[n] = b'0' + u8::try_from(v % 10).unwrap_or(0);
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..n].iter().rev().enumerate() {
+        buf[prefix.len() + i] = *d;
+    }
+    &buf[..prefix.len() + n]
+}
+
 /// Reports why the command could not start on its stderr and exits 127, allocating nothing: the
 /// child shares the init's memory (see [`Spawner`]).
 fn fail(parts: &[&[u8]], errno: Option<i32>) -> ! {
@@ -83,15 +133,9 @@ fn fail(parts: &[&[u8]], errno: Option<i32>) -> ! {
         push(p);
     }
     if let Some(errno) = errno {
-        let mut msg = [0u8; 256];
-        // SAFETY: the XSI strerror_r writes a NUL-terminated message into our buffer.
-        let known = unsafe { libc::strerror_r(errno, msg.as_mut_ptr().cast(), msg.len()) } == 0;
+        let mut num = [0u8; 32];
         push(b": ");
-        if known {
-            push(&msg[..msg.iter().position(|b| *b == 0).unwrap_or(msg.len())]);
-        } else {
-            push(b"error");
-        }
+        push(describe_errno(errno, &mut num));
     }
     push(b"\n");
     let _ = sys::write_all(2, &buf[..n]);
@@ -106,11 +150,12 @@ fn ok(step: &str, rc: libc::c_int) {
 }
 
 /// The landlock ruleset every execution runs under: read and execute everywhere,
-/// write only in home, /tmp, /dev and /proc. Built once by the init, applied in each child.
+/// write only in home, /tmp, /dev and /proc. Built once by the init, applied in each child with raw
+/// system calls (the child may not run the landlock crate's code); `None` when the kernel has no landlock.
 ///
 /// # Errors
-/// When the kernel has no landlock.
-pub fn landlock_ruleset(home: &str) -> io::Result<landlock::RulesetCreated> {
+/// When the ruleset can't be built.
+pub fn landlock_ruleset(home: &str) -> io::Result<Option<OwnedFd>> {
     use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules};
     let abi = ABI::V3;
     let err = |e: landlock::RulesetError| io::Error::other(e.to_string());
@@ -123,6 +168,7 @@ pub fn landlock_ruleset(home: &str) -> io::Result<landlock::RulesetCreated> {
         .map_err(err)?
         .add_rules(path_beneath_rules([home, "/tmp", "/dev", "/proc"], AccessFs::from_all(abi)))
         .map_err(err)
+        .map(Option::from)
 }
 
 /// Confinement every execution shares, applied once to the init after it has built the
@@ -221,7 +267,7 @@ impl Drop for Stack {
 /// What a child reads until it execs; all of it lives until the start is over.
 struct Job<'a> {
     setup: &'a Setup,
-    landlock: Option<&'a landlock::RulesetCreated>,
+    landlock: Option<&'a OwnedFd>,
     prepared: &'a Prepared,
     stdio: &'a Stdio,
 }
@@ -271,13 +317,7 @@ impl Spawner {
     }
 
     /// Starts one execution; returns once it has exec'd, died, or been killed for not getting there.
-    pub fn spawn(
-        &self,
-        setup: &Setup,
-        landlock: Option<&landlock::RulesetCreated>,
-        prepared: &Prepared,
-        stdio: &Stdio,
-    ) -> Spawned {
+    pub fn spawn(&self, setup: &Setup, landlock: Option<&OwnedFd>, prepared: &Prepared, stdio: &Stdio) -> Spawned {
         let job = Job { setup, landlock, prepared, stdio };
         let began = std::time::Instant::now();
         // SAFETY: the child runs `child_entry` on its own stack; `job` and what it points at live on
@@ -328,7 +368,7 @@ fn arm_start_limit() {
 pub const OOM_SCORE_ADJ: &[u8] = b"500";
 
 /// The child: isolates itself further and execs. Never returns.
-pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Prepared, io: &Stdio) -> ! {
+pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio) -> ! {
     // First of all: whatever stops this child below, it dies within the start limit.
     arm_start_limit();
     // SAFETY: (whole block) we are a `Spawner` child sharing the init's memory; everything we read
@@ -368,12 +408,13 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
         ok("stdin", libc::dup2(stdin, 0));
         ok("stdout", libc::dup2(stdout, 1));
         ok("stderr", libc::dup2(stderr, 2));
-        // Landlock first: its ruleset is one of the descriptors closed next.
+        let raw = |rc: libc::c_long| libc::c_int::try_from(rc).unwrap_or(-1);
+        // Landlock first: its ruleset is one of the descriptors closed next. Kernels without
+        // landlock have no ruleset (reported at sandbox start). What the landlock crate's
+        // restrict_self does, as raw calls: no_new_privs, then landlock_restrict_self.
         if let Some(ruleset) = landlock {
-            // Kernels without landlock have no ruleset; that is reported at sandbox start.
-            if ruleset.try_clone().ok().and_then(|r| r.restrict_self().ok()).is_none() {
-                fail(&[b"applying landlock"], None);
-            }
+            ok("setting no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+            ok("applying landlock", raw(libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32)));
         }
         // No inherited descriptors: everything above 2 goes.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
@@ -395,7 +436,6 @@ pub fn child(setup: &Setup, landlock: Option<&landlock::RulesetCreated>, p: &Pre
         // Raw system calls: glibc's wrappers would try to apply the change to every thread of
         // the process they believe they are in, whose memory this child shares.
         let gid = setup.gid;
-        let raw = |rc: libc::c_long| libc::c_int::try_from(rc).unwrap_or(-1);
         ok("setgroups", raw(libc::syscall(libc::SYS_setgroups, 1, &raw const gid)));
         ok("setresgid", raw(libc::syscall(libc::SYS_setresgid, gid, gid, gid)));
         ok("setresuid", raw(libc::syscall(libc::SYS_setresuid, setup.uid, setup.uid, setup.uid)));
@@ -428,4 +468,22 @@ struct CapData {
 
 fn libc_cap_header() -> CapHeader {
     CapHeader { version: 0x2008_0522, pid: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_strerror_says_them_without_calling_it() {
+        let mut buf = [0u8; 32];
+        for (errno, msg) in ERRNO_MESSAGES {
+            // SAFETY: strerror with a valid errno returns a static NUL-terminated string (test thread only).
+            let expected = unsafe { std::ffi::CStr::from_ptr(libc::strerror(*errno)) };
+            assert_eq!(*msg, expected.to_bytes(), "errno {errno}");
+        }
+        assert_eq!(describe_errno(libc::ENOENT, &mut buf), b"No such file or directory");
+        assert_eq!(describe_errno(4095, &mut buf), b"errno 4095");
+        assert_eq!(describe_errno(0, &mut buf), b"errno 0");
+    }
 }

@@ -181,7 +181,8 @@ struct Agent {
     setup: Setup,
     /// Starts executions (see `exec::Spawner`); made on first use.
     spawner: Option<exec::Spawner>,
-    landlock: Option<landlock::RulesetCreated>,
+    /// The landlock ruleset every execution applies (see `exec::landlock_ruleset`).
+    landlock: Option<std::os::fd::OwnedFd>,
     free_cgroups: Vec<String>,
     exec_cgroups: bool,
     sigfd: libc::c_int,
@@ -206,7 +207,7 @@ impl Agent {
             sys::check(libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?
         };
         sys::set_nonblocking(CONTROL_FD)?;
-        let landlock = if setup.landlock { exec::landlock_ruleset(&setup.home).ok() } else { None };
+        let landlock = if setup.landlock { exec::landlock_ruleset(&setup.home).ok().flatten() } else { None };
         Ok(Self {
             setup,
             spawner: None,
