@@ -1,4 +1,5 @@
 //! Starting one execution: the child side, from fork to execve.
+#![deny(clippy::multiple_unsafe_ops_per_block)]
 
 use std::ffi::CString;
 use std::io;
@@ -187,30 +188,29 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
         }
         Ok(())
     };
-    // SAFETY: plain prctl calls on this process.
-    unsafe {
-        if setup.drop_caps {
-            for cap in 0..=63 {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 {
-                    let e = io::Error::last_os_error();
-                    if e.raw_os_error() == Some(libc::EINVAL) {
-                        break;
-                    }
-                    return Err(io::Error::new(e.kind(), format!("dropping capability {cap}: {e}")));
+    if setup.drop_caps {
+        for cap in 0..=63 {
+            // SAFETY: integer arguments.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    break;
                 }
+                return Err(io::Error::new(e.kind(), format!("dropping capability {cap}: {e}")));
             }
-            step(
-                "clearing ambient capabilities",
-                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
-            )?;
         }
-        if setup.no_new_privs {
-            step("setting no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-        }
-        for filter in &setup.seccomp {
-            crate::seccomp::install(filter)
-                .map_err(|e| io::Error::new(e.kind(), format!("installing the seccomp filter: {e}")))?;
-        }
+        // SAFETY: integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+        step("clearing ambient capabilities", rc)?;
+    }
+    if setup.no_new_privs {
+        // SAFETY: integer arguments.
+        step("setting no_new_privs", unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    }
+    for filter in &setup.seccomp {
+        // SAFETY: the init is single-threaded (see `seccomp::install`).
+        unsafe { crate::seccomp::install(filter) }
+            .map_err(|e| io::Error::new(e.kind(), format!("installing the seccomp filter: {e}")))?;
     }
     Ok(())
 }
@@ -342,22 +342,22 @@ impl Spawner {
 
 /// Arms a timer that sends this process SIGKILL after [`START_LIMIT`]. `execve` deletes it.
 fn arm_start_limit() {
-    // SAFETY: plain timer syscalls with valid, zero-initialized kernel structures.
-    unsafe {
-        let mut sev: libc::sigevent = std::mem::zeroed();
-        sev.sigev_notify = libc::SIGEV_SIGNAL;
-        sev.sigev_signo = libc::SIGKILL;
-        let mut timer: libc::c_int = 0;
-        if libc::syscall(libc::SYS_timer_create, libc::CLOCK_MONOTONIC, &raw mut sev, &raw mut timer) != 0 {
-            fail(&[b"arming the start limit"], io::Error::last_os_error().raw_os_error());
-        }
-        let mut spec: libc::itimerspec = std::mem::zeroed();
-        spec.it_value.tv_sec = libc::time_t::try_from(START_LIMIT.as_secs()).unwrap_or(2);
-        if libc::syscall(libc::SYS_timer_settime, timer, 0, &raw const spec, std::ptr::null_mut::<libc::itimerspec>())
-            != 0
-        {
-            fail(&[b"arming the start limit"], io::Error::last_os_error().raw_os_error());
-        }
+    // SAFETY: sigevent is plain data; all zero bits is a valid value, filled in next.
+    let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+    sev.sigev_notify = libc::SIGEV_SIGNAL;
+    sev.sigev_signo = libc::SIGKILL;
+    let mut timer: libc::c_int = 0;
+    // SAFETY: a valid sigevent to read and a timer id to write, both locals.
+    if unsafe { libc::syscall(libc::SYS_timer_create, libc::CLOCK_MONOTONIC, &raw mut sev, &raw mut timer) } != 0 {
+        fail(&[b"arming the start limit"], io::Error::last_os_error().raw_os_error());
+    }
+    // SAFETY: itimerspec is plain data; all zero bits is a valid value, filled in next.
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    spec.it_value.tv_sec = libc::time_t::try_from(START_LIMIT.as_secs()).unwrap_or(2);
+    let no_old = std::ptr::null_mut::<libc::itimerspec>();
+    // SAFETY: the timer just created and a valid itimerspec, read only.
+    if unsafe { libc::syscall(libc::SYS_timer_settime, timer, 0, &raw const spec, no_old) } != 0 {
+        fail(&[b"arming the start limit"], io::Error::last_os_error().raw_os_error());
     }
 }
 
@@ -371,85 +371,103 @@ pub const OOM_SCORE_ADJ: &[u8] = b"500";
 pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio) -> ! {
     // First of all: whatever stops this child below, it dies within the start limit.
     arm_start_limit();
-    // SAFETY: (whole block) we are a `Spawner` child sharing the init's memory; everything we read
-    // stays alive and unchanged until we exec or exit; every call is a plain syscall on valid
-    // arguments, and nothing here allocates.
-    unsafe {
-        ok("setsid", libc::setsid());
-        if io.cgroup_procs >= 0 {
-            ok(
-                "joining the execution cgroup",
-                i32::try_from(libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1)).unwrap_or(-1),
-            );
-        }
-        let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        ok("opening oom_score_adj", adj);
-        let written = libc::write(adj, OOM_SCORE_ADJ.as_ptr().cast(), OOM_SCORE_ADJ.len());
-        ok("setting oom_score_adj", if written < 0 { -1 } else { 0 });
-        libc::close(adj);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        let stdin = if io.stdin >= 0 { io.stdin } else { null };
-        let (stdout, stderr) = match &p.output_path {
-            Some(path) => {
-                // O_NONBLOCK: a FIFO planted at the path fails here instead of blocking (the
-                // init waits for this child to exec).
-                let fd = libc::open(
-                    path.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-                    0o644,
-                );
-                ok("opening the output file", fd);
-                ok("opening the output file", libc::fcntl(fd, libc::F_SETFL, libc::O_APPEND));
-                ok("owning the output file", libc::fchown(fd, setup.uid, setup.gid));
-                (fd, fd)
-            }
-            None => (io.stdout, io.stderr),
-        };
-        ok("stdin", libc::dup2(stdin, 0));
-        ok("stdout", libc::dup2(stdout, 1));
-        ok("stderr", libc::dup2(stderr, 2));
-        let raw = |rc: libc::c_long| libc::c_int::try_from(rc).unwrap_or(-1);
-        // Landlock first: its ruleset is one of the descriptors closed next. Kernels without
-        // landlock have no ruleset (reported at sandbox start). What the landlock crate's
-        // restrict_self does, as raw calls: no_new_privs, then landlock_restrict_self.
-        if let Some(ruleset) = landlock {
-            ok("setting no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-            ok("applying landlock", raw(libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32)));
-        }
-        // No inherited descriptors: everything above 2 goes.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
-
-        let lim = |res, v: u64| {
-            let r = libc::rlimit { rlim_cur: v, rlim_max: v };
-            libc::setrlimit(res, &raw const r)
-        };
-        ok("rlimit nofile", lim(libc::RLIMIT_NOFILE, setup.nofile));
-        ok("rlimit core", lim(libc::RLIMIT_CORE, 0));
-        ok("rlimit fsize", lim(libc::RLIMIT_FSIZE, setup.fsize));
-
-        // The capability bounding set, no_new_privs and the seccomp filter are already the
-        // init's (see `confine`), inherited over fork.
-        // Raw system calls: glibc's wrappers would try to apply the change to every thread of
-        // the process they believe they are in, whose memory this child shares.
-        let gid = setup.gid;
-        ok("setgroups", raw(libc::syscall(libc::SYS_setgroups, 1, &raw const gid)));
-        ok("setresgid", raw(libc::syscall(libc::SYS_setresgid, gid, gid, gid)));
-        ok("setresuid", raw(libc::syscall(libc::SYS_setresuid, setup.uid, setup.uid, setup.uid)));
-        if setup.drop_caps {
-            let header = libc_cap_header();
-            let data = [CapData::default(); 2];
-            libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr());
-        }
-        if libc::chdir(p.cwd.as_ptr()) == -1 {
-            fail(&[b"changing to ", p.cwd.as_bytes()], io::Error::last_os_error().raw_os_error());
-        }
-        libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr());
-        fail(&[b"executing ", p.path.as_bytes()], io::Error::last_os_error().raw_os_error())
+    // Everything read below stays alive and unchanged until this child execs or exits (see `Spawner`).
+    // Nothing here allocates: each call is one system call, or an async-signal-safe libc wrapper of one.
+    // SAFETY: setsid has no preconditions.
+    ok("setsid", unsafe { libc::setsid() });
+    if io.cgroup_procs >= 0 {
+        // SAFETY: one byte from a static buffer, to a descriptor the init opened for this child.
+        let written = unsafe { libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1) };
+        ok("joining the execution cgroup", if written < 0 { -1 } else { 0 });
     }
+    // SAFETY: a static NUL-terminated path.
+    let adj = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    ok("opening oom_score_adj", adj);
+    // SAFETY: a static buffer of the given length, to the descriptor just opened.
+    let written = unsafe { libc::write(adj, OOM_SCORE_ADJ.as_ptr().cast(), OOM_SCORE_ADJ.len()) };
+    ok("setting oom_score_adj", if written < 0 { -1 } else { 0 });
+    // SAFETY: closes the descriptor just opened, which nothing else uses.
+    unsafe { libc::close(adj) };
+    // SAFETY: a static NUL-terminated path.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+    let stdin = if io.stdin >= 0 { io.stdin } else { null };
+    let (stdout, stderr) = match &p.output_path {
+        Some(path) => {
+            // O_NONBLOCK: a FIFO planted at the path fails here instead of blocking (the
+            // init waits for this child to exec).
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+            // SAFETY: `path` is a NUL-terminated string that `p` owns.
+            let fd = unsafe { libc::open(path.as_ptr(), flags, 0o644) };
+            ok("opening the output file", fd);
+            // SAFETY: integer arguments, on the descriptor just opened.
+            ok("opening the output file", unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_APPEND) });
+            // SAFETY: integer arguments, on the descriptor just opened.
+            ok("owning the output file", unsafe { libc::fchown(fd, setup.uid, setup.gid) });
+            (fd, fd)
+        }
+        None => (io.stdout, io.stderr),
+    };
+    // SAFETY: dup2 of descriptors this child holds onto 0, 1 and 2.
+    ok("stdin", unsafe { libc::dup2(stdin, 0) });
+    // SAFETY: as above.
+    ok("stdout", unsafe { libc::dup2(stdout, 1) });
+    // SAFETY: as above.
+    ok("stderr", unsafe { libc::dup2(stderr, 2) });
+    let raw = |rc: libc::c_long| libc::c_int::try_from(rc).unwrap_or(-1);
+    // Landlock first: its ruleset is one of the descriptors closed next. Kernels without
+    // landlock have no ruleset (reported at sandbox start). What the landlock crate's
+    // restrict_self does, as raw calls: no_new_privs, then landlock_restrict_self.
+    if let Some(ruleset) = landlock {
+        // SAFETY: integer arguments.
+        ok("setting no_new_privs", unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) });
+        // SAFETY: the ruleset's descriptor, which the init keeps open while this child runs.
+        let rc = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) };
+        ok("applying landlock", raw(rc));
+    }
+    // No inherited descriptors: everything above 2 goes.
+    // SAFETY: integer arguments; nothing below uses a descriptor above 2.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // SAFETY: the default action, set with the async-signal-safe signal().
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // SAFETY: sigset_t is plain data, and all zero bits are the empty set.
+    let none: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid set, read only.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &raw const none, std::ptr::null_mut()) };
+
+    let lim = |res, v: u64| {
+        let r = libc::rlimit { rlim_cur: v, rlim_max: v };
+        // SAFETY: a valid rlimit, read only.
+        unsafe { libc::setrlimit(res, &raw const r) }
+    };
+    ok("rlimit nofile", lim(libc::RLIMIT_NOFILE, setup.nofile));
+    ok("rlimit core", lim(libc::RLIMIT_CORE, 0));
+    ok("rlimit fsize", lim(libc::RLIMIT_FSIZE, setup.fsize));
+
+    // The capability bounding set, no_new_privs and the seccomp filter are already the
+    // init's (see `confine`), inherited over fork.
+    // Raw system calls: glibc's wrappers would try to apply the change to every thread of
+    // the process they believe they are in, whose memory this child shares.
+    let gid = setup.gid;
+    // SAFETY: one gid, read from a local.
+    ok("setgroups", raw(unsafe { libc::syscall(libc::SYS_setgroups, 1, &raw const gid) }));
+    // SAFETY: integer arguments.
+    ok("setresgid", raw(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }));
+    // SAFETY: integer arguments.
+    ok("setresuid", raw(unsafe { libc::syscall(libc::SYS_setresuid, setup.uid, setup.uid, setup.uid) }));
+    if setup.drop_caps {
+        let header = libc_cap_header();
+        let data = [CapData::default(); 2];
+        // SAFETY: a valid header and the two data structures capset reads for version 3.
+        unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
+    }
+    // SAFETY: `p.cwd` is a NUL-terminated string that `p` owns.
+    if unsafe { libc::chdir(p.cwd.as_ptr()) } == -1 {
+        fail(&[b"changing to ", p.cwd.as_bytes()], io::Error::last_os_error().raw_os_error());
+    }
+    // SAFETY: the path and the NULL-terminated argv and envp arrays, which point into strings `p`
+    // owns (see `Prepared`).
+    unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr()) };
+    fail(&[b"executing ", p.path.as_bytes()], io::Error::last_os_error().raw_os_error())
 }
 
 #[repr(C)]
@@ -478,8 +496,10 @@ mod tests {
     fn errors_read_as_strerror_says_them_without_calling_it() {
         let mut buf = [0u8; 32];
         for (errno, msg) in ERRNO_MESSAGES {
-            // SAFETY: strerror with a valid errno returns a static NUL-terminated string (test thread only).
-            let expected = unsafe { std::ffi::CStr::from_ptr(libc::strerror(*errno)) };
+            // SAFETY: strerror with a valid errno returns a NUL-terminated string (on this test's thread only).
+            let text = unsafe { libc::strerror(*errno) };
+            // SAFETY: as above; it stays valid until the next strerror on this thread.
+            let expected = unsafe { std::ffi::CStr::from_ptr(text) };
             assert_eq!(*msg, expected.to_bytes(), "errno {errno}");
         }
         assert_eq!(describe_errno(libc::ENOENT, &mut buf), b"No such file or directory");
