@@ -700,8 +700,8 @@ impl SandboxBackend for LocalBackend {
         tokio::task::spawn_blocking(move || {
             // Killing the init tears down its pid namespace: the kernel kills and reaps everything
             // in it before the init's pidfd turns readable (the zygote reaps the init itself).
-            let _ = sys::pidfd_kill(sb2.pidfd.as_raw_fd(), libc::SIGKILL);
-            sys::pidfd_wait(sb2.pidfd.as_raw_fd(), -1);
+            let _ = sys::pidfd_kill(sb2.pidfd.as_fd(), libc::SIGKILL);
+            sys::pidfd_wait(sb2.pidfd.as_fd(), -1);
             sb2.cgroup.remove_after_exit();
             if let (Some(pool), Some(layer)) = (&inner.pool, &sb2.layer) {
                 if let Err(e) = pool.remove_layer(layer.name()) {

@@ -27,7 +27,7 @@ impl NetNs {
     pub(crate) fn of(pid: i32, pidfd: BorrowedFd<'_>) -> io::Result<Self> {
         let ns = File::open(format!("/proc/{pid}/ns/net"))?;
         // A pid is reused only after its process is reaped: alive now means it was ours at the open.
-        if sys::pidfd_wait(pidfd.as_raw_fd(), 0) {
+        if sys::pidfd_wait(pidfd, 0) {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("process {pid} exited")));
         }
         Ok(Self(Arc::new(ns.into())))
@@ -109,7 +109,7 @@ mod tests {
         let pid = i32::try_from(child.id()).unwrap();
         child.kill().unwrap();
         // Exited but not reaped: its /proc entry still exists, and is refused anyway.
-        while !sys::pidfd_wait(pidfd.as_raw_fd(), 0) {
+        while !sys::pidfd_wait(pidfd.as_fd(), 0) {
             std::thread::yield_now();
         }
         assert_eq!(NetNs::of(pid, pidfd.as_fd()).unwrap_err().kind(), io::ErrorKind::NotFound);

@@ -2,6 +2,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -122,9 +123,13 @@ pub fn pipe() -> io::Result<(libc::c_int, libc::c_int)> {
 }
 
 /// close(2), ignoring errors.
-pub fn close(fd: libc::c_int) {
+///
+/// # Safety
+/// The caller owns `fd` (or it is negative), and nothing uses it after this: closing a descriptor
+/// another owner still uses would let a later open reuse its number under that owner.
+pub unsafe fn close(fd: libc::c_int) {
     if fd >= 0 {
-        // SAFETY: closing an fd we own.
+        // SAFETY: the caller owns fd.
         unsafe { libc::close(fd) };
     }
 }
@@ -217,9 +222,10 @@ pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// Sends `signal` to the process behind a pidfd, ignoring ESRCH (it already exited).
-pub fn pidfd_kill(pidfd: libc::c_int, signal: i32) -> io::Result<()> {
-    // SAFETY: pidfd_send_signal with no siginfo.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, signal, std::ptr::null::<u8>(), 0) };
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal on a descriptor we borrow, with no siginfo.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::ESRCH) {
@@ -231,8 +237,8 @@ pub fn pidfd_kill(pidfd: libc::c_int, signal: i32) -> io::Result<()> {
 
 /// Blocks until the process behind a pidfd has exited, or `timeout_ms` passed (`-1`: no limit).
 /// Returns whether it exited.
-pub fn pidfd_wait(pidfd: libc::c_int, timeout_ms: libc::c_int) -> bool {
-    let mut p = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+pub fn pidfd_wait(pidfd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> bool {
+    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&raw mut p, 1, timeout_ms) };

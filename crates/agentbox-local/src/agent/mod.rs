@@ -87,6 +87,7 @@ fn bring_loopback_up() -> io::Result<()> {
             req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP | libc::IFF_RUNNING).unwrap_or(0);
             sys::check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw const req))
         });
+        // The socket was made above and is used by nothing after this.
         sys::close(fd);
         r.map(drop)
     }
@@ -367,7 +368,9 @@ impl Agent {
                     if payload.is_empty() {
                         r.stdin_eof = true;
                         if r.stdin_buf.is_empty() {
-                            sys::close(r.stdin);
+                            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                            // forgets (or marks -1) here.
+                            unsafe { sys::close(r.stdin) };
                             r.stdin = -1;
                         }
                     } else if r.stdin >= 0 {
@@ -445,7 +448,9 @@ impl Agent {
         let (out, errp, inp) = match pipes {
             Ok(p) => p,
             Err(err) => {
-                sys::close(cg_fd);
+                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                // forgets (or marks -1) here.
+                unsafe { sys::close(cg_fd) };
                 return self.fail(id, format!("creating pipes failed: {err}"), err.raw_os_error());
             }
         };
@@ -460,10 +465,14 @@ impl Agent {
                 Ok(sp) => self.spawner = Some(sp),
                 Err(err) => {
                     for fd in [cg_fd, stdio.stdin, stdio.stdout, stdio.stderr] {
-                        sys::close(fd);
+                        // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                        // forgets (or marks -1) here.
+                        unsafe { sys::close(fd) };
                     }
                     for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
-                        sys::close(fd);
+                        // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                        // forgets (or marks -1) here.
+                        unsafe { sys::close(fd) };
                     }
                     return self.fail(id, format!("starting the spawner failed: {err}"), err.raw_os_error());
                 }
@@ -473,9 +482,13 @@ impl Agent {
             Some(sp) => sp.spawn(&self.setup, self.landlock.as_ref(), &prepared, &stdio),
             None => exec::Spawned::Failed(io::Error::other("no spawner")),
         };
-        sys::close(cg_fd);
+        // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+        // forgets (or marks -1) here.
+        unsafe { sys::close(cg_fd) };
         for fd in [stdio.stdin, stdio.stdout, stdio.stderr] {
-            sys::close(fd);
+            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+            // forgets (or marks -1) here.
+            unsafe { sys::close(fd) };
         }
         let pid = match spawned {
             exec::Spawned::Started(pid) => pid,
@@ -489,7 +502,9 @@ impl Agent {
             }
             exec::Spawned::Failed(err) => {
                 for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
-                    sys::close(fd);
+                    // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                    // forgets (or marks -1) here.
+                    unsafe { sys::close(fd) };
                 }
                 return self.fail(id, format!("starting the command failed: {err}"), err.raw_os_error());
             }
@@ -524,7 +539,9 @@ impl Agent {
         let Some(r) = self.execs.get_mut(&id) else { return };
         if fd == r.stdin {
             if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-                sys::close(r.stdin);
+                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                // forgets (or marks -1) here.
+                unsafe { sys::close(r.stdin) };
                 r.stdin = -1;
                 r.stdin_buf.clear();
                 return;
@@ -535,7 +552,9 @@ impl Agent {
                 r.stdin_buf.drain(..n.unsigned_abs());
             }
             if r.stdin_buf.is_empty() && r.stdin_eof {
-                sys::close(r.stdin);
+                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                // forgets (or marks -1) here.
+                unsafe { sys::close(r.stdin) };
                 r.stdin = -1;
             }
             return;
@@ -548,7 +567,9 @@ impl Agent {
             let frame = proto::encode(kind, id, &buf[..n.unsigned_abs()]);
             self.send(&frame);
         } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-            sys::close(fd);
+            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+            // forgets (or marks -1) here.
+            unsafe { sys::close(fd) };
             if let Some(r) = self.execs.get_mut(&id) {
                 if kind == Kind::Stdout {
                     r.stdout = -1;
@@ -645,7 +666,9 @@ impl Agent {
 
     fn finish(&mut self, id: u32, r: Running) {
         for fd in [r.stdout, r.stderr, r.stdin] {
-            sys::close(fd);
+            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+            // forgets (or marks -1) here.
+            unsafe { sys::close(fd) };
         }
         if let Some(cg) = r.cgroup.clone() {
             // An empty execution cgroup is kept for the next execution; one with processes

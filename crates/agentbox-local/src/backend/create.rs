@@ -217,8 +217,8 @@ impl LocalBackend {
 async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>, layer: Option<LayerRef>) {
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(init) = init {
-            let _ = sys::pidfd_kill(init.pidfd.as_raw_fd(), libc::SIGKILL);
-            sys::pidfd_wait(init.pidfd.as_raw_fd(), 5000);
+            let _ = sys::pidfd_kill(init.pidfd.as_fd(), libc::SIGKILL);
+            sys::pidfd_wait(init.pidfd.as_fd(), 5000);
         }
         if let Some(cgroup) = cgroup {
             cgroup.kill_all();
