@@ -42,6 +42,7 @@ struct Sandbox {
     config: SandboxConfig,
     /// The init's pidfd: kill and wait through it, never by a pid that could be reused.
     pidfd: OwnedFd,
+    #[cfg_attr(not(feature = "test-util"), expect(dead_code, reason = "read by the test-util hooks only"))]
     init_pid: i32,
     /// The init's network namespace, opened once at create: forwards never look the pid up again.
     netns: NetNs,
@@ -220,6 +221,7 @@ impl LocalBackend {
         self.inner.cgroups.layout()
     }
 
+    #[cfg(feature = "test-util")]
     /// The host cgroup directories of the sandbox `id` (of every sandbox when `id` is empty) made by
     /// any process using `config`'s state directory: they exist from the start of a creation until
     /// its destroy or reaping (for tests and diagnostics, also from another process).
@@ -229,6 +231,7 @@ impl LocalBackend {
         Cgroups::detect(&cgroup_parent(config)).find(&prefix)
     }
 
+    #[cfg(feature = "test-util")]
     /// Host pids of every process in a sandbox (for tests and diagnostics).
     ///
     /// # Errors
@@ -245,6 +248,7 @@ impl LocalBackend {
         Ok(self.get(id)?.net.stats())
     }
 
+    #[cfg(feature = "test-util")]
     /// Host pid of the sandbox's init (for tests and diagnostics).
     ///
     /// # Errors
