@@ -32,10 +32,12 @@ mod create;
 mod owners;
 mod ports;
 mod setup;
+mod storage;
 
 use channel::{Route, reader_loop};
 pub use config::LocalConfig;
 use owners::{cgroup_parent, process_start};
+use storage::storage_err;
 
 struct Sandbox {
     info: SandboxInfo,
@@ -96,19 +98,6 @@ const MAX_ARGS_BYTES: usize = 2 * 1024 * 1024;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-}
-
-/// Maps a storage error to the core error a caller acts on (see [`LocalError`]).
-fn storage_err(e: agentbox_storage::StorageError) -> Error {
-    LocalError::from(e).into()
-}
-
-fn snapshot_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRecord) -> SnapshotInfo {
-    SnapshotInfo {
-        name: r.name.clone(),
-        created_at_ms: r.created_at_ms,
-        size_bytes: pool.snapshot_usage(r).map_or(0, |u| u.bytes),
-    }
 }
 
 /// Runs `f` on the blocking pool; `what` names the task if it panics or is cancelled.
@@ -654,36 +643,15 @@ impl SandboxBackend for LocalBackend {
     }
 
     async fn snapshot(&self, id: &SandboxId, name: &str) -> Result<SnapshotInfo> {
-        let sb = self.get(id)?;
-        let (Some(pool), Some(layer)) = (self.inner.pool.clone(), sb.layer.clone()) else {
-            return Err(Error::Unsupported(
-                "snapshots need disk-backed storage, which this backend runs without (see its limitations)".into(),
-            ));
-        };
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let record = pool.snapshot_layer(&layer, &name).map_err(storage_err)?;
-            Ok(snapshot_info(&pool, &record))
-        })
-        .await
-        .map_err(|e| backend_err("storage task", e))?
+        self.snapshot_sandbox(id, name).await
     }
 
     async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        let Some(pool) = self.inner.pool.clone() else { return Ok(Vec::new()) };
-        tokio::task::spawn_blocking(move || pool.snapshots().iter().map(|r| snapshot_info(&pool, r)).collect())
-            .await
-            .map_err(|e| backend_err("storage task", e))
+        self.snapshot_list().await
     }
 
     async fn delete_snapshot(&self, name: &str) -> Result<()> {
-        let Some(pool) = self.inner.pool.clone() else {
-            return Err(Error::NotFound(format!("snapshot {name}")));
-        };
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || pool.remove_snapshot(&name).map_err(storage_err))
-            .await
-            .map_err(|e| backend_err("storage task", e))?
+        self.snapshot_delete(name).await
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<()> {
