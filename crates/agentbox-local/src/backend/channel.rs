@@ -160,3 +160,54 @@ pub(super) async fn reader_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Runs the reader on one end of a socket pair with an execution waiting as id 7, sends `frames`
+    /// from the other end as the agent would, and returns what the execution received.
+    async fn execution_sees(frames: &[Vec<u8>]) -> (Vec<ExecEvent>, bool) {
+        let (host, mut agent) = tokio::net::UnixStream::pair().unwrap();
+        let (rd, _wr) = host.into_split();
+        let routes = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, mut rx) = mpsc::channel(16);
+        routes.lock_unpoisoned().insert(7, Route::Exec { tx, oom_before: 0 });
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader = tokio::spawn(reader_loop(rd, routes, alive.clone(), SandboxCgroup::default()));
+        for f in frames {
+            agent.write_all(f).await.unwrap();
+        }
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            let last = matches!(e, ExecEvent::Exit(_));
+            events.push(e);
+            if last {
+                break;
+            }
+        }
+        drop(agent);
+        reader.await.unwrap();
+        (events, alive.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn an_exit_report_that_does_not_parse_ends_the_connection_and_says_so() {
+        let (events, alive) = execution_sees(&[proto::encode(Kind::Exited, 7, b"{\"code\": \"soon\"}")]).await;
+        assert!(!alive, "the connection to an agent that broke the protocol is closed");
+        let [ExecEvent::Stderr(msg), ExecEvent::Exit(status)] = events.as_slice() else { panic!("{events:?}") };
+        let msg = String::from_utf8_lossy(msg);
+        assert!(msg.contains("broke the protocol") && msg.contains("exit report"), "{msg}");
+        assert_eq!(status.exit_code, 255);
+    }
+
+    #[tokio::test]
+    async fn a_valid_exit_report_is_passed_on() {
+        let exited = br#"{"code":3,"signal":null,"timed_out":false,"micros":5}"#;
+        let (events, _) =
+            execution_sees(&[proto::encode(Kind::Stdout, 7, b"hi"), proto::encode(Kind::Exited, 7, exited)]).await;
+        let [ExecEvent::Stdout(out), ExecEvent::Exit(status)] = events.as_slice() else { panic!("{events:?}") };
+        assert_eq!((out.as_slice(), status.exit_code), (&b"hi"[..], 3));
+    }
+}
