@@ -220,7 +220,9 @@ async fn malformed_requests_get_json_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_but_health_and_docs_requires_the_token() {
     let dir = tempfile::tempdir().unwrap();
-    let t = TestServer::host(dir.path(), ServerConfig::default()).await;
+    // Three refused attempts per route would cross the per-address limit of failed authentications.
+    let limits = agentbox_server::Limits { auth_failures_per_minute: 10_000, ..agentbox_server::Limits::default() };
+    let t = TestServer::host(dir.path(), ServerConfig { limits, ..ServerConfig::default() }).await;
     t.create("r").await;
     let doc: Value = t.client.get(t.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     let paths = doc["paths"].as_object().unwrap();
@@ -241,7 +243,12 @@ async fn every_route_but_health_and_docs_requires_the_token() {
                 if open {
                     assert_eq!(r.status(), 200, "{method} {path}");
                 } else {
-                    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+                    assert_eq!(
+                        r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()),
+                        Some("Bearer".to_owned()),
+                        "{method} {path}: {}",
+                        r.status()
+                    );
                     let msg = expect_error(r, 401, "unauthorized").await;
                     assert!(!msg.contains("wrong-token"), "the presented token is never echoed");
                 }
@@ -260,12 +267,17 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "GET /api/sandboxes/{run_id}/files/list",
         "GET /api/sandboxes/{run_id}/health",
         "GET /api/sandboxes/{run_id}/metrics",
+        "DELETE /api/snapshots/{name}",
+        "GET /api/snapshots",
         "GET /api/tools",
         "GET /health",
         "GET /metrics",
         "POST /api/sandboxes/create",
         "POST /api/sandboxes/{run_id}/execute/code",
         "POST /api/sandboxes/{run_id}/execute/command",
+        "POST /api/sandboxes/{run_id}/pause",
+        "POST /api/sandboxes/{run_id}/resume",
+        "POST /api/sandboxes/{run_id}/snapshots",
         "POST /api/sandboxes/{run_id}/tools/{name}",
         "PUT /api/sandboxes/{run_id}/files",
         "PUT /api/sandboxes/{run_id}/network",
