@@ -185,7 +185,7 @@ pub fn proc_root(pid: i32) -> io::Result<OwnedFd> {
 /// Resolves `path` (relative to `dir`, `..` and absolute links confined to `root`) as an `O_PATH` descriptor.
 ///
 /// `dir` is the sandbox root for whole paths; for a single name inside a directory already held, pass that
-/// directory as `dir` and the name as `path` ([`RESOLVE_IN_ROOT`] then treats the directory as the root, which
+/// directory as `dir` and the name as `path` (`RESOLVE_IN_ROOT` then treats the directory as the root, which
 /// is stricter than the sandbox's).
 ///
 /// # Errors
