@@ -178,6 +178,10 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     ]}});
     for field in ["bandwidth_in_bytes_per_sec", "bandwidth_out_bytes_per_sec"] {
         net["properties"][field]["maximum"] = json!(u64::MAX);
+        // `int64` would bound it at 2^63 - 1, which the server (a u64) doesn't.
+        if let Some(p) = net["properties"][field].as_object_mut() {
+            p.remove("format");
+        }
     }
     net["properties"]["allowed_cidrs"] = json!({"type": "array", "items": {"type": "string", "anyOf": [
         {"pattern": format!(r"^{IPV4}(/(3[0-2]|[12]?[0-9]))?$")}, {"format": "ipv6", "pattern": ":"},
