@@ -995,3 +995,33 @@ sandbox_check!(
         Ok(Outcome::Passed)
     }
 );
+
+/// Whether a test of the local backend must not run because the process is not root, which the local
+/// backend needs (namespaces, cgroups, mounts). Such a test returns at once; the first of a test binary
+/// says why. Under CI (`CI=true`), which runs as root, a missing root is an error instead: the suite can't
+/// pass there without running.
+///
+/// # Panics
+/// Under `CI=true` when not root.
+#[must_use]
+pub fn not_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    static SAID: std::sync::Once = std::sync::Once::new();
+    // /proc/self belongs to the process's effective user.
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return false;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the local backend's tests need root and CI runs them as root; this CI run is not root"
+    );
+    SAID.call_once(|| {
+        // Written to the process's stderr itself, which the test harness does not capture.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: the local backend's tests need root (namespaces, cgroups, mounts); run them as root"
+        );
+    });
+    true
+}
