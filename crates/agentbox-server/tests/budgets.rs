@@ -24,12 +24,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agentbox_server::{Limits, Registry, Server, ServerConfig, ShutdownPolicy};
+use agentbox_server::{Limits, ServerConfig, ShutdownPolicy};
 use common::child::ChildServer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,26 +45,13 @@ const NOFILE: u64 = 1024;
 /// and serves until SIGTERM, destroying its sandboxes then).
 #[test]
 fn budget_server_process() {
-    let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else { return };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async move {
-        let backend = Arc::new(agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default()).unwrap());
-        let config = ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            on_shutdown: ShutdownPolicy::Destroy,
-            limits: Limits { log_window: Duration::from_secs(5), ..Limits::default() },
-            ..ServerConfig::default()
-        };
-        let registry = Registry::open(&dir.join("registry.db")).unwrap();
-        let token = agentbox_server::ApiToken::new(TOKEN).unwrap();
-        let server = Server::start(backend, config, token, registry).await.unwrap();
-        common::child::serve_until_term(server, &dir).await;
-    });
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        on_shutdown: ShutdownPolicy::Destroy,
+        limits: Limits { log_window: Duration::from_secs(5), ..Limits::default() },
+        ..ServerConfig::default()
+    };
+    common::child::run_server_process(CHILD_ENV, TOKEN, config, || {});
 }
 
 /// The server process, under a soft descriptor limit of half [`NOFILE`] and a hard one of [`NOFILE`].

@@ -14,13 +14,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use agentbox_server::{Registry, Server, ServerConfig, ShutdownPolicy};
+use agentbox_server::{ServerConfig, ShutdownPolicy};
 use common::child::ChildServer;
 use serde_json::{Value, json};
 
@@ -33,20 +32,9 @@ const MEMORY_BUDGET: u64 = 64 << 20;
 /// `agentboxd` starts (terminal signals watched, then `Server::start`), serving until SIGTERM.
 #[test]
 fn hostile_files_server_process() {
-    let Some(dir) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else { return };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async move {
+    let config = ServerConfig { on_shutdown: ShutdownPolicy::Destroy, ..ServerConfig::default() };
+    common::child::run_server_process(CHILD_ENV, TOKEN, config, || {
         agentbox_server::signals::watch_terminal_signals().unwrap();
-        let backend = Arc::new(agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default()).unwrap());
-        let config = ServerConfig { on_shutdown: ShutdownPolicy::Destroy, ..ServerConfig::default() };
-        let registry = Registry::open(&dir.join("registry.db")).unwrap();
-        let token = agentbox_server::ApiToken::new(TOKEN).unwrap();
-        let server = Server::start(backend, config, token, registry).await.unwrap();
-        common::child::serve_until_term(server, &dir).await;
     });
 }
 

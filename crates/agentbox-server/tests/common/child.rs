@@ -80,6 +80,28 @@ impl Drop for ChildServer {
     }
 }
 
+/// The child's whole life, when `env` names its data directory (else nothing: the test harness runs this
+/// "test" too): logs on stderr, a two-thread runtime, a server on the local backend with `config` and `token`
+/// (after `before` runs inside the runtime), served by [`serve_until_term`].
+pub fn run_server_process(env: &str, token: &str, config: agentbox_server::ServerConfig, before: impl FnOnce()) {
+    let Some(dir) = std::env::var_os(env).map(PathBuf::from) else { return };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        before();
+        let backend =
+            std::sync::Arc::new(agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default()).unwrap());
+        let registry = agentbox_server::Registry::open(&dir.join("registry.db")).unwrap();
+        let token = agentbox_server::ApiToken::new(token).unwrap();
+        let server = Server::start(backend, config, token, registry).await.unwrap();
+        serve_until_term(server, &dir).await;
+    });
+}
+
 /// In the child: listens on a loopback port, writes its address to `dir/addr`, serves until SIGTERM (a SIGINT
 /// also stops it, saying so on stderr), then shuts down.
 pub async fn serve_until_term(server: Server, dir: &Path) {
