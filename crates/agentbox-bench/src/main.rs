@@ -26,7 +26,11 @@ struct Args {
     /// Sandboxes created in total for P6.
     #[arg(long, default_value_t = 96)]
     creates: usize,
-    /// Run only these benchmarks (p1..p9); all when absent.
+    /// The `agentbox` command line for P10 (default: the one next to this binary; build it with
+    /// `cargo build --release -p agentbox`).
+    #[arg(long)]
+    cli: Option<std::path::PathBuf>,
+    /// Run only these benchmarks (p1..p10); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -111,6 +115,30 @@ async fn p1(backend: &LocalBackend, n: usize) {
     row("P1 cold create + exec true + destroy", &stats(ours), "bwrap --unshare-all true", &stats(base));
     let [c, e, d] = phases.map(|v| ms(stats(v).p50));
     println!("   of which (p50 of each phase): create {c}, exec {e}, destroy {d}");
+}
+
+/// P10: `agentbox run -- true` as a whole process, as an agent harness calls it once per command,
+/// against bwrap as a whole process.
+fn p10(cli: &std::path::Path, n: usize) {
+    let run = || {
+        let mut c = Command::new(cli);
+        c.args(["run", "--", "true"]);
+        c
+    };
+    for _ in 0..3 {
+        spawn_wait(&mut run());
+    }
+    let mut base = Vec::with_capacity(n);
+    let mut ours = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        spawn_wait(&mut bwrap());
+        base.push(t.elapsed());
+        let t = Instant::now();
+        spawn_wait(&mut run());
+        ours.push(t.elapsed());
+    }
+    row("P10 process: agentbox run -- true", &stats(ours), "bwrap --unshare-all true", &stats(base));
 }
 
 /// P7: a snapshot of a sandbox holding 100 MiB of new files, against copying those files on the host.
@@ -442,5 +470,17 @@ async fn main() {
     }
     if want("p4") {
         p4(&backend, args.idle).await;
+    }
+    if want("p10") {
+        let cli = args
+            .cli
+            .clone()
+            .unwrap_or_else(|| std::env::current_exe().expect("the bench's own path").with_file_name("agentbox"));
+        assert!(
+            cli.is_file(),
+            "no agentbox binary at {}: build it (cargo build --release -p agentbox) or pass --cli",
+            cli.display()
+        );
+        p10(&cli, args.iterations);
     }
 }

@@ -63,6 +63,9 @@ struct Sandbox {
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
     net: crate::net::Egress,
+    /// The shared `/etc` template the sandbox binds, held so no process removes it while in use.
+    #[expect(dead_code, reason = "held for its lock, never read")]
+    etc: Option<Arc<crate::etc::Template>>,
 }
 
 struct Inner {
@@ -187,6 +190,7 @@ impl LocalBackend {
             limitations,
             sandboxes: Mutex::new(HashMap::new()),
         };
+        crate::zygote::warm_up();
         let backend = Self { inner: Arc::new(inner) };
         for l in &backend.inner.limitations {
             tracing::warn!(limitation = %l, "local backend runs degraded");

@@ -2,90 +2,226 @@
 //! sandbox as a single mount, instead of a bind (two mount calls) per host entry
 //! and a copy per generated file in every sandbox.
 //!
-//! A template is a directory in the state directory holding copies of the chosen
-//! host `/etc` entries and the generated files (passwd, group, hosts...). Templates
-//! are keyed by the generated files' content and rebuilt after [`MAX_AGE`], so a
-//! change to the host's `/etc` reaches new sandboxes within that time. A replaced
-//! template is deleted at once: sandboxes that bound it keep their view of it.
+//! A template is a directory `etc-<key>` in the state directory holding copies of the chosen host
+//! `/etc` entries and the generated files (passwd, group, hosts...). The key hashes the generated
+//! files, the entry names and a fingerprint of the host entries (inode, size, mode and times of every
+//! file and directory under them), so a template is reused by every process sharing the state
+//! directory (a one-shot `agentbox run` finds the one the previous run built) until the host's files
+//! change. A process re-checks the fingerprint at most every [`RECHECK`].
+//!
+//! Templates are built in a private directory and renamed into place, so concurrent builders never
+//! see a half-built one: the first rename wins and the loser uses the winner's. Every user holds a
+//! shared `flock` on the template for as long as a sandbox may bind it; unused ones beyond the newest
+//! [`KEEP`] are removed only under an exclusive lock, so nobody deletes files a sandbox sees.
 
 use agentbox_core::LockExt;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-/// How long a template is used before it is rebuilt from the host's `/etc`.
-pub const MAX_AGE: Duration = Duration::from_secs(60);
-/// Name prefix of template directories in the state directory: `.etc-<owner pid>-<n>`.
+use crate::sys;
+
+/// How long a process reuses a template before checking the host's `/etc` entries again.
+pub const RECHECK: Duration = Duration::from_secs(10);
+/// Name prefix of templates in the state directory: `etc-<key>`.
+pub const TEMPLATE_PREFIX: &str = "etc-";
+/// Name prefix of directories being built or removed: `.etc-<owner pid>-<n>` (reaped once the owner is gone).
 pub const PREFIX: &str = ".etc-";
+/// How many unused templates stay on disk for later processes.
+pub const KEEP: usize = 4;
 /// How deep a copied directory tree may go.
 const MAX_DEPTH: usize = 8;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
+/// One template in use: its directory, and a shared lock on it that keeps other processes from
+/// removing it. Sandboxes that bind it hold it.
+#[derive(Debug)]
+pub struct Template {
+    path: PathBuf,
+    _lock: fs::File,
+}
+
+impl Template {
+    /// The template directory, to bind as the sandbox's `/etc`.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The templates of one backend.
 #[derive(Debug)]
 pub struct Templates {
+    /// The host directory the entries are copied from: `/etc`.
+    host_etc: PathBuf,
     state_dir: PathBuf,
     entries: Vec<String>,
-    built: Mutex<HashMap<u64, (Instant, PathBuf)>>,
+    /// By the generated files' key: the template in use and when the host's entries were last checked.
+    current: Mutex<HashMap<u64, (Instant, Arc<Template>)>>,
 }
 
-fn key(files: &[(String, String)]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (p, c) in files {
-        for b in p.bytes().chain([0]).chain(c.bytes()).chain([0]) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+/// FNV-1a, enough to tell contents apart (not a defence: the inputs are the host's own files).
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for x in b.iter().chain([&0]) {
+            self.0 = (self.0 ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    h
+    fn num(&mut self, n: i64) {
+        self.bytes(&n.to_le_bytes());
+    }
+    fn meta(&mut self, m: &fs::Metadata) {
+        for n in [m.ino(), m.size(), u64::from(m.mode())] {
+            self.bytes(&n.to_le_bytes());
+        }
+        for n in [m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()] {
+            self.num(n);
+        }
+    }
+}
+
+fn files_key(files: &[(String, String)]) -> u64 {
+    let mut h = Fnv::new();
+    for (p, c) in files {
+        h.bytes(p.as_bytes());
+        h.bytes(c.as_bytes());
+    }
+    h.0
+}
+
+/// Hashes what a template would copy of the host: every file's and directory's metadata. A symlink
+/// inside a directory is covered by the directory's times (creating, removing or retargeting one
+/// changes them); a top-level entry is followed, as the copy follows it.
+fn fingerprint(host_etc: &Path, entries: &[String]) -> u64 {
+    fn walk(dir: &Path, h: &mut Fnv, depth: usize) {
+        if depth >= MAX_DEPTH {
+            return;
+        }
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        let mut list: Vec<_> = rd.flatten().collect();
+        list.sort_by_key(fs::DirEntry::file_name);
+        for e in list {
+            h.bytes(e.file_name().as_encoded_bytes());
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() || kind.is_file() {
+                if let Ok(m) = e.metadata() {
+                    h.meta(&m);
+                }
+                if kind.is_dir() {
+                    walk(&e.path(), h, depth + 1);
+                }
+            }
+        }
+    }
+    let mut h = Fnv::new();
+    for e in entries {
+        h.bytes(e.as_bytes());
+        let src = host_etc.join(e);
+        if let Ok(m) = fs::metadata(&src) {
+            h.meta(&m);
+            if m.is_dir() {
+                walk(&src, &mut h, 0);
+            }
+        }
+    }
+    h.0
 }
 
 impl Templates {
     /// Templates of the host `/etc` entries `entries`, kept under `state_dir`.
     #[must_use]
     pub fn new(state_dir: &Path, entries: &[String]) -> Self {
-        Self { state_dir: state_dir.to_owned(), entries: entries.to_vec(), built: Mutex::new(HashMap::new()) }
+        Self::from(Path::new("/etc"), state_dir, entries)
     }
 
-    /// A fresh template for these generated files, when one exists (no I/O).
-    pub fn cached(&self, files: &[(String, String)]) -> Option<PathBuf> {
-        let built = self.built.lock_unpoisoned();
-        built.get(&key(files)).filter(|(at, _)| at.elapsed() < MAX_AGE).map(|(_, p)| p.clone())
+    fn from(host_etc: &Path, state_dir: &Path, entries: &[String]) -> Self {
+        Self {
+            host_etc: host_etc.to_owned(),
+            state_dir: state_dir.to_owned(),
+            entries: entries.to_vec(),
+            current: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The template for these generated files, built now when missing or stale. Blocking.
+    /// The template in use for these generated files, when it was checked within [`RECHECK`] (no I/O).
+    pub fn cached(&self, files: &[(String, String)]) -> Option<Arc<Template>> {
+        let current = self.current.lock_unpoisoned();
+        current.get(&files_key(files)).filter(|(at, _)| at.elapsed() < RECHECK).map(|(_, t)| t.clone())
+    }
+
+    /// The template for these generated files and the host's entries as they are now: the one in
+    /// use, one another process built, or a new one. Blocking.
     ///
     /// # Errors
-    /// When the template directory can't be written.
-    pub fn get(&self, files: &[(String, String)]) -> io::Result<PathBuf> {
-        let k = key(files);
-        let mut built = self.built.lock_unpoisoned();
-        if let Some((at, p)) = built.get(&k) {
-            if at.elapsed() < MAX_AGE {
-                return Ok(p.clone());
+    /// When the template directory can't be written or locked.
+    pub fn get(&self, files: &[(String, String)]) -> io::Result<Arc<Template>> {
+        let fkey = files_key(files);
+        let mut h = Fnv(fkey);
+        h.bytes(&fingerprint(&self.host_etc, &self.entries).to_le_bytes());
+        let name = format!("{TEMPLATE_PREFIX}{:016x}", h.0);
+        let path = self.state_dir.join(&name);
+        let mut current = self.current.lock_unpoisoned();
+        if let Some((at, t)) = current.get_mut(&fkey) {
+            if t.path == path {
+                *at = Instant::now();
+                return Ok(t.clone());
             }
         }
-        let dir =
-            self.state_dir.join(format!("{PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-        if let Err(e) = self.build(&dir, files) {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(io::Error::new(e.kind(), format!("building the sandbox /etc in {}: {e}", dir.display())));
+        let template = match open_locked(&path)? {
+            Some(t) => t,
+            None => {
+                let built = self.build_in_place(&path, files)?;
+                // Dropped now, or later by its last sandbox, so it can be collected.
+                current.remove(&fkey);
+                collect_unused(&self.state_dir, KEEP, &name);
+                built
+            }
+        };
+        let template = Arc::new(template);
+        current.insert(fkey, (Instant::now(), template.clone()));
+        Ok(template)
+    }
+
+    /// Builds a template privately and renames it to `path`; when another process got there first,
+    /// uses theirs.
+    fn build_in_place(&self, path: &Path, files: &[(String, String)]) -> io::Result<Template> {
+        let tmp = private_dir(&self.state_dir);
+        if let Err(e) = self.build(&tmp, files) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(io::Error::new(e.kind(), format!("building the sandbox /etc in {}: {e}", tmp.display())));
         }
-        if let Some((_, old)) = built.insert(k, (Instant::now(), dir.clone())) {
-            let _ = fs::remove_dir_all(old);
+        // The build time orders templates for collection; set from the fine-grained clock, since
+        // file times come from a coarse one and builds in the same tick would tie.
+        fs::File::open(&tmp).and_then(|d| d.set_modified(SystemTime::now()))?;
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_dir_all(&tmp);
+            if !matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) {
+                return Err(io::Error::new(e.kind(), format!("moving the sandbox /etc to {}: {e}", path.display())));
+            }
         }
-        Ok(dir)
+        // Ours, or a concurrent builder's (the same content): either way, locked before use.
+        open_locked(path)?.ok_or_else(|| {
+            io::Error::other(format!("the sandbox /etc {} was removed as it was built; try again", path.display()))
+        })
     }
 
     fn build(&self, dir: &Path, files: &[(String, String)]) -> io::Result<()> {
         fs::DirBuilder::new().mode(0o755).create(dir)?;
         for e in &self.entries {
-            let src = Path::new("/etc").join(e);
+            let src = self.host_etc.join(e);
             // A top-level entry is copied as what it points at, as a bind mount of it would show.
             match fs::metadata(&src) {
                 Ok(m) if m.is_dir() => copy_tree(&src, &dir.join(e), 0)?,
@@ -106,11 +242,57 @@ impl Templates {
     }
 }
 
-impl Drop for Templates {
-    fn drop(&mut self) {
-        let built = self.built.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (_, (_, dir)) in built.drain() {
-            let _ = fs::remove_dir_all(dir);
+/// A fresh private directory name in the state directory, reaped with its owner process.
+fn private_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(format!("{PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Opens and share-locks the template at `path`; `None` when there is none (or it was being removed).
+fn open_locked(path: &Path) -> io::Result<Option<Template>> {
+    let dir = match fs::File::open(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("opening the sandbox /etc {}: {e}", path.display()))),
+    };
+    // Blocks only while a collector holds it, and that one renames it away before letting go.
+    sys::flock(dir.as_fd(), libc::LOCK_SH)?;
+    let (held, now) = (dir.metadata()?, fs::symlink_metadata(path));
+    match now {
+        Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+            Ok(Some(Template { path: path.to_owned(), _lock: dir }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Removes the templates in `state_dir` that no process uses, except the newest `keep` and `spare`.
+/// A template is removed only under an exclusive lock, renamed away first, so a process that opens
+/// it concurrently sees it gone rather than half-deleted.
+pub fn collect_unused(state_dir: &Path, keep: usize, spare: &str) {
+    let Ok(rd) = fs::read_dir(state_dir) else { return };
+    let mut templates: Vec<(SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(TEMPLATE_PREFIX) && name != spare
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    templates.sort_by_key(|t| std::cmp::Reverse(t.0));
+    let mut kept = 0;
+    for (_, path) in templates {
+        let Ok(dir) = fs::File::open(&path) else { continue };
+        if sys::flock(dir.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            continue; // in use
+        }
+        if kept < keep {
+            kept += 1;
+            continue;
+        }
+        let doomed = private_dir(state_dir);
+        if fs::rename(&path, &doomed).is_ok() {
+            let _ = fs::remove_dir_all(&doomed);
         }
     }
 }
@@ -151,30 +333,99 @@ fn copy_tree(src: &Path, dst: &Path, depth: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    struct Dirs(PathBuf);
+    impl Dirs {
+        fn new(name: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("agentbox-etc-test-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(d.join("host/ssl/private")).unwrap();
+            fs::create_dir_all(d.join("state")).unwrap();
+            fs::write(d.join("host/hostname"), "box\n").unwrap();
+            fs::write(d.join("host/ssl/cert.pem"), "CERT\n").unwrap();
+            fs::write(d.join("host/ssl/private/key.pem"), "KEY\n").unwrap();
+            fs::set_permissions(d.join("host/ssl/private"), fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::symlink("cert.pem", d.join("host/ssl/link.pem")).unwrap();
+            Self(d)
+        }
+        fn templates(&self) -> Templates {
+            let entries = ["hostname", "no-such-entry", "ssl"].map(str::to_owned);
+            Templates::from(&self.0.join("host"), &self.0.join("state"), &entries)
+        }
+        fn on_disk(&self) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(self.0.join("state"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+    impl Drop for Dirs {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn passwd(who: &str) -> Vec<(String, String)> {
+        vec![("/etc/passwd".to_owned(), format!("{who}:x:1000:1000::/home/user:/bin/bash\n"))]
+    }
+
     #[test]
     fn a_template_copies_entries_and_generated_files_and_skips_private_ones() {
-        let state = std::env::temp_dir().join(format!("agentbox-etc-test-{}", std::process::id()));
-        fs::create_dir_all(&state).unwrap();
-        let t = Templates::new(&state, &["hostname".into(), "no-such-entry".into(), "ssl".into()]);
-        let files = vec![("/etc/passwd".to_owned(), "user:x:1000:1000::/home/user:/bin/bash\n".to_owned())];
+        let d = Dirs::new("copy");
+        let t = d.templates();
+        let files = passwd("user");
         assert!(t.cached(&files).is_none());
         let dir = t.get(&files).unwrap();
-        assert_eq!(t.cached(&files), Some(dir.clone()));
-        assert_eq!(t.get(&files).unwrap(), dir, "reused while fresh");
-        assert_eq!(fs::read_to_string(dir.join("passwd")).unwrap(), files[0].1);
-        if Path::new("/etc/hostname").is_file() {
-            assert_eq!(fs::read(dir.join("hostname")).unwrap(), fs::read("/etc/hostname").unwrap());
-        }
-        assert!(!dir.join("no-such-entry").exists());
-        if let Ok(m) = fs::metadata("/etc/ssl/private") {
-            if m.permissions().mode() & 0o005 != 0o005 {
-                assert_eq!(fs::read_dir(dir.join("ssl/private")).unwrap().count(), 0, "private dir copied");
-            }
-        }
-        let other = t.get(&[("/etc/passwd".to_owned(), "x\n".to_owned())]).unwrap();
-        assert_ne!(other, dir);
-        drop(t);
-        assert!(!dir.exists() && !other.exists(), "templates removed with their owner");
-        fs::remove_dir_all(&state).unwrap();
+        let p = dir.path();
+        assert!(Arc::ptr_eq(&t.cached(&files).unwrap(), &dir));
+        assert_eq!(fs::read_to_string(p.join("passwd")).unwrap(), files[0].1);
+        assert_eq!(fs::read_to_string(p.join("hostname")).unwrap(), "box\n");
+        assert_eq!(fs::read_link(p.join("ssl/link.pem")).unwrap(), Path::new("cert.pem"));
+        assert!(!p.join("no-such-entry").exists());
+        assert_eq!(fs::read_dir(p.join("ssl/private")).unwrap().count(), 0, "a private directory is copied empty");
+        assert_eq!(d.on_disk(), [p.file_name().unwrap().to_string_lossy()], "no build directory left");
+    }
+
+    #[test]
+    fn another_process_reuses_the_template_until_the_host_files_change() {
+        let d = Dirs::new("reuse");
+        let files = passwd("user");
+        let first = d.templates().get(&files).unwrap();
+        let ino = fs::metadata(first.path().join("passwd")).unwrap().ino();
+        // A second backend sharing the state directory, as the next `agentbox run` process is.
+        let again = d.templates().get(&files).unwrap();
+        assert_eq!(again.path(), first.path());
+        assert_eq!(fs::metadata(again.path().join("passwd")).unwrap().ino(), ino, "reused, not rebuilt");
+
+        fs::write(d.0.join("host/ssl/cert.pem"), "NEW CERT, LONGER\n").unwrap();
+        let changed = d.templates().get(&files).unwrap();
+        assert_ne!(changed.path(), first.path(), "a changed host file makes a new template");
+        assert_eq!(fs::read_to_string(changed.path().join("ssl/cert.pem")).unwrap(), "NEW CERT, LONGER\n");
+        assert!(first.path().exists(), "a template in use is never removed");
+
+        std::os::unix::fs::symlink("hostname", d.0.join("host/ssl/other.pem")).unwrap();
+        let relinked = d.templates().get(&files).unwrap();
+        assert_ne!(relinked.path(), changed.path(), "a new symlink makes a new template");
+        assert_ne!(d.templates().get(&passwd("alice")).unwrap().path(), relinked.path());
+    }
+
+    #[test]
+    fn unused_templates_beyond_the_newest_are_collected_and_used_ones_never() {
+        let d = Dirs::new("collect");
+        let held = d.templates().get(&passwd("held")).unwrap();
+        let unused: Vec<PathBuf> =
+            (0..KEEP + 2).map(|i| d.templates().get(&passwd(&format!("u{i}"))).unwrap().path().to_owned()).collect();
+        // Each build collected: the newest KEEP unused ones stay, with the one still held.
+        collect_unused(&d.0.join("state"), KEEP, "");
+        assert!(held.path().exists(), "held by a sandbox");
+        let left = unused.iter().filter(|p| p.exists()).count();
+        assert_eq!(left, KEEP, "{:?}", d.on_disk());
+        assert!(unused.last().unwrap().exists(), "the newest stays");
+        collect_unused(&d.0.join("state"), 0, "");
+        assert_eq!(d.on_disk(), [held.path().file_name().unwrap().to_string_lossy()]);
+        drop(held);
+        collect_unused(&d.0.join("state"), 0, "");
+        assert!(d.on_disk().is_empty());
     }
 }

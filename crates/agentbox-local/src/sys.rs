@@ -250,3 +250,15 @@ pub fn pidfd_wait(pidfd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> bool {
         }
     }
 }
+
+/// flock(2) on a descriptor we borrow, retried on EINTR. `operation` is `LOCK_SH`, `LOCK_EX` or
+/// `LOCK_UN`, optionally with `LOCK_NB` (then a held lock is `ErrorKind::WouldBlock`).
+pub fn flock(fd: BorrowedFd<'_>, operation: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a valid descriptor has no memory-safety preconditions.
+        match check(unsafe { libc::flock(fd.as_raw_fd(), operation) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other.map(drop),
+        }
+    }
+}

@@ -80,6 +80,17 @@ fn ask(z: &Zygote, request: &[u8], control: &OwnedFd) -> Result<(InitSpawned, Op
     Ok((reply, pidfd))
 }
 
+/// Starts the zygote now, in the background, so the first sandbox doesn't wait for it (it is an
+/// `execve` of the host binary). Errors are left for the first [`spawn_init`] to report.
+pub fn warm_up() {
+    let _ = std::thread::Builder::new().name("agentbox-zygote-start".into()).spawn(|| {
+        let mut guard = ZYGOTE.lock_unpoisoned();
+        if guard.is_none() {
+            *guard = start().ok();
+        }
+    });
+}
+
 /// Starts a sandbox init whose root goes on `root`, serving `control` (it joins its cgroups
 /// when the setup message that names them arrives). Blocks briefly (one clone in the zygote); call it off
 /// the async runtime.

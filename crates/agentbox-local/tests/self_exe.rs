@@ -21,6 +21,10 @@ fn identity_helper() {
         let line = status.lines().find(|l| l.starts_with(key)).unwrap();
         println!("HELPER {}", line.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
     }
+    // CVE-2019-5736: sandboxed code running the agent program can't write that program (the host
+    // binary itself, or its sealed copy).
+    let write = std::fs::OpenOptions::new().write(true).open("/proc/self/exe");
+    println!("HELPER write_exe {}", write.err().map_or(0, |e| e.raw_os_error().unwrap_or(-1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,6 +40,8 @@ async fn the_agent_program_runs_inside_as_an_ordinary_execution() {
     let out = sb.run(req).await;
     assert_eq!(out.exit_code, 0, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().filter_map(|l| l.split("HELPER ").nth(1)).collect();
-    assert_eq!(lines, [format!("Uid: {user}").as_str(), "CapEff: 0000000000000000", "NoNewPrivs: 1", "Seccomp: 2"]);
+    assert_eq!(lines[..4], [format!("Uid: {user}").as_str(), "CapEff: 0000000000000000", "NoNewPrivs: 1", "Seccomp: 2"]);
+    let errno: i32 = lines[4].strip_prefix("write_exe ").unwrap().parse().unwrap();
+    assert!([libc::EACCES, libc::ETXTBSY, libc::EPERM].contains(&errno), "writing the agent program: errno {errno}");
     sb.destroy().await;
 }

@@ -150,7 +150,7 @@ fn ok(step: &str, rc: libc::c_int) {
     }
 }
 
-/// The landlock ruleset every execution runs under: read and execute everywhere,
+/// The landlock ruleset every execution runs under: read and execute everywhere (and the agent's executable),
 /// write only in home, /tmp, /dev and /proc. Built once by the init, applied in each child with raw
 /// system calls (the child may not run the landlock crate's code); `None` when the kernel has no landlock.
 ///
@@ -165,7 +165,9 @@ pub fn landlock_ruleset(home: &str) -> io::Result<Option<OwnedFd>> {
         .map_err(err)?
         .create()
         .map_err(err)?
-        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))
+        // The agent's own executable too (the host binary, outside the sandbox's tree, when it runs
+        // uncopied: see `sealed`), so tools can run helpers through /proc/self/exe.
+        .add_rules(path_beneath_rules(["/", "/proc/self/exe"], AccessFs::from_read(abi)))
         .map_err(err)?
         .add_rules(path_beneath_rules([home, "/tmp", "/dev", "/proc"], AccessFs::from_all(abi)))
         .map_err(err)

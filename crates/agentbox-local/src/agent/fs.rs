@@ -434,9 +434,9 @@ mod tests {
         let mut s = setup();
         s.binds.retain(|b| b.dir);
         s.files.clear();
-        s.etc = Some("/state/.etc-1-0".into());
+        s.etc = Some("/state/etc-0123456789abcdef".into());
         let log = check(&s);
-        let bind = index(&log, "mount /state/.etc-1-0 /r/etc");
+        let bind = index(&log, "mount /state/etc-0123456789abcdef /r/etc");
         assert!(log[bind + 1].starts_with("mount - /r/etc - ") && log[bind + 1].contains(&format!("{RO_BIND:#x}")));
         assert!(!log.iter().any(|l| l.contains("/r/etc/")), "nothing else touches /etc: {log:#?}");
     }

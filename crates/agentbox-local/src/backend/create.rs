@@ -68,7 +68,26 @@ impl LocalBackend {
                 .map_err(storage_err)
             }
         };
-        let (cgroup, init, layer) = tokio::join!(make_cgroup, start_init, make_layer);
+        // The shared /etc template (one bind instead of a mount or copy per /etc entry) is looked up
+        // meanwhile. A writable root keeps per-sandbox copies (the template is shared, so it is always
+        // read-only).
+        let mut setup = self.setup_for(config);
+        let find_etc = async {
+            if !config.security.read_only_root {
+                return None;
+            }
+            if let Some(t) = self.inner.etc.cached(&setup.files) {
+                return Some(t);
+            }
+            let (templates, files) = (self.inner.etc.clone(), setup.files.clone());
+            let found = tokio::task::spawn_blocking(move || templates.get(&files))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            found
+                .map_err(|e| tracing::warn!(error = %e, "no shared /etc template; copying /etc entries per sandbox"))
+                .ok()
+        };
+        let (cgroup, init, layer, etc) = tokio::join!(make_cgroup, start_init, make_layer, find_etc);
         let layer_ref = |l: &Option<agentbox_storage::Layer>| {
             l.as_ref().and_then(|l| self.inner.pool.clone().map(|p| (p, l.name().to_owned())))
         };
@@ -105,29 +124,12 @@ impl LocalBackend {
         };
         let init_pid = init.pid;
         let setup = async {
-            let mut setup = self.setup_for(config);
             setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
             setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
-            if config.security.read_only_root {
-                // One bind of a shared template instead of a mount or copy per /etc entry. A writable
-                // root keeps per-sandbox copies (the template is shared, so it is always read-only).
-                let template = match self.inner.etc.cached(&setup.files) {
-                    Some(t) => Ok(t),
-                    None => {
-                        let (etc, files) = (self.inner.etc.clone(), setup.files.clone());
-                        tokio::task::spawn_blocking(move || etc.get(&files))
-                            .await
-                            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                    }
-                };
-                match template {
-                    Ok(t) => {
-                        setup.etc = Some(t.to_string_lossy().into_owned());
-                        setup.files.clear();
-                        setup.binds.retain(|b| !b.target.starts_with("/etc/"));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "no shared /etc template; copying /etc entries per sandbox"),
-                }
+            if let Some(t) = &etc {
+                setup.etc = Some(t.path().to_string_lossy().into_owned());
+                setup.files.clear();
+                setup.binds.retain(|b| !b.target.starts_with("/etc/"));
             }
             let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
                 .map_err(|e| backend_err("encoding the sandbox setup", e))?;
@@ -204,6 +206,7 @@ impl LocalBackend {
             reader: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
             net,
+            etc,
         });
         let cg = sandbox.cgroup.clone();
         let task = tokio::spawn(reader_loop(rd, routes, alive, cg));

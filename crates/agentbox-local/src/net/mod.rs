@@ -439,8 +439,11 @@ impl Egress {
         self.shared.meter.up.set_rate(config.bandwidth_out_bytes_per_sec);
         running.rules.send_replace(rules);
         if !config.enabled {
+            // Awaited, so the listening sockets are closed when this returns: a connection made
+            // afterwards is refused rather than accepted and then dropped.
             for t in running.listeners.drain(..) {
                 t.abort();
+                let _ = t.await;
             }
         }
         self.enabled.store(config.enabled, Ordering::SeqCst);
