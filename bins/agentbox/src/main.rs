@@ -29,6 +29,26 @@ enum Command {
     Search(cmd::search::Args),
     /// List or delete the local snapshots (take one with `run --save-snapshot`, start from one with `run --from-snapshot`).
     Snapshots(cmd::snapshots::Args),
+    /// Create a sandbox on agentboxd and print its run id.
+    Create(cmd::sandboxes::CreateArgs),
+    /// Run a command in a sandbox on agentboxd, streaming its output; exits with its exit code.
+    Exec(cmd::exec::Args),
+    /// Copy files or directories between this machine and a sandbox on agentboxd (RUN_ID:PATH).
+    Cp(cmd::cp::Args),
+    /// List the sandboxes on agentboxd.
+    Ls(cmd::sandboxes::LsArgs),
+    /// Print sandboxes on agentboxd as JSON (configuration, state, counters).
+    Inspect(cmd::sandboxes::RunIds),
+    /// Show live metrics of sandboxes on agentboxd (all of them when no run id is given).
+    Stats(cmd::sandboxes::StatsArgs),
+    /// Destroy sandboxes on agentboxd.
+    Rm(cmd::sandboxes::RunIds),
+    /// Freeze every process of sandboxes on agentboxd (memory and files stay).
+    Pause(cmd::sandboxes::RunIds),
+    /// Let paused sandboxes on agentboxd continue.
+    Resume(cmd::sandboxes::RunIds),
+    /// Snapshot a sandbox's files on agentboxd (fork it with `create --from-snapshot NAME`).
+    Snapshot(cmd::sandboxes::SnapshotArgs),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
     Serve(cmd::serve::Args),
     /// Serve the sandboxes and agent tools to an MCP client over stdio.
@@ -47,6 +67,19 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
+        Command::Exec(args) => match cmd::exec::run(&args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Create(args) => cmd::sandboxes::create(&args),
+        Command::Cp(args) => cmd::cp::run(&args),
+        Command::Ls(args) => cmd::sandboxes::ls(&args),
+        Command::Inspect(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Inspect, &args),
+        Command::Stats(args) => cmd::sandboxes::stats(&args),
+        Command::Rm(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Rm, &args),
+        Command::Pause(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Pause, &args),
+        Command::Resume(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Resume, &args),
+        Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),
         Command::Search(args) => cmd::search::run(&args),
         Command::Snapshots(args) => cmd::snapshots::run(&args),
         Command::Serve(args) => return cmd::serve::run(args),

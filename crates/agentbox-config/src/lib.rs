@@ -19,6 +19,7 @@
 mod duration;
 mod load;
 mod package;
+pub mod paths;
 mod preset;
 mod validate;
 

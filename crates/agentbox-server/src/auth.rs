@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use crate::ServerError;
 
 /// Name of the file in the data directory holding a generated token.
-pub const TOKEN_FILE: &str = "api-token";
+pub const TOKEN_FILE: &str = agentbox_config::paths::TOKEN_FILE;
 
 /// The secret clients present as `Authorization: Bearer TOKEN`. Never printed by `Debug`.
 #[derive(Clone)]

@@ -1,8 +1,12 @@
 //! The subcommands, one module each, and the error they share.
 
+pub mod cp;
+pub mod exec;
 pub mod mcp;
 pub mod presets;
+pub mod remote;
 pub mod run;
+pub mod sandboxes;
 pub mod search;
 pub mod serve;
 pub mod snapshots;
@@ -29,6 +33,12 @@ pub enum CliError {
     /// Web search failed.
     #[error(transparent)]
     Search(#[from] agentbox_tools::search::SearchError),
+    /// A call to agentboxd failed.
+    #[error(transparent)]
+    Client(#[from] agentbox_client::ClientError),
+    /// Some of several operations failed (each was reported as it failed).
+    #[error("{0}")]
+    Partial(String),
     /// Serving MCP failed.
     #[error(transparent)]
     Mcp(#[from] agentbox_mcp::TransportError),
@@ -41,6 +51,7 @@ pub fn report(result: Result<(), CliError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(CliError::Json(e)) if e.io_error_kind() == Some(io::ErrorKind::BrokenPipe) => ExitCode::SUCCESS,
         Err(e) => {
             let line = e.to_string().replace('\n', " ");
             // Nothing more can be done if stderr is gone too.

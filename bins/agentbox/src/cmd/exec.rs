@@ -1,0 +1,98 @@
+//! `agentbox exec`: a command in a sandbox on agentboxd, its output streamed as it happens, exiting
+//! with the command's exit code.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentbox_client::ExecEvent;
+use serde_json::json;
+
+use super::CliError;
+use super::remote::{Server, block_on, env_object};
+
+/// Arguments of `agentbox exec`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  agentbox exec task-1 -- python3 -c 'print(6 * 7)'\n  agentbox exec task-1 --workdir /tmp --env MODE=test -- bash -c 'echo $MODE; pwd'"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub server: Server,
+    /// The sandbox's run id.
+    pub run_id: String,
+    /// An environment variable for the command (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox (default: the user's home).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Time limit, in seconds or with a unit ("90s", "5m"); exits 124 when hit.
+    #[arg(long, value_parser = agentbox_config::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print one JSON object at the end (exit code, stdout, stderr...) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the command; returns its exit code (128+signal when killed, 124 on timeout).
+///
+/// # Errors
+/// The server's refusal (unknown run, paused sandbox), or a server that can't be reached.
+pub fn run(args: &Args) -> Result<ExitCode, CliError> {
+    let mut body = json!({ "argv": args.command });
+    if let serde_json::Value::Object(m) = &mut body {
+        if !args.env.is_empty() {
+            m.insert("env".into(), serde_json::Value::Object(env_object(&args.env, "--env")?));
+        }
+        if let Some(w) = &args.workdir {
+            m.insert("cwd".into(), json!(w));
+        }
+        if let Some(t) = args.timeout {
+            m.insert("timeout".into(), json!(t.as_secs_f64()));
+        }
+    }
+    let client = args.server.client()?;
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut failed_write = None;
+    let exit = block_on(async {
+        Ok(client
+            .exec(&args.run_id, &body, |event| {
+                let written = match (&event, args.json) {
+                    (ExecEvent::Stdout(t), true) => {
+                        stdout.push_str(t);
+                        Ok(())
+                    }
+                    (ExecEvent::Stderr(t), true) => {
+                        stderr.push_str(t);
+                        Ok(())
+                    }
+                    (ExecEvent::Stdout(t), false) => {
+                        io::stdout().write_all(t.as_bytes()).and_then(|()| io::stdout().flush())
+                    }
+                    (ExecEvent::Stderr(t), false) => io::stderr().write_all(t.as_bytes()),
+                };
+                if let Err(e) = written {
+                    failed_write.get_or_insert(e);
+                }
+            })
+            .await?)
+    })?;
+    if let Some(e) = failed_write {
+        return Err(CliError::Output(e));
+    }
+    if args.json {
+        let mut out = io::stdout().lock();
+        let v = json!({
+            "exit_code": exit.exit_code, "signal": exit.signal, "timed_out": exit.timed_out,
+            "oom_killed": exit.oom_killed, "truncated": exit.truncated, "duration_ms": exit.duration_ms,
+            "stdout": stdout, "stderr": stderr,
+        });
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+    }
+    Ok(ExitCode::from(u8::try_from(exit.exit_code.clamp(0, 255)).unwrap_or(1)))
+}

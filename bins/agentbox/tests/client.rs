@@ -1,0 +1,188 @@
+//! The client verbs (`create`, `exec`, `cp`, `ls`, `inspect`, `stats`, `pause`, `resume`, `snapshot`,
+//! `rm`) through the real binary, against a real server on loopback (`agentbox serve`, which is
+//! agentboxd) with the local backend.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+    data: PathBuf,
+}
+
+impl Server {
+    fn start(name: &str) -> Self {
+        let data = std::env::temp_dir().join(format!("agentbox-client-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env_remove("AGENTBOX_API_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut url, mut token) = (None, None);
+        while url.is_none() || token.is_none() {
+            let line = lines.next().expect("the server printed its address and token").unwrap();
+            if let Some(rest) = line.strip_prefix("agentboxd listening on ") {
+                url = rest.split_whitespace().next().map(str::to_owned);
+            } else if line.starts_with("generated an API token") {
+                token = Some(lines.next().unwrap().unwrap().trim().to_owned());
+            }
+        }
+        // Keep draining the server's log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url: url.unwrap(), token: token.unwrap(), data }
+    }
+
+    fn agentbox(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_agentbox"))
+            .args(args)
+            .env("AGENTBOX_URL", &self.url)
+            .env("AGENTBOX_API_TOKEN", &self.token)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child, by its pid.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn not_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1) != 0
+}
+
+#[test]
+fn every_client_verb_works_against_a_real_server() {
+    if not_root() {
+        return;
+    }
+    let s = Server::start("verbs");
+    let o = s.agentbox(&["create", "cli-a", "--memory-mb", "256", "--env", "MODE=test"]);
+    assert_eq!(out(&o), "cli-a\n", "{}", text(&o));
+    let o = s.agentbox(&["create", "--json"]);
+    let created: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fresh = created["run_id"].as_str().unwrap().to_owned();
+    assert!(fresh.starts_with("run-"), "{created}");
+
+    // exec streams both outputs and exits with the command's code.
+    let o = s.agentbox(&["exec", "cli-a", "--", "bash", "-c", "echo out $MODE; echo err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(out(&o), "out test\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    let o = s.agentbox(&["exec", "cli-a", "--json", "--workdir", "/tmp", "--", "pwd"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["exit_code"].as_i64(), v["stdout"].as_str()), (Some(0), Some("/tmp\n")), "{v}");
+
+    // cp: a file and a directory tree in, and back out.
+    let local = s.data.join("local");
+    std::fs::create_dir_all(local.join("tree/sub")).unwrap();
+    std::fs::write(local.join("one.txt"), "one\n").unwrap();
+    std::fs::write(local.join("tree/a"), "a\n").unwrap();
+    std::fs::write(local.join("tree/sub/b"), vec![7u8; 300_000]).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    assert!(s.agentbox(&["cp", &path(&local.join("one.txt")), "cli-a:/home/user/"]).status.success());
+    let o = s.agentbox(&["cp", &path(&local.join("tree")), "cli-a:proj"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o =
+        s.agentbox(&["exec", "cli-a", "--", "bash", "-c", "cat one.txt; find proj -type f | sort; wc -c < proj/sub/b"]);
+    assert_eq!(out(&o), "one\nproj/a\nproj/sub/b\n300000\n", "{}", text(&o));
+    let back = local.join("back");
+    let o = s.agentbox(&["cp", "cli-a:proj", &path(&back)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(back.join("sub/b")).unwrap(), vec![7u8; 300_000]);
+    assert_eq!(std::fs::read_to_string(back.join("a")).unwrap(), "a\n");
+    let o = s.agentbox(&["cp", "cli-a:/home/user/one.txt", &path(&local)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.agentbox(&["cp", "cli-a:/home/user/missing", &path(&local)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    // ls, inspect, stats.
+    let o = s.agentbox(&["ls"]);
+    assert!(out(&o).lines().any(|l| l.starts_with("cli-a ") && l.contains("running")), "{}", text(&o));
+    let o = s.agentbox(&["ls", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let o = s.agentbox(&["inspect", "cli-a"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["config"]["memory_mb"], 256);
+    let o = s.agentbox(&["stats", "cli-a", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["cli-a"]["execution_count"].as_u64().unwrap() >= 3, "{v}");
+
+    // pause and resume: a paused sandbox refuses executions with a clear message.
+    assert_eq!(out(&s.agentbox(&["pause", "cli-a"])), "cli-a paused\n");
+    let o = s.agentbox(&["exec", "cli-a", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("is paused: resume it first"), "{}", text(&o));
+    assert_eq!(out(&s.agentbox(&["resume", "cli-a"])), "cli-a running\n");
+
+    // snapshot and fork.
+    let o = s.agentbox(&["snapshot", "cli-a", &format!("cli-snap-{}", std::process::id())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.agentbox(&["create", "cli-fork", "--from-snapshot", &format!("cli-snap-{}", std::process::id())]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(out(&s.agentbox(&["exec", "cli-fork", "--", "cat", "one.txt"])), "one\n");
+
+    // rm: each id is tried; an unknown one is reported and fails the command.
+    let o = s.agentbox(&["rm", "cli-a", "cli-fork", &fresh, "no-such-run"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(out(&o), format!("cli-a\ncli-fork\n{fresh}\n"));
+    assert!(text(&o).contains("no-such-run: run no-such-run not found"), "{}", text(&o));
+    assert!(text(&o).contains("1 of 4 run ids failed"), "{}", text(&o));
+    assert_eq!(out(&s.agentbox(&["ls", "--json"])).trim(), "[]");
+    let o = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+        .args(["snapshots", "delete", &format!("cli-snap-{}", std::process::id())])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    // Nothing listens on this port: the message names the server and how to start it.
+    let o = Command::new(env!("CARGO_BIN_EXE_agentbox")).args(["ls", "--url", "http://127.0.0.1:9"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot reach agentboxd at http://127.0.0.1:9") && err.contains("start it with `agentboxd`"),
+        "{err}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_agentbox")).args(["ls", "--url", "ftp://x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must start with http:// or https://"));
+    let o = Command::new(env!("CARGO_BIN_EXE_agentbox")).args(["cp", "a", "b"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("one side of `agentbox cp` must be in a sandbox"));
+    if not_root() {
+        return;
+    }
+    let s = Server::start("errors");
+    let o = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+        .args(["ls", "--url", &s.url])
+        .env("AGENTBOX_API_TOKEN", "wrong-token-0123456789")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("agentboxd refused the API token"), "{}", text(&o));
+    let o = s.agentbox(&["exec", "no-such-run", "--", "true"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("run no-such-run not found"), "{}", text(&o));
+}
