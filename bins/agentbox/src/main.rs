@@ -53,6 +53,10 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Serve the sandboxes and agent tools to an MCP client over stdio.
     Mcp(cmd::mcp::Args),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Write man pages (agentbox.1 and one per command) to a directory.
+    Man(cmd::docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,8 @@ fn main() -> ExitCode {
         Command::Resume(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Resume, &args),
         Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),
         Command::Search(args) => cmd::search::run(&args),
+        Command::Completions(args) => cmd::docs::completions::<Cli>(&args),
+        Command::Man(args) => cmd::docs::man::<Cli>(&args),
         Command::Snapshots(args) => cmd::snapshots::run(&args),
         Command::Serve(args) => return cmd::serve::run(args),
         Command::Mcp(args) => cmd::mcp::run(&args),

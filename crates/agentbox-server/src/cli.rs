@@ -52,6 +52,21 @@ impl ServeArgs {
     }
 }
 
+/// The backend `kind` names, with its default configuration: the one way every binary opens one.
+///
+/// # Errors
+/// What the backend reports, with what to do (run as root, set `E2B_API_KEY`).
+pub fn open_backend(kind: BackendKind) -> Result<std::sync::Arc<dyn agentbox_core::SandboxBackend>, String> {
+    match kind {
+        BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default())
+            .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
+            .map_err(|e| format!("cannot start the local backend: {e}")),
+        BackendKind::E2b => agentbox_e2b::E2bBackend::from_env()
+            .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
+            .map_err(|e| format!("cannot start the e2b backend: {e} (set E2B_API_KEY, or use --backend local)")),
+    }
+}
+
 /// Installs the log subscriber: human-readable lines on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,6 +1,7 @@
 //! The subcommands, one module each, and the error they share.
 
 pub mod cp;
+pub mod docs;
 pub mod exec;
 pub mod mcp;
 pub mod presets;
@@ -33,6 +34,9 @@ pub enum CliError {
     /// Web search failed.
     #[error(transparent)]
     Search(#[from] agentbox_tools::search::SearchError),
+    /// The backend could not be opened.
+    #[error("{0}")]
+    Backend(String),
     /// A call to agentboxd failed.
     #[error(transparent)]
     Client(#[from] agentbox_client::ClientError),

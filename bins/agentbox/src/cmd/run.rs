@@ -8,16 +8,19 @@ use std::time::Duration;
 
 use agentbox_config::{ConfigLoader, Preset};
 use agentbox_core::{CodeRequest, CreateRequest, ExecEvent, ExecRequest, ExecStream, Language, SandboxBackend};
-use agentbox_local::{LocalBackend, LocalConfig};
+use agentbox_server::BackendKind;
 
 use super::CliError;
 
 /// Arguments of `agentbox run`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  agentbox run -- python3 -c 'print(6 * 7)'\n  agentbox run --memory-mb 256 --timeout 10s -- bash -c 'ulimit -a'\n  agentbox run --lang python -c 'import sys; print(sys.version)'\n  agentbox run --lang javascript script.js"
+    after_help = "Examples:\n  agentbox run -- python3 -c 'print(6 * 7)'\n  agentbox run --memory-mb 256 --timeout 10s -- bash -c 'ulimit -a'\n  agentbox run --lang python -c 'import sys; print(sys.version)'\n  agentbox run --lang javascript script.js\n  E2B_API_KEY=... agentbox run --backend e2b -- uname -a"
 )]
 pub struct Args {
+    /// Where the sandbox runs: local (this Linux host, as root) or e2b (E2B's cloud; needs E2B_API_KEY).
+    #[arg(long, default_value = "local", value_name = "local|e2b")]
+    pub backend: BackendKind,
     /// Preset to start from: default, lightweight, heavy_compute or browser.
     #[arg(long, default_value = "default")]
     pub preset: String,
@@ -117,11 +120,11 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let backend = LocalBackend::new(LocalConfig::default())?;
+        let backend = agentbox_server::cli::open_backend(args.backend).map_err(CliError::Backend)?;
         let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
         let sandbox = backend.create(request).await?;
         let result = tokio::select! {
-            r = drive(&backend, &sandbox.id, job) => r,
+            r = drive(backend.as_ref(), &sandbox.id, job) => r,
             _ = tokio::signal::ctrl_c() => Ok(130),
         };
         let saved = match &args.save_snapshot {
@@ -141,7 +144,7 @@ enum Job {
     Code(CodeRequest),
 }
 
-async fn drive(backend: &LocalBackend, id: &agentbox_core::SandboxId, job: Job) -> Result<i32, CliError> {
+async fn drive(backend: &dyn SandboxBackend, id: &agentbox_core::SandboxId, job: Job) -> Result<i32, CliError> {
     let mut stream: ExecStream = match job {
         Job::Exec(r) => backend.exec(id, r).await?,
         Job::Code(r) => backend.run_code(id, r).await?,

@@ -1,11 +1,7 @@
 //! `agentbox serve`: the REST API server, the same as `agentboxd` with the same flags.
 
+use agentbox_server::cli::{ServeArgs, init_tracing, open_backend};
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use agentbox_core::SandboxBackend;
-use agentbox_server::BackendKind;
-use agentbox_server::cli::{ServeArgs, init_tracing};
 
 /// Arguments of `agentbox serve`.
 #[derive(Debug, clap::Args)]
@@ -19,17 +15,6 @@ pub struct Args {
     pub serve: ServeArgs,
 }
 
-fn backend(kind: BackendKind) -> Result<Arc<dyn SandboxBackend>, String> {
-    match kind {
-        BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default())
-            .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
-            .map_err(|e| format!("cannot start the local backend: {e}")),
-        BackendKind::E2b => agentbox_e2b::E2bBackend::from_env()
-            .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
-            .map_err(|e| format!("cannot start the e2b backend: {e} (set E2B_API_KEY, or use --backend local)")),
-    }
-}
-
 /// Serves until SIGTERM or SIGINT.
 pub fn run(args: Args) -> ExitCode {
     init_tracing();
@@ -40,7 +25,7 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(agentbox_server::cli::run(args.serve, backend)) {
+    match runtime.block_on(agentbox_server::cli::run(args.serve, open_backend)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agentbox: error: {}", e.to_string().replace('\n', " "));
