@@ -151,7 +151,9 @@ mod tests {
         let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
         std::fs::write(
             &path,
-            format!(r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},"ghcr.io":{{"registrytoken":"T"}}}},"credsStore":"desktop"}}"#),
+            format!(
+                r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},"ghcr.io":{{"registrytoken":"T"}}}},"credsStore":"desktop"}}"#
+            ),
         )?;
         let config = ImageConfig { docker_config: Some(path), ..ImageConfig::in_dir(dir.path()) };
         assert_eq!(resolve(&config, "docker.io", &no_env)?, RegistryAuth::Basic("alice".into(), "s3cret".into()));
@@ -163,7 +165,8 @@ mod tests {
     #[test]
     fn config_then_env_then_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let mut config = ImageConfig { docker_config: Some(dir.path().join("absent.json")), ..ImageConfig::in_dir(dir.path()) };
+        let mut config =
+            ImageConfig { docker_config: Some(dir.path().join("absent.json")), ..ImageConfig::in_dir(dir.path()) };
         let env = |k: &str| match k {
             "AGENTBOX_REGISTRY" => Some("localhost:5000".to_owned()),
             "AGENTBOX_REGISTRY_USERNAME" => Some("bob".to_owned()),

@@ -42,8 +42,8 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses and normalizes a reference.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
-        let inner = Reference::from_str(input)
-            .map_err(|source| ReferenceError::Parse { input: input.to_owned(), source })?;
+        let inner =
+            Reference::from_str(input).map_err(|source| ReferenceError::Parse { input: input.to_owned(), source })?;
         if let Some(d) = inner.digest() {
             Digest::parse(d).map_err(|source| ReferenceError::Digest { input: input.to_owned(), source })?;
         }
@@ -133,7 +133,10 @@ mod tests {
             ("docker.io".into(), "library/python".into(), Some("3.12-slim".into()), None)
         );
         assert_eq!(parts("ubuntu").2, Some("latest".into()));
-        assert_eq!(ImageRef::parse("python:3.12").map(|r| r.to_string()).ok(), Some("docker.io/library/python:3.12".into()));
+        assert_eq!(
+            ImageRef::parse("python:3.12").map(|r| r.to_string()).ok(),
+            Some("docker.io/library/python:3.12".into())
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //!   both checked over the whole stream; the layer is unpacked into a staging directory that only becomes
 //!   the layer (by rename) once both match.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -31,11 +32,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::cell::RefCell;
 
-use rustix::fs::{
-    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
-};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +43,9 @@ use crate::digest::{Digest, Hasher, HashingReader, is_limit_exceeded};
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// An entry's name climbs out of the layer with `..`.
-    #[error("layer {layer}: entry {path:?} escapes the layer's root with `..`; the image is malformed or hostile, refuse it")]
+    #[error(
+        "layer {layer}: entry {path:?} escapes the layer's root with `..`; the image is malformed or hostile, refuse it"
+    )]
     PathEscape {
         /// The layer's digest.
         layer: Digest,
@@ -53,7 +53,9 @@ pub enum UnpackError {
         path: String,
     },
     /// A parent component of an entry is a symlink (or not a directory).
-    #[error("layer {layer}: entry {path:?} has a symlink or a non-directory among its parent components; the image is hostile, refuse it")]
+    #[error(
+        "layer {layer}: entry {path:?} has a symlink or a non-directory among its parent components; the image is hostile, refuse it"
+    )]
     SymlinkInPath {
         /// The layer's digest.
         layer: Digest,
@@ -61,7 +63,9 @@ pub enum UnpackError {
         path: String,
     },
     /// A hard link's target is not a file of this layer.
-    #[error("layer {layer}: hard link {path:?} points to {target:?}, which is not an entry of this layer; the image is hostile, refuse it")]
+    #[error(
+        "layer {layer}: hard link {path:?} points to {target:?}, which is not an entry of this layer; the image is hostile, refuse it"
+    )]
     HardLinkOutside {
         /// The layer's digest.
         layer: Digest,
@@ -71,7 +75,9 @@ pub enum UnpackError {
         target: String,
     },
     /// A bound of [`Budget`] was crossed: a decompression bomb, or an image larger than allowed.
-    #[error("layer {layer}: unpacking stopped at the limit of {limit} {what} for one image (a decompression bomb, or an image larger than allowed); raise `limits.{setting}` in the image configuration only if the image is trusted")]
+    #[error(
+        "layer {layer}: unpacking stopped at the limit of {limit} {what} for one image (a decompression bomb, or an image larger than allowed); raise `limits.{setting}` in the image configuration only if the image is trusted"
+    )]
     TooLarge {
         /// The layer's digest.
         layer: Digest,
@@ -83,7 +89,9 @@ pub enum UnpackError {
         setting: &'static str,
     },
     /// The content doesn't hash to what the manifest or the config says.
-    #[error("layer {layer}: the {what} digest is {actual}, not {expected} as the image says; the blob is corrupt or was tampered with, and was discarded")]
+    #[error(
+        "layer {layer}: the {what} digest is {actual}, not {expected} as the image says; the blob is corrupt or was tampered with, and was discarded"
+    )]
     DigestMismatch {
         /// The layer's (compressed) digest.
         layer: Digest,
@@ -262,19 +270,16 @@ fn unpack_into(src: &LayerSource<'_>, root_path: &Path, budget: &Budget) -> Resu
     let decoded: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(raw),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(raw).map_err(|source| UnpackError::Format {
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(|source| UnpackError::Format {
                 layer: layer.clone(),
                 detail: "zstd".into(),
                 source,
-            })?,
-        ),
+            })?)
+        }
     };
     let limit = budget.bytes_left.load(Ordering::Relaxed);
-    let tar_stream = BufReader::with_capacity(
-        256 * 1024,
-        HashingReader::new(decoded, uncompressed.clone(), limit),
-    );
+    let tar_stream = BufReader::with_capacity(256 * 1024, HashingReader::new(decoded, uncompressed.clone(), limit));
     let root = rustix::fs::open(root_path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| io_err("open", root_path)(e.into()))?;
     let mut u = Unpacker {
@@ -403,10 +408,13 @@ impl Unpacker<'_> {
     fn open_dir(&mut self, comps: &[Vec<u8>], create: bool, full: &[Vec<u8>]) -> Result<OwnedFd, UnpackError> {
         if let Some((cached, fd)) = &self.cache {
             if cached.as_slice() == comps {
-                return fd.try_clone().map_err(|e| self.io("open", comps)(Errno::from_io_error(&e).unwrap_or(Errno::IO)));
+                return fd
+                    .try_clone()
+                    .map_err(|e| self.io("open", comps)(Errno::from_io_error(&e).unwrap_or(Errno::IO)));
             }
         }
-        let mut cur = self.root.try_clone().map_err(|e| self.io("open", comps)(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+        let mut cur =
+            self.root.try_clone().map_err(|e| self.io("open", comps)(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
         for (i, c) in comps.iter().enumerate() {
             if create {
                 match rustix::fs::mkdirat(&cur, os(c), Mode::from_raw_mode(0o755)) {
@@ -472,14 +480,18 @@ impl Unpacker<'_> {
             _ => None,
         };
         let mtime = header.mtime().unwrap_or(0);
-        if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
             return Ok(());
         }
-        let caps = entry
-            .pax_extensions()
-            .ok()
-            .flatten()
-            .is_some_and(|mut exts| exts.any(|e| e.is_ok_and(|e| e.key_bytes() == b"SCHILY.xattr.security.capability")));
+        let caps = entry.pax_extensions().ok().flatten().is_some_and(|mut exts| {
+            exts.any(|e| e.is_ok_and(|e| e.key_bytes() == b"SCHILY.xattr.security.capability"))
+        });
         let Some((name, parents)) = comps.split_last() else {
             // The root itself (`./`): only a directory entry can name it.
             if kind == tar::EntryType::Directory {
@@ -493,8 +505,14 @@ impl Unpacker<'_> {
         if let Some(target) = name.strip_prefix(b".wh.") {
             let dir = self.open_dir(parents, true, &comps)?;
             if target == b".wh..opq" {
-                let fd = rustix::fs::openat2(&dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-                    .map_err(self.io("open", parents))?;
+                let fd = rustix::fs::openat2(
+                    &dir,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    RESOLVE,
+                )
+                .map_err(self.io("open", parents))?;
                 for attr in ["trusted.overlay.opaque", "user.overlay.opaque"] {
                     if let Err(e) = rustix::fs::fsetxattr(&fd, attr, b"y", XattrFlags::empty()) {
                         tracing::debug!(attr, error = %e, "can't mark an opaque directory; it stays listed in layer.json");
@@ -522,7 +540,8 @@ impl Unpacker<'_> {
         match kind {
             tar::EntryType::Directory => {
                 if !self.clear(&dir, &name, true, path)? {
-                    rustix::fs::mkdirat(&dir, os(&name), Mode::from_raw_mode(0o700)).map_err(self.io("create directory", path))?;
+                    rustix::fs::mkdirat(&dir, os(&name), Mode::from_raw_mode(0o700))
+                        .map_err(self.io("create directory", path))?;
                 }
                 self.dirs.push(DeferredDir { path: comps.clone(), mode, owner, mtime });
             }
@@ -539,7 +558,8 @@ impl Unpacker<'_> {
                 let mut file = File::from(fd);
                 let layer = self.layer.clone();
                 let display_path = show(path);
-                let copy_err = move |source: io::Error| UnpackError::Io { layer, op: "write", path: display_path, source };
+                let copy_err =
+                    move |source: io::Error| UnpackError::Io { layer, op: "write", path: display_path, source };
                 loop {
                     let n = match entry.read(&mut self.buf) {
                         Ok(0) => break,
@@ -552,11 +572,17 @@ impl Unpacker<'_> {
                 }
                 // Sparse files are counted as written; the stream's own bytes at the end.
                 if self.manifest.file_bytes > self.budget.max_bytes {
-                    return Err(UnpackError::TooLarge { layer: self.layer.clone(), what: "bytes", limit: self.budget.max_bytes, setting: "max_bytes" });
+                    return Err(UnpackError::TooLarge {
+                        layer: self.layer.clone(),
+                        what: "bytes",
+                        limit: self.budget.max_bytes,
+                        setting: "max_bytes",
+                    });
                 }
                 if owners {
                     if let Some((u, g)) = owner {
-                        rustix::fs::fchown(&file, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))).map_err(self.io("chown", path))?;
+                        rustix::fs::fchown(&file, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
+                            .map_err(self.io("chown", path))?;
                     }
                 }
                 rustix::fs::fchmod(&file, Mode::from_raw_mode(stripped)).map_err(self.io("chmod", path))?;
@@ -569,11 +595,18 @@ impl Unpacker<'_> {
                 rustix::fs::symlinkat(os(&target), &dir, os(&name)).map_err(self.io("create symlink", path))?;
                 if owners {
                     if let Some((u, g)) = owner {
-                        rustix::fs::chownat(&dir, os(&name), Some(Uid::from_raw(u)), Some(Gid::from_raw(g)), AtFlags::SYMLINK_NOFOLLOW)
-                            .map_err(self.io("chown", path))?;
+                        rustix::fs::chownat(
+                            &dir,
+                            os(&name),
+                            Some(Uid::from_raw(u)),
+                            Some(Gid::from_raw(g)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(self.io("chown", path))?;
                     }
                 }
-                rustix::fs::utimensat(&dir, os(&name), &times(mtime), AtFlags::SYMLINK_NOFOLLOW).map_err(self.io("set times of", path))?;
+                rustix::fs::utimensat(&dir, os(&name), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(self.io("set times of", path))?;
             }
             tar::EntryType::Link => {
                 let target_raw = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
@@ -590,7 +623,9 @@ impl Unpacker<'_> {
                 }
                 let tdir = match self.open_dir(tparents, false, &target) {
                     Ok(d) => d,
-                    Err(UnpackError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Err(outside()),
+                    Err(UnpackError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                        return Err(outside());
+                    }
                     Err(e) => return Err(e),
                 };
                 match rustix::fs::statat(&tdir, os(tname), AtFlags::SYMLINK_NOFOLLOW) {
@@ -599,18 +634,26 @@ impl Unpacker<'_> {
                 }
                 let dir = self.open_dir(parents, true, &comps)?;
                 self.clear(&dir, &name, false, path)?;
-                rustix::fs::linkat(&tdir, os(tname), &dir, os(&name), AtFlags::empty()).map_err(self.io("create hard link", path))?;
+                rustix::fs::linkat(&tdir, os(tname), &dir, os(&name), AtFlags::empty())
+                    .map_err(self.io("create hard link", path))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 self.manifest.dropped_devices.push(show(path));
             }
             tar::EntryType::Fifo => {
                 self.clear(&dir, &name, false, path)?;
-                rustix::fs::mknodat(&dir, os(&name), FileType::Fifo, Mode::from_raw_mode(stripped), 0).map_err(self.io("create fifo", path))?;
+                rustix::fs::mknodat(&dir, os(&name), FileType::Fifo, Mode::from_raw_mode(stripped), 0)
+                    .map_err(self.io("create fifo", path))?;
                 if owners {
                     if let Some((u, g)) = owner {
-                        rustix::fs::chownat(&dir, os(&name), Some(Uid::from_raw(u)), Some(Gid::from_raw(g)), AtFlags::SYMLINK_NOFOLLOW)
-                            .map_err(self.io("chown", path))?;
+                        rustix::fs::chownat(
+                            &dir,
+                            os(&name),
+                            Some(Uid::from_raw(u)),
+                            Some(Gid::from_raw(g)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(self.io("chown", path))?;
                     }
                 }
             }
@@ -634,11 +677,13 @@ impl Unpacker<'_> {
     /// stop its own entries from being made and their times stay as the tar says.
     fn finish_dirs(&mut self) -> Result<(), UnpackError> {
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.path.len()));
         self.cache = None;
         for d in dirs {
             let fd = if d.path.is_empty() {
-                self.root.try_clone().map_err(|e| self.io("open", &d.path)(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?
+                self.root
+                    .try_clone()
+                    .map_err(|e| self.io("open", &d.path)(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?
             } else {
                 match self.open_dir(&d.path, false, &d.path) {
                     Ok(fd) => fd,
@@ -648,11 +693,18 @@ impl Unpacker<'_> {
                     Err(e) => return Err(e),
                 }
             };
-            let fd = rustix::fs::openat2(&fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-                .map_err(self.io("open", &d.path))?;
+            let fd = rustix::fs::openat2(
+                &fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )
+            .map_err(self.io("open", &d.path))?;
             if self.manifest.owners_applied {
                 if let Some((u, g)) = d.owner {
-                    rustix::fs::fchown(&fd, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))).map_err(self.io("chown", &d.path))?;
+                    rustix::fs::fchown(&fd, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
+                        .map_err(self.io("chown", &d.path))?;
                 }
             }
             // A directory's setgid bit only makes new files inherit its group: it grants nothing, so it stays.
@@ -671,7 +723,13 @@ fn times(mtime: u64) -> Timestamps {
 
 /// Removes `name` in `dir` and everything under it, through descriptors only (no symlink is followed).
 fn remove_tree(dir: &OwnedFd, name: &[u8]) -> Result<(), Errno> {
-    let sub = rustix::fs::openat2(dir, os(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty(), RESOLVE)?;
+    let sub = rustix::fs::openat2(
+        dir,
+        os(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        RESOLVE,
+    )?;
     let mut names = Vec::new();
     {
         let listing = rustix::fs::Dir::read_from(&sub)?;
