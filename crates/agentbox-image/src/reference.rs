@@ -148,7 +148,7 @@ mod tests {
         let d = format!("sha256:{}", "a".repeat(64));
         let (reg, repo, _, digest) = parts(&format!("127.0.0.1:5000/x@{d}"));
         assert_eq!((reg.as_str(), repo.as_str(), digest), ("127.0.0.1:5000", "x", Some(d)));
-        assert!(ImageRef::parse("UPPER/case").is_err());
+        assert!(ImageRef::parse("team/UPPER").is_err());
         assert!(ImageRef::parse(&format!("x@sha512:{}", "a".repeat(128))).is_err());
     }
 
