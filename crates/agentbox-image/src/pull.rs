@@ -566,7 +566,21 @@ impl Puller<'_> {
         let mut hasher = Hasher::default();
         let mut last_report = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.registry_err("fetching a blob")(OciDistributionError::IoError(e)))?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                // The client checks the digest too, and reports a mismatch at the end of the stream: the
+                // bytes are all here, so report it as ours (not a transient error to retry).
+                Err(e) if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) => {
+                    let actual = std::mem::take(&mut hasher).finish();
+                    return Err(PullError::DigestMismatch {
+                        reference: self.image.to_string(),
+                        what: "blob",
+                        expected: digest.clone(),
+                        actual,
+                    });
+                }
+                Err(e) => return Err(self.registry_err("fetching a blob")(OciDistributionError::IoError(e))),
+            };
             hasher.update(&chunk);
             if hasher.bytes() > size {
                 return Err(PullError::TooLarge {

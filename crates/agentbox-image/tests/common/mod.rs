@@ -1,0 +1,270 @@
+//! Test helpers: a real registry on loopback (Debian's `docker-registry`, the CNCF distribution registry),
+//! layers crafted with the tar crate (hostile ones included), and images pushed with the registry client.
+
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentbox_image::Digest;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+
+/// Fails (never skips) when a program the tests need is missing.
+pub fn require(program: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
+    assert!(found, "`{program}` is missing: install the Debian package `{package}` (scripts/test-all.sh does)");
+}
+
+/// A `docker-registry serve` on 127.0.0.1 and a free port, killed by its PID when dropped.
+pub struct Registry {
+    pub addr: String,
+    pub root: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        require("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("storage");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let registry = Self { addr, root, child, _dir: dir };
+        registry.wait_ready();
+        registry
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(&self.addr) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not start on {}", self.addr);
+    }
+
+    /// Where the registry keeps a blob's bytes (to corrupt or hide it).
+    pub fn blob_data(&self, d: &Digest) -> PathBuf {
+        self.root.join("docker/registry/v2/blobs/sha256").join(&d.hex()[..2]).join(d.hex()).join("data")
+    }
+
+    pub fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![self.addr.clone()]),
+            ..ClientConfig::default()
+        })
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tar entry, written header by header so names can be anything (`..`, absolute, long).
+pub enum E<'a> {
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str, u32),
+    Symlink(&'a str, &'a str),
+    Hard(&'a str, &'a str),
+    Char(&'a str, u32, u32),
+    Block(&'a str, u32, u32),
+    Fifo(&'a str),
+}
+
+pub fn tar(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        let (name, link, kind, mode, data): (&str, Option<&str>, tar::EntryType, u32, &[u8]) = match e {
+            E::File(n, d, m) => (n, None, tar::EntryType::Regular, *m, d),
+            E::Dir(n, m) => (n, None, tar::EntryType::Directory, *m, b""),
+            E::Symlink(n, t) => (n, Some(t), tar::EntryType::Symlink, 0o777, b""),
+            E::Hard(n, t) => (n, Some(t), tar::EntryType::Link, 0o644, b""),
+            E::Char(n, ma, mi) | E::Block(n, ma, mi) => {
+                h.set_device_major(*ma).unwrap();
+                h.set_device_minor(*mi).unwrap();
+                let kind = if matches!(e, E::Char(..)) { tar::EntryType::Char } else { tar::EntryType::Block };
+                (n, None, kind, 0o666, b"")
+            }
+            E::Fifo(n) => (n, None, tar::EntryType::Fifo, 0o644, b""),
+        };
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Comp {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// A layer blob: compressed bytes, media type, diff_id.
+#[derive(Clone)]
+pub struct Layer {
+    pub blob: Vec<u8>,
+    pub media_type: String,
+    pub diff_id: Digest,
+}
+
+impl Layer {
+    pub fn new(tar: &[u8], comp: Comp) -> Self {
+        let diff_id = Digest::of(tar);
+        let (blob, media_type) = match comp {
+            Comp::None => (tar.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+            Comp::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(tar).unwrap();
+                (e.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+            }
+            Comp::Zstd => (zstd::encode_all(tar, 3).unwrap(), "application/vnd.oci.image.layer.v1.tar+zstd"),
+        };
+        Self { blob, media_type: media_type.into(), diff_id }
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.blob)
+    }
+
+    /// Writes the blob to a file (for feeding the unpacker directly).
+    pub fn write_to(&self, dir: &Path) -> PathBuf {
+        let p = dir.join(self.digest().hex());
+        std::fs::write(&p, &self.blob).unwrap();
+        p
+    }
+}
+
+/// An image config with these layers and runtime settings (`extra` is merged into `config`).
+pub fn config_json(arch: &str, layers: &[Layer], extra: serde_json::Value) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": extra,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap()
+}
+
+fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    serde_json::json!({"mediaType": media_type, "digest": Digest::of(bytes).to_string(), "size": bytes.len()})
+}
+
+async fn push_blob(client: &Client, r: &Reference, bytes: &[u8]) {
+    client.push_blob(r, bytes.to_vec(), &Digest::of(bytes).to_string()).await.unwrap();
+}
+
+/// Pushes an image (layers, config, manifest) as `name:tag`; returns the manifest's bytes.
+pub async fn push_image(reg: &Registry, name_tag: &str, layers: &[Layer], config: &[u8]) -> Vec<u8> {
+    let client = reg.client();
+    let r: Reference = reg.reference(name_tag).parse().unwrap();
+    client.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Push).await.unwrap();
+    for l in layers {
+        push_blob(&client, &r, &l.blob).await;
+    }
+    push_blob(&client, &r, config).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers.iter().map(|l| descriptor(&l.media_type, &l.blob)).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    client
+        .push_manifest_raw(
+            &r,
+            manifest.clone(),
+            http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .await
+        .unwrap();
+    manifest
+}
+
+/// Pushes an index of already pushed manifests (`(manifest bytes, architecture)`) as `name:tag`.
+pub async fn push_index(reg: &Registry, name_tag: &str, manifests: &[(&[u8], &str)]) -> Vec<u8> {
+    let client = reg.client();
+    let r: Reference = reg.reference(name_tag).parse().unwrap();
+    client.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Push).await.unwrap();
+    let entries: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|(m, arch)| {
+            let mut d = descriptor("application/vnd.oci.image.manifest.v1+json", m);
+            d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+            d
+        })
+        .collect();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    client
+        .push_manifest_raw(&r, index.clone(), http::HeaderValue::from_static("application/vnd.oci.image.index.v1+json"))
+        .await
+        .unwrap();
+    index
+}
+
+/// The host's architecture in OCI's words.
+pub fn host_arch() -> String {
+    agentbox_image::Platform::host().architecture
+}
+
+/// The directory of the cargo target the tests were built in (for cached fixtures).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/debug/deps/<test binary>
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
