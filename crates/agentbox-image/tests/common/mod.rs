@@ -1,7 +1,7 @@
 //! Test helpers: a real registry on loopback (Debian's `docker-registry`, the CNCF distribution registry),
 //! layers crafted with the tar crate (hostile ones included), and images pushed with the registry client.
 
-#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+#![allow(dead_code, clippy::unwrap_used, clippy::needless_pass_by_value, missing_docs)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
