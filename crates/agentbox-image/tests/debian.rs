@@ -1,0 +1,155 @@
+//! A real Debian root with Python, built by the tests with `mmdebstrap` (through the Debian mirror the
+//! machine reaches), packed as an OCI image with `umoci`, pushed to a loopback registry with `skopeo`, pulled
+//! into the store and run. The built OCI layout is cached under `<target>/image-fixtures/`.
+//!
+//! `bench_pull_against_skopeo_and_umoci` (ignored: a measurement, run with `--ignored --nocapture`) times
+//! pull+unpack of that image against `skopeo copy` + `umoci unpack` of the same image from the same registry.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agentbox_image::{ImageConfig, ImageRef, Store};
+use common::{Registry, require, target_dir};
+
+const TAG: &str = "bookworm";
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The OCI layout of a minimal Debian bookworm with python3, built once and cached.
+fn fixture() -> PathBuf {
+    let dir = target_dir().join("image-fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = dir.join("debian-python");
+    let done = dir.join("debian-python.complete");
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    if done.exists() {
+        return layout;
+    }
+    for (program, package) in [("mmdebstrap", "mmdebstrap"), ("umoci", "umoci"), ("skopeo", "skopeo")] {
+        require(program, package);
+    }
+    let work = tempfile::tempdir_in(&dir).unwrap();
+    let rootfs = work.path().join("rootfs.tar");
+    run(Command::new("mmdebstrap")
+        .args(["--quiet", "--variant=minbase", "--include=python3-minimal", TAG])
+        .arg(&rootfs));
+    let staging = work.path().join("layout");
+    let image = format!("{}:{TAG}", staging.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&staging));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(&rootfs));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--config.workingdir",
+        "/root",
+        "--config.cmd",
+        "python3",
+    ]));
+    if layout.exists() {
+        std::fs::remove_dir_all(&layout).unwrap();
+    }
+    std::fs::rename(&staging, &layout).unwrap();
+    std::fs::write(&done, b"").unwrap();
+    layout
+}
+
+fn push(reg: &Registry, layout: &Path) -> String {
+    let dest = format!("{}/debian-python:{TAG}", reg.addr);
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{TAG}", layout.display()))
+        .arg(format!("docker://{dest}")));
+    dest
+}
+
+#[tokio::test]
+async fn a_debian_root_pulls_and_runs_python() {
+    let layout = fixture();
+    let reg = Registry::start();
+    let reference = push(&reg, &layout);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(ImageConfig::in_dir(dir.path().join("store"))).unwrap();
+    let (record, report) = store.pull(&ImageRef::parse(&reference).unwrap()).await.unwrap();
+    assert_eq!(report.layers_unpacked, 1);
+    assert_eq!(record.config.cmd, Some(vec!["python3".to_owned()]));
+    assert_eq!(record.config.working_dir.as_deref(), Some("/root"));
+    let dirs = store.layer_dirs(&record).unwrap();
+    let manifest = store.layer_manifest(&record.layers[0].diff_id).unwrap();
+    // Debian's setuid programs (su, mount, passwd...) are in the image, but not setuid on the host.
+    assert!(manifest.setid.iter().any(|s| s.path == "usr/bin/su"), "{:?}", manifest.setid);
+    let su = std::fs::metadata(dirs[0].join("usr/bin/su")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&su.permissions()) & 0o6000, 0);
+    // The root is whole: its python runs in it.
+    let out = Command::new("chroot")
+        .arg(&dirs[0])
+        .args(["/usr/bin/python3", "-c", "import sys; print(6 * 7)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}
+
+fn du(path: &Path) -> u64 {
+    let out = Command::new("du").args(["-sb"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("0").parse().unwrap_or(0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture"]
+async fn bench_pull_against_skopeo_and_umoci() {
+    let layout = fixture();
+    let reg = Registry::start();
+    let reference = push(&reg, &layout);
+    let rounds = 5;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut sizes = (0, 0);
+    for _ in 0..rounds {
+        let dir = tempfile::tempdir_in(target_dir()).unwrap();
+        let store = Store::open(ImageConfig::in_dir(dir.path().join("store"))).unwrap();
+        let t = Instant::now();
+        let (record, report) = store.pull(&ImageRef::parse(&reference).unwrap()).await.unwrap();
+        ours.push(t.elapsed());
+        sizes = (report.bytes_downloaded, du(&store.layer_dirs(&record).unwrap()[0]));
+
+        let dir = tempfile::tempdir_in(target_dir()).unwrap();
+        let oci = format!("oci:{}:{TAG}", dir.path().join("oci").display());
+        let t = Instant::now();
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .arg(&oci));
+        run(Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:{TAG}", dir.path().join("oci").display()))
+            .arg(dir.path().join("bundle")));
+        theirs.push(t.elapsed());
+    }
+    let (a, b) = (median(ours), median(theirs));
+    eprintln!(
+        "pull+unpack of {reference} ({:.1} MB compressed, {:.1} MB unpacked), median of {rounds}:\n  agentbox-image {:.2} s\n  skopeo copy + umoci unpack {:.2} s\n  ratio {:.2}x",
+        sizes.0 as f64 / 1e6,
+        sizes.1 as f64 / 1e6,
+        a.as_secs_f64(),
+        b.as_secs_f64(),
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+}
