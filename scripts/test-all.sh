@@ -16,8 +16,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   python3-matplotlib  rich results of the code tool (figures as PNG)
 #   curl                downloads inside sandboxes in the network tests
 #   btrfs-progs         mkfs.btrfs and btrfs for the disk-backed storage pool (a sparse btrfs image with quota groups)
+#   docker-registry     a real OCI registry on loopback for the image tests (agentbox-image)
+#   skopeo, umoci       push the image tests' Debian fixture as an OCI image, and the pull baseline
+#   mmdebstrap          builds that fixture (a minimal Debian root with python3) from the Debian mirror
 #   nodejs              JavaScript in sandboxes (only when no node is installed under /usr)
-REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl btrfs-progs)
+REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl btrfs-progs docker-registry skopeo umoci mmdebstrap)
 if [[ ! -x /usr/bin/node && ! -x /usr/local/bin/node ]]; then
     REQUIRED_PACKAGES+=(nodejs)
 fi

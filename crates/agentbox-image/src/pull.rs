@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::auth::{self, AuthError};
-use crate::config::{Platform, RetryConfig};
+use crate::config::{ImageConfig, Platform, RetryConfig};
 use crate::digest::{Digest, Hasher};
 use crate::reference::{ImageRef, is_loopback_registry};
 use crate::store::{ImageRecord, LayerRef, RuntimeConfig, Store, StoreError, now};
@@ -49,7 +49,7 @@ pub enum PullError {
         #[source]
         source: OciDistributionError,
     },
-    /// The registry is neither on loopback nor listed as insecure, and https failed or was not offered.
+    /// The index has no manifest for the platform wanted.
     #[error(
         "pulling {reference}: no platform {platform} in its index (it has: {available}); pull one of those with `platform` set, or use an image built for this host"
     )]
@@ -250,8 +250,7 @@ impl Store {
         }
         let endpoint = oci.resolve_registry().to_owned();
         let named = mirror.unwrap_or(image.registry());
-        let plain_http =
-            is_loopback_registry(&endpoint) || cfg.insecure_registries.iter().any(|r| r == &endpoint || r == named);
+        let plain_http = allows_plain_http(cfg, &endpoint, named);
         let client = Client::new(ClientConfig {
             protocol: if plain_http {
                 ClientProtocol::HttpsExcept(vec![endpoint.clone()])
@@ -612,6 +611,12 @@ impl Puller<'_> {
     }
 }
 
+/// Whether a registry may be reached over plain http: on loopback, or listed in `insecure_registries` (by the
+/// name the reference or mirror gives, or the host the client resolves it to).
+fn allows_plain_http(cfg: &ImageConfig, endpoint: &str, named: &str) -> bool {
+    is_loopback_registry(endpoint) || cfg.insecure_registries.iter().any(|r| r == endpoint || r == named)
+}
+
 /// Picks the manifest for `platform` from an index: same OS and architecture, the variant when one is asked
 /// for (and `v8`/none for arm64 otherwise).
 fn pick_platform(index: &ImageIndex, platform: &Platform) -> Option<String> {
@@ -631,4 +636,21 @@ fn pick_platform(index: &ImageIndex, platform: &Platform) -> Option<String> {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_listed_registries() {
+        let mut cfg = ImageConfig::default();
+        assert!(allows_plain_http(&cfg, "localhost:5000", "localhost:5000"));
+        assert!(allows_plain_http(&cfg, "127.0.0.1:5000", "127.0.0.1:5000"));
+        assert!(!allows_plain_http(&cfg, "registry.internal:5000", "registry.internal:5000"));
+        assert!(!allows_plain_http(&cfg, "index.docker.io", "docker.io"));
+        cfg.insecure_registries.push("registry.internal:5000".into());
+        assert!(allows_plain_http(&cfg, "registry.internal:5000", "registry.internal:5000"));
+        assert!(!allows_plain_http(&cfg, "registry.internal:5001", "registry.internal:5001"));
+    }
 }

@@ -328,7 +328,8 @@ fn unpack_into(src: &LayerSource<'_>, root_path: &Path, budget: &Budget) -> Resu
     io::copy(&mut tail, &mut io::sink()).map_err(io_err("read", src.blob))?;
 
     let tar_bytes = uncompressed.borrow().bytes();
-    if !Budget::take(&budget.bytes_left, tar_bytes.saturating_sub(u.manifest.file_bytes.min(tar_bytes))) {
+    // Layers unpack concurrently: each reads up to what was left when it started, and takes its share here.
+    if !Budget::take(&budget.bytes_left, tar_bytes) {
         return Err(too_large("bytes"));
     }
     let actual = std::mem::take(&mut *compressed.borrow_mut()).finish();

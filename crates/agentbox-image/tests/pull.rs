@@ -279,3 +279,36 @@ async fn a_hostile_image_from_the_registry_leaves_nothing_behind() {
     assert!(!store.has_layer(&layers[1].diff_id));
     assert!(store.list().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_registry_that_comes_back_is_retried_with_backoff() {
+    let mut reg = Registry::start();
+    let layers = three_layers();
+    push_image(&reg, "flaky:1", &layers, &config_json(&host_arch(), &layers, serde_json::json!({}))).await;
+    let reference = image(&reg, "flaky:1");
+    reg.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = store(&dir).config().clone();
+    cfg.retry.attempts = 10;
+    cfg.retry.initial_backoff = std::time::Duration::from_millis(100);
+    cfg.retry.max_backoff = std::time::Duration::from_secs(2);
+    let store = Store::open(cfg).unwrap();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        reg.restart();
+        reg
+    });
+    let pulled = store.pull(&reference).await;
+    let _reg = restarter.join().unwrap();
+    let (record, _) = pulled.unwrap();
+    assert_eq!(store.layer_dirs(&record).unwrap().len(), 3);
+
+    // Without retries, the same outage is an error that says what failed.
+    let mut cfg = store.config().clone();
+    cfg.retry.attempts = 1;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let err = Store::open(cfg).unwrap().pull(&ImageRef::parse(&format!("{dead}/x:1")).unwrap()).await.unwrap_err();
+    assert!(matches!(err, PullError::Registry { .. }), "{err}");
+    assert!(err.to_string().contains("reachable"), "{err}");
+}

@@ -25,6 +25,7 @@ pub fn require(program: &str, package: &str) {
 pub struct Registry {
     pub addr: String,
     pub root: PathBuf,
+    config: PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -45,17 +46,22 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let registry = Self { addr, root, child, _dir: dir };
+        let child = serve(&config);
+        let registry = Self { addr, root, config, child, _dir: dir };
         registry.wait_ready();
         registry
+    }
+
+    /// Stops the registry (its storage stays).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address and storage.
+    pub fn restart(&mut self) {
+        self.child = serve(&self.config);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -88,6 +94,17 @@ impl Registry {
             ..ClientConfig::default()
         })
     }
+}
+
+fn serve(config: &Path) -> Child {
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Registry {
