@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
@@ -436,11 +436,14 @@ impl Puller<'_> {
 
         let budget = Arc::new(Budget::new(limits.max_bytes, limits.max_entries));
         let concurrency = self.store.config().concurrency.max(1);
-        let results: Vec<(bool, bool, u64)> =
+        // Every layer runs to its end even when another failed: what was verified stays for a resumed pull,
+        // and nothing is left half-written in tmp/.
+        let outcomes: Vec<Result<(bool, bool, u64), PullError>> =
             futures_util::stream::iter(layers.iter().map(|l| self.layer(l, budget.clone())))
                 .buffer_unordered(concurrency)
-                .try_collect()
-                .await?;
+                .collect()
+                .await;
+        let results = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
         for (unpacked, downloaded, bytes) in results {
             if unpacked {
                 report.layers_unpacked += 1;
@@ -537,12 +540,9 @@ impl Puller<'_> {
         size: u64,
         progress: bool,
     ) -> Result<u64, PullError> {
-        let tmp = self.store.temp_path(&format!("blob-{}", digest.short()));
-        let result = self.download_to(&tmp, digest, desc, size, progress).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        // Removed on every way out (an error, or the pull dropped mid-download) unless renamed into place.
+        let tmp = TempFile(self.store.temp_path(&format!("blob-{}", digest.short())));
+        self.download_to(&tmp.0, digest, desc, size, progress).await
     }
 
     async fn download_to(
@@ -608,6 +608,19 @@ impl Puller<'_> {
         }
         self.store.commit_blob(tmp, digest)?;
         Ok(n)
+    }
+}
+
+/// A temporary file removed when dropped, if it still exists (a committed blob has been renamed away).
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %self.0.display(), error = %e, "can't remove a partial download"),
+        }
     }
 }
 

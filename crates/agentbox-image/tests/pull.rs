@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use agentbox_image::{Digest, ImageConfig, ImageRef, Platform, PullError, PullEvent, Store, StoreError, UnpackError};
+use agentbox_image::{
+    Credential, Digest, ImageConfig, ImageRef, Platform, PullError, PullEvent, Store, StoreError, UnpackError,
+};
 use common::{Comp, E, Layer, Registry, config_json, host_arch, push_image, push_index, tar};
 
 fn store(dir: &tempfile::TempDir) -> Store {
@@ -311,4 +313,42 @@ async fn a_registry_that_comes_back_is_retried_with_backoff() {
     let err = Store::open(cfg).unwrap().pull(&ImageRef::parse(&format!("{dead}/x:1")).unwrap()).await.unwrap_err();
     assert!(matches!(err, PullError::Registry { .. }), "{err}");
     assert!(err.to_string().contains("reachable"), "{err}");
+}
+
+#[tokio::test]
+async fn token_auth_with_configured_and_docker_credentials() {
+    let reg = Registry::start_with_token_auth("agent", "s3cret");
+    let layers = three_layers();
+    push_image(&reg, "private/app:1", &layers, &config_json(&host_arch(), &layers, serde_json::json!({}))).await;
+    let reference = image(&reg, "private/app:1");
+    let dir = tempfile::tempdir().unwrap();
+    let base = store(&dir).config().clone();
+    // Never the user's own docker config in a test.
+    let no_docker = ImageConfig { docker_config: Some(dir.path().join("absent.json")), ..base.clone() };
+
+    let err = Store::open(no_docker.clone()).unwrap().pull(&reference).await.unwrap_err();
+    assert!(matches!(err, PullError::Registry { .. }), "anonymous: {err}");
+
+    let mut wrong = no_docker.clone();
+    wrong.credentials.insert(reg.addr.clone(), Credential::Basic { username: "agent".into(), password: "nope".into() });
+    let err = Store::open(wrong).unwrap().pull(&reference).await.unwrap_err();
+    assert!(matches!(err, PullError::Registry { .. }), "wrong password: {err}");
+
+    let mut right = no_docker;
+    right
+        .credentials
+        .insert(reg.addr.clone(), Credential::Basic { username: "agent".into(), password: "s3cret".into() });
+    let (record, _) = Store::open(right).unwrap().pull(&reference).await.unwrap();
+    assert_eq!(record.layers.len(), 3);
+
+    // The same from docker's config.json, into a fresh store.
+    let docker = dir.path().join("docker-config.json");
+    let auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("agent:s3cret")
+    };
+    std::fs::write(&docker, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr)).unwrap();
+    let cfg = ImageConfig { dir: dir.path().join("store2"), docker_config: Some(docker), ..base };
+    let (record, _) = Store::open(cfg).unwrap().pull(&reference).await.unwrap();
+    assert_eq!(record.layers.len(), 3);
 }

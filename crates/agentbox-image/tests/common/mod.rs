@@ -25,15 +25,41 @@ pub fn require(program: &str, package: &str) {
 pub struct Registry {
     pub addr: String,
     pub root: PathBuf,
+    /// What the push helpers authenticate with.
+    pub auth: RegistryAuth,
     config: PathBuf,
     child: Child,
+    token_server: Option<TokenServer>,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A registry doing Docker's token authentication (a bearer token from a token service, for a user name
+    /// and password) with a token service of the test's own that signs tokens with `openssl`.
+    pub fn start_with_token_auth(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_with(token_auth: Option<(String, String)>) -> Self {
         require("docker-registry", "docker-registry");
         let dir = tempfile::tempdir().unwrap();
+        let mut auth_yaml = String::new();
+        let mut token_server = None;
+        let mut auth = RegistryAuth::Anonymous;
+        if let Some((user, password)) = token_auth {
+            let server = TokenServer::start(dir.path(), &user, &password);
+            auth_yaml = format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: agentbox-test\n    issuer: agentbox-test-issuer\n    rootcertbundle: {}\n",
+                server.addr,
+                dir.path().join("cert.pem").display()
+            );
+            token_server = Some(server);
+            auth = RegistryAuth::Basic(user, password);
+        }
         let root = dir.path().join("storage");
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
@@ -41,13 +67,13 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
                 root.display()
             ),
         )
         .unwrap();
         let child = serve(&config);
-        let registry = Self { addr, root, config, child, _dir: dir };
+        let registry = Self { addr, root, auth, config, child, token_server, _dir: dir };
         registry.wait_ready();
         registry
     }
@@ -111,7 +137,134 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(t) = self.token_server.take() {
+            t.stop();
+        }
     }
+}
+
+/// Docker's token service (the registry's `auth.token` realm): for the right user name and password (basic
+/// auth), a JWT signed with RS256 by a key whose self-signed certificate the registry trusts, granting the
+/// scope asked for.
+struct TokenServer {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl TokenServer {
+    fn start(dir: &Path, user: &str, password: &str) -> Self {
+        require("openssl", "openssl");
+        let key = dir.join("key.pem");
+        let cert = dir.join("cert.pem");
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=agentbox-test-token",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output().unwrap().stdout;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let expected = {
+            use base64::Engine as _;
+            format!("basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+                .to_lowercase()
+        };
+        let (stop2, user) = (stop.clone(), user.to_owned());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&req).to_string();
+                let authorized = req
+                    .lines()
+                    .any(|l| l.to_lowercase().starts_with("authorization:") && l.to_lowercase().contains(&expected));
+                let response = if authorized {
+                    let scope = req
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(['?', '&'])
+                        .find_map(|kv| kv.strip_prefix("scope="))
+                        .unwrap_or("");
+                    let scope = scope.replace("%3A", ":").replace("%2C", ",").replace("%2F", "/");
+                    let mut parts = scope.splitn(3, ':');
+                    let (_, name, actions) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    let token = sign(&key, &der, &user, name, actions);
+                    let body = format!("{{\"token\":\"{token}\",\"access_token\":\"{token}\",\"expires_in\":3600}}");
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+                };
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        Self { addr, stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(&self.addr);
+        let _ = self.thread.join();
+    }
+}
+
+fn sign(key: &Path, cert_der: &[u8], user: &str, name: &str, actions: &str) -> String {
+    use base64::Engine as _;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [base64::engine::general_purpose::STANDARD.encode(cert_der)]});
+    let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
+    let claims = serde_json::json!({
+        "iss": "agentbox-test-issuer", "sub": user, "aud": "agentbox-test",
+        "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": format!("{now}-{name}"),
+        "access": [{"type": "repository", "name": name, "actions": actions}],
+    });
+    let input =
+        format!("{}.{}", b64url(&serde_json::to_vec(&header).unwrap()), b64url(&serde_json::to_vec(&claims).unwrap()));
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let sig = child.wait_with_output().unwrap().stdout;
+    format!("{input}.{}", b64url(&sig))
 }
 
 /// A tar entry, written header by header so names can be anything (`..`, absolute, long).
@@ -225,7 +378,7 @@ async fn push_blob(client: &Client, r: &Reference, bytes: &[u8]) {
 pub async fn push_image(reg: &Registry, name_tag: &str, layers: &[Layer], config: &[u8]) -> Vec<u8> {
     let client = reg.client();
     let r: Reference = reg.reference(name_tag).parse().unwrap();
-    client.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Push).await.unwrap();
+    client.auth(&r, &reg.auth, RegistryOperation::Push).await.unwrap();
     for l in layers {
         push_blob(&client, &r, &l.blob).await;
     }
@@ -252,7 +405,7 @@ pub async fn push_image(reg: &Registry, name_tag: &str, layers: &[Layer], config
 pub async fn push_index(reg: &Registry, name_tag: &str, manifests: &[(&[u8], &str)]) -> Vec<u8> {
     let client = reg.client();
     let r: Reference = reg.reference(name_tag).parse().unwrap();
-    client.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Push).await.unwrap();
+    client.auth(&r, &reg.auth, RegistryOperation::Push).await.unwrap();
     let entries: Vec<serde_json::Value> = manifests
         .iter()
         .map(|(m, arch)| {
