@@ -181,3 +181,56 @@ impl Default for UnpackLimits {
         Self { max_bytes: 16 << 30, max_entries: 1_000_000, max_metadata_bytes: 4 << 20 }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_toml_and_refuses_unknown_fields() {
+        let text = r#"
+            dir = "/srv/images"
+            budget_bytes = 10000000000
+            insecure_registries = ["registry.lan:5000"]
+            concurrency = 2
+
+            [mirrors]
+            "docker.io" = ["mirror.lan:5000"]
+
+            [credentials."ghcr.io"]
+            token = "t"
+
+            [credentials."registry.lan:5000"]
+            username = "u"
+            password = "p"
+
+            [retry]
+            attempts = 2
+            initial_backoff = 100
+            max_backoff = 1000
+
+            [limits]
+            max_bytes = 1000
+        "#;
+        let c: ImageConfig = toml::from_str(text).expect("valid config");
+        assert_eq!(c.budget_bytes, Some(10_000_000_000));
+        assert_eq!(c.mirrors["docker.io"], vec!["mirror.lan:5000".to_owned()]);
+        assert_eq!(c.credentials["ghcr.io"], Credential::Token { token: "t".into() });
+        assert_eq!(
+            c.credentials["registry.lan:5000"],
+            Credential::Basic { username: "u".into(), password: "p".into() }
+        );
+        assert_eq!(c.retry.initial_backoff, Duration::from_millis(100));
+        assert_eq!(c.limits.max_bytes, 1000);
+        assert_eq!(c.limits.max_entries, UnpackLimits::default().max_entries);
+        let again: ImageConfig = toml::from_str(&toml::to_string(&c).expect("serializes")).expect("parses back");
+        assert_eq!(again, c);
+        assert!(toml::from_str::<ImageConfig>("dir = \"/x\"\nbudget = 1").is_err());
+        // Secrets never show in debug output.
+        let shown = format!("{:?}", c.credentials);
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("password: \"p\"") && !shown.contains("\"t\""),
+            "{shown}"
+        );
+    }
+}

@@ -52,6 +52,16 @@ pub enum UnpackError {
         /// The entry's name.
         path: String,
     },
+    /// An entry's name or link target is longer than Linux's PATH_MAX.
+    #[error(
+        "layer {layer}: entry {path:?}... has a name or link target longer than {MAX_NAME} bytes; the image is malformed or hostile, refuse it"
+    )]
+    NameTooLong {
+        /// The layer's digest.
+        layer: Digest,
+        /// The start of the entry's name.
+        path: String,
+    },
     /// A parent component of an entry is a symlink (or not a directory).
     #[error(
         "layer {layer}: entry {path:?} has a symlink or a non-directory among its parent components; the image is hostile, refuse it"
@@ -127,6 +137,9 @@ pub enum UnpackError {
         source: io::Error,
     },
 }
+
+/// The longest entry name or link target accepted (Linux's PATH_MAX).
+pub const MAX_NAME: usize = 4096;
 
 /// The bounds shared by every layer of one image being unpacked (layers unpack concurrently).
 #[derive(Debug)]
@@ -467,6 +480,14 @@ impl Unpacker<'_> {
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw_path = entry.path_bytes().into_owned();
+        // Longer names can't be used on Linux anyway, and each component costs a system call to resolve.
+        let link_len = entry.link_name_bytes().map_or(0, |l| l.len());
+        if raw_path.len() > MAX_NAME || link_len > MAX_NAME {
+            return Err(UnpackError::NameTooLong {
+                layer: self.layer.clone(),
+                path: String::from_utf8_lossy(&raw_path[..raw_path.len().min(200)]).into_owned(),
+            });
+        }
         let Some(comps) = components(&raw_path) else {
             return Err(UnpackError::PathEscape {
                 layer: self.layer.clone(),

@@ -251,3 +251,20 @@ fn whiteouts_become_overlayfs_whiteouts() {
     let _ = Command::new("umount").arg(mnt.path()).status();
     assert_eq!(result, (false, true, false, false, true));
 }
+
+#[test]
+fn overlong_names_are_refused() {
+    let c = Case::new();
+    // A PAX header carries the long name (the tar crate writes one for names past 100 bytes).
+    let long = "a/".repeat(3000) + "f";
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, &long, &b""[..]).unwrap();
+    let layer = Layer::new(&b.into_inner().unwrap(), Comp::Gzip);
+    let err = c.unpack_with(&layer, &layer.diff_id, &Budget::new(1 << 30, 100)).unwrap_err();
+    assert!(matches!(err, UnpackError::NameTooLong { .. }), "{err}");
+    assert!(!c.rootfs().exists());
+}
