@@ -486,28 +486,61 @@ impl Puller<'_> {
     }
 
     /// Makes sure a layer is unpacked. Returns (unpacked now, downloaded now, bytes downloaded).
+    ///
+    /// A layer to download is unpacked while it downloads: the bytes go both to the blob's file and, through
+    /// a bounded channel, to the unpacker, which checks both digests itself over the whole stream. If that
+    /// first download fails, the blob is fetched again with retries and unpacked from the file.
     async fn layer(&self, layer: &LayerRef, budget: Arc<Budget>) -> Result<(bool, bool, u64), PullError> {
         if self.store.has_layer(&layer.diff_id) {
             self.emit(PullEvent::Reused { layer: layer.blob.clone() });
             return Ok((false, false, 0));
         }
-        let mut downloaded = false;
-        let mut bytes = 0;
         if self.store.has_blob(&layer.blob) {
             self.emit(PullEvent::Reused { layer: layer.blob.clone() });
-        } else {
-            let mut r = PullReport::default();
-            self.blob(&layer.blob, layer.media_type.clone(), layer.size, true, &mut r).await?;
-            downloaded = true;
-            bytes = r.bytes_downloaded;
+            self.unpack_stored(layer, budget).await?;
+            return Ok((true, false, 0));
         }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let store = self.store.clone();
+        let (l, b) = (layer.clone(), budget.clone());
+        let unpacker = tokio::task::spawn_blocking(move || store.unpack_from(&l, ChannelReader::new(rx), &b));
+        let desc = self.descriptor(&layer.blob, layer.media_type.clone(), layer.size);
+        let downloaded = self.download(&layer.blob, &desc, layer.size, true, Some(tx)).await;
+        let unpacked = unpacker.await.map_err(|e| self.store.join_error(self.image, &e))?;
+        let bytes = match (downloaded, unpacked) {
+            (Ok(n), Ok(_)) => n,
+            (Ok(_), Err(e)) => return Err(e.into()),
+            (Err(e), _) if !e.transient() => return Err(e),
+            (Err(e), _) => {
+                tracing::warn!(layer = %layer.blob, error = %e, "layer download failed; fetching it again");
+                let mut r = PullReport::default();
+                self.blob(&layer.blob, layer.media_type.clone(), layer.size, true, &mut r).await?;
+                self.unpack_stored(layer, budget).await?;
+                r.bytes_downloaded
+            }
+        };
+        self.emit(PullEvent::Unpacked { layer: layer.blob.clone() });
+        Ok((true, true, bytes))
+    }
+
+    async fn unpack_stored(&self, layer: &LayerRef, budget: Arc<Budget>) -> Result<(), PullError> {
         let store = self.store.clone();
         let l = layer.clone();
         tokio::task::spawn_blocking(move || store.unpack(&l, &budget))
             .await
             .map_err(|e| self.store.join_error(self.image, &e))??;
-        self.emit(PullEvent::Unpacked { layer: layer.blob.clone() });
-        Ok((true, downloaded, bytes))
+        Ok(())
+    }
+
+    /// A descriptor with only the digest, size and type: a manifest's `urls` (foreign layers) would make the
+    /// client fetch from any address the image names.
+    fn descriptor(&self, digest: &Digest, media_type: String, size: u64) -> OciDescriptor {
+        OciDescriptor {
+            media_type,
+            digest: digest.to_string(),
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            ..OciDescriptor::default()
+        }
     }
 
     /// Downloads a blob into the store, checking its size and digest on the way.
@@ -519,15 +552,8 @@ impl Puller<'_> {
         progress: bool,
         report: &mut PullReport,
     ) -> Result<(), PullError> {
-        // Only the digest, size and type are passed on: a manifest's `urls` (foreign layers) would make the
-        // client fetch from any address the image names.
-        let desc = OciDescriptor {
-            media_type,
-            digest: digest.to_string(),
-            size: i64::try_from(size).unwrap_or(i64::MAX),
-            ..OciDescriptor::default()
-        };
-        let n = with_retry(&self.retry, "blob", || self.download(digest, &desc, size, progress)).await?;
+        let desc = self.descriptor(digest, media_type, size);
+        let n = with_retry(&self.retry, "blob", || self.download(digest, &desc, size, progress, None)).await?;
         report.blobs_downloaded += 1;
         report.bytes_downloaded += n;
         Ok(())
@@ -539,10 +565,16 @@ impl Puller<'_> {
         desc: &OciDescriptor,
         size: u64,
         progress: bool,
+        tee: Option<Tee>,
     ) -> Result<u64, PullError> {
         // Removed on every way out (an error, or the pull dropped mid-download) unless renamed into place.
         let tmp = TempFile(self.store.temp_path(&format!("blob-{}", digest.short())));
-        self.download_to(&tmp.0, digest, desc, size, progress).await
+        let result = self.download_to(&tmp.0, digest, desc, size, progress, tee.as_ref()).await;
+        if let (Err(e), Some(tee)) = (&result, &tee) {
+            // The unpacker reading along stops with this, not with a truncated stream.
+            let _ = tee.send(Err(e.to_string())).await;
+        }
+        result
     }
 
     async fn download_to(
@@ -552,6 +584,7 @@ impl Puller<'_> {
         desc: &OciDescriptor,
         size: u64,
         progress: bool,
+        tee: Option<&Tee>,
     ) -> Result<u64, PullError> {
         let io = |source: std::io::Error| PullError::Io {
             reference: self.image.to_string(),
@@ -589,6 +622,11 @@ impl Puller<'_> {
                 });
             }
             out.write_all(&chunk).await.map_err(io)?;
+            if let Some(tee) = tee {
+                // An unpacker that stopped (a refused layer) has dropped its end: the download goes on, and its
+                // error is the one reported.
+                let _ = tee.send(Ok(chunk)).await;
+            }
             if progress && hasher.bytes() - last_report >= 1 << 20 {
                 last_report = hasher.bytes();
                 self.emit(PullEvent::Progress { layer: digest.clone(), bytes: last_report, total: size });
@@ -607,6 +645,38 @@ impl Puller<'_> {
             });
         }
         self.store.commit_blob(tmp, digest)?;
+        Ok(n)
+    }
+}
+
+/// The sending end of a download's copy for the unpacker.
+type Tee = tokio::sync::mpsc::Sender<Result<bytes::Bytes, String>>;
+
+/// The receiving end, read by the unpacker on a blocking thread: the chunks in order, then end of file when the
+/// download is complete (its sender dropped), or the download's error.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>) -> Self {
+        Self { rx, current: bytes::Bytes::new() }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(format!("the download failed: {e}"))),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
         Ok(n)
     }
 }

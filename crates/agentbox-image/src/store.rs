@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ImageConfig;
 use crate::digest::{Digest, digest_file};
 use crate::reference::ImageRef;
-use crate::unpack::{Budget, LayerManifest, LayerSource, UnpackError, unpack_layer};
+use crate::unpack::{Budget, LayerManifest, UnpackError, unpack_layer_from};
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -296,12 +296,28 @@ impl Store {
         if self.has_layer(&layer.diff_id) {
             return self.layer_manifest(&layer.diff_id);
         }
+        let blob = self.blob_path(&layer.blob);
+        let file = File::open(&blob).map_err(io_err("open", &blob))?;
+        let result = self.unpack_from(layer, file, budget);
+        if let Err(StoreError::Unpack(UnpackError::DigestMismatch { what: "compressed", .. })) = &result {
+            // The stored blob is not what its name says: drop it, so the next pull fetches it again.
+            let _ = std::fs::remove_file(&blob);
+        }
+        result
+    }
+
+    /// Unpacks a layer from a reader of its compressed blob (a download in progress), checking both digests
+    /// over everything the reader yields, and makes it the layer `diff_id`. Blocking.
+    pub fn unpack_from<R: Read>(
+        &self,
+        layer: &LayerRef,
+        reader: R,
+        budget: &Budget,
+    ) -> Result<LayerManifest, StoreError> {
         let staging = self.temp_path(&format!("layer-{}", layer.diff_id.short()));
         std::fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io_err("create", &staging))?;
         let result = (|| {
-            let blob = self.blob_path(&layer.blob);
-            let src = LayerSource { blob: &blob, digest: &layer.blob, diff_id: &layer.diff_id };
-            let manifest = unpack_layer(&src, &staging.join("rootfs"), budget)?;
+            let manifest = unpack_layer_from(reader, &layer.blob, &layer.diff_id, &staging.join("rootfs"), budget)?;
             write_json(&staging.join("layer.json"), &manifest)?;
             Ok::<_, StoreError>(manifest)
         })();
@@ -309,9 +325,6 @@ impl Store {
             Ok(m) => m,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&staging);
-                if let StoreError::Unpack(UnpackError::DigestMismatch { what: "compressed", .. }) = &e {
-                    let _ = std::fs::remove_file(self.blob_path(&layer.blob));
-                }
                 return Err(e);
             }
         };

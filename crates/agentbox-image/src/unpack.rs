@@ -26,7 +26,7 @@
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -213,13 +213,30 @@ pub struct LayerSource<'a> {
     pub diff_id: &'a Digest,
 }
 
-/// Unpacks a layer into `dest` (which must not exist; its parent must). Either `dest` ends up complete and
-/// verified, or it doesn't exist.
+/// Unpacks a layer blob file into `dest` (which must not exist; its parent must). Either `dest` ends up
+/// complete and verified, or it doesn't exist.
 pub fn unpack_layer(src: &LayerSource<'_>, dest: &Path, budget: &Budget) -> Result<LayerManifest, UnpackError> {
-    let layer = src.digest.clone();
+    let file = File::open(src.blob).map_err(|source| UnpackError::Io {
+        layer: src.digest.clone(),
+        op: "open",
+        path: src.blob.display().to_string(),
+        source,
+    })?;
+    unpack_layer_from(file, src.digest, src.diff_id, dest, budget)
+}
+
+/// [`unpack_layer`] from any reader of the compressed blob (a download in progress, for one): `digest` and
+/// `diff_id` are checked over everything it yields, to its end.
+pub fn unpack_layer_from<R: Read>(
+    reader: R,
+    digest: &Digest,
+    diff_id: &Digest,
+    dest: &Path,
+    budget: &Budget,
+) -> Result<LayerManifest, UnpackError> {
     let io_err = |op: &'static str, path: &Path| {
         let path = path.display().to_string();
-        let layer = layer.clone();
+        let layer = digest.clone();
         move |source: io::Error| UnpackError::Io { layer, op, path, source }
     };
     let staging = dest.with_extension(format!("partial-{}", std::process::id()));
@@ -227,7 +244,7 @@ pub fn unpack_layer(src: &LayerSource<'_>, dest: &Path, budget: &Budget) -> Resu
         std::fs::remove_dir_all(&staging).map_err(io_err("remove stale", &staging))?;
     }
     std::fs::create_dir(&staging).map_err(io_err("create", &staging))?;
-    let result = unpack_into(src, &staging, budget);
+    let result = unpack_into(reader, digest, diff_id, &staging, budget);
     match result {
         Ok(manifest) => {
             std::fs::rename(&staging, dest).map_err(io_err("rename into place", dest))?;
@@ -248,38 +265,35 @@ enum Compression {
     Zstd,
 }
 
-fn sniff(file: &File) -> io::Result<Compression> {
-    let mut magic = [0u8; 4];
-    let mut n = 0;
-    let mut f = file;
-    while n < magic.len() {
-        let r = f.read(&mut magic[n..])?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    use std::io::Seek as _;
-    f.seek(io::SeekFrom::Start(0))?;
-    Ok(match &magic[..n] {
-        [0x1f, 0x8b, ..] => Compression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
-        _ => Compression::None,
-    })
-}
-
-fn unpack_into(src: &LayerSource<'_>, root_path: &Path, budget: &Budget) -> Result<LayerManifest, UnpackError> {
-    let layer = src.digest.clone();
+fn unpack_into<R: Read>(
+    mut src: R,
+    digest: &Digest,
+    diff_id: &Digest,
+    root_path: &Path,
+    budget: &Budget,
+) -> Result<LayerManifest, UnpackError> {
+    let layer = digest.clone();
     let io_err = |op: &'static str, path: &Path| {
         let path = path.display().to_string();
         let layer = layer.clone();
         move |source: io::Error| UnpackError::Io { layer, op, path, source }
     };
-    let file = File::open(src.blob).map_err(io_err("open", src.blob))?;
-    let compression = sniff(&file).map_err(io_err("read", src.blob))?;
     let compressed: Rc<RefCell<Hasher>> = Rc::default();
     let uncompressed: Rc<RefCell<Hasher>> = Rc::default();
-    let raw = BufReader::with_capacity(256 * 1024, HashingReader::new(&file, compressed.clone(), u64::MAX));
+    let mut raw = BufReader::with_capacity(256 * 1024, HashingReader::new(&mut src, compressed.clone(), u64::MAX));
+    // The format by its magic bytes, not by the media type the manifest claims.
+    let compression = {
+        let head = raw.fill_buf().map_err(|source| UnpackError::Format {
+            layer: layer.clone(),
+            detail: "reading the blob".into(),
+            source,
+        })?;
+        match head {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+            _ => Compression::None,
+        }
+    };
     let decoded: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(raw),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
@@ -337,8 +351,12 @@ fn unpack_into(src: &LayerSource<'_>, root_path: &Path, budget: &Budget) -> Resu
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| format("reading past the end of the archive".into(), e))?;
     drop(rest);
-    let mut tail = HashingReader::new(&file, compressed.clone(), u64::MAX);
-    io::copy(&mut tail, &mut io::sink()).map_err(io_err("read", src.blob))?;
+    let mut tail = HashingReader::new(&mut src, compressed.clone(), u64::MAX);
+    io::copy(&mut tail, &mut io::sink()).map_err(|source| UnpackError::Format {
+        layer: layer.clone(),
+        detail: "reading the blob".into(),
+        source,
+    })?;
 
     let tar_bytes = uncompressed.borrow().bytes();
     // Layers unpack concurrently: each reads up to what was left when it started, and takes its share here.
@@ -346,22 +364,22 @@ fn unpack_into(src: &LayerSource<'_>, root_path: &Path, budget: &Budget) -> Resu
         return Err(too_large("bytes"));
     }
     let actual = std::mem::take(&mut *compressed.borrow_mut()).finish();
-    if &actual != src.digest {
-        return Err(UnpackError::DigestMismatch { layer, what: "compressed", expected: src.digest.clone(), actual });
+    if &actual != digest {
+        return Err(UnpackError::DigestMismatch { layer, what: "compressed", expected: digest.clone(), actual });
     }
     let actual = std::mem::take(&mut *uncompressed.borrow_mut()).finish();
-    if &actual != src.diff_id {
+    if &actual != diff_id {
         return Err(UnpackError::DigestMismatch {
             layer,
             what: "uncompressed (diff_id)",
-            expected: src.diff_id.clone(),
+            expected: diff_id.clone(),
             actual,
         });
     }
     let mut manifest = u.manifest;
     manifest.tar_bytes = tar_bytes;
-    manifest.diff_id = Some(src.diff_id.clone());
-    manifest.blob = Some(src.digest.clone());
+    manifest.diff_id = Some(diff_id.clone());
+    manifest.blob = Some(digest.clone());
     Ok(manifest)
 }
 
