@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,6 +195,8 @@ impl Store {
             let p = root.join(sub);
             builder.create(&p).map_err(io_err("create", &p))?;
         }
+        // Only the store's owner may enter it, whatever made the directory before.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", &root))?;
         Ok(Self { inner: Arc::new(Inner { config, seq: AtomicU64::new(0) }) })
     }
 
@@ -409,6 +411,21 @@ impl Store {
                 }
             })
             .collect()
+    }
+
+    /// The `lowerdir=` list of an overlay mount of the image: the layers' directories top first, each once. An
+    /// image may list a layer twice (empty layers are common); only its topmost place counts, since it hides
+    /// everything its lower place could, so the lower repeats are dropped (overlayfs refuses a directory given
+    /// twice).
+    pub fn lower_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, StoreError> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for dir in self.layer_dirs(image)?.into_iter().rev() {
+            if seen.insert(dir.clone()) {
+                out.push(dir);
+            }
+        }
+        Ok(out)
     }
 
     /// Takes the store's lock: shared (pulls) or exclusive (garbage collection). Blocking.

@@ -352,3 +352,21 @@ async fn token_auth_with_configured_and_docker_credentials() {
     let (record, _) = Store::open(cfg).unwrap().pull(&reference).await.unwrap();
     assert_eq!(record.layers.len(), 3);
 }
+
+#[tokio::test]
+async fn a_layer_listed_twice_is_one_lower_directory() {
+    let reg = Registry::start();
+    let empty = Layer::new(&tar(&[]), Comp::Gzip);
+    let app = Layer::new(&tar(&[E::File("app", b"1", 0o644)]), Comp::Gzip);
+    let layers = vec![empty.clone(), app.clone(), empty.clone()];
+    push_image(&reg, "twice:1", &layers, &config_json(&host_arch(), &layers, serde_json::json!({}))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let (record, report) = store.pull(&image(&reg, "twice:1")).await.unwrap();
+    assert_eq!(report.layers_unpacked + report.layers_reused, 3);
+    let bottom_up = store.layer_dirs(&record).unwrap();
+    assert_eq!(bottom_up.len(), 3);
+    assert_eq!(store.lower_dirs(&record).unwrap(), vec![bottom_up[2].clone(), bottom_up[1].clone()]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(store.dir()).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+}
