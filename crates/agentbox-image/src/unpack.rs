@@ -23,7 +23,7 @@
 //!   both checked over the whole stream; the layer is unpacked into a staging directory that only becomes
 //!   the layer (by rename) once both match.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -61,6 +61,16 @@ pub enum UnpackError {
         layer: Digest,
         /// The start of the entry's name.
         path: String,
+    },
+    /// A GNU long name or PAX extension header is larger than the tar reader may hold in memory.
+    #[error(
+        "layer {layer}: a tar header or extension (GNU long name, PAX) is larger than {limit} bytes; the image is malformed or hostile, refuse it"
+    )]
+    MetadataTooLarge {
+        /// The layer's digest.
+        layer: Digest,
+        /// The bound.
+        limit: u64,
     },
     /// A parent component of an entry is a symlink (or not a directory).
     #[error(
@@ -140,6 +150,36 @@ pub enum UnpackError {
 
 /// The longest entry name or link target accepted (Linux's PATH_MAX).
 pub const MAX_NAME: usize = 4096;
+
+/// What the tar reader may read between two entries beyond the skipped data of the last one: headers, GNU long
+/// names and PAX extensions (which it holds in memory whole), and its read-ahead buffer.
+pub const METADATA_GAP: u64 = (1 << 20) + TAR_BUFFER as u64;
+
+const TAR_BUFFER: usize = 256 * 1024;
+
+/// The marker error a [`GapReader`] returns past its allowance.
+#[derive(Debug, thiserror::Error)]
+#[error("tar metadata larger than allowed")]
+struct MetadataTooLarge;
+
+/// Counts down what the tar reader reads between entries (when an allowance is set).
+struct GapReader<R> {
+    inner: R,
+    gap: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for GapReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(left) = self.gap.get() {
+            let Some(left) = left.checked_sub(n as u64) else {
+                return Err(io::Error::other(MetadataTooLarge));
+            };
+            self.gap.set(Some(left));
+        }
+        Ok(n)
+    }
+}
 
 /// The bounds shared by every layer of one image being unpacked (layers unpack concurrently).
 #[derive(Debug)]
@@ -306,7 +346,13 @@ fn unpack_into<R: Read>(
         }
     };
     let limit = budget.bytes_left.load(Ordering::Relaxed);
-    let tar_stream = BufReader::with_capacity(256 * 1024, HashingReader::new(decoded, uncompressed.clone(), limit));
+    // The tar reader reads a GNU long name or a PAX extension header whole into memory, whatever size its
+    // header claims: between two entries it may only read this much (plus what it skips of the last entry).
+    let gap: Rc<Cell<Option<u64>>> = Rc::new(Cell::new(Some(METADATA_GAP)));
+    let tar_stream = BufReader::with_capacity(
+        TAR_BUFFER,
+        GapReader { inner: HashingReader::new(decoded, uncompressed.clone(), limit), gap: gap.clone() },
+    );
     let root = rustix::fs::open(root_path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| io_err("open", root_path)(e.into()))?;
     let mut u = Unpacker {
@@ -334,7 +380,15 @@ fn unpack_into<R: Read>(
     };
     let entries = archive.entries().map_err(|e| format("reading the archive".into(), e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| format("reading an entry header".into(), e))?;
+        let entry = entry.map_err(|e| {
+            if e.to_string().contains(&MetadataTooLarge.to_string()) {
+                UnpackError::MetadataTooLarge { layer: layer.clone(), limit: METADATA_GAP }
+            } else {
+                format("reading an entry header".into(), e)
+            }
+        })?;
+        gap.set(None);
+        let skippable = entry.size().saturating_add(512);
         if !Budget::take(&budget.entries_left, 1) {
             return Err(too_large("entries"));
         }
@@ -344,7 +398,9 @@ fn unpack_into<R: Read>(
             UnpackError::Format { source, .. } if is_limit_exceeded(&source) => too_large("bytes"),
             other => other,
         })?;
+        gap.set(Some(skippable.saturating_add(METADATA_GAP)));
     }
+    gap.set(None);
     u.finish_dirs()?;
     // The diff_id covers the whole decompressed stream (the tar's end-of-archive blocks and any padding too),
     // and the digest the whole blob: read both to their ends.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Read as _;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -267,4 +268,40 @@ fn overlong_names_are_refused() {
     let err = c.unpack_with(&layer, &layer.diff_id, &Budget::new(1 << 30, 100)).unwrap_err();
     assert!(matches!(err, UnpackError::NameTooLong { .. }), "{err}");
     assert!(!c.rootfs().exists());
+}
+
+#[test]
+fn huge_tar_metadata_is_refused_before_it_is_read() {
+    // A PAX extension header claiming 256 MiB (zeros compress to almost nothing): the tar reader would hold it
+    // in memory whole.
+    for kind in [tar::EntryType::XHeader, tar::EntryType::GNULongName] {
+        let c = Case::new();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(256 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, std::io::repeat(b'a').take(256 << 20)).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_entry_type(tar::EntryType::Regular);
+        f.set_size(0);
+        f.set_cksum();
+        b.append_data(&mut f, "after", &b""[..]).unwrap();
+        let layer = Layer::new(&b.into_inner().unwrap(), Comp::Zstd);
+        let err = c.unpack_with(&layer, &layer.diff_id, &Budget::new(1 << 40, 100)).unwrap_err();
+        assert!(matches!(err, UnpackError::MetadataTooLarge { .. }), "{kind:?}: {err}");
+        assert!(!c.rootfs().exists());
+    }
+    // Ordinary long names (PAX and GNU) still work.
+    let c = Case::new();
+    let long = format!("{}/{}/file", "d".repeat(200), "e".repeat(200));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    b.append_data(&mut h, &long, &b"ok"[..]).unwrap();
+    let layer = Layer::new(&b.into_inner().unwrap(), Comp::Gzip);
+    c.unpack_with(&layer, &layer.diff_id, &Budget::new(1 << 30, 100)).unwrap();
+    assert_eq!(std::fs::read(c.rootfs().join(&long)).unwrap(), b"ok");
 }
