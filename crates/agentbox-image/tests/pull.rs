@@ -370,3 +370,36 @@ async fn a_layer_listed_twice_is_one_lower_directory() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(store.dir()).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[tokio::test]
+async fn a_download_cut_mid_layer_is_fetched_again() {
+    let reg = Registry::start();
+    // Incompressible data, so the layer is a few MB on the wire.
+    let mut data = vec![0u8; 4 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in &mut data {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let layers = vec![Layer::new(&tar(&[E::File("big", &data, 0o644)]), Comp::Gzip)];
+    push_image(&reg, "cut:1", &layers, &config_json(&host_arch(), &layers, serde_json::json!({}))).await;
+    let proxy = common::CuttingProxy::start(&reg.addr, 1 << 20, 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let events = Mutex::new(Vec::new());
+    let record_event = |e: PullEvent| events.lock().unwrap().push(e);
+    let reference = ImageRef::parse(&format!("{}/cut:1", proxy.addr)).unwrap();
+    let (record, report) = store.pull_with_progress(&reference, Some(&record_event)).await.unwrap();
+    assert_eq!(proxy.cuts_left(), 0, "the first download was cut");
+    assert_eq!(std::fs::read(store.layer_dirs(&record).unwrap()[0].join("big")).unwrap(), data);
+    assert_eq!(report.layers_unpacked, 1);
+    assert!(store.has_blob(&layers[0].digest()));
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("store/tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "nothing of the cut download left: {tmp:?}");
+    // The first download got partway before it was cut.
+    let progressed = events.into_inner().unwrap().iter().any(|e| matches!(e, PullEvent::Progress { .. }));
+    assert!(progressed);
+}

@@ -438,3 +438,88 @@ pub fn target_dir() -> PathBuf {
     // <target>/debug/deps/<test binary>
     exe.ancestors().nth(3).unwrap().to_path_buf()
 }
+
+/// A TCP proxy in front of a registry that cuts the first `cuts` blob downloads after `cut_after` bytes of
+/// response, as a network failure would. Every request gets a connection of its own (`Connection: close`).
+pub struct CuttingProxy {
+    pub addr: String,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: &str, cut_after: usize, cuts: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cuts = std::sync::Arc::new(AtomicUsize::new(cuts));
+        let (stop2, upstream, cuts_left) = (stop.clone(), upstream.to_owned(), cuts.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut client) = conn else { continue };
+                let (upstream, cuts) = (upstream.clone(), cuts.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let mut lines: Vec<&str> = text
+                        .split("\r\n")
+                        .filter(|l| !l.is_empty() && !l.to_lowercase().starts_with("connection:"))
+                        .collect();
+                    lines.push("Connection: close");
+                    let request = format!("{}\r\n\r\n", lines.join("\r\n"));
+                    let cut = text.lines().next().is_some_and(|l| l.contains("/blobs/"))
+                        && cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                    let Ok(mut up) = TcpStream::connect(&upstream) else { return };
+                    if up.write_all(request.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut sent = 0usize;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match up.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let n = if cut { n.min(cut_after - sent) } else { n };
+                        if client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                        if cut && sent >= cut_after {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { addr, cuts: cuts_left, stop, thread: Some(thread) }
+    }
+
+    /// Cuts not made yet.
+    pub fn cuts_left(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
