@@ -1,5 +1,19 @@
 //! OCI images for agentbox: references, a registry puller, a content-addressed store and a layer unpacker
 //! made for hostile input. See docs/IMAGES.md.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), agentbox_image::ImageError> {
+//! use agentbox_image::{ImageConfig, ImageRef, Store};
+//!
+//! let store = Store::open(ImageConfig::in_dir("/var/lib/agentbox/images"))?;
+//! let (image, _report) = store.pull(&ImageRef::parse("localhost:5000/team/agent:1")?).await?;
+//! // The overlay lower directories of a sandbox root, top first, and what to run in it.
+//! let lower = store.lower_dirs(&image)?;
+//! let (env, cmd) = (&image.config.env, &image.config.cmd);
+//! # let _ = (lower, env, cmd);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod auth;
 pub mod config;
@@ -31,4 +45,7 @@ pub enum ImageError {
     /// Credentials can't be read.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// A digest can't be parsed.
+    #[error(transparent)]
+    Digest(#[from] digest::DigestError),
 }
