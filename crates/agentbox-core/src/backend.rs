@@ -4,6 +4,7 @@ use agentbox_config::{NetworkConfig, PackageSpec};
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
 
+use crate::terminal::{Terminal, TerminalRequest};
 use crate::transfer::{FileStream, FileUpload};
 use crate::types::{
     CodeRequest, CreateRequest, ExecRequest, ExecStream, FileEntry, HealthStatus, ProcessInfo, SandboxId, SandboxInfo,
@@ -63,6 +64,17 @@ pub trait SandboxBackend: Send + Sync + 'static {
         let n = data.len() as u64;
         self.write_file(id, path, data).await?;
         Ok(n)
+    }
+
+    /// Starts a process on a new pseudo-terminal: an interactive shell, an editor, anything that wants
+    /// a tty. Input and resizes go through [`Terminal::input`]; output and the exit come back on
+    /// [`Terminal::output`].
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] where the backend has no terminals; otherwise as `exec`.
+    async fn open_terminal(&self, id: &SandboxId, request: TerminalRequest) -> Result<Terminal> {
+        let _ = (id, request);
+        Err(Error::Unsupported(format!("the {} backend has no interactive terminals", self.name())))
     }
 
     /// Freezes every process of the sandbox: memory and files stay, no CPU is used, and executions are refused

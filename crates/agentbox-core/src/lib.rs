@@ -12,6 +12,7 @@ mod error;
 pub mod install;
 mod manager;
 mod sync;
+mod terminal;
 mod transfer;
 mod types;
 
@@ -23,6 +24,7 @@ pub use error::{Error, Result};
 pub use manager::doc_backend;
 pub use manager::{CreateOptions, ManagedSandbox, ManagerConfig, ManagerStats, SandboxManager};
 pub use sync::LockExt;
+pub use terminal::{Terminal, TerminalInput, TerminalRequest, TerminalSize};
 pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};
 pub use types::{
     CappedBuffer, CodeRequest, Command, CreateRequest, ExecEvent, ExecOutput, ExecRequest, ExecStream, ExitStatus,

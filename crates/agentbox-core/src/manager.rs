@@ -953,6 +953,18 @@ impl SandboxManager {
         Ok(self.counted(run_id, stream).with_guard(guard))
     }
 
+    /// Starts a process on a new terminal in the run's sandbox (see
+    /// [`SandboxBackend::open_terminal`]); it counts as an execution while it runs.
+    ///
+    /// # Errors
+    /// As [`exec`](Self::exec); [`Error::Unsupported`] on a backend without terminals.
+    pub async fn open_terminal(&self, run_id: &RunId, request: crate::TerminalRequest) -> Result<crate::Terminal> {
+        let (id, guard) = self.start_exec(run_id)?;
+        let mut terminal = self.inner.backend.open_terminal(&id, request).await?;
+        terminal.output = self.counted(run_id, terminal.output).with_guard(guard);
+        Ok(terminal)
+    }
+
     /// Runs a command and collects its output, capped at the sandbox's max_output_bytes.
     ///
     /// # Errors

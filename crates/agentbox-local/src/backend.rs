@@ -355,6 +355,15 @@ impl SandboxBackend for LocalBackend {
         Ok(ExecStream::new(rx))
     }
 
+    async fn open_terminal(
+        &self,
+        id: &SandboxId,
+        request: agentbox_core::TerminalRequest,
+    ) -> Result<agentbox_core::Terminal> {
+        let sb = self.get(id)?;
+        self.terminal(sb, request).await
+    }
+
     async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream> {
         let sb = self.get(id)?;
         let inline = request.code.len() <= 96 * 1024;

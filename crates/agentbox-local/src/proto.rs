@@ -53,6 +53,8 @@ pub enum Kind {
     Failure = 11,
     /// host -> agent: list processes; agent -> host: [`ProcList`].
     ListProcs = 12,
+    /// host -> agent: [`TermSize`], the new size of an execution's terminal.
+    Resize = 13,
 }
 
 impl Kind {
@@ -72,6 +74,7 @@ impl Kind {
             10 => Self::Exited,
             11 => Self::Failure,
             12 => Self::ListProcs,
+            13 => Self::Resize,
             _ => return None,
         })
     }
@@ -85,7 +88,7 @@ pub fn agent_frame_limit(kind: u8) -> Option<usize> {
         Kind::Stdout | Kind::Stderr => MAX_OUTPUT_CHUNK,
         Kind::ListProcs => MAX_FRAME,
         Kind::Ready | Kind::Started | Kind::Exited | Kind::Failure | Kind::Ping => MAX_CONTROL,
-        Kind::Setup | Kind::Exec | Kind::Stdin | Kind::Kill => return None,
+        Kind::Setup | Kind::Exec | Kind::Stdin | Kind::Kill | Kind::Resize => return None,
     })
 }
 
@@ -438,6 +441,19 @@ pub struct Exec {
     pub stdin: bool,
     /// Background: output to this file inside the sandbox, no streaming.
     pub output_path: Option<String>,
+    /// Run on a new terminal of this size: stdin, stdout and stderr are its slave side, output comes
+    /// back as stdout, input goes in as stdin, and [`Kind::Resize`] changes its size.
+    #[serde(default)]
+    pub tty: Option<TermSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TermSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// An execution started.

@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -261,4 +261,31 @@ pub fn flock(fd: BorrowedFd<'_>, operation: libc::c_int) -> io::Result<()> {
             other => return other.map(drop),
         }
     }
+}
+
+/// A new pseudo-terminal of `rows` x `cols` from the current mount namespace's `/dev/ptmx`: its master
+/// and slave, both close-on-exec, neither becoming the caller's controlling terminal.
+pub fn open_pty(rows: u16, cols: u16) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: a static NUL-terminated path.
+    let master = check(unsafe { libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    // SAFETY: a fresh descriptor owned from here on.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, which outlives the call.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &raw const unlock) })?;
+    set_window_size(master.as_fd(), rows, cols)?;
+    // SAFETY: TIOCGPTPEER opens the slave of this master with the given flags and returns its descriptor.
+    let slave = check(unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+    })?;
+    // SAFETY: a fresh descriptor owned from here on.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+/// Sets a terminal's window size (the foreground process group gets SIGWINCH).
+pub fn set_window_size(tty: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+    check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) }).map(drop)
 }

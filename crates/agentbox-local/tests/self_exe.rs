@@ -40,7 +40,10 @@ async fn the_agent_program_runs_inside_as_an_ordinary_execution() {
     let out = sb.run(req).await;
     assert_eq!(out.exit_code, 0, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().filter_map(|l| l.split("HELPER ").nth(1)).collect();
-    assert_eq!(lines[..4], [format!("Uid: {user}").as_str(), "CapEff: 0000000000000000", "NoNewPrivs: 1", "Seccomp: 2"]);
+    assert_eq!(
+        lines[..4],
+        [format!("Uid: {user}").as_str(), "CapEff: 0000000000000000", "NoNewPrivs: 1", "Seccomp: 2"]
+    );
     let errno: i32 = lines[4].strip_prefix("write_exe ").unwrap().parse().unwrap();
     assert!([libc::EACCES, libc::ETXTBSY, libc::EPERM].contains(&errno), "writing the agent program: errno {errno}");
     sb.destroy().await;

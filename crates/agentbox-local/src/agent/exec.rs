@@ -68,6 +68,8 @@ pub struct Stdio {
     pub stderr: libc::c_int,
     /// The join file (`tasks` or `cgroup.procs`) of the execution's own cgroup, or -1.
     pub cgroup_procs: libc::c_int,
+    /// stdin is a terminal's slave side, to become the child's controlling terminal.
+    pub tty: bool,
 }
 
 /// What the errors a start can fail with say (as strerror says it); others are reported by number.
@@ -415,6 +417,11 @@ pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio
     ok("stdout", unsafe { libc::dup2(stdout, 1) });
     // SAFETY: as above.
     ok("stderr", unsafe { libc::dup2(stderr, 2) });
+    if io.tty {
+        // The child leads a new session (setsid above), so its terminal can become the controlling one.
+        // SAFETY: an integer ioctl on descriptor 0, the terminal's slave side.
+        ok("making the terminal the controlling one", unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) });
+    }
     let raw = |rc: libc::c_long| libc::c_int::try_from(rc).unwrap_or(-1);
     // Landlock first: its ruleset is one of the descriptors closed next. Kernels without
     // landlock have no ruleset (reported at sandbox start). What the landlock crate's

@@ -28,6 +28,7 @@ mod zygote;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -176,6 +177,8 @@ struct Running {
     status: Option<i32>,
     cgroup: Option<String>,
     background: Option<String>,
+    /// Runs on a terminal whose master is `stdout` (input goes to a duplicate of it, `stdin`).
+    tty: bool,
 }
 
 struct Agent {
@@ -388,6 +391,16 @@ impl Agent {
                 }
                 Err(e) => self.fail(id, format!("invalid kill request: {e}"), None),
             },
+            Some(Kind::Resize) => match serde_json::from_slice::<proto::TermSize>(payload) {
+                Ok(size) => {
+                    if let Some(r) = self.execs.get(&id).filter(|r| r.tty && r.stdout >= 0) {
+                        // SAFETY: the master's descriptor, held by this execution until it finishes.
+                        let master = unsafe { std::os::fd::BorrowedFd::borrow_raw(r.stdout) };
+                        let _ = sys::set_window_size(master, size.rows, size.cols);
+                    }
+                }
+                Err(e) => self.fail(id, format!("invalid resize request: {e}"), None),
+            },
             Some(Kind::ListProcs) => {
                 let mut procs: Vec<Proc> = self
                     .execs
@@ -439,10 +452,23 @@ impl Agent {
             // SAFETY: opening a path we just created.
             unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) }
         });
+        // On a terminal, its slave side is the child's stdin, stdout and stderr, and its master is read and
+        // written here; otherwise pipes.
+        let tty = match e.tty.map(|t| sys::open_pty(t.rows, t.cols)).transpose() {
+            Ok(t) => t,
+            Err(err) => {
+                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
+                // forgets (or marks -1) here.
+                unsafe { sys::close(cg_fd) };
+                return self.fail(id, format!("opening a terminal failed: {err}"), err.raw_os_error());
+            }
+        };
+        let slave = tty.as_ref().map_or(-1, |(_, s)| s.as_raw_fd());
+        let piped = e.output_path.is_none() && tty.is_none();
         let pipes = (|| -> io::Result<_> {
-            let out = if e.output_path.is_none() { Some(sys::pipe()?) } else { None };
-            let err = if e.output_path.is_none() { Some(sys::pipe()?) } else { None };
-            let inp = if e.stdin { Some(sys::pipe()?) } else { None };
+            let out = if piped { Some(sys::pipe()?) } else { None };
+            let err = if piped { Some(sys::pipe()?) } else { None };
+            let inp = if e.stdin && tty.is_none() { Some(sys::pipe()?) } else { None };
             Ok((out, err, inp))
         })();
         let (out, errp, inp) = match pipes {
@@ -455,16 +481,19 @@ impl Agent {
             }
         };
         let stdio = exec::Stdio {
-            stdin: inp.map_or(-1, |p| p.0),
-            stdout: out.map_or(-1, |p| p.1),
-            stderr: errp.map_or(-1, |p| p.1),
+            stdin: inp.map_or(slave, |p| p.0),
+            stdout: out.map_or(slave, |p| p.1),
+            stderr: errp.map_or(slave, |p| p.1),
             cgroup_procs: cg_fd,
+            tty: tty.is_some(),
         };
+        // The child's ends to close here once it has them: the pipes' (the terminal's slave is owned).
+        let child_ends = [stdio.stdin, stdio.stdout, stdio.stderr].map(|fd| if fd == slave { -1 } else { fd });
         if self.spawner.is_none() {
             match exec::Spawner::new() {
                 Ok(sp) => self.spawner = Some(sp),
                 Err(err) => {
-                    for fd in [cg_fd, stdio.stdin, stdio.stdout, stdio.stderr] {
+                    for fd in [cg_fd, child_ends[0], child_ends[1], child_ends[2]] {
                         // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
                         // forgets (or marks -1) here.
                         unsafe { sys::close(fd) };
@@ -485,11 +514,21 @@ impl Agent {
         // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
         // forgets (or marks -1) here.
         unsafe { sys::close(cg_fd) };
-        for fd in [stdio.stdin, stdio.stdout, stdio.stderr] {
+        for fd in child_ends {
             // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
             // forgets (or marks -1) here.
             unsafe { sys::close(fd) };
         }
+        // The master, read for output and (through a second descriptor) written with input.
+        let (master_out, master_in) = match tty {
+            Some((master, _slave)) => {
+                let raw = master.into_raw_fd();
+                // SAFETY: duplicating a descriptor the agent holds.
+                let dup = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
+                (raw, dup)
+            }
+            None => (-1, -1),
+        };
         let pid = match spawned {
             exec::Spawned::Started(pid) => pid,
             exec::Spawned::Killed(pid) => {
@@ -501,7 +540,7 @@ impl Agent {
                 pid
             }
             exec::Spawned::Failed(err) => {
-                for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
+                for fd in [out.map_or(master_out, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(master_in, |p| p.1)] {
                     // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
                     // forgets (or marks -1) here.
                     unsafe { sys::close(fd) };
@@ -509,7 +548,7 @@ impl Agent {
                 return self.fail(id, format!("starting the command failed: {err}"), err.raw_os_error());
             }
         };
-        let fds = [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)];
+        let fds = [out.map_or(master_out, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(master_in, |p| p.1)];
         for fd in fds.into_iter().filter(|fd| *fd >= 0) {
             let _ = sys::set_nonblocking(fd);
         }
@@ -530,6 +569,7 @@ impl Agent {
                 status: None,
                 cgroup,
                 background: e.output_path.clone(),
+                tty: e.tty.is_some(),
             },
         );
         self.send(&proto::encode_json(Kind::Started, id, &Started { pid }));

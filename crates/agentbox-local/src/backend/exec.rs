@@ -1,9 +1,15 @@
 //! Executions: the request the agent gets for one, checked against what `execve` can take.
 
-use agentbox_core::{Error, ExecRequest, Result};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use super::{LocalBackend, Sandbox};
-use crate::proto::Exec;
+use agentbox_core::{
+    Command, Error, ExecRequest, ExecStream, LockExt, Result, Terminal, TerminalInput, TerminalRequest,
+};
+use tokio::sync::mpsc;
+
+use super::{LocalBackend, Route, Sandbox, backend_err};
+use crate::proto::{self, Exec, Kind, TermSize};
 
 /// The most argument and environment bytes an execution may have: `execve`'s limit with the
 /// default 8 MiB stack (a quarter of it).
@@ -43,6 +49,62 @@ impl LocalBackend {
             },
             stdin: request.stdin.is_some(),
             output_path,
+            tty: None,
         })
+    }
+}
+
+impl LocalBackend {
+    /// Starts a process on a new terminal: an execution whose stdio is the terminal (no time limit), and
+    /// a task that turns input into frames until the caller drops its sender, then hangs up.
+    pub(super) async fn terminal(&self, sb: Arc<Sandbox>, request: TerminalRequest) -> Result<Terminal> {
+        let mut env = request.env;
+        env.entry("TERM".into()).or_insert_with(|| "xterm-256color".into());
+        let exec = ExecRequest {
+            command: request.command.unwrap_or_else(|| Command::Argv(vec!["bash".into(), "-l".into()])),
+            cwd: request.cwd,
+            env,
+            stdin: None,
+            timeout: None,
+        };
+        let mut msg = Self::exec_message(&sb, &exec, None)?;
+        msg.tty = Some(TermSize { rows: request.size.rows.max(1), cols: request.size.cols.max(1) });
+        msg.timeout_ms = 0;
+        let rid = sb.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame =
+            proto::try_encode_json(Kind::Exec, rid, &msg).map_err(|e| backend_err("encoding the execution", e))?;
+        let (tx, rx) = mpsc::channel(64);
+        sb.routes.lock_unpoisoned().insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
+        if let Err(e) = self.send(&sb, &frame).await {
+            sb.routes.lock_unpoisoned().remove(&rid);
+            return Err(e);
+        }
+        let (input, mut inputs) = mpsc::channel::<TerminalInput>(64);
+        let backend = self.clone();
+        tokio::spawn(async move {
+            while let Some(item) = inputs.recv().await {
+                let frames = match item {
+                    TerminalInput::Data(bytes) => {
+                        // An empty Stdin frame would close the terminal's input: empty data is nothing to send.
+                        bytes.chunks(64 * 1024).flat_map(|c| proto::encode(Kind::Stdin, rid, c)).collect()
+                    }
+                    TerminalInput::Resize(size) => {
+                        let size = TermSize { rows: size.rows.max(1), cols: size.cols.max(1) };
+                        match proto::try_encode_json(Kind::Resize, rid, &size) {
+                            Ok(f) => f,
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                if backend.send(&sb, &frames).await.is_err() {
+                    return;
+                }
+            }
+            // The caller is gone: hang up, as a closed terminal window does.
+            if let Ok(f) = proto::try_encode_json(Kind::Kill, rid, &proto::Kill { signal: libc::SIGHUP }) {
+                let _ = backend.send(&sb, &f).await;
+            }
+        });
+        Ok(Terminal { output: ExecStream::new(rx), input })
     }
 }
