@@ -202,6 +202,21 @@ impl Store {
         reference: &ImageRef,
         progress: Progress<'_>,
     ) -> Result<(ImageRecord, PullReport), PullError> {
+        // A reference pinned by digest names content that can't change: when the store has it whole, no
+        // registry is asked (offline, and no round trip). A tag is always resolved again, since tags move.
+        if let Some(pinned) = reference.digest() {
+            if let Some(record) = self.image(reference)? {
+                let same = record.manifest_digest == pinned || record.index_digest.as_ref() == Some(&pinned);
+                if same && self.layer_dirs(&record).is_ok() {
+                    let report = PullReport {
+                        source: "store".into(),
+                        layers_reused: record.layers.len(),
+                        ..PullReport::default()
+                    };
+                    return Ok((record, report));
+                }
+            }
+        }
         let store = self.clone();
         let lock = tokio::task::spawn_blocking(move || store.lock(false))
             .await

@@ -202,7 +202,20 @@ async fn a_multi_platform_index_resolves_to_the_host() {
 
     // By digest, the index's digest is checked too.
     let pinned = ImageRef::parse(&format!("{}/multi@{}", reg.addr, Digest::of(&index))).unwrap();
-    store.pull(&pinned).await.unwrap();
+    let (_, report) = store.pull(&pinned).await.unwrap();
+    assert_eq!(report.source, reg.addr);
+
+    // Pinned and in the store: no registry needed any more.
+    drop(reg);
+    let (again, report) = store.pull(&pinned).await.unwrap();
+    assert_eq!((report.source.as_str(), report.blobs_downloaded), ("store", 0));
+    assert_eq!(again.manifest_digest, Digest::of(&m_host));
+    let tagged = image_at(&again.reference.replace(&format!("@{}", Digest::of(&index)), ":1"));
+    assert!(store.pull(&tagged).await.is_err(), "a tag is resolved again, so it needs the registry");
+}
+
+fn image_at(reference: &str) -> ImageRef {
+    ImageRef::parse(reference).unwrap()
 }
 
 #[tokio::test]
