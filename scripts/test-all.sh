@@ -20,8 +20,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   skopeo, umoci       push the image tests' Debian fixture as an OCI image, and the pull baseline
 #   mmdebstrap          builds that fixture (a minimal Debian root with python3) from the Debian mirror
 #   openssl             signs the tokens of the image tests' token service (registry token authentication)
+#   tmux                a real terminal for the interactive shell test (`agentbox shell`)
 #   nodejs              JavaScript in sandboxes (only when no node is installed under /usr)
-REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl btrfs-progs docker-registry skopeo umoci mmdebstrap openssl)
+REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl btrfs-progs docker-registry skopeo umoci mmdebstrap openssl tmux)
 if [[ ! -x /usr/bin/node && ! -x /usr/local/bin/node ]]; then
     REQUIRED_PACKAGES+=(nodejs)
 fi

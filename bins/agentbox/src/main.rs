@@ -33,6 +33,8 @@ enum Command {
     Create(cmd::sandboxes::CreateArgs),
     /// Run a command in a sandbox on agentboxd, streaming its output; exits with its exit code.
     Exec(cmd::exec::Args),
+    /// Open an interactive shell (or run a program on a terminal) in a sandbox on agentboxd.
+    Shell(cmd::shell::Args),
     /// Copy files or directories between this machine and a sandbox on agentboxd (RUN_ID:PATH).
     Cp(cmd::cp::Args),
     /// List the sandboxes on agentboxd.
@@ -72,6 +74,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Exec(args) => match cmd::exec::run(&args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Shell(args) => match cmd::shell::run(&args) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

@@ -18,14 +18,23 @@ impl Server {
     fn start(name: &str) -> Self {
         let data = std::env::temp_dir().join(format!("agentbox-client-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentbox"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
             .env_remove("AGENTBOX_API_TOKEN")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        // As a server started in the background by a non-interactive shell: SIGINT ignored, a
+        // disposition sandboxes must not inherit (Ctrl-C on their terminals must still work).
+        // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (mut url, mut token) = (None, None);
         while url.is_none() || token.is_none() {
@@ -185,4 +194,73 @@ fn errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("agentboxd refused the API token"), "{}", text(&o));
     let o = s.agentbox(&["exec", "no-such-run", "--", "true"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("run no-such-run not found"), "{}", text(&o));
+}
+
+/// Runs `tmux` on a server of this test's own (`-L`), so no other tmux session is touched.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let o = Command::new("tmux").arg("-L").arg(socket).args(args).output().expect("tmux is installed");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits until the tmux pane shows `needle`; returns the pane.
+fn pane_until(socket: &str, needle: &str) -> String {
+    let mut pane = String::new();
+    for _ in 0..200 {
+        pane = tmux(socket, &["capture-pane", "-p", "-t", "s"]);
+        if pane.contains(needle) {
+            return pane;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the terminal never showed {needle:?}:\n{pane}");
+}
+
+#[test]
+fn an_interactive_shell_on_a_real_terminal() {
+    if not_root() {
+        return;
+    }
+    let s = Server::start("shell");
+    assert!(s.agentbox(&["create", "cli-tty"]).status.success());
+    let socket = format!("agentbox-test-{}", std::process::id());
+    let line = format!(
+        "S=$(stty -g); AGENTBOX_URL={} AGENTBOX_API_TOKEN={} {} shell cli-tty; echo EXITED=$?; \
+         [ \"$(stty -g)\" = \"$S\" ] && echo RESTORED; sleep 60",
+        s.url,
+        s.token,
+        env!("CARGO_BIN_EXE_agentbox")
+    );
+    tmux(&socket, &["new-session", "-d", "-s", "s", "-x", "100", "-y", "30", &line]);
+    let keys = |k: &[&str]| {
+        let mut args = vec!["send-keys", "-t", "s"];
+        args.extend_from_slice(k);
+        tmux(&socket, &args);
+    };
+    pane_until(&socket, "user@sandbox:~$");
+    keys(&["stty size; tty", "Enter"]);
+    pane_until(&socket, "30 100");
+    pane_until(&socket, "/dev/pts/");
+    // The window changes size: the shell sees it.
+    tmux(&socket, &["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    keys(&["stty size", "Enter"]);
+    pane_until(&socket, "40 120");
+    // Ctrl-C interrupts the foreground program, not the session.
+    keys(&["sleep 60; echo not-$((0 + 1))-interrupted", "Enter"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    keys(&["C-c"]);
+    keys(&["echo after-$((40 + 2))", "Enter"]);
+    let pane = pane_until(&socket, "after-42");
+    assert!(!pane.contains("not-1-interrupted"), "{pane}");
+    // Exiting ends the command with the shell's code and gives the terminal back as it was.
+    keys(&["exit 5", "Enter"]);
+    let pane = pane_until(&socket, "RESTORED");
+    assert!(pane.contains("EXITED=5"), "{pane}");
+    tmux(&socket, &["kill-server"]);
+    let o = s.agentbox(&["rm", "cli-tty"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Without a terminal, -it says what to do instead.
+    let o = s.agentbox(&["exec", "-it", "cli-tty", "--", "bash"]);
+    assert!(text(&o).contains("needs stdin to be a terminal"), "{}", text(&o));
 }

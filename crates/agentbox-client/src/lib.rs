@@ -23,6 +23,9 @@
 //! ```
 
 mod sse;
+mod terminal;
+
+pub use terminal::{TerminalOptions, TerminalOutput, TerminalSession};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -106,6 +109,9 @@ pub enum ClientError {
     /// The request or its answer broke off.
     #[error("talking to agentboxd failed: {0}")]
     Transport(#[source] reqwest::Error),
+    /// A terminal's WebSocket broke.
+    #[error("the terminal's connection broke: {0}")]
+    WebSocket(#[source] tokio_tungstenite::tungstenite::Error),
     /// The answer was not what the API documents.
     #[error("agentboxd answered something unexpected: {0}")]
     Protocol(String),
@@ -162,11 +168,11 @@ pub struct ExecExit {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
 }
 
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     // Run ids and snapshot names are letters, digits, `-`, `_` and `.`; anything else is escaped so a
     // stray `/` or `?` can't change the route.
     s.bytes()
@@ -471,7 +477,7 @@ async fn error_from(response: Response) -> ClientError {
     api_error_from_value(status.as_u16(), &body)
 }
 
-fn api_error_from_value(status: u16, body: &str) -> ClientError {
+pub(crate) fn api_error_from_value(status: u16, body: &str) -> ClientError {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let err = v.get("error").unwrap_or(&v);
     let code = err.get("code").and_then(Value::as_str).unwrap_or("unknown").to_owned();

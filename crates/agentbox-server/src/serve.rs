@@ -11,7 +11,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -46,7 +45,9 @@ pub(crate) async fn serve_counted(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Graceful shutdown by hand: hyper-util's helper can't watch connections that allow upgrades.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -79,20 +80,32 @@ pub(crate) async fn serve_counted(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        // With upgrades: terminals are WebSockets (an upgraded connection leaves this task; its
+        // session ends with its process).
+        let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let stopping = stopping.clone();
+        tracker.spawn(async move {
+            tokio::pin!(conn);
             tokio::select! {
-                ended = conn => if let Err(e) = ended {
+                ended = conn.as_mut() => if let Err(e) = ended {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 },
+                () = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    if let Err(e) = conn.await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                }
                 () = admitted.closing() => tracing::debug!(peer = %peer, "closed a silent connection to make room"),
             }
             drop(admitted);
         });
     }
     drop(listener);
+    stopping.cancel();
+    tracker.close();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tracker.wait() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(grace = ?grace, "requests still in flight after the grace period; closing"),
     }
 }

@@ -14,7 +14,7 @@ use super::remote::{Server, block_on, env_object};
 /// Arguments of `agentbox exec`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  agentbox exec task-1 -- python3 -c 'print(6 * 7)'\n  agentbox exec task-1 --workdir /tmp --env MODE=test -- bash -c 'echo $MODE; pwd'"
+    after_help = "Examples:\n  agentbox exec task-1 -- python3 -c 'print(6 * 7)'\n  agentbox exec task-1 --workdir /tmp --env MODE=test -- bash -c 'echo $MODE; pwd'\n  agentbox exec -it task-1 -- bash"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -31,8 +31,14 @@ pub struct Args {
     #[arg(long, value_parser = agentbox_config::parse_duration)]
     pub timeout: Option<Duration>,
     /// Print one JSON object at the end (exit code, stdout, stderr...) instead of streaming.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tty")]
     pub json: bool,
+    /// Keep stdin open for the command (with -t: an interactive terminal session).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Run the command on a terminal connected to this one (use as -it, like docker exec -it).
+    #[arg(short = 't', long, requires = "interactive")]
+    pub tty: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
@@ -43,6 +49,17 @@ pub struct Args {
 /// # Errors
 /// The server's refusal (unknown run, paused sandbox), or a server that can't be reached.
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
+    if args.tty {
+        if !args.env.is_empty() || args.timeout.is_some() {
+            return Err(CliError::Usage("--env and --timeout don't apply to -it sessions".into()));
+        }
+        return super::shell::session(&args.server, &args.run_id, args.workdir.clone(), &args.command);
+    }
+    if args.interactive {
+        return Err(CliError::Usage(
+            "-i alone is not supported: use -it for an interactive terminal, or pipe input with `agentbox cp`".into(),
+        ));
+    }
     let mut body = json!({ "argv": args.command });
     if let serde_json::Value::Object(m) = &mut body {
         if !args.env.is_empty() {

@@ -10,6 +10,7 @@ pub mod run;
 pub mod sandboxes;
 pub mod search;
 pub mod serve;
+pub mod shell;
 pub mod snapshots;
 pub mod tool;
 

@@ -29,6 +29,15 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 /// Runs the zygote until the host closes the request socket. Returns the exit code.
 pub fn main() -> i32 {
+    // Every signal back to its default action: an ignored one (a server started in the background by a
+    // non-interactive shell ignores SIGINT and SIGQUIT) would otherwise be inherited by every init and
+    // every process in every sandbox, and Ctrl-C on a sandbox's terminal would do nothing.
+    for signal in 1..libc::SIGRTMIN() {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: sets a standard disposition; no handler runs.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
     // SAFETY: single-threaded (we run before main); plain syscalls on our own fds.
     let sigfd = unsafe {
         libc::prctl(libc::PR_SET_NAME, c"agentbox-zygote".as_ptr());

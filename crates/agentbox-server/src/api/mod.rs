@@ -9,6 +9,7 @@ pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod system;
+pub mod terminal;
 pub mod tools;
 pub mod types;
 
@@ -335,6 +336,11 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
             Router::new().route_service("/mcp", mcp).route_layer(from_fn_with_state(state.clone(), require_token));
         router = router.merge(mcp);
     }
+    // Interactive terminals over WebSocket: long-lived, so no request timeout; the same bearer token.
+    let terminals = Router::new()
+        .route("/api/sandboxes/{run_id}/terminal", axum::routing::get(terminal::open))
+        .route_layer(from_fn_with_state(state.clone(), require_token));
+    router = router.merge(terminals);
     let router = router
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc.clone()))
         .fallback(no_route)
