@@ -599,6 +599,10 @@ impl Unpacker<'_> {
 
         // Whiteouts.
         if let Some(target) = name.strip_prefix(b".wh.") {
+            // `.wh..` and `.wh...` would name the directory itself or its parent.
+            if target == b"." || target == b".." {
+                return Err(UnpackError::PathEscape { layer: self.layer.clone(), path: show(&comps) });
+            }
             let dir = self.open_dir(parents, true, &comps)?;
             if target == b".wh..opq" {
                 let fd = rustix::fs::openat2(

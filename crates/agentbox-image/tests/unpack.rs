@@ -91,6 +91,12 @@ fn dotdot_is_refused() {
     assert!(matches!(err, UnpackError::PathEscape { .. }), "{err}");
     let err = c.unpack(&[E::Dir("a/", 0o755), E::File("a/../../outside/escaped", b"x", 0o644)]).unwrap_err();
     assert!(matches!(err, UnpackError::PathEscape { .. }), "{err}");
+    // Whiteouts naming the directory itself or its parent.
+    for name in ["a/.wh..", "a/.wh..."] {
+        let err =
+            c.unpack(&[E::Dir("a/", 0o755), E::File("a/keep", b"k", 0o644), E::File(name, b"", 0o644)]).unwrap_err();
+        assert!(matches!(err, UnpackError::PathEscape { .. }), "{name}: {err}");
+    }
     c.assert_nothing_outside();
 }
 
