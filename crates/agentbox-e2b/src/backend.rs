@@ -219,7 +219,7 @@ impl E2bBackend {
 
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T> {
     serde_json::from_slice(body)
-        .map_err(|e| crate::connect::ProtocolError::BadMessage { what, detail: e.to_string() }.into())
+        .map_err(|e| crate::E2bError::from(crate::connect::ProtocolError::BadMessage { what, detail: e.to_string() }).into())
 }
 
 fn strip_internal(metadata: Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
@@ -512,6 +512,8 @@ impl Inner {
                     mem_total: e.mem_total,
                     disk_used: e.disk_used,
                     disk_total: e.disk_total,
+                    timestamp: None,
+                    mem_cache: None,
                 };
                 mapping::metrics(&[sample]).unwrap_or_default()
             }

@@ -77,10 +77,10 @@ impl NdjsonState {
                 continue;
             }
             let parsed: OutputLine = serde_json::from_slice(&line).map_err(|e| {
-                Error::from(crate::connect::ProtocolError::BadMessage {
+                Error::from(crate::E2bError::from(crate::connect::ProtocolError::BadMessage {
                     what: "code interpreter output line",
                     detail: e.to_string(),
-                })
+                }))
             })?;
             match parsed.kind.as_str() {
                 "stdout" => events.push(ExecEvent::Stdout(parsed.text.unwrap_or_default().into_bytes())),

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::{Handle, Inner};
 use crate::config::ENVD_PORT;
 use crate::connect::{self, FrameDecoder, ProtocolError};
-use crate::error::{Call, Plane, connect_error, http_error, retry_after};
+use crate::error::{Call, E2bError, Plane, connect_error, http_error, retry_after};
 use crate::transport::{HttpRequest, HttpResponse, RetryOn, classify, send_with_retry};
 use crate::wire::{EventMessage, ProcessEvent, StartRequest};
 
@@ -98,7 +98,10 @@ impl Inner {
         let response = self.sandbox_send(h, request, on, call).await?;
         let body = if response.body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { &response.body };
         serde_json::from_slice(body).map_err(|e| {
-            Error::from(ProtocolError::BadMessage { what: "envd response", detail: format!("{procedure}: {e}") })
+            Error::from(E2bError::from(ProtocolError::BadMessage {
+                what: "envd response",
+                detail: format!("{procedure}: {e}"),
+            }))
         })
     }
 
@@ -162,7 +165,7 @@ impl Inner {
             .unwrap_or_default()
             .to_owned();
         if !content_type.starts_with("application/connect+json") {
-            return Err(ProtocolError::NotAStream(content_type).into());
+            return Err(E2bError::from(ProtocolError::NotAStream(content_type)).into());
         }
         let mut stream = ProcessStream {
             response,
@@ -200,9 +203,9 @@ impl ProcessStream {
     /// The error the stream ended with, a broken or silent connection, or a malformed message.
     pub async fn next(&mut self) -> Result<Option<ProcessEvent>> {
         loop {
-            if let Some(frame) = self.decoder.next_frame()? {
+            if let Some(frame) = self.decoder.next_frame().map_err(E2bError::from)? {
                 if frame.is_end() {
-                    let end = connect::EndStream::parse(&frame.payload)?;
+                    let end = connect::EndStream::parse(&frame.payload).map_err(E2bError::from)?;
                     return match end.error {
                         Some(e) => {
                             let call = Call {
@@ -217,7 +220,7 @@ impl ProcessStream {
                     };
                 }
                 let message: EventMessage = serde_json::from_slice(&frame.payload)
-                    .map_err(|e| ProtocolError::BadMessage { what: "process event", detail: e.to_string() })?;
+                    .map_err(|e| E2bError::from(ProtocolError::BadMessage { what: "process event", detail: e.to_string() }))?;
                 match message.event {
                     Some(event) if event.keepalive.is_none() => return Ok(Some(event)),
                     _ => continue,
@@ -226,7 +229,7 @@ impl ProcessStream {
             match tokio::time::timeout(self.idle, self.response.chunk()).await {
                 Ok(Ok(Some(bytes))) => self.decoder.push(&bytes),
                 Ok(Ok(None)) => {
-                    self.decoder.finish()?;
+                    self.decoder.finish().map_err(E2bError::from)?;
                     return Ok(None);
                 }
                 Ok(Err(e)) => {

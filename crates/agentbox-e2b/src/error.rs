@@ -39,12 +39,6 @@ impl From<ConfigError> for Error {
     }
 }
 
-impl From<ProtocolError> for Error {
-    fn from(e: ProtocolError) -> Self {
-        E2bError::from(e).into()
-    }
-}
-
 impl From<TransportError> for Error {
     fn from(e: TransportError) -> Self {
         match e {

@@ -27,14 +27,14 @@
 mod backend;
 mod code;
 pub mod config;
-pub mod connect;
+pub use agentbox_e2b_wire::connect;
 mod envd;
 pub mod error;
 mod files;
 pub mod mapping;
 mod process;
 pub mod transport;
-pub mod wire;
+pub use agentbox_e2b_wire::wire;
 
 pub use backend::{BACKEND_NAME, E2bBackend, MANAGED_KEY};
 pub use config::{ApiKey, ConfigError, E2bConfig, RetryPolicy, TemplateMap, Timeouts};

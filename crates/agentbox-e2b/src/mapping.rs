@@ -322,6 +322,8 @@ mod tests {
             mem_total: 1 << 30,
             disk_used: 1 << 30,
             disk_total: 10 << 30,
+            timestamp: None,
+            mem_cache: None,
         };
         let m = metrics(&[sample(10, 300 << 20), sample(20, 100 << 20)]).unwrap();
         assert_eq!(

@@ -223,6 +223,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The MCP endpoint at `/mcp` (`[mcp]`: enabled, default_preset, allowed_hosts, allowed_origins, session_idle_timeout).
     pub mcp: agentbox_mcp::McpConfig,
+    /// The E2B-compatible API (`[e2b_api]`: enabled, templates, max_timeout_secs, max_upload_bytes, max_sandboxes;
+    /// see docs/E2B-API.md).
+    pub e2b_api: agentbox_e2b_api::E2bApiConfig,
 }
 
 impl Default for ServerConfig {
@@ -237,6 +240,7 @@ impl Default for ServerConfig {
             on_shutdown: ShutdownPolicy::Keep,
             shutdown_grace: Duration::from_secs(30),
             mcp: agentbox_mcp::McpConfig::default(),
+            e2b_api: agentbox_e2b_api::E2bApiConfig::default(),
         }
     }
 }
@@ -320,6 +324,9 @@ impl ServerConfig {
         }
         if let Err(e) = self.mcp.check() {
             problems.extend(e.0);
+        }
+        if let Err(e) = self.e2b_api.check() {
+            problems.push(e.to_string());
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }

@@ -88,6 +88,36 @@ pub struct Server {
     maintenance: JoinHandle<()>,
     mcp: mcp::Mcp,
     connections: Arc<budget::Connections>,
+    /// The E2B-compatible API, when `[e2b_api] enabled`.
+    e2b: Option<agentbox_e2b_api::E2bApi>,
+}
+
+/// Puts the E2B-compatible API in front of `router` when `[e2b_api] enabled`: requests for `/sandboxes`,
+/// `/v2/sandboxes` and any carrying `E2b-Sandbox-Id` go to it, the rest to the agentbox API. It authenticates
+/// `X-API-KEY` against the same token as the bearer token.
+fn mount_e2b_api(
+    router: Router,
+    state: &AppState,
+    config: &ServerConfig,
+) -> Result<(Router, Option<agentbox_e2b_api::E2bApi>), ServerError> {
+    if !config.e2b_api.enabled {
+        return Ok((router, None));
+    }
+    let token = state.token.clone();
+    let api = agentbox_e2b_api::E2bApi::new(
+        state.manager.clone(),
+        Arc::new(move |key: &[u8]| token.matches(key)),
+        config.e2b_api.clone(),
+    )
+    .map_err(|e| ServerError::Config(e.to_string()))?;
+    let e2b = api.router();
+    let both = Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
+        use tower::ServiceExt as _;
+        let target =
+            if agentbox_e2b_api::is_e2b_request(request.uri().path(), request.headers()) { e2b.clone() } else { router.clone() };
+        target.oneshot(request)
+    }));
+    Ok((both, Some(api)))
 }
 
 impl Server {
@@ -145,6 +175,7 @@ impl Server {
             tools,
         };
         let (router, openapi) = api::build(state.clone());
+        let (router, e2b) = mount_e2b_api(router, &state, &config)?;
         let limiter = state.limiter.clone();
         let maintenance = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_INTERVAL);
@@ -155,7 +186,7 @@ impl Server {
                 agentbox_core::budget::log_limiter().flush();
             }
         });
-        Ok(Self { state, router, openapi, config, recovery, maintenance, mcp, connections })
+        Ok(Self { state, router, openapi, config, recovery, maintenance, mcp, connections, e2b })
     }
 
     /// The router, ready to serve or to nest in another axum application.
@@ -206,6 +237,9 @@ impl Server {
         self.mcp.shutdown().await;
         if self.config.on_shutdown == ShutdownPolicy::Destroy {
             self.state.manager.shutdown().await;
+        } else if let Some(e2b) = &self.e2b {
+            // E2B sandboxes are not re-adopted by the next start (their E2B state lives in memory), so they go.
+            e2b.shutdown().await;
         }
         self.state.lifecycle.sync().await;
     }

@@ -16,7 +16,8 @@ pub struct NewSandbox {
     /// Template id or alias.
     #[serde(rename = "templateID")]
     pub template_id: String,
-    /// Time to live in seconds.
+    /// Time to live in seconds (E2B's default, 300, when absent).
+    #[serde(default = "default_timeout")]
     pub timeout: u64,
     /// Pause instead of kill at the timeout.
     #[serde(rename = "autoPause", default)]
@@ -36,6 +37,10 @@ pub struct NewSandbox {
     /// Environment of every process.
     #[serde(rename = "envVars", default)]
     pub env_vars: BTreeMap<String, String>,
+}
+
+fn default_timeout() -> u64 {
+    300
 }
 
 /// `SandboxNetworkConfig`.
@@ -58,17 +63,20 @@ pub struct Sandbox {
     /// Sandbox id.
     #[serde(rename = "sandboxID")]
     pub sandbox_id: String,
+    /// Client id (legacy; the SDKs require it).
+    #[serde(rename = "clientID", default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// envd's version.
     #[serde(rename = "envdVersion", default)]
     pub envd_version: Option<String>,
     /// Token for `X-Access-Token`, present for secure sandboxes.
-    #[serde(rename = "envdAccessToken", default)]
+    #[serde(rename = "envdAccessToken", default, skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
     /// Token for other ports when public traffic is off.
-    #[serde(rename = "trafficAccessToken", default)]
+    #[serde(rename = "trafficAccessToken", default, skip_serializing_if = "Option::is_none")]
     pub traffic_access_token: Option<String>,
     /// The domain the sandbox is reached under, when it differs from the configured one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
 }
 
@@ -104,6 +112,9 @@ pub struct ListedSandbox {
 /// `SandboxMetric`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxMetric {
+    /// Sample time, RFC 3339 (required by the SDKs, ignored by the backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
     /// Sample time, seconds since the epoch.
     #[serde(rename = "timestampUnix")]
     pub timestamp_unix: i64,
@@ -119,6 +130,9 @@ pub struct SandboxMetric {
     /// Memory total, bytes.
     #[serde(rename = "memTotal")]
     pub mem_total: u64,
+    /// Page cache, bytes (required by the SDKs, ignored by the backend).
+    #[serde(rename = "memCache", default, skip_serializing_if = "Option::is_none")]
+    pub mem_cache: Option<u64>,
     /// Disk used, bytes.
     #[serde(rename = "diskUsed")]
     pub disk_used: u64,
@@ -159,6 +173,61 @@ pub struct ApiError {
     /// The message.
     #[serde(default)]
     pub message: String,
+}
+
+/// The error body a server of the control plane writes: `{"code": 404, "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// The HTTP status, repeated.
+    pub code: u16,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// `SandboxDetail` and `ListedSandbox` as a server writes them: every field the SDKs require.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxDetail {
+    /// Template id.
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Sandbox id.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// Client id (legacy).
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    /// Start time, RFC 3339.
+    #[serde(rename = "startedAt")]
+    pub started_at: String,
+    /// Expiry time, RFC 3339.
+    #[serde(rename = "endAt")]
+    pub end_at: String,
+    /// envd's version.
+    #[serde(rename = "envdVersion")]
+    pub envd_version: String,
+    /// CPUs.
+    #[serde(rename = "cpuCount")]
+    pub cpu_count: u32,
+    /// Memory, MiB.
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u64,
+    /// Disk, MiB.
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    /// `running` or `paused`.
+    pub state: String,
+    /// Labels.
+    pub metadata: BTreeMap<String, String>,
+    /// envd access token (detail only).
+    #[serde(rename = "envdAccessToken", default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+}
+
+/// The body of `POST /sandboxes/{id}/timeout` and `POST /sandboxes/{id}/connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxTimeout {
+    /// Seconds from now.
+    pub timeout: u64,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -221,32 +290,32 @@ pub struct ProcessInput {
 }
 
 /// `StartResponse` / `ConnectResponse`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventMessage {
     /// The event.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<ProcessEvent>,
 }
 
 /// `ProcessEvent`: exactly one member is set.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessEvent {
     /// The process started.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartEvent>,
     /// Output.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataEvent>,
     /// The process ended.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<EndEvent>,
     /// Nothing happened for a while.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<serde_json::Value>,
 }
 
 /// `StartEvent`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartEvent {
     /// The pid.
     #[serde(default)]
@@ -254,38 +323,38 @@ pub struct StartEvent {
 }
 
 /// `DataEvent`: base64 bytes of one stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataEvent {
     /// Standard output.
-    #[serde(default, deserialize_with = "de_bytes")]
+    #[serde(default, deserialize_with = "de_bytes", serialize_with = "ser_bytes", skip_serializing_if = "Option::is_none")]
     pub stdout: Option<Vec<u8>>,
     /// Standard error.
-    #[serde(default, deserialize_with = "de_bytes")]
+    #[serde(default, deserialize_with = "de_bytes", serialize_with = "ser_bytes", skip_serializing_if = "Option::is_none")]
     pub stderr: Option<Vec<u8>>,
     /// Terminal output.
-    #[serde(default, deserialize_with = "de_bytes")]
+    #[serde(default, deserialize_with = "de_bytes", serialize_with = "ser_bytes", skip_serializing_if = "Option::is_none")]
     pub pty: Option<Vec<u8>>,
 }
 
 /// `EndEvent`. proto3 JSON omits defaults: an absent `exitCode` is 0.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndEvent {
     /// Exit code (-1 when killed by a signal).
-    #[serde(default, rename = "exitCode", alias = "exit_code")]
+    #[serde(default, rename = "exitCode", alias = "exit_code", skip_serializing_if = "is_zero_i32")]
     pub exit_code: i32,
     /// Whether the process exited on its own.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exited: bool,
     /// Go's `ProcessState.String()`: `exit status 3`, `signal: killed`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub status: String,
     /// The wait error, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 /// `ListResponse`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListResponse {
     /// Running processes.
     #[serde(default)]
@@ -293,7 +362,7 @@ pub struct ListResponse {
 }
 
 /// `ProcessInfo`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListedProcess {
     /// How it was started.
     #[serde(default)]
@@ -302,7 +371,7 @@ pub struct ListedProcess {
     #[serde(default)]
     pub pid: u32,
     /// Its tag.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }
 
@@ -335,15 +404,15 @@ pub struct MoveRequest {
 }
 
 /// `StatResponse`, `MakeDirResponse`, `MoveResponse`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryResponse {
     /// The entry.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<EntryInfo>,
 }
 
 /// `ListDirResponse`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListDirResponse {
     /// Entries.
     #[serde(default)]
@@ -351,7 +420,7 @@ pub struct ListDirResponse {
 }
 
 /// `EntryInfo`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryInfo {
     /// Last path component.
     #[serde(default)]
@@ -362,20 +431,20 @@ pub struct EntryInfo {
     /// Absolute path.
     #[serde(default)]
     pub path: String,
-    /// Size (int64: a JSON string or number).
-    #[serde(default, deserialize_with = "de_i64")]
+    /// Size (int64: a JSON string or number; written as a string).
+    #[serde(default, deserialize_with = "de_i64", serialize_with = "ser_i64")]
     pub size: i64,
     /// Mode bits.
     #[serde(default)]
     pub mode: u32,
     /// Modification time, RFC 3339.
-    #[serde(default, rename = "modifiedTime", alias = "modified_time")]
+    #[serde(default, rename = "modifiedTime", alias = "modified_time", skip_serializing_if = "Option::is_none")]
     pub modified_time: Option<String>,
     /// Target of a symlink.
-    #[serde(default, rename = "symlinkTarget", alias = "symlink_target")]
+    #[serde(default, rename = "symlinkTarget", alias = "symlink_target", skip_serializing_if = "Option::is_none")]
     pub symlink_target: Option<String>,
     /// Whether the entry itself is a symlink (`type` then describes its target).
-    #[serde(default, rename = "isSymlink", alias = "is_symlink")]
+    #[serde(default, rename = "isSymlink", alias = "is_symlink", skip_serializing_if = "std::ops::Not::not")]
     pub is_symlink: bool,
 }
 
@@ -443,6 +512,44 @@ pub struct OutputLine {
     pub traceback: Option<String>,
 }
 
+/// One NDJSON line of `/execute` as a server writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecuteLine {
+    /// Standard output.
+    Stdout {
+        /// The text.
+        text: String,
+        /// When, RFC 3339.
+        timestamp: String,
+    },
+    /// Standard error.
+    Stderr {
+        /// The text.
+        text: String,
+        /// When, RFC 3339.
+        timestamp: String,
+    },
+    /// A rich result: its formats, flattened.
+    Result(serde_json::Map<String, serde_json::Value>),
+    /// The error the code raised.
+    Error {
+        /// Exception class.
+        name: String,
+        /// Its message.
+        value: String,
+        /// The traceback.
+        traceback: String,
+    },
+    /// How many executions the context has run.
+    NumberOfExecutions {
+        /// The count.
+        execution_count: u64,
+    },
+    /// The last line.
+    EndOfExecution,
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Lenient proto3 JSON readers
 
@@ -464,6 +571,24 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
 #[must_use]
 pub fn encode_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[allow(clippy::ref_option, reason = "serde's serialize_with passes a reference to the field")]
+fn ser_bytes<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(b) => s.serialize_str(&encode_base64(b)),
+        None => s.serialize_none(),
+    }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's serialize_with passes a reference to the field")]
+fn ser_i64<S: serde::Serializer>(n: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&n.to_string())
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference to the field")]
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
 }
 
 fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {

@@ -7,7 +7,7 @@
 //! set and whose JSON is `{"error"?: {"code", "message"}, "metadata"?: {...}}`. The HTTP status of a stream is 200
 //! even when it ends in an error.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Envelope flag: the payload is compressed.
 pub const FLAG_COMPRESSED: u8 = 0x01;
@@ -145,7 +145,7 @@ impl FrameDecoder {
 }
 
 /// A Connect error: a code such as `not_found` and a message.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectError {
     /// The Connect code (`not_found`, `invalid_argument`, `unauthenticated`, ...).
     pub code: String,
@@ -188,6 +188,59 @@ pub fn parse_error_body(body: &[u8]) -> Option<ConnectError> {
     let raw: Raw = serde_json::from_slice(body).ok()?;
     let code = raw.code.as_str()?.to_owned();
     Some(ConnectError { code, message: raw.message })
+}
+
+/// The end-of-stream envelope a server writes: `{}`, or `{"error": {...}}`.
+#[must_use]
+pub fn end_stream_frame(error: Option<&ConnectError>) -> Vec<u8> {
+    let body = match error {
+        Some(e) => serde_json::json!({ "error": e }).to_string(),
+        None => "{}".to_owned(),
+    };
+    envelope(FLAG_END_STREAM, body.as_bytes())
+}
+
+/// Why the single request message of a server-streaming call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No complete envelope.
+    #[error("the Connect request is not one complete envelope ({0} bytes): send [flags][u32 length][JSON]")]
+    Incomplete(usize),
+    /// Compression was never negotiated.
+    #[error("the Connect request is compressed; send it uncompressed")]
+    Compressed,
+    /// More than the allowed size.
+    #[error("the Connect request message is {0} bytes, more than the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Bytes after the message.
+    #[error("the Connect request has {0} bytes after its message; a server-streaming call takes exactly one")]
+    Trailing(usize),
+}
+
+/// The one message of a server-streaming request body (`[flags][len][JSON]`), size-checked.
+///
+/// # Errors
+/// [`RequestError`] for a body that is not exactly one uncompressed envelope within [`MAX_MESSAGE_BYTES`].
+pub fn decode_request(body: &[u8]) -> Result<&[u8], RequestError> {
+    let Some((head, rest)) = body.split_first_chunk::<5>() else {
+        return Err(RequestError::Incomplete(body.len()));
+    };
+    if head[0] & FLAG_COMPRESSED != 0 {
+        return Err(RequestError::Compressed);
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        return Err(RequestError::TooLarge(len));
+    }
+    if rest.len() < len {
+        return Err(RequestError::Incomplete(body.len()));
+    }
+    let (message, trailing) = rest.split_at(len);
+    // A client may close its side with an empty end-of-stream envelope; anything else is refused.
+    if !trailing.is_empty() && !(trailing.len() == 5 && trailing[0] & FLAG_END_STREAM != 0 && trailing[1..] == [0; 4]) {
+        return Err(RequestError::Trailing(trailing.len()));
+    }
+    Ok(message)
 }
 
 #[cfg(test)]
@@ -241,6 +294,26 @@ mod tests {
         d.push(&envelope(0, b"{}"));
         assert!(d.next_frame().unwrap().unwrap().is_end());
         assert_eq!(d.next_frame(), Err(ProtocolError::DataAfterEnd));
+    }
+
+    #[test]
+    fn server_side_framing() {
+        let frame = envelope(0, br#"{"a":1}"#);
+        assert_eq!(decode_request(&frame).unwrap(), br#"{"a":1}"#);
+        assert!(matches!(decode_request(&frame[..4]), Err(RequestError::Incomplete(4))));
+        assert!(matches!(decode_request(&frame[..frame.len() - 1]), Err(RequestError::Incomplete(_))));
+        let mut two = frame.clone();
+        two.extend(envelope(0, b"{}"));
+        assert!(matches!(decode_request(&two), Err(RequestError::Trailing(_))));
+        assert!(matches!(decode_request(&[0, 0xff, 0xff, 0xff, 0xff]), Err(RequestError::TooLarge(_))));
+        assert!(matches!(decode_request(&envelope(FLAG_COMPRESSED, b"x")), Err(RequestError::Compressed)));
+        let end = end_stream_frame(Some(&ConnectError { code: "not_found".into(), message: "gone".into() }));
+        let mut d = FrameDecoder::new();
+        d.push(&end);
+        let f = d.next_frame().unwrap().unwrap();
+        assert!(f.is_end());
+        assert_eq!(EndStream::parse(&f.payload).unwrap().error.unwrap().code, "not_found");
+        assert_eq!(end_stream_frame(None), envelope(FLAG_END_STREAM, b"{}"));
     }
 
     #[test]
