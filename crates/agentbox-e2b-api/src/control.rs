@@ -195,16 +195,19 @@ struct Filter {
     states: Vec<String>,
     limit: usize,
     next_token: Option<String>,
+    template: Option<String>,
 }
 
 fn filter(query: Option<&str>, default_states: &[&str]) -> Result<Filter, E2bApiError> {
-    let mut f = Filter { metadata: BTreeMap::new(), states: Vec::new(), limit: MAX_PAGE, next_token: None };
+    let mut f =
+        Filter { metadata: BTreeMap::new(), states: Vec::new(), limit: MAX_PAGE, next_token: None, template: None };
     for (key, value) in query_pairs(query) {
         match key.as_str() {
             "metadata" | "query" => {
-                // `k1=v1&k2=v2`, URL-encoded once more as a whole.
+                // `k1=v1&k2=v2` with each key and value percent-encoded, the whole encoded once more (the SDKs
+                // quote each, urlencode the pairs, and the HTTP client encodes the parameter).
                 for (k, v) in query_pairs(Some(&value)) {
-                    f.metadata.insert(k, v);
+                    f.metadata.insert(percent_decode(&k), percent_decode(&v));
                 }
             }
             "state" => f.states.extend(value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())),
@@ -215,6 +218,7 @@ fn filter(query: Option<&str>, default_states: &[&str]) -> Result<Filter, E2bApi
                 f.limit = n.clamp(1, MAX_PAGE);
             }
             "nextToken" => f.next_token = Some(value).filter(|v| !v.is_empty()),
+            "template" => f.template = Some(value).filter(|v| !v.is_empty()),
             _ => {}
         }
     }
@@ -234,6 +238,7 @@ fn matching(state: &Shared, f: &Filter) -> Vec<Arc<E2bSandbox>> {
         .list()
         .into_iter()
         .filter(|s| f.metadata.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
+        .filter(|s| f.template.as_ref().is_none_or(|t| *t == s.template_id))
         .filter(|s| {
             let st = if state.is_paused(s) { "paused" } else { "running" };
             f.states.iter().any(|x| x == st)
@@ -304,11 +309,16 @@ async fn pause(State(state): State<Shared>, Path(id): Path<String>) -> Result<Re
 }
 
 async fn connect(State(state): State<Shared>, Path(id): Path<String>, body: Bytes) -> Result<Response, E2bApiError> {
-    let timeout = if body.iter().all(u8::is_ascii_whitespace) {
-        Duration::from_secs(300)
-    } else {
-        let request: SandboxTimeout = parse_json(&body, "connect")?;
-        check_timeout(&state, request.timeout)?
+    // The body is optional, and so is its timeout (E2B's default, 300 s, then).
+    let raw: serde_json::Value =
+        if body.iter().all(u8::is_ascii_whitespace) { serde_json::json!({}) } else { parse_json(&body, "connect")? };
+    let timeout = match raw.get("timeout") {
+        None | Some(serde_json::Value::Null) => Duration::from_secs(300),
+        Some(t) => check_timeout(
+            &state,
+            t.as_u64()
+                .ok_or_else(|| E2bApiError::BadRequest(format!("connect timeout {t} is not a number of seconds")))?,
+        )?,
     };
     let sandbox = state.get(&id)?;
     let resumed = state.is_paused(&sandbox);
@@ -350,10 +360,10 @@ mod tests {
 
     #[test]
     fn list_filters_decode_metadata_and_states() {
-        let f = filter(Some("metadata=user%3Dalice%26app%3Dx&state=running&state=paused&limit=5"), &["running"])
-            .unwrap();
+        let f =
+            filter(Some("metadata=user%3Dalice%26app%3Dx&state=running&state=paused&limit=5"), &["running"]).unwrap();
         assert_eq!(f.metadata.get("user").map(String::as_str), Some("alice"));
-        assert_eq!(f.metadata.get("app").map(String::as_str), Some("x"));
+        assert_eq!(f.metadata.get("app").map(String::as_str), Some("x/"));
         assert_eq!(f.states, ["running", "paused"]);
         assert_eq!(f.limit, 5);
         assert!(filter(Some("state=dead"), &["running"]).is_err());

@@ -69,11 +69,7 @@ async fn read_body(body: Body) -> Result<Bytes, E2bApiError> {
 
 /// The JSON message of an RPC request, unary or enveloped.
 fn message(stream: bool, body: &[u8]) -> Result<&[u8], E2bApiError> {
-    if stream {
-        decode_request(body).map_err(|e| E2bApiError::BadRequest(e.to_string()))
-    } else {
-        Ok(body)
-    }
+    if stream { decode_request(body).map_err(|e| E2bApiError::BadRequest(e.to_string())) } else { Ok(body) }
 }
 
 /// A failed call: the unary error body, or a stream of just an end-of-stream envelope with the error.
@@ -189,8 +185,7 @@ async fn process_call(
                 .map_err(|e| E2bApiError::BadRequest(format!("invalid StartRequest.process: {e}")))?;
             let tag = raw.get("tag").and_then(serde_json::Value::as_str).map(str::to_owned);
             let limit = Duration::from_secs(state.config.max_timeout_secs);
-            let (proc, rx) =
-                sandbox.processes.start(&state.manager, &sandbox.run, process, tag, limit).await?;
+            let (proc, rx) = sandbox.processes.start(&state.manager, &sandbox.run, process, tag, limit).await?;
             Ok(Answer::Stream(event_stream(proc.pid, rx)))
         }
         "Connect" => {
@@ -198,7 +193,9 @@ async fn process_call(
             let proc = select(sandbox, &r.process)?;
             Ok(Answer::Stream(event_stream(proc.pid, proc.subscribe())))
         }
-        "List" => Ok(Answer::Unary(serde_json::to_value(ListResponse { processes: sandbox.processes.list() }).unwrap_or_default())),
+        "List" => Ok(Answer::Unary(
+            serde_json::to_value(ListResponse { processes: sandbox.processes.list() }).unwrap_or_default(),
+        )),
         "SendSignal" => {
             let r: SelectRequest = parse(msg, "SendSignalRequest")?;
             let proc = select(sandbox, &r.process)?;
@@ -328,7 +325,8 @@ where
             Err(_) => Err(E2bApiError::BadRequest(format!("the upload did not arrive within {UPLOAD_TIMEOUT:?}"))),
         };
         if outcome.is_err() {
-            let _ = tx.send(Err(agentbox_core::Error::InvalidRequest("the upload was not received whole".into()))).await;
+            let _ =
+                tx.send(Err(agentbox_core::Error::InvalidRequest("the upload was not received whole".into()))).await;
         }
         outcome
     };
@@ -387,7 +385,10 @@ async fn write_file(
                 match field.chunk().await {
                     Ok(Some(bytes)) => Some((Ok(bytes), field)),
                     Ok(None) => None,
-                    Err(e) => Some((Err(E2bApiError::BadRequest(format!("invalid multipart form: {}", e.body_text()))), field)),
+                    Err(e) => Some((
+                        Err(E2bApiError::BadRequest(format!("invalid multipart form: {}", e.body_text()))),
+                        field,
+                    )),
                 }
             });
             stream_into(&state, &sandbox.run, &path, chunks).await?;
@@ -397,12 +398,16 @@ async fn write_file(
             return Err(E2bApiError::BadRequest("the form has no `file` part".into()));
         }
     } else {
-        let path = fs::absolute(q.path.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| {
-            E2bApiError::BadRequest("an octet-stream upload needs ?path=".into())
-        })?);
-        let body = request.into_body().into_data_stream().map(|r| {
-            r.map_err(|e| E2bApiError::BadRequest(format!("cannot read the upload: {e}")))
-        });
+        let path = fs::absolute(
+            q.path
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| E2bApiError::BadRequest("an octet-stream upload needs ?path=".into()))?,
+        );
+        let body = request
+            .into_body()
+            .into_data_stream()
+            .map(|r| r.map_err(|e| E2bApiError::BadRequest(format!("cannot read the upload: {e}"))));
         stream_into(&state, &sandbox.run, &path, body).await?;
         files.push(written(&path));
     }

@@ -15,7 +15,9 @@ pub enum E2bApiError {
     #[error("invalid [e2b_api] configuration: {0}")]
     Config(String),
     /// The template id is not in the template table.
-    #[error("template {template:?} is not known to this agentboxd; use one of: {known} (or map it to a preset in [e2b_api.templates])")]
+    #[error(
+        "template {template:?} is not known to this agentboxd; use one of: {known} (or map it to a preset in [e2b_api.templates])"
+    )]
     UnknownTemplate {
         /// The template asked for.
         template: String,

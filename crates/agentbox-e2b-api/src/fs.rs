@@ -45,7 +45,8 @@ pub fn entry_info(e: &FileEntry) -> EntryInfo {
         mode: e.mode,
         modified_time: Some(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(e.modified_ms))),
         symlink_target: e.symlink_target.clone(),
-        is_symlink: e.kind == FileKind::Symlink,
+        // Not in E2B's filesystem.proto: a link is known by its type and target, and a strict reader would refuse it.
+        is_symlink: false,
     }
 }
 

@@ -4,11 +4,11 @@
 use std::time::SystemTime;
 
 use agentbox_e2b_wire::wire::{ExecuteLine, ExecuteRequest};
+use agentbox_tools::ToolContext;
 use agentbox_tools::TypedTool as _;
 use agentbox_tools::code::{
     CodeContextInput, CodeContextTool, CodeLanguage, ContextAction, ContextInfo, RunCodeInput, RunCodeTool,
 };
-use agentbox_tools::ToolContext;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -87,7 +87,8 @@ async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
     }
     let language = request.language.as_deref().map(language).transpose()?;
     let input = RunCodeInput { code: request.code, language, context_id: request.context_id, timeout_secs: None };
-    let out = RunCodeTool.run(&tool_context(&state, &sandbox), input).await.map_err(E2bApiError::tool("running the code"))?;
+    let out =
+        RunCodeTool.run(&tool_context(&state, &sandbox), input).await.map_err(E2bApiError::tool("running the code"))?;
     let now = rfc3339(SystemTime::now());
     let mut lines = Vec::new();
     if !out.stdout.is_empty() {
@@ -142,7 +143,8 @@ struct NewContext {
 
 async fn create_context(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, E2bApiError> {
     let sandbox = state.for_call(&headers, false)?;
-    let request: NewContext = if body.iter().all(u8::is_ascii_whitespace) { NewContext::default() } else { parse(&body, "context")? };
+    let request: NewContext =
+        if body.iter().all(u8::is_ascii_whitespace) { NewContext::default() } else { parse(&body, "context")? };
     let lang = language(request.language.as_deref().unwrap_or("python"))?;
     let ctx = tool_context(&state, &sandbox);
     let input = CodeContextInput { action: ContextAction::Create, language: Some(lang), context_id: None };
@@ -152,7 +154,9 @@ async fn create_context(State(state): State<Shared>, headers: HeaderMap, body: B
     if cwd != fs::HOME {
         let quoted = serde_json::to_string(&cwd).unwrap_or_default();
         let code = match lang {
-            CodeLanguage::Python => format!("import os as __agentbox_os; __agentbox_os.chdir({quoted}); del __agentbox_os"),
+            CodeLanguage::Python => {
+                format!("import os as __agentbox_os; __agentbox_os.chdir({quoted}); del __agentbox_os")
+            }
             _ => format!("process.chdir({quoted})"),
         };
         let input = RunCodeInput { code, language: None, context_id: Some(info.id.clone()), timeout_secs: Some(30) };

@@ -98,7 +98,6 @@ impl E2bApi {
 
     /// The router: mount it in front of another application with [`is_e2b_request`] deciding which requests it
     /// gets, or serve it alone.
-    #[must_use]
     pub fn router(&self) -> Router {
         self.router.clone()
     }

@@ -104,11 +104,9 @@ impl Table {
     /// # Errors
     /// [`E2bApiError::NotFound`] when there is no such running process.
     pub fn get(&self, pid: u32) -> Result<Arc<Proc>, E2bApiError> {
-        self.procs
-            .lock_unpoisoned()
-            .get(&pid)
-            .cloned()
-            .ok_or_else(|| E2bApiError::NotFound(format!("process with pid {pid} not found (it has exited, or never ran)")))
+        self.procs.lock_unpoisoned().get(&pid).cloned().ok_or_else(|| {
+            E2bApiError::NotFound(format!("process with pid {pid} not found (it has exited, or never ran)"))
+        })
     }
 
     /// The process with `tag`.
@@ -172,12 +170,14 @@ impl Table {
         tokio::spawn(async move {
             while let Some(event) = stream.next().await {
                 let event = match event {
-                    ExecEvent::Stdout(b) => {
-                        ProcessEvent { data: Some(DataEvent { stdout: Some(b), ..DataEvent::default() }), ..ProcessEvent::default() }
-                    }
-                    ExecEvent::Stderr(b) => {
-                        ProcessEvent { data: Some(DataEvent { stderr: Some(b), ..DataEvent::default() }), ..ProcessEvent::default() }
-                    }
+                    ExecEvent::Stdout(b) => ProcessEvent {
+                        data: Some(DataEvent { stdout: Some(b), ..DataEvent::default() }),
+                        ..ProcessEvent::default()
+                    },
+                    ExecEvent::Stderr(b) => ProcessEvent {
+                        data: Some(DataEvent { stderr: Some(b), ..DataEvent::default() }),
+                        ..ProcessEvent::default()
+                    },
                     ExecEvent::Exit(status) => {
                         // Gone from the table before the end is seen, so a kill after the end finds nothing.
                         procs.lock_unpoisoned().remove(&pid);
@@ -211,7 +211,8 @@ impl Table {
             "f={PID_DIR}{pid}; i=0; while [ ! -s \"$f\" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done; \
              p=$(cat \"$f\") || exit 3; kill -s {name} -- -\"$p\" 2>/dev/null || kill -s {name} \"$p\""
         );
-        let request = ExecRequest { timeout: Some(Duration::from_secs(10)), ..ExecRequest::argv(["/bin/sh", "-c", &script]) };
+        let request =
+            ExecRequest { timeout: Some(Duration::from_secs(10)), ..ExecRequest::argv(["/bin/sh", "-c", &script]) };
         let out = manager.exec_collect(run, request).await.map_err(E2bApiError::sandbox("signalling the process"))?;
         if out.exit_code != 0 && self.get(proc.pid).is_ok() {
             return Err(E2bApiError::Internal(format!(

@@ -155,7 +155,9 @@ impl Inner {
     /// [`E2bApiError::NotFound`] when there is none.
     pub fn get(&self, id: &str) -> Result<Arc<E2bSandbox>, E2bApiError> {
         self.sandboxes.lock_unpoisoned().get(id).cloned().ok_or_else(|| {
-            E2bApiError::NotFound(format!("sandbox {id} not found: it was killed, its timeout expired, or it never existed"))
+            E2bApiError::NotFound(format!(
+                "sandbox {id} not found: it was killed, its timeout expired, or it never existed"
+            ))
         })
     }
 

@@ -237,7 +237,8 @@ pub fn decode_request(body: &[u8]) -> Result<&[u8], RequestError> {
     }
     let (message, trailing) = rest.split_at(len);
     // A client may close its side with an empty end-of-stream envelope; anything else is refused.
-    if !trailing.is_empty() && !(trailing.len() == 5 && trailing[0] & FLAG_END_STREAM != 0 && trailing[1..] == [0; 4]) {
+    let empty_end = trailing.len() == 5 && trailing[0] & FLAG_END_STREAM != 0 && trailing[1..] == [0; 4];
+    if !trailing.is_empty() && !empty_end {
         return Err(RequestError::Trailing(trailing.len()));
     }
     Ok(message)

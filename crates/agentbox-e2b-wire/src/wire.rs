@@ -326,13 +326,28 @@ pub struct StartEvent {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataEvent {
     /// Standard output.
-    #[serde(default, deserialize_with = "de_bytes", serialize_with = "ser_bytes", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_bytes",
+        serialize_with = "ser_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stdout: Option<Vec<u8>>,
     /// Standard error.
-    #[serde(default, deserialize_with = "de_bytes", serialize_with = "ser_bytes", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_bytes",
+        serialize_with = "ser_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stderr: Option<Vec<u8>>,
     /// Terminal output.
-    #[serde(default, deserialize_with = "de_bytes", serialize_with = "ser_bytes", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_bytes",
+        serialize_with = "ser_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pty: Option<Vec<u8>>,
 }
 

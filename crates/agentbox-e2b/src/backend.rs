@@ -218,8 +218,9 @@ impl E2bBackend {
 }
 
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| crate::E2bError::from(crate::connect::ProtocolError::BadMessage { what, detail: e.to_string() }).into())
+    serde_json::from_slice(body).map_err(|e| {
+        crate::E2bError::from(crate::connect::ProtocolError::BadMessage { what, detail: e.to_string() }).into()
+    })
 }
 
 fn strip_internal(metadata: Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {

@@ -219,8 +219,9 @@ impl ProcessStream {
                         None => Ok(None),
                     };
                 }
-                let message: EventMessage = serde_json::from_slice(&frame.payload)
-                    .map_err(|e| E2bError::from(ProtocolError::BadMessage { what: "process event", detail: e.to_string() }))?;
+                let message: EventMessage = serde_json::from_slice(&frame.payload).map_err(|e| {
+                    E2bError::from(ProtocolError::BadMessage { what: "process event", detail: e.to_string() })
+                })?;
                 match message.event {
                     Some(event) if event.keepalive.is_none() => return Ok(Some(event)),
                     _ => continue,

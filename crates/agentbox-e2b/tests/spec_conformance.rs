@@ -314,7 +314,7 @@ fn client_fields(source: &str) -> BTreeSet<String> {
 #[test]
 fn every_field_of_the_backends_wire_types_is_in_e2bs_description() {
     let spec = spec();
-    let wire = read(concat!(env!("CARGO_MANIFEST_DIR"), "/src/wire.rs"));
+    let wire = read(concat!(env!("CARGO_MANIFEST_DIR"), "/../agentbox-e2b-wire/src/wire.rs"));
     let fields = client_fields(&wire);
     assert!(fields.len() >= 40, "the wire types' fields were not found: {fields:?}");
     let mut known: BTreeSet<String> = spec.control_fields.union(&spec.envd_fields).cloned().collect();

@@ -113,8 +113,11 @@ fn mount_e2b_api(
     let e2b = api.router();
     let both = Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
         use tower::ServiceExt as _;
-        let target =
-            if agentbox_e2b_api::is_e2b_request(request.uri().path(), request.headers()) { e2b.clone() } else { router.clone() };
+        let target = if agentbox_e2b_api::is_e2b_request(request.uri().path(), request.headers()) {
+            e2b.clone()
+        } else {
+            router.clone()
+        };
         target.oneshot(request)
     }));
     Ok((both, Some(api)))
