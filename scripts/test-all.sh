@@ -106,6 +106,13 @@ echo "advisories not checked: the advisory database is a git repository this mac
 # Later steps go here (each as: step "what"; command), e.g. schemathesis against a running agentboxd.
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# The E2B-compatible API: the official E2B Python SDKs (pinned, installed into target/e2b-sdk-venv from PyPI on
+# first use), unmodified, run their scenarios against agentboxd on loopback with the local backend.
+step "E2B SDK scenarios: official e2b and e2b-code-interpreter against agentboxd's E2B API"
+crates/agentbox-e2b-api/tests/sdk/run.sh
+# ---------------------------------------------------------------------------------------------
+
 step "schemathesis against agentboxd: --checks all, seed 42, two-minute budget"
 crates/agentbox-server/tests/schemathesis/run.sh 120
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The official E2B Python SDKs (e2b, e2b-code-interpreter; pinned in requirements.txt), unmodified, against
+# agentboxd's E2B-compatible API on the local backend.
+#
+#   crates/agentbox-e2b-api/tests/sdk/run.sh [--bench] [SCENARIO_NAME_PART ...]
+#
+# Installs the SDKs into a venv under the target directory (once per pinned set), builds and starts the debug
+# agentboxd on a free loopback port with a throwaway data directory and [e2b_api] enabled, points the SDKs at it
+# (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY) and runs scenarios.py, which creates real sandboxes running real
+# processes. Stops agentboxd with SIGTERM (it destroys what is left). Exits non-zero on any failure, or when
+# the SDKs cannot be installed: this check never passes unrun.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../../../.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+venv="$target/e2b-sdk-venv"
+stamp="$venv/.requirements"
+
+python="$(command -v python3 || true)"
+if [[ -z "$python" ]] || ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)'; then
+    echo "error: the E2B SDK scenarios need Python 3.9 or newer (python3 on PATH); install it and run again" >&2
+    exit 1
+fi
+if ! cmp -s "$here/requirements.txt" "$stamp"; then
+    echo "installing the E2B SDKs ($(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')) into $venv"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    if ! "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"; then
+        echo "error: installing the E2B SDKs from PyPI failed (see above); the SDK check cannot run without them" >&2
+        exit 1
+    fi
+    cp "$here/requirements.txt" "$stamp"
+fi
+
+(cd "$root" && cargo build --quiet -p agentboxd)
+work="$(mktemp -d)"
+token="e2b_$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')"
+AGENTBOX_API_TOKEN="$token" RUST_LOG=warn "$target/debug/agentboxd" \
+    --listen 127.0.0.1:0 --data-dir "$work/data" --config "$here/agentboxd.toml" 2>"$work/agentboxd.log" &
+pid=$!
+cleanup() {
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+base=""
+for _ in $(seq 1 300); do
+    base="$(sed -n 's/^agentboxd listening on \(http:\/\/[^ ]*\).*/\1/p' "$work/agentboxd.log")"
+    [[ -n "$base" ]] && break
+    if ! kill -0 "$pid" 2>/dev/null; then
+        cat "$work/agentboxd.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+[[ -n "$base" ]] || { echo "error: agentboxd did not start" >&2; cat "$work/agentboxd.log" >&2; exit 1; }
+
+status=0
+E2B_API_KEY="$token" E2B_API_URL="$base" E2B_SANDBOX_URL="$base" \
+    "$venv/bin/python" "$here/scenarios.py" "$@" || status=$?
+if grep -q "panicked" "$work/agentboxd.log"; then
+    echo "error: agentboxd panicked during the run:" >&2
+    grep -A5 "panicked" "$work/agentboxd.log" >&2
+    status=1
+fi
+exit "$status"
