@@ -360,8 +360,8 @@ mod tests {
 
     #[test]
     fn list_filters_decode_metadata_and_states() {
-        let f =
-            filter(Some("metadata=user%3Dalice%26app%3Dx&state=running&state=paused&limit=5"), &["running"]).unwrap();
+        let f = filter(Some("metadata=user%3Dalice%26app%3Dx%25252F&state=running&state=paused&limit=5"), &["running"])
+            .unwrap();
         assert_eq!(f.metadata.get("user").map(String::as_str), Some("alice"));
         assert_eq!(f.metadata.get("app").map(String::as_str), Some("x/"));
         assert_eq!(f.states, ["running", "paused"]);

@@ -69,6 +69,11 @@ pub(crate) async fn serve_counted(
             },
             () = &mut shutdown => break,
         };
+        // Streamed responses (SSE, Connect streams) are written in small pieces: without TCP_NODELAY, Nagle's
+        // algorithm holds each behind the client's delayed ACK, about 40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(peer = %peer, error = %e, "setting TCP_NODELAY failed");
+        }
         let Some(admitted) = connections.admit(peer.ip()) else {
             drop(stream);
             continue;
