@@ -4,7 +4,7 @@ Run by run.sh, which starts agentboxd (local backend) and sets E2B_API_KEY, E2B_
 Each scenario creates its own sandboxes with real processes and kills them. Prints one line per scenario and
 exits non-zero when any fails.
 
-    python scenarios.py [NAME_SUBSTRING ...]
+    python scenarios.py [--bench | --bench-only] [NAME_SUBSTRING ...]
 """
 
 import os
@@ -292,7 +292,7 @@ def code_interpreter_contexts():
         sb.kill()
 
 
-def bench(n=20):
+def bench(n):
     """SDK Sandbox.create() + commands.run('true') + kill(), the latency of the whole sequence."""
     times = []
     for _ in range(n + 2):
@@ -311,7 +311,7 @@ def main(argv):
     want = [a for a in argv if not a.startswith("--")]
     failed = []
     for fn in SCENARIOS:
-        if want and not any(w in fn.__name__ for w in want):
+        if "--bench-only" in argv or want and not any(w in fn.__name__ for w in want):
             continue
         t = time.perf_counter()
         try:
@@ -321,8 +321,8 @@ def main(argv):
             failed.append(fn.__name__)
             print(f"FAIL {fn.__name__} ({time.perf_counter() - t:.2f} s)", flush=True)
             traceback.print_exc()
-    if "--bench" in argv:
-        bench()
+    if "--bench" in argv or "--bench-only" in argv:
+        bench(100)
     # Nothing of this run may be left behind.
     left = Sandbox.list(query=SandboxQuery(metadata={"suite": TAG})).next_items()
     if left:
