@@ -91,8 +91,10 @@ async fn filesystem_rpc(
 ) -> Response {
     let stream = is_stream(&headers);
     let result = async {
-        let sandbox = state.for_call(&headers, true)?;
+        // The body is read first, even for a call refused next: a response sent before its request's body is
+        // read makes the server close the connection, which a client may already be reusing.
         let body = read_body(body).await?;
+        let sandbox = state.for_call(&headers, true)?;
         let msg = message(stream, &body)?;
         fs::call(&state.manager, &sandbox.run, &method, msg).await
     }
@@ -140,8 +142,10 @@ async fn process_rpc(
 ) -> Response {
     let stream = is_stream(&headers);
     let result = async {
-        let sandbox = state.for_call(&headers, true)?;
+        // The body is read first, even for a call refused next: a response sent before its request's body is
+        // read makes the server close the connection, which a client may already be reusing.
         let body = read_body(body).await?;
+        let sandbox = state.for_call(&headers, true)?;
         let msg = message(stream, &body)?;
         process_call(&state, &sandbox, &method, msg).await
     }

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The official E2B Python SDKs (e2b, e2b-code-interpreter; pinned in requirements.txt), unmodified, against
-# agentboxd's E2B-compatible API on the local backend.
+# The official E2B SDKs, unmodified, against agentboxd's E2B-compatible API on the local backend: Python (e2b,
+# e2b-code-interpreter; pinned in requirements.txt) and JS (e2b, @e2b/code-interpreter; pinned in package.json).
 #
-#   crates/agentbox-e2b-api/tests/sdk/run.sh [--bench] [SCENARIO_NAME_PART ...]
+#   crates/agentbox-e2b-api/tests/sdk/run.sh [--bench | --bench-only] [SCENARIO_NAME_PART ...]
 #
-# Installs the SDKs into a venv under the target directory (once per pinned set), builds and starts the debug
-# agentboxd on a free loopback port with a throwaway data directory and [e2b_api] enabled, points the SDKs at it
-# (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY) and runs scenarios.py, which creates real sandboxes running real
-# processes. Stops agentboxd with SIGTERM (it destroys what is left). Exits non-zero on any failure, or when
-# the SDKs cannot be installed: this check never passes unrun.
+# Installs the SDKs under the target directory (a venv and a node_modules, once per pinned set), builds and
+# starts the debug agentboxd on a free loopback port with a throwaway data directory and [e2b_api] enabled, points
+# the SDKs at it (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY) and runs scenarios.py, then scenarios.mjs (unless
+# arguments select Python scenarios or the benchmark), which create real sandboxes running real processes. Stops
+# agentboxd with SIGTERM (it destroys what is left). Exits non-zero on any failure, or when an SDK cannot be
+# installed: this check never passes unrun.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +33,25 @@ if ! cmp -s "$here/requirements.txt" "$stamp"; then
     fi
     cp "$here/requirements.txt" "$stamp"
 fi
+
+node_dir="$target/e2b-sdk-node"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "error: the JS SDK scenarios need Node.js 18 or newer and npm on PATH; install them and run again" >&2
+    exit 1
+fi
+if ! cmp -s "$here/package.json" "$node_dir/package.json"; then
+    echo "installing the E2B JS SDKs (package.json) into $node_dir"
+    rm -rf "$node_dir"
+    mkdir -p "$node_dir"
+    cp "$here/package.json" "$node_dir/package.json"
+    if ! (cd "$node_dir" && npm install --no-audit --no-fund --loglevel=error); then
+        rm -f "$node_dir/package.json"
+        echo "error: installing the E2B JS SDKs from npm failed (see above); the SDK check cannot run without them" >&2
+        exit 1
+    fi
+fi
+# Node resolves packages from the script's own directory: the scenarios run from beside node_modules.
+cp "$here/scenarios.mjs" "$node_dir/scenarios.mjs"
 
 (cd "$root" && cargo build --quiet -p agentboxd)
 work="$(mktemp -d)"
@@ -59,8 +79,11 @@ done
 [[ -n "$base" ]] || { echo "error: agentboxd did not start" >&2; cat "$work/agentboxd.log" >&2; exit 1; }
 
 status=0
-E2B_API_KEY="$token" E2B_API_URL="$base" E2B_SANDBOX_URL="$base" \
-    "$venv/bin/python" "$here/scenarios.py" "$@" || status=$?
+export E2B_API_KEY="$token" E2B_API_URL="$base" E2B_SANDBOX_URL="$base"
+"$venv/bin/python" "$here/scenarios.py" "$@" || status=$?
+if (($# == 0)); then
+    node "$node_dir/scenarios.mjs" || status=$?
+fi
 if grep -q "panicked" "$work/agentboxd.log"; then
     echo "error: agentboxd panicked during the run:" >&2
     grep -A5 "panicked" "$work/agentboxd.log" >&2
