@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agentbox_core::{CHUNK_BYTES, FileUpload, RunId};
 use agentbox_e2b_wire::connect::{decode_request, end_stream_frame, envelope};
-use agentbox_e2b_wire::wire::{EventMessage, ListResponse, ProcessConfig, ProcessEvent};
+use agentbox_e2b_wire::wire::{EventMessage, ListResponse, ProcessConfig, ProcessEvent, decode_base64};
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -119,6 +119,23 @@ struct Selector {
     tag: Option<String>,
 }
 
+/// `ProcessInput`.
+#[derive(Debug, Default, Deserialize)]
+struct Input {
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    pty: Option<String>,
+}
+
+/// `SendInputRequest`.
+#[derive(Debug, Deserialize)]
+struct InputRequest {
+    process: Selector,
+    #[serde(default)]
+    input: Option<Input>,
+}
+
 #[derive(Debug, Deserialize)]
 struct SelectRequest {
     process: Selector,
@@ -188,8 +205,10 @@ async fn process_call(
             let process: ProcessConfig = serde_json::from_value(raw.get("process").cloned().unwrap_or_default())
                 .map_err(|e| E2bApiError::BadRequest(format!("invalid StartRequest.process: {e}")))?;
             let tag = raw.get("tag").and_then(serde_json::Value::as_str).map(str::to_owned);
+            // envd keeps stdin open unless told otherwise (older clients never say).
+            let stdin = raw.get("stdin").and_then(serde_json::Value::as_bool).unwrap_or(true);
             let limit = Duration::from_secs(state.config.max_timeout_secs);
-            let (proc, rx) = sandbox.processes.start(&state.manager, &sandbox.run, process, tag, limit).await?;
+            let (proc, rx) = sandbox.processes.start(&state.manager, &sandbox.run, process, tag, stdin, limit).await?;
             Ok(Answer::Stream(event_stream(proc.pid, rx)))
         }
         "Connect" => {
@@ -207,15 +226,31 @@ async fn process_call(
             sandbox.processes.signal(&state.manager, &sandbox.run, proc.pid, &signal).await?;
             Ok(Answer::Unary(serde_json::json!({})))
         }
-        "SendInput" | "StreamInput" | "CloseStdin" | "Update" => {
-            if let Ok(r) = serde_json::from_slice::<SelectRequest>(msg) {
-                select(sandbox, &r.process)?;
-            }
-            Err(E2bApiError::Unimplemented(format!(
-                "process.Process/{method} is not supported by agentboxd's E2B API yet: processes get an empty stdin \
-                 and no terminal; pass input through a file or the command line"
-            )))
+        "SendInput" => {
+            let r: InputRequest = parse(msg, "SendInputRequest")?;
+            let proc = select(sandbox, &r.process)?;
+            let input = r.input.unwrap_or_default();
+            let bytes = match (input.stdin, input.pty) {
+                (Some(b64), _) => decode_base64(&b64)
+                    .map_err(|e| E2bApiError::BadRequest(format!("SendInput stdin is not base64: {e}")))?,
+                (None, Some(_)) => {
+                    return Err(E2bApiError::Unimplemented("PTY input is not supported: there are no PTYs".into()));
+                }
+                (None, None) => Vec::new(),
+            };
+            sandbox.processes.send_input(&state.manager, &sandbox.run, proc.pid, bytes).await?;
+            Ok(Answer::Unary(serde_json::json!({})))
         }
+        "CloseStdin" => {
+            let r: SelectRequest = parse(msg, "CloseStdinRequest")?;
+            let proc = select(sandbox, &r.process)?;
+            sandbox.processes.close_stdin(&state.manager, &sandbox.run, proc.pid).await?;
+            Ok(Answer::Unary(serde_json::json!({})))
+        }
+        "StreamInput" | "Update" => Err(E2bApiError::Unimplemented(format!(
+            "process.Process/{method} is not supported by agentboxd's E2B API yet (no PTYs and no client \
+                 streams); send input with SendInput"
+        ))),
         other => Err(E2bApiError::NotFound(format!("process.Process has no method {other:?}"))),
     }
 }
@@ -352,7 +387,7 @@ async fn write_file(
     let sandbox = state.for_call(request.headers(), true)?;
     if request.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity") {
         return Err(E2bApiError::BadRequest(
-            "compressed uploads are not supported (agentboxd reports envd 0.4.0): send the file uncompressed".into(),
+            "compressed uploads are not supported (agentboxd reports envd 0.5.2): send the file uncompressed".into(),
         ));
     }
     let multipart = request

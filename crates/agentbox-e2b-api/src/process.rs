@@ -1,10 +1,15 @@
 //! envd's `process.Process` service over the manager's executions.
 //!
-//! A process gets a pid of this API's own (unique in its sandbox); its output is fanned out to every stream
-//! attached to it (`Start`, then any `Connect`) through a bounded broadcast channel, and it keeps running when
-//! those streams go away, as under envd. Signals are delivered from inside the sandbox: the process is started
-//! through a tiny `sh` wrapper that records its real pid in `/tmp` and `exec`s the command, so a later `kill` run
-//! in the sandbox reads that file there. The host never reads it: nothing the sandbox writes is parsed here.
+//! A command runs under a tiny `sh` wrapper that writes its own pid (the pid inside the sandbox, which `exec` then
+//! hands to the command) as the first line of its output and `exec`s the command. The host reads that line, at
+//! most [`PID_LINE_BYTES`] bytes of decimal digits, and nothing else the sandbox writes; the rest of the output
+//! is passed on as it came. The process's output is fanned out to every stream attached to it (`Start`, then
+//! any `Connect`) through a bounded broadcast channel, and it keeps running when those streams go away, as under
+//! envd. Signals are sent from inside the sandbox to the process's group (`kill -- -PID`).
+//!
+//! A process started with `stdin: true` reads a FIFO in `/tmp` whose write end a sleeping holder keeps open:
+//! `SendInput` appends to the FIFO from a short process in the sandbox, `CloseStdin` ends the holder, so the
+//! command reads end-of-file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,14 +22,19 @@ use tokio::sync::broadcast;
 
 use crate::E2bApiError;
 
-/// Where the wrapper records a process's real pid, inside the sandbox.
-const PID_DIR: &str = "/tmp/.agentbox-e2b-pid-";
+/// The FIFO of a process's stdin, inside the sandbox (`{STDIN_FIFO}{pid}`; the holder's pid in `.h` beside it).
+const STDIN_FIFO: &str = "/tmp/.agentbox-e2b-stdin-";
+/// Most bytes of the wrapper's pid line (digits and the newline).
+pub const PID_LINE_BYTES: usize = 12;
+/// How long a start may take to report its pid.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pids given to processes whose wrapper reported none (it failed before the command started), counted down from
+/// here so they can't be a sandbox's own.
+const SYNTHETIC_PID: u32 = u32::MAX - 1;
 /// Output events buffered for slow streams before they miss some.
 const EVENT_BUFFER: usize = 1024;
 /// Most processes started through envd alive at once in one sandbox.
 pub const MAX_PROCESSES: usize = 256;
-/// The first pid handed out.
-const FIRST_PID: u32 = 1000;
 
 /// One process started through envd.
 #[derive(Debug)]
@@ -35,6 +45,8 @@ pub struct Proc {
     pub config: ProcessConfig,
     /// Its tag.
     pub tag: Option<String>,
+    /// Whether its stdin is a FIFO taking `SendInput`.
+    pub stdin: bool,
     events: broadcast::Sender<ProcessEvent>,
 }
 
@@ -55,8 +67,54 @@ pub struct Table {
 
 impl Default for Table {
     fn default() -> Self {
-        Self { next: AtomicU32::new(FIRST_PID), procs: Arc::default() }
+        Self { next: AtomicU32::new(SYNTHETIC_PID), procs: Arc::default() }
     }
+}
+
+/// What the head of a process's output says about its pid.
+#[derive(Debug, PartialEq, Eq)]
+enum PidLine {
+    /// No whole line yet.
+    Pending,
+    /// The pid, and the output after its line.
+    Pid(u32, Vec<u8>),
+    /// Not a pid line: all of it is output.
+    NotAPid(Vec<u8>),
+}
+
+/// Reads the wrapper's pid line from the head of the output.
+fn pid_line(head: &[u8]) -> PidLine {
+    match head.iter().position(|b| *b == b'\n') {
+        Some(i) if i < PID_LINE_BYTES => {
+            match std::str::from_utf8(&head[..i]).ok().and_then(|t| t.parse::<u32>().ok()).filter(|p| *p > 0) {
+                Some(pid) => PidLine::Pid(pid, head[i + 1..].to_vec()),
+                None => PidLine::NotAPid(head.to_vec()),
+            }
+        }
+        Some(_) => PidLine::NotAPid(head.to_vec()),
+        None if head.len() >= PID_LINE_BYTES => PidLine::NotAPid(head.to_vec()),
+        None => PidLine::Pending,
+    }
+}
+
+fn data(stdout: Option<Vec<u8>>, stderr: Option<Vec<u8>>) -> ProcessEvent {
+    ProcessEvent { data: Some(DataEvent { stdout, stderr, pty: None }), ..ProcessEvent::default() }
+}
+
+/// Runs a short shell script in the sandbox, with `input` on its stdin.
+async fn sandbox_sh(
+    manager: &SandboxManager,
+    run: &RunId,
+    script: &str,
+    input: Option<Vec<u8>>,
+    what: &'static str,
+) -> Result<agentbox_core::ExecOutput, E2bApiError> {
+    let request = ExecRequest {
+        timeout: Some(Duration::from_secs(10)),
+        stdin: input,
+        ..ExecRequest::argv(["/bin/sh", "-c", script])
+    };
+    manager.exec_collect(run, request).await.map_err(E2bApiError::sandbox(what))
 }
 
 /// A process's signal, by envd's enum name.
@@ -135,7 +193,7 @@ impl Table {
         all
     }
 
-    /// Starts a process; returns it with a receiver subscribed before its first output.
+    /// Starts a process; returns it, once its pid is known, with a receiver subscribed before its first output.
     ///
     /// # Errors
     /// [`E2bApiError::LimitReached`] past [`MAX_PROCESSES`], or the manager's error starting it.
@@ -145,6 +203,7 @@ impl Table {
         run: &RunId,
         config: ProcessConfig,
         tag: Option<String>,
+        stdin: bool,
         time_limit: Duration,
     ) -> Result<(Arc<Proc>, broadcast::Receiver<ProcessEvent>), E2bApiError> {
         if self.procs.lock_unpoisoned().len() >= MAX_PROCESSES {
@@ -152,8 +211,15 @@ impl Table {
                 "{MAX_PROCESSES} processes are running in this sandbox, the limit; kill some first"
             )));
         }
-        let pid = self.next.fetch_add(1, Ordering::Relaxed);
-        let script = format!("echo $$ > {PID_DIR}{pid} && exec \"$@\"");
+        let script = if stdin {
+            // The holder's open of the FIFO for writing completes when the command opens it for reading.
+            format!(
+                "f={STDIN_FIFO}$$; mkfifo -m 600 \"$f\" || exit 127; sleep 2147483647 > \"$f\" & echo $! > \"$f.h\"; \
+                 echo $$; exec \"$@\" < \"$f\""
+            )
+        } else {
+            "echo $$; exec \"$@\"".to_owned()
+        };
         let mut argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), script, "sh".to_owned(), config.cmd.clone()];
         argv.extend(config.args.iter().cloned());
         let request = ExecRequest {
@@ -164,31 +230,69 @@ impl Table {
         };
         let mut stream = manager.exec(run, request).await.map_err(E2bApiError::sandbox("starting the process"))?;
         let (tx, rx) = broadcast::channel(EVENT_BUFFER);
-        let proc = Arc::new(Proc { pid, config, tag, events: tx.clone() });
-        self.procs.lock_unpoisoned().insert(pid, proc.clone());
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Arc<Proc>>();
         let procs = self.procs.clone();
+        let next = self.next.fetch_sub(1, Ordering::Relaxed);
+        let cleanup = (manager.clone(), run.clone());
         tokio::spawn(async move {
+            let mut started = Some(started_tx);
+            let mut head = Vec::new();
+            let mut pid = None;
+            let register = |pid: u32, started: &mut Option<tokio::sync::oneshot::Sender<Arc<Proc>>>| {
+                let proc = Arc::new(Proc { pid, config: config.clone(), tag: tag.clone(), stdin, events: tx.clone() });
+                procs.lock_unpoisoned().insert(pid, proc.clone());
+                if let Some(s) = started.take() {
+                    let _ = s.send(proc);
+                }
+            };
             while let Some(event) = stream.next().await {
-                let event = match event {
-                    ExecEvent::Stdout(b) => ProcessEvent {
-                        data: Some(DataEvent { stdout: Some(b), ..DataEvent::default() }),
-                        ..ProcessEvent::default()
-                    },
-                    ExecEvent::Stderr(b) => ProcessEvent {
-                        data: Some(DataEvent { stderr: Some(b), ..DataEvent::default() }),
-                        ..ProcessEvent::default()
-                    },
-                    ExecEvent::Exit(status) => {
+                let event = match (event, pid) {
+                    (ExecEvent::Stdout(b), None) => {
+                        head.extend_from_slice(&b);
+                        let (p, rest) = match pid_line(&head) {
+                            PidLine::Pending => continue,
+                            PidLine::Pid(p, rest) => (p, rest),
+                            PidLine::NotAPid(all) => (next, all),
+                        };
+                        pid = Some(p);
+                        register(p, &mut started);
+                        if rest.is_empty() {
+                            continue;
+                        }
+                        data(Some(rest), None)
+                    }
+                    (ExecEvent::Stdout(b), Some(_)) => data(Some(b), None),
+                    (ExecEvent::Stderr(b), _) => data(None, Some(b)),
+                    (ExecEvent::Exit(status), p) => {
+                        let p = p.unwrap_or_else(|| {
+                            register(next, &mut started);
+                            next
+                        });
+                        pid = Some(p);
                         // Gone from the table before the end is seen, so a kill after the end finds nothing.
-                        procs.lock_unpoisoned().remove(&pid);
+                        procs.lock_unpoisoned().remove(&p);
+                        if !head.is_empty() && pid_line(&head) == PidLine::Pending {
+                            let _ = tx.send(data(Some(std::mem::take(&mut head)), None));
+                        }
                         ProcessEvent { end: Some(end_event(&status)), ..ProcessEvent::default() }
                     }
                 };
                 // No receiver at the moment is fine: the process runs on, as under envd.
                 let _ = tx.send(event);
             }
-            procs.lock_unpoisoned().remove(&pid);
+            if let Some(p) = pid {
+                procs.lock_unpoisoned().remove(&p);
+                if stdin {
+                    let (manager, run) = cleanup;
+                    let script = format!("f={STDIN_FIFO}{p}; kill $(cat \"$f.h\") 2>/dev/null; rm -f \"$f\" \"$f.h\"");
+                    let _ = sandbox_sh(&manager, &run, &script, None, "cleaning up stdin").await;
+                }
+            }
         });
+        let proc = tokio::time::timeout(START_TIMEOUT, started_rx)
+            .await
+            .map_err(|_| E2bApiError::Internal(format!("the process did not start within {START_TIMEOUT:?}")))?
+            .map_err(|_| E2bApiError::Internal("the process ended before it started".into()))?;
         Ok((proc, rx))
     }
 
@@ -205,16 +309,10 @@ impl Table {
         signal: &str,
     ) -> Result<(), E2bApiError> {
         let name = signal_name(signal)?;
-        let proc = self.get(pid)?;
-        // The wrapper writes the file before exec; a signal sent right after Start waits for it (up to 2 s).
-        let script = format!(
-            "f={PID_DIR}{pid}; i=0; while [ ! -s \"$f\" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done; \
-             p=$(cat \"$f\") || exit 3; kill -s {name} -- -\"$p\" 2>/dev/null || kill -s {name} \"$p\""
-        );
-        let request =
-            ExecRequest { timeout: Some(Duration::from_secs(10)), ..ExecRequest::argv(["/bin/sh", "-c", &script]) };
-        let out = manager.exec_collect(run, request).await.map_err(E2bApiError::sandbox("signalling the process"))?;
-        if out.exit_code != 0 && self.get(proc.pid).is_ok() {
+        self.get(pid)?;
+        let script = format!("kill -s {name} -- -{pid} 2>/dev/null || kill -s {name} {pid}");
+        let out = sandbox_sh(manager, run, &script, None, "signalling the process").await?;
+        if out.exit_code != 0 && self.get(pid).is_ok() {
             return Err(E2bApiError::Internal(format!(
                 "signalling process {pid} failed (exit {}): {}",
                 out.exit_code,
@@ -222,6 +320,53 @@ impl Table {
             )));
         }
         Ok(())
+    }
+
+    /// Writes `input` to the process's stdin.
+    ///
+    /// # Errors
+    /// [`E2bApiError::NotFound`] for an unknown pid, [`E2bApiError::Conflict`] for a process without stdin, or
+    /// the manager's error.
+    pub async fn send_input(
+        &self,
+        manager: &SandboxManager,
+        run: &RunId,
+        pid: u32,
+        input: Vec<u8>,
+    ) -> Result<(), E2bApiError> {
+        self.with_stdin(pid)?;
+        let script = format!("cat >> {STDIN_FIFO}{pid}");
+        let out = sandbox_sh(manager, run, &script, Some(input), "writing to the process's stdin").await?;
+        if out.exit_code != 0 {
+            return Err(E2bApiError::Internal(format!(
+                "writing to the stdin of process {pid} failed (exit {}): {}",
+                out.exit_code,
+                out.stderr.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin: it reads end-of-file.
+    ///
+    /// # Errors
+    /// As [`send_input`](Self::send_input).
+    pub async fn close_stdin(&self, manager: &SandboxManager, run: &RunId, pid: u32) -> Result<(), E2bApiError> {
+        self.with_stdin(pid)?;
+        let script = format!("f={STDIN_FIFO}{pid}; [ -s \"$f.h\" ] && kill $(cat \"$f.h\") 2>/dev/null; true");
+        sandbox_sh(manager, run, &script, None, "closing the process's stdin").await?;
+        Ok(())
+    }
+
+    fn with_stdin(&self, pid: u32) -> Result<Arc<Proc>, E2bApiError> {
+        let proc = self.get(pid)?;
+        if proc.stdin {
+            Ok(proc)
+        } else {
+            Err(E2bApiError::Conflict(format!(
+                "process {pid} was started without stdin; start it with stdin=True to send it input"
+            )))
+        }
     }
 }
 
@@ -258,5 +403,10 @@ mod tests {
         assert_eq!(killed, serde_json::json!({"exitCode": -1, "status": "signal: killed"}));
         assert_eq!(signal_name("SIGNAL_SIGKILL").unwrap(), "KILL");
         assert!(signal_name("SIGNAL_SIGSEGV").is_err());
+        assert_eq!(pid_line(b"123\nrest"), PidLine::Pid(123, b"rest".to_vec()));
+        assert_eq!(pid_line(b"12"), PidLine::Pending, "a partial line waits for more");
+        assert_eq!(pid_line(b"x1\n"), PidLine::NotAPid(b"x1\n".to_vec()));
+        assert_eq!(pid_line(b"0\n"), PidLine::NotAPid(b"0\n".to_vec()));
+        assert!(matches!(pid_line(b"123456789012345"), PidLine::NotAPid(_)), "an overlong line is not a pid");
     }
 }

@@ -119,6 +119,29 @@ def commands_background_list_connect_and_kill():
 
 
 @scenario
+def commands_stdin_send_and_close():
+    sb = make()
+    try:
+        h = sb.commands.run("cat; echo eof", background=True, stdin=True)
+        sb.commands.send_stdin(h.pid, "hello ")
+        sb.commands.send_stdin(h.pid, b"world\n")
+        sb.commands.close_stdin(h.pid)
+        r = h.wait()
+        assert r.stdout == "hello world\neof\n", repr(r.stdout)
+        # Without stdin=True, input is refused and the command sees an empty stdin.
+        assert sb.commands.run("cat").stdout == ""
+        h = sb.commands.run("sleep 30", background=True)
+        expect_raises(Exception, sb.commands.send_stdin, h.pid, "x")
+        h.kill()
+        # The pid is the one inside the sandbox.
+        h = sb.commands.run("sleep 30", background=True)
+        assert sb.commands.run(f"cat /proc/{h.pid}/cmdline | tr '\\0' ' '").stdout.startswith("sleep 30"), h.pid
+        h.kill()
+    finally:
+        sb.kill()
+
+
+@scenario
 def files_write_read_list_exists_mkdir_remove_rename():
     sb = make()
     fs = sb.files
