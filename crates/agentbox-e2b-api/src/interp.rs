@@ -1,13 +1,15 @@
 //! The code interpreter (port 49999 by header): `POST /execute` answering NDJSON lines, and `/contexts`, on
 //! agentbox-tools' stateful code contexts (a long-lived interpreter per context inside the sandbox).
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use agentbox_e2b_wire::wire::{ExecuteLine, ExecuteRequest};
 use agentbox_tools::ToolContext;
 use agentbox_tools::TypedTool as _;
 use agentbox_tools::code::{
-    CodeContextInput, CodeContextTool, CodeLanguage, ContextAction, ContextInfo, RunCodeInput, RunCodeTool,
+    CodeContextInput, CodeContextTool, CodeLanguage, ContextAction, ContextInfo, RunCodeInput, RunCodeOutput,
+    RunCodeTool,
 };
 use axum::Json;
 use axum::Router;
@@ -20,6 +22,9 @@ use serde::Deserialize;
 
 use crate::state::{E2bSandbox, Shared, rfc3339};
 use crate::{E2bApiError, fs, no_content};
+
+/// How long `/execute` waits to answer with the outcome's own status before it starts a 200 stream.
+const EARLY_ANSWER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Largest `/execute` or `/contexts` body.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -75,20 +80,164 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, E
     serde_json::from_slice(body).map_err(|e| E2bApiError::BadRequest(format!("invalid {what} body: {e}")))
 }
 
+/// Runs code through the code tool.
+async fn run(
+    ctx: &ToolContext,
+    code: String,
+    language: Option<CodeLanguage>,
+    context_id: Option<String>,
+) -> Result<RunCodeOutput, E2bApiError> {
+    let input = RunCodeInput { code, language, context_id, timeout_secs: None };
+    RunCodeTool.run(ctx, input).await.map_err(E2bApiError::tool("running the code"))
+}
+
+fn check_env_names(env: &BTreeMap<String, String>) -> Result<(), E2bApiError> {
+    for name in env.keys() {
+        let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(E2bApiError::BadRequest(format!(
+                "env_vars name {name:?} is invalid: use letters, digits and '_', not starting with a digit"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Code that sets `env` in a stateful context, remembering what it replaces, and code that puts it back.
+fn env_around(language: CodeLanguage, env: &BTreeMap<String, String>) -> (String, String) {
+    let json = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
+    match language {
+        CodeLanguage::Python => {
+            // A JSON string literal is a Python string literal too.
+            let literal = serde_json::to_string(&json).unwrap_or_else(|_| "\"{}\"".into());
+            (
+                format!(
+                    "import os as __ab_os, json as __ab_json\n__ab_env = __ab_json.loads({literal})\n\
+                     __ab_saved = {{k: __ab_os.environ.get(k) for k in __ab_env}}\n__ab_os.environ.update(__ab_env)"
+                ),
+                "for __ab_k, __ab_v in __ab_saved.items():\n    if __ab_v is None:\n        __ab_os.environ.pop(__ab_k, None)\n    \
+                 else:\n        __ab_os.environ[__ab_k] = __ab_v"
+                    .to_owned(),
+            )
+        }
+        _ => (
+            format!(
+                "globalThis.__abEnv = {json}; globalThis.__abSaved = Object.fromEntries(Object.keys(globalThis.__abEnv)\
+                 .map((k) => [k, process.env[k]])); Object.assign(process.env, globalThis.__abEnv); void 0"
+            ),
+            "for (const [k, v] of Object.entries(globalThis.__abSaved)) { if (v === undefined) delete process.env[k]; \
+             else process.env[k] = v; } void 0"
+                .to_owned(),
+        ),
+    }
+}
+
+/// `env` set ahead of stateless code.
+fn env_prefix(language: CodeLanguage, env: &BTreeMap<String, String>) -> String {
+    match language {
+        CodeLanguage::Bash => env.iter().map(|(k, v)| format!("export {k}='{}'\n", v.replace('\'', r"'\''"))).collect(),
+        _ => format!("Object.assign(process.env, {});\n", serde_json::to_string(env).unwrap_or_else(|_| "{}".into())),
+    }
+}
+
 async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, E2bApiError> {
     let sandbox = state.for_call(&headers, true)?;
     let request: ExecuteRequest = parse(&body, "execute")?;
-    if request.env_vars.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(E2bApiError::BadRequest(
-            "per-execution env_vars are not supported: code contexts keep one interpreter; set envs when creating \
-             the sandbox, or set os.environ in the code"
-                .into(),
-        ));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = done_tx.send(execute_code(&state, &sandbox, request).await);
+    });
+    let mut done_rx = done_rx;
+    // A quick answer (or a refusal, such as an unknown context) comes with its own status. Code that runs longer
+    // gets its headers now, as E2B's interpreter streams them, so a client can time it out and restart its context.
+    let early = tokio::select! {
+        r = &mut done_rx => Some(r),
+        () = tokio::time::sleep(EARLY_ANSWER) => None,
+    };
+    let body = match early {
+        Some(r) => Body::from(ndjson(r.map_err(|_| E2bApiError::Internal("the execution was dropped".into()))??)),
+        None => {
+            let stream = futures_util::stream::once(async move {
+                let out = match done_rx.await {
+                    Ok(Ok(out)) => ndjson(out),
+                    Ok(Err(e)) => failed(&e),
+                    Err(_) => failed(&E2bApiError::Internal("the execution was dropped".into())),
+                };
+                Ok::<_, std::convert::Infallible>(Bytes::from(out))
+            });
+            Body::from_stream(stream)
+        }
+    };
+    let mut response = Response::new(body);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
+}
+
+/// An execution that failed after the response began: an error line, then the end.
+fn failed(e: &E2bApiError) -> Vec<u8> {
+    let lines = [
+        ExecuteLine::Error { name: "ExecutionError".into(), value: e.to_string(), traceback: String::new() },
+        ExecuteLine::EndOfExecution,
+    ];
+    write_lines(&lines)
+}
+
+fn write_lines(lines: &[ExecuteLine]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        if serde_json::to_writer(&mut out, line).is_ok() {
+            out.push(b'\n');
+        }
     }
-    let language = request.language.as_deref().map(language).transpose()?;
-    let input = RunCodeInput { code: request.code, language, context_id: request.context_id, timeout_secs: None };
-    let out =
-        RunCodeTool.run(&tool_context(&state, &sandbox), input).await.map_err(E2bApiError::tool("running the code"))?;
+    out
+}
+
+async fn execute_code(
+    state: &Shared,
+    sandbox: &E2bSandbox,
+    request: ExecuteRequest,
+) -> Result<RunCodeOutput, E2bApiError> {
+    let env = request.env_vars.unwrap_or_default();
+    check_env_names(&env)?;
+    let explicit = request.language.as_deref().map(language).transpose()?;
+    // A bash or typescript context keeps no state: it names its language.
+    let (lang, context_id) = match request.context_id {
+        Some(id) => match sandbox.stateless_context(&id) {
+            Some(l) => (Some(l), None),
+            None => (explicit, Some(id)),
+        },
+        None => (explicit, None),
+    };
+    let ctx = tool_context(state, sandbox);
+    let out = if env.is_empty() {
+        run(&ctx, request.code, lang, context_id).await?
+    } else if context_id.is_some() || lang.unwrap_or(CodeLanguage::Python).has_contexts() {
+        // Per-execution variables in a stateful context: set, run, put back, in that context.
+        let context_lang = match &context_id {
+            Some(_) => {
+                let probe = run(&ctx, "1".into(), None, context_id.clone()).await?;
+                probe.language
+            }
+            None => lang.unwrap_or(CodeLanguage::Python),
+        };
+        let (set, restore) = env_around(context_lang, &env);
+        let prepared = run(&ctx, set, lang, context_id.clone()).await?;
+        if let Some(e) = prepared.error {
+            return Err(E2bApiError::Internal(format!("setting env_vars failed: {}: {}", e.name, e.value)));
+        }
+        let out = run(&ctx, request.code, lang, context_id.clone()).await;
+        let _ = run(&ctx, restore, lang, context_id).await;
+        out?
+    } else {
+        let l = lang.unwrap_or(CodeLanguage::Python);
+        run(&ctx, env_prefix(l, &env) + &request.code, Some(l), None).await?
+    };
+    Ok(out)
+}
+
+/// The NDJSON lines of a finished execution.
+fn ndjson(out: RunCodeOutput) -> Vec<u8> {
     let now = rfc3339(SystemTime::now());
     let mut lines = Vec::new();
     if !out.stdout.is_empty() {
@@ -122,15 +271,7 @@ async fn execute(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
         });
     }
     lines.push(ExecuteLine::EndOfExecution);
-    let mut ndjson = Vec::new();
-    for line in &lines {
-        if serde_json::to_writer(&mut ndjson, line).is_ok() {
-            ndjson.push(b'\n');
-        }
-    }
-    let mut response = Response::new(Body::from(ndjson));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-    Ok(response)
+    write_lines(&lines)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +287,16 @@ async fn create_context(State(state): State<Shared>, headers: HeaderMap, body: B
     let request: NewContext =
         if body.iter().all(u8::is_ascii_whitespace) { NewContext::default() } else { parse(&body, "context")? };
     let lang = language(request.language.as_deref().unwrap_or("python"))?;
+    if !lang.has_contexts() {
+        let id = format!("ctx-{}-{}", lang.as_str(), crate::state::random_hex(6)?);
+        sandbox.add_stateless_context(&id, lang)?;
+        let cwd = fs::absolute(request.cwd.as_deref().unwrap_or(fs::HOME));
+        if cwd != fs::HOME {
+            sandbox.remember_cwd(&id, &cwd);
+        }
+        let info = ContextInfo { id, language: lang.as_str().to_owned(), status: "alive".into() };
+        return Ok(Json(context_body(&info, &cwd)).into_response());
+    }
     let ctx = tool_context(&state, &sandbox);
     let input = CodeContextInput { action: ContextAction::Create, language: Some(lang), context_id: None };
     let out = CodeContextTool.run(&ctx, input).await.map_err(E2bApiError::tool("creating the context"))?;
@@ -176,7 +327,11 @@ async fn list_contexts(State(state): State<Shared>, headers: HeaderMap) -> Resul
         .run(&tool_context(&state, &sandbox), input)
         .await
         .map_err(E2bApiError::tool("listing the contexts"))?;
-    let body: Vec<_> = out.contexts.iter().map(|c| context_body(c, &sandbox.cwd_of(&c.id))).collect();
+    let mut body: Vec<_> = out.contexts.iter().map(|c| context_body(c, &sandbox.cwd_of(&c.id))).collect();
+    for (id, lang) in sandbox.stateless_contexts() {
+        let info = ContextInfo { id: id.clone(), language: lang.as_str().to_owned(), status: "alive".into() };
+        body.push(context_body(&info, &sandbox.cwd_of(&id)));
+    }
     Ok(Json(body).into_response())
 }
 
@@ -186,6 +341,10 @@ async fn delete_context(
     Path(id): Path<String>,
 ) -> Result<Response, E2bApiError> {
     let sandbox = state.for_call(&headers, false)?;
+    if sandbox.remove_stateless_context(&id) {
+        sandbox.forget_cwd(&id);
+        return Ok(no_content());
+    }
     let input = CodeContextInput { action: ContextAction::Delete, language: None, context_id: Some(id.clone()) };
     CodeContextTool
         .run(&tool_context(&state, &sandbox), input)
@@ -201,6 +360,9 @@ async fn restart_context(
     Path(id): Path<String>,
 ) -> Result<Response, E2bApiError> {
     let sandbox = state.for_call(&headers, false)?;
+    if sandbox.stateless_context(&id).is_some() {
+        return Ok(no_content());
+    }
     let input = CodeContextInput { action: ContextAction::Restart, language: None, context_id: Some(id.clone()) };
     CodeContextTool
         .run(&tool_context(&state, &sandbox), input)

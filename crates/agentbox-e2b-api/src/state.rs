@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use agentbox_core::{LockExt as _, RunId, SandboxManager, SandboxState};
+use agentbox_tools::code::CodeLanguage;
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq as _;
 
@@ -56,6 +57,8 @@ pub struct E2bSandbox {
     pub processes: Table,
     /// The working directories of its code contexts, where not the home.
     context_cwds: Mutex<BTreeMap<String, String>>,
+    /// Its contexts of languages that keep no state (bash, typescript): a name for the language.
+    stateless_contexts: Mutex<BTreeMap<String, CodeLanguage>>,
 }
 
 impl E2bSandbox {
@@ -87,6 +90,38 @@ impl E2bSandbox {
     #[must_use]
     pub fn cwd_of(&self, context: &str) -> String {
         self.context_cwds.lock_unpoisoned().get(context).cloned().unwrap_or_else(|| crate::fs::HOME.to_owned())
+    }
+
+    /// Records a context of a stateless language.
+    ///
+    /// # Errors
+    /// [`E2bApiError::LimitReached`] past [`MAX_CONTEXT_CWDS`] such contexts.
+    pub fn add_stateless_context(&self, id: &str, language: CodeLanguage) -> Result<(), E2bApiError> {
+        let mut all = self.stateless_contexts.lock_unpoisoned();
+        if all.len() >= MAX_CONTEXT_CWDS {
+            return Err(E2bApiError::LimitReached(format!(
+                "this sandbox has {MAX_CONTEXT_CWDS} bash and typescript contexts, the limit; remove some"
+            )));
+        }
+        all.insert(id.to_owned(), language);
+        Ok(())
+    }
+
+    /// The language of a stateless context.
+    #[must_use]
+    pub fn stateless_context(&self, id: &str) -> Option<CodeLanguage> {
+        self.stateless_contexts.lock_unpoisoned().get(id).copied()
+    }
+
+    /// Forgets a stateless context; whether it was one.
+    pub fn remove_stateless_context(&self, id: &str) -> bool {
+        self.stateless_contexts.lock_unpoisoned().remove(id).is_some()
+    }
+
+    /// The stateless contexts.
+    #[must_use]
+    pub fn stateless_contexts(&self) -> Vec<(String, CodeLanguage)> {
+        self.stateless_contexts.lock_unpoisoned().iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Checks the `X-Access-Token` of an envd call, in constant time.
@@ -227,6 +262,7 @@ impl Inner {
             deadline: Mutex::new(Some(now + entry.timeout)),
             processes: Table::default(),
             context_cwds: Mutex::new(BTreeMap::new()),
+            stateless_contexts: Mutex::new(BTreeMap::new()),
         });
         self.sandboxes.lock_unpoisoned().insert(id.to_owned(), sandbox.clone());
         Ok(sandbox)

@@ -285,6 +285,14 @@ def code_interpreter_state_errors_and_results():
         assert any(res.png for res in r.results), "no PNG result for a matplotlib figure"
         r = sb.run_code("console.log(6 * 7)", language="js")
         assert r.logs.stdout == ["42\n"], r.logs
+        r = sb.run_code("import os; os.environ.get('ONLY_NOW')", envs={"ONLY_NOW": "yes"})
+        assert r.text == "'yes'", r
+        assert sb.run_code("import os; os.environ.get('ONLY_NOW')").text is None, "per-run envs are put back"
+        r = sb.run_code("echo $((6 * 7)) $V", language="bash", envs={"V": "v"})
+        assert r.logs.stdout == ["42 v\n"], r.logs
+        # Code running past the early answer is streamed, and still answers whole.
+        r = sb.run_code("import time; time.sleep(1.2); print('late'); 5")
+        assert r.logs.stdout == ["late\n"] and r.text == "5", r
     finally:
         sb.kill()
 
@@ -308,6 +316,9 @@ def code_interpreter_contexts():
         assert r.error and r.error.name == "NameError", "a restarted context lost its state"
         sb.remove_code_context(ctx)
         assert ctx.id not in [c.id for c in sb.list_code_contexts()]
+        bash = sb.create_code_context(language="bash")
+        assert sb.run_code("echo hi", context=bash).logs.stdout == ["hi\n"]
+        sb.remove_code_context(bash)
         js = sb.create_code_context(language="js")
         sb.run_code("let z = 3", context=js)
         assert sb.run_code("z + 1", context=js).text == "4"
