@@ -196,11 +196,20 @@ struct Filter {
     limit: usize,
     next_token: Option<String>,
     template: Option<String>,
+    started_after: Option<SystemTime>,
+    ascending: bool,
 }
 
 fn filter(query: Option<&str>, default_states: &[&str]) -> Result<Filter, E2bApiError> {
-    let mut f =
-        Filter { metadata: BTreeMap::new(), states: Vec::new(), limit: MAX_PAGE, next_token: None, template: None };
+    let mut f = Filter {
+        metadata: BTreeMap::new(),
+        states: Vec::new(),
+        limit: MAX_PAGE,
+        next_token: None,
+        template: None,
+        started_after: None,
+        ascending: false,
+    };
     for (key, value) in query_pairs(query) {
         match key.as_str() {
             "metadata" | "query" => {
@@ -219,6 +228,16 @@ fn filter(query: Option<&str>, default_states: &[&str]) -> Result<Filter, E2bApi
             }
             "nextToken" => f.next_token = Some(value).filter(|v| !v.is_empty()),
             "template" => f.template = Some(value).filter(|v| !v.is_empty()),
+            "startedAfter" => f.started_after = Some(parse_time(&value)?),
+            "order" => {
+                f.ascending = match value.to_ascii_lowercase().as_str() {
+                    "asc" => true,
+                    "desc" | "" => false,
+                    other => {
+                        return Err(E2bApiError::BadRequest(format!("order {other:?} is unknown: use asc or desc")));
+                    }
+                };
+            }
             _ => {}
         }
     }
@@ -239,11 +258,43 @@ fn matching(state: &Shared, f: &Filter) -> Vec<Arc<E2bSandbox>> {
         .into_iter()
         .filter(|s| f.metadata.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
         .filter(|s| f.template.as_ref().is_none_or(|t| *t == s.template_id))
+        .filter(|s| f.started_after.is_none_or(|t| s.started_at >= t))
         .filter(|s| {
             let st = if state.is_paused(s) { "paused" } else { "running" };
             f.states.iter().any(|x| x == st)
         })
-        .collect()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev_if(!f.ascending)
+}
+
+/// Newest first unless asked otherwise, as E2B lists.
+trait RevIf: Iterator + DoubleEndedIterator + Sized {
+    fn rev_if(self, reverse: bool) -> Vec<Self::Item> {
+        if reverse { self.rev().collect() } else { self.collect() }
+    }
+}
+
+impl<I: Iterator + DoubleEndedIterator> RevIf for I {}
+
+/// An RFC 3339 time, with `Z` or a `+HH:MM` offset (Python's `isoformat()`).
+fn parse_time(text: &str) -> Result<SystemTime, E2bApiError> {
+    let bad = || E2bApiError::BadRequest(format!("time {text:?} is not RFC 3339 (2024-05-01T10:00:00Z)"));
+    let t = text.trim();
+    let (base, offset_secs) = match t.len().checked_sub(6).and_then(|i| t.get(i..).map(|tail| (i, tail))) {
+        Some((i, tail))
+            if (tail.starts_with('+') || tail.starts_with('-')) && tail.as_bytes().get(3) == Some(&b':') =>
+        {
+            let hours: i64 = tail[1..3].parse().map_err(|_| bad())?;
+            let minutes: i64 = tail[4..6].parse().map_err(|_| bad())?;
+            let sign = if tail.starts_with('-') { -1 } else { 1 };
+            (&t[..i], sign * (hours * 3600 + minutes * 60))
+        }
+        _ => (t.trim_end_matches(['Z', 'z']), 0),
+    };
+    let local = humantime::parse_rfc3339_weak(base).map_err(|_| bad())?;
+    let shift = Duration::from_secs(offset_secs.unsigned_abs());
+    Ok(if offset_secs >= 0 { local - shift } else { local + shift })
 }
 
 async fn list_v1(State(state): State<Shared>, RawQuery(query): RawQuery) -> Result<Response, E2bApiError> {
@@ -255,7 +306,7 @@ async fn list_v1(State(state): State<Shared>, RawQuery(query): RawQuery) -> Resu
 async fn list_v2(State(state): State<Shared>, RawQuery(query): RawQuery) -> Result<Response, E2bApiError> {
     let f = filter(query.as_deref(), &["running", "paused"])?;
     let all = matching(&state, &f);
-    // The token is the id of the last sandbox of the previous page; pages are in creation order.
+    // The token is the id of the last sandbox of the previous page; pages keep the listing's order.
     let start = match &f.next_token {
         Some(token) => all.iter().position(|s| &s.id == token).map_or(all.len(), |i| i + 1),
         None => 0,
@@ -333,8 +384,28 @@ async fn connect(State(state): State<Shared>, Path(id): Path<String>, body: Byte
     Ok((status, Json(sandbox_body(&sandbox))).into_response())
 }
 
-async fn metrics(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, E2bApiError> {
+async fn metrics(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, E2bApiError> {
     let sandbox = state.get(&id)?;
+    // One sample, taken now: an asked-for window it is not in gets none.
+    let mut window = (None::<u64>, None::<u64>);
+    for (key, value) in query_pairs(query.as_deref()) {
+        let secs = || {
+            value.parse::<u64>().map_err(|_| E2bApiError::BadRequest(format!("{key} {value:?} is not unix seconds")))
+        };
+        match key.as_str() {
+            "start" => window.0 = Some(secs()?),
+            "end" => window.1 = Some(secs()?),
+            _ => {}
+        }
+    }
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    if window.0.is_some_and(|s| s > now) || window.1.is_some_and(|e| e < now) {
+        return Ok(Json(Vec::<SandboxMetric>::new()).into_response());
+    }
     let m = state.manager.metrics(&sandbox.run).await.map_err(E2bApiError::sandbox("reading the sandbox's metrics"))?;
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(m.sampled_at_ms);
     let at = if m.sampled_at_ms == 0 { SystemTime::now() } else { at };
@@ -370,5 +441,9 @@ mod tests {
         assert_eq!(filter(None, &["running"]).unwrap().states, ["running"]);
         assert_eq!(percent_decode("a%2"), "a%2");
         assert_eq!(percent_decode("a%zz%41"), "a%zzA");
+        let z = parse_time("2024-05-01T10:00:00Z").unwrap();
+        assert_eq!(parse_time("2024-05-01T12:00:00.000000+02:00").unwrap(), z);
+        assert_eq!(parse_time("2024-05-01T08:30:00-01:30").unwrap(), z);
+        assert!(parse_time("yesterday").is_err());
     }
 }

@@ -293,7 +293,9 @@ fn event_stream(pid: u32, mut rx: broadcast::Receiver<ProcessEvent>) -> Body {
                     tracing::debug!(pid, missed = n, "a process stream fell behind and missed output");
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    let e = E2bApiError::Internal(format!("process {pid} ended without an exit status"));
+                    // The sandbox went away under the process (killed, or its timeout expired); the SDKs probe its
+                    // health to say which.
+                    let e = E2bApiError::StreamCut(pid);
                     let _ = tx.send(Bytes::from(end_stream_frame(Some(&e.to_connect())))).await;
                     return;
                 }

@@ -36,6 +36,12 @@ pub enum E2bApiError {
     /// The sandbox is gone (envd's `/health` and the proxy answer 502 with "was not found").
     #[error("the sandbox {0} was not found: it was killed or its timeout expired")]
     SandboxGone(String),
+    /// The sandbox is paused: its envd does not answer until it is resumed.
+    #[error("the sandbox {0} is paused: resume it with Sandbox.connect")]
+    SandboxPaused(String),
+    /// A process stream was cut by its sandbox going away.
+    #[error("the connection to the sandbox ended before the stream of process {0} completed")]
+    StreamCut(u32),
     /// The path already exists.
     #[error("{0}")]
     AlreadyExists(String),
@@ -92,9 +98,10 @@ impl E2bApiError {
             Self::UnknownTemplate { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::SandboxGone(_) => StatusCode::BAD_GATEWAY,
+            Self::SandboxGone(_) | Self::SandboxPaused(_) => StatusCode::BAD_GATEWAY,
             Self::AlreadyExists(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::StreamCut(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unimplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Sandbox { source, .. } => match source {
                 E::NotFound(_) => StatusCode::NOT_FOUND,
@@ -127,7 +134,7 @@ impl E2bApiError {
         match self {
             Self::AlreadyExists(_) => "already_exists",
             Self::Unimplemented(_) => "unimplemented",
-            Self::SandboxGone(_) => "unavailable",
+            Self::SandboxGone(_) | Self::SandboxPaused(_) | Self::StreamCut(_) => "unavailable",
             _ => match self.status() {
                 StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_argument",
                 StatusCode::UNAUTHORIZED => "unauthenticated",
@@ -165,7 +172,9 @@ impl E2bApiError {
 impl IntoResponse for E2bApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && !matches!(self, Self::SandboxGone(_) | Self::Unimplemented(_)) {
+        if status.is_server_error()
+            && !matches!(self, Self::SandboxGone(_) | Self::SandboxPaused(_) | Self::Unimplemented(_))
+        {
             tracing::warn!(error = %self, "E2B API call failed");
         }
         plain(status, &self.to_string())

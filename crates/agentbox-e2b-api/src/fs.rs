@@ -1,6 +1,5 @@
 //! envd's `filesystem.Filesystem` service over the backend's file operations.
 
-use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use agentbox_core::{FileEntry, FileKind, RunId, SandboxManager};
@@ -28,6 +27,25 @@ pub fn absolute(path: &str) -> String {
     }
 }
 
+/// `ls -l`-style permissions: the type letter and `rwx` triples.
+#[must_use]
+pub fn permissions(kind: FileKind, mode: u32) -> String {
+    let mut out = String::with_capacity(10);
+    out.push(match kind {
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::File => '-',
+        FileKind::Other => '?',
+    });
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        out.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    out
+}
+
 /// envd's `EntryInfo` for a backend entry.
 #[must_use]
 pub fn entry_info(e: &FileEntry) -> EntryInfo {
@@ -43,6 +61,7 @@ pub fn entry_info(e: &FileEntry) -> EntryInfo {
         path: e.path.clone(),
         size: i64::try_from(e.size).unwrap_or(i64::MAX),
         mode: e.mode,
+        permissions: permissions(e.kind, e.mode),
         modified_time: Some(rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(e.modified_ms))),
         symlink_target: e.symlink_target.clone(),
         // Not in E2B's filesystem.proto: a link is known by its type and target, and a strict reader would refuse it.
@@ -74,6 +93,35 @@ async fn stat(manager: &SandboxManager, run: &RunId, path: &str) -> Result<FileE
         .map_err(|e| not_found_is(e, "reading the path's metadata", path))
 }
 
+/// A directory's entries, by name.
+async fn sorted_list(manager: &SandboxManager, run: &RunId, dir: &str) -> Result<Vec<FileEntry>, E2bApiError> {
+    let d = dir.to_owned();
+    let mut listed = manager
+        .with_sandbox(run, |b, id| async move { b.list_dir(&id, &d).await })
+        .await
+        .map_err(|e| not_found_is(e, "listing the directory", dir))?;
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(listed)
+}
+
+/// envd's entry for `e`: a symlink is described by its target's type (and keeps its own path and target), as
+/// envd's `os.Stat` does; a dangling link stays a symlink.
+async fn described(manager: &SandboxManager, run: &RunId, e: &FileEntry) -> EntryInfo {
+    let mut info = entry_info(e);
+    if let (FileKind::Symlink, Some(target)) = (e.kind, &e.symlink_target) {
+        let dir = e.path.rsplit_once('/').map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
+        let resolved = if target.starts_with('/') { target.clone() } else { format!("{dir}/{target}") };
+        // One level: a link to a link is described by the second link's own type.
+        if let Ok(t) = stat(manager, run, &resolved).await {
+            let kind = entry_info(&t).kind;
+            info.kind = kind;
+            info.permissions = permissions(t.kind, t.mode);
+        }
+        info.symlink_target = Some(resolved);
+    }
+    info
+}
+
 /// Runs one unary `filesystem.Filesystem` method; returns its JSON response.
 ///
 /// # Errors
@@ -89,7 +137,7 @@ pub async fn call(
             let r: PathRequest = parse(body, "StatRequest")?;
             let path = absolute(&r.path);
             let e = stat(manager, run, &path).await?;
-            Ok(json(&EntryResponse { entry: Some(entry_info(&e)) }))
+            Ok(json(&EntryResponse { entry: Some(described(manager, run, &e).await) }))
         }
         "ListDir" => {
             let raw: serde_json::Value = parse(body, "ListDirRequest")?;
@@ -103,25 +151,24 @@ pub async fn call(
             if top.kind != FileKind::Dir {
                 return Err(E2bApiError::BadRequest(format!("path {root} is not a directory")));
             }
+            // Depth first, by name, as envd's directory walk returns them.
             let mut entries = Vec::new();
-            let mut queue = VecDeque::from([(root.clone(), 1u32)]);
-            while let Some((dir, level)) = queue.pop_front() {
-                let d = dir.clone();
-                let listed = manager
-                    .with_sandbox(run, |b, id| async move { b.list_dir(&id, &d).await })
-                    .await
-                    .map_err(|e| not_found_is(e, "listing the directory", &dir))?;
-                for e in listed {
-                    if entries.len() >= MAX_LIST_ENTRIES {
-                        return Err(E2bApiError::LimitReached(format!(
-                            "{root} holds more than {MAX_LIST_ENTRIES} entries at depth {}; list with a smaller depth",
-                            r.depth
-                        )));
-                    }
-                    if e.kind == FileKind::Dir && level < r.depth {
-                        queue.push_back((e.path.clone(), level + 1));
-                    }
-                    entries.push(entry_info(&e));
+            let mut stack = vec![(sorted_list(manager, run, &root).await?.into_iter(), 1u32)];
+            while let Some((iter, level)) = stack.last_mut() {
+                let level = *level;
+                let Some(e) = iter.next() else {
+                    stack.pop();
+                    continue;
+                };
+                if entries.len() >= MAX_LIST_ENTRIES {
+                    return Err(E2bApiError::LimitReached(format!(
+                        "{root} holds more than {MAX_LIST_ENTRIES} entries at depth {}; list with a smaller depth",
+                        r.depth
+                    )));
+                }
+                entries.push(described(manager, run, &e).await);
+                if e.kind == FileKind::Dir && level < r.depth {
+                    stack.push((sorted_list(manager, run, &e.path).await?.into_iter(), level + 1));
                 }
             }
             Ok(json(&ListDirResponse { entries }))
@@ -191,5 +238,7 @@ mod tests {
         assert_eq!(v["size"], "5", "int64 is a string in proto3 JSON");
         assert_eq!(v["type"], "FILE_TYPE_FILE");
         assert!(v.get("isSymlink").is_none(), "false is omitted");
+        assert_eq!(v["permissions"], "-rw-r--r--");
+        assert_eq!(permissions(FileKind::Dir, 0o755), "drwxr-xr-x");
     }
 }

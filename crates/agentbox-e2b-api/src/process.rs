@@ -12,11 +12,11 @@
 //! command reads end-of-file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentbox_core::{ExecEvent, ExecRequest, ExitStatus, LockExt as _, RunId, SandboxManager};
+use agentbox_core::{ExecEvent, ExecRequest, ExitStatus, LockExt as _, RunId, SandboxManager, SandboxState};
 use agentbox_e2b_wire::wire::{DataEvent, EndEvent, ListedProcess, ProcessConfig, ProcessEvent, StartEvent};
 use tokio::sync::broadcast;
 
@@ -63,11 +63,13 @@ impl Proc {
 pub struct Table {
     next: AtomicU32,
     procs: Arc<Mutex<HashMap<u32, Arc<Proc>>>>,
+    /// Set when the sandbox is being killed: its processes' streams then end with that, not an exit status.
+    gone: Arc<AtomicBool>,
 }
 
 impl Default for Table {
     fn default() -> Self {
-        Self { next: AtomicU32::new(SYNTHETIC_PID), procs: Arc::default() }
+        Self { next: AtomicU32::new(SYNTHETIC_PID), procs: Arc::default(), gone: Arc::default() }
     }
 }
 
@@ -157,6 +159,11 @@ pub fn end_event(status: &ExitStatus) -> EndEvent {
 }
 
 impl Table {
+    /// Marks the sandbox as going away.
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+    }
+
     /// The process `pid`.
     ///
     /// # Errors
@@ -234,6 +241,7 @@ impl Table {
         let procs = self.procs.clone();
         let next = self.next.fetch_sub(1, Ordering::Relaxed);
         let cleanup = (manager.clone(), run.clone());
+        let gone = self.gone.clone();
         tokio::spawn(async move {
             let mut started = Some(started_tx);
             let mut head = Vec::new();
@@ -271,6 +279,11 @@ impl Table {
                         pid = Some(p);
                         // Gone from the table before the end is seen, so a kill after the end finds nothing.
                         procs.lock_unpoisoned().remove(&p);
+                        let destroyed = cleanup.0.get(&cleanup.1).map_or(true, |s| s.state == SandboxState::Destroying);
+                        if gone.load(Ordering::Acquire) || destroyed {
+                            // The sandbox itself is gone: the streams end with that error, not an exit status.
+                            break;
+                        }
                         if !head.is_empty() && pid_line(&head) == PidLine::Pending {
                             let _ = tx.send(data(Some(std::mem::take(&mut head)), None));
                         }

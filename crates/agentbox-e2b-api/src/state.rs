@@ -204,8 +204,10 @@ impl Inner {
     pub fn for_call(&self, headers: &HeaderMap, check_token: bool) -> Result<Arc<E2bSandbox>, E2bApiError> {
         let id = headers.get(crate::SANDBOX_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let sandbox = self.get(id).map_err(|_| E2bApiError::SandboxGone(id.to_owned()))?;
-        if self.manager.get(&sandbox.run).is_err() {
-            return Err(E2bApiError::SandboxGone(id.to_owned()));
+        match self.manager.get(&sandbox.run) {
+            Err(_) => return Err(E2bApiError::SandboxGone(id.to_owned())),
+            Ok(s) if s.state == SandboxState::Paused => return Err(E2bApiError::SandboxPaused(id.to_owned())),
+            Ok(_) => {}
         }
         if check_token {
             sandbox.check_access(headers)?;
@@ -275,6 +277,7 @@ impl Inner {
     pub async fn kill(&self, id: &str) -> Result<(), E2bApiError> {
         let sandbox = self.get(id)?;
         self.sandboxes.lock_unpoisoned().remove(id);
+        sandbox.processes.mark_gone();
         match self.manager.destroy(&sandbox.run).await {
             Ok(()) | Err(agentbox_core::Error::NotFound(_)) => Ok(()),
             Err(e) => Err(E2bApiError::Sandbox { what: "killing the sandbox", source: e }),

@@ -452,6 +452,9 @@ pub struct EntryInfo {
     /// Mode bits.
     #[serde(default)]
     pub mode: u32,
+    /// `ls -l`-style permissions (`-rw-r--r--`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub permissions: String,
     /// Modification time, RFC 3339.
     #[serde(default, rename = "modifiedTime", alias = "modified_time", skip_serializing_if = "Option::is_none")]
     pub modified_time: Option<String>,

@@ -298,6 +298,7 @@ mod tests {
             path: "/home/user/a.txt".into(),
             size: 5,
             mode: 0o100_644,
+            permissions: String::new(),
             modified_time: Some("2024-05-01T10:00:00.250Z".into()),
             symlink_target: None,
             is_symlink: false,

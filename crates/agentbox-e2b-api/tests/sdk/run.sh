@@ -6,8 +6,9 @@
 #
 # Installs the SDKs under the target directory (a venv and a node_modules, once per pinned set), builds and
 # starts the debug agentboxd on a free loopback port with a throwaway data directory and [e2b_api] enabled, points
-# the SDKs at it (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY) and runs scenarios.py, then scenarios.mjs (unless
-# arguments select Python scenarios or the benchmark), which create real sandboxes running real processes. Stops
+# the SDKs at it (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY) and runs scenarios.py, then (unless arguments select
+# Python scenarios or the benchmark) scenarios.mjs and the vendored subset of E2B's own SDK tests (upstream/), all
+# of which create real sandboxes running real processes. Stops
 # agentboxd with SIGTERM (it destroys what is left). Exits non-zero on any failure, or when an SDK cannot be
 # installed: this check never passes unrun.
 set -euo pipefail
@@ -83,6 +84,13 @@ export E2B_API_KEY="$token" E2B_API_URL="$base" E2B_SANDBOX_URL="$base"
 "$venv/bin/python" "$here/scenarios.py" "$@" || status=$?
 if (($# == 0)); then
     node "$node_dir/scenarios.mjs" || status=$?
+    # E2B's own SDK tests (a vendored subset, see upstream/README.md), less the ones deselected.txt explains.
+    deselect=()
+    while read -r id; do
+        [[ -z "$id" || "$id" == \#* ]] || deselect+=(--deselect "$id")
+    done <"$here/upstream/deselected.txt"
+    (cd "$here/upstream" && PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+        --timeout 120 "${deselect[@]}" tests) || status=$?
 fi
 if grep -q "panicked" "$work/agentboxd.log"; then
     echo "error: agentboxd panicked during the run:" >&2
