@@ -96,18 +96,114 @@ async fn filesystem_rpc(
         let body = read_body(body).await?;
         let sandbox = state.for_call(&headers, true)?;
         let msg = message(stream, &body)?;
-        fs::call(&state.manager, &sandbox.run, &method, msg).await
+        match method.as_str() {
+            "WatchDir" => return Ok(Answer::Stream(watch_dir(&state, &sandbox, msg).await?)),
+            "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
+                return watcher_call(&state, &sandbox, &method, msg).await.map(Answer::Unary);
+            }
+            _ => {}
+        }
+        fs::call(&state.manager, &sandbox.run, &method, msg).await.map(Answer::Unary)
     }
     .await;
     match result {
-        Ok(v) if stream => {
+        Ok(Answer::Stream(body)) => stream_response(body),
+        Ok(Answer::Unary(v)) if stream => {
             let mut out = envelope(0, v.to_string().as_bytes());
             out.extend(end_stream_frame(None));
             stream_response(Body::from(out))
         }
-        Ok(v) => Json(v).into_response(),
+        Ok(Answer::Unary(v)) => Json(v).into_response(),
         Err(e) => failure(stream, &e),
     }
+}
+
+/// `CreateWatcherRequest` and `WatchDirRequest`.
+#[derive(Debug, Deserialize)]
+struct WatchRequest {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+fn watcher_id(msg: &[u8]) -> Result<String, E2bApiError> {
+    let raw: serde_json::Value = parse(msg, "watcher request")?;
+    raw.get("watcherId")
+        .or_else(|| raw.get("watcher_id"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| E2bApiError::BadRequest("the request needs a watcherId".into()))
+}
+
+async fn watcher_call(
+    state: &Shared,
+    sandbox: &E2bSandbox,
+    method: &str,
+    msg: &[u8],
+) -> Result<serde_json::Value, E2bApiError> {
+    match method {
+        "CreateWatcher" => {
+            let r: WatchRequest = parse(msg, "CreateWatcherRequest")?;
+            let limit = Duration::from_secs(state.config.max_timeout_secs);
+            let dir = fs::absolute(&r.path);
+            let (id, _) = sandbox.watchers.start(&state.manager, &sandbox.run, &dir, r.recursive, limit).await?;
+            Ok(serde_json::json!({ "watcherId": id }))
+        }
+        "GetWatcherEvents" => {
+            let watcher = sandbox.watchers.get(&watcher_id(msg)?)?;
+            Ok(serde_json::json!({ "events": watcher.take_settled().await }))
+        }
+        _ => {
+            sandbox.watchers.remove(&state.manager, &sandbox.run, &watcher_id(msg)?).await?;
+            Ok(serde_json::json!({}))
+        }
+    }
+}
+
+/// The response body of `WatchDir`: a start event, then the directory's events as they come (with a keepalive
+/// when idle). The watcher stops when the client goes away.
+async fn watch_dir(state: &Shared, sandbox: &Arc<E2bSandbox>, msg: &[u8]) -> Result<Body, E2bApiError> {
+    let r: WatchRequest = parse(msg, "WatchDirRequest")?;
+    let limit = Duration::from_secs(state.config.max_timeout_secs);
+    let dir = fs::absolute(&r.path);
+    let (id, watcher) = sandbox.watchers.start(&state.manager, &sandbox.run, &dir, r.recursive, limit).await?;
+    let (tx, out) = mpsc::channel::<Bytes>(16);
+    let (state, sandbox) = (state.clone(), sandbox.clone());
+    tokio::spawn(async move {
+        let frame = |v: serde_json::Value| Bytes::from(envelope(0, v.to_string().as_bytes()));
+        let mut open = tx.send(frame(serde_json::json!({"start": {}}))).await.is_ok();
+        while open {
+            let changed = watcher.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            for event in watcher.take() {
+                if tx.send(frame(serde_json::json!({ "filesystem": event }))).await.is_err() {
+                    open = false;
+                    break;
+                }
+            }
+            if !open || watcher.ended() {
+                break;
+            }
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep(KEEPALIVE) => {
+                    open = tx.send(frame(serde_json::json!({"keepalive": {}}))).await.is_ok();
+                }
+            }
+        }
+        if open {
+            let e = E2bApiError::StreamCut(0);
+            let _ = tx.send(Bytes::from(end_stream_frame(Some(&e.to_connect())))).await;
+        }
+        let _ = sandbox.watchers.remove(&state.manager, &sandbox.run, &id).await;
+    });
+    let chunks = futures_util::stream::unfold(out, |mut out| async move {
+        let chunk = out.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), out))
+    });
+    Ok(Body::from_stream(chunks))
 }
 
 /// A `ProcessSelector`: by pid or by tag.

@@ -209,9 +209,6 @@ pub async fn call(
                 Err(e) => Err(E2bApiError::Sandbox { what: "removing the path", source: e }),
             }
         }
-        "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => Err(E2bApiError::Unimplemented(
-            format!("filesystem.Filesystem/{method} (directory watching) is not supported by agentboxd's E2B API yet"),
-        )),
         other => Err(E2bApiError::NotFound(format!("filesystem.Filesystem has no method {other:?}"))),
     }
 }

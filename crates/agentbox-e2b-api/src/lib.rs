@@ -28,6 +28,7 @@ pub mod fs;
 pub mod interp;
 pub mod process;
 pub mod state;
+pub mod watch;
 
 use std::sync::Arc;
 

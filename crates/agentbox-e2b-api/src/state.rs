@@ -55,6 +55,8 @@ pub struct E2bSandbox {
     deadline: Mutex<Option<SystemTime>>,
     /// Its processes started through envd.
     pub processes: Table,
+    /// Its directory watchers.
+    pub watchers: crate::watch::Watchers,
     /// The working directories of its code contexts, where not the home.
     context_cwds: Mutex<BTreeMap<String, String>>,
     /// Its contexts of languages that keep no state (bash, typescript): a name for the language.
@@ -263,6 +265,7 @@ impl Inner {
             disk_mb,
             deadline: Mutex::new(Some(now + entry.timeout)),
             processes: Table::default(),
+            watchers: crate::watch::Watchers::default(),
             context_cwds: Mutex::new(BTreeMap::new()),
             stateless_contexts: Mutex::new(BTreeMap::new()),
         });

@@ -91,6 +91,24 @@ scenario('files', async () => {
   }
 })
 
+scenario('watch_dir', async () => {
+  const sb = await make()
+  try {
+    await sb.files.makeDir('/home/user/w')
+    const events = []
+    const handle = await sb.files.watchDir('/home/user/w', (e) => events.push(e), { recursive: true })
+    await sb.files.write('/home/user/w/x.txt', 'y')
+    await sb.commands.run('mkdir /home/user/w/sub && touch /home/user/w/sub/z')
+    for (let i = 0; i < 40 && !events.some((e) => e.name === 'sub/z'); i++) await new Promise((r) => setTimeout(r, 50))
+    await handle.stop()
+    assert(events.some((e) => e.name === 'x.txt' && e.type === 'write'), JSON.stringify(events))
+    assert(events.some((e) => e.name === 'sub' && e.type === 'create'), JSON.stringify(events))
+    assert(events.some((e) => e.name === 'sub/z' && e.type === 'create'), JSON.stringify(events))
+  } finally {
+    await sb.kill()
+  }
+})
+
 scenario('list_connect_timeout_metrics_kill', async () => {
   const sb = await make({ metadata: { js: 'list' } })
   const paginator = Sandbox.list({ query: { metadata: { suite: TAG, js: 'list' } } })

@@ -180,6 +180,27 @@ def files_write_read_list_exists_mkdir_remove_rename():
 
 
 @scenario
+def files_watch_dir():
+    sb = make()
+    try:
+        sb.files.make_dir("/home/user/w")
+        handle = sb.files.watch_dir("/home/user/w", recursive=True)
+        sb.files.write("/home/user/w/a.txt", "1")
+        sb.commands.run("mkdir /home/user/w/sub && echo 2 > /home/user/w/sub/b.txt && rm /home/user/w/a.txt")
+        seen = set()
+        for _ in range(20):
+            seen |= {(e.name, e.type.value) for e in handle.get_new_events()}
+            if ("a.txt", "remove") in seen:
+                break
+        handle.stop()
+        for want in [("a.txt", "write"), ("sub", "create"), ("sub/b.txt", "create"), ("a.txt", "remove")]:
+            assert want in seen, (want, seen)
+        expect_raises(NotFoundException, sb.files.watch_dir, "/home/user/nowhere")
+    finally:
+        sb.kill()
+
+
+@scenario
 def list_filters_paging_and_connect():
     tag = {"pager": f"{TAG}-p"}
     boxes = [make(metadata=tag) for _ in range(3)]
