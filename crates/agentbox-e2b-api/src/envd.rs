@@ -436,21 +436,39 @@ async fn read_file(
 }
 
 /// Streams chunks into a sandbox file under `limit` bytes; nothing is left behind when the body fails.
-async fn stream_into<S>(state: &Shared, run: &RunId, path: &str, body: S) -> Result<u64, E2bApiError>
+async fn stream_into<S>(state: &Shared, run: &RunId, path: &str, body: S, gzip: bool) -> Result<u64, E2bApiError>
 where
     S: futures_util::Stream<Item = Result<Bytes, E2bApiError>> + Send,
 {
+    let max = state.config.max_upload_bytes;
     let (tx, upload) = FileUpload::channel();
-    let write = state.manager.write_file_stream(run, path, upload, state.config.max_upload_bytes);
+    let write = state.manager.write_file_stream(run, path, upload, max);
     let feed = async move {
         let read = async {
             futures_util::pin_mut!(body);
             let mut pending = Vec::new();
+            let mut gunzip = gzip.then(|| Gunzip::new(max));
             while let Some(bytes) = body.next().await {
-                pending.extend_from_slice(&bytes?);
+                let bytes = bytes?;
+                match &mut gunzip {
+                    // Fed in small pieces, so one piece's output stays small however well it compresses.
+                    Some(g) => {
+                        for piece in bytes.chunks(GZIP_PIECE) {
+                            pending.extend(g.feed(piece)?);
+                            if pending.len() >= CHUNK_BYTES && tx.send(Ok(std::mem::take(&mut pending))).await.is_err()
+                            {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    None => pending.extend_from_slice(&bytes),
+                }
                 if pending.len() >= CHUNK_BYTES && tx.send(Ok(std::mem::take(&mut pending))).await.is_err() {
                     return Ok(());
                 }
+            }
+            if let Some(g) = gunzip {
+                pending.extend(g.finish()?);
             }
             if !pending.is_empty() {
                 let _ = tx.send(Ok(pending)).await;
@@ -472,6 +490,47 @@ where
     written.map_err(E2bApiError::sandbox("writing the file"))
 }
 
+/// Compressed bytes fed to the decoder at a time: deflate expands at most ~1032 times, so about 1 MiB out.
+const GZIP_PIECE: usize = 1024;
+
+/// A gzip decoder that refuses more than `max` bytes of output.
+struct Gunzip {
+    decoder: flate2::write::GzDecoder<Vec<u8>>,
+    total: u64,
+    max: u64,
+}
+
+impl Gunzip {
+    fn new(max: u64) -> Self {
+        Self { decoder: flate2::write::GzDecoder::new(Vec::new()), total: 0, max }
+    }
+
+    fn take(&mut self) -> Result<Vec<u8>, E2bApiError> {
+        let out = std::mem::take(self.decoder.get_mut());
+        self.total += out.len() as u64;
+        if self.total > self.max {
+            return Err(E2bApiError::BadRequest(format!(
+                "the gzip upload inflates to more than {} bytes ([e2b_api] max_upload_bytes)",
+                self.max
+            )));
+        }
+        Ok(out)
+    }
+
+    fn feed(&mut self, piece: &[u8]) -> Result<Vec<u8>, E2bApiError> {
+        use std::io::Write as _;
+        self.decoder
+            .write_all(piece)
+            .map_err(|e| E2bApiError::BadRequest(format!("the upload is not valid gzip: {e}")))?;
+        self.take()
+    }
+
+    fn finish(mut self) -> Result<Vec<u8>, E2bApiError> {
+        self.decoder.try_finish().map_err(|e| E2bApiError::BadRequest(format!("the gzip upload is truncated: {e}")))?;
+        self.take()
+    }
+}
+
 fn written(path: &str) -> serde_json::Value {
     let name = path.rsplit('/').next().unwrap_or(path);
     serde_json::json!({"name": name, "type": "file", "path": path})
@@ -483,11 +542,15 @@ async fn write_file(
     request: Request,
 ) -> Result<Response, E2bApiError> {
     let sandbox = state.for_call(request.headers(), true)?;
-    if request.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity") {
-        return Err(E2bApiError::BadRequest(
-            "compressed uploads are not supported (agentboxd reports envd 0.5.2): send the file uncompressed".into(),
-        ));
-    }
+    let gzip = match request.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim()) {
+        None | Some("" | "identity") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            return Err(E2bApiError::BadRequest(format!(
+                "content encoding {other:?} is not supported: send the file as is or gzip-compressed"
+            )));
+        }
+    };
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -528,7 +591,7 @@ async fn write_file(
                     )),
                 }
             });
-            stream_into(&state, &sandbox.run, &path, chunks).await?;
+            stream_into(&state, &sandbox.run, &path, chunks, gzip).await?;
             files.push(written(&path));
         }
         if files.is_empty() {
@@ -545,7 +608,7 @@ async fn write_file(
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(|e| E2bApiError::BadRequest(format!("cannot read the upload: {e}"))));
-        stream_into(&state, &sandbox.run, &path, body).await?;
+        stream_into(&state, &sandbox.run, &path, body, gzip).await?;
         files.push(written(&path));
     }
     Ok((StatusCode::OK, Json(files)).into_response())
@@ -554,6 +617,25 @@ async fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_uploads_are_bounded() {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b'a'; 1 << 20]).unwrap();
+        let gz = enc.finish().unwrap();
+        let mut g = Gunzip::new(1 << 20);
+        let mut out = Vec::new();
+        for piece in gz.chunks(GZIP_PIECE) {
+            out.extend(g.feed(piece).unwrap());
+        }
+        out.extend(g.finish().unwrap());
+        assert_eq!(out.len(), 1 << 20);
+        let mut small = Gunzip::new(1000);
+        let over = gz.chunks(GZIP_PIECE).map(|p| small.feed(p)).find(Result::is_err);
+        assert!(over.is_some_and(|e| e.unwrap_err().to_string().contains("max_upload_bytes")));
+        assert!(Gunzip::new(10).feed(b"not gzip at all").is_err());
+    }
 
     #[test]
     fn events_are_enveloped_proto3_json() {

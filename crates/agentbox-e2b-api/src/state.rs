@@ -13,11 +13,10 @@ use subtle::ConstantTimeEq as _;
 use crate::process::Table;
 use crate::{E2bApiConfig, E2bApiError, KeyCheck};
 
-/// The envd version reported to the SDKs: the highest whose features the SDKs gate on are implemented. 0.5.2
-/// means: `stdin` may be false on Start (0.3.0), no user name in Basic auth (0.4.0), `CloseStdin` (0.5.2). Later
-/// versions would promise gzip uploads (0.5.7). Directory watching (0.1.4), which no version check reveals, is not
-/// served.
-pub const ENVD_VERSION: &str = "0.5.2";
+/// The envd version reported to the SDKs: the highest whose features the SDKs gate on are implemented. 0.5.7
+/// means: `stdin` may be false on Start (0.3.0), no user name in Basic auth (0.4.0), `CloseStdin` (0.5.2),
+/// octet-stream and gzip uploads (0.5.7), and recursive watching (0.1.4). 0.6.2 would promise file metadata.
+pub const ENVD_VERSION: &str = "0.5.7";
 
 /// The client id reported (a legacy field the SDKs require).
 pub const CLIENT_ID: &str = "agentbox";

@@ -171,6 +171,11 @@ def files_write_read_list_exists_mkdir_remove_rename():
         assert not fs.exists("/home/user/d/b.txt")
         fs.remove("/home/user/never-existed")
         expect_raises(NotFoundException, fs.read, "/home/user/missing.txt")
+        # gzip and octet-stream uploads (envd 0.5.7), and streamed data.
+        fs.write("/home/user/gz.txt", "squeezed " * 1000, gzip=True)
+        assert fs.read("/home/user/gz.txt", gzip=True) == "squeezed " * 1000
+        fs.write("/home/user/stream.bin", iter([b"ab", b"cd"]))
+        assert fs.read("/home/user/stream.bin") == "abcd"
         # Files and commands see the same filesystem.
         assert sb.commands.run("cat /home/user/m2").stdout == "22"
         sb.commands.run("echo made-by-cmd > /home/user/c.txt")
