@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentbox_core::{CHUNK_BYTES, FileUpload, RunId};
+use agentbox_core::{CHUNK_BYTES, FileUpload, RunId, TerminalInput, TerminalSize};
 use agentbox_e2b_wire::connect::{decode_request, end_stream_frame, envelope};
 use agentbox_e2b_wire::wire::{EventMessage, ListResponse, ProcessConfig, ProcessEvent, decode_base64};
 use axum::Json;
@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::process::{Proc, keepalive_event, start_event};
+use crate::process::{Proc, StartSpec, keepalive_event, start_event};
 use crate::state::{E2bSandbox, Shared};
 use crate::{E2bApiError, fs, no_content};
 
@@ -293,18 +293,17 @@ async fn process_call(
     match method {
         "Start" => {
             let raw: serde_json::Value = parse(msg, "StartRequest")?;
-            if raw.get("pty").is_some_and(|p| !p.is_null()) {
-                return Err(E2bApiError::Unimplemented(
-                    "PTY processes are not supported by agentboxd's E2B API yet; run the command without a pty".into(),
-                ));
-            }
+            let pty = raw.get("pty").filter(|p| !p.is_null()).map(terminal_size).transpose()?;
             let process: ProcessConfig = serde_json::from_value(raw.get("process").cloned().unwrap_or_default())
                 .map_err(|e| E2bApiError::BadRequest(format!("invalid StartRequest.process: {e}")))?;
             let tag = raw.get("tag").and_then(serde_json::Value::as_str).map(str::to_owned);
             // envd keeps stdin open unless told otherwise (older clients never say).
             let stdin = raw.get("stdin").and_then(serde_json::Value::as_bool).unwrap_or(true);
             let limit = Duration::from_secs(state.config.max_timeout_secs);
-            let (proc, rx) = sandbox.processes.start(&state.manager, &sandbox.run, process, tag, stdin, limit).await?;
+            let (proc, rx) = sandbox
+                .processes
+                .start(&state.manager, &sandbox.run, StartSpec { config: process, tag, stdin, pty }, limit)
+                .await?;
             Ok(Answer::Stream(event_stream(proc.pid, rx)))
         }
         "Connect" => {
@@ -326,15 +325,18 @@ async fn process_call(
             let r: InputRequest = parse(msg, "SendInputRequest")?;
             let proc = select(sandbox, &r.process)?;
             let input = r.input.unwrap_or_default();
-            let bytes = match (input.stdin, input.pty) {
-                (Some(b64), _) => decode_base64(&b64)
-                    .map_err(|e| E2bApiError::BadRequest(format!("SendInput stdin is not base64: {e}")))?,
-                (None, Some(_)) => {
-                    return Err(E2bApiError::Unimplemented("PTY input is not supported: there are no PTYs".into()));
-                }
-                (None, None) => Vec::new(),
+            let decode = |b64: &str| {
+                decode_base64(b64).map_err(|e| E2bApiError::BadRequest(format!("SendInput input is not base64: {e}")))
             };
-            sandbox.processes.send_input(&state.manager, &sandbox.run, proc.pid, bytes).await?;
+            match (input.stdin, input.pty) {
+                (_, Some(b64)) => {
+                    sandbox.processes.to_terminal(proc.pid, TerminalInput::Data(decode(&b64)?)).await?;
+                }
+                (Some(b64), None) => {
+                    sandbox.processes.send_input(&state.manager, &sandbox.run, proc.pid, decode(&b64)?).await?;
+                }
+                (None, None) => {}
+            }
             Ok(Answer::Unary(serde_json::json!({})))
         }
         "CloseStdin" => {
@@ -343,12 +345,38 @@ async fn process_call(
             sandbox.processes.close_stdin(&state.manager, &sandbox.run, proc.pid).await?;
             Ok(Answer::Unary(serde_json::json!({})))
         }
-        "StreamInput" | "Update" => Err(E2bApiError::Unimplemented(format!(
-            "process.Process/{method} is not supported by agentboxd's E2B API yet (no PTYs and no client \
-                 streams); send input with SendInput"
-        ))),
+        "Update" => {
+            let raw: serde_json::Value = parse(msg, "UpdateRequest")?;
+            let selector: Selector = serde_json::from_value(raw.get("process").cloned().unwrap_or_default())
+                .map_err(|e| E2bApiError::BadRequest(format!("invalid UpdateRequest.process: {e}")))?;
+            let proc = select(sandbox, &selector)?;
+            if let Some(pty) = raw.get("pty").filter(|p| !p.is_null()) {
+                sandbox.processes.to_terminal(proc.pid, TerminalInput::Resize(terminal_size(pty)?)).await?;
+            }
+            Ok(Answer::Unary(serde_json::json!({})))
+        }
+        "StreamInput" => Err(E2bApiError::Unimplemented(
+            "process.Process/StreamInput (a client stream) is not supported by agentboxd's E2B API; send input with \
+             SendInput"
+                .into(),
+        )),
         other => Err(E2bApiError::NotFound(format!("process.Process has no method {other:?}"))),
     }
+}
+
+/// A `PTY` message's size (`{"size": {"cols", "rows"}}`), within what a terminal can be.
+fn terminal_size(pty: &serde_json::Value) -> Result<TerminalSize, E2bApiError> {
+    let size = pty.get("size").unwrap_or(pty);
+    let dim = |name: &str, default: u16| -> Result<u16, E2bApiError> {
+        match size.get(name).and_then(serde_json::Value::as_u64) {
+            None => Ok(default),
+            Some(n) => u16::try_from(n)
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| E2bApiError::BadRequest(format!("pty {name} {n} is out of range: use 1 to 1000"))),
+        }
+    };
+    Ok(TerminalSize { rows: dim("rows", 24)?, cols: dim("cols", 80)? })
 }
 
 fn frame(event: ProcessEvent) -> Bytes {

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentbox_core::{ExecEvent, ExecRequest, ExitStatus, LockExt as _, RunId, SandboxManager, SandboxState};
+use agentbox_core::{
+    Command, ExecEvent, ExecRequest, ExitStatus, LockExt as _, RunId, SandboxManager, SandboxState, TerminalInput,
+    TerminalRequest, TerminalSize,
+};
 use agentbox_e2b_wire::wire::{DataEvent, EndEvent, ListedProcess, ProcessConfig, ProcessEvent, StartEvent};
 use tokio::sync::broadcast;
 
@@ -47,6 +50,8 @@ pub struct Proc {
     pub tag: Option<String>,
     /// Whether its stdin is a FIFO taking `SendInput`.
     pub stdin: bool,
+    /// Its terminal's input, when it runs on one.
+    terminal: Option<tokio::sync::mpsc::Sender<TerminalInput>>,
     events: broadcast::Sender<ProcessEvent>,
 }
 
@@ -56,6 +61,19 @@ impl Proc {
     pub fn subscribe(&self) -> broadcast::Receiver<ProcessEvent> {
         self.events.subscribe()
     }
+}
+
+/// What `Start` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct StartSpec {
+    /// The program, arguments, environment and working directory.
+    pub config: ProcessConfig,
+    /// A tag to find it by.
+    pub tag: Option<String>,
+    /// Keep stdin open for `SendInput`.
+    pub stdin: bool,
+    /// Run it on a terminal of this size.
+    pub pty: Option<TerminalSize>,
 }
 
 /// A sandbox's processes.
@@ -88,7 +106,9 @@ enum PidLine {
 fn pid_line(head: &[u8]) -> PidLine {
     match head.iter().position(|b| *b == b'\n') {
         Some(i) if i < PID_LINE_BYTES => {
-            match std::str::from_utf8(&head[..i]).ok().and_then(|t| t.parse::<u32>().ok()).filter(|p| *p > 0) {
+            // A terminal writes the newline as `\r\n`.
+            let digits = head[..i].strip_suffix(b"\r").unwrap_or(&head[..i]);
+            match std::str::from_utf8(digits).ok().and_then(|t| t.parse::<u32>().ok()).filter(|p| *p > 0) {
                 Some(pid) => PidLine::Pid(pid, head[i + 1..].to_vec()),
                 None => PidLine::NotAPid(head.to_vec()),
             }
@@ -208,11 +228,12 @@ impl Table {
         &self,
         manager: &SandboxManager,
         run: &RunId,
-        config: ProcessConfig,
-        tag: Option<String>,
-        stdin: bool,
+        spec: StartSpec,
         time_limit: Duration,
     ) -> Result<(Arc<Proc>, broadcast::Receiver<ProcessEvent>), E2bApiError> {
+        let StartSpec { config, tag, stdin, pty } = spec;
+        // A terminal is its process's stdin.
+        let stdin = stdin && pty.is_none();
         if self.procs.lock_unpoisoned().len() >= MAX_PROCESSES {
             return Err(E2bApiError::LimitReached(format!(
                 "{MAX_PROCESSES} processes are running in this sandbox, the limit; kill some first"
@@ -229,13 +250,35 @@ impl Table {
         };
         let mut argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), script, "sh".to_owned(), config.cmd.clone()];
         argv.extend(config.args.iter().cloned());
-        let request = ExecRequest {
-            cwd: config.cwd.clone().filter(|c| !c.is_empty()),
-            env: config.envs.clone().into_iter().collect::<BTreeMap<_, _>>(),
-            timeout: Some(time_limit),
-            ..ExecRequest::argv(argv)
+        let cwd = config.cwd.clone().filter(|c| !c.is_empty());
+        let env = config.envs.clone().into_iter().collect::<BTreeMap<_, _>>();
+        let (mut stream, terminal) = match pty {
+            Some(size) => {
+                let request = TerminalRequest { command: Some(Command::Argv(argv)), cwd, env, size };
+                let t = manager
+                    .open_terminal(run, request)
+                    .await
+                    .map_err(E2bApiError::sandbox("starting the process on a terminal"))?;
+                (t.output, Some(t.input))
+            }
+            None => {
+                let request = ExecRequest { cwd, env, timeout: Some(time_limit), ..ExecRequest::argv(argv) };
+                let stream = manager.exec(run, request).await.map_err(E2bApiError::sandbox("starting the process"))?;
+                (stream, None)
+            }
         };
-        let mut stream = manager.exec(run, request).await.map_err(E2bApiError::sandbox("starting the process"))?;
+        let on_pty = terminal.is_some();
+        // Terminal output goes out as `pty` data, the rest as stdout and stderr.
+        let out = move |b: Vec<u8>| {
+            if on_pty {
+                ProcessEvent {
+                    data: Some(DataEvent { pty: Some(b), ..DataEvent::default() }),
+                    ..ProcessEvent::default()
+                }
+            } else {
+                data(Some(b), None)
+            }
+        };
         let (tx, rx) = broadcast::channel(EVENT_BUFFER);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Arc<Proc>>();
         let procs = self.procs.clone();
@@ -247,7 +290,14 @@ impl Table {
             let mut head = Vec::new();
             let mut pid = None;
             let register = |pid: u32, started: &mut Option<tokio::sync::oneshot::Sender<Arc<Proc>>>| {
-                let proc = Arc::new(Proc { pid, config: config.clone(), tag: tag.clone(), stdin, events: tx.clone() });
+                let proc = Arc::new(Proc {
+                    pid,
+                    config: config.clone(),
+                    tag: tag.clone(),
+                    stdin,
+                    terminal: terminal.clone(),
+                    events: tx.clone(),
+                });
                 procs.lock_unpoisoned().insert(pid, proc.clone());
                 if let Some(s) = started.take() {
                     let _ = s.send(proc);
@@ -267,9 +317,9 @@ impl Table {
                         if rest.is_empty() {
                             continue;
                         }
-                        data(Some(rest), None)
+                        out(rest)
                     }
-                    (ExecEvent::Stdout(b), Some(_)) => data(Some(b), None),
+                    (ExecEvent::Stdout(b), Some(_)) => out(b),
                     (ExecEvent::Stderr(b), _) => data(None, Some(b)),
                     (ExecEvent::Exit(status), p) => {
                         let p = p.unwrap_or_else(|| {
@@ -285,7 +335,7 @@ impl Table {
                             break;
                         }
                         if !head.is_empty() && pid_line(&head) == PidLine::Pending {
-                            let _ = tx.send(data(Some(std::mem::take(&mut head)), None));
+                            let _ = tx.send(out(std::mem::take(&mut head)));
                         }
                         ProcessEvent { end: Some(end_event(&status)), ..ProcessEvent::default() }
                     }
@@ -371,6 +421,23 @@ impl Table {
         Ok(())
     }
 
+    /// Sends input or a resize to the process's terminal.
+    ///
+    /// # Errors
+    /// [`E2bApiError::NotFound`] for an unknown pid, [`E2bApiError::Conflict`] for a process without a terminal.
+    pub async fn to_terminal(&self, pid: u32, input: TerminalInput) -> Result<(), E2bApiError> {
+        let proc = self.get(pid)?;
+        let Some(terminal) = &proc.terminal else {
+            return Err(E2bApiError::Conflict(format!(
+                "process {pid} has no terminal; start it with a pty to send it terminal input or resize it"
+            )));
+        };
+        terminal
+            .send(input)
+            .await
+            .map_err(|_| E2bApiError::NotFound(format!("process with pid {pid} not found (its terminal has closed)")))
+    }
+
     fn with_stdin(&self, pid: u32) -> Result<Arc<Proc>, E2bApiError> {
         let proc = self.get(pid)?;
         if proc.stdin {
@@ -418,6 +485,7 @@ mod tests {
         assert!(signal_name("SIGNAL_SIGSEGV").is_err());
         assert_eq!(pid_line(b"123\nrest"), PidLine::Pid(123, b"rest".to_vec()));
         assert_eq!(pid_line(b"12"), PidLine::Pending, "a partial line waits for more");
+        assert_eq!(pid_line(b"77\r\n$ "), PidLine::Pid(77, b"$ ".to_vec()), "a terminal's line end");
         assert_eq!(pid_line(b"x1\n"), PidLine::NotAPid(b"x1\n".to_vec()));
         assert_eq!(pid_line(b"0\n"), PidLine::NotAPid(b"0\n".to_vec()));
         assert!(matches!(pid_line(b"123456789012345"), PidLine::NotAPid(_)), "an overlong line is not a pid");

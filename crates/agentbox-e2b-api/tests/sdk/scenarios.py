@@ -142,6 +142,34 @@ def commands_stdin_send_and_close():
 
 
 @scenario
+def pty_terminal_input_resize_kill():
+    from e2b import PtySize
+
+    sb = make()
+    try:
+        out = []
+        term = sb.pty.create(PtySize(rows=24, cols=80))
+        sb.pty.send_stdin(term.pid, b"stty size; tty; exit 7\n")
+        try:
+            term.wait(on_pty=out.append)
+            raise AssertionError("exit 7 was not reported")
+        except CommandExitException as e:
+            assert e.exit_code == 7, e
+        text = b"".join(out).decode(errors="replace")
+        assert "24 80" in text and "/dev/pts/" in text, text
+        out = []
+        term = sb.pty.create(PtySize(rows=24, cols=80))
+        sb.pty.resize(term.pid, PtySize(rows=30, cols=100))
+        sb.pty.send_stdin(term.pid, b"stty size; exit\n")
+        term.wait(on_pty=out.append)
+        assert "30 100" in b"".join(out).decode(errors="replace"), out
+        term = sb.pty.create(PtySize(rows=24, cols=80))
+        assert sb.pty.kill(term.pid) is True
+    finally:
+        sb.kill()
+
+
+@scenario
 def files_write_read_list_exists_mkdir_remove_rename():
     sb = make()
     fs = sb.files
