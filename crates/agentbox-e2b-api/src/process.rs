@@ -29,6 +29,8 @@ use crate::E2bApiError;
 const STDIN_FIFO: &str = "/tmp/.agentbox-e2b-stdin-";
 /// Most bytes of the wrapper's pid line (digits and the newline).
 pub const PID_LINE_BYTES: usize = 12;
+/// How long a SIGKILL waits for the process's exit to come through.
+const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How long a start may take to report its pid.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pids given to processes whose wrapper reported none (it failed before the command started), counted down from
@@ -381,6 +383,14 @@ impl Table {
                 out.exit_code,
                 out.stderr.trim()
             )));
+        }
+        if name == "KILL" {
+            // As under envd, a killed process is gone (reaped) when the call returns, so `kill -0 PID` right
+            // after fails. It leaves the table when its exit comes through, at once for SIGKILL.
+            let deadline = tokio::time::Instant::now() + KILL_WAIT;
+            while self.get(pid).is_ok() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         Ok(())
     }
