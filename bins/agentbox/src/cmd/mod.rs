@@ -15,6 +15,31 @@ pub mod snapshots;
 pub mod tool;
 
 use std::io::{self, Write};
+
+/// The resource flags `run` and `create` share; each overrides the preset's value when given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Resources {
+    /// CPUs (CPU quota).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory limit in MiB.
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    /// Storage cap in GiB.
+    #[arg(long)]
+    pub disk_gb: Option<u64>,
+}
+
+impl Resources {
+    /// The overrides given, as configuration keys and values (`cpu_count`, `memory_mb`, `disk_gb`).
+    #[must_use]
+    pub fn overrides(&self) -> Vec<(&'static str, u64)> {
+        [("cpu_count", self.cpus.map(u64::from)), ("memory_mb", self.memory_mb), ("disk_gb", self.disk_gb)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect()
+    }
+}
 use std::process::ExitCode;
 
 /// What a subcommand can fail with. Each message is one line saying what went wrong and what to do.

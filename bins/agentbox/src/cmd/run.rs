@@ -24,15 +24,8 @@ pub struct Args {
     /// Preset to start from: default, lightweight, heavy_compute or browser.
     #[arg(long, default_value = "default")]
     pub preset: String,
-    /// CPUs (CPU quota).
-    #[arg(long)]
-    pub cpus: Option<u32>,
-    /// Memory limit in MiB.
-    #[arg(long)]
-    pub memory_mb: Option<u64>,
-    /// Storage cap in GiB.
-    #[arg(long)]
-    pub disk_gb: Option<u64>,
+    #[command(flatten)]
+    pub resources: super::Resources,
     /// Maximum number of processes.
     #[arg(long)]
     pub pids: Option<u32>,
@@ -81,14 +74,8 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let preset: Preset = args.preset.parse().map_err(CliError::Usage)?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
-    if let Some(v) = args.cpus {
-        loader = loader.set("cpu_count", u64::from(v));
-    }
-    if let Some(v) = args.memory_mb {
-        loader = loader.set("memory_mb", v);
-    }
-    if let Some(v) = args.disk_gb {
-        loader = loader.set("disk_gb", v);
+    for (key, value) in args.resources.overrides() {
+        loader = loader.set(key, value);
     }
     if let Some(v) = args.pids {
         loader = loader.set("security.max_processes", u64::from(v));

@@ -21,15 +21,8 @@ pub struct CreateArgs {
     /// Preset to start from: default, lightweight, heavy_compute or browser.
     #[arg(long)]
     pub preset: Option<String>,
-    /// CPUs (CPU quota).
-    #[arg(long)]
-    pub cpus: Option<u32>,
-    /// Memory limit in MiB.
-    #[arg(long)]
-    pub memory_mb: Option<u64>,
-    /// Storage cap in GiB.
-    #[arg(long)]
-    pub disk_gb: Option<u64>,
+    #[command(flatten)]
+    pub resources: super::Resources,
     /// Allow outbound connections to this domain (repeatable; `*.example.com` for subdomains). Turns networking on.
     #[arg(long = "network-allow", value_name = "DOMAIN")]
     pub network_allow: Vec<String>,
@@ -59,14 +52,8 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     if let Some(p) = &args.preset {
         set(&mut body, "preset", json!(p));
     }
-    if let Some(v) = args.cpus {
-        set(&mut body, "cpu_count", json!(v));
-    }
-    if let Some(v) = args.memory_mb {
-        set(&mut body, "memory_mb", json!(v));
-    }
-    if let Some(v) = args.disk_gb {
-        set(&mut body, "disk_gb", json!(v));
+    for (key, value) in args.resources.overrides() {
+        set(&mut body, key, json!(value));
     }
     if !args.network_allow.is_empty() {
         set(&mut body, "network", json!({ "enabled": true, "allowed_domains": args.network_allow }));
