@@ -51,6 +51,8 @@ enum Command {
     Resume(cmd::sandboxes::RunIds),
     /// Snapshot a sandbox's files on agentboxd (fork it with `create --from-snapshot NAME`).
     Snapshot(cmd::sandboxes::SnapshotArgs),
+    /// Pull, list, remove and prune images in the local image store.
+    Image(cmd::image::Args),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
     Serve(cmd::serve::Args),
     /// Serve the sandboxes and agent tools to an MCP client over stdio.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Resume(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Resume, &args),
         Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),
         Command::Search(args) => cmd::search::run(&args),
+        Command::Image(args) => cmd::image::run(&args),
         Command::Completions(args) => cmd::docs::completions::<Cli>(&args),
         Command::Man(args) => cmd::docs::man::<Cli>(&args),
         Command::Snapshots(args) => cmd::snapshots::run(&args),

@@ -3,6 +3,7 @@
 pub mod cp;
 pub mod docs;
 pub mod exec;
+pub mod image;
 pub mod mcp;
 pub mod presets;
 pub mod remote;
@@ -60,6 +61,9 @@ pub enum CliError {
     /// Web search failed.
     #[error(transparent)]
     Search(#[from] agentbox_tools::search::SearchError),
+    /// An image operation failed.
+    #[error(transparent)]
+    Image(#[from] agentbox_image::ImageError),
     /// The backend could not be opened.
     #[error("{0}")]
     Backend(String),
