@@ -153,3 +153,21 @@ async fn a_recreated_sandbox_keeps_its_files() {
     manager.destroy(&run).await.unwrap();
     assert!(layers_of(recreated.sandbox.id.as_str()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_another_process_is_still_creating_is_not_reaped() {
+    if common::not_root() {
+        return;
+    }
+    // A layer exists a moment before its owner tag is written; a backend starting meanwhile (another
+    // `agentbox run`, say) must leave it alone.
+    let config = agentbox_local::LocalConfig::default().storage.unwrap();
+    let pool = agentbox_storage::Pool::open(&config).unwrap();
+    let name = format!("sb-untagged-{}", std::process::id());
+    let owner = agentbox_hostfs::Owner { uid: 1000, gid: 1000 };
+    pool.create_layer(&name, agentbox_storage::LayerLimits { bytes: 1 << 30 }, owner).unwrap();
+    let reaped = common::backend().reap_orphans();
+    assert!(!reaped.contains(&name), "{reaped:?}");
+    assert_eq!(layers_of(&name), [name.clone()], "the untagged layer was reaped while being made");
+    pool.remove_layer(&name).unwrap();
+}

@@ -163,6 +163,9 @@ fn landlock_status() -> String {
     }
 }
 
+/// The most typed input held for a terminal whose program doesn't read it.
+const MAX_TTY_TYPEAHEAD: usize = 1 << 20;
+
 struct Running {
     pid: i32,
     argv: Vec<String>,
@@ -377,7 +380,10 @@ impl Agent {
                             r.stdin = -1;
                         }
                     } else if r.stdin >= 0 {
-                        r.stdin_buf.extend_from_slice(payload);
+                        // A terminal's input is typed and unbounded: like a terminal's own line discipline,
+                        // typeahead past what its program reads is dropped rather than held without limit.
+                        let room = if r.tty { MAX_TTY_TYPEAHEAD.saturating_sub(r.stdin_buf.len()) } else { usize::MAX };
+                        r.stdin_buf.extend_from_slice(&payload[..payload.len().min(room)]);
                     }
                 }
             }

@@ -25,6 +25,31 @@ pub(super) fn cgroup_parent(config: &LocalConfig) -> String {
     format!("{}-{:08x}", config.cgroup_parent, fnv1a(state_key.as_os_str().as_encoded_bytes()))
 }
 
+/// Removes an orphaned layer and records its sandbox id as reaped.
+fn remove_orphan_layer(pool: &agentbox_storage::Pool, name: &str, reaped: &mut Vec<String>) {
+    let id = name.split_once('.').map_or(name, |(id, _)| id);
+    match pool.remove_layer(name) {
+        Ok(()) => {
+            if !reaped.iter().any(|r| r == id) {
+                reaped.push(id.to_owned());
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, layer = %name, "cannot remove an orphaned storage layer"),
+    }
+}
+
+/// How long a layer without an owner tag is left alone: another process may be creating it (a layer
+/// exists a moment before its owner tag is written).
+const CREATION_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `dir` changed (was made or tagged) within [`CREATION_GRACE`].
+fn just_made(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else { return false };
+    let changed = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(meta.ctime()).unwrap_or(0));
+    std::time::SystemTime::now().duration_since(changed).map_or(true, |age| age < CREATION_GRACE)
+}
+
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
@@ -47,19 +72,17 @@ impl LocalBackend {
         }
         if let Some(pool) = &self.inner.pool {
             for name in pool.layer_names() {
-                let id = name.split_once('.').map_or(name.as_str(), |(id, _)| id);
-                let owner = pool.owner_tag(&name).unwrap_or_default();
+                let Some(owner) = pool.owner_tag(&name) else {
+                    // Untagged: being created by another process, unless it has been so for a while.
+                    if !just_made(&pool.layers_dir().join(&name)) {
+                        remove_orphan_layer(pool, &name, &mut reaped);
+                    }
+                    continue;
+                };
                 if owner == self.inner.owner || owner_alive(&owner) {
                     continue;
                 }
-                match pool.remove_layer(&name) {
-                    Ok(()) => {
-                        if !reaped.iter().any(|r| r == id) {
-                            reaped.push(id.to_owned());
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, layer = %name, "cannot remove an orphaned storage layer"),
-                }
+                remove_orphan_layer(pool, &name, &mut reaped);
             }
         }
         if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {
