@@ -87,7 +87,16 @@ while True:
         if mask & (0x100 | 0x80):
             t = 1
             if rec and mask & 0x40000000:
+                emit(1, full)
                 add(os.fsdecode(full))
+                # What was made in the new directory before its watch was set is reported as created.
+                for dp, dns, fns in os.walk(full):
+                    for n in dns:
+                        emit(1, os.path.join(dp, n))
+                        add(os.fsdecode(os.path.join(dp, n)))
+                    for n in fns:
+                        emit(1, os.path.join(dp, n))
+                continue
         elif mask & 0x2:
             t = 2
         elif mask & (0x200 | 0x400):
