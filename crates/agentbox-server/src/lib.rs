@@ -110,7 +110,27 @@ fn mount_e2b_api(
         config.e2b_api.clone(),
     )
     .map_err(|e| ServerError::Config(e.to_string()))?;
-    let e2b = api.router();
+    // Wrong API keys and access tokens count against the client's address like wrong bearer tokens: past the
+    // limit the answer is 429 instead of 401.
+    let limiter = state.limiter.clone();
+    let e2b = api.router().layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let limiter = limiter.clone();
+            async move {
+                let peer = request
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+                let response = next.run(request).await;
+                if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+                    if let Err(wait) = limiter.check_auth_failure(peer) {
+                        return axum::response::IntoResponse::into_response(ApiError::rate_limited(wait));
+                    }
+                }
+                response
+            }
+        },
+    ));
     let both = Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
         use tower::ServiceExt as _;
         let target = if agentbox_e2b_api::is_e2b_request(request.uri().path(), request.headers()) {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use agentbox_server::{ServerConfig, ShutdownPolicy};
+use agentbox_server::{Limits, ServerConfig, ShutdownPolicy};
 use common::child::ChildServer;
 use serde_json::{Value, json};
 
@@ -32,7 +32,10 @@ const MEMORY_BUDGET: u64 = 64 << 20;
 /// `agentboxd` starts (terminal signals watched, then `Server::start`), serving until SIGTERM.
 #[test]
 fn hostile_files_server_process() {
-    let config = ServerConfig { on_shutdown: ShutdownPolicy::Destroy, ..ServerConfig::default() };
+    // The hostile loops send a few hundred requests as fast as the server answers; the token's rate limit is not
+    // what this test is about.
+    let limits = Limits { rate_limit_per_second: 10_000, rate_limit_burst: 10_000, ..Limits::default() };
+    let config = ServerConfig { on_shutdown: ShutdownPolicy::Destroy, limits, ..ServerConfig::default() };
     common::child::run_server_process(CHILD_ENV, TOKEN, config, || {
         agentbox_server::signals::watch_terminal_signals().unwrap();
     });
