@@ -16,7 +16,7 @@
 //!   agentbox-tools' stateful code contexts.
 //!
 //! An E2B sandbox is a run of the manager whose run id is the sandbox id. The E2B-only state (template, metadata,
-//! deadline, access token, processes) lives in [`state::Sandboxes`]; a reaper kills (or pauses) each sandbox when
+//! deadline, access token, processes) lives in [`state::Inner`]; a reaper kills (or pauses) each sandbox when
 //! its timeout expires. Every file access goes through the backend trait; the host parses nothing a sandbox
 //! controls but the bounded answers of the code tools.
 

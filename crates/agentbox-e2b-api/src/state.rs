@@ -22,7 +22,7 @@ pub const ENVD_VERSION: &str = "0.5.7";
 pub const CLIENT_ID: &str = "agentbox";
 
 /// Most code-context working directories remembered per sandbox.
-const MAX_CONTEXT_CWDS: usize = 1024;
+pub const MAX_CONTEXT_CWDS: usize = 1024;
 
 /// How often expired sandboxes are looked for.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);

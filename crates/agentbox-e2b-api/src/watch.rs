@@ -23,9 +23,9 @@ pub const MAX_QUEUED_EVENTS: usize = 10_000;
 /// Watchers alive at once in one sandbox.
 pub const MAX_WATCHERS: usize = 64;
 /// How long event fetches wait for the events in flight to stop coming.
-const QUIET: Duration = Duration::from_millis(40);
+pub const QUIET: Duration = Duration::from_millis(40);
 /// The longest an event fetch waits.
-const SETTLE: Duration = Duration::from_millis(300);
+pub const SETTLE: Duration = Duration::from_millis(300);
 /// How long a watcher may take to set its watches.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
