@@ -91,10 +91,7 @@ async fn filesystem_rpc(
 ) -> Response {
     let stream = is_stream(&headers);
     let result = async {
-        // The body is read first, even for a call refused next: a response sent before its request's body is
-        // read makes the server close the connection, which a client may already be reusing.
-        let body = read_body(body).await?;
-        let sandbox = state.for_call(&headers, true)?;
+        let (sandbox, body) = open_call(&state, &headers, body).await?;
         let msg = message(stream, &body)?;
         match method.as_str() {
             "WatchDir" => return Ok(Answer::Stream(watch_dir(&state, &sandbox, msg).await?)),
@@ -106,16 +103,7 @@ async fn filesystem_rpc(
         fs::call(&state.manager, &sandbox.run, &method, msg).await.map(Answer::Unary)
     }
     .await;
-    match result {
-        Ok(Answer::Stream(body)) => stream_response(body),
-        Ok(Answer::Unary(v)) if stream => {
-            let mut out = envelope(0, v.to_string().as_bytes());
-            out.extend(end_stream_frame(None));
-            stream_response(Body::from(out))
-        }
-        Ok(Answer::Unary(v)) => Json(v).into_response(),
-        Err(e) => failure(stream, &e),
-    }
+    answer(stream, result)
 }
 
 /// `CreateWatcherRequest` and `WatchDirRequest`.
@@ -255,14 +243,25 @@ async fn process_rpc(
 ) -> Response {
     let stream = is_stream(&headers);
     let result = async {
-        // The body is read first, even for a call refused next: a response sent before its request's body is
-        // read makes the server close the connection, which a client may already be reusing.
-        let body = read_body(body).await?;
-        let sandbox = state.for_call(&headers, true)?;
+        let (sandbox, body) = open_call(&state, &headers, body).await?;
         let msg = message(stream, &body)?;
         process_call(&state, &sandbox, &method, msg).await
     }
     .await;
+    answer(stream, result)
+}
+
+/// The start of every RPC: the body is read first, even for a call refused next (a response sent before its
+/// request's body is read makes the server close the connection, which a client may already be reusing), then
+/// the sandbox the headers name is looked up.
+async fn open_call(state: &Shared, headers: &HeaderMap, body: Body) -> Result<(Arc<E2bSandbox>, Bytes), E2bApiError> {
+    let body = read_body(body).await?;
+    let sandbox = state.for_call(headers, true)?;
+    Ok((sandbox, body))
+}
+
+/// An RPC's answer, as a unary JSON body or, for a streaming call, envelopes ended by an end-of-stream frame.
+fn answer(stream: bool, result: Result<Answer, E2bApiError>) -> Response {
     match result {
         Ok(Answer::Stream(body)) => stream_response(body),
         Ok(Answer::Unary(v)) if stream => {

@@ -2,7 +2,7 @@
 # The official E2B SDKs, unmodified, against agentboxd's E2B-compatible API on the local backend: Python (e2b,
 # e2b-code-interpreter; pinned in requirements.txt) and JS (e2b, @e2b/code-interpreter; pinned in package.json).
 #
-#   crates/agentbox-e2b-api/tests/sdk/run.sh [--bench | --bench-only] [SCENARIO_NAME_PART ...]
+#   [PROFILE=release] crates/agentbox-e2b-api/tests/sdk/run.sh [--bench | --bench-only] [SCENARIO_NAME_PART ...]
 #
 # Installs the SDKs under the target directory (a venv and a node_modules, once per pinned set), builds and
 # starts the debug agentboxd on a free loopback port with a throwaway data directory and [e2b_api] enabled, points
@@ -54,10 +54,16 @@ fi
 # Node resolves packages from the script's own directory: the scenarios run from beside node_modules.
 cp "$here/scenarios.mjs" "$node_dir/scenarios.mjs"
 
-(cd "$root" && cargo build --quiet -p agentboxd)
+# PROFILE=release measures a release build (the benchmark's figures); the checks use the debug build.
+profile="${PROFILE:-debug}"
+if [[ "$profile" == release ]]; then
+    (cd "$root" && cargo build --quiet --release -p agentboxd)
+else
+    (cd "$root" && cargo build --quiet -p agentboxd)
+fi
 work="$(mktemp -d)"
 token="e2b_$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')"
-AGENTBOX_API_TOKEN="$token" RUST_LOG=warn "$target/debug/agentboxd" \
+AGENTBOX_API_TOKEN="$token" RUST_LOG=warn "$target/$profile/agentboxd" \
     --listen 127.0.0.1:0 --data-dir "$work/data" --config "$here/agentboxd.toml" 2>"$work/agentboxd.log" &
 pid=$!
 cleanup() {
