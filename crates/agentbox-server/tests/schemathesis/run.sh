@@ -12,6 +12,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../../../.." && pwd)"
+# shellcheck source=../../../../scripts/lib/agentboxd.sh
+source "$root/scripts/lib/agentboxd.sh"
 budget="${1:-120}"
 version="4.32.5"
 venv="$root/target/schemathesis-venv"
@@ -66,17 +68,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-base=""
-for _ in $(seq 1 300); do
-    base="$(sed -n 's/^agentboxd listening on \(http:\/\/[^ ]*\).*/\1/p' "$work/agentboxd.log")"
-    [[ -n "$base" ]] && break
-    if ! kill -0 "$pid" 2>/dev/null; then
-        cat "$work/agentboxd.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-[[ -n "$base" ]] || { echo "error: agentboxd did not start" >&2; cat "$work/agentboxd.log" >&2; exit 1; }
+base="$(wait_for_agentboxd "$pid" "$work/agentboxd.log")" || exit 1
 
 snapshots() {
     { curl -sf -H "Authorization: Bearer $token" "$base/api/snapshots" | grep -o '"name":"[^"]*"' | cut -d'"' -f4; } || true
