@@ -18,7 +18,6 @@ use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::mpsc;
 
 use crate::cgroup::{Cgroups, Limits, SandboxCgroup};
 use crate::error::LocalError;
@@ -337,21 +336,7 @@ impl SandboxBackend for LocalBackend {
     async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream> {
         let sb = self.get(id)?;
         let msg = Self::exec_message(&sb, &request, None)?;
-        let rid = sb.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frames =
-            proto::try_encode_json(Kind::Exec, rid, &msg).map_err(|e| backend_err("encoding the execution", e))?;
-        let (tx, rx) = mpsc::channel(64);
-        sb.routes.lock_unpoisoned().insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
-        if let Some(stdin) = &request.stdin {
-            for chunk in stdin.chunks(64 * 1024) {
-                frames.extend(proto::encode(Kind::Stdin, rid, chunk));
-            }
-            frames.extend(proto::encode(Kind::Stdin, rid, &[]));
-        }
-        if let Err(e) = self.send(&sb, &frames).await {
-            sb.routes.lock_unpoisoned().remove(&rid);
-            return Err(e);
-        }
+        let (_, rx) = self.start_execution(&sb, &msg, request.stdin.as_deref()).await?;
         Ok(ExecStream::new(rx))
     }
 

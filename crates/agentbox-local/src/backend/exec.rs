@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use agentbox_core::{
-    Command, Error, ExecRequest, ExecStream, LockExt, Result, Terminal, TerminalInput, TerminalRequest,
+    Command, Error, ExecEvent, ExecRequest, ExecStream, LockExt, Result, Terminal, TerminalInput, TerminalRequest,
 };
 use tokio::sync::mpsc;
 
@@ -52,6 +52,32 @@ impl LocalBackend {
             tty: None,
         })
     }
+
+    /// Sends an execution to the agent (with all of its stdin, then end of input, when `stdin` is given)
+    /// and routes its events to the receiver returned with its request id.
+    pub(super) async fn start_execution(
+        &self,
+        sb: &Sandbox,
+        msg: &Exec,
+        stdin: Option<&[u8]>,
+    ) -> Result<(u32, mpsc::Receiver<ExecEvent>)> {
+        let rid = sb.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frames =
+            proto::try_encode_json(Kind::Exec, rid, msg).map_err(|e| backend_err("encoding the execution", e))?;
+        let (tx, rx) = mpsc::channel(64);
+        sb.routes.lock_unpoisoned().insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
+        if let Some(stdin) = stdin {
+            for chunk in stdin.chunks(64 * 1024) {
+                frames.extend(proto::encode(Kind::Stdin, rid, chunk));
+            }
+            frames.extend(proto::encode(Kind::Stdin, rid, &[]));
+        }
+        if let Err(e) = self.send(sb, &frames).await {
+            sb.routes.lock_unpoisoned().remove(&rid);
+            return Err(e);
+        }
+        Ok((rid, rx))
+    }
 }
 
 impl LocalBackend {
@@ -70,15 +96,7 @@ impl LocalBackend {
         let mut msg = Self::exec_message(&sb, &exec, None)?;
         msg.tty = Some(TermSize { rows: request.size.rows.max(1), cols: request.size.cols.max(1) });
         msg.timeout_ms = 0;
-        let rid = sb.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame =
-            proto::try_encode_json(Kind::Exec, rid, &msg).map_err(|e| backend_err("encoding the execution", e))?;
-        let (tx, rx) = mpsc::channel(64);
-        sb.routes.lock_unpoisoned().insert(rid, Route::Exec { tx, oom_before: sb.cgroup.oom_kills() });
-        if let Err(e) = self.send(&sb, &frame).await {
-            sb.routes.lock_unpoisoned().remove(&rid);
-            return Err(e);
-        }
+        let (rid, rx) = self.start_execution(&sb, &msg, None).await?;
         let (input, mut inputs) = mpsc::channel::<TerminalInput>(64);
         let backend = self.clone();
         tokio::spawn(async move {
