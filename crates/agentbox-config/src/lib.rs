@@ -17,6 +17,7 @@
 //! ```
 
 mod duration;
+pub mod egress;
 mod load;
 mod package;
 pub mod paths;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{deserialize as deserialize_duration, parse as parse_duration};
+pub use egress::{EgressEntry, PathMatch, SecretRule};
 pub use load::{ConfigLoader, LoadError};
 pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;
@@ -120,10 +122,18 @@ impl SandboxConfig {
 pub struct NetworkConfig {
     /// Whether the sandbox may reach anything beyond its own loopback.
     pub enabled: bool,
-    /// Names the sandbox may reach: exact (`pypi.org`) or wildcard (`*.example.com`). Empty means all public names.
+    /// Destinations the sandbox may reach: exact (`pypi.org`) or wildcard (`*.example.com`) names, optionally
+    /// with a port (`api.github.com:443`), HTTP methods and a path (`GET api.github.com/repos/*`; see
+    /// [`EgressEntry`]). Empty means all public names.
     pub allowed_domains: Vec<String>,
-    /// Names the sandbox may never reach; deny wins over allow.
+    /// Destinations the sandbox may never reach, in the same form; deny wins over allow.
     pub denied_domains: Vec<String>,
+    /// Hosts whose TLS the proxy terminates so that method and path rules apply to each request and the
+    /// egress log records it (`api.example.com`, `*.example.com:443`). Hosts of secrets, and of entries
+    /// with a method or a path, are inspected anyway.
+    pub inspect_domains: Vec<String>,
+    /// Credentials the proxy adds to requests to chosen hosts; the sandbox never sees their values.
+    pub secrets: Vec<SecretRule>,
     /// Resolvers used for the sandbox's lookups (IP addresses). Empty means the host's.
     pub dns_servers: Vec<String>,
     /// Address ranges (CIDR) allowed even though they are private, loopback or link-local.

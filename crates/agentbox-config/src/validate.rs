@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::SandboxConfig;
+use crate::egress::{EgressEntry, valid_secret_name};
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -75,19 +76,6 @@ fn duration(errors: &mut ValidationErrors, path: &str, got: Duration, min: Durat
     }
 }
 
-fn valid_domain_pattern(d: &str) -> bool {
-    let name = d.strip_prefix("*.").unwrap_or(d);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
-}
-
 fn valid_cidr(s: &str) -> bool {
     let Some((ip, bits)) = s.split_once('/') else {
         return s.parse::<IpAddr>().is_ok();
@@ -128,14 +116,57 @@ impl SandboxConfig {
         duration(&mut e, "idle_timeout", self.idle_timeout, Duration::from_secs(1), Duration::from_secs(30 * 86_400));
 
         let net = &self.network;
-        for (field, list) in [("allowed_domains", &net.allowed_domains), ("denied_domains", &net.denied_domains)] {
+        for (field, list) in [
+            ("allowed_domains", &net.allowed_domains),
+            ("denied_domains", &net.denied_domains),
+            ("inspect_domains", &net.inspect_domains),
+        ] {
             for (i, d) in list.iter().enumerate() {
-                if !valid_domain_pattern(d) {
-                    e.push(
+                match EgressEntry::parse(d) {
+                    Ok(entry) if field == "inspect_domains" && entry.is_request_level() => e.push(
                         format!("network.{field}[{i}]"),
-                        format!("invalid domain {d:?} (expected a name like \"pypi.org\" or a wildcard like \"*.example.com\")"),
-                    );
+                        format!("{d:?} has a method or a path; inspect_domains takes hosts, optionally with a port"),
+                    ),
+                    Ok(_) => {}
+                    Err(msg) => e.push(format!("network.{field}[{i}]"), msg),
                 }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, secret) in net.secrets.iter().enumerate() {
+            let path = format!("network.secrets[{i}]");
+            if !valid_secret_name(&secret.name) {
+                e.push(
+                    format!("{path}.name"),
+                    format!(
+                        "invalid secret name {:?} (expected upper-case letters, digits and _, like \"GITHUB_TOKEN\")",
+                        secret.name
+                    ),
+                );
+            } else if !names.insert(secret.name.as_str()) {
+                e.push(format!("{path}.name"), format!("secret {:?} is listed twice", secret.name));
+            }
+            if secret.hosts.is_empty() {
+                e.push(format!("{path}.hosts"), "must name at least one host that may receive the secret");
+            }
+            for (j, h) in secret.hosts.iter().enumerate() {
+                match EgressEntry::parse(h) {
+                    Ok(entry) if entry.is_request_level() => e.push(
+                        format!("{path}.hosts[{j}]"),
+                        format!("{h:?} has a method or a path; secret hosts are hosts, optionally with a port"),
+                    ),
+                    Ok(_) => {}
+                    Err(msg) => e.push(format!("{path}.hosts[{j}]"), msg),
+                }
+            }
+            if let Err(msg) = secret.header_parts() {
+                e.push(format!("{path}.header"), msg);
+            }
+            if secret.header.is_none() && !secret.placeholder {
+                e.push(format!("{path}"), "set header, placeholder, or both: otherwise the secret is never used");
+            }
+            if secret.replace_in_body && !secret.placeholder {
+                e.push(format!("{path}.replace_in_body"), "needs placeholder = true");
             }
         }
         for (i, s) in net.dns_servers.iter().enumerate() {
