@@ -4,6 +4,7 @@ use agentbox_config::{NetworkConfig, PackageSpec};
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
 
+use crate::egress::{EgressPage, EgressQuery, SecretStore};
 use crate::terminal::{Terminal, TerminalRequest};
 use crate::transfer::{FileStream, FileUpload};
 use crate::types::{
@@ -138,6 +139,17 @@ pub trait SandboxBackend: Send + Sync + 'static {
             "the {} backend cannot change network policy of a running sandbox",
             self.name()
         )))
+    }
+
+    /// The server's secrets that this backend's egress proxy injects, or `None` when it can't.
+    fn secrets(&self) -> Option<SecretStore> {
+        None
+    }
+
+    /// One page of a sandbox's egress audit log.
+    async fn egress_log(&self, id: &SandboxId, query: EgressQuery) -> Result<EgressPage> {
+        let _ = (id, query);
+        Err(Error::Unsupported(format!("the {} backend keeps no egress log", self.name())))
     }
 
     /// Installs packages in the sandbox, one installer run per package manager.

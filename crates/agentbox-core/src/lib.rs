@@ -8,6 +8,7 @@
 
 mod backend;
 pub mod budget;
+pub mod egress;
 mod error;
 pub mod install;
 mod manager;

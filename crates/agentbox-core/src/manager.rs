@@ -1106,6 +1106,18 @@ impl SandboxManager {
         Ok(m)
     }
 
+    /// One page of the run's egress audit log.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, or the backend's error.
+    pub async fn egress_log(
+        &self,
+        run_id: &RunId,
+        query: crate::egress::EgressQuery,
+    ) -> Result<crate::egress::EgressPage> {
+        self.with_sandbox(run_id, |b, id| async move { b.egress_log(&id, query).await }).await
+    }
+
     /// Probes the run's sandbox now, counting a failure (and recreating after too many).
     ///
     /// # Errors
