@@ -81,6 +81,8 @@ struct Inner {
     root_mountpoint: PathBuf,
     /// The disk-backed storage pool, when there is one.
     pool: Option<Arc<agentbox_storage::Pool>>,
+    /// The secrets and destination trust every sandbox's egress proxy shares.
+    egress: crate::net::EgressContext,
 }
 
 /// The local Linux backend. Cheap to clone.
@@ -177,7 +179,12 @@ impl LocalBackend {
                 .and_then(|policy| seccomp::compile(&policy, profile))
                 .map_err(|e| backend_err("compiling the seccomp policy", e))
         };
+        let (egress, note) =
+            crate::net::EgressContext::new(agentbox_core::egress::SecretStore::new(), &config.upstream_extra_roots)
+                .map_err(|e| Error::backend_with(e.to_string(), e))?;
+        limitations.extend(note);
         let inner = Inner {
+            egress,
             seccomp_default: vec![compiled(SeccompProfile::Default)?],
             seccomp_strict: vec![compiled(SeccompProfile::Strict)?],
             etc: Arc::new(crate::etc::Templates::new(&config.state_dir, &config.etc_entries)),
@@ -585,7 +592,20 @@ impl SandboxBackend for LocalBackend {
         let mut config = sb.config.clone();
         config.network = network;
         config.validate()?;
-        sb.net.update(config.network).await
+        sb.net.update(config.network).await?;
+        sb.net.install_ca(&sb.root)
+    }
+
+    fn secrets(&self) -> Option<agentbox_core::egress::SecretStore> {
+        Some(self.inner.egress.secrets.clone())
+    }
+
+    async fn egress_log(
+        &self,
+        id: &SandboxId,
+        query: agentbox_core::egress::EgressQuery,
+    ) -> Result<agentbox_core::egress::EgressPage> {
+        Ok(self.get(id)?.net.egress_log(&query))
     }
 
     async fn install_packages(&self, id: &SandboxId, packages: Vec<PackageSpec>) -> Result<()> {

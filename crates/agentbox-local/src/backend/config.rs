@@ -20,6 +20,10 @@ pub struct LocalConfig {
     /// (see `agentbox-storage`). `None`, or a pool that can't be opened (reported in
     /// [`LocalBackend::limitations`](crate::LocalBackend::limitations)), keeps homes on the memory-backed tmpfs.
     pub storage: Option<agentbox_storage::PoolConfig>,
+    /// PEM files of certificate authorities the egress proxy trusts, besides the host's system roots,
+    /// when it connects to hosts whose TLS it terminates (hosts with secrets or inspected hosts): a
+    /// company CA, or a test CA.
+    pub upstream_extra_roots: Vec<PathBuf>,
 }
 
 impl Default for LocalConfig {
@@ -78,6 +82,7 @@ impl Default for LocalConfig {
                 dir: PathBuf::from("/var/lib/agentbox/storage"),
                 image_bytes: None,
             }),
+            upstream_extra_roots: Vec::new(),
         }
     }
 }

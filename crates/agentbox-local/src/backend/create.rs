@@ -168,7 +168,8 @@ impl LocalBackend {
             // Opened by pid once, and checked against the pidfd: the init was alive, so the pid was its own.
             let netns = NetNs::of(init_pid, init.pidfd.as_fd())
                 .map_err(|e| backend_err("opening the sandbox's network namespace", e))?;
-            let net = crate::net::Egress::start(&id, netns.clone(), &config.network).await?;
+            let net = crate::net::Egress::start(&id, netns.clone(), &config.network, self.inner.egress.clone()).await?;
+            net.install_ca(&root)?;
             Ok((rd, wr, root, netns, net))
         };
         let (rd, wr, root, netns, net) = match setup.await {

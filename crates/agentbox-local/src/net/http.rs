@@ -18,10 +18,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::audit::Pending;
 use super::policy::Rule;
 use super::{OpenError, Proxy};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -64,7 +65,7 @@ pub(super) async fn serve(stream: TcpStream, proxy: Proxy, slot: Arc<Slot>) {
     }
 }
 
-fn text(status: StatusCode, reason: Option<String>, body: String) -> Response<Body> {
+pub(super) fn text(status: StatusCode, reason: Option<String>, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -74,7 +75,7 @@ fn text(status: StatusCode, reason: Option<String>, body: String) -> Response<Bo
     r
 }
 
-fn refused(host: &str, port: u16, rule: &Rule) -> Response<Body> {
+pub(super) fn refused(host: &str, port: u16, rule: &Rule) -> Response<Body> {
     let mut r = text(
         StatusCode::FORBIDDEN,
         Some(format!("Forbidden by the sandbox egress policy ({})", rule.name())),
@@ -105,24 +106,17 @@ async fn connect(req: Request<Incoming>, proxy: Proxy, client_slot: Arc<Slot>) -
         Ok(up) => up,
         Err(e) => return failed(e, &host, port),
     };
-    let buffer = budget::proxy_pool().limits().copy_buffer_bytes;
     tokio::spawn(async move {
-        let super::Upstream { mut stream, target, slot } = up;
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, buffer, buffer);
-                proxy.guard(&target, copy).await;
-            }
+            Ok(upgraded) => proxy.carry(TokioIo::new(upgraded), up).await,
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
-        drop(slot);
         drop(client_slot);
     });
     Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed())
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -166,18 +160,47 @@ async fn forward(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
     }
     let host = authority.host().to_owned();
     let port = authority.port_u16().unwrap_or(80);
+    let method = req.method().as_str().to_owned();
+    let path = uri.path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let up = match proxy.open(&host, port, "http").await {
         Ok(up) => up,
         Err(e) => return failed(e, &host, port),
     };
     let super::Upstream { stream, target, slot } = up;
+    let counts = stream.counts();
+    let mut pending = Pending::new("request", "http", &target.host.to_string(), port);
+    {
+        let r = pending.record();
+        r.address = Some(target.ip.to_string());
+        r.method = Some(method.clone());
+        r.path = Some(path.clone());
+    }
+    let rules = proxy.current();
+    let (mut parts, body) = req.into_parts();
+    let checked = rules.policy.check_request(&target.host, port, &method, &path).and_then(|matched| {
+        let applied = rules.secrets.apply(&proxy.shared.ctx.secrets, &target.host, port, &mut parts)?;
+        Ok((matched, applied))
+    });
+    match checked {
+        Ok((matched, applied)) => {
+            let r = pending.record();
+            r.rule = matched;
+            r.secrets.clone_from(&applied.names);
+            if !applied.body.is_empty() {
+                // Bodies are rewritten on inspected (TLS) connections only.
+                let rule = Rule::Unsupported("replacing a secret placeholder in a plain HTTP request body");
+                return refuse_request(&proxy, pending, &host, port, &rule);
+            }
+        }
+        Err(rule) => return refuse_request(&proxy, pending, &host, port, &rule),
+    }
     // A destination's response head is bounded too (more generously than a request's: cookies).
     let head_limit = (budget::proxy_pool().limits().max_head_bytes * 4).max(64 << 10);
     let handshake = hyper::client::conn::http1::Builder::new()
         .preserve_header_case(true)
         .title_case_headers(true)
         .max_buf_size(head_limit)
-        .handshake::<_, Incoming>(TokioIo::new(stream))
+        .handshake::<_, Body>(TokioIo::new(stream))
         .await;
     let (mut sender, conn) = match handshake {
         Ok(pair) => pair,
@@ -187,8 +210,8 @@ async fn forward(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
     tokio::spawn(async move {
         driver.guard(&target, conn).await;
         drop(slot);
+        driver.shared.audit.push(pending.finish(Some(&counts)));
     });
-    let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
         parts.headers.insert(header::HOST, v);
@@ -198,7 +221,7 @@ async fn forward(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
         Ok(u) => u,
         Err(_) => return text(StatusCode::BAD_REQUEST, None, "bad request path\n".into()),
     };
-    match sender.send_request(Request::from_parts(parts, body)).await {
+    match sender.send_request(Request::from_parts(parts, body.boxed())).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -206,4 +229,18 @@ async fn forward(req: Request<Incoming>, proxy: Proxy) -> Response<Body> {
         }
         Err(e) => text(StatusCode::BAD_GATEWAY, None, format!("the request to {host}:{port} failed: {e}\n")),
     }
+}
+
+/// Counts, logs and records a refused request, and answers it.
+fn refuse_request(proxy: &Proxy, mut pending: Pending, host: &str, port: u16, rule: &Rule) -> Response<Body> {
+    proxy.shared.count_refusal("http", host, port, rule);
+    let r = pending.record();
+    r.decision = agentbox_core::egress::EgressDecision::Refused;
+    r.rule = Some(rule.name().to_owned());
+    r.status = Some(StatusCode::FORBIDDEN.as_u16());
+    if let Rule::SecretWrongHost(name) = rule {
+        r.secrets = vec![name.clone()];
+    }
+    proxy.shared.audit.push(pending.finish(None));
+    refused(host, port, rule)
 }

@@ -16,17 +16,29 @@
 //! rate-limited per sandbox ([`meter`]). Programs find the proxy through the
 //! environment ([`proxy_env`]). Policy changes apply at once, also to open
 //! connections, which are cut when the new rules refuse them.
+//!
+//! CONNECT tunnels are opaque, except to hosts that carry a secret or are
+//! inspected: for those the proxy terminates TLS with a certificate from the
+//! sandbox's own CA ([`tls`]), checks each request against method and path
+//! rules, and adds the sandbox's secrets ([`secrets`], [`inspect`]). Every
+//! connection, and every request on an inspected one, is recorded in the
+//! sandbox's egress log ([`audit`]).
 
+pub mod audit;
 mod http;
+mod inspect;
 pub mod install;
 pub mod meter;
 pub mod policy;
 pub mod resolve;
+pub mod secrets;
 mod socks;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,14 +47,19 @@ use agentbox_config::NetworkConfig;
 use agentbox_core::Error;
 use agentbox_core::LockExt;
 use agentbox_core::budget::{self, Exhausted, Slot, Tenant};
+use agentbox_core::egress::{EgressDecision, EgressPage, EgressQuery, SecretStore};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use self::audit::{AuditLog, Counted, Pending};
 use self::meter::{Meter, Metered};
 use self::policy::{Host, Policy, Rule};
 use self::resolve::Resolver;
+use self::secrets::{Placeholders, SecretRules};
+use self::tls::SandboxCa;
 use crate::netns::NetNs;
 
 /// Port of the HTTP proxy inside every sandbox with networking.
@@ -60,6 +77,51 @@ pub const RESOLV_CONF: &str = "\
 # itself (network.dns_servers, else the host's resolver) and checks every name and address.
 nameserver 127.0.0.1
 ";
+
+/// Where the host writes a sandbox's trust bundle (the system roots plus the sandbox's CA), for
+/// the variables of [`ca_env`].
+pub const CA_BUNDLE_PATH: &str = "/tmp/.agentbox/ca-certificates.crt";
+
+/// Host files tried, in order, for the system roots that go into a sandbox's trust bundle.
+const SYSTEM_BUNDLES: [&str; 3] =
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// The variables that make common clients trust the bundle at [`CA_BUNDLE_PATH`]: OpenSSL
+/// (Python's ssl and urllib, curl, git), requests, pip and Node.js.
+#[must_use]
+pub fn ca_env() -> BTreeMap<String, String> {
+    ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"]
+        .into_iter()
+        .map(|k| (k.to_owned(), CA_BUNDLE_PATH.to_owned()))
+        .collect()
+}
+
+/// What every sandbox's proxy shares: the server's secrets and the TLS set-up for destinations.
+#[derive(Clone)]
+pub struct EgressContext {
+    /// The server's secrets, read at each request.
+    pub secrets: SecretStore,
+    /// How inspected destinations are verified: the host's roots plus any extra ones.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for EgressContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressContext").field("secrets", &self.secrets).finish_non_exhaustive()
+    }
+}
+
+impl EgressContext {
+    /// A context trusting the host's roots plus the PEM files in `extra_roots`; also returns a
+    /// note when the host's roots could not all be loaded.
+    ///
+    /// # Errors
+    /// When an extra root can't be used.
+    pub fn new(secrets: SecretStore, extra_roots: &[PathBuf]) -> Result<(Self, Option<String>), tls::TlsError> {
+        let (upstream_tls, note) = tls::upstream_config(extra_roots)?;
+        Ok((Self { secrets, upstream_tls }, note))
+    }
+}
 
 /// Traffic and refusals of one sandbox since it was created.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,11 +168,18 @@ enum OpenError {
     Failed(String),
 }
 
-/// What one proxy listener enforces: a policy and where names are looked up.
+/// What one proxy listener enforces: a policy, where names are looked up, and the secrets it adds.
 #[derive(Debug)]
 struct Rules {
     policy: Policy,
     resolver: Resolver,
+    secrets: SecretRules,
+}
+
+impl Rules {
+    fn closed() -> Arc<Self> {
+        Arc::new(Self { policy: Policy::closed(), resolver: Resolver::Host, secrets: SecretRules::default() })
+    }
 }
 
 /// State shared by a sandbox's listeners and connections.
@@ -123,15 +192,34 @@ struct Shared {
     /// sandbox and one per connection to a destination, held until it closes.
     slots: Arc<Tenant>,
     host_addrs: Mutex<(Option<Instant>, Arc<Vec<IpAddr>>)>,
+    audit: AuditLog,
+    placeholders: Placeholders,
+    /// The sandbox's CA: its private key lives here and nowhere else.
+    ca: SandboxCa,
+    ctx: EgressContext,
 }
 
 impl Shared {
-    fn refuse(&self, via: &str, host: &str, port: u16, rule: &Rule) {
+    /// Counts and logs a refusal (rate-limited); the caller records it in the egress log.
+    fn count_refusal(&self, via: &str, host: &str, port: u16, rule: &Rule) {
         *self.refused.lock_unpoisoned().entry(rule.name()).or_insert(0) += 1;
         if budget::log_limiter().allow("egress refused", &format!("sandbox {}", self.sandbox)) {
             let name = rule.name();
             tracing::info!(sandbox = %self.sandbox, host, port, via, rule = name, reason = %rule, "egress refused");
         }
+    }
+
+    /// Counts, logs and records a refused connection.
+    fn refuse(&self, via: &str, host: &str, port: u16, rule: &Rule) {
+        self.count_refusal(via, host, port, rule);
+        let mut pending = Pending::new("connection", via, host, port);
+        let r = pending.record();
+        r.decision = EgressDecision::Refused;
+        r.rule = Some(rule.name().to_owned());
+        if let Rule::SecretWrongHost(name) = rule {
+            r.secrets = vec![name.clone()];
+        }
+        self.audit.push(pending.finish(None));
     }
 
     /// Takes a connection slot from the sandbox's share of the budget.
@@ -185,7 +273,7 @@ fn host_addresses() -> Vec<IpAddr> {
 
 /// A destination connection that passed the policy.
 struct Upstream {
-    stream: Metered<TcpStream>,
+    stream: Counted<Metered<TcpStream>>,
     target: Target,
     slot: Slot,
 }
@@ -219,7 +307,7 @@ impl Proxy {
         };
         let rules = self.current();
         let parsed = Host::parse(host).map_err(refuse)?;
-        rules.policy.check_host(&parsed).map_err(refuse)?;
+        rules.policy.check_host(&parsed, port).map_err(refuse)?;
         let ips = match &parsed {
             Host::Ip(ip) => vec![*ip],
             Host::Name(name) => rules.resolver.lookup(name).await.map_err(|e| refuse(Rule::Unresolved(e)))?,
@@ -241,7 +329,7 @@ impl Proxy {
                     self.shared.connections.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(sandbox = %self.shared.sandbox, host, port, %ip, via, "egress connected");
                     return Ok(Upstream {
-                        stream: Metered::new(stream, self.shared.meter.clone()),
+                        stream: Counted::new(Metered::new(stream, self.shared.meter.clone())),
                         target: Target { host: parsed, ip, port, via },
                         slot,
                     });
@@ -265,7 +353,7 @@ impl Proxy {
                     let now = rules.borrow_and_update().clone();
                     let verdict = now
                         .policy
-                        .check_host(&target.host)
+                        .check_host(&target.host, target.port)
                         .and_then(|()| now.policy.check_ip(target.ip, &self.shared.host_addrs()));
                     if let Err(rule) = verdict {
                         let shown = format!("{} ({})", target.host, target.ip);
@@ -275,6 +363,33 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// Carries a client connection to a destination that passed: an opaque tunnel, or an inspected
+    /// connection when the destination has secrets or request rules. Records it when it ends.
+    async fn carry<C>(&self, mut client: C, up: Upstream)
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let target = up.target.clone();
+        let counts = up.stream.counts();
+        let mut pending = Pending::new("connection", target.via, &target.host.to_string(), target.port);
+        pending.record().address = Some(target.ip.to_string());
+        if Shared::inspects(&self.current(), &target) {
+            if let Err(rule) = inspect::serve(self, client, up).await {
+                self.shared.count_refusal(target.via, &target.host.to_string(), target.port, &rule);
+                let r = pending.record();
+                r.decision = EgressDecision::Refused;
+                r.rule = Some(rule.name().to_owned());
+            }
+        } else {
+            let Upstream { mut stream, slot, .. } = up;
+            let buffer = budget::proxy_pool().limits().copy_buffer_bytes;
+            let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, buffer, buffer);
+            self.guard(&target, copy).await;
+            drop(slot);
+        }
+        self.shared.audit.push(pending.finish(Some(&counts)));
     }
 
     /// Runs a client session until it ends, or until networking is switched off.
@@ -357,9 +472,10 @@ async fn listen(netns: &NetNs, port: u16, proxy: Proxy, protocol: Protocol) -> R
     Ok((bound, tokio::spawn(accept_loop(listener, proxy, protocol))))
 }
 
-fn build_rules(config: &NetworkConfig) -> Result<Arc<Rules>, Error> {
+fn build_rules(config: &NetworkConfig, placeholders: &Placeholders) -> Result<Arc<Rules>, Error> {
     let resolver = Resolver::new(&config.dns_servers).map_err(Error::backend)?;
-    Ok(Arc::new(Rules { policy: Policy::new(config), resolver }))
+    let secrets = SecretRules::new(config, placeholders);
+    Ok(Arc::new(Rules { policy: Policy::new(config), resolver, secrets }))
 }
 
 struct Running {
@@ -372,6 +488,10 @@ struct Running {
 pub struct Egress {
     netns: NetNs,
     shared: Arc<Shared>,
+    /// The current rules, for the environment of new executions.
+    current: watch::Receiver<Arc<Rules>>,
+    /// Whether the trust bundle was written into the sandbox.
+    ca_installed: AtomicBool,
     enabled: AtomicBool,
     running: tokio::sync::Mutex<Running>,
 }
@@ -387,7 +507,8 @@ impl Egress {
     ///
     /// # Errors
     /// When the proxy can't listen inside the sandbox or the resolver can't be built.
-    pub async fn start(sandbox: &str, netns: NetNs, config: &NetworkConfig) -> Result<Self, Error> {
+    pub async fn start(sandbox: &str, netns: NetNs, config: &NetworkConfig, ctx: EgressContext) -> Result<Self, Error> {
+        let ca = SandboxCa::generate(sandbox).map_err(|e| Error::backend_with(e.to_string(), e))?;
         let shared = Arc::new(Shared {
             sandbox: sandbox.to_owned(),
             meter: Arc::new(Meter::new(config.bandwidth_in_bytes_per_sec, config.bandwidth_out_bytes_per_sec)),
@@ -395,11 +516,17 @@ impl Egress {
             refused: Mutex::new(BTreeMap::new()),
             slots: budget::proxy_pool().tenant(),
             host_addrs: Mutex::new((None, Arc::new(Vec::new()))),
+            audit: AuditLog::default(),
+            placeholders: Placeholders::default(),
+            ca,
+            ctx,
         });
-        let (tx, _) = watch::channel(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));
+        let (tx, current) = watch::channel(Rules::closed());
         let egress = Self {
             netns,
             shared,
+            current,
+            ca_installed: AtomicBool::new(false),
             enabled: AtomicBool::new(false),
             running: tokio::sync::Mutex::new(Running {
                 config: NetworkConfig::default(),
@@ -418,11 +545,7 @@ impl Egress {
     /// When the proxy can't be started or the resolver built; the old policy then stays.
     pub async fn update(&self, config: NetworkConfig) -> Result<(), Error> {
         let mut running = self.running.lock().await;
-        let rules = if config.enabled {
-            build_rules(&config)?
-        } else {
-            Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host })
-        };
+        let rules = if config.enabled { build_rules(&config, &self.shared.placeholders)? } else { Rules::closed() };
         if config.enabled && running.listeners.is_empty() {
             let proxy = Proxy { shared: self.shared.clone(), rules: running.rules.subscribe() };
             let (_, http) = listen(&self.netns, HTTP_PROXY_PORT, proxy.clone(), Protocol::Http).await?;
@@ -468,7 +591,10 @@ impl Egress {
     ) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         if self.enabled.load(Ordering::SeqCst) {
-            for (k, v) in proxy_env(HTTP_PROXY_PORT, Some(SOCKS_PROXY_PORT)) {
+            let rules = self.current.borrow().clone();
+            let placeholders = rules.secrets.env();
+            for (k, v) in proxy_env(HTTP_PROXY_PORT, Some(SOCKS_PROXY_PORT)).into_iter().chain(ca_env()).chain(placeholders)
+            {
                 if !configured.contains_key(&k) {
                     env.insert(k, v);
                 }
@@ -476,6 +602,39 @@ impl Egress {
         }
         env.extend(requested.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
+    }
+
+    /// Writes the sandbox's trust bundle ([`CA_BUNDLE_PATH`]) through the host file API, when
+    /// networking is on and it isn't there yet. The sandbox may change or remove it: that only
+    /// changes what its own clients trust.
+    ///
+    /// # Errors
+    /// When the file can't be written.
+    pub fn install_ca(&self, root: &agentbox_hostfs::Root) -> Result<(), Error> {
+        if !self.enabled.load(Ordering::SeqCst) || self.ca_installed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        root.write(CA_BUNDLE_PATH, &self.ca_bundle())?;
+        self.ca_installed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// One page of the sandbox's egress log.
+    #[must_use]
+    pub fn egress_log(&self, query: &EgressQuery) -> EgressPage {
+        self.shared.audit.page(query)
+    }
+
+    /// The trust bundle for the sandbox: the host's system roots, then the sandbox's CA.
+    #[must_use]
+    pub fn ca_bundle(&self) -> Vec<u8> {
+        let mut out = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(Path::new(p)).ok()).unwrap_or_default();
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"# agentbox: this sandbox's egress CA (the proxy's certificates for inspected hosts)\n");
+        out.extend_from_slice(self.shared.ca.cert_pem().as_bytes());
+        out
     }
 
     /// Counters since creation.
@@ -507,11 +666,11 @@ impl Egress {
             config.allowed_domains.extend(extra.iter().cloned());
         }
         config.denied_domains.retain(|d| {
-            let p = policy::DomainPattern::new(d);
-            !extra.iter().any(|h| p.matches(h))
+            agentbox_config::EgressEntry::parse(d)
+                .map_or(true, |e| !extra.iter().any(|h| agentbox_config::egress::host_matches(&e.host, h)))
         });
         config.enabled = true;
-        let (tx, rx) = watch::channel(build_rules(&config)?);
+        let (tx, rx) = watch::channel(build_rules(&config, &self.shared.placeholders)?);
         let proxy = Proxy { shared: self.shared.clone(), rules: rx };
         let (port, task) = listen(&self.netns, 0, proxy, Protocol::Http).await?;
         tracing::info!(sandbox = %self.shared.sandbox, port, hosts = ?extra, "installer proxy started");
@@ -522,7 +681,7 @@ impl Egress {
     pub async fn shutdown(&self) {
         self.enabled.store(false, Ordering::SeqCst);
         let mut running = self.running.lock().await;
-        running.rules.send_replace(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));
+        running.rules.send_replace(Rules::closed());
         for t in running.listeners.drain(..) {
             t.abort();
             let _ = t.await;
@@ -533,7 +692,7 @@ impl Egress {
 impl Drop for Egress {
     fn drop(&mut self) {
         let running = self.running.get_mut();
-        running.rules.send_replace(Arc::new(Rules { policy: Policy::closed(), resolver: Resolver::Host }));
+        running.rules.send_replace(Rules::closed());
         for t in running.listeners.drain(..) {
             t.abort();
         }

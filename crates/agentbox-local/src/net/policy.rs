@@ -8,11 +8,17 @@
 //! allowed CIDR covers it. The proxy then connects only to addresses that
 //! passed, so a name that resolves to a private address is refused however
 //! often it is re-resolved.
+//!
+//! Entries may carry a port, and HTTP methods and a path (see
+//! [`agentbox_config::EgressEntry`]). Ports are checked with the name; methods
+//! and paths are checked per request ([`Policy::check_request`]) on the
+//! connections the proxy can read: plain HTTP, and HTTPS to the hosts whose TLS
+//! it terminates ([`Policy::inspects`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use agentbox_config::NetworkConfig;
+use agentbox_config::{EgressEntry, NetworkConfig};
 
 /// Why a destination was refused; the name is what logs and counters use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +46,18 @@ pub enum Rule {
     ServerConnectionLimit,
     /// The client asked for something the proxy does not do (UDP, BIND, https absolute-form).
     Unsupported(&'static str),
+    /// The request matches a `network.denied_domains` entry with a method or a path.
+    DeniedRequest(String),
+    /// The host's allow entries all name methods or paths, and the request matches none of them.
+    RequestNotAllowed,
+    /// The request carries the placeholder of a secret that this destination may not receive.
+    SecretWrongHost(String),
+    /// A secret for this request has no usable value on the server (the reason names the secret only).
+    SecretUnavailable(String),
+    /// A request body that must be rewritten is larger than the proxy rewrites.
+    BodyTooLarge(usize),
+    /// The proxy could not establish TLS with the sandbox or the destination.
+    Tls(String),
 }
 
 impl Rule {
@@ -58,6 +76,12 @@ impl Rule {
             Self::ConnectionLimit => "connection-limit",
             Self::ServerConnectionLimit => "server-connection-limit",
             Self::Unsupported(_) => "unsupported",
+            Self::DeniedRequest(_) => "denied-request",
+            Self::RequestNotAllowed => "not-allowed-request",
+            Self::SecretWrongHost(_) => "secret-wrong-host",
+            Self::SecretUnavailable(_) => "secret-unavailable",
+            Self::BodyTooLarge(_) => "body-too-large",
+            Self::Tls(_) => "tls",
         }
     }
 }
@@ -85,39 +109,22 @@ impl fmt::Display for Rule {
                      holds more than its share; close idle connections and retry",
             ),
             Self::Unsupported(what) => write!(f, "{what} is not supported by the egress proxy"),
-        }
-    }
-}
-
-/// A domain pattern: an exact name, or `*.suffix` for every name below `suffix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainPattern {
-    text: String,
-    wildcard: bool,
-    name: String,
-}
-
-impl DomainPattern {
-    /// Parses a pattern as configured (validated by the config crate); case and a final dot are ignored.
-    #[must_use]
-    pub fn new(pattern: &str) -> Self {
-        let lower = normalize_name(pattern);
-        match lower.strip_prefix("*.") {
-            Some(rest) => Self { text: pattern.to_owned(), wildcard: true, name: rest.to_owned() },
-            None => Self { text: pattern.to_owned(), wildcard: false, name: lower },
-        }
-    }
-
-    /// Whether a normalized name matches. `*.example.com` matches `a.example.com` and
-    /// `a.b.example.com`, not `example.com` itself.
-    #[must_use]
-    pub fn matches(&self, name: &str) -> bool {
-        if self.wildcard {
-            name.len() > self.name.len()
-                && name.ends_with(&self.name)
-                && name.as_bytes()[name.len() - self.name.len() - 1] == b'.'
-        } else {
-            name == self.name
+            Self::DeniedRequest(e) => write!(f, "the request matches network.denied_domains entry {e:?}"),
+            Self::RequestNotAllowed => {
+                f.write_str("the request's method and path match none of this host's network.allowed_domains entries")
+            }
+            Self::SecretWrongHost(name) => write!(
+                f,
+                "the request carries the placeholder of secret {name}, which this destination may not receive \
+                 (network.secrets hosts)"
+            ),
+            Self::SecretUnavailable(reason) => write!(f, "{reason}"),
+            Self::BodyTooLarge(max) => write!(
+                f,
+                "the request body carries a secret placeholder to replace and is larger than {max} bytes, \
+                 the most the proxy rewrites"
+            ),
+            Self::Tls(reason) => write!(f, "TLS failed: {reason}"),
         }
     }
 }
@@ -274,9 +281,15 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
 pub struct Policy {
     /// Whether anything may be reached.
     pub enabled: bool,
-    allowed: Vec<DomainPattern>,
-    denied: Vec<DomainPattern>,
+    allowed: Vec<EgressEntry>,
+    denied: Vec<EgressEntry>,
+    inspect: Vec<EgressEntry>,
     cidrs: Vec<Cidr>,
+}
+
+fn entries(list: &[String]) -> Vec<EgressEntry> {
+    // The configuration was validated; an entry that doesn't parse can't match anything.
+    list.iter().filter_map(|e| EgressEntry::parse(e).ok()).collect()
 }
 
 impl Policy {
@@ -285,8 +298,9 @@ impl Policy {
     pub fn new(config: &NetworkConfig) -> Self {
         Self {
             enabled: config.enabled,
-            allowed: config.allowed_domains.iter().map(|d| DomainPattern::new(d)).collect(),
-            denied: config.denied_domains.iter().map(|d| DomainPattern::new(d)).collect(),
+            allowed: entries(&config.allowed_domains),
+            denied: entries(&config.denied_domains),
+            inspect: entries(&config.inspect_domains),
             cidrs: config.allowed_cidrs.iter().filter_map(|c| Cidr::parse(c)).collect(),
         }
     }
@@ -294,38 +308,65 @@ impl Policy {
     /// A policy that refuses everything (networking off).
     #[must_use]
     pub fn closed() -> Self {
-        Self { enabled: false, allowed: Vec::new(), denied: Vec::new(), cidrs: Vec::new() }
+        Self { enabled: false, allowed: Vec::new(), denied: Vec::new(), inspect: Vec::new(), cidrs: Vec::new() }
     }
 
-    /// Checks the host a client asked for, before any lookup. IP literals match only an exact
-    /// allow-list entry equal to them; the address check still follows.
+    /// Checks the host and port a client asked for, before any lookup. IP literals match only an
+    /// exact entry equal to them; the address check still follows. Entries with a method or a path
+    /// allow the connection, and are checked again on each request.
     ///
     /// # Errors
     /// The rule that refuses it.
-    pub fn check_host(&self, host: &Host) -> Result<(), Rule> {
+    pub fn check_host(&self, host: &Host, port: u16) -> Result<(), Rule> {
         if !self.enabled {
             return Err(Rule::NetworkDisabled);
         }
-        match host {
-            Host::Name(name) => {
-                if let Some(p) = self.denied.iter().find(|p| p.matches(name)) {
-                    return Err(Rule::Denied(p.text.clone()));
-                }
-                if self.allowed.is_empty() || self.allowed.iter().any(|p| p.matches(name)) {
-                    Ok(())
-                } else {
-                    Err(Rule::NotAllowed)
-                }
-            }
-            Host::Ip(ip) => {
-                let text = canonical(*ip).to_string();
-                if self.allowed.is_empty() || self.allowed.iter().any(|p| !p.wildcard && p.name == text) {
-                    Ok(())
-                } else {
-                    Err(Rule::IpLiteral)
-                }
-            }
+        let text = host.match_text();
+        if let Some(e) = self.denied.iter().find(|e| !e.is_request_level() && e.matches_host(&text, port)) {
+            return Err(Rule::Denied(e.to_string()));
         }
+        if self.allowed.is_empty() || self.allowed.iter().any(|e| e.matches_host(&text, port)) {
+            return Ok(());
+        }
+        Err(match host {
+            Host::Name(_) => Rule::NotAllowed,
+            Host::Ip(_) => Rule::IpLiteral,
+        })
+    }
+
+    /// Checks one request on an allowed connection; returns the allow entry that let it through, if any.
+    ///
+    /// # Errors
+    /// [`Rule::DeniedRequest`] or [`Rule::RequestNotAllowed`].
+    pub fn check_request(&self, host: &Host, port: u16, method: &str, path: &str) -> Result<Option<String>, Rule> {
+        let text = host.match_text();
+        if let Some(e) = self
+            .denied
+            .iter()
+            .find(|e| e.is_request_level() && e.matches_host(&text, port) && e.matches_request(method, path))
+        {
+            return Err(Rule::DeniedRequest(e.to_string()));
+        }
+        if self.allowed.is_empty() {
+            return Ok(None);
+        }
+        let mut matching = self.allowed.iter().filter(|e| e.matches_host(&text, port)).peekable();
+        if matching.peek().is_none() {
+            return Err(Rule::NotAllowed);
+        }
+        matching
+            .find(|e| !e.is_request_level() || e.matches_request(method, path))
+            .map(|e| Some(e.to_string()))
+            .ok_or(Rule::RequestNotAllowed)
+    }
+
+    /// Whether the proxy must read the requests to `host:port`: an `inspect_domains` entry matches,
+    /// or an allow or deny entry with a method or a path does.
+    #[must_use]
+    pub fn inspects(&self, host: &Host, port: u16) -> bool {
+        let text = host.match_text();
+        self.inspect.iter().any(|e| e.matches_host(&text, port))
+            || self.allowed.iter().chain(&self.denied).any(|e| e.is_request_level() && e.matches_host(&text, port))
     }
 
     /// Checks one address about to be connected to.
@@ -379,6 +420,17 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The text entries are matched against: the name, or the address in canonical form.
+    #[must_use]
+    pub fn match_text(&self) -> String {
+        match self {
+            Self::Name(n) => n.clone(),
+            Self::Ip(ip) => canonical(*ip).to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -403,7 +455,7 @@ mod tests {
     }
 
     fn name(p: &Policy, h: &str) -> Result<(), &'static str> {
-        p.check_host(&Host::parse(h).map_err(|r| r.name())?).map_err(|r| r.name())
+        p.check_host(&Host::parse(h).map_err(|r| r.name())?, 443).map_err(|r| r.name())
     }
 
     fn ip(p: &Policy, a: &str) -> Result<(), &'static str> {
@@ -433,6 +485,29 @@ mod tests {
         assert_eq!(name(&open, "a.evil.com"), Err("denied-domain"));
         let closed = Policy::closed();
         assert_eq!(name(&closed, "pypi.org"), Err("network-disabled"));
+    }
+
+    #[test]
+    fn ports_methods_and_paths() {
+        let p = policy(
+            &["api.test:443", "GET,HEAD gh.test/repos/*", "POST gh.test/graphql", "open.test"],
+            &["DELETE open.test/*", "open.test:25"],
+            &[],
+        );
+        let host = |h: &str| Host::parse(h).unwrap();
+        let req = |h: &str, port, m, path| p.check_request(&host(h), port, m, path).map_err(|r| r.name());
+        assert_eq!(p.check_host(&host("api.test"), 443), Ok(()));
+        assert_eq!(p.check_host(&host("api.test"), 80).map_err(|r| r.name()), Err("not-allowed-domain"));
+        assert_eq!(p.check_host(&host("open.test"), 25).map_err(|r| r.name()), Err("denied-domain"));
+        assert_eq!(p.check_host(&host("gh.test"), 443), Ok(()));
+        assert_eq!(req("gh.test", 443, "GET", "/repos/a/b"), Ok(Some("GET,HEAD gh.test/repos/*".into())));
+        assert_eq!(req("gh.test", 443, "POST", "/repos/a/b"), Err("not-allowed-request"));
+        assert_eq!(req("gh.test", 443, "POST", "/graphql"), Ok(Some("POST gh.test/graphql".into())));
+        assert_eq!(req("gh.test", 443, "GET", "/user"), Err("not-allowed-request"));
+        assert_eq!(req("open.test", 443, "GET", "/x"), Ok(Some("open.test".into())));
+        assert_eq!(req("open.test", 443, "DELETE", "/x"), Err("denied-request"));
+        assert!(p.inspects(&host("gh.test"), 443) && p.inspects(&host("open.test"), 443));
+        assert!(!p.inspects(&host("api.test"), 443));
     }
 
     #[test]

@@ -100,10 +100,6 @@ pub(super) async fn serve(mut stream: TcpStream, proxy: Proxy, slot: Arc<Slot>) 
     if reply(&mut stream, SUCCEEDED).await.is_err() {
         return;
     }
-    let super::Upstream { stream: mut upstream, target, slot: upstream_slot } = up;
-    let buffer = limits.copy_buffer_bytes;
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, buffer, buffer);
-    proxy.guard(&target, copy).await;
-    drop(upstream_slot);
+    proxy.carry(stream, up).await;
     drop(slot);
 }
