@@ -14,6 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   chromium            headless browser behind the browser tool
 #   python3             the interpreter sandboxes run Python code with (the system one, under /usr)
 #   python3-matplotlib  rich results of the code tool (figures as PNG)
+#   python3-requests    the secrets test: requests in a sandbox trusts the sandbox's egress CA (REQUESTS_CA_BUNDLE)
 #   curl                downloads inside sandboxes in the network tests
 #   btrfs-progs         mkfs.btrfs and btrfs for the disk-backed storage pool (a sparse btrfs image with quota groups)
 #   docker-registry     a real OCI registry on loopback for the image tests (agentbox-image)
@@ -22,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   openssl             signs the tokens of the image tests' token service (registry token authentication)
 #   tmux                a real terminal for the interactive shell test (`agentbox shell`)
 #   nodejs              JavaScript in sandboxes (only when no node is installed under /usr)
-REQUIRED_PACKAGES=(chromium python3 python3-matplotlib curl btrfs-progs docker-registry skopeo umoci mmdebstrap openssl tmux)
+REQUIRED_PACKAGES=(chromium python3 python3-matplotlib python3-requests curl btrfs-progs docker-registry skopeo umoci mmdebstrap openssl tmux)
 if [[ ! -x /usr/bin/node && ! -x /usr/local/bin/node ]]; then
     REQUIRED_PACKAGES+=(nodejs)
 fi

@@ -1,6 +1,8 @@
 //! One helper for every local-backend test: a real sandbox that is destroyed when dropped.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::sync::Arc;
 use std::time::Duration;
 
