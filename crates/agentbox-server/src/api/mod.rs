@@ -2,6 +2,7 @@
 
 #[cfg(feature = "browser")]
 pub mod browser;
+pub mod egress;
 pub mod exec;
 pub mod extract;
 pub mod files;
@@ -110,6 +111,7 @@ impl Modify for Security {
         (name = "sandboxes", description = "Sandbox lifecycle"),
         (name = "execution", description = "Commands and code"),
         (name = "files", description = "Files inside a sandbox"),
+        (name = "secrets", description = "Credentials the egress proxy adds to requests; set, never read back"),
         (name = "snapshots", description = "Point-in-time copies of a sandbox's files, and forks from them"),
         (name = "tools", description = "Agent tools: shell, code, files, web search, browser"),
         (name = "server", description = "Liveness and metrics"),
@@ -316,6 +318,9 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::sandbox_health))
         .routes(routes!(files::list_files))
         .routes(routes!(network::set_network))
+        .routes(routes!(egress::get_egress))
+        .routes(routes!(egress::list_secrets))
+        .routes(routes!(egress::set_secret, egress::delete_secret))
         .routes(routes!(sandboxes::pause_sandbox))
         .routes(routes!(sandboxes::resume_sandbox))
         .routes(routes!(snapshots::create_snapshot))

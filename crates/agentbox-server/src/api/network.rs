@@ -21,6 +21,10 @@ pub struct NetworkPolicy {
     pub allowed_domains: Vec<String>,
     /// Names the sandbox may never reach; deny wins over allow.
     pub denied_domains: Vec<String>,
+    /// Hosts whose TLS the proxy terminates so that request rules apply and requests are logged.
+    pub inspect_domains: Vec<String>,
+    /// Secrets the proxy adds to requests (rules only; values never leave the server).
+    pub secrets: Vec<super::egress::SecretRuleSpec>,
     /// Resolvers used for the sandbox's lookups; empty means the host's.
     pub dns_servers: Vec<String>,
     /// Private, loopback or link-local ranges (CIDR) allowed anyway.
@@ -37,6 +41,8 @@ impl From<NetworkConfig> for NetworkPolicy {
             enabled: n.enabled,
             allowed_domains: n.allowed_domains,
             denied_domains: n.denied_domains,
+            inspect_domains: n.inspect_domains,
+            secrets: n.secrets.into_iter().map(Into::into).collect(),
             dns_servers: n.dns_servers,
             allowed_cidrs: n.allowed_cidrs,
             bandwidth_in_bytes_per_sec: n.bandwidth_in_bytes_per_sec,

@@ -252,14 +252,23 @@ pub struct NetworkSpec {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
-    /// Names the sandbox may reach: exact (`pypi.org`) or wildcard (`*.example.com`); empty means all.
+    /// Destinations the sandbox may reach: exact (`pypi.org`) or wildcard (`*.example.com`) names, optionally
+    /// with a port (`api.github.com:443`), methods and a path (`GET api.github.com/repos/*`); empty means all.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     allowed_domains: Option<Vec<String>>,
-    /// Names the sandbox may never reach; deny wins over allow.
+    /// Destinations the sandbox may never reach, in the same form; deny wins over allow.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     denied_domains: Option<Vec<String>>,
+    /// Hosts whose TLS the proxy terminates so that request rules apply and requests are logged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    inspect_domains: Option<Vec<String>>,
+    /// Secrets the proxy adds to requests to chosen hosts (values are defined on the server).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    secrets: Option<Vec<super::egress::SecretRuleSpec>>,
     /// Resolvers (IP addresses); empty means the host's.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
@@ -286,6 +295,8 @@ impl NetworkSpec {
             enabled: self.enabled.unwrap_or(d.enabled),
             allowed_domains: self.allowed_domains.unwrap_or(d.allowed_domains),
             denied_domains: self.denied_domains.unwrap_or(d.denied_domains),
+            inspect_domains: self.inspect_domains.unwrap_or(d.inspect_domains),
+            secrets: self.secrets.map_or(d.secrets, |s| s.into_iter().map(Into::into).collect()),
             dns_servers: self.dns_servers.unwrap_or(d.dns_servers),
             allowed_cidrs: self.allowed_cidrs.unwrap_or(d.allowed_cidrs),
             bandwidth_in_bytes_per_sec: self.bandwidth_in_bytes_per_sec,

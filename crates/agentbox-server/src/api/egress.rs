@@ -1,0 +1,362 @@
+//! Secrets and the egress audit log (see docs/SECRETS.md): the server's secrets, which are set but
+//! never read back, and each run's log of connections and inspected requests.
+
+use agentbox_config::SecretRule;
+use agentbox_core::egress::{EgressDecision, EgressPage, EgressQuery, EgressRecord, SecretInfo, SecretSource, SecretValue};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ErrorResponses;
+use super::extract::{ApiJson, ApiQuery, RunIdPath};
+use super::types::RunIdParam;
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A secret the egress proxy adds to requests to chosen hosts (`network.secrets`); its value is
+/// defined on the server under the same name (`PUT /api/secrets/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRuleSpec {
+    /// The secret's name: upper-case letters, digits and `_`.
+    #[schema(pattern = r"^[A-Z_][A-Z0-9_]{0,63}$", example = "GITHUB_TOKEN")]
+    pub name: String,
+    /// Hosts that may receive it, optionally with a port (`api.github.com`, `*.openai.com:443`).
+    pub hosts: Vec<String>,
+    /// A header set on requests to those hosts, `Name: template` with `{value}` for the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "Authorization: Bearer {value}")]
+    pub header: Option<String>,
+    /// Whether the sandbox sees `AGENTBOX_SECRET_<NAME>`, a placeholder the proxy replaces in
+    /// requests to those hosts.
+    #[serde(default)]
+    pub placeholder: bool,
+    /// Whether the placeholder is replaced in request bodies too.
+    #[serde(default)]
+    pub replace_in_body: bool,
+}
+
+impl From<SecretRuleSpec> for SecretRule {
+    fn from(s: SecretRuleSpec) -> Self {
+        Self {
+            name: s.name,
+            hosts: s.hosts,
+            header: s.header,
+            placeholder: s.placeholder,
+            replace_in_body: s.replace_in_body,
+        }
+    }
+}
+
+impl From<SecretRule> for SecretRuleSpec {
+    fn from(s: SecretRule) -> Self {
+        Self {
+            name: s.name,
+            hosts: s.hosts,
+            header: s.header,
+            placeholder: s.placeholder,
+            replace_in_body: s.replace_in_body,
+        }
+    }
+}
+
+/// A secret's name in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SecretName {
+    /// The secret's name.
+    #[param(pattern = r"^[A-Z_][A-Z0-9_]{0,63}$")]
+    pub name: String,
+}
+
+/// Where a secret's value comes from: give exactly one.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSourceSpec {
+    /// The value itself (kept in the server's memory only, never returned).
+    #[serde(default)]
+    #[schema(nullable = false, min_length = 1, max_length = 16384)]
+    pub value: Option<String>,
+    /// A variable of the server's environment, read at each use.
+    #[serde(default)]
+    #[schema(nullable = false, min_length = 1)]
+    pub env: Option<String>,
+    /// A file on the server's host, read at each use.
+    #[serde(default)]
+    #[schema(nullable = false, min_length = 1)]
+    pub file: Option<String>,
+}
+
+impl std::fmt::Debug for SecretSourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSourceSpec").field("env", &self.env).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+impl SecretSourceSpec {
+    fn into_source(self) -> Result<SecretSource, ApiError> {
+        match (self.value, self.env, self.file) {
+            (Some(v), None, None) => Ok(SecretSource::Value(SecretValue::new(v))),
+            (None, Some(e), None) if !e.is_empty() => Ok(SecretSource::Env(e)),
+            (None, None, Some(f)) if f.starts_with('/') => Ok(SecretSource::File(f.into())),
+            (None, None, Some(_)) => Err(ApiError::bad_request("file: must be an absolute path on the server's host")),
+            _ => Err(ApiError::bad_request("give exactly one of value, env (a variable name) and file")),
+        }
+    }
+}
+
+/// A secret as listed: never its value.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SecretView {
+    /// The secret's name.
+    pub name: String,
+    /// Where its value comes from: `value`, `env` or `file`.
+    pub source: String,
+}
+
+impl From<SecretInfo> for SecretView {
+    fn from(s: SecretInfo) -> Self {
+        Self { name: s.name, source: s.source }
+    }
+}
+
+/// `GET /api/secrets`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SecretList {
+    /// The server's secrets, by name.
+    pub secrets: Vec<SecretView>,
+}
+
+fn store(state: &AppState) -> Result<agentbox_core::egress::SecretStore, ApiError> {
+    state.manager.backend().secrets().ok_or_else(|| {
+        agentbox_core::Error::Unsupported("this server's backend can't inject secrets (use the local backend)".into())
+            .into()
+    })
+}
+
+fn check_secret_name(name: &str) -> Result<(), ApiError> {
+    if agentbox_config::egress::valid_secret_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "secret name {name:?} is invalid: use 1 to 64 upper-case letters, digits and '_', not starting with a digit"
+        )))
+    }
+}
+
+/// Lists the server's secrets: names and kinds of source, never values.
+#[utoipa::path(
+    get,
+    path = "/api/secrets",
+    operation_id = "listSecrets",
+    tag = "secrets",
+    responses((status = 200, description = "The secrets", body = SecretList), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn list_secrets(State(state): State<AppState>) -> Result<Json<SecretList>, ApiError> {
+    let secrets = store(&state)?.list().into_iter().map(SecretView::from).collect();
+    Ok(Json(SecretList { secrets }))
+}
+
+/// Defines or replaces a secret. The next request of every sandbox that names it uses the new value;
+/// the value is never returned by any route.
+#[utoipa::path(
+    put,
+    path = "/api/secrets/{name}",
+    operation_id = "setSecret",
+    tag = "secrets",
+    params(SecretName),
+    request_body = SecretSourceSpec,
+    responses((status = 200, description = "Set", body = SecretView), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn set_secret(
+    State(state): State<AppState>,
+    Path(SecretName { name }): Path<SecretName>,
+    ApiJson(body): ApiJson<SecretSourceSpec>,
+) -> Result<Json<SecretView>, ApiError> {
+    check_secret_name(&name)?;
+    let source = body.into_source()?;
+    let kind = source.kind().to_owned();
+    store(&state)?.set(&name, source).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    tracing::info!(secret = %name, source = %kind, "secret set");
+    Ok(Json(SecretView { name, source: kind }))
+}
+
+/// Deletes a secret; requests that need it are refused from then on.
+#[utoipa::path(
+    delete,
+    path = "/api/secrets/{name}",
+    operation_id = "deleteSecret",
+    tag = "secrets",
+    params(SecretName),
+    responses((status = 204, description = "Deleted"), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn delete_secret(
+    State(state): State<AppState>,
+    Path(SecretName { name }): Path<SecretName>,
+) -> Result<Response, ApiError> {
+    check_secret_name(&name)?;
+    if !store(&state)?.remove(&name) {
+        return Err(ApiError::not_found(format!("no secret {name}")));
+    }
+    tracing::info!(secret = %name, "secret deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Allowed or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionName {
+    /// Let through.
+    Allowed,
+    /// Refused by a rule.
+    Refused,
+}
+
+impl From<DecisionName> for EgressDecision {
+    fn from(d: DecisionName) -> Self {
+        match d {
+            DecisionName::Allowed => Self::Allowed,
+            DecisionName::Refused => Self::Refused,
+        }
+    }
+}
+
+impl From<EgressDecision> for DecisionName {
+    fn from(d: EgressDecision) -> Self {
+        match d {
+            EgressDecision::Allowed => Self::Allowed,
+            EgressDecision::Refused => Self::Refused,
+        }
+    }
+}
+
+/// Which records of the egress log to return.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EgressParams {
+    /// Only records after this `seq` (the `next` of the previous page).
+    #[param(nullable = false, minimum = 0)]
+    pub after: Option<u64>,
+    /// At most this many records (default 100).
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Only this destination host.
+    #[param(nullable = false, max_length = 255)]
+    pub host: Option<String>,
+    /// Only this decision.
+    #[param(value_type = Option<DecisionName>, nullable = false)]
+    pub decision: Option<DecisionName>,
+}
+
+/// One connection, or one request on an inspected connection.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EgressRecordView {
+    /// Position in the run's log, from 1.
+    pub seq: u64,
+    /// Start, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// `connection` or `request`.
+    pub kind: String,
+    /// `http-connect`, `http`, `socks5` or `tls` (a request on an inspected connection).
+    pub via: String,
+    /// The destination host as the sandbox named it.
+    pub host: String,
+    /// The destination port.
+    pub port: u16,
+    /// The address connected to.
+    pub address: Option<String>,
+    /// The request's method.
+    pub method: Option<String>,
+    /// The request's path and query as the sandbox sent them (placeholders, never values).
+    pub path: Option<String>,
+    /// Allowed or refused.
+    pub decision: DecisionName,
+    /// The refusing rule, or the allow entry that matched.
+    pub rule: Option<String>,
+    /// Secrets added, or whose placeholder was refused (names only).
+    pub secrets: Vec<String>,
+    /// The response status.
+    pub status: Option<u16>,
+    /// Bytes received from the destination.
+    pub bytes_in: u64,
+    /// Bytes sent to the destination.
+    pub bytes_out: u64,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl From<EgressRecord> for EgressRecordView {
+    fn from(r: EgressRecord) -> Self {
+        Self {
+            seq: r.seq,
+            time_ms: r.time_ms,
+            kind: r.kind,
+            via: r.via,
+            host: r.host,
+            port: r.port,
+            address: r.address,
+            method: r.method,
+            path: r.path,
+            decision: r.decision.into(),
+            rule: r.rule,
+            secrets: r.secrets,
+            status: r.status,
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            duration_ms: r.duration_ms,
+        }
+    }
+}
+
+/// A page of a run's egress log.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EgressLog {
+    /// Records, oldest first.
+    pub records: Vec<EgressRecordView>,
+    /// The `after` of the next page, when more may follow.
+    pub next: Option<u64>,
+    /// Records dropped so far to keep the log within its bound.
+    pub dropped: u64,
+}
+
+impl From<EgressPage> for EgressLog {
+    fn from(p: EgressPage) -> Self {
+        Self { records: p.records.into_iter().map(EgressRecordView::from).collect(), next: p.next, dropped: p.dropped }
+    }
+}
+
+/// The run's egress audit log: one record per connection, and per request on inspected
+/// connections (hosts with secrets, `inspect_domains`, or method and path rules), oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/sandboxes/{run_id}/egress",
+    operation_id = "getSandboxEgress",
+    tag = "sandboxes",
+    params(RunIdParam, EgressParams),
+    responses((status = 200, description = "A page of the log", body = EgressLog), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn get_egress(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+    ApiQuery(q): ApiQuery<EgressParams>,
+) -> Result<Json<EgressLog>, ApiError> {
+    if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
+        return Err(ApiError::bad_request("limit: must be 1 to 1000"));
+    }
+    let query = EgressQuery {
+        after: q.after,
+        limit: q.limit.map(|l| l as usize),
+        host: q.host,
+        decision: q.decision.map(Into::into),
+    };
+    let page = state.manager.egress_log(&run, query).await.map_err(ApiError::from_operation)?;
+    Ok(Json(page.into()))
+}
