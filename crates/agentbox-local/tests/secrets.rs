@@ -62,12 +62,13 @@ async fn https_server(ca: &TestCa) -> (u16, Log) {
     let names = ["secret.test", "plain.test", "inspect.test", "other.test"].map(str::to_owned).to_vec();
     let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca.issuer).unwrap();
     let der_key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der_key)
-        .unwrap();
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der_key)
+            .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec(), b"agentbox-opaque-check".to_vec()];
     let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -99,7 +100,9 @@ async fn https_server(ca: &TestCa) -> (u16, Log) {
                             headers: parts
                                 .headers
                                 .iter()
-                                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                })
                                 .collect(),
                             body: String::from_utf8_lossy(&body).into_owned(),
                         });
@@ -180,7 +183,8 @@ impl World {
 }
 
 async fn records(sb: &Sandbox) -> Vec<EgressRecord> {
-    let page = sb.backend.egress_log(&sb.id, EgressQuery { limit: Some(1000), ..EgressQuery::default() }).await.unwrap();
+    let page =
+        sb.backend.egress_log(&sb.id, EgressQuery { limit: Some(1000), ..EgressQuery::default() }).await.unwrap();
     assert_eq!(page.dropped, 0);
     page.records
 }

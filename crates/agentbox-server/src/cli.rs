@@ -52,15 +52,22 @@ impl ServeArgs {
     }
 }
 
-/// The backend `kind` names, with its default configuration: the one way every binary opens one.
+/// The backend `kind` names, with its default configuration and the server's egress settings: the one way
+/// every binary opens one.
 ///
 /// # Errors
 /// What the backend reports, with what to do (run as root, set `E2B_API_KEY`).
-pub fn open_backend(kind: BackendKind) -> Result<std::sync::Arc<dyn agentbox_core::SandboxBackend>, String> {
+pub fn open_backend(
+    kind: BackendKind,
+    egress: &crate::EgressSettings,
+) -> Result<std::sync::Arc<dyn agentbox_core::SandboxBackend>, String> {
     match kind {
-        BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig::default())
-            .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
-            .map_err(|e| format!("cannot start the local backend: {e}")),
+        BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig {
+            upstream_extra_roots: egress.upstream_extra_roots.clone(),
+            ..agentbox_local::LocalConfig::default()
+        })
+        .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
+        .map_err(|e| format!("cannot start the local backend: {e}")),
         BackendKind::E2b => agentbox_e2b::E2bBackend::from_env()
             .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
             .map_err(|e| format!("cannot start the e2b backend: {e} (set E2B_API_KEY, or use --backend local)")),
@@ -97,7 +104,7 @@ async fn shutdown_signal() {
 /// [`ServerError`] saying what could not be set up.
 pub async fn run<F>(args: ServeArgs, make_backend: F) -> Result<(), ServerError>
 where
-    F: FnOnce(BackendKind) -> Result<Arc<dyn SandboxBackend>, String>,
+    F: FnOnce(BackendKind, &crate::EgressSettings) -> Result<Arc<dyn SandboxBackend>, String>,
 {
     let (config, data_dir) = args.resolve()?;
     if let Err(e) = crate::signals::watch_terminal_signals() {
@@ -108,7 +115,7 @@ where
         .map_err(|source| ServerError::DataDir { path: data_dir.clone(), source })?;
     let env_token = std::env::var(TOKEN_ENV).ok();
     let (token, origin) = resolve_token(env_token.as_deref().or(config.api_token.as_deref()), &data_dir)?;
-    let backend = make_backend(config.backend).map_err(ServerError::Config)?;
+    let backend = make_backend(config.backend, &config.egress).map_err(ServerError::Config)?;
     let registry = Registry::open(&data_dir.join("registry.db"))?;
     let listen = config.listen;
     let backend_name = backend.name();

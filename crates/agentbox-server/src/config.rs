@@ -226,6 +226,58 @@ pub struct ServerConfig {
     /// The E2B-compatible API (`[e2b_api]`: enabled, templates, max_timeout_secs, max_upload_bytes, max_sandboxes;
     /// see docs/E2B-API.md).
     pub e2b_api: agentbox_e2b_api::E2bApiConfig,
+    /// The egress proxy's secrets and destination trust (`[egress]`; see docs/SECRETS.md).
+    pub egress: EgressSettings,
+}
+
+/// Secrets the egress proxy injects, and the roots it trusts when it connects to hosts whose TLS it terminates.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressSettings {
+    /// PEM files of certificate authorities trusted besides the host's system roots for destinations whose TLS
+    /// the proxy terminates (a company CA, or a test CA).
+    pub upstream_extra_roots: Vec<PathBuf>,
+    /// Secrets by name (`[egress.secrets.GITHUB_TOKEN] env = "GITHUB_TOKEN"`); sandboxes name them in
+    /// `network.secrets`, and `PUT /api/secrets/{name}` adds or replaces them at run time.
+    pub secrets: std::collections::BTreeMap<String, SecretSourceConfig>,
+}
+
+/// Where a configured secret's value comes from: exactly one of `value`, `env` and `file`.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretSourceConfig {
+    /// The value itself.
+    pub value: Option<String>,
+    /// A variable of the server's environment, read at each use.
+    pub env: Option<String>,
+    /// A file, read at each use (rotate the secret by rewriting the file).
+    pub file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SecretSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSourceConfig")
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .field("env", &self.env)
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+impl SecretSourceConfig {
+    /// The source, when exactly one field is set.
+    ///
+    /// # Errors
+    /// A message saying what to set.
+    pub fn source(&self) -> Result<agentbox_core::egress::SecretSource, String> {
+        use agentbox_core::egress::{SecretSource, SecretValue};
+        match (&self.value, &self.env, &self.file) {
+            (Some(v), None, None) => Ok(SecretSource::Value(SecretValue::new(v.clone()))),
+            (None, Some(e), None) => Ok(SecretSource::Env(e.clone())),
+            (None, None, Some(f)) => Ok(SecretSource::File(f.clone())),
+            _ => Err("set exactly one of value, env and file".into()),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -241,6 +293,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             mcp: agentbox_mcp::McpConfig::default(),
             e2b_api: agentbox_e2b_api::E2bApiConfig::default(),
+            egress: EgressSettings::default(),
         }
     }
 }

@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use auth::{ApiToken, TokenOrigin, resolve_token};
-pub use config::{BackendKind, ConfigError, Limits, ServerConfig, ShutdownPolicy};
+pub use config::{BackendKind, ConfigError, EgressSettings, Limits, SecretSourceConfig, ServerConfig, ShutdownPolicy};
 pub use error::{ApiError, ServerError};
 pub use lifecycle::RecoveryReport;
 pub use registry::Registry;
@@ -161,6 +161,18 @@ impl Server {
         let fds = budget::FdBudget::establish(&config.limits).map_err(|e| ServerError::Config(e.to_string()))?;
         fds.apply(&config.limits);
         let connections = Arc::new(budget::Connections::new(fds.rest_connections, fds.rest_connections_per_client));
+        if !config.egress.secrets.is_empty() {
+            let store = backend.secrets().ok_or_else(|| {
+                ServerError::Config(format!("egress.secrets: the {} backend can't inject secrets", backend.name()))
+            })?;
+            for (name, source) in &config.egress.secrets {
+                let what = |e: String| ServerError::Config(format!("egress.secrets.{name}: {e}"));
+                if !agentbox_config::egress::valid_secret_name(name) {
+                    return Err(what("the name must be upper-case letters, digits and '_'".into()));
+                }
+                store.set(name, source.source().map_err(what)?).map_err(|e| what(e.to_string()))?;
+            }
+        }
         let manager = SandboxManager::new(backend, config.manager_config());
         let lifecycle = lifecycle::Lifecycle::new(manager.clone(), registry);
         let recovery = lifecycle.recover().await?;

@@ -215,7 +215,10 @@ mod tests {
         let all = log.page(&EgressQuery { limit: Some(MAX_PAGE), ..Default::default() });
         assert_eq!((all.dropped, all.records.len(), all.records[0].seq), (10, MAX_PAGE, 11));
         let next = log.page(&EgressQuery { after: all.next, limit: Some(2), ..Default::default() });
-        assert_eq!(next.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [all.next.unwrap() + 1, all.next.unwrap() + 2]);
+        assert_eq!(
+            next.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [all.next.unwrap() + 1, all.next.unwrap() + 2]
+        );
         let a = log.page(&EgressQuery { host: Some("A.test".into()), limit: Some(5), ..Default::default() });
         assert!(a.records.iter().all(|r| r.host == "a.test"));
         let refused = log.page(&EgressQuery { decision: Some(EgressDecision::Refused), ..Default::default() });

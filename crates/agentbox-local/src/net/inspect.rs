@@ -62,7 +62,9 @@ where
     let up = match tokio::time::timeout(limits.header_timeout, connector.connect(name, stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Rule::Tls(format!("the destination {host}:{}: {e}", target.port))),
-        Err(_) => return Err(Rule::Tls(format!("the destination {host}:{} did not finish the handshake", target.port))),
+        Err(_) => {
+            return Err(Rule::Tls(format!("the destination {host}:{} did not finish the handshake", target.port)));
+        }
     };
     let server_config =
         proxy.shared.ca.server_config(&host).map_err(|e| Rule::Tls(format!("issuing a certificate: {e}")))?;
@@ -141,7 +143,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
         if let Rule::SecretWrongHost(name) = &rule {
             r.secrets = vec![name.clone()];
         }
-        let status = if matches!(rule, Rule::BodyTooLarge(_)) { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::FORBIDDEN };
+        let status =
+            if matches!(rule, Rule::BodyTooLarge(_)) { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::FORBIDDEN };
         r.status = Some(status.as_u16());
         shared.audit.push(pending.finish(None));
         let mut resp = refused(&host, target.port, &rule);

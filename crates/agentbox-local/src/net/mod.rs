@@ -593,7 +593,8 @@ impl Egress {
         if self.enabled.load(Ordering::SeqCst) {
             let rules = self.current.borrow().clone();
             let placeholders = rules.secrets.env();
-            for (k, v) in proxy_env(HTTP_PROXY_PORT, Some(SOCKS_PROXY_PORT)).into_iter().chain(ca_env()).chain(placeholders)
+            for (k, v) in
+                proxy_env(HTTP_PROXY_PORT, Some(SOCKS_PROXY_PORT)).into_iter().chain(ca_env()).chain(placeholders)
             {
                 if !configured.contains_key(&k) {
                     env.insert(k, v);

@@ -171,8 +171,9 @@ impl SecretRules {
                 replace_in_head(parts, p, value.expose())?;
             }
             if let Some((name, template)) = &rule.header {
-                let v = HeaderValue::from_str(&template.replace("{value}", value.expose()))
-                    .map_err(|_| Rule::SecretUnavailable(format!("secret {}: the header value is invalid", rule.name)))?;
+                let v = HeaderValue::from_str(&template.replace("{value}", value.expose())).map_err(|_| {
+                    Rule::SecretUnavailable(format!("secret {}: the header value is invalid", rule.name))
+                })?;
                 let mut v = v;
                 v.set_sensitive(true);
                 parts.headers.insert(name.clone(), v);

@@ -63,4 +63,3 @@ fn dns_answer(q: &[u8], table: &HashMap<String, Vec<IpAddr>>) -> Option<Vec<u8>>
     }
     Some(r)
 }
-

@@ -2,7 +2,9 @@
 //! never read back, and each run's log of connections and inspected requests.
 
 use agentbox_config::SecretRule;
-use agentbox_core::egress::{EgressDecision, EgressPage, EgressQuery, EgressRecord, SecretInfo, SecretSource, SecretValue};
+use agentbox_core::egress::{
+    EgressDecision, EgressPage, EgressQuery, EgressRecord, SecretInfo, SecretSource, SecretValue,
+};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
