@@ -51,6 +51,10 @@ enum Command {
     Resume(cmd::sandboxes::RunIds),
     /// Snapshot a sandbox's files on agentboxd (fork it with `create --from-snapshot NAME`).
     Snapshot(cmd::sandboxes::SnapshotArgs),
+    /// Show a sandbox's egress log on agentboxd: its connections, and the requests to inspected hosts.
+    Egress(cmd::egress::EgressArgs),
+    /// List, set or delete the secrets agentboxd's egress proxy adds to requests (values are never shown).
+    Secret(cmd::egress::SecretArgs),
     /// Pull, list, remove and prune images in the local image store.
     Image(cmd::image::Args),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
@@ -92,6 +96,8 @@ fn main() -> ExitCode {
         Command::Pause(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Pause, &args),
         Command::Resume(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Resume, &args),
         Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),
+        Command::Egress(args) => cmd::egress::egress(&args),
+        Command::Secret(args) => cmd::egress::secret(&args),
         Command::Search(args) => cmd::search::run(&args),
         Command::Image(args) => cmd::image::run(&args),
         Command::Completions(args) => cmd::docs::completions::<Cli>(&args),

@@ -334,6 +334,57 @@ impl Client {
         self.send(self.request(Method::DELETE, &format!("/api/snapshots/{}", path_segment(name)))).await.map(drop)
     }
 
+    /// One page of a sandbox's egress audit log (`{"records": [...], "next": ..., "dropped": ...}`):
+    /// records after `after`, at most `limit`, only to `host`, only `allowed` or `refused` decisions.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown run; unsupported on backends without a log.
+    pub async fn egress(
+        &self,
+        run_id: &str,
+        after: Option<u64>,
+        limit: Option<u32>,
+        host: Option<&str>,
+        decision: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        query.extend(after.map(|a| ("after", a.to_string())));
+        query.extend(limit.map(|l| ("limit", l.to_string())));
+        query.extend(host.map(|h| ("host", h.to_owned())));
+        query.extend(decision.map(|d| ("decision", d.to_owned())));
+        let r = self.request(Method::GET, &format!("/api/sandboxes/{}/egress", path_segment(run_id))).query(&query);
+        self.json(r).await
+    }
+
+    /// The server's secrets: names and kinds of source, never values.
+    ///
+    /// # Errors
+    /// Unsupported on backends that can't inject secrets.
+    pub async fn secrets(&self) -> Result<Vec<Value>, ClientError> {
+        let v = self.json(self.request(Method::GET, "/api/secrets")).await?;
+        match v.get("secrets") {
+            Some(Value::Array(list)) => Ok(list.clone()),
+            _ => Err(ClientError::Protocol("the secret list has no `secrets` array".into())),
+        }
+    }
+
+    /// Defines or replaces a secret; `source` is `{"value": ...}`, `{"env": VAR}` or `{"file": PATH}`.
+    ///
+    /// # Errors
+    /// A bad request for an invalid name or source.
+    pub async fn set_secret(&self, name: &str, source: &Value) -> Result<Value, ClientError> {
+        let r = self.request(Method::PUT, &format!("/api/secrets/{}", path_segment(name))).json(source);
+        self.json(r).await
+    }
+
+    /// Deletes a secret.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown secret.
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/api/secrets/{}", path_segment(name)))).await.map(drop)
+    }
+
     /// Runs a command (`{"command": "..."}` or `{"argv": [...]}`, with `cwd`, `env`, `timeout`) and
     /// streams its output to `on_event` as it happens; answers how it ended.
     ///

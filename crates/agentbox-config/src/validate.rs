@@ -163,7 +163,7 @@ impl SandboxConfig {
                 e.push(format!("{path}.header"), msg);
             }
             if secret.header.is_none() && !secret.placeholder {
-                e.push(format!("{path}"), "set header, placeholder, or both: otherwise the secret is never used");
+                e.push(path.clone(), "set header, placeholder, or both: otherwise the secret is never used");
             }
             if secret.replace_in_body && !secret.placeholder {
                 e.push(format!("{path}.replace_in_body"), "needs placeholder = true");
