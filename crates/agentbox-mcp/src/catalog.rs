@@ -7,10 +7,11 @@ use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotation
 use serde_json::{Value, json};
 
 use crate::sandboxes::{
-    CREATE_DESCRIPTION, CreateInput, DESTROY_DESCRIPTION, LIST_DESCRIPTION, ListInput, METRICS_DESCRIPTION,
-    PAUSE_DESCRIPTION, RESUME_DESCRIPTION, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS,
-    SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION,
-    SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, SnapshotInput, SnapshotNameInput,
+    CREATE_DESCRIPTION, CreateInput, DESTROY_DESCRIPTION, EGRESS_DESCRIPTION, EgressInput, LIST_DESCRIPTION, ListInput,
+    METRICS_DESCRIPTION, PAUSE_DESCRIPTION, RESUME_DESCRIPTION, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY,
+    SANDBOX_EGRESS, SANDBOX_LIST, SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE,
+    SNAPSHOT_DELETE_DESCRIPTION, SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, SnapshotInput,
+    SnapshotNameInput,
 };
 
 /// The `run_id` property added to every tool that works in a sandbox.
@@ -56,6 +57,7 @@ fn annotations(name: &str) -> Option<ToolAnnotations> {
         SANDBOX_SNAPSHOT => ("Snapshot a sandbox's files", false, false, false),
         SNAPSHOT_LIST => ("List snapshots", true, false, false),
         SNAPSHOT_DELETE => ("Delete a snapshot", false, true, false),
+        SANDBOX_EGRESS => ("Sandbox network log", true, false, false),
         "shell" => ("Run a shell command", false, true, true),
         "run_code" => ("Run code", false, true, true),
         "code_context" => ("Manage code contexts", false, true, false),
@@ -100,6 +102,7 @@ pub(crate) fn build(registry: &ToolRegistry) -> Vec<Tool> {
         tool(SANDBOX_SNAPSHOT, SNAPSHOT_DESCRIPTION, object(schema_of::<SnapshotInput>())),
         tool(SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, object(schema_of::<ListInput>())),
         tool(SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION, object(schema_of::<SnapshotNameInput>())),
+        tool(SANDBOX_EGRESS, EGRESS_DESCRIPTION, object(schema_of::<EgressInput>())),
     ];
     for spec in registry.specs() {
         if out.iter().any(|t| t.name == spec.name) {

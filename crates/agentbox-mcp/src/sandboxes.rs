@@ -29,6 +29,13 @@ pub const SANDBOX_SNAPSHOT: &str = "sandbox_snapshot";
 pub const SNAPSHOT_LIST: &str = "snapshot_list";
 /// See [`SANDBOX_CREATE`].
 pub const SNAPSHOT_DELETE: &str = "snapshot_delete";
+/// See [`SANDBOX_CREATE`].
+pub const SANDBOX_EGRESS: &str = "sandbox_egress";
+
+pub(crate) const EGRESS_DESCRIPTION: &str = "The sandbox's egress log: every network connection it made or was \
+    refused (host, port, address, decision and the rule that decided, bytes, duration), and each request to hosts \
+    whose traffic the proxy inspects (method, path, status, secrets added by name). Use it to see why a request was \
+    refused. Paged: pass the previous answer's next as after. Without run_id, this session's default sandbox.";
 
 pub(crate) const SNAPSHOT_DESCRIPTION: &str = "Save a sandbox's files (its home) as a named, read-only snapshot, \
     taken at once while it runs: before a risky step, or to try two approaches. Running processes and memory are \
@@ -200,6 +207,23 @@ impl CreateInput {
 pub(crate) struct RunInput {
     /// The sandbox's run_id; this session's default sandbox when absent.
     pub run_id: Option<String>,
+}
+
+/// Input of `sandbox_egress`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EgressInput {
+    /// The sandbox's run_id; this session's default sandbox when absent.
+    pub run_id: Option<String>,
+    /// Only records after this seq (the previous answer's next).
+    pub after: Option<u64>,
+    /// At most this many records (default 100, at most 1000).
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<usize>,
+    /// Only connections and requests to this host.
+    pub host: Option<String>,
+    /// Only refused connections and requests.
+    pub refused_only: Option<bool>,
 }
 
 /// Input of `sandbox_snapshot`.

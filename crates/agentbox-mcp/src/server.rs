@@ -20,9 +20,9 @@ use crate::catalog::{self, RUN_ID};
 use crate::config::McpConfig;
 use crate::host::SandboxHost;
 use crate::sandboxes::{
-    self, CreateInput, ListInput, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS,
-    SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST, SnapshotInput, SnapshotNameInput,
-    Summary,
+    self, CreateInput, EgressInput, ListInput, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_EGRESS, SANDBOX_LIST,
+    SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST, SnapshotInput,
+    SnapshotNameInput, Summary,
 };
 
 /// Prefix of the run id of each session's default sandbox.
@@ -445,6 +445,23 @@ impl McpSession {
             SNAPSHOT_LIST => {
                 let _: ListInput = sandboxes::parse(SNAPSHOT_LIST, input)?;
                 Ok(json!({ "snapshots": self.shared().manager().list_snapshots().await? }))
+            }
+            SANDBOX_EGRESS => {
+                let input: EgressInput = sandboxes::parse(SANDBOX_EGRESS, input)?;
+                let run = self.target(input.run_id.as_deref(), stateless).await?;
+                let query = agentbox_core::egress::EgressQuery {
+                    after: input.after,
+                    limit: input.limit,
+                    host: input.host,
+                    decision: input
+                        .refused_only
+                        .unwrap_or(false)
+                        .then_some(agentbox_core::egress::EgressDecision::Refused),
+                };
+                let page = self.shared().manager().egress_log(&run, query).await?;
+                Ok(
+                    json!({ "run_id": run.as_str(), "records": page.records, "next": page.next, "dropped": page.dropped }),
+                )
             }
             SNAPSHOT_DELETE => {
                 let input: SnapshotNameInput = sandboxes::parse(SNAPSHOT_DELETE, input)?;

@@ -91,6 +91,7 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
         "sandbox_snapshot",
         "snapshot_list",
         "snapshot_delete",
+        "sandbox_egress",
         "shell",
         "run_code",
         "code_context",
@@ -122,6 +123,13 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
     let metrics = ok(&client, "sandbox_metrics", json!({})).await;
     assert!(metrics["execution_count"].as_u64().unwrap() >= 3, "{metrics}");
     assert_eq!(metrics["limits"]["memory_mb"], 512, "{metrics}");
+    // Networking is off: the egress log is empty, and answers with the run it is of.
+    let egress = ok(&client, "sandbox_egress", json!({"refused_only": true})).await;
+    assert_eq!(
+        (egress["records"].as_array().map(Vec::len), egress["dropped"].as_u64()),
+        (Some(0), Some(0)),
+        "{egress}"
+    );
 
     // A snapshot of the session's sandbox, a fork from it that is independent, then the snapshot deleted.
     let snap_name = format!("mcp-snap-{}", std::process::id());
