@@ -292,4 +292,47 @@ mod tests {
         assert!(lines.iter().any(|l| l.starts_with("environment_variables.1BAD")), "{lines:?}");
         assert_eq!(err.0.len(), 6, "{lines:?}");
     }
+
+    #[test]
+    fn egress_entries_and_secrets_are_checked_with_their_paths() {
+        use crate::SecretRule;
+        let mut c = SandboxConfig::default();
+        c.network.allowed_domains = vec!["GET api.github.com:443/repos/*".into(), "api.github.com:99999".into()];
+        c.network.denied_domains = vec!["get x.com".into()];
+        c.network.inspect_domains = vec!["GET a.com/x".into()];
+        c.network.secrets = vec![
+            SecretRule {
+                name: "GH".into(),
+                hosts: vec!["api.github.com:443".into()],
+                header: Some("Authorization: Bearer {value}".into()),
+                ..SecretRule::default()
+            },
+            SecretRule { name: "lower".into(), hosts: vec!["POST a.com/x".into()], ..SecretRule::default() },
+            SecretRule {
+                name: "GH".into(),
+                header: Some("X-Key: fixed".into()),
+                replace_in_body: true,
+                ..SecretRule::default()
+            },
+        ];
+        let err = c.validate().unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "network.allowed_domains[1]",
+                "network.denied_domains[0]",
+                "network.inspect_domains[0]",
+                "network.secrets[1].name",
+                "network.secrets[1].hosts[0]",
+                "network.secrets[1]",
+                "network.secrets[2].name",
+                "network.secrets[2].hosts",
+                "network.secrets[2].header",
+                "network.secrets[2].replace_in_body",
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains(r#"invalid port "99999" (expected 1 to 65535)"#), "{err}");
+    }
 }

@@ -281,11 +281,15 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "POST /api/sandboxes/{run_id}/tools/{name}",
         "PUT /api/sandboxes/{run_id}/files",
         "PUT /api/sandboxes/{run_id}/network",
+        "GET /api/sandboxes/{run_id}/egress",
+        "GET /api/secrets",
+        "PUT /api/secrets/{name}",
+        "DELETE /api/secrets/{name}",
     ];
     if cfg!(feature = "browser") {
         expected.push("POST /api/sandboxes/{run_id}/browser");
-        expected.sort_unstable();
     }
+    expected.sort_unstable();
     assert_eq!(walked, expected);
     // The docs are open.
     let ui = t.client.get(t.url("/docs/")).send().await.unwrap();

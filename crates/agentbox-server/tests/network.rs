@@ -77,8 +77,8 @@ async fn network_policy_changes_live_over_http() {
     let effective: Value = r.json().await.unwrap();
     assert_eq!(
         effective,
-        json!({"enabled": true, "allowed_domains": [], "denied_domains": [], "dns_servers": [],
-               "allowed_cidrs": ["127.0.0.0/8"], "bandwidth_in_bytes_per_sec": 1_000_000,
+        json!({"enabled": true, "allowed_domains": [], "denied_domains": [], "inspect_domains": [], "secrets": [],
+               "dns_servers": [], "allowed_cidrs": ["127.0.0.0/8"], "bandwidth_in_bytes_per_sec": 1_000_000,
                "bandwidth_out_bytes_per_sec": null})
     );
     let (proxy, code, body) = fetch(&t, run, port).await;

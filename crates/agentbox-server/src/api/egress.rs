@@ -88,7 +88,7 @@ pub struct SecretSourceSpec {
     pub env: Option<String>,
     /// A file on the server's host, read at each use.
     #[serde(default)]
-    #[schema(nullable = false, min_length = 1)]
+    #[schema(nullable = false, min_length = 1, pattern = "^/")]
     pub file: Option<String>,
 }
 
@@ -352,6 +352,9 @@ pub async fn get_egress(
 ) -> Result<Json<EgressLog>, ApiError> {
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::bad_request("limit: must be 1 to 1000"));
+    }
+    if q.host.as_ref().is_some_and(|h| h.len() > 255) {
+        return Err(ApiError::bad_request("host: at most 255 characters"));
     }
     let query = EgressQuery {
         after: q.after,
