@@ -210,7 +210,8 @@ pub struct SecretRule {
     /// proxy replaces with the value in the request line and headers of requests to those hosts.
     pub placeholder: bool,
     /// Whether the placeholder is replaced in request bodies too (bodies up to the proxy's rewrite
-    /// limit; a larger body with a placeholder is refused).
+    /// limit; a larger body is refused). Ignored without `placeholder`; a secret with neither a header
+    /// nor a placeholder is never sent.
     pub replace_in_body: bool,
 }
 

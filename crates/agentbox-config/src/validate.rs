@@ -162,12 +162,6 @@ impl SandboxConfig {
             if let Err(msg) = secret.header_parts() {
                 e.push(format!("{path}.header"), msg);
             }
-            if secret.header.is_none() && !secret.placeholder {
-                e.push(path.clone(), "set header, placeholder, or both: otherwise the secret is never used");
-            }
-            if secret.replace_in_body && !secret.placeholder {
-                e.push(format!("{path}.replace_in_body"), "needs placeholder = true");
-            }
         }
         for (i, s) in net.dns_servers.iter().enumerate() {
             if s.parse::<IpAddr>().is_err() {
@@ -325,11 +319,9 @@ mod tests {
                 "network.inspect_domains[0]",
                 "network.secrets[1].name",
                 "network.secrets[1].hosts[0]",
-                "network.secrets[1]",
                 "network.secrets[2].name",
                 "network.secrets[2].hosts",
                 "network.secrets[2].header",
-                "network.secrets[2].replace_in_body",
             ],
             "{err}"
         );

@@ -27,10 +27,15 @@ pub struct SecretRuleSpec {
     #[schema(pattern = r"^[A-Z_][A-Z0-9_]{0,63}$", example = "GITHUB_TOKEN")]
     pub name: String,
     /// Hosts that may receive it, optionally with a port (`api.github.com`, `*.openai.com:443`).
+    #[schema(min_items = 1, example = json!(["api.github.com:443"]))]
     pub hosts: Vec<String>,
     /// A header set on requests to those hosts, `Name: template` with `{value}` for the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, example = "Authorization: Bearer {value}")]
+    #[schema(
+        nullable = false,
+        pattern = r"^[A-Za-z0-9_\-]+:[ -~]*\{value\}[ -~]*$",
+        example = "Authorization: Bearer {value}"
+    )]
     pub header: Option<String>,
     /// Whether the sandbox sees `AGENTBOX_SECRET_<NAME>`, a placeholder the proxy replaces in
     /// requests to those hosts.
@@ -74,38 +79,63 @@ pub struct SecretName {
     pub name: String,
 }
 
-/// Where a secret's value comes from: give exactly one.
+/// Where a secret's value comes from: exactly one of `value`, `env` and `file`.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SecretSourceSpec {
+    /// The value itself.
+    Value(ValueSource),
+    /// A variable of the server's environment.
+    Env(EnvSource),
+    /// A file on the server's host.
+    File(FileSource),
+}
+
+/// The value itself (kept in the server's memory only, never returned).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SecretSourceSpec {
-    /// The value itself (kept in the server's memory only, never returned).
-    #[serde(default)]
-    #[schema(nullable = false, min_length = 1, max_length = 16384)]
-    pub value: Option<String>,
-    /// A variable of the server's environment, read at each use.
-    #[serde(default)]
-    #[schema(nullable = false, min_length = 1)]
-    pub env: Option<String>,
-    /// A file on the server's host, read at each use.
-    #[serde(default)]
-    #[schema(nullable = false, min_length = 1, pattern = "^/")]
-    pub file: Option<String>,
+pub struct ValueSource {
+    /// The value: visible ASCII and spaces.
+    #[schema(min_length = 1, max_length = 16384, pattern = "^[ -~]+$")]
+    pub value: String,
+}
+
+/// A variable of the server's environment, read at each use.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSource {
+    /// The variable's name.
+    #[schema(min_length = 1, max_length = 255)]
+    pub env: String,
+}
+
+/// A file on the server's host, read at each use.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    /// The file's absolute path.
+    #[schema(min_length = 1, max_length = 4096, pattern = "^/")]
+    pub file: String,
 }
 
 impl std::fmt::Debug for SecretSourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretSourceSpec").field("env", &self.env).field("file", &self.file).finish_non_exhaustive()
+        match self {
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+            Self::Env(e) => write!(f, "{e:?}"),
+            Self::File(p) => write!(f, "{p:?}"),
+        }
     }
 }
 
 impl SecretSourceSpec {
     fn into_source(self) -> Result<SecretSource, ApiError> {
-        match (self.value, self.env, self.file) {
-            (Some(v), None, None) => Ok(SecretSource::Value(SecretValue::new(v))),
-            (None, Some(e), None) if !e.is_empty() => Ok(SecretSource::Env(e)),
-            (None, None, Some(f)) if f.starts_with('/') => Ok(SecretSource::File(f.into())),
-            (None, None, Some(_)) => Err(ApiError::bad_request("file: must be an absolute path on the server's host")),
-            _ => Err(ApiError::bad_request("give exactly one of value, env (a variable name) and file")),
+        match self {
+            Self::Value(v) => Ok(SecretSource::Value(SecretValue::new(v.value))),
+            Self::Env(e) if !e.env.is_empty() && e.env.len() <= 255 => Ok(SecretSource::Env(e.env)),
+            Self::File(p) if p.file.starts_with('/') && p.file.len() <= 4096 => Ok(SecretSource::File(p.file.into())),
+            Self::Env(_) => Err(ApiError::bad_request("env: must be 1 to 255 characters")),
+            Self::File(_) => Err(ApiError::bad_request("file: must be an absolute path on the server's host")),
         }
     }
 }
