@@ -27,7 +27,7 @@ pub struct SecretRuleSpec {
     #[schema(pattern = r"^[A-Z_][A-Z0-9_]{0,63}$", example = "GITHUB_TOKEN")]
     pub name: String,
     /// Hosts that may receive it, optionally with a port (`api.github.com`, `*.openai.com:443`).
-    #[schema(min_items = 1, example = json!(["api.github.com:443"]))]
+    #[schema(min_items = 1, value_type = Vec<SecretHost>, example = json!(["api.github.com:443"]))]
     pub hosts: Vec<String>,
     /// A header set on requests to those hosts, `Name: template` with `{value}` for the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +45,27 @@ pub struct SecretRuleSpec {
     #[serde(default)]
     pub replace_in_body: bool,
 }
+
+/// Pattern of a host that may receive a secret: a name, `*.` and a name, an IPv4 address or an IPv6 address
+/// in brackets, optionally with `:PORT`.
+const SECRET_HOST_PATTERN: &str = r"^((\*\.)?[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]{2,45}\])(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
+
+/// Documentation only: hosts are strings, checked by the configuration's validation.
+pub struct SecretHost;
+
+impl utoipa::PartialSchema for SecretHost {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("A host that may receive the secret, optionally with a port (`api.github.com:443`)."))
+            .min_length(Some(1))
+            .max_length(Some(261))
+            .pattern(Some(SECRET_HOST_PATTERN))
+            .into()
+    }
+}
+
+impl ToSchema for SecretHost {}
 
 impl From<SecretRuleSpec> for SecretRule {
     fn from(s: SecretRuleSpec) -> Self {
