@@ -122,6 +122,10 @@ impl SandboxConfig {
             ("inspect_domains", &net.inspect_domains),
         ] {
             for (i, d) in list.iter().enumerate() {
+                if field == "inspect_domains" && d.len() > 253 {
+                    e.push(format!("network.{field}[{i}]"), "must be at most 253 characters, port included");
+                    continue;
+                }
                 match EgressEntry::parse(d) {
                     Ok(entry) if field == "inspect_domains" && entry.is_request_level() => e.push(
                         format!("network.{field}[{i}]"),
@@ -150,6 +154,10 @@ impl SandboxConfig {
                 e.push(format!("{path}.hosts"), "must name at least one host that may receive the secret");
             }
             for (j, h) in secret.hosts.iter().enumerate() {
+                if h.len() > 253 {
+                    e.push(format!("{path}.hosts[{j}]"), "must be at most 253 characters, port included");
+                    continue;
+                }
                 match EgressEntry::parse(h) {
                     Ok(entry) if entry.is_request_level() => e.push(
                         format!("{path}.hosts[{j}]"),

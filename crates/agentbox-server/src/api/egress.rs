@@ -46,7 +46,7 @@ pub struct SecretRuleSpec {
     pub replace_in_body: bool,
 }
 
-/// Pattern of a host that may receive a secret: a name, `*.` and a name, an IPv4 address or an IPv6 address
+/// Pattern of a host that may receive a secret, or be inspected: a name, `*.` and a name, an IPv4 address or an IPv6 address
 /// in brackets, optionally with `:PORT`.
 const SECRET_HOST_PATTERN: &str = r"^((\*\.)?[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]{2,45}\])(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
 
@@ -57,9 +57,9 @@ impl utoipa::PartialSchema for SecretHost {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some("A host that may receive the secret, optionally with a port (`api.github.com:443`)."))
+            .description(Some("A host, optionally with a port (`api.github.com:443`); at most 253 characters."))
             .min_length(Some(1))
-            .max_length(Some(261))
+            .max_length(Some(253))
             .pattern(Some(SECRET_HOST_PATTERN))
             .into()
     }

@@ -263,7 +263,7 @@ pub struct NetworkSpec {
     denied_domains: Option<Vec<String>>,
     /// Hosts whose TLS the proxy terminates so that request rules apply and requests are logged.
     #[serde(default, deserialize_with = "present")]
-    #[schema(nullable = false)]
+    #[schema(nullable = false, value_type = Option<Vec<super::egress::SecretHost>>)]
     inspect_domains: Option<Vec<String>>,
     /// Secrets the proxy adds to requests to chosen hosts (values are defined on the server).
     #[serde(default, deserialize_with = "present")]
