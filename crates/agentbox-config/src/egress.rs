@@ -200,8 +200,9 @@ pub(crate) fn valid_domain_pattern(d: &str) -> bool {
 pub struct SecretRule {
     /// The secret's name: upper-case letters, digits and `_` (`GITHUB_TOKEN`).
     pub name: String,
-    /// Destinations that may receive it, as egress entries without method or path
-    /// (`api.github.com`, `*.openai.com:443`). The proxy terminates TLS for these hosts only.
+    /// Destinations that may receive it: names, wildcards or IPv4 addresses, optionally with a port
+    /// (`api.github.com`, `*.openai.com:443`), at most 253 characters. The proxy terminates TLS for these
+    /// hosts only.
     pub hosts: Vec<String>,
     /// A header set on every request to those hosts, as `Name: template` where `{value}` stands for
     /// the secret (`Authorization: Bearer {value}`). Replaces a header of that name the sandbox sent.

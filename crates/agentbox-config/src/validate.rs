@@ -127,6 +127,10 @@ impl SandboxConfig {
                     continue;
                 }
                 match EgressEntry::parse(d) {
+                    Ok(entry) if field == "inspect_domains" && entry.host.contains(':') => e.push(
+                        format!("network.{field}[{i}]"),
+                        format!("{d:?} is an IPv6 address; inspect_domains takes names and IPv4 addresses"),
+                    ),
                     Ok(entry) if field == "inspect_domains" && entry.is_request_level() => e.push(
                         format!("network.{field}[{i}]"),
                         format!("{d:?} has a method or a path; inspect_domains takes hosts, optionally with a port"),
@@ -159,6 +163,10 @@ impl SandboxConfig {
                     continue;
                 }
                 match EgressEntry::parse(h) {
+                    Ok(entry) if entry.host.contains(':') => e.push(
+                        format!("{path}.hosts[{j}]"),
+                        format!("{h:?} is an IPv6 address; secret hosts are names and IPv4 addresses"),
+                    ),
                     Ok(entry) if entry.is_request_level() => e.push(
                         format!("{path}.hosts[{j}]"),
                         format!("{h:?} has a method or a path; secret hosts are hosts, optionally with a port"),

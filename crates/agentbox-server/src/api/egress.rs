@@ -46,9 +46,9 @@ pub struct SecretRuleSpec {
     pub replace_in_body: bool,
 }
 
-/// Pattern of a host that may receive a secret, or be inspected: a name, `*.` and a name, an IPv4 address or an IPv6 address
-/// in brackets, optionally with `:PORT`.
-const SECRET_HOST_PATTERN: &str = r"^((\*\.)?[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)*\.?|\[[0-9A-Fa-f:.]{2,45}\])(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
+/// Pattern of a host that may receive a secret, or be inspected: a name, `*.` and a name, or an IPv4 address,
+/// optionally with `:PORT`.
+const SECRET_HOST_PATTERN: &str = r"^((\*\.)?[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?)*\.?)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
 
 /// Documentation only: hosts are strings, checked by the configuration's validation.
 pub struct SecretHost;
@@ -295,7 +295,7 @@ impl From<EgressDecision> for DecisionName {
 #[serde(deny_unknown_fields)]
 pub struct EgressParams {
     /// Only records after this `seq` (the `next` of the previous page).
-    #[param(nullable = false, minimum = 0)]
+    #[param(nullable = false, minimum = 0, maximum = 9223372036854775807_i64)]
     pub after: Option<u64>,
     /// At most this many records (default 100).
     #[param(nullable = false, minimum = 1, maximum = 1000)]
@@ -403,6 +403,9 @@ pub async fn get_egress(
 ) -> Result<Json<EgressLog>, ApiError> {
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::bad_request("limit: must be 1 to 1000"));
+    }
+    if q.after.is_some_and(|a| a > i64::MAX as u64) {
+        return Err(ApiError::bad_request("after: must be at most 9223372036854775807"));
     }
     if q.host.as_ref().is_some_and(|h| h.len() > 255) {
         return Err(ApiError::bad_request("host: at most 255 characters"));
