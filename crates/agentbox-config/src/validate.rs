@@ -140,7 +140,6 @@ impl SandboxConfig {
                 }
             }
         }
-        let mut names = std::collections::BTreeSet::new();
         for (i, secret) in net.secrets.iter().enumerate() {
             let path = format!("network.secrets[{i}]");
             if !valid_secret_name(&secret.name) {
@@ -151,8 +150,6 @@ impl SandboxConfig {
                         secret.name
                     ),
                 );
-            } else if !names.insert(secret.name.as_str()) {
-                e.push(format!("{path}.name"), format!("secret {:?} is listed twice", secret.name));
             }
             if secret.hosts.is_empty() {
                 e.push(format!("{path}.hosts"), "must name at least one host that may receive the secret");
@@ -335,7 +332,6 @@ mod tests {
                 "network.inspect_domains[0]",
                 "network.secrets[1].name",
                 "network.secrets[1].hosts[0]",
-                "network.secrets[2].name",
                 "network.secrets[2].hosts",
                 "network.secrets[2].header",
             ],

@@ -30,7 +30,7 @@ pub struct SecretRuleSpec {
     #[schema(min_items = 1, value_type = Vec<SecretHost>, example = json!(["api.github.com:443"]))]
     pub hosts: Vec<String>,
     /// A header set on requests to those hosts, `Name: template` with `{value}` for the secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "super::types::present", skip_serializing_if = "Option::is_none")]
     #[schema(
         nullable = false,
         pattern = r"^[A-Za-z0-9_\-]+:[ -~]*\{value\}[ -~]*$",
