@@ -10,10 +10,35 @@ use std::path::{Path, PathBuf};
 use agentbox_hostfs::Owner;
 
 use crate::btrfs;
-use crate::{Pool, StorageError};
+use crate::{IdRange, Pool, StorageError};
 
 /// The extended attribute naming a layer's owner process.
 const OWNER_XATTR: &std::ffi::CStr = c"user.agentbox.owner";
+/// The extended attribute holding the first host id of the range a layer's files are owned by.
+const IDS_XATTR: &std::ffi::CStr = c"user.agentbox.ids";
+
+/// The id range recorded on the layer or snapshot directory `dir` ([`IdRange::IDENTITY`] when none is).
+pub(crate) fn recorded_id_range(dir: &Path) -> IdRange {
+    get_xattr(dir, IDS_XATTR)
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .map_or(IdRange::IDENTITY, |first| IdRange { first })
+}
+
+fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lsetxattr with valid C strings and a buffer of the length given.
+    let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn get_xattr(path: &Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: lgetxattr into a buffer of the length given.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Some(buf[..usize::try_from(n).ok()?].to_vec())
+}
 
 /// A layer's quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,26 +190,24 @@ impl Pool {
     /// # Errors
     /// When the attribute can't be written.
     pub fn set_owner_tag(&self, layer: &Layer, tag: &str) -> Result<(), StorageError> {
-        let path = CString::new(layer.dir.as_os_str().as_bytes())
-            .map_err(|_| StorageError::InvalidName(layer.name.clone()))?;
-        // SAFETY: lsetxattr with valid C strings and a buffer of the length given.
-        let rc = unsafe { libc::lsetxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), tag.as_ptr().cast(), tag.len(), 0) };
-        if rc == -1 {
-            return Err(StorageError::io("tagging a layer with its owner", &layer.dir)(io::Error::last_os_error()));
-        }
-        Ok(())
+        set_xattr(&layer.dir, OWNER_XATTR, tag.as_bytes())
+            .map_err(StorageError::io("tagging a layer with its owner", &layer.dir))
     }
 
     /// The owner tag of layer `name` (see [`set_owner_tag`](Self::set_owner_tag)), when it has one.
     #[must_use]
     pub fn owner_tag(&self, name: &str) -> Option<String> {
         check_name(name).ok()?;
-        let path = CString::new(self.layers.join(name).as_os_str().as_bytes()).ok()?;
-        let mut buf = [0u8; 256];
-        // SAFETY: lgetxattr into a buffer of the length given.
-        let n = unsafe { libc::lgetxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        let n = usize::try_from(n).ok()?;
-        String::from_utf8(buf[..n].to_vec()).ok()
+        String::from_utf8(get_xattr(&self.layers.join(name), OWNER_XATTR)?).ok()
+    }
+
+    /// Records the host id range a layer's files are owned by (snapshots and forks of it carry it along).
+    ///
+    /// # Errors
+    /// When the attribute can't be written.
+    pub fn set_id_range(&self, layer: &Layer, range: IdRange) -> Result<(), StorageError> {
+        set_xattr(&layer.dir, IDS_XATTR, range.first.to_string().as_bytes())
+            .map_err(StorageError::io("recording a layer's id range", &layer.dir))
     }
 
     /// What a layer holds.
