@@ -357,8 +357,6 @@ pub struct Setup {
     /// A host directory bound read-only as the whole /etc (a template holding the /etc
     /// entries and files above, built once on the host); `binds` and `files` then hold none.
     pub etc: Option<String>,
-    /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`) before anything else.
-    pub cgroups: Vec<String>,
     /// Size of the writable storage (home and /tmp, or /tmp alone with `home_source`) in bytes.
     pub storage_bytes: u64,
     /// A host directory on disk (the sandbox's layer of the storage pool, under its quota) bound as the home
@@ -395,13 +393,34 @@ pub struct Setup {
     pub landlock: bool,
     /// Per-exec cgroup tracking: how to mount the cgroup fs privately ("v2", "v1:pids", or "none").
     pub exec_cgroups: String,
+    /// The host directories that ride along with this message, in order, as detached mounts (`open_tree`
+    /// clones) that the init moves into place instead of binding `etc` and `home_source` by path: the init,
+    /// root of its own user namespace and so not the host's root, may be unable to reach them by path (a
+    /// 0700 state directory, say).
+    #[serde(default)]
+    pub passed: Vec<PassedDir>,
+}
+
+/// A host directory passed to the init as a detached mount with its setup message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PassedDir {
+    /// The layer directory mounted as the home (`home_source`).
+    Home,
+    /// The `/etc` template (`etc`).
+    Etc,
 }
 
 /// host -> zygote: start a sandbox init (the control socket rides along as `SCM_RIGHTS`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpawnInit {
-    /// The host directory the init mounts its root on.
+    /// The host directory the init mounts its root on (the zygote clones it from there: the init finds it as
+    /// its working directory, in its own mount namespace, without looking its path up).
     pub root: String,
+    /// The first host id of the sandbox's id range: the init gets a user namespace of its own, owned by that
+    /// id and mapping ids `0..65536` inside onto the range. `None`: no user namespace (host ids inside).
+    #[serde(default)]
+    pub ids: Option<u32>,
 }
 
 /// zygote -> host: the init's host pid (its pidfd rides along), or why it could not start.

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::proto::Setup;
+use crate::proto::{PassedDir, Setup};
 use crate::sys;
 
 /// The filesystem syscalls setup needs: the seam between the mount logic and the kernel.
@@ -38,6 +38,8 @@ pub trait Mounter {
     fn rmdir(&mut self, path: &Path) -> io::Result<()>;
     /// Makes `new_root` the root and detaches the old one.
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()>;
+    /// Moves the detached mount at `mount` (a `/proc/self/fd/N` path) onto `target`.
+    fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()>;
 }
 
 /// Real syscalls.
@@ -90,6 +92,13 @@ impl Mounter for LinuxMounter {
     fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::copy(from, to).map(drop)
     }
+    fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()> {
+        rustix::mount::move_mount(rustix::fs::CWD, mount, rustix::fs::CWD, target, rustix::mount::MoveMountFlags::MOVE_MOUNT_F_SYMLINKS)
+            .map_err(|e| {
+                let e = io::Error::from(e);
+                io::Error::new(e.kind(), format!("moving {mount} onto {}: {e}", target.display()))
+            })
+    }
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
         std::env::set_current_dir(new_root)?;
         let dot = sys::cstr(".")?;
@@ -117,26 +126,63 @@ fn under(root: &Path, inside: &str) -> PathBuf {
     root.join(inside.trim_start_matches('/'))
 }
 
-/// Builds the sandbox filesystem at `root` and pivots into it. Must run as root in a new mount namespace.
+/// Makes every mount of this (new) mount namespace private, then mounts a small tmpfs, the sandbox's root, on
+/// the working directory (its path may not be reachable from a user namespace). Returns the new mount;
+/// `/proc/self/fd/<it>` is the path [`build`] then fills.
+///
+/// The new mount API does it: a mount made on the working directory would be covered, not entered, by later
+/// lookups from it.
+///
+/// # Errors
+/// The step that failed.
+pub fn new_root() -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
+    let ctx = |what: &'static str| {
+        move |e: rustix::io::Errno| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("{what}: {e}"))
+        }
+    };
+    sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .map_err(|e| io::Error::new(e.kind(), format!("making mounts private: {e}")))?;
+    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(ctx("opening a tmpfs for the root"))?;
+    for (key, value) in [("source", "agentbox-root"), ("size", "4m"), ("nr_inodes", "4096"), ("mode", "0755")] {
+        rustix::mount::fsconfig_set_string(&fs, key, value).map_err(ctx("configuring the root tmpfs"))?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(ctx("creating the root tmpfs"))?;
+    let mount = rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(ctx("mounting the root tmpfs"))?;
+    rustix::mount::move_mount(
+        &mount,
+        "",
+        rustix::fs::CWD,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(ctx("attaching the root tmpfs"))?;
+    Ok(mount)
+}
+
+/// Builds the sandbox filesystem at `root`, an empty tmpfs that [`new_root`] attached, and pivots into it.
+/// Must run as root (of its user namespace) in a new mount namespace.
 ///
 /// # Errors
 /// The first failing step, with the path involved.
 pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-    m.mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(ctx("making mounts private"))?;
-    m.mount(
-        Some("agentbox-root"),
-        root,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some("size=4m,nr_inodes=4096,mode=0755"),
-    )
-    .map_err(ctx("mounting the root tmpfs"))?;
 
     if let Some(etc) = &s.etc {
         let target = root.join("etc");
         m.mkdir(&target, 0o755, None)?;
-        m.mount(Some(etc), &target, None, libc::MS_BIND, None).map_err(ctx("binding /etc"))?;
+        if s.passed.contains(&PassedDir::Etc) {
+            m.attach(etc, &target).map_err(ctx("attaching /etc"))?;
+        } else {
+            m.mount(Some(etc), &target, None, libc::MS_BIND, None).map_err(ctx("binding /etc"))?;
+        }
         m.mount(None, &target, None, RO_BIND, None).map_err(ctx("making /etc read-only"))?;
     }
     for b in &s.binds {
@@ -171,7 +217,11 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     m.mkdir(&home, 0o755, None)?;
     m.mkdir(&root.join("tmp"), 0o1777, None)?;
     let home_source = s.home_source.clone().unwrap_or_else(|| storage.join("home").to_string_lossy().into_owned());
-    m.mount(Some(&home_source), &home, None, libc::MS_BIND, None)?;
+    if s.passed.contains(&PassedDir::Home) {
+        m.attach(&home_source, &home).map_err(ctx("attaching the home"))?;
+    } else {
+        m.mount(Some(&home_source), &home, None, libc::MS_BIND, None)?;
+    }
     m.mount(Some(&storage.join("tmp").to_string_lossy()), &root.join("tmp"), None, libc::MS_BIND, None)?;
     m.detach(&storage)?;
     m.rmdir(&storage)?;
@@ -357,6 +407,10 @@ mod tests {
             self.0.push(format!("copy {} {}", from.display(), to.display()));
             Ok(())
         }
+        fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()> {
+            self.0.push(format!("attach {mount} on {}", target.display()));
+            Ok(())
+        }
         fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
             self.0.push(format!("pivot {}", new_root.display()));
             Ok(())
@@ -390,7 +444,7 @@ mod tests {
             seccomp: vec![],
             landlock: true,
             exec_cgroups: "v2".into(),
-            cgroups: vec![],
+            passed: vec![],
         }
     }
 

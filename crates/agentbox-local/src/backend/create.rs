@@ -23,8 +23,32 @@ impl LocalBackend {
         // SAFETY: both fds are fresh and owned here.
         let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
 
+        // A host id range of its own for the sandbox's user namespace, claimed first: the clone needs it.
+        let ids = match &self.inner.ids {
+            Some(ranges) => {
+                let ranges = ranges.clone();
+                let tag = self.inner.owner.clone();
+                let range = blocking("claiming an id range", move || ranges.claim(&tag).map_err(storage_err)).await?;
+                Some(IdClaim { ranges: self.inner.ids.clone(), range: Some(range) })
+            }
+            None => None,
+        };
+        let range = ids.as_ref().and_then(|c| c.range);
+        let host_id = |inside: u32| range.map_or(Some(inside), |r| r.host(inside));
+        let owner = match (host_id(config.security.run_as.uid), host_id(config.security.run_as.gid)) {
+            (Some(uid), Some(gid)) => Owner { uid, gid },
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "security.run_as: uid {} and gid {} must be below {} (the ids a sandbox's user namespace maps)",
+                    config.security.run_as.uid,
+                    config.security.run_as.gid,
+                    agentbox_storage::RANGE_SIZE
+                )));
+            }
+        };
+
         // The zygote clones the init (creating its namespaces) while this side makes the cgroups:
-        // the init waits for its setup message, which names them, before it does anything else.
+        // the init waits for its setup message, before which this side moves it into them.
         let inner = self.inner.clone();
         let name = self.cgroup_name(&id);
         let make_cgroup = tokio::task::spawn_blocking(move || match inner.cgroups.layout() {
@@ -32,7 +56,7 @@ impl LocalBackend {
             _ => inner.cgroups.create(&name, limits),
         });
         let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
-        let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end));
+        let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end, range));
         let make_layer = {
             let pool = self.inner.pool.clone();
             // Named by the sandbox id alone (the sandbox sees the name in its mount table); the owner process
@@ -40,7 +64,6 @@ impl LocalBackend {
             let name = id.clone();
             let tag = self.inner.owner.clone();
             let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
-            let run_as = config.security.run_as.clone();
             let from = request.from_snapshot.clone();
             async move {
                 let Some(pool) = pool else {
@@ -51,13 +74,13 @@ impl LocalBackend {
                         None => Ok(None),
                     };
                 };
-                let owner = Owner { uid: run_as.uid, gid: run_as.gid };
+                let ids = range.unwrap_or(agentbox_storage::IdRange::IDENTITY);
                 tokio::task::spawn_blocking(move || {
                     let layer = match from {
-                        Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits)?,
+                        Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits, ids)?,
                         None => pool.create_layer(&name, limits, owner)?,
                     };
-                    if let Err(e) = pool.set_owner_tag(&layer, &tag) {
+                    if let Err(e) = pool.set_owner_tag(&layer, &tag).and_then(|()| pool.set_id_range(&layer, ids)) {
                         let _ = pool.remove_layer(&name);
                         return Err(e);
                     }
@@ -124,16 +147,29 @@ impl LocalBackend {
         };
         let init_pid = init.pid;
         let setup = async {
-            setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            place_init(&cgroup, init_pid, range)?;
             setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
             if let Some(t) = &etc {
                 setup.etc = Some(t.path().to_string_lossy().into_owned());
                 setup.files.clear();
                 setup.binds.retain(|b| !b.target.starts_with("/etc/"));
             }
+            // The directories the init mounts go as descriptors (see `proto::PassedDir`).
+            let mut passed: Vec<(proto::PassedDir, PathBuf)> = Vec::new();
+            passed.extend(layer.as_ref().map(|l| (proto::PassedDir::Home, l.home())));
+            passed.extend(etc.as_ref().map(|t| (proto::PassedDir::Etc, t.path().to_path_buf())));
+            let fds = passed
+                .iter()
+                .map(|(_, path)| detached_copy(path))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| backend_err("opening the directories the sandbox mounts", e))?;
+            setup.passed = passed.iter().map(|(role, _)| *role).collect();
             let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
                 .map_err(|e| backend_err("encoding the sandbox setup", e))?;
-            sys::write_all(host_end.as_raw_fd(), &frame).map_err(|e| backend_err("sending the sandbox setup", e))?;
+            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            sys::send_with_fds(host_end.as_raw_fd(), &frame, &borrowed)
+                .map_err(|e| backend_err("sending the sandbox setup", e))?;
+            drop(fds);
             let std_stream = std::os::unix::net::UnixStream::from(host_end);
             let stream = std_stream
                 .set_nonblocking(true)
@@ -163,7 +199,7 @@ impl LocalBackend {
             if ready.landlock != "enforced" && config.security.landlock {
                 tracing::debug!(status = %ready.landlock, "landlock not enforced");
             }
-            let root = Root::open(init_pid, &setup.home, Owner { uid: setup.uid, gid: setup.gid })
+            let root = Root::open(init_pid, &setup.home, owner)
                 .map_err(|e| backend_err("opening the sandbox root", e))?;
             // Opened by pid once, and checked against the pidfd: the init was alive, so the pid was its own.
             let netns = NetNs::of(init_pid, init.pidfd.as_fd())
@@ -202,6 +238,7 @@ impl LocalBackend {
             next_id: AtomicU32::new(1),
             root,
             layer,
+            ids: ids.and_then(IdClaim::keep),
             last_cpu: Mutex::new(None),
             reader: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
@@ -213,6 +250,58 @@ impl LocalBackend {
         *sandbox.reader.lock_unpoisoned() = Some(task);
         Ok(sandbox)
     }
+}
+
+/// A claimed id range that goes back when a create fails: dropped before [`IdClaim::keep`], it releases the
+/// range (after the failed create's cleanup, which ran before it drops).
+struct IdClaim {
+    ranges: Option<Arc<agentbox_storage::IdRanges>>,
+    range: Option<agentbox_storage::IdRange>,
+}
+
+impl IdClaim {
+    /// The range, now the sandbox's (its destroy releases it).
+    fn keep(mut self) -> Option<agentbox_storage::IdRange> {
+        self.range.take()
+    }
+}
+
+impl Drop for IdClaim {
+    fn drop(&mut self) {
+        if let (Some(ranges), Some(range)) = (&self.ranges, self.range.take()) {
+            if let Err(e) = ranges.release(range) {
+                tracing::warn!(error = %e, "releasing the id range of a failed create");
+            }
+        }
+    }
+}
+
+/// A detached mount of the host directory `path` (`open_tree` with `OPEN_TREE_CLONE`), which the init moves
+/// into its own mount namespace.
+fn detached_copy(path: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::mount::OpenTreeFlags;
+    rustix::mount::open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| {
+        let e = std::io::Error::from(e);
+        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    })
+}
+
+/// Puts a new init where it belongs before it is set up: into the sandbox's cgroups (with a user namespace,
+/// their directories become its own to make execution cgroups in), and out of the OOM killer's reach (the
+/// sandbox's own out-of-memory kills take its executions, whose score is raised, never the init).
+fn place_init(cgroup: &SandboxCgroup, pid: i32, ids: Option<agentbox_storage::IdRange>) -> Result<()> {
+    cgroup.add(pid).map_err(|e| backend_err("moving the init into its cgroups", e))?;
+    if let Some(root) = ids.and_then(|r| r.host(0)) {
+        cgroup.delegate(root, root).map_err(|e| backend_err("delegating the sandbox's cgroups", e))?;
+    }
+    // Lowering a score needs CAP_SYS_RESOURCE, which the host may lack (reported as a limitation).
+    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+    Ok(())
 }
 
 /// Cleans up after a create that failed half-way, off the async runtime: kills the init (and with
