@@ -79,7 +79,8 @@ async fn one_sandbox_taking_every_inotify_instance_leaves_its_neighbour_its_own(
     if common::not_root() {
         return;
     }
-    let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances").unwrap().trim().parse().unwrap();
+    let limit: usize =
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances").unwrap().trim().parse().unwrap();
     assert!(limit <= 4096, "the test opens up to max_user_instances ({limit}) instances");
     let (hog, neighbour) = tokio::join!(Sandbox::new(), Sandbox::new());
     // The hog opens instances until the kernel refuses one, and keeps them open.

@@ -93,11 +93,17 @@ impl Mounter for LinuxMounter {
         std::fs::copy(from, to).map(drop)
     }
     fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()> {
-        rustix::mount::move_mount(rustix::fs::CWD, mount, rustix::fs::CWD, target, rustix::mount::MoveMountFlags::MOVE_MOUNT_F_SYMLINKS)
-            .map_err(|e| {
-                let e = io::Error::from(e);
-                io::Error::new(e.kind(), format!("moving {mount} onto {}: {e}", target.display()))
-            })
+        rustix::mount::move_mount(
+            rustix::fs::CWD,
+            mount,
+            rustix::fs::CWD,
+            target,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_SYMLINKS,
+        )
+        .map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("moving {mount} onto {}: {e}", target.display()))
+        })
     }
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
         std::env::set_current_dir(new_root)?;
@@ -145,7 +151,8 @@ pub fn new_root() -> io::Result<std::os::fd::OwnedFd> {
     };
     sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
         .map_err(|e| io::Error::new(e.kind(), format!("making mounts private: {e}")))?;
-    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(ctx("opening a tmpfs for the root"))?;
+    let fs =
+        rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(ctx("opening a tmpfs for the root"))?;
     for (key, value) in [("source", "agentbox-root"), ("size", "4m"), ("nr_inodes", "4096"), ("mode", "0755")] {
         rustix::mount::fsconfig_set_string(&fs, key, value).map_err(ctx("configuring the root tmpfs"))?;
     }

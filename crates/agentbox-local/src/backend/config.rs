@@ -80,8 +80,7 @@ impl Default for LocalConfig {
             .map(str::to_owned)
             .into(),
             hostname: "sandbox".into(),
-            id_ranges: (uid == 0)
-                .then(|| agentbox_storage::IdRangesConfig::in_dir(PathBuf::from("/run/agentbox/ids"))),
+            id_ranges: (uid == 0).then(|| agentbox_storage::IdRangesConfig::in_dir(PathBuf::from("/run/agentbox/ids"))),
             storage: (uid == 0).then(|| agentbox_storage::PoolConfig {
                 dir: PathBuf::from("/var/lib/agentbox/storage"),
                 image_bytes: None,

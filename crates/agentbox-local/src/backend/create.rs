@@ -199,8 +199,8 @@ impl LocalBackend {
             if ready.landlock != "enforced" && config.security.landlock {
                 tracing::debug!(status = %ready.landlock, "landlock not enforced");
             }
-            let root = Root::open(init_pid, &setup.home, owner)
-                .map_err(|e| backend_err("opening the sandbox root", e))?;
+            let root =
+                Root::open(init_pid, &setup.home, owner).map_err(|e| backend_err("opening the sandbox root", e))?;
             // Opened by pid once, and checked against the pidfd: the init was alive, so the pid was its own.
             let netns = NetNs::of(init_pid, init.pidfd.as_fd())
                 .map_err(|e| backend_err("opening the sandbox's network namespace", e))?;
