@@ -29,6 +29,7 @@ mod channel;
 mod config;
 mod create;
 mod exec;
+mod image;
 mod owners;
 mod ports;
 mod setup;
@@ -83,6 +84,8 @@ struct Inner {
     root_mountpoint: PathBuf,
     /// The disk-backed storage pool, when there is one.
     pool: Option<Arc<agentbox_storage::Pool>>,
+    /// The image store, when images are configured (opened on first use: `Err` says why it can't be).
+    images: std::sync::OnceLock<std::result::Result<agentbox_image::Store, String>>,
     /// Host id ranges for sandboxes' user namespaces, when they are in use.
     ids: Option<Arc<agentbox_storage::IdRanges>>,
 }
@@ -217,6 +220,7 @@ impl LocalBackend {
             owner,
             root_mountpoint,
             pool,
+            images: std::sync::OnceLock::new(),
             ids,
             config,
             cgroups,

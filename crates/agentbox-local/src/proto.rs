@@ -399,6 +399,15 @@ pub struct Setup {
     /// 0700 state directory, say).
     #[serde(default)]
     pub passed: Vec<PassedDir>,
+    /// The root is an overlay of an image: its layers (passed as `Lower`, top first) under the `root` directory
+    /// of the sandbox's storage layer (passed as `Layer`, with overlayfs's `work` beside it). The root is then
+    /// writable and on disk, and `binds`, `symlinks` and `etc` are not used; generated `/etc` files are written
+    /// into it (`passwd` and `group` gain the lines of names they lack).
+    #[serde(default)]
+    pub image_root: bool,
+    /// The init runs in a user namespace of its own (overlayfs then keeps its attributes as `user.overlay.*`).
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 /// A host directory passed to the init as a detached mount with its setup message.
@@ -409,6 +418,10 @@ pub enum PassedDir {
     Home,
     /// The `/etc` template (`etc`).
     Etc,
+    /// One layer of the image root, top first (`image_root`).
+    Lower,
+    /// The sandbox's storage layer, holding the overlay's `root` and `work` (`image_root`).
+    Layer,
 }
 
 /// host -> zygote: start a sandbox init (the control socket rides along as `SCM_RIGHTS`).

@@ -201,7 +201,7 @@ pub fn send_with_fds(sock: libc::c_int, data: &[u8], fds: &[std::os::fd::Borrowe
 }
 
 /// The most descriptors one message carries.
-pub const MAX_PASSED_FDS: usize = 4;
+pub const MAX_PASSED_FDS: usize = 128;
 
 /// Receives one datagram from a `SOCK_SEQPACKET` socket into `buf`, with the fd attached to it, if any
 /// (received close-on-exec). `Ok((0, None))` means the peer closed the socket.
@@ -341,4 +341,45 @@ pub fn set_window_size(tty: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<
     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
     check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) }).map(drop)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY`.
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_IDMAP`.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// Makes the detached mount `mount` read-only and idmapped through the user namespace `userns`: a file owned
+/// by host id `k` shows as owned by the id that namespace maps from `k` (so the image's root files are root's
+/// inside a sandbox whose root is an unprivileged host id). Needs the host's `CAP_SYS_ADMIN` and a filesystem
+/// that supports idmapped mounts.
+pub fn idmap_read_only(mount: std::os::fd::BorrowedFd<'_>, userns: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+    };
+    // SAFETY: mount_setattr on a descriptor we borrow, with an empty path, AT_EMPTY_PATH, and a mount_attr of
+    // the size given that lives for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

@@ -179,18 +179,24 @@ pub(crate) struct CreateInput {
     pub overrides: Option<Overrides>,
     /// Start with the files of this snapshot (see sandbox_snapshot); the sandbox must not exist yet.
     pub from_snapshot: Option<String>,
+    /// Root filesystem from this OCI image (`python:3.12-slim`, `localhost:5000/team/agent:1`), pulled on first
+    /// use; `host` (the default) is the host's own system.
+    pub image: Option<String>,
 }
 
 impl CreateInput {
     /// The manager's options for this input.
     pub(crate) fn options(self) -> CreateOptions {
-        if self.preset.is_none() && self.overrides.is_none() {
+        if self.preset.is_none() && self.overrides.is_none() && self.image.is_none() {
             // Reuses an existing sandbox whatever its settings; a new one gets the default preset.
             return CreateOptions::default();
         }
-        let preset = self.preset.map(Preset::from);
-        let config = self.overrides.map(|o| o.apply(preset.unwrap_or_default().config()));
-        CreateOptions { preset: Some(preset.unwrap_or_default()), config }
+        let preset = self.preset.map(Preset::from).unwrap_or_default();
+        let mut config = self.overrides.map(|o| o.apply(preset.config()));
+        if let Some(image) = self.image {
+            config.get_or_insert_with(|| preset.config()).image = Some(image);
+        }
+        CreateOptions { preset: Some(preset), config }
     }
 }
 

@@ -76,6 +76,24 @@ impl Layer {
         self.dir.join("home")
     }
 
+    /// The layer's directory (its subvolume).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The upper directory of an overlay root on an image (see [`Pool::add_overlay_dirs`]).
+    #[must_use]
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// The work directory of that overlay (overlayfs's own, on the same filesystem as the upper).
+    #[must_use]
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
     /// Its subvolume (and level-0 quota group) id.
     #[must_use]
     pub fn id(&self) -> u64 {
@@ -137,6 +155,27 @@ impl Pool {
             let _ = self.remove_layer(name);
         }
         made
+    }
+
+    /// Makes the layer ready to be the writable side of an overlay root: its `root` (upper) and `work`
+    /// directories, owned by `owner` (root of the sandbox's user namespace, who mounts the overlay). A fork's
+    /// layer has them already.
+    ///
+    /// # Errors
+    /// When a directory can't be made or given.
+    pub fn add_overlay_dirs(&self, layer: &Layer, owner: Owner) -> Result<(), StorageError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        for (dir, mode) in [(layer.upper(), 0o755), (layer.work(), 0o700)] {
+            match fs::DirBuilder::new().mode(mode).create(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                r => r.map_err(StorageError::io("making an overlay directory in a layer", &dir))?,
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .map_err(StorageError::io("setting an overlay directory's mode", &dir))?;
+            std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid))
+                .map_err(StorageError::io("giving an overlay directory to the sandbox", &dir))?;
+        }
+        Ok(())
     }
 
     /// Deletes a layer's subvolume with everything in it (one call: nothing inside is followed or even

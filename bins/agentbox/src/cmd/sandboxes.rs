@@ -55,6 +55,9 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     for (key, value) in args.resources.overrides() {
         set(&mut body, key, json!(value));
     }
+    if let Some(image) = &args.resources.image {
+        set(&mut body, "image", json!(image));
+    }
     if !args.network_allow.is_empty() {
         set(&mut body, "network", json!({ "enabled": true, "allowed_domains": args.network_allow }));
     }

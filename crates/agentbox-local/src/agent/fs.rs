@@ -174,13 +174,88 @@ pub fn new_root() -> io::Result<std::os::fd::OwnedFd> {
     Ok(mount)
 }
 
-/// Builds the sandbox filesystem at `root`, an empty tmpfs that [`new_root`] attached, and pivots into it.
-/// Must run as root (of its user namespace) in a new mount namespace.
+/// The mounts of an image root, as the init received them (`/proc/self/fd/N` paths of detached mounts).
+#[derive(Debug, Clone, Default)]
+pub struct ImageSources {
+    /// The image's layers, top first.
+    pub lowers: Vec<String>,
+    /// The sandbox's storage layer (its `root` is the overlay's upper, `work` its work directory).
+    pub layer: Option<String>,
+}
+
+/// Mounts the overlay root of an image inside the staging tmpfs `staging` and returns where it is.
+fn mount_image_root(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: &ImageSources) -> io::Result<PathBuf> {
+    let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let Some(layer_source) = &image.layer else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an image root needs the sandbox's storage layer"));
+    };
+    if image.lowers.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an image root needs at least one layer"));
+    }
+    let mut lowerdirs = Vec::new();
+    for (i, lower) in image.lowers.iter().enumerate() {
+        let at = staging.join(".lower").join(i.to_string());
+        m.mkdir(&at, 0o700, None)?;
+        m.attach(lower, &at).map_err(ctx("attaching an image layer"))?;
+        lowerdirs.push(at.to_string_lossy().into_owned());
+    }
+    let layer = staging.join(".layer");
+    m.mkdir(&layer, 0o700, None)?;
+    m.attach(layer_source, &layer).map_err(ctx("attaching the storage layer"))?;
+    let root = staging.join(".root");
+    m.mkdir(&root, 0o755, None)?;
+    // Inside a user namespace overlayfs keeps its attributes as user.overlay.* (the image store writes
+    // whiteouts as 0/0 character devices and opaque directories with both attribute forms).
+    let mut opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdirs.join(":"),
+        layer.join("root").display(),
+        layer.join("work").display()
+    );
+    if s.user_namespace {
+        opts.push_str(",userxattr");
+    }
+    m.mount(Some("agentbox-image"), &root, Some("overlay"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
+        .map_err(ctx("mounting the image root"))?;
+    Ok(root)
+}
+
+/// Adds to the file `path` the lines of `generated` whose first `:`-separated field (a user or group name) it
+/// lacks, so an image's own users stay and the sandbox's are there.
+fn merge_name_lines(path: &Path, generated: &str) -> io::Result<String> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let names: std::collections::HashSet<&str> = existing.lines().filter_map(|l| l.split(':').next()).collect();
+    let mut out = existing.clone();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for line in generated.lines() {
+        if line.split(':').next().is_some_and(|n| !names.contains(n)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the sandbox filesystem at `staging`, an empty tmpfs that [`new_root`] attached, and pivots into it;
+/// with `image`, the root is an overlay of the image mounted inside it. Must run as root (of its user
+/// namespace) in a new mount namespace.
 ///
 /// # Errors
 /// The first failing step, with the path involved.
-pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
+pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&ImageSources>) -> io::Result<()> {
     let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let image_root = match (s.image_root, image) {
+        (true, Some(image)) => Some(mount_image_root(m, staging, s, image)?),
+        (true, None) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "an image root without its layers")),
+        (false, _) => None,
+    };
+    let root: &Path = image_root.as_deref().unwrap_or(staging);
 
     if let Some(etc) = &s.etc {
         let target = root.join("etc");
@@ -213,7 +288,7 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
 
     // Writable storage: one capped tmpfs holding home and /tmp, then the per-directory quotas.
     let owner = Some((s.uid, s.gid));
-    let storage = root.join(".storage");
+    let storage = staging.join(".storage");
     m.mkdir(&storage, 0o700, None)?;
     let opts = format!("size={},nr_inodes={},mode=0755", s.storage_bytes, s.storage_inodes);
     m.mount(Some("agentbox-storage"), &storage, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
@@ -310,7 +385,12 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
         if let Some(parent) = p.parent() {
             m.mkdir(parent, 0o755, None)?;
         }
-        m.write(&p, content)?;
+        if image_root.is_some() && matches!(path.as_str(), "/etc/passwd" | "/etc/group") {
+            let merged = merge_name_lines(&p, content).map_err(ctx("reading the image's users"))?;
+            m.write(&p, &merged)?;
+        } else {
+            m.write(&p, content)?;
+        }
     }
 
     // A private cgroup view for per-execution process tracking, readable by root only.
@@ -335,7 +415,7 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     }
 
     m.pivot_root(root).map_err(ctx("pivoting into the sandbox root"))?;
-    if s.read_only_root {
+    if s.read_only_root && image_root.is_none() {
         m.mount(
             None,
             Path::new("/"),
@@ -452,12 +532,14 @@ mod tests {
             landlock: true,
             exec_cgroups: "v2".into(),
             passed: vec![],
+            image_root: false,
+            user_namespace: false,
         }
     }
 
     fn check(s: &Setup) -> Vec<String> {
         let mut r = Recorder::default();
-        build(&mut r, Path::new("/r"), s).unwrap();
+        build(&mut r, Path::new("/r"), s, None).unwrap();
         r.0
     }
 

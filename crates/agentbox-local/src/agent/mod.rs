@@ -120,10 +120,13 @@ fn init_main() -> i32 {
     };
     // The host's directories arrive as descriptors: reached through them, not by their paths.
     let via = |fd: &std::os::fd::OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let mut image = fs::ImageSources::default();
     for (role, fd) in setup.passed.clone().into_iter().zip(&passed) {
         match role {
             proto::PassedDir::Home => setup.home_source = Some(via(fd)),
             proto::PassedDir::Etc => setup.etc = Some(via(fd)),
+            proto::PassedDir::Lower => image.lowers.push(via(fd)),
+            proto::PassedDir::Layer => image.layer = Some(via(fd)),
         }
     }
     let started = Instant::now();
@@ -135,7 +138,8 @@ fn init_main() -> i32 {
         return 1;
     }
     // The zygote cloned this process from the root mount point: the working directory is it.
-    let built = fs::new_root().and_then(|new| fs::build(&mut fs::LinuxMounter, Path::new(&via(&new)), &setup));
+    let built =
+        fs::new_root().and_then(|new| fs::build(&mut fs::LinuxMounter, Path::new(&via(&new)), &setup, Some(&image)));
     if let Err(e) = built {
         send_failure(format!("building the sandbox filesystem failed: {e}"));
         return 1;

@@ -26,6 +26,9 @@ pub struct LocalConfig {
     /// `/run/agentbox/ids`, does not follow `state_dir`. `None`: no user namespaces, and every sandbox's user
     /// is the same host uid (reported in [`LocalBackend::limitations`](crate::LocalBackend::limitations)).
     pub id_ranges: Option<agentbox_storage::IdRangesConfig>,
+    /// The image store sandboxes' roots come from when their config names an image (see `agentbox-image`).
+    /// `None`: only the host's system (`image` unset or `"host"`); a sandbox asking for an image is refused.
+    pub images: Option<agentbox_image::ImageConfig>,
 }
 
 impl Default for LocalConfig {
@@ -80,6 +83,7 @@ impl Default for LocalConfig {
             .map(str::to_owned)
             .into(),
             hostname: "sandbox".into(),
+            images: (uid == 0).then(agentbox_image::ImageConfig::default),
             id_ranges: (uid == 0).then(|| agentbox_storage::IdRangesConfig::in_dir(PathBuf::from("/run/agentbox/ids"))),
             storage: (uid == 0).then(|| agentbox_storage::PoolConfig {
                 dir: PathBuf::from("/var/lib/agentbox/storage"),

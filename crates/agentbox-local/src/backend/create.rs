@@ -14,6 +14,20 @@ impl LocalBackend {
             cpus: config.cpu_count,
             pids: u64::from(config.security.max_processes) + 1, // and the init
         };
+        // An image root: the image's layers, pulled first if the store lacks them.
+        let image = match config.image_reference() {
+            Some(reference) => {
+                if self.inner.pool.is_none() {
+                    return Err(Error::Unsupported(
+                        "a sandbox's root comes from an image only with disk-backed storage (see the backend's \
+                         limitations)"
+                            .into(),
+                    ));
+                }
+                Some(self.resolve_image(reference).await?)
+            }
+            None => None,
+        };
         let mut fds = [0; 2];
         // SAFETY: socketpair into a local array.
         sys::check(unsafe {
@@ -65,6 +79,11 @@ impl LocalBackend {
             let tag = self.inner.owner.clone();
             let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
             let from = request.from_snapshot.clone();
+            // The overlay of an image root is mounted by the namespace's root.
+            let overlay_owner = image.is_some().then(|| {
+                let root = range.and_then(|r| r.host(0)).unwrap_or(0);
+                Owner { uid: root, gid: root }
+            });
             async move {
                 let Some(pool) = pool else {
                     return match from {
@@ -80,7 +99,11 @@ impl LocalBackend {
                         Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits, ids)?,
                         None => pool.create_layer(&name, limits, owner)?,
                     };
-                    if let Err(e) = pool.set_owner_tag(&layer, &tag).and_then(|()| pool.set_id_range(&layer, ids)) {
+                    let tagged = pool
+                        .set_owner_tag(&layer, &tag)
+                        .and_then(|()| pool.set_id_range(&layer, ids))
+                        .and_then(|()| overlay_owner.map_or(Ok(()), |o| pool.add_overlay_dirs(&layer, o)));
+                    if let Err(e) = tagged {
                         let _ = pool.remove_layer(&name);
                         return Err(e);
                     }
@@ -96,7 +119,7 @@ impl LocalBackend {
         // read-only).
         let mut setup = self.setup_for(config);
         let find_etc = async {
-            if !config.security.read_only_root {
+            if !config.security.read_only_root || image.is_some() {
                 return None;
             }
             if let Some(t) = self.inner.etc.cached(&setup.files) {
@@ -146,6 +169,8 @@ impl LocalBackend {
             }
         };
         let init_pid = init.pid;
+        let image_root = image.as_ref();
+        let layer_ref_dir: Option<PathBuf> = layer.as_ref().map(|l| l.dir().to_path_buf());
         let setup = async {
             place_init(&cgroup, init_pid, range)?;
             setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
@@ -156,12 +181,22 @@ impl LocalBackend {
             }
             // The directories the init mounts go as descriptors (see `proto::PassedDir`).
             let mut passed: Vec<(proto::PassedDir, PathBuf)> = Vec::new();
-            passed.extend(layer.as_ref().map(|l| (proto::PassedDir::Home, l.home())));
-            passed.extend(etc.as_ref().map(|t| (proto::PassedDir::Etc, t.path().to_path_buf())));
-            let fds = passed
-                .iter()
-                .map(|(_, path)| detached_copy(path))
-                .collect::<std::io::Result<Vec<_>>>()
+            if let Some(l) = &layer {
+                passed.push((proto::PassedDir::Home, l.home()));
+            }
+            if let Some(t) = &etc {
+                passed.push((proto::PassedDir::Etc, t.path().to_path_buf()));
+            }
+            if let Some(image) = image_root {
+                if let Some(l) = layer_ref_dir.as_ref() {
+                    passed.push((proto::PassedDir::Layer, l.clone()));
+                }
+                for d in &image.lowers {
+                    passed.push((proto::PassedDir::Lower, d.clone()));
+                }
+                apply_image(&mut setup, &image.config, config);
+            }
+            let fds = passed_mounts(&passed, image_root.is_some() && range.is_some(), init_pid)
                 .map_err(|e| backend_err("opening the directories the sandbox mounts", e))?;
             setup.passed = passed.iter().map(|(role, _)| *role).collect();
             let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
@@ -274,6 +309,41 @@ impl Drop for IdClaim {
             }
         }
     }
+}
+
+/// Detached copies of the directories the init mounts; with `idmap`, the image's layers (`Lower`) are idmapped
+/// into the user namespace of the init `pid`, so that their root's files are the sandbox's root's.
+fn passed_mounts(passed: &[(proto::PassedDir, PathBuf)], idmap: bool, pid: i32) -> std::io::Result<Vec<OwnedFd>> {
+    // A namespace descriptor proper (mount_setattr refuses an O_PATH one).
+    let userns = if idmap { Some(OwnedFd::from(std::fs::File::open(format!("/proc/{pid}/ns/user"))?)) } else { None };
+    let mut fds = Vec::with_capacity(passed.len());
+    for (role, path) in passed {
+        let copy = detached_copy(path)?;
+        if let (proto::PassedDir::Lower, Some(userns)) = (role, &userns) {
+            sys::idmap_read_only(copy.as_fd(), userns.as_fd())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("idmapping {}: {e}", path.display())))?;
+        }
+        fds.push(copy);
+    }
+    Ok(fds)
+}
+
+/// Makes a setup build an image root: the overlay instead of the host's system, writable, with the image's
+/// environment under the sandbox's own (`environment_variables` still win) and the sandbox's identity kept.
+fn apply_image(setup: &mut proto::Setup, image: &agentbox_image::RuntimeConfig, config: &SandboxConfig) {
+    setup.image_root = true;
+    setup.read_only_root = false;
+    setup.binds.clear();
+    setup.symlinks.clear();
+    setup.etc = None;
+    for line in &image.env {
+        if let Some((key, value)) = line.split_once('=') {
+            if !matches!(key, "HOME" | "USER" | "LOGNAME" | "SHELL" | "TMPDIR") {
+                setup.env.insert(key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    setup.env.extend(config.environment_variables.clone());
 }
 
 /// A detached mount of the host directory `path` (`open_tree` with `OPEN_TREE_CLONE`), which the init moves
