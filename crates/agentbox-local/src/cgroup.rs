@@ -301,7 +301,15 @@ impl SandboxCgroup {
         v
     }
 
+    /// Whether these are cgroup v2 directories.
+    #[must_use]
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
     /// Moves the single-threaded process `pid` (a sandbox init that waits for its setup) into the sandbox.
+    /// Slower than the process joining itself (a write of `0`): moving another process takes the kernel's
+    /// global threadgroup lock, an RCU grace period (about 10 ms).
     ///
     /// # Errors
     /// The first hierarchy that refuses it, named in the error.

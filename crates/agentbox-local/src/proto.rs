@@ -357,6 +357,10 @@ pub struct Setup {
     /// A host directory bound read-only as the whole /etc (a template holding the /etc
     /// entries and files above, built once on the host); `binds` and `files` then hold none.
     pub etc: Option<String>,
+    /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`) before anything else: a
+    /// process moving itself skips the kernel's global threadgroup lock. Empty when the host moved it.
+    #[serde(default)]
+    pub cgroups: Vec<String>,
     /// Size of the writable storage (home and /tmp, or /tmp alone with `home_source`) in bytes.
     pub storage_bytes: u64,
     /// A host directory on disk (the sandbox's layer of the storage pool, under its quota) bound as the home

@@ -532,6 +532,7 @@ mod tests {
             landlock: true,
             exec_cgroups: "v2".into(),
             passed: vec![],
+            cgroups: vec![],
             image_root: false,
             user_namespace: false,
         }

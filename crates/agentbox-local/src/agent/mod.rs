@@ -130,8 +130,14 @@ fn init_main() -> i32 {
         }
     }
     let started = Instant::now();
-    // The host moved this process into the sandbox's cgroups before sending the setup: a cgroup namespace
-    // rooted there comes first.
+    // Into the sandbox's cgroups first (unless the host moved this process already), then a cgroup namespace
+    // rooted there.
+    for procs in &setup.cgroups {
+        if let Err(e) = std::fs::write(procs, "0") {
+            send_failure(format!("joining the sandbox cgroup {procs} failed: {e}"));
+            return 1;
+        }
+    }
     // SAFETY: unshare has no memory-safety preconditions.
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } == -1 {
         send_failure(format!("creating the sandbox's cgroup namespace failed: {}", io::Error::last_os_error()));

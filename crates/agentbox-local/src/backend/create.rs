@@ -172,7 +172,7 @@ impl LocalBackend {
         let image_root = image.as_ref();
         let layer_ref_dir: Option<PathBuf> = layer.as_ref().map(|l| l.dir().to_path_buf());
         let setup = async {
-            place_init(&cgroup, init_pid, range)?;
+            setup.cgroups = place_init(&cgroup, init_pid, range)?;
             setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
             if let Some(t) = &etc {
                 setup.etc = Some(t.path().to_string_lossy().into_owned());
@@ -361,17 +361,23 @@ fn detached_copy(path: &Path) -> std::io::Result<OwnedFd> {
     })
 }
 
-/// Puts a new init where it belongs before it is set up: into the sandbox's cgroups (with a user namespace,
-/// their directories become its own to make execution cgroups in), and out of the OOM killer's reach (the
-/// sandbox's own out-of-memory kills take its executions, whose score is raised, never the init).
-fn place_init(cgroup: &SandboxCgroup, pid: i32, ids: Option<agentbox_storage::IdRange>) -> Result<()> {
-    cgroup.add(pid).map_err(|e| backend_err("moving the init into its cgroups", e))?;
+/// Gets a new init ready to be set up: its cgroups (with a user namespace, their directories become its root's,
+/// to join and to make execution cgroups in), and out of the OOM killer's reach (the sandbox's own
+/// out-of-memory kills take its executions, whose score is raised, never the init). Returns the cgroup files
+/// the init joins itself (the fast way); on cgroup v2 with a user namespace, where a process may only move
+/// itself between cgroups whose common ancestor it may write, the host moves it and there are none.
+fn place_init(cgroup: &SandboxCgroup, pid: i32, ids: Option<agentbox_storage::IdRange>) -> Result<Vec<String>> {
+    let mut joins: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
     if let Some(root) = ids.and_then(|r| r.host(0)) {
         cgroup.delegate(root, root).map_err(|e| backend_err("delegating the sandbox's cgroups", e))?;
+        if cgroup.is_v2() {
+            cgroup.add(pid).map_err(|e| backend_err("moving the init into its cgroups", e))?;
+            joins.clear();
+        }
     }
     // Lowering a score needs CAP_SYS_RESOURCE, which the host may lack (reported as a limitation).
     let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
-    Ok(())
+    Ok(joins)
 }
 
 /// Cleans up after a create that failed half-way, off the async runtime: kills the init (and with

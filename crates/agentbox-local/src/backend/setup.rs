@@ -62,6 +62,7 @@ impl LocalBackend {
             symlinks,
             files,
             etc: None,
+            cgroups: Vec::new(),
             // With a disk pool the tmpfs holds /tmp alone, sized from the memory it is charged to.
             storage_bytes: if self.inner.pool.is_some() {
                 (config.memory_mb / 2).max(16).saturating_mul(mb)
