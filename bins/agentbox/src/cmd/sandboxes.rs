@@ -301,3 +301,20 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Puts a sandbox's files on agentboxd back to one of the snapshots.
+///
+/// # Errors
+/// The server's refusal (an unknown run or snapshot, a backend without snapshots).
+pub fn restore(args: &SnapshotArgs) -> Result<(), CliError> {
+    let client = args.server.client()?;
+    let s = block_on(async { Ok(client.restore(&args.run_id, &args.name).await?) })?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &s)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{} restored from {} (sandbox {})", args.run_id, args.name, str_of(&s, "sandbox_id"))?;
+    }
+    Ok(())
+}
