@@ -167,6 +167,20 @@ pub struct DirectoryQuota {
     pub size_mb: u64,
 }
 
+/// A named volume (made beforehand, persistent, with a quota of its own) mounted into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The volume's name: 1-200 letters, digits, `.`, `_` or `-`.
+    pub name: String,
+    /// Where it appears inside the sandbox: a normalized absolute path, not `/` and not under `/proc`, `/dev`,
+    /// `/sys`, `/etc` or `/tmp`.
+    pub mount_path: String,
+    /// Mounted read-only: nothing in the sandbox can change it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// Writable storage of a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -179,11 +193,20 @@ pub struct StorageConfig {
     pub shm_size_mb: u64,
     /// What destroy does with the sandbox's files.
     pub cleanup: CleanupPolicy,
+    /// Named volumes mounted into the sandbox; they outlive it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { quotas: Vec::new(), max_inodes: 262_144, shm_size_mb: 64, cleanup: CleanupPolicy::Delete }
+        Self {
+            quotas: Vec::new(),
+            max_inodes: 262_144,
+            shm_size_mb: 64,
+            cleanup: CleanupPolicy::Delete,
+            volumes: Vec::new(),
+        }
     }
 }
 

@@ -195,6 +195,39 @@ impl SandboxConfig {
                 );
             }
         }
+        let mut targets = std::collections::BTreeSet::new();
+        for (i, v) in self.storage.volumes.iter().enumerate() {
+            let name_ok = !v.name.is_empty()
+                && v.name.len() <= 200
+                && v.name != "."
+                && v.name != ".."
+                && v.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !name_ok {
+                e.push(
+                    format!("storage.volumes[{i}].name"),
+                    format!("must be 1-200 letters, digits, '.', '_' or '-', got {:?}", v.name),
+                );
+            }
+            let p = &v.mount_path;
+            let normalized = p.starts_with('/')
+                && p.len() > 1
+                && p.len() <= 1024
+                && !p.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..");
+            let reserved = ["/proc", "/dev", "/sys", "/etc", "/tmp", "/.agentbox"]
+                .iter()
+                .any(|r| p == r || p.starts_with(&format!("{r}/")));
+            if !normalized || reserved || p == &home {
+                e.push(
+                    format!("storage.volumes[{i}].mount_path"),
+                    format!(
+                        "must be a normalized absolute path other than /, the home, and anything under /proc, /dev, \
+                         /sys, /etc or /tmp, got {p:?}"
+                    ),
+                );
+            } else if !targets.insert(p.clone()) {
+                e.push(format!("storage.volumes[{i}].mount_path"), format!("{p:?} is used by another volume"));
+            }
+        }
         range(&mut e, "storage.max_inodes", self.storage.max_inodes, 1024, 1 << 32);
         range(&mut e, "storage.shm_size_mb", self.storage.shm_size_mb, 1, 64 * 1024);
 

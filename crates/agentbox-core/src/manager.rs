@@ -775,6 +775,30 @@ impl SandboxManager {
         self.inner.backend.delete_snapshot(name).await
     }
 
+    /// Makes a volume holding at most `limit_bytes` (see the backend's `create_volume`).
+    ///
+    /// # Errors
+    /// A taken or invalid name, or [`Error::Unsupported`] on backends without volumes.
+    pub async fn create_volume(&self, name: &str, limit_bytes: u64) -> Result<crate::VolumeInfo> {
+        self.inner.backend.create_volume(name, limit_bytes).await
+    }
+
+    /// Every volume the backend holds.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn list_volumes(&self) -> Result<Vec<crate::VolumeInfo>> {
+        self.inner.backend.list_volumes().await
+    }
+
+    /// Deletes a volume and its files.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::Conflict`] while a sandbox has it mounted.
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        self.inner.backend.delete_volume(name).await
+    }
+
     async fn get_or_create_from(
         &self,
         run_id: &RunId,

@@ -34,6 +34,7 @@ mod owners;
 mod ports;
 mod setup;
 mod storage;
+mod volumes;
 
 use channel::{Route, reader_loop};
 pub use config::LocalConfig;
@@ -61,6 +62,9 @@ struct Sandbox {
     layer: Option<agentbox_storage::Layer>,
     /// The host id range of its user namespace, when it has one.
     ids: Option<agentbox_storage::IdRange>,
+    /// The volumes it has mounted, held as in use until it is dropped.
+    #[expect(dead_code, reason = "held for its drop, never read")]
+    volumes: volumes::VolumeHold,
     last_cpu: Mutex<Option<(Instant, u64)>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
@@ -88,6 +92,8 @@ struct Inner {
     images: std::sync::OnceLock<std::result::Result<agentbox_image::Store, String>>,
     /// Host id ranges for sandboxes' user namespaces, when they are in use.
     ids: Option<Arc<agentbox_storage::IdRanges>>,
+    /// Which volumes this process's sandboxes have mounted (see `backend/volumes.rs`).
+    volumes_in_use: Arc<volumes::VolumesInUse>,
 }
 
 /// The local Linux backend. Cheap to clone.
@@ -222,6 +228,7 @@ impl LocalBackend {
             pool,
             images: std::sync::OnceLock::new(),
             ids,
+            volumes_in_use: Arc::default(),
             config,
             cgroups,
             limitations,
@@ -657,6 +664,18 @@ impl SandboxBackend for LocalBackend {
 
     async fn delete_snapshot(&self, name: &str) -> Result<()> {
         self.snapshot_delete(name).await
+    }
+
+    async fn create_volume(&self, name: &str, limit_bytes: u64) -> Result<agentbox_core::VolumeInfo> {
+        self.volume_create(name, limit_bytes).await
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<agentbox_core::VolumeInfo>> {
+        self.volume_list().await
+    }
+
+    async fn delete_volume(&self, name: &str) -> Result<()> {
+        self.volume_delete(name).await
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<()> {

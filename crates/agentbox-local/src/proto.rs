@@ -409,6 +409,10 @@ pub struct Setup {
     /// into it (`passwd` and `group` gain the lines of names they lack).
     #[serde(default)]
     pub image_root: bool,
+    /// Volumes mounted into the sandbox, in order, each passed as `Volume` (a detached mount, idmapped into the
+    /// sandbox's user namespace, read-only when asked).
+    #[serde(default)]
+    pub volumes: Vec<VolumeTarget>,
     /// The init runs in a user namespace of its own (overlayfs then keeps its attributes as `user.overlay.*`).
     #[serde(default)]
     pub user_namespace: bool,
@@ -426,6 +430,17 @@ pub enum PassedDir {
     Lower,
     /// The sandbox's storage layer, holding the overlay's `root` and `work` (`image_root`).
     Layer,
+    /// A volume's files, for the next entry of `volumes`.
+    Volume,
+}
+
+/// Where a volume goes inside the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeTarget {
+    /// The mount path inside.
+    pub path: String,
+    /// Mounted read-only (the detached mount is read-only already; executions get no write rule for it).
+    pub read_only: bool,
 }
 
 /// host -> zygote: start a sandbox init (the control socket rides along as `SCM_RIGHTS`).

@@ -357,18 +357,27 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 /// `MOUNT_ATTR_IDMAP`.
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-/// Makes the detached mount `mount` read-only and idmapped through the user namespace `userns`: a file owned
-/// by host id `k` shows as owned by the id that namespace maps from `k` (so the image's root files are root's
-/// inside a sandbox whose root is an unprivileged host id). Needs the host's `CAP_SYS_ADMIN` and a filesystem
-/// that supports idmapped mounts.
-pub fn idmap_read_only(mount: std::os::fd::BorrowedFd<'_>, userns: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+/// Sets attributes of the detached mount `mount`: idmapped through the user namespace `userns`, when given (a
+/// file owned by host id `k` shows as owned by the id that namespace maps from `k`: an image's root files are
+/// root's inside a sandbox whose root is an unprivileged host id), and read-only when asked. Idmapping needs the
+/// host's `CAP_SYS_ADMIN` and a filesystem that supports it.
+pub fn set_mount_attrs(
+    mount: std::os::fd::BorrowedFd<'_>,
+    userns: Option<std::os::fd::BorrowedFd<'_>>,
+    read_only: bool,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
-    };
+    let mut attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    if let Some(userns) = userns {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    }
+    if read_only {
+        attr.attr_set |= MOUNT_ATTR_RDONLY;
+    }
+    if attr.attr_set == 0 {
+        return Ok(());
+    }
     // SAFETY: mount_setattr on a descriptor we borrow, with an empty path, AT_EMPTY_PATH, and a mount_attr of
     // the size given that lives for the call.
     let rc = unsafe {

@@ -22,9 +22,11 @@ mod ids;
 mod layer;
 mod pool;
 mod snapshot;
+mod volume;
 
 pub use error::StorageError;
 pub use ids::{IdRange, IdRanges, IdRangesConfig, RANGE_SIZE, shift_owners};
 pub use layer::{Layer, LayerLimits, Usage};
 pub use pool::{Pool, PoolConfig, PoolKind};
 pub use snapshot::SnapshotRecord;
+pub use volume::VolumeRecord;

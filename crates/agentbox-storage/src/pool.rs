@@ -50,6 +50,8 @@ pub struct Pool {
     /// Where read-only snapshots live, and the directory held.
     pub(crate) snapshots: PathBuf,
     pub(crate) snapshots_fd: std::os::fd::OwnedFd,
+    pub(crate) volumes: PathBuf,
+    pub(crate) volumes_fd: std::os::fd::OwnedFd,
     /// `/sys/fs/btrfs/<fsid>/qgroups`, where usage is read.
     pub(crate) qgroups: PathBuf,
     kind: PoolKind,
@@ -140,6 +142,15 @@ impl Pool {
         let snapshots_fd = std::os::fd::OwnedFd::from(
             fs::File::open(&snapshots).map_err(StorageError::io("opening the snapshots directory", &snapshots))?,
         );
+        let volumes = root.join("volumes");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&volumes)
+            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+            .map_err(StorageError::io("creating the volumes directory", &volumes))?;
+        let volumes_fd = std::os::fd::OwnedFd::from(
+            fs::File::open(&volumes).map_err(StorageError::io("opening the volumes directory", &volumes))?,
+        );
         let layers_fd = fs::File::open(&layers).map_err(StorageError::io("opening the layers directory", &layers))?;
         let layers_fd = std::os::fd::OwnedFd::from(layers_fd);
         let fsid = btrfs::fsid(std::os::fd::AsFd::as_fd(&layers_fd))
@@ -150,7 +161,7 @@ impl Pool {
             run(Command::new("btrfs").args(["quota", "enable"]).arg(&root), "btrfs", &root, "btrfs-progs")?;
         }
         drop(lock);
-        Ok(Self { layers, layers_fd, snapshots, snapshots_fd, qgroups, kind })
+        Ok(Self { layers, layers_fd, snapshots, snapshots_fd, volumes, volumes_fd, qgroups, kind })
     }
 
     /// What the pool is made of.

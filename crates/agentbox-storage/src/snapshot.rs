@@ -34,12 +34,12 @@ impl Pool {
         let cname = check_name(name)?;
         let path = self.snapshots.join(name);
         if fs::symlink_metadata(&path).is_ok() {
-            return Err(StorageError::Exists(name.to_owned()));
+            return Err(StorageError::Exists { what: "snapshot", name: name.to_owned() });
         }
         let source = open_dir(&layer.dir).map_err(StorageError::io("opening a layer", &layer.dir))?;
         btrfs::snapshot(source.as_fd(), self.snapshots_fd.as_fd(), &cname, Snap::ReadOnly).map_err(|e| {
             if e.raw_os_error() == Some(libc::EEXIST) {
-                StorageError::Exists(name.to_owned())
+                StorageError::Exists { what: "snapshot", name: name.to_owned() }
             } else {
                 StorageError::io("taking a snapshot", &path)(e)
             }

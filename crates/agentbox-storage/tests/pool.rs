@@ -117,7 +117,7 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
     std::fs::write(a.home().join("note"), "before").unwrap();
     std::os::unix::fs::chown(a.home().join("note"), Some(301_000), Some(301_000)).unwrap();
     let snap = t.pool.snapshot_layer(&a, "snap-1").unwrap();
-    assert!(matches!(t.pool.snapshot_layer(&a, "snap-1"), Err(StorageError::Exists(_))));
+    assert!(matches!(t.pool.snapshot_layer(&a, "snap-1"), Err(StorageError::Exists { .. })));
     std::fs::write(a.home().join("note"), "after").unwrap();
 
     // The snapshot holds the moment it was taken, read-only.

@@ -158,7 +158,7 @@ fn ok(step: &str, rc: libc::c_int) {
 ///
 /// # Errors
 /// When the ruleset can't be built.
-pub fn landlock_ruleset(home: &str) -> io::Result<Option<OwnedFd>> {
+pub fn landlock_ruleset(home: &str, volumes: &[&str]) -> io::Result<Option<OwnedFd>> {
     use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules};
     let abi = ABI::V3;
     let err = |e: landlock::RulesetError| io::Error::other(e.to_string());
@@ -172,6 +172,9 @@ pub fn landlock_ruleset(home: &str) -> io::Result<Option<OwnedFd>> {
         .add_rules(path_beneath_rules(["/", "/proc/self/exe"], AccessFs::from_read(abi)))
         .map_err(err)?
         .add_rules(path_beneath_rules([home, "/tmp", "/dev", "/proc"], AccessFs::from_all(abi)))
+        .map_err(err)?
+        // Writable volumes (read-only ones are read-only mounts, under the read rule of `/`).
+        .add_rules(path_beneath_rules(volumes, AccessFs::from_all(abi)))
         .map_err(err)
         .map(Option::from)
 }

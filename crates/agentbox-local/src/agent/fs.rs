@@ -174,13 +174,15 @@ pub fn new_root() -> io::Result<std::os::fd::OwnedFd> {
     Ok(mount)
 }
 
-/// The mounts of an image root, as the init received them (`/proc/self/fd/N` paths of detached mounts).
+/// The detached mounts the init received (`/proc/self/fd/N` paths): an image root's, and the volumes.
 #[derive(Debug, Clone, Default)]
 pub struct ImageSources {
     /// The image's layers, top first.
     pub lowers: Vec<String>,
     /// The sandbox's storage layer (its `root` is the overlay's upper, `work` its work directory).
     pub layer: Option<String>,
+    /// The volumes' detached mounts, in the order of `Setup::volumes`.
+    pub volumes: Vec<String>,
 }
 
 /// Mounts the overlay root of an image inside the staging tmpfs `staging` and returns where it is.
@@ -313,6 +315,13 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
         let opts = format!("size={},nr_inodes={},mode=0755,uid={},gid={}", q.bytes, s.storage_inodes, s.uid, s.gid);
         m.mount(Some("agentbox-quota"), &target, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
             .map_err(ctx("mounting a directory quota"))?;
+    }
+
+    // Volumes, after the home (a volume may go under it).
+    for (target, mount) in s.volumes.iter().zip(image.map_or(&[][..], |i| i.volumes.as_slice())) {
+        let at = under(root, &target.path);
+        m.mkdir(&at, 0o755, None)?;
+        m.attach(mount, &at).map_err(ctx("attaching a volume"))?;
     }
 
     // /dev: a small tmpfs with the safe device nodes, a private devpts and /dev/shm.
@@ -534,6 +543,7 @@ mod tests {
             passed: vec![],
             cgroups: vec![],
             image_root: false,
+            volumes: vec![],
             user_namespace: false,
         }
     }

@@ -127,6 +127,7 @@ fn init_main() -> i32 {
             proto::PassedDir::Etc => setup.etc = Some(via(fd)),
             proto::PassedDir::Lower => image.lowers.push(via(fd)),
             proto::PassedDir::Layer => image.layer = Some(via(fd)),
+            proto::PassedDir::Volume => image.volumes.push(via(fd)),
         }
     }
     let started = Instant::now();
@@ -235,7 +236,9 @@ impl Agent {
             sys::check(libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?
         };
         sys::set_nonblocking(CONTROL_FD)?;
-        let landlock = if setup.landlock { exec::landlock_ruleset(&setup.home).ok().flatten() } else { None };
+        let writable: Vec<&str> = setup.volumes.iter().filter(|v| !v.read_only).map(|v| v.path.as_str()).collect();
+        let landlock =
+            if setup.landlock { exec::landlock_ruleset(&setup.home, &writable).ok().flatten() } else { None };
         Ok(Self {
             setup,
             spawner: None,

@@ -28,6 +28,32 @@ impl LocalBackend {
             }
             None => None,
         };
+        // The volumes it mounts: they must exist, and are held as in use from here on.
+        let volume_names: Vec<String> = config.storage.volumes.iter().map(|v| v.name.clone()).collect();
+        let volume_dirs: Vec<PathBuf> = if volume_names.is_empty() {
+            Vec::new()
+        } else {
+            let Some(pool) = self.inner.pool.clone() else {
+                return Err(Error::Unsupported(
+                    "volumes need disk-backed storage, which this backend runs without (see its limitations)".into(),
+                ));
+            };
+            let names = volume_names.clone();
+            blocking("looking volumes up", move || {
+                names
+                    .iter()
+                    .map(|n| {
+                        pool.volume_data(n).map_err(|_| {
+                            Error::NotFound(format!(
+                                "volume {n}: create it first (POST /api/volumes, agentbox volume create)"
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+            .await?
+        };
+        let volumes = self.inner.volumes_in_use.hold(volume_names);
         let mut fds = [0; 2];
         // SAFETY: socketpair into a local array.
         sys::check(unsafe {
@@ -180,25 +206,35 @@ impl LocalBackend {
                 setup.binds.retain(|b| !b.target.starts_with("/etc/"));
             }
             // The directories the init mounts go as descriptors (see `proto::PassedDir`).
-            let mut passed: Vec<(proto::PassedDir, PathBuf)> = Vec::new();
+            let plain = |role, path| Passed { role, path, idmap: false, read_only: false };
+            let mut passed: Vec<Passed> = Vec::new();
             if let Some(l) = &layer {
-                passed.push((proto::PassedDir::Home, l.home()));
+                passed.push(plain(proto::PassedDir::Home, l.home()));
             }
             if let Some(t) = &etc {
-                passed.push((proto::PassedDir::Etc, t.path().to_path_buf()));
+                passed.push(plain(proto::PassedDir::Etc, t.path().to_path_buf()));
             }
             if let Some(image) = image_root {
                 if let Some(l) = layer_ref_dir.as_ref() {
-                    passed.push((proto::PassedDir::Layer, l.clone()));
+                    passed.push(plain(proto::PassedDir::Layer, l.clone()));
                 }
                 for d in &image.lowers {
-                    passed.push((proto::PassedDir::Lower, d.clone()));
+                    passed.push(Passed {
+                        role: proto::PassedDir::Lower,
+                        path: d.clone(),
+                        idmap: true,
+                        read_only: true,
+                    });
                 }
                 apply_image(&mut setup, &image.config, config);
             }
-            let fds = passed_mounts(&passed, image_root.is_some() && range.is_some(), init_pid)
+            for (data, mount) in volume_dirs.iter().zip(&config.storage.volumes) {
+                let read_only = mount.read_only;
+                passed.push(Passed { role: proto::PassedDir::Volume, path: data.clone(), idmap: true, read_only });
+            }
+            let fds = passed_mounts(&passed, range.is_some(), init_pid)
                 .map_err(|e| backend_err("opening the directories the sandbox mounts", e))?;
-            setup.passed = passed.iter().map(|(role, _)| *role).collect();
+            setup.passed = passed.iter().map(|p| p.role).collect();
             let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
                 .map_err(|e| backend_err("encoding the sandbox setup", e))?;
             let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
@@ -274,6 +310,7 @@ impl LocalBackend {
             root,
             layer,
             ids: ids.and_then(IdClaim::keep),
+            volumes,
             last_cpu: Mutex::new(None),
             reader: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
@@ -311,18 +348,26 @@ impl Drop for IdClaim {
     }
 }
 
-/// Detached copies of the directories the init mounts; with `idmap`, the image's layers (`Lower`) are idmapped
-/// into the user namespace of the init `pid`, so that their root's files are the sandbox's root's.
-fn passed_mounts(passed: &[(proto::PassedDir, PathBuf)], idmap: bool, pid: i32) -> std::io::Result<Vec<OwnedFd>> {
+/// A directory the init mounts, how the host hands it over.
+struct Passed {
+    role: proto::PassedDir,
+    path: PathBuf,
+    /// Idmapped into the sandbox's user namespace (image layers and volumes, whose files are owned by inside ids).
+    idmap: bool,
+    read_only: bool,
+}
+
+/// Detached copies of the directories the init mounts, idmapped into the user namespace of the init `pid`
+/// (when it has one: `userns`) and made read-only as each asks.
+fn passed_mounts(passed: &[Passed], userns: bool, pid: i32) -> std::io::Result<Vec<OwnedFd>> {
     // A namespace descriptor proper (mount_setattr refuses an O_PATH one).
-    let userns = if idmap { Some(OwnedFd::from(std::fs::File::open(format!("/proc/{pid}/ns/user"))?)) } else { None };
+    let userns = if userns { Some(OwnedFd::from(std::fs::File::open(format!("/proc/{pid}/ns/user"))?)) } else { None };
     let mut fds = Vec::with_capacity(passed.len());
-    for (role, path) in passed {
-        let copy = detached_copy(path)?;
-        if let (proto::PassedDir::Lower, Some(userns)) = (role, &userns) {
-            sys::idmap_read_only(copy.as_fd(), userns.as_fd())
-                .map_err(|e| std::io::Error::new(e.kind(), format!("idmapping {}: {e}", path.display())))?;
-        }
+    for p in passed {
+        let copy = detached_copy(&p.path)?;
+        let idmap = if p.idmap { userns.as_ref().map(AsFd::as_fd) } else { None };
+        sys::set_mount_attrs(copy.as_fd(), idmap, p.read_only)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("preparing {}: {e}", p.path.display())))?;
         fds.push(copy);
     }
     Ok(fds)
