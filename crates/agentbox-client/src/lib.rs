@@ -345,6 +345,36 @@ impl Client {
         self.send(self.request(Method::DELETE, &format!("/api/snapshots/{}", path_segment(name)))).await.map(drop)
     }
 
+    /// Makes a volume of at most `size_gb` GiB.
+    ///
+    /// # Errors
+    /// A conflict when the name is taken; unsupported without disk-backed storage.
+    pub async fn create_volume(&self, name: &str, size_gb: u64) -> Result<Value, ClientError> {
+        let r =
+            self.request(Method::POST, "/api/volumes").json(&serde_json::json!({ "name": name, "size_gb": size_gb }));
+        self.json(r).await
+    }
+
+    /// Every volume.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn volumes(&self) -> Result<Vec<Value>, ClientError> {
+        let v = self.json(self.request(Method::GET, "/api/volumes")).await?;
+        match v.get("volumes") {
+            Some(Value::Array(list)) => Ok(list.clone()),
+            _ => Err(ClientError::Protocol("the volume list has no `volumes` array".into())),
+        }
+    }
+
+    /// Deletes a volume and its files.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`]; a conflict while a sandbox has it mounted.
+    pub async fn delete_volume(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/api/volumes/{}", path_segment(name)))).await.map(drop)
+    }
+
     /// Runs a command (`{"command": "..."}` or `{"argv": [...]}`, with `cwd`, `env`, `timeout`) and
     /// streams its output to `on_event` as it happens; answers how it ended.
     ///

@@ -32,7 +32,7 @@ pub use duration::{deserialize as deserialize_duration, parse as parse_duration}
 pub use load::{ConfigLoader, LoadError};
 pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;
-pub use validate::{ValidationError, ValidationErrors};
+pub use validate::{ValidationError, ValidationErrors, mount_path_problem};
 
 /// Everything that defines one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -209,21 +209,8 @@ impl SandboxConfig {
                 );
             }
             let p = &v.mount_path;
-            let normalized = p.starts_with('/')
-                && p.len() > 1
-                && p.len() <= 1024
-                && !p.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..");
-            let reserved = ["/proc", "/dev", "/sys", "/etc", "/tmp", "/.agentbox"]
-                .iter()
-                .any(|r| p == r || p.starts_with(&format!("{r}/")));
-            if !normalized || reserved || p == &home {
-                e.push(
-                    format!("storage.volumes[{i}].mount_path"),
-                    format!(
-                        "must be a normalized absolute path other than /, the home, and anything under /proc, /dev, \
-                         /sys, /etc or /tmp, got {p:?}"
-                    ),
-                );
+            if let Some(problem) = mount_path_problem(p, &home) {
+                e.push(format!("storage.volumes[{i}].mount_path"), problem);
             } else if !targets.insert(p.clone()) {
                 e.push(format!("storage.volumes[{i}].mount_path"), format!("{p:?} is used by another volume"));
             }
@@ -268,6 +255,26 @@ impl SandboxConfig {
         }
         e.into_result()
     }
+}
+
+/// Why a volume can't be mounted at `path` in a sandbox whose home is `home`, if it can't: the path must be a
+/// normalized absolute path other than `/` and the home, and not under `/proc`, `/dev`, `/sys`, `/etc` or `/tmp`.
+#[must_use]
+pub fn mount_path_problem(path: &str, home: &str) -> Option<String> {
+    let normalized = path.starts_with('/')
+        && path.len() > 1
+        && path.len() <= 1024
+        && !path.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..")
+        && !path.contains('\0');
+    let reserved = ["/proc", "/dev", "/sys", "/etc", "/tmp", "/.agentbox"]
+        .iter()
+        .any(|r| path == *r || path.starts_with(&format!("{r}/")));
+    (!normalized || reserved || path == home).then(|| {
+        format!(
+            "must be a normalized absolute path other than /, the home ({home}), and anything under /proc, /dev, \
+             /sys, /etc or /tmp, got {path:?}"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -187,12 +187,27 @@ pub(crate) struct CreateInput {
     /// Root filesystem from this OCI image (`python:3.12-slim`, `localhost:5000/team/agent:1`), pulled on first
     /// use; `host` (the default) is the host's own system.
     pub image: Option<String>,
+    /// Named volumes to mount (made beforehand by the server's operator); their files outlive the sandbox.
+    pub volumes: Option<Vec<VolumeInput>>,
+}
+
+/// A volume to mount into a new sandbox.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VolumeInput {
+    /// The volume's name.
+    pub name: String,
+    /// Where it appears inside, an absolute path such as /home/user/work (not under /proc, /dev, /sys, /etc, /tmp).
+    pub mount_path: String,
+    /// Mount it read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl CreateInput {
     /// The manager's options for this input.
     pub(crate) fn options(self) -> CreateOptions {
-        if self.preset.is_none() && self.overrides.is_none() && self.image.is_none() {
+        if self.preset.is_none() && self.overrides.is_none() && self.image.is_none() && self.volumes.is_none() {
             // Reuses an existing sandbox whatever its settings; a new one gets the default preset.
             return CreateOptions::default();
         }
@@ -200,6 +215,16 @@ impl CreateInput {
         let mut config = self.overrides.map(|o| o.apply(preset.config()));
         if let Some(image) = self.image {
             config.get_or_insert_with(|| preset.config()).image = Some(image);
+        }
+        if let Some(volumes) = self.volumes {
+            config.get_or_insert_with(|| preset.config()).storage.volumes = volumes
+                .into_iter()
+                .map(|v| agentbox_core::config::VolumeMount {
+                    name: v.name,
+                    mount_path: v.mount_path,
+                    read_only: v.read_only,
+                })
+                .collect();
         }
         CreateOptions { preset: Some(preset), config }
     }

@@ -14,6 +14,7 @@ pub mod serve;
 pub mod shell;
 pub mod snapshots;
 pub mod tool;
+pub mod volumes;
 
 use std::io::{self, Write};
 

@@ -32,6 +32,9 @@ pub struct CreateArgs {
     /// Start from this snapshot's files.
     #[arg(long, value_name = "NAME")]
     pub from_snapshot: Option<String>,
+    /// Mount a volume (repeatable): `NAME:/path`, or `NAME:/path:ro` read-only (see `agentbox volume`).
+    #[arg(long = "volume", value_name = "NAME:/PATH[:ro]")]
+    pub volumes: Vec<String>,
     /// Print the sandbox as JSON.
     #[arg(long)]
     pub json: bool,
@@ -67,6 +70,10 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     if let Some(s) = &args.from_snapshot {
         set(&mut body, "from_snapshot", json!(s));
     }
+    if !args.volumes.is_empty() {
+        let mounts = args.volumes.iter().map(|v| super::volumes::parse_mount(v)).collect::<Result<Vec<_>, _>>()?;
+        set(&mut body, "volumes", Value::Array(mounts));
+    }
     let client = args.server.client()?;
     let sandbox = block_on(async { Ok(client.create(&body).await?) })?;
     let mut out = io::stdout().lock();
@@ -92,7 +99,7 @@ fn getrandom_fill(b: &mut [u8]) -> io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(b)
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(super) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("-")
 }
 

@@ -47,9 +47,11 @@ impl LocalBackend {
         let (record, lowers) = match found {
             Some(found) => found,
             None => {
+                // A reference the registry can't serve (unknown, unauthorized, unreachable) is the request's
+                // problem, not the backend's.
                 let (record, report) = store.pull(&image).await.map_err(|e| {
-                    Error::backend(format!(
-                        "pulling {image} failed: {e}; pull it with `agentbox image pull {image}` to see more"
+                    Error::InvalidRequest(format!(
+                        "image {image} can't be used: pulling it failed: {e}; try `agentbox image pull {image}`"
                     ))
                 })?;
                 tracing::info!(image = %image, downloaded = report.bytes_downloaded, "pulled an image for a sandbox");
