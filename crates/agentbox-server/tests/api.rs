@@ -268,7 +268,9 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "GET /api/sandboxes/{run_id}/health",
         "GET /api/sandboxes/{run_id}/metrics",
         "DELETE /api/snapshots/{name}",
+        "DELETE /api/volumes/{name}",
         "GET /api/snapshots",
+        "GET /api/volumes",
         "GET /api/tools",
         "GET /health",
         "GET /metrics",
@@ -276,9 +278,11 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "POST /api/sandboxes/{run_id}/execute/code",
         "POST /api/sandboxes/{run_id}/execute/command",
         "POST /api/sandboxes/{run_id}/pause",
+        "POST /api/sandboxes/{run_id}/restore",
         "POST /api/sandboxes/{run_id}/resume",
         "POST /api/sandboxes/{run_id}/snapshots",
         "POST /api/sandboxes/{run_id}/tools/{name}",
+        "POST /api/volumes",
         "PUT /api/sandboxes/{run_id}/files",
         "PUT /api/sandboxes/{run_id}/network",
     ];
@@ -286,6 +290,7 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         expected.push("POST /api/sandboxes/{run_id}/browser");
         expected.sort_unstable();
     }
+    expected.sort_unstable();
     assert_eq!(walked, expected);
     // The docs are open.
     let ui = t.client.get(t.url("/docs/")).send().await.unwrap();

@@ -254,8 +254,6 @@ impl Pool {
     /// # Errors
     /// When the quota group can't be read.
     pub fn usage(&self, layer: &Layer) -> Result<Usage, StorageError> {
-        let path = self.qgroups.join(format!("0_{}", layer.id)).join("referenced");
-        let text = fs::read_to_string(&path).map_err(StorageError::io("reading a layer's usage", &path))?;
-        Ok(Usage { bytes: text.trim().parse().unwrap_or(0) })
+        self.referenced(layer.id, "reading a layer's usage")
     }
 }

@@ -57,7 +57,35 @@ pub struct Pool {
     kind: PoolKind,
 }
 
+/// Makes (if missing) and opens a 0700 directory of the pool.
+fn private_dir(path: &Path) -> Result<std::os::fd::OwnedFd, StorageError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+        .map_err(StorageError::io("creating a directory of the pool", path))?;
+    let dir = fs::File::open(path).map_err(StorageError::io("opening a directory of the pool", path))?;
+    Ok(std::os::fd::OwnedFd::from(dir))
+}
+
+/// When `path` was made (or last changed, where the filesystem has no birth time), in milliseconds since the
+/// Unix epoch; 0 when unknown.
+pub(crate) fn created_ms(path: &Path) -> u64 {
+    fs::metadata(path)
+        .and_then(|m| m.created().or_else(|_| m.modified()))
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
 impl Pool {
+    /// What the subvolume `id` references, as its quota group counts it (`what` names it in errors).
+    pub(crate) fn referenced(&self, id: u64, what: &'static str) -> Result<crate::Usage, StorageError> {
+        let path = self.qgroups.join(format!("0_{id}")).join("referenced");
+        let text = fs::read_to_string(&path).map_err(StorageError::io(what, &path))?;
+        Ok(crate::Usage { bytes: text.trim().parse().unwrap_or(0) })
+    }
+
     /// Finds or makes the pool of `config.dir`: the directory's own btrfs, else a loop-mounted image (made with
     /// `mkfs.btrfs` the first time, mounted once per boot), with quota groups enabled. Serialized between
     /// processes by a lock file.
@@ -134,23 +162,9 @@ impl Pool {
         fs::set_permissions(&layers, fs::Permissions::from_mode(0o711))
             .map_err(StorageError::io("setting the layers directory's mode", &layers))?;
         let snapshots = root.join("snapshots");
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&snapshots)
-            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
-            .map_err(StorageError::io("creating the snapshots directory", &snapshots))?;
-        let snapshots_fd = std::os::fd::OwnedFd::from(
-            fs::File::open(&snapshots).map_err(StorageError::io("opening the snapshots directory", &snapshots))?,
-        );
+        let snapshots_fd = private_dir(&snapshots)?;
         let volumes = root.join("volumes");
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&volumes)
-            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
-            .map_err(StorageError::io("creating the volumes directory", &volumes))?;
-        let volumes_fd = std::os::fd::OwnedFd::from(
-            fs::File::open(&volumes).map_err(StorageError::io("opening the volumes directory", &volumes))?,
-        );
+        let volumes_fd = private_dir(&volumes)?;
         let layers_fd = fs::File::open(&layers).map_err(StorageError::io("opening the layers directory", &layers))?;
         let layers_fd = std::os::fd::OwnedFd::from(layers_fd);
         let fsid = btrfs::fsid(std::os::fd::AsFd::as_fd(&layers_fd))

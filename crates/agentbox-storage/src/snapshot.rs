@@ -8,7 +8,6 @@
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsFd;
-use std::time::UNIX_EPOCH;
 
 use crate::btrfs::{self, Snap};
 use crate::layer::{check_name, open_dir, recorded_id_range};
@@ -54,11 +53,7 @@ impl Pool {
         let path = self.snapshots.join(name);
         let fd = open_dir(&path).ok()?;
         let id = btrfs::subvolume_id(fd.as_fd()).ok()?;
-        let created_at_ms = fs::metadata(&path)
-            .and_then(|m| m.created().or_else(|_| m.modified()))
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let created_at_ms = crate::pool::created_ms(&path);
         Some(SnapshotRecord { name: name.to_owned(), id, created_at_ms })
     }
 
@@ -77,9 +72,7 @@ impl Pool {
     /// # Errors
     /// When its quota group can't be read.
     pub fn snapshot_usage(&self, snapshot: &SnapshotRecord) -> Result<Usage, StorageError> {
-        let path = self.qgroups.join(format!("0_{}", snapshot.id)).join("referenced");
-        let text = fs::read_to_string(&path).map_err(StorageError::io("reading a snapshot's usage", &path))?;
-        Ok(Usage { bytes: text.trim().parse().unwrap_or(0) })
+        self.referenced(snapshot.id, "reading a snapshot's usage")
     }
 
     /// Deletes a snapshot (layers made from it keep their contents).

@@ -9,7 +9,6 @@ use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::UNIX_EPOCH;
 
 use crate::btrfs;
 use crate::layer::{check_name, open_dir};
@@ -81,11 +80,7 @@ impl Pool {
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        let created_at_ms = fs::metadata(&dir)
-            .and_then(|m| m.created().or_else(|_| m.modified()))
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let created_at_ms = crate::pool::created_ms(&dir);
         Some(VolumeRecord { name: name.to_owned(), id, limit_bytes, created_at_ms })
     }
 
@@ -114,9 +109,7 @@ impl Pool {
     /// # Errors
     /// When its quota group can't be read.
     pub fn volume_usage(&self, volume: &VolumeRecord) -> Result<Usage, StorageError> {
-        let path = self.qgroups.join(format!("0_{}", volume.id)).join("referenced");
-        let text = fs::read_to_string(&path).map_err(StorageError::io("reading a volume's usage", &path))?;
-        Ok(Usage { bytes: text.trim().parse().unwrap_or(0) })
+        self.referenced(volume.id, "reading a volume's usage")
     }
 
     /// Deletes a volume with everything in it (one call that follows nothing inside it). The caller makes sure

@@ -171,7 +171,10 @@ pub fn landlock_ruleset(home: &str, volumes: &[&str]) -> io::Result<Option<Owned
         // uncopied: see `sealed`), so tools can run helpers through /proc/self/exe.
         .add_rules(path_beneath_rules(["/", "/proc/self/exe"], AccessFs::from_read(abi)))
         .map_err(err)?
-        .add_rules(path_beneath_rules([home, "/tmp", "/dev", "/proc"], AccessFs::from_all(abi)))
+        // /proc stays read-only (under the rule of `/`): in a user namespace an execution can't pin its raised
+        // OOM score (that takes CAP_SYS_RESOURCE of the host), so it must not be able to write it back down
+        // to the init's. Its descriptors' targets (`/proc/self/fd/N`) are checked as what they are.
+        .add_rules(path_beneath_rules([home, "/tmp", "/dev"], AccessFs::from_all(abi)))
         .map_err(err)?
         // Writable volumes (read-only ones are read-only mounts, under the read rule of `/`).
         .add_rules(path_beneath_rules(volumes, AccessFs::from_all(abi)))
