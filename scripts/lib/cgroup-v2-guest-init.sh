@@ -1,0 +1,109 @@
+#!/bin/bash
+# The cgroup v2 guest's side of scripts/cgroup-v2-guest.sh. It runs from the work disk (/work) and is
+# started by the root's /sbin/agentbox-guest-boot as the guest's first process. The kernel command line picks
+# the host set-up under test (agentbox.mode=):
+#
+#   plain    no systemd: this script mounts cgroup2 (nsdelegate, as systemd does) and runs the tests itself,
+#            from the root cgroup, like a minimal VM or a container host;
+#   systemd  systemd boots and runs the tests as a service made from packaging/agentboxd.service, so they run
+#            under Delegate=yes and the unit's hardening, the way a packaged agentboxd runs.
+#
+# Each test binary's output goes to /work/results/<mode>/<test>.log and its exit status to <test>.rc; the host
+# reads them back from the work disk after the guest powers off.
+set -uo pipefail
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+mode=plain
+for arg in $(cat /proc/cmdline); do
+    case $arg in agentbox.mode=*) mode=${arg#agentbox.mode=} ;; esac
+done
+
+power_off() {
+    sync
+    echo 1 >/proc/sys/kernel/sysrq
+    echo o >/proc/sysrq-trigger
+    sleep 60
+}
+
+# Kernel modules the tests use, from the root's /lib/modules (the cloud kernel builds most as modules).
+load_modules() {
+    local m
+    for m in overlay veth loop btrfs tun nf_tables; do
+        modprobe -q "$m" || echo "agentbox-guest: module $m not loaded"
+    done
+}
+
+# Runs every test binary listed in /work/tests ("name path [args]" lines), recording logs and exit statuses.
+run_tests() {
+    local out=/work/results/$mode name bin rc
+    mkdir -p "$out"
+    {
+        echo "kernel $(uname -r)"
+        echo "cgroup mounts: $(grep cgroup /proc/self/mounts | tr '\n' ';')"
+        echo "own cgroup: $(cat /proc/self/cgroup)"
+        echo "root controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+        echo "own cgroup's controllers: $(cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cgroup.controllers")"
+    } | tee "$out/environment"
+    while read -r name bin args; do
+        [[ -z "$name" || "$name" == \#* ]] && continue
+        echo "==> [$mode] $name"
+        # A hung test binary fails its own step, not the whole guest run.
+        # shellcheck disable=SC2086
+        (cd /tmp && RUST_BACKTRACE=1 timeout -k 10 "${AGENTBOX_GUEST_TEST_TIMEOUT:-900}" "/work/bin/$bin" $args) \
+            >"$out/$name.log" 2>&1
+        rc=$?
+        echo "$rc" >"$out/$name.rc"
+        tail -n 3 "$out/$name.log"
+        echo "==> [$mode] $name: exit status $rc"
+    done </work/tests
+    echo done >"$out/finished"
+    sync
+}
+
+case $mode in
+plain)
+    mount -t sysfs sysfs /sys 2>/dev/null
+    mount -t devtmpfs devtmpfs /dev 2>/dev/null
+    mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+    mount -t tmpfs -o mode=1777 tmpfs /tmp
+    mount -t tmpfs -o mode=755 tmpfs /run
+    mkdir -p /dev/pts /dev/shm
+    mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts 2>/dev/null
+    mount -t tmpfs tmpfs /dev/shm
+    hostname agentbox-guest
+    ip link set lo up
+    load_modules
+    run_tests 2>&1 | tee /dev/console
+    umount /work
+    power_off
+    ;;
+systemd)
+    # The unit as shipped, with the test run as its ExecStart (and no agentboxd binary to start): the tests
+    # then run under its Delegate=yes and its hardening options. The guest powers off when it ends.
+    unit=/etc/systemd/system/agentbox-guest-tests.service
+    sed -e 's|^ExecStart=.*|ExecStart=/work/guest-init run-tests|' \
+        -e 's|^Type=.*|Type=exec|' \
+        -e 's|^Restart=.*|Restart=no|' \
+        -e '/^\[Unit\]/a RequiresMountsFor=/work' \
+        -e '/^\[Service\]/a SuccessAction=poweroff-force\nFailureAction=poweroff-force\nStandardOutput=journal+console\nStandardError=journal+console' \
+        /work/agentboxd.service >"$unit"
+    echo "/dev/vdb /work ext4 rw 0 0" >>/etc/fstab
+    mkdir -p /etc/systemd/system/multi-user.target.wants
+    ln -sf "$unit" /etc/systemd/system/multi-user.target.wants/
+    # Nothing in the guest needs a login or the network services.
+    ln -sf /dev/null /etc/systemd/system/getty@.service
+    ln -sf /dev/null /etc/systemd/system/serial-getty@.service
+    umount /work
+    exec /lib/systemd/systemd
+    ;;
+run-tests)
+    # Inside the systemd unit.
+    mode=systemd
+    load_modules
+    run_tests
+    ;;
+*)
+    echo "agentbox-guest: unknown agentbox.mode=$mode" >/dev/console
+    power_off
+    ;;
+esac
