@@ -33,6 +33,8 @@ pub struct Limits {
 pub struct Cgroups {
     layout: Layout,
     parent: String,
+    /// On v2, the directory the sandboxes' cgroups are made in (`<base>/<parent>`).
+    v2_parent: PathBuf,
     /// Controllers we can use for limits (memory, cpu, pids).
     pub controllers: Vec<&'static str>,
     /// Why some controllers are unavailable.
@@ -65,6 +67,126 @@ fn parse_mountinfo(text: &str) -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
     (v2, v1)
 }
 
+/// The controllers the limits use.
+const WANTED: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// The leaf cgroup this process moves into when it sits in the cgroup it must make children in (cgroup v2's
+/// no-internal-processes rule: a cgroup with processes can't enable controllers for its children).
+const SUPERVISOR_LEAF: &str = "supervisor";
+
+/// This process's cgroup on the v2 hierarchy mounted at `v2root` (the `0::` line of `/proc/self/cgroup`).
+fn own_cgroup(v2root: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = rel.trim().trim_start_matches('/');
+    // A path outside this cgroup namespace's view shows as `/..`: it can't be used.
+    (!rel.starts_with("..")).then(|| v2root.join(rel))
+}
+
+/// Whether systemd delegated `dir` (`Delegate=yes` marks it with the `trusted.delegate` or `user.delegate`
+/// extended attribute).
+fn is_delegated(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: both strings are NUL-terminated and the buffer's length is passed with it.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        n > 0 && value.first() == Some(&b'1')
+    })
+}
+
+/// The nearest cgroup at or above `own` (below `v2root`) that systemd delegated.
+fn delegated_ancestor(v2root: &Path, own: &Path) -> Option<PathBuf> {
+    own.ancestors()
+        .take_while(|d| d.starts_with(v2root) && *d != v2root)
+        .find(|d| is_delegated(d))
+        .map(Path::to_path_buf)
+}
+
+/// Moves this whole process (every thread) into `leaf`, made if needed.
+fn move_self_into(leaf: &Path) -> io::Result<()> {
+    fs::create_dir_all(leaf)?;
+    fs::write(leaf.join("cgroup.procs"), "0")
+}
+
+/// Enables in `dir`'s `cgroup.subtree_control` the wanted controllers `dir` has; returns the write's outcome.
+fn write_subtree_control(dir: &Path) -> io::Result<()> {
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let enable: Vec<String> = WANTED
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .filter(|c| !enabled.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if enable.is_empty() {
+        return Ok(());
+    }
+    fs::write(dir.join("cgroup.subtree_control"), enable.join(" "))
+}
+
+/// Picks the cgroup the sandboxes' parent goes in, on v2, and makes it able to hand controllers down:
+/// - under systemd with `Delegate=yes`, the delegated cgroup (the unit's), this process moving into its
+///   `supervisor` leaf;
+/// - otherwise the hierarchy's root (the host's, or a container's cgroup namespace root, which this process
+///   leaves for a leaf when it is the only one there).
+fn prepare_v2_base(v2root: &Path, problems: &mut Vec<String>) -> PathBuf {
+    let own = own_cgroup(v2root);
+    let delegated = own.as_deref().and_then(|o| delegated_ancestor(v2root, o));
+    let base = delegated.clone().unwrap_or_else(|| v2root.to_path_buf());
+    let inside = own.as_deref() == Some(base.as_path());
+    if delegated.is_some() && inside {
+        if let Err(e) = move_self_into(&base.join(SUPERVISOR_LEAF)) {
+            problems.push(format!(
+                "cannot move agentboxd into {}/{SUPERVISOR_LEAF} of its delegated cgroup: {e}; \
+                 sandbox limits may not be enforced",
+                base.display()
+            ));
+        }
+    }
+    match write_subtree_control(&base) {
+        // A namespace's root cgroup holding this process: leave it for a leaf and try again.
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) && inside && delegated.is_none() => {
+            if let Err(e) = move_self_into(&base.join(SUPERVISOR_LEAF)).and_then(|()| write_subtree_control(&base)) {
+                problems.push(format!(
+                    "cannot enable the memory, cpu and pids controllers in {}: {e}; other processes share this \
+                     cgroup (cgroup v2 allows controllers only for the children of a cgroup without processes): \
+                     run agentboxd in a cgroup of its own (systemd: Delegate=yes)",
+                    base.display()
+                ));
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => problems.push(format!(
+            "cannot enable the memory, cpu and pids controllers in {}: {e}; other processes sit in this cgroup \
+             (cgroup v2 allows controllers only for the children of a cgroup without processes): run agentboxd \
+             alone in its unit",
+            base.display()
+        )),
+        // Missing controllers are reported per controller by the caller.
+        _ => {}
+    }
+    base
+}
+
+/// Enables the wanted controllers for `dir`'s children and returns those that are on, reporting the others.
+fn enable_controllers(dir: &Path, problems: &mut Vec<String>) -> Vec<&'static str> {
+    let _ = write_subtree_control(dir);
+    let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let mut controllers = Vec::new();
+    for c in WANTED {
+        if enabled.split_whitespace().any(|a| a == c) {
+            controllers.push(c);
+        } else {
+            problems.push(format!(
+                "cgroup v2 controller {c} is not available under {}: its limit is not enforced",
+                dir.display()
+            ));
+        }
+    }
+    controllers
+}
+
 impl Cgroups {
     /// Detects the host's cgroups and prepares `parent` (e.g. `agentbox`) under each root.
     #[must_use]
@@ -76,40 +198,40 @@ impl Cgroups {
         let root = unsafe { libc::geteuid() } == 0;
         if !root {
             problems.push("not running as root: cgroup limits (memory, cpu, pids) are not enforced".to_owned());
-            return Self { layout: Layout::None, parent: parent.to_owned(), controllers: Vec::new(), problems };
+            return Self {
+                layout: Layout::None,
+                parent: parent.to_owned(),
+                v2_parent: PathBuf::new(),
+                controllers: Vec::new(),
+                problems,
+            };
         }
         // A v2 mount with controllers means a unified host; a v2 mount without them next to v1 is hybrid.
         if let Some(v2root) = v2 {
             let available = fs::read_to_string(v2root.join("cgroup.controllers")).unwrap_or_default();
-            let wanted = ["memory", "cpu", "pids"];
-            if wanted.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty() {
-                let dir = v2root.join(parent);
+            if WANTED.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty() {
+                let base = prepare_v2_base(&v2root, &mut problems);
+                let dir = base.join(parent);
                 let _ = fs::create_dir_all(&dir);
-                let enable: Vec<String> = wanted
-                    .iter()
-                    .filter(|c| available.split_whitespace().any(|a| a == **c))
-                    .map(|c| format!("+{c}"))
-                    .collect();
-                let _ = fs::write(v2root.join("cgroup.subtree_control"), enable.join(" "));
-                let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
-                let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-                let mut controllers = Vec::new();
-                for c in wanted {
-                    if enabled.split_whitespace().any(|a| a == c) {
-                        controllers.push(c);
-                    } else {
-                        problems.push(format!(
-                            "cgroup v2 controller {c} is not available under {}: its limit is not enforced",
-                            dir.display()
-                        ));
-                    }
-                }
-                return Self { layout: Layout::V2(v2root), parent: parent.to_owned(), controllers, problems };
+                let controllers = enable_controllers(&dir, &mut problems);
+                return Self {
+                    layout: Layout::V2(v2root),
+                    parent: parent.to_owned(),
+                    v2_parent: dir,
+                    controllers,
+                    problems,
+                };
             }
         }
         if v1.is_empty() {
             problems.push("no cgroup filesystem is mounted: memory, cpu and pids limits are not enforced".into());
-            return Self { layout: Layout::None, parent: parent.to_owned(), controllers: Vec::new(), problems };
+            return Self {
+                layout: Layout::None,
+                parent: parent.to_owned(),
+                v2_parent: PathBuf::new(),
+                controllers: Vec::new(),
+                problems,
+            };
         }
         let mut controllers = Vec::new();
         for c in ["memory", "cpu", "pids"] {
@@ -124,7 +246,7 @@ impl Cgroups {
                 v1.remove(extra);
             }
         }
-        Self { layout: Layout::V1(v1), parent: parent.to_owned(), controllers, problems }
+        Self { layout: Layout::V1(v1), parent: parent.to_owned(), v2_parent: PathBuf::new(), controllers, problems }
     }
 
     /// The layout.
@@ -145,7 +267,7 @@ impl Cgroups {
 
     fn dirs(&self, id: &str) -> Vec<(String, PathBuf)> {
         match &self.layout {
-            Layout::V2(root) => vec![("unified".into(), root.join(&self.parent).join(id))],
+            Layout::V2(_) => vec![("unified".into(), self.v2_parent.join(id))],
             Layout::V1(m) => m
                 .iter()
                 .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids" | "freezer"))
@@ -231,7 +353,7 @@ impl Cgroups {
     #[must_use]
     pub fn find(&self, prefix: &str) -> Vec<PathBuf> {
         let roots: Vec<PathBuf> = match &self.layout {
-            Layout::V2(r) => vec![r.join(&self.parent)],
+            Layout::V2(_) => vec![self.v2_parent.clone()],
             Layout::V1(m) => m.values().map(|p| p.join(&self.parent)).collect(),
             Layout::None => Vec::new(),
         };
