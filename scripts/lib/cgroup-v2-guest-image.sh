@@ -15,7 +15,7 @@ mirror=${AGENTBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 packages=(
     linux-image-cloud-amd64 initramfs-tools zstd # the kernel and its initramfs
     systemd systemd-sysv dbus                    # the second boot runs the tests as a systemd service
-    python3 bash coreutils procps util-linux kmod  # what sandboxes and the tests run
+    python3 nodejs bash coreutils procps util-linux kmod # what sandboxes and the tests run
     btrfs-progs e2fsprogs iproute2
 )
 # Bump when the recipe changes: the cache is rebuilt when the stamp differs.

@@ -17,6 +17,8 @@ mode=plain
 for arg in $(cat /proc/cmdline); do
     case $arg in agentbox.mode=*) mode=${arg#agentbox.mode=} ;; esac
 done
+# The systemd unit starts this script again, as `guest-init run-tests`.
+mode=${1:-$mode}
 
 power_off() {
     sync
@@ -73,8 +75,8 @@ plain)
     hostname agentbox-guest
     ip link set lo up
     load_modules
-    run_tests 2>&1 | tee /dev/console
-    umount /work
+    run_tests
+    mount -o remount,ro /work
     power_off
     ;;
 systemd)
@@ -87,18 +89,22 @@ systemd)
         -e '/^\[Unit\]/a RequiresMountsFor=/work' \
         -e '/^\[Service\]/a SuccessAction=poweroff-force\nFailureAction=poweroff-force\nStandardOutput=journal+console\nStandardError=journal+console' \
         /work/agentboxd.service >"$unit"
-    echo "/dev/vdb /work ext4 rw 0 0" >>/etc/fstab
     mkdir -p /etc/systemd/system/multi-user.target.wants
     ln -sf "$unit" /etc/systemd/system/multi-user.target.wants/
     # Nothing in the guest needs a login or the network services.
     ln -sf /dev/null /etc/systemd/system/getty@.service
     ln -sf /dev/null /etc/systemd/system/serial-getty@.service
-    umount /work
+    # /work stays mounted: systemd takes it over as a mount unit (RequiresMountsFor=/work).
     exec /lib/systemd/systemd
     ;;
 run-tests)
-    # Inside the systemd unit.
+    # Inside the systemd unit. cgroup v2's no-internal-processes rule: the test binaries find the unit's
+    # delegated cgroup and enable controllers for its children, which needs it empty, so this shell (and every
+    # test binary it starts) moves into a leaf of its own first, as a lone agentboxd moves into `supervisor`.
     mode=systemd
+    own=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)
+    mkdir -p "$own/runner"
+    echo $$ >"$own/runner/cgroup.procs"
     load_modules
     run_tests
     ;;

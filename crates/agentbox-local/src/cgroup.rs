@@ -380,6 +380,179 @@ impl Cgroups {
     }
 }
 
+/// Which cgroup hierarchy the host has, as [`CgroupReport`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// The unified hierarchy (cgroup v2) with the controllers.
+    V2,
+    /// Legacy hierarchies (cgroup v1), possibly next to an empty v2 mount (hybrid).
+    V1,
+    /// No cgroup file system.
+    None,
+}
+
+/// The host's cgroups and what they mean for sandbox limits, read without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupReport {
+    /// The hierarchy in use.
+    pub version: CgroupVersion,
+    /// The v2 mount point (also on hybrid hosts, where it holds no controllers).
+    pub v2_mount: Option<PathBuf>,
+    /// This process's v2 cgroup.
+    pub own_cgroup: Option<PathBuf>,
+    /// The cgroup systemd delegated to this process (`Delegate=yes`), if any.
+    pub delegated: Option<PathBuf>,
+    /// Where the sandboxes' cgroups go (the delegated cgroup, or the hierarchy's root) on v2.
+    pub base: Option<PathBuf>,
+    /// Controllers the base cgroup has (v2), or the mounted v1 controllers.
+    pub available: Vec<String>,
+    /// Controllers the base cgroup already hands to its children (`cgroup.subtree_control`, v2).
+    pub enabled: Vec<String>,
+    /// One line per limit and feature: enforced or not, and why.
+    pub notes: Vec<String>,
+}
+
+fn limit_of(controller: &str) -> &'static str {
+    match controller {
+        "memory" => "memory limit (memory.max, OOM kills counted)",
+        "cpu" => "CPU limit (cpu.max)",
+        _ => "process limit (pids.max)",
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+impl CgroupReport {
+    /// Reads the host's cgroups as this process sees them. Writes nothing.
+    #[must_use]
+    pub fn inspect() -> Self {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (v2, v1) = parse_mountinfo(&mountinfo);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut report = Self {
+            version: CgroupVersion::None,
+            v2_mount: v2.clone(),
+            own_cgroup: None,
+            delegated: None,
+            base: None,
+            available: Vec::new(),
+            enabled: Vec::new(),
+            notes: Vec::new(),
+        };
+        if !root {
+            report
+                .notes
+                .push("not running as root: the local backend needs root, and enforces limits only then".into());
+        }
+        let unified = v2.as_ref().filter(|r| {
+            let available = fs::read_to_string(r.join("cgroup.controllers")).unwrap_or_default();
+            WANTED.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty()
+        });
+        if let Some(v2root) = unified {
+            report.version = CgroupVersion::V2;
+            report.own_cgroup = own_cgroup(v2root);
+            report.delegated = report.own_cgroup.as_deref().and_then(|o| delegated_ancestor(v2root, o));
+            let base = report.delegated.clone().unwrap_or_else(|| v2root.clone());
+            report.available = words(&fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default());
+            report.enabled = words(&fs::read_to_string(base.join("cgroup.subtree_control")).unwrap_or_default());
+            report.v2_notes(v2root, &base);
+            report.base = Some(base);
+        } else if !v1.is_empty() {
+            report.version = CgroupVersion::V1;
+            report.available = v1.keys().cloned().collect();
+            for c in WANTED {
+                report.notes.push(if v1.contains_key(c) {
+                    format!("{c}: mounted (v1): sandboxes get a {}", limit_of(c))
+                } else {
+                    format!("{c}: not mounted (v1): the {} is not enforced", limit_of(c))
+                });
+            }
+            report.notes.push(if v1.contains_key("freezer") {
+                "pause: the v1 freezer (freezer.state)".into()
+            } else {
+                "pause: no freezer hierarchy is mounted: sandboxes can't be paused".into()
+            });
+            report.notes.push("teardown: every process is killed one by one (v1 has no cgroup.kill)".into());
+        } else {
+            report
+                .notes
+                .push("no cgroup file system is mounted: memory, CPU and process limits are not enforced".into());
+        }
+        report
+    }
+
+    fn v2_notes(&mut self, v2root: &Path, base: &Path) {
+        let has = |list: &[String], c: &str| list.iter().any(|a| a == c);
+        for c in WANTED {
+            let line = if has(&self.enabled, c) {
+                format!("{c}: delegated to the sandboxes' cgroups: sandboxes get a {}", limit_of(c))
+            } else if has(&self.available, c) {
+                format!(
+                    "{c}: available; agentbox enables it for its sandboxes when it starts: sandboxes get a {}",
+                    limit_of(c)
+                )
+            } else {
+                format!(
+                    "{c}: not available in {}: the {} is not enforced (enable it in the parent's \
+                     cgroup.subtree_control, or run agentboxd under systemd with Delegate=yes)",
+                    base.display(),
+                    limit_of(c)
+                )
+            };
+            self.notes.push(line);
+        }
+        match (&self.delegated, &self.own_cgroup) {
+            (Some(d), _) => self.notes.push(format!(
+                "delegation: systemd delegated {} (Delegate=yes): agentbox runs in its `{SUPERVISOR_LEAF}` leaf and \
+                 makes the sandboxes' cgroups next to it",
+                d.display()
+            )),
+            (None, Some(own)) if own.as_path() != v2root => self.notes.push(format!(
+                "delegation: none; this process runs in {}, so agentbox makes the sandboxes' cgroups at the \
+                 hierarchy's root, outside what manages that cgroup; under systemd use packaging/agentboxd.service \
+                 (Delegate=yes)",
+                own.display()
+            )),
+            _ => self.notes.push("delegation: not needed: this process runs in the hierarchy's root cgroup".into()),
+        }
+        self.notes.push(
+            "pause: cgroup.freeze; teardown: cgroup.kill (Linux 5.14 and later, else processes are killed one by one)"
+                .into(),
+        );
+    }
+}
+
+impl std::fmt::Display for CgroupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let version = match self.version {
+            CgroupVersion::V2 => "v2 (unified)",
+            CgroupVersion::V1 if self.v2_mount.is_some() => "v1 (hybrid: the v2 mount holds no controllers)",
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::None => "none",
+        };
+        writeln!(f, "cgroup version: {version}")?;
+        if let Some(own) = &self.own_cgroup {
+            writeln!(f, "this process's cgroup: {}", own.display())?;
+        }
+        if let Some(base) = &self.base {
+            writeln!(f, "sandboxes' cgroups under: {}", base.display())?;
+        }
+        let label = if self.version == CgroupVersion::V1 { "controllers mounted" } else { "controllers available" };
+        writeln!(f, "{label}: {}", if self.available.is_empty() { "none".into() } else { self.available.join(" ") })?;
+        if self.version == CgroupVersion::V2 {
+            let enabled = if self.enabled.is_empty() { "none".into() } else { self.enabled.join(" ") };
+            writeln!(f, "controllers delegated to children: {enabled}")?;
+        }
+        for note in &self.notes {
+            writeln!(f, "  {note}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One sandbox's cgroup directories.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxCgroup {
