@@ -26,7 +26,8 @@ memory=${AGENTBOX_GUEST_MEMORY:-3G}
 boot_timeout=${AGENTBOX_GUEST_TIMEOUT:-1200}
 # Every v2 code path: limits (memory.max, cpu.max, pids.max, memory.events), pause (cgroup.freeze), teardown
 # (cgroup.kill), leaks (no cgroup left behind), isolation and a hostile init (delegation boundaries), and the
-# unit tests of the cgroup code itself.
+# unit tests of the cgroup code itself. After them the guest checks where the sandboxes' cgroups went (`placement`:
+# under the unit's delegated cgroup with systemd, under the root without).
 tests=("$@")
 if ((${#tests[@]} == 0)); then
     tests=(lib isolation limits hostile_init lifecycle leaks pause)
@@ -99,7 +100,7 @@ for mode in "${modes[@]}"; do
         -nodefaults -display none -no-reboot \
         -serial "file:$console" \
         -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" \
-        -append "root=/dev/vda rw console=ttyS0 quiet cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 init=/sbin/agentbox-guest-boot agentbox.mode=$mode panic=-1" \
+        -append "root=/dev/vda rw console=ttyS0 systemd.show_status=1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 init=/sbin/agentbox-guest-boot agentbox.mode=$mode panic=-1" \
         -drive "file=$cache/root.img,format=raw,if=virtio,snapshot=on" \
         -drive "file=$cache/work.img,format=raw,if=virtio" \
         || status=$?
@@ -114,7 +115,7 @@ for mode in "${modes[@]}"; do
         failed+=("$mode: no report")
         continue
     fi
-    for t in "${tests[@]}"; do
+    for t in "${tests[@]}" placement; do
         rc=$(cat "$results/$mode/$t.rc" 2>/dev/null || echo missing)
         summary=$(grep -E '^test result:' "$results/$mode/$t.log" | tail -n1 || true)
         echo "[$mode] $t: exit status $rc ${summary:+($summary)}"

@@ -35,6 +35,30 @@ load_modules() {
     done
 }
 
+# Where the sandboxes' cgroups went: under the unit's delegated cgroup with systemd, under the root without.
+# The tests leave their (empty) parents `agentbox-<hash>` behind, which is what this looks at.
+check_placement() {
+    local expected=/sys/fs/cgroup parents
+    if [[ $mode == systemd ]]; then
+        expected=$(dirname "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)")
+        echo "delegated cgroup $expected: trusted.delegate=$(python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.delegate").decode())' "$expected" 2>&1)"
+        echo "its controllers for children: $(cat "$expected/cgroup.subtree_control")"
+        echo "its processes: $(cat "$expected/cgroup.procs" | tr '\n' ' ')"
+    fi
+    parents=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 -type d -name 'agentbox-*')
+    echo "sandbox parents: $(echo "$parents" | tr '\n' ' ')"
+    [[ -n "$parents" ]] || { echo "error: no sandbox parent cgroup found"; return 1; }
+    local p
+    for p in $parents; do
+        if [[ "$(dirname "$p")" != "$expected" ]]; then
+            echo "error: $p is not under $expected"
+            return 1
+        fi
+        echo "$p: controllers for sandboxes: $(cat "$p/cgroup.subtree_control")"
+    done
+    echo "every sandbox parent is under $expected"
+}
+
 # Runs every test binary listed in /work/tests ("name path [args]" lines), recording logs and exit statuses.
 run_tests() {
     local out=/work/results/$mode name bin rc
@@ -58,6 +82,9 @@ run_tests() {
         tail -n 3 "$out/$name.log"
         echo "==> [$mode] $name: exit status $rc"
     done </work/tests
+    check_placement >"$out/placement.log" 2>&1
+    echo $? >"$out/placement.rc"
+    cat "$out/placement.log"
     echo done >"$out/finished"
     sync
 }
@@ -107,6 +134,9 @@ run-tests)
     echo $$ >"$own/runner/cgroup.procs"
     load_modules
     run_tests
+    echo "what is left in $own:"
+    find "$own" -name cgroup.procs -exec sh -c 'for f; do echo "$f: $(tr "\n" " " <"$f") frozen: $(grep frozen "${f%/*}/cgroup.events" 2>/dev/null)"; done' sh {} +
+    ps -eo pid,stat,cgroup:60,args | grep -v ' \[' | head -40
     ;;
 *)
     echo "agentbox-guest: unknown agentbox.mode=$mode" >/dev/console
