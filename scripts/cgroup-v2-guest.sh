@@ -27,7 +27,8 @@ boot_timeout=${AGENTBOX_GUEST_TIMEOUT:-1200}
 # Every v2 code path: limits (memory.max, cpu.max, pids.max, memory.events), pause (cgroup.freeze), teardown
 # (cgroup.kill), leaks (no cgroup left behind), isolation and a hostile init (delegation boundaries), and the
 # unit tests of the cgroup code itself. After them the guest checks where the sandboxes' cgroups went (`placement`:
-# under the unit's delegated cgroup with systemd, under the root without).
+# under the unit's delegated cgroup with systemd, under the root without); the plain boot also runs `limits` in a
+# cgroup namespace whose root holds the test binary, as in a container (`container-limits`).
 tests=("$@")
 if ((${#tests[@]} == 0)); then
     tests=(lib isolation limits hostile_init lifecycle leaks pause)
@@ -105,6 +106,11 @@ for mode in "${modes[@]}"; do
         -drive "file=$cache/work.img,format=raw,if=virtio" \
         || status=$?
     echo "guest ($mode) ran $((SECONDS - boot_started)) s, qemu exit status $status; console log: $console"
+    if ((status != 0)); then
+        # 124: the time limit; the guest did not power off by itself.
+        echo "error: the guest ($mode) did not power off cleanly (qemu exit status $status)" >&2
+        failed+=("$mode: qemu exit status $status")
+    fi
     results=$cache/results
     rm -rf "${results:?}/$mode"
     mkdir -p "$results"
@@ -115,14 +121,22 @@ for mode in "${modes[@]}"; do
         failed+=("$mode: no report")
         continue
     fi
-    for t in "${tests[@]}" placement; do
+    checks=("${tests[@]}" placement)
+    if [[ "$mode" == plain && " ${tests[*]} " == *" limits "* ]]; then
+        checks+=(container-limits)
+    fi
+    for t in "${checks[@]}"; do
         rc=$(cat "$results/$mode/$t.rc" 2>/dev/null || echo missing)
         summary=$(grep -E '^test result:' "$results/$mode/$t.log" | tail -n1 || true)
         echo "[$mode] $t: exit status $rc ${summary:+($summary)}"
         if [[ "$rc" != 0 ]]; then
             failed+=("$mode: $t")
             echo "---- $results/$mode/$t.log (failures) ----"
-            sed -n '/^failures:/,$p' "$results/$mode/$t.log" | head -n 80
+            if grep -q '^failures:' "$results/$mode/$t.log"; then
+                sed -n '/^failures:/,$p' "$results/$mode/$t.log" | head -n 80
+            else
+                tail -n 40 "$results/$mode/$t.log"
+            fi
         fi
     done
 done

@@ -45,7 +45,7 @@ check_placement() {
         echo "its controllers for children: $(cat "$expected/cgroup.subtree_control")"
         echo "its processes: $(cat "$expected/cgroup.procs" | tr '\n' ' ')"
     fi
-    parents=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 -type d -name 'agentbox-*')
+    parents=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 -type d -name 'agentbox-????????')
     echo "sandbox parents: $(echo "$parents" | tr '\n' ' ')"
     [[ -n "$parents" ]] || { echo "error: no sandbox parent cgroup found"; return 1; }
     local p
@@ -57,6 +57,29 @@ check_placement() {
         echo "$p: controllers for sandboxes: $(cat "$p/cgroup.subtree_control")"
     done
     echo "every sandbox parent is under $expected"
+}
+
+# A container's view: the limits tests in a cgroup namespace whose root (/sys/fs/cgroup/container) holds the test
+# binary itself, as in a container with a private cgroup namespace. Enabling controllers there needs it empty,
+# so the backend moves into a leaf first.
+run_container_limits() {
+    local out=/work/results/$mode ctr=/sys/fs/cgroup/container rc
+    grep -q '^limits ' /work/tests || return 0
+    mkdir -p "$ctr"
+    echo "==> [$mode] container-limits"
+    # shellcheck disable=SC2016
+    (cd /tmp && RUST_BACKTRACE=1 timeout -k 10 "${AGENTBOX_GUEST_TEST_TIMEOUT:-900}" sh -c '
+        echo $$ >"$1/cgroup.procs"
+        exec unshare --cgroup --mount --propagation private sh -c "
+            umount -l /sys/fs/cgroup && mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup &&
+            echo \"own cgroup in the namespace: \$(cat /proc/self/cgroup)\" && exec /work/bin/limits"
+    ' sh "$ctr") >"$out/container-limits.log" 2>&1
+    rc=$?
+    echo "cgroups under $ctr after the run: $(find "$ctr" -mindepth 1 -maxdepth 1 -type d | tr '\n' ' ')" \
+        >>"$out/container-limits.log"
+    echo "$rc" >"$out/container-limits.rc"
+    tail -n 3 "$out/container-limits.log"
+    echo "==> [$mode] container-limits: exit status $rc"
 }
 
 # Runs every test binary listed in /work/tests ("name path [args]" lines), recording logs and exit statuses.
@@ -103,6 +126,8 @@ plain)
     ip link set lo up
     load_modules
     run_tests
+    run_container_limits
+    sync
     mount -o remount,ro /work
     power_off
     ;;
@@ -113,8 +138,8 @@ systemd)
     sed -e 's|^ExecStart=.*|ExecStart=/work/guest-init run-tests|' \
         -e 's|^Type=.*|Type=exec|' \
         -e 's|^Restart=.*|Restart=no|' \
-        -e '/^\[Unit\]/a RequiresMountsFor=/work' \
-        -e '/^\[Service\]/a SuccessAction=poweroff-force\nFailureAction=poweroff-force\nStandardOutput=journal+console\nStandardError=journal+console' \
+        -e '/^\[Unit\]/a RequiresMountsFor=/work\nSuccessAction=poweroff-force\nFailureAction=poweroff-force' \
+        -e '/^\[Service\]/a StandardOutput=journal+console\nStandardError=journal+console' \
         /work/agentboxd.service >"$unit"
     mkdir -p /etc/systemd/system/multi-user.target.wants
     ln -sf "$unit" /etc/systemd/system/multi-user.target.wants/

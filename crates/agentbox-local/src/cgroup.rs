@@ -771,4 +771,42 @@ mod tests {
         assert_eq!(v2, Some(PathBuf::from("/sys/fs/cgroup")));
         assert!(v1.is_empty());
     }
+
+    #[test]
+    fn finds_the_nearest_cgroup_systemd_delegated() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = std::env::temp_dir().join(format!("agentbox-cgroup-delegate-{}", std::process::id()));
+        let own = root.join("system.slice/agentboxd.service/supervisor");
+        fs::create_dir_all(&own).unwrap();
+        let unit = root.join("system.slice/agentboxd.service");
+        let path = std::ffi::CString::new(unit.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings and a one-byte value with its length.
+        let set = unsafe { libc::setxattr(path.as_ptr(), c"trusted.delegate".as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+        if set == 0 {
+            assert_eq!(delegated_ancestor(&root, &own), Some(unit.clone()));
+            assert_eq!(delegated_ancestor(&root, &unit), Some(unit.clone()));
+        }
+        // Trusted attributes need CAP_SYS_ADMIN and a file system that keeps them; nothing is delegated without.
+        assert_eq!(delegated_ancestor(&root, &root.join("system.slice")), None);
+        assert_eq!(delegated_ancestor(&root, &root), None);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_report_says_what_each_controller_means() {
+        let report = CgroupReport {
+            version: CgroupVersion::V2,
+            v2_mount: Some(PathBuf::from("/sys/fs/cgroup")),
+            own_cgroup: Some(PathBuf::from("/sys/fs/cgroup/system.slice/agentboxd.service/supervisor")),
+            delegated: Some(PathBuf::from("/sys/fs/cgroup/system.slice/agentboxd.service")),
+            base: Some(PathBuf::from("/sys/fs/cgroup/system.slice/agentboxd.service")),
+            available: vec!["cpu".into(), "memory".into(), "pids".into()],
+            enabled: vec!["memory".into(), "pids".into()],
+            notes: vec!["cpu: available".into()],
+        };
+        let text = report.to_string();
+        assert!(text.starts_with("cgroup version: v2 (unified)\n"), "{text}");
+        assert!(text.contains("controllers delegated to children: memory pids\n"), "{text}");
+        assert!(text.contains("  cpu: available\n"), "{text}");
+    }
 }
