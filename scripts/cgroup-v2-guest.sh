@@ -13,7 +13,8 @@
 # that does not report back, fails the run. Needs root (mmdebstrap, mke2fs -d) and the Debian mirror.
 #
 # Environment: AGENTBOX_GUEST_MODES ("plain systemd"), AGENTBOX_GUEST_CPUS (2), AGENTBOX_GUEST_MEMORY (3G),
-# AGENTBOX_GUEST_TIMEOUT (seconds per boot, 1200).
+# AGENTBOX_GUEST_TIMEOUT (seconds per boot, 1200), AGENTBOX_GUEST_TEST_THREADS (1: under TCG a test gets both
+# virtual CPUs, as the hostile tests' time limits for a loaded sandbox assume).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,6 +25,7 @@ modes=(${AGENTBOX_GUEST_MODES:-plain systemd})
 cpus=${AGENTBOX_GUEST_CPUS:-2}
 memory=${AGENTBOX_GUEST_MEMORY:-3G}
 boot_timeout=${AGENTBOX_GUEST_TIMEOUT:-1200}
+test_threads=${AGENTBOX_GUEST_TEST_THREADS:-1}
 # Every v2 code path: limits (memory.max, cpu.max, pids.max, memory.events), pause (cgroup.freeze), teardown
 # (cgroup.kill), leaks (no cgroup left behind), isolation and a hostile init (delegation boundaries), and the
 # unit tests of the cgroup code itself. After them the guest checks where the sandboxes' cgroups went (`placement`:
@@ -65,9 +67,9 @@ run=$cache/run
 rm -rf "$run" "$cache/work.img"
 mkdir -p "$run/bin" "$run/results"
 cargo test -p agentbox-local --no-run --message-format=json "${cargo_args[@]}" >"$cache/artifacts.json"
-python3 - "$cache/artifacts.json" "$run" "${tests[@]}" <<'PY'
+python3 - "$cache/artifacts.json" "$run" "$test_threads" "${tests[@]}" <<'PY'
 import json, subprocess, sys
-artifacts, run, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
+artifacts, run, threads, wanted = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 found = {}
 for line in open(artifacts):
     msg = json.loads(line)
@@ -82,7 +84,7 @@ with open(f"{run}/tests", "w") as out:
     for t in wanted:
         # Debug info is most of a test binary: the guest gets it without (backtraces keep function names).
         subprocess.run(["strip", "--strip-debug", "-o", f"{run}/bin/{t}", found[t]], check=True)
-        out.write(f"{t} {t}\n")
+        out.write(f"{t} {t} --test-threads={threads}\n")
 PY
 cp scripts/lib/cgroup-v2-guest-init.sh "$run/guest-init"
 cp packaging/agentboxd.service "$run/agentboxd.service"
