@@ -76,7 +76,12 @@ const SUPERVISOR_LEAF: &str = "supervisor";
 
 /// This process's cgroup on the v2 hierarchy mounted at `v2root` (the `0::` line of `/proc/self/cgroup`).
 fn own_cgroup(v2root: &Path) -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_of(v2root, "self")
+}
+
+/// The v2 cgroup of the process `/proc/<pid>` names (`self` for this one), under `v2root`.
+fn cgroup_of(v2root: &Path, pid: &str) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     let rel = rel.trim().trim_start_matches('/');
     // A path outside this cgroup namespace's view shows as `/..`: it can't be used.
@@ -394,13 +399,15 @@ pub enum CgroupVersion {
 /// The host's cgroups and what they mean for sandbox limits, read without changing anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupReport {
+    /// The process the report is about (`None`: this one).
+    pub process: Option<u32>,
     /// The hierarchy in use.
     pub version: CgroupVersion,
     /// The v2 mount point (also on hybrid hosts, where it holds no controllers).
     pub v2_mount: Option<PathBuf>,
-    /// This process's v2 cgroup.
+    /// The process's v2 cgroup.
     pub own_cgroup: Option<PathBuf>,
-    /// The cgroup systemd delegated to this process (`Delegate=yes`), if any.
+    /// The cgroup systemd delegated to the process (`Delegate=yes`), if any.
     pub delegated: Option<PathBuf>,
     /// Where the sandboxes' cgroups go (the delegated cgroup, or the hierarchy's root) on v2.
     pub base: Option<PathBuf>,
@@ -414,9 +421,9 @@ pub struct CgroupReport {
 
 fn limit_of(controller: &str) -> &'static str {
     match controller {
-        "memory" => "memory limit (memory.max, OOM kills counted)",
-        "cpu" => "CPU limit (cpu.max)",
-        _ => "process limit (pids.max)",
+        "memory" => "memory limit (and OOM kills counted)",
+        "cpu" => "CPU limit",
+        _ => "process limit",
     }
 }
 
@@ -428,11 +435,19 @@ impl CgroupReport {
     /// Reads the host's cgroups as this process sees them. Writes nothing.
     #[must_use]
     pub fn inspect() -> Self {
+        Self::inspect_process(None)
+    }
+
+    /// Reads the host's cgroups as the process `pid` (this one for `None`) sees them, e.g. a running agentboxd,
+    /// whose cgroup (a unit's, delegated or not) is not that of a shell. Writes nothing.
+    #[must_use]
+    pub fn inspect_process(pid: Option<u32>) -> Self {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let (v2, v1) = parse_mountinfo(&mountinfo);
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let mut report = Self {
+            process: pid,
             version: CgroupVersion::None,
             v2_mount: v2.clone(),
             own_cgroup: None,
@@ -453,7 +468,7 @@ impl CgroupReport {
         });
         if let Some(v2root) = unified {
             report.version = CgroupVersion::V2;
-            report.own_cgroup = own_cgroup(v2root);
+            report.own_cgroup = cgroup_of(v2root, &pid.map_or_else(|| "self".to_owned(), |p| p.to_string()));
             report.delegated = report.own_cgroup.as_deref().and_then(|o| delegated_ancestor(v2root, o));
             let base = report.delegated.clone().unwrap_or_else(|| v2root.clone());
             report.available = words(&fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default());
@@ -535,7 +550,10 @@ impl std::fmt::Display for CgroupReport {
         };
         writeln!(f, "cgroup version: {version}")?;
         if let Some(own) = &self.own_cgroup {
-            writeln!(f, "this process's cgroup: {}", own.display())?;
+            match self.process {
+                Some(pid) => writeln!(f, "cgroup of process {pid}: {}", own.display())?,
+                None => writeln!(f, "this process's cgroup: {}", own.display())?,
+            }
         }
         if let Some(base) = &self.base {
             writeln!(f, "sandboxes' cgroups under: {}", base.display())?;
@@ -795,6 +813,7 @@ mod tests {
     #[test]
     fn the_report_says_what_each_controller_means() {
         let report = CgroupReport {
+            process: None,
             version: CgroupVersion::V2,
             v2_mount: Some(PathBuf::from("/sys/fs/cgroup")),
             own_cgroup: Some(PathBuf::from("/sys/fs/cgroup/system.slice/agentboxd.service/supervisor")),
