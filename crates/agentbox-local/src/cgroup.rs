@@ -521,8 +521,8 @@ impl CgroupReport {
         }
         match (&self.delegated, &self.own_cgroup) {
             (Some(d), _) => self.notes.push(format!(
-                "delegation: systemd delegated {} (Delegate=yes): agentbox runs in its `{SUPERVISOR_LEAF}` leaf and \
-                 makes the sandboxes' cgroups next to it",
+                "delegation: systemd delegated {} (Delegate=yes): agentbox runs in a leaf of it (`{SUPERVISOR_LEAF}` \
+                 when it starts in the delegated cgroup itself) and makes the sandboxes' cgroups next to that leaf",
                 d.display()
             )),
             (None, Some(own)) if own.as_path() != v2root => self.notes.push(format!(
