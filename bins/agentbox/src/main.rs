@@ -51,6 +51,9 @@ enum Command {
     Resume(cmd::sandboxes::RunIds),
     /// Snapshot a sandbox's files on agentboxd (fork it with `create --from-snapshot NAME`).
     Snapshot(cmd::sandboxes::SnapshotArgs),
+    /// Put a sandbox's files on agentboxd back to a snapshot (a new sandbox from it takes the run's place;
+    /// processes don't survive).
+    Restore(cmd::sandboxes::SnapshotArgs),
     /// Pull, list, remove and prune images in the local image store.
     Image(cmd::image::Args),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Pause(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Pause, &args),
         Command::Resume(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Resume, &args),
         Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),
+        Command::Restore(args) => cmd::sandboxes::restore(&args),
         Command::Search(args) => cmd::search::run(&args),
         Command::Image(args) => cmd::image::run(&args),
         Command::Completions(args) => cmd::docs::completions::<Cli>(&args),

@@ -1,6 +1,6 @@
 //! A client for agentboxd's REST API (docs/API.md): sandboxes, streamed executions, files,
 //! pause and resume, and snapshots. The `agentbox` command line's `create`, `exec`, `cp`, `ls`,
-//! `inspect`, `stats`, `rm`, `pause`, `resume` and `snapshot` verbs are built on it.
+//! `inspect`, `stats`, `rm`, `pause`, `resume`, `snapshot` and `restore` verbs are built on it.
 //!
 //! Sandboxes, metrics and snapshots come back as the server's JSON (`serde_json::Value`), the same
 //! documents `--json` prints; executions come back as typed events.
@@ -310,6 +310,17 @@ impl Client {
     pub async fn snapshot(&self, run_id: &str, name: &str) -> Result<Value, ClientError> {
         let r = self
             .request(Method::POST, &format!("/api/sandboxes/{}/snapshots", path_segment(run_id)))
+            .json(&serde_json::json!({ "name": name }));
+        self.json(r).await
+    }
+
+    /// Puts a run's files back to the snapshot `name`: a new sandbox from it takes the run's place.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown run or snapshot; unsupported without disk-backed storage.
+    pub async fn restore(&self, run_id: &str, name: &str) -> Result<Value, ClientError> {
+        let r = self
+            .request(Method::POST, &format!("/api/sandboxes/{}/restore", path_segment(run_id)))
             .json(&serde_json::json!({ "name": name }));
         self.json(r).await
     }

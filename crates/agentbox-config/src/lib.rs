@@ -38,6 +38,11 @@ pub use validate::{ValidationError, ValidationErrors};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
+    /// The sandbox's root filesystem: an OCI image reference (`docker.io/library/python:3.12-slim`,
+    /// `localhost:5000/team/agent:1`, `...@sha256:...`), pulled on first use, whose layers become the read-only
+    /// lower side of the sandbox's root. `None` (or `"host"`): the host's own system directories, read-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// CPUs the sandbox may use, enforced as a CPU quota.
     pub cpu_count: u32,
     /// Memory limit in MiB, enforced by the memory cgroup.
@@ -73,6 +78,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
+            image: None,
             cpu_count: 2,
             memory_mb: 512,
             disk_gb: 10,
@@ -91,6 +97,12 @@ impl Default for SandboxConfig {
 }
 
 impl SandboxConfig {
+    /// The image reference of the sandbox's root, `None` for the host's system (`image` unset or `"host"`).
+    #[must_use]
+    pub fn image_reference(&self) -> Option<&str> {
+        self.image.as_deref().filter(|r| *r != "host")
+    }
+
     /// The configuration of a named preset.
     #[must_use]
     pub fn preset(preset: Preset) -> Self {

@@ -127,6 +127,20 @@ impl SandboxConfig {
         );
         duration(&mut e, "idle_timeout", self.idle_timeout, Duration::from_secs(1), Duration::from_secs(30 * 86_400));
 
+        if let Some(image) = &self.image {
+            let ok = !image.is_empty()
+                && image.len() <= 512
+                && image.bytes().all(|b| b.is_ascii_graphic())
+                && !image.starts_with(['-', '/', '.', ':', '@']);
+            if !ok {
+                e.push(
+                    "image",
+                    format!(
+                        "invalid image reference {image:?} (expected \"host\" or a reference like \"python:3.12-slim\" or \"localhost:5000/team/agent:1\")"
+                    ),
+                );
+            }
+        }
         let net = &self.network;
         for (field, list) in [("allowed_domains", &net.allowed_domains), ("denied_domains", &net.denied_domains)] {
             for (i, d) in list.iter().enumerate() {

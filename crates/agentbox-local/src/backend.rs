@@ -29,6 +29,7 @@ mod channel;
 mod config;
 mod create;
 mod exec;
+mod image;
 mod owners;
 mod ports;
 mod setup;
@@ -58,6 +59,8 @@ struct Sandbox {
     root: Root,
     /// The sandbox's layer of the storage pool (its home), when storage is disk-backed.
     layer: Option<agentbox_storage::Layer>,
+    /// The host id range of its user namespace, when it has one.
+    ids: Option<agentbox_storage::IdRange>,
     last_cpu: Mutex<Option<(Instant, u64)>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
@@ -81,6 +84,10 @@ struct Inner {
     root_mountpoint: PathBuf,
     /// The disk-backed storage pool, when there is one.
     pool: Option<Arc<agentbox_storage::Pool>>,
+    /// The image store, when images are configured (opened on first use: `Err` says why it can't be).
+    images: std::sync::OnceLock<std::result::Result<agentbox_image::Store, String>>,
+    /// Host id ranges for sandboxes' user namespaces, when they are in use.
+    ids: Option<Arc<agentbox_storage::IdRanges>>,
 }
 
 /// The local Linux backend. Cheap to clone.
@@ -152,6 +159,35 @@ impl LocalBackend {
                 }
             },
         };
+        let ids = match &config.id_ranges {
+            None => {
+                limitations.push(
+                    "no user namespaces (no id ranges configured): every sandbox's user is the same host uid, so \
+                     per-user kernel limits (inotify instances, processes) are shared between sandboxes"
+                        .into(),
+                );
+                None
+            }
+            Some(_) if !user_namespaces_allowed() => {
+                limitations.push(
+                    "no user namespaces (user.max_user_namespaces is 0 on this host): every sandbox's user is the \
+                     same host uid, so per-user kernel limits (inotify instances, processes) are shared between sandboxes"
+                        .into(),
+                );
+                None
+            }
+            Some(rc) => match agentbox_storage::IdRanges::open(rc.clone()) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    limitations.push(format!(
+                        "no user namespaces, so per-user kernel limits are shared between sandboxes: the id ranges \
+                         in {} can't be used: {e}",
+                        rc.dir.display()
+                    ));
+                    None
+                }
+            },
+        };
         if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
             limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
         }
@@ -184,6 +220,8 @@ impl LocalBackend {
             owner,
             root_mountpoint,
             pool,
+            images: std::sync::OnceLock::new(),
+            ids,
             config,
             cgroups,
             limitations,
@@ -298,6 +336,14 @@ impl LocalBackend {
 const CAP_SYS_RESOURCE: u32 = 24;
 
 /// Whether this process has the capability `cap` in its effective set.
+/// Whether the host lets user namespaces be made at all (`user.max_user_namespaces` above 0).
+fn user_namespaces_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_none_or(|max| max > 0)
+}
+
 fn has_capability(cap: u32) -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -637,6 +683,12 @@ impl SandboxBackend for LocalBackend {
             if let (Some(pool), Some(layer)) = (&inner.pool, &sb2.layer) {
                 if let Err(e) = pool.remove_layer(layer.name()) {
                     tracing::warn!(error = %e, "removing a destroyed sandbox's storage layer");
+                }
+            }
+            // Last: no process and no file of the sandbox holds an id of the range any more.
+            if let (Some(ranges), Some(range)) = (&inner.ids, sb2.ids) {
+                if let Err(e) = ranges.release(range) {
+                    tracing::warn!(error = %e, "releasing a destroyed sandbox's id range");
                 }
             }
         })

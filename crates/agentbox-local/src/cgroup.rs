@@ -601,10 +601,10 @@ fn subtree(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 impl SandboxCgroup {
-    /// The files a new single-threaded process writes `0` to, to join the sandbox (one per hierarchy).
+    /// The files a process id is written to, to move that process into the sandbox (one per hierarchy).
     ///
-    /// On v1 that is `tasks`: moving only the calling thread skips the global threadgroup lock
-    /// and the RCU grace period that `cgroup.procs` waits for (about 10 ms per sandbox).
+    /// On v1 that is `tasks`: moving only one thread (the init is single-threaded) skips the global
+    /// threadgroup lock and the RCU grace period that `cgroup.procs` waits for (about 10 ms per sandbox).
     #[must_use]
     pub fn join_files(&self) -> Vec<PathBuf> {
         let file = if self.v2 { "cgroup.procs" } else { "tasks" };
@@ -612,6 +612,48 @@ impl SandboxCgroup {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Whether these are cgroup v2 directories.
+    #[must_use]
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// Moves the single-threaded process `pid` (a sandbox init that waits for its setup) into the sandbox.
+    /// Slower than the process joining itself (a write of `0`): moving another process takes the kernel's
+    /// global threadgroup lock, an RCU grace period (about 10 ms).
+    ///
+    /// # Errors
+    /// The first hierarchy that refuses it, named in the error.
+    pub fn add(&self, pid: i32) -> io::Result<()> {
+        for file in self.join_files() {
+            fs::write(&file, pid.to_string())
+                .map_err(|e| io::Error::new(e.kind(), format!("moving the init into {}: {e}", file.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Gives the sandbox's cgroup directories, and the files that move processes and enable controllers, to
+    /// `uid`:`gid` (root of the sandbox's user namespace), as systemd's `Delegate=` does: the init can then make
+    /// its executions' cgroups and move processes into them, while every limit file stays root's.
+    ///
+    /// # Errors
+    /// The first directory that can't be given.
+    pub fn delegate(&self, uid: u32, gid: u32) -> io::Result<()> {
+        for dir in self.dirs.values() {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                .map_err(|e| io::Error::new(e.kind(), format!("delegating {}: {e}", dir.display())))?;
+            for file in ["cgroup.procs", "tasks", "cgroup.threads", "cgroup.subtree_control"] {
+                match std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io::Error::new(e.kind(), format!("delegating {}/{file}: {e}", dir.display())));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     fn dir(&self, v1: &str) -> Option<&PathBuf> {

@@ -8,9 +8,10 @@ use serde_json::{Value, json};
 
 use crate::sandboxes::{
     CREATE_DESCRIPTION, CreateInput, DESTROY_DESCRIPTION, LIST_DESCRIPTION, ListInput, METRICS_DESCRIPTION,
-    PAUSE_DESCRIPTION, RESUME_DESCRIPTION, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_LIST, SANDBOX_METRICS,
-    SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION,
-    SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, SnapshotInput, SnapshotNameInput,
+    PAUSE_DESCRIPTION, RESTORE_DESCRIPTION, RESUME_DESCRIPTION, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY,
+    SANDBOX_LIST, SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESTORE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE,
+    SNAPSHOT_DELETE_DESCRIPTION, SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, SnapshotInput,
+    SnapshotNameInput,
 };
 
 /// The `run_id` property added to every tool that works in a sandbox.
@@ -98,6 +99,7 @@ pub(crate) fn build(registry: &ToolRegistry) -> Vec<Tool> {
         tool(SANDBOX_PAUSE, PAUSE_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_RESUME, RESUME_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_SNAPSHOT, SNAPSHOT_DESCRIPTION, object(schema_of::<SnapshotInput>())),
+        tool(SANDBOX_RESTORE, RESTORE_DESCRIPTION, object(schema_of::<SnapshotInput>())),
         tool(SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, object(schema_of::<ListInput>())),
         tool(SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION, object(schema_of::<SnapshotNameInput>())),
     ];

@@ -46,6 +46,9 @@ pub enum StorageError {
         /// The name.
         name: String,
     },
+    /// Id ranges are misconfigured or used up.
+    #[error("{0}")]
+    IdRanges(String),
     /// A layer name is not a single safe path component.
     #[error("invalid layer name {0:?}")]
     InvalidName(String),

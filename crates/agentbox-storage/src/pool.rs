@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,11 +63,15 @@ impl Pool {
     /// # Errors
     /// `mkfs.btrfs` or `btrfs` missing, mounting refused (not root), or quotas that can't be enabled.
     pub fn open(config: &PoolConfig) -> Result<Self, StorageError> {
+        // 0711: sandbox inits, root of their own user namespaces and so not the host's root, must reach their
+        // layers by path to mount them; nobody can list the directory, and the image in it is 0600.
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(&config.dir)
             .map_err(StorageError::io("creating the storage directory", &config.dir))?;
+        fs::set_permissions(&config.dir, fs::Permissions::from_mode(0o711))
+            .map_err(StorageError::io("setting the storage directory's mode", &config.dir))?;
         let lock = fs::File::create(config.dir.join(".lock"))
             .map_err(StorageError::io("creating the storage lock", config.dir.join(".lock")))?;
         // SAFETY: flock on a descriptor we own; released when it closes at the end of this function.
@@ -100,7 +104,7 @@ impl Pool {
                     make_image(&image, config)?;
                 }
                 fs::DirBuilder::new()
-                    .mode(0o700)
+                    .mode(0o711)
                     .create(&mount)
                     .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
                     .map_err(StorageError::io("creating the pool mount point", &mount))?;
@@ -114,6 +118,9 @@ impl Pool {
                     "util-linux",
                 )?;
             }
+            // Images made before it was created 0600 are tightened too: the directory is traversable.
+            fs::set_permissions(&image, fs::Permissions::from_mode(0o600))
+                .map_err(StorageError::io("setting the pool image's mode", &image))?;
             (mount, PoolKind::Image { image })
         };
         let layers = root.join("layers");
@@ -171,7 +178,13 @@ fn make_image(image: &Path, config: &PoolConfig) -> Result<(), StorageError> {
         None => (free_bytes(&config.dir)? / 4).clamp(MIN_IMAGE_BYTES, DEFAULT_IMAGE_BYTES.max(MIN_IMAGE_BYTES)),
     };
     let partial = image.with_extension("img.partial");
-    let f = fs::File::create(&partial).map_err(StorageError::io("creating the pool image", &partial))?;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(StorageError::io("creating the pool image", &partial))?;
     let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
     // SAFETY: fallocate on a file we own, from 0 to its size.
     if unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, len) } == -1 {

@@ -11,8 +11,8 @@ use std::os::fd::AsFd;
 use std::time::UNIX_EPOCH;
 
 use crate::btrfs::{self, Snap};
-use crate::layer::{check_name, open_dir};
-use crate::{Layer, LayerLimits, Pool, StorageError, Usage};
+use crate::layer::{check_name, open_dir, recorded_id_range};
+use crate::{IdRange, Layer, LayerLimits, Pool, StorageError, Usage, shift_owners};
 
 /// A snapshot in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +97,18 @@ impl Pool {
     }
 
     /// Makes the layer `name` as a writable snapshot of the snapshot `from`, under its own quota: instant, and
-    /// sharing extents with the snapshot until the new layer changes them.
+    /// sharing extents with the snapshot until the new layer changes them. Its files move to the id range
+    /// `ids` (from the one the snapshot recorded): only their owners change, not their data.
     ///
     /// # Errors
     /// No such snapshot, an invalid name, or the ioctls failing.
-    pub fn layer_from_snapshot(&self, from: &str, name: &str, limits: LayerLimits) -> Result<Layer, StorageError> {
+    pub fn layer_from_snapshot(
+        &self,
+        from: &str,
+        name: &str,
+        limits: LayerLimits,
+        ids: IdRange,
+    ) -> Result<Layer, StorageError> {
         let cname: CString = check_name(name)?;
         check_name(from)?;
         let source_path = self.snapshots.join(from);
@@ -118,7 +125,10 @@ impl Pool {
             let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
             btrfs::limit(self.layers_fd.as_fd(), id, limits.bytes)
                 .map_err(StorageError::io("setting a layer's quota", &dir))?;
-            Ok(Layer { name: name.to_owned(), dir: dir.clone(), id })
+            let layer = Layer { name: name.to_owned(), dir: dir.clone(), id };
+            shift_owners(&dir, recorded_id_range(&source_path), ids)?;
+            self.set_id_range(&layer, ids)?;
+            Ok(layer)
         })();
         if made.is_err() {
             let _ = self.remove_layer(name);

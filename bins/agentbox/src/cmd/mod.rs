@@ -21,6 +21,9 @@ use std::io::{self, Write};
 /// The resource flags `run` and `create` share; each overrides the preset's value when given.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Resources {
+    /// Root filesystem from this OCI image (pulled on first use), or `host` for the host's own system.
+    #[arg(long, value_name = "REFERENCE")]
+    pub image: Option<String>,
     /// CPUs (CPU quota).
     #[arg(long)]
     pub cpus: Option<u32>,

@@ -55,6 +55,9 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     for (key, value) in args.resources.overrides() {
         set(&mut body, key, json!(value));
     }
+    if let Some(image) = &args.resources.image {
+        set(&mut body, "image", json!(image));
+    }
     if !args.network_allow.is_empty() {
         set(&mut body, "network", json!({ "enabled": true, "allowed_domains": args.network_allow }));
     }
@@ -295,6 +298,23 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
         writeln!(out)?;
     } else {
         writeln!(out, "{} ({} bytes)", str_of(&s, "name"), s.get("size_bytes").and_then(Value::as_u64).unwrap_or(0))?;
+    }
+    Ok(())
+}
+
+/// Puts a sandbox's files on agentboxd back to one of the snapshots.
+///
+/// # Errors
+/// The server's refusal (an unknown run or snapshot, a backend without snapshots).
+pub fn restore(args: &SnapshotArgs) -> Result<(), CliError> {
+    let client = args.server.client()?;
+    let s = block_on(async { Ok(client.restore(&args.run_id, &args.name).await?) })?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &s)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{} restored from {} (sandbox {})", args.run_id, args.name, str_of(&s, "sandbox_id"))?;
     }
     Ok(())
 }

@@ -384,6 +384,12 @@ pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio
         let written = unsafe { libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1) };
         ok("joining the execution cgroup", if written < 0 { -1 } else { 0 });
     }
+    // The previous execution's change of ids made the memory it shared with the init (this child's too)
+    // undumpable, which gives this process's /proc files to the host's root, out of reach of the sandbox's
+    // root in a user namespace: dumpable again, they are this process's own. (Its own change of ids below
+    // makes it undumpable again until it execs.)
+    // SAFETY: integer arguments.
+    ok("making /proc/self ours", unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) });
     // SAFETY: a static NUL-terminated path.
     let adj = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     ok("opening oom_score_adj", adj);

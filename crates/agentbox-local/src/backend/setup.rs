@@ -93,6 +93,9 @@ impl LocalBackend {
             },
             landlock: config.security.landlock,
             exec_cgroups: self.inner.cgroups.exec_tracking().into(),
+            passed: Vec::new(),
+            image_root: false,
+            user_namespace: self.inner.ids.is_some(),
         }
     }
 }

@@ -319,6 +319,7 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::pause_sandbox))
         .routes(routes!(sandboxes::resume_sandbox))
         .routes(routes!(snapshots::create_snapshot))
+        .routes(routes!(snapshots::restore_sandbox))
         .routes(routes!(snapshots::list_snapshots))
         .routes(routes!(snapshots::delete_snapshot))
         .routes(routes!(tools::list_tools))

@@ -149,6 +149,17 @@ pub struct CreateSandboxRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, value_type = PresetDoc)]
     pub preset: Option<Preset>,
+    /// The root filesystem: an OCI image reference (`python:3.12-slim`, `localhost:5000/team/agent:1`), pulled
+    /// on first use, or `host` (the default) for the host's own system.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 512,
+        pattern = r"^[^\s\-/.:@][^\s]*$",
+        example = "python:3.12-slim"
+    )]
+    pub image: Option<String>,
     /// CPUs.
     #[serde(default, deserialize_with = "present_u32")]
     #[schema(nullable = false, minimum = 1, maximum = 256)]
@@ -189,7 +200,8 @@ pub struct CreateSandboxRequest {
 
 impl CreateSandboxRequest {
     fn overrides_anything(&self) -> bool {
-        self.cpu_count.is_some()
+        self.image.is_some()
+            || self.cpu_count.is_some()
             || self.memory_mb.is_some()
             || self.disk_gb.is_some()
             || self.network.is_some()
@@ -208,6 +220,9 @@ impl CreateSandboxRequest {
             return Ok(CreateOptions { preset: self.preset, config: None });
         }
         let mut c: SandboxConfig = self.preset.unwrap_or_default().config();
+        if let Some(v) = &self.image {
+            c.image = Some(v.clone());
+        }
         if let Some(v) = self.cpu_count {
             c.cpu_count = v;
         }
