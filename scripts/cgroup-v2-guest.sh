@@ -5,7 +5,7 @@
 #   plain    the tests run from the root cgroup, with no systemd (a minimal VM, a container host);
 #   systemd  the tests run as a service made from packaging/agentboxd.service (Delegate=yes and its hardening).
 #
-#   scripts/cgroup-v2-guest.sh [test ...]     # default: lib cgroup_report isolation limits hostile_init lifecycle leaks pause
+#   scripts/cgroup-v2-guest.sh [test ...]     # default: lib cgroup_report isolation limits hostile_init lifecycle leaks pause userns
 #
 # The test binaries are built here (cargo test -p agentbox-local --no-run) and reach the guest on a work disk;
 # the guest's root, kernel and initramfs are built once with mmdebstrap and cached in
@@ -33,7 +33,7 @@ test_threads=${AGENTBOX_GUEST_TEST_THREADS:-1}
 # cgroup namespace whose root holds the test binary, as in a container (`container-limits`).
 tests=("$@")
 if ((${#tests[@]} == 0)); then
-    tests=(lib cgroup_report isolation limits hostile_init lifecycle leaks pause)
+    tests=(lib cgroup_report isolation limits hostile_init lifecycle leaks pause userns)
 fi
 
 if ((EUID != 0)); then
