@@ -62,6 +62,9 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Serve the sandboxes and agent tools to an MCP client over stdio.
     Mcp(cmd::mcp::Args),
+    /// Report what this host gives the local backend: cgroup version, controllers available and delegated, and
+    /// what that means for sandbox limits.
+    Doctor(cmd::doctor::Args),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions(cmd::docs::CompletionsArgs),
     /// Write man pages (agentbox.1 and one per command) to a directory.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Snapshots(args) => cmd::snapshots::run(&args),
         Command::Serve(args) => return cmd::serve::run(args),
         Command::Mcp(args) => cmd::mcp::run(&args),
+        Command::Doctor(args) => cmd::doctor::run(&args),
     };
     cmd::report(result)
 }

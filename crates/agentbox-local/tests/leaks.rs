@@ -59,8 +59,22 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     b.destroy(&info.id).await.unwrap();
     b.destroy(&info.id).await.unwrap();
     assert!(!claims.join(&first_id).exists(), "destroy left the id range {first_id} claimed");
+    // Destroy returns once the init has exited; the zygote, its parent, reaps it a moment later (a slow
+    // machine, such as an emulated guest, shows it as a zombie meanwhile).
     for p in &pids {
-        assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "process {p} survived destroy");
+        let proc_dir = format!("/proc/{p}");
+        for _ in 0..500 {
+            if !std::path::Path::new(&proc_dir).exists() {
+                break;
+            }
+            let state = std::fs::read_to_string(format!("{proc_dir}/status")).unwrap_or_default();
+            assert!(
+                state.lines().any(|l| l.starts_with("State:") && l.contains("Z (zombie)")) || state.is_empty(),
+                "process {p} survived destroy: {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!std::path::Path::new(&proc_dir).exists(), "process {p} was never reaped after destroy");
     }
     let config = LocalConfig { state_dir: state.clone(), ..LocalConfig::default() };
     assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "cgroups left behind");

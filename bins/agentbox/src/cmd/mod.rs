@@ -2,6 +2,7 @@
 
 pub mod cp;
 pub mod docs;
+pub mod doctor;
 pub mod exec;
 pub mod image;
 pub mod mcp;
