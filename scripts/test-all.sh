@@ -19,11 +19,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 #   btrfs-progs         mkfs.btrfs and btrfs for the disk-backed storage pool (a sparse btrfs image with quota groups)
 #   docker-registry     a real OCI registry on loopback for the image tests (agentbox-image)
 #   skopeo, umoci       push the image tests' Debian fixture as an OCI image, and the pull baseline
-#   mmdebstrap          builds that fixture (a minimal Debian root with python3) from the Debian mirror
+#   mmdebstrap          builds that fixture (a minimal Debian root with python3) from the Debian mirror, and the
+#                       cgroup v2 guest's root
+#   qemu-system-x86     boots the cgroup v2 guest (scripts/cgroup-v2-guest.sh) under TCG
 #   openssl             signs the tokens of the image tests' token service (registry token authentication)
 #   tmux                a real terminal for the interactive shell test (`agentbox shell`)
 #   nodejs              JavaScript in sandboxes (only when no node is installed under /usr)
-REQUIRED_PACKAGES=(chromium python3 python3-matplotlib python3-requests curl btrfs-progs docker-registry skopeo umoci mmdebstrap openssl tmux)
+REQUIRED_PACKAGES=(chromium python3 python3-matplotlib python3-requests curl btrfs-progs docker-registry skopeo umoci mmdebstrap openssl tmux
+    qemu-system-x86)
 if [[ ! -x /usr/bin/node && ! -x /usr/local/bin/node ]]; then
     REQUIRED_PACKAGES+=(nodejs)
 fi
@@ -102,6 +105,14 @@ if ! "$deny" --version 2>/dev/null | grep -qx "cargo-deny $deny_version"; then
 fi
 "$deny" --log-level error check --hide-inclusion-graph licenses bans sources
 echo "advisories not checked: the advisory database is a git repository this machine cannot fetch"
+
+# ---------------------------------------------------------------------------------------------
+# This machine is cgroup v1 (hybrid): the local backend's v2 paths run in a qemu guest with the unified hierarchy
+# only, once from the root cgroup and once under systemd with Delegate=yes (docs/HOSTS.md). A guest that can't
+# boot or doesn't report back fails the run.
+step "cgroup v2 guest: agentbox-local's tests on a v2-only kernel, plain and under systemd (Delegate=yes)"
+scripts/cgroup-v2-guest.sh
+# ---------------------------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------------
 # Later steps go here (each as: step "what"; command), e.g. schemathesis against a running agentboxd.

@@ -55,12 +55,20 @@ enum Command {
     Egress(cmd::egress::EgressArgs),
     /// List, set or delete the secrets agentboxd's egress proxy adds to requests (values are never shown).
     Secret(cmd::egress::SecretArgs),
+    /// Put a sandbox's files on agentboxd back to a snapshot (a new sandbox from it takes the run's place;
+    /// processes don't survive).
+    Restore(cmd::sandboxes::SnapshotArgs),
+    /// Named, persistent volumes on agentboxd: create, ls, rm (mount one with `create --volume NAME:/path`).
+    Volume(cmd::volumes::Args),
     /// Pull, list, remove and prune images in the local image store.
     Image(cmd::image::Args),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
     Serve(cmd::serve::Args),
     /// Serve the sandboxes and agent tools to an MCP client over stdio.
     Mcp(cmd::mcp::Args),
+    /// Report what this host gives the local backend: cgroup version, controllers available and delegated, and
+    /// what that means for sandbox limits.
+    Doctor(cmd::doctor::Args),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions(cmd::docs::CompletionsArgs),
     /// Write man pages (agentbox.1 and one per command) to a directory.
@@ -98,6 +106,8 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),
         Command::Egress(args) => cmd::egress::egress(&args),
         Command::Secret(args) => cmd::egress::secret(&args),
+        Command::Restore(args) => cmd::sandboxes::restore(&args),
+        Command::Volume(args) => cmd::volumes::run(&args),
         Command::Search(args) => cmd::search::run(&args),
         Command::Image(args) => cmd::image::run(&args),
         Command::Completions(args) => cmd::docs::completions::<Cli>(&args),
@@ -105,6 +115,7 @@ fn main() -> ExitCode {
         Command::Snapshots(args) => cmd::snapshots::run(&args),
         Command::Serve(args) => return cmd::serve::run(args),
         Command::Mcp(args) => cmd::mcp::run(&args),
+        Command::Doctor(args) => cmd::doctor::run(&args),
     };
     cmd::report(result)
 }

@@ -1,5 +1,5 @@
-//! The client verbs (`create`, `exec`, `cp`, `ls`, `inspect`, `stats`, `pause`, `resume`, `snapshot`,
-//! `rm`) through the real binary, against a real server on loopback (`agentbox serve`, which is
+//! The client verbs (`create`, `exec`, `cp`, `ls`, `inspect`, `stats`, `pause`, `resume`, `snapshot`, `restore`,
+//! `volume`, `rm`) through the real binary, against a real server on loopback (`agentbox serve`, which is
 //! agentboxd) with the local backend.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -152,6 +152,29 @@ fn every_client_verb_works_against_a_real_server() {
     let o = s.agentbox(&["create", "cli-fork", "--from-snapshot", &format!("cli-snap-{}", std::process::id())]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(out(&s.agentbox(&["exec", "cli-fork", "--", "cat", "one.txt"])), "one\n");
+    // restore: the fork's files go back to the snapshot.
+    s.agentbox(&["exec", "cli-fork", "--", "sh", "-c", "echo changed > one.txt"]);
+    let o = s.agentbox(&["restore", "cli-fork", &format!("cli-snap-{}", std::process::id())]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(out(&s.agentbox(&["exec", "cli-fork", "--", "cat", "one.txt"])), "one\n");
+
+    // volumes: made, mounted by a sandbox that writes to it, kept after it, seen read-only by the next.
+    let vol = format!("cli-vol-{}", std::process::id());
+    assert_eq!(out(&s.agentbox(&["volume", "create", &vol, "--size-gb", "1"])), format!("{vol}\n"));
+    let o = s.agentbox(&["create", "cli-v1", "--volume", &format!("{vol}:/data")]);
+    assert!(o.status.success(), "{}", text(&o));
+    s.agentbox(&["exec", "cli-v1", "--", "sh", "-c", "echo shared > /data/f"]);
+    let o = s.agentbox(&["volume", "rm", &vol]);
+    assert!(!o.status.success() && text(&o).contains("mounted by 1 sandbox"), "{}", text(&o));
+    assert!(s.agentbox(&["rm", "cli-v1"]).status.success());
+    let o = s.agentbox(&["create", "cli-v2", "--volume", &format!("{vol}:/home/user/w:ro")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(out(&s.agentbox(&["exec", "cli-v2", "--", "cat", "w/f"])), "shared\n");
+    let o = s.agentbox(&["exec", "cli-v2", "--", "touch", "w/g"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(out(&s.agentbox(&["volume", "ls"])).contains(&vol));
+    assert!(s.agentbox(&["rm", "cli-v2"]).status.success());
+    assert_eq!(out(&s.agentbox(&["volume", "rm", &vol])), format!("deleted {vol}\n"));
 
     // rm: each id is tried; an unknown one is reported and fails the command.
     let o = s.agentbox(&["rm", "cli-a", "cli-fork", &fresh, "no-such-run"]);

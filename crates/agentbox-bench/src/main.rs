@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentbox_config::Preset;
+use agentbox_config::{Preset, SandboxConfig};
 use agentbox_core::{CreateOptions, CreateRequest, ExecRequest, ManagerConfig, RunId, SandboxBackend, SandboxManager};
 use agentbox_local::{LocalBackend, LocalConfig};
 use clap::Parser;
@@ -30,7 +30,11 @@ struct Args {
     /// `cargo build --release -p agentbox`).
     #[arg(long)]
     cli: Option<std::path::PathBuf>,
-    /// Run only these benchmarks (p1..p10); all when absent.
+    /// P11's image: a reference pulled once before it is measured (for example the Debian fixture pushed to a
+    /// loopback registry, `127.0.0.1:5000/debian-python:bookworm`); P11 is skipped without it.
+    #[arg(long)]
+    image: Option<String>,
+    /// Run only these benchmarks (p1..p11); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -115,6 +119,31 @@ async fn p1(backend: &LocalBackend, n: usize) {
     row("P1 cold create + exec true + destroy", &stats(ours), "bwrap --unshare-all true", &stats(base));
     let [c, e, d] = phases.map(|v| ms(stats(v).p50));
     println!("   of which (p50 of each phase): create {c}, exec {e}, destroy {d}");
+}
+
+/// Creates a sandbox of `config`, runs `true` in it and destroys it; returns the time taken.
+async fn cold_round(backend: &LocalBackend, config: &SandboxConfig) -> Duration {
+    let t = Instant::now();
+    let sb = backend.create(CreateRequest::new(config.clone())).await.expect("create");
+    let out = backend.exec(&sb.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+    backend.destroy(&sb.id).await.expect("destroy");
+    assert_eq!(out.exit_code, 0);
+    t.elapsed()
+}
+
+/// P11: a cold create from an image already in the store (an overlay of its layers over the sandbox's disk
+/// layer), against the same with the host's system (`image = host`), alternating in the same run.
+async fn p11(backend: &LocalBackend, image: &str, n: usize) {
+    let with_image = SandboxConfig { image: Some(image.to_owned()), ..SandboxConfig::default() };
+    let host = SandboxConfig::default();
+    // The first create pulls the image.
+    cold_round(backend, &with_image).await;
+    let (mut ours, mut base) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        base.push(cold_round(backend, &host).await);
+        ours.push(cold_round(backend, &with_image).await);
+    }
+    row("P11 cold create from a cached image + exec", &stats(ours), "the same with image = host", &stats(base));
 }
 
 /// P10: `agentbox run -- true` as a whole process, as an agent harness calls it once per command,
@@ -470,6 +499,12 @@ async fn main() {
     }
     if want("p4") {
         p4(&backend, args.idle).await;
+    }
+    if want("p11") {
+        match &args.image {
+            Some(image) => p11(&backend, image, args.iterations).await,
+            None => println!("P11 skipped: give --image REFERENCE (an image the bench can pull)"),
+        }
     }
     if want("p10") {
         let cli = args

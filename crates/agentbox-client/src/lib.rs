@@ -1,6 +1,6 @@
 //! A client for agentboxd's REST API (docs/API.md): sandboxes, streamed executions, files,
 //! pause and resume, and snapshots. The `agentbox` command line's `create`, `exec`, `cp`, `ls`,
-//! `inspect`, `stats`, `rm`, `pause`, `resume` and `snapshot` verbs are built on it.
+//! `inspect`, `stats`, `rm`, `pause`, `resume`, `snapshot` and `restore` verbs are built on it.
 //!
 //! Sandboxes, metrics and snapshots come back as the server's JSON (`serde_json::Value`), the same
 //! documents `--json` prints; executions come back as typed events.
@@ -314,6 +314,17 @@ impl Client {
         self.json(r).await
     }
 
+    /// Puts a run's files back to the snapshot `name`: a new sandbox from it takes the run's place.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown run or snapshot; unsupported without disk-backed storage.
+    pub async fn restore(&self, run_id: &str, name: &str) -> Result<Value, ClientError> {
+        let r = self
+            .request(Method::POST, &format!("/api/sandboxes/{}/restore", path_segment(run_id)))
+            .json(&serde_json::json!({ "name": name }));
+        self.json(r).await
+    }
+
     /// Every snapshot.
     ///
     /// # Errors
@@ -383,6 +394,36 @@ impl Client {
     /// [`ClientError::NotFound`] for an unknown secret.
     pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.request(Method::DELETE, &format!("/api/secrets/{}", path_segment(name)))).await.map(drop)
+    }
+
+    /// Makes a volume of at most `size_gb` GiB.
+    ///
+    /// # Errors
+    /// A conflict when the name is taken; unsupported without disk-backed storage.
+    pub async fn create_volume(&self, name: &str, size_gb: u64) -> Result<Value, ClientError> {
+        let r =
+            self.request(Method::POST, "/api/volumes").json(&serde_json::json!({ "name": name, "size_gb": size_gb }));
+        self.json(r).await
+    }
+
+    /// Every volume.
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn volumes(&self) -> Result<Vec<Value>, ClientError> {
+        let v = self.json(self.request(Method::GET, "/api/volumes")).await?;
+        match v.get("volumes") {
+            Some(Value::Array(list)) => Ok(list.clone()),
+            _ => Err(ClientError::Protocol("the volume list has no `volumes` array".into())),
+        }
+    }
+
+    /// Deletes a volume and its files.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`]; a conflict while a sandbox has it mounted.
+    pub async fn delete_volume(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/api/volumes/{}", path_segment(name)))).await.map(drop)
     }
 
     /// Runs a command (`{"command": "..."}` or `{"argv": [...]}`, with `cwd`, `env`, `timeout`) and

@@ -34,12 +34,17 @@ pub use egress::{EgressEntry, PathMatch, SecretRule};
 pub use load::{ConfigLoader, LoadError};
 pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;
-pub use validate::{ValidationError, ValidationErrors};
+pub use validate::{ValidationError, ValidationErrors, mount_path_problem};
 
 /// Everything that defines one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
+    /// The sandbox's root filesystem: an OCI image reference (`docker.io/library/python:3.12-slim`,
+    /// `localhost:5000/team/agent:1`, `...@sha256:...`), pulled on first use, whose layers become the read-only
+    /// lower side of the sandbox's root. `None` (or `"host"`): the host's own system directories, read-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// CPUs the sandbox may use, enforced as a CPU quota.
     pub cpu_count: u32,
     /// Memory limit in MiB, enforced by the memory cgroup.
@@ -75,6 +80,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
+            image: None,
             cpu_count: 2,
             memory_mb: 512,
             disk_gb: 10,
@@ -93,6 +99,12 @@ impl Default for SandboxConfig {
 }
 
 impl SandboxConfig {
+    /// The image reference of the sandbox's root, `None` for the host's system (`image` unset or `"host"`).
+    #[must_use]
+    pub fn image_reference(&self) -> Option<&str> {
+        self.image.as_deref().filter(|r| *r != "host")
+    }
+
     /// The configuration of a named preset.
     #[must_use]
     pub fn preset(preset: Preset) -> Self {
@@ -165,6 +177,20 @@ pub struct DirectoryQuota {
     pub size_mb: u64,
 }
 
+/// A named volume (made beforehand, persistent, with a quota of its own) mounted into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The volume's name: 1-200 letters, digits, `.`, `_` or `-`.
+    pub name: String,
+    /// Where it appears inside the sandbox: a normalized absolute path, not `/` and not under `/proc`, `/dev`,
+    /// `/sys`, `/etc` or `/tmp`.
+    pub mount_path: String,
+    /// Mounted read-only: nothing in the sandbox can change it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// Writable storage of a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,11 +203,20 @@ pub struct StorageConfig {
     pub shm_size_mb: u64,
     /// What destroy does with the sandbox's files.
     pub cleanup: CleanupPolicy,
+    /// Named volumes mounted into the sandbox; they outlive it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { quotas: Vec::new(), max_inodes: 262_144, shm_size_mb: 64, cleanup: CleanupPolicy::Delete }
+        Self {
+            quotas: Vec::new(),
+            max_inodes: 262_144,
+            shm_size_mb: 64,
+            cleanup: CleanupPolicy::Delete,
+            volumes: Vec::new(),
+        }
     }
 }
 

@@ -115,6 +115,20 @@ impl SandboxConfig {
         );
         duration(&mut e, "idle_timeout", self.idle_timeout, Duration::from_secs(1), Duration::from_secs(30 * 86_400));
 
+        if let Some(image) = &self.image {
+            let ok = !image.is_empty()
+                && image.len() <= 512
+                && image.bytes().all(|b| b.is_ascii_graphic())
+                && !image.starts_with(['-', '/', '.', ':', '@']);
+            if !ok {
+                e.push(
+                    "image",
+                    format!(
+                        "invalid image reference {image:?} (expected \"host\" or a reference like \"python:3.12-slim\" or \"localhost:5000/team/agent:1\")"
+                    ),
+                );
+            }
+        }
         let net = &self.network;
         for (field, list) in [
             ("allowed_domains", &net.allowed_domains),
@@ -219,6 +233,26 @@ impl SandboxConfig {
                 );
             }
         }
+        let mut targets = std::collections::BTreeSet::new();
+        for (i, v) in self.storage.volumes.iter().enumerate() {
+            let name_ok = !v.name.is_empty()
+                && v.name.len() <= 200
+                && v.name != "."
+                && v.name != ".."
+                && v.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !name_ok {
+                e.push(
+                    format!("storage.volumes[{i}].name"),
+                    format!("must be 1-200 letters, digits, '.', '_' or '-', got {:?}", v.name),
+                );
+            }
+            let p = &v.mount_path;
+            if let Some(problem) = mount_path_problem(p, &home) {
+                e.push(format!("storage.volumes[{i}].mount_path"), problem);
+            } else if !targets.insert(p.clone()) {
+                e.push(format!("storage.volumes[{i}].mount_path"), format!("{p:?} is used by another volume"));
+            }
+        }
         range(&mut e, "storage.max_inodes", self.storage.max_inodes, 1024, 1 << 32);
         range(&mut e, "storage.shm_size_mb", self.storage.shm_size_mb, 1, 64 * 1024);
 
@@ -259,6 +293,26 @@ impl SandboxConfig {
         }
         e.into_result()
     }
+}
+
+/// Why a volume can't be mounted at `path` in a sandbox whose home is `home`, if it can't: the path must be a
+/// normalized absolute path other than `/` and the home, and not under `/proc`, `/dev`, `/sys`, `/etc` or `/tmp`.
+#[must_use]
+pub fn mount_path_problem(path: &str, home: &str) -> Option<String> {
+    let normalized = path.starts_with('/')
+        && path.len() > 1
+        && path.len() <= 1024
+        && !path.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == "..")
+        && !path.contains('\0');
+    let reserved = ["/proc", "/dev", "/sys", "/etc", "/tmp", "/.agentbox"]
+        .iter()
+        .any(|r| path == *r || path.starts_with(&format!("{r}/")));
+    (!normalized || reserved || path == home).then(|| {
+        format!(
+            "must be a normalized absolute path other than /, the home ({home}), and anything under /proc, /dev, \
+             /sys, /etc or /tmp, got {path:?}"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::terminal::{Terminal, TerminalRequest};
 use crate::transfer::{FileStream, FileUpload};
 use crate::types::{
     CodeRequest, CreateRequest, ExecRequest, ExecStream, FileEntry, HealthStatus, ProcessInfo, SandboxId, SandboxInfo,
-    SnapshotInfo,
+    SnapshotInfo, VolumeInfo,
 };
 use crate::{Error, Result};
 
@@ -109,6 +109,24 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Deletes a snapshot; sandboxes made from it keep their files.
     async fn delete_snapshot(&self, name: &str) -> Result<()> {
         Err(Error::NotFound(format!("snapshot {name}")))
+    }
+
+    /// Makes the volume `name`, holding at most `limit_bytes`; sandboxes mount it with `storage.volumes`.
+    ///
+    /// The default says the backend can't.
+    async fn create_volume(&self, name: &str, limit_bytes: u64) -> Result<VolumeInfo> {
+        let _ = (name, limit_bytes);
+        Err(Error::Unsupported(format!("the {} backend has no volumes", self.name())))
+    }
+
+    /// Every volume the backend holds.
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes a volume with its files; refused while a sandbox has it mounted.
+    async fn delete_volume(&self, name: &str) -> Result<()> {
+        Err(Error::NotFound(format!("volume {name}")))
     }
 
     /// Lists a directory.

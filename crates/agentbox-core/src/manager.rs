@@ -515,27 +515,9 @@ impl Inner {
         }
         let result = match made {
             Ok(fresh) => {
-                let swapped = {
-                    let mut st = self.lock();
-                    match st.runs.get_mut(run_id) {
-                        Some(Slot::Ready(e)) if e.sandbox.id == *old && e.state != SandboxState::Destroying => {
-                            e.sandbox = fresh.clone();
-                            e.state = SandboxState::Running;
-                            e.healthy = true;
-                            e.health_failures = 0;
-                            e.last_used = Instant::now();
-                            // Operations in flight were on the old sandbox; their guards no longer match.
-                            e.busy = 0;
-                            true
-                        }
-                        _ => false,
-                    }
-                };
-                if swapped {
+                if self.swap_in(run_id, old, fresh).await {
                     bump(&self.stats.recreated);
                 }
-                // Whichever sandbox lost (the old one, or the fresh one if the run vanished meanwhile) goes.
-                self.destroy_quietly(if swapped { old } else { &fresh.id }).await;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -543,6 +525,29 @@ impl Inner {
         self.lock().recreating -= 1;
         self.settled.notify_waiters();
         result
+    }
+
+    /// Puts `fresh` in the run's place if the run still holds `old`, then destroys whichever of the two lost (the
+    /// old one, or the fresh one if the run vanished or changed meanwhile). Returns whether it swapped.
+    async fn swap_in(&self, run_id: &RunId, old: &SandboxId, fresh: SandboxInfo) -> bool {
+        let swapped = {
+            let mut st = self.lock();
+            match st.runs.get_mut(run_id) {
+                Some(Slot::Ready(e)) if e.sandbox.id == *old && e.state != SandboxState::Destroying => {
+                    e.sandbox = fresh.clone();
+                    e.state = SandboxState::Running;
+                    e.healthy = true;
+                    e.health_failures = 0;
+                    e.last_used = Instant::now();
+                    // Operations in flight were on the old sandbox; their guards no longer match.
+                    e.busy = 0;
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.destroy_quietly(if swapped { old } else { &fresh.id }).await;
+        swapped
     }
 
     async fn check_health(self: &Arc<Self>) {
@@ -667,6 +672,36 @@ impl SandboxManager {
         }
     }
 
+    /// Puts the run's files back to the snapshot `snapshot`: a new sandbox, with the run's configuration, starts
+    /// from the snapshot's files and takes the run's place, and the old sandbox is destroyed. Processes are not
+    /// part of a snapshot: none of the old sandbox's survive.
+    ///
+    /// # Errors
+    /// Unknown run, a run being created or destroyed, [`Error::NotFound`] for an unknown snapshot,
+    /// [`Error::Unsupported`] on backends without snapshots, or the backend's error (the run keeps its sandbox).
+    pub async fn restore(&self, run_id: &RunId, snapshot: &str) -> Result<ManagedSandbox> {
+        let (old, config, preset) = {
+            let st = self.inner.lock();
+            match st.runs.get(run_id) {
+                Some(Slot::Ready(e)) if e.state == SandboxState::Destroying => {
+                    return Err(Error::Conflict(format!("run {run_id} is being destroyed")));
+                }
+                Some(Slot::Ready(e)) => (e.sandbox.id.clone(), e.config.clone(), e.preset),
+                Some(Slot::Creating(_)) => return Err(Error::Conflict(format!("run {run_id} is still being created"))),
+                None => return Err(Error::NotFound(format!("run {run_id}"))),
+            }
+        };
+        let fresh = self.inner.create_sandbox(Some(run_id), preset, &config, Some(snapshot)).await?;
+        if !self.inner.swap_in(run_id, &old, fresh).await {
+            return Err(Error::Conflict(format!("run {run_id} changed while it was being restored; try again")));
+        }
+        let st = self.inner.lock();
+        match st.runs.get(run_id) {
+            Some(Slot::Ready(e)) => Ok(Inner::snapshot(run_id, e)),
+            _ => Err(Error::NotFound(format!("run {run_id}"))),
+        }
+    }
+
     /// Pauses the run's sandbox (see the backend's `pause`); health checks skip it until it is resumed.
     ///
     /// # Errors
@@ -738,6 +773,30 @@ impl SandboxManager {
     /// Unknown snapshot, or the backend's error.
     pub async fn delete_snapshot(&self, name: &str) -> Result<()> {
         self.inner.backend.delete_snapshot(name).await
+    }
+
+    /// Makes a volume holding at most `limit_bytes` (see the backend's `create_volume`).
+    ///
+    /// # Errors
+    /// A taken or invalid name, or [`Error::Unsupported`] on backends without volumes.
+    pub async fn create_volume(&self, name: &str, limit_bytes: u64) -> Result<crate::VolumeInfo> {
+        self.inner.backend.create_volume(name, limit_bytes).await
+    }
+
+    /// Every volume the backend holds.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn list_volumes(&self) -> Result<Vec<crate::VolumeInfo>> {
+        self.inner.backend.list_volumes().await
+    }
+
+    /// Deletes a volume and its files.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::Conflict`] while a sandbox has it mounted.
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        self.inner.backend.delete_volume(name).await
     }
 
     async fn get_or_create_from(

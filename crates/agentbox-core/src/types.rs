@@ -124,6 +124,22 @@ impl CreateRequest {
     }
 }
 
+/// A named, persistent volume with a quota of its own, mounted into sandboxes at create
+/// (`storage.volumes`); it outlives the sandboxes that use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Its name, unique in the backend.
+    pub name: String,
+    /// When it was made, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The most it may hold, in bytes.
+    pub limit_bytes: u64,
+    /// What it holds, in bytes.
+    pub used_bytes: u64,
+    /// How many of this process's sandboxes have it mounted now.
+    pub mounted_by: u32,
+}
+
 /// A named, read-only, point-in-time copy of a sandbox's files (its home), taken while it runs. Process memory
 /// is not part of it. A new sandbox can start from it (a fork).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -248,6 +248,28 @@ pub fn create_new(dir: &Node, name: &CStr, mode: u32) -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Runs `f` with this thread's filesystem ids set to `uid`:`gid`, so that what it creates is made by the
+/// sandbox's user: a filesystem mounted in a sandbox's user namespace refuses new files whose owner its
+/// namespace doesn't map (the host's root, say) with `EOVERFLOW`. The ids are per thread (raw system calls,
+/// not glibc's process-wide wrappers), and put back before returning.
+pub(crate) fn as_owner<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: setfsgid and setfsuid take integers and change only this thread's credentials; each returns
+    // the previous id, which the calls below put back.
+    let (old_gid, old_uid) = unsafe {
+        let g = libc::syscall(libc::SYS_setfsgid, gid);
+        let u = libc::syscall(libc::SYS_setfsuid, uid);
+        (g, u)
+    };
+    let out = f();
+    // SAFETY: as above, restoring the previous ids (the uid first, which gives back the capabilities that
+    // setting the gid may need).
+    unsafe {
+        libc::syscall(libc::SYS_setfsuid, old_uid);
+        libc::syscall(libc::SYS_setfsgid, old_gid);
+    }
+    out
+}
+
 /// `fstat` of a descriptor (`O_PATH` ones included).
 ///
 /// # Errors

@@ -133,7 +133,7 @@ impl Root {
             }
             let c = CString::new(comp).map_err(|_| Error::InvalidRequest("the path contains a NUL byte".into()))?;
             // SAFETY: mkdirat relative to a directory descriptor we hold, with a single-component name.
-            let rc = unsafe { libc::mkdirat(pnode.fd().as_raw_fd(), c.as_ptr(), 0o755) };
+            let rc = open::as_owner(uid, gid, || unsafe { libc::mkdirat(pnode.fd().as_raw_fd(), c.as_ptr(), 0o755) });
             if rc == 0 {
                 // Hold what was made (not following a link swapped in since) and chown that inode.
                 let made = open::resolve_c(pnode.fd(), &c, FinalLink::Hold).map_err(|e| map_io(&prefix, e))?;
@@ -271,8 +271,11 @@ impl Root {
         let (pf, nf, from_n) = self.parent_and_name(from)?;
         let (pt, nt, to_n) = self.parent_and_name(to)?;
         pt.require_writable_fs().map_err(|e| map_io(&to_n, e))?;
+        let (uid, gid) = self.owner_ids();
         // SAFETY: renameat between two dirfds we hold, with single-component names.
-        let rc = unsafe { libc::renameat(pf.fd().as_raw_fd(), nf.as_ptr(), pt.fd().as_raw_fd(), nt.as_ptr()) };
+        let rc = open::as_owner(uid, gid, || unsafe {
+            libc::renameat(pf.fd().as_raw_fd(), nf.as_ptr(), pt.fd().as_raw_fd(), nt.as_ptr())
+        });
         check(rc).map(drop).map_err(|e| map_io(&format!("{from_n} -> {to_n}"), e))
     }
 

@@ -25,6 +25,8 @@ pub struct Upload {
     mode: u32,
     path: String,
     written: u64,
+    /// The sandbox user's host ids, which make the file (see `open::as_owner`).
+    owner: (u32, u32),
 }
 
 impl Upload {
@@ -48,9 +50,9 @@ impl Upload {
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ))
             .map_err(|_| Error::InvalidRequest("bad temporary name".into()))?;
-            match open::create_new(&dir, &tmp, 0o600) {
+            match open::as_owner(uid, gid, || open::create_new(&dir, &tmp, 0o600)) {
                 Ok(file) => {
-                    let up = Self { dir, tmp, name, file: Some(file), mode, path, written: 0 };
+                    let up = Self { dir, tmp, name, file: Some(file), mode, path, written: 0, owner: (uid, gid) };
                     if let Some(f) = &up.file {
                         // SAFETY: fchown of the file this call created and holds open.
                         check(unsafe { libc::fchown(f.as_raw_fd(), uid, gid) }).map_err(|e| map_io(&up.path, e))?;
@@ -99,10 +101,11 @@ impl Upload {
         // SAFETY: fchmod of the file we created and hold open.
         check(unsafe { libc::fchmod(f.as_raw_fd(), self.mode) }).map_err(|e| map_io(&self.path, e))?;
         drop(f);
+        let (uid, gid) = self.owner;
         // SAFETY: renameat within one directory we hold, with single-component names.
-        let rc = unsafe {
+        let rc = open::as_owner(uid, gid, || unsafe {
             libc::renameat(self.dir.fd().as_raw_fd(), self.tmp.as_ptr(), self.dir.fd().as_raw_fd(), self.name.as_ptr())
-        };
+        });
         let result = check(rc).map(drop).map_err(|e| map_io(&self.path, e));
         if result.is_ok() {
             self.tmp = CString::default();

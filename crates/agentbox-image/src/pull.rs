@@ -453,11 +453,11 @@ impl Puller<'_> {
         let concurrency = self.store.config().concurrency.max(1);
         // Every layer runs to its end even when another failed: what was verified stays for a resumed pull,
         // and nothing is left half-written in tmp/.
+        // The futures are made first: a stream over a mapping closure would make the pull's future impossible to
+        // prove `Send` for callers that need it (a server's task, a backend's create).
+        let pending: Vec<_> = layers.iter().map(|l| self.layer(l, budget.clone())).collect();
         let outcomes: Vec<Result<(bool, bool, u64), PullError>> =
-            futures_util::stream::iter(layers.iter().map(|l| self.layer(l, budget.clone())))
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
+            futures_util::stream::iter(pending).buffer_unordered(concurrency).collect().await;
         let results = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
         for (unpacked, downloaded, bytes) in results {
             if unpacked {

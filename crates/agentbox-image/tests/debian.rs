@@ -9,71 +9,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentbox_image::{ImageConfig, ImageRef, Store};
-use common::{Registry, require, target_dir};
-
-const TAG: &str = "bookworm";
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The OCI layout of a minimal Debian bookworm with python3, built once and cached.
-fn fixture() -> PathBuf {
-    let dir = target_dir().join("image-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let layout = dir.join("debian-python");
-    let done = dir.join("debian-python.complete");
-    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    if done.exists() {
-        return layout;
-    }
-    for (program, package) in [("mmdebstrap", "mmdebstrap"), ("umoci", "umoci"), ("skopeo", "skopeo")] {
-        require(program, package);
-    }
-    let work = tempfile::tempdir_in(&dir).unwrap();
-    let rootfs = work.path().join("rootfs.tar");
-    run(Command::new("mmdebstrap")
-        .args(["--quiet", "--variant=minbase", "--include=python3-minimal", TAG])
-        .arg(&rootfs));
-    let staging = work.path().join("layout");
-    let image = format!("{}:{TAG}", staging.display());
-    run(Command::new("umoci").args(["init", "--layout"]).arg(&staging));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(&rootfs));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.env",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "--config.workingdir",
-        "/root",
-        "--config.cmd",
-        "python3",
-    ]));
-    if layout.exists() {
-        std::fs::remove_dir_all(&layout).unwrap();
-    }
-    std::fs::rename(&staging, &layout).unwrap();
-    std::fs::write(&done, b"").unwrap();
-    layout
-}
-
-fn push(reg: &Registry, layout: &Path) -> String {
-    let dest = format!("{}/debian-python:{TAG}", reg.addr);
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:{TAG}", layout.display()))
-        .arg(format!("docker://{dest}")));
-    dest
-}
+use common::{DEBIAN_TAG, Registry, debian_fixture as fixture, push_debian as push, run_ok, target_dir};
 
 #[tokio::test]
 async fn a_debian_root_pulls_and_runs_python() {
@@ -144,17 +85,21 @@ async fn bench_pull_against_skopeo_and_umoci() {
         sizes = (report.bytes_downloaded, du(&store.layer_dirs(&record).unwrap()[0]));
 
         let dir = tempfile::tempdir_in(target_dir()).unwrap();
-        let oci = format!("oci:{}:{TAG}", dir.path().join("oci").display());
+        let oci = format!("oci:{}:{DEBIAN_TAG}", dir.path().join("oci").display());
         let (_, cpu) = cpu_times();
         let t = Instant::now();
-        run(Command::new("skopeo")
-            .args(["copy", "--quiet", "--src-tls-verify=false"])
-            .arg(format!("docker://{reference}"))
-            .arg(&oci));
-        run(Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:{TAG}", dir.path().join("oci").display()))
-            .arg(dir.path().join("bundle")));
+        run_ok(
+            Command::new("skopeo")
+                .args(["copy", "--quiet", "--src-tls-verify=false"])
+                .arg(format!("docker://{reference}"))
+                .arg(&oci),
+        );
+        run_ok(
+            Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:{DEBIAN_TAG}", dir.path().join("oci").display()))
+                .arg(dir.path().join("bundle")),
+        );
         theirs.push(t.elapsed());
         theirs_cpu.push(cpu_times().1 - cpu);
     }

@@ -29,10 +29,12 @@ mod channel;
 mod config;
 mod create;
 mod exec;
+mod image;
 mod owners;
 mod ports;
 mod setup;
 mod storage;
+mod volumes;
 
 use channel::{Route, reader_loop};
 pub use config::LocalConfig;
@@ -58,6 +60,11 @@ struct Sandbox {
     root: Root,
     /// The sandbox's layer of the storage pool (its home), when storage is disk-backed.
     layer: Option<agentbox_storage::Layer>,
+    /// The host id range of its user namespace, when it has one.
+    ids: Option<agentbox_storage::IdRange>,
+    /// The volumes it has mounted, held as in use until it is dropped.
+    #[expect(dead_code, reason = "held for its drop, never read")]
+    volumes: volumes::VolumeHold,
     last_cpu: Mutex<Option<(Instant, u64)>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     forwards: Mutex<HashMap<u16, (String, tokio::task::JoinHandle<()>)>>,
@@ -83,6 +90,12 @@ struct Inner {
     pool: Option<Arc<agentbox_storage::Pool>>,
     /// The secrets and destination trust every sandbox's egress proxy shares.
     egress: crate::net::EgressContext,
+    /// The image store, when images are configured (opened on first use: `Err` says why it can't be).
+    images: std::sync::OnceLock<std::result::Result<agentbox_image::Store, String>>,
+    /// Host id ranges for sandboxes' user namespaces, when they are in use.
+    ids: Option<Arc<agentbox_storage::IdRanges>>,
+    /// Which volumes this process's sandboxes have mounted (see `backend/volumes.rs`).
+    volumes_in_use: Arc<volumes::VolumesInUse>,
 }
 
 /// The local Linux backend. Cheap to clone.
@@ -154,6 +167,35 @@ impl LocalBackend {
                 }
             },
         };
+        let ids = match &config.id_ranges {
+            None => {
+                limitations.push(
+                    "no user namespaces (no id ranges configured): every sandbox's user is the same host uid, so \
+                     per-user kernel limits (inotify instances, processes) are shared between sandboxes"
+                        .into(),
+                );
+                None
+            }
+            Some(_) if !user_namespaces_allowed() => {
+                limitations.push(
+                    "no user namespaces (user.max_user_namespaces is 0 on this host): every sandbox's user is the \
+                     same host uid, so per-user kernel limits (inotify instances, processes) are shared between sandboxes"
+                        .into(),
+                );
+                None
+            }
+            Some(rc) => match agentbox_storage::IdRanges::open(rc.clone()) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    limitations.push(format!(
+                        "no user namespaces, so per-user kernel limits are shared between sandboxes: the id ranges \
+                         in {} can't be used: {e}",
+                        rc.dir.display()
+                    ));
+                    None
+                }
+            },
+        };
         if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
             limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
         }
@@ -191,6 +233,9 @@ impl LocalBackend {
             owner,
             root_mountpoint,
             pool,
+            images: std::sync::OnceLock::new(),
+            ids,
+            volumes_in_use: Arc::default(),
             config,
             cgroups,
             limitations,
@@ -305,6 +350,14 @@ impl LocalBackend {
 const CAP_SYS_RESOURCE: u32 = 24;
 
 /// Whether this process has the capability `cap` in its effective set.
+/// Whether the host lets user namespaces be made at all (`user.max_user_namespaces` above 0).
+fn user_namespaces_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_none_or(|max| max > 0)
+}
+
 fn has_capability(cap: u32) -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -633,6 +686,18 @@ impl SandboxBackend for LocalBackend {
         self.snapshot_delete(name).await
     }
 
+    async fn create_volume(&self, name: &str, limit_bytes: u64) -> Result<agentbox_core::VolumeInfo> {
+        self.volume_create(name, limit_bytes).await
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<agentbox_core::VolumeInfo>> {
+        self.volume_list().await
+    }
+
+    async fn delete_volume(&self, name: &str) -> Result<()> {
+        self.volume_delete(name).await
+    }
+
     async fn destroy(&self, id: &SandboxId) -> Result<()> {
         let Some(sb) = self.inner.sandboxes.lock_unpoisoned().remove(id) else {
             return Ok(());
@@ -657,6 +722,12 @@ impl SandboxBackend for LocalBackend {
             if let (Some(pool), Some(layer)) = (&inner.pool, &sb2.layer) {
                 if let Err(e) = pool.remove_layer(layer.name()) {
                     tracing::warn!(error = %e, "removing a destroyed sandbox's storage layer");
+                }
+            }
+            // Last: no process and no file of the sandbox holds an id of the range any more.
+            if let (Some(ranges), Some(range)) = (&inner.ids, sb2.ids) {
+                if let Err(e) = ranges.release(range) {
+                    tracing::warn!(error = %e, "releasing a destroyed sandbox's id range");
                 }
             }
         })

@@ -33,6 +33,8 @@ pub struct Limits {
 pub struct Cgroups {
     layout: Layout,
     parent: String,
+    /// On v2, the directory the sandboxes' cgroups are made in (`<base>/<parent>`).
+    v2_parent: PathBuf,
     /// Controllers we can use for limits (memory, cpu, pids).
     pub controllers: Vec<&'static str>,
     /// Why some controllers are unavailable.
@@ -65,6 +67,131 @@ fn parse_mountinfo(text: &str) -> (Option<PathBuf>, BTreeMap<String, PathBuf>) {
     (v2, v1)
 }
 
+/// The controllers the limits use.
+const WANTED: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// The leaf cgroup this process moves into when it sits in the cgroup it must make children in (cgroup v2's
+/// no-internal-processes rule: a cgroup with processes can't enable controllers for its children).
+const SUPERVISOR_LEAF: &str = "supervisor";
+
+/// This process's cgroup on the v2 hierarchy mounted at `v2root` (the `0::` line of `/proc/self/cgroup`).
+fn own_cgroup(v2root: &Path) -> Option<PathBuf> {
+    cgroup_of(v2root, "self")
+}
+
+/// The v2 cgroup of the process `/proc/<pid>` names (`self` for this one), under `v2root`.
+fn cgroup_of(v2root: &Path, pid: &str) -> Option<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = rel.trim().trim_start_matches('/');
+    // A path outside this cgroup namespace's view shows as `/..`: it can't be used.
+    (!rel.starts_with("..")).then(|| v2root.join(rel))
+}
+
+/// Whether systemd delegated `dir` (`Delegate=yes` marks it with the `trusted.delegate` or `user.delegate`
+/// extended attribute).
+fn is_delegated(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: both strings are NUL-terminated and the buffer's length is passed with it.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        n > 0 && value.first() == Some(&b'1')
+    })
+}
+
+/// The nearest cgroup at or above `own` (below `v2root`) that systemd delegated.
+fn delegated_ancestor(v2root: &Path, own: &Path) -> Option<PathBuf> {
+    own.ancestors()
+        .take_while(|d| d.starts_with(v2root) && *d != v2root)
+        .find(|d| is_delegated(d))
+        .map(Path::to_path_buf)
+}
+
+/// Moves this whole process (every thread) into `leaf`, made if needed.
+fn move_self_into(leaf: &Path) -> io::Result<()> {
+    fs::create_dir_all(leaf)?;
+    fs::write(leaf.join("cgroup.procs"), "0")
+}
+
+/// Enables in `dir`'s `cgroup.subtree_control` the wanted controllers `dir` has; returns the write's outcome.
+fn write_subtree_control(dir: &Path) -> io::Result<()> {
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let enable: Vec<String> = WANTED
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .filter(|c| !enabled.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if enable.is_empty() {
+        return Ok(());
+    }
+    fs::write(dir.join("cgroup.subtree_control"), enable.join(" "))
+}
+
+/// Picks the cgroup the sandboxes' parent goes in, on v2, and makes it able to hand controllers down:
+/// - under systemd with `Delegate=yes`, the delegated cgroup (the unit's), this process moving into its
+///   `supervisor` leaf;
+/// - otherwise the hierarchy's root (the host's, or a container's cgroup namespace root, which this process
+///   leaves for a leaf when it is the only one there).
+fn prepare_v2_base(v2root: &Path, problems: &mut Vec<String>) -> PathBuf {
+    let own = own_cgroup(v2root);
+    let delegated = own.as_deref().and_then(|o| delegated_ancestor(v2root, o));
+    let base = delegated.clone().unwrap_or_else(|| v2root.to_path_buf());
+    let inside = own.as_deref() == Some(base.as_path());
+    if delegated.is_some() && inside {
+        if let Err(e) = move_self_into(&base.join(SUPERVISOR_LEAF)) {
+            problems.push(format!(
+                "cannot move agentboxd into {}/{SUPERVISOR_LEAF} of its delegated cgroup: {e}; \
+                 sandbox limits may not be enforced",
+                base.display()
+            ));
+        }
+    }
+    match write_subtree_control(&base) {
+        // A namespace's root cgroup holding this process: leave it for a leaf and try again.
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) && inside && delegated.is_none() => {
+            if let Err(e) = move_self_into(&base.join(SUPERVISOR_LEAF)).and_then(|()| write_subtree_control(&base)) {
+                problems.push(format!(
+                    "cannot enable the memory, cpu and pids controllers in {}: {e}; other processes share this \
+                     cgroup (cgroup v2 allows controllers only for the children of a cgroup without processes): \
+                     run agentboxd in a cgroup of its own (systemd: Delegate=yes)",
+                    base.display()
+                ));
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => problems.push(format!(
+            "cannot enable the memory, cpu and pids controllers in {}: {e}; other processes sit in this cgroup \
+             (cgroup v2 allows controllers only for the children of a cgroup without processes): run agentboxd \
+             alone in its unit",
+            base.display()
+        )),
+        // Missing controllers are reported per controller by the caller.
+        _ => {}
+    }
+    base
+}
+
+/// Enables the wanted controllers for `dir`'s children and returns those that are on, reporting the others.
+fn enable_controllers(dir: &Path, problems: &mut Vec<String>) -> Vec<&'static str> {
+    let _ = write_subtree_control(dir);
+    let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let mut controllers = Vec::new();
+    for c in WANTED {
+        if enabled.split_whitespace().any(|a| a == c) {
+            controllers.push(c);
+        } else {
+            problems.push(format!(
+                "cgroup v2 controller {c} is not available under {}: its limit is not enforced",
+                dir.display()
+            ));
+        }
+    }
+    controllers
+}
+
 impl Cgroups {
     /// Detects the host's cgroups and prepares `parent` (e.g. `agentbox`) under each root.
     #[must_use]
@@ -76,40 +203,40 @@ impl Cgroups {
         let root = unsafe { libc::geteuid() } == 0;
         if !root {
             problems.push("not running as root: cgroup limits (memory, cpu, pids) are not enforced".to_owned());
-            return Self { layout: Layout::None, parent: parent.to_owned(), controllers: Vec::new(), problems };
+            return Self {
+                layout: Layout::None,
+                parent: parent.to_owned(),
+                v2_parent: PathBuf::new(),
+                controllers: Vec::new(),
+                problems,
+            };
         }
         // A v2 mount with controllers means a unified host; a v2 mount without them next to v1 is hybrid.
         if let Some(v2root) = v2 {
             let available = fs::read_to_string(v2root.join("cgroup.controllers")).unwrap_or_default();
-            let wanted = ["memory", "cpu", "pids"];
-            if wanted.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty() {
-                let dir = v2root.join(parent);
+            if WANTED.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty() {
+                let base = prepare_v2_base(&v2root, &mut problems);
+                let dir = base.join(parent);
                 let _ = fs::create_dir_all(&dir);
-                let enable: Vec<String> = wanted
-                    .iter()
-                    .filter(|c| available.split_whitespace().any(|a| a == **c))
-                    .map(|c| format!("+{c}"))
-                    .collect();
-                let _ = fs::write(v2root.join("cgroup.subtree_control"), enable.join(" "));
-                let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
-                let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-                let mut controllers = Vec::new();
-                for c in wanted {
-                    if enabled.split_whitespace().any(|a| a == c) {
-                        controllers.push(c);
-                    } else {
-                        problems.push(format!(
-                            "cgroup v2 controller {c} is not available under {}: its limit is not enforced",
-                            dir.display()
-                        ));
-                    }
-                }
-                return Self { layout: Layout::V2(v2root), parent: parent.to_owned(), controllers, problems };
+                let controllers = enable_controllers(&dir, &mut problems);
+                return Self {
+                    layout: Layout::V2(v2root),
+                    parent: parent.to_owned(),
+                    v2_parent: dir,
+                    controllers,
+                    problems,
+                };
             }
         }
         if v1.is_empty() {
             problems.push("no cgroup filesystem is mounted: memory, cpu and pids limits are not enforced".into());
-            return Self { layout: Layout::None, parent: parent.to_owned(), controllers: Vec::new(), problems };
+            return Self {
+                layout: Layout::None,
+                parent: parent.to_owned(),
+                v2_parent: PathBuf::new(),
+                controllers: Vec::new(),
+                problems,
+            };
         }
         let mut controllers = Vec::new();
         for c in ["memory", "cpu", "pids"] {
@@ -124,7 +251,7 @@ impl Cgroups {
                 v1.remove(extra);
             }
         }
-        Self { layout: Layout::V1(v1), parent: parent.to_owned(), controllers, problems }
+        Self { layout: Layout::V1(v1), parent: parent.to_owned(), v2_parent: PathBuf::new(), controllers, problems }
     }
 
     /// The layout.
@@ -145,7 +272,7 @@ impl Cgroups {
 
     fn dirs(&self, id: &str) -> Vec<(String, PathBuf)> {
         match &self.layout {
-            Layout::V2(root) => vec![("unified".into(), root.join(&self.parent).join(id))],
+            Layout::V2(_) => vec![("unified".into(), self.v2_parent.join(id))],
             Layout::V1(m) => m
                 .iter()
                 .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids" | "freezer"))
@@ -231,7 +358,7 @@ impl Cgroups {
     #[must_use]
     pub fn find(&self, prefix: &str) -> Vec<PathBuf> {
         let roots: Vec<PathBuf> = match &self.layout {
-            Layout::V2(r) => vec![r.join(&self.parent)],
+            Layout::V2(_) => vec![self.v2_parent.clone()],
             Layout::V1(m) => m.values().map(|p| p.join(&self.parent)).collect(),
             Layout::None => Vec::new(),
         };
@@ -255,6 +382,192 @@ impl Cgroups {
             dirs: self.dirs(id).into_iter().filter(|(_, d)| d.exists()).collect(),
             v2: matches!(self.layout, Layout::V2(_)),
         }
+    }
+}
+
+/// Which cgroup hierarchy the host has, as [`CgroupReport`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// The unified hierarchy (cgroup v2) with the controllers.
+    V2,
+    /// Legacy hierarchies (cgroup v1), possibly next to an empty v2 mount (hybrid).
+    V1,
+    /// No cgroup file system.
+    None,
+}
+
+/// The host's cgroups and what they mean for sandbox limits, read without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupReport {
+    /// The process the report is about (`None`: this one).
+    pub process: Option<u32>,
+    /// The hierarchy in use.
+    pub version: CgroupVersion,
+    /// The v2 mount point (also on hybrid hosts, where it holds no controllers).
+    pub v2_mount: Option<PathBuf>,
+    /// The process's v2 cgroup.
+    pub own_cgroup: Option<PathBuf>,
+    /// The cgroup systemd delegated to the process (`Delegate=yes`), if any.
+    pub delegated: Option<PathBuf>,
+    /// Where the sandboxes' cgroups go (the delegated cgroup, or the hierarchy's root) on v2.
+    pub base: Option<PathBuf>,
+    /// Controllers the base cgroup has (v2), or the mounted v1 controllers.
+    pub available: Vec<String>,
+    /// Controllers the base cgroup already hands to its children (`cgroup.subtree_control`, v2).
+    pub enabled: Vec<String>,
+    /// One line per limit and feature: enforced or not, and why.
+    pub notes: Vec<String>,
+}
+
+fn limit_of(controller: &str) -> &'static str {
+    match controller {
+        "memory" => "memory limit (and OOM kills counted)",
+        "cpu" => "CPU limit",
+        _ => "process limit",
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+impl CgroupReport {
+    /// Reads the host's cgroups as this process sees them. Writes nothing.
+    #[must_use]
+    pub fn inspect() -> Self {
+        Self::inspect_process(None)
+    }
+
+    /// Reads the host's cgroups as the process `pid` (this one for `None`) sees them, e.g. a running agentboxd,
+    /// whose cgroup (a unit's, delegated or not) is not that of a shell. Writes nothing.
+    #[must_use]
+    pub fn inspect_process(pid: Option<u32>) -> Self {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (v2, v1) = parse_mountinfo(&mountinfo);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut report = Self {
+            process: pid,
+            version: CgroupVersion::None,
+            v2_mount: v2.clone(),
+            own_cgroup: None,
+            delegated: None,
+            base: None,
+            available: Vec::new(),
+            enabled: Vec::new(),
+            notes: Vec::new(),
+        };
+        if !root {
+            report
+                .notes
+                .push("not running as root: the local backend needs root, and enforces limits only then".into());
+        }
+        let unified = v2.as_ref().filter(|r| {
+            let available = fs::read_to_string(r.join("cgroup.controllers")).unwrap_or_default();
+            WANTED.iter().any(|c| available.split_whitespace().any(|a| a == *c)) || v1.is_empty()
+        });
+        if let Some(v2root) = unified {
+            report.version = CgroupVersion::V2;
+            report.own_cgroup = cgroup_of(v2root, &pid.map_or_else(|| "self".to_owned(), |p| p.to_string()));
+            report.delegated = report.own_cgroup.as_deref().and_then(|o| delegated_ancestor(v2root, o));
+            let base = report.delegated.clone().unwrap_or_else(|| v2root.clone());
+            report.available = words(&fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default());
+            report.enabled = words(&fs::read_to_string(base.join("cgroup.subtree_control")).unwrap_or_default());
+            report.v2_notes(v2root, &base);
+            report.base = Some(base);
+        } else if !v1.is_empty() {
+            report.version = CgroupVersion::V1;
+            report.available = v1.keys().cloned().collect();
+            for c in WANTED {
+                report.notes.push(if v1.contains_key(c) {
+                    format!("{c}: mounted (v1): sandboxes get a {}", limit_of(c))
+                } else {
+                    format!("{c}: not mounted (v1): the {} is not enforced", limit_of(c))
+                });
+            }
+            report.notes.push(if v1.contains_key("freezer") {
+                "pause: the v1 freezer (freezer.state)".into()
+            } else {
+                "pause: no freezer hierarchy is mounted: sandboxes can't be paused".into()
+            });
+            report.notes.push("teardown: every process is killed one by one (v1 has no cgroup.kill)".into());
+        } else {
+            report
+                .notes
+                .push("no cgroup file system is mounted: memory, CPU and process limits are not enforced".into());
+        }
+        report
+    }
+
+    fn v2_notes(&mut self, v2root: &Path, base: &Path) {
+        let has = |list: &[String], c: &str| list.iter().any(|a| a == c);
+        for c in WANTED {
+            let line = if has(&self.enabled, c) {
+                format!("{c}: delegated to the sandboxes' cgroups: sandboxes get a {}", limit_of(c))
+            } else if has(&self.available, c) {
+                format!(
+                    "{c}: available; agentbox enables it for its sandboxes when it starts: sandboxes get a {}",
+                    limit_of(c)
+                )
+            } else {
+                format!(
+                    "{c}: not available in {}: the {} is not enforced (enable it in the parent's \
+                     cgroup.subtree_control, or run agentboxd under systemd with Delegate=yes)",
+                    base.display(),
+                    limit_of(c)
+                )
+            };
+            self.notes.push(line);
+        }
+        match (&self.delegated, &self.own_cgroup) {
+            (Some(d), _) => self.notes.push(format!(
+                "delegation: systemd delegated {} (Delegate=yes): agentbox runs in a leaf of it (`{SUPERVISOR_LEAF}` \
+                 when it starts in the delegated cgroup itself) and makes the sandboxes' cgroups next to that leaf",
+                d.display()
+            )),
+            (None, Some(own)) if own.as_path() != v2root => self.notes.push(format!(
+                "delegation: none; this process runs in {}, so agentbox makes the sandboxes' cgroups at the \
+                 hierarchy's root, outside what manages that cgroup; under systemd use packaging/agentboxd.service \
+                 (Delegate=yes)",
+                own.display()
+            )),
+            _ => self.notes.push("delegation: not needed: this process runs in the hierarchy's root cgroup".into()),
+        }
+        self.notes.push(
+            "pause: cgroup.freeze; teardown: cgroup.kill (Linux 5.14 and later, else processes are killed one by one)"
+                .into(),
+        );
+    }
+}
+
+impl std::fmt::Display for CgroupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let version = match self.version {
+            CgroupVersion::V2 => "v2 (unified)",
+            CgroupVersion::V1 if self.v2_mount.is_some() => "v1 (hybrid: the v2 mount holds no controllers)",
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::None => "none",
+        };
+        writeln!(f, "cgroup version: {version}")?;
+        if let Some(own) = &self.own_cgroup {
+            match self.process {
+                Some(pid) => writeln!(f, "cgroup of process {pid}: {}", own.display())?,
+                None => writeln!(f, "this process's cgroup: {}", own.display())?,
+            }
+        }
+        if let Some(base) = &self.base {
+            writeln!(f, "sandboxes' cgroups under: {}", base.display())?;
+        }
+        let label = if self.version == CgroupVersion::V1 { "controllers mounted" } else { "controllers available" };
+        writeln!(f, "{label}: {}", if self.available.is_empty() { "none".into() } else { self.available.join(" ") })?;
+        if self.version == CgroupVersion::V2 {
+            let enabled = if self.enabled.is_empty() { "none".into() } else { self.enabled.join(" ") };
+            writeln!(f, "controllers delegated to children: {enabled}")?;
+        }
+        for note in &self.notes {
+            writeln!(f, "  {note}")?;
+        }
+        Ok(())
     }
 }
 
@@ -288,10 +601,10 @@ fn subtree(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 impl SandboxCgroup {
-    /// The files a new single-threaded process writes `0` to, to join the sandbox (one per hierarchy).
+    /// The files a process id is written to, to move that process into the sandbox (one per hierarchy).
     ///
-    /// On v1 that is `tasks`: moving only the calling thread skips the global threadgroup lock
-    /// and the RCU grace period that `cgroup.procs` waits for (about 10 ms per sandbox).
+    /// On v1 that is `tasks`: moving only one thread (the init is single-threaded) skips the global
+    /// threadgroup lock and the RCU grace period that `cgroup.procs` waits for (about 10 ms per sandbox).
     #[must_use]
     pub fn join_files(&self) -> Vec<PathBuf> {
         let file = if self.v2 { "cgroup.procs" } else { "tasks" };
@@ -299,6 +612,48 @@ impl SandboxCgroup {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Whether these are cgroup v2 directories.
+    #[must_use]
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// Moves the single-threaded process `pid` (a sandbox init that waits for its setup) into the sandbox.
+    /// Slower than the process joining itself (a write of `0`): moving another process takes the kernel's
+    /// global threadgroup lock, an RCU grace period (about 10 ms).
+    ///
+    /// # Errors
+    /// The first hierarchy that refuses it, named in the error.
+    pub fn add(&self, pid: i32) -> io::Result<()> {
+        for file in self.join_files() {
+            fs::write(&file, pid.to_string())
+                .map_err(|e| io::Error::new(e.kind(), format!("moving the init into {}: {e}", file.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Gives the sandbox's cgroup directories, and the files that move processes and enable controllers, to
+    /// `uid`:`gid` (root of the sandbox's user namespace), as systemd's `Delegate=` does: the init can then make
+    /// its executions' cgroups and move processes into them, while every limit file stays root's.
+    ///
+    /// # Errors
+    /// The first directory that can't be given.
+    pub fn delegate(&self, uid: u32, gid: u32) -> io::Result<()> {
+        for dir in self.dirs.values() {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                .map_err(|e| io::Error::new(e.kind(), format!("delegating {}: {e}", dir.display())))?;
+            for file in ["cgroup.procs", "tasks", "cgroup.threads", "cgroup.subtree_control"] {
+                match std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io::Error::new(e.kind(), format!("delegating {}/{file}: {e}", dir.display())));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     fn dir(&self, v1: &str) -> Option<&PathBuf> {
@@ -475,5 +830,44 @@ mod tests {
         let (v2, v1) = parse_mountinfo(unified);
         assert_eq!(v2, Some(PathBuf::from("/sys/fs/cgroup")));
         assert!(v1.is_empty());
+    }
+
+    #[test]
+    fn finds_the_nearest_cgroup_systemd_delegated() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = std::env::temp_dir().join(format!("agentbox-cgroup-delegate-{}", std::process::id()));
+        let own = root.join("system.slice/agentboxd.service/supervisor");
+        fs::create_dir_all(&own).unwrap();
+        let unit = root.join("system.slice/agentboxd.service");
+        let path = std::ffi::CString::new(unit.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings and a one-byte value with its length.
+        let set = unsafe { libc::setxattr(path.as_ptr(), c"trusted.delegate".as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+        if set == 0 {
+            assert_eq!(delegated_ancestor(&root, &own), Some(unit.clone()));
+            assert_eq!(delegated_ancestor(&root, &unit), Some(unit.clone()));
+        }
+        // Trusted attributes need CAP_SYS_ADMIN and a file system that keeps them; nothing is delegated without.
+        assert_eq!(delegated_ancestor(&root, &root.join("system.slice")), None);
+        assert_eq!(delegated_ancestor(&root, &root), None);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_report_says_what_each_controller_means() {
+        let report = CgroupReport {
+            process: None,
+            version: CgroupVersion::V2,
+            v2_mount: Some(PathBuf::from("/sys/fs/cgroup")),
+            own_cgroup: Some(PathBuf::from("/sys/fs/cgroup/system.slice/agentboxd.service/supervisor")),
+            delegated: Some(PathBuf::from("/sys/fs/cgroup/system.slice/agentboxd.service")),
+            base: Some(PathBuf::from("/sys/fs/cgroup/system.slice/agentboxd.service")),
+            available: vec!["cpu".into(), "memory".into(), "pids".into()],
+            enabled: vec!["memory".into(), "pids".into()],
+            notes: vec!["cpu: available".into()],
+        };
+        let text = report.to_string();
+        assert!(text.starts_with("cgroup version: v2 (unified)\n"), "{text}");
+        assert!(text.contains("controllers delegated to children: memory pids\n"), "{text}");
+        assert!(text.contains("  cpu: available\n"), "{text}");
     }
 }

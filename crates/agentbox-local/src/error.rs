@@ -37,7 +37,7 @@ impl From<LocalError> for Error {
                 Self::Backend { message: format!("{what}: {source}"), source: Some(source) }
             }
             LocalError::Storage(e) => match e {
-                StorageError::Exists(_) => Self::Conflict(e.to_string()),
+                StorageError::Exists { .. } => Self::Conflict(e.to_string()),
                 StorageError::NotFound { what, name } => Self::NotFound(format!("{what} {name}")),
                 StorageError::InvalidName(name) => Self::InvalidRequest(format!(
                     "{name:?} is not a valid name: use letters, digits, '.', '_' and '-' (at most 200)"

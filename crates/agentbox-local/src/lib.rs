@@ -38,4 +38,5 @@ mod zygote;
 
 pub use backend::{LocalBackend, LocalConfig};
 pub use cgroup::Layout as CgroupLayout;
+pub use cgroup::{CgroupReport, CgroupVersion};
 pub use net::{HTTP_PROXY_PORT, NetworkStats, SOCKS_PROXY_PORT};

@@ -357,7 +357,9 @@ pub struct Setup {
     /// A host directory bound read-only as the whole /etc (a template holding the /etc
     /// entries and files above, built once on the host); `binds` and `files` then hold none.
     pub etc: Option<String>,
-    /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`) before anything else.
+    /// Cgroup files the init joins by writing `0` (v1 `tasks`, v2 `cgroup.procs`) before anything else: a
+    /// process moving itself skips the kernel's global threadgroup lock. Empty when the host moved it.
+    #[serde(default)]
     pub cgroups: Vec<String>,
     /// Size of the writable storage (home and /tmp, or /tmp alone with `home_source`) in bytes.
     pub storage_bytes: u64,
@@ -395,13 +397,62 @@ pub struct Setup {
     pub landlock: bool,
     /// Per-exec cgroup tracking: how to mount the cgroup fs privately ("v2", "v1:pids", or "none").
     pub exec_cgroups: String,
+    /// The host directories that ride along with this message, in order, as detached mounts (`open_tree`
+    /// clones) that the init moves into place instead of binding `etc` and `home_source` by path: the init,
+    /// root of its own user namespace and so not the host's root, may be unable to reach them by path (a
+    /// 0700 state directory, say).
+    #[serde(default)]
+    pub passed: Vec<PassedDir>,
+    /// The root is an overlay of an image: its layers (passed as `Lower`, top first) under the `root` directory
+    /// of the sandbox's storage layer (passed as `Layer`, with overlayfs's `work` beside it). The root is then
+    /// writable and on disk, and `binds`, `symlinks` and `etc` are not used; generated `/etc` files are written
+    /// into it (`passwd` and `group` gain the lines of names they lack).
+    #[serde(default)]
+    pub image_root: bool,
+    /// Volumes mounted into the sandbox, in order, each passed as `Volume` (a detached mount, idmapped into the
+    /// sandbox's user namespace, read-only when asked).
+    #[serde(default)]
+    pub volumes: Vec<VolumeTarget>,
+    /// The init runs in a user namespace of its own (overlayfs then keeps its attributes as `user.overlay.*`).
+    #[serde(default)]
+    pub user_namespace: bool,
+}
+
+/// A host directory passed to the init as a detached mount with its setup message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PassedDir {
+    /// The layer directory mounted as the home (`home_source`).
+    Home,
+    /// The `/etc` template (`etc`).
+    Etc,
+    /// One layer of the image root, top first (`image_root`).
+    Lower,
+    /// The sandbox's storage layer, holding the overlay's `root` and `work` (`image_root`).
+    Layer,
+    /// A volume's files, for the next entry of `volumes`.
+    Volume,
+}
+
+/// Where a volume goes inside the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeTarget {
+    /// The mount path inside.
+    pub path: String,
+    /// Mounted read-only (the detached mount is read-only already; executions get no write rule for it).
+    pub read_only: bool,
 }
 
 /// host -> zygote: start a sandbox init (the control socket rides along as `SCM_RIGHTS`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpawnInit {
-    /// The host directory the init mounts its root on.
+    /// The host directory the init mounts its root on (the zygote clones it from there: the init finds it as
+    /// its working directory, in its own mount namespace, without looking its path up).
     pub root: String,
+    /// The first host id of the sandbox's id range: the init gets a user namespace of its own, owned by that
+    /// id and mapping ids `0..65536` inside onto the range. `None`: no user namespace (host ids inside).
+    #[serde(default)]
+    pub ids: Option<u32>,
 }
 
 /// zygote -> host: the init's host pid (its pidfd rides along), or why it could not start.

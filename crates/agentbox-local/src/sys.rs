@@ -134,47 +134,90 @@ pub unsafe fn close(fd: libc::c_int) {
     }
 }
 
-/// Sends one datagram on a `SOCK_SEQPACKET` socket, with `fd` attached (`SCM_RIGHTS`) when given.
+/// Sends `data` on `sock` with `fd` attached (`SCM_RIGHTS`), if any.
 pub fn send_with_fd(sock: libc::c_int, data: &[u8], fd: Option<libc::c_int>) -> io::Result<()> {
+    let fd = fd.map(|fd| {
+        // SAFETY: the caller's descriptor, borrowed for this call only.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+    });
+    send_with_fds(sock, data, fd.as_slice())
+}
+
+/// Sends `data` on `sock` with `fds` attached (`SCM_RIGHTS`, at most [`MAX_PASSED_FDS`]). On a stream socket
+/// they arrive with the first bytes of `data`.
+pub fn send_with_fds(sock: libc::c_int, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one message"));
+    }
+    let bytes = u32::try_from(std::mem::size_of_val(fds)).unwrap_or(u32::MAX);
     // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
     // SAFETY: a zeroed msghdr is valid; the fields set below point into live buffers.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    if !fds.is_empty() {
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space;
-        // SAFETY: the control buffer has room for one header carrying one fd.
+        // SAFETY: the control buffer has room for one header carrying `fds.len()` descriptors.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+            }
         }
     }
-    loop {
+    let mut sent = 0;
+    while sent < data.len() || (sent == 0 && data.is_empty()) {
+        if sent > 0 {
+            // The descriptors went with the first part; the rest is plain data.
+            msg.msg_control = std::ptr::null_mut();
+            msg.msg_controllen = 0;
+            iov = libc::iovec { iov_base: data[sent..].as_ptr().cast_mut().cast(), iov_len: data.len() - sent };
+            msg.msg_iov = &raw mut iov;
+        }
         // SAFETY: msg points at valid buffers for the duration of the call.
         let n = unsafe { libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
             return Err(e);
         }
+        sent += n.unsigned_abs();
+        if data.is_empty() {
+            break;
+        }
     }
+    Ok(())
 }
+
+/// The most descriptors one message carries.
+pub const MAX_PASSED_FDS: usize = 128;
 
 /// Receives one datagram from a `SOCK_SEQPACKET` socket into `buf`, with the fd attached to it, if any
 /// (received close-on-exec). `Ok((0, None))` means the peer closed the socket.
 pub fn recv_with_fd(sock: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
+    let (n, fds) = recv_with_fds(sock, buf)?;
+    Ok((n, fds.into_iter().next()))
+}
+
+/// Receives into `buf` from `sock` with the descriptors attached (received close-on-exec; at most
+/// [`MAX_PASSED_FDS`], more are closed). On a `SOCK_SEQPACKET` socket a message larger than `buf` is an error;
+/// on a stream socket this reads what is there, up to `buf.len()`. `Ok((0, _))` means the peer closed it.
+pub fn recv_with_fds(sock: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
     use std::os::fd::FromRawFd;
+    let most = u32::try_from(MAX_PASSED_FDS * std::mem::size_of::<libc::c_int>()).unwrap_or(u32::MAX);
     // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(most) } as usize;
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: a zeroed msghdr is valid; the fields set below point into live buffers.
@@ -194,19 +237,29 @@ pub fn recv_with_fd(sock: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, Opt
             return Err(e);
         }
     };
-    let mut fd = None;
-    // SAFETY: walking the control messages the kernel filled in.
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel filled in; each descriptor in them is new and ours.
     unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        if !cmsg.is_null() && (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-            fd = Some(std::os::fd::OwnedFd::from_raw_fd(raw));
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let header = libc::CMSG_LEN(0) as usize;
+                let count = ((*cmsg).cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<libc::c_int>();
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                for i in 0..count {
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
         }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "more descriptors than one message may carry"));
     }
     if msg.msg_flags & libc::MSG_TRUNC != 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "message larger than the receive buffer"));
     }
-    Ok((n, fd))
+    Ok((n, fds))
 }
 
 /// pidfd_open(2).
@@ -288,4 +341,54 @@ pub fn set_window_size(tty: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<
     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
     check(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) }).map(drop)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY`.
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_IDMAP`.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// Sets attributes of the detached mount `mount`: idmapped through the user namespace `userns`, when given (a
+/// file owned by host id `k` shows as owned by the id that namespace maps from `k`: an image's root files are
+/// root's inside a sandbox whose root is an unprivileged host id), and read-only when asked. Idmapping needs the
+/// host's `CAP_SYS_ADMIN` and a filesystem that supports it.
+pub fn set_mount_attrs(
+    mount: std::os::fd::BorrowedFd<'_>,
+    userns: Option<std::os::fd::BorrowedFd<'_>>,
+    read_only: bool,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    if let Some(userns) = userns {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    }
+    if read_only {
+        attr.attr_set |= MOUNT_ATTR_RDONLY;
+    }
+    if attr.attr_set == 0 {
+        return Ok(());
+    }
+    // SAFETY: mount_setattr on a descriptor we borrow, with an empty path, AT_EMPTY_PATH, and a mount_attr of
+    // the size given that lives for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

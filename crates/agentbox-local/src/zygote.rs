@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use crate::proto::{InitSpawned, SpawnInit};
 use crate::{agent, sealed, sys};
 use agentbox_core::LockExt;
+use agentbox_storage::IdRange;
 
 struct Zygote {
     socket: OwnedFd,
@@ -91,14 +92,14 @@ pub fn warm_up() {
     });
 }
 
-/// Starts a sandbox init whose root goes on `root`, serving `control` (it joins its cgroups
-/// when the setup message that names them arrives). Blocks briefly (one clone in the zygote); call it off
-/// the async runtime.
+/// Starts a sandbox init whose root goes on `root`, serving `control`; with `ids`, in a user namespace of its
+/// own mapped onto that range (see `agent::zygote`). The init waits for its setup message, before which the
+/// host moves it into its cgroups. Blocks briefly (one clone in the zygote); call it off the async runtime.
 ///
 /// # Errors
 /// When the zygote can't be started, or the clone failed (namespaces not permitted).
-pub fn spawn_init(root: &str, control: &OwnedFd) -> Result<Init, SpawnError> {
-    let request = serde_json::to_vec(&SpawnInit { root: root.to_owned() })
+pub fn spawn_init(root: &str, control: &OwnedFd, ids: Option<IdRange>) -> Result<Init, SpawnError> {
+    let request = serde_json::to_vec(&SpawnInit { root: root.to_owned(), ids: ids.map(|r| r.first) })
         .map_err(|e| SpawnError { message: format!("encoding the request: {e}"), errno: None })?;
     let mut guard = ZYGOTE.lock_unpoisoned();
     // A zygote that died before taking the request (killed from outside) is replaced once. One

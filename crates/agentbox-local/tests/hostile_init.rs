@@ -265,6 +265,7 @@ for p in [p for p in os.listdir("/proc") if p.isdigit() and p != "1"]:
         try: print(p, f, "reached" if open(f"/proc/{p}/{f}", "rb").read(64) else "empty", flush=True)
         except OSError: print(p, f, "denied", flush=True)
     print(p, "ptrace", "reached" if libc.ptrace(16, int(p), 0, 0) == 0 else "denied", flush=True)
+print("stopper done", flush=True)
 "#;
     let stopper = sb.backend.spawn_background(&sb.id, ExecRequest::argv(["python3", "-c", stopper])).await.unwrap();
     let stopper_log = stopper.output_path.unwrap();
@@ -295,6 +296,18 @@ for p in [p for p in os.listdir("/proc") if p.isdigit() and p != "1"]:
         }
     })
     .await;
+    // The check that the init still answers comes once the stopper is done: on a slow machine (an emulated
+    // guest) the stopper may start late and still be stopping processes, the check's own among them.
+    let stopper_done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let log = sb.backend.read_file(&sb.id, &stopper_log).await.unwrap_or_default();
+            if String::from_utf8_lossy(&log).contains("stopper done") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     let answer = try_run(&sb, ExecRequest::shell("echo ok")).await.map(|o| o.stdout);
     let diagnosis = states(&sb);
     let log = sb.backend.read_file(&sb.id, &stopper_log).await.unwrap_or_default();
@@ -303,6 +316,7 @@ for p in [p for p in os.listdir("/proc") if p.isdigit() and p != "1"]:
     destroy_bounded(sb).await;
     assert!(!log.contains("reached"), "user code reached a stopped execution child: {log}");
     assert!(all.is_ok(), "executions never finished while user code stopped processes: {diagnosis}\n{log}");
+    assert!(stopper_done.is_ok(), "the stopper never finished: {diagnosis}\n{log}");
     assert!(wrong.is_empty(), "executions beside a stopper neither ran nor timed out: {wrong:?}");
     assert_eq!(answer.as_deref(), Ok("ok\n"), "the init is stuck: {diagnosis}");
 }

@@ -51,10 +51,30 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     assert!(pids.len() >= 3, "{pids:?}");
     let cgroups: Vec<String> =
         std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap().lines().map(str::to_owned).collect();
+    // The sandbox's host id range, which destroy gives back.
+    let uid_map = std::fs::read_to_string(format!("/proc/{}/uid_map", pids[0])).unwrap();
+    let first_id = uid_map.split_whitespace().nth(1).unwrap().to_owned();
+    let claims = LocalConfig::default().id_ranges.unwrap().dir;
+    assert!(claims.join(&first_id).exists(), "no claim for the range in {uid_map:?}");
     b.destroy(&info.id).await.unwrap();
     b.destroy(&info.id).await.unwrap();
+    assert!(!claims.join(&first_id).exists(), "destroy left the id range {first_id} claimed");
+    // Destroy returns once the init has exited; the zygote, its parent, reaps it a moment later (a slow
+    // machine, such as an emulated guest, shows it as a zombie meanwhile).
     for p in &pids {
-        assert!(!std::path::Path::new(&format!("/proc/{p}")).exists(), "process {p} survived destroy");
+        let proc_dir = format!("/proc/{p}");
+        for _ in 0..500 {
+            if !std::path::Path::new(&proc_dir).exists() {
+                break;
+            }
+            let state = std::fs::read_to_string(format!("{proc_dir}/status")).unwrap_or_default();
+            assert!(
+                state.lines().any(|l| l.starts_with("State:") && l.contains("Z (zombie)")) || state.is_empty(),
+                "process {p} survived destroy: {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!std::path::Path::new(&proc_dir).exists(), "process {p} was never reaped after destroy");
     }
     let config = LocalConfig { state_dir: state.clone(), ..LocalConfig::default() };
     assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "cgroups left behind");
@@ -84,7 +104,7 @@ async fn destroy_leaves_nothing_behind_and_is_idempotent() {
     let err = b.create(CreateRequest::default()).await.unwrap_err();
     std::fs::remove_file(state.join(".root")).unwrap();
     std::fs::create_dir(state.join(".root")).unwrap();
-    assert!(err.to_string().contains("building the sandbox filesystem failed"), "{err}");
+    assert!(err.to_string().contains("entering the root mount point"), "{err}");
     assert_eq!(LocalBackend::host_cgroups(&config, ""), Vec::<std::path::PathBuf>::new(), "cgroups left behind");
     assert_eq!(open_fds(), fds_before, "file descriptors leaked by a failed create");
     assert!(b.list().await.unwrap().is_empty());

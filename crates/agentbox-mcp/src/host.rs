@@ -34,6 +34,14 @@ pub trait SandboxHost: Send + Sync + 'static {
         self.manager().create_from_snapshot(run_id, snapshot, options).await
     }
 
+    /// Puts the run's files back to a snapshot (a new sandbox from it takes the run's place).
+    ///
+    /// # Errors
+    /// As [`SandboxManager::restore`].
+    async fn restore(&self, run_id: &RunId, snapshot: &str) -> agentbox_core::Result<ManagedSandbox> {
+        self.manager().restore(run_id, snapshot).await
+    }
+
     /// Destroys the run's sandbox.
     ///
     /// # Errors

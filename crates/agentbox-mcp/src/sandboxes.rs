@@ -1,5 +1,5 @@
 //! The sandbox lifecycle tools: `sandbox_create`, `sandbox_list`, `sandbox_destroy`, `sandbox_metrics`, and the
-//! snapshot tools `sandbox_snapshot`, `snapshot_list`, `snapshot_delete`.
+//! snapshot tools `sandbox_snapshot`, `sandbox_restore`, `snapshot_list`, `snapshot_delete`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub const SANDBOX_RESUME: &str = "sandbox_resume";
 /// See [`SANDBOX_CREATE`].
 pub const SANDBOX_SNAPSHOT: &str = "sandbox_snapshot";
 /// See [`SANDBOX_CREATE`].
+pub const SANDBOX_RESTORE: &str = "sandbox_restore";
+/// See [`SANDBOX_CREATE`].
 pub const SNAPSHOT_LIST: &str = "snapshot_list";
 /// See [`SANDBOX_CREATE`].
 pub const SNAPSHOT_DELETE: &str = "snapshot_delete";
@@ -41,6 +43,9 @@ pub(crate) const SNAPSHOT_DESCRIPTION: &str = "Save a sandbox's files (its home)
     taken at once while it runs: before a risky step, or to try two approaches. Running processes and memory are \
     not saved. Start a new sandbox from it with sandbox_create's from_snapshot (a fork: its own copy, changes don't \
     show in the original). Without run_id, this session's default sandbox.";
+pub(crate) const RESTORE_DESCRIPTION: &str = "Put a sandbox's files back to a snapshot (see sandbox_snapshot): a \
+    new sandbox starts from the snapshot's files and takes the run_id's place, with the same settings. Running \
+    processes don't survive. Without run_id, this session's default sandbox.";
 pub(crate) const PAUSE_DESCRIPTION: &str = "Pause a sandbox: every process is frozen where it is and uses no CPU; \
     memory and files stay. Commands are refused until sandbox_resume; files can still be read and written. Without \
     run_id, this session's default sandbox.";
@@ -186,18 +191,49 @@ pub(crate) struct CreateInput {
     pub overrides: Option<Overrides>,
     /// Start with the files of this snapshot (see sandbox_snapshot); the sandbox must not exist yet.
     pub from_snapshot: Option<String>,
+    /// Root filesystem from this OCI image (`python:3.12-slim`, `localhost:5000/team/agent:1`), pulled on first
+    /// use; `host` (the default) is the host's own system.
+    pub image: Option<String>,
+    /// Named volumes to mount (made beforehand by the server's operator); their files outlive the sandbox.
+    pub volumes: Option<Vec<VolumeInput>>,
+}
+
+/// A volume to mount into a new sandbox.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VolumeInput {
+    /// The volume's name.
+    pub name: String,
+    /// Where it appears inside, an absolute path such as /home/user/work (not under /proc, /dev, /sys, /etc, /tmp).
+    pub mount_path: String,
+    /// Mount it read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl CreateInput {
     /// The manager's options for this input.
     pub(crate) fn options(self) -> CreateOptions {
-        if self.preset.is_none() && self.overrides.is_none() {
+        if self.preset.is_none() && self.overrides.is_none() && self.image.is_none() && self.volumes.is_none() {
             // Reuses an existing sandbox whatever its settings; a new one gets the default preset.
             return CreateOptions::default();
         }
-        let preset = self.preset.map(Preset::from);
-        let config = self.overrides.map(|o| o.apply(preset.unwrap_or_default().config()));
-        CreateOptions { preset: Some(preset.unwrap_or_default()), config }
+        let preset = self.preset.map(Preset::from).unwrap_or_default();
+        let mut config = self.overrides.map(|o| o.apply(preset.config()));
+        if let Some(image) = self.image {
+            config.get_or_insert_with(|| preset.config()).image = Some(image);
+        }
+        if let Some(volumes) = self.volumes {
+            config.get_or_insert_with(|| preset.config()).storage.volumes = volumes
+                .into_iter()
+                .map(|v| agentbox_core::config::VolumeMount {
+                    name: v.name,
+                    mount_path: v.mount_path,
+                    read_only: v.read_only,
+                })
+                .collect();
+        }
+        CreateOptions { preset: Some(preset), config }
     }
 }
 

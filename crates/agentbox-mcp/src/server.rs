@@ -21,8 +21,8 @@ use crate::config::McpConfig;
 use crate::host::SandboxHost;
 use crate::sandboxes::{
     self, CreateInput, EgressInput, ListInput, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_EGRESS, SANDBOX_LIST,
-    SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST, SnapshotInput,
-    SnapshotNameInput, Summary,
+    SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESTORE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST,
+    SnapshotInput, SnapshotNameInput, Summary,
 };
 
 /// Prefix of the run id of each session's default sandbox.
@@ -441,6 +441,12 @@ impl McpSession {
                 let run = self.target(input.run_id.as_deref(), stateless).await?;
                 let snapshot = self.shared().manager().snapshot(&run, &input.name).await?;
                 Ok(json!({ "run_id": run.as_str(), "snapshot": snapshot }))
+            }
+            SANDBOX_RESTORE => {
+                let input: SnapshotInput = sandboxes::parse(SANDBOX_RESTORE, input)?;
+                let run = self.target(input.run_id.as_deref(), stateless).await?;
+                let s = self.shared().host.restore(&run, &input.name).await?;
+                Ok(json!({ "run_id": run.as_str(), "sandbox_id": s.sandbox.id.as_str(), "restored_from": input.name }))
             }
             SNAPSHOT_LIST => {
                 let _: ListInput = sandboxes::parse(SNAPSHOT_LIST, input)?;

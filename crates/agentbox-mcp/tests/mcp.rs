@@ -89,6 +89,7 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
         "sandbox_pause",
         "sandbox_resume",
         "sandbox_snapshot",
+        "sandbox_restore",
         "snapshot_list",
         "snapshot_delete",
         "sandbox_egress",
@@ -150,6 +151,11 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
     assert_eq!(read["stdout"], "hello from mcp\n", "{read}");
     let original = ok(&client, "shell", json!({"command": "cat notes/hello.txt"})).await;
     assert_eq!(original["stdout"], "hello from mcp\n", "{original}");
+    // Restoring the fork puts its files back to the snapshot, in a new sandbox under the same run_id.
+    let restored = ok(&client, "sandbox_restore", json!({"run_id": "mcp-fork", "name": snap_name})).await;
+    assert_eq!(restored["restored_from"], snap_name.as_str(), "{restored}");
+    let back = ok(&client, "shell", json!({"run_id": "mcp-fork", "command": "cat notes/hello.txt"})).await;
+    assert_eq!(back["stdout"], "hello from mcp\n", "{back}");
     let deleted = ok(&client, "snapshot_delete", json!({"name": snap_name})).await;
     assert_eq!(deleted["deleted"], true);
     let gone = call(&client, "snapshot_delete", json!({"name": snap_name})).await;

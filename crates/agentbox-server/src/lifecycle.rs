@@ -161,6 +161,19 @@ impl Lifecycle {
         Ok(sandbox)
     }
 
+    /// Puts the run's files back to a snapshot (a new sandbox takes the run's place), journaling the replacement.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::restore`].
+    pub async fn restore(&self, run: &RunId, snapshot: &str) -> agentbox_core::Result<ManagedSandbox> {
+        let restored = self.manager.restore(run, snapshot).await?;
+        let _j = self.journal.lock().await;
+        if let Err(e) = self.registry.upsert(ready_record(&restored)).await {
+            tracing::error!(run_id = %run, error = %e, "recording a restored sandbox in the registry failed");
+        }
+        Ok(restored)
+    }
+
     /// Probes the run's sandbox, journaling a replacement if the probe recreated it.
     ///
     /// # Errors

@@ -35,6 +35,10 @@ impl SandboxHost for Lifecycle {
         Lifecycle::create_from(self, run_id, options, Some(snapshot)).await.map(|(s, _)| s)
     }
 
+    async fn restore(&self, run_id: &RunId, snapshot: &str) -> agentbox_core::Result<ManagedSandbox> {
+        Lifecycle::restore(self, run_id, snapshot).await
+    }
+
     async fn destroy(&self, run_id: &RunId) -> agentbox_core::Result<()> {
         Lifecycle::destroy(self, run_id).await
     }

@@ -50,6 +50,21 @@ async fn snapshot_fork_list_delete() {
     expect_error(r, 404, "not_found").await;
     assert_eq!(t.get("/api/sandboxes/snap-x").send().await.unwrap().status(), 404);
 
+    // Restore: the source's files go back to the snapshot, in a new sandbox under the same run id.
+    let before: Value = t.get("/api/sandboxes/snap-src").send().await.unwrap().json().await.unwrap();
+    let r = t.post("/api/sandboxes/snap-src/restore", &json!({ "name": name })).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let after: Value = r.json().await.unwrap();
+    assert_eq!(after["run_id"], "snap-src");
+    assert_ne!(after["sandbox_id"], before["sandbox_id"], "{after}");
+    assert_eq!(t.sh("snap-src", "cat ~/state.txt").await["stdout"], "v1\n");
+    t.sh("snap-src", "echo v2 > ~/state.txt").await;
+    let r = t.post("/api/sandboxes/snap-src/restore", &json!({ "name": "no-such" })).send().await.unwrap();
+    expect_error(r, 404, "not_found").await;
+    assert_eq!(t.sh("snap-src", "cat ~/state.txt").await["stdout"], "v2\n", "a failed restore keeps the sandbox");
+    let r = t.post("/api/sandboxes/nobody/restore", &json!({ "name": name })).send().await.unwrap();
+    expect_error(r, 404, "not_found").await;
+
     let list: Value = t.get("/api/snapshots").send().await.unwrap().json().await.unwrap();
     assert!(list["snapshots"].as_array().unwrap().iter().any(|s| s["name"] == name.as_str()), "{list}");
     assert_eq!(t.delete(&format!("/api/snapshots/{name}")).send().await.unwrap().status(), 204);

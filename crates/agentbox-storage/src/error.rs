@@ -35,10 +35,15 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
-    /// A snapshot of that name exists already.
-    #[error("a snapshot named {0:?} exists already; pick another name or delete it first")]
-    Exists(String),
-    /// No snapshot or layer of that name.
+    /// A snapshot or volume of that name exists already.
+    #[error("a {what} named {name:?} exists already; pick another name or delete it first")]
+    Exists {
+        /// "snapshot" or "volume".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// No snapshot, layer or volume of that name.
     #[error("no {what} named {name:?}")]
     NotFound {
         /// "snapshot" or "layer".
@@ -46,6 +51,9 @@ pub enum StorageError {
         /// The name.
         name: String,
     },
+    /// Id ranges are misconfigured or used up.
+    #[error("{0}")]
+    IdRanges(String),
     /// A layer name is not a single safe path component.
     #[error("invalid layer name {0:?}")]
     InvalidName(String),

@@ -10,10 +10,35 @@ use std::path::{Path, PathBuf};
 use agentbox_hostfs::Owner;
 
 use crate::btrfs;
-use crate::{Pool, StorageError};
+use crate::{IdRange, Pool, StorageError};
 
 /// The extended attribute naming a layer's owner process.
 const OWNER_XATTR: &std::ffi::CStr = c"user.agentbox.owner";
+/// The extended attribute holding the first host id of the range a layer's files are owned by.
+const IDS_XATTR: &std::ffi::CStr = c"user.agentbox.ids";
+
+/// The id range recorded on the layer or snapshot directory `dir` ([`IdRange::IDENTITY`] when none is).
+pub(crate) fn recorded_id_range(dir: &Path) -> IdRange {
+    get_xattr(dir, IDS_XATTR)
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .map_or(IdRange::IDENTITY, |first| IdRange { first })
+}
+
+fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lsetxattr with valid C strings and a buffer of the length given.
+    let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn get_xattr(path: &Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: lgetxattr into a buffer of the length given.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Some(buf[..usize::try_from(n).ok()?].to_vec())
+}
 
 /// A layer's quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +74,24 @@ impl Layer {
     #[must_use]
     pub fn home(&self) -> PathBuf {
         self.dir.join("home")
+    }
+
+    /// The layer's directory (its subvolume).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The upper directory of an overlay root on an image (see [`Pool::add_overlay_dirs`]).
+    #[must_use]
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// The work directory of that overlay (overlayfs's own, on the same filesystem as the upper).
+    #[must_use]
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
     }
 
     /// Its subvolume (and level-0 quota group) id.
@@ -114,6 +157,27 @@ impl Pool {
         made
     }
 
+    /// Makes the layer ready to be the writable side of an overlay root: its `root` (upper) and `work`
+    /// directories, owned by `owner` (root of the sandbox's user namespace, who mounts the overlay). A fork's
+    /// layer has them already.
+    ///
+    /// # Errors
+    /// When a directory can't be made or given.
+    pub fn add_overlay_dirs(&self, layer: &Layer, owner: Owner) -> Result<(), StorageError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        for (dir, mode) in [(layer.upper(), 0o755), (layer.work(), 0o700)] {
+            match fs::DirBuilder::new().mode(mode).create(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                r => r.map_err(StorageError::io("making an overlay directory in a layer", &dir))?,
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .map_err(StorageError::io("setting an overlay directory's mode", &dir))?;
+            std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid))
+                .map_err(StorageError::io("giving an overlay directory to the sandbox", &dir))?;
+        }
+        Ok(())
+    }
+
     /// Deletes a layer's subvolume with everything in it (one call: nothing inside is followed or even
     /// looked at), and its quota group.
     ///
@@ -165,26 +229,24 @@ impl Pool {
     /// # Errors
     /// When the attribute can't be written.
     pub fn set_owner_tag(&self, layer: &Layer, tag: &str) -> Result<(), StorageError> {
-        let path = CString::new(layer.dir.as_os_str().as_bytes())
-            .map_err(|_| StorageError::InvalidName(layer.name.clone()))?;
-        // SAFETY: lsetxattr with valid C strings and a buffer of the length given.
-        let rc = unsafe { libc::lsetxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), tag.as_ptr().cast(), tag.len(), 0) };
-        if rc == -1 {
-            return Err(StorageError::io("tagging a layer with its owner", &layer.dir)(io::Error::last_os_error()));
-        }
-        Ok(())
+        set_xattr(&layer.dir, OWNER_XATTR, tag.as_bytes())
+            .map_err(StorageError::io("tagging a layer with its owner", &layer.dir))
     }
 
     /// The owner tag of layer `name` (see [`set_owner_tag`](Self::set_owner_tag)), when it has one.
     #[must_use]
     pub fn owner_tag(&self, name: &str) -> Option<String> {
         check_name(name).ok()?;
-        let path = CString::new(self.layers.join(name).as_os_str().as_bytes()).ok()?;
-        let mut buf = [0u8; 256];
-        // SAFETY: lgetxattr into a buffer of the length given.
-        let n = unsafe { libc::lgetxattr(path.as_ptr(), OWNER_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        let n = usize::try_from(n).ok()?;
-        String::from_utf8(buf[..n].to_vec()).ok()
+        String::from_utf8(get_xattr(&self.layers.join(name), OWNER_XATTR)?).ok()
+    }
+
+    /// Records the host id range a layer's files are owned by (snapshots and forks of it carry it along).
+    ///
+    /// # Errors
+    /// When the attribute can't be written.
+    pub fn set_id_range(&self, layer: &Layer, range: IdRange) -> Result<(), StorageError> {
+        set_xattr(&layer.dir, IDS_XATTR, range.first.to_string().as_bytes())
+            .map_err(StorageError::io("recording a layer's id range", &layer.dir))
     }
 
     /// What a layer holds.
@@ -192,8 +254,6 @@ impl Pool {
     /// # Errors
     /// When the quota group can't be read.
     pub fn usage(&self, layer: &Layer) -> Result<Usage, StorageError> {
-        let path = self.qgroups.join(format!("0_{}", layer.id)).join("referenced");
-        let text = fs::read_to_string(&path).map_err(StorageError::io("reading a layer's usage", &path))?;
-        Ok(Usage { bytes: text.trim().parse().unwrap_or(0) })
+        self.referenced(layer.id, "reading a layer's usage")
     }
 }

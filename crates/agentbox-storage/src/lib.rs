@@ -12,14 +12,21 @@
 //! freeing space lets writes succeed again. Hard links across layers fail (`EXDEV`: a subvolume is its own
 //! inode space), so no sandbox can charge its files to another's quota. Usage is the quota group's own count.
 //! Deleting a layer deletes its subvolume in one call, whatever it holds, following nothing inside it.
+//!
+//! [`IdRanges`] hands each sandbox a range of host uids and gids of its own for its user namespace; a layer
+//! records the range its files are owned by, and a fork moves them to its own range ([`shift_owners`]).
 
 mod btrfs;
 mod error;
+mod ids;
 mod layer;
 mod pool;
 mod snapshot;
+mod volume;
 
 pub use error::StorageError;
+pub use ids::{IdRange, IdRanges, IdRangesConfig, RANGE_SIZE, shift_owners};
 pub use layer::{Layer, LayerLimits, Usage};
 pub use pool::{Pool, PoolConfig, PoolKind};
 pub use snapshot::SnapshotRecord;
+pub use volume::VolumeRecord;

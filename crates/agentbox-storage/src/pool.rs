@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -50,12 +50,42 @@ pub struct Pool {
     /// Where read-only snapshots live, and the directory held.
     pub(crate) snapshots: PathBuf,
     pub(crate) snapshots_fd: std::os::fd::OwnedFd,
+    pub(crate) volumes: PathBuf,
+    pub(crate) volumes_fd: std::os::fd::OwnedFd,
     /// `/sys/fs/btrfs/<fsid>/qgroups`, where usage is read.
     pub(crate) qgroups: PathBuf,
     kind: PoolKind,
 }
 
+/// Makes (if missing) and opens a 0700 directory of the pool.
+fn private_dir(path: &Path) -> Result<std::os::fd::OwnedFd, StorageError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+        .map_err(StorageError::io("creating a directory of the pool", path))?;
+    let dir = fs::File::open(path).map_err(StorageError::io("opening a directory of the pool", path))?;
+    Ok(std::os::fd::OwnedFd::from(dir))
+}
+
+/// When `path` was made (or last changed, where the filesystem has no birth time), in milliseconds since the
+/// Unix epoch; 0 when unknown.
+pub(crate) fn created_ms(path: &Path) -> u64 {
+    fs::metadata(path)
+        .and_then(|m| m.created().or_else(|_| m.modified()))
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
 impl Pool {
+    /// What the subvolume `id` references, as its quota group counts it (`what` names it in errors).
+    pub(crate) fn referenced(&self, id: u64, what: &'static str) -> Result<crate::Usage, StorageError> {
+        let path = self.qgroups.join(format!("0_{id}")).join("referenced");
+        let text = fs::read_to_string(&path).map_err(StorageError::io(what, &path))?;
+        Ok(crate::Usage { bytes: text.trim().parse().unwrap_or(0) })
+    }
+
     /// Finds or makes the pool of `config.dir`: the directory's own btrfs, else a loop-mounted image (made with
     /// `mkfs.btrfs` the first time, mounted once per boot), with quota groups enabled. Serialized between
     /// processes by a lock file.
@@ -63,11 +93,15 @@ impl Pool {
     /// # Errors
     /// `mkfs.btrfs` or `btrfs` missing, mounting refused (not root), or quotas that can't be enabled.
     pub fn open(config: &PoolConfig) -> Result<Self, StorageError> {
+        // 0711: sandbox inits, root of their own user namespaces and so not the host's root, must reach their
+        // layers by path to mount them; nobody can list the directory, and the image in it is 0600.
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(&config.dir)
             .map_err(StorageError::io("creating the storage directory", &config.dir))?;
+        fs::set_permissions(&config.dir, fs::Permissions::from_mode(0o711))
+            .map_err(StorageError::io("setting the storage directory's mode", &config.dir))?;
         let lock = fs::File::create(config.dir.join(".lock"))
             .map_err(StorageError::io("creating the storage lock", config.dir.join(".lock")))?;
         // SAFETY: flock on a descriptor we own; released when it closes at the end of this function.
@@ -100,7 +134,7 @@ impl Pool {
                     make_image(&image, config)?;
                 }
                 fs::DirBuilder::new()
-                    .mode(0o700)
+                    .mode(0o711)
                     .create(&mount)
                     .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
                     .map_err(StorageError::io("creating the pool mount point", &mount))?;
@@ -114,6 +148,9 @@ impl Pool {
                     "util-linux",
                 )?;
             }
+            // Images made before it was created 0600 are tightened too: the directory is traversable.
+            fs::set_permissions(&image, fs::Permissions::from_mode(0o600))
+                .map_err(StorageError::io("setting the pool image's mode", &image))?;
             (mount, PoolKind::Image { image })
         };
         let layers = root.join("layers");
@@ -125,14 +162,9 @@ impl Pool {
         fs::set_permissions(&layers, fs::Permissions::from_mode(0o711))
             .map_err(StorageError::io("setting the layers directory's mode", &layers))?;
         let snapshots = root.join("snapshots");
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&snapshots)
-            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
-            .map_err(StorageError::io("creating the snapshots directory", &snapshots))?;
-        let snapshots_fd = std::os::fd::OwnedFd::from(
-            fs::File::open(&snapshots).map_err(StorageError::io("opening the snapshots directory", &snapshots))?,
-        );
+        let snapshots_fd = private_dir(&snapshots)?;
+        let volumes = root.join("volumes");
+        let volumes_fd = private_dir(&volumes)?;
         let layers_fd = fs::File::open(&layers).map_err(StorageError::io("opening the layers directory", &layers))?;
         let layers_fd = std::os::fd::OwnedFd::from(layers_fd);
         let fsid = btrfs::fsid(std::os::fd::AsFd::as_fd(&layers_fd))
@@ -143,7 +175,7 @@ impl Pool {
             run(Command::new("btrfs").args(["quota", "enable"]).arg(&root), "btrfs", &root, "btrfs-progs")?;
         }
         drop(lock);
-        Ok(Self { layers, layers_fd, snapshots, snapshots_fd, qgroups, kind })
+        Ok(Self { layers, layers_fd, snapshots, snapshots_fd, volumes, volumes_fd, qgroups, kind })
     }
 
     /// What the pool is made of.
@@ -171,7 +203,13 @@ fn make_image(image: &Path, config: &PoolConfig) -> Result<(), StorageError> {
         None => (free_bytes(&config.dir)? / 4).clamp(MIN_IMAGE_BYTES, DEFAULT_IMAGE_BYTES.max(MIN_IMAGE_BYTES)),
     };
     let partial = image.with_extension("img.partial");
-    let f = fs::File::create(&partial).map_err(StorageError::io("creating the pool image", &partial))?;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(StorageError::io("creating the pool image", &partial))?;
     let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
     // SAFETY: fallocate on a file we own, from 0 to its size.
     if unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, len) } == -1 {

@@ -8,11 +8,10 @@
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsFd;
-use std::time::UNIX_EPOCH;
 
 use crate::btrfs::{self, Snap};
-use crate::layer::{check_name, open_dir};
-use crate::{Layer, LayerLimits, Pool, StorageError, Usage};
+use crate::layer::{check_name, open_dir, recorded_id_range};
+use crate::{IdRange, Layer, LayerLimits, Pool, StorageError, Usage, shift_owners};
 
 /// A snapshot in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +33,12 @@ impl Pool {
         let cname = check_name(name)?;
         let path = self.snapshots.join(name);
         if fs::symlink_metadata(&path).is_ok() {
-            return Err(StorageError::Exists(name.to_owned()));
+            return Err(StorageError::Exists { what: "snapshot", name: name.to_owned() });
         }
         let source = open_dir(&layer.dir).map_err(StorageError::io("opening a layer", &layer.dir))?;
         btrfs::snapshot(source.as_fd(), self.snapshots_fd.as_fd(), &cname, Snap::ReadOnly).map_err(|e| {
             if e.raw_os_error() == Some(libc::EEXIST) {
-                StorageError::Exists(name.to_owned())
+                StorageError::Exists { what: "snapshot", name: name.to_owned() }
             } else {
                 StorageError::io("taking a snapshot", &path)(e)
             }
@@ -54,11 +53,7 @@ impl Pool {
         let path = self.snapshots.join(name);
         let fd = open_dir(&path).ok()?;
         let id = btrfs::subvolume_id(fd.as_fd()).ok()?;
-        let created_at_ms = fs::metadata(&path)
-            .and_then(|m| m.created().or_else(|_| m.modified()))
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let created_at_ms = crate::pool::created_ms(&path);
         Some(SnapshotRecord { name: name.to_owned(), id, created_at_ms })
     }
 
@@ -77,9 +72,7 @@ impl Pool {
     /// # Errors
     /// When its quota group can't be read.
     pub fn snapshot_usage(&self, snapshot: &SnapshotRecord) -> Result<Usage, StorageError> {
-        let path = self.qgroups.join(format!("0_{}", snapshot.id)).join("referenced");
-        let text = fs::read_to_string(&path).map_err(StorageError::io("reading a snapshot's usage", &path))?;
-        Ok(Usage { bytes: text.trim().parse().unwrap_or(0) })
+        self.referenced(snapshot.id, "reading a snapshot's usage")
     }
 
     /// Deletes a snapshot (layers made from it keep their contents).
@@ -97,11 +90,18 @@ impl Pool {
     }
 
     /// Makes the layer `name` as a writable snapshot of the snapshot `from`, under its own quota: instant, and
-    /// sharing extents with the snapshot until the new layer changes them.
+    /// sharing extents with the snapshot until the new layer changes them. Its files move to the id range
+    /// `ids` (from the one the snapshot recorded): only their owners change, not their data.
     ///
     /// # Errors
     /// No such snapshot, an invalid name, or the ioctls failing.
-    pub fn layer_from_snapshot(&self, from: &str, name: &str, limits: LayerLimits) -> Result<Layer, StorageError> {
+    pub fn layer_from_snapshot(
+        &self,
+        from: &str,
+        name: &str,
+        limits: LayerLimits,
+        ids: IdRange,
+    ) -> Result<Layer, StorageError> {
         let cname: CString = check_name(name)?;
         check_name(from)?;
         let source_path = self.snapshots.join(from);
@@ -118,7 +118,10 @@ impl Pool {
             let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
             btrfs::limit(self.layers_fd.as_fd(), id, limits.bytes)
                 .map_err(StorageError::io("setting a layer's quota", &dir))?;
-            Ok(Layer { name: name.to_owned(), dir: dir.clone(), id })
+            let layer = Layer { name: name.to_owned(), dir: dir.clone(), id };
+            shift_owners(&dir, recorded_id_range(&source_path), ids)?;
+            self.set_id_range(&layer, ids)?;
+            Ok(layer)
         })();
         if made.is_err() {
             let _ = self.remove_layer(name);

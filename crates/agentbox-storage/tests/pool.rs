@@ -8,7 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use agentbox_hostfs::Owner;
-use agentbox_storage::{LayerLimits, Pool, PoolConfig, PoolKind, StorageError};
+use agentbox_storage::{IdRange, LayerLimits, Pool, PoolConfig, PoolKind, StorageError};
 
 /// A pool in a temporary directory on disk, unmounted when dropped.
 struct TestPool {
@@ -108,12 +108,16 @@ fn names_are_single_safe_components() {
 #[test]
 fn snapshots_are_point_in_time_and_forks_are_independent() {
     let t = TestPool::new();
-    let owner = Owner { uid: 1000, gid: 1000 };
+    // Layer a's files are owned by its range (inside id 1000 of a range starting at 300000).
+    let range_a = IdRange { first: 300_000 };
+    let owner = Owner { uid: 301_000, gid: 301_000 };
     let limits = LayerLimits { bytes: 64 << 20 };
     let a = t.pool.create_layer("sb-a", limits, owner).unwrap();
+    t.pool.set_id_range(&a, range_a).unwrap();
     std::fs::write(a.home().join("note"), "before").unwrap();
+    std::os::unix::fs::chown(a.home().join("note"), Some(301_000), Some(301_000)).unwrap();
     let snap = t.pool.snapshot_layer(&a, "snap-1").unwrap();
-    assert!(matches!(t.pool.snapshot_layer(&a, "snap-1"), Err(StorageError::Exists(_))));
+    assert!(matches!(t.pool.snapshot_layer(&a, "snap-1"), Err(StorageError::Exists { .. })));
     std::fs::write(a.home().join("note"), "after").unwrap();
 
     // The snapshot holds the moment it was taken, read-only.
@@ -122,16 +126,19 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
     assert!(std::fs::write(&snap_note, "x").is_err(), "a snapshot is writable");
 
     // A fork starts from the snapshot, under its own quota, and changes in one don't show in the other.
-    let b = t.pool.layer_from_snapshot("snap-1", "sb-b", limits).unwrap();
+    let range_b = IdRange { first: 500_000 };
+    let b = t.pool.layer_from_snapshot("snap-1", "sb-b", limits, range_b).unwrap();
     assert_ne!(b.id(), a.id());
     assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "before");
     std::fs::write(b.home().join("note"), "fork").unwrap();
     assert_eq!(std::fs::read_to_string(a.home().join("note")).unwrap(), "after");
     assert_eq!(std::fs::read_to_string(&snap_note).unwrap(), "before");
-    // The fork keeps the owner of the files it was made from.
+    // The fork's files move to its own range: same inside owner, a host owner no other layer shares.
     use std::os::unix::fs::MetadataExt as _;
-    assert_eq!(std::fs::metadata(b.home()).unwrap().uid(), 1000);
-    assert!(write_as(1000, &b.home().join("big"), 96 << 20).is_err(), "the fork has no quota");
+    assert_eq!(std::fs::metadata(b.home()).unwrap().uid(), 501_000);
+    assert_eq!(std::fs::metadata(b.home().join("note")).unwrap().gid(), 501_000);
+    assert_eq!(std::fs::metadata(a.home().join("note")).unwrap().uid(), 301_000, "the source keeps its owners");
+    assert!(write_as(501_000, &b.home().join("big"), 96 << 20).is_err(), "the fork has no quota");
 
     assert_eq!(t.pool.snapshots(), vec![snap.clone()]);
     commit();
@@ -140,7 +147,10 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
     t.pool.remove_snapshot("snap-1").unwrap();
     assert!(t.pool.snapshots().is_empty());
     assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "fork");
-    assert!(matches!(t.pool.layer_from_snapshot("snap-1", "sb-c", limits), Err(StorageError::NotFound { .. })));
+    assert!(matches!(
+        t.pool.layer_from_snapshot("snap-1", "sb-c", limits, range_b),
+        Err(StorageError::NotFound { .. })
+    ));
     t.pool.remove_layer("sb-a").unwrap();
     t.pool.remove_layer("sb-b").unwrap();
     assert!(t.pool.layer_names().is_empty());

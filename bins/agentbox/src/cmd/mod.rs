@@ -2,6 +2,7 @@
 
 pub mod cp;
 pub mod docs;
+pub mod doctor;
 pub mod egress;
 pub mod exec;
 pub mod image;
@@ -15,12 +16,16 @@ pub mod serve;
 pub mod shell;
 pub mod snapshots;
 pub mod tool;
+pub mod volumes;
 
 use std::io::{self, Write};
 
 /// The resource flags `run` and `create` share; each overrides the preset's value when given.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Resources {
+    /// Root filesystem from this OCI image (pulled on first use), or `host` for the host's own system.
+    #[arg(long, value_name = "REFERENCE")]
+    pub image: Option<String>,
     /// CPUs (CPU quota).
     #[arg(long)]
     pub cpus: Option<u32>,

@@ -77,6 +77,9 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     for (key, value) in args.resources.overrides() {
         loader = loader.set(key, value);
     }
+    if let Some(image) = &args.resources.image {
+        loader = loader.set("image", image.as_str());
+    }
     if let Some(v) = args.pids {
         loader = loader.set("security.max_processes", u64::from(v));
     }

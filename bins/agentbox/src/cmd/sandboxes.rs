@@ -32,6 +32,9 @@ pub struct CreateArgs {
     /// Start from this snapshot's files.
     #[arg(long, value_name = "NAME")]
     pub from_snapshot: Option<String>,
+    /// Mount a volume (repeatable): `NAME:/path`, or `NAME:/path:ro` read-only (see `agentbox volume`).
+    #[arg(long = "volume", value_name = "NAME:/PATH[:ro]")]
+    pub volumes: Vec<String>,
     /// Print the sandbox as JSON.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +58,9 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     for (key, value) in args.resources.overrides() {
         set(&mut body, key, json!(value));
     }
+    if let Some(image) = &args.resources.image {
+        set(&mut body, "image", json!(image));
+    }
     if !args.network_allow.is_empty() {
         set(&mut body, "network", json!({ "enabled": true, "allowed_domains": args.network_allow }));
     }
@@ -63,6 +69,10 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     }
     if let Some(s) = &args.from_snapshot {
         set(&mut body, "from_snapshot", json!(s));
+    }
+    if !args.volumes.is_empty() {
+        let mounts = args.volumes.iter().map(|v| super::volumes::parse_mount(v)).collect::<Result<Vec<_>, _>>()?;
+        set(&mut body, "volumes", Value::Array(mounts));
     }
     let client = args.server.client()?;
     let sandbox = block_on(async { Ok(client.create(&body).await?) })?;
@@ -89,7 +99,7 @@ fn getrandom_fill(b: &mut [u8]) -> io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(b)
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(super) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("-")
 }
 
@@ -295,6 +305,23 @@ pub fn snapshot(args: &SnapshotArgs) -> Result<(), CliError> {
         writeln!(out)?;
     } else {
         writeln!(out, "{} ({} bytes)", str_of(&s, "name"), s.get("size_bytes").and_then(Value::as_u64).unwrap_or(0))?;
+    }
+    Ok(())
+}
+
+/// Puts a sandbox's files on agentboxd back to one of the snapshots.
+///
+/// # Errors
+/// The server's refusal (an unknown run or snapshot, a backend without snapshots).
+pub fn restore(args: &SnapshotArgs) -> Result<(), CliError> {
+    let client = args.server.client()?;
+    let s = block_on(async { Ok(client.restore(&args.run_id, &args.name).await?) })?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &s)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{} restored from {} (sandbox {})", args.run_id, args.name, str_of(&s, "sandbox_id"))?;
     }
     Ok(())
 }

@@ -523,3 +523,69 @@ impl Drop for CuttingProxy {
         }
     }
 }
+
+/// The tag of the Debian fixture.
+pub const DEBIAN_TAG: &str = "bookworm";
+
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The OCI layout of a minimal Debian bookworm with python3 (`mmdebstrap` through the Debian mirror, packed
+/// with `umoci`), built once and cached under `<target>/image-fixtures/` for every test that needs it.
+pub fn debian_fixture() -> PathBuf {
+    let dir = target_dir().join("image-fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = dir.join("debian-python");
+    let done = dir.join("debian-python.complete");
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    if done.exists() {
+        return layout;
+    }
+    for (program, package) in [("mmdebstrap", "mmdebstrap"), ("umoci", "umoci"), ("skopeo", "skopeo")] {
+        require(program, package);
+    }
+    let work = tempfile::tempdir_in(&dir).unwrap();
+    let rootfs = work.path().join("rootfs.tar");
+    run_ok(
+        Command::new("mmdebstrap")
+            .args(["--quiet", "--variant=minbase", "--include=python3-minimal", DEBIAN_TAG])
+            .arg(&rootfs),
+    );
+    let staging = work.path().join("layout");
+    let image = format!("{}:{DEBIAN_TAG}", staging.display());
+    run_ok(Command::new("umoci").args(["init", "--layout"]).arg(&staging));
+    run_ok(Command::new("umoci").args(["new", "--image", &image]));
+    run_ok(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(&rootfs));
+    run_ok(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--config.workingdir",
+        "/root",
+        "--config.cmd",
+        "python3",
+    ]));
+    if layout.exists() {
+        std::fs::remove_dir_all(&layout).unwrap();
+    }
+    std::fs::rename(&staging, &layout).unwrap();
+    std::fs::write(&done, b"").unwrap();
+    layout
+}
+
+/// Pushes the Debian fixture to `reg` with `skopeo`; returns its reference.
+pub fn push_debian(reg: &Registry, layout: &Path) -> String {
+    let dest = format!("{}/debian-python:{DEBIAN_TAG}", reg.addr);
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{DEBIAN_TAG}", layout.display()))
+            .arg(format!("docker://{dest}")),
+    );
+    dest
+}

@@ -158,7 +158,7 @@ fn ok(step: &str, rc: libc::c_int) {
 ///
 /// # Errors
 /// When the ruleset can't be built.
-pub fn landlock_ruleset(home: &str) -> io::Result<Option<OwnedFd>> {
+pub fn landlock_ruleset(home: &str, volumes: &[&str]) -> io::Result<Option<OwnedFd>> {
     use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules};
     let abi = ABI::V3;
     let err = |e: landlock::RulesetError| io::Error::other(e.to_string());
@@ -171,7 +171,13 @@ pub fn landlock_ruleset(home: &str) -> io::Result<Option<OwnedFd>> {
         // uncopied: see `sealed`), so tools can run helpers through /proc/self/exe.
         .add_rules(path_beneath_rules(["/", "/proc/self/exe"], AccessFs::from_read(abi)))
         .map_err(err)?
-        .add_rules(path_beneath_rules([home, "/tmp", "/dev", "/proc"], AccessFs::from_all(abi)))
+        // /proc stays read-only (under the rule of `/`): in a user namespace an execution can't pin its raised
+        // OOM score (that takes CAP_SYS_RESOURCE of the host), so it must not be able to write it back down
+        // to the init's. Its descriptors' targets (`/proc/self/fd/N`) are checked as what they are.
+        .add_rules(path_beneath_rules([home, "/tmp", "/dev"], AccessFs::from_all(abi)))
+        .map_err(err)?
+        // Writable volumes (read-only ones are read-only mounts, under the read rule of `/`).
+        .add_rules(path_beneath_rules(volumes, AccessFs::from_all(abi)))
         .map_err(err)
         .map(Option::from)
 }
@@ -384,6 +390,12 @@ pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio
         let written = unsafe { libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1) };
         ok("joining the execution cgroup", if written < 0 { -1 } else { 0 });
     }
+    // The previous execution's change of ids made the memory it shared with the init (this child's too)
+    // undumpable, which gives this process's /proc files to the host's root, out of reach of the sandbox's
+    // root in a user namespace: dumpable again, they are this process's own. (Its own change of ids below
+    // makes it undumpable again until it execs.)
+    // SAFETY: integer arguments.
+    ok("making /proc/self ours", unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) });
     // SAFETY: a static NUL-terminated path.
     let adj = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     ok("opening oom_score_adj", adj);

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::proto::Setup;
+use crate::proto::{PassedDir, Setup};
 use crate::sys;
 
 /// The filesystem syscalls setup needs: the seam between the mount logic and the kernel.
@@ -38,6 +38,8 @@ pub trait Mounter {
     fn rmdir(&mut self, path: &Path) -> io::Result<()>;
     /// Makes `new_root` the root and detaches the old one.
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()>;
+    /// Moves the detached mount at `mount` (a `/proc/self/fd/N` path) onto `target`.
+    fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()>;
 }
 
 /// Real syscalls.
@@ -90,6 +92,19 @@ impl Mounter for LinuxMounter {
     fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::copy(from, to).map(drop)
     }
+    fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()> {
+        rustix::mount::move_mount(
+            rustix::fs::CWD,
+            mount,
+            rustix::fs::CWD,
+            target,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_SYMLINKS,
+        )
+        .map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("moving {mount} onto {}: {e}", target.display()))
+        })
+    }
     fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
         std::env::set_current_dir(new_root)?;
         let dot = sys::cstr(".")?;
@@ -117,26 +132,141 @@ fn under(root: &Path, inside: &str) -> PathBuf {
     root.join(inside.trim_start_matches('/'))
 }
 
-/// Builds the sandbox filesystem at `root` and pivots into it. Must run as root in a new mount namespace.
+/// Makes every mount of this (new) mount namespace private, then mounts a small tmpfs, the sandbox's root, on
+/// the working directory (its path may not be reachable from a user namespace). Returns the new mount;
+/// `/proc/self/fd/<it>` is the path [`build`] then fills.
+///
+/// The new mount API does it: a mount made on the working directory would be covered, not entered, by later
+/// lookups from it.
+///
+/// # Errors
+/// The step that failed.
+pub fn new_root() -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
+    let ctx = |what: &'static str| {
+        move |e: rustix::io::Errno| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("{what}: {e}"))
+        }
+    };
+    sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .map_err(|e| io::Error::new(e.kind(), format!("making mounts private: {e}")))?;
+    let fs =
+        rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(ctx("opening a tmpfs for the root"))?;
+    for (key, value) in [("source", "agentbox-root"), ("size", "4m"), ("nr_inodes", "4096"), ("mode", "0755")] {
+        rustix::mount::fsconfig_set_string(&fs, key, value).map_err(ctx("configuring the root tmpfs"))?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(ctx("creating the root tmpfs"))?;
+    let mount = rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(ctx("mounting the root tmpfs"))?;
+    rustix::mount::move_mount(
+        &mount,
+        "",
+        rustix::fs::CWD,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(ctx("attaching the root tmpfs"))?;
+    Ok(mount)
+}
+
+/// The detached mounts the init received (`/proc/self/fd/N` paths): an image root's, and the volumes.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSources {
+    /// The image's layers, top first.
+    pub lowers: Vec<String>,
+    /// The sandbox's storage layer (its `root` is the overlay's upper, `work` its work directory).
+    pub layer: Option<String>,
+    /// The volumes' detached mounts, in the order of `Setup::volumes`.
+    pub volumes: Vec<String>,
+}
+
+/// Mounts the overlay root of an image inside the staging tmpfs `staging` and returns where it is.
+fn mount_image_root(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: &ImageSources) -> io::Result<PathBuf> {
+    let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let Some(layer_source) = &image.layer else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an image root needs the sandbox's storage layer"));
+    };
+    if image.lowers.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an image root needs at least one layer"));
+    }
+    let mut lowerdirs = Vec::new();
+    for (i, lower) in image.lowers.iter().enumerate() {
+        let at = staging.join(".lower").join(i.to_string());
+        m.mkdir(&at, 0o700, None)?;
+        m.attach(lower, &at).map_err(ctx("attaching an image layer"))?;
+        lowerdirs.push(at.to_string_lossy().into_owned());
+    }
+    let layer = staging.join(".layer");
+    m.mkdir(&layer, 0o700, None)?;
+    m.attach(layer_source, &layer).map_err(ctx("attaching the storage layer"))?;
+    let root = staging.join(".root");
+    m.mkdir(&root, 0o755, None)?;
+    // Inside a user namespace overlayfs keeps its attributes as user.overlay.* (the image store writes
+    // whiteouts as 0/0 character devices and opaque directories with both attribute forms).
+    let mut opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdirs.join(":"),
+        layer.join("root").display(),
+        layer.join("work").display()
+    );
+    if s.user_namespace {
+        opts.push_str(",userxattr");
+    }
+    m.mount(Some("agentbox-image"), &root, Some("overlay"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
+        .map_err(ctx("mounting the image root"))?;
+    Ok(root)
+}
+
+/// Adds to the file `path` the lines of `generated` whose first `:`-separated field (a user or group name) it
+/// lacks, so an image's own users stay and the sandbox's are there.
+fn merge_name_lines(path: &Path, generated: &str) -> io::Result<String> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let names: std::collections::HashSet<&str> = existing.lines().filter_map(|l| l.split(':').next()).collect();
+    let mut out = existing.clone();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for line in generated.lines() {
+        if line.split(':').next().is_some_and(|n| !names.contains(n)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the sandbox filesystem at `staging`, an empty tmpfs that [`new_root`] attached, and pivots into it;
+/// with `image`, the root is an overlay of the image mounted inside it. Must run as root (of its user
+/// namespace) in a new mount namespace.
 ///
 /// # Errors
 /// The first failing step, with the path involved.
-pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
+pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&ImageSources>) -> io::Result<()> {
     let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-    m.mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(ctx("making mounts private"))?;
-    m.mount(
-        Some("agentbox-root"),
-        root,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some("size=4m,nr_inodes=4096,mode=0755"),
-    )
-    .map_err(ctx("mounting the root tmpfs"))?;
+    let image_root = match (s.image_root, image) {
+        (true, Some(image)) => Some(mount_image_root(m, staging, s, image)?),
+        (true, None) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "an image root without its layers")),
+        (false, _) => None,
+    };
+    let root: &Path = image_root.as_deref().unwrap_or(staging);
 
     if let Some(etc) = &s.etc {
         let target = root.join("etc");
         m.mkdir(&target, 0o755, None)?;
-        m.mount(Some(etc), &target, None, libc::MS_BIND, None).map_err(ctx("binding /etc"))?;
+        if s.passed.contains(&PassedDir::Etc) {
+            m.attach(etc, &target).map_err(ctx("attaching /etc"))?;
+        } else {
+            m.mount(Some(etc), &target, None, libc::MS_BIND, None).map_err(ctx("binding /etc"))?;
+        }
         m.mount(None, &target, None, RO_BIND, None).map_err(ctx("making /etc read-only"))?;
     }
     for b in &s.binds {
@@ -160,7 +290,7 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
 
     // Writable storage: one capped tmpfs holding home and /tmp, then the per-directory quotas.
     let owner = Some((s.uid, s.gid));
-    let storage = root.join(".storage");
+    let storage = staging.join(".storage");
     m.mkdir(&storage, 0o700, None)?;
     let opts = format!("size={},nr_inodes={},mode=0755", s.storage_bytes, s.storage_inodes);
     m.mount(Some("agentbox-storage"), &storage, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
@@ -171,7 +301,11 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     m.mkdir(&home, 0o755, None)?;
     m.mkdir(&root.join("tmp"), 0o1777, None)?;
     let home_source = s.home_source.clone().unwrap_or_else(|| storage.join("home").to_string_lossy().into_owned());
-    m.mount(Some(&home_source), &home, None, libc::MS_BIND, None)?;
+    if s.passed.contains(&PassedDir::Home) {
+        m.attach(&home_source, &home).map_err(ctx("attaching the home"))?;
+    } else {
+        m.mount(Some(&home_source), &home, None, libc::MS_BIND, None)?;
+    }
     m.mount(Some(&storage.join("tmp").to_string_lossy()), &root.join("tmp"), None, libc::MS_BIND, None)?;
     m.detach(&storage)?;
     m.rmdir(&storage)?;
@@ -181,6 +315,13 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
         let opts = format!("size={},nr_inodes={},mode=0755,uid={},gid={}", q.bytes, s.storage_inodes, s.uid, s.gid);
         m.mount(Some("agentbox-quota"), &target, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
             .map_err(ctx("mounting a directory quota"))?;
+    }
+
+    // Volumes, after the home (a volume may go under it).
+    for (target, mount) in s.volumes.iter().zip(image.map_or(&[][..], |i| i.volumes.as_slice())) {
+        let at = under(root, &target.path);
+        m.mkdir(&at, 0o755, None)?;
+        m.attach(mount, &at).map_err(ctx("attaching a volume"))?;
     }
 
     // /dev: a small tmpfs with the safe device nodes, a private devpts and /dev/shm.
@@ -253,7 +394,12 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
         if let Some(parent) = p.parent() {
             m.mkdir(parent, 0o755, None)?;
         }
-        m.write(&p, content)?;
+        if image_root.is_some() && matches!(path.as_str(), "/etc/passwd" | "/etc/group") {
+            let merged = merge_name_lines(&p, content).map_err(ctx("reading the image's users"))?;
+            m.write(&p, &merged)?;
+        } else {
+            m.write(&p, content)?;
+        }
     }
 
     // A private cgroup view for per-execution process tracking, readable by root only.
@@ -278,7 +424,7 @@ pub fn build(m: &mut dyn Mounter, root: &Path, s: &Setup) -> io::Result<()> {
     }
 
     m.pivot_root(root).map_err(ctx("pivoting into the sandbox root"))?;
-    if s.read_only_root {
+    if s.read_only_root && image_root.is_none() {
         m.mount(
             None,
             Path::new("/"),
@@ -357,6 +503,10 @@ mod tests {
             self.0.push(format!("copy {} {}", from.display(), to.display()));
             Ok(())
         }
+        fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()> {
+            self.0.push(format!("attach {mount} on {}", target.display()));
+            Ok(())
+        }
         fn pivot_root(&mut self, new_root: &Path) -> io::Result<()> {
             self.0.push(format!("pivot {}", new_root.display()));
             Ok(())
@@ -390,13 +540,17 @@ mod tests {
             seccomp: vec![],
             landlock: true,
             exec_cgroups: "v2".into(),
+            passed: vec![],
             cgroups: vec![],
+            image_root: false,
+            volumes: vec![],
+            user_namespace: false,
         }
     }
 
     fn check(s: &Setup) -> Vec<String> {
         let mut r = Recorder::default();
-        build(&mut r, Path::new("/r"), s).unwrap();
+        build(&mut r, Path::new("/r"), s, None).unwrap();
         r.0
     }
 

@@ -62,18 +62,23 @@ fn send_failure(message: String) {
     let _ = sys::write_all(CONTROL_FD, &f);
 }
 
-fn read_frame_blocking() -> io::Result<Option<(u8, u32, Vec<u8>)>> {
+/// Reads the setup message, with the descriptors that ride along with its first bytes.
+fn read_setup() -> io::Result<Option<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>> {
     let mut h = [0u8; proto::HEADER];
-    if !sys::read_exact(CONTROL_FD, &mut h)? {
+    let (n, fds) = sys::recv_with_fds(CONTROL_FD, &mut h)?;
+    if n == 0 {
         return Ok(None);
     }
-    let (k, id, len) = proto::parse_header(&h);
-    if len > proto::MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+    if n < h.len() && !sys::read_exact(CONTROL_FD, &mut h[n..])? {
+        return Ok(None);
+    }
+    let (kind, _, len) = proto::parse_header(&h);
+    if kind != Kind::Setup as u8 || len > proto::MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected a setup frame, got kind {kind}")));
     }
     let mut payload = vec![0u8; len];
     sys::read_exact(CONTROL_FD, &mut payload)?;
-    Ok(Some((k, id, payload)))
+    Ok(Some((payload, fds)))
 }
 
 fn bring_loopback_up() -> io::Result<()> {
@@ -94,23 +99,40 @@ fn bring_loopback_up() -> io::Result<()> {
     }
 }
 
-fn init_main(root: &str) -> i32 {
+fn init_main() -> i32 {
     // SAFETY: setting our own name, death signal and signal mask.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"agentbox-init".as_ptr());
     }
-    let setup: Setup = match read_frame_blocking() {
-        Ok(Some((k, _, payload))) if k == Kind::Setup as u8 => match serde_json::from_slice(&payload) {
-            Ok(s) => s,
+    let (mut setup, passed): (Setup, _) = match read_setup() {
+        Ok(Some((payload, fds))) => match serde_json::from_slice(&payload) {
+            Ok(s) => (s, fds),
             Err(e) => {
                 send_failure(format!("invalid setup message: {e}"));
                 return 1;
             }
         },
-        _ => return 1,
+        Ok(None) => return 1,
+        Err(e) => {
+            send_failure(format!("reading the setup message failed: {e}"));
+            return 1;
+        }
     };
+    // The host's directories arrive as descriptors: reached through them, not by their paths.
+    let via = |fd: &std::os::fd::OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let mut image = fs::ImageSources::default();
+    for (role, fd) in setup.passed.clone().into_iter().zip(&passed) {
+        match role {
+            proto::PassedDir::Home => setup.home_source = Some(via(fd)),
+            proto::PassedDir::Etc => setup.etc = Some(via(fd)),
+            proto::PassedDir::Lower => image.lowers.push(via(fd)),
+            proto::PassedDir::Layer => image.layer = Some(via(fd)),
+            proto::PassedDir::Volume => image.volumes.push(via(fd)),
+        }
+    }
     let started = Instant::now();
-    // Into the sandbox's cgroups first, then a cgroup namespace rooted there.
+    // Into the sandbox's cgroups first (unless the host moved this process already), then a cgroup namespace
+    // rooted there.
     for procs in &setup.cgroups {
         if let Err(e) = std::fs::write(procs, "0") {
             send_failure(format!("joining the sandbox cgroup {procs} failed: {e}"));
@@ -122,10 +144,14 @@ fn init_main(root: &str) -> i32 {
         send_failure(format!("creating the sandbox's cgroup namespace failed: {}", io::Error::last_os_error()));
         return 1;
     }
-    if let Err(e) = fs::build(&mut fs::LinuxMounter, Path::new(&root), &setup) {
+    // The zygote cloned this process from the root mount point: the working directory is it.
+    let built =
+        fs::new_root().and_then(|new| fs::build(&mut fs::LinuxMounter, Path::new(&via(&new)), &setup, Some(&image)));
+    if let Err(e) = built {
         send_failure(format!("building the sandbox filesystem failed: {e}"));
         return 1;
     }
+    drop(passed);
     if let Ok(h) = CString::new(setup.hostname.clone()) {
         // SAFETY: valid buffer and length.
         unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) };
@@ -134,10 +160,6 @@ fn init_main(root: &str) -> i32 {
         send_failure(format!("bringing up loopback failed: {e}"));
         return 1;
     }
-    // The init must survive the sandbox's own out-of-memory kills. Lowering needs CAP_SYS_RESOURCE,
-    // which the host may lack (the backend reports that as a limitation); every execution raises
-    // its own score anyway (see `exec::OOM_SCORE_ADJ`).
-    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let landlock = landlock_status();
     let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
     if let Err(e) = exec::confine(&setup) {
@@ -214,7 +236,9 @@ impl Agent {
             sys::check(libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?
         };
         sys::set_nonblocking(CONTROL_FD)?;
-        let landlock = if setup.landlock { exec::landlock_ruleset(&setup.home).ok().flatten() } else { None };
+        let writable: Vec<&str> = setup.volumes.iter().filter(|v| !v.read_only).map(|v| v.path.as_str()).collect();
+        let landlock =
+            if setup.landlock { exec::landlock_ruleset(&setup.home, &writable).ok().flatten() } else { None };
         Ok(Self {
             setup,
             spawner: None,

@@ -123,45 +123,149 @@ fn reap(sigfd: libc::c_int) {
 }
 
 /// Clones a sandbox init; returns its host pid and a pidfd for it.
+///
+/// With an id range, the clone also makes the init's user namespace. A namespace is owned by the effective uid
+/// of the process that makes it, and the kernel charges per-user limits to each namespace's owner, so the
+/// zygote takes the range's first id as its effective uid and gid for the clone (its real and saved ids stay
+/// root, so it takes root back right after). It then writes the namespace's id maps, as root of the parent
+/// namespace, and only then lets the child go on: the child becomes root of its namespace (the range's first
+/// host id) with every capability there and none outside.
 fn spawn(
     req: &SpawnInit,
     control: &std::os::fd::OwnedFd,
     sigfd: libc::c_int,
 ) -> Result<(i32, std::os::fd::OwnedFd), (String, Option<i32>)> {
+    let fail = |what: &str| {
+        let e = io::Error::last_os_error();
+        (format!("{what}: {e}"), e.raw_os_error())
+    };
+    // The child waits on this pipe until its id maps are written.
+    let gate = match req.ids {
+        Some(_) => Some(sys::pipe().map_err(|e| (format!("creating the id map gate: {e}"), e.raw_os_error()))?),
+        None => None,
+    };
+    // The init finds its root mount point as its working directory: the clone's copy of the mount table
+    // keeps it, in the new namespace, where a path lookup might be refused to root of a user namespace.
+    if let Err(e) = std::env::set_current_dir(&req.root) {
+        return Err((format!("entering the root mount point {}: {e}", req.root), e.raw_os_error()));
+    }
+    let mut flags = CLONE_NAMESPACES | libc::SIGCHLD;
+    if let Some(first) = req.ids {
+        flags |= libc::CLONE_NEWUSER;
+        // SAFETY: integer arguments; only the effective ids change (real and saved stay root).
+        if unsafe { libc::syscall(libc::SYS_setresgid, -1, first, -1) } == -1 {
+            return Err(fail("taking the id range's group for its namespace"));
+        }
+        // SAFETY: as above.
+        if unsafe { libc::syscall(libc::SYS_setresuid, -1, first, -1) } == -1 {
+            let err = fail("taking the id range's user for its namespace");
+            restore_root();
+            return Err(err);
+        }
+    }
     // SAFETY: a fork-like clone (no new stack, no shared memory) of this single-threaded
     // process; the child only continues into code that is safe after fork.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::c_long::from(CLONE_NAMESPACES | libc::SIGCHLD),
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid < 0 {
-        let e = io::Error::last_os_error();
-        return Err((format!("creating the sandbox namespaces failed: {e}"), e.raw_os_error()));
-    }
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::c_long::from(flags), 0usize, 0usize, 0usize, 0usize) };
     if pid == 0 {
-        let code = child(req, control.as_raw_fd(), sigfd);
+        if let Some((read_end, write_end)) = &gate {
+            // SAFETY: closing the child's copy of the write end, which nothing else in it uses.
+            unsafe { libc::close(*write_end) };
+            if let Err(code) = enter_user_namespace(*read_end) {
+                // SAFETY: leaving the clone without running the zygote's destructors.
+                unsafe { libc::_exit(code) }
+            }
+        }
+        let code = child(control.as_raw_fd(), sigfd);
         // SAFETY: leaving the clone without running the zygote's destructors.
         unsafe { libc::_exit(code) }
     }
-    let pid = i32::try_from(pid).unwrap_or(-1);
+    let cloned = if pid < 0 { Err(fail("creating the sandbox namespaces failed")) } else { Ok(pid) };
+    let _ = std::env::set_current_dir("/");
+    if req.ids.is_some() && !restore_root() {
+        // A zygote that can't be root again can make no more sandboxes: the host starts a new one.
+        // SAFETY: leaving the process; the host sees its socket close.
+        unsafe { libc::_exit(113) }
+    }
+    let pid = match cloned {
+        Ok(pid) => i32::try_from(pid).unwrap_or(-1),
+        Err(e) => {
+            if let Some((read_end, write_end)) = gate {
+                // SAFETY: closing both ends of the gate, which nothing else uses.
+                unsafe {
+                    libc::close(read_end);
+                    libc::close(write_end);
+                }
+            }
+            return Err(e);
+        }
+    };
+    let kill = |err: (String, Option<i32>)| {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        err
+    };
+    if let (Some(first), Some((read_end, write_end))) = (req.ids, gate) {
+        // SAFETY: closing the zygote's copy of the read end, which nothing else here uses.
+        unsafe { libc::close(read_end) };
+        let map = format!("0 {first} {}\n", agentbox_storage::RANGE_SIZE);
+        let written = std::fs::write(format!("/proc/{pid}/uid_map"), &map)
+            .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &map));
+        let released = written.and_then(|()| sys::write_all(write_end, b"1"));
+        // SAFETY: closing the write end, which nothing else uses.
+        unsafe { libc::close(write_end) };
+        released.map_err(|e| kill((format!("writing the sandbox's id maps failed: {e}"), e.raw_os_error())))?;
+    }
     match sys::pidfd_open(pid) {
         Ok(fd) => Ok((pid, fd)),
-        Err(e) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            Err((format!("pidfd_open of the sandbox init failed: {e}"), e.raw_os_error()))
-        }
+        Err(e) => Err(kill((format!("pidfd_open of the sandbox init failed: {e}"), e.raw_os_error()))),
     }
 }
 
+/// Takes root back as the effective user and group after a clone into an id range. `false` if it couldn't.
+fn restore_root() -> bool {
+    // SAFETY: integer arguments; the real and saved ids are root, so this is permitted.
+    let uid = unsafe { libc::syscall(libc::SYS_setresuid, -1, 0, -1) };
+    // SAFETY: as above, with root's effective uid back.
+    let gid = unsafe { libc::syscall(libc::SYS_setresgid, -1, 0, -1) };
+    uid == 0 && gid == 0
+}
+
+/// In the clone, once the zygote has written the id maps (it writes one byte to `gate`): become root of the
+/// new user namespace, with no supplementary groups. Raw system calls only (the clone is a copy of a
+/// single-threaded process). `Err` holds the exit code that says which step failed.
+fn enter_user_namespace(gate: libc::c_int) -> Result<(), i32> {
+    let mut byte = 0u8;
+    // SAFETY: reading one byte into a local.
+    if unsafe { libc::read(gate, (&raw mut byte).cast(), 1) } != 1 {
+        return Err(120); // the zygote gave up on this clone
+    }
+    // SAFETY: closing the read end, which nothing else uses.
+    unsafe { libc::close(gate) };
+    // SAFETY: integer arguments.
+    if unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) } == -1 {
+        return Err(121);
+    }
+    // SAFETY: an empty list.
+    if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) } == -1 {
+        return Err(122);
+    }
+    // SAFETY: integer arguments.
+    if unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, 0) } == -1 {
+        return Err(123);
+    }
+    // Changing ids made the process undumpable, which gives its /proc files to the host's root, out of
+    // reach of the namespace's root: executions (its clones) could not even raise their own OOM score.
+    // Dumpable again, they are the namespace root's; no execution (another uid, no capabilities) can
+    // ptrace the init either way.
+    // SAFETY: integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } == -1 {
+        return Err(124);
+    }
+    Ok(())
+}
+
 /// In the clone: take the control socket as fd 3, leave the zygote's descriptors and signal
-/// mask, then become the init (which joins its cgroups once its setup message names them).
-fn child(req: &SpawnInit, control: libc::c_int, sigfd: libc::c_int) -> i32 {
+/// mask, then become the init (which the host moves into its cgroups before sending its setup message).
+fn child(control: libc::c_int, sigfd: libc::c_int) -> i32 {
     // SAFETY: plain syscalls on fds this process owns.
     unsafe {
         libc::close(sigfd);
@@ -174,5 +278,5 @@ fn child(req: &SpawnInit, control: libc::c_int, sigfd: libc::c_int) -> i32 {
         libc::sigemptyset(&raw mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
     }
-    init_main(&req.root)
+    init_main()
 }

@@ -24,6 +24,15 @@ pub struct LocalConfig {
     /// when it connects to hosts whose TLS it terminates (hosts with secrets or inspected hosts): a
     /// company CA, or a test CA.
     pub upstream_extra_roots: Vec<PathBuf>,
+    /// Host id ranges for sandboxes' user namespaces: each sandbox's ids `0..65536` map onto a host range
+    /// of its own, so no two sandboxes share a host uid (or the per-user kernel limits counted by it). The claims
+    /// directory must be the same for every backend on the host (ranges are unique per directory); the default,
+    /// `/run/agentbox/ids`, does not follow `state_dir`. `None`: no user namespaces, and every sandbox's user
+    /// is the same host uid (reported in [`LocalBackend::limitations`](crate::LocalBackend::limitations)).
+    pub id_ranges: Option<agentbox_storage::IdRangesConfig>,
+    /// The image store sandboxes' roots come from when their config names an image (see `agentbox-image`).
+    /// `None`: only the host's system (`image` unset or `"host"`); a sandbox asking for an image is refused.
+    pub images: Option<agentbox_image::ImageConfig>,
 }
 
 impl Default for LocalConfig {
@@ -78,6 +87,8 @@ impl Default for LocalConfig {
             .map(str::to_owned)
             .into(),
             hostname: "sandbox".into(),
+            images: (uid == 0).then(agentbox_image::ImageConfig::default),
+            id_ranges: (uid == 0).then(|| agentbox_storage::IdRangesConfig::in_dir(PathBuf::from("/run/agentbox/ids"))),
             storage: (uid == 0).then(|| agentbox_storage::PoolConfig {
                 dir: PathBuf::from("/var/lib/agentbox/storage"),
                 image_bytes: None,

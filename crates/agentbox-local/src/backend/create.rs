@@ -14,6 +14,46 @@ impl LocalBackend {
             cpus: config.cpu_count,
             pids: u64::from(config.security.max_processes) + 1, // and the init
         };
+        // An image root: the image's layers, pulled first if the store lacks them.
+        let image = match config.image_reference() {
+            Some(reference) => {
+                if self.inner.pool.is_none() {
+                    return Err(Error::Unsupported(
+                        "a sandbox's root comes from an image only with disk-backed storage (see the backend's \
+                         limitations)"
+                            .into(),
+                    ));
+                }
+                Some(self.resolve_image(reference).await?)
+            }
+            None => None,
+        };
+        // The volumes it mounts: they must exist, and are held as in use from here on.
+        let volume_names: Vec<String> = config.storage.volumes.iter().map(|v| v.name.clone()).collect();
+        let volume_dirs: Vec<PathBuf> = if volume_names.is_empty() {
+            Vec::new()
+        } else {
+            let Some(pool) = self.inner.pool.clone() else {
+                return Err(Error::Unsupported(
+                    "volumes need disk-backed storage, which this backend runs without (see its limitations)".into(),
+                ));
+            };
+            let names = volume_names.clone();
+            blocking("looking volumes up", move || {
+                names
+                    .iter()
+                    .map(|n| {
+                        pool.volume_data(n).map_err(|_| {
+                            Error::NotFound(format!(
+                                "volume {n}: create it first (POST /api/volumes, agentbox volume create)"
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+            .await?
+        };
+        let volumes = self.inner.volumes_in_use.hold(volume_names);
         let mut fds = [0; 2];
         // SAFETY: socketpair into a local array.
         sys::check(unsafe {
@@ -23,8 +63,32 @@ impl LocalBackend {
         // SAFETY: both fds are fresh and owned here.
         let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
 
+        // A host id range of its own for the sandbox's user namespace, claimed first: the clone needs it.
+        let ids = match &self.inner.ids {
+            Some(ranges) => {
+                let ranges = ranges.clone();
+                let tag = self.inner.owner.clone();
+                let range = blocking("claiming an id range", move || ranges.claim(&tag).map_err(storage_err)).await?;
+                Some(IdClaim { ranges: self.inner.ids.clone(), range: Some(range) })
+            }
+            None => None,
+        };
+        let range = ids.as_ref().and_then(|c| c.range);
+        let host_id = |inside: u32| range.map_or(Some(inside), |r| r.host(inside));
+        let owner = match (host_id(config.security.run_as.uid), host_id(config.security.run_as.gid)) {
+            (Some(uid), Some(gid)) => Owner { uid, gid },
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "security.run_as: uid {} and gid {} must be below {} (the ids a sandbox's user namespace maps)",
+                    config.security.run_as.uid,
+                    config.security.run_as.gid,
+                    agentbox_storage::RANGE_SIZE
+                )));
+            }
+        };
+
         // The zygote clones the init (creating its namespaces) while this side makes the cgroups:
-        // the init waits for its setup message, which names them, before it does anything else.
+        // the init waits for its setup message, before which this side moves it into them.
         let inner = self.inner.clone();
         let name = self.cgroup_name(&id);
         let make_cgroup = tokio::task::spawn_blocking(move || match inner.cgroups.layout() {
@@ -32,7 +96,7 @@ impl LocalBackend {
             _ => inner.cgroups.create(&name, limits),
         });
         let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
-        let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end));
+        let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end, range));
         let make_layer = {
             let pool = self.inner.pool.clone();
             // Named by the sandbox id alone (the sandbox sees the name in its mount table); the owner process
@@ -40,8 +104,12 @@ impl LocalBackend {
             let name = id.clone();
             let tag = self.inner.owner.clone();
             let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
-            let run_as = config.security.run_as.clone();
             let from = request.from_snapshot.clone();
+            // The overlay of an image root is mounted by the namespace's root.
+            let overlay_owner = image.is_some().then(|| {
+                let root = range.and_then(|r| r.host(0)).unwrap_or(0);
+                Owner { uid: root, gid: root }
+            });
             async move {
                 let Some(pool) = pool else {
                     return match from {
@@ -51,13 +119,17 @@ impl LocalBackend {
                         None => Ok(None),
                     };
                 };
-                let owner = Owner { uid: run_as.uid, gid: run_as.gid };
+                let ids = range.unwrap_or(agentbox_storage::IdRange::IDENTITY);
                 tokio::task::spawn_blocking(move || {
                     let layer = match from {
-                        Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits)?,
+                        Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits, ids)?,
                         None => pool.create_layer(&name, limits, owner)?,
                     };
-                    if let Err(e) = pool.set_owner_tag(&layer, &tag) {
+                    let tagged = pool
+                        .set_owner_tag(&layer, &tag)
+                        .and_then(|()| pool.set_id_range(&layer, ids))
+                        .and_then(|()| overlay_owner.map_or(Ok(()), |o| pool.add_overlay_dirs(&layer, o)));
+                    if let Err(e) = tagged {
                         let _ = pool.remove_layer(&name);
                         return Err(e);
                     }
@@ -73,7 +145,7 @@ impl LocalBackend {
         // read-only).
         let mut setup = self.setup_for(config);
         let find_etc = async {
-            if !config.security.read_only_root {
+            if !config.security.read_only_root || image.is_some() {
                 return None;
             }
             if let Some(t) = self.inner.etc.cached(&setup.files) {
@@ -123,17 +195,52 @@ impl LocalBackend {
             }
         };
         let init_pid = init.pid;
+        let image_root = image.as_ref();
+        let layer_ref_dir: Option<PathBuf> = layer.as_ref().map(|l| l.dir().to_path_buf());
         let setup = async {
-            setup.cgroups = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            setup.cgroups = place_init(&cgroup, init_pid, range)?;
             setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
             if let Some(t) = &etc {
                 setup.etc = Some(t.path().to_string_lossy().into_owned());
                 setup.files.clear();
                 setup.binds.retain(|b| !b.target.starts_with("/etc/"));
             }
+            // The directories the init mounts go as descriptors (see `proto::PassedDir`).
+            let plain = |role, path| Passed { role, path, idmap: false, read_only: false };
+            let mut passed: Vec<Passed> = Vec::new();
+            if let Some(l) = &layer {
+                passed.push(plain(proto::PassedDir::Home, l.home()));
+            }
+            if let Some(t) = &etc {
+                passed.push(plain(proto::PassedDir::Etc, t.path().to_path_buf()));
+            }
+            if let Some(image) = image_root {
+                if let Some(l) = layer_ref_dir.as_ref() {
+                    passed.push(plain(proto::PassedDir::Layer, l.clone()));
+                }
+                for d in &image.lowers {
+                    passed.push(Passed {
+                        role: proto::PassedDir::Lower,
+                        path: d.clone(),
+                        idmap: true,
+                        read_only: true,
+                    });
+                }
+                apply_image(&mut setup, &image.config, config);
+            }
+            for (data, mount) in volume_dirs.iter().zip(&config.storage.volumes) {
+                let read_only = mount.read_only;
+                passed.push(Passed { role: proto::PassedDir::Volume, path: data.clone(), idmap: true, read_only });
+            }
+            let fds = passed_mounts(&passed, range.is_some(), init_pid)
+                .map_err(|e| backend_err("opening the directories the sandbox mounts", e))?;
+            setup.passed = passed.iter().map(|p| p.role).collect();
             let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
                 .map_err(|e| backend_err("encoding the sandbox setup", e))?;
-            sys::write_all(host_end.as_raw_fd(), &frame).map_err(|e| backend_err("sending the sandbox setup", e))?;
+            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            sys::send_with_fds(host_end.as_raw_fd(), &frame, &borrowed)
+                .map_err(|e| backend_err("sending the sandbox setup", e))?;
+            drop(fds);
             let std_stream = std::os::unix::net::UnixStream::from(host_end);
             let stream = std_stream
                 .set_nonblocking(true)
@@ -163,8 +270,8 @@ impl LocalBackend {
             if ready.landlock != "enforced" && config.security.landlock {
                 tracing::debug!(status = %ready.landlock, "landlock not enforced");
             }
-            let root = Root::open(init_pid, &setup.home, Owner { uid: setup.uid, gid: setup.gid })
-                .map_err(|e| backend_err("opening the sandbox root", e))?;
+            let root =
+                Root::open(init_pid, &setup.home, owner).map_err(|e| backend_err("opening the sandbox root", e))?;
             // Opened by pid once, and checked against the pidfd: the init was alive, so the pid was its own.
             let netns = NetNs::of(init_pid, init.pidfd.as_fd())
                 .map_err(|e| backend_err("opening the sandbox's network namespace", e))?;
@@ -203,6 +310,8 @@ impl LocalBackend {
             next_id: AtomicU32::new(1),
             root,
             layer,
+            ids: ids.and_then(IdClaim::keep),
+            volumes,
             last_cpu: Mutex::new(None),
             reader: Mutex::new(None),
             forwards: Mutex::new(HashMap::new()),
@@ -214,6 +323,107 @@ impl LocalBackend {
         *sandbox.reader.lock_unpoisoned() = Some(task);
         Ok(sandbox)
     }
+}
+
+/// A claimed id range that goes back when a create fails: dropped before [`IdClaim::keep`], it releases the
+/// range (after the failed create's cleanup, which ran before it drops).
+struct IdClaim {
+    ranges: Option<Arc<agentbox_storage::IdRanges>>,
+    range: Option<agentbox_storage::IdRange>,
+}
+
+impl IdClaim {
+    /// The range, now the sandbox's (its destroy releases it).
+    fn keep(mut self) -> Option<agentbox_storage::IdRange> {
+        self.range.take()
+    }
+}
+
+impl Drop for IdClaim {
+    fn drop(&mut self) {
+        if let (Some(ranges), Some(range)) = (&self.ranges, self.range.take()) {
+            if let Err(e) = ranges.release(range) {
+                tracing::warn!(error = %e, "releasing the id range of a failed create");
+            }
+        }
+    }
+}
+
+/// A directory the init mounts, how the host hands it over.
+struct Passed {
+    role: proto::PassedDir,
+    path: PathBuf,
+    /// Idmapped into the sandbox's user namespace (image layers and volumes, whose files are owned by inside ids).
+    idmap: bool,
+    read_only: bool,
+}
+
+/// Detached copies of the directories the init mounts, idmapped into the user namespace of the init `pid`
+/// (when it has one: `userns`) and made read-only as each asks.
+fn passed_mounts(passed: &[Passed], userns: bool, pid: i32) -> std::io::Result<Vec<OwnedFd>> {
+    // A namespace descriptor proper (mount_setattr refuses an O_PATH one).
+    let userns = if userns { Some(OwnedFd::from(std::fs::File::open(format!("/proc/{pid}/ns/user"))?)) } else { None };
+    let mut fds = Vec::with_capacity(passed.len());
+    for p in passed {
+        let copy = detached_copy(&p.path)?;
+        let idmap = if p.idmap { userns.as_ref().map(AsFd::as_fd) } else { None };
+        sys::set_mount_attrs(copy.as_fd(), idmap, p.read_only)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("preparing {}: {e}", p.path.display())))?;
+        fds.push(copy);
+    }
+    Ok(fds)
+}
+
+/// Makes a setup build an image root: the overlay instead of the host's system, writable, with the image's
+/// environment under the sandbox's own (`environment_variables` still win) and the sandbox's identity kept.
+fn apply_image(setup: &mut proto::Setup, image: &agentbox_image::RuntimeConfig, config: &SandboxConfig) {
+    setup.image_root = true;
+    setup.read_only_root = false;
+    setup.binds.clear();
+    setup.symlinks.clear();
+    setup.etc = None;
+    for line in &image.env {
+        if let Some((key, value)) = line.split_once('=') {
+            if !matches!(key, "HOME" | "USER" | "LOGNAME" | "SHELL" | "TMPDIR") {
+                setup.env.insert(key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    setup.env.extend(config.environment_variables.clone());
+}
+
+/// A detached mount of the host directory `path` (`open_tree` with `OPEN_TREE_CLONE`), which the init moves
+/// into its own mount namespace.
+fn detached_copy(path: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::mount::OpenTreeFlags;
+    rustix::mount::open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| {
+        let e = std::io::Error::from(e);
+        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    })
+}
+
+/// Gets a new init ready to be set up: its cgroups (with a user namespace, their directories become its root's,
+/// to join and to make execution cgroups in), and out of the OOM killer's reach (the sandbox's own
+/// out-of-memory kills take its executions, whose score is raised, never the init). Returns the cgroup files
+/// the init joins itself (the fast way); on cgroup v2 with a user namespace, where a process may only move
+/// itself between cgroups whose common ancestor it may write, the host moves it and there are none.
+fn place_init(cgroup: &SandboxCgroup, pid: i32, ids: Option<agentbox_storage::IdRange>) -> Result<Vec<String>> {
+    let mut joins: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    if let Some(root) = ids.and_then(|r| r.host(0)) {
+        cgroup.delegate(root, root).map_err(|e| backend_err("delegating the sandbox's cgroups", e))?;
+        if cgroup.is_v2() {
+            cgroup.add(pid).map_err(|e| backend_err("moving the init into its cgroups", e))?;
+            joins.clear();
+        }
+    }
+    // Lowering a score needs CAP_SYS_RESOURCE, which the host may lack (reported as a limitation).
+    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+    Ok(joins)
 }
 
 /// Cleans up after a create that failed half-way, off the async runtime: kills the init (and with

@@ -56,7 +56,7 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 
 impl LocalBackend {
     /// Removes what processes that died without destroying their sandboxes left: their sandboxes'
-    /// cgroups (killing anything still in them) and their `/etc` templates. Only entries whose owner
+    /// cgroups (killing anything still in them), storage layers, id ranges and `/etc` templates. Only entries whose owner
     /// process is gone are touched: the owner is part of each cgroup's name. Returns the ids reaped.
     pub fn reap_orphans(&self) -> Vec<String> {
         let mut reaped = Vec::new();
@@ -83,6 +83,16 @@ impl LocalBackend {
                     continue;
                 }
                 remove_orphan_layer(pool, &name, &mut reaped);
+            }
+        }
+        // Id ranges last: the layers owned by a dead process are gone, so no file holds its ids.
+        if let Some(ranges) = &self.inner.ids {
+            for (range, tag) in ranges.claims() {
+                if tag != self.inner.owner && !owner_alive(&tag) {
+                    if let Err(e) = ranges.release(range) {
+                        tracing::warn!(error = %e, "cannot release an orphaned id range");
+                    }
+                }
             }
         }
         if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {

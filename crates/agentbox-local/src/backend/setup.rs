@@ -93,6 +93,15 @@ impl LocalBackend {
             },
             landlock: config.security.landlock,
             exec_cgroups: self.inner.cgroups.exec_tracking().into(),
+            passed: Vec::new(),
+            image_root: false,
+            volumes: config
+                .storage
+                .volumes
+                .iter()
+                .map(|v| crate::proto::VolumeTarget { path: v.mount_path.clone(), read_only: v.read_only })
+                .collect(),
+            user_namespace: self.inner.ids.is_some(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod system;
 pub mod terminal;
 pub mod tools;
 pub mod types;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -113,6 +114,7 @@ impl Modify for Security {
         (name = "files", description = "Files inside a sandbox"),
         (name = "secrets", description = "Credentials the egress proxy adds to requests; set, never read back"),
         (name = "snapshots", description = "Point-in-time copies of a sandbox's files, and forks from them"),
+        (name = "volumes", description = "Named, persistent volumes that sandboxes mount"),
         (name = "tools", description = "Agent tools: shell, code, files, web search, browser"),
         (name = "server", description = "Liveness and metrics"),
     )
@@ -324,8 +326,11 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::pause_sandbox))
         .routes(routes!(sandboxes::resume_sandbox))
         .routes(routes!(snapshots::create_snapshot))
+        .routes(routes!(snapshots::restore_sandbox))
         .routes(routes!(snapshots::list_snapshots))
         .routes(routes!(snapshots::delete_snapshot))
+        .routes(routes!(volumes::create_volume, volumes::list_volumes))
+        .routes(routes!(volumes::delete_volume))
         .routes(routes!(tools::list_tools))
         .routes(routes!(system::prometheus))
         .route_layer(from_fn_with_state(state.clone(), request_timeout));

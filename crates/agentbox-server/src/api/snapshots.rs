@@ -1,4 +1,5 @@
-//! Snapshot routes: take one of a run's sandbox, list them, delete one. A fork is a create with `from_snapshot`.
+//! Snapshot routes: take one of a run's sandbox, list them, delete one, put a run back to one. A fork is a
+//! create with `from_snapshot`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -9,7 +10,7 @@ use utoipa::IntoParams;
 
 use super::ErrorResponses;
 use super::extract::{ApiJson, RunIdPath};
-use super::types::{RunIdParam, SnapshotList, SnapshotRequest, SnapshotView};
+use super::types::{RunIdParam, SandboxView, SnapshotList, SnapshotRequest, SnapshotView};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -48,6 +49,28 @@ pub async fn create_snapshot(
     check_name(&body.name)?;
     let snapshot = state.manager.snapshot(&run, &body.name).await.map_err(ApiError::from_operation)?;
     Ok((StatusCode::CREATED, Json(SnapshotView::from(snapshot))).into_response())
+}
+
+/// Puts the run's files back to a snapshot: a new sandbox, with the run's configuration, starts from the
+/// snapshot's files and takes the run's place; the old sandbox and its processes are gone.
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/restore",
+    operation_id = "restoreSandbox",
+    tag = "snapshots",
+    params(RunIdParam),
+    request_body = SnapshotRequest,
+    responses((status = 200, description = "Restored", body = SandboxView), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn restore_sandbox(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+    ApiJson(body): ApiJson<SnapshotRequest>,
+) -> Result<Json<SandboxView>, ApiError> {
+    check_name(&body.name)?;
+    let restored = state.lifecycle.restore(&run, &body.name).await.map_err(ApiError::from_operation)?;
+    Ok(Json(restored.into()))
 }
 
 /// Lists every snapshot.

@@ -133,6 +133,22 @@ pub struct SnapshotList {
     pub snapshots: Vec<SnapshotView>,
 }
 
+/// A volume to mount into a new sandbox.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMountSpec {
+    /// The volume's name.
+    #[schema(pattern = r"^[A-Za-z0-9._\-]{1,200}$", example = "workspace")]
+    pub name: String,
+    /// Where it appears inside: a normalized absolute path other than `/` and the home, not under `/proc`,
+    /// `/dev`, `/sys`, `/etc` or `/tmp` (422 otherwise: the sandbox can't mount it there).
+    #[schema(pattern = r"^/.+$", max_length = 1024, example = "/home/user/work")]
+    pub mount_path: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// `POST /api/sandboxes/create`: a run's sandbox, from a preset with optional overrides.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +165,17 @@ pub struct CreateSandboxRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, value_type = PresetDoc)]
     pub preset: Option<Preset>,
+    /// The root filesystem: an OCI image reference (`python:3.12-slim`, `localhost:5000/team/agent:1`), pulled
+    /// on first use, or `host` (the default) for the host's own system.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 512,
+        pattern = r"^[^\s\-/.:@][^\s]*$",
+        example = "python:3.12-slim"
+    )]
+    pub image: Option<String>,
     /// CPUs.
     #[serde(default, deserialize_with = "present_u32")]
     #[schema(nullable = false, minimum = 1, maximum = 256)]
@@ -181,6 +208,10 @@ pub struct CreateSandboxRequest {
     #[serde(default, deserialize_with = "present_u64")]
     #[schema(nullable = false, minimum = 1024, maximum = 1073741824)]
     pub max_output_bytes: Option<u64>,
+    /// Named volumes to mount (made with `POST /api/volumes`); they outlive the sandbox.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub volumes: Option<Vec<VolumeMountSpec>>,
     /// Start from this snapshot's files (a fork of the sandbox it was taken from). The run must be new.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, pattern = r"^[A-Za-z0-9._\-]{1,200}$", example = "before-refactor")]
@@ -189,7 +220,9 @@ pub struct CreateSandboxRequest {
 
 impl CreateSandboxRequest {
     fn overrides_anything(&self) -> bool {
-        self.cpu_count.is_some()
+        self.image.is_some()
+            || self.volumes.is_some()
+            || self.cpu_count.is_some()
             || self.memory_mb.is_some()
             || self.disk_gb.is_some()
             || self.network.is_some()
@@ -208,6 +241,32 @@ impl CreateSandboxRequest {
             return Ok(CreateOptions { preset: self.preset, config: None });
         }
         let mut c: SandboxConfig = self.preset.unwrap_or_default().config();
+        if let Some(v) = &self.image {
+            c.image = Some(v.clone());
+        }
+        if let Some(v) = &self.volumes {
+            let home = c.security.run_as.home();
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, m) in v.iter().enumerate() {
+                let problem = agentbox_config::mount_path_problem(&m.mount_path, &home)
+                    .or_else(|| (!seen.insert(m.mount_path.as_str())).then(|| "is used by another volume".to_owned()));
+                if let Some(problem) = problem {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "unprocessable",
+                        format!("volumes[{i}].mount_path {problem}"),
+                    ));
+                }
+            }
+            c.storage.volumes = v
+                .iter()
+                .map(|m| agentbox_config::VolumeMount {
+                    name: m.name.clone(),
+                    mount_path: m.mount_path.clone(),
+                    read_only: m.read_only,
+                })
+                .collect();
+        }
         if let Some(v) = self.cpu_count {
             c.cpu_count = v;
         }
@@ -310,6 +369,9 @@ impl NetworkSpec {
 #[schema(as = SandboxConfig)]
 #[allow(dead_code)] // documentation only: responses serialize agentbox_config::SandboxConfig
 pub struct SandboxConfigDoc {
+    /// The root's image reference; absent for the host's system.
+    #[schema(nullable = false)]
+    image: Option<String>,
     cpu_count: u32,
     memory_mb: u64,
     disk_gb: u64,

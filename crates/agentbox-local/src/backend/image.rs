@@ -1,0 +1,69 @@
+//! Image roots: the image a sandbox's config names, found in the store (or pulled into it on first use), whose
+//! unpacked layers become the read-only lower side of the sandbox's overlay root.
+
+use std::path::PathBuf;
+
+use agentbox_core::{Error, Result};
+use agentbox_image::{ImageRef, RuntimeConfig, Store};
+
+use super::{LocalBackend, blocking};
+
+/// What a sandbox's root needs of its image.
+pub(super) struct ImageRoot {
+    /// The unpacked layers, top first.
+    pub lowers: Vec<PathBuf>,
+    /// Its runtime settings (environment, working directory, ...).
+    pub config: RuntimeConfig,
+}
+
+impl LocalBackend {
+    /// The image store, opened on first use.
+    fn image_store(&self) -> Result<Store> {
+        let Some(config) = &self.inner.config.images else {
+            return Err(Error::Unsupported(
+                "this backend has no image store (LocalConfig::images is None): leave `image` unset, or \"host\", \
+                 to use the host's system"
+                    .into(),
+            ));
+        };
+        self.inner
+            .images
+            .get_or_init(|| Store::open(config.clone()).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|e| Error::backend(format!("the image store in {} can't be opened: {e}", config.dir.display())))
+    }
+
+    /// The layers and settings of the image `reference`, pulled first when the store lacks it (or any of its
+    /// layers).
+    pub(super) async fn resolve_image(&self, reference: &str) -> Result<ImageRoot> {
+        let image = ImageRef::parse(reference).map_err(|e| Error::InvalidRequest(format!("image: {e}")))?;
+        let store = self.image_store()?;
+        let (s, r) = (store.clone(), image.clone());
+        let found = blocking("looking an image up", move || {
+            let record = s.image(&r).map_err(|e| Error::backend(format!("reading the image store: {e}")))?;
+            Ok(record.and_then(|record| s.lower_dirs(&record).ok().map(|lowers| (record, lowers))))
+        })
+        .await?;
+        let (record, lowers) = match found {
+            Some(found) => found,
+            None => {
+                // A reference the registry can't serve (unknown, unauthorized, unreachable) is the request's
+                // problem, not the backend's.
+                let (record, report) = store.pull(&image).await.map_err(|e| {
+                    Error::InvalidRequest(format!(
+                        "image {image} can't be used: pulling it failed: {e}; try `agentbox image pull {image}`"
+                    ))
+                })?;
+                tracing::info!(image = %image, downloaded = report.bytes_downloaded, "pulled an image for a sandbox");
+                let lowers =
+                    store.lower_dirs(&record).map_err(|e| Error::backend(format!("the pulled image {image}: {e}")))?;
+                (record, lowers)
+            }
+        };
+        if lowers.is_empty() {
+            return Err(Error::InvalidRequest(format!("image {image} has no layers")));
+        }
+        let _ = store.touch(&image);
+        Ok(ImageRoot { lowers, config: record.config })
+    }
+}

@@ -1,0 +1,89 @@
+//! Image roots: a sandbox whose config names an OCI image gets that image as its root, pulled from a real
+//! registry on loopback on first use, as an overlay of the image's layers (idmapped into the sandbox's user
+//! namespace, so the image's root files are its root's) over the sandbox's own disk layer.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../agentbox-image/tests/common/mod.rs"]
+mod image_common;
+
+mod common;
+
+use std::sync::Arc;
+
+use agentbox_config::SandboxConfig;
+use agentbox_core::{CreateRequest, Error, ExecRequest, SandboxBackend};
+use agentbox_image::ImageConfig;
+use agentbox_local::{LocalBackend, LocalConfig};
+use image_common::{Registry, debian_fixture, push_debian};
+
+async fn sh(b: &LocalBackend, id: &agentbox_core::SandboxId, line: &str) -> String {
+    let out = b.exec(id, ExecRequest::shell(line)).await.unwrap().collect(1 << 20).await;
+    assert_eq!(out.exit_code, 0, "{line}: {out:?}");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_runs_in_a_pulled_image() {
+    if common::not_root() {
+        return;
+    }
+    let layout = debian_fixture();
+    let registry = Registry::start();
+    let reference = push_debian(&registry, &layout);
+    let store = tempfile::tempdir().unwrap();
+    let config =
+        LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
+    let b = Arc::new(LocalBackend::new(config).unwrap());
+    let with_image = SandboxConfig { image: Some(reference.clone()), ..SandboxConfig::default() };
+
+    // Pulled on first use; the image's system, its interpreter, and the sandbox's own user.
+    let first = b.create(CreateRequest::new(with_image.clone())).await.unwrap();
+    let out = sh(&b, &first.id, "cat /etc/debian_version; python3 -c 'print(6 * 7)'; id -un; echo $PATH").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("12."), "not the image's Debian: {out}");
+    assert_eq!(&lines[1..3], ["42", "user"], "{out}");
+    assert!(lines[3].contains("/usr/local/bin"), "the image's PATH: {out}");
+    // The image's files are root's inside (idmapped), not nobody's, and the user can't change them.
+    assert_eq!(sh(&b, &first.id, "stat -c %U:%G /usr/bin/python3 /etc").await, "root:root\nroot:root\n");
+    let out = b.exec(&first.id, ExecRequest::shell("touch /usr/bin/x")).await.unwrap().collect(1 << 20).await;
+    assert_ne!(out.exit_code, 0, "{out:?}");
+    // passwd keeps the image's users and gains the sandbox's.
+    assert_eq!(sh(&b, &first.id, "getent passwd root user | cut -d: -f1,3").await, "root:0\nuser:1000\n");
+    // The home is on disk, and the file API reaches it.
+    b.write_file(&first.id, "/home/user/note.txt", b"kept".to_vec()).await.unwrap();
+    assert_eq!(sh(&b, &first.id, "cat ~/note.txt; stat -c %U ~/note.txt").await, "keptuser\n");
+
+    // A second sandbox from the same image shares its unpacked layer and sees none of the first's files.
+    let second = b.create(CreateRequest::new(with_image)).await.unwrap();
+    let layers = std::fs::read_dir(store.path().join("images/layers/sha256")).unwrap().count();
+    assert_eq!(layers, 1, "the image was unpacked again");
+    assert_eq!(sh(&b, &second.id, "ls ~; cat /etc/debian_version | cut -c1-3").await, "12.\n");
+    b.destroy(&first.id).await.unwrap();
+    b.destroy(&second.id).await.unwrap();
+
+    // An image the registry doesn't have: a clear error, and nothing left behind.
+    let missing =
+        SandboxConfig { image: Some(format!("{}/no-such-image:1", registry.addr)), ..SandboxConfig::default() };
+    let err = b.create(CreateRequest::new(missing)).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidRequest(m) if m.contains("pulling it failed")), "{err:?}");
+    assert!(b.list().await.unwrap().is_empty());
+    // `host` is the host's system, as when no image is named.
+    let host = SandboxConfig { image: Some("host".into()), ..SandboxConfig::default() };
+    let sb = b.create(CreateRequest::new(host)).await.unwrap();
+    let os = std::fs::read_to_string("/etc/debian_version").unwrap_or_default();
+    assert_eq!(sh(&b, &sb.id, "cat /etc/debian_version 2>/dev/null || true").await, os);
+    b.destroy(&sb.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_reference_is_refused_before_anything_is_made() {
+    if common::not_root() {
+        return;
+    }
+    let b = common::backend();
+    for bad in ["", " python", "-rm", "a b"] {
+        let config = SandboxConfig { image: Some(bad.into()), ..SandboxConfig::default() };
+        let err = b.create(CreateRequest::new(config)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_) | Error::InvalidRequest(_)), "{bad:?}: {err:?}");
+    }
+}
