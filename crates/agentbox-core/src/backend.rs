@@ -111,6 +111,15 @@ pub trait SandboxBackend: Send + Sync + 'static {
         Err(Error::NotFound(format!("snapshot {name}")))
     }
 
+    /// Gets what a create of `config` needs from elsewhere (an image pulled from its registry), before the
+    /// create itself: this is not part of `startup_timeout`, which bounds starting the sandbox.
+    ///
+    /// The default has nothing to get.
+    async fn prepare(&self, config: &agentbox_config::SandboxConfig) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+
     /// Makes the volume `name`, holding at most `limit_bytes`; sandboxes mount it with `storage.volumes`.
     ///
     /// The default says the backend can't.

@@ -311,6 +311,8 @@ impl Inner {
         }
         let request =
             CreateRequest { config: config.clone(), metadata, from_snapshot: from_snapshot.map(str::to_owned) };
+        // What the create needs from elsewhere (an image to pull) doesn't count against startup_timeout.
+        self.backend.prepare(config).await?;
         let info =
             tokio::time::timeout(config.startup_timeout, self.backend.create(request)).await.map_err(|_| {
                 Error::Timeout(format!(

@@ -686,6 +686,13 @@ impl SandboxBackend for LocalBackend {
         self.snapshot_delete(name).await
     }
 
+    async fn prepare(&self, config: &SandboxConfig) -> Result<()> {
+        match config.image_reference() {
+            Some(reference) if self.inner.pool.is_some() => self.resolve_image(reference).await.map(drop),
+            _ => Ok(()),
+        }
+    }
+
     async fn create_volume(&self, name: &str, limit_bytes: u64) -> Result<agentbox_core::VolumeInfo> {
         self.volume_create(name, limit_bytes).await
     }

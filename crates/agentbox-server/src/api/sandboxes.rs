@@ -181,6 +181,7 @@ fn create_error(e: agentbox_core::Error) -> ApiError {
                 "{m}\ncheck the package names, and that the sandbox's network policy lets the installer reach its index"
             ),
         ),
-        e => e.into(),
+        // A request the backend can't carry out as asked (an image that can't be pulled, say) is well-formed.
+        e => ApiError::from_operation(e),
     }
 }

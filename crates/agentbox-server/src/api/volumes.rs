@@ -21,7 +21,7 @@ pub struct VolumeRequest {
     #[schema(pattern = r"^[A-Za-z0-9._\-]{1,200}$", min_length = 1, max_length = 200, example = "workspace")]
     pub name: String,
     /// The most it may hold, in GiB (1 when absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::types::present_u64")]
     #[schema(nullable = false, minimum = 1, maximum = 16384)]
     pub size_gb: Option<u64>,
 }
