@@ -1273,6 +1273,7 @@ pub fn doc_backend() -> Arc<dyn SandboxBackend> {
     use crate::types::{ExecEvent, ExitStatus};
     let mut b = MockSandboxBackend::new();
     b.expect_name().return_const("mock");
+    b.expect_prepare().returning(|_| Ok(()));
     b.expect_create().returning(|req| {
         Ok(SandboxInfo {
             id: SandboxId::new_unchecked("sb-doc"),

@@ -790,6 +790,7 @@ mod mocked {
         // Exactly two creates: the pool's sandbox and its replacement, both without a run id.
         let mut mock = MockSandboxBackend::new();
         mock.expect_name().return_const("mock");
+        mock.expect_prepare().returning(|_| Ok(()));
         let next = Arc::new(AtomicU64::new(0));
         mock.expect_create().times(2).withf(|req| !req.metadata.contains_key("run_id")).returning(move |req| {
             let n = next.fetch_add(1, Ordering::SeqCst) + 1;
@@ -814,6 +815,7 @@ mod mocked {
     async fn a_failed_install_destroys_the_sandbox_and_reports_why() {
         let mut mock = MockSandboxBackend::new();
         mock.expect_name().return_const("mock");
+        mock.expect_prepare().returning(|_| Ok(()));
         mock.expect_create().times(1).returning(|req| {
             Ok(SandboxInfo {
                 id: SandboxId::new_unchecked("sb-install"),
