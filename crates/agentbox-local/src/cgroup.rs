@@ -193,6 +193,17 @@ fn enable_controllers(dir: &Path, problems: &mut Vec<String>) -> Vec<&'static st
 }
 
 impl Cgroups {
+    /// No usable cgroups: every limit is reported in `problems` as not enforced.
+    fn unusable(parent: &str, problems: Vec<String>) -> Self {
+        Self {
+            layout: Layout::None,
+            parent: parent.to_owned(),
+            v2_parent: PathBuf::new(),
+            controllers: Vec::new(),
+            problems,
+        }
+    }
+
     /// Detects the host's cgroups and prepares `parent` (e.g. `agentbox`) under each root.
     #[must_use]
     pub fn detect(parent: &str) -> Self {
@@ -203,13 +214,7 @@ impl Cgroups {
         let root = unsafe { libc::geteuid() } == 0;
         if !root {
             problems.push("not running as root: cgroup limits (memory, cpu, pids) are not enforced".to_owned());
-            return Self {
-                layout: Layout::None,
-                parent: parent.to_owned(),
-                v2_parent: PathBuf::new(),
-                controllers: Vec::new(),
-                problems,
-            };
+            return Self::unusable(parent, problems);
         }
         // A v2 mount with controllers means a unified host; a v2 mount without them next to v1 is hybrid.
         if let Some(v2root) = v2 {
@@ -230,13 +235,7 @@ impl Cgroups {
         }
         if v1.is_empty() {
             problems.push("no cgroup filesystem is mounted: memory, cpu and pids limits are not enforced".into());
-            return Self {
-                layout: Layout::None,
-                parent: parent.to_owned(),
-                v2_parent: PathBuf::new(),
-                controllers: Vec::new(),
-                problems,
-            };
+            return Self::unusable(parent, problems);
         }
         let mut controllers = Vec::new();
         for c in ["memory", "cpu", "pids"] {
