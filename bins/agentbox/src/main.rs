@@ -49,6 +49,11 @@ enum Command {
     Pause(cmd::sandboxes::RunIds),
     /// Let paused sandboxes on agentboxd continue.
     Resume(cmd::sandboxes::RunIds),
+    /// Stop sandboxes on agentboxd: their processes end, their files stay on disk (across restarts of agentboxd
+    /// and of the host) until `start` or `rm`.
+    Stop(cmd::sandboxes::RunIds),
+    /// Start stopped sandboxes on agentboxd: a fresh sandbox boots on each one's files.
+    Start(cmd::sandboxes::RunIds),
     /// Snapshot a sandbox's files on agentboxd (fork it with `create --from-snapshot NAME`).
     Snapshot(cmd::sandboxes::SnapshotArgs),
     /// Show a sandbox's egress log on agentboxd: its connections, and the requests to inspected hosts.
@@ -103,6 +108,8 @@ fn main() -> ExitCode {
         Command::Rm(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Rm, &args),
         Command::Pause(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Pause, &args),
         Command::Resume(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Resume, &args),
+        Command::Stop(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Stop, &args),
+        Command::Start(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Start, &args),
         Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),
         Command::Egress(args) => cmd::egress::egress(&args),
         Command::Secret(args) => cmd::egress::secret(&args),

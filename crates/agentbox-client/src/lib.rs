@@ -303,6 +303,22 @@ impl Client {
         self.json(self.request(Method::POST, &format!("/api/sandboxes/{}/resume", path_segment(run_id)))).await
     }
 
+    /// Stops a sandbox: its processes end, its files stay on disk until it is started or destroyed.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown run; unsupported without disk-backed storage.
+    pub async fn stop(&self, run_id: &str) -> Result<Value, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/sandboxes/{}/stop", path_segment(run_id)))).await
+    }
+
+    /// Starts a stopped sandbox: a fresh sandbox on its files.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown run.
+    pub async fn start(&self, run_id: &str) -> Result<Value, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/sandboxes/{}/start", path_segment(run_id)))).await
+    }
+
     /// Snapshots a sandbox's files under `name`.
     ///
     /// # Errors

@@ -9,7 +9,7 @@ use crate::terminal::{Terminal, TerminalRequest};
 use crate::transfer::{FileStream, FileUpload};
 use crate::types::{
     CodeRequest, CreateRequest, ExecRequest, ExecStream, FileEntry, HealthStatus, ProcessInfo, SandboxId, SandboxInfo,
-    SnapshotInfo, VolumeInfo,
+    SnapshotInfo, StoppedSandbox, VolumeInfo,
 };
 use crate::{Error, Result};
 
@@ -91,6 +91,35 @@ pub trait SandboxBackend: Send + Sync + 'static {
     async fn resume(&self, id: &SandboxId) -> Result<()> {
         let _ = id;
         Err(Error::Unsupported(format!("the {} backend can't pause sandboxes", self.name())))
+    }
+
+    /// Ends every process of the sandbox and keeps its files (writable layer, root filesystem) on disk, where
+    /// they survive a restart of this process and of the host: the sandbox is gone, and
+    /// [`start`](Self::start) boots a fresh one on its files. It uses no memory or CPU meanwhile.
+    ///
+    /// The default says the backend can't.
+    async fn stop(&self, id: &SandboxId) -> Result<StoppedSandbox> {
+        let _ = id;
+        Err(Error::Unsupported(format!("the {} backend can't stop and start sandboxes", self.name())))
+    }
+
+    /// Creates a sandbox as `request` asks, on the files of the stopped sandbox `key`, which it takes over: on
+    /// success `key` is gone; on failure it is kept, and the start can be retried.
+    ///
+    /// The default says the backend can't.
+    async fn start(&self, key: &str, request: CreateRequest) -> Result<SandboxInfo> {
+        let _ = (key, request);
+        Err(Error::Unsupported(format!("the {} backend can't stop and start sandboxes", self.name())))
+    }
+
+    /// Deletes the kept files of the stopped sandbox `key`.
+    async fn discard_stopped(&self, key: &str) -> Result<()> {
+        Err(Error::NotFound(format!("stopped sandbox {key}")))
+    }
+
+    /// Every stopped sandbox the backend keeps.
+    async fn list_stopped(&self) -> Result<Vec<StoppedSandbox>> {
+        Ok(Vec::new())
     }
 
     /// Takes a read-only snapshot of the sandbox's files named `name`, while it runs.

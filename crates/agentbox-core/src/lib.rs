@@ -30,7 +30,7 @@ pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};
 pub use types::{
     CappedBuffer, CodeRequest, Command, CreateRequest, ExecEvent, ExecOutput, ExecRequest, ExecStream, ExitStatus,
     FileEntry, FileKind, HealthStatus, Language, ProcessInfo, RunId, SandboxId, SandboxInfo, SandboxState,
-    SnapshotInfo, VolumeInfo,
+    SnapshotInfo, StoppedSandbox, VolumeInfo,
 };
 
 pub use agentbox_config as config;

@@ -131,6 +131,13 @@ struct Entry {
     last_check_ms: Option<u64>,
 }
 
+impl Entry {
+    /// Whether the run has a sandbox with processes (not stopped, starting or being destroyed).
+    fn is_live(&self) -> bool {
+        !matches!(self.state, SandboxState::Stopped | SandboxState::Creating | SandboxState::Destroying)
+    }
+}
+
 #[derive(Debug)]
 enum Slot {
     Creating(Arc<Notify>),
@@ -153,6 +160,11 @@ impl State {
         self.recreating > 0
             || self.pool_filling.values().any(|n| *n > 0)
             || self.runs.values().any(|s| matches!(s, Slot::Creating(_)))
+    }
+
+    /// Runs that count against `max_sandboxes`: all but the stopped ones, which hold no processes or memory.
+    fn live_count(&self) -> usize {
+        self.runs.values().filter(|s| !matches!(s, Slot::Ready(e) if e.state == SandboxState::Stopped)).count()
     }
 }
 
@@ -331,6 +343,32 @@ impl Inner {
         Ok(info)
     }
 
+    /// A fresh sandbox for the run on the files of the backend's stopped sandbox `key`.
+    async fn start_sandbox(
+        &self,
+        run_id: &RunId,
+        preset: Option<Preset>,
+        config: &SandboxConfig,
+        key: &str,
+    ) -> Result<SandboxInfo> {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("run_id".to_owned(), run_id.to_string());
+        if let Some(p) = preset {
+            metadata.insert("preset".to_owned(), p.name().to_owned());
+        }
+        let request = CreateRequest { config: config.clone(), metadata, from_snapshot: None };
+        self.backend.prepare(config).await?;
+        let info =
+            tokio::time::timeout(config.startup_timeout, self.backend.start(key, request)).await.map_err(|_| {
+                Error::Timeout(format!(
+                    "starting a sandbox took longer than startup_timeout ({:?})",
+                    config.startup_timeout
+                ))
+            })??;
+        bump(&self.stats.created);
+        Ok(info)
+    }
+
     async fn destroy_quietly(&self, id: &SandboxId) {
         match self.backend.destroy(id).await {
             Ok(()) => bump(&self.stats.destroyed),
@@ -395,6 +433,12 @@ impl Inner {
     fn acquire(self: &Arc<Self>, run_id: &RunId) -> Result<(SandboxId, BusyGuard)> {
         let mut st = self.lock();
         match st.runs.get_mut(run_id) {
+            Some(Slot::Ready(e)) if e.state == SandboxState::Stopped => Err(Error::Conflict(format!(
+                "run {run_id} is stopped; start it first (POST /api/sandboxes/{run_id}/start, agentbox start)"
+            ))),
+            Some(Slot::Ready(e)) if e.state == SandboxState::Creating => {
+                Err(Error::Conflict(format!("run {run_id} is being started; retry shortly")))
+            }
             Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => {
                 e.busy += 1;
                 e.last_used = Instant::now();
@@ -416,9 +460,7 @@ impl Inner {
                 .iter_mut()
                 .filter_map(|(run, slot)| match slot {
                     Slot::Ready(e)
-                        if e.busy == 0
-                            && e.state != SandboxState::Destroying
-                            && now.duration_since(e.last_used) >= e.config.idle_timeout =>
+                        if e.busy == 0 && e.is_live() && now.duration_since(e.last_used) >= e.config.idle_timeout =>
                     {
                         e.state = SandboxState::Destroying;
                         Some((run.clone(), e.sandbox.id.clone()))
@@ -444,7 +486,12 @@ impl Inner {
             let st = self.lock();
             match st.runs.get(run_id) {
                 // A paused sandbox can't answer probes: it is neither checked nor recreated.
-                Some(Slot::Ready(e)) if e.state == SandboxState::Paused => return Ok(Self::snapshot(run_id, e)),
+                // A paused sandbox can't answer probes, and a stopped or starting one has none to answer.
+                Some(Slot::Ready(e))
+                    if matches!(e.state, SandboxState::Paused | SandboxState::Stopped | SandboxState::Creating) =>
+                {
+                    return Ok(Self::snapshot(run_id, e));
+                }
                 Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => e.sandbox.id.clone(),
                 _ => return Err(Error::NotFound(format!("run {run_id}"))),
             }
@@ -685,8 +732,11 @@ impl SandboxManager {
         let (old, config, preset) = {
             let st = self.inner.lock();
             match st.runs.get(run_id) {
-                Some(Slot::Ready(e)) if e.state == SandboxState::Destroying => {
-                    return Err(Error::Conflict(format!("run {run_id} is being destroyed")));
+                Some(Slot::Ready(e)) if !e.is_live() => {
+                    return Err(Error::Conflict(format!(
+                        "run {run_id} is {}; a run's files are restored while it runs",
+                        e.state.as_str()
+                    )));
                 }
                 Some(Slot::Ready(e)) => (e.sandbox.id.clone(), e.config.clone(), e.preset),
                 Some(Slot::Creating(_)) => return Err(Error::Conflict(format!("run {run_id} is still being created"))),
@@ -724,6 +774,9 @@ impl SandboxManager {
         let id = {
             let st = self.inner.lock();
             match st.runs.get(run_id) {
+                Some(Slot::Ready(e)) if matches!(e.state, SandboxState::Stopped | SandboxState::Creating) => {
+                    return Err(Error::Conflict(format!("run {run_id} is {}", e.state.as_str())));
+                }
                 Some(Slot::Ready(e)) if pause && e.state == SandboxState::Paused => {
                     return Ok(Inner::snapshot(run_id, e));
                 }
@@ -751,6 +804,147 @@ impl SandboxManager {
         e.sandbox.state = e.state;
         e.last_used = Instant::now();
         Ok(Inner::snapshot(run_id, e))
+    }
+
+    /// Stops the run's sandbox: its processes end and its files stay on disk (see the backend's `stop`). The run
+    /// stays, `stopped`, using no memory or CPU, until [`start_run`](Self::start_run) boots a fresh sandbox on its files
+    /// or [`destroy`](Self::destroy) deletes them. Shutting the manager down leaves stopped runs' files in place.
+    ///
+    /// # Errors
+    /// Unknown run, a run being created, started or destroyed, [`Error::Unsupported`] on backends that can't,
+    /// or the backend's error.
+    pub async fn stop_run(&self, run_id: &RunId) -> Result<ManagedSandbox> {
+        let (id, before) = {
+            let mut st = self.inner.lock();
+            match st.runs.get_mut(run_id) {
+                Some(Slot::Ready(e)) if e.state == SandboxState::Stopped => return Ok(Inner::snapshot(run_id, e)),
+                Some(Slot::Ready(e)) if !e.is_live() => {
+                    return Err(Error::Conflict(format!("run {run_id} is {}", e.state.as_str())));
+                }
+                Some(Slot::Ready(e)) => {
+                    let before = e.state;
+                    // Nothing new starts on it meanwhile; operations in flight end with the processes.
+                    e.state = SandboxState::Destroying;
+                    (e.sandbox.id.clone(), before)
+                }
+                Some(Slot::Creating(_)) => return Err(Error::Conflict(format!("run {run_id} is still being created"))),
+                None => return Err(Error::NotFound(format!("run {run_id}"))),
+            }
+        };
+        let stopped = self.inner.backend.stop(&id).await;
+        let mut st = self.inner.lock();
+        let Some(Slot::Ready(e)) = st.runs.get_mut(run_id) else {
+            return Err(Error::NotFound(format!("run {run_id}")));
+        };
+        match stopped {
+            Ok(kept) => {
+                e.sandbox.id = SandboxId::new_unchecked(kept.key);
+                e.sandbox.created_at_ms = kept.stopped_at_ms;
+                e.state = SandboxState::Stopped;
+                e.busy = 0;
+                e.healthy = true;
+                e.health_failures = 0;
+                bump(&self.inner.stats.destroyed);
+                Ok(Inner::snapshot(run_id, e))
+            }
+            Err(err) => {
+                e.state = before;
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts the run's stopped sandbox: a fresh sandbox with the run's configuration boots on its files.
+    /// Starting a running run does nothing.
+    ///
+    /// # Errors
+    /// Unknown run, a run being created or destroyed, [`Error::LimitExceeded`] at `max_sandboxes`, or the
+    /// backend's error (the run stays stopped, and the start can be retried).
+    pub async fn start_run(&self, run_id: &RunId) -> Result<ManagedSandbox> {
+        let (key, config, preset) = {
+            let mut st = self.inner.lock();
+            if st.shut_down {
+                return Err(Error::ShuttingDown("the sandbox manager is shutting down; no new sandboxes".into()));
+            }
+            let live = st.live_count();
+            let max = self.inner.config.max_sandboxes;
+            match st.runs.get_mut(run_id) {
+                Some(Slot::Ready(e)) if e.is_live() => return Ok(Inner::snapshot(run_id, e)),
+                Some(Slot::Ready(e)) if e.state == SandboxState::Stopped => {
+                    if let Some(max) = max.filter(|m| live >= *m) {
+                        return Err(Error::LimitExceeded(format!(
+                            "{live} sandboxes are live, the maximum is {max}; destroy or stop one, or raise max_sandboxes"
+                        )));
+                    }
+                    e.state = SandboxState::Creating;
+                    let out = (e.sandbox.id.to_string(), e.config.clone(), e.preset);
+                    st.recreating += 1;
+                    out
+                }
+                Some(Slot::Ready(e)) => return Err(Error::Conflict(format!("run {run_id} is {}", e.state.as_str()))),
+                Some(Slot::Creating(_)) => return Err(Error::Conflict(format!("run {run_id} is still being created"))),
+                None => return Err(Error::NotFound(format!("run {run_id}"))),
+            }
+        };
+        let mut started = self.inner.start_sandbox(run_id, preset, &config, &key).await.map(Ok);
+        if let Ok(Ok(info)) = &started {
+            if self.inner.lock().shut_down {
+                // The manager shut down meanwhile: the files go back on the shelf rather than go with the sandbox.
+                started = self.inner.backend.stop(&info.id).await.map(Err);
+            }
+        }
+        let result = {
+            let mut st = self.inner.lock();
+            st.recreating -= 1;
+            match (st.runs.get_mut(run_id), started) {
+                (Some(Slot::Ready(e)), Ok(Ok(mut info))) => {
+                    info.state = SandboxState::Running;
+                    info.metadata.insert("run_id".into(), run_id.to_string());
+                    e.sandbox = info;
+                    e.state = SandboxState::Running;
+                    e.last_used = Instant::now();
+                    Ok(Inner::snapshot(run_id, e))
+                }
+                (Some(Slot::Ready(e)), Ok(Err(kept))) => {
+                    e.sandbox.id = SandboxId::new_unchecked(kept.key);
+                    e.state = SandboxState::Stopped;
+                    Err(Error::ShuttingDown("the sandbox manager is shutting down; the run stays stopped".into()))
+                }
+                (Some(Slot::Ready(e)), Err(err)) => {
+                    e.state = SandboxState::Stopped;
+                    Err(err)
+                }
+                // Only this start takes a starting run out of the map.
+                (_, Ok(_)) => Err(Error::NotFound(format!("run {run_id}"))),
+                (_, Err(err)) => Err(err),
+            }
+        };
+        self.inner.settled.notify_waiters();
+        result
+    }
+
+    /// Registers a run stopped before (found in a registry after a restart): its sandbox is the backend's
+    /// stopped sandbox `stopped`.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the run already has a sandbox.
+    pub fn adopt_stopped(
+        &self,
+        run_id: &RunId,
+        stopped: crate::StoppedSandbox,
+        config: SandboxConfig,
+        preset: Option<Preset>,
+    ) -> Result<ManagedSandbox> {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("run_id".to_owned(), run_id.to_string());
+        let sandbox = SandboxInfo {
+            id: SandboxId::new_unchecked(stopped.key),
+            backend: self.inner.backend.name().to_owned(),
+            state: SandboxState::Stopped,
+            created_at_ms: stopped.stopped_at_ms,
+            metadata,
+        };
+        self.adopt_as(run_id, sandbox, config, preset, SandboxState::Stopped)
     }
 
     /// Takes a read-only snapshot of the run's files named `name`.
@@ -816,6 +1010,14 @@ impl SandboxManager {
                     return Err(Error::ShuttingDown("the sandbox manager is shutting down; no new sandboxes".into()));
                 }
                 match st.runs.get_mut(run_id) {
+                    Some(Slot::Ready(e)) if e.state == SandboxState::Stopped && from_snapshot.is_none() => {
+                        if options.asks_for_a_config() && e.config != config {
+                            return Err(Error::Conflict(format!(
+                                "run {run_id} is stopped with a different configuration; destroy it first or use another run_id"
+                            )));
+                        }
+                        None
+                    }
                     Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => {
                         if options.asks_for_a_config() && e.config != config {
                             return Err(Error::Conflict(format!(
@@ -828,9 +1030,9 @@ impl SandboxManager {
                     Some(Slot::Ready(_)) => {
                         return Err(Error::Conflict(format!("run {run_id} is being destroyed; retry shortly")));
                     }
-                    Some(Slot::Creating(n)) => n.clone(),
+                    Some(Slot::Creating(n)) => Some(n.clone()),
                     None => {
-                        let live = st.runs.len();
+                        let live = st.live_count();
                         if let Some(max) = self.inner.config.max_sandboxes.filter(|m| live >= *m) {
                             return Err(Error::LimitExceeded(format!(
                                 "{live} sandboxes are live, the maximum is {max}; destroy one or raise max_sandboxes"
@@ -841,6 +1043,8 @@ impl SandboxManager {
                     }
                 }
             };
+            // A stopped run asked for is started: its files are what the caller comes back for.
+            let Some(wait) = wait else { return Ok((self.start_run(run_id).await?, false)) };
             let notified = wait.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -928,6 +1132,17 @@ impl SandboxManager {
         config: SandboxConfig,
         preset: Option<Preset>,
     ) -> Result<ManagedSandbox> {
+        self.adopt_as(run_id, sandbox, config, preset, SandboxState::Running)
+    }
+
+    fn adopt_as(
+        &self,
+        run_id: &RunId,
+        sandbox: SandboxInfo,
+        config: SandboxConfig,
+        preset: Option<Preset>,
+        state: SandboxState,
+    ) -> Result<ManagedSandbox> {
         let mut st = self.inner.lock();
         if st.runs.contains_key(run_id) {
             return Err(Error::Conflict(format!("run {run_id} already has a sandbox")));
@@ -936,7 +1151,7 @@ impl SandboxManager {
             sandbox,
             config,
             preset,
-            state: SandboxState::Running,
+            state,
             last_used: Instant::now(),
             busy: 0,
             execution_count: 0,
@@ -1202,17 +1417,26 @@ impl SandboxManager {
     /// # Errors
     /// [`Error::NotFound`] for an unknown run, or the backend's error (the run is forgotten either way).
     pub async fn destroy(&self, run_id: &RunId) -> Result<()> {
-        let id = {
+        let (id, stopped) = {
             let mut st = self.inner.lock();
             match st.runs.get_mut(run_id) {
+                Some(Slot::Ready(e)) if e.state == SandboxState::Creating => {
+                    return Err(Error::Conflict(format!("run {run_id} is being started; retry shortly")));
+                }
                 Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => {
+                    let stopped = e.state == SandboxState::Stopped;
                     e.state = SandboxState::Destroying;
-                    e.sandbox.id.clone()
+                    (e.sandbox.id.clone(), stopped)
                 }
                 _ => return Err(Error::NotFound(format!("run {run_id}"))),
             }
         };
-        let result = self.inner.backend.destroy(&id).await;
+        let result = if stopped {
+            // A stopped run's sandbox is its kept files.
+            self.inner.backend.discard_stopped(id.as_str()).await
+        } else {
+            self.inner.backend.destroy(&id).await
+        };
         self.inner.lock().runs.remove(run_id);
         if result.is_ok() {
             bump(&self.inner.stats.destroyed);
@@ -1240,13 +1464,19 @@ impl SandboxManager {
             settled.as_mut().enable();
             let (ids, pending) = {
                 let mut st = self.inner.lock();
-                let ready: Vec<RunId> =
-                    st.runs.iter().filter(|(_, s)| matches!(s, Slot::Ready(_))).map(|(r, _)| r.clone()).collect();
+                // A run being started is left in place until its start settles (as stopped, or running).
+                let ready: Vec<RunId> = st
+                    .runs
+                    .iter()
+                    .filter(|(_, s)| matches!(s, Slot::Ready(e) if e.state != SandboxState::Creating))
+                    .map(|(r, _)| r.clone())
+                    .collect();
                 // A sandbox already being destroyed is left to whoever is destroying it.
                 let mut ids: Vec<SandboxId> = ready
                     .iter()
                     .filter_map(|r| match st.runs.remove(r) {
-                        Some(Slot::Ready(e)) if e.state != SandboxState::Destroying => Some(e.sandbox.id),
+                        // A stopped run's files stay on disk: outliving this process is what stop is for.
+                        Some(Slot::Ready(e)) if e.is_live() => Some(e.sandbox.id),
                         _ => None,
                     })
                     .collect();

@@ -76,6 +76,8 @@ pub enum SandboxState {
     Running,
     /// Suspended (backends that support pause).
     Paused,
+    /// No processes: its files are kept on disk until it is started again (backends that support stop).
+    Stopped,
     /// Failing health checks.
     Unhealthy,
     /// Being destroyed.
@@ -92,6 +94,7 @@ impl SandboxState {
             Self::Creating => "creating",
             Self::Running => "running",
             Self::Paused => "paused",
+            Self::Stopped => "stopped",
             Self::Unhealthy => "unhealthy",
             Self::Destroying => "destroying",
             Self::Destroyed => "destroyed",
@@ -149,6 +152,18 @@ pub struct SnapshotInfo {
     /// When it was taken, in milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// Bytes it references (shared with the sandbox it came from until either changes).
+    pub size_bytes: u64,
+}
+
+/// The files of a stopped sandbox, kept by the backend under `key` until it is started again or discarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedSandbox {
+    /// What [`start`](crate::SandboxBackend::start) and
+    /// [`discard_stopped`](crate::SandboxBackend::discard_stopped) take; unique in the backend.
+    pub key: String,
+    /// When it was stopped, in milliseconds since the Unix epoch.
+    pub stopped_at_ms: u64,
+    /// Bytes its files take.
     pub size_bytes: u64,
 }
 

@@ -372,6 +372,28 @@ fn landlock_available() -> bool {
     Ruleset::default().handle_access(AccessFs::from_all(ABI::V1)).and_then(Ruleset::create).is_ok()
 }
 
+impl LocalBackend {
+    /// Creates a sandbox as `request` asks, its layer made from `from` when given (see `spawn_sandbox`).
+    pub(super) async fn create_from(
+        &self,
+        request: &CreateRequest,
+        from: Option<(agentbox_storage::Shelf, String)>,
+    ) -> Result<SandboxInfo> {
+        request.config.validate()?;
+        if request.config.storage.cleanup == CleanupPolicy::Keep {
+            return Err(Error::Unsupported(
+                "storage.cleanup = \"keep\" is not supported by the local backend: destroy releases a sandbox's files; \
+                 stop the sandbox instead to keep them (POST /api/sandboxes/{run_id}/stop, agentbox stop)"
+                    .into(),
+            ));
+        }
+        let sb = self.spawn_sandbox(request, from).await?;
+        let info = sb.info.clone();
+        self.inner.sandboxes.lock_unpoisoned().insert(info.id.clone(), sb);
+        Ok(info)
+    }
+}
+
 #[async_trait]
 impl SandboxBackend for LocalBackend {
     fn name(&self) -> &'static str {
@@ -379,18 +401,8 @@ impl SandboxBackend for LocalBackend {
     }
 
     async fn create(&self, request: CreateRequest) -> Result<SandboxInfo> {
-        request.config.validate()?;
-        if request.config.storage.cleanup == CleanupPolicy::Keep {
-            return Err(Error::Unsupported(
-                "storage.cleanup = \"keep\" is not supported by the local backend: sandbox storage is memory-backed and \
-                 released on destroy; copy files out with read_file before destroying"
-                    .into(),
-            ));
-        }
-        let sb = self.spawn_sandbox(&request).await?;
-        let info = sb.info.clone();
-        self.inner.sandboxes.lock_unpoisoned().insert(info.id.clone(), sb);
-        Ok(info)
+        let from = request.from_snapshot.clone().map(|name| (agentbox_storage::Shelf::Snapshots, name));
+        self.create_from(&request, from).await
     }
 
     async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream> {
@@ -676,6 +688,22 @@ impl SandboxBackend for LocalBackend {
 
     async fn snapshot(&self, id: &SandboxId, name: &str) -> Result<SnapshotInfo> {
         self.snapshot_sandbox(id, name).await
+    }
+
+    async fn stop(&self, id: &SandboxId) -> Result<agentbox_core::StoppedSandbox> {
+        self.stop_sandbox(id).await
+    }
+
+    async fn start(&self, key: &str, request: CreateRequest) -> Result<SandboxInfo> {
+        self.start_stopped(key, request).await
+    }
+
+    async fn discard_stopped(&self, key: &str) -> Result<()> {
+        self.stopped_discard(key).await
+    }
+
+    async fn list_stopped(&self) -> Result<Vec<agentbox_core::StoppedSandbox>> {
+        self.stopped_list().await
     }
 
     async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {

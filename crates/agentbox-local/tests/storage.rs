@@ -171,3 +171,75 @@ async fn a_layer_another_process_is_still_creating_is_not_reaped() {
     assert_eq!(layers_of(&name), std::slice::from_ref(&name), "the untagged layer was reaped while being made");
     pool.remove_layer(&name).unwrap();
 }
+
+fn stopped_dir() -> PathBuf {
+    PathBuf::from("/var/lib/agentbox/storage/pool/stopped")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sandbox_keeps_its_files_across_managers_and_starts_again() {
+    if common::not_root() {
+        return;
+    }
+    use agentbox_core::{CreateOptions, Error, ExecRequest, ManagerConfig, RunId, SandboxManager, SandboxState};
+    let backend = common::backend();
+    let manager = SandboxManager::new(backend.clone(), ManagerConfig::default());
+    let run = RunId::parse("stop-keeps-files").unwrap();
+    let (first, _) = manager.get_or_create(&run, CreateOptions::default()).await.unwrap();
+    manager.write_file(&run, "/home/user/work.txt", b"precious".to_vec()).await.unwrap();
+    // Written from inside, and not yet synced: stop must not lose it.
+    manager
+        .exec_collect(&run, ExecRequest::shell("mkdir -p /home/user/proj && echo code > /home/user/proj/a.py"))
+        .await
+        .unwrap();
+    manager.spawn_background(&run, ExecRequest::shell("sleep 600")).await.unwrap();
+    let init = backend.init_pid(&first.sandbox.id).unwrap();
+
+    let stopped = manager.stop_run(&run).await.unwrap();
+    assert_eq!(stopped.state, SandboxState::Stopped);
+    // Its processes are gone, its layer too; its files are on the stopped shelf.
+    // SAFETY: signal 0 probes a pid this test's backend started; it sends nothing.
+    assert_eq!(unsafe { libc::kill(init, 0) }, -1, "the init {init} outlived stop");
+    assert!(layers_of(first.sandbox.id.as_str()).is_empty());
+    let key = stopped.sandbox.id.to_string();
+    assert!(stopped_dir().join(&key).is_dir());
+    assert!(backend.list_stopped().await.unwrap().iter().any(|s| s.key == key && s.size_bytes > 0));
+    // Executions are refused with a reason; stopping again is a no-op; the list shows it stopped.
+    let refused = manager.exec(&run, ExecRequest::shell("true")).await.map(drop);
+    assert!(matches!(&refused, Err(Error::Conflict(m)) if m.contains("stopped")), "{refused:?}");
+    assert_eq!(manager.stop_run(&run).await.unwrap().state, SandboxState::Stopped);
+    assert_eq!(manager.list().iter().find(|s| s.run_id == run).unwrap().state, SandboxState::Stopped);
+    // Shutting the manager down leaves the stopped run's files in place.
+    manager.shutdown().await;
+    assert!(stopped_dir().join(&key).is_dir());
+
+    // Another manager (as after a restart) takes the run back from its record and starts it.
+    let config = first.config.clone();
+    let kept = backend.list_stopped().await.unwrap().into_iter().find(|s| s.key == key).unwrap();
+    let manager = SandboxManager::new(backend.clone(), ManagerConfig::default());
+    manager.adopt_stopped(&run, kept, config, None).unwrap();
+    let started = manager.start_run(&run).await.unwrap();
+    assert_eq!(started.state, SandboxState::Running);
+    assert_ne!(started.sandbox.id, first.sandbox.id);
+    assert!(!stopped_dir().join(&key).exists(), "start left the kept files on the shelf");
+    let out = manager
+        .exec_collect(&run, ExecRequest::shell("cat /home/user/work.txt /home/user/proj/a.py; stat -c %U /home/user/proj/a.py; pgrep -c sleep; echo more >> /home/user/work.txt"))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "preciouscode\nuser\n0\n", "{out:?}");
+
+    // A stopped run asked for again is started; destroying a stopped run deletes its files.
+    let stopped = manager.stop_run(&run).await.unwrap();
+    let key = stopped.sandbox.id.to_string();
+    let (again, created) = manager.get_or_create(&run, CreateOptions::default()).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.state, SandboxState::Running);
+    assert_eq!(manager.read_file(&run, "/home/user/work.txt").await.unwrap(), b"preciousmore\n");
+    let stopped = manager.stop_run(&run).await.unwrap();
+    let key2 = stopped.sandbox.id.to_string();
+    assert_ne!(key, key2);
+    manager.destroy(&run).await.unwrap();
+    assert!(!stopped_dir().join(&key2).exists(), "destroying a stopped run left its files");
+    assert!(manager.get(&run).is_err());
+    assert!(layers_of(again.sandbox.id.as_str()).is_empty());
+}

@@ -10,8 +10,8 @@ use crate::sandboxes::{
     CREATE_DESCRIPTION, CreateInput, DESTROY_DESCRIPTION, EGRESS_DESCRIPTION, EgressInput, LIST_DESCRIPTION, ListInput,
     METRICS_DESCRIPTION, PAUSE_DESCRIPTION, RESTORE_DESCRIPTION, RESUME_DESCRIPTION, RunInput, SANDBOX_CREATE,
     SANDBOX_DESTROY, SANDBOX_EGRESS, SANDBOX_LIST, SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESTORE, SANDBOX_RESUME,
-    SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION, SNAPSHOT_DESCRIPTION, SNAPSHOT_LIST,
-    SNAPSHOT_LIST_DESCRIPTION, SnapshotInput, SnapshotNameInput,
+    SANDBOX_SNAPSHOT, SANDBOX_START, SANDBOX_STOP, SNAPSHOT_DELETE, SNAPSHOT_DELETE_DESCRIPTION, SNAPSHOT_DESCRIPTION,
+    SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, START_DESCRIPTION, STOP_DESCRIPTION, SnapshotInput, SnapshotNameInput,
 };
 
 /// The `run_id` property added to every tool that works in a sandbox.
@@ -54,6 +54,8 @@ fn annotations(name: &str) -> Option<ToolAnnotations> {
         SANDBOX_METRICS => ("Sandbox resource use", true, false, false),
         SANDBOX_PAUSE => ("Pause a sandbox", false, false, false),
         SANDBOX_RESUME => ("Resume a sandbox", false, false, false),
+        SANDBOX_STOP => ("Stop a sandbox, keeping its files", false, false, false),
+        SANDBOX_START => ("Start a stopped sandbox", false, false, false),
         SANDBOX_SNAPSHOT => ("Snapshot a sandbox's files", false, false, false),
         SNAPSHOT_LIST => ("List snapshots", true, false, false),
         SNAPSHOT_DELETE => ("Delete a snapshot", false, true, false),
@@ -99,6 +101,8 @@ pub(crate) fn build(registry: &ToolRegistry) -> Vec<Tool> {
         tool(SANDBOX_METRICS, METRICS_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_PAUSE, PAUSE_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_RESUME, RESUME_DESCRIPTION, object(schema_of::<RunInput>())),
+        tool(SANDBOX_STOP, STOP_DESCRIPTION, object(schema_of::<RunInput>())),
+        tool(SANDBOX_START, START_DESCRIPTION, object(schema_of::<RunInput>())),
         tool(SANDBOX_SNAPSHOT, SNAPSHOT_DESCRIPTION, object(schema_of::<SnapshotInput>())),
         tool(SANDBOX_RESTORE, RESTORE_DESCRIPTION, object(schema_of::<SnapshotInput>())),
         tool(SNAPSHOT_LIST, SNAPSHOT_LIST_DESCRIPTION, object(schema_of::<ListInput>())),

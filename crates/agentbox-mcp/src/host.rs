@@ -42,6 +42,22 @@ pub trait SandboxHost: Send + Sync + 'static {
         self.manager().restore(run_id, snapshot).await
     }
 
+    /// Stops the run's sandbox, keeping its files.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::stop_run`].
+    async fn stop(&self, run_id: &RunId) -> agentbox_core::Result<ManagedSandbox> {
+        self.manager().stop_run(run_id).await
+    }
+
+    /// Starts the run's stopped sandbox on its files.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::start_run`].
+    async fn start(&self, run_id: &RunId) -> agentbox_core::Result<ManagedSandbox> {
+        self.manager().start_run(run_id).await
+    }
+
     /// Destroys the run's sandbox.
     ///
     /// # Errors

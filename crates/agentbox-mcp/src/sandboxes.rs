@@ -24,6 +24,10 @@ pub const SANDBOX_PAUSE: &str = "sandbox_pause";
 /// See [`SANDBOX_CREATE`].
 pub const SANDBOX_RESUME: &str = "sandbox_resume";
 /// See [`SANDBOX_CREATE`].
+pub const SANDBOX_STOP: &str = "sandbox_stop";
+/// See [`SANDBOX_CREATE`].
+pub const SANDBOX_START: &str = "sandbox_start";
+/// See [`SANDBOX_CREATE`].
 pub const SANDBOX_SNAPSHOT: &str = "sandbox_snapshot";
 /// See [`SANDBOX_CREATE`].
 pub const SANDBOX_RESTORE: &str = "sandbox_restore";
@@ -50,6 +54,12 @@ pub(crate) const PAUSE_DESCRIPTION: &str = "Pause a sandbox: every process is fr
     memory and files stay. Commands are refused until sandbox_resume; files can still be read and written. Without \
     run_id, this session's default sandbox.";
 pub(crate) const RESUME_DESCRIPTION: &str = "Resume a paused sandbox: its processes continue where they stopped. Without run_id, this session's default sandbox.";
+pub(crate) const STOP_DESCRIPTION: &str = "Stop a sandbox to come back to it later: its processes end and its \
+    files (home, installed packages, volumes) stay on disk, across server restarts, using no memory or CPU. Commands \
+    are refused until sandbox_start (or any tool call with its run_id, which starts it). Without run_id, this \
+    session's default sandbox.";
+pub(crate) const START_DESCRIPTION: &str = "Start a stopped sandbox: a fresh sandbox with the same settings boots on \
+    its files (processes from before the stop are gone). Without run_id, this session's default sandbox.";
 pub(crate) const SNAPSHOT_LIST_DESCRIPTION: &str = "List the saved snapshots: name, size in bytes, when taken.";
 pub(crate) const SNAPSHOT_DELETE_DESCRIPTION: &str =
     "Delete a snapshot by name; sandboxes started from it keep their files.";

@@ -21,8 +21,8 @@ use crate::config::McpConfig;
 use crate::host::SandboxHost;
 use crate::sandboxes::{
     self, CreateInput, EgressInput, ListInput, RunInput, SANDBOX_CREATE, SANDBOX_DESTROY, SANDBOX_EGRESS, SANDBOX_LIST,
-    SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESTORE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SNAPSHOT_DELETE, SNAPSHOT_LIST,
-    SnapshotInput, SnapshotNameInput, Summary,
+    SANDBOX_METRICS, SANDBOX_PAUSE, SANDBOX_RESTORE, SANDBOX_RESUME, SANDBOX_SNAPSHOT, SANDBOX_START, SANDBOX_STOP,
+    SNAPSHOT_DELETE, SNAPSHOT_LIST, SnapshotInput, SnapshotNameInput, Summary,
 };
 
 /// Prefix of the run id of each session's default sandbox.
@@ -434,6 +434,13 @@ impl McpSession {
                 let run = self.target(input.run_id.as_deref(), stateless).await?;
                 let manager = self.shared().manager();
                 let s = if name == SANDBOX_PAUSE { manager.pause(&run).await? } else { manager.resume(&run).await? };
+                Ok(json!({ "run_id": run.as_str(), "state": s.state.as_str() }))
+            }
+            SANDBOX_STOP | SANDBOX_START => {
+                let input: RunInput = sandboxes::parse(name, input)?;
+                let run = self.target(input.run_id.as_deref(), stateless).await?;
+                let host = &self.shared().host;
+                let s = if name == SANDBOX_STOP { host.stop(&run).await? } else { host.start(&run).await? };
                 Ok(json!({ "run_id": run.as_str(), "state": s.state.as_str() }))
             }
             SANDBOX_SNAPSHOT => {

@@ -40,7 +40,7 @@ impl std::fmt::Debug for Lifecycle {
 fn ready_record(s: &ManagedSandbox) -> Record {
     Record {
         run_id: s.run_id.to_string(),
-        status: RecordStatus::Ready,
+        status: if s.state == SandboxState::Stopped { RecordStatus::Stopped } else { RecordStatus::Ready },
         backend: s.sandbox.backend.clone(),
         sandbox_id: Some(s.sandbox.id.to_string()),
         preset: s.preset.map(|p| p.name().to_owned()),
@@ -161,6 +161,29 @@ impl Lifecycle {
         Ok(sandbox)
     }
 
+    /// Stops the run's sandbox (its files kept on disk), recording it as stopped so a restarted server still
+    /// has it.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::stop_run`], or a registry failure (the run is stopped; a later sync records it).
+    pub async fn stop(&self, run: &RunId) -> agentbox_core::Result<ManagedSandbox> {
+        let stopped = self.manager.stop_run(run).await?;
+        let _j = self.journal.lock().await;
+        self.registry.upsert(ready_record(&stopped)).await.map_err(|e| registry_failure(&e))?;
+        Ok(stopped)
+    }
+
+    /// Starts the run's stopped sandbox on its files, journaling the new sandbox.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::start_run`], or a registry failure (the run is running; a later sync records it).
+    pub async fn start(&self, run: &RunId) -> agentbox_core::Result<ManagedSandbox> {
+        let started = self.manager.start_run(run).await?;
+        let _j = self.journal.lock().await;
+        self.registry.upsert(ready_record(&started)).await.map_err(|e| registry_failure(&e))?;
+        Ok(started)
+    }
+
     /// Puts the run's files back to a snapshot (a new sandbox takes the run's place), journaling the replacement.
     ///
     /// # Errors
@@ -201,7 +224,7 @@ impl Lifecycle {
             self.manager.list().into_iter().map(|s| (s.run_id.to_string(), s)).collect();
         let backend = self.manager.backend().name();
         for row in &rows {
-            if row.status == RecordStatus::Ready && row.backend == backend && !live.contains_key(&row.run_id) {
+            if row.status != RecordStatus::Creating && row.backend == backend && !live.contains_key(&row.run_id) {
                 if let Err(e) = self.registry.remove(&row.run_id).await {
                     tracing::error!(run_id = %row.run_id, error = %e, "dropping a vanished sandbox from the registry failed");
                 }
@@ -229,6 +252,7 @@ impl Lifecycle {
         let backend: Arc<dyn SandboxBackend> = self.manager.backend().clone();
         let rows = self.registry.load().await?;
         let live = backend.list().await?;
+        let stopped = backend.list_stopped().await?;
         let alive = |s: &SandboxInfo| !matches!(s.state, SandboxState::Destroyed | SandboxState::Destroying);
         let mut report = RecoveryReport::default();
         let mut claimed: HashSet<String> = HashSet::new();
@@ -236,6 +260,25 @@ impl Lifecycle {
         for row in &rows {
             if row.backend != backend.name() {
                 report.other_backend.push(row.run_id.clone());
+                continue;
+            }
+            if row.status == RecordStatus::Stopped {
+                let run = RunId::new_unchecked(row.run_id.clone());
+                let kept = row.sandbox_id.as_deref().and_then(|key| stopped.iter().find(|s| s.key == key));
+                match kept {
+                    Some(kept) => {
+                        let preset = row.preset.as_deref().and_then(|p| p.parse::<Preset>().ok());
+                        match self.manager.adopt_stopped(&run, kept.clone(), row.config.clone(), preset) {
+                            Ok(_) => report.adopted.push(row.run_id.clone()),
+                            Err(e) => tracing::warn!(run_id = %run, error = %e, "cannot re-adopt a stopped run"),
+                        }
+                    }
+                    None => {
+                        tracing::warn!(run_id = %run, "a stopped run's files are gone; forgetting it");
+                        self.registry.remove(&row.run_id).await?;
+                        report.forgotten.push(row.run_id.clone());
+                    }
+                }
                 continue;
             }
             let by_id = row.sandbox_id.as_deref().and_then(|id| live.iter().find(|s| s.id.as_str() == id && alive(s)));

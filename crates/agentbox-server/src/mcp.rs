@@ -39,6 +39,14 @@ impl SandboxHost for Lifecycle {
         Lifecycle::restore(self, run_id, snapshot).await
     }
 
+    async fn stop(&self, run_id: &RunId) -> agentbox_core::Result<ManagedSandbox> {
+        Lifecycle::stop(self, run_id).await
+    }
+
+    async fn start(&self, run_id: &RunId) -> agentbox_core::Result<ManagedSandbox> {
+        Lifecycle::start(self, run_id).await
+    }
+
     async fn destroy(&self, run_id: &RunId) -> agentbox_core::Result<()> {
         Lifecycle::destroy(self, run_id).await
     }

@@ -36,6 +36,8 @@ pub enum RecordStatus {
     Creating,
     /// The sandbox exists with the recorded id.
     Ready,
+    /// The run's sandbox is stopped: the recorded id is the backend's key for its kept files.
+    Stopped,
 }
 
 impl RecordStatus {
@@ -43,6 +45,15 @@ impl RecordStatus {
         match self {
             Self::Creating => "creating",
             Self::Ready => "ready",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "creating" => Self::Creating,
+            "stopped" => Self::Stopped,
+            _ => Self::Ready,
         }
     }
 }
@@ -78,10 +89,31 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// Databases made before runs could be stopped refuse the `stopped` status (a CHECK constraint SQLite can't
+/// alter): their table is rebuilt with [`SCHEMA`]'s.
+const MIGRATE_STOPPED: &str = "
+BEGIN;
+ALTER TABLE sandboxes RENAME TO sandboxes_before_stopped;
+CREATE TABLE sandboxes (
+    run_id        TEXT PRIMARY KEY NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('creating', 'ready', 'stopped')),
+    backend       TEXT NOT NULL,
+    sandbox_id    TEXT,
+    preset        TEXT,
+    config        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+INSERT INTO sandboxes SELECT run_id, status, backend, sandbox_id, preset, config, created_at_ms, updated_at_ms
+    FROM sandboxes_before_stopped;
+DROP TABLE sandboxes_before_stopped;
+COMMIT;
+";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sandboxes (
     run_id        TEXT PRIMARY KEY NOT NULL,
-    status        TEXT NOT NULL CHECK (status IN ('creating', 'ready')),
+    status        TEXT NOT NULL CHECK (status IN ('creating', 'ready', 'stopped')),
     backend       TEXT NOT NULL,
     sandbox_id    TEXT,
     preset        TEXT,
@@ -120,6 +152,13 @@ impl Registry {
     fn init(conn: Connection) -> Result<Self, RegistryError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let table: String =
+            conn.query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sandboxes'", [], |r| {
+                r.get(0)
+            })?;
+        if !table.contains("'stopped'") {
+            conn.execute_batch(MIGRATE_STOPPED)?;
+        }
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -161,10 +200,7 @@ impl Registry {
                 let (run_id, status, backend, sandbox_id, preset, config, created) = row?;
                 let config = serde_json::from_str(&config)
                     .map_err(|e| RegistryError::Corrupt { run_id: run_id.clone(), message: e.to_string() })?;
-                let status = match status.as_str() {
-                    "creating" => RecordStatus::Creating,
-                    _ => RecordStatus::Ready,
-                };
+                let status = RecordStatus::parse(&status);
                 out.push(Record {
                     run_id,
                     status,
@@ -245,7 +281,7 @@ impl Registry {
             let s: Option<String> = conn
                 .query_row("SELECT status FROM sandboxes WHERE run_id = ?1", params![run_id], |r| r.get(0))
                 .optional()?;
-            Ok(s.map(|s| if s == "creating" { RecordStatus::Creating } else { RecordStatus::Ready }))
+            Ok(s.as_deref().map(RecordStatus::parse))
         })
         .await
     }
@@ -288,5 +324,31 @@ mod tests {
         );
         assert_eq!(reg.status_of("a").await.unwrap(), Some(RecordStatus::Ready));
         assert_eq!(reg.status_of("zz").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_stop_is_migrated_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&SCHEMA.replace(", 'stopped'", "")).unwrap();
+            conn.execute(
+                "INSERT INTO sandboxes VALUES ('old', 'ready', 'local', 'sb-1', NULL, ?1, 42, 42)",
+                params![serde_json::to_string(&SandboxConfig::default()).unwrap()],
+            )
+            .unwrap();
+            assert!(conn.execute("UPDATE sandboxes SET status = 'stopped'", []).is_err());
+        }
+        let reg = Registry::open(&path).unwrap();
+        reg.upsert(record("new", RecordStatus::Stopped, Some("sb-2"))).await.unwrap();
+        let rows = reg.load().await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].run_id, "new");
+        assert_eq!(rows[0].status, RecordStatus::Stopped);
+        assert_eq!(rows[1].sandbox_id.as_deref(), Some("sb-1"));
+        drop(reg);
+        // Opening it again changes nothing.
+        assert_eq!(Registry::open(&path).unwrap().load().await.unwrap(), rows);
     }
 }

@@ -145,6 +145,7 @@ impl ServerMetrics {
             SandboxState::Creating,
             SandboxState::Running,
             SandboxState::Paused,
+            SandboxState::Stopped,
             SandboxState::Unhealthy,
             SandboxState::Destroying,
         ] {

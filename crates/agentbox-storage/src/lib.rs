@@ -28,5 +28,5 @@ pub use error::StorageError;
 pub use ids::{IdRange, IdRanges, IdRangesConfig, RANGE_SIZE, shift_owners};
 pub use layer::{Layer, LayerLimits, Usage};
 pub use pool::{Pool, PoolConfig, PoolKind};
-pub use snapshot::SnapshotRecord;
+pub use snapshot::{Shelf, SnapshotRecord};
 pub use volume::VolumeRecord;

@@ -50,6 +50,9 @@ pub struct Pool {
     /// Where read-only snapshots live, and the directory held.
     pub(crate) snapshots: PathBuf,
     pub(crate) snapshots_fd: std::os::fd::OwnedFd,
+    /// Where the files of stopped sandboxes are kept, and the directory held.
+    pub(crate) stopped: PathBuf,
+    pub(crate) stopped_fd: std::os::fd::OwnedFd,
     pub(crate) volumes: PathBuf,
     pub(crate) volumes_fd: std::os::fd::OwnedFd,
     /// `/sys/fs/btrfs/<fsid>/qgroups`, where usage is read.
@@ -163,6 +166,8 @@ impl Pool {
             .map_err(StorageError::io("setting the layers directory's mode", &layers))?;
         let snapshots = root.join("snapshots");
         let snapshots_fd = private_dir(&snapshots)?;
+        let stopped = root.join("stopped");
+        let stopped_fd = private_dir(&stopped)?;
         let volumes = root.join("volumes");
         let volumes_fd = private_dir(&volumes)?;
         let layers_fd = fs::File::open(&layers).map_err(StorageError::io("opening the layers directory", &layers))?;
@@ -175,7 +180,7 @@ impl Pool {
             run(Command::new("btrfs").args(["quota", "enable"]).arg(&root), "btrfs", &root, "btrfs-progs")?;
         }
         drop(lock);
-        Ok(Self { layers, layers_fd, snapshots, snapshots_fd, volumes, volumes_fd, qgroups, kind })
+        Ok(Self { layers, layers_fd, snapshots, snapshots_fd, stopped, stopped_fd, volumes, volumes_fd, qgroups, kind })
     }
 
     /// What the pool is made of.

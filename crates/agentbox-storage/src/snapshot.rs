@@ -13,6 +13,26 @@ use crate::btrfs::{self, Snap};
 use crate::layer::{check_name, open_dir, recorded_id_range};
 use crate::{IdRange, Layer, LayerLimits, Pool, StorageError, Usage, shift_owners};
 
+/// Where a read-only snapshot of a layer is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shelf {
+    /// Named snapshots, taken by callers while their sandbox runs (`pool/snapshots/`).
+    Snapshots,
+    /// The files of stopped sandboxes, kept until they are started again or discarded (`pool/stopped/`).
+    Stopped,
+}
+
+impl Shelf {
+    /// What the shelf holds, for messages.
+    #[must_use]
+    pub fn what(self) -> &'static str {
+        match self {
+            Self::Snapshots => "snapshot",
+            Self::Stopped => "stopped sandbox",
+        }
+    }
+}
+
 /// A snapshot in the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRecord {
@@ -25,46 +45,55 @@ pub struct SnapshotRecord {
 }
 
 impl Pool {
-    /// Takes a read-only snapshot of `layer` named `name`.
+    fn shelf(&self, shelf: Shelf) -> (&std::path::Path, std::os::fd::BorrowedFd<'_>) {
+        match shelf {
+            Shelf::Snapshots => (&self.snapshots, self.snapshots_fd.as_fd()),
+            Shelf::Stopped => (&self.stopped, self.stopped_fd.as_fd()),
+        }
+    }
+
+    /// Takes a read-only snapshot of `layer` named `name` onto `shelf`.
     ///
     /// # Errors
     /// An invalid or taken name, or the snapshot ioctl failing.
-    pub fn snapshot_layer(&self, layer: &Layer, name: &str) -> Result<SnapshotRecord, StorageError> {
+    pub fn snapshot_layer(&self, shelf: Shelf, layer: &Layer, name: &str) -> Result<SnapshotRecord, StorageError> {
+        let what = shelf.what();
         let cname = check_name(name)?;
-        let path = self.snapshots.join(name);
+        let (dir, dir_fd) = self.shelf(shelf);
+        let path = dir.join(name);
         if fs::symlink_metadata(&path).is_ok() {
-            return Err(StorageError::Exists { what: "snapshot", name: name.to_owned() });
+            return Err(StorageError::Exists { what, name: name.to_owned() });
         }
         let source = open_dir(&layer.dir).map_err(StorageError::io("opening a layer", &layer.dir))?;
-        btrfs::snapshot(source.as_fd(), self.snapshots_fd.as_fd(), &cname, Snap::ReadOnly).map_err(|e| {
+        btrfs::snapshot(source.as_fd(), dir_fd, &cname, Snap::ReadOnly).map_err(|e| {
             if e.raw_os_error() == Some(libc::EEXIST) {
-                StorageError::Exists { what: "snapshot", name: name.to_owned() }
+                StorageError::Exists { what, name: name.to_owned() }
             } else {
                 StorageError::io("taking a snapshot", &path)(e)
             }
         })?;
-        self.snapshot(name).ok_or_else(|| StorageError::NotFound { what: "snapshot", name: name.to_owned() })
+        self.snapshot(shelf, name).ok_or_else(|| StorageError::NotFound { what, name: name.to_owned() })
     }
 
-    /// The snapshot `name`, when it exists.
+    /// The snapshot `name` on `shelf`, when it exists.
     #[must_use]
-    pub fn snapshot(&self, name: &str) -> Option<SnapshotRecord> {
+    pub fn snapshot(&self, shelf: Shelf, name: &str) -> Option<SnapshotRecord> {
         check_name(name).ok()?;
-        let path = self.snapshots.join(name);
+        let path = self.shelf(shelf).0.join(name);
         let fd = open_dir(&path).ok()?;
         let id = btrfs::subvolume_id(fd.as_fd()).ok()?;
         let created_at_ms = crate::pool::created_ms(&path);
         Some(SnapshotRecord { name: name.to_owned(), id, created_at_ms })
     }
 
-    /// Every snapshot, by name.
+    /// Every snapshot on `shelf`, by name.
     #[must_use]
-    pub fn snapshots(&self) -> Vec<SnapshotRecord> {
-        let mut names: Vec<String> = fs::read_dir(&self.snapshots)
+    pub fn snapshots(&self, shelf: Shelf) -> Vec<SnapshotRecord> {
+        let mut names: Vec<String> = fs::read_dir(self.shelf(shelf).0)
             .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
             .unwrap_or_default();
         names.sort();
-        names.iter().filter_map(|n| self.snapshot(n)).collect()
+        names.iter().filter_map(|n| self.snapshot(shelf, n)).collect()
     }
 
     /// What a snapshot references (shared extents included).
@@ -75,28 +104,30 @@ impl Pool {
         self.referenced(snapshot.id, "reading a snapshot's usage")
     }
 
-    /// Deletes a snapshot (layers made from it keep their contents).
+    /// Deletes a snapshot from `shelf` (layers made from it keep their contents).
     ///
     /// # Errors
     /// No such snapshot, or the deletion failing.
-    pub fn remove_snapshot(&self, name: &str) -> Result<(), StorageError> {
+    pub fn remove_snapshot(&self, shelf: Shelf, name: &str) -> Result<(), StorageError> {
         let cname = check_name(name)?;
-        let record =
-            self.snapshot(name).ok_or_else(|| StorageError::NotFound { what: "snapshot", name: name.to_owned() })?;
-        btrfs::delete_subvolume(self.snapshots_fd.as_fd(), &cname)
-            .map_err(StorageError::io("deleting a snapshot", self.snapshots.join(name)))?;
-        let _ = btrfs::remove_qgroup(self.snapshots_fd.as_fd(), record.id);
+        let record = self
+            .snapshot(shelf, name)
+            .ok_or_else(|| StorageError::NotFound { what: shelf.what(), name: name.to_owned() })?;
+        let (dir, dir_fd) = self.shelf(shelf);
+        btrfs::delete_subvolume(dir_fd, &cname).map_err(StorageError::io("deleting a snapshot", dir.join(name)))?;
+        let _ = btrfs::remove_qgroup(dir_fd, record.id);
         Ok(())
     }
 
-    /// Makes the layer `name` as a writable snapshot of the snapshot `from`, under its own quota: instant, and
-    /// sharing extents with the snapshot until the new layer changes them. Its files move to the id range
-    /// `ids` (from the one the snapshot recorded): only their owners change, not their data.
+    /// Makes the layer `name` as a writable snapshot of the snapshot `from` on `shelf`, under its own quota:
+    /// instant, and sharing extents with the snapshot until the new layer changes them. Its files move to the id
+    /// range `ids` (from the one the snapshot recorded): only their owners change, not their data.
     ///
     /// # Errors
     /// No such snapshot, an invalid name, or the ioctls failing.
     pub fn layer_from_snapshot(
         &self,
+        shelf: Shelf,
         from: &str,
         name: &str,
         limits: LayerLimits,
@@ -104,9 +135,9 @@ impl Pool {
     ) -> Result<Layer, StorageError> {
         let cname: CString = check_name(name)?;
         check_name(from)?;
-        let source_path = self.snapshots.join(from);
+        let source_path = self.shelf(shelf).0.join(from);
         let source =
-            open_dir(&source_path).map_err(|_| StorageError::NotFound { what: "snapshot", name: from.to_owned() })?;
+            open_dir(&source_path).map_err(|_| StorageError::NotFound { what: shelf.what(), name: from.to_owned() })?;
         let dir = self.layers.join(name);
         if fs::symlink_metadata(&dir).is_ok() {
             self.remove_layer(name)?;

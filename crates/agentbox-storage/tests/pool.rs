@@ -116,8 +116,8 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
     t.pool.set_id_range(&a, range_a).unwrap();
     std::fs::write(a.home().join("note"), "before").unwrap();
     std::os::unix::fs::chown(a.home().join("note"), Some(301_000), Some(301_000)).unwrap();
-    let snap = t.pool.snapshot_layer(&a, "snap-1").unwrap();
-    assert!(matches!(t.pool.snapshot_layer(&a, "snap-1"), Err(StorageError::Exists { .. })));
+    let snap = t.pool.snapshot_layer(Shelf::Snapshots, &a, "snap-1").unwrap();
+    assert!(matches!(t.pool.snapshot_layer(Shelf::Snapshots, &a, "snap-1"), Err(StorageError::Exists { .. })));
     std::fs::write(a.home().join("note"), "after").unwrap();
 
     // The snapshot holds the moment it was taken, read-only.
@@ -127,7 +127,7 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
 
     // A fork starts from the snapshot, under its own quota, and changes in one don't show in the other.
     let range_b = IdRange { first: 500_000 };
-    let b = t.pool.layer_from_snapshot("snap-1", "sb-b", limits, range_b).unwrap();
+    let b = t.pool.layer_from_snapshot(Shelf::Snapshots, "snap-1", "sb-b", limits, range_b).unwrap();
     assert_ne!(b.id(), a.id());
     assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "before");
     std::fs::write(b.home().join("note"), "fork").unwrap();
@@ -140,15 +140,15 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
     assert_eq!(std::fs::metadata(a.home().join("note")).unwrap().uid(), 301_000, "the source keeps its owners");
     assert!(write_as(501_000, &b.home().join("big"), 96 << 20).is_err(), "the fork has no quota");
 
-    assert_eq!(t.pool.snapshots(), vec![snap.clone()]);
+    assert_eq!(t.pool.snapshots(Shelf::Snapshots), vec![snap.clone()]);
     commit();
     assert!(t.pool.snapshot_usage(&snap).unwrap().bytes > 0);
     // Deleting the snapshot leaves the fork whole.
-    t.pool.remove_snapshot("snap-1").unwrap();
-    assert!(t.pool.snapshots().is_empty());
+    t.pool.remove_snapshot(Shelf::Snapshots, "snap-1").unwrap();
+    assert!(t.pool.snapshots(Shelf::Snapshots).is_empty());
     assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "fork");
     assert!(matches!(
-        t.pool.layer_from_snapshot("snap-1", "sb-c", limits, range_b),
+        t.pool.layer_from_snapshot(Shelf::Snapshots, "snap-1", "sb-c", limits, range_b),
         Err(StorageError::NotFound { .. })
     ));
     t.pool.remove_layer("sb-a").unwrap();

@@ -170,6 +170,10 @@ pub enum Verb {
     Pause,
     /// Thaw it.
     Resume,
+    /// End its processes, keeping its files.
+    Stop,
+    /// Boot a fresh sandbox on a stopped one's files.
+    Start,
 }
 
 /// Applies `verb` to each run id in turn; a failure is reported and the others still go ahead.
@@ -187,6 +191,8 @@ pub fn each(verb: Verb, args: &RunIds) -> Result<(), CliError> {
                 Verb::Rm => client.delete(id).await.map(|()| json!({ "run_id": id, "deleted": true })),
                 Verb::Pause => client.pause(id).await,
                 Verb::Resume => client.resume(id).await,
+                Verb::Stop => client.stop(id).await,
+                Verb::Start => client.start(id).await,
             };
             match r {
                 Ok(v) => results.push(v),

@@ -5,7 +5,13 @@
 use super::*;
 
 impl LocalBackend {
-    pub(super) async fn spawn_sandbox(&self, request: &CreateRequest) -> Result<Arc<Sandbox>> {
+    /// Starts a sandbox as `request` asks; its layer is a writable snapshot of `from` (a snapshot, for a fork,
+    /// or a stopped sandbox's files) when given, or else new and empty.
+    pub(super) async fn spawn_sandbox(
+        &self,
+        request: &CreateRequest,
+        from: Option<(agentbox_storage::Shelf, String)>,
+    ) -> Result<Arc<Sandbox>> {
         let config = &request.config;
         let id = random_id();
         let created_at_ms = now_ms();
@@ -104,7 +110,6 @@ impl LocalBackend {
             let name = id.clone();
             let tag = self.inner.owner.clone();
             let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
-            let from = request.from_snapshot.clone();
             // The overlay of an image root is mounted by the namespace's root.
             let overlay_owner = image.is_some().then(|| {
                 let root = range.and_then(|r| r.host(0)).unwrap_or(0);
@@ -113,16 +118,17 @@ impl LocalBackend {
             async move {
                 let Some(pool) = pool else {
                     return match from {
-                        Some(_) => Err(Error::Unsupported(
-                            "sandboxes can start from a snapshot only with disk-backed storage (see the backend's limitations)".into(),
-                        )),
+                        Some((shelf, _)) => Err(Error::Unsupported(format!(
+                            "sandboxes can start from a {} only with disk-backed storage (see the backend's limitations)",
+                            shelf.what()
+                        ))),
                         None => Ok(None),
                     };
                 };
                 let ids = range.unwrap_or(agentbox_storage::IdRange::IDENTITY);
                 tokio::task::spawn_blocking(move || {
                     let layer = match from {
-                        Some(snapshot) => pool.layer_from_snapshot(&snapshot, &name, limits, ids)?,
+                        Some((shelf, from)) => pool.layer_from_snapshot(shelf, &from, &name, limits, ids)?,
                         None => pool.create_layer(&name, limits, owner)?,
                     };
                     let tagged = pool

@@ -1,10 +1,15 @@
 //! The disk-backed storage pool's part of the backend: snapshots of a sandbox's layer, and storage
 //! errors mapped to what a caller acts on. (Layers are made in `create.rs` and removed by destroy.)
 
-use agentbox_core::{Error, Result, SandboxId, SnapshotInfo};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 
-use super::{LocalBackend, blocking};
+use agentbox_core::{CreateRequest, Error, Result, SandboxId, SandboxInfo, SnapshotInfo, StoppedSandbox};
+use agentbox_storage::Shelf;
+
+use super::{LocalBackend, backend_err, blocking};
 use crate::error::LocalError;
+use crate::sys;
 
 /// Maps a storage error to the core error a caller acts on (see [`LocalError`]).
 pub(super) fn storage_err(e: agentbox_storage::StorageError) -> Error {
@@ -19,7 +24,82 @@ fn snapshot_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRe
     }
 }
 
+fn stopped_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRecord) -> StoppedSandbox {
+    StoppedSandbox {
+        key: r.name.clone(),
+        stopped_at_ms: r.created_at_ms,
+        size_bytes: pool.snapshot_usage(r).map_or(0, |u| u.bytes),
+    }
+}
+
+const NO_POOL_STOP: &str =
+    "stopping a sandbox needs disk-backed storage, which this backend runs without (see its limitations)";
+
 impl LocalBackend {
+    /// Ends the sandbox's processes, keeps its layer on the stopped shelf (named by the sandbox id), and
+    /// destroys the rest: its cgroups, id range and layer go as on destroy.
+    pub(super) async fn stop_sandbox(&self, id: &SandboxId) -> Result<StoppedSandbox> {
+        let sb = self.get(id)?;
+        let (Some(pool), Some(layer)) = (self.inner.pool.clone(), sb.layer.clone()) else {
+            return Err(Error::Unsupported(NO_POOL_STOP.into()));
+        };
+        // A frozen sandbox's processes can't die (v1 freezer): thaw it first.
+        if sb.paused.swap(false, Ordering::SeqCst) {
+            let cg = sb.cgroup.clone();
+            let _ = tokio::task::spawn_blocking(move || cg.set_frozen(false)).await;
+        }
+        let key = id.to_string();
+        let record = {
+            let sb = sb.clone();
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || {
+                // The processes end before the files are kept, so nothing writes to them meanwhile: killing
+                // the init tears down its pid namespace, and its pidfd turns readable once all are gone.
+                let _ = sys::pidfd_kill(sb.pidfd.as_fd(), libc::SIGKILL);
+                sys::pidfd_wait(sb.pidfd.as_fd(), -1);
+                pool.snapshot_layer(Shelf::Stopped, &layer, &key).map(|r| stopped_info(&pool, &r))
+            })
+            .await
+            .map_err(|e| backend_err("stop task", e))?
+        };
+        // The rest goes whether or not the files could be kept: its processes are gone either way.
+        let destroyed = agentbox_core::SandboxBackend::destroy(self, id).await;
+        let stopped = record.map_err(storage_err)?;
+        destroyed?;
+        Ok(stopped)
+    }
+
+    /// Starts a sandbox on the files of the stopped sandbox `key`, then drops them from the shelf.
+    pub(super) async fn start_stopped(&self, key: &str, request: CreateRequest) -> Result<SandboxInfo> {
+        let Some(pool) = self.inner.pool.clone() else { return Err(Error::Unsupported(NO_POOL_STOP.into())) };
+        let info = self.create_from(&request, Some((Shelf::Stopped, key.to_owned()))).await?;
+        let key = key.to_owned();
+        if let Err(e) =
+            blocking("storage task", move || pool.remove_snapshot(Shelf::Stopped, &key).map_err(storage_err)).await
+        {
+            tracing::warn!(sandbox_id = %info.id, error = %e, "dropping a started sandbox's kept files failed");
+        }
+        Ok(info)
+    }
+
+    /// Deletes the kept files of the stopped sandbox `key`.
+    pub(super) async fn stopped_discard(&self, key: &str) -> Result<()> {
+        let Some(pool) = self.inner.pool.clone() else {
+            return Err(Error::NotFound(format!("stopped sandbox {key}")));
+        };
+        let key = key.to_owned();
+        blocking("storage task", move || pool.remove_snapshot(Shelf::Stopped, &key).map_err(storage_err)).await
+    }
+
+    /// Every stopped sandbox on the shelf.
+    pub(super) async fn stopped_list(&self) -> Result<Vec<StoppedSandbox>> {
+        let Some(pool) = self.inner.pool.clone() else { return Ok(Vec::new()) };
+        blocking("storage task", move || {
+            Ok(pool.snapshots(Shelf::Stopped).iter().map(|r| stopped_info(&pool, r)).collect())
+        })
+        .await
+    }
+
     /// Snapshots the sandbox `id`'s layer as `name`.
     pub(super) async fn snapshot_sandbox(&self, id: &SandboxId, name: &str) -> Result<SnapshotInfo> {
         let sb = self.get(id)?;
@@ -30,7 +110,7 @@ impl LocalBackend {
         };
         let name = name.to_owned();
         blocking("storage task", move || {
-            let record = pool.snapshot_layer(&layer, &name).map_err(storage_err)?;
+            let record = pool.snapshot_layer(Shelf::Snapshots, &layer, &name).map_err(storage_err)?;
             Ok(snapshot_info(&pool, &record))
         })
         .await
@@ -39,7 +119,10 @@ impl LocalBackend {
     /// Every snapshot in the pool (none without one).
     pub(super) async fn snapshot_list(&self) -> Result<Vec<SnapshotInfo>> {
         let Some(pool) = self.inner.pool.clone() else { return Ok(Vec::new()) };
-        blocking("storage task", move || Ok(pool.snapshots().iter().map(|r| snapshot_info(&pool, r)).collect())).await
+        blocking("storage task", move || {
+            Ok(pool.snapshots(Shelf::Snapshots).iter().map(|r| snapshot_info(&pool, r)).collect())
+        })
+        .await
     }
 
     /// Removes the snapshot `name`.
@@ -48,6 +131,6 @@ impl LocalBackend {
             return Err(Error::NotFound(format!("snapshot {name}")));
         };
         let name = name.to_owned();
-        blocking("storage task", move || pool.remove_snapshot(&name).map_err(storage_err)).await
+        blocking("storage task", move || pool.remove_snapshot(Shelf::Snapshots, &name).map_err(storage_err)).await
     }
 }

@@ -325,6 +325,8 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(egress::set_secret, egress::delete_secret))
         .routes(routes!(sandboxes::pause_sandbox))
         .routes(routes!(sandboxes::resume_sandbox))
+        .routes(routes!(sandboxes::stop_sandbox))
+        .routes(routes!(sandboxes::start_sandbox))
         .routes(routes!(snapshots::create_snapshot))
         .routes(routes!(snapshots::restore_sandbox))
         .routes(routes!(snapshots::list_snapshots))

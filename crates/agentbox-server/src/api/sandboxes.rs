@@ -121,6 +121,43 @@ pub async fn resume_sandbox(
     Ok(Json(state.manager.resume(&run).await?.into()))
 }
 
+/// Stops the run's sandbox: its processes end and its files (home, writable root, volumes) stay on disk, where
+/// they survive a restart of agentboxd and of the host. The run stays, `stopped`, using no memory or CPU;
+/// executions answer 409 until it is started. Needs disk-backed storage (501 without).
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/stop",
+    operation_id = "stopSandbox",
+    tag = "sandboxes",
+    params(RunIdParam),
+    responses((status = 200, description = "Stopped (or already stopped)", body = SandboxView), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn stop_sandbox(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(state.lifecycle.stop(&run).await?.into()))
+}
+
+/// Starts the run's stopped sandbox: a fresh sandbox with the run's configuration boots on its files (no
+/// process from before the stop survives). Starting a running run returns it as it is.
+#[utoipa::path(
+    post,
+    path = "/api/sandboxes/{run_id}/start",
+    operation_id = "startSandbox",
+    tag = "sandboxes",
+    params(RunIdParam),
+    responses((status = 200, description = "Running", body = SandboxView), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn start_sandbox(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(state.lifecycle.start(&run).await?.into()))
+}
+
 /// Destroys the run's sandbox.
 #[utoipa::path(
     delete,

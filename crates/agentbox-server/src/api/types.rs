@@ -402,6 +402,8 @@ pub enum StateName {
     Running,
     /// Suspended.
     Paused,
+    /// No processes; its files are kept until it is started again.
+    Stopped,
     /// Failing health checks.
     Unhealthy,
     /// Being destroyed.
@@ -418,6 +420,7 @@ impl StateName {
             Self::Creating => SandboxState::Creating,
             Self::Running => SandboxState::Running,
             Self::Paused => SandboxState::Paused,
+            Self::Stopped => SandboxState::Stopped,
             Self::Unhealthy => SandboxState::Unhealthy,
             Self::Destroying => SandboxState::Destroying,
             Self::Destroyed => SandboxState::Destroyed,
