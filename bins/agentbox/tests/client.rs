@@ -1,4 +1,4 @@
-//! The client verbs (`create`, `exec`, `cp`, `ls`, `inspect`, `stats`, `pause`, `resume`, `snapshot`, `restore`,
+//! The client verbs (`create`, `exec`, `cp`, `ls`, `inspect`, `stats`, `pause`, `resume`, `stop`, `start`, `snapshot`, `restore`,
 //! `volume`, `rm`) through the real binary, against a real server on loopback (`agentbox serve`, which is
 //! agentboxd) with the local backend.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -156,6 +156,15 @@ fn every_client_verb_works_against_a_real_server() {
     s.agentbox(&["exec", "cli-fork", "--", "sh", "-c", "echo changed > one.txt"]);
     let o = s.agentbox(&["restore", "cli-fork", &format!("cli-snap-{}", std::process::id())]);
     assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(out(&s.agentbox(&["exec", "cli-fork", "--", "cat", "one.txt"])), "one\n");
+
+    // stop and start: the processes end, the files stay, and a fresh sandbox boots on them.
+    assert_eq!(out(&s.agentbox(&["stop", "cli-fork"])), "cli-fork stopped\n");
+    let o = s.agentbox(&["exec", "cli-fork", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("is stopped; start it first"), "{}", text(&o));
+    assert!(out(&s.agentbox(&["ls"])).lines().any(|l| l.contains("cli-fork") && l.contains("stopped")));
+    assert_eq!(out(&s.agentbox(&["start", "cli-fork"])), "cli-fork running\n");
     assert_eq!(out(&s.agentbox(&["exec", "cli-fork", "--", "cat", "one.txt"])), "one\n");
 
     // volumes: made, mounted by a sandbox that writes to it, kept after it, seen read-only by the next.

@@ -190,3 +190,59 @@ async fn kill_9_and_restart_leaves_a_list_consistent_with_reality() {
         assert_eq!(status, 401);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sandbox_survives_kill_9_and_starts_with_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = "stop-start-token-0123456789";
+    let first = Daemon::start(&data, Some(token));
+    let api = Api { client: reqwest::Client::new(), base: first.base.clone(), token: token.into() };
+    let (status, body) =
+        api.call(reqwest::Method::POST, "/api/sandboxes/create", Some(json!({"run_id": "kept"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, out) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/sandboxes/kept/execute/command",
+            Some(json!({"command": "echo day one > notes.txt; echo ok"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let (status, stopped) = api.call(reqwest::Method::POST, "/api/sandboxes/kept/stop", None).await;
+    assert_eq!((status, stopped["state"].as_str()), (200, Some("stopped")), "{stopped}");
+    let (status, out) =
+        api.call(reqwest::Method::POST, "/api/sandboxes/kept/execute/command", Some(json!({"command": "true"}))).await;
+    assert_eq!(status, 409, "{out}");
+    assert!(out.to_string().contains("start it first"), "{out}");
+
+    // kill -9, then a new server: the stopped run is still there, stopped, with its files.
+    first.signal(libc::SIGKILL);
+    drop(first);
+    let second = Daemon::start(&data, Some(token));
+    let api = Api { base: second.base.clone(), ..api };
+    let (status, list) = api.call(reqwest::Method::GET, "/api/sandboxes?state=stopped", None).await;
+    assert_eq!(status, 200);
+    let runs: Vec<&str> = list["sandboxes"].as_array().unwrap().iter().map(|s| s["run_id"].as_str().unwrap()).collect();
+    assert_eq!(runs, ["kept"], "{list}");
+    let (status, started) = api.call(reqwest::Method::POST, "/api/sandboxes/kept/start", None).await;
+    assert_eq!((status, started["state"].as_str()), (200, Some("running")), "{started}");
+    let (status, out) = api
+        .call(reqwest::Method::POST, "/api/sandboxes/kept/execute/command", Some(json!({"command": "cat notes.txt"})))
+        .await;
+    assert_eq!((status, out["stdout"].as_str()), (200, Some("day one\n")), "{out}");
+
+    // Stopped again, then SIGTERM: a graceful stop keeps a stopped run's files too; rm deletes them.
+    let (status, _) = api.call(reqwest::Method::POST, "/api/sandboxes/kept/stop", None).await;
+    assert_eq!(status, 200);
+    let mut second = second;
+    second.signal(libc::SIGTERM);
+    assert!(second.child.wait().unwrap().success());
+    drop(second);
+    let third = Daemon::start(&data, Some(token));
+    let api = Api { base: third.base.clone(), ..api };
+    assert_eq!(api.runs().await, ["kept"]);
+    let (status, _) = api.call(reqwest::Method::DELETE, "/api/sandboxes/kept", None).await;
+    assert_eq!(status, 204);
+    assert!(api.runs().await.is_empty());
+}

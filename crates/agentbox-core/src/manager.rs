@@ -434,7 +434,7 @@ impl Inner {
         let mut st = self.lock();
         match st.runs.get_mut(run_id) {
             Some(Slot::Ready(e)) if e.state == SandboxState::Stopped => Err(Error::Conflict(format!(
-                "run {run_id} is stopped; start it first (POST /api/sandboxes/{run_id}/start, agentbox start)"
+                "run {run_id} is stopped; start it first (its files are kept, its processes are gone)"
             ))),
             Some(Slot::Ready(e)) if e.state == SandboxState::Creating => {
                 Err(Error::Conflict(format!("run {run_id} is being started; retry shortly")))

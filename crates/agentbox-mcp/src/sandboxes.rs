@@ -56,7 +56,7 @@ pub(crate) const PAUSE_DESCRIPTION: &str = "Pause a sandbox: every process is fr
 pub(crate) const RESUME_DESCRIPTION: &str = "Resume a paused sandbox: its processes continue where they stopped. Without run_id, this session's default sandbox.";
 pub(crate) const STOP_DESCRIPTION: &str = "Stop a sandbox to come back to it later: its processes end and its \
     files (home, installed packages, volumes) stay on disk, across server restarts, using no memory or CPU. Commands \
-    are refused until sandbox_start (or any tool call with its run_id, which starts it). Without run_id, this \
+    are refused until sandbox_start (sandbox_create with its run_id starts it too). Without run_id, this \
     session's default sandbox.";
 pub(crate) const START_DESCRIPTION: &str = "Start a stopped sandbox: a fresh sandbox with the same settings boots on \
     its files (processes from before the stop are gone). Without run_id, this session's default sandbox.";

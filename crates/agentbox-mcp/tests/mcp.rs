@@ -88,6 +88,8 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
         "sandbox_metrics",
         "sandbox_pause",
         "sandbox_resume",
+        "sandbox_stop",
+        "sandbox_start",
         "sandbox_snapshot",
         "sandbox_restore",
         "snapshot_list",
@@ -166,6 +168,15 @@ async fn stream_transport_serves_every_tool_and_destroys_the_session_sandbox_at_
     assert!(refused.is_error && refused.text.contains("resume"), "{refused:?}");
     let resumed = ok(&client, "sandbox_resume", json!({"run_id": "mcp-fork"})).await;
     assert_eq!(resumed["state"], "running", "{resumed}");
+    // Stopped, its files stay and commands are refused; started, a fresh sandbox has them.
+    let stopped = ok(&client, "sandbox_stop", json!({"run_id": "mcp-fork"})).await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    let refused = call(&client, "shell", json!({"run_id": "mcp-fork", "command": "true"})).await;
+    assert!(refused.is_error && refused.text.contains("is stopped; start it first"), "{refused:?}");
+    let started = ok(&client, "sandbox_start", json!({"run_id": "mcp-fork"})).await;
+    assert_eq!(started["state"], "running", "{started}");
+    let kept = ok(&client, "shell", json!({"run_id": "mcp-fork", "command": "cat notes/hello.txt"})).await;
+    assert_eq!(kept["stdout"], "hello from mcp\n", "{kept}");
     ok(&client, "sandbox_destroy", json!({"run_id": "mcp-fork"})).await;
 
     let search = call(&client, "web_search", json!({"query": "rust"})).await;

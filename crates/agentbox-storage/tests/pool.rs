@@ -8,7 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use agentbox_hostfs::Owner;
-use agentbox_storage::{IdRange, LayerLimits, Pool, PoolConfig, PoolKind, StorageError};
+use agentbox_storage::{IdRange, LayerLimits, Pool, PoolConfig, PoolKind, Shelf, StorageError};
 
 /// A pool in a temporary directory on disk, unmounted when dropped.
 struct TestPool {
