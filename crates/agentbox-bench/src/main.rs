@@ -34,7 +34,7 @@ struct Args {
     /// loopback registry, `127.0.0.1:5000/debian-python:bookworm`); P11 is skipped without it.
     #[arg(long)]
     image: Option<String>,
-    /// Run only these benchmarks (p1..p11); all when absent.
+    /// Run only these benchmarks (p1..p12); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -217,6 +217,41 @@ async fn p7_p8(backend: &LocalBackend, n: usize) {
     backend.delete_snapshot(&name).await.expect("delete snapshot");
     backend.destroy(&sb.id).await.expect("destroy");
     row("P8 fork from that snapshot + exec + destroy", &stats(ours), "cold create + exec + destroy", &stats(base));
+}
+
+/// P12: start of a stopped sandbox holding 100 MiB in 2000 files (a fresh sandbox on its kept files, its
+/// files moved to the new sandbox's id range) + exec, against a cold create + exec in the same run. Stopping
+/// it again and destroying the cold one are outside the timers.
+async fn p12(backend: &LocalBackend, n: usize) {
+    let sb = backend.create(CreateRequest::default()).await.expect("create");
+    let fill = ExecRequest::shell(
+        "mkdir -p ~/proj && for i in $(seq 2000); do head -c 50K /dev/urandom > ~/proj/f$i; done && sync",
+    );
+    assert_eq!(backend.exec(&sb.id, fill).await.expect("exec").collect(1024).await.exit_code, 0);
+    let mut key = backend.stop(&sb.id).await.expect("stop").key;
+    let mut base = Vec::with_capacity(n);
+    let mut ours = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let cold = backend.create(CreateRequest::default()).await.expect("create");
+        let out = backend.exec(&cold.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+        base.push(t.elapsed());
+        backend.destroy(&cold.id).await.expect("destroy");
+        assert_eq!(out.exit_code, 0);
+        let t = Instant::now();
+        let started = backend.start(&key, CreateRequest::default()).await.expect("start");
+        let out = backend.exec(&started.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+        ours.push(t.elapsed());
+        assert_eq!(out.exit_code, 0);
+        key = backend.stop(&started.id).await.expect("stop").key;
+    }
+    backend.discard_stopped(&key).await.expect("discard");
+    row(
+        "P12 start of a stopped sandbox (2000 files, 100 MiB) + exec",
+        &stats(ours),
+        "cold create + exec",
+        &stats(base),
+    );
 }
 
 /// P9: pause + resume round trip of a sandbox running a busy process, against a kill -STOP / -CONT of one
@@ -481,6 +516,9 @@ async fn main() {
     }
     if want("p9") {
         p9(&backend, args.iterations).await;
+    }
+    if want("p12") {
+        p12(&backend, args.iterations).await;
     }
     if want("p7") || want("p8") {
         p7_p8(&backend, args.iterations).await;

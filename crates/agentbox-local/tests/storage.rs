@@ -243,3 +243,79 @@ async fn a_stopped_sandbox_keeps_its_files_across_managers_and_starts_again() {
     assert!(manager.get(&run).is_err());
     assert!(layers_of(again.sandbox.id.as_str()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_its_caller_abandons_puts_the_files_back() {
+    if common::not_root() {
+        return;
+    }
+    use agentbox_core::{CreateRequest, ExecRequest};
+    let sb = Sandbox::new().await;
+    sb.sh("echo kept > /home/user/note").await;
+    let key = sb.backend.stop(&sb.id).await.unwrap().key;
+    // The caller stops waiting at once (as a startup timeout does): the start finishes for nobody, and its
+    // sandbox is stopped again under the same key.
+    let gone =
+        tokio::time::timeout(std::time::Duration::from_micros(1), sb.backend.start(&key, CreateRequest::default()))
+            .await;
+    assert!(gone.is_err(), "the start was expected to outlast its caller: {gone:?}");
+    // While that start holds the files, starting them again finds nothing; once it put them back, it works.
+    let mut started = None;
+    for _ in 0..200 {
+        match sb.backend.start(&key, CreateRequest::default()).await {
+            Ok(info) => {
+                started = Some(info);
+                break;
+            }
+            Err(agentbox_core::Error::NotFound(_)) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+            Err(e) => panic!("starting {key} again: {e}"),
+        }
+    }
+    let started = started.unwrap_or_else(|| panic!("the abandoned start's files did not come back as {key}"));
+    let out =
+        sb.backend.exec(&started.id, ExecRequest::shell("cat /home/user/note")).await.unwrap().collect(1 << 16).await;
+    assert_eq!(out.stdout, "kept\n");
+    // Starting a key that is gone is not found; the started sandbox is an ordinary one.
+    assert!(matches!(sb.backend.start(&key, CreateRequest::default()).await, Err(agentbox_core::Error::NotFound(_))));
+    sb.backend.destroy(&started.id).await.unwrap();
+    assert!(layers_of(started.id.as_str()).is_empty());
+    assert!(!stopped_dir().join(&key).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_stopped_at_its_quota_starts_and_forks() {
+    if common::not_root() {
+        return;
+    }
+    use agentbox_core::{CreateRequest, ExecRequest};
+    let sb = Sandbox::with(SandboxConfig { disk_gb: 1, ..SandboxConfig::default() }).await;
+    let out = sb.sh("echo small > /home/user/a; dd if=/dev/zero of=/home/user/fill bs=1M count=1100 2>&1; sync").await;
+    assert!(out.stdout.contains("quota exceeded"), "{out:?}");
+    let snapshot = format!("full-{}", sb.id);
+    sb.backend.snapshot(&sb.id, &snapshot).await.unwrap();
+    let key = sb.backend.stop(&sb.id).await.unwrap().key;
+    let config = SandboxConfig { disk_gb: 1, ..SandboxConfig::default() };
+    let started = sb.backend.start(&key, CreateRequest::new(config.clone())).await.unwrap();
+    let fork = sb
+        .backend
+        .create(CreateRequest { from_snapshot: Some(snapshot.clone()), ..CreateRequest::new(config) })
+        .await
+        .unwrap();
+    for id in [&started.id, &fork.id] {
+        let out = sb
+            .backend
+            .exec(
+                id,
+                ExecRequest::shell(
+                    "cat /home/user/a; rm /home/user/fill && echo freed > /home/user/b && cat /home/user/b",
+                ),
+            )
+            .await
+            .unwrap()
+            .collect(1 << 16)
+            .await;
+        assert_eq!(out.stdout, "small\nfreed\n", "{out:?}");
+        sb.backend.destroy(id).await.unwrap();
+    }
+    sb.backend.delete_snapshot(&snapshot).await.unwrap();
+}

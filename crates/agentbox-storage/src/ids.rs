@@ -108,7 +108,22 @@ impl IdRanges {
     /// # Errors
     /// Every range is taken, or the claims directory can't be written.
     pub fn claim(&self, tag: &str) -> Result<IdRange, StorageError> {
-        let start = random_u32() % self.config.ranges;
+        self.claim_preferring(None, tag)
+    }
+
+    /// Claims `preferred` for the owner `tag` when it is one of this allocator's ranges and free, or else any
+    /// free range as [`claim`](Self::claim) does. A sandbox started on files its earlier sandbox owned gets
+    /// that range back when it can, so its files need no change of owner.
+    ///
+    /// # Errors
+    /// As [`claim`](Self::claim).
+    pub fn claim_preferring(&self, preferred: Option<IdRange>, tag: &str) -> Result<IdRange, StorageError> {
+        let slot_of = |r: IdRange| {
+            let offset = r.first.checked_sub(self.config.first)?;
+            (offset % RANGE_SIZE == 0 && offset / RANGE_SIZE < self.config.ranges).then_some(offset / RANGE_SIZE)
+        };
+        // The search starts at the preferred range, so it is the one tried first.
+        let start = preferred.and_then(slot_of).unwrap_or_else(|| random_u32() % self.config.ranges);
         let aside = self.config.dir.join(format!(".claim-{}-{}", std::process::id(), random_u32()));
         write_new(&aside, tag).map_err(StorageError::io("writing an id range claim", &aside))?;
         let result = (|| {
@@ -263,6 +278,22 @@ mod tests {
         assert_eq!(ranges.claim("o5-5").unwrap(), b);
         // Nothing but the claims is left in the directory.
         assert_eq!(fs::read_dir(dir.path().join("ids")).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_preferred_range_is_claimed_when_free_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranges = IdRanges::open(IdRangesConfig { first: 1 << 20, ranges: 4, dir: dir.path().join("ids") }).unwrap();
+        let wanted = IdRange { first: (1 << 20) + 2 * RANGE_SIZE };
+        assert_eq!(ranges.claim_preferring(Some(wanted), "o1-1").unwrap(), wanted);
+        let other = ranges.claim_preferring(Some(wanted), "o2-2").unwrap();
+        assert_ne!(other, wanted);
+        // Ranges that are not this allocator's (misaligned, outside it, the identity) are no preference.
+        for foreign in [IdRange { first: (1 << 20) + 1 }, IdRange { first: 7 }, IdRange::IDENTITY] {
+            let got = ranges.claim_preferring(Some(foreign), "o3-3").unwrap();
+            assert!(got.first >= 1 << 20 && (got.first - (1 << 20)) % RANGE_SIZE == 0, "{got:?}");
+            ranges.release(got).unwrap();
+        }
     }
 
     #[test]

@@ -86,6 +86,14 @@ impl Pool {
         Some(SnapshotRecord { name: name.to_owned(), id, created_at_ms })
     }
 
+    /// The host id range the files of the snapshot `name` on `shelf` are owned by, when it recorded one.
+    #[must_use]
+    pub fn snapshot_id_range(&self, shelf: Shelf, name: &str) -> Option<IdRange> {
+        check_name(name).ok()?;
+        let range = recorded_id_range(&self.shelf(shelf).0.join(name));
+        (range != IdRange::IDENTITY).then_some(range)
+    }
+
     /// Every snapshot on `shelf`, by name.
     #[must_use]
     pub fn snapshots(&self, shelf: Shelf) -> Vec<SnapshotRecord> {
@@ -119,9 +127,77 @@ impl Pool {
         Ok(())
     }
 
-    /// Makes the layer `name` as a writable snapshot of the snapshot `from` on `shelf`, under its own quota:
-    /// instant, and sharing extents with the snapshot until the new layer changes them. Its files move to the id
-    /// range `ids` (from the one the snapshot recorded): only their owners change, not their data.
+    /// Moves the layer `name` (its sandbox's processes gone) onto the stopped shelf as `key`, and writes the
+    /// pool to disk. Nothing is copied: the subvolume, its quota group and its files stay as they are. (It stays
+    /// writable: a read-only subvolume can't be moved back; the shelf is closed to all but root.)
+    ///
+    /// # Errors
+    /// No such layer, a taken key, or the rename failing.
+    pub fn shelve_layer(&self, name: &str, key: &str) -> Result<SnapshotRecord, StorageError> {
+        let from = check_name(name)?;
+        let to = check_name(key)?;
+        let what = Shelf::Stopped.what();
+        rename_no_replace(self.layers_fd.as_fd(), &from, self.stopped_fd.as_fd(), &to).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EEXIST) => StorageError::Exists { what, name: key.to_owned() },
+                Some(libc::ENOENT) => StorageError::NotFound { what: "layer", name: name.to_owned() },
+                _ => StorageError::io("moving a layer onto the stopped shelf", self.layers.join(name))(e),
+            }
+        })?;
+        // Kept means on disk: a stopped sandbox outlives a crash of the host, not only a restart.
+        // SAFETY: syncfs on a directory fd borrowed for the call.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&self.stopped_fd)) } == -1 {
+            return Err(StorageError::io("writing a stopped sandbox's files to disk", self.stopped.join(key))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        self.snapshot(Shelf::Stopped, key).ok_or_else(|| StorageError::NotFound { what, name: key.to_owned() })
+    }
+
+    /// Moves the stopped sandbox `key` off the shelf as the layer `name`, its files owned by `ids` (moved from the
+    /// range they recorded only when it differs). On failure the files go back on the shelf as `key`.
+    ///
+    /// The layer has no quota yet (one stopped at its quota has no room for the changes a start makes): set it
+    /// with [`limit_layer`](Self::limit_layer) once the layer is ready.
+    ///
+    /// # Errors
+    /// No such stopped sandbox, a taken layer name, or the ioctls failing.
+    pub fn unshelve_layer(&self, key: &str, name: &str, ids: IdRange) -> Result<Layer, StorageError> {
+        let from = check_name(key)?;
+        let to = check_name(name)?;
+        let kept = self.stopped.join(key);
+        // Moved first, so of two starts of the same stopped sandbox one gets its files and the other none.
+        rename_no_replace(self.stopped_fd.as_fd(), &from, self.layers_fd.as_fd(), &to).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOENT) => StorageError::NotFound { what: Shelf::Stopped.what(), name: key.to_owned() },
+                Some(libc::EEXIST) => StorageError::Exists { what: "layer", name: name.to_owned() },
+                _ => StorageError::io("moving a stopped sandbox's files to a layer", &kept)(e),
+            }
+        })?;
+        let dir = self.layers.join(name);
+        let made = (|| {
+            let fd = open_dir(&dir).map_err(StorageError::io("opening a layer", &dir))?;
+            let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
+            // Its old quota is lifted: a sandbox stopped at its quota has no room for new owners and records.
+            btrfs::limit(self.layers_fd.as_fd(), id, u64::MAX)
+                .map_err(StorageError::io("lifting a layer's quota", &dir))?;
+            let layer = Layer { name: name.to_owned(), dir: dir.clone(), id };
+            shift_owners(&dir, recorded_id_range(&dir), ids)?;
+            self.set_id_range(&layer, ids)?;
+            Ok(layer)
+        })();
+        if made.is_err() {
+            let _ = self.shelve_layer(name, key);
+        }
+        made
+    }
+
+    /// Makes the layer `name` as a writable snapshot of the snapshot `from` on `shelf`: instant, and sharing
+    /// extents with the snapshot until the new layer changes them. Its files move to the id range `ids` (from the
+    /// one the snapshot recorded): only their owners change, not their data.
+    ///
+    /// The layer has no quota yet (a snapshot of a full sandbox leaves no room for the changes a create makes):
+    /// set it with [`limit_layer`](Self::limit_layer) once the layer is ready.
     ///
     /// # Errors
     /// No such snapshot, an invalid name, or the ioctls failing.
@@ -130,7 +206,6 @@ impl Pool {
         shelf: Shelf,
         from: &str,
         name: &str,
-        limits: LayerLimits,
         ids: IdRange,
     ) -> Result<Layer, StorageError> {
         let cname: CString = check_name(name)?;
@@ -147,8 +222,10 @@ impl Pool {
         let made = (|| {
             let fd = open_dir(&dir).map_err(StorageError::io("opening a layer", &dir))?;
             let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
-            btrfs::limit(self.layers_fd.as_fd(), id, limits.bytes)
-                .map_err(StorageError::io("setting a layer's quota", &dir))?;
+            // A snapshot takes its source's quota along: lifted, as a full sandbox's leaves no room for the
+            // changes below.
+            btrfs::limit(self.layers_fd.as_fd(), id, u64::MAX)
+                .map_err(StorageError::io("lifting a layer's quota", &dir))?;
             let layer = Layer { name: name.to_owned(), dir: dir.clone(), id };
             shift_owners(&dir, recorded_id_range(&source_path), ids)?;
             self.set_id_range(&layer, ids)?;
@@ -158,5 +235,31 @@ impl Pool {
             let _ = self.remove_layer(name);
         }
         made
+    }
+}
+
+/// Renames `from` in `from_dir` to `to` in `to_dir`, refusing to replace an existing `to`.
+fn rename_no_replace(
+    from_dir: std::os::fd::BorrowedFd<'_>,
+    from: &std::ffi::CStr,
+    to_dir: std::os::fd::BorrowedFd<'_>,
+    to: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: renameat2 with two directory fds borrowed for the call and two NUL-terminated names.
+    let rc = unsafe {
+        libc::renameat2(from_dir.as_raw_fd(), from.as_ptr(), to_dir.as_raw_fd(), to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+impl Pool {
+    /// Limits what the layer references to `limits` (the quota [`create_layer`](Self::create_layer) sets at once).
+    ///
+    /// # Errors
+    /// The quota ioctl failing.
+    pub fn limit_layer(&self, layer: &Layer, limits: LayerLimits) -> Result<(), StorageError> {
+        btrfs::limit(self.layers_fd.as_fd(), layer.id, limits.bytes)
+            .map_err(StorageError::io("setting a layer's quota", &layer.dir))
     }
 }

@@ -127,7 +127,8 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
 
     // A fork starts from the snapshot, under its own quota, and changes in one don't show in the other.
     let range_b = IdRange { first: 500_000 };
-    let b = t.pool.layer_from_snapshot(Shelf::Snapshots, "snap-1", "sb-b", limits, range_b).unwrap();
+    let b = t.pool.layer_from_snapshot(Shelf::Snapshots, "snap-1", "sb-b", range_b).unwrap();
+    t.pool.limit_layer(&b, limits).unwrap();
     assert_ne!(b.id(), a.id());
     assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "before");
     std::fs::write(b.home().join("note"), "fork").unwrap();
@@ -148,10 +149,47 @@ fn snapshots_are_point_in_time_and_forks_are_independent() {
     assert!(t.pool.snapshots(Shelf::Snapshots).is_empty());
     assert_eq!(std::fs::read_to_string(b.home().join("note")).unwrap(), "fork");
     assert!(matches!(
-        t.pool.layer_from_snapshot(Shelf::Snapshots, "snap-1", "sb-c", limits, range_b),
+        t.pool.layer_from_snapshot(Shelf::Snapshots, "snap-1", "sb-c", range_b),
         Err(StorageError::NotFound { .. })
     ));
     t.pool.remove_layer("sb-a").unwrap();
     t.pool.remove_layer("sb-b").unwrap();
+    assert!(t.pool.layer_names().is_empty());
+}
+
+#[test]
+fn a_shelved_layer_moves_back_whole_and_only_once() {
+    let t = TestPool::new();
+    let range = IdRange { first: 300_000 };
+    let limits = LayerLimits { bytes: 64 << 20 };
+    let a = t.pool.create_layer("sb-a", limits, Owner { uid: 301_000, gid: 301_000 }).unwrap();
+    t.pool.set_id_range(&a, range).unwrap();
+    std::fs::write(a.home().join("note"), "kept").unwrap();
+    std::os::unix::fs::chown(a.home().join("note"), Some(301_000), Some(301_000)).unwrap();
+    let kept = t.pool.shelve_layer("sb-a", "stopped-a").unwrap();
+    assert!(t.pool.layer_names().is_empty(), "the layer was moved, not copied");
+    assert_eq!(t.pool.snapshots(Shelf::Stopped), vec![kept.clone()]);
+    assert!(t.pool.snapshots(Shelf::Snapshots).is_empty());
+    assert!(t.pool.snapshot_usage(&kept).unwrap().bytes > 0, "shelving writes the pool to disk");
+    assert_eq!(t.pool.snapshot_id_range(Shelf::Stopped, "stopped-a"), Some(range));
+    assert!(matches!(t.pool.shelve_layer("sb-a", "stopped-b"), Err(StorageError::NotFound { .. })));
+
+    // Back under its own range: nothing changes owner; under another: only owners change.
+    let b = t.pool.unshelve_layer("stopped-a", "sb-b", range).unwrap();
+    t.pool.limit_layer(&b, limits).unwrap();
+    assert_eq!(b.id(), a.id(), "the same subvolume");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(b.home().join("note")).unwrap().uid(), 301_000);
+    assert!(matches!(t.pool.unshelve_layer("stopped-a", "sb-c", range), Err(StorageError::NotFound { .. })));
+    assert!(write_as(301_000, &b.home().join("big"), 96 << 20).is_err(), "the quota holds after the move");
+    t.pool.shelve_layer("sb-b", "stopped-b").unwrap();
+    let other = IdRange { first: 500_000 };
+    // Stopped at its quota (the write above filled it), it still starts, in another range.
+    let c = t.pool.unshelve_layer("stopped-b", "sb-c", other).unwrap();
+    t.pool.limit_layer(&c, limits).unwrap();
+    assert_eq!(std::fs::read_to_string(c.home().join("note")).unwrap(), "kept");
+    assert_eq!(std::fs::metadata(c.home().join("note")).unwrap().uid(), 501_000);
+    assert!(t.pool.snapshots(Shelf::Stopped).is_empty());
+    t.pool.remove_layer("sb-c").unwrap();
     assert!(t.pool.layer_names().is_empty());
 }

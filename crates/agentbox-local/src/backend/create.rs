@@ -3,6 +3,7 @@
 //! is abandoned, leaving nothing behind.
 
 use super::*;
+use agentbox_storage::Shelf;
 
 impl LocalBackend {
     /// Starts a sandbox as `request` asks; its layer is a writable snapshot of `from` (a snapshot, for a fork,
@@ -74,7 +75,15 @@ impl LocalBackend {
             Some(ranges) => {
                 let ranges = ranges.clone();
                 let tag = self.inner.owner.clone();
-                let range = blocking("claiming an id range", move || ranges.claim(&tag).map_err(storage_err)).await?;
+                // A sandbox on kept files (started, or forked) gets the range they are owned by when it is free:
+                // then no file changes owner.
+                let pool = self.inner.pool.clone();
+                let source = from.clone();
+                let range = blocking("claiming an id range", move || {
+                    let preferred = pool.zip(source).and_then(|(p, (shelf, name))| p.snapshot_id_range(shelf, &name));
+                    ranges.claim_preferring(preferred, &tag).map_err(storage_err)
+                })
+                .await?;
                 Some(IdClaim { ranges: self.inner.ids.clone(), range: Some(range) })
             }
             None => None,
@@ -103,6 +112,10 @@ impl LocalBackend {
         });
         let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
         let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end, range));
+        let shelve_as = match &from {
+            Some((Shelf::Stopped, key)) => Some(key.clone()),
+            _ => None,
+        };
         let make_layer = {
             let pool = self.inner.pool.clone();
             // Named by the sandbox id alone (the sandbox sees the name in its mount table); the owner process
@@ -127,16 +140,28 @@ impl LocalBackend {
                 };
                 let ids = range.unwrap_or(agentbox_storage::IdRange::IDENTITY);
                 tokio::task::spawn_blocking(move || {
+                    let reshelve = match &from {
+                        Some((Shelf::Stopped, key)) => Some(key.clone()),
+                        _ => None,
+                    };
                     let layer = match from {
-                        Some((shelf, from)) => pool.layer_from_snapshot(shelf, &from, &name, limits, ids)?,
+                        // A stopped sandbox's files are moved back, not copied.
+                        Some((Shelf::Stopped, key)) => pool.unshelve_layer(&key, &name, ids)?,
+                        Some((shelf, from)) => pool.layer_from_snapshot(shelf, &from, &name, ids)?,
                         None => pool.create_layer(&name, limits, owner)?,
                     };
                     let tagged = pool
                         .set_owner_tag(&layer, &tag)
                         .and_then(|()| pool.set_id_range(&layer, ids))
-                        .and_then(|()| overlay_owner.map_or(Ok(()), |o| pool.add_overlay_dirs(&layer, o)));
+                        .and_then(|()| overlay_owner.map_or(Ok(()), |o| pool.add_overlay_dirs(&layer, o)))
+                        // Last: a layer made from kept files has no quota until its records are written.
+                        .and_then(|()| pool.limit_layer(&layer, limits));
                     if let Err(e) = tagged {
-                        let _ = pool.remove_layer(&name);
+                        // A stopped sandbox's files go back on the shelf; anything else goes.
+                        let _ = match &reshelve {
+                            Some(key) => pool.shelve_layer(&name, key).map(drop),
+                            None => pool.remove_layer(&name),
+                        };
                         return Err(e);
                     }
                     Ok(Some(layer))
@@ -167,7 +192,13 @@ impl LocalBackend {
         };
         let (cgroup, init, layer, etc) = tokio::join!(make_cgroup, start_init, make_layer, find_etc);
         let layer_ref = |l: &Option<agentbox_storage::Layer>| {
-            l.as_ref().and_then(|l| self.inner.pool.clone().map(|p| (p, l.name().to_owned())))
+            l.as_ref().and_then(|l| {
+                self.inner.pool.clone().map(|pool| LayerRef {
+                    pool,
+                    name: l.name().to_owned(),
+                    shelve_as: shelve_as.clone(),
+                })
+            })
         };
         let layer = match layer {
             Ok(l) => l,
@@ -444,17 +475,27 @@ async fn abandon(init: Option<zygote::Init>, cgroup: Option<SandboxCgroup>, laye
             cgroup.kill_all();
             cgroup.remove();
         }
-        if let Some((pool, name)) = layer {
-            if let Err(e) = pool.remove_layer(&name) {
-                tracing::warn!(error = %e, "removing the storage layer of a failed create");
+        if let Some(LayerRef { pool, name, shelve_as }) = layer {
+            let done = match shelve_as {
+                // A failed start leaves the stopped sandbox's files where they were.
+                Some(key) => pool.shelve_layer(&name, &key).map(drop),
+                None => pool.remove_layer(&name),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "putting away the storage layer of a failed create");
             }
         }
     })
     .await;
 }
 
-/// A layer to remove: its pool and name.
-type LayerRef = (Arc<agentbox_storage::Pool>, String);
+/// The layer of a failed create: removed, or put back on the stopped shelf as `shelve_as` when it was a
+/// stopped sandbox's files.
+struct LayerRef {
+    pool: Arc<agentbox_storage::Pool>,
+    name: String,
+    shelve_as: Option<String>,
+}
 
 fn random_id() -> String {
     let mut b = [0u8; 8];

@@ -36,9 +36,13 @@ const NO_POOL_STOP: &str =
     "stopping a sandbox needs disk-backed storage, which this backend runs without (see its limitations)";
 
 impl LocalBackend {
-    /// Ends the sandbox's processes, keeps its layer on the stopped shelf (named by the sandbox id), and
-    /// destroys the rest: its cgroups, id range and layer go as on destroy.
+    /// Ends the sandbox's processes, moves its layer onto the stopped shelf (named by the sandbox id), and
+    /// destroys the rest: its cgroups and id range go as on destroy.
     pub(super) async fn stop_sandbox(&self, id: &SandboxId) -> Result<StoppedSandbox> {
+        self.stop_sandbox_as(id, id.as_str()).await
+    }
+
+    async fn stop_sandbox_as(&self, id: &SandboxId, key: &str) -> Result<StoppedSandbox> {
         let sb = self.get(id)?;
         let (Some(pool), Some(layer)) = (self.inner.pool.clone(), sb.layer.clone()) else {
             return Err(Error::Unsupported(NO_POOL_STOP.into()));
@@ -48,38 +52,48 @@ impl LocalBackend {
             let cg = sb.cgroup.clone();
             let _ = tokio::task::spawn_blocking(move || cg.set_frozen(false)).await;
         }
-        let key = id.to_string();
-        let record = {
+        let kept = {
             let sb = sb.clone();
-            let key = key.clone();
+            let key = key.to_owned();
             tokio::task::spawn_blocking(move || {
-                // The processes end before the files are kept, so nothing writes to them meanwhile: killing
-                // the init tears down its pid namespace, and its pidfd turns readable once all are gone.
+                // The processes end before the files are moved, so nothing writes to them meanwhile: killing
+                // the init tears down its pid namespace (and the mounts in it), and its pidfd turns readable
+                // once all are gone.
                 let _ = sys::pidfd_kill(sb.pidfd.as_fd(), libc::SIGKILL);
                 sys::pidfd_wait(sb.pidfd.as_fd(), -1);
-                pool.snapshot_layer(Shelf::Stopped, &layer, &key).map(|r| stopped_info(&pool, &r))
+                pool.shelve_layer(layer.name(), &key).map(|r| stopped_info(&pool, &r))
             })
             .await
             .map_err(|e| backend_err("stop task", e))?
         };
-        // The rest goes whether or not the files could be kept: its processes are gone either way.
+        // The rest goes whether or not the files were moved (destroy then removes the layer): its processes
+        // are gone either way.
         let destroyed = agentbox_core::SandboxBackend::destroy(self, id).await;
-        let stopped = record.map_err(storage_err)?;
+        let stopped = kept.map_err(storage_err)?;
         destroyed?;
         Ok(stopped)
     }
 
-    /// Starts a sandbox on the files of the stopped sandbox `key`, then drops them from the shelf.
+    /// Starts a sandbox on the files of the stopped sandbox `key` (moved off the shelf into its layer).
+    ///
+    /// The start runs to its end even if the caller stops waiting (a timeout): a sandbox started for nobody is
+    /// stopped again under the same key, so the files are never lost with it.
     pub(super) async fn start_stopped(&self, key: &str, request: CreateRequest) -> Result<SandboxInfo> {
-        let Some(pool) = self.inner.pool.clone() else { return Err(Error::Unsupported(NO_POOL_STOP.into())) };
-        let info = self.create_from(&request, Some((Shelf::Stopped, key.to_owned()))).await?;
-        let key = key.to_owned();
-        if let Err(e) =
-            blocking("storage task", move || pool.remove_snapshot(Shelf::Stopped, &key).map_err(storage_err)).await
-        {
-            tracing::warn!(sandbox_id = %info.id, error = %e, "dropping a started sandbox's kept files failed");
+        if self.inner.pool.is_none() {
+            return Err(Error::Unsupported(NO_POOL_STOP.into()));
         }
-        Ok(info)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let made = this.create_from(&request, Some((Shelf::Stopped, key.clone()))).await;
+            if let Err(Ok(info)) = tx.send(made) {
+                if let Err(e) = this.stop_sandbox_as(&info.id, &key).await {
+                    tracing::warn!(key = %key, error = %e, "stopping a sandbox started for a caller that left");
+                }
+            }
+        });
+        rx.await.map_err(|e| backend_err("start task", e))?
     }
 
     /// Deletes the kept files of the stopped sandbox `key`.
