@@ -281,6 +281,8 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "POST /api/sandboxes/{run_id}/restore",
         "POST /api/sandboxes/{run_id}/resume",
         "POST /api/sandboxes/{run_id}/snapshots",
+        "POST /api/sandboxes/{run_id}/start",
+        "POST /api/sandboxes/{run_id}/stop",
         "POST /api/sandboxes/{run_id}/tools/{name}",
         "POST /api/volumes",
         "PUT /api/sandboxes/{run_id}/files",
