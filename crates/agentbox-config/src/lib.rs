@@ -36,6 +36,31 @@ pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;
 pub use validate::{ValidationError, ValidationErrors, mount_path_problem};
 
+/// What happens to a sandbox unused for its `idle_timeout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleAction {
+    /// It is destroyed, with its files.
+    #[default]
+    Destroy,
+    /// Its processes are frozen (no CPU; memory and files stay) until it is resumed.
+    Pause,
+    /// Its processes end and its files stay on disk (no CPU or memory) until it is started.
+    Stop,
+}
+
+impl IdleAction {
+    /// The action's name as configured.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Destroy => "destroy",
+            Self::Pause => "pause",
+            Self::Stop => "stop",
+        }
+    }
+}
+
 /// Everything that defines one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,9 +88,11 @@ pub struct SandboxConfig {
     /// Default time limit of one execution.
     #[serde(with = "duration")]
     pub execution_timeout: Duration,
-    /// A sandbox unused for this long is destroyed by the manager.
+    /// A sandbox unused for this long is destroyed, paused or stopped by the manager, as `on_idle` says.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// What the manager does with a sandbox unused for `idle_timeout`.
+    pub on_idle: IdleAction,
     /// Packages installed at creation: `pip:NAME[==V]`, `npm:NAME[@V]`, `apt:NAME`; a bare name means pip.
     pub pre_install_packages: Vec<String>,
     /// Environment variables every process in the sandbox sees.
@@ -90,6 +117,7 @@ impl Default for SandboxConfig {
             startup_timeout: Duration::from_secs(30),
             execution_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(3600),
+            on_idle: IdleAction::Destroy,
             pre_install_packages: Vec::new(),
             environment_variables: BTreeMap::new(),
             max_output_bytes: 1024 * 1024,

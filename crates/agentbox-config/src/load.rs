@@ -22,6 +22,7 @@ pub enum LoadError {
 /// Top-level keys of [`SandboxConfig`]; environment variables with other names
 /// (such as `AGENTBOX_API_TOKEN`) belong to other components and are skipped.
 const FIELDS: &[&str] = &[
+    "image",
     "cpu_count",
     "memory_mb",
     "disk_gb",
@@ -31,6 +32,7 @@ const FIELDS: &[&str] = &[
     "startup_timeout",
     "execution_timeout",
     "idle_timeout",
+    "on_idle",
     "pre_install_packages",
     "environment_variables",
     "max_output_bytes",

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentbox_config::{NetworkConfig, Preset, SandboxConfig};
+use agentbox_config::{IdleAction, NetworkConfig, Preset, SandboxConfig};
 use agentbox_metrics::SandboxMetrics;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -454,23 +454,51 @@ impl Inner {
 
     async fn cleanup(self: &Arc<Self>) -> Vec<RunId> {
         let now = Instant::now();
-        let victims: Vec<(RunId, SandboxId)> = {
+        let victims: Vec<(RunId, SandboxId, IdleAction)> = {
             let mut st = self.lock();
             st.runs
                 .iter_mut()
                 .filter_map(|(run, slot)| match slot {
                     Slot::Ready(e)
-                        if e.busy == 0 && e.is_live() && now.duration_since(e.last_used) >= e.config.idle_timeout =>
+                        if e.busy == 0
+                            && e.is_live()
+                            && !(e.state == SandboxState::Paused && e.config.on_idle == IdleAction::Pause)
+                            && now.duration_since(e.last_used) >= e.config.idle_timeout =>
                     {
-                        e.state = SandboxState::Destroying;
-                        Some((run.clone(), e.sandbox.id.clone()))
+                        let action = e.config.on_idle;
+                        if action == IdleAction::Destroy {
+                            e.state = SandboxState::Destroying;
+                        }
+                        Some((run.clone(), e.sandbox.id.clone(), action))
                     }
                     _ => None,
                 })
                 .collect()
         };
-        for (run, id) in &victims {
-            tracing::info!(run_id = %run, sandbox_id = %id, "destroying idle sandbox");
+        let manager = SandboxManager { inner: self.clone() };
+        for (run, id, action) in &victims {
+            tracing::info!(run_id = %run, sandbox_id = %id, action = action.as_str(), "idle sandbox");
+            let kept = match action {
+                IdleAction::Destroy => None,
+                IdleAction::Pause => Some(manager.pause(run).await.map(drop)),
+                IdleAction::Stop => Some(manager.stop_run(run).await.map(drop)),
+            };
+            match kept {
+                Some(Ok(())) => continue,
+                Some(Err(e)) => {
+                    // A backend that can't keep it idle loses it, as if it were destroy.
+                    tracing::warn!(run_id = %run, error = %e, "an idle sandbox could not be kept ({}); destroying it", action.as_str());
+                    let mut st = self.lock();
+                    match st.runs.get_mut(run) {
+                        Some(Slot::Ready(e)) if e.sandbox.id == *id && e.is_live() && e.busy == 0 => {
+                            e.state = SandboxState::Destroying;
+                        }
+                        // It changed meanwhile (used, destroyed, or kept after all): left alone.
+                        _ => continue,
+                    }
+                }
+                None => {}
+            }
             self.destroy_quietly(id).await;
             bump(&self.stats.expired);
             let mut st = self.lock();
@@ -478,7 +506,7 @@ impl Inner {
                 st.runs.remove(run);
             }
         }
-        victims.into_iter().map(|(r, _)| r).collect()
+        victims.into_iter().map(|(r, _, _)| r).collect()
     }
 
     async fn check_one(self: &Arc<Self>, run_id: &RunId) -> Result<ManagedSandbox> {
@@ -808,7 +836,7 @@ impl SandboxManager {
 
     /// Stops the run's sandbox: its processes end and its files stay on disk (see the backend's `stop`). The run
     /// stays, `stopped`, using no memory or CPU, until [`start_run`](Self::start_run) boots a fresh sandbox on its files
-    /// or [`destroy`](Self::destroy) deletes them. Shutting the manager down leaves stopped runs' files in place.
+    /// or [`destroy`](Self::destroy) deletes them. Shutting the manager down leaves stopped runs as they are.
     ///
     /// # Errors
     /// Unknown run, a run being created, started or destroyed, [`Error::Unsupported`] on backends that can't,
@@ -1407,7 +1435,8 @@ impl SandboxManager {
         self.inner.check_health().await;
     }
 
-    /// Destroys sandboxes idle for longer than their idle_timeout; returns their runs.
+    /// Destroys, pauses or stops (as each one's `on_idle` says) the sandboxes idle for longer than their
+    /// idle_timeout; returns their runs.
     pub async fn cleanup_idle(&self) -> Vec<RunId> {
         self.inner.cleanup().await
     }
@@ -1444,7 +1473,8 @@ impl SandboxManager {
         result
     }
 
-    /// Stops the background tasks and destroys every sandbox this manager owns, the pool included.
+    /// Stops the background tasks and destroys every sandbox this manager owns, the pool included. Stopped runs
+    /// are left as they are (listed, their files on disk).
     ///
     /// Creations in flight are waited for and their sandboxes destroyed too; callers waiting for
     /// them get [`Error::ShuttingDown`], as does every later [`get_or_create`](Self::get_or_create).
@@ -1465,17 +1495,19 @@ impl SandboxManager {
             let (ids, pending) = {
                 let mut st = self.inner.lock();
                 // A run being started is left in place until its start settles (as stopped, or running).
+                // Stopped runs stay listed, their files on disk: outliving this process is what stop is for.
                 let ready: Vec<RunId> = st
                     .runs
                     .iter()
-                    .filter(|(_, s)| matches!(s, Slot::Ready(e) if e.state != SandboxState::Creating))
+                    .filter(|(_, s)| {
+                        matches!(s, Slot::Ready(e) if !matches!(e.state, SandboxState::Creating | SandboxState::Stopped))
+                    })
                     .map(|(r, _)| r.clone())
                     .collect();
                 // A sandbox already being destroyed is left to whoever is destroying it.
                 let mut ids: Vec<SandboxId> = ready
                     .iter()
                     .filter_map(|r| match st.runs.remove(r) {
-                        // A stopped run's files stay on disk: outliving this process is what stop is for.
                         Some(Slot::Ready(e)) if e.is_live() => Some(e.sandbox.id),
                         _ => None,
                     })

@@ -44,6 +44,12 @@ struct Fake {
     hung: Mutex<HashSet<SandboxId>>,
     /// Package installs, per sandbox.
     installs: Mutex<Vec<(SandboxId, Vec<String>)>>,
+    /// Whether pause and stop work (as on the local backend) or are unsupported (the default, as on E2B).
+    keeps: std::sync::atomic::AtomicBool,
+    /// Paused sandboxes.
+    paused: Mutex<BTreeSet<SandboxId>>,
+    /// Stopped sandboxes' keys.
+    stopped: Mutex<BTreeSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -196,6 +202,42 @@ impl SandboxBackend for Fake {
         let names: Vec<String> = packages.iter().map(ToString::to_string).collect();
         lock(&self.installs).push((id.clone(), names));
         Ok(())
+    }
+
+    async fn pause(&self, id: &SandboxId) -> agentbox_core::Result<()> {
+        self.known(id)?;
+        if !self.keeps.load(Ordering::SeqCst) {
+            return Err(Error::Unsupported("the fake can't pause".into()));
+        }
+        lock(&self.paused).insert(id.clone());
+        Ok(())
+    }
+
+    async fn resume(&self, id: &SandboxId) -> agentbox_core::Result<()> {
+        lock(&self.paused).remove(id);
+        Ok(())
+    }
+
+    async fn stop(&self, id: &SandboxId) -> agentbox_core::Result<agentbox_core::StoppedSandbox> {
+        self.known(id)?;
+        if !self.keeps.load(Ordering::SeqCst) {
+            return Err(Error::Unsupported("the fake can't stop".into()));
+        }
+        lock(&self.live).remove(id);
+        let key = format!("kept-{id}");
+        lock(&self.stopped).insert(key.clone());
+        Ok(agentbox_core::StoppedSandbox { key, stopped_at_ms: 1, size_bytes: 0 })
+    }
+
+    async fn start(&self, key: &str, request: CreateRequest) -> agentbox_core::Result<SandboxInfo> {
+        if !lock(&self.stopped).remove(key) {
+            return Err(Error::NotFound(format!("stopped sandbox {key}")));
+        }
+        self.create(request).await
+    }
+
+    async fn discard_stopped(&self, key: &str) -> agentbox_core::Result<()> {
+        if lock(&self.stopped).remove(key) { Ok(()) } else { Err(Error::NotFound(key.to_owned())) }
     }
 
     async fn destroy(&self, id: &SandboxId) -> agentbox_core::Result<()> {
@@ -839,4 +881,66 @@ mod mocked {
         assert!(matches!(m.get(&run("r1")), Err(Error::NotFound(_))));
         assert_eq!((m.stats().created, m.stats().destroyed), (1, 1));
     }
+}
+
+/// The default config with another idle timeout and idle action.
+fn idle_then(secs: u64, action: agentbox_config::IdleAction) -> CreateOptions {
+    CreateOptions {
+        preset: None,
+        config: Some(SandboxConfig {
+            idle_timeout: Duration::from_secs(secs),
+            on_idle: action,
+            ..SandboxConfig::default()
+        }),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sandboxes_are_paused_or_stopped_as_configured() {
+    use agentbox_config::IdleAction;
+    let (fake, m) = setup(ManagerConfig::default());
+    fake.keeps.store(true, Ordering::SeqCst);
+    let (p, _) = open(&m, "pauses", idle_then(60, IdleAction::Pause)).await.unwrap();
+    let (s, _) = open(&m, "stops", idle_then(60, IdleAction::Stop)).await.unwrap();
+    advance(Duration::from_secs(61)).await;
+    let mut kept = expire(&m).await;
+    kept.sort();
+    assert_eq!(kept, ["pauses", "stops"]);
+    assert_eq!(m.get(&run("pauses")).unwrap().state, SandboxState::Paused);
+    assert!(lock(&fake.paused).contains(&p.sandbox.id));
+    let stopped = m.get(&run("stops")).unwrap();
+    assert_eq!(stopped.state, SandboxState::Stopped);
+    assert!(fake.destroyed().is_empty(), "nothing idle was destroyed");
+    assert_eq!(m.stats().expired, 0);
+    // Kept runs are not idle any more: later passes leave them alone.
+    advance(Duration::from_secs(600)).await;
+    assert!(expire(&m).await.is_empty());
+    // A stopped run asked for again is started on its files; a stopped one is not counted as live.
+    assert!(matches!(m.exec(&run("stops"), ExecRequest::shell("exit 0")).await, Err(Error::Conflict(_))));
+    let (again, created) = open(&m, "stops", CreateOptions::default()).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.state, SandboxState::Running);
+    assert_ne!(again.sandbox.id, s.sandbox.id);
+    assert!(lock(&fake.stopped).is_empty());
+    // Stopped again, shutdown leaves it listed and its files kept; destroy discards them.
+    m.stop_run(&run("stops")).await.unwrap();
+    m.shutdown().await;
+    assert_eq!(m.get(&run("stops")).unwrap().state, SandboxState::Stopped);
+    assert_eq!(lock(&fake.stopped).len(), 1);
+    m.destroy(&run("stops")).await.unwrap();
+    assert!(lock(&fake.stopped).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_cannot_keep_an_idle_sandbox_destroys_it() {
+    use agentbox_config::IdleAction;
+    let (fake, m) = setup(ManagerConfig::default());
+    let (s, _) = open(&m, "stops", idle_then(60, IdleAction::Stop)).await.unwrap();
+    let (p, _) = open(&m, "pauses", idle_then(60, IdleAction::Pause)).await.unwrap();
+    advance(Duration::from_secs(61)).await;
+    expire(&m).await;
+    assert!(m.list().is_empty());
+    let destroyed: BTreeSet<SandboxId> = fake.destroyed().into_iter().collect();
+    assert_eq!(destroyed, [s.sandbox.id, p.sandbox.id].into_iter().collect());
+    assert!(matches!(m.stop_run(&run("nothing")).await, Err(Error::NotFound(_))));
 }

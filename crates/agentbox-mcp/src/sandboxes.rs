@@ -135,9 +135,12 @@ pub(crate) struct Overrides {
     /// Default time limit of one command or code run, in seconds.
     #[schemars(range(min = 1))]
     pub execution_timeout_secs: Option<u64>,
-    /// The sandbox is destroyed after this many seconds without use.
+    /// The sandbox is destroyed (or paused, or stopped: see on_idle) after this many seconds without use.
     #[schemars(range(min = 1))]
     pub idle_timeout_secs: Option<u64>,
+    /// What happens then: destroy (the default), pause (frozen with its memory until sandbox_resume) or stop
+    /// (its files kept on disk until sandbox_start).
+    pub on_idle: Option<OnIdle>,
     /// Environment variables every process in the sandbox sees.
     pub environment_variables: Option<BTreeMap<String, String>>,
     /// Packages installed at creation: `pip:NAME[==VERSION]`, `npm:NAME[@VERSION]`; a bare name means pip. Needs network.
@@ -145,6 +148,28 @@ pub(crate) struct Overrides {
     /// Cap on the captured stdout and stderr of one execution, each, in bytes.
     #[schemars(range(min = 1))]
     pub max_output_bytes: Option<u64>,
+}
+
+/// What happens to an idle sandbox.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIdle {
+    /// Destroyed with its files.
+    Destroy,
+    /// Frozen until resumed.
+    Pause,
+    /// Stopped, its files kept, until started.
+    Stop,
+}
+
+impl From<OnIdle> for agentbox_config::IdleAction {
+    fn from(v: OnIdle) -> Self {
+        match v {
+            OnIdle::Destroy => Self::Destroy,
+            OnIdle::Pause => Self::Pause,
+            OnIdle::Stop => Self::Stop,
+        }
+    }
 }
 
 impl Overrides {
@@ -174,6 +199,9 @@ impl Overrides {
         }
         if let Some(v) = self.idle_timeout_secs {
             c.idle_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = self.on_idle {
+            c.on_idle = v.into();
         }
         if let Some(v) = self.environment_variables {
             c.environment_variables = v;

@@ -44,7 +44,7 @@ async fn sandbox_lifecycle_end_to_end() {
         .post(
             "/api/sandboxes/create",
             &json!({"run_id": "task-2", "preset": "lightweight", "memory_mb": 300, "environment_vars": {"GREETING": "hi"},
-                    "timeouts": {"execution": 20, "idle": 600}}),
+                    "timeouts": {"execution": 20, "idle": 600, "on_idle": "stop"}}),
         )
         .send()
         .await
@@ -53,6 +53,7 @@ async fn sandbox_lifecycle_end_to_end() {
     let second: Value = r.json().await.unwrap();
     assert_eq!((second["config"]["cpu_count"].as_u64(), second["config"]["memory_mb"].as_u64()), (Some(1), Some(300)));
     assert_eq!(second["config"]["execution_timeout"], 20);
+    assert_eq!(second["config"]["on_idle"], "stop");
     assert_eq!(second["preset"], "lightweight");
 
     let one: Value = t.get("/api/sandboxes/task-123").send().await.unwrap().json().await.unwrap();

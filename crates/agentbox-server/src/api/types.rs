@@ -75,10 +75,31 @@ pub struct TimeoutsSpec {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, minimum = 0.1, maximum = 86400)]
     pub execution: Option<f64>,
-    /// The sandbox is destroyed after being unused for this long.
+    /// The sandbox is destroyed (or paused, or stopped: see `on_idle`) after being unused for this long.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, minimum = 1, maximum = 2592000)]
     pub idle: Option<f64>,
+    /// What happens to it then: `destroy` (the default), `pause` (frozen, memory kept, until resumed) or `stop`
+    /// (processes end, files kept on disk, until started). A backend that can't pause or stop destroys it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, value_type = IdleActionDoc)]
+    pub on_idle: Option<agentbox_config::IdleAction>,
+}
+
+/// What happens to an idle sandbox.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(as = IdleAction)]
+#[allow(dead_code)] // documentation only: requests deserialize into agentbox_config::IdleAction
+enum IdleActionDoc {
+    /// Destroyed with its files.
+    #[schema(rename = "destroy")]
+    Destroy,
+    /// Frozen until resumed.
+    #[schema(rename = "pause")]
+    Pause,
+    /// Stopped (files kept) until started.
+    #[schema(rename = "stop")]
+    Stop,
 }
 
 /// The named presets.
@@ -298,6 +319,9 @@ impl CreateSandboxRequest {
             if let Some(s) = t.idle {
                 c.idle_timeout = seconds("timeouts.idle", s, 1.0, 2_592_000.0)?;
             }
+            if let Some(action) = t.on_idle {
+                c.on_idle = action;
+            }
         }
         Ok(CreateOptions { preset: self.preset, config: Some(c) })
     }
@@ -387,6 +411,8 @@ pub struct SandboxConfigDoc {
     execution_timeout: (),
     #[schema(value_type = Value)]
     idle_timeout: (),
+    #[schema(value_type = IdleActionDoc)]
+    on_idle: (),
     pre_install_packages: Vec<String>,
     environment_variables: BTreeMap<String, String>,
     max_output_bytes: u64,
