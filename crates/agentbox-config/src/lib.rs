@@ -281,6 +281,11 @@ pub struct SecurityConfig {
     pub run_as: RunAs,
     /// Confine file access with landlock where the kernel supports it.
     pub landlock: bool,
+    /// Let executions ask to run as root inside the sandbox (`ExecRequest::user = "root"`), for `apt-get
+    /// install` in an image's writable root or a `sudo` agents expect. Root inside is root of the sandbox's
+    /// own user namespace only: an unprivileged host uid, with a container's default capabilities over the
+    /// sandbox's own files and processes and none outside. Off by default: every execution runs as `run_as`.
+    pub allow_root_inside: bool,
 }
 
 impl Default for SecurityConfig {
@@ -295,6 +300,7 @@ impl Default for SecurityConfig {
             max_file_size_mb: 10 * 1024,
             run_as: RunAs::default(),
             landlock: true,
+            allow_root_inside: false,
         }
     }
 }

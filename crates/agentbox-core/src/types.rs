@@ -205,6 +205,9 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     /// Time limit; the sandbox's execution_timeout when absent.
     pub timeout: Option<Duration>,
+    /// Who runs it: the sandbox's user when absent (or named), or `root` where the sandbox allows root inside
+    /// (`security.allow_root_inside`).
+    pub user: Option<String>,
 }
 
 impl Default for Command {

@@ -154,6 +154,7 @@ impl Inner {
             env: request.env,
             stdin: None,
             timeout: request.timeout,
+            user: None,
         };
         self.exec_with_cleanup(id, exec, Some(path)).await
     }

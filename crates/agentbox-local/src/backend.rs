@@ -456,6 +456,7 @@ impl SandboxBackend for LocalBackend {
             env: request.env,
             stdin: None,
             timeout: request.timeout,
+            user: None,
         };
         self.exec(id, exec).await
     }

@@ -343,6 +343,24 @@ pub struct Quota {
     pub bytes: u64,
 }
 
+/// The capabilities root inside keeps (bounding set, and what a root execution holds): a container runtime's
+/// defaults, less `CAP_MKNOD` and `CAP_NET_RAW`. They act on the sandbox's user namespace only: its files
+/// (owned by ids it maps) and its processes.
+pub const ROOT_CAPS: &[u32] = &[
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    18, // CAP_SYS_CHROOT
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
+
 /// Everything the init process needs to build the sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Setup {
@@ -387,8 +405,11 @@ pub struct Setup {
     pub nofile: u64,
     /// rlimits: file size in bytes.
     pub fsize: u64,
-    /// Drop all capabilities.
+    /// Drop all capabilities (all but [`ROOT_CAPS`] from the bounding set when `allow_root`).
     pub drop_caps: bool,
+    /// Executions may run as root inside (uid 0 of the sandbox's user namespace), with [`ROOT_CAPS`].
+    #[serde(default)]
+    pub allow_root: bool,
     /// Set no_new_privs.
     pub no_new_privs: bool,
     /// Compiled seccomp filters (each a list of (code, jt, jf, k)), installed in order.
@@ -492,6 +513,9 @@ pub struct Exec {
     pub stdin: bool,
     /// Background: output to this file inside the sandbox, no streaming.
     pub output_path: Option<String>,
+    /// Run as root inside (only where the setup's `allow_root` says so), instead of the sandbox's user.
+    #[serde(default)]
+    pub root: bool,
     /// Run on a new terminal of this size: stdin, stdout and stderr are its slave side, output comes
     /// back as stdout, input goes in as stdin, and [`Kind::Resize`] changes its size.
     #[serde(default)]

@@ -87,3 +87,53 @@ async fn an_invalid_reference_is_refused_before_anything_is_made() {
         assert!(matches!(err, Error::InvalidConfig(_) | Error::InvalidRequest(_)), "{bad:?}: {err:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_inside_installs_packages_into_the_image_root_and_they_survive_stop_and_start() {
+    if common::not_root() {
+        return;
+    }
+    let layout = debian_fixture();
+    let registry = Registry::start();
+    let reference = push_debian(&registry, &layout);
+    let store = tempfile::tempdir().unwrap();
+    let config =
+        LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
+    let b = Arc::new(LocalBackend::new(config).unwrap());
+    let config = SandboxConfig {
+        image: Some(reference),
+        security: agentbox_config::SecurityConfig { allow_root_inside: true, ..Default::default() },
+        ..SandboxConfig::default()
+    };
+    let sb = b.create(CreateRequest::new(config.clone())).await.unwrap();
+    // A package built in the sandbox, installed by dpkg and removed by apt, as root inside.
+    let build = "mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/local/bin && \
+        printf 'Package: hello-agentbox\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: t <t@example.com>\\nDescription: t\\n' > /tmp/pkg/DEBIAN/control && \
+        printf '#!/bin/sh\\necho hello from a package\\n' > /tmp/pkg/usr/local/bin/hello-agentbox && \
+        chmod 755 /tmp/pkg/usr/local/bin/hello-agentbox && dpkg-deb --build --root-owner-group /tmp/pkg /tmp/hello.deb >/dev/null";
+    assert_eq!(sh(&b, &sb.id, build).await, "");
+    let root = |line: &str| ExecRequest { user: Some("root".into()), ..ExecRequest::shell(line) };
+    let out = b.exec(&sb.id, root("dpkg -i /tmp/hello.deb >/dev/null && stat -c %U /usr/local/bin/hello-agentbox && echo owned > /etc/agentbox-test")).await.unwrap().collect(1 << 20).await;
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "root\n"), "{out:?}");
+    // The user runs it but can't change it.
+    assert_eq!(
+        sh(&b, &sb.id, "hello-agentbox; touch /usr/local/bin/x 2>/dev/null || echo refused").await,
+        "hello from a package\nrefused\n"
+    );
+
+    // Stopped and started: the image root's writable layer is kept with the home.
+    let key = b.stop(&sb.id).await.unwrap().key;
+    let again = b.start(&key, CreateRequest::new(config)).await.unwrap();
+    assert_eq!(sh(&b, &again.id, "hello-agentbox; cat /etc/agentbox-test").await, "hello from a package\nowned\n");
+    let out = b
+        .exec(
+            &again.id,
+            root("apt-get remove -y hello-agentbox >/dev/null 2>&1; command -v hello-agentbox || echo removed"),
+        )
+        .await
+        .unwrap()
+        .collect(1 << 20)
+        .await;
+    assert_eq!(out.stdout, "removed\n", "{out:?}");
+    b.destroy(&again.id).await.unwrap();
+}

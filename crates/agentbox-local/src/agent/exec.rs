@@ -152,6 +152,34 @@ fn ok(step: &str, rc: libc::c_int) {
     }
 }
 
+/// The landlock ruleset of root executions (where the sandbox allows root inside): read and execute
+/// everywhere, write everywhere but `/proc` and `/sys` (root installs into an image's writable root). `/proc`
+/// stays read-only for the reason given in [`landlock_ruleset`].
+///
+/// # Errors
+/// When the ruleset can't be built.
+pub fn landlock_root_ruleset() -> io::Result<Option<OwnedFd>> {
+    use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, path_beneath_rules};
+    let abi = ABI::V3;
+    let err = |e: landlock::RulesetError| io::Error::other(e.to_string());
+    let writable: Vec<std::path::PathBuf> = std::fs::read_dir("/")?
+        .flatten()
+        .filter(|e| e.file_name() != "proc" && e.file_name() != "sys")
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(path_beneath_rules(["/", "/proc/self/exe"], AccessFs::from_read(abi)))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))
+        .map_err(err)
+        .map(Option::from)
+}
+
 /// The landlock ruleset every execution runs under: read and execute everywhere (and the agent's executable),
 /// write only in home, /tmp, /dev and /proc. Built once by the init, applied in each child with raw
 /// system calls (the child may not run the landlock crate's code); `None` when the kernel has no landlock.
@@ -199,7 +227,11 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
         Ok(())
     };
     if setup.drop_caps {
-        for cap in 0..=63 {
+        for cap in 0..=63u32 {
+            // Root inside keeps a container's default set, acting on the sandbox's own namespace only.
+            if setup.allow_root && crate::proto::ROOT_CAPS.contains(&cap) {
+                continue;
+            }
             // SAFETY: integer arguments.
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1 {
                 let e = io::Error::last_os_error();
@@ -277,6 +309,7 @@ impl Drop for Stack {
 /// What a child reads until it execs; all of it lives until the start is over.
 struct Job<'a> {
     setup: &'a Setup,
+    identity: Identity,
     landlock: Option<&'a OwnedFd>,
     prepared: &'a Prepared,
     stdio: &'a Stdio,
@@ -286,7 +319,16 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `Job` `Spawner::spawn` passed to clone, alive until clone returns there,
     // which is after this child exec'd or died.
     let job = unsafe { &*arg.cast::<Job<'_>>() };
-    child(job.setup, job.landlock, job.prepared, job.stdio)
+    child(job.setup, job.identity, job.landlock, job.prepared, job.stdio)
+}
+
+/// Who an execution runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The sandbox's user (the setup's uid and gid), with no capabilities.
+    User,
+    /// Root inside (uid and gid 0 of the sandbox's user namespace), with [`crate::proto::ROOT_CAPS`].
+    Root,
 }
 
 /// How long a child may take from clone to `execve` before it kills itself. Starting takes well under
@@ -327,8 +369,15 @@ impl Spawner {
     }
 
     /// Starts one execution; returns once it has exec'd, died, or been killed for not getting there.
-    pub fn spawn(&self, setup: &Setup, landlock: Option<&OwnedFd>, prepared: &Prepared, stdio: &Stdio) -> Spawned {
-        let job = Job { setup, landlock, prepared, stdio };
+    pub fn spawn(
+        &self,
+        setup: &Setup,
+        identity: Identity,
+        landlock: Option<&OwnedFd>,
+        prepared: &Prepared,
+        stdio: &Stdio,
+    ) -> Spawned {
+        let job = Job { setup, identity, landlock, prepared, stdio };
         let began = std::time::Instant::now();
         // SAFETY: the child runs `child_entry` on its own stack; `job` and what it points at live on
         // until clone returns, which with CLONE_VFORK is after the child exec'd or died.
@@ -378,7 +427,11 @@ fn arm_start_limit() {
 pub const OOM_SCORE_ADJ: &[u8] = b"500";
 
 /// The child: isolates itself further and execs. Never returns.
-pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio) -> ! {
+pub fn child(setup: &Setup, identity: Identity, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio) -> ! {
+    let (uid, gid) = match identity {
+        Identity::User => (setup.uid, setup.gid),
+        Identity::Root => (0, 0),
+    };
     // First of all: whatever stops this child below, it dies within the start limit.
     arm_start_limit();
     // Everything read below stays alive and unchanged until this child execs or exits (see `Spawner`).
@@ -418,7 +471,7 @@ pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio
             // SAFETY: integer arguments, on the descriptor just opened.
             ok("opening the output file", unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_APPEND) });
             // SAFETY: integer arguments, on the descriptor just opened.
-            ok("owning the output file", unsafe { libc::fchown(fd, setup.uid, setup.gid) });
+            ok("owning the output file", unsafe { libc::fchown(fd, uid, gid) });
             (fd, fd)
         }
         None => (io.stdout, io.stderr),
@@ -468,18 +521,26 @@ pub fn child(setup: &Setup, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio
     // init's (see `confine`), inherited over fork.
     // Raw system calls: glibc's wrappers would try to apply the change to every thread of
     // the process they believe they are in, whose memory this child shares.
-    let gid = setup.gid;
     // SAFETY: one gid, read from a local.
     ok("setgroups", raw(unsafe { libc::syscall(libc::SYS_setgroups, 1, &raw const gid) }));
     // SAFETY: integer arguments.
     ok("setresgid", raw(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }));
     // SAFETY: integer arguments.
-    ok("setresuid", raw(unsafe { libc::syscall(libc::SYS_setresuid, setup.uid, setup.uid, setup.uid) }));
+    ok("setresuid", raw(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }));
     if setup.drop_caps {
+        // The user's change of uid cleared its capabilities already; root's are cut to ROOT_CAPS (execve
+        // then keeps the bounding set's, which `confine` cut to the same).
         let header = libc_cap_header();
-        let data = [CapData::default(); 2];
+        let mut data = [CapData::default(); 2];
+        if identity == Identity::Root {
+            for &cap in crate::proto::ROOT_CAPS {
+                let (word, bit) = (cap as usize / 32, cap % 32);
+                data[word].effective |= 1 << bit;
+                data[word].permitted |= 1 << bit;
+            }
+        }
         // SAFETY: a valid header and the two data structures capset reads for version 3.
-        unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
+        ok("capset", raw(unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) }));
     }
     // SAFETY: `p.cwd` is a NUL-terminated string that `p` owns.
     if unsafe { libc::chdir(p.cwd.as_ptr()) } == -1 {

@@ -536,6 +536,7 @@ mod tests {
             nofile: 1024,
             fsize: 1 << 30,
             drop_caps: true,
+            allow_root: false,
             no_new_privs: true,
             seccomp: vec![],
             landlock: true,

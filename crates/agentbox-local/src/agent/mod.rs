@@ -212,6 +212,8 @@ struct Agent {
     spawner: Option<exec::Spawner>,
     /// The landlock ruleset every execution applies (see `exec::landlock_ruleset`).
     landlock: Option<std::os::fd::OwnedFd>,
+    /// Root executions' ruleset, where the sandbox allows root inside (see `exec::landlock_root_ruleset`).
+    landlock_root: Option<std::os::fd::OwnedFd>,
     free_cgroups: Vec<String>,
     exec_cgroups: bool,
     sigfd: libc::c_int,
@@ -239,10 +241,13 @@ impl Agent {
         let writable: Vec<&str> = setup.volumes.iter().filter(|v| !v.read_only).map(|v| v.path.as_str()).collect();
         let landlock =
             if setup.landlock { exec::landlock_ruleset(&setup.home, &writable).ok().flatten() } else { None };
+        let landlock_root =
+            if setup.landlock && setup.allow_root { exec::landlock_root_ruleset().ok().flatten() } else { None };
         Ok(Self {
             setup,
             spawner: None,
             landlock,
+            landlock_root,
             free_cgroups: Vec::new(),
             exec_cgroups,
             sigfd,
@@ -453,6 +458,9 @@ impl Agent {
     }
 
     fn start(&mut self, id: u32, e: &Exec) {
+        if e.root && !self.setup.allow_root {
+            return self.fail(id, "this sandbox does not allow root inside".into(), Some(libc::EPERM));
+        }
         let prepared = match exec::prepare(&self.setup, e) {
             Ok(p) => p,
             Err(msg) => {
@@ -538,7 +546,12 @@ impl Agent {
             }
         }
         let spawned = match &self.spawner {
-            Some(sp) => sp.spawn(&self.setup, self.landlock.as_ref(), &prepared, &stdio),
+            // Without its own ruleset, root gets the user's (never none where landlock confines the user).
+            Some(sp) if e.root => {
+                let landlock = self.landlock_root.as_ref().or(self.landlock.as_ref());
+                sp.spawn(&self.setup, exec::Identity::Root, landlock, &prepared, &stdio)
+            }
+            Some(sp) => sp.spawn(&self.setup, exec::Identity::User, self.landlock.as_ref(), &prepared, &stdio),
             None => exec::Spawned::Failed(io::Error::other("no spawner")),
         };
         // SAFETY: the agent made this descriptor and keeps it only as this integer, which it

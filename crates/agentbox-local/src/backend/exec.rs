@@ -28,7 +28,15 @@ impl LocalBackend {
             return Err(Error::InvalidRequest("cwd contains a NUL byte".into()));
         }
         let timeout = request.timeout.unwrap_or(sb.config.execution_timeout);
-        let env = sb.net.exec_env(&sb.config.environment_variables, &request.env);
+        let root = Self::runs_as_root(&sb.config.security, request.user.as_deref())?;
+        let mut env = sb.net.exec_env(&sb.config.environment_variables, &request.env);
+        if root {
+            for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
+                if !request.env.contains_key(k) {
+                    env.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
         // What execve(2) can take at most; larger requests could never start (and must not reach the agent).
         let size: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>()
             + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
@@ -49,8 +57,28 @@ impl LocalBackend {
             },
             stdin: request.stdin.is_some(),
             output_path,
+            root,
             tty: None,
         })
+    }
+
+    /// Whether an execution for `user` runs as root inside: the sandbox's user (by default, or named) does
+    /// not, `root` does where the sandbox allows it, and anyone else is refused.
+    fn runs_as_root(security: &agentbox_config::SecurityConfig, user: Option<&str>) -> Result<bool> {
+        match user {
+            None => Ok(false),
+            Some(u) if u == security.run_as.name => Ok(false),
+            Some("root") if security.allow_root_inside => Ok(true),
+            Some("root") => Err(Error::InvalidRequest(format!(
+                "this sandbox runs commands as {} only: create it with security.allow_root_inside = true to run \
+                 them as root inside",
+                security.run_as.name
+            ))),
+            Some(other) => Err(Error::InvalidRequest(format!(
+                "user {other:?}: commands run as {} (the sandbox's user) or, where allowed, root",
+                security.run_as.name
+            ))),
+        }
     }
 
     /// Sends an execution to the agent (with all of its stdin, then end of input, when `stdin` is given)
@@ -92,6 +120,7 @@ impl LocalBackend {
             env,
             stdin: None,
             timeout: None,
+            user: None,
         };
         let mut msg = Self::exec_message(&sb, &exec, None)?;
         msg.tty = Some(TermSize { rows: request.size.rows.max(1), cols: request.size.cols.max(1) });

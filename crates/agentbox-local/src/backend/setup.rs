@@ -86,6 +86,7 @@ impl LocalBackend {
             nofile: config.security.max_open_files,
             fsize: config.security.max_file_size_mb.saturating_mul(mb),
             drop_caps: config.security.drop_capabilities,
+            allow_root: config.security.allow_root_inside,
             no_new_privs: config.security.no_new_privileges,
             seccomp: match config.security.seccomp_profile {
                 SeccompProfile::Default => self.inner.seccomp_default.clone(),

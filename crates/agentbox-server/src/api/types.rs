@@ -606,7 +606,8 @@ impl ExecuteCommandRequest {
         let env = self.env.unwrap_or_default();
         check_env(&env)?;
         let timeout = self.timeout.map(|t| seconds("timeout", t, 0.1, 86_400.0)).transpose()?;
-        let request = ExecRequest { command, cwd: self.cwd, env, stdin: self.stdin.map(String::into_bytes), timeout };
+        let request =
+            ExecRequest { command, cwd: self.cwd, env, stdin: self.stdin.map(String::into_bytes), timeout, user: None };
         request.to_argv().map_err(ApiError::from)?;
         Ok(request)
     }
