@@ -50,6 +50,9 @@ pub struct E2bApiConfig {
     pub max_upload_bytes: u64,
     /// Most E2B sandboxes alive at once.
     pub max_sandboxes: usize,
+    /// Let commands run as root (the SDKs' `user="root"`), as E2B's sandboxes do: root of each sandbox's own
+    /// user namespace (`security.allow_root_inside`). On by default.
+    pub allow_root: bool,
 }
 
 impl Default for E2bApiConfig {
@@ -60,6 +63,7 @@ impl Default for E2bApiConfig {
             max_timeout_secs: 86_400,
             max_upload_bytes: 1 << 30,
             max_sandboxes: 100,
+            allow_root: true,
         }
     }
 }

@@ -122,6 +122,8 @@ async fn create(State(state): State<Shared>, body: Bytes) -> Result<Response, E2
     state.reserve()?;
     let mut config = preset.config();
     config.environment_variables.extend(request.env_vars.clone());
+    // E2B sandboxes let their commands run as root (`user="root"`): here, root of the sandbox's own user namespace.
+    config.security.allow_root_inside = state.config.allow_root;
     if !internet {
         config.network.enabled = false;
     }

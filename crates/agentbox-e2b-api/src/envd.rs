@@ -245,7 +245,7 @@ async fn process_rpc(
     let result = async {
         let (sandbox, body) = open_call(&state, &headers, body).await?;
         let msg = message(stream, &body)?;
-        process_call(&state, &sandbox, &method, msg).await
+        process_call(&state, &sandbox, &method, msg, basic_auth_user(&headers)).await
     }
     .await;
     answer(stream, result)
@@ -283,11 +283,23 @@ fn parse<T: serde::de::DeserializeOwned>(msg: &[u8], what: &str) -> Result<T, E2
     serde_json::from_slice(msg).map_err(|e| E2bApiError::BadRequest(format!("invalid {what}: {e}")))
 }
 
+/// The user an envd call names in its `Authorization: Basic base64(user:)` header (the SDKs send it when the
+/// caller gives one, as `user="root"`); `None` without one.
+fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = decode_base64(encoded).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split(':').next()?;
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
 async fn process_call(
     state: &Shared,
     sandbox: &Arc<E2bSandbox>,
     method: &str,
     msg: &[u8],
+    user: Option<String>,
 ) -> Result<Answer, E2bApiError> {
     match method {
         "Start" => {
@@ -301,7 +313,7 @@ async fn process_call(
             let limit = Duration::from_secs(state.config.max_timeout_secs);
             let (proc, rx) = sandbox
                 .processes
-                .start(&state.manager, &sandbox.run, StartSpec { config: process, tag, stdin, pty }, limit)
+                .start(&state.manager, &sandbox.run, StartSpec { config: process, tag, stdin, pty, user }, limit)
                 .await?;
             Ok(Answer::Stream(event_stream(proc.pid, rx)))
         }

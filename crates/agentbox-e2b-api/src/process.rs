@@ -76,6 +76,8 @@ pub struct StartSpec {
     pub stdin: bool,
     /// Run it on a terminal of this size.
     pub pty: Option<TerminalSize>,
+    /// The user the call named (`root`, or the sandbox's `user`); the sandbox's user when absent.
+    pub user: Option<String>,
 }
 
 /// A sandbox's processes.
@@ -233,7 +235,9 @@ impl Table {
         spec: StartSpec,
         time_limit: Duration,
     ) -> Result<(Arc<Proc>, broadcast::Receiver<ProcessEvent>), E2bApiError> {
-        let StartSpec { config, tag, stdin, pty } = spec;
+        let StartSpec { config, tag, stdin, pty, user } = spec;
+        // E2B's default user is the sandbox's user; root runs as root inside.
+        let user = user.filter(|u| u != "user");
         // A terminal is its process's stdin.
         let stdin = stdin && pty.is_none();
         if self.procs.lock_unpoisoned().len() >= MAX_PROCESSES {
@@ -264,7 +268,7 @@ impl Table {
                 (t.output, Some(t.input))
             }
             None => {
-                let request = ExecRequest { cwd, env, timeout: Some(time_limit), ..ExecRequest::argv(argv) };
+                let request = ExecRequest { cwd, env, timeout: Some(time_limit), user, ..ExecRequest::argv(argv) };
                 let stream = manager.exec(run, request).await.map_err(E2bApiError::sandbox("starting the process"))?;
                 (stream, None)
             }

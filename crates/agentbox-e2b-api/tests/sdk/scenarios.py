@@ -77,6 +77,20 @@ def commands_foreground_output_and_exit_codes():
 
 
 @scenario
+def commands_run_as_root_inside_or_as_the_user():
+    sb = make()
+    try:
+        assert sb.commands.run("id -un").stdout == "user\n"
+        assert sb.commands.run("id -un", user="user").stdout == "user\n"
+        # Root of the sandbox's own user namespace: it owns the sandbox's files, and nothing outside.
+        r = sb.commands.run("id -u; echo x > /home/user/r; chown root /home/user/r; stat -c %U /home/user/r", user="root")
+        assert r.stdout == "0\nroot\n", r
+        assert sb.commands.run("echo -n $HOME", user="root").stdout == "/root"
+    finally:
+        sb.kill()
+
+
+@scenario
 def commands_on_stdout_streams_lines():
     sb = make()
     try:

@@ -233,6 +233,11 @@ pub struct CreateSandboxRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     pub volumes: Option<Vec<VolumeMountSpec>>,
+    /// Let commands run as root inside the sandbox (`"user": "root"` on an execution): root of the sandbox's own
+    /// user namespace, for `apt-get install` in an image's root. Off by default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub allow_root_inside: Option<bool>,
     /// Start from this snapshot's files (a fork of the sandbox it was taken from). The run must be new.
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, pattern = r"^[A-Za-z0-9._\-]{1,200}$", example = "before-refactor")]
@@ -242,6 +247,7 @@ pub struct CreateSandboxRequest {
 impl CreateSandboxRequest {
     fn overrides_anything(&self) -> bool {
         self.image.is_some()
+            || self.allow_root_inside.is_some()
             || self.volumes.is_some()
             || self.cpu_count.is_some()
             || self.memory_mb.is_some()
@@ -308,6 +314,9 @@ impl CreateSandboxRequest {
         }
         if let Some(v) = self.max_output_bytes {
             c.max_output_bytes = v;
+        }
+        if let Some(v) = self.allow_root_inside {
+            c.security.allow_root_inside = v;
         }
         if let Some(t) = &self.timeouts {
             if let Some(s) = t.startup {
@@ -564,6 +573,11 @@ pub struct ExecuteCommandRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, minimum = 0.1, maximum = 86400)]
     pub timeout: Option<f64>,
+    /// Who runs it: the sandbox's user when absent, or `root` in a sandbox created with `allow_root_inside`
+    /// (422 otherwise).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, example = "root", pattern = r"^[a-z_][a-z0-9_-]{0,31}$")]
+    pub user: Option<String>,
 }
 
 fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
@@ -606,8 +620,14 @@ impl ExecuteCommandRequest {
         let env = self.env.unwrap_or_default();
         check_env(&env)?;
         let timeout = self.timeout.map(|t| seconds("timeout", t, 0.1, 86_400.0)).transpose()?;
-        let request =
-            ExecRequest { command, cwd: self.cwd, env, stdin: self.stdin.map(String::into_bytes), timeout, user: None };
+        let request = ExecRequest {
+            command,
+            cwd: self.cwd,
+            env,
+            stdin: self.stdin.map(String::into_bytes),
+            timeout,
+            user: self.user,
+        };
         request.to_argv().map_err(ApiError::from)?;
         Ok(request)
     }
