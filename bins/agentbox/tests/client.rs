@@ -167,6 +167,15 @@ fn every_client_verb_works_against_a_real_server() {
     assert_eq!(out(&s.agentbox(&["start", "cli-fork"])), "cli-fork running\n");
     assert_eq!(out(&s.agentbox(&["exec", "cli-fork", "--", "cat", "one.txt"])), "one\n");
 
+    // Root inside: only in a sandbox created allowing it, and only of that sandbox.
+    let o = s.agentbox(&["exec", "-u", "root", "cli-fork", "--", "id", "-u"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("allow_root_inside"), "{}", text(&o));
+    assert!(s.agentbox(&["create", "cli-root", "--allow-root"]).status.success());
+    assert_eq!(out(&s.agentbox(&["exec", "-u", "root", "cli-root", "--", "id", "-u"])), "0\n");
+    assert_eq!(out(&s.agentbox(&["exec", "cli-root", "--", "id", "-u"])), "1000\n");
+    assert!(s.agentbox(&["rm", "cli-root"]).status.success());
+
     // volumes: made, mounted by a sandbox that writes to it, kept after it, seen read-only by the next.
     let vol = format!("cli-vol-{}", std::process::id());
     assert_eq!(out(&s.agentbox(&["volume", "create", &vol, "--size-gb", "1"])), format!("{vol}\n"));

@@ -148,6 +148,9 @@ pub(crate) struct Overrides {
     /// Cap on the captured stdout and stderr of one execution, each, in bytes.
     #[schemars(range(min = 1))]
     pub max_output_bytes: Option<u64>,
+    /// Let shell commands run as root inside (shell's as_root), for apt-get install in an image's root: root of
+    /// the sandbox's own user namespace, nothing outside it.
+    pub allow_root_inside: Option<bool>,
 }
 
 /// What happens to an idle sandbox.
@@ -202,6 +205,9 @@ impl Overrides {
         }
         if let Some(v) = self.on_idle {
             c.on_idle = v.into();
+        }
+        if let Some(v) = self.allow_root_inside {
+            c.security.allow_root_inside = v;
         }
         if let Some(v) = self.environment_variables {
             c.environment_variables = v;

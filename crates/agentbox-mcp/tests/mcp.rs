@@ -241,6 +241,13 @@ async fn named_sandboxes_are_created_sized_and_destroyed_by_tools() {
     assert!(server.session_sandboxes().is_empty());
     let metrics = ok(&client, "sandbox_metrics", json!({"run_id": "mcp-named"})).await;
     assert_eq!(metrics["execution_count"], 1, "{metrics}");
+    // Root inside only where the sandbox was created allowing it.
+    let refused = call(&client, "shell", json!({"command": "id -u", "run_id": "mcp-named", "as_root": true})).await;
+    assert!(refused.is_error && refused.text.contains("allow_root_inside"), "{}", refused.text);
+    ok(&client, "sandbox_create", json!({"run_id": "mcp-root", "overrides": {"allow_root_inside": true}})).await;
+    let root = ok(&client, "shell", json!({"command": "id -u", "run_id": "mcp-root", "as_root": true})).await;
+    assert_eq!(root["stdout"], "0\n", "{root}");
+    ok(&client, "sandbox_destroy", json!({"run_id": "mcp-root"})).await;
     let none_yet = call(&client, "sandbox_metrics", json!({})).await;
     assert!(none_yet.is_error && none_yet.text.contains("does not exist yet"), "{}", none_yet.text);
 

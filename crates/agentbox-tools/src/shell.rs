@@ -31,6 +31,9 @@ pub struct ShellInput {
     /// Start the command in the background and return its pid and output file at once (for servers and long jobs).
     #[serde(default)]
     pub background: bool,
+    /// Run it as root inside the sandbox (for `apt-get install`), where the sandbox was created allowing it.
+    #[serde(default)]
+    pub as_root: bool,
 }
 
 /// Output of the `shell` tool.
@@ -99,6 +102,7 @@ impl TypedTool for ShellTool {
             cwd,
             env: input.env,
             timeout: input.timeout_secs.map(Duration::from_secs),
+            user: input.as_root.then(|| "root".to_owned()),
             ..ExecRequest::shell(input.command)
         };
         if input.background {

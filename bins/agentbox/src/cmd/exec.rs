@@ -33,6 +33,9 @@ pub struct Args {
     /// Print one JSON object at the end (exit code, stdout, stderr...) instead of streaming.
     #[arg(long, conflicts_with = "tty")]
     pub json: bool,
+    /// Run as this user: `root` (root inside, in a sandbox created with --allow-root) or the sandbox's user.
+    #[arg(short = 'u', long, value_name = "USER", conflicts_with = "tty")]
+    pub user: Option<String>,
     /// Keep stdin open for the command (with -t: an interactive terminal session).
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -70,6 +73,9 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         }
         if let Some(t) = args.timeout {
             m.insert("timeout".into(), json!(t.as_secs_f64()));
+        }
+        if let Some(u) = &args.user {
+            m.insert("user".into(), json!(u));
         }
     }
     let client = args.server.client()?;

@@ -35,6 +35,10 @@ pub struct CreateArgs {
     /// Mount a volume (repeatable): `NAME:/path`, or `NAME:/path:ro` read-only (see `agentbox volume`).
     #[arg(long = "volume", value_name = "NAME:/PATH[:ro]")]
     pub volumes: Vec<String>,
+    /// Let commands run as root inside (`exec -u root`): root of the sandbox's own user namespace, for
+    /// `apt-get install` in an image's root.
+    #[arg(long)]
+    pub allow_root: bool,
     /// Print the sandbox as JSON.
     #[arg(long)]
     pub json: bool,
@@ -69,6 +73,9 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     }
     if let Some(s) = &args.from_snapshot {
         set(&mut body, "from_snapshot", json!(s));
+    }
+    if args.allow_root {
+        set(&mut body, "allow_root_inside", json!(true));
     }
     if !args.volumes.is_empty() {
         let mounts = args.volumes.iter().map(|v| super::volumes::parse_mount(v)).collect::<Result<Vec<_>, _>>()?;
