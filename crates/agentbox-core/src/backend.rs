@@ -117,6 +117,16 @@ pub trait SandboxBackend: Send + Sync + 'static {
         Err(Error::NotFound(format!("stopped sandbox {key}")))
     }
 
+    /// Writes the changes a stopped sandbox made to its root filesystem (an image root's writable layer) as an
+    /// uncompressed OCI layer tar to the file `to`, for a template build to keep as a layer. The home and volumes
+    /// are not part of the root. Returns the bytes of file content written.
+    ///
+    /// The default says the backend can't.
+    async fn export_root_changes(&self, key: &str, to: &std::path::Path) -> Result<u64> {
+        let _ = (key, to);
+        Err(Error::Unsupported(format!("the {} backend can't export a sandbox's root", self.name())))
+    }
+
     /// Every stopped sandbox the backend keeps.
     async fn list_stopped(&self) -> Result<Vec<StoppedSandbox>> {
         Ok(Vec::new())

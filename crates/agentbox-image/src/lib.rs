@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod digest;
+pub mod local;
 pub mod pull;
 pub mod reference;
 pub mod store;
@@ -25,6 +26,7 @@ pub mod unpack;
 
 pub use config::{Credential, ImageConfig, Platform, RetryConfig, UnpackLimits};
 pub use digest::Digest;
+pub use local::{IdShift, LOCAL_REGISTRY, UpperSummary, is_local, template_reference, write_upper_as_layer};
 pub use pull::{PullError, PullEvent, PullReport};
 pub use reference::{ImageRef, ReferenceError};
 pub use store::{GcReport, ImageRecord, LayerRef, RuntimeConfig, Store, StoreError};

@@ -707,6 +707,10 @@ impl SandboxBackend for LocalBackend {
         self.stopped_list().await
     }
 
+    async fn export_root_changes(&self, key: &str, to: &Path) -> Result<u64> {
+        self.stopped_export_root(key, to).await
+    }
+
     async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
         self.snapshot_list().await
     }

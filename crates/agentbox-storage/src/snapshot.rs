@@ -86,6 +86,12 @@ impl Pool {
         Some(SnapshotRecord { name: name.to_owned(), id, created_at_ms })
     }
 
+    /// Where the snapshot `name` on `shelf` is, when it exists (for reading it while nothing writes to it).
+    #[must_use]
+    pub fn snapshot_dir(&self, shelf: Shelf, name: &str) -> Option<std::path::PathBuf> {
+        self.snapshot(shelf, name).map(|_| self.shelf(shelf).0.join(name))
+    }
+
     /// The host id range the files of the snapshot `name` on `shelf` are owned by, when it recorded one.
     #[must_use]
     pub fn snapshot_id_range(&self, shelf: Shelf, name: &str) -> Option<IdRange> {

@@ -46,6 +46,12 @@ impl LocalBackend {
         .await?;
         let (record, lowers) = match found {
             Some(found) => found,
+            None if agentbox_image::is_local(&image) => {
+                return Err(Error::InvalidRequest(format!(
+                    "image {image} was built on a host, not pulled, and this store doesn't have it: build the template \
+                     here (agentbox template build -t NAME)"
+                )));
+            }
             None => {
                 // A reference the registry can't serve (unknown, unauthorized, unreachable) is the request's
                 // problem, not the backend's.

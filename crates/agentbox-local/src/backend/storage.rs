@@ -105,6 +105,37 @@ impl LocalBackend {
         blocking("storage task", move || pool.remove_snapshot(Shelf::Stopped, &key).map_err(storage_err)).await
     }
 
+    /// Writes the root changes of the stopped sandbox `key` (its layer's `root/`, an image root's overlay upper)
+    /// as an OCI layer tar to `to`. Nothing runs in a stopped sandbox, so nothing changes what is read.
+    pub(super) async fn stopped_export_root(&self, key: &str, to: &std::path::Path) -> Result<u64> {
+        let Some(pool) = self.inner.pool.clone() else {
+            return Err(Error::NotFound(format!("stopped sandbox {key}")));
+        };
+        let (key, to) = (key.to_owned(), to.to_owned());
+        blocking("exporting a sandbox's root", move || {
+            let dir = pool
+                .snapshot_dir(Shelf::Stopped, &key)
+                .ok_or_else(|| Error::NotFound(format!("stopped sandbox {key}")))?;
+            let upper = dir.join("root");
+            if !upper.is_dir() {
+                return Err(Error::InvalidRequest(format!(
+                    "stopped sandbox {key} has no root of its own to export: only a sandbox started from an image has one"
+                )));
+            }
+            let range = pool.snapshot_id_range(Shelf::Stopped, &key).unwrap_or(agentbox_storage::IdRange::IDENTITY);
+            let ids = agentbox_image::IdShift { first: range.first, size: agentbox_storage::RANGE_SIZE };
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&to)
+                .map_err(|e| backend_err("creating the export file", e))?;
+            let summary = agentbox_image::write_upper_as_layer(&upper, ids, std::io::BufWriter::new(out))
+                .map_err(|e| backend_err("exporting a sandbox's root", e))?;
+            Ok(summary.bytes)
+        })
+        .await
+    }
+
     /// Every stopped sandbox on the shelf.
     pub(super) async fn stopped_list(&self) -> Result<Vec<StoppedSandbox>> {
         let Some(pool) = self.inner.pool.clone() else { return Ok(Vec::new()) };

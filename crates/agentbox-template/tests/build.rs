@@ -1,0 +1,146 @@
+//! A template built from a Dockerfile on a real local backend, from a base image pulled from a real registry on
+//! loopback: COPY from the build context, RUN steps as root inside (an apt install of a package built in the
+//! step), ENV/ARG/WORKDIR/USER/CMD in the image's config, a deletion kept as a whiteout; then a sandbox started
+//! from it, a rebuild with nothing changed that runs no step, and a change that reruns only what follows it.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../agentbox-image/tests/common/mod.rs"]
+mod image_common;
+
+use std::sync::Arc;
+
+use agentbox_config::SandboxConfig;
+use agentbox_core::{CreateRequest, ExecRequest, SandboxBackend};
+use agentbox_image::{ImageConfig, Store};
+use agentbox_local::{LocalBackend, LocalConfig};
+use agentbox_template::{BuildRequest, Builder, TemplateError};
+use image_common::{Registry, debian_fixture, push_debian};
+
+fn not_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() != 0 }
+}
+
+const DOCKERFILE: &str = r#"
+FROM {BASE}
+ARG GREETING=hello
+ENV APP_HOME=/opt/app SAID="$GREETING world"
+WORKDIR /opt/app
+COPY hello.sh /usr/local/bin/hello
+COPY data/ ./data/
+RUN chmod 755 /usr/local/bin/hello && echo "$GREETING from run as $(id -un)" > made.txt && rm /etc/issue.net
+RUN mkdir -p /tmp/deb/DEBIAN /tmp/deb/usr/share/demo \
+ && printf 'Package: demo\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: d\n' > /tmp/deb/DEBIAN/control \
+ && echo packaged > /tmp/deb/usr/share/demo/data \
+ && dpkg-deb --build --root-owner-group /tmp/deb /tmp/demo.deb >/dev/null \
+ && apt-get install -y /tmp/demo.deb >/dev/null 2>&1
+LABEL purpose=test
+USER user
+CMD ["python3", "-m", "http.server"]
+"#;
+
+async fn sh(b: &LocalBackend, id: &agentbox_core::SandboxId, line: &str) -> String {
+    let out = b.exec(id, ExecRequest::shell(line)).await.unwrap().collect(1 << 20).await;
+    assert_eq!(out.exit_code, 0, "{line}: {out:?}");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dockerfile_builds_a_template_sandboxes_start_from_and_rebuilds_from_cache() {
+    if not_root() {
+        return;
+    }
+    let layout = debian_fixture();
+    let registry = Registry::start();
+    let base = push_debian(&registry, &layout);
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImageConfig::in_dir(dir.path().join("images"));
+    let backend =
+        Arc::new(LocalBackend::new(LocalConfig { images: Some(images.clone()), ..LocalConfig::default() }).unwrap());
+    let store = Store::open(images).unwrap();
+    let builder = Builder::new(backend.clone(), store);
+    // The storage pool is the host's: other processes' stopped sandboxes may be on its shelf.
+    let stopped_before = backend.list_stopped().await.unwrap().len();
+    let context = dir.path().join("context");
+    std::fs::create_dir_all(context.join("data/sub")).unwrap();
+    std::fs::write(context.join("hello.sh"), "#!/bin/sh\necho hello from the template\n").unwrap();
+    std::fs::write(context.join("data/a.txt"), "a").unwrap();
+    std::fs::write(context.join("data/sub/b.txt"), "b").unwrap();
+    let dockerfile = DOCKERFILE.replace("{BASE}", &base);
+    let mut request = BuildRequest::new("demo", dockerfile.clone(), &context);
+    request.build_args.insert("GREETING".into(), "hi".into());
+
+    let built = builder.build(&request).await.unwrap();
+    assert_eq!(built.reference, "agentbox.local/templates/demo:latest");
+    assert_eq!(built.cached_steps(), 0, "{built:?}");
+    assert_eq!(built.steps.iter().filter(|s| s.layer.is_some()).count(), 4, "{built:?}");
+
+    // A sandbox from the template: its files, its package, its settings, the deletion.
+    let config = SandboxConfig { image: Some(built.reference.clone()), ..SandboxConfig::default() };
+    let sb = backend.create(CreateRequest::new(config)).await.unwrap();
+    let out = sh(
+        &backend,
+        &sb.id,
+        "hello; cat /opt/app/made.txt /opt/app/data/a.txt /opt/app/data/sub/b.txt /usr/share/demo/data; \
+         dpkg -s demo | grep Status; echo \"$APP_HOME|$SAID\"; test -e /etc/issue.net || echo whiteout; \
+         stat -c %U /opt/app/made.txt /usr/local/bin/hello",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "hello from the template\nhi from run as root\nabpackaged\nStatus: install ok installed\n/opt/app|hi world\nwhiteout\nroot\nroot\n",
+        "{out}"
+    );
+    backend.destroy(&sb.id).await.unwrap();
+    let record = builder.list().unwrap();
+    assert_eq!(record.len(), 1);
+    assert_eq!(record[0].name, "demo");
+
+    // Nothing changed: every layer from the cache, no sandbox made.
+    let again = builder.build(&request).await.unwrap();
+    assert_eq!(again.cached_steps(), 4, "{again:?}");
+    assert_eq!(again.digest, built.digest, "the same layers and settings make the same image");
+
+    // A changed file reruns its COPY and the steps after it, not the ones before.
+    std::fs::write(context.join("data/a.txt"), "changed").unwrap();
+    let changed = builder.build(&request).await.unwrap();
+    let cached: Vec<bool> = changed.steps.iter().filter(|s| s.layer.is_some()).map(|s| s.cached).collect();
+    assert_eq!(cached, [true, false, false, false], "{changed:?}");
+
+    // A failing step says which and how it ended.
+    let failing = BuildRequest::new("broken", format!("FROM {base}\nRUN echo about to fail; exit 7\n"), &context);
+    let err = builder.build(&failing).await.unwrap_err();
+    assert!(
+        matches!(&err, TemplateError::StepFailed { step: 1, exit_code: 7, output, .. } if output.contains("about to fail")),
+        "{err}"
+    );
+    assert!(backend.list().await.unwrap().is_empty(), "a failed step left its sandbox");
+    assert_eq!(backend.list_stopped().await.unwrap().len(), stopped_before, "a step left its stopped sandbox");
+    // A template that was never built is named as such.
+    let config =
+        SandboxConfig { image: Some("agentbox.local/templates/nothing:latest".into()), ..SandboxConfig::default() };
+    let err = backend.create(CreateRequest::new(config)).await.unwrap_err();
+    assert!(err.to_string().contains("agentbox template build"), "{err}");
+    assert!(builder.remove("demo").unwrap());
+    assert!(builder.list().unwrap().is_empty());
+}
+
+#[test]
+fn unsupported_dockerfiles_are_refused_by_name() {
+    use agentbox_template::Recipe;
+    for (text, needle) in [
+        ("RUN true\n", "FROM"),
+        ("FROM a\nFROM b\n", "multi-stage"),
+        ("FROM a\nHEALTHCHECK CMD true\n", "HEALTHCHECK"),
+        ("FROM a\nADD https://example.com/x /x\n", "URLs and archives"),
+        ("FROM a\nRUN --mount=type=cache,target=/x true\n", "RUN with options"),
+        ("", "FROM"),
+    ] {
+        let err = Recipe::parse(text).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text:?}: {err}");
+    }
+    let r = Recipe::parse("FROM python:3.12\nENV A=1 B=\"two words\"\nENV C three words\nUSER user\n").unwrap();
+    assert_eq!(r.from, "python:3.12");
+    let described: Vec<&str> = r.steps.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(described, ["ENV A=\"1\" B=\"two words\"", "ENV C=\"three words\"", "USER user"]);
+}
