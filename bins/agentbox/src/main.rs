@@ -67,6 +67,8 @@ enum Command {
     Volume(cmd::volumes::Args),
     /// Pull, list, remove and prune images in the local image store.
     Image(cmd::image::Args),
+    /// Build templates from a Dockerfile into the local image store, list and remove them.
+    Template(cmd::template::Args),
     /// Serve the REST API, as agentboxd: [--listen ADDR:PORT] [--data-dir DIR] [--config FILE] [--backend local|e2b].
     Serve(cmd::serve::Args),
     /// Serve the sandboxes and agent tools to an MCP client over stdio.
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
         Command::Volume(args) => cmd::volumes::run(&args),
         Command::Search(args) => cmd::search::run(&args),
         Command::Image(args) => cmd::image::run(&args),
+        Command::Template(args) => cmd::template::run(&args),
         Command::Completions(args) => cmd::docs::completions::<Cli>(&args),
         Command::Man(args) => cmd::docs::man::<Cli>(&args),
         Command::Snapshots(args) => cmd::snapshots::run(&args),

@@ -126,6 +126,12 @@ impl Default for SandboxConfig {
     }
 }
 
+/// The image reference of the template `name`, built on this host into the local image store.
+#[must_use]
+pub fn template_image(name: &str) -> String {
+    format!("agentbox.local/templates/{name}:latest")
+}
+
 impl SandboxConfig {
     /// The image reference of the sandbox's root, `None` for the host's system (`image` unset or `"host"`).
     #[must_use]

@@ -30,7 +30,9 @@ const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// # Errors
 /// A name that can't be part of a reference (it takes lowercase letters, digits, `.`, `_` and `-`).
 pub fn template_reference(name: &str) -> Result<ImageRef, ReferenceError> {
-    ImageRef::parse(&format!("{LOCAL_REGISTRY}/templates/{name}:latest"))
+    // One path component: a name with `/`, `:` or `@` in it would name another repository, tag or digest.
+    let name = if name.contains(['/', ':', '@']) { "/" } else { name };
+    ImageRef::parse(&agentbox_config::template_image(name))
 }
 
 /// Whether `reference` names an image built here (which no registry serves).

@@ -238,6 +238,8 @@ pub(crate) struct CreateInput {
     /// Root filesystem from this OCI image (`python:3.12-slim`, `localhost:5000/team/agent:1`), pulled on first
     /// use; `host` (the default) is the host's own system.
     pub image: Option<String>,
+    /// Root filesystem from a template built on this host (`agentbox template build -t NAME`), instead of image.
+    pub template: Option<String>,
     /// Named volumes to mount (made beforehand by the server's operator); their files outlive the sandbox.
     pub volumes: Option<Vec<VolumeInput>>,
 }
@@ -258,13 +260,18 @@ pub(crate) struct VolumeInput {
 impl CreateInput {
     /// The manager's options for this input.
     pub(crate) fn options(self) -> CreateOptions {
-        if self.preset.is_none() && self.overrides.is_none() && self.image.is_none() && self.volumes.is_none() {
+        if self.preset.is_none()
+            && self.overrides.is_none()
+            && self.image.is_none()
+            && self.template.is_none()
+            && self.volumes.is_none()
+        {
             // Reuses an existing sandbox whatever its settings; a new one gets the default preset.
             return CreateOptions::default();
         }
         let preset = self.preset.map(Preset::from).unwrap_or_default();
         let mut config = self.overrides.map(|o| o.apply(preset.config()));
-        if let Some(image) = self.image {
+        if let Some(image) = self.image.or_else(|| self.template.as_deref().map(agentbox_config::template_image)) {
             config.get_or_insert_with(|| preset.config()).image = Some(image);
         }
         if let Some(volumes) = self.volumes {

@@ -15,6 +15,7 @@ pub mod search;
 pub mod serve;
 pub mod shell;
 pub mod snapshots;
+pub mod template;
 pub mod tool;
 pub mod volumes;
 
@@ -24,8 +25,11 @@ use std::io::{self, Write};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Resources {
     /// Root filesystem from this OCI image (pulled on first use), or `host` for the host's own system.
-    #[arg(long, value_name = "REFERENCE")]
+    #[arg(long, value_name = "REFERENCE", conflicts_with = "template")]
     pub image: Option<String>,
+    /// Root filesystem from a template built here (`agentbox template build -t NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
     /// CPUs (CPU quota).
     #[arg(long)]
     pub cpus: Option<u32>,
@@ -38,6 +42,12 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// The root's image reference: `--image`, or the reference of `--template`.
+    #[must_use]
+    pub fn image_reference(&self) -> Option<String> {
+        self.image.clone().or_else(|| self.template.as_deref().map(agentbox_config::template_image))
+    }
+
     /// The overrides given, as configuration keys and values (`cpu_count`, `memory_mb`, `disk_gb`).
     #[must_use]
     pub fn overrides(&self) -> Vec<(&'static str, u64)> {

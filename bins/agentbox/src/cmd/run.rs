@@ -77,7 +77,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     for (key, value) in args.resources.overrides() {
         loader = loader.set(key, value);
     }
-    if let Some(image) = &args.resources.image {
+    if let Some(image) = args.resources.image_reference() {
         loader = loader.set("image", image.as_str());
     }
     if let Some(v) = args.pids {

@@ -62,7 +62,7 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     for (key, value) in args.resources.overrides() {
         set(&mut body, key, json!(value));
     }
-    if let Some(image) = &args.resources.image {
+    if let Some(image) = args.resources.image_reference() {
         set(&mut body, "image", json!(image));
     }
     if !args.network_allow.is_empty() {

@@ -197,6 +197,11 @@ pub struct CreateSandboxRequest {
         example = "python:3.12-slim"
     )]
     pub image: Option<String>,
+    /// The root filesystem from a template built on this host (`agentbox template build -t NAME`); instead of
+    /// `image`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, pattern = r"^[a-z0-9][a-z0-9._-]{0,127}$", example = "data-science")]
+    pub template: Option<String>,
     /// CPUs.
     #[serde(default, deserialize_with = "present_u32")]
     #[schema(nullable = false, minimum = 1, maximum = 256)]
@@ -247,6 +252,7 @@ pub struct CreateSandboxRequest {
 impl CreateSandboxRequest {
     fn overrides_anything(&self) -> bool {
         self.image.is_some()
+            || self.template.is_some()
             || self.allow_root_inside.is_some()
             || self.volumes.is_some()
             || self.cpu_count.is_some()
@@ -268,8 +274,11 @@ impl CreateSandboxRequest {
             return Ok(CreateOptions { preset: self.preset, config: None });
         }
         let mut c: SandboxConfig = self.preset.unwrap_or_default().config();
-        if let Some(v) = &self.image {
-            c.image = Some(v.clone());
+        match (&self.image, &self.template) {
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("give either `image` or `template`, not both")),
+            (Some(v), None) => c.image = Some(v.clone()),
+            (None, Some(t)) => c.image = Some(agentbox_config::template_image(t)),
+            (None, None) => {}
         }
         if let Some(v) = &self.volumes {
             let home = c.security.run_as.home();
