@@ -80,6 +80,9 @@ pub enum CliError {
     /// An image operation failed.
     #[error(transparent)]
     Image(#[from] agentbox_image::ImageError),
+    /// A template operation failed.
+    #[error(transparent)]
+    Template(#[from] agentbox_template::TemplateError),
     /// The backend could not be opened.
     #[error("{0}")]
     Backend(String),

@@ -57,10 +57,6 @@ pub enum Action {
     },
 }
 
-fn template_err(e: TemplateError) -> CliError {
-    CliError::Backend(e.to_string())
-}
-
 /// Runs the subcommand.
 ///
 /// # Errors
@@ -95,7 +91,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                         "template step {step} ({instruction}) exited with {exit_code} (its output is above)"
                     )));
                 }
-                Err(e) => return Err(template_err(e)),
+                Err(e) => return Err(e.into()),
             };
             if args.json {
                 serde_json::to_writer_pretty(&mut out, &report)?;
@@ -115,7 +111,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
             }
         }
         Action::Ls => {
-            let list = builder.list().map_err(template_err)?;
+            let list = builder.list()?;
             if args.json {
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
@@ -128,7 +124,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
         Action::Rm { names } => {
             let mut missing = 0usize;
             for n in names {
-                if builder.remove(n).map_err(template_err)? {
+                if builder.remove(n)? {
                     writeln!(out, "{n}")?;
                 } else {
                     let _ = writeln!(io::stderr().lock(), "agentbox: template {n} not found");
