@@ -34,7 +34,7 @@ struct Args {
     /// loopback registry, `127.0.0.1:5000/debian-python:bookworm`); P11 is skipped without it.
     #[arg(long)]
     image: Option<String>,
-    /// Run only these benchmarks (p1..p12); all when absent.
+    /// Run only these benchmarks (p1..p13); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -144,6 +144,39 @@ async fn p11(backend: &LocalBackend, image: &str, n: usize) {
         ours.push(cold_round(backend, &with_image).await);
     }
     row("P11 cold create from a cached image + exec", &stats(ours), "the same with image = host", &stats(base));
+}
+
+/// P13: a template rebuild with nothing changed (every layer from the cache, no sandbox made), of a Dockerfile
+/// FROM the P11 image with a COPY and two RUN steps; the first, uncached build is shown beside it.
+async fn p13(backend: Arc<LocalBackend>, image: &str, n: usize) {
+    let images = agentbox_image::ImageConfig::default();
+    let store = agentbox_image::Store::open(images).expect("the image store");
+    let builder = agentbox_template::Builder::new(backend, store);
+    let context = tempfile::tempdir().expect("a context directory");
+    std::fs::write(context.path().join("tool.py"), "print(42)\n").expect("context file");
+    let name = format!("bench-{}", std::process::id());
+    let dockerfile = format!(
+        "FROM {image}\nENV MODE=bench\nCOPY tool.py /opt/tool.py\nRUN echo $MODE > /etc/mode\nRUN python3 /opt/tool.py > /opt/out\n"
+    );
+    let request = agentbox_template::BuildRequest::new(name.clone(), dockerfile, context.path());
+    let t = Instant::now();
+    let first = builder.build(&request).await.expect("the first build");
+    let cold = t.elapsed();
+    let mut ours = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let again = builder.build(&request).await.expect("a rebuild");
+        ours.push(t.elapsed());
+        assert_eq!(again.digest, first.digest);
+    }
+    let _ = builder.remove(&name);
+    let s = stats(ours);
+    println!(
+        "P13 template rebuild, nothing changed      p50 {:>9.3} ms  p90 {:>9.3} ms | first build (3 layers made): {:.0} ms",
+        s.p50.as_secs_f64() * 1000.0,
+        s.p90.as_secs_f64() * 1000.0,
+        cold.as_secs_f64() * 1000.0
+    );
 }
 
 /// P10: `agentbox run -- true` as a whole process, as an agent harness calls it once per command,
@@ -542,6 +575,12 @@ async fn main() {
         match &args.image {
             Some(image) => p11(&backend, image, args.iterations).await,
             None => println!("P11 skipped: give --image REFERENCE (an image the bench can pull)"),
+        }
+    }
+    if want("p13") {
+        match &args.image {
+            Some(image) => p13(backend.clone(), image, args.iterations).await,
+            None => println!("P13 skipped: give --image REFERENCE (an image with python3 the bench can pull)"),
         }
     }
     if want("p10") {
