@@ -49,6 +49,8 @@ enum Command {
     Pause(cmd::sandboxes::RunIds),
     /// Let paused sandboxes on agentboxd continue.
     Resume(cmd::sandboxes::RunIds),
+    /// Print the output of a sandbox's background processes on agentboxd (`--json` lists them).
+    Logs(cmd::sandboxes::LogsArgs),
     /// Stop sandboxes on agentboxd: their processes end, their files stay on disk (across restarts of agentboxd
     /// and of the host) until `start` or `rm`.
     Stop(cmd::sandboxes::RunIds),
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
         Command::Rm(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Rm, &args),
         Command::Pause(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Pause, &args),
         Command::Resume(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Resume, &args),
+        Command::Logs(args) => cmd::sandboxes::logs(&args),
         Command::Stop(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Stop, &args),
         Command::Start(args) => cmd::sandboxes::each(cmd::sandboxes::Verb::Start, &args),
         Command::Snapshot(args) => cmd::sandboxes::snapshot(&args),

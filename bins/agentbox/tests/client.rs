@@ -167,6 +167,23 @@ fn every_client_verb_works_against_a_real_server() {
     assert_eq!(out(&s.agentbox(&["start", "cli-fork"])), "cli-fork running\n");
     assert_eq!(out(&s.agentbox(&["exec", "cli-fork", "--", "cat", "one.txt"])), "one\n");
 
+    // exec -d starts a background command; logs prints its output.
+    let o = s.agentbox(&["exec", "-d", "cli-fork", "--", "sh", "-c", "echo from the background; echo 'quoted words'"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pid = out(&o).split_whitespace().next().unwrap().to_owned();
+    let mut logged = String::new();
+    for _ in 0..50 {
+        logged = out(&s.agentbox(&["logs", "cli-fork", &pid]));
+        if logged.contains("quoted words") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(logged, "from the background\nquoted words\n");
+    assert!(out(&s.agentbox(&["logs", "cli-fork"])).contains(&format!("==> pid {pid} (")));
+    let o = s.agentbox(&["logs", "cli-fork", "999999"]);
+    assert!(!o.status.success() && text(&o).contains("no background process 999999"), "{}", text(&o));
+
     // Root inside: only in a sandbox created allowing it, and only of that sandbox.
     let o = s.agentbox(&["exec", "-u", "root", "cli-fork", "--", "id", "-u"]);
     assert_eq!(o.status.code(), Some(1));

@@ -303,6 +303,25 @@ impl Client {
         self.json(self.request(Method::POST, &format!("/api/sandboxes/{}/resume", path_segment(run_id)))).await
     }
 
+    /// Calls the agent tool `name` (see `GET /api/tools`) in a sandbox with `input`; answers its output.
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown run or tool; the tool's refusal.
+    pub async fn call_tool(&self, run_id: &str, name: &str, input: &Value) -> Result<Value, ClientError> {
+        let r = self
+            .request(Method::POST, &format!("/api/sandboxes/{}/tools/{}", path_segment(run_id), path_segment(name)))
+            .json(input);
+        self.json(r).await
+    }
+
+    /// A sandbox's background processes (`{"processes": [{pid, argv, running, exit_code, output_path}]}`).
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`] for an unknown run.
+    pub async fn processes(&self, run_id: &str) -> Result<Value, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/sandboxes/{}/processes", path_segment(run_id)))).await
+    }
+
     /// Stops a sandbox: its processes end, its files stay on disk until it is started or destroyed.
     ///
     /// # Errors

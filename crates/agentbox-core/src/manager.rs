@@ -975,6 +975,14 @@ impl SandboxManager {
         self.adopt_as(run_id, sandbox, config, preset, SandboxState::Stopped)
     }
 
+    /// The run's background processes (started with `spawn_background`), with where their output goes.
+    ///
+    /// # Errors
+    /// Unknown run, or the backend's error.
+    pub async fn list_processes(&self, run_id: &RunId) -> Result<Vec<ProcessInfo>> {
+        self.with_sandbox(run_id, |b, id| async move { b.list_processes(&id).await }).await
+    }
+
     /// Takes a read-only snapshot of the run's files named `name`.
     ///
     /// # Errors

@@ -33,6 +33,9 @@ pub struct Args {
     /// Print one JSON object at the end (exit code, stdout, stderr...) instead of streaming.
     #[arg(long, conflicts_with = "tty")]
     pub json: bool,
+    /// Start the command in the background and print its pid and output file (read it with `agentbox logs`).
+    #[arg(short = 'd', long, conflicts_with_all = ["tty", "interactive", "json", "timeout"])]
+    pub detach: bool,
     /// Run as this user: `root` (root inside, in a sandbox created with --allow-root) or the sandbox's user.
     #[arg(short = 'u', long, value_name = "USER", conflicts_with = "tty")]
     pub user: Option<String>,
@@ -52,6 +55,9 @@ pub struct Args {
 /// # Errors
 /// The server's refusal (unknown run, paused sandbox), or a server that can't be reached.
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
+    if args.detach {
+        return detach(args);
+    }
     if args.tty {
         if !args.env.is_empty() || args.timeout.is_some() {
             return Err(CliError::Usage("--env and --timeout don't apply to -it sessions".into()));
@@ -118,4 +124,39 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         writeln!(out)?;
     }
     Ok(ExitCode::from(u8::try_from(exit.exit_code.clamp(0, 255)).unwrap_or(1)))
+}
+
+/// Quotes `argv` for bash, each word in single quotes.
+fn shell_line(argv: &[String]) -> String {
+    argv.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ")
+}
+
+/// `exec -d`: starts the command in the background (the `shell` tool's background mode) and prints its pid and
+/// output file.
+fn detach(args: &Args) -> Result<ExitCode, CliError> {
+    let mut input = json!({ "command": shell_line(&args.command), "background": true });
+    if let serde_json::Value::Object(m) = &mut input {
+        if !args.env.is_empty() {
+            m.insert("env".into(), serde_json::Value::Object(env_object(&args.env, "--env")?));
+        }
+        if let Some(w) = &args.workdir {
+            m.insert("cwd".into(), json!(w));
+        }
+        match args.user.as_deref() {
+            Some("root") => {
+                m.insert("as_root".into(), json!(true));
+            }
+            Some(other) if other != "user" => {
+                return Err(CliError::Usage(format!(
+                    "-u {other}: a detached command runs as the sandbox's user or root"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let client = args.server.client()?;
+    let started = block_on(async { Ok(client.call_tool(&args.run_id, "shell", &input).await?) })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} {}", started["pid"], started["output_file"].as_str().unwrap_or("-"))?;
+    Ok(ExitCode::SUCCESS)
 }

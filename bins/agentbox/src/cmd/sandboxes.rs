@@ -338,3 +338,65 @@ pub fn restore(args: &SnapshotArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Arguments of `agentbox logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// The sandbox's run id.
+    pub run_id: String,
+    /// Only this background process's output (default: every one's, each under a header line).
+    pub pid: Option<u32>,
+    /// List the background processes as JSON instead of printing their output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the output of a sandbox's background processes (their output files, read through the file API).
+///
+/// # Errors
+/// An unknown run or pid, or a server that can't be reached.
+pub fn logs(args: &LogsArgs) -> Result<(), CliError> {
+    let client = args.server.client()?;
+    block_on(async {
+        let list = client.processes(&args.run_id).await?;
+        let procs: Vec<Value> = list["processes"].as_array().cloned().unwrap_or_default();
+        if args.json {
+            let mut out = io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &list)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        let chosen: Vec<&Value> = match args.pid {
+            Some(pid) => {
+                let found: Vec<&Value> = procs.iter().filter(|p| p["pid"].as_u64() == Some(u64::from(pid))).collect();
+                if found.is_empty() {
+                    return Err(CliError::Usage(format!(
+                        "run {} has no background process {pid}: `agentbox logs {} --json` lists them",
+                        args.run_id, args.run_id
+                    )));
+                }
+                found
+            }
+            None => procs.iter().collect(),
+        };
+        let mut stdout = tokio::io::stdout();
+        for p in chosen {
+            let Some(path) = p["output_path"].as_str() else { continue };
+            if args.pid.is_none() {
+                let argv: Vec<&str> =
+                    p["argv"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                let state = match (p["running"].as_bool(), p["exit_code"].as_i64()) {
+                    (Some(true), _) => "running".to_owned(),
+                    (_, Some(code)) => format!("exited {code}"),
+                    _ => "ended".to_owned(),
+                };
+                let header = format!("==> pid {} ({state}): {} <==\n", p["pid"], argv.join(" "));
+                tokio::io::AsyncWriteExt::write_all(&mut stdout, header.as_bytes()).await?;
+            }
+            client.download(&args.run_id, path, &mut stdout).await?;
+        }
+        Ok(())
+    })
+}

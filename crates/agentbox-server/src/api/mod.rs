@@ -318,6 +318,7 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
         .routes(routes!(sandboxes::sandbox_metrics))
         .routes(routes!(sandboxes::sandbox_health))
+        .routes(routes!(sandboxes::list_processes))
         .routes(routes!(files::list_files))
         .routes(routes!(network::set_network))
         .routes(routes!(egress::get_egress))

@@ -7,7 +7,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::ErrorResponses;
 use super::extract::{ApiJson, ApiQuery, RunIdPath};
-use super::types::{CreateSandboxRequest, ListQuery, MetricsView, RunIdParam, SandboxHealth, SandboxList, SandboxView};
+use super::types::{
+    CreateSandboxRequest, ListQuery, MetricsView, ProcessList, ProcessView, RunIdParam, SandboxHealth, SandboxList,
+    SandboxView,
+};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -188,6 +191,25 @@ pub async fn sandbox_metrics(
     RunIdPath(run): RunIdPath,
 ) -> Result<Json<MetricsView>, ApiError> {
     Ok(Json(state.manager.metrics(&run).await?.into()))
+}
+
+/// The sandbox's background processes (started by the `shell` tool with `background`, or the E2B API), each
+/// with the file inside the sandbox its output goes to (read it with `GET /files`).
+#[utoipa::path(
+    get,
+    path = "/api/sandboxes/{run_id}/processes",
+    operation_id = "listSandboxProcesses",
+    tag = "sandboxes",
+    params(RunIdParam),
+    responses((status = 200, description = "The background processes", body = ProcessList), ErrorResponses),
+    security(("bearer" = []))
+)]
+pub async fn list_processes(
+    State(state): State<AppState>,
+    RunIdPath(run): RunIdPath,
+) -> Result<Json<ProcessList>, ApiError> {
+    let processes = state.manager.list_processes(&run).await?;
+    Ok(Json(ProcessList { processes: processes.into_iter().map(ProcessView::from).collect() }))
 }
 
 /// Probes the sandbox now.

@@ -997,3 +997,31 @@ mod tests {
         assert!(r(serde_json::json!({"argv": ["ls"], "env": {"A=B": "x"}})).is_err());
     }
 }
+
+/// A background process.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProcessView {
+    /// Its pid inside the sandbox.
+    pub pid: u32,
+    /// Its argv.
+    pub argv: Vec<String>,
+    /// Whether it still runs.
+    pub running: bool,
+    /// Its exit code once it ended.
+    pub exit_code: Option<i32>,
+    /// The file inside the sandbox its stdout and stderr go to.
+    pub output_path: Option<String>,
+}
+
+impl From<agentbox_core::ProcessInfo> for ProcessView {
+    fn from(p: agentbox_core::ProcessInfo) -> Self {
+        Self { pid: p.pid, argv: p.argv, running: p.running, exit_code: p.exit_code, output_path: p.output_path }
+    }
+}
+
+/// `GET /api/sandboxes/{run_id}/processes`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProcessList {
+    /// The background processes, by pid.
+    pub processes: Vec<ProcessView>,
+}
