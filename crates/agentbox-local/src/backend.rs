@@ -221,10 +221,9 @@ impl LocalBackend {
                 .and_then(|policy| seccomp::compile(&policy, profile))
                 .map_err(|e| backend_err("compiling the seccomp policy", e))
         };
-        let (egress, note) =
+        let egress =
             crate::net::EgressContext::new(agentbox_core::egress::SecretStore::new(), &config.upstream_extra_roots)
                 .map_err(|e| Error::backend_with(e.to_string(), e))?;
-        limitations.extend(note);
         let inner = Inner {
             egress,
             seccomp_default: vec![compiled(SeccompProfile::Default)?],

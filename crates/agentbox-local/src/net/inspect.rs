@@ -58,7 +58,7 @@ where
     let counts = stream.counts();
     let host = target.host.match_text();
     let name = ServerName::try_from(host.clone()).map_err(|_| Rule::InvalidHost)?;
-    let connector = tokio_rustls::TlsConnector::from(proxy.shared.ctx.upstream_tls.clone());
+    let connector = tokio_rustls::TlsConnector::from(proxy.shared.ctx.upstream_tls().map_err(Rule::Tls)?);
     let up = match tokio::time::timeout(limits.header_timeout, connector.connect(name, stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Rule::Tls(format!("the destination {host}:{}: {e}", target.port))),

@@ -101,8 +101,10 @@ pub fn ca_env() -> BTreeMap<String, String> {
 pub struct EgressContext {
     /// The server's secrets, read at each request.
     pub secrets: SecretStore,
-    /// How inspected destinations are verified: the host's roots plus any extra ones.
-    pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// The extra roots inspected destinations are verified with, besides the host's.
+    extra_roots: Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// How inspected destinations are verified, made at the first inspected connection.
+    upstream_tls: Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
 }
 
 impl std::fmt::Debug for EgressContext {
@@ -112,14 +114,33 @@ impl std::fmt::Debug for EgressContext {
 }
 
 impl EgressContext {
-    /// A context trusting the host's roots plus the PEM files in `extra_roots`; also returns a
-    /// note when the host's roots could not all be loaded.
+    /// A context trusting the host's roots plus the PEM files in `extra_roots` (read now; the host's are read
+    /// at the first inspected connection).
     ///
     /// # Errors
     /// When an extra root can't be used.
-    pub fn new(secrets: SecretStore, extra_roots: &[PathBuf]) -> Result<(Self, Option<String>), tls::TlsError> {
-        let (upstream_tls, note) = tls::upstream_config(extra_roots)?;
-        Ok((Self { secrets, upstream_tls }, note))
+    pub fn new(secrets: SecretStore, extra_roots: &[PathBuf]) -> Result<Self, tls::TlsError> {
+        let extra_roots = Arc::new(tls::read_extra_roots(extra_roots)?);
+        Ok(Self { secrets, extra_roots, upstream_tls: Arc::default() })
+    }
+
+    /// The client configuration inspected destinations are verified with (made once, on first use; a note
+    /// about the host's roots is logged then).
+    ///
+    /// # Errors
+    /// rustls refusing the configuration, as a message.
+    pub fn upstream_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.upstream_tls
+            .get_or_init(|| match tls::upstream_config(&self.extra_roots) {
+                Ok((config, note)) => {
+                    if let Some(note) = note {
+                        tracing::warn!(note = %note, "egress TLS");
+                    }
+                    Ok(config)
+                }
+                Err(e) => Err(format!("the TLS client configuration for inspected hosts: {e}")),
+            })
+            .clone()
     }
 }
 

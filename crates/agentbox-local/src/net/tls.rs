@@ -124,13 +124,30 @@ impl SandboxCa {
     }
 }
 
-/// The client configuration for connections to inspected destinations: the host's system roots
-/// plus the PEM certificates in `extra_roots`, HTTP/1.1 only. Returns the configuration and a
-/// note when the system store could not be read in full.
+/// Reads the PEM certificates in `extra_roots` (checked when the backend starts, so a bad path is reported
+/// then rather than at the first inspected connection).
 ///
 /// # Errors
-/// When an extra root can't be read, or rustls refuses the configuration.
-pub fn upstream_config(extra_roots: &[PathBuf]) -> Result<(Arc<ClientConfig>, Option<String>), TlsError> {
+/// When one can't be read or parsed.
+pub fn read_extra_roots(extra_roots: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let mut store = RootCertStore::empty();
+    let mut out = Vec::new();
+    for path in extra_roots {
+        out.extend(add_pem_roots(&mut store, path)?);
+    }
+    Ok(out)
+}
+
+/// The client configuration for connections to inspected destinations: the host's system roots
+/// plus `extra_roots`, HTTP/1.1 only. Returns the configuration and a note when the system store
+/// could not be read in full. Reading the system store takes tens of milliseconds (hundreds of
+/// files): it is done at the first inspected connection, not when the backend starts.
+///
+/// # Errors
+/// When rustls refuses the configuration.
+pub fn upstream_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<(Arc<ClientConfig>, Option<String>), TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -142,9 +159,7 @@ pub fn upstream_config(extra_roots: &[PathBuf]) -> Result<(Arc<ClientConfig>, Op
     if added > 0 && !native.errors.is_empty() {
         note = Some(format!("some system trust roots could not be loaded: {}", native.errors[0]));
     }
-    for path in extra_roots {
-        add_pem_roots(&mut roots, path)?;
-    }
+    roots.add_parsable_certificates(extra_roots.iter().cloned());
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -153,7 +168,8 @@ pub fn upstream_config(extra_roots: &[PathBuf]) -> Result<(Arc<ClientConfig>, Op
     Ok((Arc::new(config), note))
 }
 
-fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
+/// Adds the certificates of a PEM file to `roots` (which checks each), and returns them.
+fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::Root { path: path.to_owned(), reason };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
@@ -162,10 +178,10 @@ fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError>
     if certs.is_empty() {
         return Err(err("no certificate in the file".into()));
     }
-    for c in certs {
-        roots.add(c).map_err(|e| err(e.to_string()))?;
+    for c in &certs {
+        roots.add(c.clone()).map_err(|e| err(e.to_string()))?;
     }
-    Ok(())
+    Ok(certs)
 }
 
 #[cfg(test)]
