@@ -158,7 +158,8 @@ async fn storage_cycles_leave_nothing_behind() {
         b.write_file(&a.id, "/home/user/n", format!("{i}").into_bytes()).await.unwrap();
         let snap = format!("cycle-{tag}-{i}");
         b.snapshot(&a.id, &snap).await.unwrap();
-        let fork = b.create(CreateRequest { from_snapshot: Some(snap.clone()), ..CreateRequest::default() }).await.unwrap();
+        let fork =
+            b.create(CreateRequest { from_snapshot: Some(snap.clone()), ..CreateRequest::default() }).await.unwrap();
         ids.insert(fork.id.to_string());
         let key = b.stop(&fork.id).await.unwrap().key;
         let again = b.start(&key, CreateRequest::default()).await.unwrap();

@@ -66,8 +66,12 @@ where
             return Err(Rule::Tls(format!("the destination {host}:{} did not finish the handshake", target.port)));
         }
     };
-    let server_config =
-        proxy.shared.ca.server_config(&host).map_err(|e| Rule::Tls(format!("issuing a certificate: {e}")))?;
+    let server_config = proxy
+        .shared
+        .ca()
+        .map_err(Rule::Tls)?
+        .server_config(&host)
+        .map_err(|e| Rule::Tls(format!("issuing a certificate: {e}")))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
     let client = match tokio::time::timeout(limits.header_timeout, acceptor.accept(client)).await {
         Ok(Ok(s)) => s,

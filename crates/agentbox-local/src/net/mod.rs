@@ -215,12 +215,23 @@ struct Shared {
     host_addrs: Mutex<(Option<Instant>, Arc<Vec<IpAddr>>)>,
     audit: AuditLog,
     placeholders: Placeholders,
-    /// The sandbox's CA: its private key lives here and nowhere else.
-    ca: SandboxCa,
+    /// The sandbox's CA: its private key lives here and nowhere else. Made when networking is first turned on
+    /// (its key generation seeds the process's random generator, tens of milliseconds the first time).
+    ca: std::sync::OnceLock<Result<SandboxCa, String>>,
     ctx: EgressContext,
 }
 
 impl Shared {
+    /// The sandbox's CA, made on first use.
+    fn ca(&self) -> Result<&SandboxCa, String> {
+        self.ca
+            .get_or_init(|| {
+                SandboxCa::generate(&self.sandbox).map_err(|e| format!("making the sandbox's egress CA: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// Counts and logs a refusal (rate-limited); the caller records it in the egress log.
     fn count_refusal(&self, via: &str, host: &str, port: u16, rule: &Rule) {
         *self.refused.lock_unpoisoned().entry(rule.name()).or_insert(0) += 1;
@@ -529,7 +540,6 @@ impl Egress {
     /// # Errors
     /// When the proxy can't listen inside the sandbox or the resolver can't be built.
     pub async fn start(sandbox: &str, netns: NetNs, config: &NetworkConfig, ctx: EgressContext) -> Result<Self, Error> {
-        let ca = SandboxCa::generate(sandbox).map_err(|e| Error::backend_with(e.to_string(), e))?;
         let shared = Arc::new(Shared {
             sandbox: sandbox.to_owned(),
             meter: Arc::new(Meter::new(config.bandwidth_in_bytes_per_sec, config.bandwidth_out_bytes_per_sec)),
@@ -539,7 +549,7 @@ impl Egress {
             host_addrs: Mutex::new((None, Arc::new(Vec::new()))),
             audit: AuditLog::default(),
             placeholders: Placeholders::default(),
-            ca,
+            ca: std::sync::OnceLock::new(),
             ctx,
         });
         let (tx, current) = watch::channel(Rules::closed());
@@ -636,7 +646,7 @@ impl Egress {
         if !self.enabled.load(Ordering::SeqCst) || self.ca_installed.load(Ordering::SeqCst) {
             return Ok(());
         }
-        root.write(CA_BUNDLE_PATH, &self.ca_bundle())?;
+        root.write(CA_BUNDLE_PATH, &self.ca_bundle()?)?;
         self.ca_installed.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -648,15 +658,17 @@ impl Egress {
     }
 
     /// The trust bundle for the sandbox: the host's system roots, then the sandbox's CA.
-    #[must_use]
-    pub fn ca_bundle(&self) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// When the sandbox's CA can't be made.
+    pub fn ca_bundle(&self) -> Result<Vec<u8>, Error> {
         let mut out = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(Path::new(p)).ok()).unwrap_or_default();
         if !out.is_empty() && !out.ends_with(b"\n") {
             out.push(b'\n');
         }
         out.extend_from_slice(b"# agentbox: this sandbox's egress CA (the proxy's certificates for inspected hosts)\n");
-        out.extend_from_slice(self.shared.ca.cert_pem().as_bytes());
-        out
+        out.extend_from_slice(self.shared.ca().map_err(Error::backend)?.cert_pem().as_bytes());
+        Ok(out)
     }
 
     /// Counters since creation.
