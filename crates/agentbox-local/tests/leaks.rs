@@ -5,25 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use agentbox_config::SandboxConfig;
 use agentbox_core::{CreateRequest, ExecRequest, SandboxBackend};
 use agentbox_local::{LocalBackend, LocalConfig};
-use common::tempdir;
-
-fn mounts_mentioning(id: &str) -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(id)).count()
-}
-
-fn open_fds() -> BTreeSet<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
+use common::{mounts_mentioning, open_fds, tempdir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_leaves_nothing_behind_and_is_idempotent() {

@@ -10,19 +10,7 @@ use std::time::Duration;
 
 use agentbox_core::{CreateRequest, SandboxBackend};
 use agentbox_local::{LocalBackend, LocalConfig};
-use common::tempdir;
-
-fn mounts_mentioning(id: &str) -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(id)).count()
-}
-
-fn open_fds() -> BTreeSet<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
+use common::{mounts_mentioning, open_fds, tempdir};
 
 /// Level-0 quota groups of the host's btrfs filesystems (the storage pool's: one per subvolume, and stale ones of
 /// deleted subvolumes until the kernel has freed their blocks).

@@ -289,6 +289,7 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "PUT /api/sandboxes/{run_id}/files",
         "PUT /api/sandboxes/{run_id}/network",
         "GET /api/sandboxes/{run_id}/egress",
+        "GET /api/sandboxes/{run_id}/processes",
         "GET /api/secrets",
         "PUT /api/secrets/{name}",
         "DELETE /api/secrets/{name}",

@@ -181,17 +181,7 @@ impl Pool {
             }
         })?;
         let dir = self.layers.join(name);
-        let made = (|| {
-            let fd = open_dir(&dir).map_err(StorageError::io("opening a layer", &dir))?;
-            let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
-            // Its old quota is lifted: a sandbox stopped at its quota has no room for new owners and records.
-            btrfs::limit(self.layers_fd.as_fd(), id, u64::MAX)
-                .map_err(StorageError::io("lifting a layer's quota", &dir))?;
-            let layer = Layer { name: name.to_owned(), dir: dir.clone(), id };
-            shift_owners(&dir, recorded_id_range(&dir), ids)?;
-            self.set_id_range(&layer, ids)?;
-            Ok(layer)
-        })();
+        let made = self.adopt_kept_layer(name, recorded_id_range(&dir), ids);
         if made.is_err() {
             let _ = self.shelve_layer(name, key);
         }
@@ -225,22 +215,27 @@ impl Pool {
         }
         btrfs::snapshot(source.as_fd(), self.layers_fd.as_fd(), &cname, Snap::Writable)
             .map_err(StorageError::io("making a layer from a snapshot", &dir))?;
-        let made = (|| {
-            let fd = open_dir(&dir).map_err(StorageError::io("opening a layer", &dir))?;
-            let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
-            // A snapshot takes its source's quota along: lifted, as a full sandbox's leaves no room for the
-            // changes below.
-            btrfs::limit(self.layers_fd.as_fd(), id, u64::MAX)
-                .map_err(StorageError::io("lifting a layer's quota", &dir))?;
-            let layer = Layer { name: name.to_owned(), dir: dir.clone(), id };
-            shift_owners(&dir, recorded_id_range(&source_path), ids)?;
-            self.set_id_range(&layer, ids)?;
-            Ok(layer)
-        })();
+        let made = self.adopt_kept_layer(name, recorded_id_range(&source_path), ids);
         if made.is_err() {
             let _ = self.remove_layer(name);
         }
         made
+    }
+
+    /// Makes the subvolume `layers/name`, holding files kept from another sandbox (moved back, or snapshotted),
+    /// a layer of the id range `ids`: its quota lifted (it may carry its source's, full), its files' owners moved
+    /// from `recorded` when that differs, and the range recorded. [`limit_layer`](Self::limit_layer) sets the
+    /// quota once the layer is ready.
+    fn adopt_kept_layer(&self, name: &str, recorded: IdRange, ids: IdRange) -> Result<Layer, StorageError> {
+        let dir = self.layers.join(name);
+        let fd = open_dir(&dir).map_err(StorageError::io("opening a layer", &dir))?;
+        let id = btrfs::subvolume_id(fd.as_fd()).map_err(StorageError::io("reading a layer's id", &dir))?;
+        btrfs::limit(self.layers_fd.as_fd(), id, u64::MAX)
+            .map_err(StorageError::io("lifting a layer's quota", &dir))?;
+        let layer = Layer { name: name.to_owned(), dir: dir.clone(), id };
+        shift_owners(&dir, recorded, ids)?;
+        self.set_id_range(&layer, ids)?;
+        Ok(layer)
     }
 }
 

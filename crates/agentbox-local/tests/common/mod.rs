@@ -60,3 +60,17 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
 }
 
 pub use agentbox_conformance::not_root;
+
+/// Lines of this process's mount table that mention `id`.
+pub fn mounts_mentioning(id: &str) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(id)).count()
+}
+
+/// This process's open descriptors, by number.
+pub fn open_fds() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("listing /proc/self/fd")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
