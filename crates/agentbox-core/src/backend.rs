@@ -223,7 +223,8 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// The default runs pip (into the user's site) and npm (into the home's
     /// `node_modules`) through [`exec`](Self::exec), and refuses apt.
     async fn install_packages(&self, id: &SandboxId, packages: Vec<PackageSpec>) -> Result<()> {
-        for request in crate::install::install_requests(&packages)? {
+        let apt = crate::install::AptSupport::No("this backend's installer runs pip and npm only");
+        for request in crate::install::install_requests(&packages, apt)? {
             let label = request.to_argv()?.join(" ");
             let out = self.exec(id, request).await?.collect(16 * 1024).await;
             if out.exit_code != 0 {

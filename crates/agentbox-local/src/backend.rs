@@ -675,7 +675,12 @@ impl SandboxBackend for LocalBackend {
 
     async fn install_packages(&self, id: &SandboxId, packages: Vec<PackageSpec>) -> Result<()> {
         let sb = self.get(id)?;
-        crate::net::install::install(self, id, &sb.net, &sb.config.environment_variables, &packages).await
+        let apt = match (sb.config.security.allow_root_inside, sb.config.image_reference()) {
+            (true, Some(_)) => agentbox_core::install::AptSupport::Root,
+            (false, _) => agentbox_core::install::AptSupport::No("the sandbox does not allow root inside"),
+            (true, None) => agentbox_core::install::AptSupport::No("the host's system is read-only in the sandbox"),
+        };
+        crate::net::install::install(self, id, &sb.net, &sb.config.environment_variables, &packages, apt).await
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<()> {

@@ -26,7 +26,7 @@ mod build;
 mod context;
 pub mod recipe;
 
-pub use build::{BuildReport, BuildRequest, Builder, StepReport, TemplateInfo};
+pub use build::{BUILD_REGISTRIES, BuildReport, BuildRequest, Builder, StepReport, TemplateInfo};
 pub use recipe::{Recipe, RunCommand, Step};
 
 /// Why a template build failed.

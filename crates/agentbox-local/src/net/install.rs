@@ -19,6 +19,8 @@ use super::Egress;
 const PYPI_HOSTS: [&str; 2] = ["pypi.org", "files.pythonhosted.org"];
 /// The host npm reaches when no registry is configured.
 const NPM_HOSTS: [&str; 1] = ["registry.npmjs.org"];
+/// The hosts apt reaches in Debian images (their `sources.list`).
+const APT_HOSTS: [&str; 2] = ["deb.debian.org", "security.debian.org"];
 
 /// The host of a URL (`https://user@host:8080/x` gives `host`), without brackets for IPv6.
 #[must_use]
@@ -60,23 +62,28 @@ pub fn npm_hosts(env: &BTreeMap<String, String>) -> Vec<String> {
     }
 }
 
-/// Installs `packages` in the sandbox: one pip run and one npm run at most, each through an installer proxy.
+/// Installs `packages` in the sandbox: one apt run (as root, where `apt` allows it), one pip run and one npm run
+/// at most, each through an installer proxy.
 ///
 /// # Errors
-/// [`Error::Unsupported`] for apt packages; [`Error::Backend`] with the installer's stderr when it fails.
-/// The sandbox stays usable either way.
+/// [`Error::Unsupported`] for apt packages where `apt` doesn't allow them; [`Error::Backend`] with the
+/// installer's stderr when it fails. The sandbox stays usable either way.
 pub async fn install<B: SandboxBackend + ?Sized>(
     backend: &B,
     id: &SandboxId,
     egress: &Egress,
     configured_env: &BTreeMap<String, String>,
     packages: &[PackageSpec],
+    apt: agentbox_core::install::AptSupport,
 ) -> Result<()> {
-    for mut request in agentbox_core::install::install_requests(packages)? {
+    for mut request in agentbox_core::install::install_requests(packages, apt)? {
         let argv = request.to_argv()?;
         let pip = argv.first().is_some_and(|a| a == "python3");
-        let (manager, hosts) =
-            if pip { ("pip", pip_hosts(configured_env)) } else { ("npm", npm_hosts(configured_env)) };
+        let (manager, hosts) = match argv.first().map(String::as_str) {
+            Some("python3") => ("pip", pip_hosts(configured_env)),
+            Some("npm") => ("npm", npm_hosts(configured_env)),
+            _ => ("apt", APT_HOSTS.map(str::to_owned).into()),
+        };
         let proxy = egress.installer_proxy(&hosts).await?;
         request.env.extend(proxy.env());
         if pip {
