@@ -34,7 +34,7 @@ pub use egress::{EgressEntry, PathMatch, SecretRule};
 pub use load::{ConfigLoader, LoadError};
 pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;
-pub use validate::{ValidationError, ValidationErrors, mount_path_problem};
+pub use validate::{ValidationError, ValidationErrors, image_reference_problem, mount_path_problem};
 
 /// What happens to a sandbox unused for its `idle_timeout`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -115,19 +115,8 @@ impl SandboxConfig {
         );
         duration(&mut e, "idle_timeout", self.idle_timeout, Duration::from_secs(1), Duration::from_secs(30 * 86_400));
 
-        if let Some(image) = &self.image {
-            let ok = !image.is_empty()
-                && image.len() <= 512
-                && image.bytes().all(|b| b.is_ascii_graphic())
-                && !image.starts_with(['-', '/', '.', ':', '@']);
-            if !ok {
-                e.push(
-                    "image",
-                    format!(
-                        "invalid image reference {image:?} (expected \"host\" or a reference like \"python:3.12-slim\" or \"localhost:5000/team/agent:1\")"
-                    ),
-                );
-            }
+        if let Some(problem) = self.image.as_deref().and_then(image_reference_problem) {
+            e.push("image", problem);
         }
         let net = &self.network;
         for (field, list) in [
@@ -293,6 +282,21 @@ impl SandboxConfig {
         }
         e.into_result()
     }
+}
+
+/// Why `image` can't be an image reference, if it can't (the full grammar is the image store's; this catches
+/// what is never one).
+#[must_use]
+pub fn image_reference_problem(image: &str) -> Option<String> {
+    let ok = !image.is_empty()
+        && image.len() <= 512
+        && image.bytes().all(|b| b.is_ascii_graphic())
+        && !image.starts_with(['-', '/', '.', ':', '@']);
+    (!ok).then(|| {
+        format!(
+            "invalid image reference {image:?} (expected \"host\" or a reference like \"python:3.12-slim\" or \"localhost:5000/team/agent:1\")"
+        )
+    })
 }
 
 /// Why a volume can't be mounted at `path` in a sandbox whose home is `home`, if it can't: the path must be a

@@ -16,17 +16,16 @@ use crate::error::ApiError;
 
 /// Refuses a snapshot name that is not 1 to 200 letters, digits, `.`, `_` or `-` (and not `.` or `..`).
 pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
+    let well_formed =
+        !name.is_empty() && name.len() <= 200 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let message = format!("snapshot name {name:?} is invalid: use 1 to 200 letters, digits, '.', '_' and '-'");
+    if !well_formed {
+        Err(ApiError::bad_request(message))
+    } else if name == "." || name == ".." {
+        // The schema's characters, but a name that would be a directory itself: unusable rather than malformed.
+        Err(ApiError::from_operation(agentbox_core::Error::InvalidRequest(format!("{message}, other than . and .."))))
     } else {
-        Err(ApiError::bad_request(format!(
-            "snapshot name {name:?} is invalid: use 1 to 200 letters, digits, '.', '_' and '-'"
-        )))
+        Ok(())
     }
 }
 

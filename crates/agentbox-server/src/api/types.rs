@@ -275,8 +275,19 @@ impl CreateSandboxRequest {
         }
         let mut c: SandboxConfig = self.preset.unwrap_or_default().config();
         match (&self.image, &self.template) {
-            (Some(_), Some(_)) => return Err(ApiError::bad_request("give either `image` or `template`, not both")),
-            (Some(v), None) => c.image = Some(v.clone()),
+            (Some(_), Some(_)) => {
+                // Each is valid alone; together they can't both be the root.
+                return Err(ApiError::from_operation(agentbox_core::Error::InvalidRequest(
+                    "give either `image` or `template`, not both".into(),
+                )));
+            }
+            (Some(v), None) => {
+                // The schema can't say what an image reference is: one it allows but that is none is unusable.
+                if let Some(problem) = agentbox_config::image_reference_problem(v) {
+                    return Err(ApiError::from_operation(agentbox_core::Error::InvalidRequest(problem)));
+                }
+                c.image = Some(v.clone());
+            }
             (None, Some(t)) => c.image = Some(agentbox_config::template_image(t)),
             (None, None) => {}
         }
