@@ -57,6 +57,9 @@ impl IdShift {
     }
 }
 
+/// How much more than it holds on disk a file may claim (holes) and still be written out into a layer.
+const SPARSE_SLACK: u64 = 64 << 20;
+
 /// What [`write_upper_as_layer`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UpperSummary {
@@ -68,16 +71,18 @@ pub struct UpperSummary {
     pub skipped: u64,
 }
 
-/// Writes the changes an overlay upper directory holds as an uncompressed OCI layer tar to `out`.
+/// Writes the changes an overlay upper directory holds as an uncompressed OCI layer tar to `out`, refusing to
+/// write more than `max_bytes` of file content: the directory's files are a sandbox's, and a sparse file costs
+/// its sandbox nothing on disk but counts here at its full size.
 ///
 /// # Errors
-/// Reading the directory or writing the tar.
-pub fn write_upper_as_layer<W: Write>(upper: &Path, ids: IdShift, out: W) -> io::Result<UpperSummary> {
+/// Reading the directory, writing the tar, or more than `max_bytes` of files.
+pub fn write_upper_as_layer<W: Write>(upper: &Path, ids: IdShift, max_bytes: u64, out: W) -> io::Result<UpperSummary> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     tar.follow_symlinks(false);
     let mut summary = UpperSummary::default();
-    walk(&mut tar, upper, Path::new(""), ids, &mut summary)?;
+    walk(&mut tar, upper, Path::new(""), ids, max_bytes, &mut summary)?;
     tar.into_inner()?.flush()?;
     Ok(summary)
 }
@@ -120,6 +125,7 @@ fn walk<W: Write>(
     dir: &Path,
     rel: &Path,
     ids: IdShift,
+    max_bytes: u64,
     summary: &mut UpperSummary,
 ) -> io::Result<()> {
     let mut names: Vec<std::ffi::OsString> =
@@ -146,7 +152,7 @@ fn walk<W: Write>(
                 tar.append_data(&mut h, inner.join(".wh..wh..opq"), io::empty())?;
                 summary.entries += 1;
             }
-            walk(tar, &path, &inner, ids, summary)?;
+            walk(tar, &path, &inner, ids, max_bytes, summary)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&path)?;
             let mut h = header(&meta, tar::EntryType::Symlink, ids);
@@ -155,6 +161,21 @@ fn walk<W: Write>(
         } else if ft.is_file() {
             let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path)?;
             let size = file.metadata()?.len();
+            // Holes would be written out as zeros: a sandbox could make the host write terabytes it never stored.
+            let allocated = meta.blocks().saturating_mul(512);
+            if size > allocated.saturating_add(SPARSE_SLACK) {
+                return Err(io::Error::other(format!(
+                    "{} is a sparse file of {size} bytes holding {allocated}: sparse files are not kept in layers",
+                    inner.display()
+                )));
+            }
+            if summary.bytes.saturating_add(size) > max_bytes {
+                return Err(io::Error::other(format!(
+                    "the changes hold more than {max_bytes} bytes of files ({} is past that); \
+                     a layer can hold at most that",
+                    inner.display()
+                )));
+            }
             let mut h = header(&meta, tar::EntryType::Regular, ids);
             h.set_size(size);
             // The size was fixed above: a file that changed since (nothing should write to it) is cut or padded.
@@ -326,5 +347,26 @@ impl Store {
         };
         self.put_image(&record)?;
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_files_and_too_much_content_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("sparse")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let ids = IdShift { first: 0, size: 65536 };
+        let err = write_upper_as_layer(dir.path(), ids, u64::MAX, io::sink()).unwrap_err();
+        assert!(err.to_string().contains("sparse file"), "{err}");
+        std::fs::write(dir.path().join("sparse"), vec![1u8; 2 << 20]).unwrap();
+        let err = write_upper_as_layer(dir.path(), ids, 1 << 20, io::sink()).unwrap_err();
+        assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
+        std::fs::write(dir.path().join("sparse"), b"small").unwrap();
+        let summary = write_upper_as_layer(dir.path(), ids, 1 << 20, io::sink()).unwrap();
+        assert_eq!((summary.entries, summary.bytes), (1, 5));
     }
 }

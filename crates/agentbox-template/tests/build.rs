@@ -116,6 +116,13 @@ async fn a_dockerfile_builds_a_template_sandboxes_start_from_and_rebuilds_from_c
     );
     assert!(backend.list().await.unwrap().is_empty(), "a failed step left its sandbox");
     assert_eq!(backend.list_stopped().await.unwrap().len(), stopped_before, "a step left its stopped sandbox");
+    // A step that leaves huge sparse files (nothing on its disk) can't make the host write it out.
+    let sparse = BuildRequest::new("sparse", format!("FROM {base}\nRUN truncate -s 9G /opt/a /opt/b\n"), &context);
+    let err = builder.build(&sparse).await.unwrap_err();
+    assert!(err.to_string().contains("sparse files are not kept"), "{err}");
+    let leftovers = std::fs::read_dir(dir.path().join("images/tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "the export left files in the store's tmp");
+    assert_eq!(backend.list_stopped().await.unwrap().len(), stopped_before);
     // A template that was never built is named as such.
     let config =
         SandboxConfig { image: Some("agentbox.local/templates/nothing:latest".into()), ..SandboxConfig::default() };

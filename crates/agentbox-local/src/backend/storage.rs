@@ -112,6 +112,7 @@ impl LocalBackend {
             return Err(Error::NotFound(format!("stopped sandbox {key}")));
         };
         let (key, to) = (key.to_owned(), to.to_owned());
+        let images = self.inner.config.images.clone();
         blocking("exporting a sandbox's root", move || {
             let dir = pool
                 .snapshot_dir(Shelf::Stopped, &key)
@@ -129,8 +130,13 @@ impl LocalBackend {
                 .create_new(true)
                 .open(&to)
                 .map_err(|e| backend_err("creating the export file", e))?;
-            let summary = agentbox_image::write_upper_as_layer(&upper, ids, std::io::BufWriter::new(out))
-                .map_err(|e| backend_err("exporting a sandbox's root", e))?;
+            // No more than a layer may hold when imported (16 GiB unless the image store says otherwise).
+            let max = images.map_or(agentbox_image::UnpackLimits::default().max_bytes, |c| c.limits.max_bytes);
+            let summary = agentbox_image::write_upper_as_layer(&upper, ids, max, std::io::BufWriter::new(out))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&to);
+                    backend_err("exporting a sandbox's root", e)
+                })?;
             Ok(summary.bytes)
         })
         .await
