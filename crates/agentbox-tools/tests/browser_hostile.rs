@@ -199,7 +199,10 @@ async fn a_killed_driver_fails_at_most_one_call_and_is_restarted() {
         return;
     }
     let site = Site::new("browser-hostile-driver", |_| {}).await;
-    let kill_driver = "pkill -KILL -f '[a]gentbox-browser-driver'";
+    // SIGKILL is delivered at once but the process takes a moment to exit and close its socket; until then a
+    // connection is still accepted and then reset. "Between calls" means after it has gone, so wait for that.
+    let kill_driver = "pkill -KILL -f '[a]gentbox-browser-driver' && for _ in $(seq 200); do \
+                       pgrep -f '[a]gentbox-browser-driver' >/dev/null || exit 0; sleep 0.05; done; exit 1";
     let sh = |line: &'static str| {
         let manager = site.manager.clone();
         let run = site.run.clone();
