@@ -131,29 +131,29 @@ async fn kill_9_and_restart_leaves_a_list_consistent_with_reality() {
     let second = Daemon::start(&data, None);
     assert!(!second.banner.iter().any(|l| l.contains(token.trim())), "{:?}", second.banner);
     let api = Api { base: second.base.clone(), ..api };
-    let listed = api.runs().await;
-    // Every listed sandbox really works; every unlisted run is really gone.
-    for run in ["one", "two"] {
-        let (status, out) = api
-            .call(
-                reqwest::Method::POST,
-                &format!("/api/sandboxes/{run}/execute/command"),
-                Some(json!({"command": "echo alive"})),
-            )
-            .await;
-        if listed.iter().any(|r| r == run) {
-            assert_eq!((status, out["stdout"].as_str()), (200, Some("alive\n")), "{run}: {out}");
-        } else {
-            assert_eq!(status, 404, "{run}: {out}");
-        }
-    }
-    // The runs can be used again either way: create answers 200 for a re-adopted run, 201 for a forgotten one.
+    // The sandboxes died with the server; their files were kept, so both runs are back, stopped.
+    let (status, list) = api.call(reqwest::Method::GET, "/api/sandboxes", None).await;
+    assert_eq!(status, 200);
+    let states: Vec<(&str, &str)> = list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["run_id"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("one", "stopped"), ("two", "stopped")], "{list}");
+    let (status, out) =
+        api.call(reqwest::Method::POST, "/api/sandboxes/one/execute/command", Some(json!({"command": "true"}))).await;
+    assert_eq!(status, 409, "a stopped run runs nothing until started: {out}");
+    // Create starts a stopped run (200: it exists), on its files.
     for run in ["one", "two"] {
         let (status, body) =
             api.call(reqwest::Method::POST, "/api/sandboxes/create", Some(json!({"run_id": run}))).await;
-        let want = if listed.iter().any(|r| r == run) { 200 } else { 201 };
-        assert_eq!(status, want, "{run}: {body}");
+        assert_eq!((status, body["state"].as_str()), (200, Some("running")), "{run}: {body}");
     }
+    let (status, out) = api
+        .call(reqwest::Method::POST, "/api/sandboxes/one/execute/command", Some(json!({"command": "cat note"})))
+        .await;
+    assert_eq!((status, out["stdout"].as_str()), (200, Some("hi\n")), "{out}");
     assert_eq!(api.runs().await, ["one", "two"]);
     let (status, _) = api.call(reqwest::Method::DELETE, "/api/sandboxes/two", None).await;
     assert_eq!(status, 204);
@@ -169,16 +169,18 @@ async fn kill_9_and_restart_leaves_a_list_consistent_with_reality() {
     let third = Daemon::start(&data, Some("configured-token-0123456789"));
     let api = Api { base: third.base.clone(), token: "configured-token-0123456789".into(), ..api };
     let listed = api.runs().await;
-    assert!(!listed.iter().any(|r| r == "two"), "a deleted run stays deleted: {listed:?}");
+    assert_eq!(listed, ["one"], "a deleted run stays deleted; the other was stopped at shutdown, its files kept");
     for run in &listed {
+        let (status, body) = api.call(reqwest::Method::POST, &format!("/api/sandboxes/{run}/start"), None).await;
+        assert_eq!(status, 200, "{run}: {body}");
         let (status, out) = api
             .call(
                 reqwest::Method::POST,
                 &format!("/api/sandboxes/{run}/execute/command"),
-                Some(json!({"command": "true"})),
+                Some(json!({"command": "cat note"})),
             )
             .await;
-        assert_eq!(status, 200, "{run}: {out}");
+        assert_eq!((status, out["stdout"].as_str()), (200, Some("hi\n")), "{run}: {out}");
     }
     let (status, _) = api.call(reqwest::Method::GET, "/api/sandboxes", None).await;
     assert_eq!(status, 200);
@@ -245,4 +247,155 @@ async fn a_stopped_sandbox_survives_kill_9_and_starts_with_its_files() {
     let (status, _) = api.call(reqwest::Method::DELETE, "/api/sandboxes/kept", None).await;
     assert_eq!(status, 204);
     assert!(api.runs().await.is_empty());
+}
+
+/// The names in a listing (`{"snapshots": [...]}` or `{"volumes": [...]}`).
+async fn names(api: &Api, path: &str, field: &str) -> Vec<String> {
+    let (status, list) = api.call(reqwest::Method::GET, path, None).await;
+    assert_eq!(status, 200, "{list}");
+    list[field].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A crash can come between any backend step and its record. Each window is reproduced by killing the server
+/// and writing the registry as the crash would have left it; the next server finishes or undoes each one, and
+/// loses no files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_interrupted_by_kill_9_are_finished_by_the_next_server() {
+    use agentbox_server::registry::{KeptKind, KeptRecord, KeptStatus, RecordStatus, Registry};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = "interrupted-token-0123456789";
+    let first = Daemon::start(&data, Some(token));
+    let api = Api { client: reqwest::Client::new(), base: first.base.clone(), token: token.into() };
+    // Names are unique to this test: the storage pool is the host's, shared with other tests.
+    let (snap_kept, snap_doomed, snap_never, vol) =
+        ("restart-mid-create", "restart-mid-delete", "restart-never-made", "restart-kept-volume");
+    // What an earlier run of this test that failed half-way left goes first.
+    for path in
+        [format!("/api/snapshots/{snap_kept}"), format!("/api/snapshots/{snap_doomed}"), format!("/api/volumes/{vol}")]
+    {
+        let _ = api.call(reqwest::Method::DELETE, &path, None).await;
+    }
+    for run in ["mid-stop", "mid-start"] {
+        let (status, body) =
+            api.call(reqwest::Method::POST, "/api/sandboxes/create", Some(json!({"run_id": run}))).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, out) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/sandboxes/{run}/execute/command"),
+                Some(json!({"command": format!("echo files of {run} > notes.txt")})),
+            )
+            .await;
+        assert_eq!(status, 200, "{out}");
+    }
+    // A sandbox the registry does not record (its row is dropped below, as for a sandbox made outside it).
+    let (status, body) =
+        api.call(reqwest::Method::POST, "/api/sandboxes/create", Some(json!({"run_id": "unrecorded"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let unrecorded_id = body["sandbox_id"].as_str().unwrap().to_owned();
+    for snap in [snap_kept, snap_doomed] {
+        let (status, body) =
+            api.call(reqwest::Method::POST, "/api/sandboxes/mid-stop/snapshots", Some(json!({"name": snap}))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) =
+        api.call(reqwest::Method::POST, "/api/volumes", Some(json!({"name": vol, "size_gb": 1}))).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = api.call(reqwest::Method::POST, "/api/sandboxes/mid-stop/stop", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = api.call(reqwest::Method::POST, "/api/sandboxes/mid-start/stop", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = api.call(reqwest::Method::POST, "/api/sandboxes/mid-start/start", None).await;
+    assert_eq!(status, 200);
+    first.signal(libc::SIGKILL);
+    drop(first);
+
+    // The registry as each crash would have left it.
+    let registry = Registry::open(&data.join("registry.db")).unwrap();
+    let rows = registry.load().await.unwrap();
+    let row = |run: &str| rows.iter().find(|r| r.run_id == run).unwrap().clone();
+    // The stop kept the files, and the server died before recording it.
+    assert_eq!(row("mid-stop").status, RecordStatus::Stopped);
+    registry
+        .upsert(agentbox_server::registry::Record { status: RecordStatus::Ready, ..row("mid-stop") })
+        .await
+        .unwrap();
+    // The start took the files off the shelf and made the sandbox, and the server died before recording it.
+    let stale = agentbox_server::registry::Record {
+        status: RecordStatus::Stopped,
+        sandbox_id: Some("a-key-no-longer-on-the-shelf".into()),
+        ..row("mid-start")
+    };
+    registry.upsert(stale).await.unwrap();
+    registry.remove("unrecorded").await.unwrap();
+    let kept = registry.load_kept().await.unwrap();
+    let names_kept: Vec<&str> = kept.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names_kept, [snap_kept, snap_doomed, vol], "every snapshot and volume the server made is recorded");
+    assert!(kept.iter().all(|k| k.status == KeptStatus::Ready && k.backend == "local"), "{kept:?}");
+    let set = |name: &str, status| {
+        let mut k = kept.iter().find(|k| k.name == name).unwrap().clone();
+        k.status = status;
+        k
+    };
+    registry.upsert_kept(set(snap_kept, KeptStatus::Creating)).await.unwrap();
+    registry.upsert_kept(set(snap_doomed, KeptStatus::Deleting)).await.unwrap();
+    let never = KeptRecord { name: snap_never.into(), status: KeptStatus::Creating, ..kept[0].clone() };
+    registry.upsert_kept(never).await.unwrap();
+    drop(registry);
+
+    let second = Daemon::start(&data, Some(token));
+    let api = Api { base: second.base.clone(), ..api };
+    let (status, list) = api.call(reqwest::Method::GET, "/api/sandboxes", None).await;
+    assert_eq!(status, 200);
+    let mut states: Vec<(&str, &str)> = list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["run_id"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    states.sort_unstable();
+    // The started sandbox died with the server; its files were kept, and found by its run's label.
+    assert_eq!(states, [("mid-start", "stopped"), ("mid-stop", "stopped")], "{list}");
+    for run in ["mid-start", "mid-stop"] {
+        let (status, _) = api.call(reqwest::Method::POST, &format!("/api/sandboxes/{run}/start"), None).await;
+        assert_eq!(status, 200);
+        let (status, out) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/sandboxes/{run}/execute/command"),
+                Some(json!({"command": "cat notes.txt"})),
+            )
+            .await;
+        assert_eq!((status, out["stdout"].as_str()), (200, Some(format!("files of {run}\n").as_str())), "{out}");
+    }
+    let shelf = std::path::Path::new("/var/lib/agentbox/storage/pool/stopped");
+    assert!(!shelf.join(&unrecorded_id).exists(), "files a crash kept that no record claims are discarded");
+    let snapshots = names(&api, "/api/snapshots", "snapshots").await;
+    assert!(snapshots.iter().any(|n| n == snap_kept), "a snapshot made before the crash is kept: {snapshots:?}");
+    assert!(!snapshots.iter().any(|n| n == snap_doomed), "an interrupted deletion is finished: {snapshots:?}");
+    assert!(names(&api, "/api/volumes", "volumes").await.iter().any(|n| n == vol));
+    let registry = Registry::open(&data.join("registry.db")).unwrap();
+    let kept: Vec<(KeptKind, String, KeptStatus)> =
+        registry.load_kept().await.unwrap().into_iter().map(|k| (k.kind, k.name, k.status)).collect();
+    assert_eq!(
+        kept,
+        [
+            (KeptKind::Snapshot, snap_kept.to_owned(), KeptStatus::Ready),
+            (KeptKind::Volume, vol.to_owned(), KeptStatus::Ready)
+        ],
+        "rows are settled: the interrupted creation recorded, the deletion and the never-made snapshot dropped"
+    );
+
+    // Deleting through the API drops the records with the files.
+    for path in [format!("/api/snapshots/{snap_kept}"), format!("/api/volumes/{vol}")] {
+        let (status, body) = api.call(reqwest::Method::DELETE, &path, None).await;
+        assert_eq!(status, 204, "{path}: {body}");
+    }
+    for run in ["mid-stop", "mid-start"] {
+        let (status, _) = api.call(reqwest::Method::DELETE, &format!("/api/sandboxes/{run}"), None).await;
+        assert_eq!(status, 204);
+    }
+    assert!(registry.load_kept().await.unwrap().is_empty());
+    assert!(registry.load().await.unwrap().is_empty());
 }

@@ -29,8 +29,8 @@ pub use terminal::{Terminal, TerminalInput, TerminalRequest, TerminalSize};
 pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};
 pub use types::{
     CappedBuffer, CodeRequest, Command, CreateRequest, ExecEvent, ExecOutput, ExecRequest, ExecStream, ExitStatus,
-    FileEntry, FileKind, HealthStatus, Language, ProcessInfo, RunId, SandboxId, SandboxInfo, SandboxState,
-    SnapshotInfo, StoppedSandbox, VolumeInfo,
+    FileEntry, FileKind, HealthStatus, KEEPER_LABEL, Language, ProcessInfo, RunId, SandboxId, SandboxInfo,
+    SandboxState, SnapshotInfo, StoppedSandbox, VolumeInfo,
 };
 
 pub use agentbox_config as config;

@@ -155,6 +155,10 @@ pub struct SnapshotInfo {
     pub size_bytes: u64,
 }
 
+/// The label naming who adopts a sandbox's files after the process that ran it crashed (a server's registry);
+/// backends that keep such files set it from their configuration, never from a caller's labels.
+pub const KEEPER_LABEL: &str = "agentbox.keeper";
+
 /// The files of a stopped sandbox, kept by the backend under `key` until it is started again or discarded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoppedSandbox {
@@ -165,6 +169,13 @@ pub struct StoppedSandbox {
     pub stopped_at_ms: u64,
     /// Bytes its files take.
     pub size_bytes: u64,
+    /// Kept when the process that ran the sandbox died without stopping it (a crash), rather than by a stop,
+    /// for the keeper its [`KEEPER_LABEL`] label names.
+    #[serde(default)]
+    pub after_crash: bool,
+    /// The labels of the sandbox whose files these are (its run, for one), when the backend keeps them.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// A sandbox as a backend reports it.

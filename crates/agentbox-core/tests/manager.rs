@@ -226,7 +226,13 @@ impl SandboxBackend for Fake {
         lock(&self.live).remove(id);
         let key = format!("kept-{id}");
         lock(&self.stopped).insert(key.clone());
-        Ok(agentbox_core::StoppedSandbox { key, stopped_at_ms: 1, size_bytes: 0 })
+        Ok(agentbox_core::StoppedSandbox {
+            key,
+            stopped_at_ms: 1,
+            size_bytes: 0,
+            after_crash: false,
+            metadata: Default::default(),
+        })
     }
 
     async fn start(&self, key: &str, request: CreateRequest) -> agentbox_core::Result<SandboxInfo> {

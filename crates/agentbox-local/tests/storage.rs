@@ -319,3 +319,44 @@ async fn a_sandbox_stopped_at_its_quota_starts_and_forks() {
     }
     sb.backend.delete_snapshot(&snapshot).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_owners_files_are_kept_for_their_keeper_while_it_exists() {
+    if common::not_root() {
+        return;
+    }
+    use agentbox_core::SandboxBackend;
+    let config = agentbox_local::LocalConfig::default().storage.unwrap();
+    let pool = agentbox_storage::Pool::open(&config).unwrap();
+    let keeper = tempfile::NamedTempFile::new().unwrap();
+    let owner = agentbox_hostfs::Owner { uid: 1000, gid: 1000 };
+    let kept = format!("sb-crash-kept-{}", std::process::id());
+    let lost = format!("sb-crash-lost-{}", std::process::id());
+    for (name, labels) in [
+        (&kept, vec![("run_id", "crashed-run"), (agentbox_core::KEEPER_LABEL, keeper.path().to_str().unwrap())]),
+        (&lost, vec![("run_id", "crashed-run")]),
+    ] {
+        let layer = pool.create_layer(name, agentbox_storage::LayerLimits { bytes: 1 << 30 }, owner).unwrap();
+        std::fs::write(pool.layers_dir().join(name).join("work.txt"), b"precious").unwrap();
+        pool.set_labels(&layer, &labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()).unwrap();
+        // An owner that is not running: a process that died without destroying its sandbox.
+        pool.set_owner_tag(&layer, "o4194304-1").unwrap();
+    }
+    // A backend reaps when it opens (and this one again, in case another test's backend opened first).
+    let backend = common::backend();
+    backend.reap_orphans();
+    assert!(layers_of(&kept).is_empty() && layers_of(&lost).is_empty());
+    let stopped = backend.list_stopped().await.unwrap();
+    let entry = stopped.iter().find(|s| s.key == kept).expect("files with a keeper are kept on the stopped shelf");
+    assert!(entry.after_crash);
+    assert_eq!(entry.metadata["run_id"], "crashed-run");
+    assert!(!stopped.iter().any(|s| s.key == lost), "files without a keeper are deleted");
+    assert_eq!(std::fs::read(stopped_dir().join(&kept).join("work.txt")).unwrap(), b"precious");
+
+    // Kept while the keeper exists; deleted by the next reaper once it is gone (its data directory deleted).
+    backend.reap_orphans();
+    assert!(stopped_dir().join(&kept).exists());
+    drop(keeper);
+    backend.reap_orphans();
+    assert!(!stopped_dir().join(&kept).exists(), "files kept for a keeper that is gone are deleted");
+}

@@ -42,6 +42,22 @@ pub trait SandboxHost: Send + Sync + 'static {
         self.manager().restore(run_id, snapshot).await
     }
 
+    /// Takes a snapshot of the run's files named `name`.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::snapshot`].
+    async fn snapshot(&self, run_id: &RunId, name: &str) -> agentbox_core::Result<agentbox_core::SnapshotInfo> {
+        self.manager().snapshot(run_id, name).await
+    }
+
+    /// Deletes a snapshot.
+    ///
+    /// # Errors
+    /// As [`SandboxManager::delete_snapshot`].
+    async fn delete_snapshot(&self, name: &str) -> agentbox_core::Result<()> {
+        self.manager().delete_snapshot(name).await
+    }
+
     /// Stops the run's sandbox, keeping its files.
     ///
     /// # Errors

@@ -446,7 +446,7 @@ impl McpSession {
             SANDBOX_SNAPSHOT => {
                 let input: SnapshotInput = sandboxes::parse(SANDBOX_SNAPSHOT, input)?;
                 let run = self.target(input.run_id.as_deref(), stateless).await?;
-                let snapshot = self.shared().manager().snapshot(&run, &input.name).await?;
+                let snapshot = self.shared().host.snapshot(&run, &input.name).await?;
                 Ok(json!({ "run_id": run.as_str(), "snapshot": snapshot }))
             }
             SANDBOX_RESTORE => {
@@ -478,7 +478,7 @@ impl McpSession {
             }
             SNAPSHOT_DELETE => {
                 let input: SnapshotNameInput = sandboxes::parse(SNAPSHOT_DELETE, input)?;
-                self.shared().manager().delete_snapshot(&input.name).await?;
+                self.shared().host.delete_snapshot(&input.name).await?;
                 Ok(json!({ "name": input.name, "deleted": true }))
             }
             other => self.registry_tool(other, input, stateless).await,

@@ -52,6 +52,16 @@ impl ServeArgs {
     }
 }
 
+/// What a binary opens its backend with, besides the backend's defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendSettings<'a> {
+    /// The egress proxy's settings.
+    pub egress: &'a crate::EgressSettings,
+    /// Who adopts the sandboxes' files after a crash: a server's registry ([`Registry::keeper`]); `None` for a
+    /// process whose sandboxes end with it (`agentbox run`).
+    pub crash_keeper: Option<&'a std::path::Path>,
+}
+
 /// The backend `kind` names, with its default configuration and the server's egress settings: the one way
 /// every binary opens one.
 ///
@@ -59,11 +69,12 @@ impl ServeArgs {
 /// What the backend reports, with what to do (run as root, set `E2B_API_KEY`).
 pub fn open_backend(
     kind: BackendKind,
-    egress: &crate::EgressSettings,
+    settings: &BackendSettings<'_>,
 ) -> Result<std::sync::Arc<dyn agentbox_core::SandboxBackend>, String> {
     match kind {
         BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig {
-            upstream_extra_roots: egress.upstream_extra_roots.clone(),
+            upstream_extra_roots: settings.egress.upstream_extra_roots.clone(),
+            crash_keeper: settings.crash_keeper.map(std::path::Path::to_path_buf),
             ..agentbox_local::LocalConfig::default()
         })
         .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
@@ -104,7 +115,7 @@ async fn shutdown_signal() {
 /// [`ServerError`] saying what could not be set up.
 pub async fn run<F>(args: ServeArgs, make_backend: F) -> Result<(), ServerError>
 where
-    F: FnOnce(BackendKind, &crate::EgressSettings) -> Result<Arc<dyn SandboxBackend>, String>,
+    F: FnOnce(BackendKind, &BackendSettings<'_>) -> Result<Arc<dyn SandboxBackend>, String>,
 {
     let (config, data_dir) = args.resolve()?;
     if let Err(e) = crate::signals::watch_terminal_signals() {
@@ -115,8 +126,9 @@ where
         .map_err(|source| ServerError::DataDir { path: data_dir.clone(), source })?;
     let env_token = std::env::var(TOKEN_ENV).ok();
     let (token, origin) = resolve_token(env_token.as_deref().or(config.api_token.as_deref()), &data_dir)?;
-    let backend = make_backend(config.backend, &config.egress).map_err(ServerError::Config)?;
     let registry = Registry::open(&data_dir.join("registry.db"))?;
+    let settings = BackendSettings { egress: &config.egress, crash_keeper: registry.keeper() };
+    let backend = make_backend(config.backend, &settings).map_err(ServerError::Config)?;
     let listen = config.listen;
     let backend_name = backend.name();
     let server = Server::start(backend, config, token.clone(), registry).await?;

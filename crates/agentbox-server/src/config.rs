@@ -193,7 +193,9 @@ impl Default for ManagerSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShutdownPolicy {
-    /// Leave them running; the next start re-adopts them.
+    /// Keep them: those the backend can stop are stopped (their files kept; the next start lists them as
+    /// stopped, and `start` or `create` runs them again), the others are left running for the next start to
+    /// re-adopt.
     #[default]
     Keep,
     /// Destroy every sandbox.

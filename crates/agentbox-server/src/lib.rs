@@ -179,6 +179,12 @@ impl Server {
         if !recovery.adopted.is_empty() || !recovery.forgotten.is_empty() {
             tracing::info!(adopted = ?recovery.adopted, forgotten = ?recovery.forgotten, "recovered sandboxes from the registry");
         }
+        if !recovery.discarded_after_crash.is_empty() {
+            tracing::info!(keys = ?recovery.discarded_after_crash, "discarded files a crash kept that no recorded run claims");
+        }
+        if !recovery.kept_finished.is_empty() || !recovery.kept_forgotten.is_empty() {
+            tracing::info!(finished = ?recovery.kept_finished, forgotten = ?recovery.kept_forgotten, "recovered snapshots and volumes from the registry");
+        }
         manager.start();
         #[cfg(feature = "browser")]
         let browser = agentbox_tools::browser::BrowserTool::default();
@@ -265,16 +271,33 @@ impl Server {
         .await;
     }
 
+    /// Stops every running sandbox whose backend can stop it (its files kept, journaled as stopped): a
+    /// backend's sandboxes that live in this process would otherwise end with it. Others are left running
+    /// for the next start to re-adopt.
+    async fn stop_running(&self) {
+        let running = self.state.manager.list().into_iter().filter(|s| s.state != agentbox_core::SandboxState::Stopped);
+        let stops = running.map(|s| async move {
+            match self.state.lifecycle.stop(&s.run_id).await {
+                Ok(_) | Err(agentbox_core::Error::Unsupported(_) | agentbox_core::Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(run_id = %s.run_id, error = %e, "stopping a sandbox at shutdown failed"),
+            }
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
     /// Stops the background work and records the final state; destroys every sandbox if the
-    /// configuration says so, else leaves them for the next start to re-adopt.
+    /// configuration says so, else keeps them for the next start (stopped where the backend can stop them).
     pub async fn shutdown(self) {
         self.maintenance.abort();
         self.mcp.shutdown().await;
         if self.config.on_shutdown == ShutdownPolicy::Destroy {
             self.state.manager.shutdown().await;
-        } else if let Some(e2b) = &self.e2b {
-            // E2B sandboxes are not re-adopted by the next start (their E2B state lives in memory), so they go.
-            e2b.shutdown().await;
+        } else {
+            if let Some(e2b) = &self.e2b {
+                // E2B sandboxes are not re-adopted by the next start (their E2B state lives in memory), so they go.
+                e2b.shutdown().await;
+            }
+            self.stop_running().await;
         }
         self.state.lifecycle.sync().await;
     }

@@ -10,6 +10,8 @@ use tokio::sync::Mutex;
 
 use crate::registry::{Record, RecordStatus, Registry, RegistryError};
 
+mod kept;
+
 /// What a start-up recovery did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -21,6 +23,14 @@ pub struct RecoveryReport {
     pub destroyed_duplicates: Vec<String>,
     /// Rows of another backend, left untouched.
     pub other_backend: Vec<String>,
+    /// Keys of files a crash kept for this registry (see [`Registry::keeper`]) that no recorded run claimed,
+    /// discarded.
+    pub discarded_after_crash: Vec<String>,
+    /// Snapshots and volumes (`"snapshot NAME"`, `"volume NAME"`) whose making or deletion a crash had
+    /// interrupted, finished now.
+    pub kept_finished: Vec<String>,
+    /// Snapshots and volumes whose records were dropped: gone from the backend, or never made.
+    pub kept_forgotten: Vec<String>,
 }
 
 /// The manager plus its journal.
@@ -241,10 +251,14 @@ impl Lifecycle {
         }
     }
 
-    /// After a restart: re-adopts recorded sandboxes that are still alive, forgets the dead ones.
+    /// After a restart: re-adopts recorded sandboxes that are still alive or stopped, forgets the dead ones, and
+    /// finishes the snapshot and volume operations a crash interrupted.
     ///
-    /// Live sandboxes that carry the run id of a recorded run but are not the one adopted are destroyed;
-    /// sandboxes of runs this registry never recorded are left alone.
+    /// A run whose sandbox died with the previous server, and whose files the backend kept, is adopted as
+    /// stopped (as is one whose stop had kept its files but was not recorded yet); one whose start had begun is
+    /// adopted with the sandbox that carries its run id. Live sandboxes that carry the run id of a
+    /// recorded run but are not the one adopted are destroyed; sandboxes of runs this registry never recorded,
+    /// and stopped files, snapshots and volumes it never recorded, are left alone.
     ///
     /// # Errors
     /// The backend's error if it can't list its sandboxes, or a registry failure.
@@ -262,25 +276,8 @@ impl Lifecycle {
                 report.other_backend.push(row.run_id.clone());
                 continue;
             }
-            if row.status == RecordStatus::Stopped {
-                let run = RunId::new_unchecked(row.run_id.clone());
-                let kept = row.sandbox_id.as_deref().and_then(|key| stopped.iter().find(|s| s.key == key));
-                match kept {
-                    Some(kept) => {
-                        let preset = row.preset.as_deref().and_then(|p| p.parse::<Preset>().ok());
-                        match self.manager.adopt_stopped(&run, kept.clone(), row.config.clone(), preset) {
-                            Ok(_) => report.adopted.push(row.run_id.clone()),
-                            Err(e) => tracing::warn!(run_id = %run, error = %e, "cannot re-adopt a stopped run"),
-                        }
-                    }
-                    None => {
-                        tracing::warn!(run_id = %run, "a stopped run's files are gone; forgetting it");
-                        self.registry.remove(&row.run_id).await?;
-                        report.forgotten.push(row.run_id.clone());
-                    }
-                }
-                continue;
-            }
+            let preset = row.preset.as_deref().and_then(|p| p.parse::<Preset>().ok());
+            let run = RunId::new_unchecked(row.run_id.clone());
             let by_id = row.sandbox_id.as_deref().and_then(|id| live.iter().find(|s| s.id.as_str() == id && alive(s)));
             let by_run = || {
                 live.iter()
@@ -288,11 +285,40 @@ impl Lifecycle {
                     .max_by_key(|s| s.created_at_ms)
             };
             let found = by_id.or_else(by_run).cloned();
-            let run = RunId::new_unchecked(row.run_id.clone());
+            // With no live sandbox: the run's kept files. Those of a stopped run, or of one whose stop had kept
+            // them before it was recorded, carry the recorded id; those a crash kept carry the run's label (a
+            // start under way, or a replacement not yet recorded, had a sandbox id the row doesn't know).
+            // A session sandbox of MCP ends with its session, which the crash ended: its files are not kept.
+            let session = row.run_id.starts_with(agentbox_mcp::SESSION_RUN_PREFIX);
+            let kept = found.is_none().then(|| {
+                row.sandbox_id
+                    .as_deref()
+                    .and_then(|key| stopped.iter().find(|s| s.key == key))
+                    .or_else(|| {
+                        stopped
+                            .iter()
+                            .filter(|s| s.after_crash && s.metadata.get("run_id") == Some(&row.run_id))
+                            .filter(|s| !claimed.contains(&s.key))
+                            .max_by_key(|s| s.stopped_at_ms)
+                    })
+                    .filter(|s| !(s.after_crash && session))
+            });
+            if let Some(kept) = kept.flatten() {
+                claimed.insert(kept.key.clone());
+                match self.manager.adopt_stopped(&run, kept.clone(), row.config.clone(), preset) {
+                    Ok(adopted) => {
+                        if row.status != RecordStatus::Stopped || row.sandbox_id.as_deref() != Some(&kept.key) {
+                            self.registry.upsert(ready_record(&adopted)).await?;
+                        }
+                        report.adopted.push(row.run_id.clone());
+                    }
+                    Err(e) => tracing::warn!(run_id = %run, error = %e, "cannot re-adopt a stopped run"),
+                }
+                continue;
+            }
             match found {
                 Some(info) => {
                     claimed.insert(info.id.to_string());
-                    let preset = row.preset.as_deref().and_then(|p| p.parse::<Preset>().ok());
                     match self.manager.adopt(&run, info, row.config.clone(), preset) {
                         Ok(adopted) => {
                             self.registry.upsert(ready_record(&adopted)).await?;
@@ -302,8 +328,11 @@ impl Lifecycle {
                     }
                 }
                 None => {
+                    if row.status == RecordStatus::Stopped {
+                        tracing::warn!(run_id = %run, "a stopped run's files are gone; forgetting it");
+                    }
                     self.registry.remove(&row.run_id).await?;
-                    if let Some(id) = &row.sandbox_id {
+                    if let Some(id) = row.sandbox_id.as_ref().filter(|_| row.status != RecordStatus::Stopped) {
                         // Whatever the dead sandbox left behind goes; destroying a gone sandbox is not an error.
                         if let Err(e) = backend.destroy(&agentbox_core::SandboxId::new_unchecked(id.clone())).await {
                             tracing::debug!(sandbox_id = %id, error = %e, "cleaning up a dead sandbox");
@@ -326,6 +355,19 @@ impl Lifecycle {
                 _ => tracing::info!(sandbox_id = %s.id, "leaving a sandbox this server did not record"),
             }
         }
+        // Files a crash kept for this registry that no recorded run claims (a session sandbox, a sandbox it never
+        // recorded) go, as the crashed process would have deleted them. Those kept for another keeper stay.
+        let ours = |s: &&agentbox_core::StoppedSandbox| {
+            let keeper = s.metadata.get(agentbox_core::KEEPER_LABEL).map(std::path::Path::new);
+            s.after_crash && self.registry.keeper().is_some_and(|k| keeper == Some(k))
+        };
+        for s in stopped.iter().filter(ours).filter(|s| !claimed.contains(&s.key)) {
+            match backend.discard_stopped(&s.key).await {
+                Ok(()) => report.discarded_after_crash.push(s.key.clone()),
+                Err(e) => tracing::warn!(key = %s.key, error = %e, "cannot discard a crashed sandbox's files"),
+            }
+        }
+        self.recover_kept(&mut report).await?;
         Ok(report)
     }
 }

@@ -1,7 +1,7 @@
 //! The MCP endpoint at `/mcp`: the agent tools over streamable HTTP, behind the API's bearer token.
 //!
-//! Sandboxes made over MCP go through the [`Lifecycle`], so they are journaled in the registry like
-//! the ones the REST API makes; each MCP session's default sandbox is destroyed when the session is
+//! Sandboxes and snapshots made over MCP go through the [`Lifecycle`], so they are journaled in the registry
+//! like the ones the REST API makes; each MCP session's default sandbox is destroyed when the session is
 //! closed or idles out, and on shutdown.
 
 use std::sync::Arc;
@@ -37,6 +37,14 @@ impl SandboxHost for Lifecycle {
 
     async fn restore(&self, run_id: &RunId, snapshot: &str) -> agentbox_core::Result<ManagedSandbox> {
         Lifecycle::restore(self, run_id, snapshot).await
+    }
+
+    async fn snapshot(&self, run_id: &RunId, name: &str) -> agentbox_core::Result<agentbox_core::SnapshotInfo> {
+        Lifecycle::snapshot(self, run_id, name).await
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> agentbox_core::Result<()> {
+        Lifecycle::delete_snapshot(self, name).await
     }
 
     async fn stop(&self, run_id: &RunId) -> agentbox_core::Result<ManagedSandbox> {

@@ -1,4 +1,5 @@
-//! The persistent registry of sandboxes, in SQLite, so a restarted server finds its sandboxes again.
+//! The persistent registry of sandboxes, snapshots and volumes, in SQLite, so a restarted server finds its
+//! sandboxes again and finishes what a crash interrupted.
 //!
 //! A row is written as `creating` before the backend is asked for a sandbox and turned `ready` with the
 //! sandbox id once it exists, so a crash at any point leaves enough to re-adopt or clean up.
@@ -9,6 +10,10 @@ use std::sync::{Arc, Mutex};
 use agentbox_config::SandboxConfig;
 use agentbox_core::LockExt;
 use rusqlite::{Connection, OptionalExtension, params};
+
+mod kept;
+
+pub use kept::{KeptKind, KeptRecord, KeptStatus};
 
 /// Why the registry failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +86,7 @@ pub struct Record {
 #[derive(Clone)]
 pub struct Registry {
     conn: Arc<Mutex<Connection>>,
+    keeper: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -138,7 +144,16 @@ impl Registry {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        Self::init(conn)
+        let keeper = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        Ok(Self { keeper: Some(keeper), ..Self::init(conn)? })
+    }
+
+    /// What a backend's sandboxes' files are kept for after a crash (see [`agentbox_core::KEEPER_LABEL`]): the
+    /// database's path, which exists for as long as the registry does. `None` for a registry in memory, which a
+    /// crash loses.
+    #[must_use]
+    pub fn keeper(&self) -> Option<&Path> {
+        self.keeper.as_deref()
     }
 
     /// A registry that lives in memory only (for embedding without persistence, and tests).
@@ -152,6 +167,7 @@ impl Registry {
     fn init(conn: Connection) -> Result<Self, RegistryError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(kept::SCHEMA)?;
         let table: String =
             conn.query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sandboxes'", [], |r| {
                 r.get(0)
@@ -159,7 +175,7 @@ impl Registry {
         if !table.contains("'stopped'") {
             conn.execute_batch(MIGRATE_STOPPED)?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), keeper: None })
     }
 
     async fn with<T: Send + 'static>(

@@ -25,6 +25,11 @@ pub(crate) fn recorded_id_range(dir: &Path) -> IdRange {
         .map_or(IdRange::IDENTITY, |first| IdRange { first })
 }
 
+/// The owner tag on the layer or snapshot directory `dir` (a layer's tag goes with it onto a shelf).
+pub(crate) fn owner_tag_of(dir: &Path) -> Option<String> {
+    String::from_utf8(get_xattr(dir, OWNER_XATTR)?).ok()
+}
+
 fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()> {
     let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: lsetxattr with valid C strings and a buffer of the length given.
@@ -33,11 +38,53 @@ fn set_xattr(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> io::Result<()>
 }
 
 fn get_xattr(path: &Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    get_xattr_up_to(path, name, 256)
+}
+
+/// An extended attribute of at most `max` bytes (a longer one reads as absent).
+fn get_xattr_up_to(path: &Path, name: &std::ffi::CStr, max: usize) -> Option<Vec<u8>> {
     let path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = [0u8; 256];
+    let mut buf = vec![0u8; max];
     // SAFETY: lgetxattr into a buffer of the length given.
     let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    Some(buf[..usize::try_from(n).ok()?].to_vec())
+    buf.truncate(usize::try_from(n).ok()?);
+    Some(buf)
+}
+
+/// The extended attribute holding the labels of the sandbox a layer belongs to.
+const LABELS_XATTR: &std::ffi::CStr = c"user.agentbox.labels";
+/// The most bytes of labels a layer keeps (a filesystem limits one attribute's size; btrfs to about 16 KiB).
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// Labels as stored: `key NUL value NUL` pairs.
+fn encode_labels(labels: &std::collections::BTreeMap<String, String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in labels {
+        if k.contains('\0') || v.contains('\0') || out.len() + k.len() + v.len() + 2 > MAX_LABEL_BYTES {
+            continue;
+        }
+        for part in [k, v] {
+            out.extend_from_slice(part.as_bytes());
+            out.push(0);
+        }
+    }
+    out
+}
+
+fn decode_labels(bytes: &[u8]) -> std::collections::BTreeMap<String, String> {
+    // Every part ends in a NUL: without the last, splitting gives the parts.
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    let mut parts = bytes.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
+    let mut out = std::collections::BTreeMap::new();
+    while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+        out.insert(k, v);
+    }
+    out
+}
+
+/// The labels recorded on the layer or snapshot directory `dir` (empty when none are).
+pub(crate) fn labels_of(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    get_xattr_up_to(dir, LABELS_XATTR, MAX_LABEL_BYTES).map(|b| decode_labels(&b)).unwrap_or_default()
 }
 
 /// A layer's quota.
@@ -237,7 +284,30 @@ impl Pool {
     #[must_use]
     pub fn owner_tag(&self, name: &str) -> Option<String> {
         check_name(name).ok()?;
-        String::from_utf8(get_xattr(&self.layers.join(name), OWNER_XATTR)?).ok()
+        owner_tag_of(&self.layers.join(name))
+    }
+
+    /// The labels recorded on layer `name` (see [`set_labels`](Self::set_labels)); empty when none are.
+    #[must_use]
+    pub fn layer_labels(&self, name: &str) -> std::collections::BTreeMap<String, String> {
+        if check_name(name).is_err() {
+            return std::collections::BTreeMap::new();
+        }
+        labels_of(&self.layers.join(name))
+    }
+
+    /// Records the labels of the sandbox a layer belongs to (its run, for one), so that files kept after a crash
+    /// can still be told apart. Pairs beyond [`MAX_LABEL_BYTES`] in all, or holding a NUL, are left out.
+    ///
+    /// # Errors
+    /// When the attribute can't be written.
+    pub fn set_labels(
+        &self,
+        layer: &Layer,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StorageError> {
+        set_xattr(&layer.dir, LABELS_XATTR, &encode_labels(labels))
+            .map_err(StorageError::io("recording a layer's labels", &layer.dir))
     }
 
     /// Records the host id range a layer's files are owned by (snapshots and forks of it carry it along).
@@ -255,5 +325,23 @@ impl Pool {
     /// When the quota group can't be read.
     pub fn usage(&self, layer: &Layer) -> Result<Usage, StorageError> {
         self.referenced(layer.id, "reading a layer's usage")
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_and_stay_within_their_bound() {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("run_id".to_owned(), "r-1".to_owned());
+        labels.insert("empty".to_owned(), String::new());
+        labels.insert("nul".to_owned(), "a\0b".to_owned());
+        assert_eq!(decode_labels(&encode_labels(&labels)).len(), 2, "a pair holding a NUL is left out");
+        assert_eq!(decode_labels(&encode_labels(&labels))["run_id"], "r-1");
+        labels.insert("big".to_owned(), "x".repeat(MAX_LABEL_BYTES));
+        assert!(encode_labels(&labels).len() <= MAX_LABEL_BYTES);
+        assert_eq!(decode_labels(b"odd\0"), std::collections::BTreeMap::new(), "a key without a value is dropped");
     }
 }

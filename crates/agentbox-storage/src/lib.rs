@@ -26,7 +26,7 @@ mod volume;
 
 pub use error::StorageError;
 pub use ids::{IdRange, IdRanges, IdRangesConfig, RANGE_SIZE, shift_owners};
-pub use layer::{Layer, LayerLimits, Usage};
+pub use layer::{Layer, LayerLimits, MAX_LABEL_BYTES, Usage};
 pub use pool::{Pool, PoolConfig, PoolKind};
 pub use snapshot::{Shelf, SnapshotRecord};
 pub use volume::VolumeRecord;

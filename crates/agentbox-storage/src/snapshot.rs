@@ -10,7 +10,7 @@ use std::fs;
 use std::os::fd::AsFd;
 
 use crate::btrfs::{self, Snap};
-use crate::layer::{check_name, open_dir, recorded_id_range};
+use crate::layer::{check_name, labels_of, open_dir, owner_tag_of, recorded_id_range};
 use crate::{IdRange, Layer, LayerLimits, Pool, StorageError, Usage, shift_owners};
 
 /// Where a read-only snapshot of a layer is kept.
@@ -98,6 +98,23 @@ impl Pool {
         check_name(name).ok()?;
         let range = recorded_id_range(&self.shelf(shelf).0.join(name));
         (range != IdRange::IDENTITY).then_some(range)
+    }
+
+    /// The owner tag the files of `name` on `shelf` carry: the tag of the layer they were (see
+    /// [`set_owner_tag`](Self::set_owner_tag)), which a layer takes along onto a shelf.
+    #[must_use]
+    pub fn shelved_owner_tag(&self, shelf: Shelf, name: &str) -> Option<String> {
+        check_name(name).ok()?;
+        owner_tag_of(&self.shelf(shelf).0.join(name))
+    }
+
+    /// The labels the files of `name` on `shelf` carry (see [`set_labels`](Self::set_labels)).
+    #[must_use]
+    pub fn shelved_labels(&self, shelf: Shelf, name: &str) -> std::collections::BTreeMap<String, String> {
+        if check_name(name).is_err() {
+            return std::collections::BTreeMap::new();
+        }
+        labels_of(&self.shelf(shelf).0.join(name))
     }
 
     /// Every snapshot on `shelf`, by name.

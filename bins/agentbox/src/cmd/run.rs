@@ -110,8 +110,14 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let backend = agentbox_server::cli::open_backend(args.backend, &agentbox_server::EgressSettings::default())
-            .map_err(CliError::Backend)?;
+        let backend = agentbox_server::cli::open_backend(
+            args.backend,
+            &agentbox_server::cli::BackendSettings {
+                egress: &agentbox_server::EgressSettings::default(),
+                crash_keeper: None,
+            },
+        )
+        .map_err(CliError::Backend)?;
         let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
         let sandbox = backend.create(request).await?;
         let result = tokio::select! {

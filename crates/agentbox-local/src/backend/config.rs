@@ -33,6 +33,14 @@ pub struct LocalConfig {
     /// The image store sandboxes' roots come from when their config names an image (see `agentbox-image`).
     /// `None`: only the host's system (`image` unset or `"host"`); a sandbox asking for an image is refused.
     pub images: Option<agentbox_image::ImageConfig>,
+    /// Who adopts the files of this backend's sandboxes after a crash: a file that exists for as long as the
+    /// keeper does (a server's registry database), recorded with each sandbox's files as the label
+    /// [`KEEPER_LABEL`](agentbox_core::KEEPER_LABEL). When a backend finds the files of a sandbox whose process
+    /// died without destroying it (a crash, `kill -9`), it keeps those whose keeper still exists on the stopped
+    /// shelf, marked [`after_crash`](agentbox_core::StoppedSandbox::after_crash), for the keeper to adopt as
+    /// stopped or discard; it deletes the others, which nothing would adopt (and kept files whose keeper has
+    /// gone since). Their processes are ended either way.
+    pub crash_keeper: Option<PathBuf>,
 }
 
 impl Default for LocalConfig {
@@ -94,6 +102,7 @@ impl Default for LocalConfig {
                 image_bytes: None,
             }),
             upstream_extra_roots: Vec::new(),
+            crash_keeper: None,
         }
     }
 }

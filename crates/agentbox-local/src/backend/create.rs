@@ -122,6 +122,12 @@ impl LocalBackend {
             // is a tag on the layer, for the reaper.
             let name = id.clone();
             let tag = self.inner.owner.clone();
+            // The labels go with the files, so those kept after a crash still say whose they are.
+            let mut labels = request.metadata.clone();
+            labels.remove(agentbox_core::KEEPER_LABEL);
+            if let Some(keeper) = &self.inner.config.crash_keeper {
+                labels.insert(agentbox_core::KEEPER_LABEL.to_owned(), keeper.display().to_string());
+            }
             let limits = agentbox_storage::LayerLimits { bytes: config.disk_gb.saturating_mul(1 << 30) };
             // The overlay of an image root is mounted by the namespace's root.
             let overlay_owner = image.is_some().then(|| {
@@ -152,6 +158,7 @@ impl LocalBackend {
                     };
                     let tagged = pool
                         .set_owner_tag(&layer, &tag)
+                        .and_then(|()| pool.set_labels(&layer, &labels))
                         .and_then(|()| pool.set_id_range(&layer, ids))
                         .and_then(|()| overlay_owner.map_or(Ok(()), |o| pool.add_overlay_dirs(&layer, o)))
                         // Last: a layer made from kept files has no quota until its records are written.

@@ -2,6 +2,8 @@
 //! (`o<pid>-<start time>`), so a later process reaps what a crashed one left and never what a live one
 //! still uses.
 
+use agentbox_storage::Shelf;
+
 use super::{LocalBackend, LocalConfig};
 
 pub(super) fn process_start(pid: u32) -> Option<u64> {
@@ -38,6 +40,51 @@ fn remove_orphan_layer(pool: &agentbox_storage::Pool, name: &str, reaped: &mut V
     }
 }
 
+/// The owner tag of the files of a crashed process's sandbox, kept on the stopped shelf for their keeper (see
+/// [`LocalConfig::crash_keeper`]). A start tags them with its own owner again.
+pub(super) const CRASHED_TAG: &str = "crashed";
+
+/// Moves an orphaned layer onto the stopped shelf under its sandbox's id, marked as kept after a crash; removes
+/// it if it can't be kept (it would otherwise be found again by every later reaper).
+fn keep_orphan_layer(pool: &agentbox_storage::Pool, name: &str, reaped: &mut Vec<String>) {
+    let kept = pool
+        .layer(name)
+        .ok_or(agentbox_storage::StorageError::NotFound { what: "layer", name: name.to_owned() })
+        .and_then(|layer| pool.set_owner_tag(&layer, CRASHED_TAG))
+        .and_then(|()| pool.shelve_layer(name, name));
+    match kept {
+        Ok(_) => {
+            tracing::info!(layer = %name, "kept the files of a crashed process's sandbox as stopped");
+            reaped.push(name.to_owned());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, layer = %name, "cannot keep the files of a crashed process's sandbox; removing them");
+            remove_orphan_layer(pool, name, reaped);
+        }
+    }
+}
+
+/// Whether the files labelled `labels` name a keeper that still exists (see [`LocalConfig::crash_keeper`]).
+fn keeper_exists(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels
+        .get(agentbox_core::KEEPER_LABEL)
+        .is_some_and(|k| std::path::Path::new(k).is_absolute() && std::path::Path::new(k).exists())
+}
+
+/// Deletes the files a crash kept whose keeper has gone since (its data directory was deleted): nothing would
+/// adopt them.
+fn remove_unkept(pool: &agentbox_storage::Pool) {
+    for r in pool.snapshots(Shelf::Stopped) {
+        let crashed = pool.shelved_owner_tag(Shelf::Stopped, &r.name).as_deref() == Some(CRASHED_TAG);
+        if crashed && !keeper_exists(&pool.shelved_labels(Shelf::Stopped, &r.name)) {
+            match pool.remove_snapshot(Shelf::Stopped, &r.name) {
+                Ok(()) => tracing::info!(key = %r.name, "deleted files a crash kept for a keeper that is gone"),
+                Err(e) => tracing::warn!(key = %r.name, error = %e, "cannot delete files a crash kept"),
+            }
+        }
+    }
+}
+
 /// How long a layer without an owner tag is left alone: another process may be creating it (a layer
 /// exists a moment before its owner tag is written).
 const CREATION_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -56,7 +103,8 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 
 impl LocalBackend {
     /// Removes what processes that died without destroying their sandboxes left: their sandboxes'
-    /// cgroups (killing anything still in them), storage layers, id ranges and `/etc` templates. Only entries whose owner
+    /// cgroups (killing anything still in them), storage layers (or, for those that name a keeper (see
+    /// [`LocalConfig::crash_keeper`]), moves them onto the stopped shelf), id ranges and `/etc` templates. Only entries whose owner
     /// process is gone are touched: the owner is part of each cgroup's name. Returns the ids reaped.
     pub fn reap_orphans(&self) -> Vec<String> {
         let mut reaped = Vec::new();
@@ -82,8 +130,15 @@ impl LocalBackend {
                 if owner == self.inner.owner || owner_alive(&owner) {
                     continue;
                 }
-                remove_orphan_layer(pool, &name, &mut reaped);
+                if keeper_exists(&pool.layer_labels(&name)) {
+                    keep_orphan_layer(pool, &name, &mut reaped);
+                } else {
+                    remove_orphan_layer(pool, &name, &mut reaped);
+                }
             }
+        }
+        if let Some(pool) = &self.inner.pool {
+            remove_unkept(pool);
         }
         // Id ranges last: the layers owned by a dead process are gone, so no file holds its ids.
         if let Some(ranges) = &self.inner.ids {

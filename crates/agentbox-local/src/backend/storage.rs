@@ -29,6 +29,8 @@ fn stopped_info(pool: &agentbox_storage::Pool, r: &agentbox_storage::SnapshotRec
         key: r.name.clone(),
         stopped_at_ms: r.created_at_ms,
         size_bytes: pool.snapshot_usage(r).map_or(0, |u| u.bytes),
+        after_crash: pool.shelved_owner_tag(Shelf::Stopped, &r.name).as_deref() == Some(super::owners::CRASHED_TAG),
+        metadata: pool.shelved_labels(Shelf::Stopped, &r.name),
     }
 }
 

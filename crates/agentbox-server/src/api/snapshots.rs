@@ -46,7 +46,7 @@ pub async fn create_snapshot(
     ApiJson(body): ApiJson<SnapshotRequest>,
 ) -> Result<Response, ApiError> {
     check_name(&body.name)?;
-    let snapshot = state.manager.snapshot(&run, &body.name).await.map_err(ApiError::from_operation)?;
+    let snapshot = state.lifecycle.snapshot(&run, &body.name).await.map_err(ApiError::from_operation)?;
     Ok((StatusCode::CREATED, Json(SnapshotView::from(snapshot))).into_response())
 }
 
@@ -110,6 +110,6 @@ pub async fn delete_snapshot(
     Path(p): Path<SnapshotName>,
 ) -> Result<StatusCode, ApiError> {
     check_name(&p.name)?;
-    state.manager.delete_snapshot(&p.name).await?;
+    state.lifecycle.delete_snapshot(&p.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

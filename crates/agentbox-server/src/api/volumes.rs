@@ -88,7 +88,7 @@ pub async fn create_volume(
     if !(1..=16384).contains(&size_gb) {
         return Err(ApiError::bad_request(format!("size_gb must be between 1 and 16384, got {size_gb}")));
     }
-    let volume = state.manager.create_volume(&body.name, size_gb << 30).await.map_err(ApiError::from_operation)?;
+    let volume = state.lifecycle.create_volume(&body.name, size_gb << 30).await.map_err(ApiError::from_operation)?;
     Ok((StatusCode::CREATED, Json(VolumeView::from(volume))).into_response())
 }
 
@@ -118,6 +118,6 @@ pub async fn list_volumes(State(state): State<AppState>) -> Result<Json<VolumeLi
 )]
 pub async fn delete_volume(State(state): State<AppState>, Path(p): Path<VolumeName>) -> Result<StatusCode, ApiError> {
     check_name(&p.name)?;
-    state.manager.delete_volume(&p.name).await?;
+    state.lifecycle.delete_volume(&p.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
