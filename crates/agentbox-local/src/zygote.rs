@@ -1,7 +1,7 @@
 //! The host's side of the zygote (see `agent::zygote`): one per process,
 //! started on first use from the sealed executable and restarted if it dies.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
 use crate::proto::{InitSpawned, SpawnInit};
@@ -43,14 +43,8 @@ impl SpawnError {
 
 fn start() -> Result<Zygote, SpawnError> {
     let exe = sealed::agent_path().map_err(|message| SpawnError { message, errno: None })?;
-    let mut fds = [0; 2];
-    // SAFETY: socketpair into a local array.
-    sys::check(unsafe {
-        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
-    })
-    .map_err(|e| SpawnError::io("creating the zygote socket", &e))?;
-    // SAFETY: both fds are fresh and owned here.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (ours, theirs) =
+        sys::socketpair(libc::SOCK_SEQPACKET).map_err(|e| SpawnError::io("creating the zygote socket", &e))?;
     // No code runs between fork and exec: the zygote gets its socket as stdin, so std can
     // use posix_spawn (vfork) from this threaded process.
     let process = std::process::Command::new(&exe)
@@ -71,9 +65,9 @@ enum AskError {
 }
 
 fn ask(z: &Zygote, request: &[u8], control: &OwnedFd) -> Result<(InitSpawned, Option<OwnedFd>), AskError> {
-    sys::send_with_fd(z.socket.as_raw_fd(), request, Some(control.as_raw_fd())).map_err(AskError::NotDelivered)?;
+    sys::send_with_fd(z.socket.as_fd(), request, Some(control.as_fd())).map_err(AskError::NotDelivered)?;
     let mut buf = vec![0u8; 4096];
-    let (n, pidfd) = sys::recv_with_fd(z.socket.as_raw_fd(), &mut buf).map_err(AskError::NoAnswer)?;
+    let (n, pidfd) = sys::recv_with_fd(z.socket.as_fd(), &mut buf).map_err(AskError::NoAnswer)?;
     if n == 0 {
         return Err(AskError::NoAnswer(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the zygote exited")));
     }
