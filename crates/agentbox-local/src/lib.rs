@@ -21,6 +21,9 @@
 //! # Ok(()) }
 //! ```
 
+// Each unsafe operation has its own block and its own SAFETY comment.
+#![deny(clippy::multiple_unsafe_ops_per_block)]
+
 pub(crate) mod agent;
 mod backend;
 mod cgroup;

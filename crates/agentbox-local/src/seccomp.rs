@@ -394,8 +394,11 @@ pub fn compile_for(policy: &Policy, profile: SeccompProfile, arch: Arch) -> Resu
 pub unsafe fn install(program: &[Insn]) -> std::io::Result<()> {
     let filters: Vec<libc::sock_filter> =
         program.iter().map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k }).collect();
-    let prog =
-        libc::sock_fprog { len: u16::try_from(filters.len()).unwrap_or(u16::MAX), filter: filters.as_ptr().cast_mut() };
+    let len = u16::try_from(filters.len()).map_err(|_| {
+        let message = format!("the seccomp filter has {} instructions, more than the kernel takes", filters.len());
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+    })?;
+    let prog = libc::sock_fprog { len, filter: filters.as_ptr().cast_mut() };
     // SAFETY: prog points to a valid filter array that outlives the call.
     let rc = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &raw const prog) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
@@ -517,6 +520,39 @@ mod tests {
         );
         #[cfg(target_arch = "x86_64")]
         check!(SYS_iopl, SYS_ioperm, SYS_uselib, SYS__sysctl, SYS_ustat, SYS_sysfs);
+    }
+
+    /// The numbers `header` defines as `#define __NR_<name> <number>`.
+    fn header_numbers(header: &str) -> Option<std::collections::HashMap<String, u32>> {
+        let text = std::fs::read_to_string(header).ok()?;
+        let numbers = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#define __NR_"))
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                Some((words.next()?.to_owned(), words.next()?.parse().ok()?))
+            })
+            .collect();
+        Some(numbers)
+    }
+
+    /// Both tables against the kernel's own (its uapi headers, where the host has them installed), so the
+    /// aarch64 numbers are checked on an x86_64 host too. aarch64 uses the generic table.
+    #[test]
+    fn both_tables_match_the_kernels_headers() {
+        let headers = [
+            (Arch::X86_64, &["/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm/unistd_64.h"][..]),
+            (Arch::Aarch64, &["/usr/include/asm-generic/unistd.h"][..]),
+        ];
+        for (arch, paths) in headers {
+            let Some(kernel) = paths.iter().find_map(|p| header_numbers(p)) else {
+                eprintln!("no kernel headers for {arch:?} here ({paths:?}): its table is not cross-checked");
+                continue;
+            };
+            for (name, nr) in arch.table() {
+                assert_eq!(kernel.get(*name), Some(nr), "{name} on {arch:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The host's side of the zygote (see `agent::zygote`): one per process,
 //! started on first use from the sealed executable and restarted if it dies.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
 use crate::proto::{InitSpawned, SpawnInit};
@@ -43,14 +43,8 @@ impl SpawnError {
 
 fn start() -> Result<Zygote, SpawnError> {
     let exe = sealed::agent_path().map_err(|message| SpawnError { message, errno: None })?;
-    let mut fds = [0; 2];
-    // SAFETY: socketpair into a local array.
-    sys::check(unsafe {
-        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
-    })
-    .map_err(|e| SpawnError::io("creating the zygote socket", &e))?;
-    // SAFETY: both fds are fresh and owned here.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (ours, theirs) =
+        sys::socketpair(libc::SOCK_SEQPACKET).map_err(|e| SpawnError::io("creating the zygote socket", &e))?;
     // No code runs between fork and exec: the zygote gets its socket as stdin, so std can
     // use posix_spawn (vfork) from this threaded process.
     let process = std::process::Command::new(&exe)
@@ -65,20 +59,32 @@ fn start() -> Result<Zygote, SpawnError> {
 }
 
 /// Why a request failed: before the zygote took it (safe to retry on a new zygote), or after.
+#[derive(Debug)]
 enum AskError {
     NotDelivered(std::io::Error),
     NoAnswer(std::io::Error),
+    /// The zygote answered with something that is not a reply it may send (it is replaced).
+    BadAnswer(String),
+    /// The zygote could not start the init, and said why.
+    Refused(SpawnError),
 }
 
-fn ask(z: &Zygote, request: &[u8], control: &OwnedFd) -> Result<(InitSpawned, Option<OwnedFd>), AskError> {
-    sys::send_with_fd(z.socket.as_raw_fd(), request, Some(control.as_raw_fd())).map_err(AskError::NotDelivered)?;
+/// Sends one request on the zygote's `socket` and reads its answer.
+fn ask(socket: BorrowedFd<'_>, request: &[u8], control: &OwnedFd) -> Result<Init, AskError> {
+    sys::send_with_fd(socket, request, Some(control.as_fd())).map_err(AskError::NotDelivered)?;
     let mut buf = vec![0u8; 4096];
-    let (n, pidfd) = sys::recv_with_fd(z.socket.as_raw_fd(), &mut buf).map_err(AskError::NoAnswer)?;
+    let (n, pidfd) = sys::recv_with_fd(socket, &mut buf).map_err(AskError::NoAnswer)?;
     if n == 0 {
         return Err(AskError::NoAnswer(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the zygote exited")));
     }
-    let reply = serde_json::from_slice(&buf[..n]).map_err(|e| AskError::NoAnswer(std::io::Error::other(e)))?;
-    Ok((reply, pidfd))
+    let reply: InitSpawned =
+        serde_json::from_slice(&buf[..n]).map_err(|e| AskError::BadAnswer(format!("its answer did not parse: {e}")))?;
+    match (reply, pidfd) {
+        (InitSpawned { error: Some(message), errno, .. }, _) => Err(AskError::Refused(SpawnError { message, errno })),
+        (InitSpawned { pid, .. }, Some(pidfd)) if pid > 0 => Ok(Init { pid, pidfd }),
+        (InitSpawned { pid, .. }, Some(_)) => Err(AskError::BadAnswer(format!("it answered pid {pid}"))),
+        (InitSpawned { .. }, None) => Err(AskError::BadAnswer("its answer carried no pidfd".into())),
+    }
 }
 
 /// Starts the zygote now, in the background, so the first sandbox doesn't wait for it (it is an
@@ -110,11 +116,9 @@ pub fn spawn_init(root: &str, control: &OwnedFd, ids: Option<IdRange>) -> Result
             *guard = Some(start()?);
         }
         let Some(z) = guard.as_ref() else { continue };
-        let failure = match ask(z, &request, control) {
-            Ok((InitSpawned { pid, error: None, .. }, Some(pidfd))) if pid > 0 => return Ok(Init { pid, pidfd }),
-            Ok((InitSpawned { error, errno, .. }, _)) => {
-                return Err(SpawnError { message: error.unwrap_or_else(|| "the zygote sent no pidfd".into()), errno });
-            }
+        let failure = match ask(z.socket.as_fd(), &request, control) {
+            Ok(init) => return Ok(init),
+            Err(AskError::Refused(e)) => return Err(e),
             Err(e) => e,
         };
         if let Some(mut dead) = guard.take() {
@@ -126,7 +130,57 @@ pub fn spawn_init(root: &str, control: &OwnedFd, ids: Option<IdRange>) -> Result
             AskError::NotDelivered(e) | AskError::NoAnswer(e) => {
                 return Err(SpawnError::io("the sandbox zygote exited before answering; try again", &e));
             }
+            AskError::BadAnswer(why) => {
+                let message = format!("the sandbox zygote broke the protocol ({why}); it was replaced, try again");
+                return Err(SpawnError { message, errno: None });
+            }
+            AskError::Refused(e) => return Err(e),
         }
     }
     Err(SpawnError { message: "the sandbox zygote could not be restarted".into(), errno: None })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Asks on one end of a socket pair, answered from the other with `answer` (and `pidfd`, if any).
+    fn asked(answer: &'static [u8], pidfd: Option<OwnedFd>) -> Result<Init, AskError> {
+        let (host, zygote) = sys::socketpair(libc::SOCK_SEQPACKET).unwrap();
+        let answering = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let (_, control) = sys::recv_with_fd(zygote.as_fd(), &mut buf).unwrap();
+            assert!(control.is_some(), "the request carries the control socket");
+            sys::send_with_fd(zygote.as_fd(), answer, pidfd.as_ref().map(AsFd::as_fd)).unwrap();
+        });
+        let (control, _agent_end) = sys::socketpair(libc::SOCK_STREAM).unwrap();
+        let result = ask(host.as_fd(), b"{}", &control);
+        answering.join().unwrap();
+        result
+    }
+
+    #[test]
+    fn an_answer_that_is_not_a_reply_is_a_protocol_error_not_a_missing_answer() {
+        let bad = |r: Result<Init, AskError>| match r {
+            Err(AskError::BadAnswer(why)) => why,
+            other => panic!("expected a bad answer, got {other:?}"),
+        };
+        assert!(bad(asked(b"not json", None)).contains("did not parse"));
+        assert!(bad(asked(br#"{"pid":7,"error":null,"errno":null}"#, None)).contains("no pidfd"));
+        let pidfd = sys::pidfd_open(std::process::id().try_into().unwrap()).unwrap();
+        assert!(bad(asked(br#"{"pid":0,"error":null,"errno":null}"#, Some(pidfd))).contains("pid 0"));
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_zygotes_reason_and_a_valid_answer_is_an_init() {
+        match asked(br#"{"pid":0,"error":"clone: EPERM","errno":1}"#, None) {
+            Err(AskError::Refused(e)) => assert_eq!((e.message.as_str(), e.errno), ("clone: EPERM", Some(1))),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let me = i32::try_from(std::process::id()).unwrap();
+        let pidfd = sys::pidfd_open(me).unwrap();
+        let init = asked(br#"{"pid":42,"error":null,"errno":null}"#, Some(pidfd)).unwrap();
+        assert_eq!(init.pid, 42);
+    }
 }

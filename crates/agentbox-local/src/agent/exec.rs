@@ -1,9 +1,8 @@
 //! Starting one execution: the child side, from fork to execve.
-#![deny(clippy::multiple_unsafe_ops_per_block)]
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::proto::{Exec, Setup};
 use crate::sys;
@@ -61,13 +60,13 @@ pub fn prepare(setup: &Setup, exec: &Exec) -> Result<Prepared, String> {
     })
 }
 
-/// Fds the child wires to 0, 1 and 2 (or -1 for /dev/null / the output file).
-pub struct Stdio {
-    pub stdin: libc::c_int,
-    pub stdout: libc::c_int,
-    pub stderr: libc::c_int,
-    /// The join file (`tasks` or `cgroup.procs`) of the execution's own cgroup, or -1.
-    pub cgroup_procs: libc::c_int,
+/// The descriptors the child wires to 0, 1 and 2 (`None`: /dev/null for stdin, the output file for the others).
+pub struct Stdio<'a> {
+    pub stdin: Option<BorrowedFd<'a>>,
+    pub stdout: Option<BorrowedFd<'a>>,
+    pub stderr: Option<BorrowedFd<'a>>,
+    /// The join file (`tasks` or `cgroup.procs`) of the execution's own cgroup, if it has one.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
     /// stdin is a terminal's slave side, to become the child's controlling terminal.
     pub tty: bool,
 }
@@ -141,7 +140,11 @@ fn fail(parts: &[&[u8]], errno: Option<i32>) -> ! {
         push(describe_errno(errno, &mut num));
     }
     push(b"\n");
-    let _ = sys::write_all(2, &buf[..n]);
+    // SAFETY: descriptor 2 is open in this child until it execs or exits: nothing here closes it (dup2 onto it
+    // replaces it in one step), and the borrow ends with this call.
+    let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+    // Allocates nothing: write(2) calls on a slice of the local buffer.
+    let _ = sys::write_all(stderr, &buf[..n]);
     // SAFETY: _exit is always safe; 127 is the conventional "could not execute" code.
     unsafe { libc::_exit(127) }
 }
@@ -312,7 +315,7 @@ struct Job<'a> {
     identity: Identity,
     landlock: Option<&'a OwnedFd>,
     prepared: &'a Prepared,
-    stdio: &'a Stdio,
+    stdio: &'a Stdio<'a>,
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -375,7 +378,7 @@ impl Spawner {
         identity: Identity,
         landlock: Option<&OwnedFd>,
         prepared: &Prepared,
-        stdio: &Stdio,
+        stdio: &Stdio<'_>,
     ) -> Spawned {
         let job = Job { setup, identity, landlock, prepared, stdio };
         let began = std::time::Instant::now();
@@ -427,7 +430,27 @@ fn arm_start_limit() {
 pub const OOM_SCORE_ADJ: &[u8] = b"500";
 
 /// The child: isolates itself further and execs. Never returns.
-pub fn child(setup: &Setup, identity: Identity, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio) -> ! {
+///
+/// It runs on the [`Spawner`]'s stack in the init's memory while the init is suspended, so it may only do
+/// what is safe in a `vfork` child, which is what is async-signal-safe: it allocates nothing (the allocator's
+/// lock may be held, and what it would allocate is the init's), takes no lock, and never unwinds (every failure
+/// goes to [`fail`], which writes from a stack buffer and calls `_exit`). What it calls, and why each is safe:
+/// - `open`, `write`, `close`, `dup2`, `fcntl`, `fchown`, `setsid`, `chdir`, `signal`, `sigprocmask`, `execve`
+///   and `_exit`: on POSIX's list of async-signal-safe functions (signal-safety(7)); glibc's are thin wrappers
+///   of one system call each (`sigprocmask` leaves glibc's internal signals alone, which is what it should).
+/// - `prctl`, `ioctl` and `setrlimit`: not on that list, but glibc's are thin wrappers of one system call that
+///   read no process-wide state.
+/// - `setgroups`, `setresgid`, `setresuid`, `capset`, `landlock_restrict_self`, `close_range`, `timer_create`
+///   and `timer_settime`: raw `syscall`s, because glibc's wrappers of the first three apply the change to every
+///   thread of the process they believe they are in (whose memory this child shares), and its `timer_create`
+///   may allocate (older versions) or start a helper thread. Landlock is applied to the ruleset the init built with the landlock crate,
+///   never with that crate's code here.
+/// - `sys::write_all` and `sys::write` (loops over `write`), `describe_errno` (a table lookup) and `errno`
+///   reads (`io::Error::last_os_error`, whose OS errors hold a number, not an allocation).
+///
+/// Each call writes `errno`, which is the init's (the same thread-local storage); the init reads none of it
+/// after the clone but the clone's own.
+pub fn child(setup: &Setup, identity: Identity, landlock: Option<&OwnedFd>, p: &Prepared, io: &Stdio<'_>) -> ! {
     let (uid, gid) = match identity {
         Identity::User => (setup.uid, setup.gid),
         Identity::Root => (0, 0),
@@ -435,13 +458,14 @@ pub fn child(setup: &Setup, identity: Identity, landlock: Option<&OwnedFd>, p: &
     // First of all: whatever stops this child below, it dies within the start limit.
     arm_start_limit();
     // Everything read below stays alive and unchanged until this child execs or exits (see `Spawner`).
-    // Nothing here allocates: each call is one system call, or an async-signal-safe libc wrapper of one.
+    // Nothing here allocates: each call is one system call, or an async-signal-safe libc wrapper of one (see
+    // above for the list).
     // SAFETY: setsid has no preconditions.
     ok("setsid", unsafe { libc::setsid() });
-    if io.cgroup_procs >= 0 {
-        // SAFETY: one byte from a static buffer, to a descriptor the init opened for this child.
-        let written = unsafe { libc::write(io.cgroup_procs, b"0".as_ptr().cast(), 1) };
-        ok("joining the execution cgroup", if written < 0 { -1 } else { 0 });
+    if let Some(procs) = io.cgroup_procs {
+        if let Err(e) = sys::write(procs, b"0") {
+            fail(&[b"joining the execution cgroup"], e.raw_os_error());
+        }
     }
     // The previous execution's change of ids made the memory it shared with the init (this child's too)
     // undumpable, which gives this process's /proc files to the host's root, out of reach of the sandbox's
@@ -459,7 +483,7 @@ pub fn child(setup: &Setup, identity: Identity, landlock: Option<&OwnedFd>, p: &
     unsafe { libc::close(adj) };
     // SAFETY: a static NUL-terminated path.
     let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-    let stdin = if io.stdin >= 0 { io.stdin } else { null };
+    let stdin = io.stdin.map_or(null, |fd| fd.as_raw_fd());
     let (stdout, stderr) = match &p.output_path {
         Some(path) => {
             // O_NONBLOCK: a FIFO planted at the path fails here instead of blocking (the
@@ -474,7 +498,7 @@ pub fn child(setup: &Setup, identity: Identity, landlock: Option<&OwnedFd>, p: &
             ok("owning the output file", unsafe { libc::fchown(fd, uid, gid) });
             (fd, fd)
         }
-        None => (io.stdout, io.stderr),
+        None => (io.stdout.map_or(-1, |fd| fd.as_raw_fd()), io.stderr.map_or(-1, |fd| fd.as_raw_fd())),
     };
     // SAFETY: dup2 of descriptors this child holds onto 0, 1 and 2.
     ok("stdin", unsafe { libc::dup2(stdin, 0) });

@@ -73,12 +73,11 @@ impl Mounter for LinuxMounter {
     }
     fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> io::Result<()> {
         let p = sys::cpath(path)?;
-        // SAFETY: a valid path; mknod and chmod have no other preconditions.
-        unsafe {
-            sys::check(libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)))?;
-            // The mode without the umask.
-            sys::check(libc::chmod(p.as_ptr(), 0o666)).map(drop)
-        }
+        // SAFETY: a NUL-terminated path that outlives the call.
+        sys::check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) })?;
+        // The mode without the umask.
+        // SAFETY: as above.
+        sys::check(unsafe { libc::chmod(p.as_ptr(), 0o666) }).map(drop)
     }
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)

@@ -28,7 +28,7 @@ mod zygote;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -57,19 +57,19 @@ pub fn entry_point() -> extern "C" fn() {
 /// The value of [`AGENT_ENV`] that makes a process the zygote.
 pub const ZYGOTE: &str = "zygote";
 
-fn send_failure(message: String) {
+fn send_failure(control: BorrowedFd<'_>, message: String) {
     let f = proto::encode_json(Kind::Failure, 0, &Failure { message, errno: None });
-    let _ = sys::write_all(CONTROL_FD, &f);
+    let _ = sys::write_all(control, &f);
 }
 
 /// Reads the setup message, with the descriptors that ride along with its first bytes.
-fn read_setup() -> io::Result<Option<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>> {
+fn read_setup(control: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut h = [0u8; proto::HEADER];
-    let (n, fds) = sys::recv_with_fds(CONTROL_FD, &mut h)?;
+    let (n, fds) = sys::recv_with_fds(control, &mut h)?;
     if n == 0 {
         return Ok(None);
     }
-    if n < h.len() && !sys::read_exact(CONTROL_FD, &mut h[n..])? {
+    if n < h.len() && !sys::read_exact(control, &mut h[n..])? {
         return Ok(None);
     }
     let (kind, _, len) = proto::parse_header(&h);
@@ -77,49 +77,51 @@ fn read_setup() -> io::Result<Option<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected a setup frame, got kind {kind}")));
     }
     let mut payload = vec![0u8; len];
-    sys::read_exact(CONTROL_FD, &mut payload)?;
+    if !sys::read_exact(control, &mut payload)? {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the setup frame ended early"));
+    }
     Ok(Some((payload, fds)))
 }
 
 fn bring_loopback_up() -> io::Result<()> {
-    // SAFETY: a plain socket + ioctl on a zeroed ifreq naming "lo".
-    unsafe {
-        let fd = sys::check(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?;
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            req.ifr_name[i] = libc::c_char::try_from(*b).unwrap_or(0);
-        }
-        let r = sys::check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut req)).and_then(|_| {
-            req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP | libc::IFF_RUNNING).unwrap_or(0);
-            sys::check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw const req))
-        });
-        // The socket was made above and is used by nothing after this.
-        sys::close(fd);
-        r.map(drop)
+    // SAFETY: socket(2) takes integer arguments only.
+    let fd = sys::check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket succeeded: the descriptor is new, and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data (a name and a union of integers), for which all zero bits are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = libc::c_char::try_from(*b).unwrap_or(0);
     }
+    // SAFETY: SIOCGIFFLAGS writes the flags into the ifreq, which outlives the call.
+    sys::check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) })?;
+    let up = libc::c_short::try_from(libc::IFF_UP | libc::IFF_RUNNING).unwrap_or(0);
+    // SAFETY: SIOCGIFFLAGS filled in the union's flags member, which is read and written here.
+    unsafe { req.ifr_ifru.ifru_flags |= up };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq, which outlives the call.
+    sys::check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) }).map(drop)
 }
 
 fn init_main() -> i32 {
-    // SAFETY: setting our own name, death signal and signal mask.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, c"agentbox-init".as_ptr());
-    }
-    let (mut setup, passed): (Setup, _) = match read_setup() {
+    // SAFETY: the zygote's clone put the control socket at CONTROL_FD (see `zygote::child`) and closed every
+    // other descriptor above it; nothing else in this process owns it.
+    let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes, a static here.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"agentbox-init".as_ptr()) };
+    let failed = |message: String| {
+        send_failure(control.as_fd(), message);
+        1
+    };
+    let (mut setup, passed): (Setup, _) = match read_setup(control.as_fd()) {
         Ok(Some((payload, fds))) => match serde_json::from_slice(&payload) {
             Ok(s) => (s, fds),
-            Err(e) => {
-                send_failure(format!("invalid setup message: {e}"));
-                return 1;
-            }
+            Err(e) => return failed(format!("invalid setup message: {e}")),
         },
         Ok(None) => return 1,
-        Err(e) => {
-            send_failure(format!("reading the setup message failed: {e}"));
-            return 1;
-        }
+        Err(e) => return failed(format!("reading the setup message failed: {e}")),
     };
     // The host's directories arrive as descriptors: reached through them, not by their paths.
-    let via = |fd: &std::os::fd::OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let via = |fd: &OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
     let mut image = fs::ImageSources::default();
     for (role, fd) in setup.passed.clone().into_iter().zip(&passed) {
         match role {
@@ -135,21 +137,18 @@ fn init_main() -> i32 {
     // rooted there.
     for procs in &setup.cgroups {
         if let Err(e) = std::fs::write(procs, "0") {
-            send_failure(format!("joining the sandbox cgroup {procs} failed: {e}"));
-            return 1;
+            return failed(format!("joining the sandbox cgroup {procs} failed: {e}"));
         }
     }
-    // SAFETY: unshare has no memory-safety preconditions.
+    // SAFETY: unshare takes integer arguments only.
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } == -1 {
-        send_failure(format!("creating the sandbox's cgroup namespace failed: {}", io::Error::last_os_error()));
-        return 1;
+        return failed(format!("creating the sandbox's cgroup namespace failed: {}", io::Error::last_os_error()));
     }
     // The zygote cloned this process from the root mount point: the working directory is it.
     let built =
         fs::new_root().and_then(|new| fs::build(&mut fs::LinuxMounter, Path::new(&via(&new)), &setup, Some(&image)));
     if let Err(e) = built {
-        send_failure(format!("building the sandbox filesystem failed: {e}"));
-        return 1;
+        return failed(format!("building the sandbox filesystem failed: {e}"));
     }
     drop(passed);
     if let Ok(h) = CString::new(setup.hostname.clone()) {
@@ -157,21 +156,19 @@ fn init_main() -> i32 {
         unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) };
     }
     if let Err(e) = bring_loopback_up() {
-        send_failure(format!("bringing up loopback failed: {e}"));
-        return 1;
+        return failed(format!("bringing up loopback failed: {e}"));
     }
     let landlock = landlock_status();
     let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
     if let Err(e) = exec::confine(&setup) {
-        send_failure(format!("confining the sandbox init failed: {e}"));
-        return 1;
+        return failed(format!("confining the sandbox init failed: {e}"));
     }
     let setup_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let ready = Ready { landlock, exec_cgroups, setup_micros };
-    if sys::write_all(CONTROL_FD, &proto::encode_json(Kind::Ready, 0, &ready)).is_err() {
+    if sys::write_all(control.as_fd(), &proto::encode_json(Kind::Ready, 0, &ready)).is_err() {
         return 1;
     }
-    match Agent::new(setup, exec_cgroups).and_then(|mut a| a.run()) {
+    match Agent::new(control, setup, exec_cgroups).and_then(|mut a| a.run()) {
         Ok(()) => 0,
         Err(_) => 1,
     }
@@ -188,12 +185,24 @@ fn landlock_status() -> String {
 /// The most typed input held for a terminal whose program doesn't read it.
 const MAX_TTY_TYPEAHEAD: usize = 1 << 20;
 
+/// One of an execution's streams, as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdin,
+    Stdout,
+    Stderr,
+}
+
 struct Running {
     pid: i32,
     argv: Vec<String>,
-    stdout: libc::c_int,
-    stderr: libc::c_int,
-    stdin: libc::c_int,
+    /// Where its output is read: a pipe's read end, or the terminal's master; `None` once closed.
+    stdout: Option<OwnedFd>,
+    /// Where its errors are read: a pipe's read end; `None` on a terminal, or once closed.
+    stderr: Option<OwnedFd>,
+    /// Where its input is written: a pipe's write end, or a duplicate of the terminal's master; `None` when it
+    /// reads no input, or once closed.
+    stdin: Option<OwnedFd>,
     stdin_buf: Vec<u8>,
     stdin_eof: bool,
     deadline: Option<Instant>,
@@ -206,7 +215,31 @@ struct Running {
     tty: bool,
 }
 
+impl Running {
+    fn fd(&self, stream: Stream) -> Option<&OwnedFd> {
+        match stream {
+            Stream::Stdin => self.stdin.as_ref(),
+            Stream::Stdout => self.stdout.as_ref(),
+            Stream::Stderr => self.stderr.as_ref(),
+        }
+    }
+
+    /// Closes one of its streams.
+    fn close(&mut self, stream: Stream) {
+        match stream {
+            Stream::Stdin => {
+                self.stdin = None;
+                self.stdin_buf.clear();
+            }
+            Stream::Stdout => self.stdout = None,
+            Stream::Stderr => self.stderr = None,
+        }
+    }
+}
+
 struct Agent {
+    /// The control socket to the host (non-blocking).
+    control: OwnedFd,
     setup: Setup,
     /// Starts executions (see `exec::Spawner`); made on first use.
     spawner: Option<exec::Spawner>,
@@ -216,7 +249,8 @@ struct Agent {
     landlock_root: Option<std::os::fd::OwnedFd>,
     free_cgroups: Vec<String>,
     exec_cgroups: bool,
-    sigfd: libc::c_int,
+    /// Reads SIGCHLD (blocked, as SIGPIPE is).
+    sigfd: OwnedFd,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     execs: HashMap<u32, Running>,
@@ -226,24 +260,17 @@ struct Agent {
 const OUTBUF_HIGH: usize = 4 * 1024 * 1024;
 
 impl Agent {
-    fn new(setup: Setup, exec_cgroups: bool) -> io::Result<Self> {
-        // SAFETY: blocking SIGCHLD and creating a signalfd for it; plain syscalls.
-        let sigfd = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&raw mut set);
-            libc::sigaddset(&raw mut set, libc::SIGCHLD);
-            libc::sigaddset(&raw mut set, libc::SIGPIPE);
-            libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-            libc::sigdelset(&raw mut set, libc::SIGPIPE);
-            sys::check(libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?
-        };
-        sys::set_nonblocking(CONTROL_FD)?;
+    fn new(control: OwnedFd, setup: Setup, exec_cgroups: bool) -> io::Result<Self> {
+        // SIGPIPE blocked too: a write to a closed pipe or socket is an EPIPE error here, not death.
+        let sigfd = sys::block_into_signalfd(&[libc::SIGCHLD, libc::SIGPIPE], &[libc::SIGCHLD])?;
+        sys::set_nonblocking(control.as_fd())?;
         let writable: Vec<&str> = setup.volumes.iter().filter(|v| !v.read_only).map(|v| v.path.as_str()).collect();
         let landlock =
             if setup.landlock { exec::landlock_ruleset(&setup.home, &writable).ok().flatten() } else { None };
         let landlock_root =
             if setup.landlock && setup.allow_root { exec::landlock_root_ruleset().ok().flatten() } else { None };
         Ok(Self {
+            control,
             setup,
             spawner: None,
             landlock,
@@ -266,26 +293,28 @@ impl Agent {
         loop {
             let mut fds = vec![
                 libc::pollfd {
-                    fd: CONTROL_FD,
+                    fd: self.control.as_raw_fd(),
                     events: libc::POLLIN | if self.outbuf.is_empty() { 0 } else { libc::POLLOUT },
                     revents: 0,
                 },
-                libc::pollfd { fd: self.sigfd, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
             let throttled = self.outbuf.len() > OUTBUF_HIGH;
+            // Which execution's stream each pollfd after the first two is.
             let mut owners = Vec::new();
             for (id, r) in &self.execs {
-                if !throttled {
-                    for fd in [r.stdout, r.stderr] {
-                        if fd >= 0 {
-                            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
-                            owners.push(*id);
-                        }
+                let mut watch = |stream: Stream, events: libc::c_short| {
+                    if let Some(fd) = r.fd(stream) {
+                        fds.push(libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 });
+                        owners.push((*id, stream));
                     }
+                };
+                if !throttled {
+                    watch(Stream::Stdout, libc::POLLIN);
+                    watch(Stream::Stderr, libc::POLLIN);
                 }
-                if r.stdin >= 0 && !r.stdin_buf.is_empty() {
-                    fds.push(libc::pollfd { fd: r.stdin, events: libc::POLLOUT, revents: 0 });
-                    owners.push(*id);
+                if !r.stdin_buf.is_empty() {
+                    watch(Stream::Stdin, libc::POLLOUT);
                 }
             }
             let now = Instant::now();
@@ -297,7 +326,7 @@ impl Agent {
                 .map(|d| d.saturating_duration_since(now))
                 .min()
                 .map_or(-1, |d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).saturating_add(1));
-            // SAFETY: fds is a valid array of pollfd.
+            // SAFETY: fds is an array of fds.len() pollfds, whose descriptors the agent holds until after the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -313,16 +342,14 @@ impl Agent {
                 return Ok(()); // host went away: exiting kills the whole namespace
             }
             if fds[1].revents & libc::POLLIN != 0 {
-                let mut info = [0u8; 128];
-                // SAFETY: draining the signalfd into a buffer of the right size.
-                while unsafe { libc::read(self.sigfd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
+                sys::drain_signalfd(self.sigfd.as_fd());
                 self.reap();
             }
-            for (pfd, id) in fds[2..].iter().zip(owners) {
+            for (pfd, (id, stream)) in fds[2..].iter().zip(owners) {
                 if pfd.revents == 0 {
                     continue;
                 }
-                self.service(id, pfd.fd, pfd.revents);
+                self.service(id, stream, pfd.revents);
             }
             self.check_deadlines();
             self.finish_exited();
@@ -334,17 +361,11 @@ impl Agent {
 
     fn flush(&mut self) -> io::Result<()> {
         while !self.outbuf.is_empty() {
-            // SAFETY: writing from our buffer to the control socket.
-            let n = unsafe { libc::write(CONTROL_FD, self.outbuf.as_ptr().cast(), self.outbuf.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(()),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
+            match sys::write(self.control.as_fd(), &self.outbuf) {
+                Ok(n) => drop(self.outbuf.drain(..n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             }
-            self.outbuf.drain(..n.unsigned_abs());
         }
         Ok(())
     }
@@ -353,20 +374,12 @@ impl Agent {
     fn read_control(&mut self) -> bool {
         let mut buf = [0u8; 65536];
         loop {
-            // SAFETY: reading into a local buffer.
-            let n = unsafe { libc::read(CONTROL_FD, buf.as_mut_ptr().cast(), buf.len()) };
-            if n == 0 {
-                return false;
+            match sys::read(self.control.as_fd(), &mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return false,
             }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return false,
-                }
-            }
-            self.inbuf.extend_from_slice(&buf[..n.unsigned_abs()]);
         }
         while self.inbuf.len() >= proto::HEADER {
             let mut h = [0u8; proto::HEADER];
@@ -403,12 +416,9 @@ impl Agent {
                     if payload.is_empty() {
                         r.stdin_eof = true;
                         if r.stdin_buf.is_empty() {
-                            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                            // forgets (or marks -1) here.
-                            unsafe { sys::close(r.stdin) };
-                            r.stdin = -1;
+                            r.close(Stream::Stdin);
                         }
-                    } else if r.stdin >= 0 {
+                    } else if r.stdin.is_some() {
                         // A terminal's input is typed and unbounded: like a terminal's own line discipline,
                         // typeahead past what its program reads is dropped rather than held without limit.
                         let room = if r.tty { MAX_TTY_TYPEAHEAD.saturating_sub(r.stdin_buf.len()) } else { usize::MAX };
@@ -428,10 +438,8 @@ impl Agent {
             },
             Some(Kind::Resize) => match serde_json::from_slice::<proto::TermSize>(payload) {
                 Ok(size) => {
-                    if let Some(r) = self.execs.get(&id).filter(|r| r.tty && r.stdout >= 0) {
-                        // SAFETY: the master's descriptor, held by this execution until it finishes.
-                        let master = unsafe { std::os::fd::BorrowedFd::borrow_raw(r.stdout) };
-                        let _ = sys::set_window_size(master, size.rows, size.cols);
+                    if let Some(master) = self.execs.get(&id).filter(|r| r.tty).and_then(|r| r.stdout.as_ref()) {
+                        let _ = sys::set_window_size(master.as_fd(), size.rows, size.cols);
                     }
                 }
                 Err(e) => self.fail(id, format!("invalid resize request: {e}"), None),
@@ -483,68 +491,53 @@ impl Agent {
         } else {
             None
         };
-        let cg_fd = cgroup.as_ref().map_or(-1, |d| {
+        // The join file of the execution's cgroup, which the child writes itself into.
+        let cgroup_procs = cgroup.as_ref().and_then(|d| {
             // The child is single-threaded: joining through `tasks` (v1) skips the global threadgroup lock.
             let file = if self.setup.exec_cgroups == "v1:pids" { "tasks" } else { "cgroup.procs" };
-            let p = CString::new(format!("{d}/{file}")).unwrap_or_default();
-            // SAFETY: opening a path we just created.
-            unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) }
+            std::fs::OpenOptions::new().write(true).open(format!("{d}/{file}")).ok().map(OwnedFd::from)
         });
         // On a terminal, its slave side is the child's stdin, stdout and stderr, and its master is read and
-        // written here; otherwise pipes.
+        // written here (input through a second descriptor); otherwise pipes.
         let tty = match e.tty.map(|t| sys::open_pty(t.rows, t.cols)).transpose() {
             Ok(t) => t,
-            Err(err) => {
-                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                // forgets (or marks -1) here.
-                unsafe { sys::close(cg_fd) };
-                return self.fail(id, format!("opening a terminal failed: {err}"), err.raw_os_error());
-            }
+            Err(err) => return self.fail(id, format!("opening a terminal failed: {err}"), err.raw_os_error()),
         };
-        let slave = tty.as_ref().map_or(-1, |(_, s)| s.as_raw_fd());
-        let piped = e.output_path.is_none() && tty.is_none();
+        let (master, slave) = tty.unzip();
+        let master_in = match master.as_ref().map(OwnedFd::try_clone).transpose() {
+            Ok(m) => m,
+            Err(err) => return self.fail(id, format!("opening a terminal failed: {err}"), err.raw_os_error()),
+        };
+        let piped = e.output_path.is_none() && slave.is_none();
         let pipes = (|| -> io::Result<_> {
             let out = if piped { Some(sys::pipe()?) } else { None };
             let err = if piped { Some(sys::pipe()?) } else { None };
-            let inp = if e.stdin && tty.is_none() { Some(sys::pipe()?) } else { None };
+            let inp = if e.stdin && slave.is_none() { Some(sys::pipe()?) } else { None };
             Ok((out, err, inp))
         })();
         let (out, errp, inp) = match pipes {
             Ok(p) => p,
-            Err(err) => {
-                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                // forgets (or marks -1) here.
-                unsafe { sys::close(cg_fd) };
-                return self.fail(id, format!("creating pipes failed: {err}"), err.raw_os_error());
-            }
+            Err(err) => return self.fail(id, format!("creating pipes failed: {err}"), err.raw_os_error()),
         };
-        let stdio = exec::Stdio {
-            stdin: inp.map_or(slave, |p| p.0),
-            stdout: out.map_or(slave, |p| p.1),
-            stderr: errp.map_or(slave, |p| p.1),
-            cgroup_procs: cg_fd,
-            tty: tty.is_some(),
-        };
-        // The child's ends to close here once it has them: the pipes' (the terminal's slave is owned).
-        let child_ends = [stdio.stdin, stdio.stdout, stdio.stderr].map(|fd| if fd == slave { -1 } else { fd });
+        // Each pipe's read end and write end: one is the child's, the other the agent's.
+        let ((out_read, out_write), (err_read, err_write), (in_read, in_write)) =
+            (out.unzip(), errp.unzip(), inp.unzip());
         if self.spawner.is_none() {
             match exec::Spawner::new() {
                 Ok(sp) => self.spawner = Some(sp),
                 Err(err) => {
-                    for fd in [cg_fd, child_ends[0], child_ends[1], child_ends[2]] {
-                        // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                        // forgets (or marks -1) here.
-                        unsafe { sys::close(fd) };
-                    }
-                    for fd in [out.map_or(-1, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(-1, |p| p.1)] {
-                        // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                        // forgets (or marks -1) here.
-                        unsafe { sys::close(fd) };
-                    }
                     return self.fail(id, format!("starting the spawner failed: {err}"), err.raw_os_error());
                 }
             }
         }
+        let slave_fd = slave.as_ref().map(AsFd::as_fd);
+        let stdio = exec::Stdio {
+            stdin: in_read.as_ref().map(AsFd::as_fd).or(slave_fd),
+            stdout: out_write.as_ref().map(AsFd::as_fd).or(slave_fd),
+            stderr: err_write.as_ref().map(AsFd::as_fd).or(slave_fd),
+            cgroup_procs: cgroup_procs.as_ref().map(AsFd::as_fd),
+            tty: slave.is_some(),
+        };
         let spawned = match &self.spawner {
             // Without its own ruleset, root gets the user's (never none where landlock confines the user).
             Some(sp) if e.root => {
@@ -554,24 +547,9 @@ impl Agent {
             Some(sp) => sp.spawn(&self.setup, exec::Identity::User, self.landlock.as_ref(), &prepared, &stdio),
             None => exec::Spawned::Failed(io::Error::other("no spawner")),
         };
-        // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-        // forgets (or marks -1) here.
-        unsafe { sys::close(cg_fd) };
-        for fd in child_ends {
-            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-            // forgets (or marks -1) here.
-            unsafe { sys::close(fd) };
-        }
-        // The master, read for output and (through a second descriptor) written with input.
-        let (master_out, master_in) = match tty {
-            Some((master, _slave)) => {
-                let raw = master.into_raw_fd();
-                // SAFETY: duplicating a descriptor the agent holds.
-                let dup = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
-                (raw, dup)
-            }
-            None => (-1, -1),
-        };
+        // The child has its copies of its ends by now (or is gone): the agent's close, so that the agent's ends
+        // see end-of-file once the child's side is done with them.
+        drop((cgroup_procs, slave, in_read, out_write, err_write));
         let pid = match spawned {
             exec::Spawned::Started(pid) => pid,
             exec::Spawned::Killed(pid) => {
@@ -583,17 +561,12 @@ impl Agent {
                 pid
             }
             exec::Spawned::Failed(err) => {
-                for fd in [out.map_or(master_out, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(master_in, |p| p.1)] {
-                    // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                    // forgets (or marks -1) here.
-                    unsafe { sys::close(fd) };
-                }
                 return self.fail(id, format!("starting the command failed: {err}"), err.raw_os_error());
             }
         };
-        let fds = [out.map_or(master_out, |p| p.0), errp.map_or(-1, |p| p.0), inp.map_or(master_in, |p| p.1)];
-        for fd in fds.into_iter().filter(|fd| *fd >= 0) {
-            let _ = sys::set_nonblocking(fd);
+        let (stdout, stderr, stdin) = (out_read.or(master), err_read, in_write.or(master_in));
+        for fd in [&stdout, &stderr, &stdin].into_iter().flatten() {
+            let _ = sys::set_nonblocking(fd.as_fd());
         }
         let now = Instant::now();
         self.execs.insert(
@@ -601,9 +574,9 @@ impl Agent {
             Running {
                 pid,
                 argv: e.argv.clone(),
-                stdout: fds[0],
-                stderr: fds[1],
-                stdin: fds[2],
+                stdout,
+                stderr,
+                stdin,
                 stdin_buf: Vec::new(),
                 stdin_eof: false,
                 deadline: (e.timeout_ms > 0).then(|| now + Duration::from_millis(e.timeout_ms)),
@@ -618,48 +591,34 @@ impl Agent {
         self.send(&proto::encode_json(Kind::Started, id, &Started { pid }));
     }
 
-    fn service(&mut self, id: u32, fd: libc::c_int, revents: libc::c_short) {
+    fn service(&mut self, id: u32, stream: Stream, revents: libc::c_short) {
         let Some(r) = self.execs.get_mut(&id) else { return };
-        if fd == r.stdin {
+        let Some(fd) = r.fd(stream) else { return };
+        if stream == Stream::Stdin {
             if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                // forgets (or marks -1) here.
-                unsafe { sys::close(r.stdin) };
-                r.stdin = -1;
-                r.stdin_buf.clear();
+                r.close(Stream::Stdin);
                 return;
             }
-            // SAFETY: writing from our buffer into the child's stdin pipe.
-            let n = unsafe { libc::write(fd, r.stdin_buf.as_ptr().cast(), r.stdin_buf.len()) };
-            if n > 0 {
-                r.stdin_buf.drain(..n.unsigned_abs());
+            // A full pipe (WouldBlock) is tried again when it polls writable; a broken one polls POLLERR.
+            if let Ok(n) = sys::write(fd.as_fd(), &r.stdin_buf) {
+                r.stdin_buf.drain(..n);
             }
             if r.stdin_buf.is_empty() && r.stdin_eof {
-                // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-                // forgets (or marks -1) here.
-                unsafe { sys::close(r.stdin) };
-                r.stdin = -1;
+                r.close(Stream::Stdin);
             }
             return;
         }
-        let kind = if fd == r.stdout { Kind::Stdout } else { Kind::Stderr };
         let mut buf = [0u8; 65536];
-        // SAFETY: reading into a local buffer.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n > 0 {
-            let frame = proto::encode(kind, id, &buf[..n.unsigned_abs()]);
-            self.send(&frame);
-        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-            // forgets (or marks -1) here.
-            unsafe { sys::close(fd) };
-            if let Some(r) = self.execs.get_mut(&id) {
-                if kind == Kind::Stdout {
-                    r.stdout = -1;
-                } else {
-                    r.stderr = -1;
-                }
+        match sys::read(fd.as_fd(), &mut buf) {
+            Ok(0) => r.close(stream),
+            Ok(n) => {
+                let kind = if stream == Stream::Stdout { Kind::Stdout } else { Kind::Stderr };
+                let frame = proto::encode(kind, id, &buf[..n]);
+                self.send(&frame);
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // EIO from a terminal's master once its slave side has closed.
+            Err(_) => r.close(stream),
         }
     }
 
@@ -723,11 +682,9 @@ impl Agent {
         for id in done {
             // Drain what the process wrote before it exited.
             for _ in 0..64 {
-                let Some(r) = self.execs.get(&id) else { break };
-                let (o, e) = (r.stdout, r.stderr);
                 let before = self.outbuf.len();
-                for fd in [o, e].into_iter().filter(|fd| *fd >= 0) {
-                    self.service(id, fd, libc::POLLIN);
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    self.service(id, stream, libc::POLLIN);
                 }
                 if self.outbuf.len() == before {
                     break;
@@ -747,12 +704,8 @@ impl Agent {
         }
     }
 
+    /// Reports an execution's end; its descriptors close with `r`.
     fn finish(&mut self, id: u32, r: Running) {
-        for fd in [r.stdout, r.stderr, r.stdin] {
-            // SAFETY: the agent made this descriptor and keeps it only as this integer, which it
-            // forgets (or marks -1) here.
-            unsafe { sys::close(fd) };
-        }
         if let Some(cg) = r.cgroup.clone() {
             // An empty execution cgroup is kept for the next execution; one with processes
             // left running in the background stays theirs.

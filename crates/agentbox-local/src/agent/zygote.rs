@@ -10,7 +10,7 @@
 //! control socket closes.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::{CONTROL_FD, init_main};
 use crate::proto::{InitSpawned, SpawnInit};
@@ -38,48 +38,50 @@ pub fn main() -> i32 {
             unsafe { libc::signal(signal, libc::SIG_DFL) };
         }
     }
-    // SAFETY: single-threaded (we run before main); plain syscalls on our own fds.
-    let sigfd = unsafe {
-        libc::prctl(libc::PR_SET_NAME, c"agentbox-zygote".as_ptr());
-        if libc::dup3(0, REQUEST_FD, libc::O_CLOEXEC) == -1 {
-            return 110;
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        if null < 0 || libc::dup2(null, 0) == -1 {
-            return 111;
-        }
-        libc::close(null);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut set);
-        libc::sigaddset(&raw mut set, libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-        libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-    };
-    if sigfd < 0 {
-        return 112;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes, a static here.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"agentbox-zygote".as_ptr()) };
+    // The request socket came as stdin: it moves to REQUEST_FD, and stdin becomes /dev/null.
+    // SAFETY: dup3 takes integer arguments only. Whatever REQUEST_FD was is replaced: the host passes only 0, 1
+    // and 2 (every descriptor of its own is close-on-exec).
+    if unsafe { libc::dup3(0, REQUEST_FD, libc::O_CLOEXEC) } == -1 {
+        return 110;
     }
+    // SAFETY: dup3 succeeded: REQUEST_FD is the new descriptor, and nothing else in this process owns it.
+    let request = unsafe { OwnedFd::from_raw_fd(REQUEST_FD) };
+    let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else {
+        return 111;
+    };
+    // SAFETY: dup2 takes integer arguments only; it replaces descriptor 0 (stdin, std's) in one step.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } == -1 {
+        return 111;
+    }
+    drop(null);
+    // The zygote is single-threaded (it runs before main).
+    let Ok(sigfd) = sys::block_into_signalfd(&[libc::SIGCHLD], &[libc::SIGCHLD]) else {
+        return 112;
+    };
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
         let mut fds = [
-            libc::pollfd { fd: REQUEST_FD, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sigfd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: request.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: sigfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
-        // SAFETY: two valid pollfds.
+        // SAFETY: an array of two pollfds, whose descriptors this function holds until after the call.
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
             continue;
         }
         if fds[1].revents != 0 {
-            reap(sigfd);
+            reap(sigfd.as_fd());
         }
         if fds[0].revents == 0 {
             continue;
         }
-        let (n, control) = match sys::recv_with_fd(REQUEST_FD, &mut buf) {
+        let (n, control) = match sys::recv_with_fd(request.as_fd(), &mut buf) {
             Ok((0, _)) | Err(_) => return 0,
             Ok(r) => r,
         };
         let reply = match (serde_json::from_slice::<SpawnInit>(&buf[..n]), control) {
-            (Ok(req), Some(control)) => spawn(&req, &control, sigfd),
+            (Ok(req), Some(control)) => spawn(&req, &control, sigfd.as_fd()),
             (Err(e), _) => Err((format!("invalid request to the zygote: {e}"), None)),
             (Ok(_), None) => Err(("the request carried no control socket".to_owned(), None)),
         };
@@ -87,11 +89,11 @@ pub fn main() -> i32 {
             Ok((pid, pidfd)) => {
                 // Our copy of the pidfd closes when `pidfd` drops; the host keeps its own.
                 let msg = InitSpawned { pid, error: None, errno: None };
-                sys::send_with_fd(REQUEST_FD, &encode_reply(&msg), Some(pidfd.as_raw_fd()))
+                sys::send_with_fd(request.as_fd(), &encode_reply(&msg), Some(pidfd.as_fd()))
             }
             Err((error, errno)) => {
                 let msg = InitSpawned { pid: 0, error: Some(error), errno };
-                sys::send_with_fd(REQUEST_FD, &encode_reply(&msg), None)
+                sys::send_with_fd(request.as_fd(), &encode_reply(&msg), None)
             }
         };
         if sent.is_err() {
@@ -109,10 +111,8 @@ fn encode_reply(msg: &InitSpawned) -> Vec<u8> {
 }
 
 /// Reaps every exited init.
-fn reap(sigfd: libc::c_int) {
-    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
-    // SAFETY: draining the signalfd into a buffer of its record size.
-    while unsafe { libc::read(sigfd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
+fn reap(sigfd: BorrowedFd<'_>) {
+    sys::drain_signalfd(sigfd);
     loop {
         let mut status = 0;
         // SAFETY: reaping our own children without blocking.
@@ -130,11 +130,7 @@ fn reap(sigfd: libc::c_int) {
 /// root, so it takes root back right after). It then writes the namespace's id maps, as root of the parent
 /// namespace, and only then lets the child go on: the child becomes root of its namespace (the range's first
 /// host id) with every capability there and none outside.
-fn spawn(
-    req: &SpawnInit,
-    control: &std::os::fd::OwnedFd,
-    sigfd: libc::c_int,
-) -> Result<(i32, std::os::fd::OwnedFd), (String, Option<i32>)> {
+fn spawn(req: &SpawnInit, control: &OwnedFd, sigfd: BorrowedFd<'_>) -> Result<(i32, OwnedFd), (String, Option<i32>)> {
     let fail = |what: &str| {
         let e = io::Error::last_os_error();
         (format!("{what}: {e}"), e.raw_os_error())
@@ -164,18 +160,19 @@ fn spawn(
         }
     }
     // SAFETY: a fork-like clone (no new stack, no shared memory) of this single-threaded
-    // process; the child only continues into code that is safe after fork.
+    // process; the child only continues into code that is safe after fork, and leaves through `_exit`.
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::c_long::from(flags), 0usize, 0usize, 0usize, 0usize) };
     if pid == 0 {
-        if let Some((read_end, write_end)) = &gate {
-            // SAFETY: closing the child's copy of the write end, which nothing else in it uses.
-            unsafe { libc::close(*write_end) };
-            if let Err(code) = enter_user_namespace(*read_end) {
+        // The clone's copies of the gate: it waits on the read end, and closes its write end so that the gate
+        // reads end-of-file if the zygote gives up.
+        if let Some((read_end, write_end)) = gate {
+            drop(write_end);
+            if let Err(code) = enter_user_namespace(read_end) {
                 // SAFETY: leaving the clone without running the zygote's destructors.
                 unsafe { libc::_exit(code) }
             }
         }
-        let code = child(control.as_raw_fd(), sigfd);
+        let code = child(control.as_fd(), sigfd);
         // SAFETY: leaving the clone without running the zygote's destructors.
         unsafe { libc::_exit(code) }
     }
@@ -186,32 +183,19 @@ fn spawn(
         // SAFETY: leaving the process; the host sees its socket close.
         unsafe { libc::_exit(113) }
     }
-    let pid = match cloned {
-        Ok(pid) => i32::try_from(pid).unwrap_or(-1),
-        Err(e) => {
-            if let Some((read_end, write_end)) = gate {
-                // SAFETY: closing both ends of the gate, which nothing else uses.
-                unsafe {
-                    libc::close(read_end);
-                    libc::close(write_end);
-                }
-            }
-            return Err(e);
-        }
-    };
+    // A failed clone closes the gate (both ends drop with it).
+    let pid = i32::try_from(cloned?).map_err(|_| ("the clone returned an invalid pid".to_owned(), None))?;
     let kill = |err: (String, Option<i32>)| {
         let _ = sys::kill(pid, libc::SIGKILL);
         err
     };
     if let (Some(first), Some((read_end, write_end))) = (req.ids, gate) {
-        // SAFETY: closing the zygote's copy of the read end, which nothing else here uses.
-        unsafe { libc::close(read_end) };
+        drop(read_end);
         let map = format!("0 {first} {}\n", agentbox_storage::RANGE_SIZE);
         let written = std::fs::write(format!("/proc/{pid}/uid_map"), &map)
             .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &map));
-        let released = written.and_then(|()| sys::write_all(write_end, b"1"));
-        // SAFETY: closing the write end, which nothing else uses.
-        unsafe { libc::close(write_end) };
+        let released = written.and_then(|()| sys::write_all(write_end.as_fd(), b"1"));
+        drop(write_end);
         released.map_err(|e| kill((format!("writing the sandbox's id maps failed: {e}"), e.raw_os_error())))?;
     }
     match sys::pidfd_open(pid) {
@@ -232,14 +216,11 @@ fn restore_root() -> bool {
 /// In the clone, once the zygote has written the id maps (it writes one byte to `gate`): become root of the
 /// new user namespace, with no supplementary groups. Raw system calls only (the clone is a copy of a
 /// single-threaded process). `Err` holds the exit code that says which step failed.
-fn enter_user_namespace(gate: libc::c_int) -> Result<(), i32> {
-    let mut byte = 0u8;
-    // SAFETY: reading one byte into a local.
-    if unsafe { libc::read(gate, (&raw mut byte).cast(), 1) } != 1 {
+fn enter_user_namespace(gate: OwnedFd) -> Result<(), i32> {
+    if !matches!(sys::read(gate.as_fd(), &mut [0u8]), Ok(1)) {
         return Err(120); // the zygote gave up on this clone
     }
-    // SAFETY: closing the read end, which nothing else uses.
-    unsafe { libc::close(gate) };
+    drop(gate);
     // SAFETY: integer arguments.
     if unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) } == -1 {
         return Err(121);
@@ -265,18 +246,25 @@ fn enter_user_namespace(gate: libc::c_int) -> Result<(), i32> {
 
 /// In the clone: take the control socket as fd 3, leave the zygote's descriptors and signal
 /// mask, then become the init (which the host moves into its cgroups before sending its setup message).
-fn child(control: libc::c_int, sigfd: libc::c_int) -> i32 {
-    // SAFETY: plain syscalls on fds this process owns.
-    unsafe {
-        libc::close(sigfd);
-        if libc::dup2(control, CONTROL_FD) == -1 {
-            return 110;
-        }
-        libc::syscall(libc::SYS_close_range, CONTROL_FD + 1, libc::c_uint::MAX, 0);
-        libc::setsid();
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
+///
+/// The zygote's descriptors in this copy (`sigfd`, the request socket, `control` itself) are closed here under
+/// their owners in the zygote's frames. That is sound because this copy never returns to those frames: it
+/// leaves through `_exit` (see `spawn`), so no owner uses or closes them again.
+fn child(control: BorrowedFd<'_>, sigfd: BorrowedFd<'_>) -> i32 {
+    // Every descriptor but the control socket goes: dup2 onto CONTROL_FD replaces whatever was there, and
+    // close_range closes all above it. The signalfd is one of those (0, 1 and 2 are open, so it is 3 or above),
+    // as is the request socket.
+    debug_assert!(sigfd.as_raw_fd() >= CONTROL_FD);
+    // SAFETY: dup2 takes integer arguments only.
+    if unsafe { libc::dup2(control.as_raw_fd(), CONTROL_FD) } == -1 {
+        return 110;
+    }
+    // SAFETY: close_range takes integer arguments only; see above for the descriptors it closes.
+    unsafe { libc::syscall(libc::SYS_close_range, CONTROL_FD + 1, libc::c_uint::MAX, 0) };
+    // SAFETY: setsid takes no arguments.
+    unsafe { libc::setsid() };
+    if sys::unblock_all_signals().is_err() {
+        return 111;
     }
     init_main()
 }

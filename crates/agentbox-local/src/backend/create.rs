@@ -61,14 +61,8 @@ impl LocalBackend {
             .await?
         };
         let volumes = self.inner.volumes_in_use.hold(volume_names);
-        let mut fds = [0; 2];
-        // SAFETY: socketpair into a local array.
-        sys::check(unsafe {
-            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
-        })
-        .map_err(|e| backend_err("creating the control socket", e))?;
-        // SAFETY: both fds are fresh and owned here.
-        let (host_end, agent_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (host_end, agent_end) =
+            sys::socketpair(libc::SOCK_STREAM).map_err(|e| backend_err("creating the control socket", e))?;
 
         // A host id range of its own for the sandbox's user namespace, claimed first: the clone needs it.
         let ids = match &self.inner.ids {
@@ -282,7 +276,7 @@ impl LocalBackend {
             let frame = proto::try_encode_json(Kind::Setup, 0, &setup)
                 .map_err(|e| backend_err("encoding the sandbox setup", e))?;
             let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            sys::send_with_fds(host_end.as_raw_fd(), &frame, &borrowed)
+            sys::send_with_fds(host_end.as_fd(), &frame, &borrowed)
                 .map_err(|e| backend_err("sending the sandbox setup", e))?;
             drop(fds);
             let std_stream = std::os::unix::net::UnixStream::from(host_end);
