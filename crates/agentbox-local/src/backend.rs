@@ -98,6 +98,12 @@ struct Inner {
     volumes_in_use: Arc<volumes::VolumesInUse>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cgroups.remove_parent_if_empty();
+    }
+}
+
 /// The local Linux backend. Cheap to clone.
 #[derive(Clone)]
 pub struct LocalBackend {

@@ -292,8 +292,15 @@ impl Cgroups {
                 cg.dirs.insert(c, dir);
                 continue;
             }
-            fs::create_dir(&dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display())))?;
+            let made = match fs::create_dir(&dir) {
+                // The parent went with the last backend of this state directory that was dropped: make it again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.ensure_parent();
+                    fs::create_dir(&dir)
+                }
+                made => made,
+            };
+            made.map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display())))?;
             cg.dirs.insert(c, dir);
         }
         let w = |dir: &Path, file: &str, v: String| {
@@ -339,6 +346,42 @@ impl Cgroups {
         Ok(cg)
     }
 
+    /// The parent's directories, in every hierarchy.
+    fn parent_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = match &self.layout {
+            Layout::V2(_) => vec![self.v2_parent.clone()],
+            Layout::V1(m) => m
+                .iter()
+                .filter(|(c, _)| matches!(c.as_str(), "memory" | "cpu" | "cpuacct" | "pids" | "freezer"))
+                .map(|(_, p)| p.join(&self.parent))
+                .collect(),
+            Layout::None => Vec::new(),
+        };
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Makes the parent again (and, on v2, hands its controllers down again).
+    fn ensure_parent(&self) {
+        for dir in self.parent_dirs() {
+            let _ = fs::create_dir_all(&dir);
+        }
+        if matches!(self.layout, Layout::V2(_)) {
+            let _ = write_subtree_control(&self.v2_parent);
+        }
+    }
+
+    /// Removes the parent where it holds no sandbox's cgroup: a backend's state directory (and so its parent)
+    /// may be a temporary one, whose parent nobody would reuse. Another backend of the same state directory makes
+    /// it again when it needs it.
+    pub fn remove_parent_if_empty(&self) {
+        for dir in self.parent_dirs() {
+            // rmdir refuses a cgroup with children or processes: only an empty parent goes.
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
     /// Names of the sandbox cgroups under our parent, in any hierarchy (for crash recovery).
     #[must_use]
     pub fn leftovers(&self) -> Vec<String> {
@@ -356,11 +399,7 @@ impl Cgroups {
     /// Directories of the sandbox cgroups whose names start with `prefix`, in every hierarchy.
     #[must_use]
     pub fn find(&self, prefix: &str) -> Vec<PathBuf> {
-        let roots: Vec<PathBuf> = match &self.layout {
-            Layout::V2(_) => vec![self.v2_parent.clone()],
-            Layout::V1(m) => m.values().map(|p| p.join(&self.parent)).collect(),
-            Layout::None => Vec::new(),
-        };
+        let roots = self.parent_dirs();
         let mut found: Vec<PathBuf> = roots
             .iter()
             .filter_map(|r| fs::read_dir(r).ok())
@@ -815,6 +854,31 @@ impl SandboxCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_parent_is_removed_and_made_again_when_needed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let cgroups = Cgroups::detect(&format!("agentbox-parent-test-{}", std::process::id()));
+        if cgroups.controllers.is_empty() {
+            return;
+        }
+        let limits = Limits { memory_bytes: 64 << 20, cpus: 1, pids: 64 };
+        let first = cgroups.create("sb-parent-test", limits).unwrap();
+        cgroups.remove_parent_if_empty();
+        assert!(cgroups.parent_dirs().iter().all(|d| d.is_dir()), "a parent with a sandbox's cgroup stays");
+        first.remove();
+        cgroups.remove_parent_if_empty();
+        assert!(cgroups.parent_dirs().iter().all(|d| !d.exists()), "an empty parent goes");
+        // Another backend of the same state directory makes it again.
+        let again = cgroups.create("sb-parent-test", limits).unwrap();
+        assert!(cgroups.parent_dirs().iter().all(|d| d.is_dir()));
+        again.remove();
+        cgroups.remove_parent_if_empty();
+        assert!(cgroups.parent_dirs().iter().all(|d| !d.exists()));
+    }
 
     #[test]
     fn parses_hybrid_and_unified_mountinfo() {
