@@ -89,13 +89,21 @@ while True:
             if rec and mask & 0x40000000:
                 emit(1, full)
                 add(os.fsdecode(full))
-                # What was made in the new directory before its watch was set is reported as created.
+                # What was made in the new directory before its watch was set is reported as created, and a file
+                # that already holds data as written too (its writes happened before there was a watch to see them).
                 for dp, dns, fns in os.walk(full):
                     for n in dns:
                         emit(1, os.path.join(dp, n))
                         add(os.fsdecode(os.path.join(dp, n)))
                     for n in fns:
-                        emit(1, os.path.join(dp, n))
+                        p = os.path.join(dp, n)
+                        emit(1, p)
+                        try:
+                            st = os.lstat(p)
+                        except OSError:
+                            continue
+                        if st.st_size > 0 and (st.st_mode & 0o170000) == 0o100000:
+                            emit(2, p)
                 continue
         elif mask & 0x2:
             t = 2
