@@ -34,7 +34,7 @@ struct Args {
     /// loopback registry, `127.0.0.1:5000/debian-python:bookworm`); P11 is skipped without it.
     #[arg(long)]
     image: Option<String>,
-    /// Run only these benchmarks (p1..p13); all when absent.
+    /// Run only these benchmarks (p1..p14); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -42,13 +42,14 @@ struct Args {
 struct Stats {
     p50: Duration,
     p90: Duration,
+    p99: Duration,
 }
 
 fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     // Nearest-rank percentile: index = round((n - 1) * q / 100).
     let at = |q: usize| v[((v.len() - 1) * q + 50) / 100];
-    Stats { p50: at(50), p90: at(90) }
+    Stats { p50: at(50), p90: at(90), p99: at(99) }
 }
 
 fn ms(d: Duration) -> String {
@@ -445,37 +446,115 @@ async fn p6(backend: Arc<LocalBackend>, total: usize) {
     );
 }
 
-async fn p5(backend: Arc<LocalBackend>, n: usize) {
-    use agentbox_server::config::ServerConfig;
-    use agentbox_server::registry::Registry;
-    use agentbox_server::{ApiToken, Server};
+/// An agentboxd (in this process) on loopback over `backend`, without rate limits.
+struct BenchServer {
+    addr: std::net::SocketAddr,
+    manager: SandboxManager,
+    serving: tokio::task::JoinHandle<()>,
+    client: reqwest::Client,
+}
 
-    let mut config = ServerConfig::default();
-    config.limits.rate_limit_per_second = 1_000_000;
-    config.limits.rate_limit_burst = 1_000_000;
-    let token = "bench-token-0123456789abcdef";
-    let server =
-        Server::start(backend, config, ApiToken::new(token).expect("token"), Registry::in_memory().expect("registry"))
-            .await
-            .expect("server");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let manager = server.manager().clone();
-    let server = Arc::new(server);
-    let serving = {
-        let s = server.clone();
-        tokio::spawn(async move { s.serve(listener, std::future::pending()).await })
-    };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
-    let base = format!("http://{addr}/api/sandboxes");
-    let create = client
-        .post(format!("{base}/create"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({"run_id": "bench"}))
-        .send()
+const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+
+impl BenchServer {
+    async fn start(backend: Arc<LocalBackend>) -> Self {
+        use agentbox_server::config::ServerConfig;
+        use agentbox_server::registry::Registry;
+        use agentbox_server::{ApiToken, Server};
+
+        let mut config = ServerConfig::default();
+        config.limits.rate_limit_per_second = 1_000_000;
+        config.limits.rate_limit_burst = 1_000_000;
+        let server = Server::start(
+            backend,
+            config,
+            ApiToken::new(BENCH_TOKEN).expect("token"),
+            Registry::in_memory().expect("registry"),
+        )
         .await
-        .expect("create");
-    assert!(create.status().is_success(), "create: {}", create.status());
+        .expect("server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let manager = server.manager().clone();
+        let serving = tokio::spawn(async move {
+            let _ = server.serve(listener, std::future::pending()).await;
+        });
+        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+        Self { addr, manager, serving, client }
+    }
+
+    async fn create(&self, run: &str) {
+        let r = self
+            .client
+            .post(format!("http://{}/api/sandboxes/create", self.addr))
+            .bearer_auth(BENCH_TOKEN)
+            .json(&serde_json::json!({"run_id": run}))
+            .send()
+            .await
+            .expect("create");
+        assert!(r.status().is_success(), "create: {}", r.status());
+    }
+
+    /// One REST `execute/command` of `true` in `run`, timed.
+    async fn exec_true(&self, run: &str) -> Duration {
+        let t = Instant::now();
+        let r = self
+            .client
+            .post(format!("http://{}/api/sandboxes/{run}/execute/command", self.addr))
+            .bearer_auth(BENCH_TOKEN)
+            .json(&serde_json::json!({"argv": ["true"]}))
+            .send()
+            .await
+            .expect("exec");
+        assert!(r.status().is_success(), "exec: {}", r.status());
+        let _ = r.bytes().await;
+        t.elapsed()
+    }
+
+    async fn stop(self) {
+        self.serving.abort();
+        self.manager.shutdown().await;
+    }
+}
+
+/// What a noisy neighbour runs: four busy loops, a memory hog that fills its memory limit again and again, and a
+/// fork bomb held at its pid limit. Everything stays inside its sandbox's limits.
+const NOISE: &str = "for i in 1 2 3 4; do (while :; do :; done) & done; \
+    (while :; do python3 -c 'b = []\nwhile True: b.append(bytearray(1 << 20))' 2>/dev/null; done) & \
+    (f() { f | f & }; f) 2>/dev/null & wait";
+
+async fn p14(backend: Arc<LocalBackend>, n: usize) {
+    let server = BenchServer::start(backend).await;
+    server.create("victim").await;
+    server.create("noisy").await;
+    let mut quiet = Vec::with_capacity(n);
+    for _ in 0..n {
+        quiet.push(server.exec_true("victim").await);
+    }
+    let noisy = RunId::parse("noisy").expect("run id");
+    server.manager.spawn_background(&noisy, ExecRequest::shell(NOISE)).await.expect("noise");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut loud = Vec::with_capacity(n);
+    for _ in 0..n {
+        loud.push(server.exec_true("victim").await);
+    }
+    let (loud, quiet) = (stats(loud), stats(quiet));
+    println!(
+        "P14 REST exec true beside a noisy neighbour   p50 {:>11}  p99 {:>11} | neighbour idle               p50 {:>11}  p99 {:>11} | ratio p99 {:.2}x",
+        ms(loud.p50),
+        ms(loud.p99),
+        ms(quiet.p50),
+        ms(quiet.p99),
+        loud.p99.as_secs_f64() / quiet.p99.as_secs_f64()
+    );
+    server.stop().await;
+}
+
+async fn p5(backend: Arc<LocalBackend>, n: usize) {
+    let server = BenchServer::start(backend).await;
+    let (addr, client, manager, token) = (server.addr, server.client.clone(), server.manager.clone(), BENCH_TOKEN);
+    let base = format!("http://{addr}/api/sandboxes");
+    server.create("bench").await;
     let run = RunId::parse("bench").expect("run id");
     let exec_url = format!("{base}/bench/execute/command");
     let body = serde_json::json!({"argv": ["true"]});
@@ -514,8 +593,7 @@ async fn p5(backend: Arc<LocalBackend>, n: usize) {
     }
     let rate = (clients * per_client) as f64 / t.elapsed().as_secs_f64();
     println!("P5 REST throughput, {clients} concurrent clients: {rate:.0} exec/s");
-    serving.abort();
-    manager.shutdown().await;
+    server.stop().await;
 }
 
 #[tokio::main]
@@ -564,6 +642,9 @@ async fn main() {
     }
     if want("p5") {
         p5(backend.clone(), args.iterations * 5).await;
+    }
+    if want("p14") {
+        p14(backend.clone(), args.iterations * 5).await;
     }
     if want("p6") {
         p6(backend.clone(), args.creates).await;
