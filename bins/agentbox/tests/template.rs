@@ -40,6 +40,17 @@ fn a_template_is_built_listed_run_and_removed() {
     assert!(text(&o).contains(&format!("agentbox.local/templates/{name}:latest")), "{}", text(&o));
     let o = agentbox(&["template", "build", "-t", &name, "--build-arg", "WHO=the-cli", context]);
     assert!(text(&o).contains("COPY tool.py /opt/tool.py (cached)"), "{}", text(&o));
+    // Pushed to a registry: a fresh store pulls it whole, and a sandbox runs from the pushed name.
+    let pushed = format!("{}/templates/{name}:1", registry.addr);
+    let o = agentbox(&["template", "build", "-t", &name, "--build-arg", "WHO=the-cli", "--push", &pushed, context]);
+    assert!(o.status.success() && text(&o).contains(&format!("pushed {pushed}")), "{}", text(&o));
+    let fresh = tempfile::tempdir().unwrap();
+    let o = agentbox(&["image", "pull", "--store", fresh.path().to_str().unwrap(), &pushed]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = agentbox(&["run", "--image", &pushed, "--", "cat", "/etc/built-by"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "built by the-cli\n", "{}", text(&o));
+    let o = agentbox(&["image", "push", "--json", "no.such/image:1", &pushed]);
+    assert!(!o.status.success() && text(&o).contains("no such image"), "{}", text(&o));
     let o = agentbox(&["template", "ls"]);
     assert!(text(&o).contains(&name), "{}", text(&o));
     let o = agentbox(&["run", "--template", &name, "--", "sh", "-c", "python3 $TOOL; cat /etc/built-by"]);

@@ -20,6 +20,7 @@ pub mod config;
 pub mod digest;
 pub mod local;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod store;
 pub mod unpack;
@@ -28,6 +29,7 @@ pub use config::{Credential, ImageConfig, Platform, RetryConfig, UnpackLimits};
 pub use digest::Digest;
 pub use local::{IdShift, LOCAL_REGISTRY, UpperSummary, is_local, template_reference, write_upper_as_layer};
 pub use pull::{PullError, PullEvent, PullReport};
+pub use push::{PushError, PushReport};
 pub use reference::{ImageRef, ReferenceError};
 pub use store::{GcReport, ImageRecord, LayerRef, RuntimeConfig, Store, StoreError};
 pub use unpack::{LayerManifest, UnpackError};
@@ -41,6 +43,9 @@ pub enum ImageError {
     /// A pull failed.
     #[error(transparent)]
     Pull(#[from] PullError),
+    /// A push failed.
+    #[error(transparent)]
+    Push(#[from] PushError),
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -711,7 +711,7 @@ impl Drop for TempFile {
 
 /// Whether a registry may be reached over plain http: on loopback, or listed in `insecure_registries` (by the
 /// name the reference or mirror gives, or the host the client resolves it to).
-fn allows_plain_http(cfg: &ImageConfig, endpoint: &str, named: &str) -> bool {
+pub(crate) fn allows_plain_http(cfg: &ImageConfig, endpoint: &str, named: &str) -> bool {
     is_loopback_registry(endpoint) || cfg.insecure_registries.iter().any(|r| r == endpoint || r == named)
 }
 

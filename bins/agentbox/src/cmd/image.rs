@@ -1,5 +1,5 @@
-//! `agentbox image pull|ls|rm|prune`: the local image store (docs/IMAGES.md), where sandbox roots will
-//! come from.
+//! `agentbox image pull|push|ls|rm|prune`: the local image store (docs/IMAGES.md), where sandbox roots come
+//! from.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -31,6 +31,14 @@ pub enum Action {
         /// The reference.
         reference: String,
     },
+    /// Push an image of the store (pulled, or a template: `agentbox.local/templates/NAME:latest`) to a registry
+    /// under another name; credentials as for pulls (docker's config.json, `AGENTBOX_REGISTRY_*`).
+    Push {
+        /// The image in the store.
+        source: String,
+        /// Where to push it (`registry.example.com/team/agent:1`).
+        destination: String,
+    },
     /// List the pulled images.
     Ls,
     /// Remove images from the store (their layers go at the next prune unless another image uses them).
@@ -50,6 +58,15 @@ fn store(args: &Args) -> Result<Store, CliError> {
 
 fn reference(s: &str) -> Result<ImageRef, CliError> {
     ImageRef::parse(s).map_err(|e| CliError::Image(e.into()))
+}
+
+/// Pushes `source` of the store to `destination`.
+///
+/// # Errors
+/// What the push reports.
+pub fn push(store: &Store, source: &ImageRef, destination: &ImageRef) -> Result<agentbox_image::PushReport, CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(store.push(source, destination)).map_err(|e| CliError::Image(e.into()))
 }
 
 /// Runs the subcommand.
@@ -83,6 +100,29 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                     report.layers_reused,
                     report.bytes_downloaded,
                     report.source
+                )?;
+            }
+        }
+        Action::Push { source, destination } => {
+            let (source, destination) = (reference(source)?, reference(destination)?);
+            let report = push(&store, &source, &destination)?;
+            if args.json {
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &serde_json::json!({
+                        "destination": destination.to_string(),
+                        "manifest_digest": report.manifest_digest,
+                        "blobs_pushed": report.blobs_pushed,
+                        "blobs_skipped": report.blobs_skipped,
+                        "bytes_pushed": report.bytes_pushed,
+                    }),
+                )?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{destination} {} ({} blobs pushed, {} already there; {} bytes)",
+                    report.manifest_digest, report.blobs_pushed, report.blobs_skipped, report.bytes_pushed
                 )?;
             }
         }

@@ -43,6 +43,9 @@ pub enum Action {
         /// A domain RUN steps may reach besides the package registries (repeatable).
         #[arg(long = "allow-domain", value_name = "DOMAIN")]
         allow_domains: Vec<String>,
+        /// After the build, push the template to this reference (`registry.example.com/team/agent:1`).
+        #[arg(long, value_name = "REFERENCE")]
+        push: Option<String>,
         /// The build context: the directory COPY sources are in.
         #[arg(default_value = ".")]
         context: PathBuf,
@@ -65,10 +68,16 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let images = args.store.clone().map_or_else(ImageConfig::default, ImageConfig::in_dir);
     let store = Store::open(images.clone()).map_err(|e| CliError::Image(e.into()))?;
     let backend = LocalBackend::new(LocalConfig { images: Some(images), ..LocalConfig::default() })?;
-    let builder = Builder::new(Arc::new(backend), store);
+    let builder = Builder::new(Arc::new(backend), store.clone());
     let mut out = io::stdout().lock();
     match &args.action {
-        Action::Build { file, name, build_args, allow_domains, context } => {
+        Action::Build { file, name, build_args, allow_domains, push, context } => {
+            // A destination that can't be parsed fails before the build, not after it.
+            let push = push
+                .as_deref()
+                .map(agentbox_image::ImageRef::parse)
+                .transpose()
+                .map_err(|e| CliError::Image(e.into()))?;
             let path = file.clone().unwrap_or_else(|| context.join("Dockerfile"));
             let dockerfile = std::fs::read_to_string(&path)
                 .map_err(|e| CliError::Usage(format!("reading the Dockerfile {}: {e}", path.display())))?;
@@ -93,8 +102,24 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let pushed = match push {
+                Some(destination) => {
+                    let source =
+                        agentbox_image::ImageRef::parse(&report.reference).map_err(|e| CliError::Image(e.into()))?;
+                    Some((super::image::push(&store, &source, &destination)?, destination))
+                }
+                None => None,
+            };
             if args.json {
-                serde_json::to_writer_pretty(&mut out, &report)?;
+                let mut value = serde_json::to_value(&report)?;
+                if let Some((p, destination)) = &pushed {
+                    value["pushed"] = serde_json::json!({
+                        "destination": destination.to_string(),
+                        "manifest_digest": p.manifest_digest,
+                        "bytes_pushed": p.bytes_pushed,
+                    });
+                }
+                serde_json::to_writer_pretty(&mut out, &value)?;
                 writeln!(out)?;
             } else {
                 let total = report.steps.len();
@@ -108,6 +133,9 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                     writeln!(out, "step {}/{total} {text} ({how})", i + 1)?;
                 }
                 writeln!(out, "{} {} in {} ms", report.reference, report.digest, report.millis)?;
+                if let Some((p, destination)) = &pushed {
+                    writeln!(out, "pushed {destination} {} ({} bytes)", p.manifest_digest, p.bytes_pushed)?;
+                }
             }
         }
         Action::Ls => {
