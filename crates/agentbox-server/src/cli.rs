@@ -60,6 +60,8 @@ pub struct BackendSettings<'a> {
     /// Who adopts the sandboxes' files after a crash: a server's registry ([`Registry::keeper`]); `None` for a
     /// process whose sandboxes end with it (`agentbox run`).
     pub crash_keeper: Option<&'a std::path::Path>,
+    /// The local backend's image store (`None`: its default).
+    pub images: Option<&'a crate::config::ImageSettings>,
 }
 
 /// The backend `kind` names, with its default configuration and the server's egress settings: the one way
@@ -75,6 +77,10 @@ pub fn open_backend(
         BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig {
             upstream_extra_roots: settings.egress.upstream_extra_roots.clone(),
             crash_keeper: settings.crash_keeper.map(std::path::Path::to_path_buf),
+            images: match settings.images {
+                Some(images) => Some(images.config()),
+                None => agentbox_local::LocalConfig::default().images,
+            },
             ..agentbox_local::LocalConfig::default()
         })
         .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
@@ -127,7 +133,8 @@ where
     let env_token = std::env::var(TOKEN_ENV).ok();
     let (token, origin) = resolve_token(env_token.as_deref().or(config.api_token.as_deref()), &data_dir)?;
     let registry = Registry::open(&data_dir.join("registry.db"))?;
-    let settings = BackendSettings { egress: &config.egress, crash_keeper: registry.keeper() };
+    let settings =
+        BackendSettings { egress: &config.egress, crash_keeper: registry.keeper(), images: Some(&config.images) };
     let backend = make_backend(config.backend, &settings).map_err(ServerError::Config)?;
     let listen = config.listen;
     let backend_name = backend.name();

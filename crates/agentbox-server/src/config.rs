@@ -230,6 +230,24 @@ pub struct ServerConfig {
     pub e2b_api: agentbox_e2b_api::E2bApiConfig,
     /// The egress proxy's secrets and destination trust (`[egress]`; see docs/SECRETS.md).
     pub egress: EgressSettings,
+    /// The image store of the local backend, which `/api/images` and `/api/templates` serve (`[images]`).
+    pub images: ImageSettings,
+}
+
+/// Where the local backend's images live (docs/IMAGES.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageSettings {
+    /// The store's directory (default `/var/lib/agentbox/images`).
+    pub dir: Option<PathBuf>,
+}
+
+impl ImageSettings {
+    /// The store's configuration.
+    #[must_use]
+    pub fn config(&self) -> agentbox_image::ImageConfig {
+        self.dir.clone().map_or_else(agentbox_image::ImageConfig::default, agentbox_image::ImageConfig::in_dir)
+    }
 }
 
 /// Secrets the egress proxy injects, and the roots it trusts when it connects to hosts whose TLS it terminates.
@@ -292,6 +310,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             manager: ManagerSettings::default(),
             on_shutdown: ShutdownPolicy::Keep,
+            images: ImageSettings::default(),
             shutdown_grace: Duration::from_secs(30),
             mcp: agentbox_mcp::McpConfig::default(),
             e2b_api: agentbox_e2b_api::E2bApiConfig::default(),

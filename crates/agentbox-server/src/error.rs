@@ -220,6 +220,20 @@ impl From<agentbox_core::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body this error answers with (also the data of an `error` event in a stream).
+    #[must_use]
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

@@ -66,11 +66,37 @@ pub struct AppState {
     pub(crate) mcp: Option<agentbox_mcp::HttpService>,
     /// The agent tools of `/api/tools` and `/api/sandboxes/{run_id}/tools/{name}`.
     pub(crate) tools: agentbox_tools::ToolRegistry,
+    /// The local backend's image store (`/api/images`); `None` on other backends.
+    pub(crate) images: Option<agentbox_image::Store>,
+    /// The template builder over that store and the backend (`/api/templates`).
+    pub(crate) templates: Option<Arc<agentbox_template::Builder>>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// The local backend's image store and a template builder over it; none on other backends, or where the
+/// store can't be opened (without root, say: the reason is logged, and the routes say the backend has none).
+fn open_images(
+    backend: &Arc<dyn SandboxBackend>,
+    config: &ServerConfig,
+) -> (Option<agentbox_image::Store>, Option<Arc<agentbox_template::Builder>>) {
+    // SAFETY: geteuid has no preconditions.
+    if backend.name() != "local" || unsafe { libc::geteuid() } != 0 {
+        return (None, None);
+    }
+    match agentbox_image::Store::open(config.images.config()) {
+        Ok(store) => {
+            let builder = agentbox_template::Builder::new(backend.clone(), store.clone());
+            (Some(store), Some(Arc::new(builder)))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the image store can't be opened; /api/images and /api/templates are off");
+            (None, None)
+        }
     }
 }
 
@@ -173,6 +199,7 @@ impl Server {
                 store.set(name, source.source().map_err(what)?).map_err(|e| what(e.to_string()))?;
             }
         }
+        let (images, templates) = open_images(&backend, &config);
         let manager = SandboxManager::new(backend, config.manager_config());
         let lifecycle = lifecycle::Lifecycle::new(manager.clone(), registry);
         let recovery = lifecycle.recover().await?;
@@ -214,6 +241,8 @@ impl Server {
             browser,
             mcp: mcp.http.clone(),
             tools,
+            images,
+            templates,
         };
         let (router, openapi) = api::build(state.clone());
         let (router, e2b) = mount_e2b_api(router, &state, &config)?;

@@ -293,6 +293,13 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "GET /api/secrets",
         "PUT /api/secrets/{name}",
         "DELETE /api/secrets/{name}",
+        "GET /api/images",
+        "DELETE /api/images",
+        "POST /api/images/pull",
+        "POST /api/images/prune",
+        "GET /api/templates",
+        "DELETE /api/templates/{name}",
+        "POST /api/templates/{name}/build",
     ];
     if cfg!(feature = "browser") {
         expected.push("POST /api/sandboxes/{run_id}/browser");

@@ -115,6 +115,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             &agentbox_server::cli::BackendSettings {
                 egress: &agentbox_server::EgressSettings::default(),
                 crash_keeper: None,
+                images: None,
             },
         )
         .map_err(CliError::Backend)?;

@@ -18,7 +18,7 @@ use super::types::{ExecResult, ExecuteCodeRequest, ExecuteCommandRequest, RunIdP
 use crate::AppState;
 use crate::error::ApiError;
 
-fn wants_events(headers: &HeaderMap) -> bool {
+pub(super) fn wants_events(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

@@ -6,10 +6,12 @@ pub mod egress;
 pub mod exec;
 pub mod extract;
 pub mod files;
+pub mod images;
 pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod system;
+pub mod templates;
 pub mod terminal;
 pub mod tools;
 pub mod types;
@@ -115,6 +117,8 @@ impl Modify for Security {
         (name = "secrets", description = "Credentials the egress proxy adds to requests; set, never read back"),
         (name = "snapshots", description = "Point-in-time copies of a sandbox's files, and forks from them"),
         (name = "volumes", description = "Named, persistent volumes that sandboxes mount"),
+        (name = "images", description = "The image store sandbox roots come from"),
+        (name = "templates", description = "Images built from a Dockerfile on this host"),
         (name = "tools", description = "Agent tools: shell, code, files, web search, browser"),
         (name = "server", description = "Liveness and metrics"),
     )
@@ -305,7 +309,14 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::create_sandbox))
         .routes(routes!(exec::execute_command))
         .routes(routes!(exec::execute_code))
-        .routes(routes!(tools::call_tool));
+        .routes(routes!(tools::call_tool))
+        .routes(routes!(images::pull_image));
+    // A build context is an uploaded tar, bounded by the handler.
+    let long = long.merge(
+        OpenApiRouter::new()
+            .routes(routes!(templates::build_template))
+            .layer(DefaultBodyLimit::max(templates::MAX_CONTEXT_BYTES)),
+    );
     #[cfg(feature = "browser")]
     let long = long.routes(routes!(browser::browser_action));
     // File bodies are streamed under `limits.max_upload_bytes` by the handlers themselves (multipart included),
@@ -334,6 +345,10 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(snapshots::delete_snapshot))
         .routes(routes!(volumes::create_volume, volumes::list_volumes))
         .routes(routes!(volumes::delete_volume))
+        .routes(routes!(images::list_images, images::remove_image))
+        .routes(routes!(images::prune_images))
+        .routes(routes!(templates::list_templates))
+        .routes(routes!(templates::remove_template))
         .routes(routes!(tools::list_tools))
         .routes(routes!(system::prometheus))
         .route_layer(from_fn_with_state(state.clone(), request_timeout));
