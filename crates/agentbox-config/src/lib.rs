@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use duration::{deserialize as deserialize_duration, parse as parse_duration};
-pub use egress::{EgressEntry, PathMatch, SecretRule};
+pub use duration::{DurationError, deserialize as deserialize_duration, parse as parse_duration};
+pub use egress::{EgressEntry, EgressError, PathMatch, SecretRule};
 pub use load::{ConfigLoader, LoadError};
 pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agentbox_core::ManagerConfig;
 use serde::Deserialize;
 
-use crate::ServerError;
+use crate::{SecretConfigError, ServerError};
 
 /// Why a server configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -270,14 +270,14 @@ impl SecretSourceConfig {
     /// The source, when exactly one field is set.
     ///
     /// # Errors
-    /// A message saying what to set.
-    pub fn source(&self) -> Result<agentbox_core::egress::SecretSource, String> {
+    /// [`SecretConfigError::NotOneSource`] when none or several are set.
+    pub fn source(&self) -> Result<agentbox_core::egress::SecretSource, SecretConfigError> {
         use agentbox_core::egress::{SecretSource, SecretValue};
         match (&self.value, &self.env, &self.file) {
             (Some(v), None, None) => Ok(SecretSource::Value(SecretValue::new(v.clone()))),
             (None, Some(e), None) => Ok(SecretSource::Env(e.clone())),
             (None, None, Some(f)) => Ok(SecretSource::File(f.clone())),
-            _ => Err("set exactly one of value, env and file".into()),
+            _ => Err(SecretConfigError::NotOneSource),
         }
     }
 }

@@ -84,8 +84,11 @@ pub enum CliError {
     #[error(transparent)]
     Template(#[from] agentbox_template::TemplateError),
     /// The backend could not be opened.
+    #[error(transparent)]
+    OpenBackend(#[from] agentbox_server::OpenBackendError),
+    /// A step of a template build failed.
     #[error("{0}")]
-    Backend(String),
+    TemplateStep(String),
     /// A call to agentboxd failed.
     #[error(transparent)]
     Client(#[from] agentbox_client::ClientError),

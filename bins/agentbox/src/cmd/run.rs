@@ -116,8 +116,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                 egress: &agentbox_server::EgressSettings::default(),
                 crash_keeper: None,
             },
-        )
-        .map_err(CliError::Backend)?;
+        )?;
         let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
         let sandbox = backend.create(request).await?;
         let result = tokio::select! {
