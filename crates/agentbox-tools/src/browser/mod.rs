@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 pub use error::BrowserError;
-pub use input::{BrowserAction, ElementState, ExtractFormat, MouseButton, ScrollTo, TabOp, WaitUntil};
+pub use input::{BrowserAction, ElementState, ExtractFormat, MouseButton, RangeError, ScrollTo, TabOp, WaitUntil};
 
 use crate::error::{ToolError, ToolResult};
 use crate::tool::{Sandbox, Tool, ToolContext, schema_of};
