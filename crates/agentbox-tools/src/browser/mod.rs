@@ -60,6 +60,7 @@ pub use input::{BrowserAction, ElementState, ExtractFormat, MouseButton, RangeEr
 
 use crate::error::{ToolError, ToolResult};
 use crate::tool::{Sandbox, Tool, ToolContext, schema_of};
+use agentbox_core::LockExt;
 use error::BrowserResult;
 use wire::{DecodeError, Limits, Request};
 
@@ -215,7 +216,7 @@ impl BrowserTool {
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Arc<tokio::sync::Mutex<Slot>>>> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slots.lock_unpoisoned()
     }
 
     /// Forgets the drivers of sandboxes the manager no longer has (their drivers died with them).
