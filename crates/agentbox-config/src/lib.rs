@@ -19,6 +19,7 @@
 mod duration;
 pub mod egress;
 mod load;
+mod overrides;
 mod package;
 pub mod paths;
 mod preset;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DurationError, deserialize as deserialize_duration, parse as parse_duration};
 pub use egress::{EgressEntry, EgressError, PathMatch, SecretRule};
 pub use load::{ConfigLoader, LoadError};
+pub use overrides::{ConfigOverrides, NetworkOverride};
 pub use package::{PackageManager, PackageSpec};
 pub use preset::Preset;
 pub use validate::{ValidationError, ValidationErrors, image_reference_problem, mount_path_problem};
