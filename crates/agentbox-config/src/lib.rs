@@ -34,8 +34,8 @@ pub use duration::{DurationError, deserialize as deserialize_duration, parse as 
 pub use egress::{EgressEntry, EgressError, PathMatch, SecretRule};
 pub use load::{ConfigLoader, LoadError};
 pub use overrides::{ConfigOverrides, NetworkOverride};
-pub use package::{PackageManager, PackageSpec};
-pub use preset::Preset;
+pub use package::{PackageManager, PackageSpec, PackageSpecError};
+pub use preset::{Preset, UnknownPreset};
 pub use validate::{ValidationError, ValidationErrors, image_reference_problem, mount_path_problem};
 
 /// What happens to a sandbox unused for its `idle_timeout`.
@@ -155,9 +155,9 @@ impl SandboxConfig {
         let mut errors = ValidationErrors::default();
         let mut out = Vec::with_capacity(self.pre_install_packages.len());
         for (i, p) in self.pre_install_packages.iter().enumerate() {
-            match p.parse() {
+            match p.parse::<PackageSpec>() {
                 Ok(spec) => out.push(spec),
-                Err(e) => errors.push(format!("pre_install_packages[{i}]"), e),
+                Err(e) => errors.push(format!("pre_install_packages[{i}]"), e.to_string()),
             }
         }
         errors.into_result().map(|()| out)

@@ -265,8 +265,8 @@ impl SandboxConfig {
         }
 
         for (i, p) in self.pre_install_packages.iter().enumerate() {
-            if let Err(msg) = p.parse::<crate::PackageSpec>() {
-                e.push(format!("pre_install_packages[{i}]"), msg);
+            if let Err(err) = p.parse::<crate::PackageSpec>() {
+                e.push(format!("pre_install_packages[{i}]"), err.to_string());
             }
         }
         for (k, v) in &self.environment_variables {

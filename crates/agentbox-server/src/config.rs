@@ -42,13 +42,18 @@ impl BackendKind {
     }
 }
 
+/// A name that is not a backend's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?} (expected local or e2b)")]
+pub struct UnknownBackend(pub String);
+
 impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "local" => Ok(Self::Local),
             "e2b" => Ok(Self::E2b),
-            _ => Err(format!("unknown backend {s:?} (expected local or e2b)")),
+            _ => Err(UnknownBackend(s.to_owned())),
         }
     }
 }

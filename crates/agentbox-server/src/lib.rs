@@ -42,7 +42,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use auth::{ApiToken, TokenOrigin, resolve_token};
-pub use config::{BackendKind, ConfigError, EgressSettings, Limits, SecretSourceConfig, ServerConfig, ShutdownPolicy};
+pub use config::{
+    BackendKind, ConfigError, EgressSettings, Limits, SecretSourceConfig, ServerConfig, ShutdownPolicy, UnknownBackend,
+};
 pub use error::{ApiError, OpenBackendError, SecretConfigError, ServerError};
 pub use lifecycle::RecoveryReport;
 pub use registry::Registry;

@@ -68,6 +68,9 @@ pub enum CliError {
     /// The command line asked for something that does not exist.
     #[error("{0}")]
     Usage(String),
+    /// The command line named a preset that does not exist.
+    #[error(transparent)]
+    UnknownPreset(#[from] agentbox_config::UnknownPreset),
     /// Writing to stdout failed.
     #[error("writing output failed: {0}")]
     Output(#[from] io::Error),

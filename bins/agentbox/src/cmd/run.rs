@@ -72,7 +72,7 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 /// # Errors
 /// Bad arguments, or a sandbox that could not be created.
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
-    let preset: Preset = args.preset.parse().map_err(CliError::Usage)?;
+    let preset: Preset = args.preset.parse()?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
     for (key, value) in args.resources.overrides() {
         loader = loader.set(key, value);
