@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use agentbox_server::cli::{ServeArgs, init_tracing, open_backend, run};
+use agentbox_server::cli::{ServeArgs, open_backend, run};
 use clap::Parser;
 
 /// The agentbox REST API server: isolated sandboxes for AI agents over HTTP.
@@ -27,4 +27,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Installs the log subscriber: human-readable lines on stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

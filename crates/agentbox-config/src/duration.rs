@@ -9,22 +9,43 @@ use std::time::Duration;
 use serde::de::{self, Visitor};
 use serde::{Deserializer, Serializer};
 
+/// A duration that is neither a number of seconds nor a humantime string.
+#[derive(Debug, thiserror::Error)]
+pub enum DurationError {
+    /// A number that is not a valid count of seconds (negative, or too large).
+    #[error("invalid duration {text:?}: must be a non-negative number of seconds")]
+    Seconds {
+        /// The text as given.
+        text: String,
+        /// Why the number is not a duration.
+        #[source]
+        source: std::time::TryFromFloatSecsError,
+    },
+    /// Text that humantime does not accept.
+    #[error("invalid duration {text:?}: {source} (use seconds like 90, or units like \"90s\", \"5m\", \"1h\")")]
+    Text {
+        /// The text as given.
+        text: String,
+        /// humantime's reason.
+        #[source]
+        source: humantime::DurationError,
+    },
+}
+
 /// Parses a duration from its textual form: plain seconds or humantime.
 ///
 /// # Errors
-/// Returns a message naming the accepted forms when `s` is neither.
-pub fn parse(s: &str) -> Result<Duration, String> {
+/// A [`DurationError`] naming the accepted forms when `s` is neither.
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
     if let Ok(secs) = t.parse::<f64>() {
         return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("invalid duration {s:?}: must be a non-negative number of seconds"));
+            .map_err(|source| DurationError::Seconds { text: s.to_owned(), source });
     }
-    humantime::parse_duration(t).map_err(|e| {
-        format!("invalid duration {s:?}: {e} (use seconds like 90, or units like \"90s\", \"5m\", \"1h\")")
-    })
+    humantime::parse_duration(t).map_err(|source| DurationError::Text { text: s.to_owned(), source })
 }
 
 /// Serializes a duration as integer seconds, or a humantime string if it has a fraction.
@@ -81,7 +102,7 @@ mod tests {
         assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse("soon").unwrap_err().contains("\"5m\""));
+        assert!(parse("soon").unwrap_err().to_string().contains("\"5m\""));
         assert!(parse("-3").is_err());
     }
 }

@@ -16,6 +16,55 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// What is malformed in an egress entry or a secret's header, and the expected form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    /// A method that is not upper-case letters (at most 16).
+    #[error("invalid HTTP method {0:?} (expected upper-case methods like \"GET,HEAD\")")]
+    Method(String),
+    /// A path with a query, a fragment, a space or an empty segment.
+    #[error("invalid path {0:?} (expected an absolute path like \"/repos/*\")")]
+    Path(String),
+    /// A path with a `*` that is not its last character.
+    #[error("invalid path {0:?} (only a final \"*\" is allowed)")]
+    PathWildcard(String),
+    /// A bracketed IPv6 host without its closing bracket.
+    #[error("invalid host {0:?} (missing \"]\")")]
+    UnclosedBracket(String),
+    /// Brackets around something that is not an IPv6 address.
+    #[error("invalid IPv6 address {text:?}")]
+    Ipv6 {
+        /// The text between the brackets.
+        text: String,
+        /// Why it is not an address.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// Text after a bracketed address that is not a port.
+    #[error("invalid host {0:?}")]
+    AfterBracket(String),
+    /// A port that is not 1 to 65535.
+    #[error("invalid port {0:?} (expected 1 to 65535)")]
+    Port(String),
+    /// A host that is neither a name, a wildcard nor an address.
+    #[error(
+        "invalid host {0:?} (expected a name like \"pypi.org\", a wildcard like \"*.example.com\" or an IP address)"
+    )]
+    Host(String),
+    /// A secret's header without a `:` between name and template.
+    #[error("invalid header {0:?} (expected \"Name: template\")")]
+    Header(String),
+    /// A secret's header name with characters a header name cannot have.
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+    /// A secret's header template without `{value}`.
+    #[error("the header template must contain {{value}}, where the secret goes")]
+    TemplateWithoutValue,
+    /// A secret's header template with control characters.
+    #[error("the header template must not contain control characters")]
+    TemplateControl,
+}
+
 /// How a request path is matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
@@ -54,8 +103,8 @@ impl EgressEntry {
     /// Parses an entry (see the module documentation for the form).
     ///
     /// # Errors
-    /// A message naming what is malformed and the expected form.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// An [`EgressError`] naming what is malformed and the expected form.
+    pub fn parse(text: &str) -> Result<Self, EgressError> {
         let text = text.trim();
         let (methods, rest) = match text.split_once(' ') {
             Some((m, rest)) => {
@@ -63,7 +112,7 @@ impl EgressEntry {
                 if let Some(bad) =
                     methods.iter().find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) || m.len() > 16)
                 {
-                    return Err(format!("invalid HTTP method {bad:?} (expected upper-case methods like \"GET,HEAD\")"));
+                    return Err(EgressError::Method(bad.clone()));
                 }
                 (methods, rest.trim())
             }
@@ -76,12 +125,12 @@ impl EgressEntry {
         let path = match path {
             None => None,
             Some(p) if p.contains(['?', '#', ' ']) || p.contains("//") => {
-                return Err(format!("invalid path {p:?} (expected an absolute path like \"/repos/*\")"));
+                return Err(EgressError::Path(p.to_owned()));
             }
             Some(p) => Some(match p.strip_suffix('*') {
                 Some(prefix) if !prefix.contains('*') => PathMatch::Prefix(prefix.to_owned()),
-                Some(_) => return Err(format!("invalid path {p:?} (only a final \"*\" is allowed)")),
-                None if p.contains('*') => return Err(format!("invalid path {p:?} (only a final \"*\" is allowed)")),
+                Some(_) => return Err(EgressError::PathWildcard(p.to_owned())),
+                None if p.contains('*') => return Err(EgressError::PathWildcard(p.to_owned())),
                 None => PathMatch::Exact(p.to_owned()),
             }),
         };
@@ -143,16 +192,16 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
+fn split_host_port(authority: &str) -> Result<(String, Option<u16>), EgressError> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']').ok_or_else(|| format!("invalid host {authority:?} (missing \"]\")"))?;
-        if ip.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("invalid IPv6 address {ip:?}"));
+        let (ip, after) = rest.split_once(']').ok_or_else(|| EgressError::UnclosedBracket(authority.to_owned()))?;
+        if let Err(source) = ip.parse::<std::net::Ipv6Addr>() {
+            return Err(EgressError::Ipv6 { text: ip.to_owned(), source });
         }
         match after.strip_prefix(':') {
             Some(p) => (ip.to_owned(), Some(p)),
             None if after.is_empty() => (ip.to_owned(), None),
-            None => return Err(format!("invalid host {authority:?}")),
+            None => return Err(EgressError::AfterBracket(authority.to_owned())),
         }
     } else {
         match authority.rsplit_once(':') {
@@ -163,15 +212,13 @@ fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
     let port = match port {
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => Some(n),
-            _ => return Err(format!("invalid port {p:?} (expected 1 to 65535)")),
+            _ => return Err(EgressError::Port(p.to_owned())),
         },
         None => None,
     };
     let host = host.strip_suffix('.').unwrap_or(&host).to_ascii_lowercase();
     if host.parse::<IpAddr>().is_err() && !valid_domain_pattern(&host) {
-        return Err(format!(
-            "invalid host {host:?} (expected a name like \"pypi.org\", a wildcard like \"*.example.com\" or an IP address)"
-        ));
+        return Err(EgressError::Host(host));
     }
     Ok((host, port))
 }
@@ -221,20 +268,19 @@ impl SecretRule {
     ///
     /// # Errors
     /// When the header is not `Name: template` with a valid name and a `{value}` in the template.
-    pub fn header_parts(&self) -> Result<Option<(String, String)>, String> {
+    pub fn header_parts(&self) -> Result<Option<(String, String)>, EgressError> {
         let Some(h) = &self.header else { return Ok(None) };
-        let (name, template) =
-            h.split_once(':').ok_or_else(|| format!("invalid header {h:?} (expected \"Name: template\")"))?;
+        let (name, template) = h.split_once(':').ok_or_else(|| EgressError::Header(h.clone()))?;
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("invalid header name {name:?}"));
+            return Err(EgressError::HeaderName(name.to_owned()));
         }
         let template = template.trim();
         if !template.contains("{value}") {
-            return Err("the header template must contain {value}, where the secret goes".into());
+            return Err(EgressError::TemplateWithoutValue);
         }
         if template.bytes().any(|b| b.is_ascii_control()) {
-            return Err("the header template must not contain control characters".into());
+            return Err(EgressError::TemplateControl);
         }
         Ok(Some((name.to_owned(), template.to_owned())))
     }

@@ -19,6 +19,7 @@
 mod duration;
 pub mod egress;
 mod load;
+mod overrides;
 mod package;
 pub mod paths;
 mod preset;
@@ -29,11 +30,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use duration::{deserialize as deserialize_duration, parse as parse_duration};
-pub use egress::{EgressEntry, PathMatch, SecretRule};
+pub use duration::{DurationError, deserialize as deserialize_duration, parse as parse_duration};
+pub use egress::{EgressEntry, EgressError, PathMatch, SecretRule};
 pub use load::{ConfigLoader, LoadError};
-pub use package::{PackageManager, PackageSpec};
-pub use preset::Preset;
+pub use overrides::{ConfigOverrides, NetworkOverride};
+pub use package::{PackageManager, PackageSpec, PackageSpecError};
+pub use preset::{Preset, UnknownPreset};
 pub use validate::{ValidationError, ValidationErrors, image_reference_problem, mount_path_problem};
 
 /// What happens to a sandbox unused for its `idle_timeout`.
@@ -153,9 +155,9 @@ impl SandboxConfig {
         let mut errors = ValidationErrors::default();
         let mut out = Vec::with_capacity(self.pre_install_packages.len());
         for (i, p) in self.pre_install_packages.iter().enumerate() {
-            match p.parse() {
+            match p.parse::<PackageSpec>() {
                 Ok(spec) => out.push(spec),
-                Err(e) => errors.push(format!("pre_install_packages[{i}]"), e),
+                Err(e) => errors.push(format!("pre_install_packages[{i}]"), e.to_string()),
             }
         }
         errors.into_result().map(|()| out)

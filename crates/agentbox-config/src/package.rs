@@ -66,17 +66,41 @@ fn valid_name(name: &str, extra: &[char]) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || extra.contains(&c))
 }
 
+/// A package spec that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackageSpecError {
+    /// A manager other than pip, npm and apt.
+    #[error("unknown package manager {0:?} (expected pip, npm or apt)")]
+    Manager(String),
+    /// A name with characters a package name cannot have.
+    #[error("invalid {manager} package name {name:?} (letters, digits, '-', '_' and '.' only, not starting with '-')")]
+    Name {
+        /// The manager it was given for.
+        manager: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// An empty version, or one with characters a version cannot have.
+    #[error("invalid version {version:?} for package {name:?}")]
+    Version {
+        /// The version.
+        version: String,
+        /// The package's name.
+        name: String,
+    },
+}
+
 impl FromStr for PackageSpec {
-    type Err = String;
+    type Err = PackageSpecError;
 
     /// Parses `MANAGER:NAME[VERSION]`; a bare name means pip.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, PackageSpecError> {
         let s = s.trim();
         let (manager, rest) = match s.split_once(':') {
             Some(("pip", r)) => (PackageManager::Pip, r),
             Some(("npm", r)) => (PackageManager::Npm, r),
             Some(("apt", r)) => (PackageManager::Apt, r),
-            Some((m, _)) => return Err(format!("unknown package manager {m:?} (expected pip, npm or apt)")),
+            Some((m, _)) => return Err(PackageSpecError::Manager(m.to_owned())),
             None => (PackageManager::Pip, s),
         };
         let (name, version) = match manager {
@@ -100,16 +124,13 @@ impl FromStr for PackageSpec {
             PackageManager::Apt => &['+'],
         };
         if !valid_name(name, extra) {
-            return Err(format!(
-                "invalid {} package name {name:?} (letters, digits, '-', '_' and '.' only, not starting with '-')",
-                manager.as_str()
-            ));
+            return Err(PackageSpecError::Name { manager: manager.as_str(), name: name.to_owned() });
         }
         if let Some(v) = version {
             if v.is_empty()
                 || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~' | '*' | '^' | ':'))
             {
-                return Err(format!("invalid version {v:?} for package {name:?}"));
+                return Err(PackageSpecError::Version { version: v.to_owned(), name: name.to_owned() });
             }
         }
         Ok(Self { manager, name: name.to_owned(), version: version.map(str::to_owned) })
@@ -132,7 +153,9 @@ mod tests {
         check("npm:lodash", PackageManager::Npm, "lodash", None);
         check("npm:@types/node@20", PackageManager::Npm, "@types/node", Some("20"));
         check("apt:jq", PackageManager::Apt, "jq", None);
-        assert!("brew:wget".parse::<PackageSpec>().unwrap_err().contains("unknown package manager \"brew\""));
+        assert!(
+            "brew:wget".parse::<PackageSpec>().unwrap_err().to_string().contains("unknown package manager \"brew\"")
+        );
         assert!("pip:--index-url=x".parse::<PackageSpec>().is_err());
         assert!("pip:a;rm -rf /".parse::<PackageSpec>().is_err());
     }

@@ -72,13 +72,18 @@ impl fmt::Display for Preset {
     }
 }
 
+/// A name that is not a preset's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown preset {0:?} (expected default, lightweight, heavy_compute or browser)")]
+pub struct UnknownPreset(pub String);
+
 impl FromStr for Preset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownPreset;
+    fn from_str(s: &str) -> Result<Self, UnknownPreset> {
         Self::ALL
             .into_iter()
             .find(|p| p.name() == s || (s == "heavy-compute" && *p == Self::HeavyCompute))
-            .ok_or_else(|| format!("unknown preset {s:?} (expected default, lightweight, heavy_compute or browser)"))
+            .ok_or_else(|| UnknownPreset(s.to_owned()))
     }
 }
 
@@ -105,6 +110,6 @@ mod tests {
             p.config().validate().unwrap();
             assert_eq!(p.name().parse::<Preset>().unwrap(), p);
         }
-        assert!("huge".parse::<Preset>().unwrap_err().contains("expected default"));
+        assert!("huge".parse::<Preset>().unwrap_err().to_string().contains("expected default"));
     }
 }

@@ -139,7 +139,7 @@ impl SandboxConfig {
                         format!("{d:?} has a method or a path; inspect_domains takes hosts, optionally with a port"),
                     ),
                     Ok(_) => {}
-                    Err(msg) => e.push(format!("network.{field}[{i}]"), msg),
+                    Err(err) => e.push(format!("network.{field}[{i}]"), err.to_string()),
                 }
             }
         }
@@ -172,11 +172,11 @@ impl SandboxConfig {
                         format!("{h:?} has a method or a path; secret hosts are hosts, optionally with a port"),
                     ),
                     Ok(_) => {}
-                    Err(msg) => e.push(format!("{path}.hosts[{j}]"), msg),
+                    Err(err) => e.push(format!("{path}.hosts[{j}]"), err.to_string()),
                 }
             }
-            if let Err(msg) = secret.header_parts() {
-                e.push(format!("{path}.header"), msg);
+            if let Err(err) = secret.header_parts() {
+                e.push(format!("{path}.header"), err.to_string());
             }
         }
         for (i, s) in net.dns_servers.iter().enumerate() {
@@ -265,8 +265,8 @@ impl SandboxConfig {
         }
 
         for (i, p) in self.pre_install_packages.iter().enumerate() {
-            if let Err(msg) = p.parse::<crate::PackageSpec>() {
-                e.push(format!("pre_install_packages[{i}]"), msg);
+            if let Err(err) = p.parse::<crate::PackageSpec>() {
+                e.push(format!("pre_install_packages[{i}]"), err.to_string());
             }
         }
         for (k, v) in &self.environment_variables {

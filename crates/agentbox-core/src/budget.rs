@@ -5,10 +5,10 @@
 //! A server sizes these from its file-descriptor limit at start ([`ProxyPool::configure`],
 //! [`LogLimiter::configure`]); a backend used on its own gets the defaults.
 
-use crate::LockExt;
+use crate::{LockExt, RwLockExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// What the egress proxies of all sandboxes may use together, and each one alone.
@@ -77,13 +77,13 @@ pub fn proxy_pool() -> &'static ProxyPool {
 impl ProxyPool {
     /// Replaces the limits; connections already open keep their slots.
     pub fn configure(&self, limits: ProxyLimits) {
-        *self.limits.write().unwrap_or_else(PoisonError::into_inner) = limits;
+        *self.limits.write_unpoisoned() = limits;
     }
 
     /// The current limits.
     #[must_use]
     pub fn limits(&self) -> ProxyLimits {
-        *self.limits.read().unwrap_or_else(PoisonError::into_inner)
+        *self.limits.read_unpoisoned()
     }
 
     /// File descriptors held by all proxies now.
@@ -222,13 +222,13 @@ fn summary(what: &str, source: &str, n: u64, window: Duration) {
 impl LogLimiter {
     /// Allows `per_window` lines per event kind and source in each `window`.
     pub fn configure(&self, per_window: u32, window: Duration) {
-        *self.settings.write().unwrap_or_else(PoisonError::into_inner) = LogSettings { per_window, window };
+        *self.settings.write_unpoisoned() = LogSettings { per_window, window };
     }
 
     /// Whether to log one event of kind `what` caused by `source` (`sandbox <id>`, `client <ip>`).
     /// When a window ends with lines left out, its summary is logged first.
     pub fn allow(&self, what: &'static str, source: &str) -> bool {
-        let settings = *self.settings.read().unwrap_or_else(PoisonError::into_inner);
+        let settings = *self.settings.read_unpoisoned();
         let now = Instant::now();
         let mut ended = None;
         let allowed = {
@@ -265,7 +265,7 @@ impl LogLimiter {
     /// Logs the summary of every window that has ended with lines left out, and forgets sources
     /// that went quiet. Call it now and then (the server does every few seconds).
     pub fn flush(&self) {
-        let window = self.settings.read().unwrap_or_else(PoisonError::into_inner).window;
+        let window = self.settings.read_unpoisoned().window;
         let now = Instant::now();
         let mut ended = Vec::new();
         self.windows.lock_unpoisoned().retain(|(what, source), w| {

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use crate::RwLockExt;
 use serde::{Deserialize, Serialize};
 
 /// Longest secret value accepted, in bytes.
@@ -168,21 +169,20 @@ impl SecretStore {
         if let SecretSource::Value(v) = &source {
             check_value(name, v.expose())?;
         }
-        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned(), source);
+        self.inner.write_unpoisoned().insert(name.to_owned(), source);
         Ok(())
     }
 
     /// Removes a secret; whether it existed.
     pub fn remove(&self, name: &str) -> bool {
-        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name).is_some()
+        self.inner.write_unpoisoned().remove(name).is_some()
     }
 
     /// Names and kinds, sorted by name.
     #[must_use]
     pub fn list(&self) -> Vec<SecretInfo> {
         self.inner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_unpoisoned()
             .iter()
             .map(|(name, s)| SecretInfo { name: name.clone(), source: s.kind().to_owned() })
             .collect()
@@ -193,13 +193,8 @@ impl SecretStore {
     /// # Errors
     /// When it is undefined, its source can't be read, or the value is not usable in a request.
     pub fn resolve(&self, name: &str) -> Result<SecretValue, SecretError> {
-        let source = self
-            .inner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SecretError::Undefined(name.to_owned()))?;
+        let source =
+            self.inner.read_unpoisoned().get(name).cloned().ok_or_else(|| SecretError::Undefined(name.to_owned()))?;
         let value = match source {
             SecretSource::Value(v) => return Ok(v),
             SecretSource::Env(var) => {

@@ -24,7 +24,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "mock")]
 pub use manager::doc_backend;
 pub use manager::{CreateOptions, ManagedSandbox, ManagerConfig, ManagerStats, SandboxManager};
-pub use sync::LockExt;
+pub use sync::{LockExt, RwLockExt};
 pub use terminal::{Terminal, TerminalInput, TerminalRequest, TerminalSize};
 pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};
 pub use types::{

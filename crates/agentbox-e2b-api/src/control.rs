@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentbox_core::{CreateOptions, RunId};
-use agentbox_e2b_wire::wire::{NewSandbox, Sandbox, SandboxDetail, SandboxMetric, SandboxTimeout};
+use agentbox_e2b_wire::wire::{CreatedSandbox, NewSandbox, SandboxDetail, SandboxMetric, SandboxTimeout};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -64,8 +64,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result
     serde_json::from_slice(body).map_err(|e| E2bApiError::BadRequest(format!("invalid {what} body: {e}")))
 }
 
-fn sandbox_body(sandbox: &E2bSandbox) -> Sandbox {
-    Sandbox {
+fn sandbox_body(sandbox: &E2bSandbox) -> CreatedSandbox {
+    CreatedSandbox {
         template_id: sandbox.template_id.clone(),
         sandbox_id: sandbox.id.clone(),
         client_id: Some(CLIENT_ID.to_owned()),

@@ -54,9 +54,9 @@ pub struct SandboxNetwork {
     pub deny_out: Vec<String>,
 }
 
-/// `Sandbox`: what `POST /sandboxes` and `POST /sandboxes/{id}/connect` return.
+/// E2B's `Sandbox`: what `POST /sandboxes` and `POST /sandboxes/{id}/connect` return.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sandbox {
+pub struct CreatedSandbox {
     /// Template id.
     #[serde(rename = "templateID")]
     pub template_id: String,

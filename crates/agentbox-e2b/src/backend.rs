@@ -401,7 +401,7 @@ impl Inner {
         let subject = format!("E2B template {template}");
         let call = Call { plane: Plane::Control, action: &action, subject: &subject, sandbox: None };
         let response = self.control_send(http, CONTROL_CREATE, call).await?;
-        let created: wire::Sandbox = parse_json(&response.body, "Sandbox")?;
+        let created: wire::CreatedSandbox = parse_json(&response.body, "Sandbox")?;
         let id = SandboxId::parse(&created.sandbox_id)
             .map_err(|_| Error::backend(format!("E2B returned an unusable sandbox id {:?}", created.sandbox_id)))?;
         if self.config.secure && created.envd_access_token.is_none() {

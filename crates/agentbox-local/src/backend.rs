@@ -41,7 +41,8 @@ pub use config::LocalConfig;
 use owners::{cgroup_parent, process_start};
 use storage::storage_err;
 
-struct Sandbox {
+/// A sandbox this backend runs: its record, its init and the channel to the init, for as long as it lives.
+struct LiveSandbox {
     info: SandboxInfo,
     config: SandboxConfig,
     /// The init's pidfd: kill and wait through it, never by a pid that could be reused.
@@ -80,7 +81,7 @@ struct Inner {
     limitations: Vec<String>,
     seccomp_default: Vec<Vec<(u16, u8, u8, u32)>>,
     seccomp_strict: Vec<Vec<(u16, u8, u8, u32)>>,
-    sandboxes: Mutex<HashMap<SandboxId, Arc<Sandbox>>>,
+    sandboxes: Mutex<HashMap<SandboxId, Arc<LiveSandbox>>>,
     etc: Arc<crate::etc::Templates>,
     /// This process as owner of sandbox cgroups: `o<pid>-<start time>` (see `cgroup_name`).
     owner: String,
@@ -303,7 +304,7 @@ impl LocalBackend {
         Ok(self.get(id)?.init_pid)
     }
 
-    fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
+    fn get(&self, id: &SandboxId) -> Result<Arc<LiveSandbox>> {
         self.inner.sandboxes.lock_unpoisoned().get(id).cloned().ok_or_else(|| Error::NotFound(format!("sandbox {id}")))
     }
 
@@ -311,7 +312,7 @@ impl LocalBackend {
     async fn on_files<T: Send + 'static>(
         &self,
         id: &SandboxId,
-        op: impl FnOnce(&Sandbox) -> Result<T> + Send + 'static,
+        op: impl FnOnce(&LiveSandbox) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let sb = self.get(id)?;
         blocking("file task", move || op(&sb)).await

@@ -31,7 +31,11 @@ mod error;
 mod etc;
 mod net;
 mod netns;
+// The agent's wire protocol is public with `test-util` only, for the protocol's own tests (tests/proto_*.rs).
+#[cfg(feature = "test-util")]
 pub mod proto;
+#[cfg(not(feature = "test-util"))]
+pub(crate) mod proto;
 mod sealed;
 pub(crate) mod seccomp;
 mod sys;

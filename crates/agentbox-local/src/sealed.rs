@@ -14,11 +14,23 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::sys;
 
-static EXE: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+static EXE: OnceLock<Result<OwnedFd, AgentExeError>> = OnceLock::new();
+
+/// The executable could not be opened, or copied and sealed, for the sandbox agent.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot open the executable for the sandbox agent: {0}")]
+pub struct AgentExeError(#[source] Arc<io::Error>);
+
+impl AgentExeError {
+    /// The errno behind it, when there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.0.raw_os_error()
+    }
+}
 
 /// Local filesystems whose permission checks the kernel enforces for every process (statfs magic).
 const LOCAL_FILESYSTEMS: [i64; 9] = [
@@ -108,9 +120,9 @@ fn seal(src: &File) -> io::Result<OwnedFd> {
 /// The path to execute (`/proc/self/fd/N` of the binary or its sealed copy), opened once per process.
 ///
 /// # Errors
-/// When the executable can't be opened or copied.
-pub fn agent_path() -> Result<String, String> {
-    match EXE.get_or_init(|| open().map_err(|e| format!("cannot open the executable for the sandbox agent: {e}"))) {
+/// [`AgentExeError`] when the executable can't be opened or copied (the same error at every call).
+pub fn agent_path() -> Result<String, AgentExeError> {
+    match EXE.get_or_init(|| open().map_err(|e| AgentExeError(Arc::new(e)))) {
         Ok(fd) => Ok(format!("/proc/self/fd/{}", fd.as_raw_fd())),
         Err(e) => Err(e.clone()),
     }

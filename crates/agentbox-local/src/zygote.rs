@@ -42,7 +42,7 @@ impl SpawnError {
 }
 
 fn start() -> Result<Zygote, SpawnError> {
-    let exe = sealed::agent_path().map_err(|message| SpawnError { message, errno: None })?;
+    let exe = sealed::agent_path().map_err(|e| SpawnError { message: e.to_string(), errno: e.raw_os_error() })?;
     let (ours, theirs) =
         sys::socketpair(libc::SOCK_SEQPACKET).map_err(|e| SpawnError::io("creating the zygote socket", &e))?;
     // No code runs between fork and exec: the zygote gets its socket as stdin, so std can

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use agentbox_config::{Preset, SandboxConfig};
+use agentbox_config::{ConfigOverrides, NetworkOverride, Preset, SandboxConfig, VolumeMount};
 use agentbox_core::{CreateOptions, ManagedSandbox, RunId};
 use agentbox_tools::{ToolError, ToolErrorKind, ToolResult};
 use schemars::JsonSchema;
@@ -175,50 +175,26 @@ impl From<OnIdle> for agentbox_config::IdleAction {
     }
 }
 
-impl Overrides {
-    fn apply(self, mut c: SandboxConfig) -> SandboxConfig {
-        if let Some(v) = self.cpu_count {
-            c.cpu_count = v;
+impl From<Overrides> for ConfigOverrides {
+    fn from(o: Overrides) -> Self {
+        Self {
+            cpu_count: o.cpu_count,
+            memory_mb: o.memory_mb,
+            disk_gb: o.disk_gb,
+            network: o.network.map(|n| NetworkOverride::Patch {
+                enabled: n.enabled,
+                allowed_domains: n.allowed_domains,
+                denied_domains: n.denied_domains,
+            }),
+            execution_timeout: o.execution_timeout_secs.map(Duration::from_secs),
+            idle_timeout: o.idle_timeout_secs.map(Duration::from_secs),
+            on_idle: o.on_idle.map(Into::into),
+            allow_root_inside: o.allow_root_inside,
+            environment_variables: o.environment_variables,
+            pre_install_packages: o.pre_install_packages,
+            max_output_bytes: o.max_output_bytes,
+            ..Self::default()
         }
-        if let Some(v) = self.memory_mb {
-            c.memory_mb = v;
-        }
-        if let Some(v) = self.disk_gb {
-            c.disk_gb = v;
-        }
-        if let Some(n) = self.network {
-            if let Some(v) = n.enabled {
-                c.network.enabled = v;
-            }
-            if let Some(v) = n.allowed_domains {
-                c.network.allowed_domains = v;
-            }
-            if let Some(v) = n.denied_domains {
-                c.network.denied_domains = v;
-            }
-        }
-        if let Some(v) = self.execution_timeout_secs {
-            c.execution_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = self.idle_timeout_secs {
-            c.idle_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = self.on_idle {
-            c.on_idle = v.into();
-        }
-        if let Some(v) = self.allow_root_inside {
-            c.security.allow_root_inside = v;
-        }
-        if let Some(v) = self.environment_variables {
-            c.environment_variables = v;
-        }
-        if let Some(v) = self.pre_install_packages {
-            c.pre_install_packages = v;
-        }
-        if let Some(v) = self.max_output_bytes {
-            c.max_output_bytes = v;
-        }
-        c
     }
 }
 
@@ -270,21 +246,19 @@ impl CreateInput {
             return CreateOptions::default();
         }
         let preset = self.preset.map(Preset::from).unwrap_or_default();
-        let mut config = self.overrides.map(|o| o.apply(preset.config()));
+        let mut overrides = self.overrides.map(ConfigOverrides::from);
         if let Some(image) = self.image.or_else(|| self.template.as_deref().map(agentbox_config::template_image)) {
-            config.get_or_insert_with(|| preset.config()).image = Some(image);
+            overrides.get_or_insert_default().image = Some(image);
         }
         if let Some(volumes) = self.volumes {
-            config.get_or_insert_with(|| preset.config()).storage.volumes = volumes
-                .into_iter()
-                .map(|v| agentbox_core::config::VolumeMount {
-                    name: v.name,
-                    mount_path: v.mount_path,
-                    read_only: v.read_only,
-                })
-                .collect();
+            overrides.get_or_insert_default().volumes = Some(
+                volumes
+                    .into_iter()
+                    .map(|v| VolumeMount { name: v.name, mount_path: v.mount_path, read_only: v.read_only })
+                    .collect(),
+            );
         }
-        CreateOptions { preset: Some(preset), config }
+        CreateOptions { preset: Some(preset), config: overrides.map(|o| o.applied_to(preset.config())) }
     }
 }
 

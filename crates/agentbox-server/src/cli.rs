@@ -8,7 +8,7 @@ use std::sync::Arc;
 use agentbox_core::SandboxBackend;
 
 use crate::config::{BackendKind, ServerConfig, default_data_dir};
-use crate::{Registry, Server, ServerError, TokenOrigin, resolve_token};
+use crate::{OpenBackendError, Registry, Server, ServerError, TokenOrigin, resolve_token};
 
 /// Flags of `agentboxd` and `agentbox serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -68,11 +68,11 @@ pub struct BackendSettings<'a> {
 /// every binary opens one.
 ///
 /// # Errors
-/// What the backend reports, with what to do (run as root, set `E2B_API_KEY`).
+/// [`OpenBackendError`] with what the backend reports and what to do (run as root, set `E2B_API_KEY`).
 pub fn open_backend(
     kind: BackendKind,
     settings: &BackendSettings<'_>,
-) -> Result<std::sync::Arc<dyn agentbox_core::SandboxBackend>, String> {
+) -> Result<Arc<dyn SandboxBackend>, OpenBackendError> {
     match kind {
         BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig {
             upstream_extra_roots: settings.egress.upstream_extra_roots.clone(),
@@ -83,19 +83,12 @@ pub fn open_backend(
             },
             ..agentbox_local::LocalConfig::default()
         })
-        .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
-        .map_err(|e| format!("cannot start the local backend: {e}")),
+        .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
+        .map_err(OpenBackendError::Local),
         BackendKind::E2b => agentbox_e2b::E2bBackend::from_env()
-            .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn agentbox_core::SandboxBackend>)
-            .map_err(|e| format!("cannot start the e2b backend: {e} (set E2B_API_KEY, or use --backend local)")),
+            .map(|b| Arc::new(b) as Arc<dyn SandboxBackend>)
+            .map_err(OpenBackendError::E2b),
     }
-}
-
-/// Installs the log subscriber: human-readable lines on stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 async fn shutdown_signal() {
@@ -121,7 +114,7 @@ async fn shutdown_signal() {
 /// [`ServerError`] saying what could not be set up.
 pub async fn run<F>(args: ServeArgs, make_backend: F) -> Result<(), ServerError>
 where
-    F: FnOnce(BackendKind, &BackendSettings<'_>) -> Result<Arc<dyn SandboxBackend>, String>,
+    F: FnOnce(BackendKind, &BackendSettings<'_>) -> Result<Arc<dyn SandboxBackend>, OpenBackendError>,
 {
     let (config, data_dir) = args.resolve()?;
     if let Err(e) = crate::signals::watch_terminal_signals() {
@@ -135,7 +128,7 @@ where
     let registry = Registry::open(&data_dir.join("registry.db"))?;
     let settings =
         BackendSettings { egress: &config.egress, crash_keeper: registry.keeper(), images: Some(&config.images) };
-    let backend = make_backend(config.backend, &settings).map_err(ServerError::Config)?;
+    let backend = make_backend(config.backend, &settings)?;
     let listen = config.listen;
     let backend_name = backend.name();
     let server = Server::start(backend, config, token.clone(), registry).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agentbox_core::ManagerConfig;
 use serde::Deserialize;
 
-use crate::ServerError;
+use crate::{SecretConfigError, ServerError};
 
 /// Why a server configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +42,18 @@ impl BackendKind {
     }
 }
 
+/// A name that is not a backend's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?} (expected local or e2b)")]
+pub struct UnknownBackend(pub String);
+
 impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "local" => Ok(Self::Local),
             "e2b" => Ok(Self::E2b),
-            _ => Err(format!("unknown backend {s:?} (expected local or e2b)")),
+            _ => Err(UnknownBackend(s.to_owned())),
         }
     }
 }
@@ -288,14 +293,14 @@ impl SecretSourceConfig {
     /// The source, when exactly one field is set.
     ///
     /// # Errors
-    /// A message saying what to set.
-    pub fn source(&self) -> Result<agentbox_core::egress::SecretSource, String> {
+    /// [`SecretConfigError::NotOneSource`] when none or several are set.
+    pub fn source(&self) -> Result<agentbox_core::egress::SecretSource, SecretConfigError> {
         use agentbox_core::egress::{SecretSource, SecretValue};
         match (&self.value, &self.env, &self.file) {
             (Some(v), None, None) => Ok(SecretSource::Value(SecretValue::new(v.clone()))),
             (None, Some(e), None) => Ok(SecretSource::Env(e.clone())),
             (None, None, Some(f)) => Ok(SecretSource::File(f.clone())),
-            _ => Err("set exactly one of value, env and file".into()),
+            _ => Err(SecretConfigError::NotOneSource),
         }
     }
 }

@@ -278,6 +278,43 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The backend could not be opened.
+    #[error(transparent)]
+    OpenBackend(#[from] OpenBackendError),
+    /// A configured egress secret is unusable.
+    #[error("invalid server configuration: egress.secrets.{name}: {source}")]
+    Secret {
+        /// The secret's name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: SecretConfigError,
+    },
+}
+
+/// Why a backend could not be opened, with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenBackendError {
+    /// The local backend refused to start (not root, no cgroup v2, a missing kernel feature).
+    #[error("cannot start the local backend: {0}")]
+    Local(#[source] agentbox_core::Error),
+    /// The E2B backend has no usable configuration.
+    #[error("cannot start the e2b backend: {0} (set E2B_API_KEY, or use --backend local)")]
+    E2b(#[source] agentbox_core::Error),
+}
+
+/// Why a configured egress secret (`[egress.secrets.NAME]`) is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretConfigError {
+    /// Not exactly one of `value`, `env` and `file` is set.
+    #[error("set exactly one of value, env and file")]
+    NotOneSource,
+    /// The name is not upper-case letters, digits and `_`.
+    #[error("the name must be upper-case letters, digits and '_'")]
+    Name,
+    /// The backend's secret store refused it.
+    #[error("{0}")]
+    Store(#[source] agentbox_core::egress::SecretError),
 }
 
 #[cfg(test)]

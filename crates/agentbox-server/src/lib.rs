@@ -42,8 +42,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use auth::{ApiToken, TokenOrigin, resolve_token};
-pub use config::{BackendKind, ConfigError, EgressSettings, Limits, SecretSourceConfig, ServerConfig, ShutdownPolicy};
-pub use error::{ApiError, ServerError};
+pub use config::{
+    BackendKind, ConfigError, EgressSettings, Limits, SecretSourceConfig, ServerConfig, ShutdownPolicy, UnknownBackend,
+};
+pub use error::{ApiError, OpenBackendError, SecretConfigError, ServerError};
 pub use lifecycle::RecoveryReport;
 pub use registry::Registry;
 pub use serve::{bind, serve};
@@ -192,11 +194,11 @@ impl Server {
                 ServerError::Config(format!("egress.secrets: the {} backend can't inject secrets", backend.name()))
             })?;
             for (name, source) in &config.egress.secrets {
-                let what = |e: String| ServerError::Config(format!("egress.secrets.{name}: {e}"));
+                let what = |source| ServerError::Secret { name: name.clone(), source };
                 if !agentbox_config::egress::valid_secret_name(name) {
-                    return Err(what("the name must be upper-case letters, digits and '_'".into()));
+                    return Err(what(SecretConfigError::Name));
                 }
-                store.set(name, source.source().map_err(what)?).map_err(|e| what(e.to_string()))?;
+                store.set(name, source.source().map_err(what)?).map_err(|e| what(SecretConfigError::Store(e)))?;
             }
         }
         let (images, templates) = open_images(&backend, &config);

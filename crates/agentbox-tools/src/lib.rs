@@ -45,4 +45,4 @@ mod tool;
 mod untrusted;
 
 pub use error::{ToolError, ToolErrorKind, ToolResult};
-pub use tool::{Sandbox, Tool, ToolContext, ToolRegistry, ToolSpec, ToolsConfig, TypedTool, schema_of};
+pub use tool::{Tool, ToolContext, ToolRegistry, ToolSandbox, ToolSpec, ToolsConfig, TypedTool, schema_of};

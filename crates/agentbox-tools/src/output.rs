@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use agentbox_core::{ExecEvent, ExecStream, ExitStatus};
 
 use crate::error::ToolResult;
-use crate::tool::Sandbox;
+use crate::tool::ToolSandbox;
 
 /// The mark put where bytes were cut.
 #[must_use]
@@ -97,7 +97,7 @@ pub struct CollectedExec {
 ///
 /// # Errors
 /// Only when saving a cut stream fails.
-pub async fn collect_exec(sandbox: &Sandbox<'_>, mut stream: ExecStream, label: &str) -> ToolResult<CollectedExec> {
+pub async fn collect_exec(sandbox: &ToolSandbox<'_>, mut stream: ExecStream, label: &str) -> ToolResult<CollectedExec> {
     let cfg = sandbox.config();
     let mut out = Captured::new(cfg.max_output_bytes, cfg.max_spill_bytes);
     let mut err = Captured::new(cfg.max_output_bytes, cfg.max_spill_bytes);
@@ -121,7 +121,7 @@ pub async fn collect_exec(sandbox: &Sandbox<'_>, mut stream: ExecStream, label: 
     Ok(CollectedExec { status, stdout, stderr })
 }
 
-async fn render(sandbox: &Sandbox<'_>, captured: Captured, file: &str) -> ToolResult<StreamText> {
+async fn render(sandbox: &ToolSandbox<'_>, captured: Captured, file: &str) -> ToolResult<StreamText> {
     let cap = sandbox.config().max_output_bytes;
     let total = captured.total;
     if total <= cap as u64 {

@@ -143,9 +143,9 @@ impl ToolContext {
     ///
     /// # Errors
     /// [`ToolErrorKind::Unsupported`] when the context has no sandbox.
-    pub fn sandbox(&self) -> ToolResult<Sandbox<'_>> {
+    pub fn sandbox(&self) -> ToolResult<ToolSandbox<'_>> {
         match &self.sandbox {
-            Some((manager, run_id)) => Ok(Sandbox { manager, run_id, config: &self.config }),
+            Some((manager, run_id)) => Ok(ToolSandbox { manager, run_id, config: &self.config }),
             None => Err(ToolError::new(
                 ToolErrorKind::Unsupported,
                 "this tool needs a sandbox, and the call was made without one: give a run id",
@@ -156,13 +156,13 @@ impl ToolContext {
 
 /// One run's sandbox, with errors turned into [`ToolError`]s.
 #[derive(Debug, Clone, Copy)]
-pub struct Sandbox<'a> {
+pub struct ToolSandbox<'a> {
     manager: &'a SandboxManager,
     run_id: &'a RunId,
     config: &'a ToolsConfig,
 }
 
-impl Sandbox<'_> {
+impl ToolSandbox<'_> {
     /// The manager.
     #[must_use]
     pub fn manager(&self) -> &SandboxManager {

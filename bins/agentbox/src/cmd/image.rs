@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use agentbox_image::{ImageConfig, ImageRef, PullEvent, Store};
 
 use super::CliError;
+use agentbox_core::LockExt;
 
 /// Arguments of `agentbox image`.
 #[derive(Debug, clap::Args)]
@@ -199,7 +200,7 @@ impl Bars {
 
     fn bar(&self, layer: &str, total: u64) -> Option<indicatif::ProgressBar> {
         let multi = self.multi.as_ref()?;
-        let mut bars = self.bars.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bars = self.bars.lock_unpoisoned();
         Some(
             bars.entry(layer.to_owned())
                 .or_insert_with(|| {

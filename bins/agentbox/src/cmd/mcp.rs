@@ -48,7 +48,7 @@ async fn shutdown_signal() {
 /// # Errors
 /// Bad arguments, a backend that can't start, or a session that failed.
 pub fn run(args: &Args) -> Result<(), CliError> {
-    let preset: Preset = args.preset.parse().map_err(CliError::Usage)?;
+    let preset: Preset = args.preset.parse()?;
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {

@@ -68,6 +68,9 @@ pub enum CliError {
     /// The command line asked for something that does not exist.
     #[error("{0}")]
     Usage(String),
+    /// The command line named a preset that does not exist.
+    #[error(transparent)]
+    UnknownPreset(#[from] agentbox_config::UnknownPreset),
     /// Writing to stdout failed.
     #[error("writing output failed: {0}")]
     Output(#[from] io::Error),
@@ -84,8 +87,11 @@ pub enum CliError {
     #[error(transparent)]
     Template(#[from] agentbox_template::TemplateError),
     /// The backend could not be opened.
+    #[error(transparent)]
+    OpenBackend(#[from] agentbox_server::OpenBackendError),
+    /// A step of a template build failed.
     #[error("{0}")]
-    Backend(String),
+    TemplateStep(String),
     /// A call to agentboxd failed.
     #[error(transparent)]
     Client(#[from] agentbox_client::ClientError),

@@ -24,7 +24,7 @@ pub struct Args {
 /// [`CliError::Usage`] for an unknown preset name; output errors.
 pub fn run(args: &Args) -> Result<(), CliError> {
     let presets: Vec<Preset> = match &args.name {
-        Some(name) => vec![name.parse().map_err(CliError::Usage)?],
+        Some(name) => vec![name.parse::<Preset>()?],
         None => Preset::ALL.to_vec(),
     };
     let mut out = io::stdout().lock();

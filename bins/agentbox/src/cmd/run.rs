@@ -72,7 +72,7 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 /// # Errors
 /// Bad arguments, or a sandbox that could not be created.
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
-    let preset: Preset = args.preset.parse().map_err(CliError::Usage)?;
+    let preset: Preset = args.preset.parse()?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
     for (key, value) in args.resources.overrides() {
         loader = loader.set(key, value);
@@ -117,8 +117,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
                 crash_keeper: None,
                 images: None,
             },
-        )
-        .map_err(CliError::Backend)?;
+        )?;
         let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
         let sandbox = backend.create(request).await?;
         let result = tokio::select! {

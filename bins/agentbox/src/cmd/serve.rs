@@ -1,6 +1,6 @@
 //! `agentbox serve`: the REST API server, the same as `agentboxd` with the same flags.
 
-use agentbox_server::cli::{ServeArgs, init_tracing, open_backend};
+use agentbox_server::cli::{ServeArgs, open_backend};
 use std::process::ExitCode;
 
 /// Arguments of `agentbox serve`.
@@ -32,4 +32,11 @@ pub fn run(args: Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Installs the log subscriber: human-readable lines on stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -96,7 +96,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 Ok(r) => r,
                 Err(TemplateError::StepFailed { step, instruction, exit_code, output }) => {
                     let _ = writeln!(io::stderr().lock(), "{output}");
-                    return Err(CliError::Backend(format!(
+                    return Err(CliError::TemplateStep(format!(
                         "template step {step} ({instruction}) exited with {exit_code} (its output is above)"
                     )));
                 }

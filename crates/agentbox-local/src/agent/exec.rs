@@ -34,17 +34,31 @@ fn lookup(cmd: &str, path_var: &str) -> Option<String> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
+/// Why an execution could not be prepared; the message is what the user sees on stderr, as a shell says it.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// No program was given.
+    #[error("empty command")]
+    EmptyCommand,
+    /// The program is neither a path nor found on `PATH`.
+    #[error("{0}: command not found")]
+    NotFound(String),
+    /// An argument, a variable, the program or a path holds a NUL byte.
+    #[error("arguments must not contain NUL bytes")]
+    Nul(#[from] std::ffi::NulError),
+}
+
 /// Resolves the program and builds the C strings.
 ///
 /// # Errors
-/// A message for the user when the command can't be found or has NUL bytes.
-pub fn prepare(setup: &Setup, exec: &Exec) -> Result<Prepared, String> {
+/// A [`PrepareError`] for the user when the command can't be found or has NUL bytes.
+pub fn prepare(setup: &Setup, exec: &Exec) -> Result<Prepared, PrepareError> {
     let mut env = setup.env.clone();
     env.extend(exec.env.clone());
     let path_var = env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let cmd = exec.argv.first().ok_or("empty command")?;
-    let path = lookup(cmd, &path_var).ok_or_else(|| format!("{cmd}: command not found"))?;
-    let c = |s: &str| CString::new(s).map_err(|_| "arguments must not contain NUL bytes".to_owned());
+    let cmd = exec.argv.first().ok_or(PrepareError::EmptyCommand)?;
+    let path = lookup(cmd, &path_var).ok_or_else(|| PrepareError::NotFound(cmd.clone()))?;
+    let c = |s: &str| CString::new(s).map_err(PrepareError::from);
     let argv: Vec<CString> = exec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
     let env: Vec<CString> = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
     // The pointers stay valid when `Prepared` moves: they point into each CString's own buffer.

@@ -471,10 +471,11 @@ impl Agent {
         }
         let prepared = match exec::prepare(&self.setup, e) {
             Ok(p) => p,
-            Err(msg) => {
+            Err(e) => {
                 // Report like a shell would: message on stderr, exit 127.
                 self.send(&proto::encode(Kind::Started, id, &[]));
-                self.send(&proto::encode(Kind::Stderr, id, format!("{}\n", proto::clip_message(msg)).as_bytes()));
+                let msg = proto::clip_message(e.to_string());
+                self.send(&proto::encode(Kind::Stderr, id, format!("{msg}\n").as_bytes()));
                 self.send(&proto::encode_json(
                     Kind::Exited,
                     id,

@@ -10,7 +10,7 @@ use agentbox_core::{Error, ExecEvent, ExitStatus, LockExt, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{LocalBackend, Sandbox};
+use super::{LiveSandbox, LocalBackend};
 use crate::cgroup::SandboxCgroup;
 use crate::proto::{self, Kind};
 
@@ -21,7 +21,7 @@ pub(super) enum Route {
 }
 
 impl LocalBackend {
-    pub(super) async fn send(&self, sb: &Sandbox, frame: &[u8]) -> Result<()> {
+    pub(super) async fn send(&self, sb: &LiveSandbox, frame: &[u8]) -> Result<()> {
         if sb.paused.load(Ordering::SeqCst) {
             return Err(Error::Conflict(format!(
                 "sandbox {} is paused: resume it first (its files can be read and written while it is paused)",
@@ -37,7 +37,7 @@ impl LocalBackend {
 
     pub(super) async fn request(
         &self,
-        sb: &Sandbox,
+        sb: &LiveSandbox,
         kind: Kind,
         payload: &[u8],
         deadline: Duration,

@@ -12,7 +12,7 @@ impl LocalBackend {
         &self,
         request: &CreateRequest,
         from: Option<(agentbox_storage::Shelf, String)>,
-    ) -> Result<Arc<Sandbox>> {
+    ) -> Result<Arc<LiveSandbox>> {
         let config = &request.config;
         let id = random_id();
         let created_at_ms = now_ms();
@@ -334,7 +334,7 @@ impl LocalBackend {
             created_at_ms,
             metadata: request.metadata.clone(),
         };
-        let sandbox = Arc::new(Sandbox {
+        let sandbox = Arc::new(LiveSandbox {
             info,
             config: config.clone(),
             pidfd: init.pidfd,

@@ -8,7 +8,7 @@ use agentbox_core::{
 };
 use tokio::sync::mpsc;
 
-use super::{LocalBackend, Route, Sandbox, backend_err};
+use super::{LiveSandbox, LocalBackend, Route, backend_err};
 use crate::proto::{self, Exec, Kind, TermSize};
 
 /// The most argument and environment bytes an execution may have: `execve`'s limit with the
@@ -16,7 +16,7 @@ use crate::proto::{self, Exec, Kind, TermSize};
 const MAX_ARGS_BYTES: usize = 2 * 1024 * 1024;
 
 impl LocalBackend {
-    pub(super) fn exec_message(sb: &Sandbox, request: &ExecRequest, output_path: Option<String>) -> Result<Exec> {
+    pub(super) fn exec_message(sb: &LiveSandbox, request: &ExecRequest, output_path: Option<String>) -> Result<Exec> {
         let argv = request.to_argv()?;
         let home = sb.config.security.run_as.home();
         let cwd = match &request.cwd {
@@ -85,7 +85,7 @@ impl LocalBackend {
     /// and routes its events to the receiver returned with its request id.
     pub(super) async fn start_execution(
         &self,
-        sb: &Sandbox,
+        sb: &LiveSandbox,
         msg: &Exec,
         stdin: Option<&[u8]>,
     ) -> Result<(u32, mpsc::Receiver<ExecEvent>)> {
@@ -111,7 +111,7 @@ impl LocalBackend {
 impl LocalBackend {
     /// Starts a process on a new terminal: an execution whose stdio is the terminal (no time limit), and
     /// a task that turns input into frames until the caller drops its sender, then hangs up.
-    pub(super) async fn terminal(&self, sb: Arc<Sandbox>, request: TerminalRequest) -> Result<Terminal> {
+    pub(super) async fn terminal(&self, sb: Arc<LiveSandbox>, request: TerminalRequest) -> Result<Terminal> {
         let mut env = request.env;
         env.entry("TERM".into()).or_insert_with(|| "xterm-256color".into());
         let exec = ExecRequest {

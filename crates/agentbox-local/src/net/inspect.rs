@@ -58,7 +58,13 @@ where
     let counts = stream.counts();
     let host = target.host.match_text();
     let name = ServerName::try_from(host.clone()).map_err(|_| Rule::InvalidHost)?;
-    let connector = tokio_rustls::TlsConnector::from(proxy.shared.ctx.upstream_tls().map_err(Rule::Tls)?);
+    let connector = tokio_rustls::TlsConnector::from(
+        proxy
+            .shared
+            .ctx
+            .upstream_tls()
+            .map_err(|e| Rule::Tls(format!("the TLS client configuration for inspected hosts: {e}")))?,
+    );
     let up = match tokio::time::timeout(limits.header_timeout, connector.connect(name, stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Rule::Tls(format!("the destination {host}:{}: {e}", target.port))),
@@ -69,7 +75,7 @@ where
     let server_config = proxy
         .shared
         .ca()
-        .map_err(Rule::Tls)?
+        .map_err(|e| Rule::Tls(format!("making the sandbox's egress CA: {e}")))?
         .server_config(&host)
         .map_err(|e| Rule::Tls(format!("issuing a certificate: {e}")))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);

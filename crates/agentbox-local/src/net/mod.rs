@@ -104,7 +104,7 @@ pub struct EgressContext {
     /// The extra roots inspected destinations are verified with, besides the host's.
     extra_roots: Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
     /// How inspected destinations are verified, made at the first inspected connection.
-    upstream_tls: Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
+    upstream_tls: Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, Arc<tls::TlsError>>>>,
 }
 
 impl std::fmt::Debug for EgressContext {
@@ -128,8 +128,8 @@ impl EgressContext {
     /// about the host's roots is logged then).
     ///
     /// # Errors
-    /// rustls refusing the configuration, as a message.
-    pub fn upstream_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+    /// rustls refusing the configuration (the same error at every call once it failed).
+    pub fn upstream_tls(&self) -> Result<Arc<rustls::ClientConfig>, Arc<tls::TlsError>> {
         self.upstream_tls
             .get_or_init(|| match tls::upstream_config(&self.extra_roots) {
                 Ok((config, note)) => {
@@ -138,7 +138,7 @@ impl EgressContext {
                     }
                     Ok(config)
                 }
-                Err(e) => Err(format!("the TLS client configuration for inspected hosts: {e}")),
+                Err(e) => Err(Arc::new(e)),
             })
             .clone()
     }
@@ -217,19 +217,14 @@ struct Shared {
     placeholders: Placeholders,
     /// The sandbox's CA: its private key lives here and nowhere else. Made when networking is first turned on
     /// (its key generation seeds the process's random generator, tens of milliseconds the first time).
-    ca: std::sync::OnceLock<Result<SandboxCa, String>>,
+    ca: std::sync::OnceLock<Result<SandboxCa, Arc<tls::TlsError>>>,
     ctx: EgressContext,
 }
 
 impl Shared {
     /// The sandbox's CA, made on first use.
-    fn ca(&self) -> Result<&SandboxCa, String> {
-        self.ca
-            .get_or_init(|| {
-                SandboxCa::generate(&self.sandbox).map_err(|e| format!("making the sandbox's egress CA: {e}"))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+    fn ca(&self) -> Result<&SandboxCa, Arc<tls::TlsError>> {
+        self.ca.get_or_init(|| SandboxCa::generate(&self.sandbox).map_err(Arc::new)).as_ref().map_err(Clone::clone)
     }
 
     /// Counts and logs a refusal (rate-limited); the caller records it in the egress log.
@@ -342,7 +337,9 @@ impl Proxy {
         rules.policy.check_host(&parsed, port).map_err(refuse)?;
         let ips = match &parsed {
             Host::Ip(ip) => vec![*ip],
-            Host::Name(name) => rules.resolver.lookup(name).await.map_err(|e| refuse(Rule::Unresolved(e)))?,
+            Host::Name(name) => {
+                rules.resolver.lookup(name).await.map_err(|e| refuse(Rule::Unresolved(e.to_string())))?
+            }
         };
         let host_addrs = self.shared.host_addrs();
         for ip in &ips {
@@ -505,7 +502,7 @@ async fn listen(netns: &NetNs, port: u16, proxy: Proxy, protocol: Protocol) -> R
 }
 
 fn build_rules(config: &NetworkConfig, placeholders: &Placeholders) -> Result<Arc<Rules>, Error> {
-    let resolver = Resolver::new(&config.dns_servers).map_err(Error::backend)?;
+    let resolver = Resolver::new(&config.dns_servers).map_err(|e| Error::backend_with(e.to_string(), e))?;
     let secrets = SecretRules::new(config, placeholders);
     Ok(Arc::new(Rules { policy: Policy::new(config), resolver, secrets }))
 }
@@ -667,7 +664,9 @@ impl Egress {
             out.push(b'\n');
         }
         out.extend_from_slice(b"# agentbox: this sandbox's egress CA (the proxy's certificates for inspected hosts)\n");
-        out.extend_from_slice(self.shared.ca().map_err(Error::backend)?.cert_pem().as_bytes());
+        let ca =
+            self.shared.ca().map_err(|e| Error::backend_with(format!("making the sandbox's egress CA: {e}"), e))?;
+        out.extend_from_slice(ca.cert_pem().as_bytes());
         Ok(out)
     }
 

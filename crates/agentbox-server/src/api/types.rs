@@ -274,7 +274,7 @@ impl CreateSandboxRequest {
             return Ok(CreateOptions { preset: self.preset, config: None });
         }
         let mut c: SandboxConfig = self.preset.unwrap_or_default().config();
-        match (&self.image, &self.template) {
+        let image = match (&self.image, &self.template) {
             (Some(_), Some(_)) => {
                 // Each is valid alone; together they can't both be the root.
                 return Err(ApiError::from_operation(agentbox_core::Error::InvalidRequest(
@@ -286,11 +286,11 @@ impl CreateSandboxRequest {
                 if let Some(problem) = agentbox_config::image_reference_problem(v) {
                     return Err(ApiError::from_operation(agentbox_core::Error::InvalidRequest(problem)));
                 }
-                c.image = Some(v.clone());
+                Some(v.clone())
             }
-            (None, Some(t)) => c.image = Some(agentbox_config::template_image(t)),
-            (None, None) => {}
-        }
+            (None, Some(t)) => Some(agentbox_config::template_image(t)),
+            (None, None) => None,
+        };
         if let Some(v) = &self.volumes {
             let home = c.security.run_as.home();
             let mut seen = std::collections::BTreeSet::new();
@@ -305,53 +305,33 @@ impl CreateSandboxRequest {
                     ));
                 }
             }
-            c.storage.volumes = v
-                .iter()
-                .map(|m| agentbox_config::VolumeMount {
-                    name: m.name.clone(),
-                    mount_path: m.mount_path.clone(),
-                    read_only: m.read_only,
-                })
-                .collect();
         }
-        if let Some(v) = self.cpu_count {
-            c.cpu_count = v;
-        }
-        if let Some(v) = self.memory_mb {
-            c.memory_mb = v;
-        }
-        if let Some(v) = self.disk_gb {
-            c.disk_gb = v;
-        }
-        if let Some(v) = &self.network {
-            c.network = v.clone().into_config();
-        }
-        if let Some(v) = &self.pre_install_packages {
-            c.pre_install_packages = v.clone();
-        }
-        if let Some(v) = &self.environment_vars {
-            c.environment_variables = v.clone();
-        }
-        if let Some(v) = self.max_output_bytes {
-            c.max_output_bytes = v;
-        }
-        if let Some(v) = self.allow_root_inside {
-            c.security.allow_root_inside = v;
-        }
-        if let Some(t) = &self.timeouts {
-            if let Some(s) = t.startup {
-                c.startup_timeout = seconds("timeouts.startup", s, 1.0, 3600.0)?;
-            }
-            if let Some(s) = t.execution {
-                c.execution_timeout = seconds("timeouts.execution", s, 0.1, 86_400.0)?;
-            }
-            if let Some(s) = t.idle {
-                c.idle_timeout = seconds("timeouts.idle", s, 1.0, 2_592_000.0)?;
-            }
-            if let Some(action) = t.on_idle {
-                c.on_idle = action;
-            }
-        }
+        let t = self.timeouts.clone().unwrap_or_default();
+        let overrides = agentbox_config::ConfigOverrides {
+            image,
+            cpu_count: self.cpu_count,
+            memory_mb: self.memory_mb,
+            disk_gb: self.disk_gb,
+            network: self.network.clone().map(|n| agentbox_config::NetworkOverride::Replace(Box::new(n.into_config()))),
+            volumes: self.volumes.as_ref().map(|v| {
+                v.iter()
+                    .map(|m| agentbox_config::VolumeMount {
+                        name: m.name.clone(),
+                        mount_path: m.mount_path.clone(),
+                        read_only: m.read_only,
+                    })
+                    .collect()
+            }),
+            startup_timeout: t.startup.map(|s| seconds("timeouts.startup", s, 1.0, 3600.0)).transpose()?,
+            execution_timeout: t.execution.map(|s| seconds("timeouts.execution", s, 0.1, 86_400.0)).transpose()?,
+            idle_timeout: t.idle.map(|s| seconds("timeouts.idle", s, 1.0, 2_592_000.0)).transpose()?,
+            on_idle: t.on_idle,
+            environment_variables: self.environment_vars.clone(),
+            pre_install_packages: self.pre_install_packages.clone(),
+            max_output_bytes: self.max_output_bytes,
+            allow_root_inside: self.allow_root_inside,
+        };
+        overrides.apply(&mut c);
         Ok(CreateOptions { preset: self.preset, config: Some(c) })
     }
 }

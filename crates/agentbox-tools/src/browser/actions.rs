@@ -39,6 +39,7 @@ use super::input::{
 };
 use super::session::{Session, ViewportSpec};
 use crate::output::truncation_mark;
+use agentbox_core::LockExt;
 
 /// What an action runs with besides the session.
 pub(crate) struct Ctx<'a> {
@@ -1446,7 +1447,7 @@ async fn downloads(s: &mut Session, wait: bool, limit: Duration) -> BrowserResul
     let deadline = Instant::now() + limit;
     loop {
         let pending = {
-            let inbox = s.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let inbox = s.inbox.lock_unpoisoned();
             inbox.downloads.iter().filter(|d| d.state == "in_progress").map(|d| d.path.clone()).collect::<Vec<_>>()
         };
         if !wait || pending.is_empty() {
@@ -1461,7 +1462,7 @@ async fn downloads(s: &mut Session, wait: bool, limit: Duration) -> BrowserResul
         }
         tokio::time::sleep(POLL).await;
     }
-    let mut inbox = s.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut inbox = s.inbox.lock_unpoisoned();
     inbox.reported = inbox.downloads.len();
     let mut out = Out::new();
     out.insert("downloads".into(), json!(inbox.downloads));

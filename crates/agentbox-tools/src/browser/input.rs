@@ -242,12 +242,37 @@ pub enum BrowserAction {
     Close {},
 }
 
+/// A browser action's number outside the range its input schema states.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} must be between {min} and {max}, got {got}")]
+pub struct RangeError {
+    /// The field (or fields) out of range.
+    pub field: &'static str,
+    /// The smallest accepted value.
+    pub min: String,
+    /// The largest accepted value.
+    pub max: String,
+    /// The value given.
+    pub got: String,
+}
+
+impl RangeError {
+    fn new(
+        field: &'static str,
+        min: &dyn std::fmt::Display,
+        max: &dyn std::fmt::Display,
+        got: &dyn std::fmt::Display,
+    ) -> Self {
+        Self { field, min: min.to_string(), max: max.to_string(), got: got.to_string() }
+    }
+}
+
 impl BrowserAction {
     /// Checks the numeric ranges the input schema states, so that bad input is refused before any work.
     ///
     /// # Errors
-    /// A sentence naming the field and its range.
-    pub fn validate(&self) -> Result<(), String> {
+    /// A [`RangeError`] naming the field and its range.
+    pub fn validate(&self) -> Result<(), RangeError> {
         let timeout = match self {
             Self::Navigate { timeout_ms, .. }
             | Self::Back { timeout_ms, .. }
@@ -264,11 +289,11 @@ impl BrowserAction {
         };
         if let Some(ms) = timeout {
             if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
-                return Err(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, got {ms}"));
+                return Err(RangeError::new("timeout_ms", &1, &MAX_TIMEOUT_MS, &ms));
             }
         }
-        let in_range = |name: &str, v: Option<usize>, (min, max): (usize, usize)| match v {
-            Some(n) if n < min || n > max => Err(format!("{name} must be between {min} and {max}, got {n}")),
+        let in_range = |name: &'static str, v: Option<usize>, (min, max): (usize, usize)| match v {
+            Some(n) if n < min || n > max => Err(RangeError::new(name, &min, &max, &n)),
             _ => Ok(()),
         };
         match self {
@@ -278,12 +303,10 @@ impl BrowserAction {
             }
             Self::SetViewport { width, height, device_scale_factor, .. } => {
                 if !(64..=8192).contains(width) || !(64..=8192).contains(height) {
-                    return Err(format!("width and height must be between 64 and 8192, got {width}x{height}"));
+                    return Err(RangeError::new("width and height", &64, &8192, &format!("{width}x{height}")));
                 }
                 match device_scale_factor {
-                    Some(f) if !(0.25..=4.0).contains(f) => {
-                        Err(format!("device_scale_factor must be between 0.25 and 4, got {f}"))
-                    }
+                    Some(f) if !(0.25..=4.0).contains(f) => Err(RangeError::new("device_scale_factor", &0.25, &4, f)),
                     _ => Ok(()),
                 }
             }

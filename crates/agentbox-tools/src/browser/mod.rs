@@ -56,10 +56,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 pub use error::BrowserError;
-pub use input::{BrowserAction, ElementState, ExtractFormat, MouseButton, ScrollTo, TabOp, WaitUntil};
+pub use input::{BrowserAction, ElementState, ExtractFormat, MouseButton, RangeError, ScrollTo, TabOp, WaitUntil};
 
 use crate::error::{ToolError, ToolResult};
-use crate::tool::{Sandbox, Tool, ToolContext, schema_of};
+use crate::tool::{Tool, ToolContext, ToolSandbox, schema_of};
+use agentbox_core::LockExt;
 use error::BrowserResult;
 use wire::{DecodeError, Limits, Request};
 
@@ -215,7 +216,7 @@ impl BrowserTool {
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Arc<tokio::sync::Mutex<Slot>>>> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slots.lock_unpoisoned()
     }
 
     /// Forgets the drivers of sandboxes the manager no longer has (their drivers died with them).
@@ -228,7 +229,7 @@ impl BrowserTool {
         self.lock_slots().entry(id.clone()).or_default().clone()
     }
 
-    async fn run(&self, sb: &Sandbox<'_>, mut input: Value, action: &BrowserAction) -> BrowserResult<Value> {
+    async fn run(&self, sb: &ToolSandbox<'_>, mut input: Value, action: &BrowserAction) -> BrowserResult<Value> {
         self.prune(sb.manager());
         let managed = sb.manager().get(sb.run_id())?;
         if sb.manager().backend().name() != "local" {
@@ -311,7 +312,7 @@ impl BrowserTool {
     }
 
     /// Starts the driver in the sandbox.
-    async fn start_driver(&self, sb: &Sandbox<'_>) -> BrowserResult<DriverProcess> {
+    async fn start_driver(&self, sb: &ToolSandbox<'_>) -> BrowserResult<DriverProcess> {
         let mut request = ExecRequest::argv([SELF_PROGRAM, "agentbox-browser-driver"]);
         request.env.insert(driver::HELPER_ENV.into(), driver::DRIVER.into());
         request.env.insert(driver::SOCKET_ENV.into(), driver::socket_name(&self.config));
@@ -322,7 +323,7 @@ impl BrowserTool {
     /// Sends one request through a client execution and reads the reply, at most [`Limits::reply_bytes`].
     async fn call_driver(
         &self,
-        sb: &Sandbox<'_>,
+        sb: &ToolSandbox<'_>,
         request: &[u8],
         wait_for_driver: bool,
     ) -> Result<Result<Map<String, Value>, wire::WireError>, CallError> {
@@ -407,7 +408,7 @@ enum CallError {
 
 /// The end of a driver's output file, read through `tail` with its output capped (the file is the
 /// sandbox's to grow).
-async fn log_tail(sb: &Sandbox<'_>, log: &str) -> String {
+async fn log_tail(sb: &ToolSandbox<'_>, log: &str) -> String {
     let request = ExecRequest {
         timeout: Some(Duration::from_secs(10)),
         ..ExecRequest::argv(["tail", "-c", &DRIVER_LOG_TAIL.to_string(), log])
@@ -423,7 +424,7 @@ async fn log_tail(sb: &Sandbox<'_>, log: &str) -> String {
 }
 
 /// Kills the driver's process tree (Chromium with it); a process already gone is not an error.
-async fn kill(sb: &Sandbox<'_>, pid: u32) {
+async fn kill(sb: &ToolSandbox<'_>, pid: u32) {
     match sb.kill_process(pid, SIGKILL).await {
         Ok(()) => {}
         Err(e) if e.kind == crate::ToolErrorKind::NotFound => {}

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use super::BrowserConfig;
 use super::cdp::{Tab, within};
 use super::error::{BrowserError, BrowserResult};
+use agentbox_core::LockExt;
 
 /// A viewport applied to tabs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -528,7 +529,7 @@ async fn watch_downloads(
         loop {
             tokio::select! {
                 Some(ev) = begins.next() => {
-                    let mut inbox = inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut inbox = inbox.lock_unpoisoned();
                     inbox.push_download(Download {
                         guid: ev.guid.clone(),
                         url: cap_event_text(&ev.url),
@@ -539,7 +540,7 @@ async fn watch_downloads(
                     });
                 }
                 Some(ev) = progress.next() => {
-                    let mut inbox = inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut inbox = inbox.lock_unpoisoned();
                     if let Some(d) = inbox.downloads.iter_mut().find(|d| d.guid == ev.guid) {
                         d.state = match ev.state {
                             DownloadProgressState::InProgress => "in_progress",
@@ -576,7 +577,7 @@ impl Session {
 
     /// Adds the dialogs accepted and the downloads begun since the last result to `out`.
     pub fn report_events(&self, out: &mut serde_json::Map<String, Value>) {
-        let mut inbox = self.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inbox = self.inbox.lock_unpoisoned();
         if !inbox.dialogs.is_empty() {
             out.insert("dialogs".into(), Value::Array(std::mem::take(&mut inbox.dialogs)));
         }
@@ -684,8 +685,7 @@ impl Session {
                     let _ = tokio::time::timeout(Duration::from_secs(5), page.execute(answer)).await;
                     let kind = serde_json::to_value(&ev.r#type).unwrap_or(Value::Null);
                     inbox
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .lock_unpoisoned()
                         .push_dialog(json!({"type": kind, "message": cap_event_text(&ev.message), "accepted": true}));
                 }
             });

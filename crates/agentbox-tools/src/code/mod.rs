@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ToolError, ToolErrorKind, ToolResult};
 use crate::output::collect_exec;
-use crate::tool::{Sandbox, ToolContext, TypedTool};
+use crate::tool::{ToolContext, ToolSandbox, TypedTool};
 
 const PYTHON_DRIVER: &str = include_str!("drivers/python_driver.py");
 const NODE_DRIVER: &str = include_str!("drivers/node_driver.js");
@@ -270,15 +270,15 @@ fn check_context_id(id: &str) -> ToolResult<()> {
     }
 }
 
-fn contexts_dir(sb: &Sandbox<'_>) -> String {
+fn contexts_dir(sb: &ToolSandbox<'_>) -> String {
     format!("{}/contexts", sb.config().state_dir.trim_end_matches('/'))
 }
 
-fn drivers_dir(sb: &Sandbox<'_>) -> String {
+fn drivers_dir(sb: &ToolSandbox<'_>) -> String {
     format!("{}/drivers", sb.config().state_dir.trim_end_matches('/'))
 }
 
-fn context_dir(sb: &Sandbox<'_>, id: &str) -> String {
+fn context_dir(sb: &ToolSandbox<'_>, id: &str) -> String {
     format!("{}/{id}", contexts_dir(sb))
 }
 
@@ -299,7 +299,7 @@ const SMALL_FILE_BYTES: u64 = 4096;
 const LOG_TAIL_BYTES: usize = 2000;
 
 /// Runs the client script and returns (exit code, stderr).
-async fn client(sb: &Sandbox<'_>, args: &[&str], timeout: Duration) -> ToolResult<(i32, String, bool)> {
+async fn client(sb: &ToolSandbox<'_>, args: &[&str], timeout: Duration) -> ToolResult<(i32, String, bool)> {
     let mut argv = vec!["/bin/bash".to_owned(), format!("{}/client.sh", drivers_dir(sb))];
     argv.extend(args.iter().map(|s| (*s).to_owned()));
     let request = ExecRequest { timeout: Some(timeout), ..ExecRequest::argv(argv) };
@@ -312,7 +312,7 @@ async fn client(sb: &Sandbox<'_>, args: &[&str], timeout: Duration) -> ToolResul
     Ok((out.exit_code, out.stderr.trim().to_owned() + out.stdout.trim(), out.timed_out))
 }
 
-async fn install_drivers(sb: &Sandbox<'_>) -> ToolResult<()> {
+async fn install_drivers(sb: &ToolSandbox<'_>) -> ToolResult<()> {
     let dir = drivers_dir(sb);
     sb.write_file(&format!("{dir}/client.sh"), CLIENT.as_bytes().to_vec()).await?;
     sb.write_file(&format!("{dir}/python_driver.py"), PYTHON_DRIVER.as_bytes().to_vec()).await?;
@@ -320,7 +320,7 @@ async fn install_drivers(sb: &Sandbox<'_>) -> ToolResult<()> {
     Ok(())
 }
 
-async fn context_language(sb: &Sandbox<'_>, id: &str) -> ToolResult<CodeLanguage> {
+async fn context_language(sb: &ToolSandbox<'_>, id: &str) -> ToolResult<CodeLanguage> {
     let raw = match sb.read_file_limited(&format!("{}/language", context_dir(sb, id)), SMALL_FILE_BYTES).await {
         Ok(raw) => raw,
         Err(e) if e.kind == ToolErrorKind::NotFound => return Err(no_context(id)),
@@ -334,7 +334,7 @@ async fn context_language(sb: &Sandbox<'_>, id: &str) -> ToolResult<CodeLanguage
 }
 
 /// Creates a context and starts its interpreter.
-async fn create_context(sb: &Sandbox<'_>, language: CodeLanguage, id: Option<String>) -> ToolResult<ContextInfo> {
+async fn create_context(sb: &ToolSandbox<'_>, language: CodeLanguage, id: Option<String>) -> ToolResult<ContextInfo> {
     if !language.has_contexts() {
         return Err(ToolError::new(
             ToolErrorKind::Unsupported,
@@ -388,7 +388,7 @@ async fn create_context(sb: &Sandbox<'_>, language: CodeLanguage, id: Option<Str
     Ok(ContextInfo { id, language: language.as_str().to_owned(), status: "starting".into() })
 }
 
-async fn list_contexts(sb: &Sandbox<'_>) -> ToolResult<Vec<ContextInfo>> {
+async fn list_contexts(sb: &ToolSandbox<'_>) -> ToolResult<Vec<ContextInfo>> {
     let base = contexts_dir(sb);
     match sb.stat(&base).await {
         Ok(_) => {}
@@ -423,7 +423,7 @@ async fn list_contexts(sb: &Sandbox<'_>) -> ToolResult<Vec<ContextInfo>> {
         .collect())
 }
 
-async fn process_meta(sb: &Sandbox<'_>, id: &str) -> (Option<u32>, Option<String>) {
+async fn process_meta(sb: &ToolSandbox<'_>, id: &str) -> (Option<u32>, Option<String>) {
     let path = format!("{}/process", context_dir(sb, id));
     let Ok(raw) = sb.read_file_limited(&path, SMALL_FILE_BYTES).await else { return (None, None) };
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -431,7 +431,7 @@ async fn process_meta(sb: &Sandbox<'_>, id: &str) -> (Option<u32>, Option<String
     (lines.next().and_then(|p| p.trim().parse().ok()), lines.next().map(str::to_owned))
 }
 
-async fn delete_context(sb: &Sandbox<'_>, id: &str) -> ToolResult<ContextInfo> {
+async fn delete_context(sb: &ToolSandbox<'_>, id: &str) -> ToolResult<ContextInfo> {
     check_context_id(id)?;
     let language = context_language(sb, id).await?;
     let (pid, _) = process_meta(sb, id).await;
@@ -449,7 +449,7 @@ async fn delete_context(sb: &Sandbox<'_>, id: &str) -> ToolResult<ContextInfo> {
     Ok(ContextInfo { id: id.to_owned(), language: language.as_str().to_owned(), status: "deleted".into() })
 }
 
-async fn restart_context(sb: &Sandbox<'_>, id: &str) -> ToolResult<ContextInfo> {
+async fn restart_context(sb: &ToolSandbox<'_>, id: &str) -> ToolResult<ContextInfo> {
     let language = context_language(sb, id).await?;
     delete_context(sb, id).await?;
     create_context(sb, language, Some(id.to_owned())).await
@@ -466,7 +466,7 @@ enum RunFailure {
     Tool(ToolError),
 }
 
-async fn why_dead(sb: &Sandbox<'_>, id: &str) -> String {
+async fn why_dead(sb: &ToolSandbox<'_>, id: &str) -> String {
     let (_, log) = process_meta(sb, id).await;
     let Some(log) = log else { return String::new() };
     // The log is the sandbox's to grow: read only its end, through `tail`, with the output capped.
@@ -481,7 +481,7 @@ async fn why_dead(sb: &Sandbox<'_>, id: &str) -> String {
 }
 
 async fn run_in_context(
-    sb: &Sandbox<'_>,
+    sb: &ToolSandbox<'_>,
     id: &str,
     code: &str,
     timeout: Duration,
@@ -575,7 +575,7 @@ fn from_response(
 }
 
 async fn run_stateless(
-    sb: &Sandbox<'_>,
+    sb: &ToolSandbox<'_>,
     language: CodeLanguage,
     code: String,
     timeout: Option<Duration>,
