@@ -6,9 +6,9 @@ use axum::extract::State;
 use serde_json::Value;
 
 use super::ErrorResponses;
+use super::extract::RunIdParam;
 use super::extract::{ApiJson, RunIdPath};
 use super::tools::tool_error;
-use super::types::RunIdParam;
 use crate::AppState;
 use crate::error::ApiError;
 

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ErrorResponses;
+use super::extract::RunIdParam;
 use super::extract::{ApiJson, ApiQuery, RunIdPath};
-use super::types::RunIdParam;
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -30,7 +30,7 @@ pub struct SecretRuleSpec {
     #[schema(min_items = 1, value_type = Vec<SecretHost>, example = json!(["api.github.com:443"]))]
     pub hosts: Vec<String>,
     /// A header set on requests to those hosts, `Name: template` with `{value}` for the secret.
-    #[serde(default, deserialize_with = "super::types::present", skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "super::extract::present", skip_serializing_if = "Option::is_none")]
     #[schema(
         nullable = false,
         pattern = r"^[A-Za-z0-9_\-]+:[ -~]*\{value\}[ -~]*$",

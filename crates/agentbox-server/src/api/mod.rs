@@ -12,7 +12,6 @@ pub mod snapshots;
 pub mod system;
 pub mod terminal;
 pub mod tools;
-pub mod types;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -148,6 +147,20 @@ fn string_map(key_pattern: &str) -> Value {
     })
 }
 
+/// Marks every property of an object schema required, but those that may be `null` and `only_when_set`.
+fn require_written_fields(schema: &mut Value, only_when_set: &[&str]) {
+    let Some(properties) = schema["properties"].as_object() else { return };
+    let required: Vec<Value> = properties
+        .iter()
+        .filter(|(name, p)| {
+            let nullable = p["type"].as_array().is_some_and(|t| t.iter().any(|t| t == "null"));
+            !nullable && !only_when_set.contains(&name.as_str())
+        })
+        .map(|(name, _)| Value::String(name.clone()))
+        .collect();
+    schema["required"] = Value::Array(required);
+}
+
 /// Tightens the generated document where derive attributes can't express the rules the server enforces.
 fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     let mut doc = serde_json::to_value(openapi).unwrap_or_else(|_| json!({}));
@@ -172,7 +185,7 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     let create = &mut schemas["CreateSandboxRequest"]["properties"];
     create["environment_vars"] = string_map(r"^[A-Za-z_][A-Za-z0-9_]*$");
     create["pre_install_packages"]["items"] = json!({"type": "string", "pattern": package_pattern()});
-    create["run_id"]["pattern"] = json!(types::RUN_ID_PATTERN);
+    create["run_id"]["pattern"] = json!(extract::RUN_ID_PATTERN);
 
     let net = &mut schemas["NetworkSpec"];
     let domains = json!({"type": "array", "items": {"type": "string", "pattern": domain_pattern()}});
@@ -192,6 +205,19 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
         {"pattern": format!(r"^{IPV4}(/(3[0-2]|[12]?[0-9]))?$")}, {"format": "ipv6", "pattern": ":"},
     ]}});
     schemas["MultipartUpload"]["required"] = json!(["file"]);
+    // These types read configuration files and samples with `serde(default)`, so their derived schemas require
+    // nothing; a response carries every field, but the nullable ones and those written only when set.
+    for (name, only_when_set) in [
+        ("SandboxConfig", &["image"][..]),
+        ("NetworkConfig", &[]),
+        ("StorageConfig", &["volumes"]),
+        ("SecurityConfig", &[]),
+        ("RunAs", &[]),
+        ("SecretRule", &[]),
+        ("SandboxMetrics", &[]),
+    ] {
+        require_written_fields(&mut schemas[name], only_when_set);
+    }
     for key in [
         "ExecuteCommandRequest",
         "ExecuteCodeRequest",
