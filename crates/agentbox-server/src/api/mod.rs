@@ -179,7 +179,10 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     cmd["properties"]["env"] = string_map(r"^[^=\x00]+$");
     schemas["ExecuteCodeRequest"]["properties"]["env"] = string_map(r"^[^=\x00]+$");
 
-    // An empty raw body is a valid upload: it writes an empty file.
+    // An upload's body is optional: none, or an empty one, writes an empty file. A zero-length upload is how an
+    // empty file is sent, and HTTP/1.1 can't tell it from a request with no body (clients send `Content-Length:
+    // 0`, or no length at all, for both), so requiring a body, or a Content-Length, would refuse empty files or
+    // chunked uploads without making any request clearer. The document says so rather than the server refusing.
     doc["paths"]["/api/sandboxes/{run_id}/files"]["put"]["requestBody"]["required"] = json!(false);
     let schemas = &mut doc["components"]["schemas"];
     let create = &mut schemas["CreateSandboxRequest"]["properties"];
@@ -367,7 +370,10 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
     let open = OpenApiRouter::new().routes(routes!(system::health));
     let (router, openapi) =
         OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(open).split_for_parts();
-    let doc = finish_openapi(&openapi);
+    #[cfg_attr(not(feature = "browser"), allow(unused_mut))]
+    let mut doc = finish_openapi(&openapi);
+    #[cfg(feature = "browser")]
+    browser::publish_input_schema(&mut doc, &state.browser);
     let mut router = router;
     if let Some(mcp) = state.mcp.clone() {
         // MCP over streamable HTTP: long-lived streams, so no request timeout; the same bearer token.
