@@ -90,6 +90,21 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     d.deserialize_any(V)
 }
 
+/// The OpenAPI schema of a duration as [`serialize`] writes it: whole seconds, or a humantime string.
+#[cfg(feature = "utoipa")]
+#[must_use]
+pub fn schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).description(Some("Whole seconds")))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("A duration with a fraction of a second, such as `1m 30s 500ms`")),
+        )
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse;

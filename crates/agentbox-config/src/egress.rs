@@ -243,6 +243,7 @@ pub(crate) fn valid_domain_pattern(d: &str) -> bool {
 /// `secrets` configuration or `PUT /api/secrets/{name}`) under the same name, and read for every
 /// request, so a new value applies at once.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct SecretRule {
     /// The secret's name: upper-case letters, digits and `_` (`GITHUB_TOKEN`).

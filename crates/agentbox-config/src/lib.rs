@@ -40,6 +40,7 @@ pub use validate::{ValidationError, ValidationErrors, image_reference_problem, m
 
 /// What happens to a sandbox unused for its `idle_timeout`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum IdleAction {
     /// It is destroyed, with its files.
@@ -65,12 +66,14 @@ impl IdleAction {
 
 /// Everything that defines one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// The sandbox's root filesystem: an OCI image reference (`docker.io/library/python:3.12-slim`,
     /// `localhost:5000/team/agent:1`, `...@sha256:...`), pulled on first use, whose layers become the read-only
     /// lower side of the sandbox's root. `None` (or `"host"`): the host's own system directories, read-only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(nullable = false))]
     pub image: Option<String>,
     /// CPUs the sandbox may use, enforced as a CPU quota.
     pub cpu_count: u32,
@@ -86,12 +89,15 @@ pub struct SandboxConfig {
     pub security: SecurityConfig,
     /// How long creating a sandbox may take.
     #[serde(with = "duration")]
+    #[cfg_attr(feature = "utoipa", schema(schema_with = duration::schema))]
     pub startup_timeout: Duration,
     /// Default time limit of one execution.
     #[serde(with = "duration")]
+    #[cfg_attr(feature = "utoipa", schema(schema_with = duration::schema))]
     pub execution_timeout: Duration,
     /// A sandbox unused for this long is destroyed, paused or stopped by the manager, as `on_idle` says.
     #[serde(with = "duration")]
+    #[cfg_attr(feature = "utoipa", schema(schema_with = duration::schema))]
     pub idle_timeout: Duration,
     /// What the manager does with a sandbox unused for `idle_timeout`.
     pub on_idle: IdleAction,
@@ -166,6 +172,7 @@ impl SandboxConfig {
 
 /// Network access for a sandbox. Off by default: loopback only.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     /// Whether the sandbox may reach anything beyond its own loopback.
@@ -194,6 +201,7 @@ pub struct NetworkConfig {
 
 /// What happens to a sandbox's storage when it is destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CleanupPolicy {
     /// Remove everything the sandbox wrote.
@@ -205,6 +213,7 @@ pub enum CleanupPolicy {
 
 /// A size cap on one directory inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryQuota {
     /// Absolute path inside the sandbox, under the user's home ([`RunAs::home`]) or /tmp.
@@ -215,12 +224,15 @@ pub struct DirectoryQuota {
 
 /// A named volume (made beforehand, persistent, with a quota of its own) mounted into the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeMount {
     /// The volume's name: 1-200 letters, digits, `.`, `_` or `-`.
+    #[cfg_attr(feature = "utoipa", schema(pattern = r"^[A-Za-z0-9._\-]{1,200}$", example = "workspace"))]
     pub name: String,
     /// Where it appears inside the sandbox: a normalized absolute path, not `/` and not under `/proc`, `/dev`,
     /// `/sys`, `/etc` or `/tmp`.
+    #[cfg_attr(feature = "utoipa", schema(pattern = r"^/.+$", max_length = 1024, example = "/home/user/work"))]
     pub mount_path: String,
     /// Mounted read-only: nothing in the sandbox can change it.
     #[serde(default)]
@@ -229,6 +241,7 @@ pub struct VolumeMount {
 
 /// Writable storage of a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Extra caps on directories inside the sandbox, each smaller than disk_gb.
@@ -258,6 +271,7 @@ impl Default for StorageConfig {
 
 /// Which seccomp filter confines sandboxed code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SeccompProfile {
     /// Docker's default denials plus io_uring and namespace syscalls.
@@ -269,6 +283,7 @@ pub enum SeccompProfile {
 
 /// Process hardening inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// The seccomp filter to apply.
@@ -315,6 +330,7 @@ impl Default for SecurityConfig {
 
 /// The identity sandboxed code runs as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RunAs {
     /// User name (in the sandbox's /etc/passwd).

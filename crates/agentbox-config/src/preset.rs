@@ -9,6 +9,7 @@ use crate::SandboxConfig;
 
 /// A named starting configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
     /// 2 CPUs, 512 MiB, 10 GiB.

@@ -92,6 +92,7 @@ impl fmt::Display for SecretValue {
 }
 
 /// A secret as listed: its name and the kind of its source, never its value.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretInfo {
     /// The secret's name.
@@ -216,6 +217,7 @@ impl SecretStore {
 }
 
 /// What the proxy did with a connection or request.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressDecision {
@@ -226,6 +228,7 @@ pub enum EgressDecision {
 }
 
 /// One record of the egress audit log: a connection, or a request on an inspected connection.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressRecord {
     /// Position in the sandbox's log, from 1; gaps mean records were dropped to bound the log.
@@ -276,6 +279,7 @@ pub struct EgressQuery {
 }
 
 /// One page of the log.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressPage {
     /// Records in `seq` order.

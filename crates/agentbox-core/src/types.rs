@@ -67,6 +67,7 @@ id_type!(
 );
 
 /// Lifecycle state of a sandbox.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
@@ -129,6 +130,7 @@ impl CreateRequest {
 
 /// A named, persistent volume with a quota of its own, mounted into sandboxes at create
 /// (`storage.volumes`); it outlives the sandboxes that use it.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
     /// Its name, unique in the backend.
@@ -145,6 +147,7 @@ pub struct VolumeInfo {
 
 /// A named, read-only, point-in-time copy of a sandbox's files (its home), taken while it runs. Process memory
 /// is not part of it. A new sandbox can start from it (a fork).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     /// Its name, unique in the backend.
@@ -268,6 +271,7 @@ impl ExecRequest {
 }
 
 /// A programming language for [`CodeRequest`].
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
@@ -386,6 +390,7 @@ pub enum ExecEvent {
 }
 
 /// The collected result of an execution.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutput {
     /// Exit code; 128+signal when killed, 124 on timeout.
@@ -564,6 +569,7 @@ impl ExecStream {
 }
 
 /// Kind of a directory entry.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
@@ -578,6 +584,7 @@ pub enum FileKind {
 }
 
 /// A file or directory inside a sandbox.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Absolute path inside the sandbox.
@@ -608,6 +615,7 @@ pub struct HealthStatus {
 }
 
 /// A background process started in a sandbox.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     /// Process id inside the sandbox.

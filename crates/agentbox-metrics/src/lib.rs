@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// A sample of one sandbox's resource use and health.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct SandboxMetrics {
     /// CPU use over the last sampling interval, in percent of one CPU (200 = two CPUs busy).

@@ -313,6 +313,92 @@ async fn every_route_but_health_and_docs_requires_the_token() {
     t.stop().await;
 }
 
+/// Every `$ref` in a document names a schema the document has.
+fn dangling_refs(doc: &Value, node: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                let found = r.strip_prefix('#').is_some_and(|pointer| doc.pointer(pointer).is_some());
+                if !found {
+                    out.push(r.clone());
+                }
+            }
+            map.values().for_each(|v| dangling_refs(doc, v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| dangling_refs(doc, v, out)),
+        _ => {}
+    }
+}
+
+/// The schema a reference names, or the schema itself.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
+        Some(pointer) => doc.pointer(pointer).unwrap(),
+        None => schema,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_says_what_each_body_must_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TestServer::host(dir.path(), ServerConfig::default()).await;
+    t.create("d").await;
+    let doc: Value = t.client.get(t.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut dangling = Vec::new();
+    dangling_refs(&doc, &doc, &mut dangling);
+    assert!(dangling.is_empty(), "references to schemas the document lacks: {dangling:?}");
+
+    // The browser route takes the browser tool's input, so its body is the tool's own schema, which requires an
+    // action: `{}` is not a valid body, and the server refuses it.
+    if cfg!(feature = "browser") {
+        let body = &doc["paths"]["/api/sandboxes/{run_id}/browser"]["post"]["requestBody"];
+        assert_eq!(body["required"], true);
+        let schema = resolve(&doc, &body["content"]["application/json"]["schema"]);
+        let required: Vec<&str> = schema["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert_eq!(required, ["action"], "{schema}");
+        let tools: Value = t.get("/api/tools").send().await.unwrap().json().await.unwrap();
+        let tool = tools["tools"].as_array().unwrap().iter().find(|tool| tool["name"] == "browser").unwrap();
+        let mut listed = tool["input_schema"].clone();
+        listed.as_object_mut().unwrap().remove("$schema");
+        assert_eq!(schema, &listed, "the route publishes the schema the tool lists");
+        let r = t.post("/api/sandboxes/d/browser", &json!({})).send().await.unwrap();
+        let message = expect_error(r, 400, "invalid_request").await;
+        assert!(message.contains("action"), "{message}");
+        // What the schema allows but the tool can't act on (a click on no element) is 422, never 400.
+        let r = t.post("/api/sandboxes/d/browser", &json!({"action": "click"})).send().await.unwrap();
+        assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
+    }
+
+    // An upload's body may be empty (an empty file is a legitimate upload), and the document says so. A request
+    // without any body, as from `curl -X PUT` (no Content-Length, no Transfer-Encoding), is an empty body in
+    // HTTP/1.1 and writes an empty file too.
+    let upload = &doc["paths"]["/api/sandboxes/{run_id}/files"]["put"]["requestBody"];
+    assert_eq!(upload["required"], false, "{upload}");
+    let addr = t.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "PUT /api/sandboxes/d/files?path=bodiless.txt HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"files":[{"path":"bodiless.txt","size":0}]}"#), "{answer}");
+    assert_eq!(t.sh("d", "wc -c < bodiless.txt").await["stdout"], "0\n");
+
+    // Responses carry every field of the types they serialize; the document requires the ones always written.
+    let schemas = &doc["components"]["schemas"];
+    let required = |name: &str| -> Vec<String> {
+        schemas[name]["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    };
+    assert!(required("SandboxMetrics").contains(&"cpu_usage_percent".to_owned()));
+    assert!(!required("SandboxMetrics").contains(&"last_exit_code".to_owned()), "null when no execution ran");
+    assert!(required("SandboxConfig").contains(&"max_read_bytes".to_owned()));
+    assert!(!required("SandboxConfig").contains(&"image".to_owned()), "written only when set");
+    t.stop().await;
+}
+
 /// Reads SSE events (name, data) from a response until the stream ends.
 async fn next_event<S, B>(stream: &mut S, buf: &mut String) -> Option<(String, Value)>
 where

@@ -2,9 +2,7 @@
 //! never read back, and each run's log of connections and inspected requests.
 
 use agentbox_config::SecretRule;
-use agentbox_core::egress::{
-    EgressDecision, EgressPage, EgressQuery, EgressRecord, SecretInfo, SecretSource, SecretValue,
-};
+use agentbox_core::egress::{EgressDecision, EgressPage, EgressQuery, SecretInfo, SecretSource, SecretValue};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ErrorResponses;
+use super::extract::RunIdParam;
 use super::extract::{ApiJson, ApiQuery, RunIdPath};
-use super::types::RunIdParam;
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -30,7 +28,7 @@ pub struct SecretRuleSpec {
     #[schema(min_items = 1, value_type = Vec<SecretHost>, example = json!(["api.github.com:443"]))]
     pub hosts: Vec<String>,
     /// A header set on requests to those hosts, `Name: template` with `{value}` for the secret.
-    #[serde(default, deserialize_with = "super::types::present", skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "super::extract::present", skip_serializing_if = "Option::is_none")]
     #[schema(
         nullable = false,
         pattern = r"^[A-Za-z0-9_\-]+:[ -~]*\{value\}[ -~]*$",
@@ -161,26 +159,11 @@ impl SecretSourceSpec {
     }
 }
 
-/// A secret as listed: never its value.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SecretView {
-    /// The secret's name.
-    pub name: String,
-    /// Where its value comes from: `value`, `env` or `file`.
-    pub source: String,
-}
-
-impl From<SecretInfo> for SecretView {
-    fn from(s: SecretInfo) -> Self {
-        Self { name: s.name, source: s.source }
-    }
-}
-
 /// `GET /api/secrets`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SecretList {
     /// The server's secrets, by name.
-    pub secrets: Vec<SecretView>,
+    pub secrets: Vec<SecretInfo>,
 }
 
 fn store(state: &AppState) -> Result<agentbox_core::egress::SecretStore, ApiError> {
@@ -210,7 +193,7 @@ fn check_secret_name(name: &str) -> Result<(), ApiError> {
     security(("bearer" = []))
 )]
 pub async fn list_secrets(State(state): State<AppState>) -> Result<Json<SecretList>, ApiError> {
-    let secrets = store(&state)?.list().into_iter().map(SecretView::from).collect();
+    let secrets = store(&state)?.list();
     Ok(Json(SecretList { secrets }))
 }
 
@@ -223,20 +206,20 @@ pub async fn list_secrets(State(state): State<AppState>) -> Result<Json<SecretLi
     tag = "secrets",
     params(SecretName),
     request_body = SecretSourceSpec,
-    responses((status = 200, description = "Set", body = SecretView), ErrorResponses),
+    responses((status = 200, description = "Set", body = SecretInfo), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn set_secret(
     State(state): State<AppState>,
     Path(SecretName { name }): Path<SecretName>,
     ApiJson(body): ApiJson<SecretSourceSpec>,
-) -> Result<Json<SecretView>, ApiError> {
+) -> Result<Json<SecretInfo>, ApiError> {
     check_secret_name(&name)?;
     let source = body.into_source()?;
     let kind = source.kind().to_owned();
     store(&state)?.set(&name, source).map_err(|e| ApiError::bad_request(e.to_string()))?;
     tracing::info!(secret = %name, source = %kind, "secret set");
-    Ok(Json(SecretView { name, source: kind }))
+    Ok(Json(SecretInfo { name, source: kind }))
 }
 
 /// Deletes a secret; requests that need it are refused from then on.
@@ -261,34 +244,6 @@ pub async fn delete_secret(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Allowed or refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DecisionName {
-    /// Let through.
-    Allowed,
-    /// Refused by a rule.
-    Refused,
-}
-
-impl From<DecisionName> for EgressDecision {
-    fn from(d: DecisionName) -> Self {
-        match d {
-            DecisionName::Allowed => Self::Allowed,
-            DecisionName::Refused => Self::Refused,
-        }
-    }
-}
-
-impl From<EgressDecision> for DecisionName {
-    fn from(d: EgressDecision) -> Self {
-        match d {
-            EgressDecision::Allowed => Self::Allowed,
-            EgressDecision::Refused => Self::Refused,
-        }
-    }
-}
-
 /// Which records of the egress log to return.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -304,85 +259,8 @@ pub struct EgressParams {
     #[param(nullable = false, max_length = 255)]
     pub host: Option<String>,
     /// Only this decision.
-    #[param(value_type = Option<DecisionName>, nullable = false)]
-    pub decision: Option<DecisionName>,
-}
-
-/// One connection, or one request on an inspected connection.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct EgressRecordView {
-    /// Position in the run's log, from 1.
-    pub seq: u64,
-    /// Start, in milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// `connection` or `request`.
-    pub kind: String,
-    /// `http-connect`, `http`, `socks5` or `tls` (a request on an inspected connection).
-    pub via: String,
-    /// The destination host as the sandbox named it.
-    pub host: String,
-    /// The destination port.
-    pub port: u16,
-    /// The address connected to.
-    pub address: Option<String>,
-    /// The request's method.
-    pub method: Option<String>,
-    /// The request's path and query as the sandbox sent them (placeholders, never values).
-    pub path: Option<String>,
-    /// Allowed or refused.
-    pub decision: DecisionName,
-    /// The refusing rule, or the allow entry that matched.
-    pub rule: Option<String>,
-    /// Secrets added, or whose placeholder was refused (names only).
-    pub secrets: Vec<String>,
-    /// The response status.
-    pub status: Option<u16>,
-    /// Bytes received from the destination.
-    pub bytes_in: u64,
-    /// Bytes sent to the destination.
-    pub bytes_out: u64,
-    /// Duration in milliseconds.
-    pub duration_ms: u64,
-}
-
-impl From<EgressRecord> for EgressRecordView {
-    fn from(r: EgressRecord) -> Self {
-        Self {
-            seq: r.seq,
-            time_ms: r.time_ms,
-            kind: r.kind,
-            via: r.via,
-            host: r.host,
-            port: r.port,
-            address: r.address,
-            method: r.method,
-            path: r.path,
-            decision: r.decision.into(),
-            rule: r.rule,
-            secrets: r.secrets,
-            status: r.status,
-            bytes_in: r.bytes_in,
-            bytes_out: r.bytes_out,
-            duration_ms: r.duration_ms,
-        }
-    }
-}
-
-/// A page of a run's egress log.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct EgressLog {
-    /// Records, oldest first.
-    pub records: Vec<EgressRecordView>,
-    /// The `after` of the next page, when more may follow.
-    pub next: Option<u64>,
-    /// Records dropped so far to keep the log within its bound.
-    pub dropped: u64,
-}
-
-impl From<EgressPage> for EgressLog {
-    fn from(p: EgressPage) -> Self {
-        Self { records: p.records.into_iter().map(EgressRecordView::from).collect(), next: p.next, dropped: p.dropped }
-    }
+    #[param(value_type = Option<EgressDecision>, nullable = false)]
+    pub decision: Option<EgressDecision>,
 }
 
 /// The run's egress audit log: one record per connection, and per request on inspected
@@ -393,14 +271,14 @@ impl From<EgressPage> for EgressLog {
     operation_id = "getSandboxEgress",
     tag = "sandboxes",
     params(RunIdParam, EgressParams),
-    responses((status = 200, description = "A page of the log", body = EgressLog), ErrorResponses),
+    responses((status = 200, description = "A page of the log", body = EgressPage), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn get_egress(
     State(state): State<AppState>,
     RunIdPath(run): RunIdPath,
     ApiQuery(q): ApiQuery<EgressParams>,
-) -> Result<Json<EgressLog>, ApiError> {
+) -> Result<Json<EgressPage>, ApiError> {
     if q.limit.is_some_and(|l| !(1..=1000).contains(&l)) {
         return Err(ApiError::bad_request("limit: must be 1 to 1000"));
     }
@@ -410,12 +288,7 @@ pub async fn get_egress(
     if q.host.as_ref().is_some_and(|h| h.len() > 255) {
         return Err(ApiError::bad_request("host: at most 255 characters"));
     }
-    let query = EgressQuery {
-        after: q.after,
-        limit: q.limit.map(|l| l as usize),
-        host: q.host,
-        decision: q.decision.map(Into::into),
-    };
+    let query = EgressQuery { after: q.after, limit: q.limit.map(|l| l as usize), host: q.host, decision: q.decision };
     let page = state.manager.egress_log(&run, query).await.map_err(ApiError::from_operation)?;
-    Ok(Json(page.into()))
+    Ok(Json(page))
 }

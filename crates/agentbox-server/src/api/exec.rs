@@ -1,22 +1,152 @@
 //! Execution routes: collected JSON results, or Server-Sent Events as output happens.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use agentbox_core::{ExecEvent, ExecStream, RunId};
+use agentbox_core::{CodeRequest, Command, ExecEvent, ExecOutput, ExecRequest, ExecStream, Language, RunId};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
+use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::ErrorResponses;
-use super::extract::{ApiJson, RunIdPath};
-use super::types::{ExecResult, ExecuteCodeRequest, ExecuteCommandRequest, RunIdParam};
+use super::extract::{ApiJson, RunIdParam, RunIdPath, seconds};
+use super::files::MAX_PATH_LEN;
 use crate::AppState;
 use crate::error::ApiError;
+
+/// `POST /api/sandboxes/{run_id}/execute/command`. Give exactly one of `command` and `argv`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteCommandRequest {
+    /// A command line run by bash.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false, example = "ls -la", pattern = r"^[^\x00]*$")]
+    pub command: Option<String>,
+    /// A program and its arguments, run directly.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false, min_items = 1)]
+    pub argv: Option<Vec<String>>,
+    /// Working directory inside the sandbox (the home when absent).
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false, min_length = 1, max_length = 4096, pattern = r"^[^\x00]+$")]
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Text written to stdin, which is then closed.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false)]
+    pub stdin: Option<String>,
+    /// Time limit in seconds (the sandbox's execution timeout when absent).
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false, minimum = 0.1, maximum = 86400)]
+    pub timeout: Option<f64>,
+    /// Who runs it: the sandbox's user when absent, or `root` in a sandbox created with `allow_root_inside`
+    /// (422 otherwise).
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false, example = "root", pattern = r"^[a-z_][a-z0-9_-]{0,31}$")]
+    pub user: Option<String>,
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "env: invalid variable {k:?}: names must be non-empty without '=' or NUL, values without NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_cwd(cwd: Option<&String>) -> Result<(), ApiError> {
+    if let Some(c) = cwd {
+        if c.is_empty() || c.len() > MAX_PATH_LEN || c.contains('\0') {
+            return Err(ApiError::bad_request("cwd must be a path of 1 to 4096 characters without NUL"));
+        }
+    }
+    Ok(())
+}
+
+impl ExecuteCommandRequest {
+    /// The core request.
+    ///
+    /// # Errors
+    /// 400 unless exactly one of `command` and `argv` is given, or for NUL bytes and bad limits.
+    pub fn into_exec(self) -> Result<ExecRequest, ApiError> {
+        let command = match (self.command, self.argv) {
+            (Some(c), None) => Command::Shell(c),
+            (None, Some(a)) => Command::Argv(a),
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("give either `command` or `argv`, not both")),
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "give `command` (a shell command line) or `argv` (a program and its arguments)",
+                ));
+            }
+        };
+        check_cwd(self.cwd.as_ref())?;
+        let env = self.env.unwrap_or_default();
+        check_env(&env)?;
+        let timeout = self.timeout.map(|t| seconds("timeout", t, 0.1, 86_400.0)).transpose()?;
+        let request = ExecRequest {
+            command,
+            cwd: self.cwd,
+            env,
+            stdin: self.stdin.map(String::into_bytes),
+            timeout,
+            user: self.user,
+        };
+        request.to_argv().map_err(ApiError::from)?;
+        Ok(request)
+    }
+}
+
+/// `POST /api/sandboxes/{run_id}/execute/code`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteCodeRequest {
+    /// The language.
+    pub language: Language,
+    /// The source.
+    #[schema(example = "print(6 * 7)", pattern = r"^[^\x00]*$")]
+    pub code: String,
+    /// Working directory inside the sandbox.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false, min_length = 1, max_length = 4096, pattern = r"^[^\x00]+$")]
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Time limit in seconds.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false, minimum = 0.1, maximum = 86400)]
+    pub timeout: Option<f64>,
+}
+
+impl ExecuteCodeRequest {
+    /// The core request.
+    ///
+    /// # Errors
+    /// 400 for NUL bytes and bad limits.
+    pub fn into_code(self) -> Result<CodeRequest, ApiError> {
+        if self.code.contains('\0') {
+            return Err(ApiError::bad_request("code must not contain NUL bytes"));
+        }
+        check_cwd(self.cwd.as_ref())?;
+        let env = self.env.unwrap_or_default();
+        check_env(&env)?;
+        let timeout = self.timeout.map(|t| seconds("timeout", t, 0.1, 86_400.0)).transpose()?;
+        Ok(CodeRequest { language: self.language, code: self.code, cwd: self.cwd, env, timeout })
+    }
+}
 
 pub(super) fn wants_events(headers: &HeaderMap) -> bool {
     headers
@@ -53,7 +183,7 @@ fn output_cap(state: &AppState, run: &RunId) -> Result<u64, ApiError> {
     request_body = ExecuteCommandRequest,
     responses(
         (status = 200, description = "The execution's outcome, or its events", content(
-            (ExecResult = "application/json"),
+            (ExecOutput = "application/json"),
             (String = "text/event-stream"),
         )),
         ErrorResponses,
@@ -83,7 +213,7 @@ pub async fn execute_command(
     request_body = ExecuteCodeRequest,
     responses(
         (status = 200, description = "The execution's outcome, or its events", content(
-            (ExecResult = "application/json"),
+            (ExecOutput = "application/json"),
             (String = "text/event-stream"),
         )),
         ErrorResponses,
@@ -122,7 +252,7 @@ async fn respond(
         .await
         .map_err(|_| ApiError::timeout("the execution", limit))?
         .map_err(ApiError::from_operation)?;
-    Ok(Json(ExecResult::from(out)).into_response())
+    Ok(Json(out).into_response())
 }
 
 /// Length of an incomplete UTF-8 sequence at the end of `bytes` (0 to 3).
@@ -285,5 +415,16 @@ mod tests {
         assert!(!wants_events(&h));
         h.insert(header::ACCEPT, "application/json, text/event-stream;q=0.9".parse().unwrap());
         assert!(wants_events(&h));
+    }
+
+    #[test]
+    fn exec_requests_need_exactly_one_command() {
+        let r = |v| serde_json::from_value::<ExecuteCommandRequest>(v).unwrap().into_exec();
+        assert_eq!(r(serde_json::json!({"command": "ls"})).unwrap().command, Command::Shell("ls".into()));
+        assert!(r(serde_json::json!({})).is_err());
+        assert!(r(serde_json::json!({"command": "ls", "argv": ["ls"]})).is_err());
+        assert!(r(serde_json::json!({"argv": [""]})).is_err());
+        assert!(r(serde_json::json!({"argv": ["ls"], "timeout": 0})).is_err());
+        assert!(r(serde_json::json!({"argv": ["ls"], "env": {"A=B": "x"}})).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! File routes: raw download, raw or multipart upload, directory listing.
 
-use agentbox_core::{CHUNK_BYTES, FileUpload, RunId};
+use agentbox_core::{CHUNK_BYTES, FileEntry, FileUpload, RunId};
 use axum::Json;
 use axum::body::Body;
 use axum::body::Bytes;
@@ -10,15 +10,96 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::{BodyStream, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
+use utoipa::{IntoParams, ToSchema};
 
 use super::ErrorResponses;
-use super::extract::{ApiQuery, RunIdPath, check_declared_length};
-use super::types::{
-    FileEntryView, FileList, FileQuery, MultipartUpload, RunIdParam, WrittenFile, WrittenFiles, check_path,
-};
+use super::extract::{ApiQuery, RunIdParam, RunIdPath, check_declared_length};
 use crate::AppState;
 use crate::error::ApiError;
+
+/// Pattern of file paths accepted by the file routes: no NUL, no `..` component.
+pub const FILE_PATH_PATTERN: &str = r"^(?!([\s\S]*/)?\.\.(/[\s\S]*)?(?![\s\S]))[^\x00]+$";
+/// Longest file path accepted, in characters.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// The file path in a query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuery {
+    /// A path inside the sandbox; relative paths start at the home directory. No `..` components.
+    #[param(min_length = 1, max_length = 4096, pattern = r"^(?!([\s\S]*/)?\.\.(/[\s\S]*)?(?![\s\S]))[^\x00]+$")]
+    pub path: String,
+}
+
+impl FileQuery {
+    /// The path, checked for traversal, NUL bytes and length.
+    ///
+    /// # Errors
+    /// 400 saying what is wrong.
+    pub fn checked(&self) -> Result<&str, ApiError> {
+        check_path(&self.path)?;
+        Ok(&self.path)
+    }
+}
+
+/// Refuses empty, overlong, NUL-containing and `..`-containing paths.
+///
+/// # Errors
+/// 400 saying what is wrong.
+pub fn check_path(p: &str) -> Result<(), ApiError> {
+    if p.is_empty() {
+        return Err(ApiError::bad_request("path is empty: give a path inside the sandbox"));
+    }
+    if p.chars().count() > MAX_PATH_LEN {
+        return Err(ApiError::bad_request(format!("path is longer than {MAX_PATH_LEN} characters")));
+    }
+    if p.contains('\0') {
+        return Err(ApiError::bad_request("path contains a NUL byte"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(ApiError::bad_request(
+            "path must not contain `..` components; give the path inside the sandbox directly",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /api/sandboxes/{run_id}/files/list`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileList {
+    /// The directory listed, as given.
+    pub path: String,
+    /// Its entries.
+    pub entries: Vec<FileEntry>,
+}
+
+/// One written file.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WrittenFile {
+    /// Its path inside the sandbox.
+    pub path: String,
+    /// Bytes written.
+    pub size: u64,
+}
+
+/// `PUT /api/sandboxes/{run_id}/files`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WrittenFiles {
+    /// The files written.
+    pub files: Vec<WrittenFile>,
+}
+
+/// A multipart upload: one or more `file` parts.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documentation only
+pub struct MultipartUpload {
+    /// The file's content. With a `path` ending in `/`, several parts may be sent, each written under it by its file name.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
 
 /// Downloads a file's bytes.
 #[utoipa::path(
@@ -250,13 +331,23 @@ pub async fn list_files(
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> Result<Json<FileList>, ApiError> {
     let path = q.checked()?.to_owned();
-    let entries = state
-        .manager
-        .list_dir(&run, &path)
-        .await
-        .map_err(ApiError::from_operation)?
-        .into_iter()
-        .map(FileEntryView::from)
-        .collect();
+    let entries = state.manager.list_dir(&run, &path).await.map_err(ApiError::from_operation)?;
     Ok(Json(FileList { path, entries }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_with_traversal_or_nul_are_refused() {
+        for bad in ["", "..", "../etc/passwd", "a/../../b", "/home/user/..", "a\0b"] {
+            assert_eq!(check_path(bad).unwrap_err().status(), 400, "{bad:?}");
+        }
+        for good in ["/home/user/a.txt", "a/b", "...", "a..b", "/tmp/.hidden"] {
+            check_path(good).unwrap();
+        }
+        assert!(check_path(&"a".repeat(MAX_PATH_LEN + 1)).is_err());
+        check_path(&"é".repeat(MAX_PATH_LEN)).unwrap();
+    }
 }

@@ -14,7 +14,6 @@ pub mod system;
 pub mod templates;
 pub mod terminal;
 pub mod tools;
-pub mod types;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -152,6 +151,20 @@ fn string_map(key_pattern: &str) -> Value {
     })
 }
 
+/// Marks every property of an object schema required, but those that may be `null` and `only_when_set`.
+fn require_written_fields(schema: &mut Value, only_when_set: &[&str]) {
+    let Some(properties) = schema["properties"].as_object() else { return };
+    let required: Vec<Value> = properties
+        .iter()
+        .filter(|(name, p)| {
+            let nullable = p["type"].as_array().is_some_and(|t| t.iter().any(|t| t == "null"));
+            !nullable && !only_when_set.contains(&name.as_str())
+        })
+        .map(|(name, _)| Value::String(name.clone()))
+        .collect();
+    schema["required"] = Value::Array(required);
+}
+
 /// Tightens the generated document where derive attributes can't express the rules the server enforces.
 fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     let mut doc = serde_json::to_value(openapi).unwrap_or_else(|_| json!({}));
@@ -170,13 +183,16 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
     cmd["properties"]["env"] = string_map(r"^[^=\x00]+$");
     schemas["ExecuteCodeRequest"]["properties"]["env"] = string_map(r"^[^=\x00]+$");
 
-    // An empty raw body is a valid upload: it writes an empty file.
+    // An upload's body is optional: none, or an empty one, writes an empty file. A zero-length upload is how an
+    // empty file is sent, and HTTP/1.1 can't tell it from a request with no body (clients send `Content-Length:
+    // 0`, or no length at all, for both), so requiring a body, or a Content-Length, would refuse empty files or
+    // chunked uploads without making any request clearer. The document says so rather than the server refusing.
     doc["paths"]["/api/sandboxes/{run_id}/files"]["put"]["requestBody"]["required"] = json!(false);
     let schemas = &mut doc["components"]["schemas"];
     let create = &mut schemas["CreateSandboxRequest"]["properties"];
     create["environment_vars"] = string_map(r"^[A-Za-z_][A-Za-z0-9_]*$");
     create["pre_install_packages"]["items"] = json!({"type": "string", "pattern": package_pattern()});
-    create["run_id"]["pattern"] = json!(types::RUN_ID_PATTERN);
+    create["run_id"]["pattern"] = json!(extract::RUN_ID_PATTERN);
 
     let net = &mut schemas["NetworkSpec"];
     let domains = json!({"type": "array", "items": {"type": "string", "pattern": domain_pattern()}});
@@ -196,6 +212,19 @@ fn finish_openapi(openapi: &utoipa::openapi::OpenApi) -> Value {
         {"pattern": format!(r"^{IPV4}(/(3[0-2]|[12]?[0-9]))?$")}, {"format": "ipv6", "pattern": ":"},
     ]}});
     schemas["MultipartUpload"]["required"] = json!(["file"]);
+    // These types read configuration files and samples with `serde(default)`, so their derived schemas require
+    // nothing; a response carries every field, but the nullable ones and those written only when set.
+    for (name, only_when_set) in [
+        ("SandboxConfig", &["image"][..]),
+        ("NetworkConfig", &[]),
+        ("StorageConfig", &["volumes"]),
+        ("SecurityConfig", &[]),
+        ("RunAs", &[]),
+        ("SecretRule", &[]),
+        ("SandboxMetrics", &[]),
+    ] {
+        require_written_fields(&mut schemas[name], only_when_set);
+    }
     for key in [
         "ExecuteCommandRequest",
         "ExecuteCodeRequest",
@@ -356,7 +385,10 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
     let open = OpenApiRouter::new().routes(routes!(system::health));
     let (router, openapi) =
         OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(protected).merge(open).split_for_parts();
-    let doc = finish_openapi(&openapi);
+    #[cfg_attr(not(feature = "browser"), allow(unused_mut))]
+    let mut doc = finish_openapi(&openapi);
+    #[cfg(feature = "browser")]
+    browser::publish_input_schema(&mut doc, &state.browser);
     let mut router = router;
     if let Some(mcp) = state.mcp.clone() {
         // MCP over streamable HTTP: long-lived streams, so no request timeout; the same bearer token.

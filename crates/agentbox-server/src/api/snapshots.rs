@@ -1,18 +1,35 @@
 //! Snapshot routes: take one of a run's sandbox, list them, delete one, put a run back to one. A fork is a
 //! create with `from_snapshot`.
 
+use agentbox_core::SnapshotInfo;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ErrorResponses;
-use super::extract::{ApiJson, RunIdPath};
-use super::types::{RunIdParam, SandboxView, SnapshotList, SnapshotRequest, SnapshotView};
+use super::extract::{ApiJson, RunIdParam, RunIdPath};
+use super::sandboxes::SandboxView;
 use crate::AppState;
 use crate::error::ApiError;
+
+/// `POST /api/sandboxes/{run_id}/snapshots`: the snapshot to take.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Its name, unique on the server.
+    #[schema(pattern = r"^[A-Za-z0-9._\-]{1,200}$", min_length = 1, max_length = 200, example = "before-refactor")]
+    pub name: String,
+}
+
+/// `GET /api/snapshots`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotList {
+    /// Every snapshot, by name.
+    pub snapshots: Vec<SnapshotInfo>,
+}
 
 /// Refuses a snapshot name that is not 1 to 200 letters, digits, `.`, `_` or `-` (and not `.` or `..`).
 pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
@@ -37,7 +54,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     tag = "snapshots",
     params(RunIdParam),
     request_body = SnapshotRequest,
-    responses((status = 201, description = "Taken", body = SnapshotView), ErrorResponses),
+    responses((status = 201, description = "Taken", body = SnapshotInfo), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn create_snapshot(
@@ -47,7 +64,7 @@ pub async fn create_snapshot(
 ) -> Result<Response, ApiError> {
     check_name(&body.name)?;
     let snapshot = state.lifecycle.snapshot(&run, &body.name).await.map_err(ApiError::from_operation)?;
-    Ok((StatusCode::CREATED, Json(SnapshotView::from(snapshot))).into_response())
+    Ok((StatusCode::CREATED, Json(snapshot)).into_response())
 }
 
 /// Puts the run's files back to a snapshot: a new sandbox, with the run's configuration, starts from the
@@ -82,7 +99,7 @@ pub async fn restore_sandbox(
     security(("bearer" = []))
 )]
 pub async fn list_snapshots(State(state): State<AppState>) -> Result<Json<SnapshotList>, ApiError> {
-    let snapshots = state.manager.list_snapshots().await?.into_iter().map(SnapshotView::from).collect();
+    let snapshots = state.manager.list_snapshots().await?;
     Ok(Json(SnapshotList { snapshots }))
 }
 

@@ -8,10 +8,20 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::ErrorResponses;
-use super::types::ServerHealth;
 use crate::AppState;
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerHealth {
+    /// Always `ok` while the server answers.
+    pub status: String,
+    /// Server version.
+    pub version: String,
+}
 
 /// Liveness: answers while the server runs. Needs no token.
 #[utoipa::path(

@@ -1,5 +1,6 @@
 //! Volume routes: make one, list them, delete one. A sandbox mounts volumes at create (`volumes`).
 
+use agentbox_core::VolumeInfo;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,43 +22,16 @@ pub struct VolumeRequest {
     #[schema(pattern = r"^[A-Za-z0-9._\-]{1,200}$", min_length = 1, max_length = 200, example = "workspace")]
     pub name: String,
     /// The most it may hold, in GiB (1 when absent).
-    #[serde(default, deserialize_with = "super::types::present_u64")]
+    #[serde(default, deserialize_with = "super::extract::present_u64")]
     #[schema(nullable = false, minimum = 1, maximum = 16384)]
     pub size_gb: Option<u64>,
-}
-
-/// A named, persistent volume with a quota of its own; sandboxes mount it at create.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct VolumeView {
-    /// Its name.
-    pub name: String,
-    /// When it was made, in milliseconds since the Unix epoch.
-    pub created_at_ms: u64,
-    /// The most it may hold, in bytes.
-    pub limit_bytes: u64,
-    /// What it holds, in bytes.
-    pub used_bytes: u64,
-    /// How many sandboxes have it mounted now.
-    pub mounted_by: u32,
-}
-
-impl From<agentbox_core::VolumeInfo> for VolumeView {
-    fn from(v: agentbox_core::VolumeInfo) -> Self {
-        Self {
-            name: v.name,
-            created_at_ms: v.created_at_ms,
-            limit_bytes: v.limit_bytes,
-            used_bytes: v.used_bytes,
-            mounted_by: v.mounted_by,
-        }
-    }
 }
 
 /// `GET /api/volumes`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VolumeList {
     /// Every volume, by name.
-    pub volumes: Vec<VolumeView>,
+    pub volumes: Vec<VolumeInfo>,
 }
 
 /// A volume's name in a path.
@@ -76,7 +50,7 @@ pub struct VolumeName {
     operation_id = "createVolume",
     tag = "volumes",
     request_body = VolumeRequest,
-    responses((status = 201, description = "Made", body = VolumeView), ErrorResponses),
+    responses((status = 201, description = "Made", body = VolumeInfo), ErrorResponses),
     security(("bearer" = []))
 )]
 pub async fn create_volume(
@@ -89,7 +63,7 @@ pub async fn create_volume(
         return Err(ApiError::bad_request(format!("size_gb must be between 1 and 16384, got {size_gb}")));
     }
     let volume = state.lifecycle.create_volume(&body.name, size_gb << 30).await.map_err(ApiError::from_operation)?;
-    Ok((StatusCode::CREATED, Json(VolumeView::from(volume))).into_response())
+    Ok((StatusCode::CREATED, Json(volume)).into_response())
 }
 
 /// Lists every volume.
@@ -102,7 +76,7 @@ pub async fn create_volume(
     security(("bearer" = []))
 )]
 pub async fn list_volumes(State(state): State<AppState>) -> Result<Json<VolumeList>, ApiError> {
-    let volumes = state.manager.list_volumes().await?.into_iter().map(VolumeView::from).collect();
+    let volumes = state.manager.list_volumes().await?;
     Ok(Json(VolumeList { volumes }))
 }
 
