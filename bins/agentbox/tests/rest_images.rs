@@ -3,47 +3,22 @@
 //! and from an uploaded tar context, a sandbox started from one, and removal.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
 #[path = "../../../crates/agentbox-image/tests/common/mod.rs"]
 mod image_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-struct Server {
-    child: Child,
-    url: String,
-    token: String,
-    data: PathBuf,
+use common::server::Server;
+
+/// curl against the server: the status and the body.
+trait Curl {
+    fn curl(&self, method: &str, path: &str, extra: &[&str]) -> (u16, String);
+    fn json(&self, method: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value);
 }
 
-impl Server {
-    fn start() -> Self {
-        let data = std::env::temp_dir().join(format!("agentbox-rest-images-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .env_remove("AGENTBOX_API_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut url, mut token) = (None, None);
-        while url.is_none() || token.is_none() {
-            let line = lines.next().expect("the server printed its address and token").unwrap();
-            if let Some(rest) = line.strip_prefix("agentboxd listening on ") {
-                url = rest.split_whitespace().next().map(str::to_owned);
-            } else if line.starts_with("generated an API token") {
-                token = Some(lines.next().unwrap().unwrap().trim().to_owned());
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, url: url.unwrap(), token: token.unwrap(), data }
-    }
-
-    /// curl: the status and the body.
+impl Curl for Server {
     fn curl(&self, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
         let out = Command::new("curl")
             .args(["-sS", "-X", method, "-w", "\n%{http_code}", "-H"])
@@ -64,15 +39,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: a signal to our own child, by its pid.
-        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
 fn tar_of(dir: &Path) -> PathBuf {
     let out = dir.with_extension("tar");
     let status = Command::new("tar").arg("-cf").arg(&out).arg("-C").arg(dir).arg(".").status().unwrap();
@@ -90,7 +56,7 @@ fn images_and_templates_over_rest() {
     let layout = image_common::debian_fixture();
     let registry = image_common::Registry::start();
     let base = image_common::push_debian(&registry, &layout);
-    let server = Server::start();
+    let server = Server::start("rest-images");
     let name = format!("rest-{}", std::process::id());
 
     // A pull, its progress as events.

@@ -1,0 +1,3 @@
+//! Helpers shared by the binary's tests.
+
+pub mod server;
