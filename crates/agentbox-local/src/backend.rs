@@ -73,6 +73,8 @@ struct LiveSandbox {
     /// The shared `/etc` template the sandbox binds, held so no process removes it while in use.
     #[expect(dead_code, reason = "held for its lock, never read")]
     etc: Option<Arc<crate::etc::Template>>,
+    /// Where executions start when they name no directory: its image's working directory, if it sets one.
+    working_dir: Option<String>,
 }
 
 struct Inner {

@@ -505,6 +505,9 @@ pub struct Exec {
     pub argv: Vec<String>,
     /// Working directory.
     pub cwd: String,
+    /// Where to start instead when `cwd` can't be entered (the home, under an image's working directory).
+    #[serde(default)]
+    pub cwd_fallback: Option<String>,
     /// Extra environment over the base.
     pub env: BTreeMap<String, String>,
     /// Time limit in milliseconds (0 = none).

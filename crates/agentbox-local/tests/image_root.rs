@@ -47,6 +47,8 @@ async fn a_sandbox_runs_in_a_pulled_image() {
     assert_eq!(sh(&b, &first.id, "stat -c %U:%G /usr/bin/python3 /etc").await, "root:root\nroot:root\n");
     let out = b.exec(&first.id, ExecRequest::shell("touch /usr/bin/x")).await.unwrap().collect(1 << 20).await;
     assert_ne!(out.exit_code, 0, "{out:?}");
+    // The image's working directory is /root, which the sandbox's user can't enter: executions start in the home.
+    assert_eq!(sh(&b, &first.id, "pwd").await, "/home/user\n");
     // passwd keeps the image's users and gains the sandbox's.
     assert_eq!(sh(&b, &first.id, "getent passwd root user | cut -d: -f1,3").await, "root:0\nuser:1000\n");
     // The home is on disk, and the file API reaches it.
@@ -113,6 +115,9 @@ async fn root_inside_installs_packages_into_the_image_root_and_they_survive_stop
         chmod 755 /tmp/pkg/usr/local/bin/hello-agentbox && dpkg-deb --build --root-owner-group /tmp/pkg /tmp/hello.deb >/dev/null";
     assert_eq!(sh(&b, &sb.id, build).await, "");
     let root = |line: &str| ExecRequest { user: Some("root".into()), ..ExecRequest::shell(line) };
+    // Root inside can enter the image's working directory (/root), so its executions start there.
+    let out = b.exec(&sb.id, root("pwd")).await.unwrap().collect(1 << 10).await;
+    assert_eq!(out.stdout, "/root\n", "{out:?}");
     let out = b.exec(&sb.id, root("dpkg -i /tmp/hello.deb >/dev/null && stat -c %U /usr/local/bin/hello-agentbox && echo owned > /etc/agentbox-test")).await.unwrap().collect(1 << 20).await;
     assert_eq!((out.exit_code, out.stdout.as_str()), (0, "root\n"), "{out:?}");
     // The user runs it but can't change it.

@@ -91,6 +91,10 @@ async fn a_dockerfile_builds_a_template_sandboxes_start_from_and_rebuilds_from_c
         "hello from the template\nhi from run as root\nabpackaged\nStatus: install ok installed\n/opt/app|hi world\nwhiteout\nroot\nroot\n",
         "{out}"
     );
+    // Executions start in the template's WORKDIR; one that names a directory starts there.
+    assert_eq!(sh(&backend, &sb.id, "pwd").await, "/opt/app\n");
+    let out = backend.exec(&sb.id, ExecRequest { cwd: Some("/tmp".into()), ..ExecRequest::shell("pwd") }).await;
+    assert_eq!(out.unwrap().collect(1 << 10).await.stdout, "/tmp\n");
     backend.destroy(&sb.id).await.unwrap();
     let record = builder.list().unwrap();
     assert_eq!(record.len(), 1);

@@ -15,6 +15,8 @@ pub struct Prepared {
     /// Owns the strings `env_ptrs` points into.
     _env: Vec<CString>,
     pub cwd: CString,
+    /// Where to start when `cwd` can't be entered.
+    pub cwd_fallback: Option<CString>,
     pub output_path: Option<CString>,
     /// `argv` and `env` as the null-terminated pointer arrays `execve` takes, made before the
     /// child starts (it allocates nothing).
@@ -70,6 +72,7 @@ pub fn prepare(setup: &Setup, exec: &Exec) -> Result<Prepared, PrepareError> {
         _argv: argv,
         _env: env,
         cwd: c(&exec.cwd)?,
+        cwd_fallback: exec.cwd_fallback.as_deref().map(c).transpose()?,
         output_path: exec.output_path.as_deref().map(c).transpose()?,
     })
 }
@@ -582,7 +585,13 @@ pub fn child(setup: &Setup, identity: Identity, landlock: Option<&OwnedFd>, p: &
     }
     // SAFETY: `p.cwd` is a NUL-terminated string that `p` owns.
     if unsafe { libc::chdir(p.cwd.as_ptr()) } == -1 {
-        fail(&[b"changing to ", p.cwd.as_bytes()], io::Error::last_os_error().raw_os_error());
+        let entered = p.cwd_fallback.as_ref().is_some_and(|fallback| {
+            // SAFETY: a NUL-terminated string that `p` owns.
+            unsafe { libc::chdir(fallback.as_ptr()) == 0 }
+        });
+        if !entered {
+            fail(&[b"changing to ", p.cwd.as_bytes()], io::Error::last_os_error().raw_os_error());
+        }
     }
     // SAFETY: the path and the NULL-terminated argv and envp arrays, which point into strings `p`
     // owns (see `Prepared`).

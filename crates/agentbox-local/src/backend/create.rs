@@ -35,6 +35,12 @@ impl LocalBackend {
             }
             None => None,
         };
+        // The image's working directory is where executions start (the agent falls back to the home when the
+        // sandbox's user can't enter it); `/`, the default of images that set none, means the home.
+        let working_dir = image
+            .as_ref()
+            .and_then(|i| i.config.working_dir.clone())
+            .filter(|w| w.starts_with('/') && w != "/" && !w.contains('\0'));
         // The volumes it mounts: they must exist, and are held as in use from here on.
         let volume_names: Vec<String> = config.storage.volumes.iter().map(|v| v.name.clone()).collect();
         let volume_dirs: Vec<PathBuf> = if volume_names.is_empty() {
@@ -355,6 +361,7 @@ impl LocalBackend {
             forwards: Mutex::new(HashMap::new()),
             net,
             etc,
+            working_dir,
         });
         let cg = sandbox.cgroup.clone();
         let task = tokio::spawn(reader_loop(rd, routes, alive, cg));

@@ -19,10 +19,12 @@ impl LocalBackend {
     pub(super) fn exec_message(sb: &LiveSandbox, request: &ExecRequest, output_path: Option<String>) -> Result<Exec> {
         let argv = request.to_argv()?;
         let home = sb.config.security.run_as.home();
-        let cwd = match &request.cwd {
-            None => home,
-            Some(c) if c.starts_with('/') => c.clone(),
-            Some(c) => format!("{home}/{c}"),
+        let (cwd, cwd_fallback) = match (&request.cwd, &sb.working_dir) {
+            // The image's working directory, or the home where the user can't enter it (`/root`, say).
+            (None, Some(dir)) => (dir.clone(), Some(home)),
+            (None, None) => (home, None),
+            (Some(c), _) if c.starts_with('/') => (c.clone(), None),
+            (Some(c), _) => (format!("{home}/{c}"), None),
         };
         if cwd.contains('\0') {
             return Err(Error::InvalidRequest("cwd contains a NUL byte".into()));
@@ -49,6 +51,7 @@ impl LocalBackend {
         Ok(Exec {
             argv,
             cwd,
+            cwd_fallback,
             env,
             timeout_ms: if output_path.is_some() && request.timeout.is_none() {
                 0
