@@ -35,8 +35,17 @@ load_modules() {
     done
 }
 
+# Where the sandboxes' parents `agentbox-<hash>` are while the tests run, sampled: a backend removes its parent
+# once it holds no sandbox, so after the run there may be none left to look at.
+watch_parents() {
+    while :; do
+        find /sys/fs/cgroup -mindepth 1 -maxdepth 4 -type d -name 'agentbox-????????' 2>/dev/null
+        sleep 0.2
+    done >"$1"
+}
+
 # Where the sandboxes' cgroups went: under the unit's delegated cgroup with systemd, under the root without.
-# The tests leave their (empty) parents `agentbox-<hash>` behind, which is what this looks at.
+# It looks at the parents seen while the tests ran (`watch_parents`).
 check_placement() {
     local expected=/sys/fs/cgroup parents
     if [[ $mode == systemd ]]; then
@@ -45,7 +54,7 @@ check_placement() {
         echo "its controllers for children: $(cat "$expected/cgroup.subtree_control")"
         echo "its processes: $(cat "$expected/cgroup.procs" | tr '\n' ' ')"
     fi
-    parents=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 -type d -name 'agentbox-????????')
+    parents=$({ cat "$1"; find /sys/fs/cgroup -mindepth 1 -maxdepth 4 -type d -name 'agentbox-????????'; } | sort -u)
     echo "sandbox parents: $(echo "$parents" | tr '\n' ' ')"
     [[ -n "$parents" ]] || { echo "error: no sandbox parent cgroup found"; return 1; }
     local p
@@ -54,7 +63,11 @@ check_placement() {
             echo "error: $p is not under $expected"
             return 1
         fi
-        echo "$p: controllers for sandboxes: $(cat "$p/cgroup.subtree_control")"
+        if [[ -d "$p" ]]; then
+            echo "$p: controllers for sandboxes: $(cat "$p/cgroup.subtree_control")"
+        else
+            echo "$p: seen during the run, removed by its backend after it"
+        fi
     done
     echo "every sandbox parent is under $expected"
 }
@@ -93,6 +106,8 @@ run_tests() {
         echo "root controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
         echo "own cgroup's controllers: $(cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cgroup.controllers")"
     } | tee "$out/environment"
+    watch_parents "$out/parents.seen" &
+    local watcher=$!
     while read -r name bin args; do
         [[ -z "$name" || "$name" == \#* ]] && continue
         echo "==> [$mode] $name"
@@ -105,7 +120,9 @@ run_tests() {
         tail -n 3 "$out/$name.log"
         echo "==> [$mode] $name: exit status $rc"
     done </work/tests
-    check_placement >"$out/placement.log" 2>&1
+    kill "$watcher" 2>/dev/null
+    wait "$watcher" 2>/dev/null
+    check_placement "$out/parents.seen" >"$out/placement.log" 2>&1
     echo $? >"$out/placement.rc"
     cat "$out/placement.log"
     echo done >"$out/finished"
