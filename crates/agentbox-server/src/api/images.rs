@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agentbox_image::{ImageRecord, ImageRef, PullEvent, Store};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ErrorResponses;
 use super::exec::wants_events;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiQuery};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -253,7 +253,10 @@ fn pull_failure(e: &agentbox_image::PullError) -> ApiError {
     responses((status = 204, description = "Removed"), ErrorResponses),
     security(("bearer" = []))
 )]
-pub async fn remove_image(State(state): State<AppState>, Query(q): Query<ImageQuery>) -> Result<StatusCode, ApiError> {
+pub async fn remove_image(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ImageQuery>,
+) -> Result<StatusCode, ApiError> {
     let image = reference(&q.reference)?;
     let store = store(&state)?.clone();
     let removed = tokio::task::spawn_blocking(move || store.remove(&image))

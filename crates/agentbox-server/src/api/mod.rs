@@ -47,7 +47,7 @@ pub struct ErrorResponses;
 
 impl IntoResponses for ErrorResponses {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
-        let cases: [(u16, &str); 12] = [
+        let cases: [(u16, &str); 13] = [
             (400, "The request is malformed or the configuration invalid (`details` lists every problem)"),
             (401, "Missing or wrong bearer token"),
             (403, "The sandbox refused the operation"),
@@ -55,6 +55,7 @@ impl IntoResponses for ErrorResponses {
             (408, "The request body arrived too slowly"),
             (409, "Conflicts with the run's existing sandbox or its state"),
             (413, "The body is larger than the server accepts"),
+            (414, "The request target (path and query) is longer than the server accepts"),
             (415, "The body is not in a supported content type"),
             (
                 422,

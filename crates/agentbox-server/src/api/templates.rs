@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use agentbox_template::{BuildReport, BuildRequest, TemplateError};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ErrorResponses;
+use super::extract::ApiQuery;
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -201,7 +202,7 @@ pub async fn list_templates(State(state): State<AppState>) -> Result<Json<Templa
 pub async fn build_template(
     State(state): State<AppState>,
     Path(p): Path<TemplateName>,
-    Query(q): Query<BuildQuery>,
+    ApiQuery(q): ApiQuery<BuildQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BuildResult>, ApiError> {
