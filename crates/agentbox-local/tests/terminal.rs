@@ -76,3 +76,37 @@ async fn dropping_the_input_hangs_the_terminal_up() {
     assert_eq!(ps.stdout, "");
     sb.destroy().await;
 }
+
+/// A resize sent right after the terminal's process starts (while its shell is still starting up) is what
+/// the first command sees, as E2B's SDKs do it: start, resize, type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_right_after_start_is_seen_by_the_first_command() {
+    if common::not_root() {
+        return;
+    }
+    let sb = Sandbox::new().await;
+    for round in 0..20 {
+        let request = TerminalRequest {
+            command: Some(Command::Argv(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo started-$$; exec \"$@\"".into(),
+                "sh".into(),
+                "/bin/bash".into(),
+                "-i".into(),
+                "-l".into(),
+            ])),
+            size: TerminalSize { rows: 24, cols: 80 },
+            ..TerminalRequest::default()
+        };
+        let mut term = sb.backend.open_terminal(&sb.id, request).await.unwrap();
+        let mut screen = String::new();
+        until(&mut term.output, &mut screen, "started-").await;
+        term.input.send(TerminalInput::Resize(TerminalSize { rows: 24, cols: 100 })).await.unwrap();
+        term.input.send(TerminalInput::Data(b"tput cols\nexit\n".to_vec())).await.unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(20), term.output.collect(1 << 20)).await.unwrap();
+        screen.push_str(&rest.stdout);
+        assert!(screen.contains("\r100\r\n"), "round {round}: {screen:?}");
+    }
+    sb.destroy().await;
+}
