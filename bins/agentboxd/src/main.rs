@@ -16,11 +16,18 @@ struct Args {
     serve: ServeArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
-    match run(args.serve, open_backend).await {
+    let runtime = match agentbox_server::runtime::build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agentboxd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    agentbox_server::runtime::prefer_short_slices();
+    match runtime.block_on(run(args.serve, open_backend)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agentboxd: {e}");

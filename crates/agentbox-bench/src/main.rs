@@ -596,8 +596,14 @@ async fn p5(backend: Arc<LocalBackend>, n: usize) {
     server.stop().await;
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The REST figures measure agentboxd, whose runtime this is.
+    let runtime = agentbox_server::runtime::build().expect("the async runtime");
+    agentbox_server::runtime::prefer_short_slices();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
     let args = Args::parse();
     let want = |p: &str| args.only.is_empty() || args.only.iter().any(|o| o == p);
     let backend = Arc::new(LocalBackend::new(LocalConfig::default()).expect("the local backend needs root"));

@@ -2,7 +2,7 @@
 //! types it speaks, one [`Error`] type, and the [`SandboxManager`] that keeps
 //! one sandbox per run with pooling, idle expiry and health checks.
 //!
-//! This crate does no I/O of its own: everything goes through a backend and
+//! This crate does no I/O of its own (one scheduler hint, [`sched`], aside): everything goes through a backend and
 //! tokio's clock, so every lifecycle rule is testable with a mock backend and
 //! a paused clock.
 
@@ -12,6 +12,7 @@ pub mod egress;
 mod error;
 pub mod install;
 mod manager;
+pub mod sched;
 mod sync;
 mod terminal;
 mod transfer;

@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod limits;
 mod mcp;
 pub mod registry;
+pub mod runtime;
 mod serve;
 pub mod signals;
 pub mod telemetry;

@@ -18,13 +18,14 @@ pub struct Args {
 /// Serves until SIGTERM or SIGINT.
 pub fn run(args: Args) -> ExitCode {
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match agentbox_server::runtime::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("agentbox: error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    agentbox_server::runtime::prefer_short_slices();
     match runtime.block_on(agentbox_server::cli::run(args.serve, open_backend)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,6 +4,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
+use super::cpu::Pinned;
 use crate::proto::{Exec, Setup};
 use crate::sys;
 
@@ -333,12 +334,17 @@ struct Job<'a> {
     landlock: Option<&'a OwnedFd>,
     prepared: &'a Prepared,
     stdio: &'a Stdio<'a>,
+    /// The init's CPUs, which the child takes back before it execs.
+    pinned: Option<&'a Pinned>,
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `Job` `Spawner::spawn` passed to clone, alive until clone returns there,
     // which is after this child exec'd or died.
     let job = unsafe { &*arg.cast::<Job<'_>>() };
+    if let Some(pinned) = job.pinned {
+        pinned.unpin();
+    }
     child(job.setup, job.identity, job.landlock, job.prepared, job.stdio)
 }
 
@@ -397,7 +403,9 @@ impl Spawner {
         prepared: &Prepared,
         stdio: &Stdio<'_>,
     ) -> Spawned {
-        let job = Job { setup, identity, landlock, prepared, stdio };
+        // The child starts on this CPU, where the sandbox is running (see `agent/cpu.rs`).
+        let pinned = Pinned::here();
+        let job = Job { setup, identity, landlock, prepared, stdio, pinned: pinned.as_ref() };
         let began = std::time::Instant::now();
         // SAFETY: the child runs `child_entry` on its own stack; `job` and what it points at live on
         // until clone returns, which with CLONE_VFORK is after the child exec'd or died.
@@ -409,8 +417,12 @@ impl Spawner {
                 std::ptr::from_ref(&job).cast_mut().cast(),
             )
         };
-        if pid < 0 {
-            Spawned::Failed(io::Error::last_os_error())
+        let failed = (pid < 0).then(io::Error::last_os_error);
+        if let Some(pinned) = &pinned {
+            pinned.unpin();
+        }
+        if let Some(e) = failed {
+            Spawned::Failed(e)
         } else if began.elapsed() >= START_LIMIT {
             Spawned::Killed(pid)
         } else {

@@ -21,6 +21,7 @@
 //! What a helper sends back is execution output, which the host reads as size-checked frames
 //! (`tests/self_exe.rs` checks the confinement).
 
+mod cpu;
 mod exec;
 pub mod fs;
 mod zygote;
@@ -159,6 +160,9 @@ fn init_main() -> i32 {
         return failed(format!("bringing up loopback failed: {e}"));
     }
     let landlock = landlock_status();
+    // The init relays every execution's start, output and exit: short slices keep those wake-ups quick beside
+    // busy neighbours. Its children (the sandbox's programs) start with the kernel's defaults.
+    let _ = agentbox_core::sched::request_short_slices(agentbox_core::sched::INIT_SLICE);
     let exec_cgroups = setup.exec_cgroups != "none" && Path::new("/.agentbox/cg/cgroup.procs").exists();
     if let Err(e) = exec::confine(&setup) {
         return failed(format!("confining the sandbox init failed: {e}"));
