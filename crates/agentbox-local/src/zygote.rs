@@ -27,24 +27,54 @@ pub struct Init {
 }
 
 /// Why an init could not be started.
-#[derive(Debug)]
-pub struct SpawnError {
-    /// What went wrong.
-    pub message: String,
-    /// The errno behind it, when there is one.
-    pub errno: Option<i32>,
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A step on this side failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The binary the zygote runs could not be opened or sealed.
+    #[error(transparent)]
+    Exe(#[from] crate::sealed::AgentExeError),
+    /// The zygote broke the protocol or could not be restarted; it was replaced.
+    #[error("{0}")]
+    Zygote(String),
+    /// The zygote could not clone the init, and said why.
+    #[error("{message}")]
+    Refused {
+        /// Its message.
+        message: String,
+        /// The errno behind it, when there is one.
+        errno: Option<i32>,
+    },
 }
 
 impl SpawnError {
-    fn io(what: &str, e: &std::io::Error) -> Self {
-        Self { message: format!("{what}: {e}"), errno: e.raw_os_error() }
+    fn io(what: &'static str, source: std::io::Error) -> Self {
+        Self::Io { what, source }
+    }
+
+    /// The errno behind the failure, when there is one.
+    #[must_use]
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Io { source, .. } => source.raw_os_error(),
+            Self::Exe(e) => e.raw_os_error(),
+            Self::Zygote(_) => None,
+            Self::Refused { errno, .. } => *errno,
+        }
     }
 }
 
 fn start() -> Result<Zygote, SpawnError> {
-    let exe = sealed::agent_path().map_err(|e| SpawnError { message: e.to_string(), errno: e.raw_os_error() })?;
+    let exe = sealed::agent_path()?;
     let (ours, theirs) =
-        sys::socketpair(libc::SOCK_SEQPACKET).map_err(|e| SpawnError::io("creating the zygote socket", &e))?;
+        sys::socketpair(libc::SOCK_SEQPACKET).map_err(|e| SpawnError::io("creating the zygote socket", e))?;
     // No code runs between fork and exec: the zygote gets its socket as stdin, so std can
     // use posix_spawn (vfork) from this threaded process.
     let process = std::process::Command::new(&exe)
@@ -54,7 +84,7 @@ fn start() -> Result<Zygote, SpawnError> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| SpawnError::io("starting the sandbox zygote", &e))?;
+        .map_err(|e| SpawnError::io("starting the sandbox zygote", e))?;
     Ok(Zygote { socket: ours, process })
 }
 
@@ -80,7 +110,9 @@ fn ask(socket: BorrowedFd<'_>, request: &[u8], control: &OwnedFd) -> Result<Init
     let reply: InitSpawned =
         serde_json::from_slice(&buf[..n]).map_err(|e| AskError::BadAnswer(format!("its answer did not parse: {e}")))?;
     match (reply, pidfd) {
-        (InitSpawned { error: Some(message), errno, .. }, _) => Err(AskError::Refused(SpawnError { message, errno })),
+        (InitSpawned { error: Some(message), errno, .. }, _) => {
+            Err(AskError::Refused(SpawnError::Refused { message, errno }))
+        }
         (InitSpawned { pid, .. }, Some(pidfd)) if pid > 0 => Ok(Init { pid, pidfd }),
         (InitSpawned { pid, .. }, Some(_)) => Err(AskError::BadAnswer(format!("it answered pid {pid}"))),
         (InitSpawned { .. }, None) => Err(AskError::BadAnswer("its answer carried no pidfd".into())),
@@ -106,7 +138,7 @@ pub fn warm_up() {
 /// When the zygote can't be started, or the clone failed (namespaces not permitted).
 pub fn spawn_init(root: &str, control: &OwnedFd, ids: Option<IdRange>) -> Result<Init, SpawnError> {
     let request = serde_json::to_vec(&SpawnInit { root: root.to_owned(), ids: ids.map(|r| r.first) })
-        .map_err(|e| SpawnError { message: format!("encoding the request: {e}"), errno: None })?;
+        .map_err(|e| SpawnError::io("encoding the request", e.into()))?;
     let mut guard = ZYGOTE.lock_unpoisoned();
     // A zygote that died before taking the request (killed from outside) is replaced once. One
     // that died after taking it may have cloned an init already, so the request is not repeated:
@@ -128,16 +160,16 @@ pub fn spawn_init(root: &str, control: &OwnedFd, ids: Option<IdRange>) -> Result
         match failure {
             AskError::NotDelivered(e) if attempt == 0 => tracing::debug!(error = %e, "restarting the sandbox zygote"),
             AskError::NotDelivered(e) | AskError::NoAnswer(e) => {
-                return Err(SpawnError::io("the sandbox zygote exited before answering; try again", &e));
+                return Err(SpawnError::io("the sandbox zygote exited before answering; try again", e));
             }
             AskError::BadAnswer(why) => {
                 let message = format!("the sandbox zygote broke the protocol ({why}); it was replaced, try again");
-                return Err(SpawnError { message, errno: None });
+                return Err(SpawnError::Zygote(message));
             }
             AskError::Refused(e) => return Err(e),
         }
     }
-    Err(SpawnError { message: "the sandbox zygote could not be restarted".into(), errno: None })
+    Err(SpawnError::Zygote("the sandbox zygote could not be restarted; try again".into()))
 }
 
 #[cfg(test)]
@@ -175,7 +207,7 @@ mod tests {
     #[test]
     fn a_refusal_keeps_the_zygotes_reason_and_a_valid_answer_is_an_init() {
         match asked(br#"{"pid":0,"error":"clone: EPERM","errno":1}"#, None) {
-            Err(AskError::Refused(e)) => assert_eq!((e.message.as_str(), e.errno), ("clone: EPERM", Some(1))),
+            Err(AskError::Refused(e)) => assert_eq!((e.to_string().as_str(), e.errno()), ("clone: EPERM", Some(1))),
             other => panic!("expected a refusal, got {other:?}"),
         }
         let me = i32::try_from(std::process::id()).unwrap();

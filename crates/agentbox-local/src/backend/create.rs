@@ -219,12 +219,12 @@ impl LocalBackend {
             .and_then(|r| r.map_err(|e| backend_err("creating the sandbox cgroup", e)));
         let init = init.map_err(|e| backend_err("spawning the sandbox init", e)).and_then(|r| {
             r.map_err(|e| {
-                let hint = if matches!(e.errno, Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) {
+                let hint = if matches!(e.errno(), Some(libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS)) {
                     "; the host refused to create namespaces: run as root outside a restricted container"
                 } else {
                     ""
                 };
-                Error::backend(format!("starting the sandbox failed: {}{hint}", e.message))
+                Error::backend_with(format!("starting the sandbox failed: {e}{hint}"), e)
             })
         });
         let (cgroup, init) = match (cgroup, init) {
