@@ -24,6 +24,7 @@ pub mod push;
 pub mod reference;
 pub mod store;
 pub mod unpack;
+pub mod user;
 
 pub use config::{Credential, ImageConfig, Platform, RetryConfig, UnpackLimits};
 pub use digest::Digest;
@@ -33,6 +34,7 @@ pub use push::{PushError, PushReport};
 pub use reference::{ImageRef, ReferenceError};
 pub use store::{GcReport, ImageRecord, LayerRef, RuntimeConfig, Store, StoreError};
 pub use unpack::{LayerManifest, UnpackError};
+pub use user::{ImageUser, UserError};
 
 /// Any error of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -155,3 +155,70 @@ fn unsupported_dockerfiles_are_refused_by_name() {
     let described: Vec<&str> = r.steps.iter().map(|(d, _)| d.as_str()).collect();
     assert_eq!(described, ["ENV A=\"1\" B=\"two words\"", "ENV C=\"three words\"", "USER user"]);
 }
+
+/// An image's `User` is who a sandbox's executions run as (its name, ids and home), unless the config names a
+/// user; an account the image doesn't have, or root, is refused or ignored with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_images_user_is_who_executions_run_as() {
+    if not_root() {
+        return;
+    }
+    let layout = debian_fixture();
+    let registry = Registry::start();
+    let base = push_debian(&registry, &layout);
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImageConfig::in_dir(dir.path().join("images"));
+    let backend =
+        Arc::new(LocalBackend::new(LocalConfig { images: Some(images.clone()), ..LocalConfig::default() }).unwrap());
+    let builder = Builder::new(backend.clone(), Store::open(images).unwrap());
+    let context = dir.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    let build = |name: &str, tail: &str| {
+        let dockerfile = format!("FROM {base}\nRUN groupadd -g 2345 crew && useradd -m -u 1234 -g 2345 app\n{tail}");
+        BuildRequest::new(name, dockerfile, &context)
+    };
+    let create = |reference: String, run_as: Option<agentbox_config::RunAs>| {
+        let mut config = SandboxConfig { image: Some(reference), ..SandboxConfig::default() };
+        if let Some(r) = run_as {
+            config.security.run_as = r;
+        }
+        let backend = backend.clone();
+        async move { backend.create(CreateRequest::new(config)).await }
+    };
+    let who = "id -un; id -u; id -g; echo $HOME; pwd; touch ~/mine && stat -c %U:%G ~/mine";
+
+    let by_name = builder.build(&build("by-name", "USER app\n")).await.unwrap();
+    let sb = create(by_name.reference.clone(), None).await.unwrap();
+    assert_eq!(sh(&backend, &sb.id, who).await, "app\n1234\n2345\n/home/app\n/home/app\napp:crew\n");
+    backend.destroy(&sb.id).await.unwrap();
+    // A configured user wins over the image's.
+    let alice = agentbox_config::RunAs { name: "alice".into(), uid: 1500, gid: 1500 };
+    let sb = create(by_name.reference.clone(), Some(alice)).await.unwrap();
+    assert_eq!(sh(&backend, &sb.id, "id -un; id -u").await, "alice\n1500\n");
+    backend.destroy(&sb.id).await.unwrap();
+
+    // uid:group, and a uid the image doesn't list.
+    let by_ids = builder.build(&build("by-ids", "USER 1234:crew\n")).await.unwrap();
+    let sb = create(by_ids.reference.clone(), None).await.unwrap();
+    assert_eq!(sh(&backend, &sb.id, "id -un; id -u; id -g").await, "app\n1234\n2345\n");
+    backend.destroy(&sb.id).await.unwrap();
+    let unlisted = builder.build(&build("unlisted", "USER 4321\n")).await.unwrap();
+    let sb = create(unlisted.reference.clone(), None).await.unwrap();
+    assert_eq!(sh(&backend, &sb.id, "id -u; echo $HOME").await, "4321\n/home/u4321\n");
+    backend.destroy(&sb.id).await.unwrap();
+
+    // Root, or no User: the sandbox's own unprivileged user, as always.
+    let rooted = builder.build(&build("rooted", "USER root\n")).await.unwrap();
+    let sb = create(rooted.reference.clone(), None).await.unwrap();
+    assert_eq!(sh(&backend, &sb.id, "id -un").await, "user\n");
+    backend.destroy(&sb.id).await.unwrap();
+
+    // A name the image doesn't have, or an account that can't be a sandbox's user, is refused with the reason.
+    let ghost = builder.build(&build("ghost", "USER ghost\n")).await.unwrap();
+    let err = create(ghost.reference.clone(), None).await.unwrap_err().to_string();
+    assert!(err.contains("\"ghost\"") && err.contains("/etc/passwd") && err.contains("security.run_as"), "{err}");
+    let grouped = builder.build(&build("grouped", "USER app:0\n")).await.unwrap();
+    let err = create(grouped.reference.clone(), None).await.unwrap_err().to_string();
+    assert!(err.contains("must not be 0") && err.contains("security.run_as"), "{err}");
+    assert!(backend.list().await.unwrap().is_empty(), "a refused create left a sandbox");
+}

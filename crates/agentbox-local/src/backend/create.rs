@@ -13,7 +13,7 @@ impl LocalBackend {
         request: &CreateRequest,
         from: Option<(agentbox_storage::Shelf, String)>,
     ) -> Result<Arc<LiveSandbox>> {
-        let config = &request.config;
+        let mut config = &request.config;
         let id = random_id();
         let created_at_ms = now_ms();
         let limits = Limits {
@@ -35,6 +35,23 @@ impl LocalBackend {
             }
             None => None,
         };
+        // The image's `User` is who executions run as, unless the config names a user of its own.
+        let with_image_user;
+        if let Some(user) = image.as_ref().and_then(|i| i.user.as_ref())
+            && config.security.run_as == agentbox_config::RunAs::default()
+        {
+            let mut c = config.clone();
+            c.security.run_as = agentbox_config::RunAs { name: user.name.clone(), uid: user.uid, gid: user.gid };
+            // The image's account passes the checks a configured one does (an unprivileged id, a plain name).
+            c.validate().map_err(|e| {
+                Error::InvalidRequest(format!(
+                    "the image's User ({}:{} {:?}) can't be the sandbox's user: {e}; set security.run_as",
+                    user.uid, user.gid, user.name
+                ))
+            })?;
+            with_image_user = c;
+            config = &with_image_user;
+        }
         // The image's working directory is where executions start (the agent falls back to the home when the
         // sandbox's user can't enter it); `/`, the default of images that set none, means the home.
         let working_dir = image

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use agentbox_core::{Error, Result};
-use agentbox_image::{ImageRef, RuntimeConfig, Store};
+use agentbox_image::{ImageRef, ImageUser, RuntimeConfig, Store, UserError};
 
 use super::{LocalBackend, blocking};
 
@@ -14,6 +14,9 @@ pub(super) struct ImageRoot {
     pub lowers: Vec<PathBuf>,
     /// Its runtime settings (environment, working directory, ...).
     pub config: RuntimeConfig,
+    /// The account its `User` names, when not root: executions run as it unless the sandbox's config names a
+    /// user of its own.
+    pub user: Option<ImageUser>,
 }
 
 impl LocalBackend {
@@ -69,7 +72,18 @@ impl LocalBackend {
         if lowers.is_empty() {
             return Err(Error::InvalidRequest(format!("image {image} has no layers")));
         }
+        let (s, r) = (store.clone(), record.clone());
+        let user = blocking("reading the image's users", move || {
+            s.image_user(&r).map_err(|e| match e {
+                UserError::Unknown { .. } => Error::InvalidRequest(format!(
+                    "image {}: {e}; set security.run_as to a user the image has",
+                    r.reference
+                )),
+                UserError::Store(e) => Error::backend_with(format!("reading the image {}", r.reference), e),
+            })
+        })
+        .await?;
         let _ = store.touch(&image);
-        Ok(ImageRoot { lowers, config: record.config })
+        Ok(ImageRoot { lowers, config: record.config, user })
     }
 }
