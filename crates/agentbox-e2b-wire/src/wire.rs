@@ -260,6 +260,38 @@ pub struct StartRequest {
     /// Whether stdin stays open for `SendInput` (envd's default is true for old clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<bool>,
+    /// Run the process on a pseudo-terminal of this size: its output then comes as `pty` data and its input goes
+    /// through `SendInput`'s `pty` bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<Pty>,
+}
+
+/// `PTY`: a pseudo-terminal's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pty {
+    /// Its size.
+    pub size: PtySize,
+}
+
+/// `PTY.Size`, in character cells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    /// Columns.
+    #[serde(default)]
+    pub cols: u32,
+    /// Rows.
+    #[serde(default)]
+    pub rows: u32,
+}
+
+/// `UpdateRequest`: resizes a process's terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// Which process.
+    pub process: PidSelector,
+    /// The terminal's new settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<Pty>,
 }
 
 /// `ProcessSelector` (by pid).
@@ -282,11 +314,14 @@ pub struct ProcessRequest {
     pub signal: Option<String>,
 }
 
-/// `ProcessInput`.
+/// `ProcessInput`: a oneof, written as the one member set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessInput {
+#[serde(rename_all = "lowercase")]
+pub enum ProcessInput {
     /// Bytes for stdin, base64.
-    pub stdin: String,
+    Stdin(String),
+    /// Bytes typed at the process's terminal, base64.
+    Pty(String),
 }
 
 /// `StartResponse` / `ConnectResponse`.
@@ -672,6 +707,36 @@ mod tests {
         let line: OutputLine =
             serde_json::from_str(r#"{"type":"error","name":"E","value":"v","traceback":["a","b"]}"#).unwrap();
         assert_eq!(line.traceback.as_deref(), Some("a\nb"));
+    }
+
+    #[test]
+    fn terminal_messages_use_envds_names() {
+        let start = StartRequest {
+            process: ProcessConfig { cmd: "/bin/bash".into(), ..ProcessConfig::default() },
+            tag: None,
+            stdin: None,
+            pty: Some(Pty { size: PtySize { cols: 90, rows: 30 } }),
+        };
+        let v = serde_json::to_value(&start).unwrap();
+        assert_eq!(v["pty"], serde_json::json!({"size": {"cols": 90, "rows": 30}}));
+        assert!(v.get("stdin").is_none() && v.get("tag").is_none(), "{v}");
+        let input = ProcessRequest {
+            process: PidSelector { pid: 7 },
+            input: Some(ProcessInput::Pty(encode_base64(b"ls\r"))),
+            signal: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&input).unwrap(),
+            serde_json::json!({"process": {"pid": 7}, "input": {"pty": "bHMN"}})
+        );
+        let stdin = serde_json::to_value(ProcessInput::Stdin(encode_base64(b"x"))).unwrap();
+        assert_eq!(stdin, serde_json::json!({"stdin": "eA=="}));
+        let update =
+            UpdateRequest { process: PidSelector { pid: 7 }, pty: Some(Pty { size: PtySize { cols: 120, rows: 50 } }) };
+        assert_eq!(
+            serde_json::to_value(&update).unwrap(),
+            serde_json::json!({"process": {"pid": 7}, "pty": {"size": {"cols": 120, "rows": 50}}})
+        );
     }
 
     #[test]

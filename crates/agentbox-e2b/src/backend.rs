@@ -9,7 +9,7 @@ use agentbox_config::NetworkConfig;
 use agentbox_core::LockExt;
 use agentbox_core::{
     CodeRequest, CreateRequest, Error, ExecRequest, ExecStream, FileEntry, HealthStatus, Language, ProcessInfo, Result,
-    SandboxBackend, SandboxId, SandboxInfo, SandboxState,
+    SandboxBackend, SandboxId, SandboxInfo, SandboxState, Terminal, TerminalRequest,
 };
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
@@ -568,6 +568,10 @@ impl SandboxBackend for E2bBackend {
 
     async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream> {
         self.inner.run_code(id, request).await
+    }
+
+    async fn open_terminal(&self, id: &SandboxId, request: TerminalRequest) -> Result<Terminal> {
+        self.inner.open_terminal(id, request).await
     }
 
     async fn spawn_background(&self, id: &SandboxId, request: ExecRequest) -> Result<ProcessInfo> {

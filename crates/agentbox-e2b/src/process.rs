@@ -1,12 +1,16 @@
-//! Commands through envd's process service: streamed executions with stdin and time limits, background
-//! processes, and signals to process trees.
+//! Commands through envd's process service: streamed executions with stdin and time limits, interactive
+//! terminals, background processes, and signals to process trees.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use agentbox_core::{Command, Error, ExecEvent, ExecRequest, ExecStream, ProcessInfo, Result, SandboxId};
+use agentbox_core::{
+    Command, Error, ExecEvent, ExecRequest, ExecStream, ProcessInfo, Result, SandboxId, Terminal, TerminalInput,
+    TerminalRequest, TerminalSize,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -16,15 +20,20 @@ use crate::error::{Call, Plane};
 use crate::mapping::{self, sandbox_path};
 use crate::transport::{ONCE, SANDBOX_IDEMPOTENT};
 use crate::wire::{
-    ListResponse, PidSelector, ProcessConfig, ProcessInput, ProcessRequest, StartRequest, encode_base64,
+    ListResponse, PidSelector, ProcessConfig, ProcessInput, ProcessRequest, Pty, PtySize, StartRequest, UpdateRequest,
+    encode_base64,
 };
 
 /// Tag prefix of background processes, so `List` finds them again.
 pub const BACKGROUND_TAG: &str = "agentbox-bg-";
 /// Directory of background processes' output files.
 pub const BACKGROUND_DIR: &str = "/tmp/agentbox-bg";
-/// Largest stdin chunk per `SendInput`.
+/// Largest stdin or terminal input chunk per `SendInput`.
 const STDIN_CHUNK: usize = 64 * 1024;
+/// Longest wait between renewals of the lease of a sandbox with an open terminal.
+const TERMINAL_LEASE_TICK: Duration = Duration::from_secs(60);
+/// Input and resizes queued for a terminal before its sender waits.
+const TERMINAL_QUEUE: usize = 64;
 
 /// Signals every descendant of `$1` with signal number `$2`, and `$1` itself when `$3` is 1. The tree is read from
 /// `/proc/*/stat` (field 4 is the parent pid; the command name may hold spaces and parentheses).
@@ -46,7 +55,28 @@ done
 [ ${#all[@]} -gt 0 ] && kill -n "$sig" "${all[@]}" 2>/dev/null
 exit 0"#;
 
-type Feeder = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+/// How a feeder of a process's input ended.
+enum Fed {
+    /// Everything was written, or the process stopped taking input: its output goes on until it ends.
+    Done,
+    /// The terminal's input sender was dropped: the terminal hangs up.
+    HangUp,
+}
+
+type Feeder = Pin<Box<dyn Future<Output = Result<Fed>> + Send>>;
+
+/// Sleeps until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A terminal's size as envd takes it, each side at least 1.
+fn pty(size: TerminalSize) -> Pty {
+    Pty { size: PtySize { cols: u32::from(size.cols.max(1)), rows: u32::from(size.rows.max(1)) } }
+}
 
 /// How an output pump ended.
 enum Ending {
@@ -90,7 +120,7 @@ impl Inner {
         let limit = request.timeout.unwrap_or(h.execution_timeout);
         self.touch(&h, limit).await?;
         let process = self.process_config(&request, argv.clone())?;
-        let start = StartRequest { process, tag: None, stdin: Some(request.stdin.is_some()) };
+        let start = StartRequest { process, tag: None, stdin: Some(request.stdin.is_some()), pty: None };
         let action = format!("start {}", argv.join(" "));
         let subject = format!("the program or working directory of `{}`", argv.join(" "));
         let call = Call { plane: Plane::Sandbox, action: &action, subject: &subject, sandbox: Some(id.as_str()) };
@@ -107,12 +137,129 @@ impl Inner {
         let feeder: Option<Feeder> = request.stdin.map(|data| {
             let inner = self.clone();
             let h = h.clone();
-            Box::pin(async move { inner.feed_stdin(&h, pid, &data).await }) as Feeder
+            Box::pin(async move { inner.feed_stdin(&h, pid, &data).await.map(|()| Fed::Done) }) as Feeder
         });
         let (tx, rx) = mpsc::channel(64);
         let inner = self.clone();
-        tokio::spawn(async move { inner.pump(h, pid, stream, tx, started, started + limit, feeder, cleanup).await });
+        tokio::spawn(async move {
+            inner.pump(h, pid, stream, tx, started, Some(started + limit), feeder, cleanup).await;
+        });
         Ok(ExecStream::new(rx))
+    }
+
+    /// Starts a process on a new pseudo-terminal, as E2B's SDKs do (`process.Process/Start` with `pty`): an
+    /// interactive login shell unless the request names a program. Its output streams as stdout until it exits;
+    /// one task sends the caller's input (`SendInput` with `pty` bytes) and resizes (`Update`) in the order given,
+    /// and when the caller drops its sender the process tree is killed. The terminal has no time limit, so the
+    /// sandbox's lease is renewed while it is open.
+    pub(crate) async fn open_terminal(self: &Arc<Self>, id: &SandboxId, request: TerminalRequest) -> Result<Terminal> {
+        let h = self.handle(id).await?;
+        let tick = (h.lease / 2).clamp(Duration::from_secs(1), TERMINAL_LEASE_TICK);
+        self.touch(&h, tick).await?;
+        let mut env = request.env;
+        for (name, value) in [("TERM", "xterm-256color"), ("LANG", "C.UTF-8"), ("LC_ALL", "C.UTF-8")] {
+            env.entry(name.to_owned()).or_insert_with(|| value.to_owned());
+        }
+        let command =
+            request.command.unwrap_or_else(|| Command::Argv(vec!["/bin/bash".into(), "-i".into(), "-l".into()]));
+        let exec = ExecRequest { command, cwd: request.cwd, env, ..ExecRequest::default() };
+        let argv = exec.to_argv()?;
+        let process = self.process_config(&exec, argv.clone())?;
+        let start = StartRequest { process, tag: None, stdin: None, pty: Some(pty(request.size)) };
+        let action = format!("start {} on a terminal", argv.join(" "));
+        let subject = format!("the program or working directory of `{}`", argv.join(" "));
+        let call = Call { plane: Plane::Sandbox, action: &action, subject: &subject, sandbox: Some(id.as_str()) };
+        let started = Instant::now();
+        let (pid, stream) = self.start_process(&h, &start, None, call).await?;
+        let (input, inputs) = mpsc::channel(TERMINAL_QUEUE);
+        let feeder: Feeder = {
+            let inner = self.clone();
+            let h = h.clone();
+            Box::pin(async move { inner.feed_terminal(&h, pid, inputs).await })
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let keeper = tokio::spawn({
+                let inner = inner.clone();
+                let h = h.clone();
+                async move { inner.keep_leased(&h, tick).await }
+            });
+            inner.pump(h, pid, stream, tx, started, None, Some(feeder), None).await;
+            keeper.abort();
+        });
+        Ok(Terminal { output: ExecStream::new(rx), input })
+    }
+
+    /// Sends a terminal's input and resizes, one at a time in order, until the caller drops its sender (a hang-up)
+    /// or the process is gone. A resize envd refuses leaves the terminal as it was.
+    async fn feed_terminal(&self, h: &Handle, pid: u32, mut inputs: mpsc::Receiver<TerminalInput>) -> Result<Fed> {
+        let subject = format!("process {pid}");
+        let call = |action| Call { plane: Plane::Sandbox, action, subject: &subject, sandbox: Some(h.id.as_str()) };
+        while let Some(item) = inputs.recv().await {
+            let sent = match item {
+                TerminalInput::Data(bytes) => {
+                    let mut sent = Ok(());
+                    for chunk in bytes.chunks(STDIN_CHUNK) {
+                        let body = ProcessRequest {
+                            process: PidSelector { pid },
+                            input: Some(ProcessInput::Pty(encode_base64(chunk))),
+                            signal: None,
+                        };
+                        let call = call("write to the process's terminal");
+                        sent = self
+                            .envd_unary::<_, serde_json::Value>(h, "process.Process/SendInput", &body, ONCE, call)
+                            .await
+                            .map(drop);
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    sent
+                }
+                TerminalInput::Resize(size) => {
+                    let body = UpdateRequest { process: PidSelector { pid }, pty: Some(pty(size)) };
+                    let call = call("resize the process's terminal");
+                    let resized = self
+                        .envd_unary::<_, serde_json::Value>(
+                            h,
+                            "process.Process/Update",
+                            &body,
+                            SANDBOX_IDEMPOTENT,
+                            call,
+                        )
+                        .await
+                        .map(drop);
+                    match resized {
+                        Err(Error::InvalidRequest(why)) => {
+                            tracing::warn!(sandbox_id = %h.id, pid, rows = size.rows, cols = size.cols, %why,
+                                "envd refused to resize a terminal; it keeps its size");
+                            Ok(())
+                        }
+                        other => other,
+                    }
+                }
+            };
+            match sent {
+                Ok(()) => {}
+                // The process ended: its end event is on its way down the output stream.
+                Err(Error::NotFound(_)) => return Ok(Fed::Done),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Fed::HangUp)
+    }
+
+    /// Renews the sandbox's lease every `tick` for as long as it runs (a terminal, which reserves no time up front);
+    /// it stops when the sandbox is gone.
+    async fn keep_leased(&self, h: &Handle, tick: Duration) {
+        loop {
+            tokio::time::sleep(tick).await;
+            if let Err(e) = self.touch(h, tick).await {
+                tracing::debug!(sandbox_id = %h.id, error = %e, "stopped renewing the lease of a sandbox with an open terminal");
+                return;
+            }
+        }
     }
 
     /// Writes `data` to a process's stdin in chunks, then closes it.
@@ -121,7 +268,7 @@ impl Inner {
         for chunk in data.chunks(STDIN_CHUNK) {
             let body = ProcessRequest {
                 process: PidSelector { pid },
-                input: Some(ProcessInput { stdin: encode_base64(chunk) }),
+                input: Some(ProcessInput::Stdin(encode_base64(chunk))),
                 signal: None,
             };
             let call = Call {
@@ -143,8 +290,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Moves a process's output into the channel until it ends, its time runs out, the stream breaks or the reader
-    /// goes away; whatever happens, the reader gets a final exit event and nothing is left running.
+    /// Moves a process's output into the channel until it ends, its time runs out (when it has a `deadline`), the
+    /// stream breaks or the reader goes away, while `feeder` writes its input; a feeder's hang-up kills the process
+    /// tree, whose end then comes down the stream. Whatever happens, the reader gets a final exit event and nothing
+    /// is left running.
     #[allow(clippy::too_many_arguments)]
     async fn pump(
         self: Arc<Self>,
@@ -153,26 +302,29 @@ impl Inner {
         mut stream: ProcessStream,
         tx: mpsc::Sender<ExecEvent>,
         started: Instant,
-        deadline: Instant,
+        deadline: Option<Instant>,
         mut feeder: Option<Feeder>,
         cleanup: Option<String>,
     ) {
+        let mut hung_up = false;
         let ending = loop {
             tokio::select! {
                 event = stream.next() => match event {
                     Ok(Some(event)) => {
                         if let Some(data) = event.data {
                             for chunk in [data.stdout.map(ExecEvent::Stdout), data.stderr.map(ExecEvent::Stderr), data.pty.map(ExecEvent::Stdout)].into_iter().flatten() {
-                                match tokio::time::timeout_at(deadline, tx.send(chunk)).await {
-                                    Ok(Ok(())) => {}
-                                    Ok(Err(_)) => break,
-                                    Err(_) => break,
+                                let sent = match deadline {
+                                    Some(d) => tokio::time::timeout_at(d, tx.send(chunk)).await.ok(),
+                                    None => Some(tx.send(chunk).await),
+                                };
+                                if !matches!(sent, Some(Ok(()))) {
+                                    break;
                                 }
                             }
                             if tx.is_closed() {
                                 break Ending::Abandoned;
                             }
-                            if Instant::now() >= deadline {
+                            if deadline.is_some_and(|d| Instant::now() >= d) {
                                 break Ending::TimedOut;
                             }
                         }
@@ -183,14 +335,23 @@ impl Inner {
                     Ok(None) => break Ending::Broken("the stream ended without the process's end event".into()),
                     Err(e) => break Ending::Broken(e.to_string()),
                 },
-                () = tokio::time::sleep_until(deadline) => break Ending::TimedOut,
+                () = until(deadline) => break Ending::TimedOut,
                 () = tx.closed() => break Ending::Abandoned,
                 result = async { feeder.as_mut().expect("polled only when set").await }, if feeder.is_some() => {
                     feeder = None;
-                    if let Err(e) = result {
-                        let note = format!("\n[agentbox: writing stdin failed: {e}]\n");
-                        let _ = tx.send(ExecEvent::Stderr(note.into_bytes())).await;
-                        break Ending::Broken(format!("writing stdin failed: {e}"));
+                    match result {
+                        Ok(Fed::Done) => {}
+                        Ok(Fed::HangUp) => {
+                            if let Err(e) = self.kill_tree(&h, pid, 9).await {
+                                break Ending::Broken(format!("hanging the terminal up (killing its processes) failed: {e}"));
+                            }
+                            hung_up = true;
+                        }
+                        Err(e) => {
+                            let note = format!("\n[agentbox: writing the process's input failed: {e}]\n");
+                            let _ = tx.send(ExecEvent::Stderr(note.into_bytes())).await;
+                            break Ending::Broken(format!("writing the process's input failed: {e}"));
+                        }
                     }
                 }
             }
@@ -214,7 +375,9 @@ impl Inner {
                 })
             }
             Ending::Abandoned => {
-                self.kill_quietly(&h, pid).await;
+                if !hung_up {
+                    self.kill_quietly(&h, pid).await;
+                }
                 None
             }
         };
@@ -253,6 +416,7 @@ impl Inner {
             },
             tag: None,
             stdin: Some(false),
+            pty: None,
         };
         let subject = format!("process {pid}");
         let call = Call {
@@ -324,7 +488,7 @@ impl Inner {
         args.append(&mut config.args);
         config.cmd = "/bin/bash".into();
         config.args = args;
-        let start = StartRequest { process: config, tag: Some(tag), stdin: Some(false) };
+        let start = StartRequest { process: config, tag: Some(tag), stdin: Some(false), pty: None };
         let action = format!("start {} in the background", argv.join(" "));
         let subject = format!("the program or working directory of `{}`", argv.join(" "));
         let call = Call { plane: Plane::Sandbox, action: &action, subject: &subject, sandbox: Some(id.as_str()) };
