@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use super::cpu::Pinned;
+use super::cpu::{Contention, Pinned};
 use crate::proto::{Exec, Setup};
 use crate::sys;
 
@@ -373,6 +373,7 @@ const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// where glibc would consult process-wide state.
 pub struct Spawner {
     stack: Stack,
+    contention: Contention,
 }
 
 /// How a start ended.
@@ -391,20 +392,20 @@ impl Spawner {
     /// # Errors
     /// When it can't be mapped.
     pub fn new() -> io::Result<Self> {
-        Ok(Self { stack: Stack::new()? })
+        Ok(Self { stack: Stack::new()?, contention: Contention::new() })
     }
 
     /// Starts one execution; returns once it has exec'd, died, or been killed for not getting there.
     pub fn spawn(
-        &self,
+        &mut self,
         setup: &Setup,
         identity: Identity,
         landlock: Option<&OwnedFd>,
         prepared: &Prepared,
         stdio: &Stdio<'_>,
     ) -> Spawned {
-        // The child starts on this CPU, where the sandbox is running (see `agent/cpu.rs`).
-        let pinned = Pinned::here();
+        // Under contention the child starts on this CPU, where the sandbox is running (see `agent/cpu.rs`).
+        let pinned = if self.contention.check() { Pinned::here() } else { None };
         let job = Job { setup, identity, landlock, prepared, stdio, pinned: pinned.as_ref() };
         let began = std::time::Instant::now();
         // SAFETY: the child runs `child_entry` on its own stack; `job` and what it points at live on

@@ -543,7 +543,7 @@ impl Agent {
             cgroup_procs: cgroup_procs.as_ref().map(AsFd::as_fd),
             tty: slave.is_some(),
         };
-        let spawned = match &self.spawner {
+        let spawned = match &mut self.spawner {
             // Without its own ruleset, root gets the user's (never none where landlock confines the user).
             Some(sp) if e.root => {
                 let landlock = self.landlock_root.as_ref().or(self.landlock.as_ref());
