@@ -134,6 +134,23 @@ fn every_client_verb_works_against_a_real_server() {
     assert_eq!(out(&s.agentbox(&["exec", "cli-root", "--", "id", "-u"])), "1000\n");
     assert!(s.agentbox(&["rm", "cli-root"]).status.success());
 
+    // A start process: it runs when the sandbox starts, as a background process `logs` shows.
+    let o = s.agentbox(&["create", "cli-start", "--start", "echo started-$((40 + 2)); exec sleep 300"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.agentbox(&[
+        "exec",
+        "cli-start",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 100); do pgrep -x sleep >/dev/null && exit 0; sleep 0.1; done; exit 1",
+    ]);
+    assert!(o.status.success(), "the start process is not running: {}", text(&o));
+    assert!(out(&s.agentbox(&["logs", "cli-start"])).contains("started-42"));
+    let o = s.agentbox(&["create", "cli-start-image", "--start", "image"]);
+    assert!(!o.status.success() && text(&o).contains("needs an `image`"), "{}", text(&o));
+    assert!(s.agentbox(&["rm", "cli-start"]).status.success());
+
     // volumes: made, mounted by a sandbox that writes to it, kept after it, seen read-only by the next.
     let vol = format!("cli-vol-{}", std::process::id());
     assert_eq!(out(&s.agentbox(&["volume", "create", &vol, "--size-gb", "1"])), format!("{vol}\n"));

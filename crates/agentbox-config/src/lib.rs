@@ -64,6 +64,21 @@ impl IdleAction {
     }
 }
 
+/// What a sandbox runs when it starts (created, started again after a stop, or forked): a long-lived process such
+/// as a server, run as a background process (listed with the sandbox's processes, its output in its log file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum StartProcess {
+    /// Nothing: executions only.
+    #[default]
+    None,
+    /// The image's `Entrypoint` followed by its `Cmd`, as `docker run IMAGE` runs them. Needs an `image`.
+    Image,
+    /// This program and its arguments (looked up in `PATH`).
+    Command(Vec<String>),
+}
+
 /// Everything that defines one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -110,6 +125,8 @@ pub struct SandboxConfig {
     /// The largest file the host reads whole into memory (the file API's whole-file read, the tools); larger
     /// files are refused with the limit named, and are read in ranges or downloaded as a stream instead.
     pub max_read_bytes: u64,
+    /// What runs when the sandbox starts: nothing, the image's `Entrypoint` and `Cmd`, or a command.
+    pub start: StartProcess,
 }
 
 impl Default for SandboxConfig {
@@ -130,6 +147,7 @@ impl Default for SandboxConfig {
             environment_variables: BTreeMap::new(),
             max_output_bytes: 1024 * 1024,
             max_read_bytes: 64 * 1024 * 1024,
+            start: StartProcess::None,
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::{IdleAction, NetworkConfig, SandboxConfig, VolumeMount};
+use crate::{IdleAction, NetworkConfig, SandboxConfig, StartProcess, VolumeMount};
 
 /// How a request changes the network settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub struct ConfigOverrides {
     pub max_output_bytes: Option<u64>,
     /// Whether commands may run as root inside.
     pub allow_root_inside: Option<bool>,
+    /// What runs when the sandbox starts.
+    pub start: Option<StartProcess>,
 }
 
 impl ConfigOverrides {
@@ -76,6 +78,7 @@ impl ConfigOverrides {
             pre_install_packages,
             max_output_bytes,
             allow_root_inside,
+            start,
         } = self;
         set(&mut c.image, image.map(Some));
         set(&mut c.cpu_count, cpu_count);
@@ -99,6 +102,7 @@ impl ConfigOverrides {
         set(&mut c.pre_install_packages, pre_install_packages);
         set(&mut c.max_output_bytes, max_output_bytes);
         set(&mut c.security.allow_root_inside, allow_root_inside);
+        set(&mut c.start, start);
     }
 
     /// `base` with every given setting applied.
@@ -143,6 +147,7 @@ mod tests {
             pre_install_packages: Some(vec!["pip:rich".into()]),
             max_output_bytes: Some(4096),
             allow_root_inside: Some(true),
+            start: Some(StartProcess::Image),
             network: None,
         }
         .applied_to(Preset::Default.config());
@@ -156,6 +161,7 @@ mod tests {
         assert_eq!(c.pre_install_packages, vec!["pip:rich".to_owned()]);
         assert_eq!(c.max_output_bytes, 4096);
         assert!(c.security.allow_root_inside);
+        assert_eq!(c.start, StartProcess::Image);
         assert_eq!(c.network, Preset::Default.config().network);
     }
 

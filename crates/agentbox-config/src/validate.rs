@@ -264,6 +264,22 @@ impl SandboxConfig {
             e.push("security.run_as.name", format!("must be a lower-case user name, got {:?}", sec.run_as.name));
         }
 
+        match &self.start {
+            crate::StartProcess::None => {}
+            crate::StartProcess::Image if self.image_reference().is_none() => {
+                e.push("start", "\"image\" runs the image's Entrypoint and Cmd, so it needs an `image`");
+            }
+            crate::StartProcess::Image => {}
+            crate::StartProcess::Command(argv) => {
+                if argv.first().is_none_or(String::is_empty) {
+                    e.push("start.command", "must name a program first");
+                }
+                if argv.iter().any(|a| a.contains('\0')) || argv.len() > 1024 {
+                    e.push("start.command", "must be at most 1024 arguments without NUL bytes");
+                }
+            }
+        }
+
         for (i, p) in self.pre_install_packages.iter().enumerate() {
             if let Err(err) = p.parse::<crate::PackageSpec>() {
                 e.push(format!("pre_install_packages[{i}]"), err.to_string());

@@ -559,7 +559,26 @@ impl SandboxBackend for E2bBackend {
     }
 
     async fn create(&self, request: CreateRequest) -> Result<SandboxInfo> {
-        self.inner.create(request).await
+        let start = match &request.config.start {
+            agentbox_config::StartProcess::None => None,
+            agentbox_config::StartProcess::Command(argv) => Some(argv.clone()),
+            agentbox_config::StartProcess::Image => {
+                return Err(Error::Unsupported(
+                    "start = \"image\": an E2B template runs its own start command (e2b template build --cmd); \
+                     give start a command instead"
+                        .into(),
+                ));
+            }
+        };
+        let info = self.inner.create(request).await?;
+        if let Some(argv) = start {
+            // A sandbox whose start process can't be started is a failed create: it is not kept.
+            if let Err(e) = self.inner.spawn_background(&info.id, ExecRequest::argv(argv)).await {
+                let _ = self.inner.destroy(&info.id).await;
+                return Err(e);
+            }
+        }
+        Ok(info)
     }
 
     async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream> {

@@ -75,6 +75,8 @@ struct LiveSandbox {
     etc: Option<Arc<crate::etc::Template>>,
     /// Where executions start when they name no directory: its image's working directory, if it sets one.
     working_dir: Option<String>,
+    /// What runs when it starts (`SandboxConfig::start`, the image's Entrypoint and Cmd resolved).
+    start: Option<Vec<String>>,
 }
 
 struct Inner {
@@ -397,7 +399,15 @@ impl LocalBackend {
         }
         let sb = self.spawn_sandbox(request, from).await?;
         let info = sb.info.clone();
+        let start = sb.start.clone();
         self.inner.sandboxes.lock_unpoisoned().insert(info.id.clone(), sb);
+        if let Some(argv) = start {
+            // A sandbox whose start process can't be started is a failed create: nothing of it is kept.
+            if let Err(e) = self.spawn_background(&info.id, ExecRequest::argv(argv)).await {
+                let _ = self.destroy(&info.id).await;
+                return Err(e);
+            }
+        }
         Ok(info)
     }
 }

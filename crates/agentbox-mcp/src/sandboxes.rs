@@ -151,6 +151,31 @@ pub(crate) struct Overrides {
     /// Let shell commands run as root inside (shell's as_root), for apt-get install in an image's root: root of
     /// the sandbox's own user namespace, nothing outside it.
     pub allow_root_inside: Option<bool>,
+    /// What runs when the sandbox starts (and starts again), as a background process: "none", "image" (the
+    /// image's Entrypoint and Cmd), or {"command": [program, args...]}.
+    pub start: Option<Start>,
+}
+
+/// What a sandbox runs when it starts.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// Nothing.
+    None,
+    /// The image's Entrypoint and Cmd.
+    Image,
+    /// This program and its arguments.
+    Command(Vec<String>),
+}
+
+impl From<Start> for agentbox_config::StartProcess {
+    fn from(v: Start) -> Self {
+        match v {
+            Start::None => Self::None,
+            Start::Image => Self::Image,
+            Start::Command(argv) => Self::Command(argv),
+        }
+    }
 }
 
 /// What happens to an idle sandbox.
@@ -190,6 +215,7 @@ impl From<Overrides> for ConfigOverrides {
             idle_timeout: o.idle_timeout_secs.map(Duration::from_secs),
             on_idle: o.on_idle.map(Into::into),
             allow_root_inside: o.allow_root_inside,
+            start: o.start.map(Into::into),
             environment_variables: o.environment_variables,
             pre_install_packages: o.pre_install_packages,
             max_output_bytes: o.max_output_bytes,

@@ -222,3 +222,69 @@ async fn an_images_user_is_who_executions_run_as() {
     assert!(err.contains("must not be 0") && err.contains("security.run_as"), "{err}");
     assert!(backend.list().await.unwrap().is_empty(), "a refused create left a sandbox");
 }
+
+/// `start = "image"` runs the image's Entrypoint and Cmd when the sandbox starts, as a background process, and
+/// again after a stop and start; a command runs the same way; an image with nothing to start, or a sandbox
+/// without an image, is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_starts_its_images_entrypoint_and_cmd() {
+    if not_root() {
+        return;
+    }
+    let layout = debian_fixture();
+    let registry = Registry::start();
+    let base = push_debian(&registry, &layout);
+    let dir = tempfile::tempdir().unwrap();
+    let images = ImageConfig::in_dir(dir.path().join("images"));
+    let backend =
+        Arc::new(LocalBackend::new(LocalConfig { images: Some(images.clone()), ..LocalConfig::default() }).unwrap());
+    let builder = Builder::new(backend.clone(), Store::open(images).unwrap());
+    let context = dir.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    // The entrypoint records its arguments (the Cmd) and its directory, then stays up.
+    let dockerfile = format!(
+        "FROM {base}\nWORKDIR /srv\n\
+         ENTRYPOINT [\"/bin/sh\", \"-c\", \"echo \\\"$0 $1 in $PWD as $(id -un)\\\" > /tmp/started; exec sleep 300\"]\n\
+         CMD [\"from\", \"cmd\"]\n"
+    );
+    let server = builder.build(&BuildRequest::new("server", dockerfile, &context)).await.unwrap();
+    let started = "for i in $(seq 100); do cat /tmp/started 2>/dev/null && exit 0; sleep 0.1; done; exit 1";
+    let config = SandboxConfig {
+        image: Some(server.reference.clone()),
+        start: agentbox_config::StartProcess::Image,
+        ..SandboxConfig::default()
+    };
+    let sb = backend.create(CreateRequest::new(config.clone())).await.unwrap();
+    assert_eq!(sh(&backend, &sb.id, started).await, "from cmd in /srv as user\n");
+    let procs = backend.list_processes(&sb.id).await.unwrap();
+    assert!(procs.iter().any(|p| p.running && p.argv.first().is_some_and(|a| a == "/bin/sh")), "{procs:?}");
+    // Stopped and started again: it runs again.
+    let stopped = backend.stop(&sb.id).await.unwrap();
+    let again = backend.start(&stopped.key, CreateRequest::new(config)).await.unwrap();
+    assert_eq!(sh(&backend, &again.id, started).await, "from cmd in /srv as user\n");
+    backend.destroy(&again.id).await.unwrap();
+
+    // A command of the config's own, on the host's system.
+    let config = SandboxConfig {
+        start: agentbox_config::StartProcess::Command(vec!["sleep".into(), "300".into()]),
+        ..SandboxConfig::default()
+    };
+    let sb = backend.create(CreateRequest::new(config)).await.unwrap();
+    let procs = backend.list_processes(&sb.id).await.unwrap();
+    assert!(procs.iter().any(|p| p.running && p.argv == ["sleep", "300"]), "{procs:?}");
+    backend.destroy(&sb.id).await.unwrap();
+
+    // Nothing to start.
+    let plain = builder.build(&BuildRequest::new("plain", format!("FROM {base}\nCMD []\n"), &context)).await.unwrap();
+    let config = SandboxConfig {
+        image: Some(plain.reference.clone()),
+        start: agentbox_config::StartProcess::Image,
+        ..SandboxConfig::default()
+    };
+    let err = backend.create(CreateRequest::new(config)).await.unwrap_err().to_string();
+    assert!(err.contains("no Entrypoint or Cmd"), "{err}");
+    let config = SandboxConfig { start: agentbox_config::StartProcess::Image, ..SandboxConfig::default() };
+    let err = backend.create(CreateRequest::new(config)).await.unwrap_err().to_string();
+    assert!(err.contains("needs an `image`"), "{err}");
+    assert!(backend.list().await.unwrap().is_empty(), "a refused create left a sandbox");
+}

@@ -39,6 +39,10 @@ pub struct CreateArgs {
     /// `apt-get install` in an image's root.
     #[arg(long)]
     pub allow_root: bool,
+    /// What runs when the sandbox starts (and starts again), as a background process (`agentbox logs`):
+    /// `image` for the image's Entrypoint and Cmd, or a command line run by `/bin/sh -c`.
+    #[arg(long, value_name = "image|COMMAND")]
+    pub start: Option<String>,
     /// Print the sandbox as JSON.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +80,11 @@ pub fn create(args: &CreateArgs) -> Result<(), CliError> {
     }
     if args.allow_root {
         set(&mut body, "allow_root_inside", json!(true));
+    }
+    match args.start.as_deref() {
+        None => {}
+        Some("image") => set(&mut body, "start", json!("image")),
+        Some(line) => set(&mut body, "start", json!({ "command": ["/bin/sh", "-c", line] })),
     }
     if !args.volumes.is_empty() {
         let mounts = args.volumes.iter().map(|v| super::volumes::parse_mount(v)).collect::<Result<Vec<_>, _>>()?;

@@ -58,6 +58,27 @@ impl LocalBackend {
             .as_ref()
             .and_then(|i| i.config.working_dir.clone())
             .filter(|w| w.starts_with('/') && w != "/" && !w.contains('\0'));
+        // What runs when it starts.
+        let start = match (&config.start, &image) {
+            (agentbox_config::StartProcess::None, _) => None,
+            (agentbox_config::StartProcess::Command(argv), _) => Some(argv.clone()),
+            (agentbox_config::StartProcess::Image, Some(image)) => {
+                let argv: Vec<String> =
+                    image.config.entrypoint.iter().chain(&image.config.cmd).flatten().cloned().collect();
+                if argv.is_empty() {
+                    return Err(Error::InvalidRequest(format!(
+                        "start = \"image\", but the image {} has no Entrypoint or Cmd: give start a command",
+                        config.image.as_deref().unwrap_or_default()
+                    )));
+                }
+                Some(argv)
+            }
+            (agentbox_config::StartProcess::Image, None) => {
+                return Err(Error::InvalidRequest(
+                    "start = \"image\" runs an image's Entrypoint and Cmd: give the sandbox an image".into(),
+                ));
+            }
+        };
         // The volumes it mounts: they must exist, and are held as in use from here on.
         let volume_names: Vec<String> = config.storage.volumes.iter().map(|v| v.name.clone()).collect();
         let volume_dirs: Vec<PathBuf> = if volume_names.is_empty() {
@@ -379,6 +400,7 @@ impl LocalBackend {
             net,
             etc,
             working_dir,
+            start,
         });
         let cg = sandbox.cgroup.clone();
         let task = tokio::spawn(reader_loop(rd, routes, alive, cg));

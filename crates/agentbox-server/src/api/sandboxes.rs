@@ -115,6 +115,11 @@ pub struct CreateSandboxRequest {
     #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(nullable = false)]
     pub allow_root_inside: Option<bool>,
+    /// What runs when the sandbox starts (created, started again, forked), as a background process listed with
+    /// its processes: `"none"`, `"image"` (the image's Entrypoint and Cmd) or `{"command": [program, args...]}`.
+    #[serde(default, deserialize_with = "super::extract::present")]
+    #[schema(nullable = false)]
+    pub start: Option<agentbox_config::StartProcess>,
     /// Start from this snapshot's files (a fork of the sandbox it was taken from). The run must be new.
     #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(nullable = false, pattern = r"^[A-Za-z0-9._\-]{1,200}$", example = "before-refactor")]
@@ -126,6 +131,7 @@ impl CreateSandboxRequest {
         self.image.is_some()
             || self.template.is_some()
             || self.allow_root_inside.is_some()
+            || self.start.is_some()
             || self.volumes.is_some()
             || self.cpu_count.is_some()
             || self.memory_mb.is_some()
@@ -194,6 +200,7 @@ impl CreateSandboxRequest {
             pre_install_packages: self.pre_install_packages.clone(),
             max_output_bytes: self.max_output_bytes,
             allow_root_inside: self.allow_root_inside,
+            start: self.start.clone(),
         };
         overrides.apply(&mut c);
         Ok(CreateOptions { preset: self.preset, config: Some(c) })
