@@ -23,6 +23,8 @@
 //! }
 //! ```
 
+pub mod terminal;
+
 use std::any::Any;
 use std::fmt;
 use std::future::Future;

@@ -97,6 +97,8 @@ struct Inner {
     egress: crate::net::EgressContext,
     /// The image store, when images are configured (opened on first use: `Err` says why it can't be).
     images: std::sync::OnceLock<std::result::Result<agentbox_image::Store, String>>,
+    /// Each image's `User` as resolved against its files, by config digest: read once per image, not per create.
+    image_users: Mutex<HashMap<agentbox_image::Digest, Option<agentbox_image::ImageUser>>>,
     /// Host id ranges for sandboxes' user namespaces, when they are in use.
     ids: Option<Arc<agentbox_storage::IdRanges>>,
     /// Which volumes this process's sandboxes have mounted (see `backend/volumes.rs`).
@@ -244,6 +246,7 @@ impl LocalBackend {
             root_mountpoint,
             pool,
             images: std::sync::OnceLock::new(),
+            image_users: Mutex::new(HashMap::new()),
             ids,
             volumes_in_use: Arc::default(),
             config,

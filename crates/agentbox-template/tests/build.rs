@@ -39,6 +39,34 @@ USER user
 CMD ["python3", "-m", "http.server"]
 "#;
 
+/// A local backend with an image store in a temporary directory, a template builder over it, an empty build
+/// context, and the Debian fixture (`base`) in a registry on loopback.
+struct Fixture {
+    _registry: Registry,
+    base: String,
+    dir: tempfile::TempDir,
+    backend: Arc<LocalBackend>,
+    builder: Builder,
+    context: std::path::PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let layout = debian_fixture();
+        let registry = Registry::start();
+        let base = push_debian(&registry, &layout);
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageConfig::in_dir(dir.path().join("images"));
+        let backend = Arc::new(
+            LocalBackend::new(LocalConfig { images: Some(images.clone()), ..LocalConfig::default() }).unwrap(),
+        );
+        let builder = Builder::new(backend.clone(), Store::open(images).unwrap());
+        let context = dir.path().join("context");
+        std::fs::create_dir_all(&context).unwrap();
+        Self { _registry: registry, base, dir, backend, builder, context }
+    }
+}
+
 async fn sh(b: &LocalBackend, id: &agentbox_core::SandboxId, line: &str) -> String {
     let out = b.exec(id, ExecRequest::shell(line)).await.unwrap().collect(1 << 20).await;
     assert_eq!(out.exit_code, 0, "{line}: {out:?}");
@@ -50,18 +78,9 @@ async fn a_dockerfile_builds_a_template_sandboxes_start_from_and_rebuilds_from_c
     if not_root() {
         return;
     }
-    let layout = debian_fixture();
-    let registry = Registry::start();
-    let base = push_debian(&registry, &layout);
-    let dir = tempfile::tempdir().unwrap();
-    let images = ImageConfig::in_dir(dir.path().join("images"));
-    let backend =
-        Arc::new(LocalBackend::new(LocalConfig { images: Some(images.clone()), ..LocalConfig::default() }).unwrap());
-    let store = Store::open(images).unwrap();
-    let builder = Builder::new(backend.clone(), store);
+    let Fixture { _registry, base, dir, backend, builder, context } = Fixture::new();
     // The storage pool is the host's: other processes' stopped sandboxes may be on its shelf.
     let stopped_before = backend.list_stopped().await.unwrap().len();
-    let context = dir.path().join("context");
     std::fs::create_dir_all(context.join("data/sub")).unwrap();
     std::fs::write(context.join("hello.sh"), "#!/bin/sh\necho hello from the template\n").unwrap();
     std::fs::write(context.join("data/a.txt"), "a").unwrap();
@@ -163,16 +182,7 @@ async fn an_images_user_is_who_executions_run_as() {
     if not_root() {
         return;
     }
-    let layout = debian_fixture();
-    let registry = Registry::start();
-    let base = push_debian(&registry, &layout);
-    let dir = tempfile::tempdir().unwrap();
-    let images = ImageConfig::in_dir(dir.path().join("images"));
-    let backend =
-        Arc::new(LocalBackend::new(LocalConfig { images: Some(images.clone()), ..LocalConfig::default() }).unwrap());
-    let builder = Builder::new(backend.clone(), Store::open(images).unwrap());
-    let context = dir.path().join("context");
-    std::fs::create_dir_all(&context).unwrap();
+    let Fixture { _registry, base, dir: _dir, backend, builder, context } = Fixture::new();
     let build = |name: &str, tail: &str| {
         let dockerfile = format!("FROM {base}\nRUN groupadd -g 2345 crew && useradd -m -u 1234 -g 2345 app\n{tail}");
         BuildRequest::new(name, dockerfile, &context)
@@ -231,16 +241,7 @@ async fn a_sandbox_starts_its_images_entrypoint_and_cmd() {
     if not_root() {
         return;
     }
-    let layout = debian_fixture();
-    let registry = Registry::start();
-    let base = push_debian(&registry, &layout);
-    let dir = tempfile::tempdir().unwrap();
-    let images = ImageConfig::in_dir(dir.path().join("images"));
-    let backend =
-        Arc::new(LocalBackend::new(LocalConfig { images: Some(images.clone()), ..LocalConfig::default() }).unwrap());
-    let builder = Builder::new(backend.clone(), Store::open(images).unwrap());
-    let context = dir.path().join("context");
-    std::fs::create_dir_all(&context).unwrap();
+    let Fixture { _registry, base, dir: _dir, backend, builder, context } = Fixture::new();
     // The entrypoint records its arguments (the Cmd) and its directory, then stays up.
     let dockerfile = format!(
         "FROM {base}\nWORKDIR /srv\n\

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use agentbox_core::{Error, Result};
+use agentbox_core::{Error, LockExt, Result};
 use agentbox_image::{ImageRef, ImageUser, RuntimeConfig, Store, UserError};
 
 use super::{LocalBackend, blocking};
@@ -72,17 +72,25 @@ impl LocalBackend {
         if lowers.is_empty() {
             return Err(Error::InvalidRequest(format!("image {image} has no layers")));
         }
-        let (s, r) = (store.clone(), record.clone());
-        let user = blocking("reading the image's users", move || {
-            s.image_user(&r).map_err(|e| match e {
-                UserError::Unknown { .. } => Error::InvalidRequest(format!(
-                    "image {}: {e}; set security.run_as to a user the image has",
-                    r.reference
-                )),
-                UserError::Store(e) => Error::backend_with(format!("reading the image {}", r.reference), e),
-            })
-        })
-        .await?;
+        let cached = self.inner.image_users.lock_unpoisoned().get(&record.config_digest).cloned();
+        let user = match cached {
+            Some(user) => user,
+            None => {
+                let (s, r) = (store.clone(), record.clone());
+                let user = blocking("reading the image's users", move || {
+                    s.image_user(&r).map_err(|e| match e {
+                        UserError::Unknown { .. } => Error::InvalidRequest(format!(
+                            "image {}: {e}; set security.run_as to a user the image has",
+                            r.reference
+                        )),
+                        UserError::Store(e) => Error::backend_with(format!("reading the image {}", r.reference), e),
+                    })
+                })
+                .await?;
+                self.inner.image_users.lock_unpoisoned().insert(record.config_digest.clone(), user.clone());
+                user
+            }
+        };
         let _ = store.touch(&image);
         Ok(ImageRoot { lowers, config: record.config, user })
     }
