@@ -1,6 +1,6 @@
 //! The server's async runtime. Its threads carry every request to a sandbox and back, so each asks the scheduler
-//! for short slices ([`agentbox_core::sched`]): beside a sandbox that keeps every CPU busy, a request's wake-ups
-//! wait a fraction of a millisecond instead of a whole slice. Sandboxed processes keep the kernel's defaults.
+//! for short slices ([`agentbox_core::sched`]): beside a sandbox that keeps every CPU busy, fewer of a request's
+//! wake-ups wait for the kernel's next tick. Sandboxed processes keep the kernel's defaults.
 
 use agentbox_core::sched::{CONTROL_SLICE, request_short_slices};
 
