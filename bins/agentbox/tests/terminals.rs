@@ -81,7 +81,7 @@ async fn a_kept_terminal_survives_its_socket_and_replays_what_it_printed() {
     read_until(&mut first, &["one-2"]).await;
     // Typed before leaving, printed while nobody is attached.
     first.send(b"sleep 1; echo two-$((2+2))\r".to_vec()).await.unwrap();
-    drop(first);
+    first.close().await.unwrap();
 
     list_until(&c, "kept", |l| l.len() == 1 && !l[0].attached).await;
     let listed = &c.terminals("kept").await.unwrap()[0];

@@ -222,6 +222,19 @@ impl TerminalSession {
         self.socket.send(Message::Binary(bytes.into())).await.map_err(ClientError::WebSocket)
     }
 
+    /// Closes the connection cleanly, after what was sent: a kept terminal runs on (detached), any
+    /// other is hung up.
+    ///
+    /// # Errors
+    /// A connection that broke first.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.socket.close(None).await.map_err(ClientError::WebSocket)?;
+        // The server's answering close ends it; output still in flight is dropped meanwhile.
+        let drain = async { while let Some(Ok(_)) = self.socket.next().await {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+        Ok(())
+    }
+
     /// Tells the terminal its new size.
     ///
     /// # Errors
@@ -323,8 +336,8 @@ impl TerminalSession {
         };
         drop(raw);
         if matches!(result, Ok(AttachEnd::Detached)) {
-            // A clean close tells the server this client left on purpose.
-            let _ = self.socket.close(None).await;
+            // A clean close, after the keys typed before the detach ones.
+            let _ = self.close().await;
         }
         result
     }

@@ -53,6 +53,9 @@ use crate::error::ApiError;
 /// The largest message a client may send: input is typed, so this is generous.
 const MAX_MESSAGE: usize = 1 << 20;
 
+/// How long input still arriving on a connection that broke is read for.
+const DRAIN_INPUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The terminal's initial size and what runs on it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,10 +246,11 @@ fn exit_message(status: &ExitStatus) -> Message {
 async fn pump(socket: WebSocket, ends: Ends) {
     let (mut sink, mut messages) = socket.split();
     let Ends { hello, mut output, input } = ends;
+    // Answers whether it ended because the terminal did (rather than the connection).
     let to_client = async {
         if let Some(hello) = hello {
             if sink.send(Message::Text(hello.into())).await.is_err() {
-                return;
+                return false;
             }
         }
         while let Some(event) = output.next().await {
@@ -258,11 +262,12 @@ async fn pump(socket: WebSocket, ends: Ends) {
                 }
             };
             if sink.send(message).await.is_err() {
-                return;
+                return false;
             }
         }
         // Exited, or (a kept terminal) another client took over or it was closed.
         let _ = sink.close().await;
+        true
     };
     let from_client = async {
         while let Some(Ok(message)) = messages.next().await {
@@ -281,8 +286,14 @@ async fn pump(socket: WebSocket, ends: Ends) {
         }
         // Dropping the input here hangs a plain terminal up, and detaches from a kept one.
     };
+    tokio::pin!(to_client, from_client);
     tokio::select! {
-        () = to_client => {}
-        () = from_client => {}
+        ended = &mut to_client => {
+            if !ended {
+                // The connection broke while output was written: input it delivered before is still taken.
+                let _ = tokio::time::timeout(DRAIN_INPUT, &mut from_client).await;
+            }
+        }
+        () = &mut from_client => {}
     }
 }
