@@ -35,6 +35,10 @@ enum Command {
     Exec(cmd::exec::Args),
     /// Open an interactive shell (or run a program on a terminal) in a sandbox on agentboxd.
     Shell(cmd::shell::Args),
+    /// Reattach to a kept terminal (`shell --keep`) in a sandbox on agentboxd, replaying what it printed meanwhile.
+    Attach(cmd::shell::AttachArgs),
+    /// List the kept terminals of a sandbox on agentboxd (`--close ID` hangs one up).
+    Terminals(cmd::shell::TerminalsArgs),
     /// Copy files or directories between this machine and a sandbox on agentboxd (RUN_ID:PATH).
     Cp(cmd::cp::Args),
     /// List the sandboxes on agentboxd.
@@ -104,6 +108,11 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
+        Command::Attach(args) => match cmd::shell::attach(&args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Terminals(args) => cmd::shell::terminals(&args),
         Command::Create(args) => cmd::sandboxes::create(&args),
         Command::Cp(args) => cmd::cp::run(&args),
         Command::Ls(args) => cmd::sandboxes::ls(&args),

@@ -25,7 +25,9 @@
 mod sse;
 mod terminal;
 
-pub use terminal::{TerminalOptions, TerminalOutput, TerminalSession};
+pub use terminal::{
+    AttachEnd, AttachOptions, DETACH_KEYS, TerminalInfo, TerminalOptions, TerminalOutput, TerminalSession, TerminalSize,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;

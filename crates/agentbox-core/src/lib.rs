@@ -14,7 +14,7 @@ pub mod install;
 mod manager;
 pub mod sched;
 mod sync;
-mod terminal;
+pub mod terminal;
 mod transfer;
 mod types;
 
@@ -26,6 +26,10 @@ pub use error::{Error, Result};
 pub use manager::doc_backend;
 pub use manager::{CreateOptions, ManagedSandbox, ManagerConfig, ManagerStats, SandboxManager};
 pub use sync::{LockExt, RwLockExt};
+pub use terminal::sessions::{
+    AttachedInput, AttachedOutput, AttachedTerminal, EXITED_TERMINAL_KEEP, HANGUP_GRACE, MAX_TERMINALS_PER_RUN,
+    TERMINAL_BUFFER_BYTES, TerminalSessionInfo,
+};
 pub use terminal::{Terminal, TerminalInput, TerminalRequest, TerminalSize};
 pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};
 pub use types::{

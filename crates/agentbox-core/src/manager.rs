@@ -178,6 +178,8 @@ struct Inner {
     /// Signalled whenever a creation in flight ends, so shutdown can wait for it.
     settled: Notify,
     stats: Counters,
+    /// Kept terminals, per run.
+    terminals: Arc<crate::terminal::sessions::TerminalSessions>,
 }
 
 /// The lifetime counters behind [`ManagerStats`], one named field each.
@@ -499,6 +501,7 @@ impl Inner {
                 }
                 None => {}
             }
+            self.terminals.end_run(run);
             self.destroy_quietly(id).await;
             bump(&self.stats.expired);
             let mut st = self.lock();
@@ -623,6 +626,10 @@ impl Inner {
                 _ => false,
             }
         };
+        if swapped {
+            // Kept terminals ran on the old sandbox.
+            self.terminals.end_run(run_id);
+        }
         self.destroy_quietly(if swapped { old } else { &fresh.id }).await;
         swapped
     }
@@ -650,6 +657,7 @@ impl SandboxManager {
                 stop: Arc::new(Notify::new()),
                 settled: Notify::new(),
                 stats: Default::default(),
+                terminals: Arc::default(),
             }),
         }
     }
@@ -859,6 +867,8 @@ impl SandboxManager {
                 None => return Err(Error::NotFound(format!("run {run_id}"))),
             }
         };
+        // Its processes end with the stop, kept terminals' included.
+        self.inner.terminals.end_run(run_id);
         let stopped = self.inner.backend.stop(&id).await;
         let mut st = self.inner.lock();
         let Some(Slot::Ready(e)) = st.runs.get_mut(run_id) else {
@@ -1277,6 +1287,61 @@ impl SandboxManager {
         Ok(terminal)
     }
 
+    /// Starts a process on a new kept terminal: one that outlives its client, to be reattached with
+    /// [`attach_terminal`](Self::attach_terminal) (see [`crate::terminal::sessions`] for the rules).
+    /// Answers the first client's attachment; dropping it detaches, [`close_terminal`](Self::close_terminal)
+    /// hangs up.
+    ///
+    /// # Errors
+    /// As [`open_terminal`](Self::open_terminal); [`Error::LimitExceeded`] when the run already has
+    /// [`MAX_TERMINALS_PER_RUN`](crate::MAX_TERMINALS_PER_RUN) kept terminals running.
+    pub async fn open_kept_terminal(
+        &self,
+        run_id: &RunId,
+        request: crate::TerminalRequest,
+    ) -> Result<crate::AttachedTerminal> {
+        self.inner.terminals.check_room(run_id)?;
+        let command = request.command.clone();
+        let size = request.size;
+        let terminal = self.open_terminal(run_id, request).await?;
+        let attached = self.inner.terminals.register(run_id, command.as_ref(), size, terminal)?;
+        // A destroy or stop that began meanwhile closed the run's kept terminals before this one was kept.
+        let live = matches!(self.inner.lock().runs.get(run_id), Some(Slot::Ready(e)) if e.is_live());
+        if !live {
+            self.inner.terminals.end_run(run_id);
+            return Err(Error::Conflict(format!("run {run_id} was stopped or destroyed while its terminal opened")));
+        }
+        Ok(attached)
+    }
+
+    /// Attaches to one of the run's kept terminals: its buffered output, then live output. Another
+    /// client attached to it is detached.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run or terminal.
+    pub fn attach_terminal(&self, run_id: &RunId, terminal_id: &str) -> Result<crate::AttachedTerminal> {
+        self.get(run_id)?;
+        self.inner.terminals.attach(run_id, terminal_id)
+    }
+
+    /// The run's kept terminals, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run.
+    pub fn terminals(&self, run_id: &RunId) -> Result<Vec<crate::TerminalSessionInfo>> {
+        self.get(run_id)?;
+        Ok(self.inner.terminals.list(run_id))
+    }
+
+    /// Hangs up one of the run's kept terminals (its processes get `SIGHUP`) and forgets it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run or terminal.
+    pub fn close_terminal(&self, run_id: &RunId, terminal_id: &str) -> Result<()> {
+        self.get(run_id)?;
+        self.inner.terminals.close(run_id, terminal_id)
+    }
+
     /// Runs a command and collects its output, capped at the sandbox's max_output_bytes.
     ///
     /// # Errors
@@ -1468,6 +1533,7 @@ impl SandboxManager {
                 _ => return Err(Error::NotFound(format!("run {run_id}"))),
             }
         };
+        self.inner.terminals.end_run(run_id);
         let result = if stopped {
             // A stopped run's sandbox is its kept files.
             self.inner.backend.discard_stopped(id.as_str()).await
@@ -1488,6 +1554,7 @@ impl SandboxManager {
     /// them get [`Error::ShuttingDown`], as does every later [`get_or_create`](Self::get_or_create).
     pub async fn shutdown(&self) {
         self.inner.lock().shut_down = true;
+        self.inner.terminals.end_all();
         let task = self.inner.maintenance.lock_unpoisoned().take();
         if let Some(task) = task {
             // Let a pass in progress finish rather than dropping it half-way (a half-made sandbox would leak).

@@ -15,7 +15,7 @@ use agentbox_config::{NetworkConfig, PackageSpec, Preset, SandboxConfig};
 use agentbox_core::{
     CodeRequest, Command, CreateOptions, CreateRequest, Error, ExecEvent, ExecRequest, ExecStream, ExitStatus,
     FileEntry, HealthStatus, ManagedSandbox, ManagerConfig, ProcessInfo, RunId, SandboxBackend, SandboxId, SandboxInfo,
-    SandboxManager, SandboxState,
+    SandboxManager, SandboxState, Terminal, TerminalInput, TerminalRequest,
 };
 use agentbox_metrics::SandboxMetrics;
 use async_trait::async_trait;
@@ -50,6 +50,8 @@ struct Fake {
     paused: Mutex<BTreeSet<SandboxId>>,
     /// Stopped sandboxes' keys.
     stopped: Mutex<BTreeSet<String>>,
+    /// Terminals whose input was hung up.
+    hangups: Arc<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -244,6 +246,41 @@ impl SandboxBackend for Fake {
 
     async fn discard_stopped(&self, key: &str) -> agentbox_core::Result<()> {
         if lock(&self.stopped).remove(key) { Ok(()) } else { Err(Error::NotFound(key.to_owned())) }
+    }
+
+    /// An echoing terminal: typed bytes come back; `exit` ends it with code 0, a hang-up with 129 (SIGHUP).
+    async fn open_terminal(&self, id: &SandboxId, _: TerminalRequest) -> agentbox_core::Result<Terminal> {
+        self.known(id)?;
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<TerminalInput>(16);
+        let status = |exit_code, signal| ExitStatus {
+            exit_code,
+            signal,
+            timed_out: false,
+            oom_killed: false,
+            duration: Duration::ZERO,
+        };
+        let counter = self.hangups.clone();
+        tokio::spawn(async move {
+            loop {
+                match in_rx.recv().await {
+                    Some(TerminalInput::Data(d)) if d == b"exit" => {
+                        let _ = out_tx.send(ExecEvent::Exit(status(0, None))).await;
+                        return;
+                    }
+                    Some(TerminalInput::Data(d)) => {
+                        let _ = out_tx.send(ExecEvent::Stdout(d)).await;
+                    }
+                    Some(TerminalInput::Resize(_)) => {}
+                    None => {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = out_tx.send(ExecEvent::Exit(status(129, Some(1)))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Terminal { output: ExecStream::new(out_rx), input: in_tx })
     }
 
     async fn destroy(&self, id: &SandboxId) -> agentbox_core::Result<()> {
@@ -949,4 +986,130 @@ async fn a_backend_that_cannot_keep_an_idle_sandbox_destroys_it() {
     let destroyed: BTreeSet<SandboxId> = fake.destroyed().into_iter().collect();
     assert_eq!(destroyed, [s.sandbox.id, p.sandbox.id].into_iter().collect());
     assert!(matches!(m.stop_run(&run("nothing")).await, Err(Error::NotFound(_))));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kept terminals.
+// ---------------------------------------------------------------------------------------------
+
+async fn type_in(t: &agentbox_core::AttachedTerminal, text: &str) {
+    t.input.send(TerminalInput::Data(text.as_bytes().to_vec())).await.unwrap();
+}
+
+async fn next_text(t: &mut agentbox_core::AttachedTerminal) -> String {
+    match t.output.next().await {
+        Some(ExecEvent::Stdout(b)) => String::from_utf8(b).unwrap(),
+        other => panic!("expected output, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_terminal_replays_what_it_printed_while_detached_and_one_client_holds_it() {
+    let (fake, m) = setup(ManagerConfig::default());
+    open(&m, "t", CreateOptions::default()).await.unwrap();
+    let mut first = m.open_kept_terminal(&run("t"), TerminalRequest::default()).await.unwrap();
+    type_in(&first, "one ").await;
+    assert_eq!(next_text(&mut first).await, "one ");
+    let id = first.id.clone();
+    // Typed, then detached before reading: the output is kept.
+    type_in(&first, "two ").await;
+    let input = first.input.clone();
+    drop(first);
+    settle().await;
+    let listed = m.terminals(&run("t")).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id.as_str(), listed[0].attached, listed[0].exited), (id.as_str(), false, false));
+    assert_eq!(listed[0].command, "bash -l");
+    assert_eq!(listed[0].buffered_bytes, 8);
+    assert_eq!(fake.hangups.load(Ordering::SeqCst), 0, "detaching does not hang up");
+    assert_eq!(m.get(&run("t")).unwrap().in_flight, 1, "the kept terminal counts as in flight");
+
+    let mut second = m.attach_terminal(&run("t"), &id).unwrap();
+    assert_eq!(second.dropped_bytes, 0);
+    assert_eq!(next_text(&mut second).await, "one two ", "the buffer is replayed");
+    type_in(&second, "three").await;
+    assert_eq!(next_text(&mut second).await, "three", "then live output, nothing twice");
+    assert!(m.terminals(&run("t")).unwrap()[0].attached);
+    assert!(input.send(TerminalInput::Data(b"x".to_vec())).await.is_err(), "a detached client's input is refused");
+
+    // A third client takes over: the second one's output ends without an exit, its input is refused.
+    let mut third = m.attach_terminal(&run("t"), &id).unwrap();
+    assert_eq!(second.output.next().await, None);
+    assert!(second.input.send(TerminalInput::Data(b"x".to_vec())).await.is_err());
+    assert_eq!(next_text(&mut third).await, "one two three");
+
+    // Closing hangs up; the attached client gets the exit, and the terminal is forgotten.
+    m.close_terminal(&run("t"), &id).unwrap();
+    match third.output.next().await {
+        Some(ExecEvent::Exit(s)) => assert_eq!(s.exit_code, 129),
+        other => panic!("expected the exit, got {other:?}"),
+    }
+    assert_eq!(third.output.next().await, None);
+    assert_eq!(fake.hangups.load(Ordering::SeqCst), 1);
+    assert!(m.terminals(&run("t")).unwrap().is_empty());
+    assert!(matches!(m.attach_terminal(&run("t"), &id), Err(Error::NotFound(_))));
+    assert!(matches!(m.close_terminal(&run("t"), &id), Err(Error::NotFound(_))));
+    settle().await;
+    assert_eq!(m.get(&run("t")).unwrap().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exit_nobody_saw_is_kept_for_the_next_attach_for_a_while() {
+    let (_fake, m) = setup(ManagerConfig::default());
+    open(&m, "t", CreateOptions::default()).await.unwrap();
+    let first = m.open_kept_terminal(&run("t"), TerminalRequest::default()).await.unwrap();
+    let (id, input) = (first.id.clone(), first.input.clone());
+    drop(first);
+    assert!(input.send(TerminalInput::Data(b"bye".to_vec())).await.is_err(), "a detached client can't type");
+    let mut again = m.attach_terminal(&run("t"), &id).unwrap();
+    type_in(&again, "bye").await;
+    type_in(&again, "exit").await;
+    drop(again);
+    settle().await;
+    let listed = m.terminals(&run("t")).unwrap();
+    assert_eq!((listed[0].exited, listed[0].exit_code), (true, Some(0)));
+    again = m.attach_terminal(&run("t"), &id).unwrap();
+    assert_eq!(next_text(&mut again).await, "bye");
+    assert!(matches!(again.output.next().await, Some(ExecEvent::Exit(s)) if s.exit_code == 0));
+    assert_eq!(again.output.next().await, None);
+    assert!(m.terminals(&run("t")).unwrap().is_empty(), "an exit once seen is forgotten");
+
+    // Unseen, it expires.
+    let other = m.open_kept_terminal(&run("t"), TerminalRequest::default()).await.unwrap();
+    type_in(&other, "exit").await;
+    drop(other);
+    settle().await;
+    assert_eq!(m.terminals(&run("t")).unwrap().len(), 1);
+    advance(agentbox_core::EXITED_TERMINAL_KEEP).await;
+    settle().await;
+    assert!(m.terminals(&run("t")).unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn destroying_a_run_ends_its_kept_terminals_and_a_run_has_a_bounded_number() {
+    let (fake, m) = setup(ManagerConfig::default());
+    open(&m, "t", CreateOptions::default()).await.unwrap();
+    open(&m, "u", CreateOptions::default()).await.unwrap();
+    for _ in 0..agentbox_core::MAX_TERMINALS_PER_RUN {
+        drop(m.open_kept_terminal(&run("t"), TerminalRequest::default()).await.unwrap());
+    }
+    let refused = m.open_kept_terminal(&run("t"), TerminalRequest::default()).await.unwrap_err();
+    assert!(matches!(&refused, Error::LimitExceeded(m) if m.contains("close one")), "{refused}");
+    let kept = m.open_kept_terminal(&run("u"), TerminalRequest::default()).await.unwrap();
+    drop(kept);
+    settle().await;
+    assert_eq!(m.get(&run("t")).unwrap().in_flight, agentbox_core::MAX_TERMINALS_PER_RUN);
+
+    m.destroy(&run("t")).await.unwrap();
+    settle().await;
+    assert_eq!(fake.hangups.load(Ordering::SeqCst), agentbox_core::MAX_TERMINALS_PER_RUN as u64);
+    assert!(matches!(m.terminals(&run("t")), Err(Error::NotFound(_))));
+    // A new run of the same name starts with none.
+    open(&m, "t", CreateOptions::default()).await.unwrap();
+    assert!(m.terminals(&run("t")).unwrap().is_empty());
+    assert_eq!(m.terminals(&run("u")).unwrap().len(), 1, "other runs keep theirs");
+
+    m.shutdown().await;
+    settle().await;
+    assert_eq!(fake.hangups.load(Ordering::SeqCst), agentbox_core::MAX_TERMINALS_PER_RUN as u64 + 1);
 }

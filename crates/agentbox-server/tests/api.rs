@@ -290,6 +290,8 @@ async fn every_route_but_health_and_docs_requires_the_token() {
         "PUT /api/sandboxes/{run_id}/network",
         "GET /api/sandboxes/{run_id}/egress",
         "GET /api/sandboxes/{run_id}/processes",
+        "GET /api/sandboxes/{run_id}/terminals",
+        "DELETE /api/sandboxes/{run_id}/terminals/{terminal_id}",
         "GET /api/secrets",
         "PUT /api/secrets/{name}",
         "DELETE /api/secrets/{name}",

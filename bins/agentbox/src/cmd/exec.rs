@@ -62,7 +62,8 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         if !args.env.is_empty() || args.timeout.is_some() {
             return Err(CliError::Usage("--env and --timeout don't apply to -it sessions".into()));
         }
-        return super::shell::session(&args.server, &args.run_id, args.workdir.clone(), &args.command);
+        let request = super::shell::Request { cwd: args.workdir.as_deref(), command: &args.command, keep: false };
+        return super::shell::session(&args.server, &args.run_id, &request);
     }
     if args.interactive {
         return Err(CliError::Usage(

@@ -360,6 +360,8 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
         .routes(routes!(sandboxes::sandbox_metrics))
         .routes(routes!(sandboxes::sandbox_health))
         .routes(routes!(sandboxes::list_processes))
+        .routes(routes!(terminal::list_terminals))
+        .routes(routes!(terminal::close_terminal))
         .routes(routes!(files::list_files))
         .routes(routes!(network::set_network))
         .routes(routes!(egress::get_egress))
@@ -400,6 +402,7 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
     // Interactive terminals over WebSocket: long-lived, so no request timeout; the same bearer token.
     let terminals = Router::new()
         .route("/api/sandboxes/{run_id}/terminal", axum::routing::get(terminal::open))
+        .route("/api/sandboxes/{run_id}/terminals/{terminal_id}", axum::routing::get(terminal::attach))
         .route_layer(from_fn_with_state(state.clone(), require_token));
     router = router.merge(terminals);
     let router = router

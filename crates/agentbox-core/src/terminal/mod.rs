@@ -1,5 +1,8 @@
 //! Interactive terminals: a process on a pseudo-terminal in a sandbox, with its input and window size
-//! sent as they change and its output streamed, as `docker exec -it` gives.
+//! sent as they change and its output streamed, as `docker exec -it` gives; and kept terminals
+//! ([`sessions`]), which outlive their client and can be reattached, as `docker attach` or tmux give.
+
+pub mod sessions;
 
 use std::collections::BTreeMap;
 
@@ -8,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Command, ExecStream};
 
 /// A terminal's size in character cells.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TerminalSize {
     /// Rows (lines).
@@ -52,6 +56,6 @@ pub struct Terminal {
     /// exit. Terminals have no time limit.
     pub output: ExecStream,
     /// Where input and resizes go. Dropping it hangs the terminal up: its processes get `SIGHUP`, as
-    /// when a terminal window closes.
+    /// when a terminal window closes. (A kept terminal, [`sessions`], is hung up explicitly instead.)
     pub input: tokio::sync::mpsc::Sender<TerminalInput>,
 }
