@@ -142,8 +142,11 @@ impl Client {
     /// # Errors
     /// [`ClientError::NotFound`] for an unknown run or terminal, or a server that can't be reached.
     pub async fn attach_terminal(&self, run_id: &str, terminal_id: &str) -> Result<TerminalSession, ClientError> {
-        let url =
-            self.api_url(&format!("/api/sandboxes/{}/terminals/{}", path_segment(run_id), path_segment(terminal_id)))?;
+        let url = self.api_url(&format!(
+            "/api/sandboxes/{}/terminals/{}/attach",
+            path_segment(run_id),
+            path_segment(terminal_id)
+        ))?;
         self.connect_terminal(url).await
     }
 

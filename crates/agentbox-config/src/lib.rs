@@ -36,7 +36,7 @@ pub use load::{ConfigLoader, LoadError};
 pub use overrides::{ConfigOverrides, NetworkOverride};
 pub use package::{PackageManager, PackageSpec, PackageSpecError};
 pub use preset::{Preset, UnknownPreset};
-pub use validate::{ValidationError, ValidationErrors, image_reference_problem, mount_path_problem};
+pub use validate::{ValidationError, ValidationErrors, image_reference_problem, mount_path_problem, start_problem};
 
 /// What happens to a sandbox unused for its `idle_timeout`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -7,6 +7,26 @@ use std::time::Duration;
 use crate::SandboxConfig;
 use crate::egress::{EgressEntry, valid_secret_name};
 
+/// What is wrong with a config's `start`, as the path of the setting and the problem: `"image"` without an
+/// image, or a command with no program, a NUL byte or more than 1024 arguments.
+#[must_use]
+pub fn start_problem(c: &SandboxConfig) -> Option<(&'static str, String)> {
+    match &c.start {
+        crate::StartProcess::None => None,
+        crate::StartProcess::Image if c.image_reference().is_none() => {
+            Some(("start", "\"image\" runs the image's Entrypoint and Cmd, so it needs an `image`".to_owned()))
+        }
+        crate::StartProcess::Image => None,
+        crate::StartProcess::Command(argv) if argv.first().is_none_or(String::is_empty) => {
+            Some(("start.command", "must name a program first".to_owned()))
+        }
+        crate::StartProcess::Command(argv) if argv.iter().any(|a| a.contains('\0')) || argv.len() > 1024 => {
+            Some(("start.command", "must be at most 1024 arguments without NUL bytes".to_owned()))
+        }
+        crate::StartProcess::Command(_) => None,
+    }
+}
+
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ValidationError {
@@ -264,20 +284,8 @@ impl SandboxConfig {
             e.push("security.run_as.name", format!("must be a lower-case user name, got {:?}", sec.run_as.name));
         }
 
-        match &self.start {
-            crate::StartProcess::None => {}
-            crate::StartProcess::Image if self.image_reference().is_none() => {
-                e.push("start", "\"image\" runs the image's Entrypoint and Cmd, so it needs an `image`");
-            }
-            crate::StartProcess::Image => {}
-            crate::StartProcess::Command(argv) => {
-                if argv.first().is_none_or(String::is_empty) {
-                    e.push("start.command", "must name a program first");
-                }
-                if argv.iter().any(|a| a.contains('\0')) || argv.len() > 1024 {
-                    e.push("start.command", "must be at most 1024 arguments without NUL bytes");
-                }
-            }
+        if let Some((path, problem)) = start_problem(self) {
+            e.push(path, problem);
         }
 
         for (i, p) in self.pre_install_packages.iter().enumerate() {

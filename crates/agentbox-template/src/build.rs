@@ -34,6 +34,9 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     /// Domains `RUN` steps may reach besides [`BUILD_REGISTRIES`].
     pub allow_domains: Vec<String>,
+    /// Address ranges (`10.0.0.0/8`, `192.0.2.7/32`) `RUN` steps may reach although they are not public: a
+    /// package mirror or registry on a private network. The steps' egress policy refuses them otherwise.
+    pub allow_cidrs: Vec<String>,
     /// The time limit of one `RUN` step.
     pub step_timeout: Duration,
     /// Memory of a `RUN` step's sandbox, in MiB.
@@ -52,6 +55,7 @@ impl BuildRequest {
             context: context.into(),
             build_args: BTreeMap::new(),
             allow_domains: Vec::new(),
+            allow_cidrs: Vec::new(),
             step_timeout: Duration::from_secs(30 * 60),
             memory_mb: 2048,
             disk_gb: 20,
@@ -398,7 +402,12 @@ impl Builder {
             memory_mb: request.memory_mb,
             disk_gb: request.disk_gb,
             execution_timeout: request.step_timeout,
-            network: NetworkConfig { enabled: true, allowed_domains: allowed, ..NetworkConfig::default() },
+            network: NetworkConfig {
+                enabled: true,
+                allowed_domains: allowed,
+                allowed_cidrs: request.allow_cidrs.clone(),
+                ..NetworkConfig::default()
+            },
             security: SecurityConfig { allow_root_inside: true, ..SecurityConfig::default() },
             ..SandboxConfig::default()
         };

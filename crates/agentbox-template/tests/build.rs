@@ -289,3 +289,74 @@ async fn a_sandbox_starts_its_images_entrypoint_and_cmd() {
     assert!(err.contains("needs an `image`"), "{err}");
     assert!(backend.list().await.unwrap().is_empty(), "a refused create left a sandbox");
 }
+
+/// The Debian mirror's addresses as this host resolves them, when it answers on port 80 within a few seconds.
+fn reachable_mirror() -> Option<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = "deb.debian.org:80".to_socket_addrs().ok()?.filter(std::net::SocketAddr::is_ipv4).collect();
+    let first = addrs.first()?;
+    std::net::TcpStream::connect_timeout(first, std::time::Duration::from_secs(3)).ok()?;
+    Some(addrs)
+}
+
+/// A template whose RUN installs a package from the Debian mirror with apt (through the step's egress proxy,
+/// which lets it reach the package registries and nothing else) and COPYs a file, built and then rebuilt from
+/// the cache; a sandbox from it has the package. Where this host reaches the mirror at an address that is not
+/// public (an internal mirror or a proxy), the build allows that address, as a private mirror is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_installs_from_the_package_mirror_and_is_cached() {
+    if not_root() {
+        return;
+    }
+    let Some(mirror) = reachable_mirror() else {
+        eprintln!("skipped: deb.debian.org does not answer from this host (offline?)");
+        return;
+    };
+    let Fixture { _registry, base, dir: _dir, backend, builder, context } = Fixture::new();
+    std::fs::write(context.join("motd"), "from the context\n").unwrap();
+    let dockerfile = format!(
+        "FROM {base}\nRUN apt-get update -o Acquire::Retries=3 >/dev/null \
+         && apt-get install -y --no-install-recommends jq >/dev/null && rm -rf /var/lib/apt/lists/*\n\
+         COPY motd /etc/motd\n"
+    );
+    let mut request = BuildRequest::new("with-apt", dockerfile, &context);
+    request.allow_cidrs = mirror.iter().map(|a| format!("{}/32", a.ip())).collect();
+    let built = builder.build(&request).await.unwrap();
+    assert_eq!(built.cached_steps(), 0, "{built:?}");
+    let again = builder.build(&request).await.unwrap();
+    assert_eq!(again.cached_steps(), 2, "{again:?}");
+    assert_eq!(again.digest, built.digest);
+
+    let config = SandboxConfig { image: Some(built.reference.clone()), ..SandboxConfig::default() };
+    let sb = backend.create(CreateRequest::new(config)).await.unwrap();
+    let out = sh(&backend, &sb.id, "echo '{\"a\": [1, 2]}' | jq -c '.a | length'; cat /etc/motd").await;
+    assert_eq!(out, "2\nfrom the context\n");
+    backend.destroy(&sb.id).await.unwrap();
+
+    // Without the mirror's address allowed, a mirror at a non-public address is refused by the step's policy.
+    if mirror.iter().any(|a| !is_public(a.ip())) {
+        request.name = "without-cidr".into();
+        request.allow_cidrs.clear();
+        request.dockerfile = format!(
+            "FROM {base}\nRUN apt-get update -o Acquire::Retries=0; ls /var/lib/apt/lists/ | grep -q Packages\n"
+        );
+        let err = builder.build(&request).await.unwrap_err().to_string();
+        assert!(err.contains("step 1"), "{err}");
+    }
+}
+
+/// Whether `ip` is a public unicast IPv4 address (the egress policy's test, for the few ranges a mirror could be in).
+fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_documentation()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 198 && (18..20).contains(&o[1])))
+        }
+        std::net::IpAddr::V6(_) => true,
+    }
+}

@@ -43,6 +43,10 @@ pub enum Action {
         /// A domain RUN steps may reach besides the package registries (repeatable).
         #[arg(long = "allow-domain", value_name = "DOMAIN")]
         allow_domains: Vec<String>,
+        /// An address range RUN steps may reach although it is not public, such as a package mirror on a private
+        /// network (repeatable; `10.1.2.3/32`).
+        #[arg(long = "allow-cidr", value_name = "CIDR")]
+        allow_cidrs: Vec<String>,
         /// After the build, push the template to this reference (`registry.example.com/team/agent:1`).
         #[arg(long, value_name = "REFERENCE")]
         push: Option<String>,
@@ -71,7 +75,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
     let builder = Builder::new(Arc::new(backend), store.clone());
     let mut out = io::stdout().lock();
     match &args.action {
-        Action::Build { file, name, build_args, allow_domains, push, context } => {
+        Action::Build { file, name, build_args, allow_domains, allow_cidrs, push, context } => {
             // A destination that can't be parsed fails before the build, not after it.
             let push = push
                 .as_deref()
@@ -83,6 +87,7 @@ pub fn run(args: &Args) -> Result<(), CliError> {
                 .map_err(|e| CliError::Usage(format!("reading the Dockerfile {}: {e}", path.display())))?;
             let mut request = BuildRequest::new(name.clone(), dockerfile, context.clone());
             request.allow_domains.clone_from(allow_domains);
+            request.allow_cidrs.clone_from(allow_cidrs);
             let mut parsed = BTreeMap::new();
             for arg in build_args {
                 let (k, v) = arg

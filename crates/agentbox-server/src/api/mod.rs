@@ -402,7 +402,7 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
     // Interactive terminals over WebSocket: long-lived, so no request timeout; the same bearer token.
     let terminals = Router::new()
         .route("/api/sandboxes/{run_id}/terminal", axum::routing::get(terminal::open))
-        .route("/api/sandboxes/{run_id}/terminals/{terminal_id}", axum::routing::get(terminal::attach))
+        .route("/api/sandboxes/{run_id}/terminals/{terminal_id}/attach", axum::routing::get(terminal::attach))
         .route_layer(from_fn_with_state(state.clone(), require_token));
     router = router.merge(terminals);
     let router = router

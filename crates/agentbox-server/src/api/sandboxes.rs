@@ -203,6 +203,14 @@ impl CreateSandboxRequest {
             start: self.start.clone(),
         };
         overrides.apply(&mut c);
+        // The schema can't say that a command needs a program, or that "image" needs an image.
+        if let Some((path, problem)) = agentbox_config::start_problem(&c) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
+                format!("{path}: {problem}"),
+            ));
+        }
         Ok(CreateOptions { preset: self.preset, config: Some(c) })
     }
 }

@@ -58,6 +58,9 @@ pub struct BuildBody {
     /// Domains `RUN` steps may reach besides the package registries.
     #[serde(default)]
     pub allow_domains: Vec<String>,
+    /// Address ranges `RUN` steps may reach although they are not public (a mirror on a private network).
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
 }
 
 /// With an `application/x-tar` body (the build context): where the Dockerfile is in it, and the build's settings.
@@ -73,6 +76,9 @@ pub struct BuildQuery {
     /// Domains `RUN` steps may reach besides the package registries, comma-separated.
     #[param(max_length = 65536)]
     pub allow_domains: Option<String>,
+    /// Address ranges `RUN` steps may reach although they are not public, comma-separated.
+    #[param(max_length = 65536)]
+    pub allow_cidrs: Option<String>,
 }
 
 /// One step of a build.
@@ -249,8 +255,11 @@ pub async fn build_template(
                 .ok_or_else(|| ApiError::bad_request(format!("build_args: {arg:?} is not NAME=VALUE")))?;
             request.build_args.insert(k.to_owned(), v.to_owned());
         }
-        request.allow_domains =
-            q.allow_domains.iter().flat_map(|a| a.split(',')).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+        let list = |v: &Option<String>| -> Vec<String> {
+            v.iter().flat_map(|a| a.split(',')).filter(|a| !a.is_empty()).map(str::to_owned).collect()
+        };
+        request.allow_domains = list(&q.allow_domains);
+        request.allow_cidrs = list(&q.allow_cidrs);
         request
     } else {
         let body: BuildBody = serde_json::from_slice(&body)
@@ -264,6 +273,7 @@ pub async fn build_template(
         let mut request = BuildRequest::new(p.name.clone(), body.dockerfile, empty);
         request.build_args = body.build_args;
         request.allow_domains = body.allow_domains;
+        request.allow_cidrs = body.allow_cidrs;
         request
     };
     let report = builder.build(&request).await.map_err(build_failure)?;

@@ -16,7 +16,7 @@
 //!
 //! - `GET /api/sandboxes/{run_id}/terminals` lists the run's kept terminals (JSON: id, command, size,
 //!   created_ms, attached, exited, exit_code, buffered_bytes, dropped_bytes).
-//! - `GET /api/sandboxes/{run_id}/terminals/{terminal_id}` reattaches over a WebSocket, with the same
+//! - `GET /api/sandboxes/{run_id}/terminals/{terminal_id}/attach` reattaches over a WebSocket, with the same
 //!   protocol: the `{"terminal": ...}` message first (`dropped_bytes`: output lost before the replayed
 //!   part), then the buffered output as binary messages, then live output, then `{"exit": ...}` when
 //!   the process ends. One client is attached at a time: a new attach takes over, and the previous
