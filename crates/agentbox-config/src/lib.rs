@@ -79,6 +79,32 @@ pub enum StartProcess {
     Command(Vec<String>),
 }
 
+/// The OpenAPI schema of [`StartProcess`] as serde reads it: `"none"` or `"image"`, or `{"command": [...]}` with
+/// no other key.
+#[cfg(feature = "utoipa")]
+#[must_use]
+pub fn start_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["none", "image"]))
+                .description(Some("Nothing, or the image's Entrypoint and Cmd")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .property(
+                    "command",
+                    ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)).min_items(Some(1)),
+                )
+                .required("command")
+                .additional_properties(Some(AdditionalProperties::<utoipa::openapi::schema::Schema>::FreeForm(false)))
+                .description(Some("A program and its arguments")),
+        )
+        .into()
+}
+
 /// Everything that defines one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -126,6 +152,7 @@ pub struct SandboxConfig {
     /// files are refused with the limit named, and are read in ranges or downloaded as a stream instead.
     pub max_read_bytes: u64,
     /// What runs when the sandbox starts: nothing, the image's `Entrypoint` and `Cmd`, or a command.
+    #[cfg_attr(feature = "utoipa", schema(schema_with = start_schema))]
     pub start: StartProcess,
 }
 

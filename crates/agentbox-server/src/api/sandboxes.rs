@@ -118,7 +118,7 @@ pub struct CreateSandboxRequest {
     /// What runs when the sandbox starts (created, started again, forked), as a background process listed with
     /// its processes: `"none"`, `"image"` (the image's Entrypoint and Cmd) or `{"command": [program, args...]}`.
     #[serde(default, deserialize_with = "super::extract::present")]
-    #[schema(nullable = false)]
+    #[schema(schema_with = agentbox_config::start_schema)]
     pub start: Option<agentbox_config::StartProcess>,
     /// Start from this snapshot's files (a fork of the sandbox it was taken from). The run must be new.
     #[serde(default, deserialize_with = "super::extract::present")]
