@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::server::Server;
+use common::tmux::{pane_until, tmux};
 
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -210,25 +211,6 @@ fn errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("agentboxd refused the API token"), "{}", text(&o));
     let o = s.agentbox(&["exec", "no-such-run", "--", "true"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("run no-such-run not found"), "{}", text(&o));
-}
-
-/// Runs `tmux` on a server of this test's own (`-L`), so no other tmux session is touched.
-fn tmux(socket: &str, args: &[&str]) -> String {
-    let o = Command::new("tmux").arg("-L").arg(socket).args(args).output().expect("tmux is installed");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Waits until the tmux pane shows `needle`; returns the pane.
-fn pane_until(socket: &str, needle: &str) -> String {
-    let mut pane = String::new();
-    for _ in 0..200 {
-        pane = tmux(socket, &["capture-pane", "-p", "-t", "s"]);
-        if pane.contains(needle) {
-            return pane;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("the terminal never showed {needle:?}:\n{pane}");
 }
 
 #[test]

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentbox_client::{Client, ClientConfig, ClientError, TerminalOptions, TerminalOutput, TerminalSession};
 use common::server::Server;
+use common::tmux::{pane_until, tmux};
 
 fn not_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1) != 0
@@ -151,25 +151,6 @@ async fn a_kept_terminal_survives_its_socket_and_replays_what_it_printed() {
     assert!(c.terminals("kept").await.unwrap().is_empty(), "a new sandbox of the same run starts with none");
     assert!(matches!(c.attach_terminal("kept", &left_id).await, Err(ClientError::NotFound { .. })));
     c.delete("kept").await.unwrap();
-}
-
-/// Runs `tmux` on a server of this test's own (`-L`), so no other tmux session is touched.
-fn tmux(socket: &str, args: &[&str]) -> String {
-    let o = Command::new("tmux").arg("-L").arg(socket).args(args).output().expect("tmux is installed");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Waits until the tmux pane shows `needle`; returns the pane.
-fn pane_until(socket: &str, needle: &str) -> String {
-    let mut pane = String::new();
-    for _ in 0..200 {
-        pane = tmux(socket, &["capture-pane", "-p", "-J", "-S", "-100", "-t", "s"]);
-        if pane.contains(needle) {
-            return pane;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the terminal never showed {needle:?}:\n{pane}");
 }
 
 #[test]
