@@ -295,7 +295,8 @@ async fn hostile_paths_cannot_reach_the_server() {
         let body = r.bytes().await.unwrap();
         check(format!("GET swap #{i}"), status, &mut server);
         if status == 200 {
-            assert_eq!(&body[..], b"regular\n");
+            // edit_file above may have reached the regular file through the link while it pointed there.
+            assert!(matches!(&body[..], b"regular\n" | b"regulbr\n"), "swap read {body:?}");
         }
     }
 
