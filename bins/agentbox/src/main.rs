@@ -89,6 +89,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    cmd::run::prepare();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Presets(args) => cmd::presets::run(&args),

@@ -157,6 +157,8 @@ impl LocalBackend {
                 "the local backend needs root (it creates namespaces, cgroups and mounts); run as root, or use the e2b backend".into(),
             ));
         }
+        // The zygote's start (an execve of this binary) overlaps the detection and opening below.
+        crate::zygote::warm_up();
         // Sandboxes of different state directories live under different cgroup parents, so
         // reaping after a crash only ever touches what this state directory owns.
         let cgroups = Cgroups::detect(&cgroup_parent(&config));
@@ -254,7 +256,6 @@ impl LocalBackend {
             limitations,
             sandboxes: Mutex::new(HashMap::new()),
         };
-        crate::zygote::warm_up();
         let backend = Self { inner: Arc::new(inner) };
         for l in &backend.inner.limitations {
             tracing::warn!(limitation = %l, "local backend runs degraded");

@@ -7,7 +7,9 @@
 //! files, the entry names and a fingerprint of the host entries (inode, size, mode and times of every
 //! file and directory under them), so a template is reused by every process sharing the state
 //! directory (a one-shot `agentbox run` finds the one the previous run built) until the host's files
-//! change. A process re-checks the fingerprint at most every [`RECHECK`].
+//! change. The processes sharing a state directory re-check the fingerprint at most every [`RECHECK`]
+//! between them: each records which template matched and when, and a one-shot `agentbox run` started
+//! within that time uses the recorded template without walking the host's entries.
 //!
 //! Templates are built in a private directory and renamed into place, so concurrent builders never
 //! see a half-built one: the first rename wins and the loser uses the winner's. Every user holds a
@@ -31,6 +33,9 @@ use crate::sys;
 pub const RECHECK: Duration = Duration::from_secs(10);
 /// Name prefix of templates in the state directory: `etc-<key>`.
 pub const TEMPLATE_PREFIX: &str = "etc-";
+/// Name prefix of the records of which template matched the host's entries, and when:
+/// `checked-etc-<key of the generated files>`.
+pub const CHECKED_PREFIX: &str = "checked-etc-";
 /// Name prefix of directories being built or removed: `.etc-<owner pid>-<n>` (reaped once the owner is gone).
 pub const PREFIX: &str = ".etc-";
 /// How many unused templates stay on disk for later processes.
@@ -63,6 +68,8 @@ pub struct Templates {
     host_etc: PathBuf,
     state_dir: PathBuf,
     entries: Vec<String>,
+    /// How long a check of the host's entries holds ([`RECHECK`]).
+    recheck: Duration,
     /// By the generated files' key: the template in use and when the host's entries were last checked.
     current: Mutex<HashMap<u64, (Instant, Arc<Template>)>>,
 }
@@ -144,14 +151,15 @@ impl Templates {
     /// Templates of the host `/etc` entries `entries`, kept under `state_dir`.
     #[must_use]
     pub fn new(state_dir: &Path, entries: &[String]) -> Self {
-        Self::from(Path::new("/etc"), state_dir, entries)
+        Self::from(Path::new("/etc"), state_dir, entries, RECHECK)
     }
 
-    fn from(host_etc: &Path, state_dir: &Path, entries: &[String]) -> Self {
+    fn from(host_etc: &Path, state_dir: &Path, entries: &[String], recheck: Duration) -> Self {
         Self {
             host_etc: host_etc.to_owned(),
             state_dir: state_dir.to_owned(),
             entries: entries.to_vec(),
+            recheck,
             current: Mutex::new(HashMap::new()),
         }
     }
@@ -159,7 +167,7 @@ impl Templates {
     /// The template in use for these generated files, when it was checked within [`RECHECK`] (no I/O).
     pub fn cached(&self, files: &[(String, String)]) -> Option<Arc<Template>> {
         let current = self.current.lock_unpoisoned();
-        current.get(&files_key(files)).filter(|(at, _)| at.elapsed() < RECHECK).map(|(_, t)| t.clone())
+        current.get(&files_key(files)).filter(|(at, _)| at.elapsed() < self.recheck).map(|(_, t)| t.clone())
     }
 
     /// The template for these generated files and the host's entries as they are now: the one in
@@ -169,6 +177,11 @@ impl Templates {
     /// When the template directory can't be written or locked.
     pub fn get(&self, files: &[(String, String)]) -> io::Result<Arc<Template>> {
         let fkey = files_key(files);
+        if let Some(template) = self.checked_by_another(fkey)? {
+            let template = Arc::new(template);
+            self.current.lock_unpoisoned().insert(fkey, (Instant::now(), template.clone()));
+            return Ok(template);
+        }
         let mut h = Fnv(fkey);
         h.bytes(&fingerprint(&self.host_etc, &self.entries).to_le_bytes());
         let name = format!("{TEMPLATE_PREFIX}{:016x}", h.0);
@@ -190,9 +203,46 @@ impl Templates {
                 built
             }
         };
+        self.record_check(fkey, &name);
         let template = Arc::new(template);
         current.insert(fkey, (Instant::now(), template.clone()));
         Ok(template)
+    }
+
+    /// Where processes sharing the state directory record which template matched the host for these
+    /// generated files, and when (the file's modification time).
+    fn record_path(&self, fkey: u64) -> PathBuf {
+        self.state_dir.join(format!("{CHECKED_PREFIX}{fkey:016x}"))
+    }
+
+    /// The template another process (or this one) found matching the host within [`RECHECK`], locked; `None`
+    /// when there is no such record or its template is gone. A one-shot process (`agentbox run`) then skips
+    /// the walk of the host's entries, as a long-running one does between its own checks.
+    fn checked_by_another(&self, fkey: u64) -> io::Result<Option<Template>> {
+        let path = self.record_path(fkey);
+        let Ok(meta) = fs::symlink_metadata(&path) else { return Ok(None) };
+        let fresh = meta.is_file()
+            && meta.len() <= 64
+            && meta.modified().is_ok_and(|at| at.elapsed().is_ok_and(|age| age < self.recheck));
+        if !fresh {
+            return Ok(None);
+        }
+        let Ok(name) = fs::read_to_string(&path) else { return Ok(None) };
+        let valid = name.strip_prefix(TEMPLATE_PREFIX).is_some_and(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !valid {
+            return Ok(None);
+        }
+        open_locked(&self.state_dir.join(name))
+    }
+
+    /// Records that the template `name` matched the host for these generated files just now (written aside
+    /// and renamed into place, so a reader sees a whole record or the previous one). Best effort: without a
+    /// record, the next process walks the host's entries itself.
+    fn record_check(&self, fkey: u64, name: &str) {
+        let tmp = private_dir(&self.state_dir);
+        if fs::write(&tmp, name).and_then(|()| fs::rename(&tmp, self.record_path(fkey))).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
     }
 
     /// Builds a template privately and renames it to `path`; when another process got there first,
@@ -347,14 +397,20 @@ mod tests {
             std::os::unix::fs::symlink("cert.pem", d.join("host/ssl/link.pem")).unwrap();
             Self(d)
         }
+        /// Templates as a new process sees them, checking the host's entries every time.
         fn templates(&self) -> Templates {
-            let entries = ["hostname", "no-such-entry", "ssl"].map(str::to_owned);
-            Templates::from(&self.0.join("host"), &self.0.join("state"), &entries)
+            self.templates_rechecked_every(Duration::ZERO)
         }
+        fn templates_rechecked_every(&self, recheck: Duration) -> Templates {
+            let entries = ["hostname", "no-such-entry", "ssl"].map(str::to_owned);
+            Templates::from(&self.0.join("host"), &self.0.join("state"), &entries, recheck)
+        }
+        /// The templates and build directories in the state directory (not the check records).
         fn on_disk(&self) -> Vec<String> {
             let mut v: Vec<String> = fs::read_dir(self.0.join("state"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with(CHECKED_PREFIX))
                 .collect();
             v.sort();
             v
@@ -373,7 +429,7 @@ mod tests {
     #[test]
     fn a_template_copies_entries_and_generated_files_and_skips_private_ones() {
         let d = Dirs::new("copy");
-        let t = d.templates();
+        let t = d.templates_rechecked_every(RECHECK);
         let files = passwd("user");
         assert!(t.cached(&files).is_none());
         let dir = t.get(&files).unwrap();
@@ -408,6 +464,30 @@ mod tests {
         let relinked = d.templates().get(&files).unwrap();
         assert_ne!(relinked.path(), changed.path(), "a new symlink makes a new template");
         assert_ne!(d.templates().get(&passwd("alice")).unwrap().path(), relinked.path());
+    }
+
+    #[test]
+    fn within_the_recheck_time_another_process_takes_the_recorded_template_without_walking_the_host() {
+        let d = Dirs::new("record");
+        let files = passwd("user");
+        let first = d.templates_rechecked_every(RECHECK).get(&files).unwrap();
+        fs::write(d.0.join("host/ssl/cert.pem"), "NEW CERT, LONGER\n").unwrap();
+        // The next process, within RECHECK of the first one's check: the recorded template, as the first
+        // process itself would use it until its own next check.
+        let next = d.templates_rechecked_every(RECHECK).get(&files).unwrap();
+        assert_eq!(next.path(), first.path(), "the recorded check holds for RECHECK");
+        // Once the record is older than that, the host is walked again and the change is seen.
+        let later = d.templates_rechecked_every(Duration::ZERO).get(&files).unwrap();
+        assert_ne!(later.path(), first.path());
+        assert_eq!(fs::read_to_string(later.path().join("ssl/cert.pem")).unwrap(), "NEW CERT, LONGER\n");
+        // A record naming something that is not a template is ignored.
+        let record = d.0.join("state").join(format!("{CHECKED_PREFIX}{:016x}", files_key(&files)));
+        fs::write(&record, "../../elsewhere").unwrap();
+        let t = d.templates_rechecked_every(RECHECK).get(&files).unwrap();
+        assert_eq!(t.path(), later.path(), "the host was walked again");
+        assert!(fs::read_to_string(&record).unwrap().starts_with(TEMPLATE_PREFIX), "and the record rewritten");
+        // Another process's other generated files have a record of their own.
+        assert_ne!(d.templates_rechecked_every(RECHECK).get(&passwd("alice")).unwrap().path(), later.path());
     }
 
     #[test]

@@ -117,6 +117,13 @@ fn seal(src: &File) -> io::Result<OwnedFd> {
     Ok(memfd)
 }
 
+/// Whether the running binary is one no sandbox can write (executed as is, no sealed copy). A zygote forked
+/// from this process instead of executed has the binary as its `/proc/self/exe`, as every init does, so it
+/// may only be forked when this holds.
+pub fn runs_uncopied() -> bool {
+    File::open("/proc/self/exe").and_then(|exe| needs_copy(&exe)).is_ok_and(|why| why.is_none())
+}
+
 /// The path to execute (`/proc/self/fd/N` of the binary or its sealed copy), opened once per process.
 ///
 /// # Errors

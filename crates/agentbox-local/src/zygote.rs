@@ -11,7 +11,33 @@ use agentbox_storage::IdRange;
 
 struct Zygote {
     socket: OwnedFd,
-    process: std::process::Child,
+    process: Process,
+}
+
+/// How the zygote was started.
+enum Process {
+    /// By executing the binary (or its sealed copy).
+    Executed(std::process::Child),
+    /// Forked from this process while it had one thread (its pid: our child, reaped only here).
+    Forked(i32),
+}
+
+impl Process {
+    /// Kills and reaps it.
+    fn end(self) {
+        match self {
+            Self::Executed(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Self::Forked(pid) => {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let mut status = 0;
+                // SAFETY: waits for our own child, whose pid nothing else reaps (so it can't have been reused).
+                unsafe { libc::waitpid(pid, &raw mut status, 0) };
+            }
+        }
+    }
 }
 
 static ZYGOTE: Mutex<Option<Zygote>> = Mutex::new(None);
@@ -85,7 +111,7 @@ fn start() -> Result<Zygote, SpawnError> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| SpawnError::io("starting the sandbox zygote", e))?;
-    Ok(Zygote { socket: ours, process })
+    Ok(Zygote { socket: ours, process: Process::Executed(process) })
 }
 
 /// Why a request failed: before the zygote took it (safe to retry on a new zygote), or after.
@@ -116,6 +142,45 @@ fn ask(socket: BorrowedFd<'_>, request: &[u8], control: &OwnedFd) -> Result<Init
         (InitSpawned { pid, .. }, Some(pidfd)) if pid > 0 => Ok(Init { pid, pidfd }),
         (InitSpawned { pid, .. }, Some(_)) => Err(AskError::BadAnswer(format!("it answered pid {pid}"))),
         (InitSpawned { .. }, None) => Err(AskError::BadAnswer("its answer carried no pidfd".into())),
+    }
+}
+
+/// Forks the zygote from this process now, instead of executing the binary again for it when the first
+/// sandbox is created (a load and relocation of the whole binary, a few milliseconds of CPU). For a short-lived
+/// program that creates a local sandbox and exits (`agentbox run`): call it first thing in `main`, before
+/// anything reads secrets into memory, while the process has one thread. The fork's copy of the arguments and
+/// environment is wiped (see `agent::zygote::forked`).
+///
+/// Returns whether it forked. It does nothing when the process has more than one thread, when a zygote runs
+/// already, when a sandbox could write this binary (a forked zygote and its inits have it as their
+/// `/proc/self/exe`, so only a binary executed as is may be forked; see `sealed`), or when the fork fails; the
+/// zygote is then executed on first use as usual.
+#[must_use]
+pub fn fork_now() -> bool {
+    let one_thread = std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1);
+    if !one_thread || ZYGOTE.lock_unpoisoned().is_some() || !sealed::runs_uncopied() {
+        return false;
+    }
+    let Ok((ours, theirs)) = sys::socketpair(libc::SOCK_SEQPACKET) else {
+        return false;
+    };
+    // SAFETY: the process has one thread (checked above, and nothing here starts one), so the child is a
+    // consistent copy: no lock is held by a thread that doesn't exist in it. It runs only the zygote and leaves
+    // through `_exit`.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        0 => {
+            drop(ours);
+            let code = agent::zygote::forked(theirs);
+            // SAFETY: leaving the fork without running the host program's destructors or atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        pid if pid > 0 => {
+            drop(theirs);
+            *ZYGOTE.lock_unpoisoned() = Some(Zygote { socket: ours, process: Process::Forked(pid) });
+            true
+        }
+        _ => false,
     }
 }
 
@@ -153,9 +218,8 @@ pub fn spawn_init(root: &str, control: &OwnedFd, ids: Option<IdRange>) -> Result
             Err(AskError::Refused(e)) => return Err(e),
             Err(e) => e,
         };
-        if let Some(mut dead) = guard.take() {
-            let _ = dead.process.kill();
-            let _ = dead.process.wait();
+        if let Some(dead) = guard.take() {
+            dead.process.end();
         }
         match failure {
             AskError::NotDelivered(e) if attempt == 0 => tracing::debug!(error = %e, "restarting the sandbox zygote"),

@@ -71,6 +71,16 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 ///
 /// # Errors
 /// Bad arguments, or a sandbox that could not be created.
+/// At the top of `main`: when the command is `run` and the process is root (the local backend's condition),
+/// forks the local backend's zygote now, while the process has one thread and has read nothing, instead of
+/// executing the binary again for it at the create. Only the first two arguments are looked at, so no copy of
+/// the rest lands in memory the zygote is forked with; with `--backend e2b` the fork idles until the exit.
+pub fn prepare() {
+    if rustix::process::geteuid().is_root() && std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        let _ = agentbox_local::fork_zygote_now();
+    }
+}
+
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let preset: Preset = args.preset.parse()?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());

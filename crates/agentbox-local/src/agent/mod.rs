@@ -24,7 +24,7 @@
 mod cpu;
 mod exec;
 pub mod fs;
-mod zygote;
+pub(crate) mod zygote;
 
 use std::collections::HashMap;
 use std::ffi::CString;

@@ -1,5 +1,6 @@
 //! The zygote: a single-threaded process, started once per host process from the
-//! sealed executable, that clones each sandbox's init on request.
+//! sealed executable (or forked from a short-lived host program at the top of its
+//! `main`, see `crate::zygote::fork_now`), that clones each sandbox's init on request.
 //!
 //! Starting a sandbox this way costs one `clone` of a small process instead of
 //! an `execve` of the host binary (loader, relocations, runtime start) and a
@@ -27,8 +28,83 @@ const CLONE_NAMESPACES: libc::c_int =
 /// The largest request (a root path and a few cgroup paths, as JSON).
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Runs the zygote until the host closes the request socket. Returns the exit code.
+/// Runs the zygote started by executing the binary (see `crate::zygote::start`) until the host closes the
+/// request socket, which came as stdin. Returns the exit code.
 pub fn main() -> i32 {
+    // The request socket moves to REQUEST_FD; stdin becomes /dev/null in `serve`.
+    // SAFETY: dup3 takes integer arguments only. Whatever REQUEST_FD was is replaced: the host passes only 0, 1
+    // and 2 (every descriptor of its own is close-on-exec).
+    if unsafe { libc::dup3(0, REQUEST_FD, libc::O_CLOEXEC) } == -1 {
+        return 110;
+    }
+    // SAFETY: dup3 succeeded: REQUEST_FD is the new descriptor, and nothing else in this process owns it.
+    let request = unsafe { OwnedFd::from_raw_fd(REQUEST_FD) };
+    serve(request)
+}
+
+/// Runs the zygote forked from a host process that had one thread (see `crate::zygote::fork_now`), serving
+/// `request`, until the host closes it. Returns the exit code; the caller leaves through `_exit`.
+///
+/// The fork is a copy of the host program taken before it did anything (the top of its `main`): its
+/// arguments and environment are wiped from this copy first, since every init is cloned from it and a
+/// sandbox's root could read its init's memory. Every descriptor but the request socket is closed, and
+/// stdout and stderr go to /dev/null, as for an executed zygote.
+pub fn forked(request: OwnedFd) -> i32 {
+    wipe_arguments_and_environment();
+    let request = if request.as_raw_fd() == REQUEST_FD {
+        request
+    } else {
+        // SAFETY: dup3 takes integer arguments only; whatever REQUEST_FD was is closed below anyway.
+        if unsafe { libc::dup3(request.as_raw_fd(), REQUEST_FD, libc::O_CLOEXEC) } == -1 {
+            return 110;
+        }
+        drop(request);
+        // SAFETY: dup3 succeeded: REQUEST_FD is the new descriptor, and nothing else in this process uses it.
+        unsafe { OwnedFd::from_raw_fd(REQUEST_FD) }
+    };
+    // Descriptors the host program had open (inherited ones, or its own) are closed under their owners, which
+    // is sound because this copy never returns to the host program's frames: it leaves through `_exit`.
+    // SAFETY: close_range takes integer arguments only.
+    unsafe { libc::syscall(libc::SYS_close_range, 3, REQUEST_FD - 1, 0) };
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, REQUEST_FD + 1, libc::c_uint::MAX, 0) };
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return 111;
+    };
+    for fd in [1, 2] {
+        // SAFETY: dup2 takes integer arguments only; it replaces stdout or stderr in one step.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } == -1 {
+            return 111;
+        }
+    }
+    drop(null);
+    serve(request)
+}
+
+/// Zeroes this process's argument and environment strings (where /proc/PID/cmdline and /proc/PID/environ
+/// read them) after emptying `environ`, so that nothing the host program was started with is left in the
+/// memory every init is cloned from.
+fn wipe_arguments_and_environment() {
+    // SAFETY: the process has one thread (a fork's child), so nothing reads the environment concurrently.
+    unsafe { libc::clearenv() };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the command name's closing parenthesis, from field 3 (state) on; the argument and
+    // environment strings span fields 48 to 51 (arg_start, arg_end, env_start, env_end).
+    let Some((_, rest)) = stat.rsplit_once(')') else { return };
+    let fields: Vec<usize> = rest.split_whitespace().skip(45).take(4).filter_map(|f| f.parse().ok()).collect();
+    let [arg_start, arg_end, env_start, env_end] = fields[..] else { return };
+    if !(arg_start <= arg_end && arg_end <= env_start && env_start <= env_end && env_end - arg_start < 64 << 20) {
+        return;
+    }
+    // SAFETY: [arg_start, env_end) holds the argument and environment strings that the kernel placed on the
+    // main thread's stack at execve, mapped writable for the process's life. No Rust value refers to them:
+    // `environ` was emptied above, and std keeps only raw pointers to the arguments, which this copy of the
+    // program never reads again (it serves the zygote and leaves through `_exit`).
+    unsafe { std::ptr::write_bytes(std::ptr::with_exposed_provenance_mut::<u8>(arg_start), 0, env_end - arg_start) };
+}
+
+/// Serves requests on `request` until the host closes it. Returns the exit code.
+fn serve(request: OwnedFd) -> i32 {
     // Every signal back to its default action: an ignored one (a server started in the background by a
     // non-interactive shell ignores SIGINT and SIGQUIT) would otherwise be inherited by every init and
     // every process in every sandbox, and Ctrl-C on a sandbox's terminal would do nothing.
@@ -40,14 +116,6 @@ pub fn main() -> i32 {
     }
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes, a static here.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"agentbox-zygote".as_ptr()) };
-    // The request socket came as stdin: it moves to REQUEST_FD, and stdin becomes /dev/null.
-    // SAFETY: dup3 takes integer arguments only. Whatever REQUEST_FD was is replaced: the host passes only 0, 1
-    // and 2 (every descriptor of its own is close-on-exec).
-    if unsafe { libc::dup3(0, REQUEST_FD, libc::O_CLOEXEC) } == -1 {
-        return 110;
-    }
-    // SAFETY: dup3 succeeded: REQUEST_FD is the new descriptor, and nothing else in this process owns it.
-    let request = unsafe { OwnedFd::from_raw_fd(REQUEST_FD) };
     let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else {
         return 111;
     };
@@ -56,7 +124,7 @@ pub fn main() -> i32 {
         return 111;
     }
     drop(null);
-    // The zygote is single-threaded (it runs before main).
+    // The zygote is single-threaded (it runs before main, or is a fork of a process with one thread).
     let Ok(sigfd) = sys::block_into_signalfd(&[libc::SIGCHLD], &[libc::SIGCHLD]) else {
         return 112;
     };

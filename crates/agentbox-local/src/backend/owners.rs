@@ -156,7 +156,8 @@ impl LocalBackend {
                 if let Some(rest) = name.strip_prefix(crate::etc::PREFIX) {
                     let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
                     if owner.is_some_and(|p| p != std::process::id() && process_start(p).is_none()) {
-                        let _ = std::fs::remove_dir_all(e.path());
+                        // A directory being built or removed, or a record being written.
+                        let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                     }
                 }
             }
