@@ -290,47 +290,73 @@ async fn a_sandbox_starts_its_images_entrypoint_and_cmd() {
     assert!(backend.list().await.unwrap().is_empty(), "a refused create left a sandbox");
 }
 
-/// The Debian mirror's addresses as this host resolves them, when it answers on port 80 within a few seconds.
-fn reachable_mirror() -> Option<Vec<std::net::SocketAddr>> {
+/// This host's IPv4 addresses for `host`, when the first answers on `port` within a few seconds.
+fn reachable(host: &str, port: u16) -> Option<Vec<std::net::SocketAddr>> {
     use std::net::ToSocketAddrs;
-    let addrs: Vec<_> = "deb.debian.org:80".to_socket_addrs().ok()?.filter(std::net::SocketAddr::is_ipv4).collect();
+    let addrs: Vec<_> = (host, port).to_socket_addrs().ok()?.filter(std::net::SocketAddr::is_ipv4).collect();
     let first = addrs.first()?;
     std::net::TcpStream::connect_timeout(first, std::time::Duration::from_secs(3)).ok()?;
     Some(addrs)
 }
 
-/// A template whose RUN installs a package from the Debian mirror with apt (through the step's egress proxy,
-/// which lets it reach the package registries and nothing else) and COPYs a file, built and then rebuilt from
-/// the cache; a sandbox from it has the package. Where this host reaches the mirror at an address that is not
-/// public (an internal mirror or a proxy), the build allows that address, as a private mirror is allowed.
+/// What the template's COPY brings: a script that imports the package pip installed and prints its version and
+/// where it is.
+const REPORT_PY: &str = "import six\nprint(six.__version__, six.__file__)\n";
+
+/// A template with apt, pip and COPY, built and then rebuilt whole from the cache; a sandbox from it has the
+/// packages. Its first RUN installs jq and python3-pip from the Debian mirror with apt, the second a pinned
+/// pure-Python package from PyPI with pip (HTTPS through the step's egress proxy, which lets it reach the
+/// package registries and nothing else, trusting the bundle the step's environment names in `PIP_CERT`).
+/// Where this host reaches the mirror or PyPI at an address that is not public (an internal mirror or a
+/// proxy), the build allows that address, as a private mirror is allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_installs_from_the_package_mirror_and_is_cached() {
     if not_root() {
         return;
     }
-    let Some(mirror) = reachable_mirror() else {
-        eprintln!("skipped: deb.debian.org does not answer from this host (offline?)");
-        return;
-    };
+    let mut reached = Vec::new();
+    for (host, port) in [("deb.debian.org", 80), ("pypi.org", 443), ("files.pythonhosted.org", 443)] {
+        let Some(addrs) = reachable(host, port) else {
+            eprintln!("skipped: {host}:{port} does not answer from this host (offline?)");
+            return;
+        };
+        reached.push(addrs);
+    }
+    let mirror = reached[0].clone();
+    let mut allowed: Vec<String> = reached.iter().flatten().map(|a| format!("{}/32", a.ip())).collect();
+    allowed.sort();
+    allowed.dedup();
     let Fixture { _registry, base, dir: _dir, backend, builder, context } = Fixture::new();
-    std::fs::write(context.join("motd"), "from the context\n").unwrap();
+    std::fs::write(context.join("report.py"), REPORT_PY).unwrap();
     let dockerfile = format!(
-        "FROM {base}\nRUN apt-get update -o Acquire::Retries=3 >/dev/null \
-         && apt-get install -y --no-install-recommends jq >/dev/null && rm -rf /var/lib/apt/lists/*\n\
-         COPY motd /etc/motd\n"
+        "FROM {base}\n\
+         RUN apt-get update -o Acquire::Retries=3 >/dev/null \
+         && apt-get install -y --no-install-recommends jq python3-pip >/dev/null && rm -rf /var/lib/apt/lists/*\n\
+         RUN pip install --no-cache-dir --break-system-packages --disable-pip-version-check \
+         --timeout 30 --retries 2 six==1.17.0\n\
+         COPY report.py /opt/report.py\n"
     );
-    let mut request = BuildRequest::new("with-apt", dockerfile, &context);
-    request.allow_cidrs = mirror.iter().map(|a| format!("{}/32", a.ip())).collect();
+    let mut request = BuildRequest::new("with-apt-pip", dockerfile, &context);
+    request.allow_cidrs = allowed;
+    // Bounded: a registry that stalls fails the step instead of holding the test for the default 30 minutes.
+    request.step_timeout = std::time::Duration::from_secs(600);
     let built = builder.build(&request).await.unwrap();
     assert_eq!(built.cached_steps(), 0, "{built:?}");
+    assert_eq!(built.steps.len(), 3, "{built:?}");
     let again = builder.build(&request).await.unwrap();
-    assert_eq!(again.cached_steps(), 2, "{again:?}");
+    assert_eq!(again.cached_steps(), again.steps.len(), "{again:?}");
     assert_eq!(again.digest, built.digest);
+    eprintln!("built in {} ms, rebuilt from the cache in {} ms", built.millis, again.millis);
 
     let config = SandboxConfig { image: Some(built.reference.clone()), ..SandboxConfig::default() };
     let sb = backend.create(CreateRequest::new(config)).await.unwrap();
-    let out = sh(&backend, &sb.id, "echo '{\"a\": [1, 2]}' | jq -c '.a | length'; cat /etc/motd").await;
-    assert_eq!(out, "2\nfrom the context\n");
+    let out = sh(&backend, &sb.id, "echo '{\"a\": [1, 2]}' | jq -c '.a | length'; python3 /opt/report.py").await;
+    let (jq, six) = out.split_once('\n').unwrap();
+    assert_eq!(jq, "2", "{out}");
+    // pip's, not Debian's: 1.17.0 from PyPI, in /usr/local.
+    let (version, file) = six.trim_end().split_once(' ').unwrap();
+    assert_eq!(version, "1.17.0", "{out}");
+    assert!(file.starts_with("/usr/local/lib/python3") && file.ends_with("/dist-packages/six.py"), "{out}");
     backend.destroy(&sb.id).await.unwrap();
 
     // Without the mirror's address allowed, a mirror at a non-public address is refused by the step's policy.
