@@ -212,9 +212,18 @@ async fn malformed_requests_get_json_errors() {
 
     // Unknown routes and methods answer JSON too.
     expect_error(t.get("/api/nothing").send().await.unwrap(), 404, "not_found").await;
-    let r = t.client.patch(t.url("/api/sandboxes/r")).bearer_auth(TOKEN).send().await.unwrap();
-    assert!(r.headers().get("allow").is_some());
-    expect_error(r, 405, "method_not_allowed").await;
+    // The Allow header and the message name every method of the route (the literal route over a parameter).
+    for (method, path, allow) in [
+        (reqwest::Method::PATCH, "/api/sandboxes/r", "GET,HEAD,DELETE"),
+        (reqwest::Method::PUT, "/api/sandboxes", "GET,HEAD"),
+        (reqwest::Method::GET, "/api/sandboxes/create", "POST"),
+        (reqwest::Method::POST, "/api/sandboxes/r/terminal", "GET,HEAD"),
+    ] {
+        let r = t.client.request(method.clone(), t.url(path)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        let message = expect_error(r, 405, "method_not_allowed").await;
+        assert!(message.ends_with(&allow.replace(',', ", ")), "{message}");
+    }
     t.stop().await;
 }
 

@@ -23,7 +23,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use utoipa::openapi::header::HeaderBuilder;
@@ -306,18 +306,69 @@ async fn limit_uri(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// Gives the router's bodiless 405 answers the API's JSON error body, keeping `Allow`.
-async fn json_method_errors(request: Request, next: Next) -> Response {
+/// The methods each path answers (the OpenAPI document's paths, and the WebSocket routes it doesn't list), for
+/// the `Allow` header and message of a 405.
+#[derive(Clone, Debug, Default)]
+struct PathMethods(std::sync::Arc<Vec<(Vec<String>, String)>>);
+
+impl PathMethods {
+    fn new(doc: &Value, undocumented: &[(&str, &str)]) -> Self {
+        let mut table = Vec::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            let mut methods: Vec<String> = ["get", "head", "post", "put", "patch", "delete", "options"]
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            if item.get("get").is_some() && item.get("head").is_none() {
+                methods.insert(1, "HEAD".into());
+            }
+            table.push((segments(path), methods.join(",")));
+        }
+        for (path, methods) in undocumented {
+            table.push((segments(path), (*methods).to_owned()));
+        }
+        Self(std::sync::Arc::new(table))
+    }
+
+    /// The methods of the route `path` matches (a `{parameter}` segment matches any one segment; as in the
+    /// router, the route with the most literal segments wins: `/api/sandboxes/create` over `{run_id}`).
+    fn allowed(&self, path: &str) -> Option<&str> {
+        let wanted = segments(path);
+        let is_parameter = |t: &String| t.starts_with('{') && t.ends_with('}');
+        self.0
+            .iter()
+            .filter(|(template, _)| {
+                template.len() == wanted.len() && template.iter().zip(&wanted).all(|(t, w)| is_parameter(t) || t == w)
+            })
+            .max_by_key(|(template, _)| template.iter().filter(|t| !is_parameter(t)).count())
+            .map(|(_, methods)| methods.as_str())
+    }
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.trim_end_matches('/').split('/').map(str::to_owned).collect()
+}
+
+async fn json_method_errors(State(methods): State<PathMethods>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     if response.status() != StatusCode::METHOD_NOT_ALLOWED || response.headers().contains_key(header::CONTENT_TYPE) {
         return response;
     }
     let (mut parts, _) = response.into_parts();
-    let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let allow = match methods.allowed(&path) {
+        Some(allow) => allow.to_owned(),
+        None => parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned(),
+    };
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        parts.headers.insert(header::ALLOW, value);
+    }
     let body = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not allowed here; allowed: {allow}"),
+        format!("{method} is not allowed on {path}; use {}", allow.replace(',', ", ")),
     )
     .into_response();
     let (body_parts, body) = body.into_parts();
@@ -332,6 +383,10 @@ async fn no_route(request: Request) -> ApiError {
         request.uri().path()
     ))
 }
+
+/// The WebSocket routes of terminals (a new one; a kept one's reattach), which the OpenAPI document can't list.
+const TERMINAL: &str = "/api/sandboxes/{run_id}/terminal";
+const TERMINAL_ATTACH: &str = "/api/sandboxes/{run_id}/terminals/{terminal_id}/attach";
 
 /// Builds the router and the OpenAPI document.
 pub(crate) fn build(state: AppState) -> (Router, Value) {
@@ -401,14 +456,17 @@ pub(crate) fn build(state: AppState) -> (Router, Value) {
     }
     // Interactive terminals over WebSocket: long-lived, so no request timeout; the same bearer token.
     let terminals = Router::new()
-        .route("/api/sandboxes/{run_id}/terminal", axum::routing::get(terminal::open))
-        .route("/api/sandboxes/{run_id}/terminals/{terminal_id}/attach", axum::routing::get(terminal::attach))
+        .route(TERMINAL, axum::routing::get(terminal::open))
+        .route(TERMINAL_ATTACH, axum::routing::get(terminal::attach))
         .route_layer(from_fn_with_state(state.clone(), require_token));
     router = router.merge(terminals);
     let router = router
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc.clone()))
         .fallback(no_route)
-        .layer(from_fn(json_method_errors))
+        .layer(from_fn_with_state(
+            PathMethods::new(&doc, &[(TERMINAL, "GET,HEAD"), (TERMINAL_ATTACH, "GET,HEAD")]),
+            json_method_errors,
+        ))
         .layer(from_fn_with_state(state.clone(), limit_uri))
         .layer(from_fn_with_state(state.clone(), crate::telemetry::track))
         .with_state(state);
