@@ -32,7 +32,7 @@ pub use local::{IdShift, LOCAL_REGISTRY, UpperSummary, is_local, template_refere
 pub use pull::{PullError, PullEvent, PullReport};
 pub use push::{PushError, PushReport};
 pub use reference::{ImageRef, ReferenceError};
-pub use store::{GcReport, ImageRecord, LayerRef, RuntimeConfig, Store, StoreError};
+pub use store::{GcReport, ImageRecord, LayerRef, RuntimeConfig, Store, StoreError, USE_GRANULARITY};
 pub use unpack::{LayerManifest, UnpackError};
 pub use user::{ImageUser, UserError};
 

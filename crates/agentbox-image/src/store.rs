@@ -397,6 +397,17 @@ impl Store {
         Ok(())
     }
 
+    /// Marks the image of `record` (as just read) used now, when its mark is at least [`USE_GRANULARITY`] old:
+    /// sandboxes created from it back to back rewrite its record once a minute, not once each. Garbage
+    /// collection orders images by this mark, so a minute is fine grain enough.
+    pub fn mark_used(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let now = now();
+        if now.saturating_sub(record.last_used) < USE_GRANULARITY.as_secs() {
+            return Ok(());
+        }
+        self.put_image(&ImageRecord { last_used: now, ..record.clone() })
+    }
+
     /// The unpacked layers of an image, bottom to top: the lower directories of an overlay mount (which
     /// lists them top first: reverse this for `lowerdir=`).
     pub fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, StoreError> {
@@ -534,6 +545,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// How old an image's last-used mark may get before a use rewrites it ([`Store::mark_used`]).
+pub const USE_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use agentbox_image::{
-    Credential, Digest, ImageConfig, ImageRef, Platform, PullError, PullEvent, Store, StoreError, UnpackError,
+    Credential, Digest, ImageConfig, ImageRecord, ImageRef, Platform, PullError, PullEvent, Store, StoreError,
+    UnpackError,
 };
 use common::{Comp, E, Layer, Registry, config_json, host_arch, push_image, push_index, tar};
 
@@ -264,6 +265,18 @@ async fn gc_frees_unreferenced_layers_and_keeps_under_budget() {
     assert_eq!(r.blobs_removed, 3, "a's manifest, config and own layer");
     assert!(!store.has_layer(&a[1].diff_id) && store.has_layer(&base.diff_id) && store.has_layer(&b[1].diff_id));
     assert_eq!(store.layer_dirs(&rb).unwrap().len(), 2);
+
+    // A use marks an image at most once a minute: a fresh mark stays, an older one is rewritten.
+    let b_record = store.image(&image(&reg, "b:1")).unwrap().unwrap();
+    store.mark_used(&ImageRecord { last_used: b_record.last_used + 1, ..b_record.clone() }).unwrap();
+    assert_eq!(
+        store.image(&image(&reg, "b:1")).unwrap().unwrap().last_used,
+        b_record.last_used,
+        "fresh: not rewritten"
+    );
+    let old = b_record.last_used - agentbox_image::USE_GRANULARITY.as_secs();
+    store.mark_used(&ImageRecord { last_used: old, ..b_record }).unwrap();
+    assert!(store.image(&image(&reg, "b:1")).unwrap().unwrap().last_used > old, "old: marked now");
 
     // Under a budget smaller than one image: the least recently used image goes, unless it is kept.
     store.pull(&image(&reg, "a:1")).await.unwrap();

@@ -228,7 +228,9 @@ impl Templates {
             return Ok(None);
         }
         let Ok(name) = fs::read_to_string(&path) else { return Ok(None) };
-        let valid = name.strip_prefix(TEMPLATE_PREFIX).is_some_and(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+        let valid = name
+            .strip_prefix(TEMPLATE_PREFIX)
+            .is_some_and(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit()));
         if !valid {
             return Ok(None);
         }

@@ -44,7 +44,7 @@ pub mod typescript;
 mod zygote;
 
 pub use backend::{LocalBackend, LocalConfig};
-pub use zygote::fork_now as fork_zygote_now;
 pub use cgroup::Layout as CgroupLayout;
 pub use cgroup::{CgroupReport, CgroupVersion};
 pub use net::{HTTP_PROXY_PORT, NetworkStats, SOCKS_PROXY_PORT};
+pub use zygote::fork_now as fork_zygote_now;

@@ -44,6 +44,9 @@ impl LocalBackend {
         let (s, r) = (store.clone(), image.clone());
         let found = blocking("looking an image up", move || {
             let record = s.image(&r).map_err(|e| Error::backend(format!("reading the image store: {e}")))?;
+            if let Some(record) = &record {
+                let _ = s.mark_used(record);
+            }
             Ok(record.and_then(|record| s.lower_dirs(&record).ok().map(|lowers| (record, lowers))))
         })
         .await?;
@@ -91,7 +94,6 @@ impl LocalBackend {
                 user
             }
         };
-        let _ = store.touch(&image);
         Ok(ImageRoot { lowers, config: record.config, user })
     }
 }
