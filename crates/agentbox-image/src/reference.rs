@@ -32,9 +32,6 @@ pub enum ReferenceError {
     },
 }
 
-/// How many parsed references [`ImageRef::parse`] remembers.
-pub const PARSED_KEPT: usize = 256;
-
 /// A parsed, normalized image reference. `python:3.12` means `docker.io/library/python:3.12`, and a
 /// reference with neither tag nor digest means `:latest`.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,34 +41,13 @@ pub struct ImageRef {
 
 impl ImageRef {
     /// Parses and normalizes a reference.
-    ///
-    /// The parser compiles its regular expression on every call (about a millisecond of CPU), and a sandbox
-    /// create parses its image's reference, so the references parsed lately are remembered (at most
-    /// [`PARSED_KEPT`], forgotten all at once when full).
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
-        static PARSED: std::sync::Mutex<Option<std::collections::HashMap<String, ImageRef>>> =
-            std::sync::Mutex::new(None);
-        let remembered = PARSED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .and_then(|p| p.get(input).cloned());
-        if let Some(r) = remembered {
-            return Ok(r);
-        }
         let inner =
             Reference::from_str(input).map_err(|source| ReferenceError::Parse { input: input.to_owned(), source })?;
         if let Some(d) = inner.digest() {
             Digest::parse(d).map_err(|source| ReferenceError::Digest { input: input.to_owned(), source })?;
         }
-        let parsed = Self { inner };
-        let mut kept = PARSED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let kept = kept.get_or_insert_with(std::collections::HashMap::new);
-        if kept.len() >= PARSED_KEPT {
-            kept.clear();
-        }
-        kept.insert(input.to_owned(), parsed.clone());
-        Ok(parsed)
+        Ok(Self { inner })
     }
 
     /// The registry as named (`docker.io`, `localhost:5000`).
@@ -174,18 +150,6 @@ mod tests {
         assert_eq!((reg.as_str(), repo.as_str(), digest), ("127.0.0.1:5000", "x", Some(d)));
         assert!(ImageRef::parse("team/UPPER").is_err());
         assert!(ImageRef::parse(&format!("x@sha512:{}", "a".repeat(128))).is_err());
-    }
-
-    #[test]
-    fn a_remembered_reference_parses_as_the_first_time_and_refusals_are_never_remembered() {
-        for _ in 0..2 {
-            assert_eq!(parts("python:3.12"), ("docker.io".into(), "library/python".into(), Some("3.12".into()), None));
-            assert!(ImageRef::parse("team/UPPER").is_err());
-        }
-        for i in 0..=PARSED_KEPT {
-            assert_eq!(ImageRef::parse(&format!("r{i}:1")).unwrap().repository(), format!("library/r{i}"));
-        }
-        assert_eq!(parts("r0:1").1, "library/r0", "still right once the memory was emptied");
     }
 
     #[test]
