@@ -221,13 +221,14 @@ impl Templates {
     fn checked_by_another(&self, fkey: u64) -> io::Result<Option<Template>> {
         let path = self.record_path(fkey);
         let Ok(meta) = fs::symlink_metadata(&path) else { return Ok(None) };
-        let fresh = meta.is_file()
-            && meta.len() <= 64
-            && meta.modified().is_ok_and(|at| at.elapsed().is_ok_and(|age| age < self.recheck));
+        let fresh =
+            meta.is_symlink() && meta.modified().is_ok_and(|at| at.elapsed().is_ok_and(|age| age < self.recheck));
         if !fresh {
             return Ok(None);
         }
-        let Ok(name) = fs::read_to_string(&path) else { return Ok(None) };
+        let Some(name) = fs::read_link(&path).ok().and_then(|n| n.to_str().map(str::to_owned)) else {
+            return Ok(None);
+        };
         let valid = name
             .strip_prefix(TEMPLATE_PREFIX)
             .is_some_and(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -237,12 +238,13 @@ impl Templates {
         open_locked(&self.state_dir.join(name))
     }
 
-    /// Records that the template `name` matched the host for these generated files just now (written aside
-    /// and renamed into place, so a reader sees a whole record or the previous one). Best effort: without a
-    /// record, the next process walks the host's entries itself.
+    /// Records that the template `name` matched the host for these generated files just now: a symlink to it,
+    /// made aside and renamed into place, so a reader sees a whole record or the previous one. (A symlink has
+    /// no data to write: a regular file renamed over another made ext4 flush it first, 4 ms.) Best effort:
+    /// without a record, the next process walks the host's entries itself.
     fn record_check(&self, fkey: u64, name: &str) {
         let tmp = private_dir(&self.state_dir);
-        if fs::write(&tmp, name).and_then(|()| fs::rename(&tmp, self.record_path(fkey))).is_err() {
+        if std::os::unix::fs::symlink(name, &tmp).and_then(|()| fs::rename(&tmp, self.record_path(fkey))).is_err() {
             let _ = fs::remove_file(&tmp);
         }
     }
@@ -484,10 +486,12 @@ mod tests {
         assert_eq!(fs::read_to_string(later.path().join("ssl/cert.pem")).unwrap(), "NEW CERT, LONGER\n");
         // A record naming something that is not a template is ignored.
         let record = d.0.join("state").join(format!("{CHECKED_PREFIX}{:016x}", files_key(&files)));
-        fs::write(&record, "../../elsewhere").unwrap();
+        fs::remove_file(&record).unwrap();
+        std::os::unix::fs::symlink("../../elsewhere", &record).unwrap();
         let t = d.templates_rechecked_every(RECHECK).get(&files).unwrap();
         assert_eq!(t.path(), later.path(), "the host was walked again");
-        assert!(fs::read_to_string(&record).unwrap().starts_with(TEMPLATE_PREFIX), "and the record rewritten");
+        let rewritten = fs::read_link(&record).unwrap();
+        assert!(rewritten.to_str().unwrap().starts_with(TEMPLATE_PREFIX), "and the record rewritten");
         // Another process's other generated files have a record of their own.
         assert_ne!(d.templates_rechecked_every(RECHECK).get(&passwd("alice")).unwrap().path(), later.path());
     }
