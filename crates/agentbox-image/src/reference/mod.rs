@@ -1,6 +1,8 @@
 //! Image references: `python:3.12`, `docker.io/library/python:3.12-slim`, `localhost:5000/team/agent:1`,
 //! `name@sha256:...`.
 
+mod grammar;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -43,7 +45,7 @@ impl ImageRef {
     /// Parses and normalizes a reference.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
         let inner =
-            Reference::from_str(input).map_err(|source| ReferenceError::Parse { input: input.to_owned(), source })?;
+            grammar::parse(input).map_err(|source| ReferenceError::Parse { input: input.to_owned(), source })?;
         if let Some(d) = inner.digest() {
             Digest::parse(d).map_err(|source| ReferenceError::Digest { input: input.to_owned(), source })?;
         }
