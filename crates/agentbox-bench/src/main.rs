@@ -30,8 +30,9 @@ struct Args {
     /// `cargo build --release -p agentbox`).
     #[arg(long)]
     cli: Option<std::path::PathBuf>,
-    /// P11's image: a reference pulled once before it is measured (for example the Debian fixture pushed to a
-    /// loopback registry, `127.0.0.1:5000/debian-python:bookworm`); P11 is skipped without it.
+    /// The image of P11, P13 and P10's second row: a reference pulled once before it is measured (for example the
+    /// Debian fixture pushed to a loopback registry, `127.0.0.1:5000/debian-python:bookworm`); P11 and P13 are
+    /// skipped without it.
     #[arg(long)]
     image: Option<String>,
     /// Run only these benchmarks (p1..p14); all when absent.
@@ -181,11 +182,16 @@ async fn p13(backend: Arc<LocalBackend>, image: &str, n: usize) {
 }
 
 /// P10: `agentbox run -- true` as a whole process, as an agent harness calls it once per command,
-/// against bwrap as a whole process.
-fn p10(cli: &std::path::Path, n: usize) {
+/// against bwrap as a whole process; with `image`, `agentbox run --image IMAGE -- true` (the image pulled
+/// already), which pays the image's parts of a create in every process.
+fn p10(cli: &std::path::Path, image: Option<&str>, n: usize) {
     let run = || {
         let mut c = Command::new(cli);
-        c.args(["run", "--", "true"]);
+        c.arg("run");
+        if let Some(image) = image {
+            c.args(["--image", image]);
+        }
+        c.args(["--", "true"]);
         c
     };
     for _ in 0..3 {
@@ -201,7 +207,8 @@ fn p10(cli: &std::path::Path, n: usize) {
         spawn_wait(&mut run());
         ours.push(t.elapsed());
     }
-    row("P10 process: agentbox run -- true", &stats(ours), "bwrap --unshare-all true", &stats(base));
+    let what = if image.is_some() { "P10 process: agentbox run --image" } else { "P10 process: agentbox run -- true" };
+    row(what, &stats(ours), "bwrap --unshare-all true", &stats(base));
 }
 
 /// P7: a snapshot of a sandbox holding 100 MiB of new files, against copying those files on the host.
@@ -680,6 +687,9 @@ async fn bench() {
             "no agentbox binary at {}: build it (cargo build --release -p agentbox) or pass --cli",
             cli.display()
         );
-        p10(&cli, args.iterations);
+        p10(&cli, None, args.iterations);
+        if let Some(image) = &args.image {
+            p10(&cli, Some(image), args.iterations);
+        }
     }
 }
