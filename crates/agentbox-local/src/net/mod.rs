@@ -659,7 +659,10 @@ impl Egress {
     /// # Errors
     /// When the sandbox's CA can't be made.
     pub fn ca_bundle(&self) -> Result<Vec<u8>, Error> {
-        let mut out = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(Path::new(p)).ok()).unwrap_or_default();
+        let mut out = SYSTEM_BUNDLES
+            .iter()
+            .find_map(|p| std::fs::read(Path::new(p)).ok())
+            .unwrap_or_else(|| tls::native_roots_pem().into_bytes());
         if !out.is_empty() && !out.ends_with(b"\n") {
             out.push(b'\n');
         }

@@ -168,6 +168,29 @@ pub fn upstream_config(
     Ok((Arc::new(config), note))
 }
 
+/// The host's trust roots where they are not in one of the usual bundle files (another distribution's
+/// layout, `SSL_CERT_FILE`, `SSL_CERT_DIR`), as PEM: what a sandbox's trust bundle starts with, so that its
+/// clients, told to trust that bundle, still trust the public roots. Empty when the host has none.
+pub fn native_roots_pem() -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    if out.is_empty() {
+        tracing::warn!(
+            "no trust roots were found on the host: HTTPS from sandboxes trusts only each sandbox's egress CA"
+        );
+    }
+    out
+}
+
 /// Adds the certificates of a PEM file to `roots` (which checks each), and returns them.
 fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::Root { path: path.to_owned(), reason };
@@ -187,6 +210,15 @@ fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<Vec<Certifica
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_native_roots_as_pem_parse_back_to_the_same_certificates() {
+        let pem = native_roots_pem();
+        let native: Vec<_> = rustls_native_certs::load_native_certs().certs;
+        let parsed: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+        assert_eq!(parsed, native);
+    }
 
     #[test]
     fn leaves_chain_to_the_sandbox_ca() {
