@@ -160,6 +160,44 @@ pub(crate) fn check_name(name: &str) -> Result<CString, StorageError> {
     CString::new(name).map_err(|_| StorageError::InvalidName(name.to_owned()))
 }
 
+/// Removes `work/incompat/volatile` (a directory holding a `dirty` file) from an overlay's work directory `work`: overlayfs leaves it behind a
+/// mount with `volatile` (which skips syncing the upper filesystem, a btrfs transaction commit at every unmount)
+/// and refuses the next mount while it is there. The layer's files are written to disk when it matters (a stop
+/// syncs the pool); after a crash of the host, a running sandbox's last writes may be lost, as with any write
+/// not yet synced. Each step is opened without following links.
+fn clear_volatile_mark(work: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let open = |dir: &OwnedFd, name: &str| {
+        rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let work = match open_dir(work) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let incompat = match open(&work, "work").and_then(|inner| open(&inner, "incompat")) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // The mark is a directory holding a `dirty` file.
+    if let Ok(volatile) = open(&incompat, "volatile") {
+        match rustix::fs::unlinkat(&volatile, "dirty", AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match rustix::fs::unlinkat(&incompat, "volatile", AtFlags::REMOVEDIR) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open(2) of a host path we built, as a directory, not following a final link.
@@ -222,7 +260,8 @@ impl Pool {
             std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid))
                 .map_err(StorageError::io("giving an overlay directory to the sandbox", &dir))?;
         }
-        Ok(())
+        clear_volatile_mark(&layer.work())
+            .map_err(StorageError::io("clearing the overlay's volatile mark", &layer.work()))
     }
 
     /// Deletes a layer's subvolume with everything in it (one call: nothing inside is followed or even

@@ -207,8 +207,10 @@ fn mount_image_root(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: &Imag
     m.mkdir(&root, 0o755, None)?;
     // Inside a user namespace overlayfs keeps its attributes as user.overlay.* (the image store writes
     // whiteouts as 0/0 character devices and opaque directories with both attribute forms).
+    // `volatile`: no sync of the upper filesystem at unmount (a btrfs transaction commit, 3 to 8 ms of every
+    // destroy); a stop syncs the pool itself, and the host clears the mark this leaves before the next mount.
     let mut opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},volatile",
         lowerdirs.join(":"),
         layer.join("root").display(),
         layer.join("work").display()
