@@ -39,7 +39,7 @@ pub fn main() -> i32 {
     }
     // SAFETY: dup3 succeeded: REQUEST_FD is the new descriptor, and nothing else in this process owns it.
     let request = unsafe { OwnedFd::from_raw_fd(REQUEST_FD) };
-    serve(request)
+    serve(&request)
 }
 
 /// Runs the zygote forked from a host process that had one thread (see `crate::zygote::fork_now`), serving
@@ -78,7 +78,7 @@ pub fn forked(request: OwnedFd) -> i32 {
         }
     }
     drop(null);
-    serve(request)
+    serve(&request)
 }
 
 /// Zeroes this process's argument and environment strings (where /proc/PID/cmdline and /proc/PID/environ
@@ -104,7 +104,7 @@ fn wipe_arguments_and_environment() {
 }
 
 /// Serves requests on `request` until the host closes it. Returns the exit code.
-fn serve(request: OwnedFd) -> i32 {
+fn serve(request: &OwnedFd) -> i32 {
     // Every signal back to its default action: an ignored one (a server started in the background by a
     // non-interactive shell ignores SIGINT and SIGQUIT) would otherwise be inherited by every init and
     // every process in every sandbox, and Ctrl-C on a sandbox's terminal would do nothing.
