@@ -349,6 +349,14 @@ pub fn collect_unused(state_dir: &Path, keep: usize, spare: &str) {
             let _ = fs::remove_dir_all(&doomed);
         }
     }
+    // Records of templates that are gone go too (a reader of one finds no template and walks the host anyway).
+    let Ok(rd) = fs::read_dir(state_dir) else { return };
+    for e in rd.flatten() {
+        let is_record = e.file_name().to_string_lossy().starts_with(CHECKED_PREFIX);
+        if is_record && fs::read_link(e.path()).is_ok_and(|target| !state_dir.join(target).exists()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 fn copy_file(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
@@ -529,5 +537,7 @@ mod tests {
         drop(held);
         collect(0);
         assert!(d.on_disk().is_empty());
+        let records = fs::read_dir(d.0.join("state")).unwrap().count();
+        assert_eq!(records, 0, "the records of removed templates go with them");
     }
 }
