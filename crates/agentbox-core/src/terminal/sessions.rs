@@ -18,7 +18,9 @@
 //!   [`HANGUP_GRACE`] is no longer read.
 //! - When the process exits, its exit goes to the attached client and the terminal is forgotten. With no
 //!   client attached, the terminal stays listed as exited, with its buffer and exit status, for
-//!   [`EXITED_TERMINAL_KEEP`], so a later attach still gets both (and that attach forgets it).
+//!   [`EXITED_TERMINAL_KEEP`], so a later attach still gets both (and that attach forgets it). A run
+//!   keeps at most [`MAX_TERMINALS_PER_RUN`] exited terminals: a newer exit forgets the oldest. A
+//!   forgotten terminal's buffer is freed at once.
 //! - Destroying, stopping or recreating the run's sandbox, or shutting the manager down, closes the
 //!   run's kept terminals.
 //! - At most [`MAX_TERMINALS_PER_RUN`] of a run's kept terminals may be running at once.
@@ -365,6 +367,27 @@ impl TerminalSessions {
         })
     }
 
+    /// Keeps at most [`MAX_TERMINALS_PER_RUN`] of `run`'s exited terminals (each holds up to
+    /// [`TERMINAL_BUFFER_BYTES`]), forgetting the oldest beyond that.
+    fn trim_exited(&self, run: &RunId) {
+        let evicted: Vec<Arc<Session>> = {
+            let mut runs = self.runs.lock_unpoisoned();
+            let Some(m) = runs.get_mut(run) else { return };
+            let mut exited: Vec<Arc<Session>> = m.values().filter(|s| !s.running()).cloned().collect();
+            exited.sort_by_key(|s| (s.created_ms, s.id.len(), s.id.clone()));
+            let excess = exited.len().saturating_sub(MAX_TERMINALS_PER_RUN);
+            let evicted: Vec<Arc<Session>> = exited.into_iter().take(excess).collect();
+            for s in &evicted {
+                m.remove(&s.id);
+            }
+            evicted
+        };
+        for s in evicted {
+            // Ends its keeping: the buffer goes with it.
+            s.hang_up();
+        }
+    }
+
     /// Forgets `session` if it is still kept.
     fn forget(&self, session: &Arc<Session>) {
         let mut runs = self.runs.lock_unpoisoned();
@@ -410,6 +433,8 @@ impl TerminalSessions {
         let attached = Self::attach_to(&session);
         if !session.running() {
             self.forget(&session);
+            // Seen: no longer kept (its buffer goes once this client has read it).
+            session.hang_up();
         }
         Ok(attached)
     }
@@ -479,8 +504,17 @@ async fn pump(sessions: Weak<TerminalSessions>, session: Arc<Session>, mut outpu
     drop(output);
     session.input.lock_unpoisoned().take();
     session.shared.lock_unpoisoned().attached = None;
-    if !seen && !*session.closed.borrow() {
-        tokio::time::sleep(EXITED_TERMINAL_KEEP).await;
+    if !seen {
+        if let Some(sessions) = sessions.upgrade() {
+            sessions.trim_exited(&session.run_id);
+        }
+        // Kept for a later attach, until it expires or is forgotten sooner (attached, closed, trimmed, its
+        // run ended).
+        let mut closed = session.closed.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(EXITED_TERMINAL_KEEP) => {}
+            _ = closed.wait_for(|c| *c) => {}
+        }
     }
     if let Some(sessions) = sessions.upgrade() {
         sessions.forget(&session);
@@ -489,7 +523,70 @@ async fn pump(sessions: Weak<TerminalSessions>, session: Arc<Session>, mut outpu
 
 #[cfg(test)]
 mod tests {
-    use super::RingBuffer;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{RingBuffer, Session, TerminalSessions};
+    use crate::terminal::{Terminal, TerminalSize};
+    use crate::types::{ExecEvent, ExecStream, ExitStatus, RunId};
+
+    /// A kept terminal whose process prints `bytes` and exits once its client has detached; answers its
+    /// session, weakly.
+    async fn print_and_exit_detached(
+        sessions: &Arc<TerminalSessions>,
+        run: &RunId,
+        bytes: usize,
+    ) -> std::sync::Weak<Session> {
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
+        let (in_tx, _in_rx) = tokio::sync::mpsc::channel(4);
+        let terminal = Terminal { output: ExecStream::new(out_rx), input: in_tx };
+        let attached = sessions.register(run, None, TerminalSize { rows: 24, cols: 80 }, terminal).unwrap();
+        let session = attached.input.session.clone();
+        drop(attached);
+        out_tx.send(ExecEvent::Stdout(vec![b'x'; bytes])).await.unwrap();
+        let exit =
+            ExitStatus { exit_code: 0, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO };
+        out_tx.send(ExecEvent::Exit(exit)).await.unwrap();
+        settle().await;
+        session
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exited_terminals_nobody_saw_are_kept_within_a_bound_and_freed_when_forgotten() {
+        let sessions = Arc::new(TerminalSessions::default());
+        let run = RunId::parse("r").unwrap();
+        // Far more terminals than a run may keep, each exiting unseen with a full buffer.
+        let mut kept = Vec::new();
+        for _ in 0..(super::MAX_TERMINALS_PER_RUN * 4) {
+            kept.push(print_and_exit_detached(&sessions, &run, super::TERMINAL_BUFFER_BYTES).await);
+        }
+        let listed = sessions.list(&run);
+        assert_eq!(listed.len(), super::MAX_TERMINALS_PER_RUN, "only the newest exits stay listed");
+        assert!(listed.iter().all(|t| t.exited));
+        // The ones no longer listed hold no memory while their expiry is still far off.
+        let alive = kept.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(alive, super::MAX_TERMINALS_PER_RUN, "forgotten exits are still held");
+
+        // Attaching to an exited one forgets it, and its buffer goes with the client's copy.
+        let id = listed[0].id.clone();
+        let seen = sessions.attach(&run, &id).unwrap();
+        drop(seen);
+        settle().await;
+        let alive = kept.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(alive, super::MAX_TERMINALS_PER_RUN - 1, "a seen exit is still held");
+
+        // Ending the run frees the rest at once.
+        sessions.end_run(&run);
+        settle().await;
+        assert!(kept.iter().all(|w| w.upgrade().is_none()), "an ended run's exits are still held");
+        assert!(sessions.list(&run).is_empty());
+    }
 
     #[test]
     fn the_ring_buffer_keeps_the_newest_bytes_and_counts_the_dropped_ones() {

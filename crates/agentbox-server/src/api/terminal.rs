@@ -25,7 +25,7 @@
 //!   forgets it; an attached client gets its `exit`.
 //!
 //! A kept terminal whose process exits while no client is attached stays listed (`exited: true`) for
-//! five minutes, so a later attach gets its output and exit. Destroying, stopping or restoring the
+//! five minutes, so a later attach gets its output and exit (a run keeps its 8 most recent such exits). Destroying, stopping or restoring the
 //! sandbox closes its kept terminals. A run may have 8 running at once; more are refused with 429
 //! `limit_exceeded`.
 //!
