@@ -12,7 +12,8 @@
 //!   It runs on with no client attached: its output goes to the buffer only.
 //! - One client is attached at a time. Attaching replays the buffer, then continues live, with nothing
 //!   missed or repeated between the two. A second attach takes over: the first client's output ends
-//!   (without an exit) and its input is refused.
+//!   (without an exit) and its input is refused. A client that reads nothing of its queued output for
+//!   [`SLOW_CLIENT_WAIT`] is detached the same way, so the process's output is read on.
 //! - Detaching (dropping the [`AttachedTerminal`]) leaves the process running. Closing hangs it up
 //!   (`SIGHUP`, as when a terminal window closes) and forgets it; a process that outlives the hang-up by
 //!   [`HANGUP_GRACE`] is no longer read.
@@ -54,6 +55,11 @@ pub const HANGUP_GRACE: Duration = Duration::from_secs(10);
 /// Output events queued for an attached client before the terminal waits for it (as a slow
 /// connection slows a remote shell).
 const ATTACH_QUEUE: usize = 64;
+
+/// How long a kept terminal waits for an attached client that reads none of its queued output before
+/// it detaches that client (whose reattach replays the buffer). The terminal's output is its sandbox's
+/// to read on, so a client that stopped reading must not hold it up for longer.
+pub const SLOW_CLIENT_WAIT: Duration = Duration::from_secs(5);
 
 /// The last `cap` bytes of a stream, and how many bytes before them were dropped.
 #[derive(Debug, Clone)]
@@ -256,11 +262,24 @@ impl Session {
             sh.attached.as_ref().filter(|a| a.connected()).map(|a| (a.tx.clone(), a.alive.clone()))
         };
         if let Some((tx, mut alive)) = target {
-            // A client taken over meanwhile is not waited for.
+            // A client taken over meanwhile is not waited for, nor one that stopped reading.
             tokio::select! {
-                _ = tx.send(ExecEvent::Stdout(chunk)) => {}
+                sent = tokio::time::timeout(SLOW_CLIENT_WAIT, tx.send(ExecEvent::Stdout(chunk))) => {
+                    if sent.is_err() {
+                        self.detach_slow(&alive);
+                    }
+                }
                 _ = alive.changed() => {}
             }
+        }
+    }
+
+    /// Detaches the client whose attachment `alive` watches, if it is still the attached one.
+    fn detach_slow(&self, alive: &watch::Receiver<()>) {
+        let mut sh = self.shared.lock_unpoisoned();
+        if sh.attached.as_ref().is_some_and(|a| a.alive.same_channel(alive)) {
+            sh.attached = None;
+            tracing::debug!(terminal = %self.id, "a client that read none of its output was detached");
         }
     }
 
@@ -554,6 +573,43 @@ mod tests {
     async fn settle() {
         for _ in 0..20 {
             tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_detached_and_the_output_is_read_on() {
+        let sessions = Arc::new(TerminalSessions::default());
+        let run = RunId::parse("r").unwrap();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
+        let (in_tx, _in_rx) = tokio::sync::mpsc::channel(4);
+        let terminal = Terminal { output: ExecStream::new(out_rx), input: in_tx };
+        let mut stuck = sessions.register(&run, None, TerminalSize { rows: 24, cols: 80 }, terminal).unwrap();
+        // Far more output than the client's queue holds, and the client reads none of it: the process is
+        // read on all the same (its sandbox's other work waits on that).
+        let printed = async {
+            for i in 0..(super::ATTACH_QUEUE * 4) {
+                out_tx.send(ExecEvent::Stdout(format!("{i:04}").into_bytes())).await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3600), printed).await.expect("the output stalled behind a client");
+        settle().await;
+        let listed = sessions.list(&run);
+        assert!(!listed[0].attached, "the client that read nothing is still attached");
+        // The detached client gets what was queued for it, then its output ends (without an exit).
+        let mut queued = 0;
+        while let Some(event) = stuck.output.next().await {
+            assert!(matches!(event, ExecEvent::Stdout(_)), "{event:?}");
+            queued += 1;
+        }
+        assert!(queued <= super::ATTACH_QUEUE + 1, "{queued}");
+        assert!(stuck.input.send(crate::terminal::TerminalInput::Data(b"x".to_vec())).await.is_err());
+        // A reattach replays the buffer up to the newest output.
+        let mut again = sessions.attach(&run, &listed[0].id).unwrap();
+        match again.output.next().await {
+            Some(ExecEvent::Stdout(b)) => {
+                assert!(b.ends_with(format!("{:04}", super::ATTACH_QUEUE * 4 - 1).as_bytes()));
+            }
+            other => panic!("expected the replay, got {other:?}"),
         }
     }
 

@@ -20,7 +20,7 @@
 //!   protocol: the `{"terminal": ...}` message first (`dropped_bytes`: output lost before the replayed
 //!   part), then the buffered output as binary messages, then live output, then `{"exit": ...}` when
 //!   the process ends. One client is attached at a time: a new attach takes over, and the previous
-//!   client's socket is closed (with no `exit` message).
+//!   client's socket is closed (with no `exit` message); so is a client that reads nothing for 5 s.
 //! - `DELETE /api/sandboxes/{run_id}/terminals/{terminal_id}` hangs the kept terminal up (SIGHUP) and
 //!   forgets it; an attached client gets its `exit`.
 //!
