@@ -18,7 +18,7 @@ use agentbox_config::SandboxConfig;
 use agentbox_core::{CreateRequest, SandboxBackend};
 use agentbox_image::ImageConfig;
 use agentbox_local::{LocalBackend, LocalConfig};
-use image_common::{Comp, E, Layer, Registry, config_json, host_arch, push_image, tar};
+use image_common::{Comp, E, Layer, Registry, config_json, debian_fixture, host_arch, push_debian, push_image, tar};
 
 /// A directory on the host anyone may write in, as `/tmp` is: where a hostile image's links point.
 fn bait_dir(tag: &str) -> PathBuf {
@@ -153,4 +153,44 @@ async fn fifos_and_endless_files_in_an_images_etc_block_nothing() {
         assert!(passwd.contains("user:x:1000:1000"), "{passwd}");
         b.destroy(&info.id).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_root_inside_leaves_in_the_writable_layer_are_not_followed_when_it_starts_again() {
+    if common::not_root() {
+        return;
+    }
+    let layout = debian_fixture();
+    let registry = Registry::start();
+    let reference = push_debian(&registry, &layout);
+    let store = tempfile::tempdir().unwrap();
+    let b = backend(store.path());
+    let config = SandboxConfig {
+        security: agentbox_config::SecurityConfig { allow_root_inside: true, ..Default::default() },
+        ..config(&reference)
+    };
+    let sb = b.create(CreateRequest::new(config.clone())).await.unwrap();
+    // Root inside replaces the files the init writes with links to the host's /tmp; they are kept with the
+    // sandbox's writable layer.
+    let bait = bait_dir("root-inside");
+    let line = format!(
+        "ln -sf {0}/hostname /etc/hostname && ln -sf {0}/victim /etc/hosts && ln -sf {0}/passwd /etc/passwd",
+        bait.display()
+    );
+    let root = agentbox_core::ExecRequest { user: Some("root".into()), ..agentbox_core::ExecRequest::shell(&line) };
+    let out = b.exec(&sb.id, root).await.unwrap().collect(1 << 16).await;
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let key = b.stop(&sb.id).await.unwrap().key;
+    let again = b.start(&key, CreateRequest::new(config)).await.unwrap();
+    assert_eq!(entries_of(&bait), ["victim"], "the init wrote through root inside's links");
+    assert_eq!(std::fs::read(bait.join("victim")).unwrap(), b"host's\n");
+    let out = b
+        .exec(&again.id, agentbox_core::ExecRequest::shell("stat -c %F /etc/hostname /etc/hosts; id -un"))
+        .await
+        .unwrap()
+        .collect(1 << 16)
+        .await;
+    assert_eq!(out.stdout, "regular file\nregular file\nuser\n", "{out:?}");
+    b.destroy(&again.id).await.unwrap();
+    std::fs::remove_dir_all(&bait).unwrap();
 }
