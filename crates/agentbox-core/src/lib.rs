@@ -28,7 +28,7 @@ pub use manager::{CreateOptions, ManagedSandbox, ManagerConfig, ManagerStats, Sa
 pub use sync::{LockExt, RwLockExt};
 pub use terminal::sessions::{
     AttachedInput, AttachedOutput, AttachedTerminal, EXITED_TERMINAL_KEEP, HANGUP_GRACE, MAX_TERMINALS_PER_RUN,
-    TERMINAL_BUFFER_BYTES, TerminalSessionInfo,
+    SLOW_CLIENT_WAIT, TERMINAL_BUFFER_BYTES, TerminalSessionInfo,
 };
 pub use terminal::{Terminal, TerminalInput, TerminalRequest, TerminalSize};
 pub use transfer::{CHANNEL_CHUNKS, CHUNK_BYTES, FileStream, FileUpload};

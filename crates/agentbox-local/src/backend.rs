@@ -55,6 +55,8 @@ struct LiveSandbox {
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     routes: Arc<Mutex<HashMap<u32, Route>>>,
     alive: Arc<AtomicBool>,
+    /// Set while the reader waits for an execution whose output stream is not read (see `reader_loop`).
+    waiting: Arc<AtomicBool>,
     /// Frozen by `pause`: frames to the init would wait until `resume`, so they are refused meanwhile.
     paused: AtomicBool,
     next_id: AtomicU32,
@@ -647,6 +649,13 @@ impl SandboxBackend for LocalBackend {
         let latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         Ok(match r {
             Ok((Kind::Ping, p)) if p == b"ping" => HealthStatus { healthy: true, latency_us, message: None },
+            // The answer queues behind output that a client has not read yet: the sandbox is fine, and
+            // replacing it would end its processes for a slow client's sake.
+            Err(_) if sb.waiting.load(Ordering::SeqCst) => HealthStatus {
+                healthy: true,
+                latency_us,
+                message: Some("the agent's frames wait for a client to read an execution's output".into()),
+            },
             Ok(_) => HealthStatus {
                 healthy: false,
                 latency_us,

@@ -149,6 +149,29 @@ async fn health_and_metrics_come_from_the_kernel() {
     sb.destroy().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_stream_nobody_reads_does_not_make_the_sandbox_unhealthy() {
+    if common::not_root() {
+        return;
+    }
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    // Output far beyond what the channels between the agent and the stream hold, and nobody reads it: the
+    // agent's answers queue behind it, which is the client's doing, not the sandbox's fault (a health
+    // check that failed here would, three times over, have the manager replace the sandbox).
+    let unread = b.exec(id, ExecRequest::shell("yes agentbox")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let health = b.health(id).await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    // Once the stream is dropped, the rest flows again.
+    drop(unread);
+    let out = tokio::time::timeout(Duration::from_secs(30), sb.sh("echo ok")).await.unwrap();
+    assert_eq!(out.stdout, "ok\n", "{out:?}");
+    let health = b.health(id).await.unwrap();
+    assert!(health.healthy && health.message.is_none(), "{health:?}");
+    sb.destroy().await;
+}
+
 /// Helper process for the crash test: creates a sandbox, prints its id, then waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_helper() {

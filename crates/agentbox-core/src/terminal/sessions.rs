@@ -12,13 +12,16 @@
 //!   It runs on with no client attached: its output goes to the buffer only.
 //! - One client is attached at a time. Attaching replays the buffer, then continues live, with nothing
 //!   missed or repeated between the two. A second attach takes over: the first client's output ends
-//!   (without an exit) and its input is refused.
+//!   (without an exit) and its input is refused. A client that reads nothing of its queued output for
+//!   [`SLOW_CLIENT_WAIT`] is detached the same way, so the process's output is read on.
 //! - Detaching (dropping the [`AttachedTerminal`]) leaves the process running. Closing hangs it up
 //!   (`SIGHUP`, as when a terminal window closes) and forgets it; a process that outlives the hang-up by
 //!   [`HANGUP_GRACE`] is no longer read.
 //! - When the process exits, its exit goes to the attached client and the terminal is forgotten. With no
 //!   client attached, the terminal stays listed as exited, with its buffer and exit status, for
-//!   [`EXITED_TERMINAL_KEEP`], so a later attach still gets both (and that attach forgets it).
+//!   [`EXITED_TERMINAL_KEEP`], so a later attach still gets both (and that attach forgets it). A run
+//!   keeps at most [`MAX_TERMINALS_PER_RUN`] exited terminals: a newer exit forgets the oldest. A
+//!   forgotten terminal's buffer is freed at once.
 //! - Destroying, stopping or recreating the run's sandbox, or shutting the manager down, closes the
 //!   run's kept terminals.
 //! - At most [`MAX_TERMINALS_PER_RUN`] of a run's kept terminals may be running at once.
@@ -52,6 +55,11 @@ pub const HANGUP_GRACE: Duration = Duration::from_secs(10);
 /// Output events queued for an attached client before the terminal waits for it (as a slow
 /// connection slows a remote shell).
 const ATTACH_QUEUE: usize = 64;
+
+/// How long a kept terminal waits for an attached client that reads none of its queued output before
+/// it detaches that client (whose reattach replays the buffer). The terminal's output is its sandbox's
+/// to read on, so a client that stopped reading must not hold it up for longer.
+pub const SLOW_CLIENT_WAIT: Duration = Duration::from_secs(5);
 
 /// The last `cap` bytes of a stream, and how many bytes before them were dropped.
 #[derive(Debug, Clone)]
@@ -254,11 +262,24 @@ impl Session {
             sh.attached.as_ref().filter(|a| a.connected()).map(|a| (a.tx.clone(), a.alive.clone()))
         };
         if let Some((tx, mut alive)) = target {
-            // A client taken over meanwhile is not waited for.
+            // A client taken over meanwhile is not waited for, nor one that stopped reading.
             tokio::select! {
-                _ = tx.send(ExecEvent::Stdout(chunk)) => {}
+                sent = tokio::time::timeout(SLOW_CLIENT_WAIT, tx.send(ExecEvent::Stdout(chunk))) => {
+                    if sent.is_err() {
+                        self.detach_slow(&alive);
+                    }
+                }
                 _ = alive.changed() => {}
             }
+        }
+    }
+
+    /// Detaches the client whose attachment `alive` watches, if it is still the attached one.
+    fn detach_slow(&self, alive: &watch::Receiver<()>) {
+        let mut sh = self.shared.lock_unpoisoned();
+        if sh.attached.as_ref().is_some_and(|a| a.alive.same_channel(alive)) {
+            sh.attached = None;
+            tracing::debug!(terminal = %self.id, "a client that read none of its output was detached");
         }
     }
 
@@ -365,6 +386,27 @@ impl TerminalSessions {
         })
     }
 
+    /// Keeps at most [`MAX_TERMINALS_PER_RUN`] of `run`'s exited terminals (each holds up to
+    /// [`TERMINAL_BUFFER_BYTES`]), forgetting the oldest beyond that.
+    fn trim_exited(&self, run: &RunId) {
+        let evicted: Vec<Arc<Session>> = {
+            let mut runs = self.runs.lock_unpoisoned();
+            let Some(m) = runs.get_mut(run) else { return };
+            let mut exited: Vec<Arc<Session>> = m.values().filter(|s| !s.running()).cloned().collect();
+            exited.sort_by_key(|s| (s.created_ms, s.id.len(), s.id.clone()));
+            let excess = exited.len().saturating_sub(MAX_TERMINALS_PER_RUN);
+            let evicted: Vec<Arc<Session>> = exited.into_iter().take(excess).collect();
+            for s in &evicted {
+                m.remove(&s.id);
+            }
+            evicted
+        };
+        for s in evicted {
+            // Ends its keeping: the buffer goes with it.
+            s.hang_up();
+        }
+    }
+
     /// Forgets `session` if it is still kept.
     fn forget(&self, session: &Arc<Session>) {
         let mut runs = self.runs.lock_unpoisoned();
@@ -410,6 +452,8 @@ impl TerminalSessions {
         let attached = Self::attach_to(&session);
         if !session.running() {
             self.forget(&session);
+            // Seen: no longer kept (its buffer goes once this client has read it).
+            session.hang_up();
         }
         Ok(attached)
     }
@@ -479,8 +523,17 @@ async fn pump(sessions: Weak<TerminalSessions>, session: Arc<Session>, mut outpu
     drop(output);
     session.input.lock_unpoisoned().take();
     session.shared.lock_unpoisoned().attached = None;
-    if !seen && !*session.closed.borrow() {
-        tokio::time::sleep(EXITED_TERMINAL_KEEP).await;
+    if !seen {
+        if let Some(sessions) = sessions.upgrade() {
+            sessions.trim_exited(&session.run_id);
+        }
+        // Kept for a later attach, until it expires or is forgotten sooner (attached, closed, trimmed, its
+        // run ended).
+        let mut closed = session.closed.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(EXITED_TERMINAL_KEEP) => {}
+            _ = closed.wait_for(|c| *c) => {}
+        }
     }
     if let Some(sessions) = sessions.upgrade() {
         sessions.forget(&session);
@@ -489,7 +542,107 @@ async fn pump(sessions: Weak<TerminalSessions>, session: Arc<Session>, mut outpu
 
 #[cfg(test)]
 mod tests {
-    use super::RingBuffer;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{RingBuffer, Session, TerminalSessions};
+    use crate::terminal::{Terminal, TerminalSize};
+    use crate::types::{ExecEvent, ExecStream, ExitStatus, RunId};
+
+    /// A kept terminal whose process prints `bytes` and exits once its client has detached; answers its
+    /// session, weakly.
+    async fn print_and_exit_detached(
+        sessions: &Arc<TerminalSessions>,
+        run: &RunId,
+        bytes: usize,
+    ) -> std::sync::Weak<Session> {
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
+        let (in_tx, _in_rx) = tokio::sync::mpsc::channel(4);
+        let terminal = Terminal { output: ExecStream::new(out_rx), input: in_tx };
+        let attached = sessions.register(run, None, TerminalSize { rows: 24, cols: 80 }, terminal).unwrap();
+        let session = attached.input.session.clone();
+        drop(attached);
+        out_tx.send(ExecEvent::Stdout(vec![b'x'; bytes])).await.unwrap();
+        let exit =
+            ExitStatus { exit_code: 0, signal: None, timed_out: false, oom_killed: false, duration: Duration::ZERO };
+        out_tx.send(ExecEvent::Exit(exit)).await.unwrap();
+        settle().await;
+        session
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_detached_and_the_output_is_read_on() {
+        let sessions = Arc::new(TerminalSessions::default());
+        let run = RunId::parse("r").unwrap();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
+        let (in_tx, _in_rx) = tokio::sync::mpsc::channel(4);
+        let terminal = Terminal { output: ExecStream::new(out_rx), input: in_tx };
+        let mut stuck = sessions.register(&run, None, TerminalSize { rows: 24, cols: 80 }, terminal).unwrap();
+        // Far more output than the client's queue holds, and the client reads none of it: the process is
+        // read on all the same (its sandbox's other work waits on that).
+        let printed = async {
+            for i in 0..(super::ATTACH_QUEUE * 4) {
+                out_tx.send(ExecEvent::Stdout(format!("{i:04}").into_bytes())).await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3600), printed).await.expect("the output stalled behind a client");
+        settle().await;
+        let listed = sessions.list(&run);
+        assert!(!listed[0].attached, "the client that read nothing is still attached");
+        // The detached client gets what was queued for it, then its output ends (without an exit).
+        let mut queued = 0;
+        while let Some(event) = stuck.output.next().await {
+            assert!(matches!(event, ExecEvent::Stdout(_)), "{event:?}");
+            queued += 1;
+        }
+        assert!(queued <= super::ATTACH_QUEUE + 1, "{queued}");
+        assert!(stuck.input.send(crate::terminal::TerminalInput::Data(b"x".to_vec())).await.is_err());
+        // A reattach replays the buffer up to the newest output.
+        let mut again = sessions.attach(&run, &listed[0].id).unwrap();
+        match again.output.next().await {
+            Some(ExecEvent::Stdout(b)) => {
+                assert!(b.ends_with(format!("{:04}", super::ATTACH_QUEUE * 4 - 1).as_bytes()));
+            }
+            other => panic!("expected the replay, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exited_terminals_nobody_saw_are_kept_within_a_bound_and_freed_when_forgotten() {
+        let sessions = Arc::new(TerminalSessions::default());
+        let run = RunId::parse("r").unwrap();
+        // Far more terminals than a run may keep, each exiting unseen with a full buffer.
+        let mut kept = Vec::new();
+        for _ in 0..(super::MAX_TERMINALS_PER_RUN * 4) {
+            kept.push(print_and_exit_detached(&sessions, &run, super::TERMINAL_BUFFER_BYTES).await);
+        }
+        let listed = sessions.list(&run);
+        assert_eq!(listed.len(), super::MAX_TERMINALS_PER_RUN, "only the newest exits stay listed");
+        assert!(listed.iter().all(|t| t.exited));
+        // The ones no longer listed hold no memory while their expiry is still far off.
+        let alive = kept.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(alive, super::MAX_TERMINALS_PER_RUN, "forgotten exits are still held");
+
+        // Attaching to an exited one forgets it, and its buffer goes with the client's copy.
+        let id = listed[0].id.clone();
+        let seen = sessions.attach(&run, &id).unwrap();
+        drop(seen);
+        settle().await;
+        let alive = kept.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(alive, super::MAX_TERMINALS_PER_RUN - 1, "a seen exit is still held");
+
+        // Ending the run frees the rest at once.
+        sessions.end_run(&run);
+        settle().await;
+        assert!(kept.iter().all(|w| w.upgrade().is_none()), "an ended run's exits are still held");
+        assert!(sessions.list(&run).is_empty());
+    }
 
     #[test]
     fn the_ring_buffer_keeps_the_newest_bytes_and_counts_the_dropped_ones() {

@@ -2,9 +2,20 @@
 //!
 //! All syscalls go through [`Mounter`], so the sequence is unit-tested with a
 //! recording implementation and run for real with [`LinuxMounter`].
+//!
+//! The init does this before it pivots into the new root, so its own root is still the host's, while the
+//! new root's entries are the sandbox's to choose: an image's layers, what root inside changed in its writable
+//! layer, what the user left in the persistent home. So every place the init makes, mounts on or writes in
+//! the new root is resolved with [`Mounter::dir_in`], which keeps the walk inside that root (a symlink to
+//! `/tmp` there means the root's `/tmp`, never the host's), and the generated files are written with
+//! [`Mounter::replace_file`], which replaces whatever is in their place (a link, a FIFO) without following or
+//! opening it.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::proto::{PassedDir, Setup};
 use crate::sys;
@@ -30,8 +41,18 @@ pub trait Mounter {
     fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
-    /// Writes a small file.
-    fn write(&mut self, path: &Path, content: &str) -> io::Result<()>;
+    /// The directory `inside` (an absolute path) of the tree at `root`, as a path that names exactly it,
+    /// made (0755) where missing. The walk stays in `root`: with [`Links::InRoot`] a symlink on the way
+    /// resolves as if `root` were `/`; with [`Links::Refused`] a symlink fails it. Mounts on the way are
+    /// crossed, so ask again after mounting on the directory to reach what was mounted.
+    fn dir_in(&mut self, root: &Path, inside: &str, links: Links) -> io::Result<PathBuf>;
+    /// At most `max` bytes of `name` in the directory `dir` (from [`dir_in`](Self::dir_in)) when it is a
+    /// regular file; `None` when it is absent or anything else (a symlink is not followed, a FIFO or a device
+    /// not opened).
+    fn read_file_in(&mut self, dir: &Path, name: &str, max: u64) -> io::Result<Option<Vec<u8>>>;
+    /// Makes `name` in the directory `dir` (from [`dir_in`](Self::dir_in)) a new regular file (0644) holding
+    /// `content`, removing what was there first (a symlink is removed, not followed; a directory is an error).
+    fn replace_file(&mut self, dir: &Path, name: &str, content: &str) -> io::Result<()>;
     /// Copies a host file's content (following symlinks) to a new file.
     fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     /// rmdir(2).
@@ -42,8 +63,32 @@ pub trait Mounter {
     fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()>;
 }
 
+/// How [`Mounter::dir_in`] treats a symlink on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Followed, inside the root (an image's own links, as a container runtime resolves them).
+    InRoot,
+    /// Refused: for paths the configuration names under directories the sandbox's user writes.
+    Refused,
+}
+
 /// Real syscalls.
-pub struct LinuxMounter;
+#[derive(Debug, Default)]
+pub struct LinuxMounter {
+    /// The directories [`Mounter::dir_in`] resolved, held so that their `/proc/self/fd` paths stay valid.
+    held: Vec<OwnedFd>,
+}
+
+impl LinuxMounter {
+    fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+        rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| with_path(e, path))
+    }
+}
+
+fn with_path(e: rustix::io::Errno, path: &Path) -> io::Error {
+    io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", path.display()))
+}
 
 impl Mounter for LinuxMounter {
     fn mount(
@@ -82,8 +127,79 @@ impl Mounter for LinuxMounter {
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
     }
-    fn write(&mut self, path: &Path, content: &str) -> io::Result<()> {
-        std::fs::write(path, content)
+    fn dir_in(&mut self, root: &Path, inside: &str, links: Links) -> io::Result<PathBuf> {
+        let root_fd = Self::open_dir(root)?;
+        let mut resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        if links == Links::Refused {
+            resolve |= ResolveFlags::NO_SYMLINKS;
+        }
+        let parts: Vec<&str> = inside.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        let shown = |n: usize| format!("/{}", parts[..n].join("/"));
+        let open = |n: usize| {
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            rustix::fs::openat2(&root_fd, parts[..n].join("/").as_str(), flags, Mode::empty(), resolve)
+        };
+        let mut dir = rustix::io::dup(&root_fd)?;
+        for n in 1..=parts.len() {
+            dir = match open(n) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&dir, parts[n - 1], Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(io::Error::new(io::Error::from(e).kind(), format!("making {}: {e}", shown(n))));
+                        }
+                    }
+                    open(n).map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", shown(n))))?
+                }
+                Err(rustix::io::Errno::LOOP) if links == Links::Refused => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{} has a symbolic link on the way to it, which is not followed", shown(n)),
+                    ));
+                }
+                Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", shown(n)))),
+            };
+        }
+        let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        self.held.push(dir);
+        Ok(path)
+    }
+    fn read_file_in(&mut self, dir: &Path, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir_fd = Self::open_dir(dir)?;
+        // Looked at without being opened: a FIFO would block the open, a device reach its driver.
+        let node =
+            match rustix::fs::openat(&dir_fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(io::Error::from(e)),
+            };
+        if FileType::from_raw_mode(rustix::fs::fstat(&node)?.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", node.as_raw_fd()))?;
+        let mut bytes = Vec::new();
+        file.take(max).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+    fn replace_file(&mut self, dir: &Path, name: &str, content: &str) -> io::Result<()> {
+        use std::io::Write;
+        let dir_fd = Self::open_dir(dir)?;
+        match rustix::fs::unlinkat(&dir_fd, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("replacing {name}: {e}"))),
+        }
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&dir_fd, name, flags, Mode::from_raw_mode(0o644))
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("writing {name}: {e}")))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))?;
+        std::fs::File::from(fd).write_all(content.as_bytes())
     }
     fn rmdir(&mut self, path: &Path) -> io::Result<()> {
         std::fs::remove_dir(path)
@@ -97,7 +213,8 @@ impl Mounter for LinuxMounter {
             mount,
             rustix::fs::CWD,
             target,
-            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_SYMLINKS,
+            // The target may be a `/proc/self/fd` path from `dir_in`.
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_SYMLINKS | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_SYMLINKS,
         )
         .map_err(|e| {
             let e = io::Error::from(e);
@@ -223,16 +340,14 @@ fn mount_image_root(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: &Imag
     Ok(root)
 }
 
-/// Adds to the file `path` the lines of `generated` whose first `:`-separated field (a user or group name) it
-/// lacks, so an image's own users stay and the sandbox's are there.
-fn merge_name_lines(path: &Path, generated: &str) -> io::Result<String> {
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
+/// The most of an image's `/etc/passwd` or `/etc/group` kept (as much as the host reads to resolve its `User`).
+const MAX_ACCOUNT_FILE: u64 = agentbox_image::user::MAX_ACCOUNT_FILE;
+
+/// Adds to `existing` (a passwd or group file) the lines of `generated` whose first `:`-separated field (a user
+/// or group name) it lacks, so an image's own users stay and the sandbox's are there.
+fn merge_name_lines(existing: &str, generated: &str) -> String {
     let names: std::collections::HashSet<&str> = existing.lines().filter_map(|l| l.split(':').next()).collect();
-    let mut out = existing.clone();
+    let mut out = existing.to_owned();
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
@@ -242,7 +357,7 @@ fn merge_name_lines(path: &Path, generated: &str) -> io::Result<String> {
             out.push('\n');
         }
     }
-    Ok(out)
+    out
 }
 
 /// Builds the sandbox filesystem at `staging`, an empty tmpfs that [`new_root`] attached, and pivots into it;
@@ -260,14 +375,21 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
     };
     let root: &Path = image_root.as_deref().unwrap_or(staging);
 
+    // A directory of the new root, resolved inside it (see the module's docs).
+    let dir = |m: &mut dyn Mounter, inside: &str, links: Links| {
+        m.dir_in(root, inside, links)
+            .map_err(|e| io::Error::new(e.kind(), format!("resolving {inside} in the new root: {e}")))
+    };
+
     if let Some(etc) = &s.etc {
-        let target = root.join("etc");
+        let target = dir(m, "/etc", Links::InRoot)?;
         m.mkdir(&target, 0o755, None)?;
         if s.passed.contains(&PassedDir::Etc) {
             m.attach(etc, &target).map_err(ctx("attaching /etc"))?;
         } else {
             m.mount(Some(etc), &target, None, libc::MS_BIND, None).map_err(ctx("binding /etc"))?;
         }
+        let target = dir(m, "/etc", Links::InRoot)?;
         m.mount(None, &target, None, RO_BIND, None).map_err(ctx("making /etc read-only"))?;
     }
     for b in &s.binds {
@@ -298,20 +420,22 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
         .map_err(ctx("mounting the sandbox storage"))?;
     m.mkdir(&storage.join("home"), 0o750, owner)?;
     m.mkdir(&storage.join("tmp"), 0o1777, None)?;
-    let home = under(root, &s.home);
+    let home = dir(m, &s.home, Links::InRoot)?;
     m.mkdir(&home, 0o755, None)?;
-    m.mkdir(&root.join("tmp"), 0o1777, None)?;
+    let tmp = dir(m, "/tmp", Links::InRoot)?;
+    m.mkdir(&tmp, 0o1777, None)?;
     let home_source = s.home_source.clone().unwrap_or_else(|| storage.join("home").to_string_lossy().into_owned());
     if s.passed.contains(&PassedDir::Home) {
         m.attach(&home_source, &home).map_err(ctx("attaching the home"))?;
     } else {
         m.mount(Some(&home_source), &home, None, libc::MS_BIND, None)?;
     }
-    m.mount(Some(&storage.join("tmp").to_string_lossy()), &root.join("tmp"), None, libc::MS_BIND, None)?;
+    m.mount(Some(&storage.join("tmp").to_string_lossy()), &tmp, None, libc::MS_BIND, None)?;
     m.detach(&storage)?;
     m.rmdir(&storage)?;
     for q in &s.quotas {
-        let target = under(root, &q.path);
+        // Under the home or /tmp, which the sandbox's user fills: no link on the way is followed.
+        let target = dir(m, &q.path, Links::Refused)?;
         m.mkdir(&target, 0o755, owner)?;
         let opts = format!("size={},nr_inodes={},mode=0755,uid={},gid={}", q.bytes, s.storage_inodes, s.uid, s.gid);
         m.mount(Some("agentbox-quota"), &target, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))
@@ -320,13 +444,13 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
 
     // Volumes, after the home (a volume may go under it).
     for (target, mount) in s.volumes.iter().zip(image.map_or(&[][..], |i| i.volumes.as_slice())) {
-        let at = under(root, &target.path);
+        let at = dir(m, &target.path, Links::Refused)?;
         m.mkdir(&at, 0o755, None)?;
         m.attach(mount, &at).map_err(ctx("attaching a volume"))?;
     }
 
     // /dev: a small tmpfs with the safe device nodes, a private devpts and /dev/shm.
-    let dev = root.join("dev");
+    let dev = dir(m, "/dev", Links::InRoot)?;
     m.mkdir(&dev, 0o755, None)?;
     m.mount(
         Some("agentbox-dev"),
@@ -335,6 +459,8 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("size=64k,nr_inodes=64,mode=0755"),
     )?;
+    // The tmpfs just mounted, not the directory under it.
+    let dev = dir(m, "/dev", Links::InRoot)?;
     for (d, major, minor) in DEVICES {
         let target = dev.join(d);
         if m.mknod(&target, *major, *minor).is_err() {
@@ -366,10 +492,11 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
     }
 
     // /proc of the sandbox's own pid namespace, with the sensitive paths masked.
-    let proc_dir = root.join("proc");
+    let proc_dir = dir(m, "/proc", Links::InRoot)?;
     m.mkdir(&proc_dir, 0o555, None)?;
     m.mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
         .map_err(ctx("mounting /proc"))?;
+    let proc_dir = dir(m, "/proc", Links::InRoot)?;
     for f in PROC_MASKED_FILES {
         let p = proc_dir.join(f);
         if p.exists() {
@@ -391,36 +518,37 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
     }
 
     for (path, content) in &s.files {
-        let p = under(root, path);
-        if let Some(parent) = p.parent() {
-            m.mkdir(parent, 0o755, None)?;
-        }
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let in_dir = dir(m, parent, Links::InRoot)?;
+        m.mkdir(&in_dir, 0o755, None)?;
+        let write_err = |e: io::Error| io::Error::new(e.kind(), format!("writing {path}: {e}"));
         if image_root.is_some() && matches!(path.as_str(), "/etc/passwd" | "/etc/group") {
-            let merged = merge_name_lines(&p, content).map_err(ctx("reading the image's users"))?;
-            m.write(&p, &merged)?;
+            let existing = m.read_file_in(&in_dir, name, MAX_ACCOUNT_FILE).map_err(ctx("reading the image's users"))?;
+            let existing = String::from_utf8_lossy(existing.as_deref().unwrap_or_default());
+            m.replace_file(&in_dir, name, &merge_name_lines(&existing, content)).map_err(write_err)?;
         } else {
-            m.write(&p, content)?;
+            m.replace_file(&in_dir, name, content).map_err(write_err)?;
         }
     }
 
     // A private cgroup view for per-execution process tracking, readable by root only.
-    m.mkdir(&root.join(".agentbox"), 0o700, None)?;
-    m.mkdir(&root.join(".agentbox/cg"), 0o700, None)?;
+    let private = dir(m, "/.agentbox", Links::InRoot)?;
+    m.mkdir(&private, 0o700, None)?;
+    let cg = dir(m, "/.agentbox/cg", Links::InRoot)?;
+    m.mkdir(&cg, 0o700, None)?;
     match s.exec_cgroups.as_str() {
-        "v2" => m.mount(
-            Some("cgroup2"),
-            &root.join(".agentbox/cg"),
-            Some("cgroup2"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        )?,
-        "v1:pids" => m.mount(
-            Some("cgroup"),
-            &root.join(".agentbox/cg"),
-            Some("cgroup"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some("pids"),
-        )?,
+        "v2" => {
+            m.mount(Some("cgroup2"), &cg, Some("cgroup2"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?;
+        }
+        "v1:pids" => {
+            m.mount(
+                Some("cgroup"),
+                &cg,
+                Some("cgroup"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some("pids"),
+            )?;
+        }
         _ => {}
     }
 
@@ -492,8 +620,14 @@ mod tests {
             self.0.push(format!("symlink {} -> {target}", link.display()));
             Ok(())
         }
-        fn write(&mut self, path: &Path, _content: &str) -> io::Result<()> {
-            self.0.push(format!("write {}", path.display()));
+        fn dir_in(&mut self, root: &Path, inside: &str, _links: Links) -> io::Result<PathBuf> {
+            Ok(under(root, inside))
+        }
+        fn read_file_in(&mut self, _dir: &Path, _name: &str, _max: u64) -> io::Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        fn replace_file(&mut self, dir: &Path, name: &str, _content: &str) -> io::Result<()> {
+            self.0.push(format!("write {}", dir.join(name).display()));
             Ok(())
         }
         fn rmdir(&mut self, path: &Path) -> io::Result<()> {

@@ -146,8 +146,8 @@ fn init_main() -> i32 {
         return failed(format!("creating the sandbox's cgroup namespace failed: {}", io::Error::last_os_error()));
     }
     // The zygote cloned this process from the root mount point: the working directory is it.
-    let built =
-        fs::new_root().and_then(|new| fs::build(&mut fs::LinuxMounter, Path::new(&via(&new)), &setup, Some(&image)));
+    let built = fs::new_root()
+        .and_then(|new| fs::build(&mut fs::LinuxMounter::default(), Path::new(&via(&new)), &setup, Some(&image)));
     if let Err(e) = built {
         return failed(format!("building the sandbox filesystem failed: {e}"));
     }

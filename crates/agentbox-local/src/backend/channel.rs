@@ -59,10 +59,14 @@ impl LocalBackend {
     }
 }
 
+/// Reads the agent's frames and routes them. An execution whose stream is not read as fast as its
+/// output comes holds the reader (and so every frame after it: back-pressure on the agent);
+/// `waiting` says when that is so, since the agent is not at fault then.
 pub(super) async fn reader_loop(
     mut rd: tokio::net::unix::OwnedReadHalf,
     routes: Arc<Mutex<HashMap<u32, Route>>>,
     alive: Arc<AtomicBool>,
+    waiting: Arc<AtomicBool>,
     cgroup: SandboxCgroup,
 ) {
     // Frames are size-checked by kind before anything is allocated; a refused frame, or a report that
@@ -133,7 +137,11 @@ pub(super) async fn reader_loop(
             }
         };
         if let Action::Send(tx, ev) = action {
-            let _ = tx.send(ev).await;
+            if let Err(mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+                waiting.store(true, Ordering::SeqCst);
+                let _ = tx.send(ev).await;
+                waiting.store(false, Ordering::SeqCst);
+            }
         }
     }
     alive.store(false, Ordering::SeqCst);
@@ -175,7 +183,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         routes.lock_unpoisoned().insert(7, Route::Exec { tx, oom_before: 0 });
         let alive = Arc::new(AtomicBool::new(true));
-        let reader = tokio::spawn(reader_loop(rd, routes, alive.clone(), SandboxCgroup::default()));
+        let waiting = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(reader_loop(rd, routes, alive.clone(), waiting, SandboxCgroup::default()));
         for f in frames {
             agent.write_all(f).await.unwrap();
         }

@@ -371,6 +371,7 @@ impl LocalBackend {
 
         let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
+        let waiting = Arc::new(AtomicBool::new(false));
         let info = SandboxInfo {
             id: SandboxId::new_unchecked(id),
             backend: "local".into(),
@@ -388,6 +389,7 @@ impl LocalBackend {
             writer: tokio::sync::Mutex::new(Some(wr)),
             routes: routes.clone(),
             alive: alive.clone(),
+            waiting: waiting.clone(),
             paused: AtomicBool::new(false),
             next_id: AtomicU32::new(1),
             root,
@@ -403,7 +405,7 @@ impl LocalBackend {
             start,
         });
         let cg = sandbox.cgroup.clone();
-        let task = tokio::spawn(reader_loop(rd, routes, alive, cg));
+        let task = tokio::spawn(reader_loop(rd, routes, alive, waiting, cg));
         *sandbox.reader.lock_unpoisoned() = Some(task);
         Ok(sandbox)
     }

@@ -20,12 +20,12 @@
 //!   protocol: the `{"terminal": ...}` message first (`dropped_bytes`: output lost before the replayed
 //!   part), then the buffered output as binary messages, then live output, then `{"exit": ...}` when
 //!   the process ends. One client is attached at a time: a new attach takes over, and the previous
-//!   client's socket is closed (with no `exit` message).
+//!   client's socket is closed (with no `exit` message); so is a client that reads nothing for 5 s.
 //! - `DELETE /api/sandboxes/{run_id}/terminals/{terminal_id}` hangs the kept terminal up (SIGHUP) and
 //!   forgets it; an attached client gets its `exit`.
 //!
 //! A kept terminal whose process exits while no client is attached stays listed (`exited: true`) for
-//! five minutes, so a later attach gets its output and exit. Destroying, stopping or restoring the
+//! five minutes, so a later attach gets its output and exit (a run keeps its 8 most recent such exits). Destroying, stopping or restoring the
 //! sandbox closes its kept terminals. A run may have 8 running at once; more are refused with 429
 //! `limit_exceeded`.
 //!
