@@ -1,6 +1,6 @@
 //! `agentbox run` through the real binary: the sandbox zygote it forks at the top of `main` (instead of executing
 //! the binary again) carries nothing of the run's command line or environment into the memory every init is
-//! cloned from.
+//! cloned from; the init gets only what is the command's (its `--env`).
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
@@ -59,28 +59,39 @@ fn the_zygote_and_the_init_hold_no_argument_or_environment_of_the_run() {
         eprintln!("skipped: the local backend needs root");
         return;
     }
-    let secret = format!("not-for-sandboxes-{}", std::process::id());
+    let env_secret = format!("not-for-sandboxes-{}", std::process::id());
+    let arg_secret = format!("for-the-command-only-{}", std::process::id());
     let mut run = Command::new(env!("CARGO_BIN_EXE_agentbox"))
-        .args(["run", "--env", &format!("ARG_SECRET={secret}"), "--", "sleep", "3"])
-        .env("ENV_SECRET", &secret)
+        .args(["run", "--env", &format!("ARG_SECRET={arg_secret}"), "--", "sleep", "3"])
+        .env("ENV_SECRET", &env_secret)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (zygote, init) = loop {
         let zygote = child_named(run.id(), "agentbox-zygote");
-        if let Some(init) = zygote.and_then(|z| child_named(z, "agentbox-init")) {
+        let init = zygote.and_then(|z| child_named(z, "agentbox-init"));
+        // Once the command runs, the init has had everything the run sends it.
+        if let Some(init) = init.filter(|i| child_named(*i, "sleep").is_some()) {
             break (zygote.unwrap(), init);
         }
-        assert!(Instant::now() < deadline, "no sandbox init appeared under the run");
+        assert!(Instant::now() < deadline, "no sandbox command appeared under the run");
         std::thread::sleep(Duration::from_millis(20));
     };
-    for pid in [zygote, init] {
+    // The zygote holds neither. The init is sent the command's own environment (`--env`) to run it, so it
+    // holds that value by design; never the run's environment, which is not the sandbox's.
+    for (pid, secrets) in [(zygote, vec![&env_secret, &arg_secret]), (init, vec![&env_secret])] {
         for file in ["cmdline", "environ"] {
             let text = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
-            assert!(!contains(&text, secret.as_bytes()), "/proc/{pid}/{file}: {}", String::from_utf8_lossy(&text));
+            for secret in [&env_secret, &arg_secret] {
+                let shown = String::from_utf8_lossy(&text);
+                assert!(!contains(&text, secret.as_bytes()), "/proc/{pid}/{file}: {shown}");
+            }
         }
-        assert!(!contains(&writable_memory(pid), secret.as_bytes()), "the secret is in the memory of pid {pid}");
+        let memory = writable_memory(pid);
+        for secret in secrets {
+            assert!(!contains(&memory, secret.as_bytes()), "{secret} is in the memory of pid {pid}");
+        }
     }
     assert!(run.wait().unwrap().success());
 }
