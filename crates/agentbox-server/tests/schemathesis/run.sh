@@ -54,13 +54,21 @@ AGENTBOX_API_TOKEN="$token" RUST_LOG=warn "$root/target/debug/agentboxd" \
     --listen 127.0.0.1:0 --data-dir "$work/data" --config "$here/server.toml" 2>"$work/agentboxd.log" &
 pid=$!
 cleanup() {
-    # Snapshots outlive the server (they live in the shared storage pool): delete the ones this run took,
-    # and only those.
+    # Snapshots, volumes and stopped sandboxes outlive the server (they live in the shared storage pool):
+    # delete what this run made, and only that. Every run in this server's registry is this run's (its data
+    # directory is new); deleting a stopped run deletes its files.
     if [[ -n "${base:-}" ]]; then
-        snapshots | sort >"$work/snapshots.after" || true
-        comm -13 "$work/snapshots.before" "$work/snapshots.after" | while read -r snap; do
-            curl -sf -X DELETE -H "Authorization: Bearer $token" "$base/api/snapshots/$snap" >/dev/null || true
+        auth=(-H "Authorization: Bearer $token")
+        for kind in snapshots volumes; do
+            names "$kind" | sort >"$work/$kind.after" || true
+            comm -13 "$work/$kind.before" "$work/$kind.after" | while read -r name; do
+                curl -sf -X DELETE "${auth[@]}" "$base/api/$kind/$name" >/dev/null || true
+            done
         done
+        { curl -sf "${auth[@]}" "$base/api/sandboxes" | grep -o '"run_id":"[^"]*"' | cut -d'"' -f4; } |
+            sort -u | while read -r run; do
+                curl -sf -X DELETE "${auth[@]}" "$base/api/sandboxes/$run" >/dev/null || true
+            done
     fi
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -70,10 +78,12 @@ trap cleanup EXIT
 
 base="$(wait_for_agentboxd "$pid" "$work/agentboxd.log")" || exit 1
 
-snapshots() {
-    { curl -sf -H "Authorization: Bearer $token" "$base/api/snapshots" | grep -o '"name":"[^"]*"' | cut -d'"' -f4; } || true
+# The names of the snapshots or volumes (`$1`) in the shared pool.
+names() {
+    { curl -sf -H "Authorization: Bearer $token" "$base/api/$1" | grep -o '"name":"[^"]*"' | cut -d'"' -f4; } || true
 }
-snapshots | sort >"$work/snapshots.before"
+names snapshots | sort >"$work/snapshots.before"
+names volumes | sort >"$work/volumes.before"
 
 status=0
 "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
