@@ -159,11 +159,13 @@ impl LocalBackend {
                 "the local backend needs root (it creates namespaces, cgroups and mounts); run as root, or use the e2b backend".into(),
             ));
         }
-        // The zygote's start (an execve of this binary) overlaps the detection and opening below.
-        crate::zygote::warm_up();
         // Sandboxes of different state directories live under different cgroup parents, so
         // reaping after a crash only ever touches what this state directory owns.
         let cgroups = Cgroups::detect(&cgroup_parent(&config));
+        // Not before: the detection may move this process into a leaf cgroup of its own (cgroup v2), and a
+        // zygote started meanwhile could be left behind in the cgroup that then can't enable controllers. (One
+        // forked before, by `fork_zygote_now`, is moved along.) Its start overlaps the opening below.
+        crate::zygote::warm_up();
         let mut limitations = cgroups.problems.clone();
         let pool = match &config.storage {
             None => {

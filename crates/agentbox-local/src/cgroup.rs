@@ -112,7 +112,27 @@ fn delegated_ancestor(v2root: &Path, own: &Path) -> Option<PathBuf> {
 /// Moves this whole process (every thread) into `leaf`, made if needed.
 fn move_self_into(leaf: &Path) -> io::Result<()> {
     fs::create_dir_all(leaf)?;
-    fs::write(leaf.join("cgroup.procs"), "0")
+    let procs = leaf.join("cgroup.procs");
+    // Our own children go along (a sandbox zygote forked before the backend was made, `fork_zygote_now`):
+    // one left behind would keep the cgroup from enabling controllers for its children.
+    let old = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    fs::write(&procs, "0")?;
+    for child in own_children() {
+        if fs::read_to_string(format!("/proc/{child}/cgroup")).is_ok_and(|c| c == old) {
+            let _ = fs::write(&procs, child.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The pids of this process's children (of every thread).
+fn own_children() -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
 }
 
 /// Enables in `dir`'s `cgroup.subtree_control` the wanted controllers `dir` has; returns the write's outcome.
