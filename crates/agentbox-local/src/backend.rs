@@ -498,11 +498,13 @@ impl SandboxBackend for LocalBackend {
         match kind {
             Kind::Started => {
                 let s = proto::decode_started(&payload).map_err(|e| backend_err("bad reply", e))?;
+                // Pid 0: nothing could be started (no such program), which a shell reports as exit 127.
+                let started = s.pid > 0;
                 Ok(ProcessInfo {
                     pid: u32::try_from(s.pid).unwrap_or(0),
                     argv: msg.argv,
-                    running: true,
-                    exit_code: None,
+                    running: started,
+                    exit_code: (!started).then_some(127),
                     output_path: Some(output),
                 })
             }

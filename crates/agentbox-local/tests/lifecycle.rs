@@ -299,6 +299,25 @@ async fn a_fifo_planted_at_a_background_log_path_does_not_hang_the_sandbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_program_that_does_not_exist_is_listed_as_exited_127() {
+    if common::not_root() {
+        return;
+    }
+    let sb = Sandbox::new().await;
+    let (b, id) = (&sb.backend, &sb.id);
+    // Odd bytes in the name too (an API fuzzer's start command once made the host refuse the agent's reply).
+    let argv = vec!["no-such-program-\u{1}\u{16}\u{b3fc2}".to_owned(), "x".to_owned()];
+    let started = b.spawn_background(id, ExecRequest::argv(argv.clone())).await.unwrap();
+    assert!(!started.running && started.exit_code == Some(127), "{started:?}");
+    let listed = b.list_processes(id).await.unwrap();
+    assert!(listed.iter().any(|p| p.argv == argv && p.exit_code == Some(127) && !p.running), "{listed:?}");
+    // The sandbox goes on.
+    let out = b.exec(id, ExecRequest::shell("echo fine")).await.unwrap().collect(1 << 10).await;
+    assert_eq!(out.stdout, "fine\n");
+    sb.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_background_starts_each_get_their_own_log() {
     if common::not_root() {
         return;

@@ -475,10 +475,24 @@ impl Agent {
         }
         let prepared = match exec::prepare(&self.setup, e) {
             Ok(p) => p,
-            Err(e) => {
-                // Report like a shell would: message on stderr, exit 127.
-                self.send(&proto::encode(Kind::Started, id, &[]));
-                let msg = proto::clip_message(e.to_string());
+            Err(why) => {
+                // Report like a shell would: message on stderr, exit 127. The start report is a valid one (no
+                // process, pid 0): the host decodes it for a background start. A background process that could
+                // not start is listed as exited 127.
+                self.send(&proto::encode_json(Kind::Started, id, &Started { pid: 0 }));
+                if let Some(path) = &e.output_path {
+                    self.finished_bg.push(Proc {
+                        id,
+                        pid: 0,
+                        argv: e.argv.clone(),
+                        exit_code: Some(127),
+                        output_path: Some(path.clone()),
+                    });
+                    if self.finished_bg.len() > 256 {
+                        self.finished_bg.remove(0);
+                    }
+                }
+                let msg = proto::clip_message(why.to_string());
                 self.send(&proto::encode(Kind::Stderr, id, format!("{msg}\n").as_bytes()));
                 self.send(&proto::encode_json(
                     Kind::Exited,
