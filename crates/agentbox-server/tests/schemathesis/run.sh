@@ -54,6 +54,8 @@ AGENTBOX_API_TOKEN="$token" RUST_LOG=warn "$root/target/debug/agentboxd" \
     --listen 127.0.0.1:0 --data-dir "$work/data" --config "$here/server.toml" 2>"$work/agentboxd.log" &
 pid=$!
 cleanup() {
+    # Best effort: nothing here may change the run's exit status (a list with no match is a failing grep).
+    set +e
     # Snapshots, volumes and stopped sandboxes outlive the server (they live in the shared storage pool):
     # delete what this run made, and only that. Every run in this server's registry is this run's (its data
     # directory is new); deleting a stopped run deletes its files.
@@ -68,7 +70,7 @@ cleanup() {
         { curl -sf "${auth[@]}" "$base/api/sandboxes" | grep -o '"run_id":"[^"]*"' | cut -d'"' -f4; } |
             sort -u | while read -r run; do
                 curl -sf -X DELETE "${auth[@]}" "$base/api/sandboxes/$run" >/dev/null || true
-            done
+            done || true
     fi
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
