@@ -53,9 +53,7 @@ fn images_and_templates_over_rest() {
         return;
     }
     image_common::require("curl", "curl");
-    let layout = image_common::debian_fixture();
-    let registry = image_common::Registry::start();
-    let base = image_common::push_debian(&registry, &layout);
+    let (_registry, base) = image_common::debian_in_registry();
     let server = Server::start("rest-images");
     let name = format!("rest-{}", std::process::id());
 

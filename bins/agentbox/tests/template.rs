@@ -21,9 +21,7 @@ fn a_template_is_built_listed_run_and_removed() {
     if unsafe { libc::geteuid() } != 0 {
         return;
     }
-    let layout = image_common::debian_fixture();
-    let registry = image_common::Registry::start();
-    let base = image_common::push_debian(&registry, &layout);
+    let (registry, base) = image_common::debian_in_registry();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tool.py"), "print('tool says', 6 * 7)\n").unwrap();
     std::fs::write(

@@ -18,7 +18,7 @@ use agentbox_config::SandboxConfig;
 use agentbox_core::{CreateRequest, SandboxBackend};
 use agentbox_image::ImageConfig;
 use agentbox_local::{LocalBackend, LocalConfig};
-use image_common::{Comp, E, Layer, Registry, config_json, debian_fixture, host_arch, push_debian, push_image, tar};
+use image_common::{Comp, E, Layer, Registry, config_json, debian_in_registry, host_arch, push_image, tar};
 
 /// A directory on the host anyone may write in, as `/tmp` is: where a hostile image's links point.
 fn bait_dir(tag: &str) -> PathBuf {
@@ -160,9 +160,7 @@ async fn links_root_inside_leaves_in_the_writable_layer_are_not_followed_when_it
     if common::not_root() {
         return;
     }
-    let layout = debian_fixture();
-    let registry = Registry::start();
-    let reference = push_debian(&registry, &layout);
+    let (_registry, reference) = debian_in_registry();
     let store = tempfile::tempdir().unwrap();
     let b = backend(store.path());
     let config = SandboxConfig {

@@ -14,7 +14,7 @@ use agentbox_config::SandboxConfig;
 use agentbox_core::{CreateRequest, Error, ExecRequest, SandboxBackend};
 use agentbox_image::ImageConfig;
 use agentbox_local::{LocalBackend, LocalConfig};
-use image_common::{Registry, debian_fixture, push_debian};
+use image_common::debian_in_registry;
 
 async fn sh(b: &LocalBackend, id: &agentbox_core::SandboxId, line: &str) -> String {
     let out = b.exec(id, ExecRequest::shell(line)).await.unwrap().collect(1 << 20).await;
@@ -27,9 +27,7 @@ async fn a_sandbox_runs_in_a_pulled_image() {
     if common::not_root() {
         return;
     }
-    let layout = debian_fixture();
-    let registry = Registry::start();
-    let reference = push_debian(&registry, &layout);
+    let (registry, reference) = debian_in_registry();
     let store = tempfile::tempdir().unwrap();
     let config =
         LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
@@ -95,9 +93,7 @@ async fn root_inside_installs_packages_into_the_image_root_and_they_survive_stop
     if common::not_root() {
         return;
     }
-    let layout = debian_fixture();
-    let registry = Registry::start();
-    let reference = push_debian(&registry, &layout);
+    let (_registry, reference) = debian_in_registry();
     let store = tempfile::tempdir().unwrap();
     let config =
         LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };

@@ -14,7 +14,7 @@ use agentbox_core::{CreateRequest, ExecRequest, SandboxBackend};
 use agentbox_image::{ImageConfig, Store};
 use agentbox_local::{LocalBackend, LocalConfig};
 use agentbox_template::{BuildRequest, Builder, TemplateError};
-use image_common::{Registry, debian_fixture, push_debian};
+use image_common::{Registry, debian_in_registry};
 
 fn not_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -52,9 +52,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let layout = debian_fixture();
-        let registry = Registry::start();
-        let base = push_debian(&registry, &layout);
+        let (registry, base) = debian_in_registry();
         let dir = tempfile::tempdir().unwrap();
         let images = ImageConfig::in_dir(dir.path().join("images"));
         let backend = Arc::new(

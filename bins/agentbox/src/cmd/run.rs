@@ -119,7 +119,7 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let backend = agentbox_server::cli::open_backend(
             args.backend,
             &agentbox_server::cli::BackendSettings {
@@ -143,7 +143,11 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         saved?;
         destroyed?;
         Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
-    })
+    });
+    // The sandbox is destroyed by now: the process is about to exit, so don't wait for the runtime's idle
+    // threads to wind down one by one (0.3 ms of every run).
+    runtime.shutdown_background();
+    code
 }
 
 enum Job {

@@ -578,6 +578,15 @@ pub fn debian_fixture() -> PathBuf {
     layout
 }
 
+/// The Debian fixture pushed to a registry started for the caller: the registry (it stops when dropped) and the
+/// fixture's reference in it.
+pub fn debian_in_registry() -> (Registry, String) {
+    let layout = debian_fixture();
+    let registry = Registry::start();
+    let reference = push_debian(&registry, &layout);
+    (registry, reference)
+}
+
 /// Pushes the Debian fixture to `reg` with `skopeo`; returns its reference.
 pub fn push_debian(reg: &Registry, layout: &Path) -> String {
     let dest = format!("{}/debian-python:{DEBIAN_TAG}", reg.addr);
