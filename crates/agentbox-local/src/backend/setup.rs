@@ -15,7 +15,10 @@ impl LocalBackend {
         let home = run_as.home();
         let mut binds = Vec::new();
         let mut symlinks = Vec::new();
-        for d in &self.inner.config.system_dirs {
+        // The host's system directories and `/etc` entries (one `statx` each) are bound into a host root only:
+        // an image brings its own.
+        let host_root = config.image_reference().is_none();
+        for d in self.inner.config.system_dirs.iter().filter(|_| host_root) {
             let p = Path::new(d);
             match std::fs::symlink_metadata(p) {
                 Ok(m) if m.file_type().is_symlink() => {
@@ -27,7 +30,7 @@ impl LocalBackend {
                 _ => {}
             }
         }
-        for e in &self.inner.config.etc_entries {
+        for e in self.inner.config.etc_entries.iter().filter(|_| host_root) {
             let src = format!("/etc/{e}");
             if let Ok(m) = std::fs::metadata(&src) {
                 binds.push(BindMount { source: src.clone(), target: src, dir: m.is_dir() });
