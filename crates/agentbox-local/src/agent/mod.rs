@@ -241,6 +241,9 @@ impl Running {
     }
 }
 
+/// How many finished background processes the agent keeps listing (the oldest go first).
+const FINISHED_BACKGROUND_KEPT: usize = 256;
+
 struct Agent {
     /// The control socket to the host (non-blocking).
     control: OwnedFd,
@@ -469,6 +472,14 @@ impl Agent {
         }
     }
 
+    /// Keeps a finished background process for the process list, the most recent [`FINISHED_BACKGROUND_KEPT`].
+    fn remember_finished(&mut self, process: Proc) {
+        self.finished_bg.push(process);
+        if self.finished_bg.len() > FINISHED_BACKGROUND_KEPT {
+            self.finished_bg.remove(0);
+        }
+    }
+
     fn start(&mut self, id: u32, e: &Exec) {
         if e.root && !self.setup.allow_root {
             return self.fail(id, "this sandbox does not allow root inside".into(), Some(libc::EPERM));
@@ -481,16 +492,13 @@ impl Agent {
                 // not start is listed as exited 127.
                 self.send(&proto::encode_json(Kind::Started, id, &Started { pid: 0 }));
                 if let Some(path) = &e.output_path {
-                    self.finished_bg.push(Proc {
+                    self.remember_finished(Proc {
                         id,
                         pid: 0,
                         argv: e.argv.clone(),
                         exit_code: Some(127),
                         output_path: Some(path.clone()),
                     });
-                    if self.finished_bg.len() > 256 {
-                        self.finished_bg.remove(0);
-                    }
                 }
                 let msg = proto::clip_message(why.to_string());
                 self.send(&proto::encode(Kind::Stderr, id, format!("{msg}\n").as_bytes()));
@@ -746,16 +754,13 @@ impl Agent {
         }
         let micros = u64::try_from(r.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(path) = r.background {
-            self.finished_bg.push(Proc {
+            self.remember_finished(Proc {
                 id,
                 pid: r.pid,
                 argv: r.argv,
                 exit_code: Some(code),
                 output_path: Some(path),
             });
-            if self.finished_bg.len() > 256 {
-                self.finished_bg.remove(0);
-            }
         }
         self.send(&proto::encode_json(Kind::Exited, id, &Exited { code, signal, timed_out: r.timed_out, micros }));
     }

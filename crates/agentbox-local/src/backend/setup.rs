@@ -10,15 +10,12 @@ use super::LocalBackend;
 use crate::proto::{BindMount, Quota, Setup};
 
 impl LocalBackend {
-    pub(super) fn setup_for(&self, config: &SandboxConfig) -> Setup {
-        let run_as = &config.security.run_as;
-        let home = run_as.home();
+    /// The binds of the host's system directories and `/etc` entries that exist (one `statx` each), and the
+    /// symlinks among the system directories (`/bin` -> `usr/bin`), for a root made of the host's.
+    fn host_system(&self) -> (Vec<BindMount>, Vec<(String, String)>) {
         let mut binds = Vec::new();
         let mut symlinks = Vec::new();
-        // The host's system directories and `/etc` entries (one `statx` each) are bound into a host root only:
-        // an image brings its own.
-        let host_root = config.image_reference().is_none();
-        for d in self.inner.config.system_dirs.iter().filter(|_| host_root) {
+        for d in &self.inner.config.system_dirs {
             let p = Path::new(d);
             match std::fs::symlink_metadata(p) {
                 Ok(m) if m.file_type().is_symlink() => {
@@ -30,12 +27,21 @@ impl LocalBackend {
                 _ => {}
             }
         }
-        for e in self.inner.config.etc_entries.iter().filter(|_| host_root) {
+        for e in &self.inner.config.etc_entries {
             let src = format!("/etc/{e}");
             if let Ok(m) = std::fs::metadata(&src) {
                 binds.push(BindMount { source: src.clone(), target: src, dir: m.is_dir() });
             }
         }
+        (binds, symlinks)
+    }
+
+    pub(super) fn setup_for(&self, config: &SandboxConfig) -> Setup {
+        let run_as = &config.security.run_as;
+        let home = run_as.home();
+        // The host's system directories and `/etc` entries are bound into a host root only: an image brings its own.
+        let (binds, symlinks) =
+            if config.image_reference().is_none() { self.host_system() } else { (Vec::new(), Vec::new()) };
         let (u, g, name) = (run_as.uid, run_as.gid, &run_as.name);
         let files = vec![
             ("/etc/passwd".into(), format!("root:x:0:0:root:/root:/usr/sbin/nologin\n{name}:x:{u}:{g}::{home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")),
