@@ -153,6 +153,7 @@ macro_rules! __with_checks {
             exec_stdin
             exec_env_and_cwd
             exec_timeout
+            exec_abandoned
             exec_invalid_requests
             run_code_python
             run_code_javascript
@@ -674,6 +675,47 @@ pub async fn exec_timeout(backend: Arc<dyn SandboxBackend>, options: Options) ->
     .await;
     ctx.finish(&info.id, result).await
 }
+
+sandbox_check!(
+    /// Dropping an execution's stream before its exit ends the process: a caller that gives up (a client that hung
+    /// up) leaves nothing running until the time limit.
+    exec_abandoned,
+    |ctx, id| {
+        let what = "exec of `echo $$; exec sleep 600`";
+        let mut stream = ctx.call(what, ctx.backend.exec(id, ExecRequest::shell("echo $$; exec sleep 600"))).await?;
+        let mut head = Vec::new();
+        let pid = loop {
+            let event = tokio::time::timeout(ctx.options.call_timeout, stream.next())
+                .await
+                .map_err(|_| ctx.fail(format!("{what} printed nothing within {:?}", ctx.options.call_timeout)))?;
+            match event {
+                Some(ExecEvent::Stdout(b)) => head.extend_from_slice(&b),
+                Some(ExecEvent::Stderr(_)) => {}
+                other => return Err(ctx.fail(format!("{what} should still run, got {other:?}"))),
+            }
+            if let Some(end) = head.iter().position(|b| *b == b'\n') {
+                let text = String::from_utf8_lossy(&head[..end]).trim().to_owned();
+                break text.parse::<u32>().map_err(|_| ctx.fail(format!("{what} printed {text:?}, not a pid")))?;
+            }
+        };
+        let check = format!("kill -0 {pid}");
+        ctx.ensure(ctx.sh(id, &check).await?.exit_code == 0, || format!("process {pid} should run before the drop"))?;
+        drop(stream);
+        let deadline = tokio::time::Instant::now() + ctx.options.call_timeout;
+        loop {
+            if ctx.sh(id, &check).await?.exit_code != 0 {
+                return Ok(Outcome::Passed);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ctx.fail(format!(
+                    "process {pid} still ran {:?} after its stream was dropped",
+                    ctx.options.call_timeout
+                )));
+            }
+            ctx.pause().await;
+        }
+    }
+);
 
 sandbox_check!(
     /// Malformed requests are refused with `InvalidRequest`; a missing program or working directory is an error or a

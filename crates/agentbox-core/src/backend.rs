@@ -28,10 +28,11 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Creates and starts a sandbox. The config must already be valid.
     async fn create(&self, request: CreateRequest) -> Result<SandboxInfo>;
 
-    /// Starts an execution and streams its output; the stream ends with an exit event.
+    /// Starts an execution and streams its output; the stream ends with an exit event. Dropping the
+    /// stream before that event ends the execution's process tree.
     async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream>;
 
-    /// Runs code in a language's interpreter and streams its output.
+    /// Runs code in a language's interpreter and streams its output, like [`exec`](Self::exec).
     async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream>;
 
     /// Starts a process in the background; its output goes to a file in the sandbox.

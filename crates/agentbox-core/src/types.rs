@@ -466,10 +466,13 @@ impl CappedBuffer {
 type ExitHook = Box<dyn FnOnce(&ExitStatus) + Send>;
 
 /// A running execution's events: stdout/stderr chunks, then one [`ExecEvent::Exit`].
+///
+/// Dropping the stream before its exit event abandons the execution: backends end its process tree
+/// (nobody reads its output any more, and it would otherwise hold the sandbox until its time limit).
 pub struct ExecStream {
     rx: tokio::sync::mpsc::Receiver<ExecEvent>,
     on_exit: Vec<ExitHook>,
-    guard: Option<Box<dyn Send + Sync>>,
+    guards: Vec<Box<dyn Send + Sync>>,
     finished: bool,
 }
 
@@ -483,7 +486,7 @@ impl ExecStream {
     /// A stream fed by a backend through `rx`.
     #[must_use]
     pub fn new(rx: tokio::sync::mpsc::Receiver<ExecEvent>) -> Self {
-        Self { rx, on_exit: Vec::new(), guard: None, finished: false }
+        Self { rx, on_exit: Vec::new(), guards: Vec::new(), finished: false }
     }
 
     /// A stream of already known events (for tests and simple backends).
@@ -503,10 +506,11 @@ impl ExecStream {
         self
     }
 
-    /// Keeps `guard` alive until the stream is dropped.
+    /// Keeps `guard` alive until the exit event has passed or the stream is dropped, whichever comes
+    /// first; guards are dropped in the order they were added.
     #[must_use]
     pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self.guard = Some(Box::new(guard));
+        self.guards.push(Box::new(guard));
         self
     }
 
@@ -530,7 +534,7 @@ impl ExecStream {
             for hook in self.on_exit.drain(..) {
                 hook(status);
             }
-            self.guard = None;
+            self.guards.clear();
         }
         Some(event)
     }

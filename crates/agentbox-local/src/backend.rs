@@ -434,8 +434,7 @@ impl SandboxBackend for LocalBackend {
     async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream> {
         let sb = self.get(id)?;
         let msg = Self::exec_message(&sb, &request, None)?;
-        let (_, rx) = self.start_execution(&sb, &msg, request.stdin.as_deref()).await?;
-        Ok(ExecStream::new(rx))
+        self.start_owned_execution(&sb, &msg, request.stdin.as_deref()).await
     }
 
     async fn open_terminal(
@@ -545,7 +544,7 @@ impl SandboxBackend for LocalBackend {
         }
         let frame = proto::try_encode_json(Kind::Kill, p.id, &proto::Kill { signal })
             .map_err(|e| backend_err("encoding the kill", e))?;
-        self.send(&sb, &frame).await
+        sb.send(&frame).await
     }
 
     async fn read_file(&self, id: &SandboxId, path: &str) -> Result<Vec<u8>> {

@@ -118,6 +118,10 @@ pub struct Limits {
     /// Time allowed beyond an execution's own time limit before the request is abandoned.
     #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub exec_grace: Duration,
+    /// Longest time limit of one browser action (a larger `timeout_ms` is lowered to it), at most 5 minutes:
+    /// how long one call may hold a sandbox's browser.
+    #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
+    pub browser_max_timeout: Duration,
     /// Time a client has to send a request's head (slow clients are disconnected).
     #[serde(deserialize_with = "agentbox_config::deserialize_duration")]
     pub header_read_timeout: Duration,
@@ -156,6 +160,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(60),
             create_timeout: Duration::from_secs(15 * 60),
             exec_grace: Duration::from_secs(30),
+            browser_max_timeout: Duration::from_secs(5 * 60),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             rate_limit_per_second: 100,
@@ -371,6 +376,9 @@ impl ServerConfig {
                 problems.push(format!("{name} must be at least 1"));
             }
         }
+        if l.browser_max_timeout > Duration::from_secs(5 * 60) {
+            problems.push("limits.browser_max_timeout must be at most 5m (the largest timeout_ms)".to_owned());
+        }
         if l.max_uri_bytes < 256 {
             problems.push("limits.max_uri_bytes must be at least 256".to_owned());
         }
@@ -389,6 +397,7 @@ impl ServerConfig {
         for (name, d) in [
             ("limits.request_timeout", l.request_timeout),
             ("limits.create_timeout", l.create_timeout),
+            ("limits.browser_max_timeout", l.browser_max_timeout),
             ("limits.header_read_timeout", l.header_read_timeout),
             ("limits.body_read_timeout", l.body_read_timeout),
             ("limits.proxy_header_timeout", l.proxy_header_timeout),

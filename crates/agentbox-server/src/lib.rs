@@ -217,7 +217,10 @@ impl Server {
         }
         manager.start();
         #[cfg(feature = "browser")]
-        let browser = agentbox_tools::browser::BrowserTool::default();
+        let browser = agentbox_tools::browser::BrowserTool::new(agentbox_tools::browser::BrowserConfig {
+            max_timeout: config.limits.browser_max_timeout,
+            ..agentbox_tools::browser::BrowserConfig::default()
+        });
         let tools = api::tools::registry(
             #[cfg(feature = "browser")]
             &browser,

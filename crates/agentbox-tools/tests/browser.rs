@@ -500,6 +500,13 @@ async fn navigation_failures_and_timeouts_are_clear_and_do_not_block_later_navig
     let err = site.try_call(json!({"action": "navigate", "url": "javascript:alert(1)"})).await.unwrap_err();
     assert_eq!(err.kind, ToolErrorKind::InvalidInput);
 
+    // A call its caller gives up on (a REST client that hung up) is given up inside the sandbox too: the next
+    // call does not wait for a five-minute wait that nobody reads.
+    let given_up = json!({"action": "wait_for", "selector": "#never", "timeout_ms": 300_000});
+    assert!(tokio::time::timeout(Duration::from_secs(2), site.tool.call(&site.ctx, given_up)).await.is_err());
+    let after = site.call(json!({"action": "evaluate", "expression": "6 * 7"})).await;
+    assert_eq!(after["result"], 42, "{after}");
+
     // file:// and data: URLs load from inside the sandbox.
     let file = site.call(json!({"action": "navigate", "url": "/home/user/site/second.html"})).await;
     assert_eq!(text(&file, "title"), "Second");

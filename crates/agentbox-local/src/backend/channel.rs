@@ -21,20 +21,6 @@ pub(super) enum Route {
 }
 
 impl LocalBackend {
-    pub(super) async fn send(&self, sb: &LiveSandbox, frame: &[u8]) -> Result<()> {
-        if sb.paused.load(Ordering::SeqCst) {
-            return Err(Error::Conflict(format!(
-                "sandbox {} is paused: resume it first (its files can be read and written while it is paused)",
-                sb.info.id
-            )));
-        }
-        let mut w = sb.writer.lock().await;
-        let Some(w) = w.as_mut() else { return Err(Error::NotFound(format!("sandbox {}", sb.info.id))) };
-        w.write_all(frame).await.map_err(|e| {
-            Error::backend_with(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox"), e)
-        })
-    }
-
     pub(super) async fn request(
         &self,
         sb: &LiveSandbox,
@@ -45,7 +31,7 @@ impl LocalBackend {
         let id = sb.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         sb.routes.lock_unpoisoned().insert(id, Route::Reply(tx));
-        let sent = self.send(sb, &proto::encode(kind, id, payload)).await;
+        let sent = sb.send(&proto::encode(kind, id, payload)).await;
         let result = match sent {
             Ok(()) => match tokio::time::timeout(deadline, rx).await {
                 Ok(Ok(r)) => Ok(r),
@@ -56,6 +42,23 @@ impl LocalBackend {
         };
         sb.routes.lock_unpoisoned().remove(&id);
         result
+    }
+}
+
+impl LiveSandbox {
+    /// Writes frames to the agent; refused while the sandbox is paused (a frozen agent reads nothing).
+    pub(super) async fn send(&self, frame: &[u8]) -> Result<()> {
+        if self.paused.load(Ordering::SeqCst) {
+            return Err(Error::Conflict(format!(
+                "sandbox {} is paused: resume it first (its files can be read and written while it is paused)",
+                self.info.id
+            )));
+        }
+        let mut w = self.writer.lock().await;
+        let Some(w) = w.as_mut() else { return Err(Error::NotFound(format!("sandbox {}", self.info.id))) };
+        w.write_all(frame).await.map_err(|e| {
+            Error::backend_with(format!("the sandbox agent is gone ({e}); destroy and recreate the sandbox"), e)
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Executions: the request the agent gets for one, checked against what `execve` can take.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use agentbox_core::{
     Command, Error, ExecEvent, ExecRequest, ExecStream, LockExt, Result, Terminal, TerminalInput, TerminalRequest,
@@ -103,11 +103,50 @@ impl LocalBackend {
             }
             frames.extend(proto::encode(Kind::Stdin, rid, &[]));
         }
-        if let Err(e) = self.send(sb, &frames).await {
+        if let Err(e) = sb.send(&frames).await {
             sb.routes.lock_unpoisoned().remove(&rid);
             return Err(e);
         }
         Ok((rid, rx))
+    }
+
+    /// Starts an execution whose stream ends it when dropped before the exit event.
+    pub(super) async fn start_owned_execution(
+        &self,
+        sb: &Arc<LiveSandbox>,
+        msg: &Exec,
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecStream> {
+        let (rid, rx) = self.start_execution(sb, msg, stdin).await?;
+        Ok(ExecStream::new(rx).with_guard(EndIfAbandoned { sb: Arc::downgrade(sb), rid }))
+    }
+}
+
+/// Ends an execution whose caller dropped its stream before the exit event, as the E2B backend does: nobody
+/// reads its output any more, and it would otherwise hold the sandbox until its time limit (a REST client that
+/// hung up, a tool call given up on).
+struct EndIfAbandoned {
+    sb: Weak<LiveSandbox>,
+    rid: u32,
+}
+
+impl Drop for EndIfAbandoned {
+    fn drop(&mut self) {
+        let Some(sb) = self.sb.upgrade() else { return };
+        // The route goes when the exit event arrives: one still there is an execution still running.
+        if !sb.routes.lock_unpoisoned().contains_key(&self.rid) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(frame) = proto::try_encode_json(Kind::Kill, self.rid, &proto::Kill { signal: libc::SIGKILL }) else {
+            return;
+        };
+        let rid = self.rid;
+        runtime.spawn(async move {
+            if let Err(e) = sb.send(&frame).await {
+                tracing::debug!(sandbox = %sb.info.id, rid, error = %e, "ending an abandoned execution failed");
+            }
+        });
     }
 }
 
@@ -130,7 +169,6 @@ impl LocalBackend {
         msg.timeout_ms = 0;
         let (rid, rx) = self.start_execution(&sb, &msg, None).await?;
         let (input, mut inputs) = mpsc::channel::<TerminalInput>(64);
-        let backend = self.clone();
         tokio::spawn(async move {
             while let Some(item) = inputs.recv().await {
                 let frames = match item {
@@ -146,13 +184,13 @@ impl LocalBackend {
                         }
                     }
                 };
-                if backend.send(&sb, &frames).await.is_err() {
+                if sb.send(&frames).await.is_err() {
                     return;
                 }
             }
             // The caller is gone: hang up, as a closed terminal window does.
             if let Ok(f) = proto::try_encode_json(Kind::Kill, rid, &proto::Kill { signal: libc::SIGHUP }) {
-                let _ = backend.send(&sb, &f).await;
+                let _ = sb.send(&f).await;
             }
         });
         Ok(Terminal { output: ExecStream::new(rx), input })

@@ -94,7 +94,13 @@ fn client_main() -> i32 {
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     };
-    if let Err(e) = conn.write_all(&request).and_then(|()| conn.shutdown(std::net::Shutdown::Write)) {
+    // The request goes length first, and the client's side stays open while the driver works: the driver
+    // gives the action up when this process goes away (the host ends it when its caller gives up).
+    let Ok(len) = u32::try_from(request.len()) else {
+        eprintln!("agentbox browser client: the request is too large");
+        return 1;
+    };
+    if let Err(e) = conn.write_all(&len.to_le_bytes()).and_then(|()| conn.write_all(&request)) {
         eprintln!("agentbox browser client: sending the request failed: {e}");
         return 1;
     }
@@ -155,18 +161,23 @@ struct Driver {
 }
 
 impl Driver {
-    /// Reads one request, runs it, writes the reply.
+    /// Reads one request, runs it, writes the reply. The action is given up if the client goes away
+    /// meanwhile, so that the next call does not wait for one nobody reads.
     async fn serve(&mut self, mut conn: tokio::net::UnixStream) {
-        let mut bytes = Vec::new();
-        let mut limited = (&mut conn).take(wire::REQUEST_BYTES as u64 + 1);
-        let read = tokio::time::timeout(Duration::from_secs(10), limited.read_to_end(&mut bytes)).await;
+        let read = tokio::time::timeout(Duration::from_secs(10), read_request(&mut conn)).await;
         let outcome = match read {
-            Ok(Ok(_)) if bytes.len() <= wire::REQUEST_BYTES => match serde_json::from_slice::<Request>(&bytes) {
-                Ok(request) => self.handle(request).await.map_err(WireError::from),
+            Ok(Ok(bytes)) => match serde_json::from_slice::<Request>(&bytes) {
+                Ok(request) => {
+                    let (mut rd, _) = conn.split();
+                    let hangup = async move {
+                        // Nothing more may come from the client: any byte, end of file or error means it is gone.
+                        let _ = rd.read(&mut [0_u8; 1]).await;
+                    };
+                    self.handle(request, hangup).await.map_err(WireError::from)
+                }
                 Err(e) => Err(invalid(format!("the browser driver got an invalid request: {e}"))),
             },
-            Ok(Ok(_)) => Err(invalid(format!("the request is larger than {} bytes", wire::REQUEST_BYTES))),
-            Ok(Err(e)) => Err(invalid(format!("reading the request failed: {e}"))),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(invalid("the request did not arrive in time".into())),
         };
         let reply = wire::encode_reply(outcome);
@@ -174,7 +185,11 @@ impl Driver {
         let _ = conn.shutdown().await;
     }
 
-    async fn handle(&mut self, request: Request) -> BrowserResult<Map<String, Value>> {
+    async fn handle(
+        &mut self,
+        request: Request,
+        hangup: impl std::future::Future<Output = ()>,
+    ) -> BrowserResult<Map<String, Value>> {
         let Request { config: cfg, network_enabled, resources_hint, action } = request;
         let action: BrowserAction = serde_json::from_value(action)
             .map_err(|e| BrowserError::InvalidInput(format!("invalid input for browser: {e}")))?;
@@ -187,7 +202,12 @@ impl Driver {
             return Err(BrowserError::Gone("the browser is not running".into()));
         };
         let cx = actions::Ctx { cfg: &cfg, network_enabled };
-        match actions::run(session, &cx, action).await {
+        let outcome = tokio::select! {
+            outcome = actions::run(session, &cx, action) => outcome,
+            // The browser stays as the action left it; a navigation it started may go on loading.
+            () = hangup => return Err(BrowserError::Gone("the call was given up: its client went away".into())),
+        };
+        match outcome {
             Ok(mut out) => {
                 if let Some(s) = started {
                     s.describe(&mut out);
@@ -271,6 +291,20 @@ impl Driver {
         }
         out
     }
+}
+
+/// Reads one request: its length (4 bytes, little-endian), then that many bytes, at most
+/// [`wire::REQUEST_BYTES`].
+async fn read_request(conn: &mut tokio::net::UnixStream) -> Result<Vec<u8>, WireError> {
+    let mut len = [0_u8; 4];
+    conn.read_exact(&mut len).await.map_err(|e| invalid(format!("reading the request failed: {e}")))?;
+    let len = usize::try_from(u32::from_le_bytes(len)).unwrap_or(usize::MAX);
+    if len > wire::REQUEST_BYTES {
+        return Err(invalid(format!("the request is larger than {} bytes", wire::REQUEST_BYTES)));
+    }
+    let mut bytes = vec![0_u8; len];
+    conn.read_exact(&mut bytes).await.map_err(|e| invalid(format!("reading the request failed: {e}")))?;
+    Ok(bytes)
 }
 
 fn invalid(message: String) -> WireError {

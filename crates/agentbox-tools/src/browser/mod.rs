@@ -89,6 +89,9 @@ pub struct BrowserConfig {
     pub navigation_timeout: Duration,
     /// Default time limit of element actions and waits (click, type, press, select, wait_for, evaluate).
     pub action_timeout: Duration,
+    /// Longest time limit an action may have: a larger `timeout_ms` is lowered to it (at most 5 minutes, the
+    /// largest `timeout_ms`). An operator lowers it to bound how long one call may hold a sandbox's browser.
+    pub max_timeout: Duration,
     /// Default size of a snapshot page, in bytes.
     pub snapshot_bytes: usize,
     /// Default size of extracted text and evaluation results, in bytes.
@@ -115,11 +118,20 @@ impl Default for BrowserConfig {
             cdp_timeout: Duration::from_secs(15),
             navigation_timeout: Duration::from_secs(30),
             action_timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_millis(input::MAX_TIMEOUT_MS),
             snapshot_bytes: 8 * 1024,
             extract_bytes: 16 * 1024,
             max_screenshot_bytes: 32 * 1024 * 1024,
             max_events: 100,
         }
+    }
+}
+
+impl BrowserConfig {
+    /// [`max_timeout`](Self::max_timeout), at most 5 minutes and at least 1 ms.
+    #[must_use]
+    pub fn max_timeout(&self) -> Duration {
+        self.max_timeout.clamp(Duration::from_millis(1), Duration::from_millis(input::MAX_TIMEOUT_MS))
     }
 }
 
@@ -150,9 +162,6 @@ const CLIENT_STDERR_BYTES: usize = 4096;
 
 /// How long the check that a running browser still answers may take.
 pub(crate) const PROBE_LIMIT: Duration = Duration::from_secs(3);
-
-/// How long a call waits for another call on the same sandbox's browser to finish.
-const LOCK_WAIT: Duration = Duration::from_secs(input::MAX_TIMEOUT_MS / 1000 + 60);
 
 /// The `browser` tool. It keeps one browser per sandbox; clones share them.
 ///
@@ -243,7 +252,8 @@ impl BrowserTool {
             input["path"] = Value::String(sb.config().resolve(p)?);
         }
         let slot = self.slot(&managed.sandbox.id);
-        let mut slot = tokio::time::timeout(LOCK_WAIT, slot.lock()).await.map_err(|_| {
+        // Another call on the same sandbox's browser runs at most its own limit.
+        let mut slot = tokio::time::timeout(self.call_limit(), slot.lock()).await.map_err(|_| {
             BrowserError::Busy(
                 "another browser call on this sandbox is still running; retry when it has finished".into(),
             )
@@ -380,7 +390,7 @@ impl BrowserTool {
 
     /// The longest one call may take: the longest action, plus a browser launch, plus slack.
     fn call_limit(&self) -> Duration {
-        Duration::from_millis(input::MAX_TIMEOUT_MS) + self.config.launch_timeout + Duration::from_secs(60)
+        self.config.max_timeout() + self.config.launch_timeout + Duration::from_secs(60)
     }
 }
 

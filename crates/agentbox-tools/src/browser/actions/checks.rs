@@ -3,14 +3,17 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-pub(super) fn limit(ms: Option<u64>, default: Duration) -> BrowserResult<Duration> {
+/// An action's time limit: `timeout_ms`, else `default`, lowered to the configuration's
+/// [`max_timeout`](crate::browser::BrowserConfig::max_timeout).
+pub(super) fn limit(ms: Option<u64>, default: Duration, cfg: &BrowserConfig) -> BrowserResult<Duration> {
+    let most = cfg.max_timeout();
     match ms {
-        None => Ok(default),
+        None => Ok(default.min(most)),
         Some(0) => Err(BrowserError::InvalidInput("timeout_ms must be at least 1".into())),
         Some(ms) if ms > MAX_TIMEOUT_MS => Err(BrowserError::InvalidInput(format!(
             "timeout_ms must be at most {MAX_TIMEOUT_MS} (5 minutes), got {ms}"
         ))),
-        Some(ms) => Ok(Duration::from_millis(ms)),
+        Some(ms) => Ok(Duration::from_millis(ms).min(most)),
     }
 }
 

@@ -85,37 +85,37 @@ pub(crate) async fn run(s: &mut Session, cx: &Ctx<'_>, action: BrowserAction) ->
     match action {
         BrowserAction::Navigate { url, wait, selector, timeout_ms } => {
             let url = normalize_url(&url)?;
-            let limit = limit(timeout_ms, cfg.navigation_timeout)?;
+            let limit = limit(timeout_ms, cfg.navigation_timeout, cfg)?;
             navigate(s, cx, Start::Url(url), wait, selector, limit).await
         }
         BrowserAction::Back { wait, timeout_ms } => {
-            navigate(s, cx, Start::History(-1), wait, None, limit(timeout_ms, cfg.navigation_timeout)?).await
+            navigate(s, cx, Start::History(-1), wait, None, limit(timeout_ms, cfg.navigation_timeout, cfg)?).await
         }
         BrowserAction::Forward { wait, timeout_ms } => {
-            navigate(s, cx, Start::History(1), wait, None, limit(timeout_ms, cfg.navigation_timeout)?).await
+            navigate(s, cx, Start::History(1), wait, None, limit(timeout_ms, cfg.navigation_timeout, cfg)?).await
         }
         BrowserAction::Reload { wait, timeout_ms } => {
-            navigate(s, cx, Start::Reload, wait, None, limit(timeout_ms, cfg.navigation_timeout)?).await
+            navigate(s, cx, Start::Reload, wait, None, limit(timeout_ms, cfg.navigation_timeout, cfg)?).await
         }
         BrowserAction::Click { reference, selector, button, double_click, force, timeout_ms } => {
             let target = Target::required(reference, selector)?;
-            let limit = limit(timeout_ms, cfg.action_timeout)?;
+            let limit = limit(timeout_ms, cfg.action_timeout, cfg)?;
             click(s, cx, &target, button.unwrap_or_default(), double_click, force, limit).await
         }
         BrowserAction::Type { reference, selector, text, submit, clear, slowly, timeout_ms } => {
             let target = Target::required(reference, selector)?;
-            let limit = limit(timeout_ms, cfg.action_timeout)?;
+            let limit = limit(timeout_ms, cfg.action_timeout, cfg)?;
             let opts = TypeOptions { submit, clear: clear.unwrap_or(true), slowly };
             type_text(s, cx, &target, &text, opts, limit).await
         }
         BrowserAction::Press { key, reference, selector, timeout_ms } => {
             let target = Target::optional(reference, selector)?;
-            let limit = limit(timeout_ms, cfg.action_timeout)?;
+            let limit = limit(timeout_ms, cfg.action_timeout, cfg)?;
             press(s, cx, target.as_ref(), &key, limit).await
         }
         BrowserAction::Select { reference, selector, values, timeout_ms } => {
             let target = Target::required(reference, selector)?;
-            select(s, cx, &target, &values, limit(timeout_ms, cfg.action_timeout)?).await
+            select(s, cx, &target, &values, limit(timeout_ms, cfg.action_timeout, cfg)?).await
         }
         BrowserAction::Screenshot { full_page, path, return_data } => {
             screenshot(s, cx, full_page, path.as_deref(), return_data.unwrap_or(true)).await
@@ -127,7 +127,7 @@ pub(crate) async fn run(s: &mut Session, cx: &Ctx<'_>, action: BrowserAction) ->
         }
         BrowserAction::Evaluate { expression, max_bytes, timeout_ms } => {
             let max = bytes(max_bytes, cfg.extract_bytes, MAX_BYTES_RANGE, "max_bytes")?;
-            evaluate(s, cx, &expression, max, limit(timeout_ms, cfg.action_timeout)?).await
+            evaluate(s, cx, &expression, max, limit(timeout_ms, cfg.action_timeout, cfg)?).await
         }
         BrowserAction::Snapshot { selector, interactive_only, offset, limit } => {
             let max = bytes(limit, cfg.snapshot_bytes, SNAPSHOT_LIMIT_RANGE, "limit")?;
@@ -135,7 +135,7 @@ pub(crate) async fn run(s: &mut Session, cx: &Ctx<'_>, action: BrowserAction) ->
         }
         BrowserAction::WaitFor { selector, reference, state, text, text_gone, timeout_ms } => {
             let target = Target::optional(reference, selector)?;
-            let limit = limit(timeout_ms, cfg.action_timeout)?;
+            let limit = limit(timeout_ms, cfg.action_timeout, cfg)?;
             wait_for(s, cx, target.as_ref(), state, text, text_gone, limit).await
         }
         BrowserAction::Scroll { reference, selector, dx, dy, to } => {
@@ -155,7 +155,7 @@ pub(crate) async fn run(s: &mut Session, cx: &Ctx<'_>, action: BrowserAction) ->
         }
         BrowserAction::Tabs { op, url, index, id } => tabs(s, cx, op, url, index, id).await,
         BrowserAction::Downloads { wait, timeout_ms } => {
-            downloads(s, wait, limit(timeout_ms, cfg.navigation_timeout)?).await
+            downloads(s, wait, limit(timeout_ms, cfg.navigation_timeout, cfg)?).await
         }
         BrowserAction::Close {} => Ok(Out::new()),
     }
@@ -164,6 +164,19 @@ pub(crate) async fn run(s: &mut Session, cx: &Ctx<'_>, action: BrowserAction) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_limits_are_lowered_to_the_configured_most() {
+        let cfg = BrowserConfig { max_timeout: Duration::from_secs(20), ..BrowserConfig::default() };
+        assert_eq!(limit(Some(300_000), cfg.action_timeout, &cfg).ok(), Some(Duration::from_secs(20)));
+        assert_eq!(limit(Some(1500), cfg.action_timeout, &cfg).ok(), Some(Duration::from_millis(1500)));
+        let short = BrowserConfig { max_timeout: Duration::from_secs(5), ..BrowserConfig::default() };
+        assert_eq!(limit(None, short.navigation_timeout, &short).ok(), Some(Duration::from_secs(5)));
+        let wide = BrowserConfig { max_timeout: Duration::from_secs(3600), ..BrowserConfig::default() };
+        assert_eq!(wide.max_timeout(), Duration::from_millis(MAX_TIMEOUT_MS));
+        assert!(limit(Some(0), cfg.action_timeout, &cfg).is_err());
+        assert!(limit(Some(MAX_TIMEOUT_MS + 1), cfg.action_timeout, &cfg).is_err());
+    }
 
     #[test]
     fn urls_are_completed_or_refused() {
