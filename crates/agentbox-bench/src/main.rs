@@ -123,14 +123,17 @@ async fn p1(backend: &LocalBackend, n: usize) {
     println!("   of which (p50 of each phase): create {c}, exec {e}, destroy {d}");
 }
 
-/// Creates a sandbox of `config`, runs `true` in it and destroys it; returns the time taken.
-async fn cold_round(backend: &LocalBackend, config: &SandboxConfig) -> Duration {
+/// Creates a sandbox of `config`, runs `true` in it and destroys it; returns the time each phase took (create,
+/// exec, destroy).
+async fn cold_round(backend: &LocalBackend, config: &SandboxConfig) -> [Duration; 3] {
     let t = Instant::now();
     let sb = backend.create(CreateRequest::new(config.clone())).await.expect("create");
+    let created = t.elapsed();
     let out = backend.exec(&sb.id, ExecRequest::argv(["true"])).await.expect("exec").collect(1024).await;
+    let executed = t.elapsed();
     backend.destroy(&sb.id).await.expect("destroy");
     assert_eq!(out.exit_code, 0);
-    t.elapsed()
+    [created, executed - created, t.elapsed() - executed]
 }
 
 /// P11: a cold create from an image already in the store (an overlay of its layers over the sandbox's disk
@@ -145,10 +148,15 @@ async fn p11(backend: &LocalBackend, image: &str, n: usize) {
         base.push(cold_round(backend, &host).await);
         ours.push(cold_round(backend, &with_image).await);
     }
-    row("P11 cold create from a cached image + exec", &stats(ours), "the same with image = host", &stats(base));
+    let total = |rounds: &[[Duration; 3]]| stats(rounds.iter().map(|r| r.iter().sum()).collect());
+    row("P11 cold create from a cached image + exec", &total(&ours), "the same with image = host", &total(&base));
+    let phases = |rounds: &[[Duration; 3]]| {
+        let [c, e, d] = [0, 1, 2].map(|i| ms(stats(rounds.iter().map(|r| r[i]).collect()).p50));
+        format!("create {c}, exec {e}, destroy {d}")
+    };
+    println!("   of which (p50 of each phase): image {}; host {}", phases(&ours), phases(&base));
 }
 
-/// P13: a template rebuild with nothing changed (every layer from the cache, no sandbox made), of a Dockerfile
 /// FROM the P11 image with a COPY and two RUN steps; the first, uncached build is shown beside it.
 async fn p13(backend: Arc<LocalBackend>, image: &str, n: usize) {
     let images = agentbox_image::ImageConfig::default();

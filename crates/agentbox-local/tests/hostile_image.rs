@@ -156,6 +156,38 @@ async fn fifos_and_endless_files_in_an_images_etc_block_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_images_own_etc_files_are_rewritten_in_place_but_never_through_a_hard_link() {
+    if common::not_root() {
+        return;
+    }
+    let registry = Registry::start();
+    // hostname shares its inode with another file of the image; resolv.conf is root's but executable.
+    let image = push(
+        &registry,
+        "etc-files",
+        &[
+            E::Dir("etc/", 0o755),
+            E::File("etc/keep", b"the image's own\n", 0o644),
+            E::Hard("etc/hostname", "etc/keep"),
+            E::File("etc/resolv.conf", b"nameserver 192.0.2.1\n", 0o755),
+        ],
+    )
+    .await;
+    let store = tempfile::tempdir().unwrap();
+    let b = backend(store.path());
+    let info = b.create(CreateRequest::new(config(&image))).await.unwrap();
+    let keep = b.read_file(&info.id, "/etc/keep").await.unwrap();
+    assert_eq!(keep, b"the image's own\n", "the hard link's other name is untouched");
+    let hostname = b.read_file(&info.id, "/etc/hostname").await.unwrap();
+    assert!(!hostname.is_empty() && hostname != keep, "{hostname:?}");
+    for path in ["/etc/resolv.conf", "/etc/hostname"] {
+        let mode = b.stat(&info.id, path).await.unwrap().mode & 0o7777;
+        assert_eq!(mode, 0o644, "{path}: {mode:o}");
+    }
+    b.destroy(&info.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_root_inside_leaves_in_the_writable_layer_are_not_followed_when_it_starts_again() {
     if common::not_root() {
         return;

@@ -77,12 +77,55 @@ pub enum Links {
 pub struct LinuxMounter {
     /// The directories [`Mounter::dir_in`] resolved, held so that their `/proc/self/fd` paths stay valid.
     held: Vec<OwnedFd>,
+    /// The root [`Mounter::dir_in`] last resolved in, opened once (each open of a `/proc/self/fd` path looks
+    /// the process up again); forgotten when something is mounted on it.
+    root: Option<(PathBuf, OwnedFd)>,
 }
 
 impl LinuxMounter {
     fn open_dir(path: &Path) -> io::Result<OwnedFd> {
         rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| with_path(e, path))
+    }
+
+    /// Forgets the opened root when `target`, about to be mounted on or detached, is it.
+    fn forget_root_under(&mut self, target: &Path) {
+        if self.root.as_ref().is_some_and(|(path, _)| path == target) {
+            self.root = None;
+        }
+    }
+
+    /// The file `name` in `dir`, emptied and made mode 0644, when it is what [`Mounter::replace_file`] would make
+    /// anyway: a regular file of root's with one link. Rewriting it in place spares an image's overlay root a
+    /// whiteout and a create over it (an image's `/etc/hostname`, say). Anything else (a symbolic link, a FIFO,
+    /// another owner, a hard link) is left for a new file to replace.
+    fn open_to_rewrite(dir: &OwnedFd, name: &str) -> io::Result<Option<std::fs::File>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Looked at without being opened: a FIFO would block the open, a device reach its driver.
+        let node = match rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("replacing {name}: {e}"))),
+        };
+        let st = rustix::fs::fstat(&node)?;
+        let same = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && (st.st_uid, st.st_gid) == (0, 0)
+            && st.st_nlink == 1;
+        if !same {
+            return Ok(None);
+        }
+        // Reopened through the node looked at; O_TRUNC copies an overlay's file up without its data.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", node.as_raw_fd()))
+            .map_err(|e| io::Error::new(e.kind(), format!("rewriting {name}: {e}")))?;
+        if st.st_mode & 0o7777 != 0o644 {
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))?;
+        }
+        Ok(Some(file))
     }
 }
 
@@ -99,16 +142,23 @@ impl Mounter for LinuxMounter {
         flags: libc::c_ulong,
         data: Option<&str>,
     ) -> io::Result<()> {
+        self.forget_root_under(target);
         sys::mount(source, target, fstype, flags, data)
     }
     fn detach(&mut self, target: &Path) -> io::Result<()> {
+        self.forget_root_under(target);
         sys::umount(target, libc::MNT_DETACH)
     }
     fn mkdir(&mut self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
         std::fs::DirBuilder::new().recursive(true).mode(0o755).create(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        if let Some((u, g)) = owner {
+        // Changed only when they differ: on an image's overlay root a change copies the directory up (the
+        // image's own /tmp, /dev and /proc usually have the right mode already).
+        let now = std::fs::metadata(path)?;
+        if now.mode() & 0o7777 != mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        if let Some((u, g)) = owner.filter(|&(u, g)| (now.uid(), now.gid()) != (u, g)) {
             std::os::unix::fs::chown(path, Some(u), Some(g))?;
         }
         Ok(())
@@ -128,7 +178,15 @@ impl Mounter for LinuxMounter {
         std::os::unix::fs::symlink(target, link)
     }
     fn dir_in(&mut self, root: &Path, inside: &str, links: Links) -> io::Result<PathBuf> {
-        let root_fd = Self::open_dir(root)?;
+        let root_fd = match &self.root {
+            Some((path, fd)) if path == root => rustix::io::dup(fd)?,
+            _ => {
+                let fd = Self::open_dir(root)?;
+                let copy = rustix::io::dup(&fd)?;
+                self.root = Some((root.to_owned(), fd));
+                copy
+            }
+        };
         let mut resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
         if links == Links::Refused {
             resolve |= ResolveFlags::NO_SYMLINKS;
@@ -190,6 +248,11 @@ impl Mounter for LinuxMounter {
     fn replace_file(&mut self, dir: &Path, name: &str, content: &str) -> io::Result<()> {
         use std::io::Write;
         let dir_fd = Self::open_dir(dir)?;
+        if let Some(mut file) = Self::open_to_rewrite(&dir_fd, name)? {
+            return file
+                .write_all(content.as_bytes())
+                .map_err(|e| io::Error::new(e.kind(), format!("writing {name}: {e}")));
+        }
         match rustix::fs::unlinkat(&dir_fd, name, AtFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("replacing {name}: {e}"))),
@@ -208,6 +271,7 @@ impl Mounter for LinuxMounter {
         std::fs::copy(from, to).map(drop)
     }
     fn attach(&mut self, mount: &str, target: &Path) -> io::Result<()> {
+        self.forget_root_under(target);
         rustix::mount::move_mount(
             rustix::fs::CWD,
             mount,
