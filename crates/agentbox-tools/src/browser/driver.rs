@@ -10,7 +10,9 @@
 //! Each call is one short execution of the *client* (this program again), whose stdin is the
 //! request and whose stdout is the reply ([`super::wire`]): the client passes both through the
 //! driver's socket (an abstract unix socket in the sandbox's network namespace). The host thus reads
-//! nothing from the sandbox but execution output in agent frames, capped.
+//! nothing from the sandbox but execution output in agent frames, capped. The client sends the request
+//! length first and keeps its side of the socket open: when the host gives a call up, it ends the client,
+//! and the driver drops the action instead of running it to its time limit.
 //!
 //! Both programs are entered from a constructor that runs before `main`, when [`HELPER_ENV`] names
 //! them, the way the local backend's zygote is.
