@@ -12,7 +12,7 @@ use agentbox_server::BackendKind;
 
 use super::CliError;
 
-/// Arguments of `agentbox run`.
+/// Run a command or code in a throwaway sandbox and exit with its exit code.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  agentbox run -- python3 -c 'print(6 * 7)'\n  agentbox run --memory-mb 256 --timeout 10s -- bash -c 'ulimit -a'\n  agentbox run --lang python -c 'import sys; print(sys.version)'\n  agentbox run --lang javascript script.js\n  E2B_API_KEY=... agentbox run --backend e2b -- uname -a"
@@ -67,20 +67,24 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
         .collect()
 }
 
-/// Runs the command; returns its exit code (128+signal when killed, 124 on timeout).
-///
-/// # Errors
-/// Bad arguments, or a sandbox that could not be created.
 /// At the top of `main`: when the command is `run` and the process is root (the local backend's condition),
 /// forks the local backend's zygote now, while the process has one thread and has read nothing, instead of
 /// executing the binary again for it at the create. Only the first two arguments are looked at, so no copy of
 /// the rest lands in memory the zygote is forked with; with `--backend e2b` the fork idles until the exit.
-pub fn prepare() {
-    if rustix::process::geteuid().is_root() && std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+///
+/// Returns whether the first argument is `run`.
+pub fn prepare() -> bool {
+    let run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
+    if run && rustix::process::geteuid().is_root() {
         let _ = agentbox_local::fork_zygote_now();
     }
+    run
 }
 
+/// Runs the command; returns its exit code (128+signal when killed, 124 on timeout).
+///
+/// # Errors
+/// Bad arguments, or a sandbox that could not be created.
 pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     let preset: Preset = args.preset.parse()?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
