@@ -105,18 +105,12 @@ enum RunCommand {
 fn main() -> ExitCode {
     if cmd::run::prepare() {
         let RunCli { command: RunCommand::Run(args) } = RunCli::parse();
-        return match cmd::run::run(&args) {
-            Ok(code) => code,
-            Err(e) => cmd::report(Err(e)),
-        };
+        return run(&args);
     }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Presets(args) => cmd::presets::run(&args),
-        Command::Run(args) => match cmd::run::run(&args) {
-            Ok(code) => return code,
-            Err(e) => Err(e),
-        },
+        Command::Run(args) => return run(&args),
         Command::Tool(args) => match cmd::tool::run(&args) {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -161,4 +155,12 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cmd::doctor::run(&args),
     };
     cmd::report(result)
+}
+
+/// `agentbox run`: the command's exit code, or its error reported.
+fn run(args: &cmd::run::Args) -> ExitCode {
+    match cmd::run::run(args) {
+        Ok(code) => code,
+        Err(e) => cmd::report(Err(e)),
+    }
 }
