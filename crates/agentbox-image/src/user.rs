@@ -1,17 +1,10 @@
 //! An image's `User`, resolved against the image's own `/etc/passwd` and `/etc/group` as its merged root shows
 //! them: the name, uid and gid a sandbox's executions run as.
 //!
-//! The files come from the store's unpacked layers, which the unpacker made from untrusted input: each is read
-//! only when it is a regular file reached without a symlink, from the top-most layer that has it (a whiteout or
-//! an opaque directory above hides the lower ones), and at most [`MAX_ACCOUNT_FILE`] bytes of it.
-
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+//! The files are read from the store's unpacked layers as [`crate::merged`] looks them up (a regular file reached
+//! without a symbolic link, from the top-most layer that has it), at most [`MAX_ACCOUNT_FILE`] bytes of each.
 
 use crate::store::{ImageRecord, Store, StoreError};
-use crate::unpack::rootfs_of;
 
 /// The most of `/etc/passwd` or `/etc/group` read.
 pub const MAX_ACCOUNT_FILE: u64 = 1 << 20;
@@ -58,7 +51,8 @@ impl Store {
             return Ok(None);
         };
         let (user, group) = spec.split_once(':').map_or((spec, None), |(u, g)| (u, Some(g)));
-        let passwd = self.image_file(image, &["etc", "passwd"])?.unwrap_or_default();
+        let root = self.merged_root(image)?;
+        let passwd = root.file(&["etc", "passwd"], MAX_ACCOUNT_FILE).unwrap_or_default();
         let unknown =
             |what, name: &str, file| UserError::Unknown { spec: spec.to_owned(), what, name: name.to_owned(), file };
         let (name, uid, primary_gid) = match user.parse::<u32>() {
@@ -81,7 +75,7 @@ impl Store {
             Some(g) => match g.parse::<u32>() {
                 Ok(gid) => gid,
                 Err(_) => {
-                    let groups = self.image_file(image, &["etc", "group"])?.unwrap_or_default();
+                    let groups = root.file(&["etc", "group"], MAX_ACCOUNT_FILE).unwrap_or_default();
                     account_lines(&groups)
                         .find(|f| f[0] == g)
                         .and_then(|f| f.get(2).and_then(|v| v.parse().ok()))
@@ -94,51 +88,9 @@ impl Store {
         }
         Ok(Some(ImageUser { name, uid, gid }))
     }
-
-    /// The file at `path` (components below the root) as the image's merged root shows it: from the top-most
-    /// layer that has it, unless a whiteout or an opaque directory in a layer above hides it. `None` when it is
-    /// absent, hidden, not a regular file, or reached through a symlink (not followed).
-    fn image_file(&self, image: &ImageRecord, path: &[&str]) -> Result<Option<String>, StoreError> {
-        for layer in image.layers.iter().rev() {
-            let manifest = self.layer_manifest(&layer.diff_id)?;
-            let mut dir = rootfs_of(&self.layer_dir(&layer.diff_id));
-            let mut opaque = false;
-            for (i, part) in path.iter().enumerate() {
-                let shown = path[..=i].join("/");
-                if manifest.whiteouts.contains(&shown) {
-                    return Ok(None);
-                }
-                dir.push(part);
-                let Ok(meta) = std::fs::symlink_metadata(&dir) else { break };
-                let last = i + 1 == path.len();
-                if meta.file_type().is_char_device() || meta.file_type().is_symlink() {
-                    return Ok(None);
-                }
-                if last {
-                    return Ok(meta.is_file().then(|| read_capped(&dir)).flatten());
-                }
-                if !meta.is_dir() {
-                    return Ok(None);
-                }
-                opaque |= manifest.opaque_dirs.contains(&shown);
-            }
-            if opaque {
-                return Ok(None);
-            }
-        }
-        Ok(None)
-    }
 }
 
 /// The `:`-separated fields of each entry of a passwd or group file (comments and blank lines skipped).
 fn account_lines(text: &str) -> impl Iterator<Item = Vec<&str>> {
     text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).map(|l| l.split(':').collect())
-}
-
-/// At most [`MAX_ACCOUNT_FILE`] bytes of a regular file, not following a symlink in its last component.
-fn read_capped(path: &Path) -> Option<String> {
-    let file = File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
-    let mut bytes = Vec::new();
-    file.take(MAX_ACCOUNT_FILE).read_to_end(&mut bytes).ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -34,9 +34,13 @@ mod owners;
 mod ports;
 mod setup;
 mod storage;
+mod upper;
 mod volumes;
 
 use channel::{Route, reader_loop};
+
+/// An image's config digest, the generated files and the home: what an [`upper::UpperPlan`] is planned from.
+type UpperPlanKey = (agentbox_image::Digest, Vec<(String, String)>, String);
 pub use config::LocalConfig;
 use owners::{cgroup_parent, process_start};
 use storage::storage_err;
@@ -101,6 +105,11 @@ struct Inner {
     images: std::sync::OnceLock<std::result::Result<agentbox_image::Store, String>>,
     /// Each image's `User` as resolved against its files, by config digest: read once per image, not per create.
     image_users: Mutex<HashMap<agentbox_image::Digest, Option<agentbox_image::ImageUser>>>,
+    /// What the host writes into a new upper layer, by image, generated files and home (see `upper`).
+    upper_plans: Mutex<HashMap<UpperPlanKey, Arc<upper::UpperPlan>>>,
+    /// Set by a test: new upper layers are left empty for the init to fill, as started sandboxes' are.
+    #[cfg(feature = "test-util")]
+    init_fills_new_uppers: AtomicBool,
     /// Host id ranges for sandboxes' user namespaces, when they are in use.
     ids: Option<Arc<agentbox_storage::IdRanges>>,
     /// Which volumes this process's sandboxes have mounted (see `backend/volumes.rs`).
@@ -253,6 +262,9 @@ impl LocalBackend {
             pool,
             images: std::sync::OnceLock::new(),
             image_users: Mutex::new(HashMap::new()),
+            upper_plans: Mutex::new(HashMap::new()),
+            #[cfg(feature = "test-util")]
+            init_fills_new_uppers: AtomicBool::new(false),
             ids,
             volumes_in_use: Arc::default(),
             config,
@@ -288,6 +300,23 @@ impl LocalBackend {
     pub fn host_cgroups(config: &LocalConfig, id: &str) -> Vec<PathBuf> {
         let prefix = if id.is_empty() { "sb-".to_owned() } else { format!("{id}.") };
         Cgroups::detect(&cgroup_parent(config)).find(&prefix)
+    }
+
+    #[cfg(feature = "test-util")]
+    /// From now on the host writes nothing into a new image root's upper layer, and the init makes its
+    /// generated files and directories there itself, as it does in a started sandbox's (for the test that
+    /// compares the two).
+    pub fn leave_new_upper_layers_to_the_init(&self) {
+        self.inner.init_fills_new_uppers.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the host writes a new image root's first entries (see `upper`).
+    fn host_fills_new_uppers(&self) -> bool {
+        #[cfg(feature = "test-util")]
+        if self.inner.init_fills_new_uppers.load(Ordering::Relaxed) {
+            return false;
+        }
+        true
     }
 
     #[cfg(feature = "test-util")]

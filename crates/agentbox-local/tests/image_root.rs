@@ -138,3 +138,42 @@ async fn root_inside_installs_packages_into_the_image_root_and_they_survive_stop
     assert_eq!(out.stdout, "removed\n", "{out:?}");
     b.destroy(&again.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entries_the_host_writes_into_a_new_image_root_are_those_the_init_would_make() {
+    if common::not_root() {
+        return;
+    }
+    let (_registry, reference) = debian_in_registry();
+    let store = tempfile::tempdir().unwrap();
+    let config =
+        LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
+    let b = Arc::new(LocalBackend::new(config).unwrap());
+    let config = SandboxConfig {
+        image: Some(reference),
+        security: agentbox_config::SecurityConfig { allow_root_inside: true, ..Default::default() },
+        ..SandboxConfig::default()
+    };
+    // What a sandbox's root shows of the generated files and the directories the init makes or changes.
+    let look = "stat -c '%n %F %a %U:%G %s' /etc /etc/passwd /etc/group /etc/hostname /etc/hosts /etc/resolv.conf \
+        /etc/nsswitch.conf /home /.agentbox; cat /etc/passwd /etc/group /etc/hostname /etc/hosts /etc/resolv.conf \
+        /etc/nsswitch.conf; ls -a /etc /home /.agentbox";
+    let root = |line: &str| ExecRequest { user: Some("root".into()), ..ExecRequest::shell(line) };
+    let mut seen = Vec::new();
+    for init_fills in [false, true] {
+        if init_fills {
+            b.leave_new_upper_layers_to_the_init();
+        }
+        let sb = b.create(CreateRequest::new(config.clone())).await.unwrap();
+        let out = b.exec(&sb.id, root(look)).await.unwrap().collect(1 << 20).await;
+        assert_eq!(out.exit_code, 0, "{out:?}");
+        // A user's file in /etc, and a change to a generated one, as usual.
+        let out2 = b.exec(&sb.id, root("echo x >> /etc/hosts && touch /etc/mine && tail -1 /etc/hosts")).await.unwrap();
+        assert_eq!(out2.collect(1 << 10).await.stdout, "x\n");
+        b.destroy(&sb.id).await.unwrap();
+        seen.push(out.stdout);
+    }
+    assert!(seen[0].contains("/etc directory 755 root:root"), "{}", seen[0]);
+    assert!(seen[0].contains("/.agentbox directory 700 root:root"), "{}", seen[0]);
+    assert_eq!(seen[0], seen[1], "written by the host (left) and by the init (right)");
+}

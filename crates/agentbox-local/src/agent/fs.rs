@@ -122,8 +122,8 @@ impl LinuxMounter {
             .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(format!("/proc/self/fd/{}", node.as_raw_fd()))
             .map_err(|e| io::Error::new(e.kind(), format!("rewriting {name}: {e}")))?;
-        if st.st_mode & 0o7777 != 0o644 {
-            rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))?;
+        if st.st_mode & 0o7777 != GENERATED_FILE_MODE {
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(GENERATED_FILE_MODE))?;
         }
         Ok(Some(file))
     }
@@ -259,9 +259,9 @@ impl Mounter for LinuxMounter {
         }
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&dir_fd, name, flags, Mode::from_raw_mode(0o644))
+        let fd = rustix::fs::openat(&dir_fd, name, flags, Mode::from_raw_mode(GENERATED_FILE_MODE))
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("writing {name}: {e}")))?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(GENERATED_FILE_MODE))?;
         std::fs::File::from(fd).write_all(content.as_bytes())
     }
     fn rmdir(&mut self, path: &Path) -> io::Result<()> {
@@ -294,6 +294,25 @@ impl Mounter for LinuxMounter {
         std::env::set_current_dir("/")
     }
 }
+
+/// The mode [`build`] gives `/etc` (on an image root, the parent of the generated files).
+pub(crate) const ETC_MODE: u32 = 0o755;
+/// The mode of the generated files.
+pub(crate) const GENERATED_FILE_MODE: u32 = 0o644;
+/// The mode of the directory the home is mounted on.
+pub(crate) const HOME_MODE: u32 = 0o755;
+/// The mode of the directory `/tmp` is mounted on.
+pub(crate) const TMP_MODE: u32 = 0o1777;
+/// The mode of the directory `/dev` is mounted on.
+pub(crate) const DEV_MODE: u32 = 0o755;
+/// The mode of the directory `/proc` is mounted on.
+pub(crate) const PROC_MODE: u32 = 0o555;
+/// The init's private directory (root only), and the cgroup view mounted in it.
+pub(crate) const PRIVATE_DIR: &str = "/.agentbox";
+/// See [`PRIVATE_DIR`].
+pub(crate) const CGROUP_VIEW: &str = "/.agentbox/cg";
+/// The mode of [`PRIVATE_DIR`] and [`CGROUP_VIEW`].
+pub(crate) const PRIVATE_MODE: u32 = 0o700;
 
 const RO_BIND: libc::c_ulong = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
@@ -405,11 +424,11 @@ fn mount_image_root(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: &Imag
 }
 
 /// The most of an image's `/etc/passwd` or `/etc/group` kept (as much as the host reads to resolve its `User`).
-const MAX_ACCOUNT_FILE: u64 = agentbox_image::user::MAX_ACCOUNT_FILE;
+pub(crate) const MAX_ACCOUNT_FILE: u64 = agentbox_image::user::MAX_ACCOUNT_FILE;
 
 /// Adds to `existing` (a passwd or group file) the lines of `generated` whose first `:`-separated field (a user
 /// or group name) it lacks, so an image's own users stay and the sandbox's are there.
-fn merge_name_lines(existing: &str, generated: &str) -> String {
+pub(crate) fn merge_name_lines(existing: &str, generated: &str) -> String {
     let names: std::collections::HashSet<&str> = existing.lines().filter_map(|l| l.split(':').next()).collect();
     let mut out = existing.to_owned();
     if !out.is_empty() && !out.ends_with('\n') {
@@ -485,9 +504,9 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
     m.mkdir(&storage.join("home"), 0o750, owner)?;
     m.mkdir(&storage.join("tmp"), 0o1777, None)?;
     let home = dir(m, &s.home, Links::InRoot)?;
-    m.mkdir(&home, 0o755, None)?;
+    m.mkdir(&home, HOME_MODE, None)?;
     let tmp = dir(m, "/tmp", Links::InRoot)?;
-    m.mkdir(&tmp, 0o1777, None)?;
+    m.mkdir(&tmp, TMP_MODE, None)?;
     let home_source = s.home_source.clone().unwrap_or_else(|| storage.join("home").to_string_lossy().into_owned());
     if s.passed.contains(&PassedDir::Home) {
         m.attach(&home_source, &home).map_err(ctx("attaching the home"))?;
@@ -515,7 +534,7 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
 
     // /dev: a small tmpfs with the safe device nodes, a private devpts and /dev/shm.
     let dev = dir(m, "/dev", Links::InRoot)?;
-    m.mkdir(&dev, 0o755, None)?;
+    m.mkdir(&dev, DEV_MODE, None)?;
     m.mount(
         Some("agentbox-dev"),
         &dev,
@@ -557,7 +576,7 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
 
     // /proc of the sandbox's own pid namespace, with the sensitive paths masked.
     let proc_dir = dir(m, "/proc", Links::InRoot)?;
-    m.mkdir(&proc_dir, 0o555, None)?;
+    m.mkdir(&proc_dir, PROC_MODE, None)?;
     m.mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
         .map_err(ctx("mounting /proc"))?;
     let proc_dir = dir(m, "/proc", Links::InRoot)?;
@@ -584,7 +603,7 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
     for (path, content) in &s.files {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         let in_dir = dir(m, parent, Links::InRoot)?;
-        m.mkdir(&in_dir, 0o755, None)?;
+        m.mkdir(&in_dir, ETC_MODE, None)?;
         let write_err = |e: io::Error| io::Error::new(e.kind(), format!("writing {path}: {e}"));
         if image_root.is_some() && matches!(path.as_str(), "/etc/passwd" | "/etc/group") {
             let existing = m.read_file_in(&in_dir, name, MAX_ACCOUNT_FILE).map_err(ctx("reading the image's users"))?;
@@ -596,10 +615,10 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
     }
 
     // A private cgroup view for per-execution process tracking, readable by root only.
-    let private = dir(m, "/.agentbox", Links::InRoot)?;
-    m.mkdir(&private, 0o700, None)?;
-    let cg = dir(m, "/.agentbox/cg", Links::InRoot)?;
-    m.mkdir(&cg, 0o700, None)?;
+    let private = dir(m, PRIVATE_DIR, Links::InRoot)?;
+    m.mkdir(&private, PRIVATE_MODE, None)?;
+    let cg = dir(m, CGROUP_VIEW, Links::InRoot)?;
+    m.mkdir(&cg, PRIVATE_MODE, None)?;
     match s.exec_cgroups.as_str() {
         "v2" => {
             m.mount(Some("cgroup2"), &cg, Some("cgroup2"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?;

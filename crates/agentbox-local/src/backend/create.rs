@@ -154,6 +154,13 @@ impl LocalBackend {
             Some((Shelf::Stopped, key)) => Some(key.clone()),
             _ => None,
         };
+        let mut setup = self.setup_for(config);
+        // A new image root's first entries, written by the host into the new layer (see `upper`); a started or
+        // forked sandbox's layer holds its own files, which the init rewrites.
+        let plan_upper = image
+            .as_ref()
+            .filter(|_| from.is_none() && self.host_fills_new_uppers())
+            .map(|image| self.upper_planner(image, &setup));
         let make_layer = {
             let pool = self.inner.pool.clone();
             // Named by the sandbox id alone (the sandbox sees the name in its mount table); the owner process
@@ -179,7 +186,7 @@ impl LocalBackend {
                             "sandboxes can start from a {} only with disk-backed storage (see the backend's limitations)",
                             shelf.what()
                         ))),
-                        None => Ok(None),
+                        None => Ok((None, None)),
                     };
                 };
                 let ids = range.unwrap_or(agentbox_storage::IdRange::IDENTITY);
@@ -209,7 +216,13 @@ impl LocalBackend {
                         };
                         return Err(e);
                     }
-                    Ok(Some(layer))
+                    // Best effort: the init makes whatever this did not (it rewrites a file left half-written).
+                    let seeded = plan_upper.and_then(|plan| plan()).filter(|plan| {
+                        plan.write(&layer.upper(), ids)
+                            .map_err(|e| tracing::warn!(error = %e, "writing a new upper layer's first entries"))
+                            .is_ok()
+                    });
+                    Ok((Some(layer), seeded))
                 })
                 .await
                 .map_err(|e| backend_err("storage task", e))?
@@ -219,7 +232,6 @@ impl LocalBackend {
         // The shared /etc template (one bind instead of a mount or copy per /etc entry) is looked up
         // meanwhile. A writable root keeps per-sandbox copies (the template is shared, so it is always
         // read-only).
-        let mut setup = self.setup_for(config);
         let find_etc = async {
             if !config.security.read_only_root || image.is_some() {
                 return None;
@@ -245,7 +257,7 @@ impl LocalBackend {
                 })
             })
         };
-        let layer = match layer {
+        let (layer, seeded) = match layer {
             Ok(l) => l,
             Err(e) => {
                 abandon(init.ok().and_then(Result::ok), cgroup.ok().and_then(Result::ok), None).await;
@@ -282,6 +294,9 @@ impl LocalBackend {
         let setup = async {
             setup.cgroups = place_init(&cgroup, init_pid, range)?;
             setup.home_source = layer.as_ref().map(|l| l.home().to_string_lossy().into_owned());
+            if let Some(plan) = &seeded {
+                setup.files.retain(|(path, _)| !plan.seeded.contains(path));
+            }
             if let Some(t) = &etc {
                 setup.etc = Some(t.path().to_string_lossy().into_owned());
                 setup.files.clear();

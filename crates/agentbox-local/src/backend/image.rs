@@ -2,11 +2,16 @@
 //! unpacked layers become the read-only lower side of the sandbox's overlay root.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use agentbox_core::{Error, LockExt, Result};
-use agentbox_image::{ImageRef, ImageUser, RuntimeConfig, Store, UserError};
+use agentbox_image::{ImageRecord, ImageRef, ImageUser, RuntimeConfig, Store, UserError};
 
-use super::{LocalBackend, blocking};
+use super::upper::UpperPlan;
+use super::{LocalBackend, blocking, proto};
+
+/// How many planned upper layers a backend keeps (one per image, generated files and home in use).
+const UPPER_PLANS_KEPT: usize = 64;
 
 /// What a sandbox's root needs of its image.
 pub(super) struct ImageRoot {
@@ -17,6 +22,8 @@ pub(super) struct ImageRoot {
     /// The account its `User` names, when not root: executions run as it unless the sandbox's config names a
     /// user of its own.
     pub user: Option<ImageUser>,
+    /// The store's record of it.
+    pub record: ImageRecord,
 }
 
 impl LocalBackend {
@@ -94,6 +101,36 @@ impl LocalBackend {
                 user
             }
         };
-        Ok(ImageRoot { lowers, config: record.config, user })
+        Ok(ImageRoot { lowers, config: record.config.clone(), user, record })
+    }
+
+    /// What the host writes into a new upper layer of `image` for a sandbox with `setup` ([`UpperPlan`]): planned
+    /// on first use, from the image's merged root, then kept. Blocking; `None` when the store can't be read (the
+    /// init then makes it all itself).
+    pub(super) fn upper_planner(
+        &self,
+        image: &ImageRoot,
+        setup: &proto::Setup,
+    ) -> impl FnOnce() -> Option<Arc<UpperPlan>> + Send + 'static {
+        let key = (image.record.config_digest.clone(), setup.files.clone(), setup.home.clone());
+        let inner = self.inner.clone();
+        let store = self.image_store().ok();
+        let record = image.record.clone();
+        move || {
+            if let Some(plan) = inner.upper_plans.lock_unpoisoned().get(&key) {
+                return Some(plan.clone());
+            }
+            let root = store?
+                .merged_root(&record)
+                .map_err(|e| tracing::warn!(image = %record.reference, error = %e, "reading an image's layers"))
+                .ok()?;
+            let plan = Arc::new(UpperPlan::new(&root, &key.1, &key.2));
+            let mut plans = inner.upper_plans.lock_unpoisoned();
+            if plans.len() >= UPPER_PLANS_KEPT {
+                plans.clear();
+            }
+            plans.insert(key, plan.clone());
+            Some(plan)
+        }
     }
 }
