@@ -103,14 +103,14 @@ enum RunCommand {
 }
 
 fn main() -> ExitCode {
-    if cmd::run::prepare() {
+    if let Some(prepared) = cmd::run::prepare() {
         let RunCli { command: RunCommand::Run(args) } = RunCli::parse();
-        return run(&args);
+        return run(&args, prepared);
     }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Presets(args) => cmd::presets::run(&args),
-        Command::Run(args) => return run(&args),
+        Command::Run(args) => return run(&args, cmd::run::Prepared::default()),
         Command::Tool(args) => match cmd::tool::run(&args) {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -158,8 +158,8 @@ fn main() -> ExitCode {
 }
 
 /// `agentbox run`: the command's exit code, or its error reported.
-fn run(args: &cmd::run::Args) -> ExitCode {
-    match cmd::run::run(args) {
+fn run(args: &cmd::run::Args, prepared: cmd::run::Prepared) -> ExitCode {
+    match cmd::run::run(args, prepared) {
         Ok(code) => code,
         Err(e) => cmd::report(Err(e)),
     }

@@ -27,6 +27,7 @@
 pub(crate) mod agent;
 mod backend;
 mod cgroup;
+pub mod early_exit;
 mod error;
 mod etc;
 mod net;

@@ -67,25 +67,39 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
         .collect()
 }
 
+/// What [`prepare`] made ready for [`run`].
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// The way to the process the caller waits for, which exits with the command's code as soon as it is known
+    /// (see `agentbox_local::early_exit`).
+    caller: Option<agentbox_local::early_exit::Caller>,
+}
+
 /// At the top of `main`: when the command is `run` and the process is root (the local backend's condition),
-/// forks the local backend's zygote now, while the process has one thread and has read nothing, instead of
-/// executing the binary again for it at the create. Only the first two arguments are looked at, so no copy of
-/// the rest lands in memory the zygote is forked with; with `--backend e2b` the fork idles until the exit.
+/// splits the process so that the caller gets the command's exit code before the sandbox's destroy
+/// (`agentbox_local::early_exit`), then forks the local backend's zygote, while the process has one thread and
+/// has read nothing, instead of executing the binary again for it at the create. Only the first two arguments
+/// are looked at, so no copy of the rest lands in memory the zygote is forked with; with `--backend e2b` the
+/// fork idles until the exit.
 ///
-/// Returns whether the first argument is `run`.
-pub fn prepare() -> bool {
-    let run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
-    if run && rustix::process::geteuid().is_root() {
+/// Returns `None` when the first argument is not `run`.
+pub fn prepare() -> Option<Prepared> {
+    if std::env::args_os().nth(1).is_none_or(|a| a != "run") {
+        return None;
+    }
+    let mut prepared = Prepared::default();
+    if rustix::process::geteuid().is_root() {
+        prepared.caller = agentbox_local::early_exit::split();
         let _ = agentbox_local::fork_zygote_now();
     }
-    run
+    Some(prepared)
 }
 
 /// Runs the command; returns its exit code (128+signal when killed, 124 on timeout).
 ///
 /// # Errors
 /// Bad arguments, or a sandbox that could not be created.
-pub fn run(args: &Args) -> Result<ExitCode, CliError> {
+pub fn run(args: &Args, prepared: Prepared) -> Result<ExitCode, CliError> {
     let preset: Preset = args.preset.parse()?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
     for (key, value) in args.resources.overrides() {
@@ -142,11 +156,18 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
             Some(name) => backend.snapshot(&sandbox.id, name).await.map(drop),
             None => Ok(()),
         };
+        let code = result.map(|code| u8::try_from(code.clamp(0, 255)).unwrap_or(1));
+        // The command is over and its output written: with the local backend, the caller gets its code now and
+        // the sandbox is destroyed after (a failed destroy is then left to the next process's orphan reaping,
+        // as after a crash). An error is still reported by this process, after the destroy.
+        if let (Ok(code), Ok(()), Some(caller), BackendKind::Local) = (&code, &saved, prepared.caller, args.backend) {
+            caller.answer(*code);
+        }
         let destroyed = backend.destroy(&sandbox.id).await;
-        let code = result?;
+        let code = code?;
         saved?;
         destroyed?;
-        Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+        Ok(ExitCode::from(code))
     });
     // The sandbox is destroyed by now: the process is about to exit, so don't wait for the runtime's idle
     // threads to wind down one by one (0.3 ms of every run).
