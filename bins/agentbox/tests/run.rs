@@ -100,8 +100,9 @@ fn the_zygote_and_the_init_hold_no_argument_or_environment_of_the_run() {
 }
 
 /// Starts `agentbox run -- ARGS` with piped outputs and returns it with its worker's pid, once the command runs.
+#[expect(clippy::zombie_processes, reason = "the child is returned, and each caller waits for it")]
 fn start_run(args: &[&str], running: &str) -> (std::process::Child, u32) {
-    let run = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+    let mut run = Command::new(env!("CARGO_BIN_EXE_agentbox"))
         .arg("run")
         .arg("--")
         .args(args)
@@ -116,7 +117,11 @@ fn start_run(args: &[&str], running: &str) -> (std::process::Child, u32) {
         if let (Some(worker), Some(_)) = (worker, init.and_then(|i| child_named(i, running))) {
             return (run, worker);
         }
-        assert!(Instant::now() < deadline, "no sandbox command appeared under the run");
+        if Instant::now() >= deadline {
+            let _ = run.kill();
+            let _ = run.wait();
+            panic!("no sandbox command appeared under the run");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
