@@ -189,9 +189,16 @@ async fn p13(backend: Arc<LocalBackend>, image: &str, n: usize) {
     );
 }
 
+/// How long P10 waits before each sample: the quiet an agent harness leaves between two commands (it has its own
+/// work to do), in which what a previous process left running settles (`agentbox run`'s destroy after its
+/// answer, the kernel's teardown of namespaces after either tool).
+const P10_SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// P10: `agentbox run -- true` as a whole process, as an agent harness calls it once per command,
 /// against bwrap as a whole process; with `image`, `agentbox run --image IMAGE -- true` (the image pulled
-/// already), which pays the image's parts of a create in every process.
+/// already), which pays the image's parts of a create in every process. Two rows: each sample after
+/// [`P10_SETTLE`] of quiet, alternating the two tools (what one call costs), then each tool run back to back
+/// as hyperfine runs it (where one call's background work meets the next call).
 fn p10(cli: &std::path::Path, image: Option<&str>, n: usize) {
     let run = || {
         let mut c = Command::new(cli);
@@ -205,18 +212,26 @@ fn p10(cli: &std::path::Path, image: Option<&str>, n: usize) {
     for _ in 0..3 {
         spawn_wait(&mut run());
     }
+    let timed = |c: &mut Command| {
+        let t = Instant::now();
+        spawn_wait(c);
+        t.elapsed()
+    };
     let mut base = Vec::with_capacity(n);
     let mut ours = Vec::with_capacity(n);
     for _ in 0..n {
-        let t = Instant::now();
-        spawn_wait(&mut bwrap());
-        base.push(t.elapsed());
-        let t = Instant::now();
-        spawn_wait(&mut run());
-        ours.push(t.elapsed());
+        std::thread::sleep(P10_SETTLE);
+        base.push(timed(&mut bwrap()));
+        std::thread::sleep(P10_SETTLE);
+        ours.push(timed(&mut run()));
     }
     let what = if image.is_some() { "P10 process: agentbox run --image" } else { "P10 process: agentbox run -- true" };
     row(what, &stats(ours), "bwrap --unshare-all true", &stats(base));
+    std::thread::sleep(P10_SETTLE);
+    let ours: Vec<_> = (0..n).map(|_| timed(&mut run())).collect();
+    std::thread::sleep(P10_SETTLE);
+    let base: Vec<_> = (0..n).map(|_| timed(&mut bwrap())).collect();
+    row("   back to back, each tool in turn", &stats(ours), "bwrap, back to back", &stats(base));
 }
 
 /// P7: a snapshot of a sandbox holding 100 MiB of new files, against copying those files on the host.
