@@ -22,16 +22,30 @@ async fn sh(b: &LocalBackend, id: &agentbox_core::SandboxId, line: &str) -> Stri
     out.stdout
 }
 
+/// A backend with an image store of its own (removed with the directory returned).
+fn backend_with_own_store() -> (tempfile::TempDir, Arc<LocalBackend>) {
+    let store = tempfile::tempdir().unwrap();
+    let config =
+        LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
+    (store, Arc::new(LocalBackend::new(config).unwrap()))
+}
+
+/// A sandbox of `image` whose executions may run as root inside.
+fn root_inside(image: String) -> SandboxConfig {
+    SandboxConfig {
+        image: Some(image),
+        security: agentbox_config::SecurityConfig { allow_root_inside: true, ..Default::default() },
+        ..SandboxConfig::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_runs_in_a_pulled_image() {
     if common::not_root() {
         return;
     }
     let (registry, reference) = debian_in_registry();
-    let store = tempfile::tempdir().unwrap();
-    let config =
-        LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
-    let b = Arc::new(LocalBackend::new(config).unwrap());
+    let (store, b) = backend_with_own_store();
     let with_image = SandboxConfig { image: Some(reference.clone()), ..SandboxConfig::default() };
 
     // Pulled on first use; the image's system, its interpreter, and the sandbox's own user.
@@ -94,15 +108,8 @@ async fn root_inside_installs_packages_into_the_image_root_and_they_survive_stop
         return;
     }
     let (_registry, reference) = debian_in_registry();
-    let store = tempfile::tempdir().unwrap();
-    let config =
-        LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
-    let b = Arc::new(LocalBackend::new(config).unwrap());
-    let config = SandboxConfig {
-        image: Some(reference),
-        security: agentbox_config::SecurityConfig { allow_root_inside: true, ..Default::default() },
-        ..SandboxConfig::default()
-    };
+    let (_store, b) = backend_with_own_store();
+    let config = root_inside(reference);
     let sb = b.create(CreateRequest::new(config.clone())).await.unwrap();
     // A package built in the sandbox, installed by dpkg and removed by apt, as root inside.
     let build = "mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/local/bin && \
@@ -145,15 +152,8 @@ async fn the_entries_the_host_writes_into_a_new_image_root_are_those_the_init_wo
         return;
     }
     let (_registry, reference) = debian_in_registry();
-    let store = tempfile::tempdir().unwrap();
-    let config =
-        LocalConfig { images: Some(ImageConfig::in_dir(store.path().join("images"))), ..LocalConfig::default() };
-    let b = Arc::new(LocalBackend::new(config).unwrap());
-    let config = SandboxConfig {
-        image: Some(reference),
-        security: agentbox_config::SecurityConfig { allow_root_inside: true, ..Default::default() },
-        ..SandboxConfig::default()
-    };
+    let (_store, b) = backend_with_own_store();
+    let config = root_inside(reference);
     // What a sandbox's root shows of the generated files and the directories the init makes or changes.
     let look = "stat -c '%n %F %a %U:%G %s' /etc /etc/passwd /etc/group /etc/hostname /etc/hosts /etc/resolv.conf \
         /etc/nsswitch.conf /home /.agentbox; cat /etc/passwd /etc/group /etc/hostname /etc/hosts /etc/resolv.conf \

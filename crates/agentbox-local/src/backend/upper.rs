@@ -217,11 +217,6 @@ mod tests {
     use agentbox_image::LayerManifest;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    fn dir(path: &Path, mode: u32) {
-        std::fs::create_dir_all(path).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
     fn files() -> Vec<(String, String)> {
         [
             ("/etc/passwd", "root:x:0:0:root:/root:/usr/sbin/nologin\nuser:x:1000:1000::/home/user:/bin/bash\n"),
@@ -231,6 +226,12 @@ mod tests {
         ]
         .map(|(p, c)| (p.to_owned(), c.to_owned()))
         .to_vec()
+    }
+
+    /// Makes the directory `path` with exactly `mode`.
+    fn dir(path: &Path, mode: u32) {
+        std::fs::DirBuilder::new().recursive(true).create(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     /// An image root as Debian's: /etc with accounts, /home, /tmp 1777, /dev, and /proc 0755.
