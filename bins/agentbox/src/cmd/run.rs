@@ -100,6 +100,51 @@ pub fn prepare() -> Option<Prepared> {
 /// # Errors
 /// Bad arguments, or a sandbox that could not be created.
 pub fn run(args: &Args, prepared: Prepared) -> Result<ExitCode, CliError> {
+    let egress = agentbox_server::EgressSettings::default();
+    let settings = agentbox_server::cli::BackendSettings { egress: &egress, crash_keeper: None, images: None };
+    std::thread::scope(|scope| {
+        // The backend opens on a thread of its own (cgroup detection, the storage pool, reaping: most of a
+        // millisecond) while the configuration is read and the runtime starts.
+        let opening = std::thread::Builder::new()
+            .name("agentbox-open".into())
+            .spawn_scoped(scope, || agentbox_server::cli::open_backend(args.backend, &settings))?;
+        let (config, job) = config_and_job(args)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let backend = opening.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let code = runtime.block_on(async move {
+            let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
+            let sandbox = backend.create(request).await?;
+            let result = tokio::select! {
+                r = drive(backend.as_ref(), &sandbox.id, job) => r,
+                _ = tokio::signal::ctrl_c() => Ok(130),
+            };
+            let saved = match &args.save_snapshot {
+                Some(name) => backend.snapshot(&sandbox.id, name).await.map(drop),
+                None => Ok(()),
+            };
+            let code = result.map(|code| u8::try_from(code.clamp(0, 255)).unwrap_or(1));
+            // The command is over and its output written: with the local backend, the caller gets its code now
+            // and the sandbox is destroyed after (a failed destroy is then left to the next process's orphan
+            // reaping, as after a crash). An error is still reported by this process, after the destroy.
+            if let (Ok(code), Ok(()), Some(caller), BackendKind::Local) = (&code, &saved, prepared.caller, args.backend)
+            {
+                caller.answer(*code);
+            }
+            let destroyed = backend.destroy(&sandbox.id).await;
+            let code = code?;
+            saved?;
+            destroyed?;
+            Ok(ExitCode::from(code))
+        });
+        // The sandbox is destroyed by now: the process is about to exit, so don't wait for the runtime's idle
+        // threads to wind down one by one (0.3 ms of every run).
+        runtime.shutdown_background();
+        code
+    })
+}
+
+/// The sandbox's configuration and what to run in it, from the arguments.
+fn config_and_job(args: &Args) -> Result<(agentbox_config::SandboxConfig, Job), CliError> {
     let preset: Preset = args.preset.parse()?;
     let mut loader = ConfigLoader::new(preset).env_vars(std::env::vars());
     for (key, value) in args.resources.overrides() {
@@ -136,43 +181,7 @@ pub fn run(args: &Args, prepared: Prepared) -> Result<ExitCode, CliError> {
             })
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let code = runtime.block_on(async move {
-        let backend = agentbox_server::cli::open_backend(
-            args.backend,
-            &agentbox_server::cli::BackendSettings {
-                egress: &agentbox_server::EgressSettings::default(),
-                crash_keeper: None,
-                images: None,
-            },
-        )?;
-        let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
-        let sandbox = backend.create(request).await?;
-        let result = tokio::select! {
-            r = drive(backend.as_ref(), &sandbox.id, job) => r,
-            _ = tokio::signal::ctrl_c() => Ok(130),
-        };
-        let saved = match &args.save_snapshot {
-            Some(name) => backend.snapshot(&sandbox.id, name).await.map(drop),
-            None => Ok(()),
-        };
-        let code = result.map(|code| u8::try_from(code.clamp(0, 255)).unwrap_or(1));
-        // The command is over and its output written: with the local backend, the caller gets its code now and
-        // the sandbox is destroyed after (a failed destroy is then left to the next process's orphan reaping,
-        // as after a crash). An error is still reported by this process, after the destroy.
-        if let (Ok(code), Ok(()), Some(caller), BackendKind::Local) = (&code, &saved, prepared.caller, args.backend) {
-            caller.answer(*code);
-        }
-        let destroyed = backend.destroy(&sandbox.id).await;
-        let code = code?;
-        saved?;
-        destroyed?;
-        Ok(ExitCode::from(code))
-    });
-    // The sandbox is destroyed by now: the process is about to exit, so don't wait for the runtime's idle
-    // threads to wind down one by one (0.3 ms of every run).
-    runtime.shutdown_background();
-    code
+    Ok((config, job))
 }
 
 enum Job {
