@@ -41,7 +41,7 @@ use channel::{Route, reader_loop};
 
 /// An image's config digest, the generated files and the home: what an [`upper::UpperPlan`] is planned from.
 type UpperPlanKey = (agentbox_image::Digest, Vec<(String, String)>, String);
-pub use config::LocalConfig;
+pub use config::{HostProcess, LocalConfig};
 use owners::{cgroup_parent, process_start};
 use storage::storage_err;
 
@@ -118,7 +118,10 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.cgroups.remove_parent_if_empty();
+        match self.config.host_process {
+            HostProcess::LongRunning => self.cgroups.remove_parent_if_empty(),
+            HostProcess::OneShot => drop(self.reap_orphans()),
+        }
     }
 }
 
@@ -276,7 +279,9 @@ impl LocalBackend {
         for l in &backend.inner.limitations {
             tracing::warn!(limitation = %l, "local backend runs degraded");
         }
-        backend.reap_orphans();
+        if backend.inner.config.host_process == HostProcess::LongRunning {
+            let _ = backend.reap_orphans();
+        }
         Ok(backend)
     }
 

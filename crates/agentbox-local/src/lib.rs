@@ -44,7 +44,7 @@ mod transfer;
 pub mod typescript;
 mod zygote;
 
-pub use backend::{LocalBackend, LocalConfig};
+pub use backend::{HostProcess, LocalBackend, LocalConfig};
 pub use cgroup::Layout as CgroupLayout;
 pub use cgroup::{CgroupReport, CgroupVersion};
 pub use net::{HTTP_PROXY_PORT, NetworkStats, SOCKS_PROXY_PORT};

@@ -195,11 +195,32 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     if common::not_root() {
         return;
     }
-    use std::io::BufRead;
     let state = tempdir("crash");
+    let config = LocalConfig { state_dir: state.clone(), ..LocalConfig::default() };
+    // The next start reaps what is left: the state directory and the cgroups, and only ours.
+    let (id, layer) = crashed_sandbox(&config).await;
+    let b = LocalBackend::new(config.clone()).unwrap();
+    assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "orphan cgroups not reaped");
+    assert!(!layer.exists(), "the orphan's storage layer was not reaped");
+    assert!(b.reap_orphans().is_empty(), "reaping is complete on the first pass");
+    drop(b);
+    // A one-shot process's backend reaps when it is dropped instead.
+    let (id, layer) = crashed_sandbox(&config).await;
+    let at_close = LocalConfig { host_process: agentbox_local::HostProcess::OneShot, ..config.clone() };
+    let b = LocalBackend::new(at_close).unwrap();
+    assert!(!LocalBackend::host_cgroups(&config, &id).is_empty(), "reaped at open");
+    drop(b);
+    assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "not reaped at close");
+    assert!(!layer.exists(), "the orphan's storage layer was not reaped at close");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A sandbox of a process that was killed (`crash_helper`): its id and storage layer, once its processes are gone.
+async fn crashed_sandbox(config: &LocalConfig) -> (String, std::path::PathBuf) {
+    use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_helper", "--nocapture", "--test-threads", "1"])
-        .env("AGENTBOX_TEST_CRASH_STATE", &state)
+        .env("AGENTBOX_TEST_CRASH_STATE", &config.state_dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -213,8 +234,7 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     let mut parts = line[line.find("SANDBOX ").unwrap_or(0)..].split_whitespace().skip(1);
     let id = parts.next().unwrap().to_owned();
     let pids: Vec<i32> = parts.next().unwrap().split(',').map(|p| p.parse().unwrap()).collect();
-    let config = LocalConfig { state_dir: state.clone(), ..LocalConfig::default() };
-    assert!(!LocalBackend::host_cgroups(&config, &id).is_empty(), "the helper's sandbox has cgroups");
+    assert!(!LocalBackend::host_cgroups(config, &id).is_empty(), "the helper's sandbox has cgroups");
     let layer = std::path::Path::new("/var/lib/agentbox/storage/pool/layers").join(&id);
     assert!(layer.exists(), "the helper's sandbox has a storage layer");
     // Simulate a crash of the host process.
@@ -232,12 +252,7 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(alive, 0, "sandbox processes outlived their host");
-    // The next start reaps what is left: the state directory and the cgroups, and only ours.
-    let b = LocalBackend::new(config.clone()).unwrap();
-    assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "orphan cgroups not reaped");
-    assert!(!layer.exists(), "the orphan's storage layer was not reaped");
-    assert!(b.reap_orphans().is_empty(), "reaping is complete on the first pass");
-    let _ = std::fs::remove_dir_all(&state);
+    (id, layer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

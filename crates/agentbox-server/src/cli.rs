@@ -62,6 +62,8 @@ pub struct BackendSettings<'a> {
     pub crash_keeper: Option<&'a std::path::Path>,
     /// The local backend's image store (`None`: its default).
     pub images: Option<&'a crate::config::ImageSettings>,
+    /// What kind of process opens the local backend: a server, or a one-shot command (`agentbox run`).
+    pub host_process: agentbox_local::HostProcess,
 }
 
 /// The backend `kind` names, with its default configuration and the server's egress settings: the one way
@@ -77,6 +79,7 @@ pub fn open_backend(
         BackendKind::Local => agentbox_local::LocalBackend::new(agentbox_local::LocalConfig {
             upstream_extra_roots: settings.egress.upstream_extra_roots.clone(),
             crash_keeper: settings.crash_keeper.map(std::path::Path::to_path_buf),
+            host_process: settings.host_process,
             images: match settings.images {
                 Some(images) => Some(images.config()),
                 None => agentbox_local::LocalConfig::default().images,
@@ -126,8 +129,12 @@ where
     let env_token = std::env::var(TOKEN_ENV).ok();
     let (token, origin) = resolve_token(env_token.as_deref().or(config.api_token.as_deref()), &data_dir)?;
     let registry = Registry::open(&data_dir.join("registry.db"))?;
-    let settings =
-        BackendSettings { egress: &config.egress, crash_keeper: registry.keeper(), images: Some(&config.images) };
+    let settings = BackendSettings {
+        egress: &config.egress,
+        crash_keeper: registry.keeper(),
+        images: Some(&config.images),
+        host_process: agentbox_local::HostProcess::LongRunning,
+    };
     let backend = make_backend(config.backend, &settings)?;
     let listen = config.listen;
     let backend_name = backend.name();

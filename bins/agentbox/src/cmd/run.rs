@@ -101,7 +101,13 @@ pub fn prepare() -> Option<Prepared> {
 /// Bad arguments, or a sandbox that could not be created.
 pub fn run(args: &Args, prepared: Prepared) -> Result<ExitCode, CliError> {
     let egress = agentbox_server::EgressSettings::default();
-    let settings = agentbox_server::cli::BackendSettings { egress: &egress, crash_keeper: None, images: None };
+    let settings = agentbox_server::cli::BackendSettings {
+        egress: &egress,
+        crash_keeper: None,
+        images: None,
+        // Its housekeeping (what crashed runs left) is done at the end, after the caller has its answer.
+        host_process: agentbox_local::HostProcess::OneShot,
+    };
     std::thread::scope(|scope| {
         // The backend opens on a thread of its own (cgroup detection, the storage pool, reaping: most of a
         // millisecond) while the configuration is read and the runtime starts.

@@ -41,6 +41,26 @@ pub struct LocalConfig {
     /// stopped or discard; it deletes the others, which nothing would adopt (and kept files whose keeper has
     /// gone since). Their processes are ended either way.
     pub crash_keeper: Option<PathBuf>,
+    /// What kind of process hosts the backend (see [`HostProcess`]).
+    pub host_process: HostProcess,
+}
+
+/// What kind of process hosts a backend, which decides when it does the housekeeping of its state directory: the
+/// removal of what processes that died without destroying their sandboxes left (their processes, cgroups,
+/// storage layers and id ranges; the sandboxes of live processes are never touched), and of the cgroup parent of
+/// the state directory's sandboxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostProcess {
+    /// A server, or any program that creates sandboxes for a while: orphans are removed in
+    /// [`LocalBackend::new`](crate::LocalBackend::new), before it returns, and the cgroup parent when the backend
+    /// is dropped, if no sandbox is left in it.
+    #[default]
+    LongRunning,
+    /// A process that creates a sandbox or two and exits (`agentbox run`): orphans are removed when the backend is
+    /// dropped, after the process's caller has had its answer, and the empty cgroup parent is left for the next
+    /// process of the state directory, which would otherwise make it again first thing. What one process leaves,
+    /// the next one removes.
+    OneShot,
 }
 
 impl Default for LocalConfig {
@@ -103,6 +123,7 @@ impl Default for LocalConfig {
             }),
             upstream_extra_roots: Vec::new(),
             crash_keeper: None,
+            host_process: HostProcess::LongRunning,
         }
     }
 }

@@ -107,18 +107,32 @@ impl LocalBackend {
     /// [`LocalConfig::crash_keeper`]), moves them onto the stopped shelf), id ranges and `/etc` templates. Only entries whose owner
     /// process is gone are touched: the owner is part of each cgroup's name. Returns the ids reaped.
     pub fn reap_orphans(&self) -> Vec<String> {
+        self.inner.reap_orphans()
+    }
+
+    /// The name of a sandbox's cgroup: its id and its owner, so a later process can tell orphans
+    /// (owner gone) from sandboxes of another live process sharing the state directory.
+    pub(super) fn cgroup_name(&self, id: &str) -> String {
+        format!("{id}.{}", self.inner.owner)
+    }
+}
+
+impl super::Inner {
+    /// What [`LocalBackend::reap_orphans`] does, here so that a backend can also do it when it is dropped
+    /// ([`HostProcess::OneShot`](super::HostProcess::OneShot)).
+    pub(super) fn reap_orphans(&self) -> Vec<String> {
         let mut reaped = Vec::new();
-        for name in self.inner.cgroups.leftovers() {
+        for name in self.cgroups.leftovers() {
             let (id, owner) = name.split_once('.').unwrap_or((name.as_str(), ""));
-            if owner == self.inner.owner || owner_alive(owner) {
+            if owner == self.owner || owner_alive(owner) {
                 continue;
             }
-            let cg = self.inner.cgroups.open(&name);
+            let cg = self.cgroups.open(&name);
             cg.kill_all();
             cg.remove();
             reaped.push(id.to_owned());
         }
-        if let Some(pool) = &self.inner.pool {
+        if let Some(pool) = &self.pool {
             for name in pool.layer_names() {
                 let Some(owner) = pool.owner_tag(&name) else {
                     // Untagged: being created by another process, unless it has been so for a while.
@@ -127,7 +141,7 @@ impl LocalBackend {
                     }
                     continue;
                 };
-                if owner == self.inner.owner || owner_alive(&owner) {
+                if owner == self.owner || owner_alive(&owner) {
                     continue;
                 }
                 if keeper_exists(&pool.layer_labels(&name)) {
@@ -137,20 +151,20 @@ impl LocalBackend {
                 }
             }
         }
-        if let Some(pool) = &self.inner.pool {
+        if let Some(pool) = &self.pool {
             remove_unkept(pool);
         }
         // Id ranges last: the layers owned by a dead process are gone, so no file holds its ids.
-        if let Some(ranges) = &self.inner.ids {
+        if let Some(ranges) = &self.ids {
             for (range, tag) in ranges.claims() {
-                if tag != self.inner.owner && !owner_alive(&tag) {
+                if tag != self.owner && !owner_alive(&tag) {
                     if let Err(e) = ranges.release(range) {
                         tracing::warn!(error = %e, "cannot release an orphaned id range");
                     }
                 }
             }
         }
-        if let Ok(rd) = std::fs::read_dir(&self.inner.config.state_dir) {
+        if let Ok(rd) = std::fs::read_dir(&self.config.state_dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(rest) = name.strip_prefix(crate::etc::PREFIX) {
@@ -166,12 +180,6 @@ impl LocalBackend {
             tracing::info!(count = reaped.len(), "reaped sandboxes left by an earlier crash");
         }
         reaped
-    }
-
-    /// The name of a sandbox's cgroup: its id and its owner, so a later process can tell orphans
-    /// (owner gone) from sandboxes of another live process sharing the state directory.
-    pub(super) fn cgroup_name(&self, id: &str) -> String {
-        format!("{id}.{}", self.inner.owner)
     }
 }
 
