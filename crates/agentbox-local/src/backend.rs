@@ -38,12 +38,12 @@ mod upper;
 mod volumes;
 
 use channel::{Route, reader_loop};
-
-/// An image's config digest, the generated files and the home: what an [`upper::UpperPlan`] is planned from.
-type UpperPlanKey = (agentbox_image::Digest, Vec<(String, String)>, String);
 pub use config::{HostProcess, LocalConfig};
 use owners::{cgroup_parent, process_start};
 use storage::storage_err;
+
+/// An image's config digest, the generated files and the home: what an [`upper::UpperPlan`] is planned from.
+type UpperPlanKey = (agentbox_image::Digest, Vec<(String, String)>, String);
 
 /// A sandbox this backend runs: its record, its init and the channel to the init, for as long as it lives.
 struct LiveSandbox {

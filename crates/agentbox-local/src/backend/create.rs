@@ -216,7 +216,7 @@ impl LocalBackend {
                         };
                         return Err(e);
                     }
-                    // Best effort: the init makes whatever this did not (it rewrites a file left half-written).
+                    // Best effort: the init makes whatever this did not.
                     let seeded = plan_upper.and_then(|plan| plan()).filter(|plan| {
                         plan.write(&layer.upper(), ids)
                             .map_err(|e| tracing::warn!(error = %e, "writing a new upper layer's first entries"))

@@ -173,15 +173,21 @@ impl UpperPlan {
                 Step::File { content, .. } => {
                     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                     let file = rustix::fs::openat(&in_dir, name, flags, Mode::from_raw_mode(0o600)).map_err(context)?;
-                    let (u, g) = host(0, 0)?;
-                    rustix::fs::fchown(&file, Some(u), Some(g)).map_err(context)?;
-                    rustix::fs::fchmod(&file, Mode::from_raw_mode(GENERATED_FILE_MODE)).map_err(context)?;
-                    std::fs::File::from(file).write_all(content.as_bytes()).map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("writing {path} into the upper layer {}: {e}", upper.display()),
-                        )
-                    })?;
+                    let filled = host(0, 0).and_then(|(u, g)| {
+                        rustix::fs::fchown(&file, Some(u), Some(g)).map_err(context)?;
+                        rustix::fs::fchmod(&file, Mode::from_raw_mode(GENERATED_FILE_MODE)).map_err(context)?;
+                        std::fs::File::from(file).write_all(content.as_bytes()).map_err(|e| {
+                            io::Error::new(
+                                e.kind(),
+                                format!("writing {path} into the upper layer {}: {e}", upper.display()),
+                            )
+                        })
+                    });
+                    if filled.is_err() {
+                        // Not left half-written: the init then merges the image's own file, not a part of ours.
+                        let _ = rustix::fs::unlinkat(&in_dir, name, rustix::fs::AtFlags::empty());
+                    }
+                    filled?;
                 }
             }
         }
