@@ -33,6 +33,7 @@ mod image;
 mod owners;
 mod ports;
 mod setup;
+mod spare;
 mod storage;
 mod upper;
 mod volumes;
@@ -114,10 +115,13 @@ struct Inner {
     ids: Option<Arc<agentbox_storage::IdRanges>>,
     /// Which volumes this process's sandboxes have mounted (see `backend/volumes.rs`).
     volumes_in_use: Arc<volumes::VolumesInUse>,
+    /// A one-shot process's first init, cloned while the backend opened (see `backend/spare.rs`).
+    spare: Mutex<Option<spare::SpareInit>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        drop(self.spare.lock_unpoisoned().take());
         match self.config.host_process {
             HostProcess::LongRunning => self.cgroups.remove_parent_if_empty(),
             HostProcess::OneShot => drop(self.reap_orphans()),
@@ -179,25 +183,6 @@ impl LocalBackend {
         // forked before, by `fork_zygote_now`, is moved along.) Its start overlaps the opening below.
         crate::zygote::warm_up();
         let mut limitations = cgroups.problems.clone();
-        let pool = match &config.storage {
-            None => {
-                limitations.push(
-                    "storage is memory-backed (no storage pool configured): files count against the sandbox's memory"
-                        .into(),
-                );
-                None
-            }
-            Some(pc) => match agentbox_storage::Pool::open(pc) {
-                Ok(p) => Some(Arc::new(p)),
-                Err(e) => {
-                    limitations.push(format!(
-                        "storage is memory-backed, files count against the sandbox's memory: the disk pool in {} can't be used: {e}",
-                        pc.dir.display()
-                    ));
-                    None
-                }
-            },
-        };
         let ids = match &config.id_ranges {
             None => {
                 limitations.push(
@@ -227,16 +212,6 @@ impl LocalBackend {
                 }
             },
         };
-        if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
-            limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
-        }
-        if !has_capability(CAP_SYS_RESOURCE) {
-            limitations.push(
-                "the sandbox init can't be exempted from the OOM killer (this host lacks CAP_SYS_RESOURCE): \
-                 executions are its preferred victims, but sandboxed code can lower its own score to the init's"
-                    .into(),
-            );
-        }
         let root_mountpoint = config.state_dir.join(".root");
         std::fs::create_dir_all(&root_mountpoint).map_err(|e| {
             let what = format!(
@@ -247,6 +222,40 @@ impl LocalBackend {
         })?;
         let me = std::process::id();
         let owner = format!("o{me}-{}", process_start(me).unwrap_or(0));
+        // A one-shot process's init is cloned now, on the other core, while the rest opens (see `spare`).
+        let spare = match config.host_process {
+            HostProcess::OneShot => spare::SpareInit::start(ids.as_ref(), &owner, &root_mountpoint),
+            HostProcess::LongRunning => None,
+        };
+        let pool = match &config.storage {
+            None => {
+                limitations.push(
+                    "storage is memory-backed (no storage pool configured): files count against the sandbox's memory"
+                        .into(),
+                );
+                None
+            }
+            Some(pc) => match agentbox_storage::Pool::open(pc) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    limitations.push(format!(
+                        "storage is memory-backed, files count against the sandbox's memory: the disk pool in {} can't be used: {e}",
+                        pc.dir.display()
+                    ));
+                    None
+                }
+            },
+        };
+        if !Path::new("/sys/kernel/security/landlock").exists() && !landlock_available() {
+            limitations.push("landlock is not available in this kernel: file access is confined by mounts only".into());
+        }
+        if !has_capability(CAP_SYS_RESOURCE) {
+            limitations.push(
+                "the sandbox init can't be exempted from the OOM killer (this host lacks CAP_SYS_RESOURCE): \
+                 executions are its preferred victims, but sandboxed code can lower its own score to the init's"
+                    .into(),
+            );
+        }
         let compiled = |profile| {
             seccomp::policy()
                 .and_then(|policy| seccomp::compile(&policy, profile))
@@ -270,6 +279,7 @@ impl LocalBackend {
             init_fills_new_uppers: AtomicBool::new(false),
             ids,
             volumes_in_use: Arc::default(),
+            spare: Mutex::new(spare),
             config,
             cgroups,
             limitations,

@@ -702,7 +702,12 @@ impl SandboxCgroup {
         for dir in self.dirs.values() {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid))
                 .map_err(|e| io::Error::new(e.kind(), format!("delegating {}: {e}", dir.display())))?;
-            for file in ["cgroup.procs", "tasks", "cgroup.threads", "cgroup.subtree_control"] {
+            let files: &[&str] = if self.v2 {
+                &["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"]
+            } else {
+                &["cgroup.procs", "tasks"]
+            };
+            for file in files {
                 match std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => {
                         return Err(io::Error::new(e.kind(), format!("delegating {}/{file}: {e}", dir.display())));

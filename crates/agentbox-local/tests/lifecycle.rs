@@ -384,3 +384,54 @@ async fn a_user_not_named_user_gets_their_own_home_everywhere() {
     assert!(sb.backend.metrics(&sb.id).await.is_ok());
     sb.destroy().await;
 }
+
+/// A one-shot process's backend clones its first init while it opens: the first new sandbox runs on it, in a user
+/// namespace on the range claimed for it; one left untaken is ended when the backend drops, and its range released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_backend_starts_its_first_sandbox_on_the_init_cloned_at_open() {
+    if common::not_root() {
+        return;
+    }
+    let state = tempdir("spare");
+    // Ranges of their own, above the default ones, so no other test's sandbox is handed the same ids.
+    let ids = agentbox_storage::IdRangesConfig { first: 0x7000_0000, ranges: 16, dir: state.join("ids") };
+    let config = LocalConfig {
+        state_dir: state.clone(),
+        id_ranges: Some(ids.clone()),
+        host_process: agentbox_local::HostProcess::OneShot,
+        ..LocalConfig::default()
+    };
+    let claims = || agentbox_storage::IdRanges::open(ids.clone()).unwrap().claims();
+
+    let b = LocalBackend::new(config.clone()).unwrap();
+    assert_eq!(claims().len(), 1, "the spare init's range is claimed at open");
+    let info = b.create(CreateRequest::default()).await.unwrap();
+    assert_eq!(claims().len(), 1, "the sandbox took the spare's range rather than claiming another");
+    let out = b
+        .exec(&info.id, ExecRequest::shell("id -u; touch ~/f && stat -c %u ~/f"))
+        .await
+        .unwrap()
+        .collect(1 << 16)
+        .await;
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "1000\n1000\n"), "{out:?}");
+    let init = b.host_pids(&info.id).unwrap()[0];
+    let map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap();
+    let (range, _) = claims().remove(0);
+    assert_eq!(map.split_whitespace().nth(1), Some(range.first.to_string().as_str()), "{map}");
+    // A second sandbox of the same process clones its own.
+    let second = b.create(CreateRequest::default()).await.unwrap();
+    let out = b.exec(&second.id, ExecRequest::shell("id -u")).await.unwrap().collect(1 << 16).await;
+    assert_eq!(out.stdout, "1000\n");
+    assert_eq!(claims().len(), 2);
+    b.destroy(&second.id).await.unwrap();
+    b.destroy(&info.id).await.unwrap();
+    drop(b);
+    assert_eq!(claims(), Vec::new(), "every range is released");
+
+    // Dropped without a create: the spare init is ended and its range released.
+    let b = LocalBackend::new(config.clone()).unwrap();
+    assert_eq!(claims().len(), 1);
+    drop(b);
+    assert_eq!(claims(), Vec::new(), "the untaken spare's range is released");
+    let _ = std::fs::remove_dir_all(&state);
+}

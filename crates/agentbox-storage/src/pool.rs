@@ -116,8 +116,11 @@ impl Pool {
         } else {
             let mount = config.dir.join("pool");
             let image = config.dir.join("pool.img");
-            let mounts = fs::read_to_string("/proc/self/mountinfo")
-                .map_err(StorageError::io("reading the mount table", "/proc/self/mountinfo"))?;
+            let mount_table = || {
+                fs::read_to_string("/proc/self/mountinfo")
+                    .map_err(StorageError::io("reading the mount table", "/proc/self/mountinfo"))
+            };
+            let mut mounts = mount_table()?;
             if mounted_read_only(&mounts, &mount) {
                 // btrfs turns read-only after an I/O error (the host's disk was full when the image was still
                 // sparse, say): unmount it (sandboxes using it keep their view) and mount it again, which
@@ -129,9 +132,8 @@ impl Pool {
                 if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == -1 {
                     return Err(StorageError::io("unmounting a read-only pool", &mount)(io::Error::last_os_error()));
                 }
+                mounts = mount_table()?;
             }
-            let mounts = fs::read_to_string("/proc/self/mountinfo")
-                .map_err(StorageError::io("reading the mount table", "/proc/self/mountinfo"))?;
             if !mounted_at(&mounts, &mount, "btrfs") {
                 if !image.exists() {
                     make_image(&image, config)?;

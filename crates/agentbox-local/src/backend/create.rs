@@ -4,6 +4,7 @@
 
 use super::*;
 use agentbox_storage::Shelf;
+use spare::IdClaim;
 
 impl LocalBackend {
     /// Starts a sandbox as `request` asks; its layer is a writable snapshot of `from` (a snapshot, for a fork,
@@ -105,26 +106,34 @@ impl LocalBackend {
             .await?
         };
         let volumes = self.inner.volumes_in_use.hold(volume_names);
-        let (host_end, agent_end) =
-            sys::socketpair(libc::SOCK_STREAM).map_err(|e| backend_err("creating the control socket", e))?;
-
-        // A host id range of its own for the sandbox's user namespace, claimed first: the clone needs it.
-        let ids = match &self.inner.ids {
-            Some(ranges) => {
-                let ranges = ranges.clone();
-                let tag = self.inner.owner.clone();
-                // A sandbox on kept files (started, or forked) gets the range they are owned by when it is free:
-                // then no file changes owner.
-                let pool = self.inner.pool.clone();
-                let source = from.clone();
-                let range = blocking("claiming an id range", move || {
-                    let preferred = pool.zip(source).and_then(|(p, (shelf, name))| p.snapshot_id_range(shelf, &name));
-                    ranges.claim_preferring(preferred, &tag).map_err(storage_err)
-                })
-                .await?;
-                Some(IdClaim { ranges: self.inner.ids.clone(), range: Some(range) })
+        // A new sandbox takes the init a one-shot process had cloned while the backend opened (see `spare`).
+        let spare = if from.is_none() { self.inner.spare.lock_unpoisoned().take() } else { None };
+        let (host_end, ids, init_from) = match spare.and_then(spare::SpareInit::take) {
+            Some((claim, host_end, cloning)) => (host_end, Some(claim), InitFrom::Spare(cloning)),
+            None => {
+                let (host_end, agent_end) =
+                    sys::socketpair(libc::SOCK_STREAM).map_err(|e| backend_err("creating the control socket", e))?;
+                // A host id range of its own for the sandbox's user namespace, claimed first: the clone needs it.
+                let ids = match &self.inner.ids {
+                    Some(ranges) => {
+                        let ranges = ranges.clone();
+                        let tag = self.inner.owner.clone();
+                        // A sandbox on kept files (started, or forked) gets the range they are owned by when it is
+                        // free: then no file changes owner.
+                        let pool = self.inner.pool.clone();
+                        let source = from.clone();
+                        let range = blocking("claiming an id range", move || {
+                            let preferred =
+                                pool.zip(source).and_then(|(p, (shelf, name))| p.snapshot_id_range(shelf, &name));
+                            ranges.claim_preferring(preferred, &tag).map_err(storage_err)
+                        })
+                        .await?;
+                        Some(IdClaim { ranges: self.inner.ids.clone(), range: Some(range) })
+                    }
+                    None => None,
+                };
+                (host_end, ids, InitFrom::Zygote(agent_end))
             }
-            None => None,
         };
         let range = ids.as_ref().and_then(|c| c.range);
         let host_id = |inside: u32| range.map_or(Some(inside), |r| r.host(inside));
@@ -142,14 +151,30 @@ impl LocalBackend {
 
         // The zygote clones the init (creating its namespaces) while this side makes the cgroups:
         // the init waits for its setup message, before which this side moves it into them.
+        let start_init = match init_from {
+            InitFrom::Spare(cloning) => tokio::task::spawn_blocking(move || spare::SpareInit::cloned(cloning)),
+            InitFrom::Zygote(agent_end) => {
+                let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
+                tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end, range))
+            }
+        };
         let inner = self.inner.clone();
         let name = self.cgroup_name(&id);
-        let make_cgroup = tokio::task::spawn_blocking(move || match inner.cgroups.layout() {
-            crate::CgroupLayout::None => Ok(SandboxCgroup::default()),
-            _ => inner.cgroups.create(&name, limits),
+        // Delegated to the root of the sandbox's user namespace as soon as made, beside the clone and the layer.
+        let delegate_to = range.and_then(|r| r.host(0));
+        let make_cgroup = tokio::task::spawn_blocking(move || {
+            let cgroup = match inner.cgroups.layout() {
+                crate::CgroupLayout::None => return Ok(SandboxCgroup::default()),
+                _ => inner.cgroups.create(&name, limits)?,
+            };
+            if let Some(root) = delegate_to
+                && let Err(e) = cgroup.delegate(root, root)
+            {
+                cgroup.remove();
+                return Err(std::io::Error::new(e.kind(), format!("delegating the sandbox's cgroups: {e}")));
+            }
+            Ok(cgroup)
         });
-        let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
-        let start_init = tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end, range));
         let shelve_as = match &from {
             Some((Shelf::Stopped, key)) => Some(key.clone()),
             _ => None,
@@ -426,28 +451,12 @@ impl LocalBackend {
     }
 }
 
-/// A claimed id range that goes back when a create fails: dropped before [`IdClaim::keep`], it releases the
-/// range (after the failed create's cleanup, which ran before it drops).
-struct IdClaim {
-    ranges: Option<Arc<agentbox_storage::IdRanges>>,
-    range: Option<agentbox_storage::IdRange>,
-}
-
-impl IdClaim {
-    /// The range, now the sandbox's (its destroy releases it).
-    fn keep(mut self) -> Option<agentbox_storage::IdRange> {
-        self.range.take()
-    }
-}
-
-impl Drop for IdClaim {
-    fn drop(&mut self) {
-        if let (Some(ranges), Some(range)) = (&self.ranges, self.range.take()) {
-            if let Err(e) = ranges.release(range) {
-                tracing::warn!(error = %e, "releasing the id range of a failed create");
-            }
-        }
-    }
+/// Where a create's init comes from.
+enum InitFrom {
+    /// The one cloned while the backend opened.
+    Spare(spare::Cloning),
+    /// A clone asked of the zygote now, serving the agent's end of the control socket.
+    Zygote(OwnedFd),
 }
 
 /// A directory the init mounts, how the host hands it over.
@@ -508,19 +517,17 @@ fn detached_copy(path: &Path) -> std::io::Result<OwnedFd> {
     })
 }
 
-/// Gets a new init ready to be set up: its cgroups (with a user namespace, their directories become its root's,
-/// to join and to make execution cgroups in), and out of the OOM killer's reach (the sandbox's own
+/// Gets a new init ready to be set up: its cgroups (with a user namespace, delegated to its root when made, to
+/// join and to make execution cgroups in), and out of the OOM killer's reach (the sandbox's own
 /// out-of-memory kills take its executions, whose score is raised, never the init). Returns the cgroup files
 /// the init joins itself (the fast way); on cgroup v2 with a user namespace, where a process may only move
 /// itself between cgroups whose common ancestor it may write, the host moves it and there are none.
 fn place_init(cgroup: &SandboxCgroup, pid: i32, ids: Option<agentbox_storage::IdRange>) -> Result<Vec<String>> {
     let mut joins: Vec<String> = cgroup.join_files().iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    if let Some(root) = ids.and_then(|r| r.host(0)) {
-        cgroup.delegate(root, root).map_err(|e| backend_err("delegating the sandbox's cgroups", e))?;
-        if cgroup.is_v2() {
-            cgroup.add(pid).map_err(|e| backend_err("moving the init into its cgroups", e))?;
-            joins.clear();
-        }
+    // Delegated already (see the create), when the sandbox has a user namespace.
+    if ids.and_then(|r| r.host(0)).is_some() && cgroup.is_v2() {
+        cgroup.add(pid).map_err(|e| backend_err("moving the init into its cgroups", e))?;
+        joins.clear();
     }
     // Lowering a score needs CAP_SYS_RESOURCE, which the host may lack (reported as a limitation).
     let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
