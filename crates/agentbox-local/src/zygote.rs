@@ -185,8 +185,12 @@ pub fn fork_now() -> bool {
 }
 
 /// Starts the zygote now, in the background, so the first sandbox doesn't wait for it (it is an
-/// `execve` of the host binary). Errors are left for the first [`spawn_init`] to report.
+/// `execve` of the host binary). Errors are left for the first [`spawn_init`] to report. Nothing to do (and no
+/// thread started) when one runs already, forked by [`fork_now`].
 pub fn warm_up() {
+    if ZYGOTE.lock_unpoisoned().is_some() {
+        return;
+    }
     let _ = std::thread::Builder::new().name("agentbox-zygote-start".into()).spawn(|| {
         let mut guard = ZYGOTE.lock_unpoisoned();
         if guard.is_none() {

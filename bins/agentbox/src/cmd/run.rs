@@ -111,12 +111,21 @@ pub fn run(args: &Args, prepared: Prepared) -> Result<ExitCode, CliError> {
     std::thread::scope(|scope| {
         // The backend opens on a thread of its own (cgroup detection, the storage pool, reaping: most of a
         // millisecond) while the configuration is read and the runtime starts.
-        let opening = std::thread::Builder::new()
-            .name("agentbox-open".into())
-            .spawn_scoped(scope, || agentbox_server::cli::open_backend(args.backend, &settings))?;
+        // Its result comes back over a channel, not by joining: the thread's own exit (its stack given back, its
+        // descriptors) is no longer waited for.
+        let (opened, result) = std::sync::mpsc::sync_channel(1);
+        let opening = std::thread::Builder::new().name("agentbox-open".into()).spawn_scoped(scope, move || {
+            let _ = opened.send(agentbox_server::cli::open_backend(args.backend, &settings));
+        })?;
         let (config, job) = config_and_job(args)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let backend = opening.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let backend = match result.recv() {
+            Ok(opened) => opened?,
+            // It panicked before sending: its join has the panic.
+            Err(_) => std::panic::resume_unwind(
+                opening.join().err().unwrap_or_else(|| Box::new("the backend's opening thread ended without a result")),
+            ),
+        };
         let code = runtime.block_on(async move {
             let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
             let sandbox = backend.create(request).await?;
