@@ -220,6 +220,8 @@ impl LocalBackend {
                         Some((Shelf::Stopped, key)) => Some(key.clone()),
                         _ => None,
                     };
+                    // A new layer has its quota from `create_layer`.
+                    let kept_files = from.is_some();
                     let layer = match from {
                         // A stopped sandbox's files are moved back, not copied.
                         Some((Shelf::Stopped, key)) => pool.unshelve_layer(&key, &name, ids)?,
@@ -232,7 +234,7 @@ impl LocalBackend {
                         .and_then(|()| pool.set_id_range(&layer, ids))
                         .and_then(|()| overlay_owner.map_or(Ok(()), |o| pool.add_overlay_dirs(&layer, o)))
                         // Last: a layer made from kept files has no quota until its records are written.
-                        .and_then(|()| pool.limit_layer(&layer, limits));
+                        .and_then(|()| if kept_files { pool.limit_layer(&layer, limits) } else { Ok(()) });
                     if let Err(e) = tagged {
                         // A stopped sandbox's files go back on the shelf; anything else goes.
                         let _ = match &reshelve {
