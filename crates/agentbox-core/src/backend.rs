@@ -32,6 +32,21 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// stream before that event ends the execution's process tree.
     async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream>;
 
+    /// Creates a sandbox and starts `first` in it, as [`create`](Self::create) then [`exec`](Self::exec) do, for a
+    /// caller with one command to run (`agentbox run`). A backend may start it without a round trip of its own
+    /// (the local one sends it with the sandbox's setup). When the execution can't be started, the sandbox is
+    /// destroyed and the error returned.
+    async fn create_and_exec(&self, request: CreateRequest, first: ExecRequest) -> Result<(SandboxInfo, ExecStream)> {
+        let info = self.create(request).await?;
+        match self.exec(&info.id, first).await {
+            Ok(stream) => Ok((info, stream)),
+            Err(e) => {
+                let _ = self.destroy(&info.id).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Runs code in a language's interpreter and streams its output, like [`exec`](Self::exec).
     async fn run_code(&self, id: &SandboxId, request: CodeRequest) -> Result<ExecStream>;
 

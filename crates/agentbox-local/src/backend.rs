@@ -440,7 +440,8 @@ impl LocalBackend {
         &self,
         request: &CreateRequest,
         from: Option<(agentbox_storage::Shelf, String)>,
-    ) -> Result<SandboxInfo> {
+        first: Option<&ExecRequest>,
+    ) -> Result<(SandboxInfo, Option<ExecStream>)> {
         request.config.validate()?;
         if request.config.storage.cleanup == CleanupPolicy::Keep {
             return Err(Error::Unsupported(
@@ -449,9 +450,10 @@ impl LocalBackend {
                     .into(),
             ));
         }
-        let sb = self.spawn_sandbox(request, from).await?;
+        let (sb, first) = self.spawn_sandbox(request, from, first).await?;
         let info = sb.info.clone();
         let start = sb.start.clone();
+        let first = first.map(|rx| exec::owned_stream(&sb, create::FIRST_EXECUTION, rx));
         self.inner.sandboxes.lock_unpoisoned().insert(info.id.clone(), sb);
         if let Some(argv) = start {
             // A sandbox whose start process can't be started is a failed create: nothing of it is kept.
@@ -460,7 +462,7 @@ impl LocalBackend {
                 return Err(e);
             }
         }
-        Ok(info)
+        Ok((info, first))
     }
 }
 
@@ -472,7 +474,25 @@ impl SandboxBackend for LocalBackend {
 
     async fn create(&self, request: CreateRequest) -> Result<SandboxInfo> {
         let from = request.from_snapshot.clone().map(|name| (agentbox_storage::Shelf::Snapshots, name));
-        self.create_from(&request, from).await
+        self.create_from(&request, from, None).await.map(|(info, _)| info)
+    }
+
+    /// The first execution goes with the setup message where it can (see `spawn_sandbox`): the init starts it
+    /// right after its ready answer, without waiting for the host to send it.
+    async fn create_and_exec(&self, request: CreateRequest, first: ExecRequest) -> Result<(SandboxInfo, ExecStream)> {
+        let from = request.from_snapshot.clone().map(|name| (agentbox_storage::Shelf::Snapshots, name));
+        let (info, stream) = self.create_from(&request, from, Some(&first)).await?;
+        let stream = match stream {
+            Some(stream) => stream,
+            None => match self.exec(&info.id, first).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = self.destroy(&info.id).await;
+                    return Err(e);
+                }
+            },
+        };
+        Ok((info, stream))
     }
 
     async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecStream> {

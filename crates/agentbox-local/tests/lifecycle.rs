@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use agentbox_config::{NetworkConfig, SandboxConfig};
 use agentbox_core::{CodeRequest, CreateRequest, ExecEvent, ExecRequest, Language, SandboxBackend};
 use agentbox_local::{LocalBackend, LocalConfig};
 use common::{Sandbox, tempdir};
@@ -434,4 +435,48 @@ async fn a_one_shot_backend_starts_its_first_sandbox_on_the_init_cloned_at_open(
     drop(b);
     assert_eq!(claims(), Vec::new(), "the untaken spare's range is released");
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// `create_and_exec` starts the command with the sandbox (sent behind the setup message where it can be): its
+/// output and code come as an `exec`'s would, the sandbox serves the next executions as usual, and it falls back to
+/// a plain `exec` where the command must wait for the ready sandbox (networking on: the proxy's variables and trust
+/// bundle; input to send). A request the sandbox could never run fails the call and leaves no sandbox behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_and_exec_starts_the_first_command_with_the_sandbox() {
+    if common::not_root() {
+        return;
+    }
+    let b = LocalBackend::new(LocalConfig::default()).unwrap();
+    let sh = |script: &str| ExecRequest::shell(script);
+    let cases = [
+        (
+            SandboxConfig::default(),
+            sh("echo \"$HOME\" $(id -u); pwd; echo oops >&2; exit 3"),
+            "/home/user 1000\n/home/user\n",
+            3,
+        ),
+        (
+            SandboxConfig {
+                network: NetworkConfig { enabled: true, ..NetworkConfig::default() },
+                ..SandboxConfig::default()
+            },
+            sh("test -n \"$HTTP_PROXY\" && test -s \"$SSL_CERT_FILE\" && echo proxied"),
+            "proxied\n",
+            0,
+        ),
+        (SandboxConfig::default(), ExecRequest { stdin: Some(b"typed".to_vec()), ..sh("cat") }, "typed", 0),
+    ];
+    for (config, first, want, code) in cases {
+        let (info, stream) = b.create_and_exec(CreateRequest::new(config), first).await.unwrap();
+        let out = stream.collect(1 << 16).await;
+        assert_eq!((out.stdout.as_str(), out.exit_code), (want, code), "{out:?}");
+        let next = b.exec(&info.id, sh("echo next")).await.unwrap().collect(1 << 16).await;
+        assert_eq!(next.stdout, "next\n");
+        b.destroy(&info.id).await.unwrap();
+    }
+    let before = b.list().await.unwrap().len();
+    let huge = ExecRequest::argv(["echo".to_owned(), "x".repeat(3 << 20)]);
+    let err = b.create_and_exec(CreateRequest::default(), huge).await.unwrap_err();
+    assert!(err.to_string().contains("arguments"), "{err}");
+    assert_eq!(b.list().await.unwrap().len(), before, "a refused first command leaves no sandbox");
 }

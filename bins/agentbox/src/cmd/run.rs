@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agentbox_config::{ConfigLoader, Preset};
-use agentbox_core::{CodeRequest, CreateRequest, ExecEvent, ExecRequest, ExecStream, Language, SandboxBackend};
+use agentbox_core::{CodeRequest, CreateRequest, ExecEvent, ExecRequest, ExecStream, Language};
 use agentbox_server::BackendKind;
 
 use super::CliError;
@@ -128,9 +128,21 @@ pub fn run(args: &Args, prepared: Prepared) -> Result<ExitCode, CliError> {
         };
         let code = runtime.block_on(async move {
             let request = CreateRequest { from_snapshot: args.from_snapshot.clone(), ..CreateRequest::new(config) };
-            let sandbox = backend.create(request).await?;
+            // A command starts with the create (the local backend sends it with the sandbox's setup); code is
+            // written into the sandbox first.
+            let (sandbox, started) = match job {
+                Job::Exec(r) => {
+                    let (sandbox, stream) = backend.create_and_exec(request, r).await?;
+                    (sandbox, Ok(stream))
+                }
+                Job::Code(r) => {
+                    let sandbox = backend.create(request).await?;
+                    let started = backend.run_code(&sandbox.id, r).await;
+                    (sandbox, started)
+                }
+            };
             let result = tokio::select! {
-                r = drive(backend.as_ref(), &sandbox.id, job) => r,
+                r = async { drive(started?).await } => r,
                 _ = tokio::signal::ctrl_c() => Ok(130),
             };
             let saved = match &args.save_snapshot {
@@ -204,11 +216,7 @@ enum Job {
     Code(CodeRequest),
 }
 
-async fn drive(backend: &dyn SandboxBackend, id: &agentbox_core::SandboxId, job: Job) -> Result<i32, CliError> {
-    let mut stream: ExecStream = match job {
-        Job::Exec(r) => backend.exec(id, r).await?,
-        Job::Code(r) => backend.run_code(id, r).await?,
-    };
+async fn drive(mut stream: ExecStream) -> Result<i32, CliError> {
     let mut code = 1;
     while let Some(event) = stream.next().await {
         match event {

@@ -9,11 +9,16 @@ use spare::IdClaim;
 impl LocalBackend {
     /// Starts a sandbox as `request` asks; its layer is a writable snapshot of `from` (a snapshot, for a fork,
     /// or a stopped sandbox's files) when given, or else new and empty.
+    ///
+    /// With `first`, the execution a caller starts right away (`create_and_exec`): when it needs nothing made
+    /// after the init is ready, it goes right behind the setup message, as execution [`FIRST_EXECUTION`], and its
+    /// events come on the receiver returned.
     pub(super) async fn spawn_sandbox(
         &self,
         request: &CreateRequest,
         from: Option<(agentbox_storage::Shelf, String)>,
-    ) -> Result<Arc<LiveSandbox>> {
+        first: Option<&ExecRequest>,
+    ) -> Result<(Arc<LiveSandbox>, Option<tokio::sync::mpsc::Receiver<agentbox_core::ExecEvent>>)> {
         let mut config = &request.config;
         let id = random_id();
         let created_at_ms = now_ms();
@@ -59,6 +64,20 @@ impl LocalBackend {
             .as_ref()
             .and_then(|i| i.config.working_dir.clone())
             .filter(|w| w.starts_with('/') && w != "/" && !w.contains('\0'));
+        // The first execution's frame, sent behind the setup when it can be: with networking off (no proxy
+        // variables, no trust bundle to write first), no input to send, and small enough for the socket's buffer
+        // (so that sending it never waits for the init). Else it is started once the sandbox is ready, as usual.
+        let first_frame = match first {
+            Some(req) if !config.network.enabled && req.stdin.is_none() => {
+                let msg = Self::exec_message_for(config, working_dir.as_deref(), req.env.clone(), req, None)?;
+                let frame = proto::try_encode_json(Kind::Exec, FIRST_EXECUTION, &msg)
+                    .map_err(|e| backend_err("encoding the execution", e))?;
+                (frame.len() <= 64 * 1024).then_some(frame)
+            }
+            _ => None,
+        };
+        let (first_tx, first_rx) = tokio::sync::mpsc::channel(64);
+        let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
         // What runs when it starts.
         let start = match (&config.start, &image) {
             (agentbox_config::StartProcess::None, _) => None,
@@ -365,7 +384,13 @@ impl LocalBackend {
             sys::send_with_fds(host_end.as_fd(), &frame, &borrowed)
                 .map_err(|e| backend_err("sending the sandbox setup", e))?;
             drop(fds);
-            let std_stream = std::os::unix::net::UnixStream::from(host_end);
+            let mut std_stream = std::os::unix::net::UnixStream::from(host_end);
+            if let Some(first) = &first_frame {
+                let route = Route::Exec { tx: first_tx, oom_before: cgroup.oom_kills() };
+                routes.lock_unpoisoned().insert(FIRST_EXECUTION, route);
+                std::io::Write::write_all(&mut std_stream, first)
+                    .map_err(|e| backend_err("sending the first execution", e))?;
+            }
             let stream = std_stream
                 .set_nonblocking(true)
                 .and_then(|()| UnixStream::from_std(std_stream))
@@ -411,7 +436,6 @@ impl LocalBackend {
             }
         };
 
-        let routes: Arc<Mutex<HashMap<u32, Route>>> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let waiting = Arc::new(AtomicBool::new(false));
         let info = SandboxInfo {
@@ -433,7 +457,7 @@ impl LocalBackend {
             alive: alive.clone(),
             waiting: waiting.clone(),
             paused: AtomicBool::new(false),
-            next_id: AtomicU32::new(1),
+            next_id: AtomicU32::new(if first_frame.is_some() { FIRST_EXECUTION + 1 } else { FIRST_EXECUTION }),
             root,
             layer,
             ids: ids.and_then(IdClaim::keep),
@@ -449,9 +473,12 @@ impl LocalBackend {
         let cg = sandbox.cgroup.clone();
         let task = tokio::spawn(reader_loop(rd, routes, alive, waiting, cg));
         *sandbox.reader.lock_unpoisoned() = Some(task);
-        Ok(sandbox)
+        Ok((sandbox, first_frame.is_some().then_some(first_rx)))
     }
 }
+
+/// The request id of a sandbox's first execution (the next ones count up from it).
+pub(super) const FIRST_EXECUTION: u32 = 1;
 
 /// Where a create's init comes from.
 enum InitFrom {

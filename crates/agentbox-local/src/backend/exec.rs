@@ -17,11 +17,24 @@ const MAX_ARGS_BYTES: usize = 2 * 1024 * 1024;
 
 impl LocalBackend {
     pub(super) fn exec_message(sb: &LiveSandbox, request: &ExecRequest, output_path: Option<String>) -> Result<Exec> {
+        let env = sb.net.exec_env(&sb.config.environment_variables, &request.env);
+        Self::exec_message_for(&sb.config, sb.working_dir.as_deref(), env, request, output_path)
+    }
+
+    /// The message for `request` in a sandbox of `config` whose executions start in `working_dir` unless they say
+    /// otherwise, with `env` (the request's, and what the sandbox's networking adds) over the sandbox's own.
+    pub(super) fn exec_message_for(
+        config: &agentbox_config::SandboxConfig,
+        working_dir: Option<&str>,
+        mut env: std::collections::BTreeMap<String, String>,
+        request: &ExecRequest,
+        output_path: Option<String>,
+    ) -> Result<Exec> {
         let argv = request.to_argv()?;
-        let home = sb.config.security.run_as.home();
-        let (cwd, cwd_fallback) = match (&request.cwd, &sb.working_dir) {
+        let home = config.security.run_as.home();
+        let (cwd, cwd_fallback) = match (&request.cwd, working_dir) {
             // The image's working directory, or the home where the user can't enter it (`/root`, say).
-            (None, Some(dir)) => (dir.clone(), Some(home)),
+            (None, Some(dir)) => (dir.to_owned(), Some(home)),
             (None, None) => (home, None),
             (Some(c), _) if c.starts_with('/') => (c.clone(), None),
             (Some(c), _) => (format!("{home}/{c}"), None),
@@ -29,9 +42,8 @@ impl LocalBackend {
         if cwd.contains('\0') {
             return Err(Error::InvalidRequest("cwd contains a NUL byte".into()));
         }
-        let timeout = request.timeout.unwrap_or(sb.config.execution_timeout);
-        let root = Self::runs_as_root(&sb.config.security, request.user.as_deref())?;
-        let mut env = sb.net.exec_env(&sb.config.environment_variables, &request.env);
+        let timeout = request.timeout.unwrap_or(config.execution_timeout);
+        let root = Self::runs_as_root(&config.security, request.user.as_deref())?;
         if root {
             for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
                 if !request.env.contains_key(k) {
@@ -118,8 +130,13 @@ impl LocalBackend {
         stdin: Option<&[u8]>,
     ) -> Result<ExecStream> {
         let (rid, rx) = self.start_execution(sb, msg, stdin).await?;
-        Ok(ExecStream::new(rx).with_guard(EndIfAbandoned { sb: Arc::downgrade(sb), rid }))
+        Ok(owned_stream(sb, rid, rx))
     }
+}
+
+/// The stream of the execution `rid`, which ends it when dropped before the exit event.
+pub(super) fn owned_stream(sb: &Arc<LiveSandbox>, rid: u32, rx: mpsc::Receiver<ExecEvent>) -> ExecStream {
+    ExecStream::new(rx).with_guard(EndIfAbandoned { sb: Arc::downgrade(sb), rid })
 }
 
 /// Ends an execution whose caller dropped its stream before the exit event, as the E2B backend does: nobody

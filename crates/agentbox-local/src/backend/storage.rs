@@ -88,7 +88,8 @@ impl LocalBackend {
         let this = self.clone();
         let key = key.to_owned();
         tokio::spawn(async move {
-            let made = this.create_from(&request, Some((Shelf::Stopped, key.clone()))).await;
+            let made =
+                this.create_from(&request, Some((Shelf::Stopped, key.clone())), None).await.map(|(info, _)| info);
             if let Err(Ok(info)) = tx.send(made) {
                 if let Err(e) = this.stop_sandbox_as(&info.id, &key).await {
                     tracing::warn!(key = %key, error = %e, "stopping a sandbox started for a caller that left");
