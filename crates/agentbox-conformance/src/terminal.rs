@@ -194,3 +194,36 @@ pub async fn a_resize_right_after_start_is_seen(
     }
     Ok(())
 }
+
+/// A program that read the terminal's size before a resize and writes it back after (as GNU readline does each
+/// time it prepares for a line) does not undo the resize: the size the host asked for is what comes next.
+///
+/// # Errors
+/// The rule that broke.
+pub async fn a_size_written_back_from_before_a_resize_is_undone(
+    backend: &dyn SandboxBackend,
+    id: &SandboxId,
+) -> Result<(), Failure> {
+    const CHECK: &str = "terminal_a_size_written_back_from_before_a_resize_is_undone";
+    // Without echo, nothing comes out between the resize and the prompt; `stty rows R cols C` is two writes.
+    let script = "stty -echo; set -- $(stty size); echo ready; read go; stty rows \"$1\" cols \"$2\"; echo 'prompt>'; \
+                  read line; echo \"size $(stty size).\"";
+    let request = TerminalRequest {
+        command: Some(Command::Argv(vec!["/bin/sh".into(), "-c".into(), script.into()])),
+        size: TerminalSize { rows: 24, cols: 80 },
+        ..TerminalRequest::default()
+    };
+    let mut term = backend.open_terminal(id, request).await.map_err(|e| failure(CHECK, e.to_string()))?;
+    let mut screen = String::new();
+    until(CHECK, &mut term.output, &mut screen, "ready").await?;
+    send(CHECK, &term.input, TerminalInput::Resize(TerminalSize { rows: 50, cols: 120 })).await?;
+    send(CHECK, &term.input, type_in("\r")).await?;
+    until(CHECK, &mut term.output, &mut screen, "prompt>").await?;
+    send(CHECK, &term.input, type_in("\r")).await?;
+    let out = rest(CHECK, term.output).await?;
+    screen.push_str(&out.stdout);
+    if !screen.contains("size 50 120.") {
+        return Err(failure(CHECK, format!("the size written back from before the resize stood:\n{screen}")));
+    }
+    Ok(())
+}

@@ -22,5 +22,6 @@ async fn e2b_terminals_are_typed_at_resized_interrupted_and_hung_up() {
     terminal::typed_at_resized_and_interrupted(&backend, &id).await.unwrap();
     terminal::dropping_the_input_hangs_up(&backend, &id, TRAITS).await.unwrap();
     terminal::a_resize_right_after_start_is_seen(&backend, &id, 5).await.unwrap();
+    terminal::a_size_written_back_from_before_a_resize_is_undone(&backend, &id).await.unwrap();
     backend.destroy(&id).await.unwrap();
 }

@@ -41,3 +41,14 @@ async fn a_resize_right_after_start_is_seen_by_the_first_command() {
     terminal::a_resize_right_after_start_is_seen(sb.backend.as_ref(), &sb.id, 20).await.unwrap();
     sb.destroy().await;
 }
+
+/// bash's line editor reads the size and writes it back as it prepares each line: a resize in between must hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_written_back_from_before_a_resize_is_undone() {
+    if common::not_root() {
+        return;
+    }
+    let sb = Sandbox::new().await;
+    terminal::a_size_written_back_from_before_a_resize_is_undone(sb.backend.as_ref(), &sb.id).await.unwrap();
+    sb.destroy().await;
+}

@@ -24,6 +24,7 @@
 mod cpu;
 mod exec;
 pub mod fs;
+mod winsize;
 pub(crate) mod zygote;
 
 use std::collections::HashMap;
@@ -217,6 +218,8 @@ struct Running {
     background: Option<String>,
     /// Runs on a terminal whose master is `stdout` (input goes to a duplicate of it, `stdin`).
     tty: bool,
+    /// The terminal's last size from the host, held for a while against a line editor's write-back.
+    size_watch: Option<winsize::SizeWatch>,
 }
 
 impl Running {
@@ -225,6 +228,15 @@ impl Running {
             Stream::Stdin => self.stdin.as_ref(),
             Stream::Stdout => self.stdout.as_ref(),
             Stream::Stderr => self.stderr.as_ref(),
+        }
+    }
+
+    /// Sets the host's last size on its terminal again if a program wrote back the size from before it.
+    fn hold_size(&mut self) {
+        if let (Some(watch), Some(master)) = (&self.size_watch, &self.stdout) {
+            if !winsize::hold(master.as_fd(), watch, Instant::now()) {
+                self.size_watch = None;
+            }
         }
     }
 
@@ -445,8 +457,8 @@ impl Agent {
             },
             Some(Kind::Resize) => match serde_json::from_slice::<proto::TermSize>(payload) {
                 Ok(size) => {
-                    if let Some(master) = self.execs.get(&id).filter(|r| r.tty).and_then(|r| r.stdout.as_ref()) {
-                        let _ = sys::set_window_size(master.as_fd(), size.rows, size.cols);
+                    if let Some(r) = self.execs.get_mut(&id).filter(|r| r.tty) {
+                        r.size_watch = r.stdout.as_ref().and_then(|master| winsize::resize(master.as_fd(), size));
                     }
                 }
                 Err(e) => self.fail(id, format!("invalid resize request: {e}"), None),
@@ -613,6 +625,7 @@ impl Agent {
                 cgroup,
                 background: e.output_path.clone(),
                 tty: e.tty.is_some(),
+                size_watch: None,
             },
         );
         self.send(&proto::encode_json(Kind::Started, id, &Started { pid }));
@@ -620,6 +633,10 @@ impl Agent {
 
     fn service(&mut self, id: u32, stream: Stream, revents: libc::c_short) {
         let Some(r) = self.execs.get_mut(&id) else { return };
+        // Input about to be typed, or output written (a line editor writes back its size before its prompt).
+        if stream != Stream::Stderr {
+            r.hold_size();
+        }
         let Some(fd) = r.fd(stream) else { return };
         if stream == Stream::Stdin {
             if revents & (libc::POLLERR | libc::POLLHUP) != 0 {
