@@ -31,12 +31,13 @@ pub(super) struct SizeWatch {
 }
 
 /// Resizes the terminal whose master is `master` to `size`, returning what to watch (nothing when the size did
-/// not change or could not be set).
+/// not change, or could not be read or set).
 pub(super) fn resize(master: BorrowedFd<'_>, size: TermSize) -> Option<SizeWatch> {
-    let before = sys::window_size(master).ok()?;
+    let before = sys::window_size(master).ok();
     let wanted = (size.rows, size.cols);
     sys::set_window_size(master, size.rows, size.cols).ok()?;
-    (before != wanted).then(|| SizeWatch { wanted, before, until: Instant::now() + WATCH })
+    let before = before.filter(|b| *b != wanted)?;
+    Some(SizeWatch { wanted, before, until: Instant::now() + WATCH })
 }
 
 /// Sets the watched size again if the terminal's size is back to the one before it. Returns whether to go on
