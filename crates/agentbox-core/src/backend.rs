@@ -38,13 +38,8 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// destroyed and the error returned.
     async fn create_and_exec(&self, request: CreateRequest, first: ExecRequest) -> Result<(SandboxInfo, ExecStream)> {
         let info = self.create(request).await?;
-        match self.exec(&info.id, first).await {
-            Ok(stream) => Ok((info, stream)),
-            Err(e) => {
-                let _ = self.destroy(&info.id).await;
-                Err(e)
-            }
-        }
+        let stream = exec_or_destroy(self, &info.id, first).await?;
+        Ok((info, stream))
     }
 
     /// Runs code in a language's interpreter and streams its output, like [`exec`](Self::exec).
@@ -272,4 +267,23 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
     /// Every live sandbox this backend knows, including ones created by an earlier process.
     async fn list(&self) -> Result<Vec<SandboxInfo>>;
+}
+
+/// Starts `request` in the sandbox `id`, which was made for it alone: when it can't be started, the sandbox is
+/// destroyed and the error returned (the end of [`SandboxBackend::create_and_exec`]).
+///
+/// # Errors
+/// The execution's error.
+pub async fn exec_or_destroy<B: SandboxBackend + ?Sized>(
+    backend: &B,
+    id: &SandboxId,
+    request: ExecRequest,
+) -> Result<ExecStream> {
+    match backend.exec(id, request).await {
+        Ok(stream) => Ok(stream),
+        Err(e) => {
+            let _ = backend.destroy(id).await;
+            Err(e)
+        }
+    }
 }

@@ -20,7 +20,7 @@ mod types;
 
 #[cfg(any(test, feature = "mock"))]
 pub use backend::MockSandboxBackend;
-pub use backend::SandboxBackend;
+pub use backend::{SandboxBackend, exec_or_destroy};
 pub use error::{Error, Result};
 #[cfg(feature = "mock")]
 pub use manager::doc_backend;

@@ -484,13 +484,7 @@ impl SandboxBackend for LocalBackend {
         let (info, stream) = self.create_from(&request, from, Some(&first)).await?;
         let stream = match stream {
             Some(stream) => stream,
-            None => match self.exec(&info.id, first).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = self.destroy(&info.id).await;
-                    return Err(e);
-                }
-            },
+            None => agentbox_core::exec_or_destroy(self, &info.id, first).await?,
         };
         Ok((info, stream))
     }
