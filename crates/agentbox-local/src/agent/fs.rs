@@ -443,6 +443,84 @@ pub(crate) fn merge_name_lines(existing: &str, generated: &str) -> String {
     out
 }
 
+/// Where [`prepare`] makes the sandbox's `/dev` in the staging tmpfs, for [`build`] to move into the root.
+const PREPARED_DEV: &str = ".dev";
+/// Where [`prepare`] makes the sandbox's `/proc` in the staging tmpfs.
+const PREPARED_PROC: &str = ".proc";
+
+/// Makes, in `staging` (the empty tmpfs [`new_root`] attached), what every sandbox's root gets whatever its setup
+/// says: `/dev` (a small tmpfs with the safe device nodes and a private devpts; `/dev/shm`, sized by the setup,
+/// comes in [`build`]) and `/proc` of the sandbox's own pid namespace, with the sensitive paths masked. The init
+/// does this as soon as its id maps are written, while the host is still making the sandbox's cgroups and
+/// storage; [`build`] then moves both trees into the root. Nothing here is the sandbox's: `staging` is a fresh
+/// tmpfs of the init's own.
+///
+/// # Errors
+/// The first failing step, with the path involved.
+pub fn prepare(m: &mut dyn Mounter, staging: &Path) -> io::Result<()> {
+    let ctx = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let dev = staging.join(PREPARED_DEV);
+    m.mkdir(&dev, DEV_MODE, None)?;
+    m.mount(
+        Some("agentbox-dev"),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("size=64k,nr_inodes=64,mode=0755"),
+    )?;
+    for (d, major, minor) in DEVICES {
+        let target = dev.join(d);
+        if m.mknod(&target, *major, *minor).is_err() {
+            m.touch(&target)?;
+            m.mount(Some(&format!("/dev/{d}")), &target, None, libc::MS_BIND, None)
+                .map_err(ctx("binding a device node"))?;
+        }
+    }
+    m.mkdir(&dev.join("pts"), 0o755, None)?;
+    m.mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(ctx("mounting devpts"))?;
+    m.symlink("pts/ptmx", &dev.join("ptmx"))?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        m.symlink(target, &dev.join(name))?;
+    }
+
+    let proc_dir = staging.join(PREPARED_PROC);
+    m.mkdir(&proc_dir, PROC_MODE, None)?;
+    m.mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
+        .map_err(ctx("mounting /proc"))?;
+    for f in PROC_MASKED_FILES {
+        let p = proc_dir.join(f);
+        if p.exists() {
+            m.mount(Some(&dev.join("null").to_string_lossy()), &p, None, libc::MS_BIND, None)?;
+        }
+    }
+    for d in PROC_MASKED_DIRS {
+        let p = proc_dir.join(d);
+        if p.is_dir() {
+            m.mount(Some("agentbox-mask"), &p, Some("tmpfs"), libc::MS_RDONLY, Some("size=4k"))?;
+        }
+    }
+    for p in PROC_READ_ONLY {
+        let p = proc_dir.join(p);
+        if p.exists() {
+            m.mount(Some(&p.to_string_lossy()), &p, None, libc::MS_BIND | libc::MS_REC, None)?;
+            m.mount(None, &p, None, RO_BIND | libc::MS_NOEXEC, None)?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds the sandbox filesystem at `staging`, an empty tmpfs that [`new_root`] attached, and pivots into it;
 /// with `image`, the root is an overlay of the image mounted inside it. Must run as root (of its user
 /// namespace) in a new mount namespace.
@@ -532,72 +610,23 @@ pub fn build(m: &mut dyn Mounter, staging: &Path, s: &Setup, image: Option<&Imag
         m.attach(mount, &at).map_err(ctx("attaching a volume"))?;
     }
 
-    // /dev: a small tmpfs with the safe device nodes, a private devpts and /dev/shm.
+    // /dev and /proc, made by [`prepare`] before the setup message came, moved into place with their submounts;
+    // /dev/shm is sized by the setup.
     let dev = dir(m, "/dev", Links::InRoot)?;
     m.mkdir(&dev, DEV_MODE, None)?;
-    m.mount(
-        Some("agentbox-dev"),
-        &dev,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("size=64k,nr_inodes=64,mode=0755"),
-    )?;
-    // The tmpfs just mounted, not the directory under it.
+    m.mount(Some(&staging.join(PREPARED_DEV).to_string_lossy()), &dev, None, libc::MS_MOVE, None)
+        .map_err(ctx("moving /dev into the root"))?;
+    // The tmpfs just moved there, not the directory under it.
     let dev = dir(m, "/dev", Links::InRoot)?;
-    for (d, major, minor) in DEVICES {
-        let target = dev.join(d);
-        if m.mknod(&target, *major, *minor).is_err() {
-            m.touch(&target)?;
-            m.mount(Some(&format!("/dev/{d}")), &target, None, libc::MS_BIND, None)
-                .map_err(ctx("binding a device node"))?;
-        }
-    }
-    m.mkdir(&dev.join("pts"), 0o755, None)?;
-    m.mount(
-        Some("devpts"),
-        &dev.join("pts"),
-        Some("devpts"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )
-    .map_err(ctx("mounting devpts"))?;
-    m.symlink("pts/ptmx", &dev.join("ptmx"))?;
     m.mkdir(&dev.join("shm"), 0o1777, None)?;
     let shm = format!("size={},mode=1777", s.shm_bytes);
     m.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&shm))?;
-    for (name, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        m.symlink(target, &dev.join(name))?;
-    }
-
-    // /proc of the sandbox's own pid namespace, with the sensitive paths masked.
     let proc_dir = dir(m, "/proc", Links::InRoot)?;
     m.mkdir(&proc_dir, PROC_MODE, None)?;
-    m.mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
-        .map_err(ctx("mounting /proc"))?;
-    let proc_dir = dir(m, "/proc", Links::InRoot)?;
-    for f in PROC_MASKED_FILES {
-        let p = proc_dir.join(f);
-        if p.exists() {
-            m.mount(Some(&dev.join("null").to_string_lossy()), &p, None, libc::MS_BIND, None)?;
-        }
-    }
-    for d in PROC_MASKED_DIRS {
-        let p = proc_dir.join(d);
-        if p.is_dir() {
-            m.mount(Some("agentbox-mask"), &p, Some("tmpfs"), libc::MS_RDONLY, Some("size=4k"))?;
-        }
-    }
-    for p in PROC_READ_ONLY {
-        let p = proc_dir.join(p);
-        if p.exists() {
-            m.mount(Some(&p.to_string_lossy()), &p, None, libc::MS_BIND | libc::MS_REC, None)?;
-            m.mount(None, &p, None, RO_BIND | libc::MS_NOEXEC, None)?;
-        }
+    m.mount(Some(&staging.join(PREPARED_PROC).to_string_lossy()), &proc_dir, None, libc::MS_MOVE, None)
+        .map_err(ctx("moving /proc into the root"))?;
+    for prepared in [PREPARED_DEV, PREPARED_PROC] {
+        m.rmdir(&staging.join(prepared))?;
     }
 
     for (path, content) in &s.files {
@@ -769,6 +798,7 @@ mod tests {
 
     fn check(s: &Setup) -> Vec<String> {
         let mut r = Recorder::default();
+        prepare(&mut r, Path::new("/r")).unwrap();
         build(&mut r, Path::new("/r"), s, None).unwrap();
         r.0
     }
@@ -795,7 +825,7 @@ mod tests {
                     && l.contains("size=1073741824,nr_inodes=1000"))
         );
         assert!(index(&log, "detach /r/.storage") > index(&log, "mount /r/.storage/tmp /r/tmp"));
-        assert!(log.contains(&"mknod /r/dev/null 1:3".to_owned()), "device nodes are made, not bound: {log:#?}");
+        assert!(log.contains(&"mknod /r/.dev/null 1:3".to_owned()), "device nodes are made, not bound: {log:#?}");
         assert!(!log.iter().any(|l| l.starts_with("mount /dev/")), "{log:#?}");
         assert!(
             log.iter().any(|l| l.starts_with("mount agentbox-quota /r/tmp/small tmpfs") && l.contains("size=1048576"))
@@ -815,10 +845,29 @@ mod tests {
     }
 
     #[test]
+    fn dev_and_proc_are_prepared_before_the_setup_and_moved_into_the_root() {
+        let mut r = Recorder::default();
+        prepare(&mut r, Path::new("/r")).unwrap();
+        let prepared = r.0.len();
+        assert!(r.0.iter().all(|l| l.contains("/r/.dev") || l.contains("/r/.proc")), "{:#?}", r.0);
+        build(&mut r, Path::new("/r"), &setup(), None).unwrap();
+        let log = r.0;
+        let dev = index(&log, &format!("mount /r/.dev /r/dev - {:#x}", libc::MS_MOVE));
+        assert!(dev >= prepared);
+        let shm = index(&log, "mount shm /r/dev/shm tmpfs");
+        assert!(shm > dev && log[shm].contains("size=67108864"), "/dev/shm is sized by the setup: {log:#?}");
+        let pivot = index(&log, "pivot /r");
+        for gone in ["rmdir /r/.dev", "rmdir /r/.proc"] {
+            assert!(index(&log, gone) < pivot, "{gone} before the pivot: {log:#?}");
+        }
+    }
+
+    #[test]
     fn proc_is_masked_and_root_is_read_only_after_pivot() {
         let log = check(&setup());
         let pivot = index(&log, "pivot /r");
-        assert!(index(&log, "mount proc /r/proc proc") < pivot);
+        let moved = index(&log, &format!("mount /r/.proc /r/proc - {:#x}", libc::MS_MOVE));
+        assert!(index(&log, "mount proc /r/.proc proc") < moved && moved < pivot, "{log:#?}");
         let ro = format!(
             "mount - / - {:#x} -",
             libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV

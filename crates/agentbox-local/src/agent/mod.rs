@@ -114,6 +114,7 @@ fn init_main() -> i32 {
         send_failure(control.as_fd(), message);
         1
     };
+    let early = Early::make();
     let (mut setup, passed): (Setup, _) = match read_setup(control.as_fd()) {
         Ok(Some((payload, fds))) => match serde_json::from_slice(&payload) {
             Ok(s) => (s, fds),
@@ -146,8 +147,8 @@ fn init_main() -> i32 {
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } == -1 {
         return failed(format!("creating the sandbox's cgroup namespace failed: {}", io::Error::last_os_error()));
     }
-    // The zygote cloned this process from the root mount point: the working directory is it.
-    let built = fs::new_root()
+    let built = early
+        .root
         .and_then(|new| fs::build(&mut fs::LinuxMounter::default(), Path::new(&via(&new)), &setup, Some(&image)));
     if let Err(e) = built {
         return failed(format!("building the sandbox filesystem failed: {e}"));
@@ -157,10 +158,10 @@ fn init_main() -> i32 {
         // SAFETY: valid buffer and length.
         unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) };
     }
-    if let Err(e) = bring_loopback_up() {
+    if let Err(e) = early.loopback {
         return failed(format!("bringing up loopback failed: {e}"));
     }
-    let landlock = landlock_status();
+    let landlock = early.landlock;
     // The init relays every execution's start, output and exit: short slices keep those wake-ups quick beside
     // busy neighbours. Its children (the sandbox's programs) start with the kernel's defaults.
     let _ = agentbox_core::sched::request_short_slices(agentbox_core::sched::INIT_SLICE);
@@ -176,6 +177,30 @@ fn init_main() -> i32 {
     match Agent::new(control, setup, exec_cgroups).and_then(|mut a| a.run()) {
         Ok(()) => 0,
         Err(_) => 1,
+    }
+}
+
+/// What the init makes before its setup message comes, whatever the message says: the part of the sandbox's
+/// setup that can overlap the host's making of its cgroups and storage (the zygote released this process once
+/// its id maps were written). A step that failed is reported when the setup message has come, as its own failure.
+struct Early {
+    /// The staging tmpfs on the root mount point (see [`fs::new_root`]), with `/dev` and `/proc` made in it
+    /// (see [`fs::prepare`]).
+    root: io::Result<OwnedFd>,
+    /// Whether loopback came up.
+    loopback: io::Result<()>,
+    /// Landlock's status, as the ready message reports it.
+    landlock: String,
+}
+
+impl Early {
+    fn make() -> Self {
+        // The zygote cloned this process from the root mount point: the working directory is it.
+        let root = fs::new_root().and_then(|root| {
+            let staging = format!("/proc/self/fd/{}", root.as_raw_fd());
+            fs::prepare(&mut fs::LinuxMounter::default(), Path::new(&staging)).map(|()| root)
+        });
+        Self { root, loopback: bring_loopback_up(), landlock: landlock_status() }
     }
 }
 
