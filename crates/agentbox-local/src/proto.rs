@@ -474,6 +474,22 @@ pub struct SpawnInit {
     /// id and mapping ids `0..65536` inside onto the range. `None`: no user namespace (host ids inside).
     #[serde(default)]
     pub ids: Option<u32>,
+    /// The capability bounding set the sandbox's executions keep (bit `n`: capability `n`), when it is known at the
+    /// clone: the init drops every other capability from it before its setup message comes (see
+    /// [`kept_capabilities`]). `None`: the setup message says.
+    #[serde(default)]
+    pub bounding: Option<u64>,
+}
+
+/// The capability bounding set executions keep under a setup's `drop_caps` and `allow_root`, as
+/// [`SpawnInit::bounding`] carries it: `None` when nothing is dropped.
+#[must_use]
+pub fn kept_capabilities(drop_caps: bool, allow_root: bool) -> Option<u64> {
+    match (drop_caps, allow_root) {
+        (false, _) => None,
+        (true, false) => Some(0),
+        (true, true) => Some(ROOT_CAPS.iter().fold(0, |mask, cap| mask | 1 << cap)),
+    }
 }
 
 /// zygote -> host: the init's host pid (its pidfd rides along), or why it could not start.
@@ -590,4 +606,18 @@ pub struct Proc {
 pub struct ProcList {
     /// Background processes.
     pub procs: Vec<Proc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bounding_set_kept_is_none_when_nothing_is_dropped_and_root_caps_for_root_inside() {
+        assert_eq!(kept_capabilities(false, true), None);
+        assert_eq!(kept_capabilities(true, false), Some(0));
+        let root = kept_capabilities(true, true).unwrap_or(0);
+        assert!(ROOT_CAPS.iter().all(|cap| root & (1 << cap) != 0));
+        assert_eq!(usize::try_from(root.count_ones()).ok(), Some(ROOT_CAPS.len()));
+    }
 }

@@ -200,13 +200,19 @@ pub fn warm_up() {
 }
 
 /// Starts a sandbox init whose root goes on `root`, serving `control`; with `ids`, in a user namespace of its
-/// own mapped onto that range (see `agent::zygote`). The init waits for its setup message, before which the
+/// own mapped onto that range (see `agent::zygote`); with `bounding`, the capability bounding set its executions
+/// keep (see [`crate::proto::SpawnInit::bounding`]). The init waits for its setup message, before which the
 /// host moves it into its cgroups. Blocks briefly (one clone in the zygote); call it off the async runtime.
 ///
 /// # Errors
 /// When the zygote can't be started, or the clone failed (namespaces not permitted).
-pub fn spawn_init(root: &str, control: &OwnedFd, ids: Option<IdRange>) -> Result<Init, SpawnError> {
-    let request = serde_json::to_vec(&SpawnInit { root: root.to_owned(), ids: ids.map(|r| r.first) })
+pub fn spawn_init(
+    root: &str,
+    control: &OwnedFd,
+    ids: Option<IdRange>,
+    bounding: Option<u64>,
+) -> Result<Init, SpawnError> {
+    let request = serde_json::to_vec(&SpawnInit { root: root.to_owned(), ids: ids.map(|r| r.first), bounding })
         .map_err(|e| SpawnError::io("encoding the request", e.into()))?;
     let mut guard = ZYGOTE.lock_unpoisoned();
     // A zygote that died before taking the request (killed from outside) is replaced once. One

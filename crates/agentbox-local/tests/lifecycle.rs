@@ -409,12 +409,15 @@ async fn a_one_shot_backend_starts_its_first_sandbox_on_the_init_cloned_at_open(
     let info = b.create(CreateRequest::default()).await.unwrap();
     assert_eq!(claims().len(), 1, "the sandbox took the spare's range rather than claiming another");
     let out = b
-        .exec(&info.id, ExecRequest::shell("id -u; touch ~/f && stat -c %u ~/f"))
+        .exec(
+            &info.id,
+            ExecRequest::shell("id -u; touch ~/f && stat -c %u ~/f; grep CapBnd /proc/self/status | cut -f2"),
+        )
         .await
         .unwrap()
         .collect(1 << 16)
         .await;
-    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "1000\n1000\n"), "{out:?}");
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, "1000\n1000\n0000000000000000\n"), "{out:?}");
     let init = b.host_pids(&info.id).unwrap()[0];
     let map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap();
     let (range, _) = claims().remove(0);
@@ -434,6 +437,22 @@ async fn a_one_shot_backend_starts_its_first_sandbox_on_the_init_cloned_at_open(
     assert_eq!(claims().len(), 1);
     drop(b);
     assert_eq!(claims(), Vec::new(), "the untaken spare's range is released");
+
+    // The spare drops the capabilities of the default settings as soon as it is cloned: a first sandbox whose
+    // root keeps some clones its own init, and its root has them.
+    let b = LocalBackend::new(config.clone()).unwrap();
+    let mut root_inside = SandboxConfig::default();
+    root_inside.security.allow_root_inside = true;
+    let info = b.create(CreateRequest::new(root_inside)).await.unwrap();
+    assert_eq!(claims().len(), 2, "the spare stays untaken");
+    let req =
+        ExecRequest { user: Some("root".into()), ..ExecRequest::shell("grep CapBnd /proc/self/status | cut -f2") };
+    let out = b.exec(&info.id, req).await.unwrap().collect(1 << 16).await;
+    let kept = u64::from_str_radix(out.stdout.trim(), 16).unwrap_or(0);
+    assert_ne!(kept, 0, "root inside lost its capabilities: {out:?}");
+    b.destroy(&info.id).await.unwrap();
+    drop(b);
+    assert_eq!(claims(), Vec::new(), "every range is released");
     let _ = std::fs::remove_dir_all(&state);
 }
 

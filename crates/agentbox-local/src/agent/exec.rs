@@ -253,6 +253,12 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
             if setup.allow_root && crate::proto::ROOT_CAPS.contains(&cap) {
                 continue;
             }
+            // Gone already (see `drop_bounding_set`): a drop would still allocate new credentials. A capability
+            // beyond the kernel's last one reads EINVAL, which the drop below reports the same way.
+            // SAFETY: integer arguments.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } == 0 {
+                continue;
+            }
             // SAFETY: integer arguments.
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1 {
                 let e = io::Error::last_os_error();
@@ -276,6 +282,23 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
             .map_err(|e| io::Error::new(e.kind(), format!("installing the seccomp filter: {e}")))?;
     }
     Ok(())
+}
+
+/// Drops from the calling thread's capability bounding set every capability not in `kept` (bit `n`: capability
+/// `n`), ahead of [`confine`], which drops what is left to drop and fails on what can't be. A failure here is
+/// left for it.
+pub fn drop_bounding_set(kept: u64) {
+    for cap in 0..=63u32 {
+        if kept & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+        {
+            break;
+        }
+    }
 }
 
 /// A stack for the children the [`Spawner`] starts, with a guard page below it.

@@ -104,7 +104,7 @@ fn bring_loopback_up() -> io::Result<()> {
     sys::check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) }).map(drop)
 }
 
-fn init_main() -> i32 {
+fn init_main(bounding: Option<u64>) -> i32 {
     // SAFETY: the zygote's clone put the control socket at CONTROL_FD (see `zygote::child`) and closed every
     // other descriptor above it; nothing else in this process owns it.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
@@ -114,7 +114,7 @@ fn init_main() -> i32 {
         send_failure(control.as_fd(), message);
         1
     };
-    let early = Early::make();
+    let early = Early::make(bounding);
     let (mut setup, passed): (Setup, _) = match read_setup(control.as_fd()) {
         Ok(Some((payload, fds))) => match serde_json::from_slice(&payload) {
             Ok(s) => (s, fds),
@@ -183,6 +183,8 @@ fn init_main() -> i32 {
 /// What the init makes before its setup message comes, whatever the message says: the part of the sandbox's
 /// setup that can overlap the host's making of its cgroups and storage (the zygote released this process once
 /// its id maps were written). A step that failed is reported when the setup message has come, as its own failure.
+/// The capability bounding set goes too when the clone's request said what it keeps (one `prctl` per capability;
+/// the init's own capabilities stay until it confines itself, see `exec::confine`).
 struct Early {
     /// The staging tmpfs on the root mount point (see [`fs::new_root`]), with `/dev` and `/proc` made in it
     /// (see [`fs::prepare`]).
@@ -194,7 +196,10 @@ struct Early {
 }
 
 impl Early {
-    fn make() -> Self {
+    fn make(bounding: Option<u64>) -> Self {
+        if let Some(kept) = bounding {
+            exec::drop_bounding_set(kept);
+        }
         // The zygote cloned this process from the root mount point: the working directory is it.
         let root = fs::new_root().and_then(|root| {
             let staging = format!("/proc/self/fd/{}", root.as_raw_fd());

@@ -240,7 +240,7 @@ fn spawn(req: &SpawnInit, control: &OwnedFd, sigfd: BorrowedFd<'_>) -> Result<(i
                 unsafe { libc::_exit(code) }
             }
         }
-        let code = child(control.as_fd(), sigfd);
+        let code = child(control.as_fd(), sigfd, req.bounding);
         // SAFETY: leaving the clone without running the zygote's destructors.
         unsafe { libc::_exit(code) }
     }
@@ -313,12 +313,12 @@ fn enter_user_namespace(gate: OwnedFd) -> Result<(), i32> {
 }
 
 /// In the clone: take the control socket as fd 3, leave the zygote's descriptors and signal
-/// mask, then become the init (which the host moves into its cgroups before sending its setup message).
+/// mask, then become the init (`bounding`: see [`SpawnInit::bounding`]) (which the host moves into its cgroups before sending its setup message).
 ///
 /// The zygote's descriptors in this copy (`sigfd`, the request socket, `control` itself) are closed here under
 /// their owners in the zygote's frames. That is sound because this copy never returns to those frames: it
 /// leaves through `_exit` (see `spawn`), so no owner uses or closes them again.
-fn child(control: BorrowedFd<'_>, sigfd: BorrowedFd<'_>) -> i32 {
+fn child(control: BorrowedFd<'_>, sigfd: BorrowedFd<'_>, bounding: Option<u64>) -> i32 {
     // Every descriptor but the control socket goes: dup2 onto CONTROL_FD replaces whatever was there, and
     // close_range closes all above it. The signalfd is one of those (0, 1 and 2 are open, so it is 3 or above),
     // as is the request socket.
@@ -334,5 +334,5 @@ fn child(control: BorrowedFd<'_>, sigfd: BorrowedFd<'_>) -> i32 {
     if sys::unblock_all_signals().is_err() {
         return 111;
     }
-    init_main()
+    init_main(bounding)
 }

@@ -125,8 +125,15 @@ impl LocalBackend {
             .await?
         };
         let volumes = self.inner.volumes_in_use.hold(volume_names);
-        // A new sandbox takes the init a one-shot process had cloned while the backend opened (see `spare`).
-        let spare = if from.is_none() { self.inner.spare.lock_unpoisoned().take() } else { None };
+        // A new sandbox takes the init a one-shot process had cloned while the backend opened (see `spare`), when
+        // that init dropped the capabilities this sandbox's executions drop.
+        let bounding = proto::kept_capabilities(config.security.drop_capabilities, config.security.allow_root_inside);
+        let spare = if from.is_none() {
+            let mut spare = self.inner.spare.lock_unpoisoned();
+            if spare.as_ref().is_some_and(|s| s.fits(bounding)) { spare.take() } else { None }
+        } else {
+            None
+        };
         let (host_end, ids, init_from) = match spare.and_then(spare::SpareInit::take) {
             Some((claim, host_end, cloning)) => (host_end, Some(claim), InitFrom::Spare(cloning)),
             None => {
@@ -174,7 +181,7 @@ impl LocalBackend {
             InitFrom::Spare(cloning) => tokio::task::spawn_blocking(move || spare::SpareInit::cloned(cloning)),
             InitFrom::Zygote(agent_end) => {
                 let root_path = self.inner.root_mountpoint.to_string_lossy().into_owned();
-                tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end, range))
+                tokio::task::spawn_blocking(move || zygote::spawn_init(&root_path, &agent_end, range, bounding))
             }
         };
         let inner = self.inner.clone();

@@ -46,6 +46,9 @@ pub(super) struct SpareInit {
     /// The host's end of its control socket.
     host_end: Option<OwnedFd>,
     cloning: Option<Cloning>,
+    /// The capability bounding set its executions keep, dropped to already (see `proto::SpawnInit::bounding`):
+    /// that of the default security settings, the sandbox's configuration not being known yet.
+    bounding: Option<u64>,
 }
 
 impl SpareInit {
@@ -60,11 +63,18 @@ impl SpareInit {
         };
         let (host_end, agent_end) = sys::socketpair(libc::SOCK_STREAM).ok()?;
         let (root, range) = (root.to_string_lossy().into_owned(), claim.range);
+        let security = SandboxConfig::default().security;
+        let bounding = proto::kept_capabilities(security.drop_capabilities, security.allow_root_inside);
         let cloning = std::thread::Builder::new()
             .name("agentbox-spare".into())
-            .spawn(move || zygote::spawn_init(&root, &agent_end, range))
+            .spawn(move || zygote::spawn_init(&root, &agent_end, range, bounding))
             .ok()?;
-        Some(Self { claim: Some(claim), host_end: Some(host_end), cloning: Some(cloning) })
+        Some(Self { claim: Some(claim), host_end: Some(host_end), cloning: Some(cloning), bounding })
+    }
+
+    /// Whether a sandbox whose executions keep the capability bounding set `bounding` can take this init.
+    pub(super) fn fits(&self, bounding: Option<u64>) -> bool {
+        self.bounding == bounding
     }
 
     /// Hands the init to a create: its range, the host's end of its control socket, and its clone.
