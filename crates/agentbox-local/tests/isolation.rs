@@ -284,3 +284,24 @@ except OSError as e:
     expect("agent_cgroups", &["EACCES", "EPERM"]);
     sb.destroy().await;
 }
+
+/// A writable root has no shared `/etc` template: the host's `/etc` entries are bound one by one, read-only, beside
+/// the generated files; a read-only root gets the same entries from its template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writable_root_binds_the_hosts_etc_entries_one_by_one() {
+    if common::not_root() {
+        return;
+    }
+    let listing = "ls -d /etc/ssl /etc/ld.so.cache; grep -c '^user:' /etc/passwd";
+    let mut writable = SandboxConfig::default();
+    writable.security.read_only_root = false;
+    for config in [writable, SandboxConfig::default()] {
+        let read_only = config.security.read_only_root;
+        let sb = Sandbox::with(config).await;
+        let out = sb.sh(listing).await;
+        assert_eq!(out.stdout, "/etc/ld.so.cache\n/etc/ssl\n1\n", "read-only root {read_only}: {out:?}");
+        let out = sb.sh("touch /etc/ssl/x 2>&1; echo $?").await;
+        assert!(out.stdout.trim_end().ends_with('1'), "read-only root {read_only}: /etc/ssl is writable: {out:?}");
+        sb.destroy().await;
+    }
+}

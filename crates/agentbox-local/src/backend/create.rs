@@ -350,10 +350,14 @@ impl LocalBackend {
             if let Some(plan) = &seeded {
                 setup.files.retain(|(path, _)| !plan.seeded.contains(path));
             }
-            if let Some(t) = &etc {
-                setup.etc = Some(t.path().to_string_lossy().into_owned());
-                setup.files.clear();
-                setup.binds.retain(|b| !b.target.starts_with("/etc/"));
+            match &etc {
+                Some(t) => {
+                    setup.etc = Some(t.path().to_string_lossy().into_owned());
+                    setup.files.clear();
+                }
+                // A host root without a template binds the host's entries one by one.
+                None if config.image_reference().is_none() => setup.binds.extend(self.host_etc_binds()),
+                None => {}
             }
             // The directories the init mounts go as descriptors (see `proto::PassedDir`).
             let plain = |role, path| Passed { role, path, idmap: false, read_only: false };

@@ -10,8 +10,9 @@ use super::LocalBackend;
 use crate::proto::{BindMount, Quota, Setup};
 
 impl LocalBackend {
-    /// The binds of the host's system directories and `/etc` entries that exist (one `statx` each), and the
-    /// symlinks among the system directories (`/bin` -> `usr/bin`), for a root made of the host's.
+    /// The binds of the host's system directories that exist (one `statx` each), and the symlinks among them
+    /// (`/bin` -> `usr/bin`), for a root made of the host's. Its `/etc` entries come from a shared template or,
+    /// without one, from [`Self::host_etc_binds`].
     fn host_system(&self) -> (Vec<BindMount>, Vec<(String, String)>) {
         let mut binds = Vec::new();
         let mut symlinks = Vec::new();
@@ -27,13 +28,20 @@ impl LocalBackend {
                 _ => {}
             }
         }
+        (binds, symlinks)
+    }
+
+    /// The binds of the host's `/etc` entries that exist (one `statx` each), for a host root that has no shared
+    /// `/etc` template (a writable root, or a template that could not be made).
+    pub(super) fn host_etc_binds(&self) -> Vec<BindMount> {
+        let mut binds = Vec::new();
         for e in &self.inner.config.etc_entries {
             let src = format!("/etc/{e}");
             if let Ok(m) = std::fs::metadata(&src) {
                 binds.push(BindMount { source: src.clone(), target: src, dir: m.is_dir() });
             }
         }
-        (binds, symlinks)
+        binds
     }
 
     pub(super) fn setup_for(&self, config: &SandboxConfig) -> Setup {
