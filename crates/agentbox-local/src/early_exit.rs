@@ -8,7 +8,8 @@
 //! is over the worker calls [`Caller::answer`]: its standard input and outputs become `/dev/null` (so a caller
 //! reading them to their end sees the end), it writes the exit code on the pipe, and the front exits with it.
 //! The worker then destroys the sandbox and exits; the caller has its answer about a millisecond (the destroy:
-//! the init's exit, the cgroups, the storage layer, the id range) earlier.
+//! the init's exit, the cgroups, the storage layer, the id range) earlier. That remainder runs under `SCHED_IDLE`,
+//! so that it takes no CPU from the caller's next command, which may start at once.
 //!
 //! Nothing is left behind that would not be without it: the worker owns its sandboxes as the whole process did,
 //! so if it dies before its destroy has finished, the next process's orphan reaping removes what is left, as
@@ -79,6 +80,20 @@ impl Caller {
         // SAFETY: prctl with integer arguments only.
         let _ = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
         let _ = rustix::io::write(&self.pipe, &[code]);
+        in_the_background();
+    }
+}
+
+/// Puts every thread of this process under `SCHED_IDLE`: what is left after the answer (the destroy, the
+/// housekeeping, the exit) yields the CPUs to any other work, such as the caller's next command, and still
+/// finishes on a busy host (an idle thread gets a small share, not none).
+fn in_the_background() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+    let param = libc::sched_param { sched_priority: 0 };
+    for tid in tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok()) {
+        // SAFETY: sched_setscheduler reads one sched_param, a local that outlives the call; a thread that
+        // has exited since the listing fails with ESRCH, which is ignored.
+        let _ = unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &raw const param) };
     }
 }
 
@@ -177,4 +192,48 @@ fn exit_as(worker: libc::pid_t) -> i32 {
         return 128 + signo;
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the copy of this test binary that [`after_the_answer_every_thread_runs_at_idle_priority`] starts.
+    const IN_CHILD: &str = "AGENTBOX_TEST_BACKGROUND_CHILD";
+
+    fn policies() -> Vec<libc::c_int> {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+        tasks
+            .flatten()
+            .filter_map(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
+            // SAFETY: integer argument; a thread gone since the listing reads -1.
+            .map(|tid| unsafe { libc::sched_getscheduler(tid) })
+            .collect()
+    }
+
+    #[test]
+    fn after_the_answer_every_thread_runs_at_idle_priority() {
+        if std::env::var_os(IN_CHILD).is_some() {
+            // In its own process (the policy would otherwise slow every other test of this binary).
+            let other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(300)));
+            in_the_background();
+            let after = policies();
+            assert!(after.len() >= 2 && after.iter().all(|&p| p == libc::SCHED_IDLE), "{after:?}");
+            other.join().expect("thread");
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "early_exit::tests::after_the_answer_every_thread_runs_at_idle_priority", "--nocapture"])
+            .env(IN_CHILD, "1")
+            .output()
+            .expect("running the test in a process of its own");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(policies().iter().all(|&p| p != libc::SCHED_IDLE), "this process was left at idle priority");
+    }
 }
