@@ -213,6 +213,14 @@ async fn sandboxes_die_with_their_host_and_orphans_are_reaped() {
     drop(b);
     assert_eq!(LocalBackend::host_cgroups(&config, &id), Vec::<std::path::PathBuf>::new(), "not reaped at close");
     assert!(!layer.exists(), "the orphan's storage layer was not reaped at close");
+    forget_state_dir(config);
+}
+
+/// Removes a test's state directory and its empty cgroup parent, which a one-shot backend leaves for the next
+/// process of the same state directory (a long-running backend's drop removes it).
+fn forget_state_dir(config: LocalConfig) {
+    let state = config.state_dir.clone();
+    drop(LocalBackend::new(LocalConfig { host_process: agentbox_local::HostProcess::LongRunning, ..config }).unwrap());
     let _ = std::fs::remove_dir_all(&state);
 }
 
@@ -453,7 +461,7 @@ async fn a_one_shot_backend_starts_its_first_sandbox_on_the_init_cloned_at_open(
     b.destroy(&info.id).await.unwrap();
     drop(b);
     assert_eq!(claims(), Vec::new(), "every range is released");
-    let _ = std::fs::remove_dir_all(&state);
+    forget_state_dir(config);
 }
 
 /// `create_and_exec` starts the command with the sandbox (sent behind the setup message where it can be): its
