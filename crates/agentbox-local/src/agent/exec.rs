@@ -247,27 +247,9 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
         }
         Ok(())
     };
-    if setup.drop_caps {
-        for cap in 0..=63u32 {
-            // Root inside keeps a container's default set, acting on the sandbox's own namespace only.
-            if setup.allow_root && crate::proto::ROOT_CAPS.contains(&cap) {
-                continue;
-            }
-            // Gone already (see `drop_bounding_set`): a drop would still allocate new credentials. A capability
-            // beyond the kernel's last one reads EINVAL, which the drop below reports the same way.
-            // SAFETY: integer arguments.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } == 0 {
-                continue;
-            }
-            // SAFETY: integer arguments.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    break;
-                }
-                return Err(io::Error::new(e.kind(), format!("dropping capability {cap}: {e}")));
-            }
-        }
+    // Root inside keeps a container's default set (ROOT_CAPS), acting on the sandbox's own namespace only.
+    if let Some(kept) = crate::proto::kept_capabilities(setup.drop_caps, setup.allow_root) {
+        drop_bounding_set(kept)?;
         // SAFETY: integer arguments.
         let rc = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
         step("clearing ambient capabilities", rc)?;
@@ -285,20 +267,28 @@ pub fn confine(setup: &Setup) -> io::Result<()> {
 }
 
 /// Drops from the calling thread's capability bounding set every capability not in `kept` (bit `n`: capability
-/// `n`), ahead of [`confine`], which drops what is left to drop and fails on what can't be. A failure here is
-/// left for it.
-pub fn drop_bounding_set(kept: u64) {
+/// `n`). What is gone already is skipped (a drop would still allocate new credentials), so the init calls it before
+/// its setup message comes, when it knows `kept` then, and again in [`confine`].
+///
+/// # Errors
+/// The capability that could not be dropped.
+pub fn drop_bounding_set(kept: u64) -> io::Result<()> {
     for cap in 0..=63u32 {
-        if kept & (1 << cap) != 0 {
+        // A capability beyond the kernel's last one reads EINVAL, as its drop does: the end of the list.
+        // SAFETY: integer arguments.
+        if kept & (1 << cap) != 0 || unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } == 0 {
             continue;
         }
         // SAFETY: integer arguments.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1
-            && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
-        {
-            break;
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(io::Error::new(e.kind(), format!("dropping capability {cap}: {e}")));
         }
     }
+    Ok(())
 }
 
 /// A stack for the children the [`Spawner`] starts, with a guard page below it.

@@ -197,8 +197,9 @@ struct Early {
 
 impl Early {
     fn make(bounding: Option<u64>) -> Self {
+        // A failure is confine's to report, when it tries again.
         if let Some(kept) = bounding {
-            exec::drop_bounding_set(kept);
+            let _ = exec::drop_bounding_set(kept);
         }
         // The zygote cloned this process from the root mount point: the working directory is it.
         let root = fs::new_root().and_then(|root| {
